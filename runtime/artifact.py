@@ -1,0 +1,174 @@
+"""The exported model directory: its config, its manifest and the names of the graph's inputs
+and outputs. Standard library only: the same file is read by CPython, Pyodide and the hub.
+
+Layout of an artifact directory (see docs/artifact.md for the full contract):
+
+    model.onnx            (+ model.onnx.data when weights are external)
+    config.json           ArtifactConfig below
+    tokenizer.json        Hugging Face tokenizers format
+    manifest.json         {"files": {name: {"sha256": ..., "bytes": ...}}, "format": 1}
+    banks/                TALoRA / DGR adapter banks (runtime issue)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+
+from runtime.errors import RuvdllmError
+
+ARTIFACT_FORMAT = 1
+CONFIG_NAME = "config.json"
+MANIFEST_NAME = "manifest.json"
+TOKENIZER_NAME = "tokenizer.json"
+GRAPH_NAME = "model.onnx"
+
+
+# --- graph input / output names (the contract between export and every runtime) -------------
+INPUT_IDS = "input_ids"  # int64 [1, S]
+POSITION_IDS = "position_ids"  # int64 [1, S]  absolute positions (RoPE)
+BLOCK_IDS = "block_ids"  # int64 [1, S]  chunk key j is visible to query i iff block_ids[j] <= block_ids[i]
+OUTPUT_OFFSET = "output_offset"  # int64 [1]  outputs cover chunk positions output_offset .. S-1
+ADAPTER_WEIGHTS = "adapter_weights"  # float32 [1, S, slots]  per-position mixture of adapter slots
+TOPK_IDS = "topk_ids"  # int64 [1, S', top_k]  S' = S - output_offset; row i predicts token i+1 (shift)
+TOPK_LOGITS = "topk_logits"  # float32 [1, S', top_k]  descending
+LOGSUMEXP = "logsumexp"  # float32 [1, S']  over the whole vocabulary
+ENTROPY = "entropy"  # float32 [1, S']  nats, whole vocabulary, temperature 1
+QUERY = "query"  # float32 [1, S', hidden]  L2-normalised final hidden state, for DGR retrieval
+
+
+def past_key(layer: int) -> str:
+    return f"past_key.{layer}"  # float32 [1, kv_heads, P, head_dim], keys after RoPE
+
+
+def past_value(layer: int) -> str:
+    return f"past_value.{layer}"
+
+
+def present_key(layer: int) -> str:
+    return f"present_key.{layer}"  # float32 [1, kv_heads, P + S, head_dim]
+
+
+def present_value(layer: int) -> str:
+    return f"present_value.{layer}"
+
+
+def adapter_a(target: str) -> str:
+    return f"adapter.{target}.a"  # float32 [layers, in_features, slots * rank]
+
+
+def adapter_b(target: str) -> str:
+    return f"adapter.{target}.b"  # float32 [layers, slots * rank, out_features], LoRA scale folded in
+
+
+@dataclass(frozen=True)
+class ArtifactConfig:
+    """What a runtime needs to know about an exported model, written as config.json."""
+
+    architecture: str  # registered name, e.g. "llama", "qwen2", "qwen3"
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_position: int  # longest context the graph was validated for
+    mask_token_id: int  # the token the diffusion model treats as [MASK]
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+    shift: bool = True  # output row i predicts token i+1 (AR head reused, as DiffuLLaMA / Dream)
+    block_size: int = 8  # default BD3LM block; small blocks convert far better than whole-span MDLM
+    top_k: int = 32  # candidates per position the graph returns
+    adapter_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    adapter_slots: int = 8  # K: TALoRA banks + DGR retrieval slots composed per position
+    adapter_rank: int = 4
+    timestep_groups: tuple[float, ...] = (0.0, 1 / 3, 2 / 3, 1.0)  # coarse / domain / fine boundaries in t
+    targets: tuple[str, ...] = ("cpu",)  # execution providers this graph was built and validated for
+    attention: str = "mha"  # attention formulation in the graph: "mha", "attention23", "matmul"
+    quantization: str = "q4"  # "q4" (MatMulNBits, block 32) or "fp32"
+    accuracy_level: int = 4
+    chat_template: str | None = None
+    source: dict = field(default_factory=dict)  # checkpoint path/hash, exactness report, validation metrics
+
+    def to_json(self) -> str:
+        return json.dumps({"format": ARTIFACT_FORMAT, **asdict(self)}, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ArtifactConfig:
+        if raw.get("format") != ARTIFACT_FORMAT:
+            raise RuvdllmError(f"config.json: artifact format {raw.get('format')!r} is not {ARTIFACT_FORMAT}")
+        known = {f.name: f for f in fields(cls)}
+        missing = [n for n, f in known.items() if n not in raw and f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            raise RuvdllmError(f"config.json: missing fields {', '.join(missing)}")
+        values = {}
+        for name in known:
+            if name in raw:
+                value = raw[name]
+                values[name] = tuple(value) if isinstance(value, list) else value
+        return cls(**values)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> dict:
+    """Hash every file under `directory` (except the manifest itself) into manifest.json."""
+    directory = Path(directory)
+    files = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_NAME):
+        rel = path.relative_to(directory).as_posix()
+        files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    manifest = {"format": ARTIFACT_FORMAT, "files": files}
+    (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest
+
+
+def verify_manifest(directory: Path, full_hash: bool = True) -> dict:
+    """Check that every file the manifest names exists with its size (and hash): raise on the first
+    that does not, naming it. Returns the manifest."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise RuvdllmError(f"{directory}: not a model directory (no {MANIFEST_NAME})")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        entries = manifest["files"]
+    except (ValueError, KeyError) as exc:
+        raise RuvdllmError(f"{manifest_path}: unreadable manifest ({exc})") from None
+    for rel, entry in entries.items():
+        path = directory / rel
+        if not path.is_file():
+            raise RuvdllmError(f"{path}: listed in the manifest but missing")
+        if path.stat().st_size != entry["bytes"]:
+            raise RuvdllmError(
+                f"{path}: {path.stat().st_size} bytes, the manifest says {entry['bytes']} (truncated or replaced)"
+            )
+        if full_hash and sha256_file(path) != entry["sha256"]:
+            raise RuvdllmError(f"{path}: sha256 does not match the manifest (corrupt or modified)")
+    return manifest
+
+
+def load_config(directory: Path) -> ArtifactConfig:
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise RuvdllmError(f"{directory}: not a model directory (no {CONFIG_NAME})")
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError as exc:
+        raise RuvdllmError(f"{path}: not valid JSON ({exc})") from None
+    return ArtifactConfig.from_dict(raw)
+
+
+def replace_directory_atomically(staging: Path, final: Path) -> None:
+    """Move a fully written staging directory into place: never a half-written artifact."""
+    os.replace(staging, final)

@@ -1,0 +1,77 @@
+"""`ruvdllm` command line: a thin dispatcher. Each subcommand lives in the package that owns it
+and is imported only when used, so running a model never imports torch or the exporter.
+
+A subcommand module provides `add_arguments(parser)` and `run(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from runtime.errors import RuvdllmError
+
+# name -> (module, one-line help)
+SUBCOMMANDS = {
+    "export": ("ruvdllm_export.export_command", "convert a checkpoint (HF dir or GGUF) into an ONNX model directory"),
+    "fetch": ("ruvdllm_export.default_model", "download the default model (SmolLM2-135M-Instruct) into the cache"),
+    "convert": ("ruvdllm_export.convert_command", "train the AR->diffusion conversion adapter (QLoRA)"),
+    "generate": ("runtime.generate_command", "generate text with a diffusion model"),
+    "serve": ("runtime.server.command", "serve an OpenAI-compatible HTTP API"),
+    "web": ("runtime.web_command", "serve the browser client and a model directory"),
+    "hub": ("federation_hub.command", "run the federation hub"),
+}
+
+
+def _load(name: str):
+    module_name, _ = SUBCOMMANDS[name]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in {"ruvdllm_export", "runtime", "federation_hub"}:
+            raise RuvdllmError(f"`ruvdllm {name}` is not available in this version ({exc.name} missing)") from None
+        raise RuvdllmError(
+            f"`ruvdllm {name}` needs the package {exc.name!r}: install the extra, e.g. pip install 'ruvdllm[{_extra(name)}]'"
+        ) from None
+
+
+def _extra(name: str) -> str:
+    return {"export": "export", "fetch": "export", "convert": "train", "hub": "hub"}.get(name, "runtime")
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ruvdllm", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Only the chosen subcommand's module is imported (to add its arguments).
+    chosen = next((a for a in argv if a in SUBCOMMANDS), None)
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            _load(name).add_arguments(sub_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return int(_load(args.command).run(args) or 0)
+    except RuvdllmError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
