@@ -41,7 +41,9 @@ def _extra(name: str) -> str:
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ruvdllm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ruvdllm", description="4-bit diffusion LLMs: export, generate, serve, browser client, federation hub."
+    )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Only the chosen subcommand's module is imported (to add its arguments).
