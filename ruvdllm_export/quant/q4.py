@@ -38,3 +38,81 @@ class Q4Tensor:
     @property
     def n_blocks(self) -> int:
         return self.packed.shape[1]
+
+
+def n_blocks_for(k: int) -> int:
+    return -(-k // BLOCK)
+
+
+def pack_nibbles(q: np.ndarray) -> np.ndarray:
+    """uint8 codes [N, n_blocks * 32] (0..15) -> MatMulNBits B [N, n_blocks, 16]: even k low nibble."""
+    n, k = q.shape
+    if k % BLOCK:
+        raise ValueError(f"pack_nibbles: K={k} is not a multiple of {BLOCK}")
+    q = q.astype(np.uint8).reshape(n, k // BLOCK, BLOCK // 2, 2)
+    return (q[..., 0] & 0x0F) | ((q[..., 1] & 0x0F) << 4)
+
+
+def unpack_nibbles(packed: np.ndarray) -> np.ndarray:
+    """MatMulNBits B [N, n_blocks, 16] -> uint8 codes [N, n_blocks * 32]; inverse of pack_nibbles."""
+    n, nb, _ = packed.shape
+    codes = np.stack([packed & 0x0F, packed >> 4], axis=-1)  # [N, nb, 16, 2]: (low, high) = (even k, odd k)
+    return codes.reshape(n, nb * BLOCK).astype(np.uint8)
+
+
+def pack_zero_points(zero_points: np.ndarray) -> np.ndarray:
+    """uint8 zero points [N, n_blocks] -> MatMulNBits' 4-bit zero_points input [N, ceil(n_blocks / 2)].
+
+    Each row is packed on its own (rows start on a byte boundary), block 2j in the low nibble of byte
+    j and block 2j+1 in the high nibble; an odd last block leaves the high nibble 0 (unused).
+    """
+    n, nb = zero_points.shape
+    zp = zero_points.astype(np.uint8) & 0x0F
+    if nb % 2:
+        zp = np.concatenate([zp, np.zeros((n, 1), np.uint8)], axis=1)
+    zp = zp.reshape(n, -1, 2)
+    return zp[..., 0] | (zp[..., 1] << 4)
+
+
+def quantize_q4(w: np.ndarray) -> Q4Tensor:
+    """Asymmetric 4-bit quantization of W [N, K] in blocks of 32 along K (the reference quantizer).
+
+    Per block: lo = min(w, 0), hi = max(w, 0), scale = (hi - lo) / 15, integer zero point
+    zp = round(-lo / scale), q = clip(round(w / scale) + zp, 0, 15). Including 0 in [lo, hi] makes
+    0 exactly representable (padding and pruned weights stay 0). The error is at most half a step
+    (scale / 2) per element: the only clipped values lie within the zero point's own rounding
+    error (<= 0.5 step) of the range ends. An all-zero block gets scale 0 and decodes to zeros.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    if w.ndim != 2:
+        raise ValueError(f"quantize_q4: expected a 2-D weight, got shape {w.shape}")
+    n, k = w.shape
+    nb = n_blocks_for(k)
+    padded = np.zeros((n, nb * BLOCK), np.float64)
+    padded[:, :k] = w
+    blocks = padded.reshape(n, nb, BLOCK)
+    lo = np.minimum(blocks.min(axis=-1), 0.0)
+    hi = np.maximum(blocks.max(axis=-1), 0.0)
+    scale = ((hi - lo) / 15.0).astype(np.float32)  # stored precision: quantize against it
+    scale64 = scale.astype(np.float64)
+    inv = np.divide(1.0, scale64, out=np.zeros_like(scale64), where=scale64 > 0)
+    zp = np.clip(np.round(-lo * inv), 0, 15)
+    q = np.clip(np.round(blocks * inv[..., None]) + zp[..., None], 0, 15).astype(np.uint8)
+    return Q4Tensor(
+        packed=pack_nibbles(q.reshape(n, nb * BLOCK)),
+        scales=scale,
+        zero_points=zp.astype(np.uint8),
+        mins=None,
+        in_features=k,
+    )
+
+
+def dequantize_q4(t: Q4Tensor) -> np.ndarray:
+    """Q4Tensor -> float32 W [N, K]: scales * (q - zero_points) (+ mins), computed in float32 as the
+    graph does."""
+    n, nb = t.scales.shape
+    q = unpack_nibbles(t.packed).reshape(n, nb, BLOCK).astype(np.float32)
+    w = t.scales[..., None] * (q - t.zero_points[..., None].astype(np.float32))
+    if t.mins is not None:
+        w = w + t.mins[..., None]
+    return w.reshape(n, nb * BLOCK)[:, : t.in_features].astype(np.float32)
