@@ -1,0 +1,145 @@
+"""The model's linears and embedding: a frozen base (float32, or 4-bit in the MatMulNBits layout)
+plus the two kinds of low-rank delta the design needs.
+
+    y = W x + b                                   frozen base (buffers, never parameters)
+      + s · B (A x)                               static LoRA: trainable, one per linear
+      + B_bank (w ⊙ (A_bank x))                   adapter bank: per position and per step
+
+The base lives in buffers so that `model.parameters()` is exactly the trainable LoRA: an
+optimizer or DDP built from it cannot touch the base.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ruvdllm_export.quant.q4 import Q4Tensor
+from ruvdllm_export.reference.functional import dequantize_q4
+
+# A bank for one linear at one layer: a [in, slots·rank], b [slots·rank, out] (LoRA scale
+# folded in) and w [B, S, slots·rank], the per-position slot weights repeated `rank` times.
+BankCall = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+class LoraDelta(nn.Module):
+    """s · B (A x) with A [rank, in], B [out, rank], s = alpha / rank (PEFT's layout and init:
+    A Kaiming-uniform, B zero, so a fresh adapter leaves the model unchanged)."""
+
+    def __init__(
+        self, in_features: int, out_features: int, rank: int, alpha: float, generator: torch.Generator
+    ):
+        super().__init__()
+        self.scaling = alpha / rank
+        self.lora_A = nn.Parameter(torch.empty(rank, in_features))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling
+
+    def delta(self) -> torch.Tensor:
+        """The merged update s · B A, [out, in]."""
+        return self.scaling * self.lora_B @ self.lora_A
+
+
+class FrozenLinear(nn.Module):
+    """A linear whose base weight is float32 [out, in] or a Q4Tensor kept packed exactly as
+    MatMulNBits stores it and dequantized on the fly (QLoRA: gradients reach x, never W)."""
+
+    def __init__(self, weight: np.ndarray | Q4Tensor, bias: np.ndarray | None = None):
+        super().__init__()
+        self.quantized = isinstance(weight, Q4Tensor)
+        if self.quantized:
+            self.out_features, self.in_features = weight.shape
+            self.register_buffer("packed", _tensor(weight.packed), persistent=False)
+            self.register_buffer("scales", _tensor(weight.scales.astype(np.float32)), persistent=False)
+            self.register_buffer("zero_points", _tensor(weight.zero_points), persistent=False)
+            mins = None if weight.mins is None else _tensor(weight.mins.astype(np.float32))
+            self.register_buffer("mins", mins, persistent=False)
+        else:
+            self.out_features, self.in_features = weight.shape
+            self.register_buffer("weight", _tensor(np.asarray(weight, dtype=np.float32)), persistent=False)
+        bias_tensor = None if bias is None else _tensor(np.asarray(bias, dtype=np.float32))
+        self.register_buffer("bias", bias_tensor, persistent=False)
+        self.lora: LoraDelta | None = None
+
+    def base_weight(self) -> torch.Tensor:
+        """The base weight as float [out, in] (dequantized when 4-bit)."""
+        if not self.quantized:
+            return self.weight
+        return dequantize_q4(self.packed, self.scales, self.zero_points, self.mins, self.in_features)
+
+    def forward(self, x: torch.Tensor, bank: BankCall | None = None) -> torch.Tensor:
+        y = F.linear(x, self.base_weight(), self.bias)
+        if self.lora is not None:
+            y = y + self.lora(x)
+        if bank is not None:
+            a, b, w = bank
+            y = y + ((x @ a) * w) @ b
+        return y
+
+    def add_lora(self, rank: int, alpha: float, generator: torch.Generator) -> LoraDelta:
+        self.lora = LoraDelta(self.in_features, self.out_features, rank, alpha, generator).to(self._device())
+        return self.lora
+
+    def _device(self) -> torch.device:
+        return (self.packed if self.quantized else self.weight).device
+
+
+class EmbeddingLoraDelta(nn.Module):
+    """s · (A[:, id])ᵀ Bᵀ for token embeddings: A [rank, vocab], B [hidden, rank]. PEFT's
+    embedding init (A zero, B normal) so a fresh adapter is again the identity."""
+
+    def __init__(self, vocab: int, hidden: int, rank: int, alpha: float, generator: torch.Generator):
+        super().__init__()
+        self.scaling = alpha / rank
+        self.lora_A = nn.Parameter(torch.zeros(rank, vocab))
+        self.lora_B = nn.Parameter(torch.empty(hidden, rank))
+        nn.init.normal_(self.lora_B, generator=generator)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.lora_A.T) @ self.lora_B.T * self.scaling
+
+    def delta(self) -> torch.Tensor:
+        """The merged update of the embedding table, [vocab, hidden]."""
+        return self.scaling * (self.lora_B @ self.lora_A).T
+
+
+class FrozenEmbedding(nn.Module):
+    """Token embedding table, float32 [vocab, hidden]; a 4-bit table is dequantized once (a
+    lookup of dequantized rows is exactly what the graph's gather produces)."""
+
+    def __init__(self, table: np.ndarray | Q4Tensor):
+        super().__init__()
+        if isinstance(table, Q4Tensor):
+            weight = dequantize_q4(
+                _tensor(table.packed),
+                _tensor(table.scales.astype(np.float32)),
+                _tensor(table.zero_points),
+                None if table.mins is None else _tensor(table.mins.astype(np.float32)),
+                table.in_features,
+            )
+        else:
+            weight = _tensor(np.asarray(table, dtype=np.float32))
+        self.register_buffer("weight", weight, persistent=False)
+        self.lora: EmbeddingLoraDelta | None = None
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = F.embedding(ids, self.weight)
+        if self.lora is not None:
+            x = x + self.lora(ids)
+        return x
+
+    def add_lora(self, rank: int, alpha: float, generator: torch.Generator) -> EmbeddingLoraDelta:
+        vocab, hidden = self.weight.shape
+        self.lora = EmbeddingLoraDelta(vocab, hidden, rank, alpha, generator).to(self.weight.device)
+        return self.lora
