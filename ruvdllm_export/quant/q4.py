@@ -116,3 +116,14 @@ def dequantize_q4(t: Q4Tensor) -> np.ndarray:
     if t.mins is not None:
         w = w + t.mins[..., None]
     return w.reshape(n, nb * BLOCK)[:, : t.in_features].astype(np.float32)
+
+
+def take_rows(t: Q4Tensor, rows: np.ndarray) -> Q4Tensor:
+    """Reorder (or select) output rows; exact, since every row carries its own blocks."""
+    return Q4Tensor(
+        packed=t.packed[rows],
+        scales=t.scales[rows],
+        zero_points=t.zero_points[rows],
+        mins=None if t.mins is None else t.mins[rows],
+        in_features=t.in_features,
+    )

@@ -1,0 +1,149 @@
+"""Read a GGUF file (llama.cpp's format) of a LLaMA / Qwen2 / Qwen3 model.
+
+Each tensor goes through the handler its type is registered with in QTYPES:
+    F32, F16, BF16, Q8_0     -> float32 (exact in float; the exporter quantizes later)
+    Q4_0, Q4_1, Q4_K         -> Q4Tensor, bit-exact (quant/gguf_blocks.py); 1-D tensors -> float32
+    any other type gguf reads (Q5_K, Q6_K, Q5_0, ...) -> float32 via gguf's dequantizer, marked lossy:
+                                the exporter must re-quantize it to 4 bits
+The embedding (token_embd) keeps its type too: a Q4Tensor embedding is exactly
+`dequantize_q4(...)` as floats, and the same blocks serve a tied LM head.
+
+llama.cpp's converter permutes LLaMA's q/k rows (its rope rotates adjacent pairs, Hugging Face's
+rotates halves); we undo it. A row permutation moves whole rows, so it is exact on Q4 blocks.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from runtime.errors import RuvdllmError
+from ruvdllm_export.checkpoints.architectures import Architecture, by_gguf_arch, check_weights
+from ruvdllm_export.checkpoints.gguf_names import canonical_name, gguf_name
+from ruvdllm_export.quant.gguf_blocks import q4_0_to_q4, q4_1_to_q4, q4_k_to_q4
+from ruvdllm_export.quant.q4 import Q4Tensor, take_rows
+from ruvdllm_export.spec import ModelSpec
+
+Q = gguf.GGMLQuantizationType
+EXACT_Q4 = {Q.Q4_0: q4_0_to_q4, Q.Q4_1: q4_1_to_q4, Q.Q4_K: q4_k_to_q4}
+FLOAT_TYPES = {Q.F32, Q.F16, Q.BF16, Q.Q8_0}  # float32 holds them exactly
+
+
+def read_metadata(reader: gguf.GGUFReader) -> dict:
+    return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+
+
+def _f32(value) -> float:
+    """GGUF stores these as float32: take the shortest decimal that round-trips (1e-06, not 9.99e-07)."""
+    return float(str(np.float32(value)))
+
+
+def _get(meta: dict, key: str, where: str, default=None):
+    value = meta.get(key, default)
+    if value is None:
+        raise RuvdllmError(f"{where}: missing metadata {key}")
+    return value
+
+
+def spec_from_metadata(meta: dict, arch: Architecture, vocab_rows: int, tied: bool, where: str) -> ModelSpec:
+    p = arch.gguf_arch
+    if (
+        meta.get(f"{p}.rope.scaling.type", "none") not in ("none", "linear")
+        or meta.get(f"{p}.rope.scaling.factor", 1.0) != 1.0
+    ):
+        raise RuvdllmError(f"{where}: rope scaling ({meta.get(f'{p}.rope.scaling.type')}) is not supported")
+    hidden = int(_get(meta, f"{p}.embedding_length", where))
+    heads = int(_get(meta, f"{p}.attention.head_count", where))
+    kv_heads = meta.get(f"{p}.attention.head_count_kv", heads)
+    if isinstance(kv_heads, list):
+        raise RuvdllmError(f"{where}: per-layer KV head counts are not supported")
+    eos = meta.get("tokenizer.ggml.eos_token_id")
+    eot = meta.get("tokenizer.ggml.eot_token_id")
+    return ModelSpec(
+        architecture=arch.name,
+        vocab_size=int(meta.get(f"{p}.vocab_size", vocab_rows)),
+        hidden_size=hidden,
+        intermediate_size=int(_get(meta, f"{p}.feed_forward_length", where)),
+        num_layers=int(_get(meta, f"{p}.block_count", where)),
+        num_heads=heads,
+        num_kv_heads=int(kv_heads),
+        head_dim=int(meta.get(f"{p}.attention.key_length", hidden // heads)),
+        rms_norm_eps=_f32(_get(meta, f"{p}.attention.layer_norm_rms_epsilon", where)),
+        rope_theta=_f32(meta.get(f"{p}.rope.freq_base", arch.default_rope_theta)),
+        max_position=int(_get(meta, f"{p}.context_length", where)),
+        tie_word_embeddings=tied,
+        attention_bias=arch.attention_bias,
+        qk_norm=arch.qk_norm,
+        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+        eos_token_ids=tuple(dict.fromkeys(i for i in (eos, eot) if i is not None)),
+        pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
+        chat_template=meta.get("tokenizer.chat_template"),
+    )
+
+
+def convert_tensor(tensor) -> tuple[np.ndarray | Q4Tensor, str]:
+    """One GGUF tensor -> (float32 array or Q4Tensor, exactness label)."""
+    qtype = tensor.tensor_type
+    data = tensor.data
+    if qtype in EXACT_Q4 and data.ndim == 2:
+        return EXACT_Q4[qtype](np.asarray(data)), f"exact q4 from {qtype.name}"
+    values = np.array(gguf.quants.dequantize(data, qtype), dtype=np.float32)  # a copy: no view of the mmap
+    if qtype == Q.F32:
+        return values, "float"
+    if qtype in FLOAT_TYPES or data.ndim == 1:
+        return values, f"float from {qtype.name}"
+    return values, f"lossy: {qtype.name} dequantized; will be requantized"
+
+
+def unpermute_rows(n_rows: int, n_head: int) -> np.ndarray:
+    """Row order that undoes llama.cpp's LlamaModel.permute (which took HF rows in `order`)."""
+    order = np.arange(n_rows).reshape(n_head, 2, n_rows // n_head // 2).swapaxes(1, 2).reshape(-1)
+    return np.argsort(order)
+
+
+def _take_rows(weight, rows):
+    return take_rows(weight, rows) if isinstance(weight, Q4Tensor) else weight[rows]
+
+
+def open_gguf(path: Path) -> gguf.GGUFReader:
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as exc:  # gguf raises ValueError/KeyError/IndexError/... on damaged headers and data
+        raise RuvdllmError(
+            f"{path}: not a readable GGUF file, truncated or corrupt ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def read_gguf(path: Path):
+    """-> (spec, weights, exactness, metadata, tensor type counts)."""
+    where = str(path)
+    reader = open_gguf(path)
+    meta = read_metadata(reader)
+    arch = by_gguf_arch(str(_get(meta, "general.architecture", where)), where)
+    weights: dict[str, np.ndarray | Q4Tensor] = {}
+    exactness: dict[str, str] = {}
+    for tensor in reader.tensors:
+        name = canonical_name(tensor.name)
+        if name is None:
+            raise RuvdllmError(
+                f"{where}: tensor {tensor.name!r} is not understood for architecture {arch.gguf_arch}"
+            )
+        try:
+            weights[name], exactness[name] = convert_tensor(tensor)
+        except ValueError as exc:
+            raise RuvdllmError(f"{where}: tensor {tensor.name} cannot be read ({exc})") from None
+    if "model.embed_tokens.weight" not in weights:
+        raise RuvdllmError(f"{where}: missing tensor token_embd.weight")
+    tied = "lm_head.weight" not in weights
+    spec = spec_from_metadata(meta, arch, weights["model.embed_tokens.weight"].shape[0], tied, where)
+    check_weights(spec, weights, where, display=gguf_name)
+    if arch.gguf_permuted_qk:
+        for layer in range(spec.num_layers):
+            for proj, heads in (("q_proj", spec.num_heads), ("k_proj", spec.num_kv_heads)):
+                name = f"model.layers.{layer}.self_attn.{proj}.weight"
+                weights[name] = _take_rows(weights[name], unpermute_rows(weights[name].shape[0], heads))
+    types = Counter(t.tensor_type.name for t in reader.tensors)
+    return spec, weights, exactness, meta, dict(types)

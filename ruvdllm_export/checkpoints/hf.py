@@ -1,0 +1,150 @@
+"""Read a Hugging Face model directory: config.json + *.safetensors (single or sharded), no torch.
+
+Tensors are read with safetensors' numpy API. numpy has no bfloat16, and most released LLaMA / Qwen
+checkpoints are bf16, so BF16 tensors are read from the file's own header offsets instead and
+widened to float32 by a 16-bit shift (bf16 is the top half of a float32: exact).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
+
+from runtime.errors import RuvdllmError
+from ruvdllm_export.checkpoints.architectures import Architecture, by_hf_class, check_weights
+from ruvdllm_export.spec import LM_HEAD, ModelSpec
+
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old checkpoints saved; recomputed from rope_theta
+
+
+def read_config(directory: Path) -> dict:
+    path = directory / "config.json"
+    if not path.is_file():
+        raise RuvdllmError(f"{directory}: not a Hugging Face model directory (no config.json)")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise RuvdllmError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _rope_theta(config: dict, arch: Architecture, where: str) -> float:
+    rope = config.get("rope_parameters") or {}  # transformers >= 5 nests rope settings here
+    scaling = config.get("rope_scaling") or {}
+    kind = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    if kind != "default":
+        raise RuvdllmError(f"{where}: rope scaling {kind!r} is not supported")
+    return float(rope.get("rope_theta", config.get("rope_theta", arch.default_rope_theta)))
+
+
+def spec_from_config(config: dict, where: str) -> tuple[ModelSpec, Architecture]:
+    classes = config.get("architectures") or []
+    if len(classes) != 1:
+        raise RuvdllmError(f"{where}: expected one entry in 'architectures', found {classes!r}")
+    arch = by_hf_class(classes[0], where)
+    if config.get("hidden_act", "silu") != "silu":
+        raise RuvdllmError(f"{where}: activation {config['hidden_act']!r} is not supported (only silu)")
+    if config.get("mlp_bias") or (config.get("attention_bias") and not arch.attention_bias):
+        raise RuvdllmError(f"{where}: linear biases beyond Qwen2's q/k/v biases are not supported")
+    try:
+        hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+        eos = config.get("eos_token_id")
+        spec = ModelSpec(
+            architecture=arch.name,
+            vocab_size=int(config["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(config["intermediate_size"]),
+            num_layers=int(config["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=int(config.get("head_dim") or hidden // heads),
+            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            rope_theta=_rope_theta(config, arch, where),
+            max_position=int(config.get("max_position_embeddings", 2048)),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            attention_bias=arch.attention_bias,
+            qk_norm=arch.qk_norm,
+            bos_token_id=config.get("bos_token_id"),
+            eos_token_ids=tuple(eos if isinstance(eos, list) else [] if eos is None else [eos]),
+            pad_token_id=config.get("pad_token_id"),
+        )
+    except KeyError as exc:
+        raise RuvdllmError(f"{where}: missing {exc.args[0]!r}") from None
+    return spec, arch
+
+
+def safetensors_files(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError) as exc:
+            raise RuvdllmError(f"{index}: unreadable shard index ({exc})") from None
+        files = [directory / shard for shard in shards]
+        for file in files:
+            if not file.is_file():
+                raise RuvdllmError(f"{file}: listed in {index.name} but missing")
+        return files
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise RuvdllmError(f"{directory}: no *.safetensors weights (other weight formats are not supported)")
+    return files
+
+
+def _bf16_tensor(path: Path, name: str) -> np.ndarray:
+    """Read one BF16 tensor by the header's data offsets (numpy cannot hold bfloat16)."""
+    with open(path, "rb") as handle:
+        (header_len,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(header_len))
+        begin, end = header[name]["data_offsets"]
+        handle.seek(8 + header_len + begin)
+        raw = np.frombuffer(handle.read(end - begin), dtype="<u2")
+    return (raw.astype(np.uint32) << 16).view(np.float32).reshape(header[name]["shape"])
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """-> (name -> float32 array, name -> source dtype)."""
+    tensors, dtypes = {}, {}
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            for name in handle.keys():
+                if name.endswith(IGNORED_SUFFIXES):
+                    continue
+                dtype = handle.get_slice(name).get_dtype()
+                if dtype == "BF16":
+                    array = _bf16_tensor(path, name)
+                elif dtype in ("F32", "F16", "F64"):
+                    array = handle.get_tensor(name)
+                else:
+                    raise RuvdllmError(
+                        f"{path}: tensor {name} has dtype {dtype}; only F32/F16/BF16 are supported"
+                    )
+                tensors[name], dtypes[name] = np.asarray(array, dtype=np.float32), dtype
+    except RuvdllmError:
+        raise
+    except (
+        Exception
+    ) as exc:  # SafetensorError (not exported as a class in every version), OSError, ValueError
+        raise RuvdllmError(f"{path}: not a readable safetensors file, truncated or corrupt ({exc})") from None
+    return tensors, dtypes
+
+
+def read_hf_dir(directory: Path):
+    """-> (spec, weights, exactness, files read)."""
+    where = str(directory / "config.json")
+    spec, _ = spec_from_config(read_config(directory), where)
+    weights: dict[str, np.ndarray] = {}
+    exactness: dict[str, str] = {}
+    files = safetensors_files(directory)
+    for file in files:
+        tensors, dtypes = read_safetensors(file)
+        weights.update(tensors)
+        exactness.update({n: "float" if d == "F32" else f"float from {d}" for n, d in dtypes.items()})
+    if spec.tie_word_embeddings and LM_HEAD in weights:  # some tied checkpoints save the copy too
+        del weights[LM_HEAD], exactness[LM_HEAD]
+    where_weights = str(files[0] if len(files) == 1 else directory)
+    check_weights(spec, weights, where_weights)
+    return spec, weights, exactness, files
