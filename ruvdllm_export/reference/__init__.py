@@ -8,6 +8,7 @@ from ruvdllm_export.reference.lora import (
     load_lora_state_dict,
     lora_as_bank,
     lora_deltas,
+    lora_factors,
     lora_parameters,
     lora_state_dict,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "load_lora_state_dict",
     "lora_as_bank",
     "lora_deltas",
+    "lora_factors",
     "lora_parameters",
     "lora_state_dict",
     "visibility",

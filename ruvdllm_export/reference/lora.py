@@ -123,6 +123,18 @@ def lora_deltas(model: DiffusionLM) -> dict[str, np.ndarray]:
         return {weight: lora.delta().float().cpu().numpy() for weight, lora in _adapted(model).items()}
 
 
+def lora_factors(model: DiffusionLM) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Canonical linear weight name -> (a [rank, in], b [out, rank]) float32 with the scale
+    folded into b, so `W x + b (a x)` is the adapted linear: the form the graph builder bakes in
+    as a fixed low-rank delta. Linears and the head only (an embedding delta is `lora_deltas`)."""
+    with torch.no_grad():
+        return {
+            weight: (lora.lora_A.float().cpu().numpy(), (lora.lora_B * lora.scaling).float().cpu().numpy())
+            for weight, lora in _adapted(model).items()
+            if isinstance(lora, LoraDelta)
+        }
+
+
 def lora_as_bank(model: DiffusionLM) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The per-layer LoRA as a one-slot adapter bank in the graph's layout,
     target -> (a [layers, in, rank], b [layers, rank, out]) with the scale folded into b:

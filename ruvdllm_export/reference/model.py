@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from runtime import artifact
@@ -111,6 +112,9 @@ class DiffusionLM(nn.Module):
         self.spec = spec
         self.mask_token_id = mask_token_id
         self.top_k = top_k
+        # Recompute each layer in backward instead of storing its activations: training memory
+        # then grows with one layer, not all of them (set by the trainer; off for inference).
+        self.gradient_checkpointing = False
         self.embed = FrozenEmbedding(weights[names.EMBED])
         self.layers = nn.ModuleList(DecoderLayer(spec, weights, layer) for layer in range(spec.num_layers))
         _norm_buffer(self, "final_norm", weights, names.FINAL_NORM)
@@ -146,7 +150,11 @@ class DiffusionLM(nn.Module):
         x = self.embed(input_ids)
         presents: Past = []
         for index, layer in enumerate(self.layers):
-            x, present = layer(x, rope, visible, past[index] if past else None, layer_banks[index])
+            args = (x, rope, visible, past[index] if past else None, layer_banks[index])
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x, present = torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
+            else:
+                x, present = layer(*args)
             presents.append(present)
         return rms_norm(x, self.final_norm, self.spec.rms_norm_eps), presents
 

@@ -23,6 +23,7 @@ from ruvdllm_export.reference import (
     load_lora_state_dict,
     lora_as_bank,
     lora_deltas,
+    lora_factors,
     lora_parameters,
     lora_state_dict,
 )
@@ -302,3 +303,32 @@ def test_lora_init_is_seeded():
     apply_lora(c, LoraConfig(seed=6))
     key = "model.layers.0.mlp.up_proj.lora_A.weight"
     assert not np.array_equal(lora_state_dict(a)[key].numpy(), lora_state_dict(c)[key].numpy())
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    spec, _ = tiny()
+    ids = _ids(10, spec.vocab_size, seed=14)
+    grads = []
+    for checkpointing in (False, True):
+        model = _model()
+        apply_lora(model, LoraConfig(rank=2, targets=("q_proj", "up_proj")))
+        _randomise(model, 15)
+        model.gradient_checkpointing = checkpointing
+        logits = model(ids, torch.arange(10)[None], block_causal_block_ids(10, 4))["logits"]
+        logits.square().mean().backward()
+        grads.append([p.grad.clone() for p in lora_parameters(model)])
+    for plain, recomputed in zip(*grads, strict=True):
+        torch.testing.assert_close(recomputed, plain)
+
+
+def test_lora_factors_are_the_graphs_static_delta():
+    spec, weights = tiny()
+    model = _model()
+    apply_lora(model, LoraConfig(rank=3, alpha=5.0, targets=("k_proj", "lm_head", "embed_tokens")))
+    _randomise(model, 16)
+    factors = lora_factors(model)
+    assert set(factors) == {names.linear_weight(0, "k_proj"), names.linear_weight(1, "k_proj"), names.LM_HEAD}
+    deltas = lora_deltas(model)
+    for name, (a, b) in factors.items():
+        assert a.shape[0] == 3 and b.shape[1] == 3
+        np.testing.assert_allclose(b @ a, deltas[name], atol=1e-6)
