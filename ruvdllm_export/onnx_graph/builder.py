@@ -1,0 +1,254 @@
+"""Build the diffusion model's ONNX graph from a ModelSpec and its weights (numpy / Q4Tensor).
+
+The graph reads as the list of steps in BUILD_STEPS; each `make_*` step adds its nodes under its
+namespace and leaves what later steps need on the BuildContext. Inputs and outputs follow
+docs/artifact.md (names in runtime/artifact.py).
+
+    input_ids ─embed─► h ─┬─ layer 0 … layer L-1 (RMSNorm, attention, RMSNorm, MLP; residual adds
+                          │    fused into the norms) ─► rows output_offset.. ─final norm─┬─ LM head ─► top-k, logsumexp, entropy
+    position_ids ─RoPE────┤                                                               └─ L2 norm ─► query
+    block_ids ─bias───────┤  past_key/value.l ─► present_key/value.l
+    adapter_weights, adapter.{t}.a/b ─► bank branch on each targeted linear
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from runtime import artifact
+from ruvdllm_export import spec as names
+from ruvdllm_export.onnx_graph.attention import make_attention_block, make_past_inputs, make_visibility_bias
+from ruvdllm_export.onnx_graph.context import BuildContext
+from ruvdllm_export.onnx_graph.embedding import make_embedding
+from ruvdllm_export.onnx_graph.graph import FLOAT, INT64, GraphBuilder
+from ruvdllm_export.onnx_graph.head import make_head_outputs, make_output_rows, make_query
+from ruvdllm_export.onnx_graph.linear import StaticLora, Weight, as_float, as_q4, make_linear
+from ruvdllm_export.onnx_graph.mlp import make_mlp_block
+from ruvdllm_export.onnx_graph.norms import make_rms_norm, make_skip_rms_norm
+from ruvdllm_export.onnx_graph.options import GraphOptions
+from ruvdllm_export.onnx_graph.q8 import Q8Tensor, quantize_q8
+from ruvdllm_export.onnx_graph.rope import make_rope_caches
+from ruvdllm_export.quant.q4 import Q4Tensor
+from ruvdllm_export.spec import ModelSpec
+
+
+def build_graph(
+    spec: ModelSpec,
+    weights: dict[str, Weight],
+    options: GraphOptions | None = None,
+    lora: dict[str, StaticLora] | None = None,
+) -> onnx.ModelProto:
+    """The whole model as an in-memory ModelProto (save it with external data when large)."""
+    options = options or GraphOptions()
+    check_weights(spec, weights)
+    opset = 23 if options.attention == "attention23" else 21  # 21: what every EP's kernels are registered for
+    ctx = BuildContext(
+        g=GraphBuilder("ruvdllm", opset),
+        spec=spec,
+        weights=prepare_weights(spec, weights, options),
+        options=options,
+        lora=dict(lora or {}),
+    )
+    for step in BUILD_STEPS:
+        step(ctx)
+    metadata = {
+        "architecture": spec.architecture,
+        "attention": options.attention,
+        "quantization": options.quantization,
+    }
+    return ctx.g.to_model(doc=f"ruvdllm masked-diffusion {spec.architecture}", metadata=metadata)
+
+
+def prepare_weights(spec: ModelSpec, weights: dict[str, Weight], options: GraphOptions) -> dict[str, Weight]:
+    """What the graph will hold for each tensor: in q4 mode every linear as a Q4Tensor (exact ones
+    kept, float ones quantized), the token table(s) at `table_bits`; in fp32 mode all float.
+    Norm weights and biases stay float32."""
+    tables = {names.EMBED} | ({names.LM_HEAD} if not spec.tie_word_embeddings else set())
+    linears = {names.linear_weight(layer, p) for layer in range(spec.num_layers) for p in names.LINEARS}
+    prepared: dict[str, Weight] = {}
+    for name, weight in weights.items():
+        if options.quantization == "fp32" or name not in tables | linears:
+            prepared[name] = as_float(weight)
+        elif name in linears:
+            prepared[name] = as_q4(weight)
+        else:
+            prepared[name] = _as_table(weight, options.table_bits)
+    return prepared
+
+
+def _as_table(weight: Weight, bits: int | None) -> Q4Tensor | Q8Tensor:
+    """Exact 4-bit tables stay 4-bit; anything else goes to 8 bits unless 4 is asked for (the table
+    feeds the head, the most quantization-sensitive matmul)."""
+    if bits is None:
+        bits = 4 if isinstance(weight, Q4Tensor) else 8
+    if bits == 4:
+        return as_q4(weight)
+    return weight if isinstance(weight, Q8Tensor) else quantize_q8(as_float(weight))
+
+
+def check_weights(spec: ModelSpec, weights: dict[str, Weight]) -> None:
+    """Every tensor the graph reads is present with the shape the spec implies."""
+    expected = expected_shapes(spec)
+    for name, shape in expected.items():
+        if name not in weights:
+            raise ValueError(f"missing tensor {name}")
+        got = tuple(weights[name].shape)
+        if got != shape:
+            raise ValueError(f"tensor {name} has shape {got}, expected {shape}")
+
+
+def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    s = spec
+    d, q_out, kv_out = s.hidden_size, s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+    linear_shapes = {
+        "q_proj": (q_out, d),
+        "k_proj": (kv_out, d),
+        "v_proj": (kv_out, d),
+        "o_proj": (d, q_out),
+        "gate_proj": (s.intermediate_size, d),
+        "up_proj": (s.intermediate_size, d),
+        "down_proj": (d, s.intermediate_size),
+    }
+    shapes = {names.EMBED: (s.vocab_size, d), names.FINAL_NORM: (d,)}
+    if not s.tie_word_embeddings:
+        shapes[names.LM_HEAD] = (s.vocab_size, d)
+    for layer in range(s.num_layers):
+        shapes[names.input_norm(layer)] = (d,)
+        shapes[names.post_attention_norm(layer)] = (d,)
+        for proj, shape in linear_shapes.items():
+            shapes[names.linear_weight(layer, proj)] = shape
+        if s.attention_bias:
+            for proj in ("q_proj", "k_proj", "v_proj"):
+                shapes[names.linear_bias(layer, proj)] = (linear_shapes[proj][0],)
+        if s.qk_norm:
+            shapes[names.q_norm(layer)] = (s.head_dim,)
+            shapes[names.k_norm(layer)] = (s.head_dim,)
+    return shapes
+
+
+def linear_features(spec: ModelSpec, proj: str) -> tuple[int, int]:
+    """(in_features, out_features) of a canonical linear."""
+    out, in_ = expected_shapes(spec)[names.linear_weight(0, proj)]
+    return in_, out
+
+
+# --- the build steps, in order ---------------------------------------------------------------
+def make_inputs(ctx: BuildContext) -> None:
+    g = ctx.g
+    ctx.input_ids = g.input(artifact.INPUT_IDS, INT64, [1, "sequence"])
+    ctx.position_ids = g.input(artifact.POSITION_IDS, INT64, [1, "sequence"])
+    ctx.block_ids = g.input(artifact.BLOCK_IDS, INT64, [1, "sequence"])
+    ctx.output_offset = g.input(artifact.OUTPUT_OFFSET, INT64, [1])
+    make_past_inputs(ctx)
+
+
+def make_adapter_inputs(ctx: BuildContext) -> None:
+    """adapter_weights [1,S,K] and one A/B bank pair per target; the slot weights are repeated rank
+    times once, for every bank branch:
+
+        adapter_weights [1,S,K] ─Unsqueeze(-1)─Expand[1,1,1,r]─Reshape─► [1,S,K·r]
+    """
+    o, g = ctx.options, ctx.g
+    if not o.has_adapters:
+        return
+    width = o.adapter_slots * o.adapter_rank
+    weights = g.input(artifact.ADAPTER_WEIGHTS, FLOAT, [1, "sequence", o.adapter_slots])
+    for target in o.adapter_targets:
+        if target not in names.LINEARS:
+            raise ValueError(f"adapter target {target!r} is not one of {names.LINEARS}")
+        in_, out = linear_features(ctx.spec, target)
+        ctx.banks[target] = (
+            g.input(artifact.adapter_a(target), FLOAT, [ctx.spec.num_layers, in_, width]),
+            g.input(artifact.adapter_b(target), FLOAT, [ctx.spec.num_layers, width, out]),
+        )
+    scope = "/model/adapter_weights"
+    w = g.op("Unsqueeze", [weights, g.const([-1])], f"{scope}/Unsqueeze")
+    w = g.op("Expand", [w, g.const([1, 1, 1, o.adapter_rank])], f"{scope}/Expand_rank")
+    ctx.slot_weights = g.op("Reshape", [w, g.const([0, 0, width])], f"{scope}/Reshape")
+
+
+def make_rope_tables(ctx: BuildContext) -> None:
+    max_position = ctx.options.max_position or ctx.spec.max_position
+    ctx.rope = make_rope_caches(ctx.g, ctx.spec.head_dim, ctx.spec.rope_theta, max_position)
+
+
+def make_embedding_step(ctx: BuildContext) -> None:
+    ctx.hidden = make_embedding(ctx.g, names.EMBED, ctx.input_ids, ctx.weights[names.EMBED])
+
+
+def make_decoder_layers(ctx: BuildContext) -> None:
+    """Pre-norm residual blocks; each residual add is fused into the norm that follows it.
+
+        h ─RMSNorm─► n;  r = h
+        per layer: a = attn(n);  n, r = SkipRMSNorm(a, r);  m = mlp(n);  n, r = SkipRMSNorm(m, r) (next layer's norm)
+    The last layer's (m, r) are left for the output step, which keeps only the output rows first.
+    """
+    s, g, w = ctx.spec, ctx.g, ctx.weights
+    eps = s.rms_norm_eps
+    residual = ctx.hidden
+    normed = make_rms_norm(g, "/model/layers.0/input_layernorm", residual, w[names.input_norm(0)], eps)
+    for layer in range(s.num_layers):
+        attn = make_attention_block(ctx, layer, normed)
+        normed, residual = make_skip_rms_norm(
+            g,
+            f"/model/layers.{layer}/post_attention_layernorm",
+            attn,
+            residual,
+            w[names.post_attention_norm(layer)],
+            eps,
+        )
+        mlp = make_mlp_block(ctx, layer, normed)
+        if layer + 1 < s.num_layers:
+            normed, residual = make_skip_rms_norm(
+                g,
+                f"/model/layers.{layer + 1}/input_layernorm",
+                mlp,
+                residual,
+                w[names.input_norm(layer + 1)],
+                eps,
+            )
+    ctx.hidden, ctx.residual = mlp, residual
+
+
+def make_outputs(ctx: BuildContext) -> None:
+    """Rows output_offset.. only: final norm, LM head (top-k, logsumexp, entropy) and the query."""
+    g, s = ctx.g, ctx.spec
+    last = ctx.hidden
+    rows = make_output_rows(g, last, ctx.output_offset, "/model/norm/mlp_out")
+    residual_rows = make_output_rows(g, ctx.residual, ctx.output_offset, "/model/norm/residual")
+    final, _ = make_skip_rms_norm(
+        g, "/model/norm", rows, residual_rows, ctx.weights[names.FINAL_NORM], s.rms_norm_eps
+    )
+    logits = make_lm_head(ctx, final)
+    make_head_outputs(g, logits, min(ctx.options.top_k, s.vocab_size))
+    make_query(g, final, s.hidden_size)
+
+
+def make_lm_head(ctx: BuildContext, x: str) -> str:
+    """Tied heads read the embedding's table: in q4 mode its MatMulNBits initializers are the very
+    ones the embedding Gather reads; in fp32 mode a Transpose of the embedding matrix (folded by
+    onnxruntime at load, stored once on disk)."""
+    s = ctx.spec
+    name = names.EMBED if s.tie_word_embeddings else names.LM_HEAD
+    table = ctx.weights[name]
+    if ctx.options.quantization == "fp32" and s.tie_word_embeddings:
+        table_t = ctx.g.op("Transpose", [names.EMBED], "/model/lm_head/Transpose_tied", perm=[1, 0])
+        return ctx.g.op("MatMul", [x, table_t], "/model/lm_head/MatMul")
+    return make_linear(ctx.g, "/model/lm_head", name, x, table, ctx.fmt)
+
+
+BUILD_STEPS = (
+    make_inputs,
+    make_adapter_inputs,
+    make_rope_tables,
+    make_visibility_bias,
+    make_embedding_step,
+    make_decoder_layers,
+    make_outputs,
+)
+
+
+def graph_weights_as_float(prepared: dict[str, Weight]) -> dict[str, np.ndarray]:
+    """The float values of what the graph holds (for references that must see the same numbers)."""
+    return {name: as_float(w) for name, w in prepared.items()}

@@ -1,0 +1,103 @@
+"""A thin recorder of ONNX nodes, initializers and graph inputs/outputs, with namespaced names.
+
+Every node is named by where it sits in the model (`/model/layers.3/attn/q_proj/MatMulNBits`)
+and its outputs are `<node name>/output_<i>`, as onnxruntime-genai's model builder does, so a
+profile or a Netron view reads like the model's structure. Built with `onnx.helper` straight from
+numpy arrays: no torch on the export path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+MS_DOMAIN = "com.microsoft"
+
+
+class GraphBuilder:
+    """Collects the pieces of one graph; `to_model()` assembles the ModelProto."""
+
+    def __init__(self, name: str, opset: int):
+        self.name = name
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self._node_names: set[str] = set()
+        self._initializer_names: set[str] = set()
+        self._constants: dict[tuple, str] = {}
+        self.shared: dict[str, object] = {}  # values computed once and reused by later steps
+
+    # --- graph interface ---------------------------------------------------------------------
+    def input(self, name: str, elem_type: int, shape: Sequence[int | str]) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
+        return name
+
+    def output(self, name: str, elem_type: int, shape: Sequence[int | str]) -> None:
+        self.outputs.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
+
+    # --- weights and constants -----------------------------------------------------------------
+    def initializer(self, name: str, array: np.ndarray) -> str:
+        if name in self._initializer_names:
+            raise ValueError(f"initializer {name!r} added twice")
+        self._initializer_names.add(name)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def const(self, array, dtype=np.int64) -> str:
+        """A small constant (shapes, axes, scalars), deduplicated by value and dtype."""
+        value = np.asarray(array, dtype=dtype)
+        key = (value.dtype.str, value.shape, value.tobytes())
+        if key not in self._constants:
+            text = "_".join(str(v) for v in value.reshape(-1)[:8]) if value.size else "empty"
+            name = f"/model/constants/{value.dtype.name}_{list(value.shape)}_{text}".replace(" ", "")
+            if name in self._initializer_names:
+                name = f"{name}_{len(self._constants)}"
+            self._constants[key] = self.initializer(name, value)
+        return self._constants[key]
+
+    # --- nodes -----------------------------------------------------------------------------------
+    def op(
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        name: str,
+        *,
+        domain: str = "",
+        outputs: int | Sequence[str] = 1,
+        **attributes,
+    ):
+        """Add one node named `name`; returns its output name (or a list when several)."""
+        if name in self._node_names:
+            raise ValueError(f"node {name!r} added twice")
+        self._node_names.add(name)
+        if isinstance(outputs, int):
+            output_names = [f"{name}/output_{i}" for i in range(outputs)]
+        else:
+            output_names = list(outputs)
+        node = helper.make_node(op_type, list(inputs), output_names, name=name, domain=domain or None)
+        for key, value in attributes.items():
+            if value is not None:
+                node.attribute.append(helper.make_attribute(key, value))
+        self.nodes.append(node)
+        return output_names[0] if len(output_names) == 1 else output_names
+
+    # --- assembly ----------------------------------------------------------------------------
+    def to_model(self, doc: str = "", metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)
+        opsets = [helper.make_opsetid("", self.opset), helper.make_opsetid(MS_DOMAIN, 1)]
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="ruvdllm", doc_string=doc)
+        # IR 10 is what onnxruntime 1.20+ (and onnxruntime-web) load; the opset decides the ops.
+        model.ir_version = 10
+        for key, value in (metadata or {}).items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        return model
+
+
+FLOAT = TensorProto.FLOAT
+INT64 = TensorProto.INT64

@@ -1,0 +1,56 @@
+"""What the graph builder can be asked for, and the per-target defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+ATTENTION_FORMULATIONS = ("mha", "attention23", "matmul")
+QUANTIZATIONS = ("q4", "fp32")
+TARGETS = ("cpu", "cuda", "webgpu")
+
+# Per execution provider: the attention formulation and MatMulNBits accuracy level.
+# cpu: measured in benchmarks/export_bench.py (both fused ops pass parity; see benchmarks/README.md).
+# webgpu: MultiHeadAttention was wrong for sequence >= 16 on Dawn and opset-23 Attention had no kernel
+#   (DESIGN.md), so plain MatMul + Softmax until the browser proves otherwise; accuracy_level is
+#   ignored there, 0 states that honestly.
+# cuda: the fused op; not validated here (no GPU), recorded as such in config.json.
+TARGET_DEFAULTS = {
+    "cpu": {"attention": "mha", "accuracy_level": 4},
+    "cuda": {"attention": "mha", "accuracy_level": 4},
+    "webgpu": {"attention": "matmul", "accuracy_level": 0},
+}
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    quantization: str = "q4"  # every linear MatMulNBits 4-bit; "fp32" only for tests and size baselines
+    attention: str = "mha"  # the cpu default (see TARGET_DEFAULTS)
+    accuracy_level: int = 4  # int8 activations in MatMulNBits: ~2.4x faster at M=1 on CPU, rel. error ~5e-3
+    top_k: int = 32  # candidates per position: enough for top-k/top-p sampling at the usual k <= 20..40
+    adapter_targets: tuple[str, ...] = ("q_proj", "v_proj")  # the LoRA targets TALoRA/DGR banks train
+    adapter_slots: int = 8  # K slots composed per position (TALoRA groups + DGR retrievals); 0 = no banks
+    adapter_rank: int = 4  # bank rank per slot; MicroLoRAs are rank 2, so 4 leaves room
+    table_bits: int | None = None  # token table (embedding + tied head) bits; None = 4 if exact Q4 else 8
+    max_position: int | None = None  # RoPE table length; None = the checkpoint's max_position
+
+    def __post_init__(self):
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {QUANTIZATIONS}, not {self.quantization!r}")
+        if self.attention not in ATTENTION_FORMULATIONS:
+            raise ValueError(f"attention must be one of {ATTENTION_FORMULATIONS}, not {self.attention!r}")
+        if self.table_bits not in (None, 4, 8):
+            raise ValueError(f"table_bits must be 4 or 8, not {self.table_bits!r}")
+        if self.top_k < 1 or self.adapter_slots < 0 or self.adapter_rank < 1:
+            raise ValueError("top_k and adapter_rank must be >= 1 and adapter_slots >= 0")
+
+    @property
+    def has_adapters(self) -> bool:
+        return self.adapter_slots > 0 and bool(self.adapter_targets)
+
+
+def options_for_target(target: str, **overrides) -> GraphOptions:
+    """The defaults for one execution provider, with explicit overrides (None means "default")."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
+    chosen = {k: v for k, v in overrides.items() if v is not None}
+    return replace(GraphOptions(), **{**TARGET_DEFAULTS[target], **chosen})
