@@ -1,0 +1,143 @@
+"""runtime/web_command.py (`ruvdllm web`): a real server on a free loopback port serves the client,
+its npm libraries, the runtime wheel and a model directory, every response cross-origin isolated."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+
+from runtime.artifact import write_manifest
+from runtime.errors import RuvdllmError
+from runtime.web_command import ISOLATION_HEADERS, build_site, make_server
+
+
+@pytest.fixture
+def web_dir(tmp_path):
+    web = tmp_path / "web"
+    (web / "js").mkdir(parents=True)
+    (web / "index.html").write_text("<!doctype html><title>client</title>")
+    (web / "js" / "app.js").write_text("export const x = 1;\n")
+    for rel, name in [
+        ("pyodide", "pyodide.asm.wasm"),
+        ("onnxruntime-web/dist", "ort.wasm.min.mjs"),
+        ("@huggingface/tokenizers/dist", "tokenizers.min.mjs"),
+    ]:
+        (web / "node_modules" / rel).mkdir(parents=True)
+        (web / "node_modules" / rel / name).write_bytes(
+            b"\0asm" if name.endswith(".wasm") else b"export {};\n"
+        )
+    (tmp_path / "secret.txt").write_text("not to be served")
+    return web
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.onnx").write_bytes(b"graph bytes")
+    write_manifest(model)
+    return model
+
+
+@pytest.fixture
+def serve(web_dir, model_dir):
+    servers = []
+
+    def start(model=model_dir):
+        server = make_server(build_site(web_dir, model), "127.0.0.1", 0)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def get(url: str):
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+@pytest.mark.parametrize(
+    "path, content_type",
+    [
+        ("", "text/html"),
+        ("js/app.js", "text/javascript"),
+        ("vendor/pyodide/pyodide.asm.wasm", "application/wasm"),
+        ("vendor/ort/ort.wasm.min.mjs", "text/javascript"),
+        ("vendor/tokenizers/tokenizers.min.mjs", "text/javascript"),
+        ("model/model.onnx", "application/octet-stream"),
+        ("model/manifest.json", "application/json"),
+        ("app-config.json", "application/json"),
+    ],
+)
+def test_serves_with_isolation_headers(serve, path, content_type):
+    status, headers, _ = get(serve() + path)
+    assert status == 200
+    assert headers["Content-Type"].startswith(content_type)
+    for name, value in ISOLATION_HEADERS.items():
+        assert headers[name] == value
+
+
+def test_app_config_names_the_wheel_and_the_wheel_is_served(serve):
+    base = serve()
+    config = json.loads(get(base + "app-config.json")[2])
+    assert config["model"] == "model/"
+    status, headers, body = get(base + config["wheel"])
+    assert status == 200 and body[:2] == b"PK"
+    assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+
+
+@pytest.mark.parametrize(
+    "path", ["../secret.txt", "%2e%2e/secret.txt", "model/../../secret.txt", "vendor/", "js/", "nothing.js"]
+)
+def test_nothing_outside_the_mounts_and_no_listings(serve, path):
+    status, headers, body = get(serve() + path)
+    assert status == 404, path
+    assert b"not to be served" not in body
+    assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
+
+
+def test_node_modules_outside_the_vendored_parts_are_not_served(serve, web_dir):
+    (web_dir / "node_modules" / "other").mkdir()
+    (web_dir / "node_modules" / "other" / "x.js").write_text("x")
+    assert get(serve() + "node_modules/other/x.js")[0] == 404
+    assert get(serve() + "node_modules/pyodide/pyodide.asm.wasm")[0] == 404
+    assert get(serve() + "vendor/other/x.js")[0] == 404
+
+
+def test_without_a_model_the_config_says_so(serve):
+    config = json.loads(get(serve(model=None) + "app-config.json")[2])
+    assert config["model"] is None
+
+
+def test_missing_npm_packages_are_a_clear_error(web_dir, model_dir):
+    import shutil
+
+    shutil.rmtree(web_dir / "node_modules" / "pyodide")
+    with pytest.raises(RuvdllmError, match="npm ci"):
+        build_site(web_dir, model_dir)
+
+
+def test_a_directory_without_manifest_is_not_served(web_dir, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RuvdllmError, match="manifest"):
+        build_site(web_dir, tmp_path / "empty")
+
+
+def test_cli_builds_the_wheel(tmp_path, capsys):
+    from ruvdllm_export.cli import main
+
+    assert main(["web", "--build-wheel", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed.endswith(".whl") and (tmp_path / printed.split("/")[-1]).is_file()

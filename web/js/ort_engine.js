@@ -1,0 +1,158 @@
+// onnxruntime-web: choosing the execution provider, creating the session, and the per-step
+// runner that the Python backend (runtime/pyodide_backend.py) drives.
+//
+// The runner keeps everything of size O(d) on this side of the Pyodide <-> JavaScript boundary:
+// the key/value cache (present_* of the last forward, sliced on commit), the adapter banks
+// (bound once) and the DGR query rows (fetched one row at a time, only for positions that
+// retrieve). Per step only the chunk's ids and adapter weights come in (O(S·slots)) and the
+// top-k candidates, logsumexp and entropy go out (O(S'·top_k)).
+
+const ORT_DIR = new URL('../vendor/ort/', import.meta.url).href;
+
+// Which onnxruntime-web build serves each EP. The plain wasm build is the smallest and fastest on
+// CPU; WebGPU needs a build that can await the GPU from inside wasm: the JSPI one where the
+// browser has JavaScript Promise Integration (smaller, faster), the asyncify one otherwise.
+export function bundleFor(ep) {
+  if (ep === 'wasm') return 'ort.wasm.min.mjs';
+  if (ep === 'webgpu') return typeof WebAssembly.Suspending === 'function' ? 'ort.jspi.min.mjs' : 'ort.webgpu.min.mjs';
+  throw new Error(`unknown execution provider ${ep}`);
+}
+
+export async function probeWebGPU() {
+  if (!('gpu' in navigator) || !navigator.gpu) return { ok: false, reason: 'this browser does not expose WebGPU' };
+  let adapter = null;
+  try {
+    adapter = await navigator.gpu.requestAdapter();
+  } catch (e) {
+    return { ok: false, reason: `WebGPU adapter request failed (${e.message})` };
+  }
+  if (!adapter) return { ok: false, reason: 'no WebGPU adapter is available' };
+  const info = adapter.info || {};
+  const name = [info.vendor, info.architecture, info.description].filter(Boolean).join(' ') || 'unknown adapter';
+  return { ok: true, adapter: name };
+}
+
+// Load (once per EP) the ort module for `ep`, configured for `numThreads` wasm threads.
+const modules = new Map();
+export async function loadOrt(ep, { numThreads } = {}) {
+  if (!modules.has(ep)) {
+    const ort = await import(ORT_DIR + bundleFor(ep));
+    ort.env.wasm.wasmPaths = ORT_DIR;
+    // Without cross-origin isolation there is no SharedArrayBuffer: onnxruntime-web would drop
+    // to one thread on its own; asking for one avoids its warning.
+    ort.env.wasm.numThreads = self.crossOriginIsolated ? numThreads || Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+    ort.env.logLevel = 'error';
+    modules.set(ep, ort);
+  }
+  return modules.get(ep);
+}
+
+// Create an InferenceSession for the model bytes (+ external data files) on exactly `ep`.
+export async function createSession(ort, modelBytes, { ep, externalData = [] }) {
+  const options = {
+    executionProviders: [ep],
+    graphOptimizationLevel: 'all',
+    externalData: externalData.map(({ path, data }) => ({ path, data })),
+  };
+  return ort.InferenceSession.create(modelBytes, options);
+}
+
+const int64 = (values) => BigInt64Array.from(values, (v) => BigInt(v));
+
+// The graph's names (runtime/artifact.py): the contract between the exporter and every runtime.
+const names = {
+  pastKey: (l) => `past_key.${l}`,
+  pastValue: (l) => `past_value.${l}`,
+  presentKey: (l) => `present_key.${l}`,
+  presentValue: (l) => `present_value.${l}`,
+};
+
+// Keep the first `keep` positions of a [1, heads, P, headDim] float32 tensor.
+export function slicePositions(ort, tensor, keep) {
+  const [one, heads, positions, headDim] = tensor.dims;
+  if (keep > positions) throw new Error(`cannot keep ${keep} of ${positions} cached positions`);
+  const out = new Float32Array(one * heads * keep * headDim);
+  const src = tensor.data;
+  for (let h = 0; h < heads; h++) {
+    out.set(src.subarray(h * positions * headDim, (h * positions + keep) * headDim), h * keep * headDim);
+  }
+  return new ort.Tensor('float32', out, [one, heads, keep, headDim]);
+}
+
+export class ModelRunner {
+  // config: the artifact's config.json; banks: {inputName: ort.Tensor} for every adapter.* input.
+  constructor(ort, session, config, banks, ep) {
+    this.ort = ort;
+    this.session = session;
+    this.config = config;
+    this.banks = banks;
+    this.ep = ep;
+    this.timings = { runs: 0, runMs: 0 }; // session.run time only: the rest of a step is the bridge
+    this.reset();
+  }
+
+  reset() {
+    const { num_layers: layers, num_kv_heads: kv, head_dim: hd } = this.config;
+    const empty = () => new this.ort.Tensor('float32', new Float32Array(0), [1, kv, 0, hd]);
+    this.past = Array.from({ length: layers }, () => ({ key: empty(), value: empty() }));
+    this.last = null;
+  }
+
+  cached() {
+    return this.past.length ? this.past[0].key.dims[2] : 0;
+  }
+
+  // One forward. ids/positions/blocks: numbers [S]; weights: numbers [S * slots] (row-major).
+  async forward(inputIds, positionIds, blockIds, outputOffset, adapterWeights) {
+    const { ort, config } = this;
+    const S = inputIds.length;
+    const slots = config.adapter_slots;
+    const feeds = {
+      input_ids: new ort.Tensor('int64', int64(inputIds), [1, S]),
+      position_ids: new ort.Tensor('int64', int64(positionIds), [1, S]),
+      block_ids: new ort.Tensor('int64', int64(blockIds), [1, S]),
+      output_offset: new ort.Tensor('int64', int64([outputOffset]), [1]),
+      adapter_weights: new ort.Tensor('float32', Float32Array.from(adapterWeights), [1, S, slots]),
+      ...this.banks,
+    };
+    this.past.forEach((p, l) => {
+      feeds[names.pastKey(l)] = p.key;
+      feeds[names.pastValue(l)] = p.value;
+    });
+    const started = performance.now();
+    const out = await this.session.run(feeds);
+    this.timings.runMs += performance.now() - started;
+    this.timings.runs += 1;
+    this.last = out;
+    const [, rows, topK] = out.topk_ids.dims;
+    return {
+      rows,
+      topK,
+      // vocabulary ids fit in int32: a smaller, BigInt-free array for the crossing
+      topkIds: Int32Array.from(out.topk_ids.data, Number),
+      topkLogits: out.topk_logits.data,
+      logsumexp: out.logsumexp.data,
+      entropy: out.entropy.data,
+    };
+  }
+
+  // The DGR query of one output row of the last forward: hidden floats.
+  query(row) {
+    const q = this.last.query;
+    const hidden = q.dims[2];
+    return q.data.slice(row * hidden, (row + 1) * hidden);
+  }
+
+  // The cache becomes the last forward's present keys/values, first `keep` positions.
+  commit(keep) {
+    if (!this.last) throw new Error('commit before any forward');
+    this.past = this.past.map((_, l) => ({
+      key: slicePositions(this.ort, this.last[names.presentKey(l)], keep),
+      value: slicePositions(this.ort, this.last[names.presentValue(l)], keep),
+    }));
+  }
+
+  async release() {
+    await this.session.release();
+  }
+}

@@ -1,0 +1,34 @@
+// The model's tokenizer in the browser, read from the artifact's tokenizer.json.
+//
+// @huggingface/tokenizers is a pure-JavaScript implementation of the Hugging Face `tokenizers`
+// pipeline (normalizer, pre-tokenizer, BPE/Unigram/WordPiece, post-processor, decoder): ~8 kB
+// gzipped, no dependencies, works from a local tokenizer.json with no network. The alternatives
+// were heavier (transformers.js brings its own copy of onnxruntime-web) or not maintained.
+// tests/web/test_tokenizer.py holds it to the same ids as `tokenizers` on CPython.
+
+import { Tokenizer } from '../vendor/tokenizers/tokenizers.min.mjs';
+
+export class ModelTokenizer {
+  constructor(tokenizerJson) {
+    // The artifact carries no tokenizer_config.json: special tokens come from tokenizer.json.
+    this.inner = new Tokenizer(tokenizerJson, {});
+  }
+
+  encode(text, { addSpecialTokens = false } = {}) {
+    return this.inner.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+  }
+
+  decode(ids, { skipSpecialTokens = true } = {}) {
+    if (!ids.length) return ''; // the library rejects an empty list
+    return this.inner.decode(ids, { skip_special_tokens: skipSpecialTokens, clean_up_tokenization_spaces: false });
+  }
+
+  // The text of one token on its own (for the live view: a position's current guess).
+  tokenText(id) {
+    return this.inner.decode([id], { skip_special_tokens: false, clean_up_tokenization_spaces: false });
+  }
+
+  tokenId(token) {
+    return this.inner.token_to_id(token);
+  }
+}
