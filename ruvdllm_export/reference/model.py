@@ -121,6 +121,12 @@ class DiffusionLM(nn.Module):
         tied = spec.tie_word_embeddings or names.LM_HEAD not in weights
         self.head = FrozenLinear(weights[names.EMBED if tied else names.LM_HEAD])
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint, top_k: int = 32) -> DiffusionLM:
+        """From a `LoadedCheckpoint` (ruvdllm_export.checkpoints.load_checkpoint): exact 4-bit
+        tensors run 4-bit, float ones float32, with the loader's mask token."""
+        return cls(checkpoint.spec, checkpoint.weights, checkpoint.mask_token_id, top_k)
+
     @property
     def quantized(self) -> bool:
         return self.layers[0].proj["q_proj"].quantized

@@ -226,3 +226,34 @@ def test_bad_weights_are_named():
         DiffusionLM(spec, broken, mask_token_id=0)
     with pytest.raises(RuvdllmError, match="mask token id"):
         DiffusionLM(spec, weights, mask_token_id=spec.vocab_size)
+
+
+@pytest.mark.parametrize("qtype", ["F32", "Q4_0", "Q4_1"])
+def test_from_loaded_checkpoints(tmp_path, qtype):
+    """Checkpoints as the readers deliver them: an HF directory equals transformers; a GGUF
+    file's exact 4-bit tensors run 4-bit and equal float mode on their dequantized values."""
+    from ruvdllm_export.checkpoints import load_checkpoint
+    from tests.fixtures.tiny_models import make_gguf_checkpoint, make_hf_checkpoint
+
+    ids = _ids(8, 300, seed=12)
+    blocks = block_causal_block_ids(8, 4)
+    if qtype == "F32":
+        loaded = load_checkpoint(make_hf_checkpoint(tmp_path / "hf", "qwen2", seed=1))
+        hf_model = tiny("qwen2", False)[0]
+        model = DiffusionLM.from_checkpoint(loaded)
+        assert not model.quantized and model.mask_token_id == loaded.mask_token_id
+        with torch.no_grad():
+            got = model(ids, _positions(0, 8), causal_block_ids(8))["logits"]
+            expected = hf_model(input_ids=ids, position_ids=_positions(0, 8)).logits
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+        return
+    loaded = load_checkpoint(make_gguf_checkpoint(tmp_path / "m.gguf", "llama", qtype=qtype, seed=1))
+    model = DiffusionLM.from_checkpoint(loaded, top_k=4)
+    assert model.quantized and model.top_k == 4
+    dequantized = {k: v if isinstance(v, np.ndarray) else dequantize_q4(v) for k, v in loaded.weights.items()}
+    with torch.no_grad():
+        got = model(ids, _positions(0, 8), blocks)["logits"]
+        expected = DiffusionLM(loaded.spec, dequantized, loaded.mask_token_id)(ids, _positions(0, 8), blocks)[
+            "logits"
+        ]
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
