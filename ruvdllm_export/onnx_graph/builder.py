@@ -20,10 +20,17 @@ from runtime import artifact
 from ruvdllm_export import spec as names
 from ruvdllm_export.onnx_graph.attention import make_attention_block, make_past_inputs, make_visibility_bias
 from ruvdllm_export.onnx_graph.context import BuildContext
-from ruvdllm_export.onnx_graph.embedding import make_embedding
+from ruvdllm_export.onnx_graph.embedding import make_embedding, make_embedding_lora
 from ruvdllm_export.onnx_graph.graph import FLOAT, INT64, GraphBuilder
 from ruvdllm_export.onnx_graph.head import make_head_outputs, make_output_rows, make_query
-from ruvdllm_export.onnx_graph.linear import StaticLora, Weight, as_float, as_q4, make_linear
+from ruvdllm_export.onnx_graph.linear import (
+    StaticLora,
+    Weight,
+    as_float,
+    as_q4,
+    make_linear,
+    make_static_lora_delta,
+)
 from ruvdllm_export.onnx_graph.mlp import make_mlp_block
 from ruvdllm_export.onnx_graph.norms import make_rms_norm, make_skip_rms_norm
 from ruvdllm_export.onnx_graph.options import GraphOptions
@@ -42,6 +49,7 @@ def build_graph(
     """The whole model as an in-memory ModelProto (save it with external data when large)."""
     options = options or GraphOptions()
     check_weights(spec, weights)
+    check_lora(spec, lora or {})
     opset = 23 if options.attention == "attention23" else 21  # 21: what every EP's kernels are registered for
     ctx = BuildContext(
         g=GraphBuilder("ruvdllm", opset),
@@ -96,6 +104,22 @@ def check_weights(spec: ModelSpec, weights: dict[str, Weight]) -> None:
         got = tuple(weights[name].shape)
         if got != shape:
             raise ValueError(f"tensor {name} has shape {got}, expected {shape}")
+
+
+def check_lora(spec: ModelSpec, lora: dict[str, StaticLora]) -> None:
+    """Static LoRA factors name a linear (or the head / embedding) and fit its shape."""
+    shapes = {n: s for n, s in expected_shapes(spec).items() if len(s) == 2}
+    shapes[names.LM_HEAD] = (spec.vocab_size, spec.hidden_size)
+    shapes[names.EMBED] = (spec.hidden_size, spec.vocab_size)  # as a linear over one-hot ids (PEFT)
+    for name, factors in lora.items():
+        if name not in shapes:
+            raise ValueError(f"LoRA factors for {name}: not a linear of this model")
+        out, in_ = shapes[name]
+        rank = factors.a.shape[0]
+        if factors.a.shape != (rank, in_) or factors.b.shape != (out, rank):
+            raise ValueError(
+                f"LoRA factors for {name}: a {factors.a.shape} / b {factors.b.shape}, expected a [r, {in_}] / b [{out}, r]"
+            )
 
 
 def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
@@ -175,6 +199,8 @@ def make_rope_tables(ctx: BuildContext) -> None:
 
 def make_embedding_step(ctx: BuildContext) -> None:
     ctx.hidden = make_embedding(ctx.g, names.EMBED, ctx.input_ids, ctx.weights[names.EMBED])
+    if names.EMBED in ctx.lora:
+        ctx.hidden = make_embedding_lora(ctx.g, ctx.input_ids, ctx.hidden, ctx.lora[names.EMBED])
 
 
 def make_decoder_layers(ctx: BuildContext) -> None:
@@ -229,13 +255,17 @@ def make_lm_head(ctx: BuildContext, x: str) -> str:
     """Tied heads read the embedding's table: in q4 mode its MatMulNBits initializers are the very
     ones the embedding Gather reads; in fp32 mode a Transpose of the embedding matrix (folded by
     onnxruntime at load, stored once on disk)."""
-    s = ctx.spec
+    s, g, scope = ctx.spec, ctx.g, "/model/lm_head"
     name = names.EMBED if s.tie_word_embeddings else names.LM_HEAD
-    table = ctx.weights[name]
+    lora = ctx.lora.get(names.LM_HEAD)  # a head LoRA is keyed lm_head.weight, tied or not
     if ctx.options.quantization == "fp32" and s.tie_word_embeddings:
-        table_t = ctx.g.op("Transpose", [names.EMBED], "/model/lm_head/Transpose_tied", perm=[1, 0])
-        return ctx.g.op("MatMul", [x, table_t], "/model/lm_head/MatMul")
-    return make_linear(ctx.g, "/model/lm_head", name, x, table, ctx.fmt)
+        table_t = g.op("Transpose", [names.EMBED], f"{scope}/Transpose_tied", perm=[1, 0])
+        logits = g.op("MatMul", [x, table_t], f"{scope}/MatMul")
+        if lora is not None:
+            delta = make_static_lora_delta(g, scope, names.LM_HEAD, x, lora)
+            logits = g.op("Add", [logits, delta], f"{scope}/Add_lora")
+        return logits
+    return make_linear(g, scope, name, x, ctx.weights[name], ctx.fmt, lora=lora)
 
 
 BUILD_STEPS = (

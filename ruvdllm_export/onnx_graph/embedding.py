@@ -12,10 +12,11 @@ from __future__ import annotations
 import numpy as np
 
 from ruvdllm_export.onnx_graph.graph import GraphBuilder
-from ruvdllm_export.onnx_graph.linear import Weight, as_float, register_quantized
+from ruvdllm_export.onnx_graph.linear import StaticLora, Weight, as_float, register_quantized
 from ruvdllm_export.onnx_graph.q8 import ZERO_POINT as Q8_ZERO_POINT
 from ruvdllm_export.onnx_graph.q8 import Q8Tensor
 from ruvdllm_export.quant.q4 import BLOCK, Q4Tensor
+from ruvdllm_export.spec import EMBED as EMBED_NAME
 
 SCOPE = "/model/embed_tokens"
 
@@ -26,6 +27,19 @@ def make_embedding(g: GraphBuilder, name: str, input_ids: str, table: Weight) ->
         weight = g.initializer(name, as_float(table))
         return g.op("Gather", [weight, input_ids], f"{SCOPE}/Gather", axis=0)
     return make_quantized_gather(g, SCOPE, name, input_ids, table)
+
+
+def make_embedding_lora(g: GraphBuilder, ids: str, hidden: str, lora: StaticLora) -> str:
+    """A static LoRA on the embedding (PEFT layout: a [r, vocab], b [hidden, r], scale in b):
+
+    ids ─Gather(aᵀ [vocab, r])─► [1,S,r] ─MatMul(bᵀ [r, hidden])─► delta ─Add(hidden)─►
+    """
+    scope = f"{SCOPE}/lora"
+    a_t = g.initializer(f"{EMBED_NAME}.lora_a.T", np.ascontiguousarray(lora.a.T.astype(np.float32)))
+    b_t = g.initializer(f"{EMBED_NAME}.lora_b.T", np.ascontiguousarray(lora.b.T.astype(np.float32)))
+    rows = g.op("Gather", [a_t, ids], f"{scope}/Gather_a", axis=0)
+    delta = g.op("MatMul", [rows, b_t], f"{scope}/MatMul_b")
+    return g.op("Add", [hidden, delta], f"{scope}/Add")
 
 
 def make_quantized_gather(
