@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ruvdllm_export.onnx_graph.q8 import ZERO_POINT as Q8_ZERO_POINT
 from ruvdllm_export.quant.q4 import BLOCK
 
 
@@ -67,4 +68,11 @@ def dequantize_q4(
     w = scales[..., None] * (q - zero_points[..., None].float())
     if mins is not None:
         w = w + mins[..., None]
+    return w.reshape(w.shape[0], -1)[:, :in_features]
+
+
+def dequantize_q8(packed: torch.Tensor, scales: torch.Tensor, in_features: int) -> torch.Tensor:
+    """The graph's 8-bit token table: W [N, K] = scales * (packed - 128) per block of 32, the
+    numpy reference's operations (ruvdllm_export/onnx_graph/q8.py)."""
+    w = scales[..., None] * (packed.float() - float(Q8_ZERO_POINT))
     return w.reshape(w.shape[0], -1)[:, :in_features]

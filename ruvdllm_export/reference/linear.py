@@ -18,8 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ruvdllm_export.onnx_graph.q8 import Q8Tensor
 from ruvdllm_export.quant.q4 import Q4Tensor
-from ruvdllm_export.reference.functional import dequantize_q4
+from ruvdllm_export.reference.functional import dequantize_q4, dequantize_q8
+
+# What a weights dict may hold for a linear: float32, the 4-bit MatMulNBits layout, or the graph
+# builder's 8-bit token table (embedding / tied head).
+Weight = np.ndarray | Q4Tensor | Q8Tensor
 
 # A bank for one linear at one layer: a [in, slots·rank], b [slots·rank, out] (LoRA scale
 # folded in) and w [B, S, slots·rank], the per-position slot weights repeated `rank` times.
@@ -52,13 +57,18 @@ class LoraDelta(nn.Module):
 
 
 class FrozenLinear(nn.Module):
-    """A linear whose base weight is float32 [out, in] or a Q4Tensor kept packed exactly as
-    MatMulNBits stores it and dequantized on the fly (QLoRA: gradients reach x, never W)."""
+    """A linear whose base weight is float32 [out, in], or a Q4Tensor / Q8Tensor kept packed
+    exactly as MatMulNBits stores it and dequantized on the fly (QLoRA: gradients reach x, never W)."""
 
-    def __init__(self, weight: np.ndarray | Q4Tensor, bias: np.ndarray | None = None):
+    def __init__(self, weight: Weight, bias: np.ndarray | None = None):
         super().__init__()
-        self.quantized = isinstance(weight, Q4Tensor)
-        if self.quantized:
+        self.quantized = isinstance(weight, Q4Tensor | Q8Tensor)
+        self.bits = 4 if isinstance(weight, Q4Tensor) else 8 if isinstance(weight, Q8Tensor) else 32
+        if self.bits == 8:
+            self.out_features, self.in_features = weight.shape
+            self.register_buffer("packed", _tensor(weight.packed), persistent=False)
+            self.register_buffer("scales", _tensor(weight.scales.astype(np.float32)), persistent=False)
+        elif self.quantized:
             self.out_features, self.in_features = weight.shape
             self.register_buffer("packed", _tensor(weight.packed), persistent=False)
             self.register_buffer("scales", _tensor(weight.scales.astype(np.float32)), persistent=False)
@@ -76,6 +86,8 @@ class FrozenLinear(nn.Module):
         """The base weight as float [out, in] (dequantized when 4-bit)."""
         if not self.quantized:
             return self.weight
+        if self.bits == 8:
+            return dequantize_q8(self.packed, self.scales, self.in_features)
         return dequantize_q4(self.packed, self.scales, self.zero_points, self.mins, self.in_features)
 
     def forward(self, x: torch.Tensor, bank: BankCall | None = None) -> torch.Tensor:
@@ -115,12 +127,16 @@ class EmbeddingLoraDelta(nn.Module):
 
 
 class FrozenEmbedding(nn.Module):
-    """Token embedding table, float32 [vocab, hidden]; a 4-bit table is dequantized once (a
-    lookup of dequantized rows is exactly what the graph's gather produces)."""
+    """Token embedding table, float32 [vocab, hidden]; a 4- or 8-bit table is dequantized once
+    (a lookup of dequantized rows is exactly what the graph's gather produces)."""
 
-    def __init__(self, table: np.ndarray | Q4Tensor):
+    def __init__(self, table: Weight):
         super().__init__()
-        if isinstance(table, Q4Tensor):
+        if isinstance(table, Q8Tensor):
+            weight = dequantize_q8(
+                _tensor(table.packed), _tensor(table.scales.astype(np.float32)), table.in_features
+            )
+        elif isinstance(table, Q4Tensor):
             weight = dequantize_q4(
                 _tensor(table.packed),
                 _tensor(table.scales.astype(np.float32)),

@@ -57,3 +57,14 @@ def test_q4_linear_keeps_the_packed_layout():
     assert linear.in_features == 40 and linear.quantized
     x = torch.randn(3, 40)
     torch.testing.assert_close(linear(x), x @ torch.from_numpy(dequantize_q4(t)).T)
+
+
+@settings(max_examples=20, deadline=None)
+@given(rows=st.integers(1, 6), cols=st.integers(1, 100), seed=st.integers(0, 2**16))
+def test_torch_q8_dequantize_equals_numpy_bit_for_bit(rows, cols, seed):
+    from ruvdllm_export.onnx_graph.q8 import dequantize_q8, quantize_q8
+
+    t = quantize_q8(np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32))
+    linear = FrozenLinear(t)
+    assert linear.bits == 8 and linear.quantized
+    np.testing.assert_array_equal(linear.base_weight().numpy(), dequantize_q8(t))
