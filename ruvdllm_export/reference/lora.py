@@ -124,14 +124,14 @@ def lora_deltas(model: DiffusionLM) -> dict[str, np.ndarray]:
 
 
 def lora_factors(model: DiffusionLM) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Canonical linear weight name -> (a [rank, in], b [out, rank]) float32 with the scale
-    folded into b, so `W x + b (a x)` is the adapted linear: the form the graph builder bakes in
-    as a fixed low-rank delta. Linears and the head only (an embedding delta is `lora_deltas`)."""
+    """Canonical weight name -> (a, b) float32 with the scale folded into b: the form the graph
+    builder bakes in as a fixed low-rank delta (onnx_graph StaticLora). For a linear
+    a [rank, in], b [out, rank] and `W x + b (a x)` is the adapted linear; for the embedding
+    (PEFT layout) a [rank, vocab], b [hidden, rank] and row `id` gains `b a[:, id]`."""
     with torch.no_grad():
         return {
             weight: (lora.lora_A.float().cpu().numpy(), (lora.lora_B * lora.scaling).float().cpu().numpy())
             for weight, lora in _adapted(model).items()
-            if isinstance(lora, LoraDelta)
         }
 
 

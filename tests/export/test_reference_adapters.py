@@ -327,8 +327,14 @@ def test_lora_factors_are_the_graphs_static_delta():
     apply_lora(model, LoraConfig(rank=3, alpha=5.0, targets=("k_proj", "lm_head", "embed_tokens")))
     _randomise(model, 16)
     factors = lora_factors(model)
-    assert set(factors) == {names.linear_weight(0, "k_proj"), names.linear_weight(1, "k_proj"), names.LM_HEAD}
+    assert set(factors) == {
+        names.linear_weight(0, "k_proj"),
+        names.linear_weight(1, "k_proj"),
+        names.LM_HEAD,
+        names.EMBED,
+    }
     deltas = lora_deltas(model)
     for name, (a, b) in factors.items():
         assert a.shape[0] == 3 and b.shape[1] == 3
-        np.testing.assert_allclose(b @ a, deltas[name], atol=1e-6)
+        merged = (b @ a).T if name == names.EMBED else b @ a  # the embedding's delta is [vocab, hidden]
+        np.testing.assert_allclose(merged, deltas[name], atol=1e-6)

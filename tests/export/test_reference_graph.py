@@ -144,13 +144,16 @@ def test_static_lora_in_the_graph_equals_the_trained_adapter():
     weights = tiny_weights("qwen2", False, seed=6)
     options = GraphOptions(**{**OPTIONS.__dict__, "adapter_slots": 0})
     model = DiffusionLM(spec, prepare_weights(spec, weights, options), mask_token_id=3, top_k=options.top_k)
-    apply_lora(model, LoraConfig(rank=4, targets=("q_proj", "k_proj", "o_proj", "up_proj")))
+    apply_lora(
+        model,
+        LoraConfig(rank=4, targets=("q_proj", "k_proj", "o_proj", "up_proj", "lm_head", "embed_tokens")),
+    )
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in lora_parameters(model):
             p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
     lora = {name: StaticLora(a, b) for name, (a, b) in lora_factors(model).items()}
-    assert names.linear_weight(1, "up_proj") in lora
+    assert {names.linear_weight(1, "up_proj"), names.LM_HEAD, names.EMBED} <= set(lora)
     graph = session(build_graph(spec, weights, options, lora=lora))
     ids = np.random.default_rng(2).integers(0, spec.vocab_size, 8)
     blocks = np.array([0, 0, 0, 0, 1, 1, 1, 1])
