@@ -1,0 +1,89 @@
+"""BD3LM: semi-autoregressive block diffusion. Blocks are denoised one after another; committed
+tokens are cached (docs/sampling.md §3).
+
+Chunk of one step, with n committed tokens of which `cached` are in the cache:
+
+    input_ids   tokens[cached:n]        block (masks / committed)
+    block_ids   0 1 2 .. n-cached-1      n-cached  (all block positions)
+                └ causal, cannot see the block ┘  └ see everything before and each other
+
+The first step of each block carries every uncached committed token (the prompt, or the lead
+token and the previous block); afterwards the cache is committed up to n-1, so later steps carry
+only [tokens[n-1]] + block.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from runtime.backend import Backend, Chunk
+from runtime.control import AdapterControl
+from runtime.denoise import Span, denoise_span
+from runtime.settings import GenerationSettings, Plan
+
+
+def bd3lm_chunk(
+    tokens: list[int], cached: int, block: Span, mask_id: int, adapter_rows: list[list[float]]
+) -> Chunk:
+    """The uncached committed tokens (causal) followed by the block (one block id); outputs start
+    at the last committed token, whose row predicts the block's first position."""
+    context = tokens[cached:]
+    return Chunk(
+        input_ids=context + [mask_id if token is None else token for token in block],
+        position_ids=list(range(cached, len(tokens) + len(block))),
+        block_ids=list(range(len(context))) + [len(context)] * len(block),
+        output_offset=len(context) - 1,
+        adapter_weights=adapter_rows,
+    )
+
+
+def sample_bd3lm(
+    backend: Backend,
+    prompt: list[int],
+    settings: GenerationSettings,
+    plan: Plan,
+    rng: random.Random,
+    control: AdapterControl,
+    report: Callable,
+) -> list[int]:
+    """Generate up to `settings.length` tokens after `prompt`, block by block.
+
+    Args:
+        backend: runs the graph and holds the cache of committed tokens.
+        prompt: token ids, at least one.
+        settings: decoding, sampling and schedule choices; stop_at_eos ends after a block with EOS.
+        plan: block length (`plan.span`) and steps per block, already checked.
+        rng: the generation's random.Random; consumed only when temperature > 0.
+        control: adapter weights per row (TALoRA / DGR).
+        report: report(span_index, offset, step, t, committed, span, retrieved, forward_ms).
+    """
+    mask_id = backend.config.mask_token_id
+    eos = set(backend.config.eos_token_ids)
+    backend.reset()
+    tokens = list(prompt)  # committed: prompt, then finished blocks
+    generated: list[int] = []
+
+    def forward(block: Span, t: float):
+        cached = backend.cached()
+        rows = control.rows(len(tokens) - cached, len(block), t)
+        output = backend.forward(bd3lm_chunk(tokens, cached, block, mask_id, rows))
+        if cached < len(tokens) - 1:
+            backend.commit(len(tokens) - 1)  # the lead token stays out: it starts the next chunk
+        return output
+
+    while len(generated) < settings.length:
+        index, offset = len(generated) // plan.span, len(generated)
+        length = min(plan.span, settings.length - len(generated))
+
+        def report_step(step, t, committed, span, retrieved, forward_ms, index=index, offset=offset):
+            report(index, offset, step, t, committed, span, retrieved, forward_ms)
+
+        block = denoise_span(
+            length, min(plan.steps, length), forward, settings, mask_id, rng, control, report_step
+        )
+        tokens.extend(block)
+        generated.extend(block)
+        if settings.stop_at_eos and eos.intersection(block):
+            break
+    return generated

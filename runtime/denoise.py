@@ -1,0 +1,99 @@
+"""One span's denoising loop and its per-step decisions (docs/sampling.md §4), shared by the
+MDLM and BD3LM samplers. The decisions are pure functions of the step's outputs and the rng.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from runtime.backend import StepOutput
+from runtime.control import AdapterControl
+from runtime.sampling import choose_token, confidence, drop_token
+from runtime.schedules import make_schedule, unmask_counts
+from runtime.settings import GenerationSettings
+
+Span = list  # list[int | None]: a committed token, or None while masked
+
+
+@dataclass(frozen=True)
+class Proposal:
+    position: int  # in the span
+    token: int
+    confidence: float  # temperature-1 probability under the full vocabulary
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """What `on_step` receives after every denoising step."""
+
+    span: int  # span index: the block for BD3LM, 0 for MDLM
+    step: int  # step within the span
+    t: float  # masked fraction of the span before this step
+    committed: dict[int, int]  # position in the generated text -> token, committed this step
+    tokens: list  # the generated text so far (list[int | None]; None where still masked)
+    retrieved: list[int]  # generated positions DGR retrieved adapters for after this step
+    forward_ms: float  # time of this step's forward
+
+
+def propose(
+    masked: Sequence[int], output: StepOutput, mask_id: int, settings: GenerationSettings, rng: random.Random
+) -> list[Proposal]:
+    """A token and its confidence for every masked position, ascending (the rng order)."""
+    proposals = []
+    for i in masked:
+        ids, logits = drop_token(output.topk_ids[i], output.topk_logits[i], mask_id)
+        j = choose_token(ids, logits, settings.temperature, settings.top_k, settings.top_p, rng)
+        proposals.append(Proposal(i, int(ids[j]), confidence(float(logits[j]), float(output.logsumexp[i]))))
+    return proposals
+
+
+def most_confident(proposals: Sequence[Proposal], n: int) -> list[Proposal]:
+    """Low-confidence remasking: keep the n most confident; ties go to the lower position."""
+    return sorted(proposals, key=lambda p: (-p.confidence, p.position))[:n]
+
+
+def above_threshold(proposals: Sequence[Proposal], threshold: float) -> list[Proposal]:
+    """Fast-dLLM parallel decoding: every proposal at or above the threshold, at least the best."""
+    chosen = [p for p in proposals if p.confidence >= threshold]
+    return chosen or most_confident(proposals, 1)
+
+
+def denoise_span(
+    length: int,
+    steps: int,
+    forward: Callable[[Span, float], StepOutput],
+    settings: GenerationSettings,
+    mask_id: int,
+    rng: random.Random,
+    control: AdapterControl,
+    report: Callable[[int, float, dict[int, int], Span, list[int], float], None],
+) -> list[int]:
+    """Denoise `length` masked positions: forward, propose, commit, retrieve — until none is
+    masked. `report(step, t, committed, span, retrieved, forward_ms)` follows every step."""
+    span: Span = [None] * length
+    counts = None
+    if settings.decoding == "low-confidence":
+        counts = unmask_counts(length, steps, make_schedule(settings.schedule))
+    control.start_span()
+    step = 0
+    while None in span:
+        masked = [i for i, token in enumerate(span) if token is None]
+        t = len(masked) / length
+        started = time.perf_counter()
+        output = forward(span, t)
+        forward_ms = (time.perf_counter() - started) * 1e3
+        proposals = propose(masked, output, mask_id, settings, rng)
+        if counts is not None:
+            chosen = most_confident(proposals, counts[step])
+        else:
+            chosen = above_threshold(proposals, settings.threshold)
+        committed = {p.position: p.token for p in chosen}
+        for position, token in committed.items():
+            span[position] = token
+        retrieved = control.after_step(output, [i for i in masked if span[i] is None], t, step)
+        report(step, t, committed, span, retrieved, forward_ms)
+        step += 1
+    return span

@@ -1,0 +1,95 @@
+"""Generation over any Backend: check the settings, run the chosen sampler, truncate at EOS and
+keep a per-step trace. Standard library only — the browser calls this very function."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from runtime.backend import Backend
+from runtime.bd3lm import sample_bd3lm
+from runtime.control import AdapterControl
+from runtime.denoise import StepEvent
+from runtime.mdlm import sample_mdlm
+from runtime.settings import GenerationSettings, resolve
+from runtime.talora import TaloraConfig
+
+SAMPLER_FUNCTIONS = {"mdlm": sample_mdlm, "bd3lm": sample_bd3lm}
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    tokens: list[int]  # generated ids, truncated before the first EOS
+    finish_reason: str  # "stop" (EOS) or "length"
+    trace: list[StepEvent] = field(repr=False)
+    prompt_tokens: int = 0
+    wall_ms: float = 0.0  # whole generation
+    forward_ms: float = 0.0  # sum of the forwards
+
+    @property
+    def steps(self) -> int:
+        return len(self.trace)
+
+
+def truncate_at_eos(tokens: list[int], eos: set[int]) -> tuple[list[int], str]:
+    for i, token in enumerate(tokens):
+        if token in eos:
+            return tokens[:i], "stop"
+    return tokens, "length"
+
+
+def default_control(
+    backend: Backend, talora: TaloraConfig | None = None, dgr=None, index=None
+) -> AdapterControl:
+    config = backend.config
+    groups = len(config.timestep_groups) - 1
+    return AdapterControl(config.adapter_slots, groups, config.vocab_size, talora, dgr, index)
+
+
+def generate(
+    backend: Backend,
+    prompt: list[int],
+    settings: GenerationSettings,
+    rng: random.Random,
+    control: AdapterControl | None = None,
+    on_step: Callable[[StepEvent], None] | None = None,
+) -> GenerationResult:
+    """Generate after `prompt` (token ids). `rng` is consumed only at temperature > 0;
+    `on_step` sees every step's partially unmasked text. Raises RuvdllmError on bad settings."""
+    plan = resolve(settings, backend.config, len(prompt))
+    control = control or default_control(backend)
+    control.start()
+    trace: list[StepEvent] = []
+    text: list = []  # the generated region, None where masked
+
+    def report(index, offset, step, t, committed, span, retrieved, forward_ms):
+        del text[offset:]
+        text.extend(span)
+        event = StepEvent(
+            span=index,
+            step=step,
+            t=t,
+            committed={offset + i: token for i, token in committed.items()},
+            tokens=list(text),
+            retrieved=[offset + i for i in retrieved],
+            forward_ms=forward_ms,
+        )
+        trace.append(event)
+        if on_step is not None:
+            on_step(event)
+
+    started = time.perf_counter()
+    sampler = SAMPLER_FUNCTIONS[settings.sampler]
+    generated = sampler(backend, list(prompt), settings, plan, rng, control, report)
+    wall_ms = (time.perf_counter() - started) * 1e3
+    tokens, finish = truncate_at_eos(generated, set(backend.config.eos_token_ids))
+    return GenerationResult(
+        tokens=tokens,
+        finish_reason=finish,
+        trace=trace,
+        prompt_tokens=len(prompt),
+        wall_ms=wall_ms,
+        forward_ms=sum(e.forward_ms for e in trace),
+    )

@@ -1,0 +1,77 @@
+"""What a caller chooses for one generation, and the checks that turn bad choices into one-line
+errors before any forward runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from runtime.artifact import ArtifactConfig
+from runtime.dgr import DgrConfig
+from runtime.errors import RuvdllmError
+from runtime.schedules import SCHEDULES
+
+SAMPLERS = ("bd3lm", "mdlm")
+DECODINGS = ("low-confidence", "threshold")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    sampler: str = "bd3lm"  # small converted models denoise far better block by block
+    length: int = 64  # new tokens: a short answer
+    block_size: int | None = None  # None: the model's config.block_size (what it was trained with)
+    steps: int | None = None  # per span; None: the span length, one token per step (best quality)
+    schedule: str = "linear"  # LLaDA's: equal tokens per step
+    decoding: str = "low-confidence"  # commit the most confident positions per schedule
+    threshold: float = 0.9  # Fast-dLLM's default for threshold decoding
+    temperature: float = 0.0  # greedy: reproducible without a seed
+    top_k: int = 0  # 0: all of the graph's candidates
+    top_p: float = 1.0  # no nucleus truncation
+    stop_at_eos: bool = True  # stop after the block that produced an end-of-sequence token
+    talora: bool = True  # apply the bank's timestep groups (zero banks leave the model unchanged)
+    dgr: bool = True  # retrieve when uncertain (no-op without patterns in the bank)
+    dgr_config: DgrConfig = field(default_factory=DgrConfig)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Settings resolved against a model and a prompt."""
+
+    span: int  # positions denoised together: block size (BD3LM) or length (MDLM)
+    steps: int  # steps per full span
+
+
+def resolve(settings: GenerationSettings, config: ArtifactConfig, prompt_tokens: int) -> Plan:
+    """Check the settings against the model and prompt; raise RuvdllmError naming the first
+    problem."""
+    s = settings
+    if s.sampler not in SAMPLERS:
+        raise RuvdllmError(f"sampler {s.sampler!r}: unknown (choose from {', '.join(SAMPLERS)})")
+    if s.decoding not in DECODINGS:
+        raise RuvdllmError(f"decoding {s.decoding!r}: unknown (choose from {', '.join(DECODINGS)})")
+    if s.schedule not in SCHEDULES:
+        raise RuvdllmError(f"schedule {s.schedule!r}: unknown (choose from {', '.join(SCHEDULES)})")
+    if prompt_tokens < 1:
+        raise RuvdllmError("prompt: empty (give at least one token)")
+    if s.length < 1:
+        raise RuvdllmError(f"length {s.length}: must be at least 1")
+    if prompt_tokens + s.length > config.max_position:
+        raise RuvdllmError(
+            f"prompt: {prompt_tokens} tokens + length {s.length} exceed the model's context of {config.max_position}"
+        )
+    block = config.block_size if s.block_size is None else s.block_size
+    if not 1 <= block <= config.max_position:
+        raise RuvdllmError(f"block size {block}: out of range 1..{config.max_position}")
+    span = s.length if s.sampler == "mdlm" else min(block, s.length)
+    steps = span if s.steps is None else s.steps
+    if not 1 <= steps <= span:
+        what = "the length" if s.sampler == "mdlm" else "the block size"
+        raise RuvdllmError(f"steps {steps}: out of range 1..{span} (steps per span, at most {what})")
+    if not 0.0 < s.threshold <= 1.0:
+        raise RuvdllmError(f"threshold {s.threshold}: must be in (0, 1]")
+    if s.temperature < 0.0:
+        raise RuvdllmError(f"temperature {s.temperature}: must be >= 0")
+    if s.top_k < 0:
+        raise RuvdllmError(f"top-k {s.top_k}: must be >= 0")
+    if not 0.0 < s.top_p <= 1.0:
+        raise RuvdllmError(f"top-p {s.top_p}: must be in (0, 1]")
+    return Plan(span=span, steps=steps)

@@ -1,0 +1,37 @@
+import pytest
+
+from runtime.errors import RuvdllmError
+from runtime.settings import GenerationSettings, resolve
+from tests.runtime.toy_backend import TOY_CONFIG
+
+
+def test_defaults_resolve_to_one_token_per_step():
+    plan = resolve(GenerationSettings(length=10), TOY_CONFIG, 3)
+    assert (plan.span, plan.steps) == (TOY_CONFIG.block_size, TOY_CONFIG.block_size)
+    plan = resolve(GenerationSettings(sampler="mdlm", length=10, steps=5), TOY_CONFIG, 3)
+    assert (plan.span, plan.steps) == (10, 5)
+    plan = resolve(GenerationSettings(length=3, block_size=64), TOY_CONFIG, 3)
+    assert plan.span == 3  # a block longer than the generation is just the generation
+
+
+@pytest.mark.parametrize(
+    "settings, prompt, message",
+    [
+        (GenerationSettings(), 0, "prompt: empty"),
+        (GenerationSettings(length=500), 20, "exceed the model's context of 512"),
+        (GenerationSettings(sampler="ar"), 3, "sampler 'ar': unknown"),
+        (GenerationSettings(decoding="greedy"), 3, "decoding 'greedy'"),
+        (GenerationSettings(schedule="sigmoid"), 3, "schedule 'sigmoid'"),
+        (GenerationSettings(block_size=0), 3, "block size 0: out of range"),
+        (GenerationSettings(block_size=4, steps=5), 3, r"steps 5: out of range 1\.\.4"),
+        (GenerationSettings(sampler="mdlm", length=8, steps=0), 3, "steps 0"),
+        (GenerationSettings(length=0), 3, "length 0"),
+        (GenerationSettings(threshold=1.5), 3, "threshold"),
+        (GenerationSettings(temperature=-1), 3, "temperature"),
+        (GenerationSettings(top_k=-1), 3, "top-k"),
+        (GenerationSettings(top_p=0.0), 3, "top-p"),
+    ],
+)
+def test_bad_settings_name_the_problem(settings, prompt, message):
+    with pytest.raises(RuvdllmError, match=message):
+        resolve(settings, TOY_CONFIG, prompt)
