@@ -25,32 +25,37 @@ def make_output_rows(g: GraphBuilder, x: str, output_offset: str, scope: str) ->
 def make_head_outputs(g: GraphBuilder, logits: str, top_k: int) -> None:
     """logits [1, S', vocab] → topk_ids, topk_logits, logsumexp, entropy (graph outputs).
 
-    logits ─TopK(k)──────────────► topk_logits, topk_ids
-    logits ─ReduceLogSumExp(-1)──► logsumexp
-    logits ─Softmax─► p ─Mul(logits)─ReduceSum(-1)─► E[logit];  entropy = logsumexp − E[logit]
-    """
-    g.op(
+        logits ─TopK(k)──────────────────────────────► topk_logits, topk_ids
+        logits ─Softmax─► p ─Mul(logits)─ReduceSum(-1)─► E[logit]
+                          └─GatherElements(top-1 id)─Log─► log p_max
+        logsumexp = topk_logits[..., 0] − log p_max;   entropy = logsumexp − E[logit]
+
+    Two passes over the vocabulary (Softmax, Mul+ReduceSum) instead of a separate
+    ReduceLogSumExp, whose CPU kernel took longer than Softmax itself. p_max = 1 / Σ exp(l − max)
+    is at least 1/vocab, so its log is as exact as logsumexp's own."""
+    scope = SCOPE
+    topk_logits, topk_ids = g.op(
         "TopK",
         [logits, g.const([top_k])],
-        f"{SCOPE}/TopK",
+        f"{scope}/TopK",
         outputs=[artifact.TOPK_LOGITS, artifact.TOPK_IDS],
         axis=-1,
         largest=1,
         sorted=1,
     )
     axis = g.const([-1])
-    g.op(
-        "ReduceLogSumExp",
-        [logits, axis],
-        f"{SCOPE}/ReduceLogSumExp",
-        outputs=[artifact.LOGSUMEXP],
-        keepdims=0,
-    )
+    first = [g.const([0]), g.const([1]), axis]  # Slice starts, ends, axes: element 0 of the last axis
+    probs = g.op("Softmax", [logits], f"{scope}/Softmax", axis=-1)
+    top1_id = g.op("Slice", [topk_ids, *first], f"{scope}/Slice_top1_id")
+    top1_logit = g.op("Slice", [topk_logits, *first], f"{scope}/Slice_top1_logit")
+    top1_prob = g.op("GatherElements", [probs, top1_id], f"{scope}/GatherElements_top1_prob", axis=-1)
+    log_top1 = g.op("Log", [top1_prob], f"{scope}/Log_top1_prob")
+    lse = g.op("Sub", [top1_logit, log_top1], f"{scope}/Sub_logsumexp")
+    g.op("Squeeze", [lse, axis], f"{scope}/Squeeze_logsumexp", outputs=[artifact.LOGSUMEXP])
     # H = -Σ p log p = -Σ p (logit − lse) = lse − Σ p·logit  (Σ p = 1)
-    probs = g.op("Softmax", [logits], f"{SCOPE}/Softmax", axis=-1)
-    weighted = g.op("Mul", [probs, logits], f"{SCOPE}/Mul_probs_logits")
-    expected = g.op("ReduceSum", [weighted, axis], f"{SCOPE}/ReduceSum_expected_logit", keepdims=0)
-    g.op("Sub", [artifact.LOGSUMEXP, expected], f"{SCOPE}/Sub_entropy", outputs=[artifact.ENTROPY])
+    weighted = g.op("Mul", [probs, logits], f"{scope}/Mul_probs_logits")
+    expected = g.op("ReduceSum", [weighted, axis], f"{scope}/ReduceSum_expected_logit", keepdims=0)
+    g.op("Sub", [artifact.LOGSUMEXP, expected], f"{scope}/Sub_entropy", outputs=[artifact.ENTROPY])
     g.output(artifact.TOPK_IDS, INT64, [1, "output_sequence", top_k])
     g.output(artifact.TOPK_LOGITS, FLOAT, [1, "output_sequence", top_k])
     g.output(artifact.LOGSUMEXP, FLOAT, [1, "output_sequence"])

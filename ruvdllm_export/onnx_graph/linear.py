@@ -164,14 +164,19 @@ def make_quantized_matmul(
 def make_block_min_correction(g: GraphBuilder, scope: str, x: str, mins_t: str, k: int, n_blocks: int) -> str:
     """Σ_b mins[n, b] · Σ_{k in block b} x_k for every output n.
 
-    x [1,S,K] ─(Pad to n_blocks·32)─ Reshape [1,S,nb,32] ─ ReduceSum(-1) ─► [1,S,nb] ─ MatMul(minsᵀ [nb,N]) ─► [1,S,N]
+        x [1,S,K] ─(Pad to n_blocks·32)─ Reshape [1,S,nb,32] ─ ReduceSum(-1) ─► [1,S,nb] ─ MatMul(minsᵀ [nb,N]) ─► [1,S,N]
+    The block sums depend only on x, so linears reading the same x (q/k/v, gate/up) share them.
     """
-    padded_k = n_blocks * BLOCK
-    if padded_k != k:
-        x = g.op("Pad", [x, g.const([0, 0, 0, 0, 0, padded_k - k])], f"{scope}/block_mins/Pad")
-    blocks = g.op("Reshape", [x, g.const([0, 0, n_blocks, BLOCK])], f"{scope}/block_mins/Reshape")
-    sums = g.op("ReduceSum", [blocks, g.const([-1])], f"{scope}/block_mins/ReduceSum", keepdims=0)
-    return g.op("MatMul", [sums, mins_t], f"{scope}/block_mins/MatMul")
+    key = f"block_sums:{x}:{n_blocks}"
+    if key not in g.shared:
+        padded_k = n_blocks * BLOCK
+        if padded_k != k:
+            x = g.op("Pad", [x, g.const([0, 0, 0, 0, 0, padded_k - k])], f"{scope}/block_sums/Pad")
+        blocks = g.op("Reshape", [x, g.const([0, 0, n_blocks, BLOCK])], f"{scope}/block_sums/Reshape")
+        g.shared[key] = g.op(
+            "ReduceSum", [blocks, g.const([-1])], f"{scope}/block_sums/ReduceSum", keepdims=0
+        )
+    return g.op("MatMul", [g.shared[key], mins_t], f"{scope}/block_mins/MatMul")
 
 
 def make_adapter_bank_delta(g: GraphBuilder, scope: str, x: str, bank: AdapterBank) -> str:
