@@ -1,0 +1,80 @@
+"""What a strategy is: a policy that picks and weighs contributions. It never touches storage or
+HTTP, and leaves the arithmetic to `federation_hub.aggregate`.
+
+A strategy answers three questions for one round of one timestep group:
+  select    which contributions count and how much (weights summing to one, or all zero and a
+            reason when nothing may be released);
+  prepare   how one contribution is transformed before it is summed (identity; DP clips);
+  finalize  what is done to the exact sum before it is factorised (nothing; DP adds noise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from federation_hub.aggregate.lora import LoraPair, LowRankSum
+
+
+@dataclass(frozen=True)
+class ContributionMeta:
+    """What a strategy may know about one contribution without reading its deltas."""
+
+    key: str  # stable id of the contribution (the hub uses the update id)
+    client_id: str
+    samples: int  # examples the update was trained on
+    perplexity_before: float  # on the client's held-out set, before the update
+    perplexity_after: float  # … and after
+
+
+@dataclass(frozen=True)
+class Selection:
+    weights: np.ndarray  # [n] non-negative; sums to one over the chosen contributions, zeros elsewhere
+    reason: str = ""  # why nothing is released, when weights are all zero
+    details: dict = field(default_factory=dict)  # e.g. cluster sizes, for the audit log
+
+    @property
+    def contributors(self) -> int:
+        return int(np.count_nonzero(self.weights))
+
+    @property
+    def withheld(self) -> bool:
+        return self.contributors == 0
+
+
+def withhold(count: int, reason: str, **details) -> Selection:
+    return Selection(weights=np.zeros(count), reason=reason, details=details)
+
+
+class Strategy:
+    """Base policy: every contribution counts equally. Subclasses override `select`."""
+
+    name = "uniform"
+    needs_features = False  # True: `select` gets one sketch row per contribution
+    needs_dense = False  # True: `finalize` needs the dense sum (noise is dense)
+
+    def select(
+        self, metas: list[ContributionMeta], features: np.ndarray | None, rng: np.random.Generator
+    ) -> Selection:
+        return (
+            Selection(weights=np.full(len(metas), 1.0 / len(metas)))
+            if metas
+            else withhold(0, "no contributions")
+        )
+
+    def own_weight(self, meta: ContributionMeta) -> float:
+        """A weight in [0, 1] that depends on this contribution alone (used under differential
+        privacy, where weights that depend on other clients would leak their data)."""
+        return 1.0
+
+    def prepare(self, pairs: dict[str, LoraPair]) -> dict[str, LoraPair]:
+        return pairs
+
+    def finalize(self, sums: dict[str, LowRankSum], selection: Selection, rng: np.random.Generator) -> dict:
+        """Post-process the exact sums in place; returns facts for the audit log."""
+        return {}
+
+    def client_config(self) -> dict:
+        """Settings the clients of a round train with (FedProx's proximal term)."""
+        return {}

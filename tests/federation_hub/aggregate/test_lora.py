@@ -1,0 +1,109 @@
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from federation_hub.aggregate.lora import LoraPair, LowRankSum, frobenius_norm_sq, scale_pair, update_norm
+
+
+def random_pair(rng, out_f, in_f, rank, scale=1.0):
+    return LoraPair(
+        a=(rng.standard_normal((rank, in_f)) * scale).astype(np.float32),
+        b=(rng.standard_normal((out_f, rank)) * scale).astype(np.float32),
+    )
+
+
+shapes = st.tuples(
+    st.integers(1, 12), st.integers(1, 12), st.integers(1, 4), st.integers(1, 8)
+)  # out, in, rank, n
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes, st.integers(0, 2**31 - 1), st.integers(1, 64))
+def test_sum_is_the_exact_weighted_sum_of_products(dims, seed, flush):
+    out_f, in_f, rank, n = dims
+    rng = np.random.default_rng(seed)
+    pairs = [random_pair(rng, out_f, in_f, rank) for _ in range(n)]
+    weights = rng.random(n)
+    total = LowRankSum(out_f, in_f, flush_rank=flush)
+    for pair, w in zip(pairs, weights, strict=True):
+        total.add(pair, w)
+    expected = sum(w * p.product() for p, w in zip(pairs, weights, strict=True))
+    np.testing.assert_allclose(total.dense(), expected, rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes, st.integers(0, 2**31 - 1))
+def test_exact_release_reconstructs_the_sum_and_truncation_is_eckart_young(dims, seed):
+    out_f, in_f, rank, n = dims
+    rng = np.random.default_rng(seed)
+    total = LowRankSum(out_f, in_f)
+    for _ in range(n):
+        total.add(random_pair(rng, out_f, in_f, rank), float(rng.random()) + 0.1)
+    dense = total.dense().copy() if total.is_dense else total.stacked().product()
+    exact = total.factorize(None)
+    np.testing.assert_allclose(exact.pair.product(), dense, atol=1e-4 * (1 + np.abs(dense).max()))
+    assert exact.residual < 1e-3
+    k = max(1, min(out_f, in_f) // 2)
+    truncated = total.factorize(k)
+    singular = np.linalg.svd(dense, compute_uv=False)
+    best_error = np.sqrt(np.sum(singular[k:] ** 2))
+    got_error = np.linalg.norm(dense - truncated.pair.product())
+    assert got_error <= best_error * (1 + 1e-3) + 1e-4
+    assert truncated.pair.a.shape == (k, in_f) and truncated.pair.b.shape == (out_f, k)
+
+
+def test_stacked_and_dense_paths_agree():
+    rng = np.random.default_rng(0)
+    pairs = [random_pair(rng, 24, 20, 4) for _ in range(12)]  # 48·44 > 24·20: goes dense on the way
+    low = LowRankSum(24, 20)
+    for p in pairs[:2]:
+        low.add(p, 0.5)
+    assert not low.is_dense
+    for p in pairs[2:]:
+        low.add(p, 0.5)
+    assert low.is_dense
+    np.testing.assert_allclose(low.dense(), 0.5 * sum(p.product() for p in pairs), rtol=1e-10)
+
+
+def test_identical_updates_average_to_the_update():
+    rng = np.random.default_rng(1)
+    pair = random_pair(rng, 16, 12, 3)
+    total = LowRankSum(16, 12)
+    for _ in range(7):
+        total.add(pair, 1 / 7)
+    released = total.factorize(3)
+    np.testing.assert_allclose(released.pair.product(), pair.product(), rtol=1e-4, atol=1e-5)
+    assert released.residual < 1e-5
+
+
+def test_averaging_factors_separately_is_inexact():
+    # why the hub never does it: mean(B) @ mean(A) != mean(B @ A)
+    rng = np.random.default_rng(2)
+    p, q = random_pair(rng, 8, 8, 2), random_pair(rng, 8, 8, 2)
+    naive = ((p.b + q.b) / 2) @ ((p.a + q.a) / 2)
+    exact = (p.product() + q.product()) / 2
+    assert np.linalg.norm(naive - exact) > 0.1 * np.linalg.norm(exact)
+    total = LowRankSum(8, 8)
+    total.add(p, 0.5)
+    total.add(q, 0.5)
+    np.testing.assert_allclose(total.factorize(None).pair.product(), exact, atol=1e-5)
+
+
+@settings(max_examples=50, deadline=None)
+@given(shapes, st.integers(0, 2**31 - 1), st.floats(0.01, 10))
+def test_norm_from_factors_matches_the_product(dims, seed, factor):
+    out_f, in_f, rank, _ = dims
+    pair = random_pair(np.random.default_rng(seed), out_f, in_f, rank)
+    assert np.isclose(frobenius_norm_sq(pair), np.linalg.norm(pair.product()) ** 2, rtol=1e-6)
+    scaled = scale_pair(pair, factor)
+    assert np.isclose(update_norm({"x": scaled}), factor * update_norm({"x": pair}), rtol=1e-5)
+
+
+def test_wrong_shape_is_refused():
+    total = LowRankSum(4, 5)
+    try:
+        total.add(random_pair(np.random.default_rng(0), 5, 4, 2))
+    except ValueError as exc:
+        assert "does not fit" in str(exc)
+    else:
+        raise AssertionError("a delta of the wrong shape was summed")
