@@ -40,9 +40,8 @@ class Plan:
     steps: int  # steps per full span
 
 
-def resolve(settings: GenerationSettings, config: ArtifactConfig, prompt_tokens: int) -> Plan:
-    """Check the settings against the model and prompt; raise RuvdllmError naming the first
-    problem."""
+def check_settings(settings: GenerationSettings) -> None:
+    """The checks that need no model: names and ranges. Raise RuvdllmError naming the problem."""
     s = settings
     if s.sampler not in SAMPLERS:
         raise RuvdllmError(f"sampler {s.sampler!r}: unknown (choose from {', '.join(SAMPLERS)})")
@@ -50,10 +49,29 @@ def resolve(settings: GenerationSettings, config: ArtifactConfig, prompt_tokens:
         raise RuvdllmError(f"decoding {s.decoding!r}: unknown (choose from {', '.join(DECODINGS)})")
     if s.schedule not in SCHEDULES:
         raise RuvdllmError(f"schedule {s.schedule!r}: unknown (choose from {', '.join(SCHEDULES)})")
-    if prompt_tokens < 1:
-        raise RuvdllmError("prompt: empty (give at least one token)")
     if s.length < 1:
         raise RuvdllmError(f"length {s.length}: must be at least 1")
+    if s.block_size is not None and s.block_size < 1:
+        raise RuvdllmError(f"block size {s.block_size}: out of range (must be at least 1)")
+    if s.steps is not None and s.steps < 1:
+        raise RuvdllmError(f"steps {s.steps}: out of range (must be at least 1)")
+    if not 0.0 < s.threshold <= 1.0:
+        raise RuvdllmError(f"threshold {s.threshold}: must be in (0, 1]")
+    if s.temperature < 0.0:
+        raise RuvdllmError(f"temperature {s.temperature}: must be >= 0")
+    if s.top_k < 0:
+        raise RuvdllmError(f"top-k {s.top_k}: must be >= 0")
+    if not 0.0 < s.top_p <= 1.0:
+        raise RuvdllmError(f"top-p {s.top_p}: must be in (0, 1]")
+
+
+def resolve(settings: GenerationSettings, config: ArtifactConfig, prompt_tokens: int) -> Plan:
+    """Check the settings against the model and prompt; raise RuvdllmError naming the first
+    problem."""
+    s = settings
+    check_settings(s)
+    if prompt_tokens < 1:
+        raise RuvdllmError("prompt: empty (give at least one token)")
     if prompt_tokens + s.length > config.max_position:
         raise RuvdllmError(
             f"prompt: {prompt_tokens} tokens + length {s.length} exceed the model's context of {config.max_position}"
@@ -66,12 +84,4 @@ def resolve(settings: GenerationSettings, config: ArtifactConfig, prompt_tokens:
     if not 1 <= steps <= span:
         what = "the length" if s.sampler == "mdlm" else "the block size"
         raise RuvdllmError(f"steps {steps}: out of range 1..{span} (steps per span, at most {what})")
-    if not 0.0 < s.threshold <= 1.0:
-        raise RuvdllmError(f"threshold {s.threshold}: must be in (0, 1]")
-    if s.temperature < 0.0:
-        raise RuvdllmError(f"temperature {s.temperature}: must be >= 0")
-    if s.top_k < 0:
-        raise RuvdllmError(f"top-k {s.top_k}: must be >= 0")
-    if not 0.0 < s.top_p <= 1.0:
-        raise RuvdllmError(f"top-p {s.top_p}: must be in (0, 1]")
     return Plan(span=span, steps=steps)

@@ -23,6 +23,7 @@ def test_defaults_resolve_to_one_token_per_step():
         (GenerationSettings(decoding="greedy"), 3, "decoding 'greedy'"),
         (GenerationSettings(schedule="sigmoid"), 3, "schedule 'sigmoid'"),
         (GenerationSettings(block_size=0), 3, "block size 0: out of range"),
+        (GenerationSettings(block_size=600), 3, r"block size 600: out of range 1\.\.512"),
         (GenerationSettings(block_size=4, steps=5), 3, r"steps 5: out of range 1\.\.4"),
         (GenerationSettings(sampler="mdlm", length=8, steps=0), 3, "steps 0"),
         (GenerationSettings(length=0), 3, "length 0"),

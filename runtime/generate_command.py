@@ -1,0 +1,205 @@
+"""`ruvdllm generate "prompt"`: sample from a model directory (the default model when --model is
+not given), showing the denoising live in a terminal, streaming plain text otherwise, or printing
+tokens, the per-step trace and timings as JSON with --json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from runtime import artifact
+from runtime.dgr import DgrConfig
+from runtime.display import LiveView, StreamPrinter
+from runtime.errors import RuvdllmError
+from runtime.schedules import SCHEDULES
+from runtime.settings import DECODINGS, SAMPLERS, GenerationSettings, check_settings
+from runtime.verify import cache_root
+
+DEFAULT_MODEL_NAME = f"smollm2-135m-instruct-format{artifact.ARTIFACT_FORMAT}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", help='the prompt text ("-" reads it from standard input)')
+    parser.add_argument(
+        "--model", type=Path, help="model directory from `ruvdllm export` (default: SmolLM2-135M-Instruct)"
+    )
+    parser.add_argument("--length", type=int, default=64, help="new tokens to generate (default 64)")
+    parser.add_argument("--steps", type=int, help="denoising steps per span (default: one token per step)")
+    parser.add_argument("--block-size", type=int, help="BD3LM block size (default: the model's)")
+    parser.add_argument("--sampler", default="bd3lm", help=f"{' | '.join(SAMPLERS)} (default bd3lm)")
+    parser.add_argument(
+        "--decoding", default="low-confidence", help=f"{' | '.join(DECODINGS)} (default low-confidence)"
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=0.9, help="confidence threshold for --decoding threshold"
+    )
+    parser.add_argument("--schedule", default="linear", help=f"noise schedule: {', '.join(SCHEDULES)}")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-k", type=int, default=0, help="sample among the k best candidates (0 = all)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same tokens")
+    parser.add_argument(
+        "--bank", type=Path, help="TALoRA/DGR adapter bank directory (default: the model's banks/)"
+    )
+    parser.add_argument(
+        "--talora", action=argparse.BooleanOptionalAction, default=True, help="timestep-aware adapters"
+    )
+    parser.add_argument(
+        "--dgr", action=argparse.BooleanOptionalAction, default=True, help="retrieve adapters when uncertain"
+    )
+    parser.add_argument(
+        "--dgr-strategy", default="hybrid", help="entropy | confidence-gap | hybrid | adaptive"
+    )
+    parser.add_argument("--raw", action="store_true", help="use the prompt as is, without the chat template")
+    parser.add_argument(
+        "--no-eos-stop", action="store_true", help="keep generating past an end-of-sequence token"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print tokens, the per-step trace and timings as JSON"
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = one per core)"
+    )
+    parser.add_argument("--verify", default="cached", help="manifest check: cached (default) | full | sizes")
+
+
+def settings_from(args: argparse.Namespace) -> GenerationSettings:
+    settings = GenerationSettings(
+        sampler=args.sampler,
+        length=args.length,
+        block_size=args.block_size,
+        steps=args.steps,
+        schedule=args.schedule,
+        decoding=args.decoding,
+        threshold=args.threshold,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        stop_at_eos=not args.no_eos_stop,
+        talora=args.talora,
+        dgr=args.dgr,
+        dgr_config=DgrConfig(strategy=args.dgr_strategy),
+    )
+    check_settings(settings)
+    return settings
+
+
+def default_model_dir(progress: bool = True) -> Path:
+    """The default model exported once into the cache (from the default GGUF)."""
+    target = cache_root() / "artifacts" / DEFAULT_MODEL_NAME
+    if (target / artifact.MANIFEST_NAME).is_file():
+        return target
+    try:
+        from ruvdllm_export.export import export_model
+
+        from ruvdllm_export.default_model import default_gguf_path
+    except ImportError as exc:
+        raise RuvdllmError(
+            f"no --model given and the default model is not exported yet; exporting needs {exc.name!r}: "
+            "pip install 'ruvdllm[export]' (or pass --model DIR)"
+        ) from None
+    if progress:
+        print(f"exporting the default model once into {target} ...", file=sys.stderr)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    export_model(default_gguf_path(progress=progress), target)
+    return target
+
+
+def read_prompt(args: argparse.Namespace) -> str:
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt.strip():
+        raise RuvdllmError("prompt: empty (give some text)")
+    return prompt
+
+
+def run(args: argparse.Namespace) -> int:
+    from runtime.model import DiffusionModel
+    from runtime.ort_backend import OrtOptions
+
+    prompt = read_prompt(args)
+    settings = settings_from(args)
+    started = time.perf_counter()
+    directory = args.model if args.model is not None else default_model_dir(progress=not args.json)
+    options = OrtOptions(device=args.device, intra_op_threads=args.threads)
+    model = DiffusionModel.open(directory, bank=args.bank, options=options, verify=args.verify)
+    text = (
+        prompt
+        if args.raw or not model.config.chat_template
+        else model.chat_prompt([{"role": "user", "content": prompt}])
+    )
+    ids = model.encode(text)
+    model.check(len(ids), settings)
+    load_ms = (time.perf_counter() - started) * 1e3
+
+    if args.json:
+        done = model.generate(ids, settings, seed=args.seed)
+        print(json.dumps(report(done, settings, load_ms, args.seed, str(directory)), indent=1))
+    elif sys.stdout.isatty():
+        with LiveView(model.token_text) as view:
+            done = model.generate(ids, settings, seed=args.seed, on_step=view)
+        print(f"\n{done.text}")
+        print(summary(done), file=sys.stderr)
+    else:
+        printer = StreamPrinter(model.decode, sys.stdout, set(model.config.eos_token_ids))
+        done = model.generate(ids, settings, seed=args.seed, on_step=printer)
+        printer.finish(done.text)
+    return 0
+
+
+def summary(done) -> str:
+    result = done.result
+    rate = len(done.tokens) / (result.wall_ms / 1e3) if result.wall_ms else 0.0
+    return (
+        f"{len(done.tokens)} tokens in {result.steps} steps · {result.wall_ms / 1e3:.2f} s · "
+        f"{rate:.1f} tokens/s · {result.forward_ms / max(result.steps, 1):.1f} ms/step · {done.finish_reason}"
+    )
+
+
+def report(done, settings: GenerationSettings, load_ms: float, seed: int, model: str) -> dict:
+    result = done.result
+    wall_s = result.wall_ms / 1e3
+    return {
+        "model": model,
+        "text": done.text,
+        "tokens": done.tokens,
+        "prompt_tokens": done.prompt_tokens,
+        "finish_reason": done.finish_reason,
+        "seed": seed,
+        "settings": {
+            "sampler": settings.sampler,
+            "length": settings.length,
+            "block_size": settings.block_size,
+            "steps": settings.steps,
+            "schedule": settings.schedule,
+            "decoding": settings.decoding,
+            "threshold": settings.threshold,
+            "temperature": settings.temperature,
+            "top_k": settings.top_k,
+            "top_p": settings.top_p,
+            "talora": settings.talora,
+            "dgr": settings.dgr,
+        },
+        "steps": [
+            {
+                "span": e.span,
+                "step": e.step,
+                "t": e.t,
+                "committed": {str(k): v for k, v in e.committed.items()},
+                "retrieved": e.retrieved,
+                "forward_ms": round(e.forward_ms, 3),
+            }
+            for e in result.trace
+        ],
+        "timings": {
+            "load_ms": round(load_ms, 1),
+            "wall_ms": round(result.wall_ms, 1),
+            "forward_ms": round(result.forward_ms, 1),
+            "steps": result.steps,
+            "ms_per_step": round(result.forward_ms / max(result.steps, 1), 3),
+            "tokens_per_s": round(len(done.tokens) / wall_s, 2) if wall_s else None,
+        },
+    }

@@ -1,0 +1,230 @@
+"""The CPython Backend: onnxruntime (CPU by default, CUDA with onnxruntime-gpu on a GPU).
+
+Per step only the chunk's small inputs are copied in; everything large stays where the execution
+provider keeps it:
+
+    adapter banks     OrtValues on the device, bound once (rebound only by `set_bank`)
+    key/value cache   the previous forward's present_* OrtValues, bound as past_* as they are;
+                      a commit that keeps fewer positions than present holds slices once per block
+    outputs           presents on the device; top-k ids/logits, logsumexp, entropy and the query
+                      rows come back to the host (O(S' · top_k + S' · hidden))
+
+One IOBinding is reused across steps. Not thread-safe: one sequence at a time (model.py locks).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from runtime import artifact
+from runtime.artifact import ArtifactConfig
+from runtime.backend import Chunk, StepOutput
+from runtime.banks import Bank
+from runtime.errors import RuvdllmError
+
+OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+SMALL_OUTPUTS = (
+    artifact.TOPK_IDS,
+    artifact.TOPK_LOGITS,
+    artifact.LOGSUMEXP,
+    artifact.ENTROPY,
+    artifact.QUERY,
+)
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    device: str = "auto"  # "auto": CUDA when onnxruntime-gpu sees a GPU, else CPU; or "cpu" / "cuda"
+    intra_op_threads: int = 0  # 0: onnxruntime's default, one per physical core
+    inter_op_threads: int = 1  # the graph is one chain of layers: nothing to run in parallel
+    optimization: str = "all"  # fuse what the EP can (MatMulNBits + bias, layer norms, ...)
+    device_id: int = 0  # which GPU with device "cuda"
+    optimized_model_path: str | None = None  # write the optimised graph here (debugging, warm starts)
+
+
+def cuda_available() -> bool:
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def choose_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if requested == "cuda" and not cuda_available():
+        raise RuvdllmError(
+            "device cuda: onnxruntime has no CUDA execution provider (pip install onnxruntime-gpu)"
+        )
+    if requested not in ("cpu", "cuda"):
+        raise RuvdllmError(f"device {requested!r}: choose auto, cpu or cuda")
+    return requested
+
+
+def make_session(graph: Path, options: OrtOptions) -> tuple[ort.InferenceSession, str]:
+    if options.optimization not in OPTIMIZATION_LEVELS:
+        raise RuvdllmError(
+            f"optimization {options.optimization!r}: choose from {', '.join(OPTIMIZATION_LEVELS)}"
+        )
+    device = choose_device(options.device)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.intra_op_threads
+    so.inter_op_num_threads = options.inter_op_threads
+    so.graph_optimization_level = OPTIMIZATION_LEVELS[options.optimization]
+    if options.optimized_model_path:
+        so.optimized_model_filepath = options.optimized_model_path
+    providers: list = ["CPUExecutionProvider"]
+    if device == "cuda":
+        providers = [("CUDAExecutionProvider", {"device_id": options.device_id}), "CPUExecutionProvider"]
+    try:
+        session = ort.InferenceSession(os.fspath(graph), so, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RuvdllmError(f"{graph}: onnxruntime cannot load the graph ({first_line})") from None
+    return session, device
+
+
+class OrtBackend:
+    """Backend over one onnxruntime session; see the module docstring for what lives where."""
+
+    def __init__(
+        self,
+        graph: Path,
+        config: ArtifactConfig,
+        options: OrtOptions = OrtOptions(),
+        bank: Bank | None = None,
+    ):
+        self.config = config
+        self.session, self.device = make_session(Path(graph), options)
+        self._ort_device = ("cuda", options.device_id) if self.device == "cuda" else ("cpu", 0)
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.layers = sum(1 for name in self.input_names if name.startswith("past_key."))
+        if self.layers != config.num_layers:
+            raise RuvdllmError(
+                f"{graph}: {self.layers} layers in the graph, config.json says {config.num_layers}"
+            )
+        self.adapter_shapes = self._adapter_shapes()
+        self._binding = self.session.io_binding()
+        self.set_bank(bank)
+        self.reset()
+
+    # --- banks -----------------------------------------------------------------------------------
+
+    def _adapter_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) per adapter target, read from the graph's adapter.{t}.a/b inputs."""
+        shapes = {}
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        for target in self.config.adapter_targets:
+            a, b = inputs.get(artifact.adapter_a(target)), inputs.get(artifact.adapter_b(target))
+            if a is not None and b is not None:
+                shapes[target] = (int(a[1]), int(b[2]))
+        return shapes
+
+    @property
+    def has_adapters(self) -> bool:
+        return artifact.ADAPTER_WEIGHTS in self.input_names
+
+    def set_bank(self, bank: Bank | None) -> None:
+        """Bind the bank's assembled A/B factors once (zeros when None: the base model)."""
+        if not self.has_adapters:
+            if bank is not None and bank.adapters:
+                raise RuvdllmError("bank: this graph was exported without adapter inputs")
+            return
+        bank = bank or Bank.for_model(self.config, self.adapter_shapes)
+        bank.check_model(self.config, "bank", self.adapter_shapes)
+        self._bank_values = []  # keep the OrtValues alive as long as they are bound
+        for target, (fan_in, fan_out) in self.adapter_shapes.items():
+            a, b = assemble_numpy(bank, target, fan_in, fan_out)
+            for name, array in ((artifact.adapter_a(target), a), (artifact.adapter_b(target), b)):
+                value = ort.OrtValue.ortvalue_from_numpy(array, *self._ort_device)
+                self._bank_values.append(value)
+                self._binding.bind_ortvalue_input(name, value)
+
+    # --- cache -----------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        empty = np.zeros((1, self.config.num_kv_heads, 0, self.config.head_dim), np.float32)
+        self._past = [
+            ort.OrtValue.ortvalue_from_numpy(empty, *self._ort_device) for _ in range(2 * self.layers)
+        ]
+        self._cached = 0
+        self._present: list | None = None
+
+    def cached(self) -> int:
+        return self._cached
+
+    def commit(self, keep: int) -> None:
+        if self._present is None:
+            raise RuntimeError("commit without a forward")
+        total = self._present[0].shape()[2]
+        if not 0 <= keep <= total:
+            raise ValueError(f"keep {keep} outside 0..{total}")
+        if keep == total:
+            self._past = list(self._present)
+        else:  # once per block: host round trip for the slice
+            self._past = [
+                ort.OrtValue.ortvalue_from_numpy(
+                    np.ascontiguousarray(v.numpy()[:, :, :keep]), *self._ort_device
+                )
+                for v in self._present
+            ]
+        self._cached = keep
+
+    # --- forward ---------------------------------------------------------------------------------
+
+    def forward(self, chunk: Chunk) -> StepOutput:
+        s = len(chunk)
+        binding = self._binding
+        binding.bind_cpu_input(artifact.INPUT_IDS, np.asarray(chunk.input_ids, np.int64).reshape(1, s))
+        binding.bind_cpu_input(artifact.POSITION_IDS, np.asarray(chunk.position_ids, np.int64).reshape(1, s))
+        binding.bind_cpu_input(artifact.BLOCK_IDS, np.asarray(chunk.block_ids, np.int64).reshape(1, s))
+        binding.bind_cpu_input(artifact.OUTPUT_OFFSET, np.asarray([chunk.output_offset], np.int64))
+        if self.has_adapters:
+            weights = np.asarray(chunk.adapter_weights, np.float32).reshape(1, s, self.config.adapter_slots)
+            binding.bind_cpu_input(artifact.ADAPTER_WEIGHTS, weights)
+        for layer in range(self.layers):
+            binding.bind_ortvalue_input(artifact.past_key(layer), self._past[2 * layer])
+            binding.bind_ortvalue_input(artifact.past_value(layer), self._past[2 * layer + 1])
+        # Outputs change shape every step: bind them unallocated (onnxruntime allocates) each time;
+        # presents stay on the device, the small outputs come to the host.
+        binding.clear_binding_outputs()
+        for name in self.output_names:
+            device, device_id = self._ort_device if name.startswith("present_") else ("cpu", 0)
+            binding.bind_output(name, device, device_id)
+        self.session.run_with_iobinding(binding)
+        values = dict(zip(self.output_names, binding.get_outputs(), strict=True))
+        self._present = [
+            values[name(layer)]
+            for layer in range(self.layers)
+            for name in (artifact.present_key, artifact.present_value)
+        ]
+        small = {name: values[name].numpy() for name in SMALL_OUTPUTS}
+        query = small[artifact.QUERY][0]  # [S', hidden]
+        return StepOutput(
+            topk_ids=small[artifact.TOPK_IDS][0].tolist(),
+            topk_logits=small[artifact.TOPK_LOGITS][0].tolist(),
+            logsumexp=small[artifact.LOGSUMEXP][0].tolist(),
+            entropy=small[artifact.ENTROPY][0].tolist(),
+            query=lambda row: query[row],
+        )
+
+
+def assemble_numpy(bank: Bank, target: str, fan_in: int, fan_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """The graph's adapter.{target}.a [L, in, K·r] and .b [L, K·r, out] (Bank.assemble, vectorised)."""
+    layers, r, slots = bank.layers, bank.rank, bank.slots
+    a = np.zeros((layers, fan_in, slots * r), np.float32)
+    b = np.zeros((layers, slots * r, fan_out), np.float32)
+    for adapter in bank.adapters.values():
+        fa, fb = adapter.factors[target]
+        cols = slice(adapter.slot * r, (adapter.slot + 1) * r)
+        a[:, :, cols] = np.frombuffer(fa, np.float32).reshape(layers, fan_in, r)
+        b[:, cols, :] = np.frombuffer(fb, np.float32).reshape(layers, r, fan_out)
+    return a, b

@@ -1,0 +1,110 @@
+"""`ruvdllm generate` through the real CLI in a subprocess: output modes and one-line errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+
+from runtime import artifact
+from runtime.banks import Bank
+from runtime.generate_command import DEFAULT_MODEL_NAME
+
+
+def cli(*args, cache, stdin=None):
+    env = {**os.environ, "RUVDLLM_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "ruvdllm_export.cli", "generate", *map(str, args), "--threads", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        input=stdin,
+        timeout=120,
+    )
+
+
+def test_plain_stream_and_json(tiny_model_dir, tmp_path):
+    plain = cli("Hello there", "--model", tiny_model_dir, "--length", "8", "--no-eos-stop", cache=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    run = cli(
+        "Hello there", "--model", tiny_model_dir, "--length", "8", "--no-eos-stop", "--json", cache=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert len(report["tokens"]) == 8 and report["finish_reason"] == "length"
+    assert plain.stdout == report["text"] + "\n"  # the streamed text is the final text
+    assert len(report["steps"]) == 8 and all("forward_ms" in s and "committed" in s for s in report["steps"])
+    assert sorted(int(p) for s in report["steps"] for p in s["committed"]) == list(range(8))
+    assert report["timings"]["tokens_per_s"] > 0 and report["prompt_tokens"] > 2
+
+
+def test_same_seed_same_tokens_and_stdin_prompt(tiny_model_dir, tmp_path):
+    args = ("--model", tiny_model_dir, "--length", "8", "--temperature", "1.5", "--json", "--sampler", "mdlm")
+    a = json.loads(cli("-", *args, "--seed", "1", cache=tmp_path, stdin="Hello").stdout)["tokens"]
+    b = json.loads(cli("Hello", *args, "--seed", "1", cache=tmp_path).stdout)["tokens"]
+    c = json.loads(cli("Hello", *args, "--seed", "2", cache=tmp_path).stdout)["tokens"]
+    assert a == b and a != c
+
+
+def test_default_model_comes_from_the_cache(tiny_model_dir, tmp_path):
+    shutil.copytree(tiny_model_dir, tmp_path / "artifacts" / DEFAULT_MODEL_NAME)
+    run = cli("Hello", "--length", "4", "--json", cache=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["model"].endswith(DEFAULT_MODEL_NAME)
+
+
+def one_line_error(run, fragment):
+    assert run.returncode == 1, (run.stdout, run.stderr)
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (("",), "prompt: empty"),
+        (("hi", "--length", "400"), "exceed the model's context of 256"),
+        (("hi", "--steps", "9"), "steps 9: out of range 1..4"),
+        (("hi", "--steps", "0"), "steps 0: out of range"),
+        (("hi", "--block-size", "0"), "block size 0: out of range"),
+        (("hi", "--block-size", "1000"), "block size 1000: out of range 1..256"),
+        (("hi", "--sampler", "ar"), "sampler 'ar': unknown"),
+        (("hi", "--decoding", "beam"), "decoding 'beam': unknown"),
+        (("hi", "--threshold", "0"), "threshold 0.0"),
+    ],
+)
+def test_bad_input_is_one_line(tiny_model_dir, tmp_path, args, fragment):
+    one_line_error(cli(*args, "--model", tiny_model_dir, cache=tmp_path), fragment)
+
+
+def test_prompt_beyond_context(tiny_model_dir, tmp_path):
+    one_line_error(
+        cli("word " * 300, "--model", tiny_model_dir, cache=tmp_path), "exceed the model's context"
+    )
+
+
+def test_broken_model_directories(tiny_model_copy, tmp_path):
+    one_line_error(cli("hi", "--model", tmp_path / "absent", cache=tmp_path), "no such model directory")
+    one_line_error(cli("hi", "--model", tmp_path, cache=tmp_path), "not a model directory")
+    graph = tiny_model_copy / artifact.GRAPH_NAME
+    data = bytearray(graph.read_bytes())
+    data[100] ^= 0x01
+    graph.write_bytes(bytes(data))
+    one_line_error(
+        cli("hi", "--model", tiny_model_copy, cache=tmp_path), "sha256 does not match the manifest"
+    )
+    (tiny_model_copy / artifact.MANIFEST_NAME).write_text("{")
+    one_line_error(cli("hi", "--model", tiny_model_copy, cache=tmp_path), "unreadable manifest")
+
+
+def test_bank_dimension_mismatch(tiny_model_dir, tmp_path):
+    config = artifact.load_config(tiny_model_dir)
+    Bank.for_model(replace(config, adapter_slots=7)).save(tmp_path / "bank")
+    one_line_error(
+        cli("hi", "--model", tiny_model_dir, "--bank", tmp_path / "bank", cache=tmp_path),
+        "slots 7 does not match the model's 5",
+    )

@@ -1,0 +1,135 @@
+import random
+
+import numpy as np
+import pytest
+
+from runtime import artifact
+from runtime.backend import Chunk
+from runtime.banks import Bank
+from runtime.errors import RuvdllmError
+from runtime.generate import default_control, generate
+from runtime.ort_backend import OrtBackend, OrtOptions, assemble_numpy
+from runtime.settings import GenerationSettings
+from tests.runtime.tiny_artifact import random_bank
+
+ONE_THREAD = OrtOptions(intra_op_threads=1)
+
+
+class NoCacheBackend(OrtBackend):
+    """Never caches: every chunk carries all committed tokens (the recomputed reference)."""
+
+    def commit(self, keep: int) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def config(tiny_model_dir):
+    return artifact.load_config(tiny_model_dir)
+
+
+@pytest.fixture
+def backend(tiny_model_dir, config):
+    return OrtBackend(tiny_model_dir / artifact.GRAPH_NAME, config, ONE_THREAD)
+
+
+def chunk(ids, start=0, block_ids=None, offset=0, slots=5, weights=None):
+    s = len(ids)
+    return Chunk(
+        input_ids=list(ids),
+        position_ids=list(range(start, start + s)),
+        block_ids=list(range(s)) if block_ids is None else block_ids,
+        output_offset=offset,
+        adapter_weights=weights or [[0.0] * slots for _ in range(s)],
+    )
+
+
+def test_commit_then_continue_equals_one_forward(backend):
+    ids = [5, 17, 42, 99, 7, 8, 250, 3]
+    full = backend.forward(chunk(ids))
+    backend.reset()
+    backend.forward(chunk(ids[:6]))
+    backend.commit(5)  # keep 5 of 6: the chunk below restarts at position 5
+    assert backend.cached() == 5
+    rest = backend.forward(chunk(ids[5:], start=5))
+    np.testing.assert_allclose(rest.topk_logits, np.asarray(full.topk_logits)[5:], rtol=1e-4, atol=1e-4)
+    assert rest.topk_ids[-1][:3] == full.topk_ids[-1][:3]
+    np.testing.assert_allclose(rest.query(2), full.query(7), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["bd3lm", "mdlm"])
+def test_greedy_is_deterministic(backend, sampler):
+    settings = GenerationSettings(sampler=sampler, length=12, stop_at_eos=False)
+    a = generate(backend, [5, 6, 7], settings, random.Random(0)).tokens
+    b = generate(backend, [5, 6, 7], settings, random.Random(99)).tokens  # rng unused at temperature 0
+    assert a == b and len(a) == 12
+
+
+def test_same_seed_same_tokens(backend):
+    settings = GenerationSettings(length=16, temperature=1.5, stop_at_eos=False)
+    a = generate(backend, [5, 6, 7], settings, random.Random(3)).tokens
+    b = generate(backend, [5, 6, 7], settings, random.Random(3)).tokens
+    c = generate(backend, [5, 6, 7], settings, random.Random(4)).tokens
+    assert a == b and a != c
+
+
+@pytest.mark.parametrize("decoding", ["low-confidence", "threshold"])
+def test_bd3lm_cache_equals_recomputing(tiny_model_dir, config, backend, decoding):
+    bank = random_bank(config, seed=1)
+    settings = GenerationSettings(
+        length=10, block_size=4, decoding=decoding, threshold=0.05, stop_at_eos=False
+    )
+    runs = []
+    for cls in (OrtBackend, NoCacheBackend):
+        b = cls(tiny_model_dir / artifact.GRAPH_NAME, config, ONE_THREAD, bank)
+        control = default_control(b, bank.talora_config())
+        runs.append(generate(b, [5, 6, 7, 8, 9], settings, random.Random(0), control))
+    assert runs[0].tokens == runs[1].tokens
+    assert [e.committed for e in runs[0].trace] == [e.committed for e in runs[1].trace]
+
+
+def test_zero_bank_is_the_base_model_and_adapters_change_outputs(tiny_model_dir, config):
+    graph = tiny_model_dir / artifact.GRAPH_NAME
+    base = OrtBackend(graph, config, ONE_THREAD)
+    zero = OrtBackend(graph, config, ONE_THREAD, Bank.for_model(config))
+    adapted = OrtBackend(graph, config, ONE_THREAD, random_bank(config, seed=2, scale=2.0))
+    ids = [5, 17, 42, 99, 7]
+    weights = [[0.0, 0.0, 1.0, 0.5, 0.5]] * len(ids)
+    out_base = base.forward(chunk(ids, weights=weights))
+    out_zero = zero.forward(chunk(ids, weights=weights))
+    out_adapted = adapted.forward(chunk(ids, weights=weights))
+    out_off = adapted.forward(chunk(ids))  # all-zero weights: the base model again
+    assert out_zero.topk_logits == out_base.topk_logits
+    np.testing.assert_allclose(out_off.topk_logits, out_base.topk_logits, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(out_adapted.topk_logits, out_base.topk_logits, atol=1e-2)
+
+    settings = GenerationSettings(length=12, stop_at_eos=False)
+    plain = generate(base, [5, 6, 7], settings, random.Random(0)).tokens
+    bank = adapted_bank = random_bank(config, seed=2, scale=2.0)
+    tuned = generate(
+        adapted, [5, 6, 7], settings, random.Random(0), default_control(adapted, bank.talora_config())
+    ).tokens
+    assert plain != tuned
+    assert adapted_bank.adapters
+
+
+def test_assemble_numpy_matches_the_standard_library(config):
+    bank = random_bank(config, seed=3)
+    for target, (fan_in, fan_out) in bank.targets.items():
+        a, b = assemble_numpy(bank, target, fan_in, fan_out)
+        pa, pb = bank.assemble(target)
+        np.testing.assert_array_equal(a.ravel(), np.frombuffer(pa, np.float32))
+        np.testing.assert_array_equal(b.ravel(), np.frombuffer(pb, np.float32))
+
+
+def test_bank_dimension_mismatch_and_bad_options(tiny_model_dir, config):
+    from dataclasses import replace
+
+    other = Bank.for_model(replace(config, adapter_rank=config.adapter_rank + 1))
+    with pytest.raises(RuvdllmError, match="rank 3 does not match the model's 2"):
+        OrtBackend(tiny_model_dir / artifact.GRAPH_NAME, config, ONE_THREAD, other)
+    with pytest.raises(RuvdllmError, match="optimization"):
+        OrtBackend(tiny_model_dir / artifact.GRAPH_NAME, config, OrtOptions(optimization="max"))
+    with pytest.raises(RuvdllmError, match="device"):
+        OrtBackend(tiny_model_dir / artifact.GRAPH_NAME, config, OrtOptions(device="tpu"))
+    with pytest.raises(RuvdllmError, match="layers"):
+        OrtBackend(tiny_model_dir / artifact.GRAPH_NAME, replace(config, num_layers=3), ONE_THREAD)

@@ -1,0 +1,82 @@
+"""A tiny exported model directory for end-to-end runtime tests: a real Q4 ONNX graph of a random
+LLaMA-family checkpoint, a real BPE tokenizer, config.json and manifest.json as docs/artifact.md
+lays them out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from runtime import artifact
+from runtime.artifact import ArtifactConfig
+from runtime.banks import Bank
+from ruvdllm_export.onnx_graph import GraphOptions
+from ruvdllm_export.onnx_graph.builder import build_graph
+from tests.export.graph_harness import tiny_spec
+from tests.fixtures.tiny_models import ARCHS, TINY, tiny_weights
+from tests.fixtures.tiny_tokenizer import CHATML_TEMPLATE, make_tokenizer
+
+MASK_ID = 3  # <|mask|> in the tiny tokenizer
+SLOTS, RANK, TOP_K = 5, 2, 16
+
+
+def make_tiny_artifact(directory: Path, arch: str = "llama", seed: int = 0) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = tiny_spec(arch, tied=False)
+    options = GraphOptions(top_k=TOP_K, adapter_slots=SLOTS, adapter_rank=RANK)
+    model = build_graph(spec, tiny_weights(arch, False, seed), options)
+    import onnx
+
+    onnx.save(model, directory / artifact.GRAPH_NAME)
+    make_tokenizer(TINY.vocab_size, ARCHS[arch].tokenizer_style).save(
+        str(directory / artifact.TOKENIZER_NAME)
+    )
+    config = ArtifactConfig(
+        architecture=arch,
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.hidden_size,
+        num_layers=spec.num_layers,
+        num_heads=spec.num_heads,
+        num_kv_heads=spec.num_kv_heads,
+        head_dim=spec.head_dim,
+        max_position=spec.max_position,
+        mask_token_id=MASK_ID,
+        bos_token_id=spec.bos_token_id,
+        eos_token_ids=spec.eos_token_ids,
+        pad_token_id=spec.pad_token_id,
+        block_size=4,
+        top_k=TOP_K,
+        adapter_slots=SLOTS,
+        adapter_rank=RANK,
+        chat_template=CHATML_TEMPLATE,
+    )
+    (directory / artifact.CONFIG_NAME).write_text(config.to_json())
+    artifact.write_manifest(directory)
+    return directory
+
+
+def random_bank(config: ArtifactConfig, seed: int = 0, patterns: int = 32, scale: float = 0.5) -> Bank:
+    """A bank with an adapter in every slot and DGR patterns: large enough to change outputs."""
+    rng = np.random.default_rng(seed)
+    bank = Bank.for_model(config)
+    for slot in range(bank.slots):
+        factors = {}
+        for target, (fan_in, fan_out) in bank.targets.items():
+            a = rng.standard_normal((bank.layers, fan_in, bank.rank)) * scale / np.sqrt(fan_in)
+            b = rng.standard_normal((bank.layers, bank.rank, fan_out)) * scale
+            factors[target] = (a.astype(np.float32), b.astype(np.float32))
+        bank.add_adapter(f"slot{slot}", slot, factors)
+    groups = len(config.timestep_groups) - 1
+    vectors = rng.standard_normal((patterns, config.hidden_size)).astype(np.float32)
+    bank.add_patterns(vectors, [groups + i % (bank.slots - groups) for i in range(patterns)])
+    return bank
+
+
+def with_config(directory: Path, **changes) -> None:
+    """Rewrite config.json with changes (and refresh the manifest)."""
+    config = replace(artifact.load_config(directory), **changes)
+    (Path(directory) / artifact.CONFIG_NAME).write_text(config.to_json())
+    artifact.write_manifest(directory)
