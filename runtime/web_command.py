@@ -14,6 +14,7 @@ URL layout (the client only uses relative URLs, so it also works below a path pr
     /vendor/pyodide/       web/node_modules/pyodide/             (npm: pyodide)
     /vendor/ort/           web/node_modules/onnxruntime-web/dist/ (npm: onnxruntime-web)
     /vendor/tokenizers/    web/node_modules/@huggingface/tokenizers/dist/
+    /vendor/jinja/         web/node_modules/@huggingface/jinja/dist/   (chat templates)
     /wheels/<wheel>        the runtime package as a pure-Python wheel (runtime/web_wheel.py)
     /model/                the exported model directory (manifest.json, model.onnx, ...)
     /app-config.json       what the client needs to find the above
@@ -48,6 +49,7 @@ VENDOR_DIRS = {
     "/vendor/pyodide/": "pyodide",
     "/vendor/ort/": "onnxruntime-web/dist",
     "/vendor/tokenizers/": "@huggingface/tokenizers/dist",
+    "/vendor/jinja/": "@huggingface/jinja/dist",
 }
 HIDDEN = {"node_modules"}  # served only through the /vendor/ mounts, never wholesale
 EXTRA_TYPES = {

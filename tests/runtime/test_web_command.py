@@ -25,6 +25,7 @@ def web_dir(tmp_path):
         ("pyodide", "pyodide.asm.wasm"),
         ("onnxruntime-web/dist", "ort.wasm.min.mjs"),
         ("@huggingface/tokenizers/dist", "tokenizers.min.mjs"),
+        ("@huggingface/jinja/dist", "index.js"),
     ]:
         (web / "node_modules" / rel).mkdir(parents=True)
         (web / "node_modules" / rel / name).write_bytes(
@@ -76,6 +77,7 @@ def get(url: str):
         ("vendor/pyodide/pyodide.asm.wasm", "application/wasm"),
         ("vendor/ort/ort.wasm.min.mjs", "text/javascript"),
         ("vendor/tokenizers/tokenizers.min.mjs", "text/javascript"),
+        ("vendor/jinja/index.js", "text/javascript"),
         ("model/model.onnx", "application/octet-stream"),
         ("model/manifest.json", "application/json"),
         ("app-config.json", "application/json"),

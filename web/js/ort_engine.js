@@ -52,6 +52,7 @@ export async function createSession(ort, modelBytes, { ep, externalData = [] }) 
   const options = {
     executionProviders: [ep],
     graphOptimizationLevel: 'all',
+    logSeverityLevel: 3, // errors only: node-placement warnings are expected (shape ops stay on CPU)
     externalData: externalData.map(({ path, data }) => ({ path, data })),
   };
   return ort.InferenceSession.create(modelBytes, options);

@@ -31,4 +31,17 @@ export class ModelTokenizer {
   tokenId(token) {
     return this.inner.token_to_id(token);
   }
+
+  idToToken(id) {
+    return this.inner.id_to_token(id);
+  }
+
+  // Positional forms for Python (runtime/pyodide_backend.py JsTokenizer): no options objects.
+  encodeIds(text, addSpecialTokens) {
+    return this.encode(text, { addSpecialTokens });
+  }
+
+  decodeIds(ids, skipSpecialTokens) {
+    return this.decode(ids, { skipSpecialTokens });
+  }
 }

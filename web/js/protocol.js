@@ -1,0 +1,42 @@
+// The messages between the page (app.js) and the engine worker (worker.js), web-llm style.
+//
+// Page -> worker
+//   {type: 'load', modelUrl, wheelUrl, ep: 'auto'|'webgpu'|'wasm', numThreads?, interruptBuffer?,
+//    forget?}   forget: drop the cached model files first (the page's "download again")
+//   {type: 'generate', id, prompt, chat, seed, settings}
+//       settings: GenerationSettings fields (runtime/settings.py): sampler, length, block_size,
+//       steps, schedule, decoding, threshold, temperature, top_k, top_p, talora, dgr, dgr_strategy
+//   {type: 'interrupt'}      also signalled through interruptBuffer (a SharedArrayBuffer) so that
+//                            Python stops at its next bytecode check, not after the generation
+//   {type: 'forget'}         drop the cached model files
+//
+// Worker -> page
+//   {type: 'progress', phase, progress, text, loaded?, total?}
+//        phase: 'runtime' | 'download' | 'session' | 'warmup'; progress in [0, 1]
+//   {type: 'notice', level: 'info'|'warning', text}
+//   {type: 'ready', info: ReadyInfo}
+//   {type: 'step', id, step: StepView}
+//   {type: 'complete', id, text, tokens, stats, interrupted}
+//   {type: 'error', id?, code, message, recover?: 'redownload' | null}
+//
+// ReadyInfo: {ep, adapter, numThreads, crossOriginIsolated, model: {architecture, layers, hidden,
+//   vocab, maxPosition, blockSize, bytes, targets}, cache: {downloadedBytes, cachedBytes,
+//   memoryOnly, offline}, loadMs, bank: {adapters: [name|null per slot], patterns, groups:
+//   [names]}}
+//
+// StepView: {span, step, t, offset, cells: [{id, text, state: 'prompt'|'committed'|'new'|'masked',
+//   uncertainty, guess}], retrieved: [{position, adapters: [{name, weight}]}], talora: [weights],
+//   forwardMs, elapsedMs, tokensPerSecond, committedTokens}
+
+export const IN = Object.freeze({ LOAD: 'load', GENERATE: 'generate', INTERRUPT: 'interrupt', FORGET: 'forget' });
+export const OUT = Object.freeze({
+  PROGRESS: 'progress',
+  NOTICE: 'notice',
+  READY: 'ready',
+  STEP: 'step',
+  COMPLETE: 'complete',
+  ERROR: 'error',
+});
+
+// Error codes the page knows how to explain.
+export const RECOVERABLE_BY_REDOWNLOAD = new Set(['truncated', 'corrupt', 'model-invalid']);

@@ -1,0 +1,271 @@
+// The engine worker: hosts Pyodide (the runtime's sampler, TALoRA and DGR — the same Python code
+// as on CPython), onnxruntime-web (the forward passes) and the tokenizer. The page talks to it only
+// through the messages of protocol.js.
+
+import { IN, OUT, RECOVERABLE_BY_REDOWNLOAD } from './protocol.js';
+import { bootPython, canBlockOnPromises } from './python.js';
+import { ModelError, ModelStore } from './model_store.js';
+import { ModelRunner, createSession, loadOrt, probeWebGPU } from './ort_engine.js';
+import { ModelTokenizer } from './tokenizer.js';
+import { PatternIndex } from './pattern_index.js';
+import { stepView } from './views.js';
+import { formatPrompt } from './chat.js';
+
+const post = (message) => self.postMessage(message);
+const progress = (phase, value, text, extra = {}) => post({ type: OUT.PROGRESS, phase, progress: value, text, ...extra });
+const notice = (text, level = 'info') => post({ type: OUT.NOTICE, level, text });
+
+let python = null; // Promise<pyodide>, started once
+let engine = null; // the loaded model: {pyodide, session, runner, tokenizer, config, info}
+let interrupt = { buffer: null, requested: false };
+let lastLoad = null;
+
+const decoder = new TextDecoder();
+const textOf = (bytes) => decoder.decode(bytes);
+
+// The informative line of an error: a Python traceback ends with it, a JavaScript error starts with it.
+function lastLine(error) {
+  const lines = String(error?.message || error).trim().split('\n').map((l) => l.trim()).filter(Boolean);
+  return (lines[0] === 'Traceback (most recent call last):' ? lines[lines.length - 1] : lines[0]) || 'unknown error';
+}
+
+function userMessage(error) {
+  // A Python RuvdllmError arrives as a PythonError whose last line is "...RuvdllmError: <message>".
+  const text = String(error?.message || error);
+  const match = text.match(/RuvdllmError: (.*)\s*$/);
+  return match ? { code: 'settings', message: match[1].trim() } : { code: error?.code || 'internal', message: text.trim().split('\n').slice(-1)[0] };
+}
+
+async function startPython(wheelUrl) {
+  python ??= bootPython({ wheelUrl, onStatus: (text) => progress('runtime', 0, text) }).then((pyodide) => {
+    if (interrupt.buffer) pyodide.setInterruptBuffer(interrupt.buffer);
+    return pyodide;
+  });
+  return python;
+}
+
+function writeFiles(pyodide, root, files) {
+  for (const [name, bytes] of Object.entries(files)) {
+    const path = `${root}/${name}`;
+    pyodide.FS.mkdirTree(path.slice(0, path.lastIndexOf('/')));
+    pyodide.FS.writeFile(path, bytes);
+  }
+}
+
+// Zero-filled inputs for adapter banks the artifact does not carry (shapes from the graph).
+function zeroInputs(ort, session, present) {
+  const zeros = {};
+  for (const meta of session.inputMetadata) {
+    if (!meta.name.startsWith('adapter.') || present[meta.name]) continue;
+    const dims = meta.shape.map((d) => (typeof d === 'number' ? d : 0));
+    zeros[meta.name] = new ort.Tensor('float32', new Float32Array(dims.reduce((a, b) => a * b, 1)), dims);
+  }
+  return zeros;
+}
+
+async function chooseEp(requested, config) {
+  if (requested === 'wasm') return 'wasm';
+  const gpu = await probeWebGPU();
+  if (!gpu.ok) {
+    notice(`WebGPU is unavailable (${gpu.reason}): running on WebAssembly (CPU) instead.`, 'warning');
+    return 'wasm';
+  }
+  if (!(config.targets || []).includes('webgpu')) {
+    notice('This model was not exported for WebGPU (its config lists no "webgpu" target): running on WebAssembly.', 'warning');
+    return 'wasm';
+  }
+  return 'webgpu';
+}
+
+async function makeRunner(config, files, ep, numThreads, bankInputs) {
+  const graphName = 'model.onnx';
+  if (!files[graphName]) throw new ModelError('not-a-model', `${graphName}: not in the model directory`, graphName);
+  const externalData = Object.entries(files)
+    .filter(([name]) => name.endsWith('.data'))
+    .map(([path, data]) => ({ path, data }));
+  const ort = await loadOrt(ep, { numThreads });
+  const session = await createSession(ort, files[graphName], { ep, externalData });
+  const banks = {};
+  for (const [name, data] of Object.entries(bankInputs)) {
+    const meta = session.inputMetadata.find((m) => m.name === name);
+    if (meta) banks[name] = new ort.Tensor('float32', data, meta.shape);
+  }
+  Object.assign(banks, zeroInputs(ort, session, banks));
+  return new ModelRunner(ort, session, config, banks, ep);
+}
+
+// Flat float32 bank tensors from Python (runtime.banks.Bank.assemble), copied out of wasm memory.
+function bankInputsFrom(pySession) {
+  const out = {};
+  const tensors = pySession.bank_tensors();
+  for (const name of tensors.keys()) {
+    const array = tensors.get(name);
+    const view = array.getBuffer('f32');
+    out[name] = view.data.slice();
+    view.release();
+    array.destroy();
+  }
+  tensors.destroy();
+  return out;
+}
+
+async function load({ modelUrl, wheelUrl, ep = 'auto', numThreads, interruptBuffer, forget = false }) {
+  const started = performance.now();
+  lastLoad = { modelUrl, wheelUrl, ep, numThreads, interruptBuffer };
+  if (!canBlockOnPromises()) {
+    throw new ModelError('unsupported', 'This browser lacks JavaScript Promise Integration (WebAssembly.Suspending), which the Python sampler needs to await onnxruntime-web: use Chromium 137 or newer.');
+  }
+  if (interruptBuffer) interrupt.buffer = new Int32Array(interruptBuffer);
+  if (engine) {
+    await engine.runner.release();
+    engine = null;
+  }
+  const pythonReady = startPython(wheelUrl);
+  const base = new URL(modelUrl, self.location.href).href;
+  const store = new ModelStore(base, {
+    onProgress: ({ file, loaded, total }) => progress('download', total ? loaded / total : 1, `model: ${file}`, { loaded, total }),
+    onNotice: ({ level, text }) => notice(text, level),
+  });
+  if (forget) await store.forget(); // the page's "download again"
+  const { manifest, files } = await store.load();
+  const config = JSON.parse(textOf(files['config.json']));
+  const tokenizer = new ModelTokenizer(JSON.parse(textOf(files['tokenizer.json'])));
+
+  progress('runtime', 1, 'starting Python');
+  const pyodide = await pythonReady;
+  const root = '/model';
+  pyodide.FS.mkdirTree(root);
+  // Python reads the config and the adapter bank from its own file system; the graph stays here.
+  writeFiles(pyodide, root, Object.fromEntries(Object.entries(files).filter(([n]) => n === 'config.json' || n.startsWith('banks/'))));
+  const { WebSession } = pyodide.pyimport('runtime.pyodide_backend');
+  const session = WebSession(root, tokenizer, new PatternIndex(config.hidden_size));
+  const bankInputs = bankInputsFrom(session);
+
+  let chosen = await chooseEp(ep, config);
+  let runner = null;
+  const start = async () => {
+    progress('session', 0, `creating the ${chosen === 'webgpu' ? 'WebGPU' : 'WebAssembly'} session`);
+    runner = await makeRunner(config, files, chosen, numThreads, bankInputs);
+    progress('warmup', 0, 'warming up');
+    session.attach(runner);
+    await session.warm_up.callPromising();
+  };
+  try {
+    await start();
+  } catch (e) {
+    console.error(e);
+    if (chosen !== 'webgpu') throw new ModelError('model-invalid', `model.onnx: onnxruntime-web cannot run it (${lastLine(e)})`, 'model.onnx');
+    notice(`WebGPU could not run this model (${lastLine(e)}): running on WebAssembly instead.`, 'warning');
+    if (runner) await runner.release();
+    chosen = 'wasm';
+    await start();
+  }
+  const gpu = chosen === 'webgpu' ? await probeWebGPU() : null;
+  const info = {
+    ep: chosen,
+    adapter: gpu?.adapter || null,
+    numThreads: chosen === 'wasm' ? runner.ort.env.wasm.numThreads : null,
+    crossOriginIsolated: self.crossOriginIsolated,
+    model: {
+      name: config.source?.name || config.architecture,
+      architecture: config.architecture,
+      layers: config.num_layers,
+      hidden: config.hidden_size,
+      vocab: config.vocab_size,
+      maxPosition: config.max_position,
+      blockSize: config.block_size,
+      targets: config.targets,
+      bytes: Object.values(manifest.files).reduce((s, e) => s + e.bytes, 0),
+      chat: Boolean(config.chat_template),
+    },
+    bank: session.bank_info().toJs({ dict_converter: Object.fromEntries }),
+    cache: { ...store.stats },
+    loadMs: performance.now() - started,
+  };
+  engine = { session, runner, tokenizer, config, info, running: false };
+  post({ type: OUT.READY, info });
+}
+
+// Settings left empty on the page are absent (null would reach Python as JsNull, not None).
+const definedOnly = (object) => Object.fromEntries(Object.entries(object).filter(([, v]) => v !== null && v !== undefined && !Number.isNaN(v)));
+
+async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
+  if (!engine) throw new ModelError('not-loaded', 'no model is loaded yet');
+  if (engine.running) throw new ModelError('busy', 'a generation is already running');
+  const { session, runner, tokenizer, config } = engine;
+  const text = formatPrompt(prompt, config, tokenizer, chat);
+  engine.running = true;
+  interrupt.requested = false;
+  if (interrupt.buffer) Atomics.store(interrupt.buffer, 0, 0);
+  const started = performance.now();
+  const runStart = { ms: runner.timings.runMs, runs: runner.timings.runs };
+  const state = { uncertainty: new Map(), tokens: [], steps: 0 };
+  const onStep = (event) => {
+    state.tokens = event.tokens;
+    state.steps += 1;
+    const view = stepView(event, runner, tokenizer, config, engine.info.bank, state, performance.now() - started);
+    post({ type: OUT.STEP, id, step: view });
+    if (interrupt.requested) throw new Error('KeyboardInterrupt'); // without a SharedArrayBuffer
+  };
+  let summary = null;
+  let interrupted = false;
+  try {
+    summary = await session.generate_js.callPromising(text, definedOnly(settings), seed, onStep);
+  } catch (e) {
+    if (!/KeyboardInterrupt/.test(String(e.message || e))) throw e;
+    interrupted = true;
+  } finally {
+    engine.running = false;
+  }
+  const tokens = interrupted ? state.tokens.filter((t) => t >= 0) : summary.tokens;
+  const wallMs = performance.now() - started;
+  const runs = runner.timings.runs - runStart.runs;
+  const runMs = runner.timings.runMs - runStart.ms;
+  const stats = {
+    promptTokens: summary?.prompt_tokens ?? null,
+    generatedTokens: tokens.length,
+    steps: summary?.steps ?? state.steps,
+    wallMs,
+    tokensPerSecond: tokens.length / (wallMs / 1000),
+    forwardMs: runMs / Math.max(runs, 1), // onnxruntime-web session.run per step
+    // Python-side forward minus session.run: the Pyodide <-> JavaScript crossing per step
+    bridgeMs: summary ? Math.max(summary.bridge_forward_ms - runMs, 0) / Math.max(summary.forwards, 1) : null,
+    finishReason: interrupted ? 'interrupted' : summary.finish_reason,
+    ep: runner.ep,
+  };
+  post({
+    type: OUT.COMPLETE,
+    id,
+    text: interrupted ? tokenizer.decode(tokens) : summary.text,
+    tokens,
+    promptIds: summary?.prompt_ids ?? null,
+    stats,
+    interrupted,
+  });
+}
+
+async function forget() {
+  if (lastLoad) await new ModelStore(new URL(lastLoad.modelUrl, self.location.href).href).forget();
+}
+
+self.onmessage = async ({ data }) => {
+  try {
+    if (data.type === IN.LOAD) await load(data);
+    else if (data.type === IN.GENERATE) await generate(data);
+    else if (data.type === IN.INTERRUPT) interrupt.requested = true;
+    else if (data.type === IN.FORGET) await forget();
+    else throw new Error(`unknown message type ${data.type}`);
+  } catch (error) {
+    const { code, message } = error instanceof ModelError ? error : userMessage(error);
+    if (!(error instanceof ModelError) && code === 'internal') console.error(error);
+    post({
+      type: OUT.ERROR,
+      id: data.id ?? null,
+      during: data.type,
+      code,
+      message,
+      file: error.file || null,
+      recover: RECOVERABLE_BY_REDOWNLOAD.has(code) ? 'redownload' : null,
+    });
+  }
+};
