@@ -1,0 +1,41 @@
+"""Errors the services raise, each with the HTTP status the routers answer with. Messages are one
+line and name the thing that is wrong (`runtime.errors.RuvdllmError`)."""
+
+from __future__ import annotations
+
+from federation_hub.privacy.accountant import BudgetExhausted
+from federation_hub.storage.base import Conflict
+from runtime.errors import RuvdllmError
+
+
+class NotFound(RuvdllmError):
+    """Also what a caller gets for something that exists but is not theirs: existence leaks too."""
+
+
+class Invalid(RuvdllmError):
+    """Well-formed JSON that does not fit the round (shapes, linears, norm)."""
+
+
+class Forbidden(RuvdllmError):
+    """Authenticated, but not allowed (role, group membership, consent)."""
+
+
+class Unauthorized(RuvdllmError):
+    """No credentials, or credentials the hub does not know."""
+
+
+STATUS = {
+    Unauthorized: 401,
+    Forbidden: 403,
+    BudgetExhausted: 403,
+    NotFound: 404,
+    Conflict: 409,
+    Invalid: 422,
+}
+
+
+def status_of(error: RuvdllmError) -> int:
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 400

@@ -1,0 +1,70 @@
+"""The app factory: settings in, FastAPI app out. Middleware, routers and a lifespan that opens
+(and migrates) the store, finishes rounds a killed hub left half-closed, and runs gossip."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import asynccontextmanager
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from federation_hub.errors import Unauthorized, status_of
+from federation_hub.limits import BodySizeLimit
+from federation_hub.observability import HubMetrics, RequestLogMiddleware
+from federation_hub.routers import admin, gossip, health, releases, rounds, updates
+from federation_hub.services.gossip import GossipLoop
+from federation_hub.services.rounds import resume_closing
+from federation_hub.services.state import HubState
+from federation_hub.settings import HubSettings
+from federation_hub.storage import open_store
+from runtime.errors import RuvdllmError
+
+log = logging.getLogger("federation_hub")
+
+
+def create_app(settings: HubSettings) -> FastAPI:
+    metrics = HubMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        store = await asyncio.to_thread(open_store, settings.database_url)
+        hub_id = await asyncio.to_thread(store.hub_id, settings.hub_id)
+        state = HubState(settings, store, hub_id, metrics, np.random.default_rng(settings.dp_seed))
+        app.state.hub = state
+        tasks = [asyncio.create_task(asyncio.to_thread(resume_closing, state), name="resume-closing")]
+        if settings.peers and settings.gossip_secret:
+            tasks.append(asyncio.create_task(GossipLoop(state).run(), name="gossip"))
+        log.info(
+            "hub started", extra={"hub_id": hub_id, "database": store.dialect, "peers": list(settings.peers)}
+        )
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            store.close()
+
+    app = FastAPI(
+        title="RuvDLLM federation hub",
+        version=health.VERSION,
+        summary="Aggregates per-timestep-group LoRA adapter updates (DAF) under privacy tiers; gossips releases with peer hubs.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestLogMiddleware, metrics=metrics)
+
+    @app.exception_handler(RuvdllmError)
+    async def hub_error(request: Request, exc: RuvdllmError) -> JSONResponse:
+        headers = {"www-authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        return JSONResponse({"detail": str(exc)}, status_code=status_of(exc), headers=headers)
+
+    for module in (health, admin, rounds, updates, releases, gossip):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,1 @@
+"""HTTP protocol only: parse, authorise, call a service, shape the reply."""

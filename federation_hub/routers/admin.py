@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from federation_hub import audit
+from federation_hub.auth import new_token, token_hash
+from federation_hub.deps import Admin, AnyCaller, State
+from federation_hub.errors import NotFound
+from federation_hub.schemas import AuditEntry, AuditVerdict, Principal, TenantIn, TokenIn, TokenOut
+
+router = APIRouter(prefix="/v1", tags=["administration"])
+
+
+@router.get("/me", response_model=Principal, summary="who this token is")
+def me(who: AnyCaller) -> Principal:
+    return Principal(kind=who.kind, tenant=who.tenant, client_id=who.client_id, groups=list(who.groups))
+
+
+@router.post(
+    "/admin/tenants", status_code=201, response_model=TenantIn, summary="create a tenant (organisation)"
+)
+def create_tenant(body: TenantIn, _: Admin, state: State) -> TenantIn:
+    state.store.create_tenant(body.name)
+    return body
+
+
+@router.post(
+    "/admin/tokens", status_code=201, response_model=TokenOut, summary="issue a client token (shown once)"
+)
+def create_token(body: TokenIn, _: Admin, state: State) -> TokenOut:
+    if not state.store.tenant_exists(body.tenant):
+        raise NotFound(f"tenant {body.tenant!r}: does not exist")
+    token = new_token()
+    token_id = state.store.create_token(token_hash(token), body.tenant, body.client_id, body.groups)
+    return TokenOut(
+        token_id=token_id,
+        token=token,
+        tenant=body.tenant,
+        client_id=body.client_id,
+        groups=sorted(set(body.groups)),
+    )
+
+
+@router.post("/admin/tokens/{token_id}/revoke", status_code=204, summary="revoke a client token")
+def revoke_token(token_id: int, _: Admin, state: State) -> None:
+    if not state.store.revoke_token(token_id):
+        raise NotFound(f"token {token_id}: no such live token")
+
+
+@router.get("/admin/audit", response_model=list[AuditEntry], summary="the append-only audit log")
+def audit_log(
+    _: Admin,
+    state: State,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+) -> list[AuditEntry]:
+    return [AuditEntry(**vars(e)) for e in state.store.audit_entries(after, limit)]
+
+
+@router.get("/admin/audit/verify", response_model=AuditVerdict, summary="check the audit log's hash chain")
+def verify_audit(_: Admin, state: State) -> AuditVerdict:
+    entries, after = [], 0
+    while batch := state.store.audit_entries(after, 10000):
+        entries.extend(vars(e) for e in batch)
+        after = batch[-1].seq
+    bad = audit.first_broken(entries)
+    return AuditVerdict(entries=len(entries), intact=bad is None, first_bad=bad)

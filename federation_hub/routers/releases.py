@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from federation_hub import codec
+from federation_hub.deps import AnyCaller, State
+from federation_hub.errors import NotFound
+from federation_hub.schemas import LoraDelta, Release, ReleaseSummary, TimestepGroup
+from federation_hub.storage.base import ReleaseRecord
+
+router = APIRouter(prefix="/v1/releases", tags=["releases"])
+
+
+def summary(record: ReleaseRecord) -> dict:
+    meta = record.meta
+    return dict(
+        id=record.id, origin=record.origin, seq=record.seq, tier=record.tier, tenant=record.tenant,
+        timestep_group=record.timestep_group, round_id=meta["round_id"], strategy=meta["strategy"],
+        contributors=meta["contributors"], created_at=meta["created_at"], digest=record.digest, details=meta.get("details", {}),
+    )  # fmt: skip
+
+
+@router.get(
+    "", response_model=list[ReleaseSummary], summary="released aggregates visible to the caller, newest first"
+)
+def list_releases(
+    who: AnyCaller,
+    state: State,
+    timestep_group: Annotated[TimestepGroup | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[ReleaseSummary]:
+    return [
+        ReleaseSummary(**summary(r)) for r in state.store.list_releases(who.viewer, timestep_group, limit)
+    ]
+
+
+@router.get("/{release_id}", response_model=Release, summary="one release with its LoRA factors")
+def get_release(
+    release_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}:[0-9]{1,18}$")],
+    who: AnyCaller,
+    state: State,
+) -> Release:
+    record = state.store.get_release(release_id, who.viewer)
+    if record is None:
+        raise NotFound(f"release {release_id}: not found")
+    pairs, metrics = codec.decode_contribution(record.payload, f"release {release_id}")
+    return Release(
+        **summary(record),
+        deltas={name: LoraDelta.of(pair) for name, pair in pairs.items()},
+        residuals=metrics["residuals"],
+    )

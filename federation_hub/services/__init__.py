@@ -1,0 +1,1 @@
+"""Glue between the HTTP protocol and the math/storage: what a request does, not how it is spoken."""

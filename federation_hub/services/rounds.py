@@ -1,0 +1,176 @@
+"""Opening and closing rounds; a close aggregates, applies k-anonymity and writes the release.
+
+A close is resumable: the round first becomes `closing` (no more updates), then the outcome, the
+release and its audit entry are written in one transaction. A hub killed in between finds the
+round `closing` at start-up and aggregates it again from the same stored contributions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+
+import numpy as np
+
+from federation_hub import codec
+from federation_hub.auth import scope_of
+from federation_hub.errors import Invalid, NotFound
+from federation_hub.privacy.accountant import epsilon_spent
+from federation_hub.privacy.dp import DifferentiallyPrivate
+from federation_hub.privacy.kanon import release_allowed
+from federation_hub.schemas import RoundSpec
+from federation_hub.services.state import HubState
+from federation_hub.storage.base import Conflict, NewRelease, RoundRecord, Viewer
+from federation_hub.strategies import ContributionMeta, Strategy, make_strategy
+from federation_hub.strategies.run import RoundResult, run_strategy
+
+log = logging.getLogger("federation_hub.rounds")
+ADMIN = Viewer(admin=True)
+
+
+def strategy_for(round_: RoundRecord) -> Strategy:
+    strategy = make_strategy(round_.strategy, round_.timestep_group, round_.strategy_params)
+    if round_.tier == "public":
+        return DifferentiallyPrivate(strategy, **round_.dp)
+    return strategy
+
+
+def open_round(state: HubState, spec: RoundSpec) -> RoundRecord:
+    settings = state.settings
+    if spec.tier == "public" and (spec.tenant or spec.group):
+        raise Invalid("round: a public round belongs to no tenant or group")
+    if spec.tier in ("tenant", "group") and not spec.tenant:
+        raise Invalid(f"round: a {spec.tier} round needs a tenant")
+    if spec.tier == "group" and not spec.group:
+        raise Invalid("round: a group round needs a group")
+    if spec.tier == "tenant" and spec.group:
+        raise Invalid("round: a tenant round has no group (use tier group)")
+    if spec.tenant and not state.store.tenant_exists(spec.tenant):
+        raise NotFound(f"tenant {spec.tenant!r}: does not exist")
+    try:
+        make_strategy(spec.strategy, spec.timestep_group, spec.strategy_params)
+    except (ValueError, TypeError) as exc:
+        raise Invalid(f"round: {exc}") from None
+    dp = None
+    min_contributors = spec.min_contributors
+    if spec.tier == "public":
+        dp = (
+            spec.dp.model_dump()
+            if spec.dp
+            else {
+                "clip_norm": settings.default_clip_norm,
+                "noise_multiplier": settings.default_noise_multiplier,
+            }
+        )
+        min_contributors = max(min_contributors, settings.k_anonymity)
+    fields = dict(
+        scope=scope_of(spec.tier, spec.tenant, spec.group), tier=spec.tier, tenant=spec.tenant, grp=spec.group,
+        timestep_group=spec.timestep_group, strategy=spec.strategy, strategy_params=dict(spec.strategy_params),
+        shapes={name: shape.model_dump() for name, shape in spec.shapes.items()}, max_norm=spec.max_norm,
+        min_contributors=min_contributors, release_rank=spec.release_rank, dp=dp,
+        sketch_seed=int(state.child_rng().integers(0, 2**62)),
+    )  # fmt: skip
+    return state.store.create_round(fields)
+
+
+def close_round(state: HubState, round_id: int, reopen: bool = False) -> RoundRecord:
+    """Close (or finish closing) a round; idempotent for rounds already finished."""
+    store = state.store
+    round_ = store.get_round(round_id, ADMIN)
+    if round_ is None:
+        raise NotFound(f"round {round_id}: does not exist")
+    if round_.status == "open":
+        store.begin_closing(round_id)
+    if store.get_round(round_id, ADMIN).status == "closing":
+        _finish(state, round_)
+    if reopen:
+        fields = dict(
+            scope=round_.scope, tier=round_.tier, tenant=round_.tenant, grp=round_.group, timestep_group=round_.timestep_group,
+            strategy=round_.strategy, strategy_params=round_.strategy_params, shapes=round_.shapes, max_norm=round_.max_norm,
+            min_contributors=round_.min_contributors, release_rank=round_.release_rank, dp=round_.dp,
+            sketch_seed=int(state.child_rng().integers(0, 2**62)),
+        )  # fmt: skip
+        try:
+            store.create_round(fields)
+        except Conflict:
+            pass  # someone (a replica, a concurrent close) opened the next one already
+    return store.get_round(round_id, ADMIN)
+
+
+def resume_closing(state: HubState) -> None:
+    """Finish rounds a killed hub left half-closed."""
+    for round_id in state.store.closing_rounds():
+        log.info("resuming close", extra={"round_id": round_id})
+        close_round(state, round_id)
+
+
+def _finish(state: HubState, round_: RoundRecord) -> None:
+    if round_.tier == "group":
+        count = len(state.store.contribution_rows(round_.id))
+        state.store.finish_round(
+            round_.id, "relayed", f"{count} sealed contributions relayed; members aggregate locally", None,
+            ("relayed", str(round_.id), {"tier": "group", "tenant": round_.tenant, "group": round_.group, "contributions": count}),
+        )  # fmt: skip
+        return
+    rows = state.store.contribution_rows(round_.id)
+    started = time.perf_counter()
+    result = aggregate(state, round_, rows)
+    state.metrics.aggregation_seconds.labels(round_.timestep_group).observe(time.perf_counter() - started)
+    chosen = [rows[i].client_key for i in np.flatnonzero(result.selection.weights)]
+    needed = round_.min_contributors
+    allowed, reason = (
+        release_allowed(chosen, needed) if not result.withheld else (False, result.selection.reason)
+    )
+    base = {
+        "tier": round_.tier,
+        "tenant": round_.tenant,
+        "timestep_group": round_.timestep_group,
+        "strategy": round_.strategy,
+    }
+    if not allowed:
+        state.metrics.releases.labels(round_.tier, round_.timestep_group, "withheld").inc()
+        details = {**base, "reason": reason, "submitted": len(rows), "selected": len(set(chosen))}
+        state.store.finish_round(round_.id, "withheld", reason, None, ("withheld", str(round_.id), details))
+        return
+    epsilon = epsilon_spent([round_.dp["noise_multiplier"]], state.settings.delta) if round_.dp else None
+    pairs = {name: f.pair for name, f in result.factors.items()}
+    residuals = {name: f.residual for name, f in result.factors.items()}
+    payload = codec.encode_contribution(pairs, {"residuals": residuals})
+    details = {**result.selection.details, **result.facts, "shapes": round_.shapes}
+    if epsilon is not None:
+        details.update(epsilon_per_contributor=epsilon, delta=state.settings.delta)
+    meta = {**base, "round_id": round_.id, "contributors": len(set(chosen)), "details": details}
+    release = NewRelease(
+        round_.tier, round_.tenant, round_.timestep_group, meta, hashlib.sha256(payload).hexdigest(), payload
+    )
+    audit = {
+        **base,
+        "contributors": sorted(set(chosen)),
+        "contributor_count": len(set(chosen)),
+        "epsilon": epsilon,
+    }
+    state.store.finish_round(round_.id, "released", "released", release, ("release", str(round_.id), audit))
+    state.metrics.releases.labels(round_.tier, round_.timestep_group, "released").inc()
+
+
+def aggregate(state: HubState, round_: RoundRecord, rows) -> RoundResult:
+    strategy = strategy_for(round_)
+    metas = [
+        ContributionMeta(r.update_id, r.client_key, r.samples, r.perplexity_before, r.perplexity_after)
+        for r in rows
+    ]
+
+    def load(indices):
+        for blob in state.store.payloads([rows[i].id for i in indices]):
+            yield codec.decode_contribution(blob, f"round {round_.id} contribution")[0]
+
+    shapes = {n: (s["out_features"], s["in_features"]) for n, s in round_.shapes.items()}
+    ranks = {n: _release_rank(round_.release_rank, s["rank"]) for n, s in round_.shapes.items()}
+    return run_strategy(strategy, metas, load, shapes, ranks, state.child_rng(), round_.sketch_seed)
+
+
+def _release_rank(requested: int | None, contribution_rank: int) -> int | None:
+    if requested is None:
+        return contribution_rank  # fits the runtime's bank slots, like what was contributed
+    return None if requested == 0 else requested  # 0: the exact numerical rank

@@ -1,0 +1,29 @@
+"""Hub settings: one frozen dataclass, built by `command.py` from the command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from federation_hub.privacy.kanon import K_ANONYMITY
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    database_url: str  # sqlite:///PATH (default, WAL) or postgresql://… for replicas sharing state
+    admin_token_hash: str  # sha256 of the admin token; the token itself is never kept
+    hub_id: str | None = None  # None: generated on first start and kept in the database
+    peers: tuple[str, ...] = ()  # base URLs of peer hubs to gossip with
+    gossip_secret: bytes | None = None  # HMAC key shared by the federation; None disables gossip
+    gossip_interval_s: float = 10.0  # anti-entropy period: releases are rare, a few seconds of lag is fine
+    gossip_tiers: tuple[str, ...] = ("public",)  # tenant releases stay on this hub unless asked
+    max_request_bytes: int = (
+        64 * 2**20
+    )  # a rank-8, 32-layer 4096-wide update for 3 groups is ~55 MiB in base64
+    epsilon_budget: float = 1.0  # DESIGN.md: ε = 1.0 per client per period
+    delta: float = 1e-5  # below 1/population for any federation this hub will serve
+    budget_period_s: int = 30 * 86400  # the budget renews monthly
+    k_anonymity: int = K_ANONYMITY  # nothing released from fewer distinct contributors (public tier)
+    default_clip_norm: float = 1.0  # public rounds that name no DP parameters get these
+    default_noise_multiplier: float = 8.0  # three public contributions per client and period fit in ε = 1
+    dp_seed: int | None = None  # None: noise from OS entropy; an int makes releases reproducible (tests)
+    log_level: str = "info"

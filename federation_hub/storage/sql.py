@@ -1,0 +1,610 @@
+"""The Store on SQLAlchemy Core: one implementation of the queries, two engines.
+
+SQLite: WAL (readers never block the writer), synchronous=FULL (an acknowledged write survives a
+power cut, not just a killed process), and `BEGIN IMMEDIATE` for every transaction so concurrent
+writers queue on the database lock instead of failing on a read-to-write upgrade.
+PostgreSQL: row locks (`FOR UPDATE`, `FOR SHARE`) and transaction-scoped advisory locks serialise
+what must be serial across replicas: counters, a client's ε ledger, closing against submitting.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from federation_hub import audit as audit_chain
+from federation_hub.storage import migrate
+from federation_hub.storage import tables as t
+from federation_hub.storage.base import (
+    AuditRecord,
+    BudgetCharge,
+    Conflict,
+    ContributionRow,
+    NewRelease,
+    NewUpdate,
+    ReleaseRecord,
+    RoundRecord,
+    SealedRow,
+    Store,
+    TokenRecord,
+    Viewer,
+)
+from runtime.errors import RuvdllmError
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class SqlStore(Store):
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        migrate.upgrade(engine)
+        with self._write() as conn:
+            self._insert_ignore(conn, t.meta, {"key": "audit_head", "value": f"0:{audit_chain.GENESIS}"})
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction (SQLite: BEGIN IMMEDIATE; reads stay deferred and never block)."""
+        with self.engine.connect() as conn:
+            conn.execution_options(hub_write=True)
+            with conn.begin():
+                yield conn
+
+    # --- dialect hooks -------------------------------------------------------------------------
+    @abstractmethod
+    def _insert_ignore(self, conn: Connection, table: sa.Table, values: dict) -> bool:
+        """INSERT … ON CONFLICT DO NOTHING; True when a row was inserted."""
+
+    def _lock_key(self, conn: Connection, key: str) -> None:
+        """Serialise transactions on `key` (SQLite: the database lock already does)."""
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def hub_id(self, wanted: str | None = None) -> str:
+        with self._write() as conn:
+            self._insert_ignore(conn, t.meta, {"key": "hub_id", "value": wanted or uuid.uuid4().hex[:16]})
+            stored = conn.execute(sa.select(t.meta.c.value).where(t.meta.c.key == "hub_id")).scalar_one()
+        if wanted and stored != wanted:
+            raise RuvdllmError(
+                f"hub database: belongs to hub {stored!r}, not {wanted!r} (one database per hub id)"
+            )
+        return stored
+
+    # --- tenants and tokens --------------------------------------------------------------------
+    def create_tenant(self, name: str) -> None:
+        try:
+            with self._write() as conn:
+                conn.execute(t.tenants.insert().values(name=name, created_at=utcnow()))
+                self._append_audit(conn, "tenant-created", name, {})
+        except IntegrityError:
+            raise Conflict(f"tenant {name!r}: exists already") from None
+
+    def tenant_exists(self, name: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(t.tenants.c.id).where(t.tenants.c.name == name)).first() is not None
+
+    def create_token(self, token_hash: str, tenant: str, client_id: str, groups: Sequence[str]) -> int:
+        with self._write() as conn:
+            token_id = conn.execute(
+                t.tokens.insert().values(
+                    token_hash=token_hash,
+                    tenant=tenant,
+                    client_id=client_id,
+                    groups=sorted(set(groups)),
+                    created_at=utcnow(),
+                )
+            ).inserted_primary_key[0]
+            self._append_audit(
+                conn,
+                "token-issued",
+                f"{tenant}/{client_id}",
+                {"token_id": token_id, "groups": sorted(set(groups))},
+            )
+            return token_id
+
+    def token_by_hash(self, token_hash: str) -> TokenRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t.tokens).where(t.tokens.c.token_hash == token_hash)).first()
+        if row is None:
+            return None
+        return TokenRecord(row.id, row.tenant, row.client_id, tuple(row.groups), row.revoked_at is not None)
+
+    def revoke_token(self, token_id: int) -> bool:
+        with self._write() as conn:
+            done = conn.execute(
+                t.tokens.update()
+                .where(t.tokens.c.id == token_id, t.tokens.c.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            ).rowcount
+            if done:
+                self._append_audit(conn, "token-revoked", str(token_id), {})
+            return bool(done)
+
+    # --- rounds -------------------------------------------------------------------------------
+    def _round_query(self):
+        count = (
+            sa.select(sa.func.count(t.contributions.c.id))
+            .where(t.contributions.c.round_id == t.rounds.c.id)
+            .scalar_subquery()
+            .label("contributions")
+        )
+        return sa.select(t.rounds, count)
+
+    @staticmethod
+    def _round(row) -> RoundRecord:
+        return RoundRecord(
+            id=row.id, scope=row.scope, tier=row.tier, tenant=row.tenant, group=row.grp, timestep_group=row.timestep_group,
+            strategy=row.strategy, strategy_params=row.strategy_params, shapes=row.shapes, max_norm=row.max_norm,
+            min_contributors=row.min_contributors, release_rank=row.release_rank, dp=row.dp, sketch_seed=row.sketch_seed,
+            status=row.status, created_at=_utc(row.created_at), closed_at=_utc(row.closed_at), release_id=row.release_id,
+            outcome=row.outcome, contributions=row.contributions,
+        )  # fmt: skip
+
+    @staticmethod
+    def _visible_rounds(viewer: Viewer):
+        if viewer.admin:
+            return sa.true()
+        r = t.rounds.c
+        return sa.or_(
+            r.tier == "public",
+            sa.and_(r.tier == "tenant", r.tenant == viewer.tenant),
+            sa.and_(r.tier == "group", r.tenant == viewer.tenant, r.grp.in_(list(viewer.groups) or [""])),
+        )
+
+    def create_round(self, fields: dict) -> RoundRecord:
+        try:
+            with self._write() as conn:
+                round_id = conn.execute(
+                    t.rounds.insert().values(**fields, status="open", created_at=utcnow())
+                ).inserted_primary_key[0]
+                self._append_audit(
+                    conn,
+                    "round-opened",
+                    str(round_id),
+                    {k: fields[k] for k in ("scope", "timestep_group", "strategy")},
+                )
+        except IntegrityError:
+            raise Conflict(
+                f"round: {fields['scope']} already has an open {fields['timestep_group']} round"
+            ) from None
+        return self.get_round(round_id, Viewer(admin=True))
+
+    def get_round(self, round_id: int, viewer: Viewer) -> RoundRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                self._round_query().where(t.rounds.c.id == round_id, self._visible_rounds(viewer))
+            ).first()
+        return self._round(row) if row else None
+
+    def list_rounds(self, viewer: Viewer, status: str | None = None) -> list[RoundRecord]:
+        query = self._round_query().where(self._visible_rounds(viewer)).order_by(t.rounds.c.id)
+        if status:
+            query = query.where(t.rounds.c.status == status)
+        with self.engine.connect() as conn:
+            return [self._round(row) for row in conn.execute(query)]
+
+    def open_round(self, scope: str, timestep_group: str) -> RoundRecord | None:
+        query = self._round_query().where(
+            t.rounds.c.scope == scope,
+            t.rounds.c.timestep_group == timestep_group,
+            t.rounds.c.status == "open",
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return self._round(row) if row else None
+
+    def begin_closing(self, round_id: int) -> bool:
+        with self._write() as conn:
+            done = conn.execute(
+                t.rounds.update()
+                .where(t.rounds.c.id == round_id, t.rounds.c.status == "open")
+                .values(status="closing")
+            ).rowcount
+            return bool(done)
+
+    def closing_rounds(self) -> list[int]:
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    sa.select(t.rounds.c.id).where(t.rounds.c.status == "closing").order_by(t.rounds.c.id)
+                ).scalars()
+            )
+
+    def finish_round(self, round_id, status, outcome, release: NewRelease | None, audit) -> str | None:
+        with self._write() as conn:
+            row = conn.execute(
+                sa.select(t.rounds.c.status, t.rounds.c.release_id)
+                .where(t.rounds.c.id == round_id)
+                .with_for_update()
+            ).one()
+            if row.status != "closing":
+                return row.release_id  # finished already (a replica or an earlier attempt won)
+            release_id = None
+            if release is not None:
+                origin = conn.execute(sa.select(t.meta.c.value).where(t.meta.c.key == "hub_id")).scalar_one()
+                seq = self._next_counter(conn, "release_seq")
+                release_id = f"{origin}:{seq}"
+                now = utcnow()
+                meta = {
+                    **release.meta,
+                    "id": release_id,
+                    "origin": origin,
+                    "seq": seq,
+                    "created_at": now.isoformat(),
+                }
+                conn.execute(
+                    t.releases.insert().values(
+                        origin=origin,
+                        seq=seq,
+                        tier=release.tier,
+                        tenant=release.tenant,
+                        timestep_group=release.timestep_group,
+                        meta=meta,
+                        digest=release.digest,
+                        payload=release.payload,
+                        received_at=now,
+                    )  # fmt: skip
+                )
+            conn.execute(
+                t.rounds.update()
+                .where(t.rounds.c.id == round_id)
+                .values(status=status, outcome=outcome, release_id=release_id, closed_at=utcnow())
+            )
+            kind, subject, details = audit
+            self._append_audit(conn, kind, subject, {**details, "release_id": release_id})
+            return release_id
+
+    def _next_counter(self, conn: Connection, key: str) -> int:
+        self._insert_ignore(conn, t.meta, {"key": key, "value": "0"})
+        current = int(
+            conn.execute(sa.select(t.meta.c.value).where(t.meta.c.key == key).with_for_update()).scalar_one()
+        )
+        conn.execute(t.meta.update().where(t.meta.c.key == key).values(value=str(current + 1)))
+        return current + 1
+
+    # --- updates ------------------------------------------------------------------------------
+    def find_update(self, tenant: str, client_id: str, update_id: str) -> tuple[str, dict] | None:
+        u = t.updates.c
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(u.body_hash, u.receipt).where(
+                    u.tenant == tenant, u.client_id == client_id, u.update_id == update_id
+                )
+            ).first()
+        return (row.body_hash, row.receipt) if row else None
+
+    def accept_update(
+        self, update: NewUpdate, receipt: Callable[[float | None], dict], charge: BudgetCharge | None
+    ) -> tuple[dict, bool]:
+        try:
+            with self._write() as conn:
+                return self._accept(conn, update, receipt, charge)
+        except IntegrityError:
+            # a concurrent request (another replica, a retry) stored the same update first
+            found = self.find_update(update.tenant, update.client_id, update.update_id)
+            if found and found[0] == update.body_hash:
+                return found[1], True
+            raise Conflict(
+                f"update {update.update_id}: conflicts with a contribution stored concurrently"
+            ) from None
+
+    def _accept(
+        self, conn: Connection, update: NewUpdate, receipt, charge: BudgetCharge | None
+    ) -> tuple[dict, bool]:
+        u = t.updates.c
+        existing = conn.execute(
+            sa.select(u.body_hash, u.receipt).where(
+                u.tenant == update.tenant, u.client_id == update.client_id, u.update_id == update.update_id
+            )
+        ).first()
+        if existing is not None:
+            if existing.body_hash != update.body_hash:
+                raise Conflict(
+                    f"update {update.update_id}: this id was accepted before with different content"
+                )
+            return existing.receipt, True
+        for part in update.contributions:
+            # FOR SHARE: submissions to one round proceed together; closing it waits for them
+            status = conn.execute(
+                sa.select(t.rounds.c.status).where(t.rounds.c.id == part.round_id).with_for_update(read=True)
+            ).scalar_one()
+            if status != "open":
+                raise Conflict(f"round {part.round_id}: is {status}, no longer accepting updates")
+            already = conn.execute(
+                sa.select(t.contributions.c.update_id).where(
+                    t.contributions.c.round_id == part.round_id,
+                    t.contributions.c.client_key == update.client_key,
+                )
+            ).first()
+            if already is not None:
+                raise Conflict(
+                    f"round {part.round_id}: you contributed already (update {already.update_id}); one per round"
+                )
+        epsilon = None
+        if charge is not None:
+            self._lock_key(conn, f"budget:{update.client_key}:{charge.period}")
+            spent = self._spent(conn, update.client_key, charge.period)
+            epsilon = charge.check(spent, list(charge.noise_multipliers))
+        body = receipt(epsilon)
+        now = utcnow()
+        update_pk = conn.execute(
+            t.updates.insert().values(
+                tenant=update.tenant,
+                client_id=update.client_id,
+                update_id=update.update_id,
+                body_hash=update.body_hash,
+                tier=update.tier,
+                receipt=body,
+                created_at=now,
+            )  # fmt: skip
+        ).inserted_primary_key[0]
+        for part in update.contributions:
+            conn.execute(
+                t.contributions.insert().values(
+                    round_id=part.round_id,
+                    update_pk=update_pk,
+                    client_key=update.client_key,
+                    update_id=update.update_id,
+                    samples=part.samples,
+                    perplexity_before=part.perplexity_before,
+                    perplexity_after=part.perplexity_after,
+                    norm=part.norm,
+                    nonce=part.nonce,
+                    payload=part.payload,
+                    created_at=now,
+                )  # fmt: skip
+            )
+        if charge is not None:
+            for round_id, sigma in zip(charge.round_ids, charge.noise_multipliers, strict=True):
+                conn.execute(
+                    t.budget.insert().values(
+                        client_key=update.client_key,
+                        period=charge.period,
+                        round_id=round_id,
+                        noise_multiplier=sigma,
+                        epsilon_after=epsilon,
+                        created_at=now,
+                    )  # fmt: skip
+                )
+        return body, False
+
+    @staticmethod
+    def _spent(conn: Connection, client_key: str, period: int) -> list[float]:
+        b = t.budget.c
+        query = (
+            sa.select(b.noise_multiplier).where(b.client_key == client_key, b.period == period).order_by(b.id)
+        )
+        return list(conn.execute(query).scalars())
+
+    def budget_spent(self, client_key: str, period: int) -> list[float]:
+        with self.engine.connect() as conn:
+            return self._spent(conn, client_key, period)
+
+    def contribution_rows(self, round_id: int) -> list[ContributionRow]:
+        c = t.contributions.c
+        query = (
+            sa.select(
+                c.id, c.client_key, c.update_id, c.samples, c.perplexity_before, c.perplexity_after, c.norm
+            )
+            .where(c.round_id == round_id)
+            .order_by(c.id)
+        )
+        with self.engine.connect() as conn:
+            return [ContributionRow(*row) for row in conn.execute(query)]
+
+    def payloads(self, contribution_ids: Sequence[int], chunk: int = 32) -> Iterator[bytes]:
+        ids = list(contribution_ids)
+        for start in range(0, len(ids), chunk):
+            wanted = ids[start : start + chunk]
+            with self.engine.connect() as conn:
+                rows = dict(
+                    conn.execute(
+                        sa.select(t.contributions.c.id, t.contributions.c.payload).where(
+                            t.contributions.c.id.in_(wanted)
+                        )
+                    ).all()
+                )
+            for cid in wanted:
+                yield bytes(rows[cid])
+
+    def sealed_rows(self, round_id: int) -> list[SealedRow]:
+        c = t.contributions.c
+        query = sa.select(c.update_id, c.nonce, c.payload).where(c.round_id == round_id).order_by(c.id)
+        with self.engine.connect() as conn:
+            return [
+                SealedRow(row.update_id, bytes(row.nonce), bytes(row.payload)) for row in conn.execute(query)
+            ]
+
+    # --- releases and gossip ------------------------------------------------------------------
+    @staticmethod
+    def _visible_releases(viewer: Viewer):
+        if viewer.admin:
+            return sa.true()
+        r = t.releases.c
+        return sa.or_(r.tier == "public", sa.and_(r.tier == "tenant", r.tenant == viewer.tenant))
+
+    @staticmethod
+    def _release(row, with_payload: bool) -> ReleaseRecord:
+        return ReleaseRecord(
+            origin=row.origin, seq=row.seq, tier=row.tier, tenant=row.tenant, timestep_group=row.timestep_group,
+            meta=row.meta, digest=row.digest, payload=bytes(row.payload) if with_payload else None,
+        )  # fmt: skip
+
+    def get_release(self, release_id: str, viewer: Viewer) -> ReleaseRecord | None:
+        origin, _, seq = release_id.rpartition(":")
+        if not origin or not seq.isdigit():
+            return None
+        r = t.releases.c
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.releases).where(
+                    r.origin == origin, r.seq == int(seq), self._visible_releases(viewer)
+                )
+            ).first()
+        return self._release(row, True) if row else None
+
+    def list_releases(
+        self, viewer: Viewer, timestep_group: str | None = None, limit: int = 100
+    ) -> list[ReleaseRecord]:
+        r = t.releases.c
+        query = (
+            sa.select(r.origin, r.seq, r.tier, r.tenant, r.timestep_group, r.meta, r.digest)
+            .where(self._visible_releases(viewer))
+            .order_by(r.id.desc())
+            .limit(limit)
+        )
+        if timestep_group:
+            query = query.where(r.timestep_group == timestep_group)
+        with self.engine.connect() as conn:
+            return [self._release(row, False) for row in conn.execute(query)]
+
+    def release_seqs(self) -> dict[str, list[int]]:
+        seqs: dict[str, list[int]] = {}
+        with self.engine.connect() as conn:
+            for origin, seq in conn.execute(sa.select(t.releases.c.origin, t.releases.c.seq)):
+                seqs.setdefault(origin, []).append(seq)
+        return seqs
+
+    def releases_after(self, vv: dict[str, int], tiers: Sequence[str], limit: int) -> list[ReleaseRecord]:
+        r = t.releases.c
+        newer = [r.origin.notin_(list(vv) or [""])] + [
+            sa.and_(r.origin == o, r.seq > s) for o, s in vv.items()
+        ]
+        query = (
+            sa.select(t.releases)
+            .where(r.tier.in_(list(tiers)), sa.or_(*newer))
+            .order_by(r.origin, r.seq)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [self._release(row, True) for row in conn.execute(query)]
+
+    def merge_releases(self, releases: Sequence[ReleaseRecord]) -> int:
+        merged = 0
+        with self._write() as conn:
+            for rel in releases:
+                values = dict(
+                    origin=rel.origin, seq=rel.seq, tier=rel.tier, tenant=rel.tenant, timestep_group=rel.timestep_group,
+                    meta=rel.meta, digest=rel.digest, payload=rel.payload, received_at=utcnow(),
+                )  # fmt: skip
+                if self._insert_ignore(conn, t.releases, values):
+                    merged += 1
+                    self._append_audit(
+                        conn, "release-received", rel.id, {"digest": rel.digest, "tier": rel.tier}
+                    )
+                    continue
+                r = t.releases.c
+                held = conn.execute(
+                    sa.select(r.digest).where(r.origin == rel.origin, r.seq == rel.seq)
+                ).scalar_one()
+                if rel.digest < held:
+                    # Two contents under one (origin, seq): only an origin that lost its database and
+                    # reused its id does that. The smaller digest wins everywhere, so merges stay
+                    # order-independent (gossip/vv.py `union`), and the audit log records it.
+                    conn.execute(
+                        t.releases.update().where(r.origin == rel.origin, r.seq == rel.seq).values(**values)
+                    )
+                    self._append_audit(
+                        conn, "release-conflict", rel.id, {"kept": rel.digest, "dropped": held}
+                    )
+        return merged
+
+    # --- audit --------------------------------------------------------------------------------
+    def _append_audit(self, conn: Connection, kind: str, subject: str, details: dict) -> None:
+        head = conn.execute(
+            sa.select(t.meta.c.value).where(t.meta.c.key == "audit_head").with_for_update()
+        ).scalar_one()
+        last_seq, prev_hash = head.split(":")
+        seq = int(last_seq) + 1
+        at = utcnow()
+        digest = audit_chain.entry_hash(prev_hash, seq, at, kind, subject, details)
+        conn.execute(
+            t.audit.insert().values(
+                seq=seq, at=at, kind=kind, subject=subject, details=details, prev_hash=prev_hash, hash=digest
+            )
+        )
+        conn.execute(t.meta.update().where(t.meta.c.key == "audit_head").values(value=f"{seq}:{digest}"))
+
+    def append_audit(self, kind: str, subject: str, details: dict) -> None:
+        with self._write() as conn:
+            self._append_audit(conn, kind, subject, details)
+
+    def audit_entries(self, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        a = t.audit.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.audit).where(a.seq > after).order_by(a.seq).limit(limit)).all()
+        return [
+            AuditRecord(r.seq, _utc(r.at), r.kind, r.subject, r.details, r.prev_hash, r.hash) for r in rows
+        ]
+
+
+class SqliteStore(SqlStore):
+    def __init__(self, url: str):
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _configure(dbapi_connection, _record):
+            dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=60000")
+            cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn):
+            conn.exec_driver_sql(
+                "BEGIN IMMEDIATE" if conn.get_execution_options().get("hub_write") else "BEGIN"
+            )
+
+        super().__init__(engine)
+
+    def _insert_ignore(self, conn, table, values) -> bool:
+        statement = sqlite.insert(table).values(**values).on_conflict_do_nothing()
+        return conn.execute(statement.returning(*table.primary_key.columns)).first() is not None
+
+
+class PostgresStore(SqlStore):
+    def __init__(self, url: str):
+        super().__init__(sa.create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True))
+
+    def _insert_ignore(self, conn, table, values) -> bool:
+        # RETURNING, not rowcount: with implicit RETURNING the driver's rowcount is not the rows inserted
+        statement = postgresql.insert(table).values(**values).on_conflict_do_nothing()
+        return conn.execute(statement.returning(*table.primary_key.columns)).first() is not None
+
+    def _lock_key(self, conn, key: str) -> None:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key})
+
+
+def open_store(url: str) -> Store:
+    """sqlite:///path (WAL) or postgresql://user@host/db (psycopg 3)."""
+    if url.startswith("sqlite"):
+        return SqliteStore(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("postgresql"):
+        return PostgresStore(url)
+    raise RuvdllmError(f"hub database {url!r}: use sqlite:///PATH or postgresql://USER@HOST/DB")

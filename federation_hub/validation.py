@@ -1,0 +1,33 @@
+"""Does a contribution fit its round? Shared by the hub (plain tiers, on submission) and group
+members (sealed tier, after decrypting), so both hold contributions to the same rules."""
+
+from __future__ import annotations
+
+from federation_hub.aggregate.lora import LoraPair, update_norm
+from federation_hub.errors import Invalid
+
+
+def check_deltas(
+    where: str, pairs: dict[str, LoraPair], shapes: dict, max_norm: float, round_id: int
+) -> float:
+    """The deltas must be exactly the round's linears at its shapes, finite, within its norm
+    bound; returns the update's norm."""
+    expected, got = set(shapes), set(pairs)
+    if got != expected:
+        missing, extra = sorted(expected - got), sorted(got - expected)
+        raise Invalid(
+            f"{where}.deltas: round {round_id} expects other linears (missing {missing[:5]}, unexpected {extra[:5]})"
+        )
+    for name, pair in pairs.items():
+        shape = shapes[name]
+        want_a = (shape["rank"], shape["in_features"])
+        want_b = (shape["out_features"], shape["rank"])
+        if pair.a.shape != want_a or pair.b.shape != want_b:
+            raise Invalid(
+                f"{where}.deltas.{name}: A {list(pair.a.shape)} B {list(pair.b.shape)}, "
+                f"round {round_id} expects A {list(want_a)} B {list(want_b)}"
+            )
+    norm = update_norm(pairs)
+    if not norm <= max_norm:  # also catches NaN from a payload that was never schema-checked
+        raise Invalid(f"{where}: update norm {norm:.4g} exceeds the round's bound {max_norm:g}")
+    return norm

@@ -1,0 +1,157 @@
+"""The Store against real SQLite and a real PostgreSQL server (the latter marked `postgres`)."""
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from federation_hub.privacy.accountant import BudgetExhausted, charge
+from federation_hub.storage import Conflict, open_store
+from federation_hub.storage.base import (
+    BudgetCharge,
+    NewContribution,
+    NewRelease,
+    NewUpdate,
+    ReleaseRecord,
+    Viewer,
+)
+from federation_hub.storage.tables import metadata
+
+ADMIN = Viewer(admin=True)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'hub.db'}"
+    else:
+        url = request.getfixturevalue("postgres_server").create_database()
+    opened = open_store(url)
+    opened.hub_id("test-hub")
+    opened.create_tenant("acme")
+    yield opened
+    opened.close()
+
+
+def new_round(store, scope="public", tg="coarse", tier="public"):
+    return store.create_round(dict(
+        scope=scope, tier=tier, tenant=None, grp=None, timestep_group=tg, strategy="daf", strategy_params={},
+        shapes={"l": {"rank": 1, "in_features": 2, "out_features": 2}}, max_norm=10.0, min_contributors=1,
+        release_rank=None, dp={"clip_norm": 1.0, "noise_multiplier": 8.0}, sketch_seed=1,
+    ))  # fmt: skip
+
+
+def update(round_id, client="c1", uid="u1", body="h1"):
+    return NewUpdate(
+        "acme",
+        client,
+        uid,
+        body,
+        "public",
+        (NewContribution(round_id, b"payload", samples=1, perplexity_before=2, perplexity_after=1, norm=1),),
+    )
+
+
+def budget(round_id, sigma=8.0):
+    return BudgetCharge(0, (sigma,), (round_id,), lambda spent, new: charge(spent, new[0], 1e-5, 1.0))
+
+
+def test_migrated_schema_matches_the_tables(store):
+    with store.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+        if store.dialect == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_audit_log_is_append_only_in_the_database(store):
+    store.append_audit("test", "x", {"n": 1})
+    for statement in ("UPDATE audit SET kind = 'forged'", "DELETE FROM audit"):
+        with pytest.raises(sa.exc.DBAPIError, match="append-only"):
+            with store.engine.begin() as conn:
+                conn.execute(sa.text(statement))
+    assert [e.kind for e in store.audit_entries()][-1] == "test"
+
+
+def test_one_open_round_per_scope_and_group(store):
+    new_round(store)
+    with pytest.raises(Conflict):
+        new_round(store)
+    new_round(store, tg="fine")
+
+
+def test_accept_is_atomic_idempotent_and_one_per_client(store):
+    r = new_round(store)
+    receipt, duplicate = store.accept_update(update(r.id), lambda eps: {"eps": eps}, budget(r.id))
+    assert not duplicate and 0 < receipt["eps"] < 1
+    assert store.accept_update(update(r.id), lambda eps: {"eps": -1}, budget(r.id)) == (receipt, True)
+    with pytest.raises(Conflict, match="different content"):
+        store.accept_update(update(r.id, body="h2"), lambda eps: {}, budget(r.id))
+    with pytest.raises(Conflict, match="one per round"):
+        store.accept_update(update(r.id, uid="u2"), lambda eps: {}, budget(r.id))
+    # over budget: nothing of the update is stored
+    r2 = new_round(store, tg="fine")
+    with pytest.raises(BudgetExhausted):
+        store.accept_update(update(r2.id, uid="u3"), lambda eps: {}, budget(r2.id, sigma=1.0))
+    assert store.find_update("acme", "c1", "u3") is None
+    assert store.contribution_rows(r2.id) == []
+    assert store.budget_spent("acme/c1", 0) == [8.0]
+    store.begin_closing(r.id)
+    with pytest.raises(Conflict, match="closing"):
+        store.accept_update(update(r.id, client="c2"), lambda eps: {}, None)
+
+
+def test_concurrent_submissions_cannot_overspend(store):
+    rounds = [new_round(store, tg=f"g{i}") for i in range(6)]
+    outcomes = []
+
+    def submit(i):
+        try:
+            store.accept_update(
+                update(rounds[i].id, uid=f"u{i}"), lambda eps: {"eps": eps}, budget(rounds[i].id)
+            )
+            outcomes.append("ok")
+        except BudgetExhausted:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["ok"] * 3 + ["refused"] * 3  # σ = 8: three fit in ε = 1
+    assert len(store.budget_spent("acme/c1", 0)) == 3
+
+
+def test_finish_round_is_idempotent_and_numbers_releases(store):
+    r = new_round(store)
+    store.begin_closing(r.id)
+    release = NewRelease("public", None, "coarse", {"round_id": r.id}, "a" * 64, b"RVH1")
+    first = store.finish_round(r.id, "released", "released", release, ("release", str(r.id), {}))
+    assert first == "test-hub:1"
+    assert store.finish_round(r.id, "released", "released", release, ("release", str(r.id), {})) == first
+    assert store.release_seqs() == {"test-hub": [1]}
+    assert store.get_release(first, Viewer(admin=False, tenant="other")).meta["seq"] == 1
+
+
+def test_merges_are_idempotent_and_order_independent(store):
+    def rel(seq, digest):
+        return ReleaseRecord(
+            "peer", seq, "public", None, "coarse", {"origin": "peer", "seq": seq}, digest, b"x"
+        )
+
+    assert store.merge_releases([rel(1, "b" * 64), rel(2, "c" * 64)]) == 2
+    assert store.merge_releases([rel(1, "b" * 64)]) == 0
+    store.merge_releases([rel(1, "a" * 64)])  # a conflicting copy: the smaller digest wins
+    store.merge_releases([rel(1, "f" * 64)])
+    assert store.get_release("peer:1", ADMIN).digest == "a" * 64
+    assert store.releases_after({"peer": 1}, ["public"], 10)[0].seq == 2
+    assert store.releases_after({"peer": 2}, ["public"], 10) == []
+    assert store.releases_after({}, ["tenant"], 10) == []
+
+
+def test_a_database_belongs_to_one_hub(store):
+    assert store.hub_id() == "test-hub"
+    with pytest.raises(Exception, match="belongs to hub"):
+        store.hub_id("another")
