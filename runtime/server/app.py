@@ -1,0 +1,37 @@
+"""The FastAPI application: endpoints (routes.py), OpenAI-style errors (errors.py) and the body
+size limit (limits.py) around an Engine. Built by `create_app`, served by `ruvdllm serve`
+(command.py) or any ASGI server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+
+from runtime.server.engine import Engine
+from runtime.server.errors import install_error_handlers
+from runtime.server.limits import Admission, BodySizeLimit
+from runtime.server.routes import ServerState, router
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    queue_size: int = 64  # requests waiting beyond those running; a burst of clients waits, not 429s
+    max_request_bytes: int = 1 << 20  # 1 MiB: far more than any prompt within the context needs
+
+
+def create_app(engine: Engine, model_name: str, limits: ServerLimits = ServerLimits()) -> FastAPI:
+    """An app serving `engine`'s model as `model_name`; as many generations run at once as the
+    engine has workers, `limits.queue_size` more wait."""
+    app = FastAPI(
+        title="ruvdllm",
+        summary="OpenAI-compatible API over a 4-bit masked-diffusion language model",
+        version="1",
+    )
+    app.state.server = ServerState(
+        engine=engine, admission=Admission(engine.workers, limits.queue_size), model_name=model_name
+    )
+    app.include_router(router)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes)
+    return app

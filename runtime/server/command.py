@@ -1,0 +1,143 @@
+"""`ruvdllm serve`: an OpenAI-compatible HTTP API over a model directory (the default model when
+--model is not given), on uvicorn.
+
+    ruvdllm serve --model DIR --port 8000
+    curl localhost:8000/v1/completions -H 'content-type: application/json' \\
+         -d '{"model": "DIR-name", "prompt": "Hello", "max_tokens": 32, "steps": 8}'
+
+--max-concurrency opens that many copies of the model (each its own onnxruntime session and
+key/value cache) and runs that many generations at once; --queue-size more wait in arrival order.
+The socket is bound before the model loads, so a taken port fails at once; the line
+`serving MODEL on URL` is printed when the model is loaded and warm, and from then on connections
+are accepted — scripts can pass `--port 0` (a free port) and read the URL from that line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+from pathlib import Path
+
+from runtime.errors import RuvdllmError
+from runtime.server.app import ServerLimits
+
+DEFAULTS = ServerLimits()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", type=Path, help="model directory from `ruvdllm export` (default: SmolLM2-135M-Instruct)"
+    )
+    parser.add_argument("--model-name", help="the id clients send as `model` (default: the directory name)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument(
+        "--max-concurrency", type=int, default=1, help="generations at once, one model copy each (default 1)"
+    )
+    parser.add_argument(
+        "--queue-size",
+        type=int,
+        default=DEFAULTS.queue_size,
+        help=f"requests waiting beyond those running; more get 429 (default {DEFAULTS.queue_size})",
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=DEFAULTS.max_request_bytes,
+        help=f"largest request body; larger get 413 (default {DEFAULTS.max_request_bytes})",
+    )
+    parser.add_argument(
+        "--bank", type=Path, help="TALoRA/DGR adapter bank directory (default: the model's banks/)"
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="onnxruntime intra-op threads per model (0: the cores shared among --max-concurrency models)",
+    )
+    parser.add_argument("--verify", default="cached", help="manifest check: cached (default) | full | sizes")
+    parser.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    if args.max_concurrency < 1:
+        raise RuvdllmError(f"--max-concurrency {args.max_concurrency}: must be at least 1")
+    if args.queue_size < 0:
+        raise RuvdllmError(f"--queue-size {args.queue_size}: must be at least 0")
+    if args.max_request_bytes < 1024:
+        raise RuvdllmError(f"--max-request-bytes {args.max_request_bytes}: must be at least 1024")
+    if not 0 <= args.port <= 65535:
+        raise RuvdllmError(f"--port {args.port}: out of range 0..65535")
+    if args.threads < 0:
+        raise RuvdllmError(f"--threads {args.threads}: must be at least 0")
+
+
+def threads_per_model(requested: int, models: int) -> int:
+    """Without --threads, the models share the cores instead of each taking all of them."""
+    if requested or models == 1:
+        return requested
+    return max(1, (os.cpu_count() or 1) // models)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (before the model loads, so a taken port fails fast)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise RuvdllmError(f"{host}:{port}: cannot listen ({exc.strerror or exc})") from None
+    sock.listen(128)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from runtime.model import DiffusionModel
+    from runtime.ort_backend import OrtOptions
+    from runtime.server.app import create_app
+    from runtime.server.engine import Engine
+
+    check_arguments(args)
+    sock = bind(args.host, args.port)
+    if args.model is not None:
+        directory = args.model
+    else:
+        from runtime.generate_command import default_model_dir
+
+        directory = default_model_dir()
+    options = OrtOptions(
+        device=args.device, intra_op_threads=threads_per_model(args.threads, args.max_concurrency)
+    )
+    models = [
+        DiffusionModel.open(directory, bank=args.bank, options=options, verify=args.verify)
+        for _ in range(args.max_concurrency)
+    ]
+    for model in models:
+        model.warm_up()
+    engine = Engine(models)
+    name = args.model_name or Path(directory).resolve().name
+    limits = ServerLimits(queue_size=args.queue_size, max_request_bytes=args.max_request_bytes)
+    app = create_app(engine, name, limits)
+    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    logging.getLogger("ruvdllm.server").setLevel(args.log_level.upper())
+    print(f"serving {name} on {url_of(sock)}/v1", flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        engine.close()
+        sock.close()
+    return 0 if server.started else 1

@@ -1,0 +1,242 @@
+"""The OpenAI request and response bodies the server speaks (Pydantic), plus the diffusion knobs
+it accepts as extra body fields (`extra_body=` in the `openai` client).
+
+Requests are strict: unknown fields, wrong JSON types and out-of-range values are 400s naming
+the field, so a misspelt knob (`step` for `steps`) is an error, not silently ignored. OpenAI
+fields this server cannot honour are accepted only at their neutral value (n = 1, no logprobs,
+no penalties, no tools), so a client never gets an answer it did not ask for.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from runtime.schedules import SCHEDULES
+from runtime.settings import DECODINGS, SAMPLERS
+
+Sampler = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
+Decoding = Literal[tuple(DECODINGS)]  # type: ignore[valid-type]
+ScheduleName = Literal[tuple(SCHEDULES)]  # type: ignore[valid-type]
+PositiveInt = Annotated[int, Field(ge=1)]
+MAX_STOP = 4  # as OpenAI
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _Generation(_Strict):
+    """Fields shared by /v1/completions and /v1/chat/completions."""
+
+    model: str | None = None  # the one served model; None or its id
+    max_tokens: PositiveInt | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)  # None: the runtime's default (0, greedy)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    n: Literal[1] = 1  # one choice per request
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = None  # accepted, unused
+    presence_penalty: Literal[0, 0.0] = 0  # no penalties in diffusion decoding
+    frequency_penalty: Literal[0, 0.0] = 0
+    logit_bias: dict[str, float] | None = None
+
+    # Diffusion knobs (extra body fields); None: the runtime's defaults (runtime/settings.py).
+    steps: PositiveInt | None = None  # denoising steps per span (block for BD3LM, whole length for MDLM)
+    block_size: PositiveInt | None = None  # BD3LM block; None: the model's
+    sampler: Sampler | None = None
+    decoding: Decoding | None = None  # "low-confidence" remasking or Fast-dLLM "threshold"
+    threshold: float | None = Field(None, gt=0.0, le=1.0)  # confidence threshold for "threshold"
+    schedule: ScheduleName | None = None
+    top_k: int | None = Field(None, ge=0)  # 0: all of the graph's candidates
+    talora: bool | None = None  # timestep-aware adapter banks on/off
+    dgr: bool | None = None  # uncertainty-guided retrieval on/off
+    ignore_eos: bool = False  # generate all max_tokens even past an end-of-sequence token (as vLLM)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value):
+        stops = [value] if isinstance(value, str) else value
+        if stops is not None:
+            if len(stops) > MAX_STOP:
+                raise ValueError(f"at most {MAX_STOP} stop sequences")
+            if any(s == "" for s in stops):
+                raise ValueError("stop sequences must not be empty")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_logit_bias(cls, value):
+        if value:
+            raise ValueError("logit_bias is not supported by diffusion decoding")
+        return value
+
+    def stop_sequences(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(_Generation):
+    prompt: str | list[str] | list[int]
+    echo: bool = False  # prepend the prompt to the returned text
+    logprobs: Literal[0] | None = None
+    best_of: Literal[1] | None = None
+    suffix: None = None  # no fill-in-the-middle endpoint
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _one_prompt(cls, value):
+        if isinstance(value, list) and len(value) > 1 and all(isinstance(v, str) for v in value):
+            raise ValueError("one prompt per request (batches are not supported; send several requests)")
+        if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+            raise ValueError("one prompt per request (batches of token lists are not supported)")
+        if not isinstance(value, str | list) or (
+            isinstance(value, list) and not all(isinstance(v, str) for v in value) and not _token_ids(value)
+        ):
+            raise ValueError("must be a string, a list of one string, or a list of token ids")
+        return value
+
+
+def _token_ids(values: list) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    # Extra fields are ignored: clients often send back a whole earlier response message
+    # (refusal, annotations, ... set to null).
+    model_config = ConfigDict(extra="ignore", strict=True)
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content(cls, value):
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
+            return value
+        raise ValueError("must be a string or a list of text parts ({'type': 'text', 'text': ...})")
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(_Generation):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: PositiveInt | None = None  # the newer name of max_tokens
+    logprobs: Literal[False] | None = None
+    top_logprobs: None = None
+    tools: Annotated[list, Field(max_length=0)] | None = None  # no tool calling
+    tool_choice: Literal["none"] | None = None
+    response_format: dict | None = None
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value):
+        if value is not None and value.get("type") != "text":
+            raise ValueError("only {'type': 'text'} is supported")
+        return value
+
+    @model_validator(mode="after")
+    def _one_length(self):
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            if self.max_tokens != self.max_completion_tokens:
+                raise ValueError("max_tokens and max_completion_tokens disagree; send one")
+        return self
+
+    def length(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+# --- responses --------------------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class DiffusionInfo(BaseModel):
+    """Not in OpenAI's schema (clients ignore unknown fields): how the answer was made and
+    where the time went. `seed` replays the request."""
+
+    seed: int
+    steps: int  # denoising steps (forwards)
+    queued_ms: float  # waiting for a free model
+    generation_ms: float
+    forward_ms: float  # of generation_ms, inside onnxruntime
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    diffusion: DiffusionInfo | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    diffusion: DiffusionInfo | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "ruvdllm"
+    max_model_len: int  # as vLLM reports it: the context length
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
