@@ -94,9 +94,8 @@ def default_model_dir(progress: bool = True) -> Path:
     if (target / artifact.MANIFEST_NAME).is_file():
         return target
     try:
-        from ruvdllm_export.export import export_model
-
         from ruvdllm_export.default_model import default_gguf_path
+        from ruvdllm_export.export import export_model
     except ImportError as exc:
         raise RuvdllmError(
             f"no --model given and the default model is not exported yet; exporting needs {exc.name!r}: "
@@ -105,7 +104,8 @@ def default_model_dir(progress: bool = True) -> Path:
     if progress:
         print(f"exporting the default model once into {target} ...", file=sys.stderr)
     target.parent.mkdir(parents=True, exist_ok=True)
-    export_model(default_gguf_path(progress=progress), target)
+    log = (lambda *parts: print(*parts, file=sys.stderr)) if progress else None
+    export_model(default_gguf_path(progress=progress), target, log=log)
     return target
 
 

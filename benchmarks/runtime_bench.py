@@ -1,0 +1,315 @@
+"""Runtime benchmark: diffusion decoding on onnxruntime against autoregressive baselines on the
+same weights and machine, adapter overhead, pattern search and memory (issue "Measure" section).
+
+    python benchmarks/runtime_bench.py --model DIR [--gguf FILE] [--lengths 64 128 256] [--threads 2]
+
+Prints one table per section; ratios compare numbers measured in this same run:
+
+  decoding    tokens/s and ms/step for MDLM and BD3LM (block 32 / 8), low-confidence and threshold
+              decoding, and BD3LM with block 1 (= autoregressive decoding through our graph)
+  baselines   Hugging Face `generate` (the GGUF dequantized into transformers, greedy) and llama.cpp
+              (llama-cpp-python on the GGUF itself), both AR
+  adapters    step time with TALoRA + DGR on / off (bank of 8 slots, 10,000 DGR patterns)
+  index       hnswlib knn p50 / p99 at 10,000 patterns of the model's hidden size
+  reference   ORT runtime / torch reference sampler (same algorithm, same prompt)
+  memory      peak RSS after the runtime sections (before torch is imported)
+
+Every generation runs `length` tokens (no EOS stop) so configurations are comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from runtime.banks import Bank  # noqa: E402
+from runtime.dgr import DgrConfig  # noqa: E402
+from runtime.index import HnswIndex  # noqa: E402
+from runtime.model import DiffusionModel  # noqa: E402
+from runtime.ort_backend import OrtOptions  # noqa: E402
+from runtime.settings import GenerationSettings  # noqa: E402
+
+PROMPT = "Explain what a diffusion language model is, in a few sentences."
+
+
+def row(*cells, widths=(34, 8, 8, 12, 12, 10)) -> str:
+    return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False))
+
+
+def timed_generate(model: DiffusionModel, ids: list[int], settings: GenerationSettings, repeats: int):
+    """Best-of-`repeats` wall time (the machine is shared: the minimum is the least disturbed)."""
+    best = None
+    for _ in range(repeats):
+        done = model.generate(ids, settings, seed=0)
+        if best is None or done.result.wall_ms < best.result.wall_ms:
+            best = done
+    return best
+
+
+def decoding_section(model, ids, lengths, repeats) -> dict:
+    print("\n== decoding (onnxruntime CPU) ==")
+    print(row("configuration", "length", "steps", "ms/step", "tokens/s", "vs AR@ORT"))
+    base = GenerationSettings(stop_at_eos=False, talora=False, dgr=False)
+    configs = {
+        "AR via graph (bd3lm block 1)": replace(base, sampler="bd3lm", block_size=1),
+        "bd3lm b32 low-confidence": replace(base, sampler="bd3lm", block_size=32),
+        "bd3lm b8 low-confidence": replace(base, sampler="bd3lm", block_size=8),
+        "bd3lm b32 threshold 0.9": replace(base, sampler="bd3lm", block_size=32, decoding="threshold"),
+        "bd3lm b8 threshold 0.9": replace(base, sampler="bd3lm", block_size=8, decoding="threshold"),
+        "bd3lm b32 2 tok/step": "half",
+        "mdlm low-confidence": replace(base, sampler="mdlm"),
+        "mdlm threshold 0.9": replace(base, sampler="mdlm", decoding="threshold"),
+    }
+    results = {}
+    for length in lengths:
+        ar_rate = None
+        for name, settings in configs.items():
+            if settings == "half":
+                settings = replace(base, sampler="bd3lm", block_size=32, steps=16)
+            done = timed_generate(model, ids, replace(settings, length=length), repeats)
+            r = done.result
+            rate = len(done.tokens) / (r.wall_ms / 1e3)
+            ar_rate = ar_rate or rate
+            results[(name, length)] = rate
+            print(
+                row(
+                    name,
+                    length,
+                    r.steps,
+                    f"{r.forward_ms / r.steps:.1f}",
+                    f"{rate:.1f}",
+                    f"{rate / ar_rate:.2f}x",
+                )
+            )
+    return results
+
+
+def adapters_section(model: DiffusionModel, ids, length, patterns, repeats) -> None:
+    print(f"\n== TALoRA + DGR on / off (bd3lm b8, length {length}, {patterns} patterns) ==")
+    rng = np.random.default_rng(0)
+    bank = Bank.for_model(model.config, model.backend.adapter_shapes)
+    for slot in range(bank.slots):
+        factors = {}
+        for target, (fan_in, fan_out) in bank.targets.items():
+            a = rng.standard_normal((bank.layers, fan_in, bank.rank), dtype=np.float32) * 0.01
+            b = rng.standard_normal((bank.layers, bank.rank, fan_out), dtype=np.float32) * 0.01
+            factors[target] = (a, b)
+        bank.add_adapter(f"slot{slot}", slot, factors)
+    vectors = rng.standard_normal((patterns, bank.hidden_size), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    bank.add_patterns(vectors, [bank.groups + i % (bank.slots - bank.groups) for i in range(patterns)])
+    started = time.perf_counter()
+    model.bank, model.index = bank, bank.build_index()
+    print(f"index build: {time.perf_counter() - started:.1f} s")
+    model.backend.set_bank(bank)
+    base = GenerationSettings(length=length, block_size=8, stop_at_eos=False)
+    off = timed_generate(model, ids, replace(base, talora=False, dgr=False), repeats).result
+    on = timed_generate(model, ids, replace(base, dgr_config=DgrConfig(strategy="hybrid")), repeats).result
+    retrieved = sum(len(e.retrieved) for e in on.trace)
+    print(row("", "", "steps", "ms/step", "retrievals", ""))
+    print(row("off (bank bound, weights zero)", "", off.steps, f"{off.wall_ms / off.steps:.2f}", 0))
+    print(row("on (TALoRA linear + DGR hybrid)", "", on.steps, f"{on.wall_ms / on.steps:.2f}", retrieved))
+    print(f"step time on / off: {(on.wall_ms / on.steps) / (off.wall_ms / off.steps):.3f} (goal <= 1.03)")
+
+
+def index_section(hidden: int, patterns: int, queries: int = 2000) -> None:
+    print(f"\n== hnswlib: {patterns} patterns x {hidden} (M=16, ef_construction=200, ef_search=50) ==")
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((patterns, hidden), dtype=np.float32)
+    index = HnswIndex(hidden, capacity=patterns)
+    started = time.perf_counter()
+    index.add(vectors, [0] * patterns)
+    print(f"build: {time.perf_counter() - started:.1f} s")
+    probes = rng.standard_normal((queries, hidden), dtype=np.float32)
+    times = []
+    for q in probes:
+        t0 = time.perf_counter_ns()
+        index.search(q, 4)
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    times.sort()
+    p50, p99 = times[len(times) // 2], times[int(len(times) * 0.99)]
+    print(f"search k=4 through runtime.index: p50 {p50:.4f} ms, p99 {p99:.4f} ms (goal p50 <= 0.05 ms)")
+    raw = []
+    for q in probes:
+        t0 = time.perf_counter_ns()
+        index._index.knn_query(q, k=4)
+        raw.append((time.perf_counter_ns() - t0) / 1e6)
+    print(f"hnswlib knn_query alone: p50 {statistics.median(raw):.4f} ms")
+
+
+def hf_model_from_gguf(gguf: Path):
+    """transformers' LlamaForCausalLM holding exactly the GGUF's numbers (Q4 blocks dequantized
+    by our reader, which the export tests prove against llama.cpp's layout)."""
+    import torch
+    import transformers
+
+    from ruvdllm_export.checkpoints import load_checkpoint
+    from ruvdllm_export.onnx_graph.linear import as_float
+
+    loaded = load_checkpoint(gguf)
+    spec = loaded.spec
+    config = transformers.LlamaConfig(
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        head_dim=spec.head_dim,
+        rms_norm_eps=spec.rms_norm_eps,
+        rope_theta=spec.rope_theta,
+        max_position_embeddings=spec.max_position,
+        tie_word_embeddings=spec.tie_word_embeddings,
+    )
+    model = transformers.LlamaForCausalLM(config)
+    state = {name: torch.from_numpy(np.ascontiguousarray(as_float(w))) for name, w in loaded.weights.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    model.tie_weights()
+    return model.eval()
+
+
+def hf_baseline(gguf: Path, ids: list[int], lengths, threads: int) -> dict:
+    print("\n== Hugging Face generate (AR, greedy, float32 weights dequantized from the GGUF) ==")
+    import torch
+
+    torch.set_num_threads(threads)
+    model = hf_model_from_gguf(gguf)
+    rates = {}
+    prompt = torch.tensor([ids])
+    for length in lengths:
+        started = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=length,
+                min_new_tokens=length,
+                do_sample=False,
+            )
+        wall = time.perf_counter() - started
+        rates[length] = (out.shape[1] - len(ids)) / wall
+        print(row("HF generate", length, "", f"{wall * 1e3 / length:.1f}", f"{rates[length]:.1f}"))
+    return rates
+
+
+def llama_cpp_baseline(gguf: Path, text: str, lengths, threads: int, eos: int) -> dict:
+    print("\n== llama.cpp (llama-cpp-python, AR, greedy, the GGUF Q4_1 itself) ==")
+    try:
+        from llama_cpp import Llama
+    except ImportError as exc:
+        print(f"skipped: llama-cpp-python is not installed ({exc}); pip install 'ruvdllm[bench]'")
+        return {}
+    llm = Llama(model_path=str(gguf), n_ctx=1024, n_threads=threads, verbose=False)
+    rates = {}
+    for length in lengths:
+        started = time.perf_counter()
+        out = llm.create_completion(text, max_tokens=length, temperature=0.0, logit_bias={eos: -1e9})
+        wall = time.perf_counter() - started
+        produced = out["usage"]["completion_tokens"]
+        rates[length] = produced / wall
+        print(row("llama.cpp", length, "", f"{wall * 1e3 / produced:.1f}", f"{rates[length]:.1f}"))
+    return rates
+
+
+def reference_section(model: DiffusionModel, directory: Path, gguf: Path, ids, length, threads) -> None:
+    print(f"\n== ORT runtime / torch reference sampler (bd3lm b8, length {length}, greedy) ==")
+    import torch
+
+    from ruvdllm_export.checkpoints import load_checkpoint
+    from ruvdllm_export.reference import DiffusionLM
+    from ruvdllm_export.reference.sampler import SamplingConfig
+    from ruvdllm_export.reference.sampler import generate as reference_generate
+
+    torch.set_num_threads(threads)
+    reference = DiffusionLM.from_checkpoint(load_checkpoint(gguf), top_k=model.config.top_k)
+    config = SamplingConfig(algorithm="bd3lm", length=length, block_size=8)
+    started = time.perf_counter()
+    ref = reference_generate(
+        reference, ids, config, random.Random(0), eos_token_ids=model.config.eos_token_ids
+    )
+    ref_ms = (time.perf_counter() - started) * 1e3
+    settings = GenerationSettings(length=length, block_size=8, talora=False, dgr=False)
+    ours = model.generate(ids, settings, seed=0)
+    ours_per_step = ours.result.wall_ms / ours.result.steps
+    ref_per_step = ref_ms / len(ref.steps)
+    print(row("", "", "steps", "ms/step", "same tokens", ""))
+    print(row("torch reference", "", len(ref.steps), f"{ref_per_step:.1f}", ""))
+    print(
+        row("onnxruntime runtime", "", ours.result.steps, f"{ours_per_step:.1f}", ours.tokens == ref.tokens)
+    )
+    print(f"ORT / torch time per step: {ours_per_step / ref_per_step:.3f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", type=Path, required=True, help="exported model directory (the default model)"
+    )
+    parser.add_argument(
+        "--gguf", type=Path, help="the GGUF it was exported from (AR baselines, torch reference)"
+    )
+    parser.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--patterns", type=int, default=10_000)
+    parser.add_argument(
+        "--skip", nargs="*", default=[], help="sections to skip: decoding adapters index hf llama reference"
+    )
+    args = parser.parse_args()
+
+    model = DiffusionModel.open(args.model, options=OrtOptions(intra_op_threads=args.threads))
+    text = model.chat_prompt([{"role": "user", "content": PROMPT}])
+    ids = model.encode(text)
+    print(
+        f"model {args.model} ({model.config.num_layers} layers, hidden {model.config.hidden_size}); prompt {len(ids)} tokens; threads {args.threads}"
+    )
+    model.warm_up()
+    diffusion = (
+        decoding_section(model, ids, args.lengths, args.repeats) if "decoding" not in args.skip else {}
+    )
+    if "adapters" not in args.skip:
+        adapters_section(model, ids, min(args.lengths), args.patterns, args.repeats)
+    if "index" not in args.skip:
+        index_section(model.config.hidden_size, args.patterns)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"\n== memory ==\npeak RSS of the runtime (model, bank, {args.patterns}-pattern index): {peak_mb:.0f} MB"
+    )
+
+    if args.gguf is None:
+        print("\nno --gguf: AR baselines and the torch reference skipped")
+        return 0
+    eos = model.config.eos_token_ids[0]
+    hf = hf_baseline(args.gguf, ids, args.lengths, args.threads) if "hf" not in args.skip else {}
+    llama = (
+        llama_cpp_baseline(args.gguf, text, args.lengths, args.threads, eos)
+        if "llama" not in args.skip
+        else {}
+    )
+    if "reference" not in args.skip:
+        reference_section(model, args.model, args.gguf, ids, min(args.lengths), args.threads)
+    if diffusion:
+        print("\n== diffusion tokens/s / AR tokens/s (same machine, same run) ==")
+        print(row("configuration", "length", "", "/ HF", "/ llama.cpp"))
+        for (name, length), rate in diffusion.items():
+            vs_hf = f"{rate / hf[length]:.2f}" if length in hf else "-"
+            vs_llama = f"{rate / llama[length]:.2f}" if length in llama else "-"
+            print(row(name, length, "", vs_hf, vs_llama))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
