@@ -1,0 +1,247 @@
+"""The conversion objectives over the reference model, trained for exactly the attention
+pattern and the shift the samplers use (docs/sampling.md §1-3).
+
+BD3LM (block diffusion). A row of N tokens is cut into blocks of `block_size` starting at a
+random offset o in [1, B] (the sampler's blocks start wherever the prompt ends; tokens before o
+are a clean prefix). Each block gets its own timestep: k ~ U{1..b} of its b tokens are masked,
+t = k / b — exactly the `t = len(masked) / span_length` the runtime feeds TALoRA. One forward
+runs over [noisy copy(ies) | clean copy], all at positions 0..N-1:
+
+    query \\ key     noisy copy c                    clean copy
+    noisy c, blk β  its own block β (bidirectional) clean tokens before block β
+    clean           none                            causal (the AR model on clean text)
+
+which is what the BD3LM sampler computes: committed tokens causal, the block seeing them and
+itself. With the shift, block position 0 is predicted by the clean row just before the block
+(the sampler's lead token) and position j > 0 by noisy row j - 1. With `complementary` two noisy
+copies carry complementary masks (Fast-dLLM v2), so every token of every block is a target once.
+
+MDLM. One noisy copy, everything bidirectional, position 0 clean (the shift needs a lead), k of
+the N - 1 others masked, t = k / (N - 1); row p - 1 predicts p.
+
+The loss is the ELBO per token, sum over masked targets of CE / t, divided by the number of
+positions that could be masked (so it is comparable across block sizes); `nll` / `count` give the
+plain masked-token NLL reported beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ruvdllm_export.convert.annealing import annealed
+from ruvdllm_export.reference.model import AdapterBank, DiffusionLM
+
+OBJECTIVES = ("bd3lm", "mdlm")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    objective: str = "bd3lm"  # small blocks keep most of the AR model's ability (DESIGN.md)
+    block_size: int = 8  # the artifact's and the sampler's default block
+    complementary: bool = True  # Fast-dLLM v2: every token is a target once per step, at +50% compute
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective {self.objective!r}: not one of {OBJECTIVES}")
+        if self.block_size < 1:
+            raise ValueError(f"block size must be >= 1, got {self.block_size}")
+
+
+@dataclass
+class LossResult:
+    loss: torch.Tensor  # ELBO per token (differentiable)
+    nll: float  # sum of masked-token cross-entropies
+    count: int  # masked targets
+    positions: int  # positions that could be masked (the ELBO's denominator)
+    elbo: float  # sum of CE / t
+
+
+# Per-row TALoRA slot weights from per-row timesteps: t [B, S] -> [B, S, slots].
+SlotWeights = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One sample's noisy inputs and where its targets are read."""
+
+    input_ids: torch.Tensor  # [S]
+    position_ids: torch.Tensor  # [S]
+    target: torch.Tensor  # bool [S, S] the diffusion pattern
+    start: torch.Tensor  # bool [S, S] its causal start (inside target), for annealing
+    row_t: torch.Tensor  # [S] timestep of each row's input (0 for clean rows)
+    source_rows: torch.Tensor  # [T] rows whose logits predict the targets
+    targets: torch.Tensor  # [T] token ids
+    weights: torch.Tensor  # [T] 1 / t
+    target_positions: torch.Tensor  # [T] position of each target in the row
+    target_copies: torch.Tensor  # [T] which noisy copy masked it
+    positions: int  # positions that could be masked, over all copies
+    offset: int  # first position of the first block
+
+
+def _block_masks(length: int, offset: int, block_size: int, generator: torch.Generator):
+    """Per block: k ~ U{1..b}, k positions masked. Returns (masked [N] bool, t [N] per position,
+    block start [N]) for positions >= offset; prefix positions are unmasked with t 0."""
+    masked = torch.zeros(length, dtype=torch.bool)
+    t = torch.zeros(length)
+    start = torch.zeros(length, dtype=torch.long)
+    for begin in range(offset, length, block_size):
+        b = min(block_size, length - begin)
+        k = int(torch.randint(1, b + 1, (1,), generator=generator))
+        chosen = torch.randperm(b, generator=generator)[:k] + begin
+        masked[chosen] = True
+        t[begin : begin + b] = k / b
+        start[begin : begin + b] = begin
+    return masked, t, start
+
+
+def bd3lm_layout(tokens: torch.Tensor, mask_token_id: int, config: ObjectiveConfig, generator) -> Layout:
+    n, b = tokens.shape[0], config.block_size
+    offset = int(torch.randint(1, min(b, n - 1) + 1, (1,), generator=generator))
+    masked, t, start = _block_masks(n, offset, b, generator)
+    masks = [masked]
+    ts = [t]
+    if config.complementary:
+        complement = ~masked
+        complement[:offset] = False
+        masks.append(complement)
+        ts.append(torch.where(complement | masked, 1.0 - t, torch.zeros_like(t)))
+    copies = len(masks)
+    size = (copies + 1) * n
+    pos = torch.arange(n)
+    block = torch.where(pos >= offset, (pos - offset) // b, torch.full_like(pos, -1))
+
+    causal = pos[None, :] <= pos[:, None]  # [N, N]
+    same_block = (block[None, :] == block[:, None]) & (block[:, None] >= 0)
+    before_block = pos[None, :] < start[:, None]
+    in_prefix = (pos < offset)[:, None]
+    noisy_to_clean = torch.where(in_prefix, causal, before_block)
+    noisy_to_noisy_target = same_block
+    noisy_to_noisy_start = same_block & causal
+
+    target = torch.zeros(size, size, dtype=torch.bool)
+    begin_ = torch.zeros(size, size, dtype=torch.bool)
+    clean = slice(copies * n, size)
+    target[clean, clean] = causal
+    begin_[clean, clean] = causal
+    ids, row_t, sources, targets, weights, where, which = [], [], [], [], [], [], []
+    for c, (m, tc) in enumerate(zip(masks, ts, strict=True)):
+        rows = slice(c * n, (c + 1) * n)
+        target[rows, clean] = noisy_to_clean
+        begin_[rows, clean] = noisy_to_clean
+        target[rows, rows] = noisy_to_noisy_target
+        begin_[rows, rows] = noisy_to_noisy_start
+        ids.append(torch.where(m, torch.full_like(tokens, mask_token_id), tokens))
+        row_t.append(torch.where(pos >= offset, tc, torch.zeros_like(tc)))
+        p = torch.nonzero(m).flatten()
+        lead = p == start[p]  # a block's first position: predicted by the clean row before it
+        sources.append(torch.where(lead, copies * n + p - 1, c * n + p - 1))
+        targets.append(tokens[p])
+        weights.append(1.0 / tc[p])
+        where.append(p)
+        which.append(torch.full_like(p, c))
+    ids.append(tokens)
+    row_t.append(torch.zeros(n))
+    return Layout(
+        input_ids=torch.cat(ids),
+        position_ids=torch.arange(n).repeat(copies + 1),
+        target=target,
+        start=begin_,
+        row_t=torch.cat(row_t),
+        source_rows=torch.cat(sources),
+        targets=torch.cat(targets),
+        weights=torch.cat(weights),
+        target_positions=torch.cat(where),
+        target_copies=torch.cat(which),
+        positions=copies * (n - offset),
+        offset=offset,
+    )
+
+
+def mdlm_layouts(
+    tokens: torch.Tensor, mask_token_id: int, config: ObjectiveConfig, generator
+) -> list[Layout]:
+    """One layout per noisy copy (MDLM copies share nothing, so they are separate rows)."""
+    n = tokens.shape[0]
+    masked, t, _ = _block_masks(n, 1, n - 1, generator)
+    masks = [(masked, float(t[1]))]
+    if config.complementary and not masked[1:].all():
+        complement = ~masked
+        complement[0] = False
+        masks.append((complement, 1.0 - float(t[1])))
+    everything = torch.ones(n, n, dtype=torch.bool)
+    causal = everything.tril()
+    layouts = []
+    for copy, (m, tc) in enumerate(masks):
+        p = torch.nonzero(m).flatten()
+        layouts.append(
+            Layout(
+                input_ids=torch.where(m, torch.full_like(tokens, mask_token_id), tokens),
+                position_ids=torch.arange(n),
+                target=everything,
+                start=causal,
+                row_t=torch.full((n,), tc),
+                source_rows=p - 1,
+                targets=tokens[p],
+                weights=torch.full((len(p),), 1.0 / tc),
+                target_positions=p,
+                target_copies=torch.full_like(p, copy),
+                positions=n - 1,
+                offset=1,
+            )
+        )
+    return layouts
+
+
+def make_layouts(batch: torch.Tensor, mask_token_id: int, config: ObjectiveConfig, generator) -> list[Layout]:
+    if batch.shape[1] < 2:
+        raise ValueError("sequences need at least 2 tokens (the shift predicts from a lead token)")
+    if config.objective == "bd3lm":
+        return [bd3lm_layout(row, mask_token_id, config, generator) for row in batch]
+    return [layout for row in batch for layout in mdlm_layouts(row, mask_token_id, config, generator)]
+
+
+def diffusion_loss(
+    model: DiffusionLM,
+    batch: torch.Tensor,
+    config: ObjectiveConfig,
+    generator: torch.Generator,
+    progress: float = 1.0,
+    adapter_bank: AdapterBank | None = None,
+    slot_weights: SlotWeights | None = None,
+) -> LossResult:
+    """The ELBO-per-token loss of `batch` [B, N] under `config`; all randomness (offsets, masks,
+    annealing) comes from `generator`, so one seed gives one loss on every device."""
+    device = model.final_norm.device
+    layouts = make_layouts(batch.cpu(), model.mask_token_id, config, generator)
+    visible = torch.stack([annealed(lay.target, lay.start, progress, generator) for lay in layouts])
+    input_ids = torch.stack([lay.input_ids for lay in layouts]).to(device)
+    position_ids = torch.stack([lay.position_ids for lay in layouts]).to(device)
+    adapter_weights = None
+    if adapter_bank is not None and slot_weights is not None:
+        adapter_weights = slot_weights(torch.stack([lay.row_t for lay in layouts])).to(device)
+    hidden, _ = model.backbone(
+        input_ids,
+        position_ids,
+        visible=visible.to(device),
+        adapter_weights=adapter_weights,
+        adapter_bank=adapter_bank,
+    )
+    size = hidden.shape[1]
+    rows = torch.cat([lay.source_rows + i * size for i, lay in enumerate(layouts)]).to(device)
+    targets = torch.cat([lay.targets for lay in layouts]).to(device)
+    weights = torch.cat([lay.weights for lay in layouts]).to(device)
+    positions = sum(lay.positions for lay in layouts)
+    logits = model.head(hidden.reshape(-1, hidden.shape[-1])[rows])  # only rows that predict a target
+    ce = F.cross_entropy(logits.float(), targets, reduction="none")
+    weighted = (ce * weights).sum()
+    return LossResult(
+        loss=weighted / positions,
+        nll=float(ce.detach().sum()),
+        count=int(targets.numel()),
+        positions=positions,
+        elbo=float(weighted.detach()),
+    )

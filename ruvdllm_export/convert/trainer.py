@@ -1,0 +1,363 @@
+"""The conversion training loop: gradient accumulation, a progress bar with loss and tokens/s,
+checkpoints every few minutes (atomic, resumable), held-out evaluation and the best adapter kept,
+deterministic under a seed — the same seed gives the same adapter, interrupted or not — and
+data-parallel under `torchrun` (one process per GPU, gradients averaged).
+
+Determinism: micro-batch m (counted over all ranks) reads rows m·B .. m·B+B-1 of a per-epoch
+permutation seeded by (seed, epoch) and draws its masks from a generator seeded by (seed, m), so
+a resumed run repeats exactly the batches and masks an uninterrupted one would have seen.
+
+Run directory:
+    checkpoint.pt        LoRA, optimizer, scheduler, step, tokens seen, history (torch.save)
+    adapter.safetensors  the latest adapter (adapter_file.py)
+    best.safetensors     the adapter with the lowest held-out masked-token NLL so far
+    log.jsonl            one line per logged step / evaluation (the training curve)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from runtime.errors import RuvdllmError
+from ruvdllm_export.convert.adapter_file import write_adapter
+from ruvdllm_export.convert.annealing import anneal_progress
+from ruvdllm_export.convert.memory import DEFAULT_BUDGET_GB, activation_bytes, base_bytes
+from ruvdllm_export.convert.objectives import ObjectiveConfig, diffusion_loss
+from ruvdllm_export.reference import LoraConfig, load_lora_state_dict, lora_parameters, lora_state_dict
+from ruvdllm_export.reference.model import DiffusionLM
+
+CHECKPOINT = "checkpoint.pt"
+ADAPTER = "adapter.safetensors"
+BEST = "best.safetensors"
+LOG = "log.jsonl"
+EVAL_SEED = 20_250_101  # fixed masks for every evaluation: differences are the model's, not the noise's
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seq_len: int = 128  # CPU default; 512-2048 on a GPU
+    batch_size: int = 1  # rows per micro-batch per process
+    grad_accum: int = 8  # micro-batches per optimizer step: 8 x 128 tokens per step on one CPU
+    lr: float = 3e-4  # LoRA on a frozen base tolerates larger steps than full fine-tuning
+    weight_decay: float = 0.0  # LoRA factors are small already; decay only slows a short run
+    warmup_steps: int = 10  # a few steps of warm-up keep Adam's first updates from overshooting
+    max_steps: int = 1000  # optimizer steps
+    anneal_steps: int = 50  # DiffuLLaMA-style causal -> diffusion attention annealing, in steps
+    eval_every: int = 25  # optimizer steps between held-out evaluations
+    eval_rows: int = 8  # held-out rows per evaluation (fixed masks)
+    checkpoint_minutes: float = 3.0  # at most this much work is lost to a crash
+    checkpoint_steps: int = 0  # also every N steps (0 = time only); tests use steps
+    seed: int = 0  # data order, masks, annealing, LoRA init
+    gradient_checkpointing: bool = False  # recompute layers in backward: ~1/layers the memory, ~+30% time
+    memory_gb: float = DEFAULT_BUDGET_GB  # refuse a micro-batch whose estimate exceeds this (CPU)
+    log_every: int = 1  # optimizer steps between log lines
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    tokens: int = 0  # training tokens consumed (rows x seq_len, over all ranks)
+    best_nll: float = math.inf
+    history: list[dict] = field(default_factory=list)
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size): torchrun sets WORLD_SIZE/RANK; a plain run is rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank() if world > 1 else 0), world
+
+
+def pick_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def check_memory(
+    model: DiffusionLM, config: TrainConfig, objective: ObjectiveConfig, device: torch.device
+) -> None:
+    copies = (
+        1 + (2 if objective.complementary else 1)
+        if objective.objective == "bd3lm"
+        else (2 if objective.complementary else 1)
+    )
+    positions = copies * config.seq_len if objective.objective == "bd3lm" else config.seq_len
+    batch = config.batch_size if objective.objective == "bd3lm" else config.batch_size * copies
+    need = activation_bytes(model.spec, batch, positions, config.seq_len * 2, config.gradient_checkpointing)
+    need += base_bytes(model.spec)
+    if device.type == "cuda":
+        budget = torch.cuda.get_device_properties(device).total_memory
+        where = f"{torch.cuda.get_device_name(device)}"
+    else:
+        budget, where = int(config.memory_gb * 2**30), f"--memory-gb {config.memory_gb:g}"
+    if need > budget:
+        hint = "lower --batch-size and raise --grad-accum"
+        if not config.gradient_checkpointing:
+            hint += ", or add --gradient-checkpointing"
+        raise RuvdllmError(
+            f"batch {config.batch_size} x {config.seq_len} tokens: needs about {need / 2**30:.1f} GB, "
+            f"more than {budget / 2**30:.1f} GB ({where}); {hint}"
+        )
+
+
+def _rows(data: torch.Tensor, micro: int, batch: int, seed: int) -> torch.Tensor:
+    n = data.shape[0]
+    picks = []
+    for flat in range(micro * batch, micro * batch + batch):
+        epoch, index = divmod(flat, n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        picks.append(int(order[index]))
+    return data[picks]
+
+
+def _generator(seed: int, micro: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 7_919 + micro) % 2**63)
+
+
+@torch.no_grad()
+def evaluate(
+    model: DiffusionLM,
+    held_out: torch.Tensor,
+    objective: ObjectiveConfig,
+    rows: int,
+    adapter_bank=None,
+    slot_weights=None,
+) -> dict:
+    """Masked-token NLL and ELBO per token on held-out rows with fixed masks (the full diffusion
+    pattern, one noisy copy: the standard ELBO estimate)."""
+    plain = ObjectiveConfig(objective.objective, objective.block_size, complementary=False)
+    nll = elbo = 0.0
+    count = positions = 0
+    for i in range(min(rows, held_out.shape[0])):
+        result = diffusion_loss(
+            model,
+            held_out[i : i + 1],
+            plain,
+            torch.Generator().manual_seed(EVAL_SEED + i),
+            1.0,
+            adapter_bank,
+            slot_weights,
+        )
+        nll, elbo = nll + result.nll, elbo + result.elbo
+        count, positions = count + result.count, positions + result.positions
+    return {"masked_nll": nll / max(count, 1), "elbo": elbo / max(positions, 1), "masked": count}
+
+
+class Trainer:
+    """Trains the LoRA already attached to `model` (reference.apply_lora) on `train` rows."""
+
+    def __init__(
+        self,
+        model: DiffusionLM,
+        lora: LoraConfig,
+        objective: ObjectiveConfig,
+        config: TrainConfig,
+        train: torch.Tensor,
+        held_out: torch.Tensor | None,
+        run_dir: Path,
+        base: dict,
+        progress: bool = True,
+    ):
+        self.model, self.lora, self.objective, self.config = model, lora, objective, config
+        self.train, self.held_out = train, held_out
+        self.run_dir, self.base, self.progress = Path(run_dir), base, progress
+        self.rank, self.world = distributed()
+        self.device = pick_device()
+        model.to(self.device)
+        model.gradient_checkpointing = config.gradient_checkpointing
+        check_memory(model, config, objective, self.device)
+        self.params = lora_parameters(model)
+        if not self.params:
+            raise RuvdllmError("the model has no LoRA attached: nothing to train")
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.state = TrainState()
+
+    def _lr_factor(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to a tenth at max_steps."""
+        c = self.config
+        if step < c.warmup_steps:
+            return (step + 1) / c.warmup_steps
+        span = max(1, c.max_steps - c.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - c.warmup_steps) / span)))
+
+    # --- checkpoints ---------------------------------------------------------------------
+
+    def _identity(self) -> dict:
+        c = self.config
+        return {
+            "base": self.base,
+            "lora": self.lora.to_dict(),
+            "objective": asdict(self.objective),
+            "data": {
+                "seq_len": c.seq_len,
+                "batch_size": c.batch_size,
+                "grad_accum": c.grad_accum,
+                "seed": c.seed,
+                "world": self.world,
+                "rows": int(self.train.shape[0]),
+            },
+        }
+
+    def save(self) -> None:
+        if self.rank != 0:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "identity": self._identity(),
+            "config": self.config.to_dict(),
+            "lora_state": lora_state_dict(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "state": asdict(self.state),
+        }
+        staging = self.run_dir / f".{CHECKPOINT}.partial"
+        torch.save(payload, staging)
+        staging.replace(self.run_dir / CHECKPOINT)
+        self._write_adapter(self.run_dir / ADAPTER)
+
+    def _write_adapter(self, path: Path, metrics: dict | None = None) -> None:
+        factors = {k: v.float().cpu().numpy() for k, v in lora_state_dict(self.model).items()}
+        training = {
+            **asdict(self.objective),
+            "mask_token_id": self.model.mask_token_id,
+            "steps": self.state.step,
+            "tokens": self.state.tokens,
+            "seq_len": self.config.seq_len,
+            **(metrics or {}),
+        }
+        write_adapter(path, factors, self.lora.to_dict(), training, self.base)
+
+    def resume(self) -> None:
+        """Continue from run_dir's checkpoint; a checkpoint of another model, adapter shape,
+        objective or data layout is refused (its optimizer state would be meaningless)."""
+        path = self.run_dir / CHECKPOINT
+        if not path.is_file():
+            raise RuvdllmError(f"{path}: no checkpoint to resume from")
+        try:
+            payload = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as exc:  # torch.load raises many types for a truncated or foreign file
+            raise RuvdllmError(f"{path}: cannot read the checkpoint ({exc})") from None
+        saved, ours = payload["identity"], self._identity()
+        for key in ours:
+            if saved.get(key) != ours[key]:
+                raise RuvdllmError(
+                    f"{path}: was trained with a different {key} ({saved.get(key)} vs {ours[key]}); "
+                    "use a new --run-dir"
+                )
+        load_lora_state_dict(self.model, payload["lora_state"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.state = TrainState(**payload["state"])
+
+    def _log(self, record: dict) -> None:
+        self.state.history.append(record)
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / LOG, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def evaluate(self) -> dict | None:
+        if self.held_out is None:
+            return None
+        self.model.eval()
+        metrics = evaluate(self.model, self.held_out.to(self.device), self.objective, self.config.eval_rows)
+        self._log({"step": self.state.step, "tokens": self.state.tokens, "eval": metrics})
+        if metrics["masked_nll"] < self.state.best_nll and self.rank == 0:
+            self.state.best_nll = metrics["masked_nll"]
+            self._write_adapter(self.run_dir / BEST, {"heldout_masked_nll": metrics["masked_nll"]})
+        return metrics
+
+    def step(self) -> dict:
+        """One optimizer step: grad_accum micro-batches per process, gradients averaged."""
+        c = self.config
+        self.model.train()
+        progress = anneal_progress(self.state.step, c.anneal_steps)
+        loss_sum = nll = 0.0
+        count = 0
+        for a in range(c.grad_accum):
+            micro = (self.state.step * c.grad_accum + a) * self.world + self.rank
+            batch = _rows(self.train, micro, c.batch_size, c.seed).to(self.device)
+            result = diffusion_loss(self.model, batch, self.objective, _generator(c.seed, micro), progress)
+            (result.loss / c.grad_accum).backward()
+            loss_sum += float(result.loss.detach())
+            nll, count = nll + result.nll, count + result.count
+        if self.world > 1:
+            # DDP's hooks fire on forward(); the objective calls model.backbone, so the (small)
+            # LoRA gradients are averaged by hand instead.
+            for p in self.params:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.state.tokens += c.grad_accum * c.batch_size * c.seq_len * self.world
+        return {"loss": loss_sum / c.grad_accum, "masked_nll": nll / max(count, 1), "anneal": progress}
+
+    def fit(self, on_step: Callable[[int], None] | None = None) -> TrainState:
+        """Train to max_steps. Ctrl-C saves a checkpoint before leaving; a harder stop loses at
+        most one checkpoint interval. `on_step(step)` runs after every optimizer step."""
+        from tqdm import tqdm
+
+        c = self.config
+        bar = tqdm(
+            total=c.max_steps,
+            initial=self.state.step,
+            disable=not self.progress or self.rank != 0,
+            unit="step",
+            dynamic_ncols=True,
+        )
+        if self.state.step == 0 and not self.state.history:
+            self.evaluate()  # the unconverted model: the baseline every later evaluation is read against
+        last_save, started, start_tokens = time.monotonic(), time.monotonic(), self.state.tokens
+        try:
+            while self.state.step < c.max_steps:
+                metrics = self.step()
+                rate = (self.state.tokens - start_tokens) / max(time.monotonic() - started, 1e-9)
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{metrics['loss']:.3f}", nll=f"{metrics['masked_nll']:.3f}", tok_s=f"{rate:.0f}"
+                )
+                if self.state.step % c.log_every == 0:
+                    self._log(
+                        {
+                            "step": self.state.step,
+                            "tokens": self.state.tokens,
+                            "time": time.time(),
+                            "tokens_per_s": rate,
+                            **metrics,
+                        }
+                    )
+                if c.eval_every and self.state.step % c.eval_every == 0:
+                    self.evaluate()
+                due = (time.monotonic() - last_save) / 60 >= c.checkpoint_minutes
+                if due or (c.checkpoint_steps and self.state.step % c.checkpoint_steps == 0):
+                    self.save()
+                    last_save = time.monotonic()
+                if on_step is not None:
+                    on_step(self.state.step)
+        except KeyboardInterrupt:
+            self.save()
+            bar.close()
+            raise
+        bar.close()
+        if self.held_out is not None and (not c.eval_every or self.state.step % c.eval_every):
+            self.evaluate()
+        self.save()
+        return self.state

@@ -1,0 +1,249 @@
+"""`ruvdllm convert` end to end on a tiny GGUF checkpoint: train, write an adapter the exporter
+reads, resume after an interruption, and name bad input in one line."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from runtime.errors import RuvdllmError
+from ruvdllm_export.checkpoints import load_checkpoint
+from ruvdllm_export.cli import main
+from ruvdllm_export.convert.adapter_file import read_adapter, read_static_lora
+from ruvdllm_export.convert.memory import activation_bytes, base_bytes
+from ruvdllm_export.convert.objectives import ObjectiveConfig
+from ruvdllm_export.convert.trainer import TrainConfig, Trainer
+from ruvdllm_export.convert_command import load_model
+from ruvdllm_export.reference import LoraConfig, apply_lora, lora_factors
+from ruvdllm_export.spec import ModelSpec
+from tests.fixtures.tiny_models import make_gguf_checkpoint
+
+torch.set_num_threads(1)
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog. ",
+    "Permission is hereby granted, free of charge, to any person obtaining a copy. ",
+    "A compiler translates source code into machine code. ",
+]
+
+
+@functools.cache
+def _gguf(directory) -> str:
+    path = directory / "tiny.gguf"
+    make_gguf_checkpoint(path, "llama", "Q4_1", tied=True, seed=1)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("convert")
+    data = root / "data"
+    data.mkdir()
+    for i in range(24):
+        (data / f"{i}.txt").write_text((SENTENCES[i % 3] + f"Item {i}. ") * 6)
+    return root, _gguf(root), data
+
+
+def _args(workspace, run_dir, *extra):
+    root, gguf, data = workspace
+    return [
+        "convert",
+        "--model",
+        gguf,
+        "--data",
+        str(data),
+        "--run-dir",
+        str(run_dir),
+        "--seq-len",
+        "32",
+        "--grad-accum",
+        "2",
+        "--rank",
+        "2",
+        "--eval-every",
+        "2",
+        "--eval-rows",
+        "2",
+        "--checkpoint-steps",
+        "2",
+        "--quiet",
+        "--threads",
+        "1",
+        *extra,
+    ]
+
+
+def test_convert_trains_and_writes_an_adapter_the_exporter_reads(workspace, tmp_path):
+    root, gguf, _ = workspace
+    output = tmp_path / "adapter.safetensors"
+    assert main(_args(workspace, tmp_path / "run", "--max-steps", "4", "--output", str(output))) == 0
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in log if "eval" in r] == [0, 2, 4]
+    adapter = read_adapter(output)
+    assert adapter.lora["rank"] == 2 and adapter.training["objective"] == "bd3lm"
+    checkpoint = load_checkpoint(gguf)
+    factors = read_static_lora(output, checkpoint)
+    assert len(factors) == 7 * checkpoint.spec.num_layers  # every projection of every layer
+    a, b = factors["model.layers.0.self_attn.q_proj.weight"]
+    assert a.shape == (2, checkpoint.spec.hidden_size) and np.abs(b).max() > 0  # trained: B moved off zero
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_adapter(workspace, tmp_path):
+    """Crash after step 5 with the last checkpoint at step 4: resuming repeats step 5 and ends
+    bit for bit where an uninterrupted run ends (seeded data order and masks)."""
+    root, gguf, data = workspace
+    from ruvdllm_export.convert.data import build_sequences
+
+    checkpoint = load_checkpoint(gguf)
+    train, held = build_sequences([data], checkpoint.tokenizer, 32, 2, 0.1, 0)
+    config = TrainConfig(
+        seq_len=32,
+        grad_accum=2,
+        max_steps=6,
+        eval_every=3,
+        eval_rows=2,
+        checkpoint_minutes=1e9,
+        checkpoint_steps=2,
+        anneal_steps=4,
+        warmup_steps=2,
+    )
+    lora = LoraConfig(rank=2)
+
+    def trainer(run_dir):
+        _, model = load_model(gguf)
+        apply_lora(model, lora)
+        return Trainer(
+            model, lora, ObjectiveConfig(), config, train, held, run_dir, {"test": 1}, progress=False
+        )
+
+    whole = trainer(tmp_path / "whole")
+    whole.fit()
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_5(step):
+        if step == 5:
+            raise Crash
+
+    crashed = trainer(tmp_path / "crashed")
+    with pytest.raises(Crash):
+        crashed.fit(on_step=crash_after_5)
+    resumed = trainer(tmp_path / "crashed")
+    resumed.resume()
+    assert resumed.state.step == 4  # lost at most one interval
+    resumed.fit()
+    for name, (a, b) in lora_factors(whole.model).items():
+        a2, b2 = lora_factors(resumed.model)[name]
+        np.testing.assert_array_equal(a, a2)
+        np.testing.assert_array_equal(b, b2)
+
+
+def test_cli_resume_continues_the_saved_run(workspace, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(_args(workspace, run_dir, "--max-steps", "2")) == 0
+    with pytest.raises(RuvdllmError, match="holds a run already"):
+        from ruvdllm_export.cli import build_parser
+        from ruvdllm_export.convert_command import run
+
+        argv = _args(workspace, run_dir, "--max-steps", "2")
+        run(build_parser(argv).parse_args(argv))
+    assert main(["convert", "--resume", "--run-dir", str(run_dir), "--max-steps", "3", "--quiet"]) == 0
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
+    saved = json.loads((run_dir / "args.json").read_text())
+    assert saved["rank"] == 2  # the run's own arguments were used, not the defaults
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 1
+    return capsys.readouterr().err.strip()
+
+
+def test_bad_input_is_one_line_naming_the_thing(workspace, tmp_path, capsys):
+    root, gguf, data = workspace
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "model.bin").write_bytes(b"not a model at all")
+    base = ["convert", "--model", gguf, "--run-dir", str(tmp_path / "r"), "--quiet"]
+    cases = {
+        "missing.txt: no such data file": [
+            *base[:-3],
+            "--run-dir",
+            str(tmp_path / "r1"),
+            "--data",
+            str(tmp_path / "missing.txt"),
+        ],
+        "empty.txt: the data file is empty": [
+            *base[:-3],
+            "--run-dir",
+            str(tmp_path / "r2"),
+            "--data",
+            str(tmp_path / "empty.txt"),
+        ],
+        "model.bin: neither a GGUF": [
+            "convert",
+            "--model",
+            str(tmp_path / "model.bin"),
+            "--data",
+            str(data),
+            "--run-dir",
+            str(tmp_path / "r3"),
+        ],
+        "no training data": ["convert", "--model", gguf, "--run-dir", str(tmp_path / "r4")],
+        "needs about": [
+            *base[:-3],
+            "--run-dir",
+            str(tmp_path / "r5"),
+            "--data",
+            str(data),
+            "--batch-size",
+            "256",
+            "--seq-len",
+            "8192",
+            "--memory-gb",
+            "24",
+        ],
+        "no args.json": ["convert", "--resume", "--run-dir", str(tmp_path / "nothing")],
+        "LoRA targets": [
+            *base[:-3],
+            "--run-dir",
+            str(tmp_path / "r6"),
+            "--data",
+            str(data),
+            "--targets",
+            "q_proj,wq",
+        ],
+    }
+    for expected, argv in cases.items():
+        message = _error(capsys, argv)
+        assert expected in message and "\n" not in message, (expected, message)
+
+
+SMOLLM2 = ModelSpec(
+    architecture="llama",
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_layers=30,
+    num_heads=9,
+    num_kv_heads=3,
+    head_dim=64,
+    rms_norm_eps=1e-5,
+    rope_theta=100000.0,
+    max_position=8192,
+    tie_word_embeddings=True,
+)
+
+
+def test_default_batch_fits_24_gb_and_a_huge_one_does_not():
+    """The defaults (batch 1 x 128, BD3LM with complementary copies: 3 x 128 positions) are far
+    inside 24 GB for SmolLM2-135M; batch 16 x 2048 without checkpointing is refused."""
+    budget = 24 * 2**30
+    small = activation_bytes(SMOLLM2, 1, 3 * 128, 256, False) + base_bytes(SMOLLM2)
+    huge = activation_bytes(SMOLLM2, 16, 3 * 2048, 4096, False) + base_bytes(SMOLLM2)
+    assert small < budget / 8 < budget < huge
+    assert activation_bytes(SMOLLM2, 16, 3 * 2048, 4096, True) < huge / 3
