@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime.errors import RuvdllmError
+from runtime.server.schemas import UNSUPPORTED
 
 log = logging.getLogger("ruvdllm.server")
 
@@ -121,6 +122,8 @@ def from_validation(exc: RequestValidationError) -> ApiError:
     message = first.get("msg", "invalid value").removeprefix("Value error, ")
     if first.get("type") == "extra_forbidden":
         message = "unrecognized request argument"
+    if param in UNSUPPORTED:
+        message = f"not supported by this server ({UNSUPPORTED[param]})"
     if param is None and first.get("type") in ("missing", "model_attributes_type", "dict_type", "model_type"):
         message = "must be a JSON object (Content-Type: application/json)"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""

@@ -21,6 +21,19 @@ Decoding = Literal[tuple(DECODINGS)]  # type: ignore[valid-type]
 ScheduleName = Literal[tuple(SCHEDULES)]  # type: ignore[valid-type]
 PositiveInt = Annotated[int, Field(ge=1)]
 MAX_STOP = 4  # as OpenAI
+# OpenAI fields accepted only at their neutral value, and why (the 400's message).
+UNSUPPORTED = {
+    "n": "one choice per request; send several requests",
+    "best_of": "one choice per request",
+    "logprobs": "the graph returns top-k candidates per position, not per-token logprobs of the text",
+    "top_logprobs": "no logprobs",
+    "suffix": "no fill-in-the-middle",
+    "presence_penalty": "diffusion decoding has no repetition penalties",
+    "frequency_penalty": "diffusion decoding has no repetition penalties",
+    "logit_bias": "the graph returns top-k candidates, not full logits to bias",
+    "tools": "no tool calling",
+    "tool_choice": "no tool calling",
+}
 
 
 class _Strict(BaseModel):
@@ -75,7 +88,7 @@ class _Generation(_Strict):
     @classmethod
     def _no_logit_bias(cls, value):
         if value:
-            raise ValueError("logit_bias is not supported by diffusion decoding")
+            raise ValueError("unsupported")
         return value
 
     def stop_sequences(self) -> tuple[str, ...]:

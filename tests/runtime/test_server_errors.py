@@ -1,0 +1,202 @@
+"""Bad input to `ruvdllm serve` (runtime/server/errors.py, jobs.py, schemas.py, limits.py): every
+malformed or out-of-range request gets a 4xx with an OpenAI-style JSON error naming the field —
+never a 500 — and the server keeps serving. Raw httpx against a real uvicorn process, plus the
+official client's typed exceptions."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from tests.runtime.server_process import serve
+
+MAX_BYTES = 65536  # the server's --max-request-bytes here: small, so 413 costs little to provoke
+OK = {"role": "user", "content": "hello"}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    with serve(
+        tiny_model_dir, "--max-request-bytes", str(MAX_BYTES), cache_dir=tmp_path_factory.mktemp("cache")
+    ) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        yield client
+
+
+def assert_openai_error(
+    response: httpx.Response, status: int, param: str | None, code: str | None = None
+) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert list(body) == ["error"]
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"] and "\n" not in error["message"]
+    assert error["type"] == ("invalid_request_error" if status < 429 else "rate_limit_error")
+    assert error["param"] == param, error
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+# (request body, expected param, expected code)
+COMPLETION_CASES = {
+    "empty prompt": ({"prompt": ""}, "prompt", None),
+    "blank prompt": ({"prompt": "  \n "}, "prompt", None),
+    "empty list": ({"prompt": []}, "prompt", None),
+    "batch of prompts": ({"prompt": ["a", "b"]}, "prompt", None),
+    "batch of token lists": ({"prompt": [[1, 2]]}, "prompt", None),
+    "token beyond the vocabulary": ({"prompt": [5, 99999]}, "prompt", None),
+    "negative token": ({"prompt": [-1]}, "prompt", None),
+    "prompt of wrong type": ({"prompt": 5}, "prompt", None),
+    "no prompt": ({}, "prompt", None),
+    "prompt beyond the context": ({"prompt": "hello " * 400}, "prompt", "context_length_exceeded"),
+    "length beyond the context": ({"prompt": "x", "max_tokens": 10000}, "prompt", "context_length_exceeded"),
+    "max_tokens 0": ({"prompt": "x", "max_tokens": 0}, "max_tokens", None),
+    "max_tokens string": ({"prompt": "x", "max_tokens": "5"}, "max_tokens", None),
+    "max_tokens float": ({"prompt": "x", "max_tokens": 5.5}, "max_tokens", None),
+    "max_tokens bool": ({"prompt": "x", "max_tokens": True}, "max_tokens", None),
+    "steps 0": ({"prompt": "x", "steps": 0}, "steps", None),
+    "steps beyond the block": ({"prompt": "x", "steps": 9, "max_tokens": 8}, "steps", None),
+    "steps beyond the length": (
+        {"prompt": "x", "sampler": "mdlm", "steps": 9, "max_tokens": 8},
+        "steps",
+        None,
+    ),
+    "block size 0": ({"prompt": "x", "block_size": 0}, "block_size", None),
+    "block size beyond the context": ({"prompt": "x", "block_size": 100000}, "block_size", None),
+    "unknown sampler": ({"prompt": "x", "sampler": "autoregressive"}, "sampler", None),
+    "unknown decoding": ({"prompt": "x", "decoding": "greedy"}, "decoding", None),
+    "unknown schedule": ({"prompt": "x", "schedule": "square"}, "schedule", None),
+    "threshold 0": ({"prompt": "x", "threshold": 0}, "threshold", None),
+    "threshold above 1": ({"prompt": "x", "threshold": 1.5}, "threshold", None),
+    "negative temperature": ({"prompt": "x", "temperature": -1}, "temperature", None),
+    "temperature string": ({"prompt": "x", "temperature": "hot"}, "temperature", None),
+    "top_p 0": ({"prompt": "x", "top_p": 0}, "top_p", None),
+    "negative top_k": ({"prompt": "x", "top_k": -1}, "top_k", None),
+    "n 2": ({"prompt": "x", "n": 2}, "n", None),
+    "logprobs": ({"prompt": "x", "logprobs": 5}, "logprobs", None),
+    "best_of": ({"prompt": "x", "best_of": 3}, "best_of", None),
+    "suffix": ({"prompt": "x", "suffix": "y"}, "suffix", None),
+    "presence penalty": ({"prompt": "x", "presence_penalty": 0.5}, "presence_penalty", None),
+    "logit bias": ({"prompt": "x", "logit_bias": {"5": 10}}, "logit_bias", None),
+    "five stop sequences": ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop", None),
+    "empty stop sequence": ({"prompt": "x", "stop": ""}, "stop", None),
+    "stream string": ({"prompt": "x", "stream": "yes"}, "stream", None),
+    "stream options": (
+        {"prompt": "x", "stream_options": {"include_usage": "yes"}},
+        "stream_options.include_usage",
+        None,
+    ),
+    "seed string": ({"prompt": "x", "seed": "abc"}, "seed", None),
+    "misspelt knob": ({"prompt": "x", "stepz": 4}, "stepz", None),
+}
+
+CHAT_CASES = {
+    "no messages": ({"messages": []}, "messages", None),
+    "messages string": ({"messages": "hi"}, "messages", None),
+    "unknown role": ({"messages": [{"role": "bot", "content": "x"}]}, "messages.0.role", None),
+    "no role": ({"messages": [{"content": "x"}]}, "messages.0.role", None),
+    "image part": (
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+        "messages.0.content",
+        None,
+    ),
+    "content number": ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content", None),
+    "empty content": ({"messages": [{"role": "user", "content": ""}]}, "messages", None),
+    "tools": ({"messages": [OK], "tools": [{"type": "function"}]}, "tools", None),
+    "json mode": ({"messages": [OK], "response_format": {"type": "json_object"}}, "response_format", None),
+    "two lengths": ({"messages": [OK], "max_tokens": 5, "max_completion_tokens": 6}, None, None),
+    "beyond the context": (
+        {"messages": [{"role": "user", "content": "hello " * 400}]},
+        "messages",
+        "context_length_exceeded",
+    ),
+    "steps beyond the block": ({"messages": [OK], "steps": 99}, "steps", None),
+}
+
+
+@pytest.mark.parametrize("body, param, code", COMPLETION_CASES.values(), ids=COMPLETION_CASES)
+def test_bad_completion_requests_are_400s_naming_the_field(http, server, body, param, code):
+    assert_openai_error(http.post("/completions", json={"model": server.name, **body}), 400, param, code)
+
+
+@pytest.mark.parametrize("body, param, code", CHAT_CASES.values(), ids=CHAT_CASES)
+def test_bad_chat_requests_are_400s_naming_the_field(http, server, body, param, code):
+    assert_openai_error(http.post("/chat/completions", json={"model": server.name, **body}), 400, param, code)
+
+
+@pytest.mark.parametrize("path", ["/completions", "/chat/completions"])
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"prompt": ', b"[1, 2]", b'"text"', b"", b"\xff\xfe", b"null", b"{'prompt': 'x'}"],
+    ids=["truncated", "array", "string", "empty", "binary", "null", "single quotes"],
+)
+def test_malformed_json_is_a_400(http, path, raw):
+    response = http.post(path, content=raw, headers={"content-type": "application/json"})
+    assert_openai_error(response, 400, None)
+
+
+def test_a_body_that_is_not_json_is_a_400(http):
+    response = http.post("/completions", content=b"prompt=hello", headers={"content-type": "text/plain"})
+    assert "JSON object" in assert_openai_error(response, 400, None)["message"]
+
+
+def test_an_unknown_model_is_a_404(http):
+    error = assert_openai_error(
+        http.post("/completions", json={"model": "gpt-4o", "prompt": "x"}), 404, "model"
+    )
+    assert error["code"] == "model_not_found"
+
+
+def test_unknown_paths_and_methods_are_json_errors(http):
+    assert_openai_error(http.post("/embeddings", json={"input": "x"}), 404, None)
+    assert_openai_error(http.get("/completions"), 405, None)
+
+
+def test_a_body_over_the_limit_is_a_413(http, server):
+    big = {"model": server.name, "prompt": "x" * (MAX_BYTES + 1)}
+    assert_openai_error(http.post("/completions", json=big), 413, None, "request_too_large")
+
+    def chunks():  # no Content-Length: counted as it arrives
+        data = json.dumps(big).encode()
+        for i in range(0, len(data), 8192):
+            yield data[i : i + 8192]
+
+    response = http.post("/completions", content=chunks(), headers={"content-type": "application/json"})
+    assert_openai_error(response, 413, None, "request_too_large")
+
+
+def test_the_openai_client_raises_its_typed_errors(server):
+    client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="steps 99: out of range"):
+        client.completions.create(model=server.name, prompt="x", max_tokens=8, extra_body={"steps": 99})
+    with pytest.raises(openai.BadRequestError, match="sampler"):
+        client.chat.completions.create(model=server.name, messages=[OK], extra_body={"sampler": "ar"})
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="davinci", prompt="x")
+    with pytest.raises(openai.BadRequestError, match="context"):
+        client.completions.create(model=server.name, prompt="hello " * 400)
+    with pytest.raises(openai.BadRequestError, match="steps"):  # before the stream starts
+        client.completions.create(model=server.name, prompt="x", stream=True, extra_body={"steps": 99})
+
+
+def test_after_all_that_the_server_still_serves(http, server):
+    """Runs last in this module: no error above was a crash or a 500."""
+    response = http.post("/completions", json={"model": server.name, "prompt": "still fine", "max_tokens": 4})
+    assert response.status_code == 200 and response.json()["choices"][0]["finish_reason"] in (
+        "stop",
+        "length",
+    )
+    assert http.get(f"{server.url}/health").json()["status"] == "ok"
+    assert server.alive()
+    assert "Traceback" not in server.log() and " 500" not in server.log()

@@ -1,0 +1,77 @@
+"""runtime/server/jobs.py: requests become the runtime's GenerationSettings knob for knob, the
+default length fits the context, and what the runtime would reject is a 400 before queueing."""
+
+from __future__ import annotations
+
+import pytest
+
+from runtime.model import DiffusionModel
+from runtime.ort_backend import OrtOptions
+from runtime.server.errors import ApiError
+from runtime.server.jobs import DEFAULTS, chat_job, check_model_name, completion_job, settings_for
+from runtime.server.schemas import ChatCompletionRequest, CompletionRequest
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return DiffusionModel.open(tiny_model_dir, options=OrtOptions(intra_op_threads=1), verify="sizes")
+
+
+def test_every_knob_reaches_the_settings():
+    request = CompletionRequest(
+        prompt="x",
+        temperature=0.7,
+        top_p=0.8,
+        top_k=3,
+        steps=2,
+        block_size=8,
+        sampler="mdlm",
+        decoding="threshold",
+        threshold=0.5,
+        schedule="cosine",
+        talora=False,
+        dgr=False,
+        ignore_eos=True,
+    )
+    settings = settings_for(request, 12, prompt_tokens=3, context=256)
+    assert (settings.temperature, settings.top_p, settings.top_k) == (0.7, 0.8, 3)
+    assert (settings.steps, settings.block_size, settings.sampler) == (2, 8, "mdlm")
+    assert (settings.decoding, settings.threshold, settings.schedule) == ("threshold", 0.5, "cosine")
+    assert (settings.talora, settings.dgr, settings.stop_at_eos, settings.length) == (False, False, False, 12)
+
+
+def test_unset_knobs_keep_the_runtime_defaults_and_the_length_fits_the_context():
+    settings = settings_for(CompletionRequest(prompt="x"), None, prompt_tokens=3, context=256)
+    assert settings == DEFAULTS.__class__(length=DEFAULTS.length)
+    assert settings_for(CompletionRequest(prompt="x"), None, prompt_tokens=250, context=256).length == 6
+
+
+def test_completion_job_encodes_and_checks(model):
+    job, text = completion_job(
+        model, CompletionRequest(prompt="Hello there", max_tokens=5, seed=3, stop="\n")
+    )
+    assert job.prompt == model.encode("Hello there") and text == "Hello there"
+    assert (job.seed, job.stops, job.settings.length) == (3, ("\n",), 5)
+    with pytest.raises(ApiError, match="steps 9: out of range") as error:
+        completion_job(model, CompletionRequest(prompt="Hello", max_tokens=8, steps=9))
+    assert error.value.param == "steps"
+
+
+def test_a_seed_is_chosen_when_none_is_given(model):
+    seeds = {completion_job(model, CompletionRequest(prompt="Hi"))[0].seed for _ in range(4)}
+    assert len(seeds) == 4
+
+
+def test_chat_job_renders_the_template(model):
+    request = ChatCompletionRequest(messages=[{"role": "user", "content": "Hi"}], max_completion_tokens=7)
+    job = chat_job(model, request)
+    assert job.prompt == model.encode(model.chat_prompt([{"role": "user", "content": "Hi"}]))
+    assert job.settings.length == 7
+
+
+def test_the_model_name_must_match_when_given():
+    check_model_name(None, "tiny")
+    check_model_name("tiny", "tiny")
+    with pytest.raises(ApiError) as error:
+        check_model_name("gpt-4", "tiny")
+    assert (error.value.status, error.value.code) == (404, "model_not_found")
