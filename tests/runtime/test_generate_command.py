@@ -108,3 +108,40 @@ def test_bank_dimension_mismatch(tiny_model_dir, tmp_path):
         cli("hi", "--model", tiny_model_dir, "--bank", tmp_path / "bank", cache=tmp_path),
         "slots 7 does not match the model's 5",
     )
+
+
+def test_terminal_shows_the_denoising_live(tiny_model_dir, tmp_path):
+    """Under a pseudo-terminal the live view draws masked positions (░) that fill in."""
+    import pty
+
+    leader, follower = pty.openpty()
+    env = {
+        **os.environ,
+        "RUVDLLM_CACHE": str(tmp_path),
+        "OMP_NUM_THREADS": "1",
+        "COLUMNS": "100",
+        "TERM": "xterm",
+    }
+    args = [sys.executable, "-m", "ruvdllm_export.cli", "generate", "Hello", "--model", str(tiny_model_dir)]
+    proc = subprocess.Popen(
+        [*args, "--length", "8", "--no-eos-stop", "--threads", "1"],
+        stdout=follower,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    os.close(leader)
+    screen = b"".join(chunks).decode("utf-8", errors="replace")
+    assert "░" in screen  # masked positions were drawn
+    assert "span 1 · step 4" in screen  # ... and the view followed every step of both blocks
+    assert "tokens/s" in proc.stderr.read().decode()
