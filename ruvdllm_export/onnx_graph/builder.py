@@ -34,7 +34,7 @@ from ruvdllm_export.onnx_graph.linear import (
 from ruvdllm_export.onnx_graph.mlp import make_mlp_block
 from ruvdllm_export.onnx_graph.norms import make_rms_norm, make_skip_rms_norm
 from ruvdllm_export.onnx_graph.options import GraphOptions
-from ruvdllm_export.onnx_graph.q8 import Q8Tensor, quantize_q8
+from ruvdllm_export.onnx_graph.q8 import Q8Tensor, SplitQ8Tensor, quantize_q8, split_q8
 from ruvdllm_export.onnx_graph.rope import make_rope_caches
 from ruvdllm_export.quant.q4 import Q4Tensor
 from ruvdllm_export.spec import ModelSpec
@@ -81,18 +81,23 @@ def prepare_weights(spec: ModelSpec, weights: dict[str, Weight], options: GraphO
         elif name in linears:
             prepared[name] = as_q4(weight)
         else:
-            prepared[name] = _as_table(weight, options.table_bits)
+            prepared[name] = _as_table(weight, options.table_bits, options.accuracy_level)
     return prepared
 
 
-def _as_table(weight: Weight, bits: int | None) -> Q4Tensor | Q8Tensor:
+def _as_table(weight: Weight, bits: int | None, accuracy_level: int) -> Q4Tensor | Q8Tensor | SplitQ8Tensor:
     """Exact 4-bit tables stay 4-bit; anything else goes to 8 bits unless 4 is asked for (the table
-    feeds the head, the most quantization-sensitive matmul)."""
+    feeds the head, the most quantization-sensitive matmul). 8-bit codes run as MatMulNBits bits=8
+    with int8 activations (accuracy_level 4), and as two exact 4-bit halves in float (level 0),
+    where bits=8 has no fast kernel."""
     if bits is None:
         bits = 4 if isinstance(weight, Q4Tensor) else 8
     if bits == 4:
         return as_q4(weight)
-    return weight if isinstance(weight, Q8Tensor) else quantize_q8(as_float(weight))
+    if isinstance(weight, SplitQ8Tensor):
+        return weight
+    q8 = weight if isinstance(weight, Q8Tensor) else quantize_q8(as_float(weight))
+    return q8 if accuracy_level == 4 else split_q8(q8)
 
 
 def check_weights(spec: ModelSpec, weights: dict[str, Weight]) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 from ruvdllm_export.onnx_graph.graph import GraphBuilder
 from ruvdllm_export.onnx_graph.linear import StaticLora, Weight, as_float, register_quantized
 from ruvdllm_export.onnx_graph.q8 import ZERO_POINT as Q8_ZERO_POINT
-from ruvdllm_export.onnx_graph.q8 import Q8Tensor
+from ruvdllm_export.onnx_graph.q8 import Q8Tensor, SplitQ8Tensor
 from ruvdllm_export.quant.q4 import BLOCK, Q4Tensor
 from ruvdllm_export.spec import EMBED as EMBED_NAME
 
@@ -23,10 +23,27 @@ SCOPE = "/model/embed_tokens"
 
 def make_embedding(g: GraphBuilder, name: str, input_ids: str, table: Weight) -> str:
     """input_ids [1, S] → hidden [1, S, hidden]."""
+    if isinstance(table, SplitQ8Tensor):
+        return make_split_gather(g, SCOPE, name, input_ids, table)
     if not isinstance(table, Q4Tensor | Q8Tensor):
         weight = g.initializer(name, as_float(table))
         return g.op("Gather", [weight, input_ids], f"{SCOPE}/Gather", axis=0)
     return make_quantized_gather(g, SCOPE, name, input_ids, table)
+
+
+def make_split_gather(g: GraphBuilder, scope: str, name: str, ids: str, table: SplitQ8Tensor) -> str:
+    """Rows of an 8-bit table stored as two 4-bit halves: dequantize both, add them.
+
+        ids ─quantized gather─► [1,S,2·Kp] ─Reshape[1,S,2,Kp]─ReduceSum(axis 2)─► [1,S,Kp] ─(Slice K)
+    """
+    halves = make_quantized_gather(g, scope, name, ids, table.q4)
+    padded_k = table.n_blocks * BLOCK
+    halves = g.op("Reshape", [halves, g.const([0, 0, 2, padded_k])], f"{scope}/split_q8/Reshape")
+    rows = g.op("ReduceSum", [halves, g.const([2])], f"{scope}/split_q8/ReduceSum", keepdims=0)
+    if padded_k != table.in_features:
+        ends = g.const([table.in_features])
+        rows = g.op("Slice", [rows, g.const([0]), ends, g.const([-1])], f"{scope}/split_q8/Slice_padding")
+    return rows
 
 
 def make_embedding_lora(g: GraphBuilder, ids: str, hidden: str, lora: StaticLora) -> str:

@@ -2,16 +2,17 @@
 
 A linear `y = W x (+ b)` becomes
 
-    x ─┬─ MatMulNBits(q4 W, zero points 0 or packed) ───────────────┐
-       ├─ Reshape[.., n_blocks, 32] ─ ReduceSum ─ MatMul(minsᵀ) ─────┤  only when W has block mins
+    x ─┬─ MatMulNBits(q4 W, packed zero points) ────────────────────┐
+       ├─ Reshape[.., n_blocks, 32] ─ ReduceSum ─ MatMul(m'ᵀ) ───────┤  only when W has block mins
        ├─ MatMul(A_l) ─ Mul(slot weights) ─ MatMul(B_l) ─────────────┤  adapter bank (graph inputs)
        └─ MatMul(Aᵀ) ─ MatMul(Bᵀ) ───────────────────────────────────┤  static LoRA (conversion adapter)
                                                                      Add ─► y (+ bias)
 
-The block-min branch is exact: W[n,k] = s·q + m[n, k//32] gives Σ_k W[n,k] x_k =
-MatMulNBits(x) + Σ_b m[n,b] Σ_{k∈b} x_k. It keeps MatMulNBits on its fast integer kernels, where
-float zero points (the other exact mapping of GGUF Q4_1) are ~20× slower on CPU and have no
-WebGPU kernel (DESIGN.md).
+The block-min branch is exact: writing W[n,k] = s·(q − z) + m'[n, k//32] with integer z gives
+Σ_k W[n,k] x_k = MatMulNBits(x) + Σ_b m'[n,b] Σ_{k∈b} x_k. It keeps MatMulNBits on its fast
+integer kernels, where float zero points (the other exact mapping of GGUF Q4_1) are ~20× slower on
+CPU and have no WebGPU kernel (DESIGN.md). z is the integer nearest the block's zero, so m' is a
+small remainder (see `centre_block_offsets`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ruvdllm_export.onnx_graph.graph import MS_DOMAIN, GraphBuilder
-from ruvdllm_export.onnx_graph.q8 import Q8Tensor, dequantize_q8
+from ruvdllm_export.onnx_graph.q8 import Q8Tensor, SplitQ8Tensor, dequantize_q8, dequantize_split_q8
 from ruvdllm_export.quant.q4 import BLOCK, Q4Tensor, dequantize_q4, pack_zero_points, quantize_q4
 
-Weight = np.ndarray | Q4Tensor | Q8Tensor
+Weight = np.ndarray | Q4Tensor | Q8Tensor | SplitQ8Tensor
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class StaticLora:
 
 def as_q4(weight: Weight) -> Q4Tensor:
     """Keep exact Q4Tensors as they are; quantize float weights with the reference quantizer."""
-    return weight if isinstance(weight, Q4Tensor) else quantize_q4(weight)
+    return weight if isinstance(weight, Q4Tensor) else quantize_q4(as_float(weight))
 
 
 def as_float(weight: Weight) -> np.ndarray:
@@ -64,6 +65,8 @@ def as_float(weight: Weight) -> np.ndarray:
         return dequantize_q4(weight)
     if isinstance(weight, Q8Tensor):
         return dequantize_q8(weight)
+    if isinstance(weight, SplitQ8Tensor):
+        return dequantize_split_q8(weight)
     return np.asarray(weight, np.float32)
 
 
@@ -81,7 +84,10 @@ def make_linear(
 ) -> str:
     """`scope` names the nodes (/model/layers.0/attn/q_proj), `name` the initializers (the
     canonical weight name). Returns y [1, S, out]."""
-    if fmt.quantization == "q4":
+    if fmt.quantization == "q4" and isinstance(weight, SplitQ8Tensor):
+        doubled = make_doubled_input(g, scope, x, weight)
+        terms = make_quantized_matmul(g, scope, name, doubled, weight.q4, fmt.accuracy_level)
+    elif fmt.quantization == "q4":
         w = weight if isinstance(weight, Q8Tensor) else as_q4(weight)
         terms = make_quantized_matmul(g, scope, name, x, w, fmt.accuracy_level)
     elif fmt.quantization == "fp32":
@@ -127,15 +133,34 @@ def register_quantized(g: GraphBuilder, name: str, w: Q4Tensor | Q8Tensor) -> Qu
     scales = g.initializer(f"{name}.scales", w.scales.astype(np.float32))
     zero_points = mins_t = None
     if bits == 4:
-        # With block mins the offset lives in the correction branch, so the zero points are 0.
-        zp = np.zeros_like(w.zero_points) if w.mins is not None else w.zero_points
+        zp, mins = w.zero_points, w.mins
+        if mins is not None:
+            zp, mins = centre_block_offsets(w.scales, zp, mins)
         if not np.all(zp == 8):  # 8 is MatMulNBits' default for 4 bits: omit the input
             zero_points = g.initializer(f"{name}.zero_points", pack_zero_points(zp))
-        if w.mins is not None:
-            mins_t = g.initializer(f"{name}.mins_t", np.ascontiguousarray(w.mins.T.astype(np.float32)))
+        if mins is not None:
+            mins_t = g.initializer(f"{name}.mins_t", np.ascontiguousarray(mins.T))
     names = QuantizedNames(bits, n, k, packed, scales, zero_points, mins_t)
     g.shared[key] = names
     return names
+
+
+def centre_block_offsets(
+    scales: np.ndarray, zero_points: np.ndarray, mins: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rewrite W = s·(q − zp) + m as s·(q − z) + m' with the integer z = clip(round(zp − m/s), 0, 15)
+    nearest the block's true zero and m' = m + s·(z − zp), the small remainder (|m'| <= s/2 unless
+    the block lies entirely on one side of 0).
+
+    Same weights, but MatMulNBits now sees ordinary centred 4-bit codes. With zero points 0 its part
+    would be the large Σ s·q·x that the min branch then almost cancels, and accuracy_level 4's int8
+    activations, whose error scales with that part, dropped SmolLM2's top-1 agreement to 86%."""
+    s64 = scales.astype(np.float64)
+    zp64 = zero_points.astype(np.float64)
+    ratio = np.divide(mins, s64, out=np.zeros_like(s64), where=s64 > 0)
+    z = np.where(s64 > 0, np.clip(np.round(zp64 - ratio), 0, 15), zp64)
+    remainder = mins.astype(np.float64) + s64 * (z - zp64)
+    return z.astype(np.uint8), remainder.astype(np.float32)
 
 
 def make_quantized_matmul(
@@ -159,6 +184,15 @@ def make_quantized_matmul(
     if q.mins_t is None:
         return [y]
     return [y, make_block_min_correction(g, scope, x, q.mins_t, q.k, w.n_blocks)]
+
+
+def make_doubled_input(g: GraphBuilder, scope: str, x: str, weight: SplitQ8Tensor) -> str:
+    """x [1,S,K] ─(Pad to n_blocks·32)─ Concat(x, x) ─► [1,S,2·n_blocks·32]: the input of a split table."""
+    padded_k = weight.n_blocks * BLOCK
+    if padded_k != weight.in_features:
+        pad = g.const([0, 0, 0, 0, 0, padded_k - weight.in_features])
+        x = g.op("Pad", [x, pad], f"{scope}/split_q8/Pad")
+    return g.op("Concat", [x, x], f"{scope}/split_q8/Concat", axis=-1)
 
 
 def make_block_min_correction(g: GraphBuilder, scope: str, x: str, mins_t: str, k: int, n_blocks: int) -> str:

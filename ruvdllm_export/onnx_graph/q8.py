@@ -1,4 +1,5 @@
-"""8-bit block quantization in MatMulNBits' bits=8 layout, for the token table (embedding + tied head).
+"""8-bit block quantization for the token table (embedding + tied head), in MatMulNBits' bits=8
+layout or split into two 4-bit halves.
 
 The head and the embedding are the tensors most sensitive to quantization (llama.cpp keeps them at
 Q6_K/Q8_0 in its 4-bit files), and SmolLM2's Q4_1 GGUF stores its tied table as Q8_0. Symmetric
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BLOCK = 32
+from ruvdllm_export.quant.q4 import BLOCK, Q4Tensor, dequantize_q4, pack_nibbles
+
 ZERO_POINT = 128
 
 
@@ -53,3 +55,47 @@ def quantize_q8(w: np.ndarray) -> Q8Tensor:
 def dequantize_q8(t: Q8Tensor) -> np.ndarray:
     w = t.scales[..., None] * (t.packed.astype(np.float32) - np.float32(ZERO_POINT))
     return w.reshape(t.packed.shape[0], -1)[:, : t.in_features].astype(np.float32)
+
+
+@dataclass(frozen=True)
+class SplitQ8Tensor:
+    """An 8-bit table stored as two 4-bit halves side by side along K, for MatMulNBits' float path.
+
+    MatMulNBits with bits=8 has no fast float kernel on CPU (accuracy_level 0 dequantized the whole
+    table on every call: ~170 ms for SmolLM2's head at M=1), while its 4-bit float kernel is fast.
+    With u = q + 128 = 16·hi + lo (hi, lo in 0..15):
+
+        d·q = 16d·(hi − 8) + d·(lo − 0)
+
+    so blocks [hi | lo] with scales [16d | d] and zero points [8 | 0] reproduce the 8-bit table
+    exactly when fed the input twice, [x | x]. Twice the 4-bit work, no loss.
+    """
+
+    q4: Q4Tensor  # [N, 2*n_blocks] blocks: high halves first, then low halves
+    in_features: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.q4.packed.shape[0], self.in_features)
+
+    @property
+    def n_blocks(self) -> int:
+        return self.q4.n_blocks // 2
+
+
+def split_q8(t: Q8Tensor) -> SplitQ8Tensor:
+    n, nb, _ = t.packed.shape
+    hi, lo = t.packed // 16, t.packed % 16  # [N, nb, 32] each, 0..15
+    codes = np.concatenate([hi, lo], axis=1).reshape(n, 2 * nb * BLOCK)
+    scales = np.concatenate([t.scales * np.float32(16), t.scales], axis=1).astype(np.float32)
+    zero_points = np.concatenate([np.full((n, nb), 8, np.uint8), np.zeros((n, nb), np.uint8)], axis=1)
+    q4 = Q4Tensor(
+        packed=pack_nibbles(codes), scales=scales, zero_points=zero_points, mins=None, in_features=2 * nb * BLOCK
+    )
+    return SplitQ8Tensor(q4=q4, in_features=t.in_features)
+
+
+def dequantize_split_q8(t: SplitQ8Tensor) -> np.ndarray:
+    w = dequantize_q4(t.q4)  # [N, 2 * nb * 32]
+    half = w.shape[1] // 2
+    return (w[:, :half] + w[:, half:])[:, : t.in_features].astype(np.float32)

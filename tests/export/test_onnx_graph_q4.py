@@ -11,7 +11,7 @@ from runtime import artifact
 from ruvdllm_export import spec as names
 from ruvdllm_export.checkpoints import load_checkpoint
 from ruvdllm_export.onnx_graph import GraphOptions, build_graph, graph_weights_as_float, prepare_weights
-from ruvdllm_export.onnx_graph.q8 import Q8Tensor
+from ruvdllm_export.onnx_graph.q8 import SplitQ8Tensor
 from ruvdllm_export.quant.q4 import Q4Tensor
 from tests.export.graph_harness import feeds, run, session, tiny_spec
 from tests.export.test_onnx_graph import SEQ, assert_matches_logits, hf_model, hf_outputs
@@ -41,7 +41,7 @@ def test_q4_graph_matches_transformers_on_the_dequantized_weights(arch, tied):
 
 @pytest.mark.parametrize(
     ("qtype", "embed_qtype", "table"),
-    [("Q4_1", "Q8_0", Q8Tensor), ("Q4_1", None, Q4Tensor), ("Q4_0", "Q4_0", Q4Tensor)],
+    [("Q4_1", "Q8_0", SplitQ8Tensor), ("Q4_1", None, Q4Tensor), ("Q4_0", "Q4_0", Q4Tensor)],
     ids=["q4_1-mins+q8_0-table", "q4_1-table-with-mins", "q4_0"],
 )
 def test_exact_gguf_blocks_run_as_they_are(tmp_path, qtype, embed_qtype, table):
@@ -93,13 +93,31 @@ def test_tied_table_is_stored_once_and_read_by_gather_and_head():
 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_quantized_embedding_rows_equal_the_dequantized_table(bits):
-    """An untied table at 4 bits (float source: packed zero points, split in the graph) or 8 bits:
-    the in-graph dequantizing Gather must give the held table's rows, end to end."""
+    """An untied table at 4 bits (float source: packed zero points, split in the graph) or 8 bits
+    (as two exact 4-bit halves at accuracy level 0): the in-graph dequantizing Gather and the head
+    must give the held table's numbers, end to end."""
     spec = tiny_spec("llama", False)
     options = GraphOptions(quantization="q4", attention="matmul", accuracy_level=0, table_bits=bits)
     prepared = prepare_weights(spec, tiny_weights("llama", False, seed=7), options)
-    assert isinstance(prepared[names.EMBED], Q4Tensor if bits == 4 else Q8Tensor)
+    assert isinstance(prepared[names.EMBED], Q4Tensor if bits == 4 else SplitQ8Tensor)
     q4_vs_transformers(spec, tiny_weights("llama", False, seed=7), options, "llama", seed=3)
+
+
+def test_q8_table_runs_as_bits_8_with_int8_activations():
+    """At accuracy level 4 the 8-bit table is one MatMulNBits bits=8 (its fast int8 kernel) and must
+    agree with the exact split form."""
+    spec = tiny_spec("llama", True)
+    weights = tiny_weights("llama", True, seed=9)
+    ids = np.random.default_rng(5).integers(0, spec.vocab_size, SEQ)
+    outs = {}
+    for level in (0, 4):
+        options = GraphOptions(quantization="q4", accuracy_level=level)
+        model = build_graph(spec, weights, options)
+        head = next(n for n in model.graph.node if n.name == "/model/lm_head/MatMulNBits")
+        assert {a.name: a.i for a in head.attribute}["bits"] == (8 if level == 4 else 4)
+        outs[level] = run(session(model), feeds(spec, options, ids, np.arange(SEQ)))
+    np.testing.assert_allclose(outs[4][artifact.LOGSUMEXP], outs[0][artifact.LOGSUMEXP], rtol=0.01, atol=0.05)  # int8 activations: ~0.5% relative
+    assert (outs[4][artifact.TOPK_IDS][0, :, 0] == outs[0][artifact.TOPK_IDS][0, :, 0]).mean() >= 0.9
 
 
 def test_accuracy_level_4_stays_close_to_level_0():
