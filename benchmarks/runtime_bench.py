@@ -9,7 +9,8 @@ Prints one table per section; ratios compare numbers measured in this same run:
               decoding, and BD3LM with block 1 (= autoregressive decoding through our graph)
   baselines   Hugging Face `generate` (the GGUF dequantized into transformers, greedy) and llama.cpp
               (llama-cpp-python on the GGUF itself), both AR
-  adapters    step time with TALoRA + DGR on / off (bank of 8 slots, 10,000 DGR patterns)
+  adapters    step time with TALoRA + DGR on / off (bank of 8 slots, 10,000 DGR patterns), and
+              with / without the bank branch in the graph (--model-without-adapters)
   index       hnswlib knn p50 / p99 at 10,000 patterns of the model's hidden size
   reference   ORT runtime / torch reference sampler (same algorithm, same prompt)
   memory      peak RSS after the runtime sections (before torch is imported)
@@ -120,6 +121,18 @@ def adapters_section(model: DiffusionModel, ids, length, patterns, repeats) -> N
     print(row("off (bank bound, weights zero)", "", off.steps, f"{off.wall_ms / off.steps:.2f}", 0))
     print(row("on (TALoRA linear + DGR hybrid)", "", on.steps, f"{on.wall_ms / on.steps:.2f}", retrieved))
     print(f"step time on / off: {(on.wall_ms / on.steps) / (off.wall_ms / off.steps):.3f} (goal <= 1.03)")
+    return off.wall_ms / off.steps
+
+
+def graph_branch_section(directory: Path, ids, length, threads, repeats, with_bank_ms: float) -> None:
+    """The bank branch inside the graph costs even with zero weights: compare against the same
+    model exported with adapter_slots=0."""
+    plain = DiffusionModel.open(directory, options=OrtOptions(intra_op_threads=threads))
+    settings = GenerationSettings(length=length, block_size=8, stop_at_eos=False)
+    done = timed_generate(plain, ids, settings, repeats).result
+    ms = done.wall_ms / done.steps
+    print(row("graph without adapter inputs", "", done.steps, f"{ms:.2f}", ""))
+    print(f"step time with the in-graph bank branch / without: {with_bank_ms / ms:.3f}")
 
 
 def index_section(hidden: int, patterns: int, queries: int = 2000) -> None:
@@ -261,6 +274,11 @@ def main() -> int:
     parser.add_argument(
         "--gguf", type=Path, help="the GGUF it was exported from (AR baselines, torch reference)"
     )
+    parser.add_argument(
+        "--model-without-adapters",
+        type=Path,
+        help="the same model exported with --adapter-slots 0 (branch cost)",
+    )
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
@@ -281,7 +299,11 @@ def main() -> int:
         decoding_section(model, ids, args.lengths, args.repeats) if "decoding" not in args.skip else {}
     )
     if "adapters" not in args.skip:
-        adapters_section(model, ids, min(args.lengths), args.patterns, args.repeats)
+        off_ms = adapters_section(model, ids, min(args.lengths), args.patterns, args.repeats)
+        if args.model_without_adapters is not None:
+            graph_branch_section(
+                args.model_without_adapters, ids, min(args.lengths), args.threads, args.repeats, off_ms
+            )
     if "index" not in args.skip:
         index_section(model.config.hidden_size, args.patterns)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
