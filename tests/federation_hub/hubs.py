@@ -53,6 +53,10 @@ class HubProcess:
         return self.workdir / "hub.log"
 
     def start(self, timeout: float = 60.0) -> HubProcess:
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> HubProcess:
+        """Start the process without waiting (start several, then `wait_ready` each)."""
         command = [
             sys.executable, "-m", "ruvdllm_export.cli", "hub", "--db", self.database_url, "--port", str(self.port),
             "--admin-token-file", str(self.workdir / "admin-token"), *self.extra_args,
@@ -60,6 +64,9 @@ class HubProcess:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> HubProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
