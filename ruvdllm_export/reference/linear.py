@@ -31,6 +31,16 @@ Weight = np.ndarray | Q4Tensor | Q8Tensor
 BankCall = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
+def _native(weight) -> Weight:
+    """Any other form the graph builder stores a tensor in (e.g. an 8-bit table split into 4-bit
+    halves) becomes the float32 values it stands for, by the builder's own dequantizer."""
+    if isinstance(weight, np.ndarray | Q4Tensor | Q8Tensor):
+        return weight
+    from ruvdllm_export.onnx_graph.linear import as_float
+
+    return as_float(weight)
+
+
 def _tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
@@ -62,6 +72,7 @@ class FrozenLinear(nn.Module):
 
     def __init__(self, weight: Weight, bias: np.ndarray | None = None):
         super().__init__()
+        weight = _native(weight)
         self.quantized = isinstance(weight, Q4Tensor | Q8Tensor)
         self.bits = 4 if isinstance(weight, Q4Tensor) else 8 if isinstance(weight, Q8Tensor) else 32
         if self.bits == 8:
@@ -80,12 +91,22 @@ class FrozenLinear(nn.Module):
             self.register_buffer("weight", _tensor(np.asarray(weight, dtype=np.float32)), persistent=False)
         bias_tensor = None if bias is None else _tensor(np.asarray(bias, dtype=np.float32))
         self.register_buffer("bias", bias_tensor, persistent=False)
+        self.register_buffer("dequantized", None, persistent=False)  # see cache_dequantized
         self.lora: LoraDelta | None = None
+
+    def cache_dequantized(self, enabled: bool) -> None:
+        """Keep the dequantized float weight (4x the packed memory, no per-forward unpacking:
+        on CPU unpacking costs about as much as the matmul at a few hundred tokens) or drop it."""
+        self.dequantized = None
+        if enabled and self.quantized:
+            self.dequantized = self.base_weight()
 
     def base_weight(self) -> torch.Tensor:
         """The base weight as float [out, in] (dequantized when 4-bit)."""
         if not self.quantized:
             return self.weight
+        if self.dequantized is not None:
+            return self.dequantized
         if self.bits == 8:
             return dequantize_q8(self.packed, self.scales, self.in_features)
         return dequantize_q4(self.packed, self.scales, self.zero_points, self.mins, self.in_features)
@@ -132,6 +153,7 @@ class FrozenEmbedding(nn.Module):
 
     def __init__(self, table: Weight):
         super().__init__()
+        table = _native(table)
         if isinstance(table, Q8Tensor):
             weight = dequantize_q8(
                 _tensor(table.packed), _tensor(table.scales.astype(np.float32)), table.in_features

@@ -127,6 +127,15 @@ class DiffusionLM(nn.Module):
         tensors run 4-bit, float ones float32, with the loader's mask token."""
         return cls(checkpoint.spec, checkpoint.weights, checkpoint.mask_token_id, top_k)
 
+    def cache_dequantized(self, enabled: bool = True) -> DiffusionLM:
+        """Trade memory for speed: keep every 4/8-bit linear's dequantized weight (the numbers do
+        not change). Off by default, which keeps QLoRA's memory footprint; worth it for sampling
+        and short-sequence work on CPU."""
+        for module in self.modules():
+            if isinstance(module, FrozenLinear):
+                module.cache_dequantized(enabled)
+        return self
+
     @property
     def quantized(self) -> bool:
         return self.layers[0].proj["q_proj"].quantized

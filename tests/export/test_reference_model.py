@@ -257,3 +257,16 @@ def test_from_loaded_checkpoints(tmp_path, qtype):
             "logits"
         ]
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+def test_cached_dequantized_weights_change_nothing():
+    _, spec, weights, _ = tiny("qwen3", True)
+    model = DiffusionLM(spec, _quantized(weights, spec), mask_token_id=0)
+    ids = _ids(7, spec.vocab_size, seed=13)
+    with torch.no_grad():
+        on_the_fly = model(ids, _positions(0, 7), bidirectional_block_ids(7))["logits"]
+        cached = model.cache_dequantized()(ids, _positions(0, 7), bidirectional_block_ids(7))["logits"]
+    assert model.layers[0].proj["q_proj"].dequantized is not None
+    torch.testing.assert_close(cached, on_the_fly, atol=0, rtol=0)
+    model.cache_dequantized(False)
+    assert all(layer.proj["q_proj"].dequantized is None for layer in model.layers)
