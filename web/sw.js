@@ -7,7 +7,19 @@
 const SHELL_CACHE = 'ruvdllm-shell-v1';
 const STORE_HEADER = 'X-Ruvdllm-Store'; // js/model_store.js
 
-self.addEventListener('install', () => self.skipWaiting());
+// Fetched by the first visit before this worker controls the page, so kept at install; everything
+// the engine fetches afterwards (the page waits for control before starting it) is kept as it goes.
+const ENTRY_FILES = ['./', 'css/app.css', 'favicon.svg', 'js/app.js', 'js/protocol.js', 'app-config.json'];
+
+self.addEventListener('install', (event) => {
+  event.waitUntil(
+    caches
+      .open(SHELL_CACHE)
+      .then((cache) => cache.addAll(ENTRY_FILES))
+      .catch(() => {}) // offline use is a bonus: never block installation on it
+      .then(() => self.skipWaiting()),
+  );
+});
 self.addEventListener('activate', (event) => event.waitUntil(self.clients.claim()));
 
 async function networkFirst(request) {

@@ -13,6 +13,7 @@ const state = (window.ruvdllm = {
   running: false,
   steps: 0,
   lastStep: null,
+  trace: [], // per step: {span, step, t, committed, retrieved positions}
   complete: null,
   error: null,
   notices: [],
@@ -145,6 +146,7 @@ function renderRetrievals(retrieved) {
 function showStep(step) {
   state.steps += 1;
   state.lastStep = step;
+  state.trace.push({ span: step.span, step: step.step, t: step.t, committed: step.committedTokens, retrieved: step.retrieved.map((r) => r.position), at: step.at });
   renderCells(step);
   renderTalora(step.talora, step.t);
   renderRetrievals(step.retrieved);
@@ -158,6 +160,8 @@ function showStep(step) {
 }
 
 function showComplete(message) {
+  // Steps that finished after Stop was pressed (the one in flight, at most, if interrupts work).
+  if (state.interruptAt != null) message.stepsAfterInterrupt = state.trace.filter((s) => s.at > state.interruptAt).length;
   state.complete = message;
   const { text, stats, interrupted } = message;
   $('output').textContent = text + (interrupted ? ' …' : '');
@@ -248,7 +252,7 @@ async function main() {
   $('prompt-form').addEventListener('submit', (e) => {
     e.preventDefault();
     if (!state.ready || state.running) return;
-    Object.assign(state, { steps: 0, complete: null, lastStep: null, error: null });
+    Object.assign(state, { steps: 0, complete: null, lastStep: null, error: null, trace: [], interruptAt: null });
     $('error').hidden = true;
     $('output').textContent = '';
     setRunning(true);
@@ -265,6 +269,7 @@ async function main() {
     if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) $('prompt-form').requestSubmit();
   });
   $('stop').addEventListener('click', () => {
+    state.interruptAt = performance.timeOrigin + performance.now(); // comparable across threads
     if (interruptBuffer) Atomics.store(new Int32Array(interruptBuffer), 0, 2); // SIGINT for Pyodide
     worker.postMessage({ type: IN.INTERRUPT });
   });

@@ -16,7 +16,7 @@
 //   {type: 'notice', level: 'info'|'warning', text}
 //   {type: 'ready', info: ReadyInfo}
 //   {type: 'step', id, step: StepView}
-//   {type: 'complete', id, text, tokens, stats, interrupted}
+//   {type: 'complete', id, text, tokens, promptIds, stats, interrupted}
 //   {type: 'error', id?, code, message, recover?: 'redownload' | null}
 //
 // ReadyInfo: {ep, adapter, numThreads, crossOriginIsolated, model: {architecture, layers, hidden,
@@ -26,7 +26,7 @@
 //
 // StepView: {span, step, t, offset, cells: [{id, text, state: 'prompt'|'committed'|'new'|'masked',
 //   uncertainty, guess}], retrieved: [{position, adapters: [{name, weight}]}], talora: [weights],
-//   forwardMs, elapsedMs, tokensPerSecond, committedTokens}
+//   forwardMs, elapsedMs, tokensPerSecond, committedTokens, at (performance.timeOrigin + now())}
 
 export const IN = Object.freeze({ LOAD: 'load', GENERATE: 'generate', INTERRUPT: 'interrupt', FORGET: 'forget' });
 export const OUT = Object.freeze({

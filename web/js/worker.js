@@ -63,6 +63,12 @@ function zeroInputs(ort, session, present) {
   return zeros;
 }
 
+// What the page calls the model: the checkpoint's file or directory name, else the architecture.
+function modelName(config) {
+  const path = config.source?.path;
+  return path ? String(path).split(/[\\/]/).filter(Boolean).pop().replace(/\.gguf$/i, '') : config.architecture;
+}
+
 async function chooseEp(requested, config) {
   if (requested === 'wasm') return 'wasm';
   const gpu = await probeWebGPU();
@@ -167,7 +173,7 @@ async function load({ modelUrl, wheelUrl, ep = 'auto', numThreads, interruptBuff
     numThreads: chosen === 'wasm' ? runner.ort.env.wasm.numThreads : null,
     crossOriginIsolated: self.crossOriginIsolated,
     model: {
-      name: config.source?.name || config.architecture,
+      name: modelName(config),
       architecture: config.architecture,
       layers: config.num_layers,
       hidden: config.hidden_size,
@@ -204,6 +210,7 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
     state.tokens = event.tokens;
     state.steps += 1;
     const view = stepView(event, runner, tokenizer, config, engine.info.bank, state, performance.now() - started);
+    view.at = performance.timeOrigin + performance.now(); // absolute: comparable with the page's clock
     post({ type: OUT.STEP, id, step: view });
     if (interrupt.requested) throw new Error('KeyboardInterrupt'); // without a SharedArrayBuffer
   };
