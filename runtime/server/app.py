@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from runtime.server.engine import Engine
 from runtime.server.errors import install_error_handlers
 from runtime.server.limits import Admission, BodySizeLimit
-from runtime.server.routes import ServerState, router
+from runtime.server.routes import ServerState, health_router, router
 
 
 @dataclass(frozen=True)
@@ -20,17 +20,24 @@ class ServerLimits:
     max_request_bytes: int = 1 << 20  # 1 MiB: far more than any prompt within the context needs
 
 
-def create_app(engine: Engine, model_name: str, limits: ServerLimits = ServerLimits()) -> FastAPI:
+def create_app(
+    engine: Engine, model_name: str, limits: ServerLimits = ServerLimits(), api_key: str | None = None
+) -> FastAPI:
     """An app serving `engine`'s model as `model_name`; as many generations run at once as the
-    engine has workers, `limits.queue_size` more wait."""
+    engine has workers, `limits.queue_size` more wait. With `api_key`, /v1 wants it as a bearer
+    token."""
     app = FastAPI(
         title="ruvdllm",
         summary="OpenAI-compatible API over a 4-bit masked-diffusion language model",
         version="1",
     )
     app.state.server = ServerState(
-        engine=engine, admission=Admission(engine.workers, limits.queue_size), model_name=model_name
+        engine=engine,
+        admission=Admission(engine.workers, limits.queue_size),
+        model_name=model_name,
+        api_key=api_key,
     )
+    app.include_router(health_router)
     app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes)

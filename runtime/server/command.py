@@ -24,6 +24,8 @@ from runtime.errors import RuvdllmError
 from runtime.server.app import ServerLimits
 
 DEFAULTS = ServerLimits()
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+API_KEY_ENV = "RUVDLLM_API_KEY"  # the environment keeps the key out of `ps` listings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"largest request body; larger get 413 (default {DEFAULTS.max_request_bytes})",
     )
     parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"require this bearer token on /v1 (default: ${API_KEY_ENV}; none: no authentication)",
+    )
+    parser.add_argument(
         "--bank", type=Path, help="TALoRA/DGR adapter bank directory (default: the model's banks/)"
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
@@ -61,7 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="onnxruntime intra-op threads per model (0: the cores shared among --max-concurrency models)",
     )
     parser.add_argument("--verify", default="cached", help="manifest check: cached (default) | full | sizes")
-    parser.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+    parser.add_argument(
+        "--log-level", default="info", choices=LOG_LEVELS, help="uvicorn log level (default info)"
+    )
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -102,42 +111,44 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
+def open_engine(args: argparse.Namespace):
+    """The model directory opened `--max-concurrency` times (verified, warm) and its served name."""
     from runtime.model import DiffusionModel
     from runtime.ort_backend import OrtOptions
-    from runtime.server.app import create_app
     from runtime.server.engine import Engine
 
-    check_arguments(args)
-    sock = bind(args.host, args.port)
     if args.model is not None:
         directory = args.model
     else:
         from runtime.generate_command import default_model_dir
 
         directory = default_model_dir()
-    options = OrtOptions(
-        device=args.device, intra_op_threads=threads_per_model(args.threads, args.max_concurrency)
-    )
+    threads = threads_per_model(args.threads, args.max_concurrency)
+    options = OrtOptions(device=args.device, intra_op_threads=threads)
     models = [
         DiffusionModel.open(directory, bank=args.bank, options=options, verify=args.verify)
         for _ in range(args.max_concurrency)
     ]
     for model in models:
         model.warm_up()
-    engine = Engine(models)
-    name = args.model_name or Path(directory).resolve().name
-    limits = ServerLimits(queue_size=args.queue_size, max_request_bytes=args.max_request_bytes)
-    app = create_app(engine, name, limits)
-    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
-    logging.getLogger("ruvdllm.server").setLevel(args.log_level.upper())
-    print(f"serving {name} on {url_of(sock)}/v1", flush=True)
-    try:
-        server.run(sockets=[sock])
-    finally:
-        engine.close()
-        sock.close()
+    return Engine(models), args.model_name or Path(directory).resolve().name
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from runtime.server.app import create_app
+
+    check_arguments(args)
+    with bind(args.host, args.port) as sock:
+        engine, name = open_engine(args)
+        limits = ServerLimits(queue_size=args.queue_size, max_request_bytes=args.max_request_bytes)
+        app = create_app(engine, name, limits, api_key=args.api_key or None)
+        server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5))
+        logging.getLogger("ruvdllm.server").setLevel(args.log_level.upper())
+        print(f"serving {name} on {url_of(sock)}/v1", flush=True)
+        try:
+            server.run(sockets=[sock])
+        finally:
+            engine.close()
     return 0 if server.started else 1

@@ -1,8 +1,9 @@
 """The HTTP endpoints: protocol only. Requests are checked into jobs (jobs.py), admitted or
 refused (limits.py), run on the engine's workers (engine.py) and answered in OpenAI's shapes
-(responses.py).
+(responses.py). With an API key configured, every /v1 endpoint wants `Authorization: Bearer KEY`
+(what the `openai` client sends as its api_key).
 
-    GET  /health                 liveness + load: running, queued, limits
+    GET  /health                 liveness + load: running, queued, limits (never needs a key)
     GET  /v1/models              the one served model
     GET  /v1/models/{id}
     POST /v1/completions         prompt -> text        (stream: SSE)
@@ -12,6 +13,7 @@ refused (limits.py), run on the engine's workers (engine.py) and answered in Ope
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import threading
 import time
@@ -31,7 +33,6 @@ from runtime.server.responses import DONE, Reply, info_of, sse
 from runtime.server.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 
 log = logging.getLogger("ruvdllm.server")
-router = APIRouter()
 
 
 @dataclass
@@ -41,6 +42,7 @@ class ServerState:
     engine: Engine
     admission: Admission
     model_name: str
+    api_key: str | None = None  # None: no authentication (the default binds to loopback only)
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -51,7 +53,22 @@ def server_state(request: Request) -> ServerState:
 State = Annotated[ServerState, Depends(server_state)]
 
 
-@router.get("/health")
+def require_key(request: Request, state: State) -> None:
+    if state.api_key is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), state.api_key.encode()):
+        raise ApiError(
+            401, "missing or incorrect API key (send Authorization: Bearer KEY)", code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )  # fmt: skip
+
+
+health_router = APIRouter()
+router = APIRouter(dependencies=[Depends(require_key)])
+
+
+@health_router.get("/health")
 async def health(state: State) -> dict:
     admission = state.admission
     return {

@@ -1,0 +1,93 @@
+"""runtime/server/command.py (`ruvdllm serve`): bad arguments and bad model directories are one
+line on stderr and exit 1 (no traceback); an API key guards /v1 but not /health; a free port is
+picked and announced with `--port 0`."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import httpx
+import openai
+import pytest
+
+from runtime.server.command import threads_per_model
+from ruvdllm_export.cli import main
+from tests.runtime.server_process import serve
+
+
+def serve_fails(capsys, *args: str) -> str:
+    assert main(["serve", "--port", "0", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_bad_arguments_are_one_line_errors(capsys, tiny_model_dir):
+    model = ("--model", str(tiny_model_dir))
+    assert "--max-concurrency 0" in serve_fails(capsys, *model, "--max-concurrency", "0")
+    assert "--queue-size -1" in serve_fails(capsys, *model, "--queue-size", "-1")
+    assert "--max-request-bytes 10" in serve_fails(capsys, *model, "--max-request-bytes", "10")
+    assert "no such model directory" in serve_fails(capsys, "--model", str(tiny_model_dir / "missing"))
+
+
+def test_a_corrupt_model_directory_is_refused_naming_the_file(capsys, tiny_model_copy):
+    graph = tiny_model_copy / "model.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, different bytes
+    graph.write_bytes(bytes(data))
+    assert "model.onnx: sha256 does not match" in serve_fails(capsys, "--model", str(tiny_model_copy))
+
+
+def test_a_config_that_is_not_json_is_refused(capsys, tiny_model_copy):
+    (tiny_model_copy / "config.json").write_text("{not json")
+    manifest = json.loads((tiny_model_copy / "manifest.json").read_text())
+    manifest["files"]["config.json"]["bytes"] = len("{not json")
+    (tiny_model_copy / "manifest.json").write_text(json.dumps(manifest))
+    assert "config.json" in serve_fails(capsys, "--model", str(tiny_model_copy), "--verify", "sizes")
+
+
+def test_a_taken_port_is_refused_before_loading(capsys, tiny_model_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        err = serve_fails(capsys, "--model", str(tiny_model_dir), "--port", str(port))
+    assert f"127.0.0.1:{port}: cannot listen" in err
+
+
+def test_threads_are_shared_among_models():
+    assert threads_per_model(3, 4) == 3  # asked for: as asked
+    assert threads_per_model(0, 1) == 0  # one model: onnxruntime's default
+    assert threads_per_model(0, 64) == 1  # never below one
+
+
+def test_serve_is_listed_in_the_cli_help():
+    out = subprocess.run(
+        [sys.executable, "-m", "ruvdllm_export.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for flag in ("--model", "--host", "--port", "--max-concurrency", "--queue-size", "--max-request-bytes"):
+        assert flag in out
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tiny_model_dir, tmp_path_factory):
+    with serve(tiny_model_dir, "--api-key", "s3cret", cache_dir=tmp_path_factory.mktemp("cache")) as process:
+        yield process
+
+
+def test_an_api_key_guards_v1_but_not_health(keyed_server):
+    assert httpx.get(f"{keyed_server.url}/health").status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+        response = httpx.get(f"{keyed_server.base_url}/models", headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=keyed_server.base_url, api_key="wrong", max_retries=0).models.list()
+    client = openai.OpenAI(base_url=keyed_server.base_url, api_key="s3cret", max_retries=0)
+    assert client.completions.create(model=keyed_server.name, prompt="hi", max_tokens=4).choices
