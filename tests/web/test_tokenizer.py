@@ -42,3 +42,18 @@ def test_same_ids_as_cpython_tokenizers(browser, web_server, style):
     for text, result in zip(SAMPLES, results, strict=True):
         assert result["ids"] == tokenizer.encode(text, add_special_tokens=False).ids, text
         assert result["decoded"] == tokenizer.decode(result["ids"], skip_special_tokens=False), text
+
+
+@pytest.mark.slow
+def test_default_model_tokenizer_same_ids(browser, web_server):
+    """The real default model's tokenizer (SmolLM2, read from its GGUF by the exporter's reader)."""
+    from ruvdllm_export.checkpoints.load import load_checkpoint
+    from ruvdllm_export.default_model import default_gguf_path
+
+    tokenizer = load_checkpoint(default_gguf_path(progress=False)).tokenizer
+    path = web_server.data_dir / "tokenizer-default.json"
+    tokenizer.save(str(path))
+    results = browser_ids(browser, web_server, f"/data/{path.name}", add_special=False)
+    for text, result in zip(SAMPLES, results, strict=True):
+        assert result["ids"] == tokenizer.encode(text, add_special_tokens=False).ids, text
+        assert result["decoded"] == tokenizer.decode(result["ids"], skip_special_tokens=False), text

@@ -2,6 +2,7 @@
 import { loadOrt, createSession, probeWebGPU, bundleFor } from '/js/ort_engine.js';
 import { ModelTokenizer } from '/js/tokenizer.js';
 import { bootPython } from '/js/python.js';
+import { renderChat } from '/js/chat.js';
 
 let pyodide = null;
 
@@ -45,6 +46,10 @@ const ops = {
       const ids = tok.encode(t, { addSpecialTokens });
       return { ids, decoded: tok.decode(ids, { skipSpecialTokens: false }) };
     });
+  },
+
+  chat({ template, conversations, specials }) {
+    return conversations.map(({ messages, addGenerationPrompt }) => renderChat(template, messages, { addGenerationPrompt, ...specials }));
   },
 
   // Boot Pyodide with the runtime wheel and evaluate Python source; the value of the last
