@@ -1,0 +1,290 @@
+"""Checkpoint → validated ONNX model directory (docs/artifact.md).
+
+    export_model(checkpoint, out_dir, target="cpu", **options) -> Path
+
+load → keep exact Q4 blocks, quantize what is float → build the graph → write it into a temporary
+sibling directory → validate (onnx.checker, onnxruntime CPU against the reference) → tokenizer.json,
+config.json, manifest.json → rename into place. Nothing is left behind on failure, and an existing
+output directory is refused unless `force`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from runtime import artifact
+from runtime.errors import RuvdllmError
+from ruvdllm_export import spec as names
+from ruvdllm_export.checkpoints import LoadedCheckpoint, load_checkpoint
+from ruvdllm_export.onnx_graph import (
+    GraphOptions,
+    StaticLora,
+    build_graph,
+    graph_weights_as_float,
+    options_for_target,
+    prepare_weights,
+)
+from ruvdllm_export.onnx_graph.linear import as_float
+from ruvdllm_export.onnx_graph.q8 import Q8Tensor, SplitQ8Tensor
+from ruvdllm_export.quant.q4 import Q4Tensor
+from ruvdllm_export.validate import PARAGRAPH, validate_export
+
+DATA_NAME = artifact.GRAPH_NAME + ".data"
+PARAGRAPH_TOKENS = 256  # validation length: long enough for real attention patterns, quick on CPU
+NOT_VALIDATED_HERE = {  # the CPU parity check runs the graph's ops on the CPU EP, not on these
+    "cuda": "on the CUDA EP only where a GPU and onnxruntime-gpu are at hand (tests marked gpu)",
+    "webgpu": "on the WebGPU EP in the browser (tests marked browser)",
+}
+DEFAULT_BLOCK_SIZE = 8  # BD3LM block: small blocks convert far better than whole-span MDLM (DESIGN.md)
+
+
+def _stderr(*parts) -> None:
+    print(*parts, file=sys.stderr)  # progress; stdout stays for results
+
+
+def export_model(
+    checkpoint: Path | str | LoadedCheckpoint,
+    out_dir: Path | str,
+    target: str = "cpu",
+    *,
+    force: bool = False,
+    validate: bool = True,
+    adapter: Path | str | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    min_agreement: float | None = None,
+    quantization: str | None = None,
+    attention: str | None = None,
+    accuracy_level: int | None = None,
+    top_k: int | None = None,
+    adapter_slots: int | None = None,
+    adapter_rank: int | None = None,
+    table_bits: int | None = None,
+    log=_stderr,
+) -> Path:
+    """Write the model directory for `target` ("cpu", "cuda", "webgpu") and return its path.
+
+    Args:
+        checkpoint: a Hugging Face model directory, a .gguf file, or an already loaded checkpoint.
+        out_dir: the directory to create (refused if it exists, unless `force`).
+        validate: run onnx.checker and the onnxruntime CPU parity check (on by default).
+        adapter: a static LoRA file (safetensors, docs/artifact.md) baked in as float side branches.
+        min_agreement: fail unless top-1 agreement with the checkpoint on the paragraph reaches it.
+        quantization .. table_bits: GraphOptions overrides; None keeps the target's default.
+        log: where progress lines go (None for silence).
+    """
+    say = log or (lambda *_: None)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise RuvdllmError(f"{out_dir}: already exists (choose another --out, or --force to replace it)")
+    started = time.perf_counter()
+    loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
+    try:
+        options = options_for_target(
+            target,
+            quantization=quantization,
+            attention=attention,
+            accuracy_level=accuracy_level,
+            top_k=top_k,
+            adapter_slots=adapter_slots,
+            adapter_rank=adapter_rank,
+            table_bits=table_bits,
+        )
+    except ValueError as exc:
+        raise RuvdllmError(f"export options: {exc}") from None
+    if block_size < 1:
+        raise RuvdllmError(f"export options: block size must be >= 1, not {block_size}")
+    spec = loaded.spec
+    lora = load_static_adapter(Path(adapter), loaded) if adapter else {}
+
+    say(
+        f"building the {options.quantization} graph for {target} ({spec.architecture}, {spec.num_layers} layers)"
+    )
+    prepared = prepare_weights(spec, loaded.weights, options)
+    try:
+        model = build_graph(spec, prepared, options, lora=lora)
+    except ValueError as exc:
+        where = adapter if lora and "LoRA" in str(exc) else _source_name(loaded)
+        raise RuvdllmError(f"{where}: {exc}") from None
+
+    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    except OSError as exc:
+        raise RuvdllmError(f"{out_dir}: cannot create the output directory ({exc.strerror})") from None
+    try:
+        model_path = staging / artifact.GRAPH_NAME
+        _save(model, model_path)
+        del model
+        validation = {"skipped": "--no-validate"}
+        if validate:
+            say("validating: onnx.checker and onnxruntime CPU parity")
+            validation = _validate(model_path, loaded, prepared, options, lora, min_agreement)
+        loaded.tokenizer.save(str(staging / artifact.TOKENIZER_NAME))
+        config = _artifact_config(loaded, options, target, block_size, validation, prepared, adapter, lora)
+        (staging / artifact.CONFIG_NAME).write_text(config.to_json())
+        artifact.write_manifest(staging)
+        _move_into_place(staging, out_dir)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RuvdllmError(f"{out_dir}: writing the model failed ({exc.strerror or exc})") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    say(f"wrote {out_dir} in {time.perf_counter() - started:.1f}s ({_size_mb(out_dir):.1f} MB)")
+    return out_dir
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    """Weights always go to model.onnx.data beside the graph: one layout for every model size (the
+    browser fetches the two files), and no 2 GB protobuf limit."""
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=DATA_NAME,
+        size_threshold=1024,
+    )
+    # onnx creates the data file owner-only; give it the graph file's (umask-respecting) mode
+    os.chmod(path.with_name(DATA_NAME), path.stat().st_mode & 0o777)
+
+
+def _validate(model_path, loaded, prepared, options, lora, min_agreement) -> dict:
+    # The reference runs merged float weights: it has no static-LoRA branch of its own.
+    spec, held = merge_lora(loaded.spec, graph_weights_as_float(prepared), lora)
+    exact = all(_held_exactly(loaded.weights[name], prepared[name]) for name in prepared)
+    source = None
+    if not exact:
+        _, source = merge_lora(loaded.spec, {n: as_float(w) for n, w in loaded.weights.items()}, lora)
+    paragraph = loaded.tokenizer.encode(PARAGRAPH, add_special_tokens=False).ids
+    paragraph = [i for i in paragraph if i < spec.vocab_size][: min(PARAGRAPH_TOKENS, spec.max_position)]
+    return validate_export(
+        model_path,
+        spec,
+        options,
+        held,
+        loaded.mask_token_id,
+        paragraph,
+        source_weights=source,
+        min_source_agreement=min_agreement,
+    )
+
+
+def _held_exactly(source, held) -> bool:
+    """True when the graph holds the checkpoint's numbers unchanged (exact blocks, float norms, or a
+    table whose 8-bit codes reproduce the source exactly, as Q8_0 tables do)."""
+    if held is source:
+        return True
+    if isinstance(held, Q4Tensor | Q8Tensor | SplitQ8Tensor):
+        return bool(np.array_equal(as_float(held), as_float(source)))
+    return isinstance(source, np.ndarray) and held.dtype == np.float32 and np.array_equal(held, source)
+
+
+def merge_lora(spec, weights: dict[str, np.ndarray], lora: dict[str, StaticLora]):
+    """(spec, float weights) with each static LoRA delta b @ a added (embedding: PEFT layout,
+    transposed). The graph adds head and embedding deltas as separate branches, so once either is
+    present a tied table stops being tied: the merged model gets its own head."""
+    merged = dict(weights)
+    if spec.tie_word_embeddings and ({names.EMBED, names.LM_HEAD} & lora.keys()):
+        spec = replace(spec, tie_word_embeddings=False)
+        merged[names.LM_HEAD] = weights[names.EMBED]
+    for name, factors in lora.items():
+        delta = factors.b @ factors.a
+        merged[name] = merged[name] + (delta.T if name == names.EMBED else delta)
+    return spec, merged
+
+
+def load_static_adapter(path: Path, loaded: LoadedCheckpoint) -> dict[str, StaticLora]:
+    """The conversion adapter file `ruvdllm convert` writes (ruvdllm_export/convert/adapter_file.py,
+    docs/artifact.md): canonical weight name -> factors with the scale folded in. An adapter trained
+    for another base is refused."""
+    from ruvdllm_export.convert.adapter_file import read_static_lora
+
+    factors = read_static_lora(path, loaded)
+    if not factors:
+        raise RuvdllmError(f"{path}: no LoRA factors in the adapter file")
+    return {name: StaticLora(a=a, b=b) for name, (a, b) in factors.items()}
+
+
+def _artifact_config(loaded, options: GraphOptions, target, block_size, validation, prepared, adapter, lora):
+    spec = loaded.spec
+    source = dict(loaded.source)
+    source["exactness"] = dict(Counter(loaded.exactness.values()))
+    source["lossy"] = loaded.lossy
+    source["graph_weights"] = dict(Counter(_held_kind(w) for w in prepared.values()))
+    source["validation"] = validation
+    source["validated_on"] = [] if "skipped" in validation else ["cpu"]
+    if target in NOT_VALIDATED_HERE:
+        source["not_validated_here"] = {target: NOT_VALIDATED_HERE[target]}
+    if lora:
+        source["static_adapter"] = {
+            "path": str(adapter),
+            "sha256": artifact.sha256_file(Path(adapter)),
+            "linears": len(lora),
+        }
+    return artifact.ArtifactConfig(
+        architecture=spec.architecture,
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.hidden_size,
+        num_layers=spec.num_layers,
+        num_heads=spec.num_heads,
+        num_kv_heads=spec.num_kv_heads,
+        head_dim=spec.head_dim,
+        max_position=options.max_position or spec.max_position,
+        mask_token_id=loaded.mask_token_id,
+        bos_token_id=spec.bos_token_id,
+        eos_token_ids=tuple(spec.eos_token_ids),
+        pad_token_id=spec.pad_token_id,
+        block_size=block_size,
+        top_k=min(options.top_k, spec.vocab_size),
+        adapter_targets=tuple(options.adapter_targets) if options.has_adapters else (),
+        adapter_slots=options.adapter_slots if options.has_adapters else 0,
+        adapter_rank=options.adapter_rank,
+        targets=(target,),
+        attention=options.attention,
+        quantization=options.quantization,
+        accuracy_level=options.accuracy_level,
+        chat_template=spec.chat_template,
+        source=json.loads(json.dumps(source, default=str)),
+    )
+
+
+def _held_kind(weight) -> str:
+    if isinstance(weight, Q4Tensor):
+        return "q4 with block mins" if weight.mins is not None else "q4"
+    if isinstance(weight, Q8Tensor):
+        return "q8 token table"
+    if isinstance(weight, SplitQ8Tensor):
+        return "q8 token table as two exact q4 halves"
+    return "float32"
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    """Atomic for a fresh directory; with --force the old one is moved aside first, then removed."""
+    if out_dir.exists():
+        aside = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        os.replace(out_dir, aside)
+        artifact.replace_directory_atomically(staging, out_dir)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        artifact.replace_directory_atomically(staging, out_dir)
+
+
+def _source_name(loaded: LoadedCheckpoint) -> str:
+    return str(loaded.source.get("path", "checkpoint"))
+
+
+def _size_mb(directory: Path) -> float:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) / 1e6

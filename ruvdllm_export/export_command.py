@@ -1,0 +1,87 @@
+"""`ruvdllm export`: a checkpoint (Hugging Face directory or GGUF) → a validated ONNX model directory.
+
+    ruvdllm export --out DIR [--checkpoint PATH] [--target cpu|cuda|webgpu] [--force] ...
+
+Without --checkpoint it exports the default model (SmolLM2-135M-Instruct, fetched on first use) and
+requires ≥ 99% top-1 agreement with the reference on the validation paragraph.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ruvdllm_export.onnx_graph.options import ATTENTION_FORMULATIONS, QUANTIZATIONS, TARGETS
+
+DEFAULT_MODEL_MIN_AGREEMENT = 0.99  # the default model's graph holds its checkpoint exactly
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint", type=Path, help="HF model directory or .gguf file (default: SmolLM2-135M-Instruct)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="model directory to create")
+    parser.add_argument(
+        "--target", choices=TARGETS, default="cpu", help="execution provider the graph is built for"
+    )
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    parser.add_argument(
+        "--adapter", type=Path, help="conversion adapter (safetensors) to bake in as float LoRA branches"
+    )
+    parser.add_argument("--top-k", type=int, help="candidates per position in the outputs (default 32)")
+    parser.add_argument(
+        "--adapter-slots", type=int, help="adapter slots composed per position (default 8; 0: none)"
+    )
+    parser.add_argument("--adapter-rank", type=int, help="rank of each adapter slot (default 4)")
+    parser.add_argument(
+        "--block-size", type=int, default=8, help="BD3LM block size recorded for samplers (default 8)"
+    )
+    parser.add_argument(
+        "--accuracy-level",
+        type=int,
+        choices=(0, 1, 2, 3, 4),
+        help="MatMulNBits accuracy level (default: per target)",
+    )
+    parser.add_argument(
+        "--attention", choices=ATTENTION_FORMULATIONS, help="attention formulation (default: per target)"
+    )
+    parser.add_argument(
+        "--quantization", choices=QUANTIZATIONS, help="q4 (default) or fp32 (for comparisons)"
+    )
+    parser.add_argument(
+        "--table-bits", type=int, choices=(4, 8), help="token table bits (default: 4 if exact, else 8)"
+    )
+    parser.add_argument(
+        "--min-agreement", type=float, help="fail unless top-1 agreement with the checkpoint reaches this"
+    )
+    parser.add_argument("--no-validate", action="store_true", help="skip onnx.checker and the parity check")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ruvdllm_export.export import export_model
+
+    checkpoint, min_agreement = args.checkpoint, args.min_agreement
+    if checkpoint is None:
+        from ruvdllm_export.default_model import default_gguf_path
+
+        checkpoint = default_gguf_path()
+        if min_agreement is None and not args.adapter:
+            min_agreement = DEFAULT_MODEL_MIN_AGREEMENT
+    export_model(
+        checkpoint,
+        args.out,
+        args.target,
+        force=args.force,
+        validate=not args.no_validate,
+        adapter=args.adapter,
+        block_size=args.block_size,
+        min_agreement=min_agreement,
+        quantization=args.quantization,
+        attention=args.attention,
+        accuracy_level=args.accuracy_level,
+        top_k=args.top_k,
+        adapter_slots=args.adapter_slots,
+        adapter_rank=args.adapter_rank,
+        table_bits=args.table_bits,
+    )
+    return 0

@@ -1,0 +1,138 @@
+"""export_model end to end on tiny checkpoints: the directory, its config and manifest, validation,
+and what happens when something is wrong (nothing half-written is ever left behind)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from runtime import artifact
+from runtime.errors import RuvdllmError
+from ruvdllm_export.export import export_model
+from tests.fixtures.tiny_models import make_gguf_checkpoint, make_hf_checkpoint
+
+pytest.importorskip("torch")  # the tiny HF checkpoints are saved by transformers
+
+
+def leftovers(parent, name):
+    return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+
+
+@pytest.fixture(scope="module")
+def qwen3_dir(tmp_path_factory):
+    return make_hf_checkpoint(tmp_path_factory.mktemp("ckpt") / "qwen3", "qwen3", tied=False, seed=1)
+
+
+def test_exported_directory_holds_a_validated_graph(qwen3_dir, tmp_path):
+    out = export_model(qwen3_dir, tmp_path / "model", log=None)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["config.json", "manifest.json", "model.onnx", "model.onnx.data", "tokenizer.json"]
+    artifact.verify_manifest(out)
+    config = artifact.load_config(out)
+    assert (config.architecture, config.num_layers, config.targets) == ("qwen3", 2, ("cpu",))
+    assert (config.attention, config.quantization, config.accuracy_level) == ("mha", "q4", 0)
+    validation = config.source["validation"]
+    assert validation["onnx_checker"] == "passed"
+    assert validation["top1_agreement"] == 1.0
+    assert validation["parity"]["block_chunk"]["logits"] < 1e-3
+    # a float checkpoint is quantized: the agreement with the checkpoint itself is measured too
+    assert 0.5 < validation["top1_agreement_vs_checkpoint"] <= 1.0
+    assert config.source["validated_on"] == ["cpu"]
+    model = onnx.load(str(out / artifact.GRAPH_NAME))  # loads the external data beside it
+    assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) == 7 * 2 + 1
+    assert not leftovers(tmp_path, "model")
+
+
+def test_gguf_q4_1_exports_exactly(tmp_path):
+    """The default model's layout (Q4_1 linears, Q8_0 tied table): the graph holds the file's numbers."""
+    path = make_gguf_checkpoint(tmp_path / "m.gguf", "llama", "Q4_1", tied=True, embed_qtype="Q8_0")
+    out = export_model(path, tmp_path / "model", target="webgpu", log=None)
+    config = artifact.load_config(out)
+    assert config.attention == "matmul" and config.targets == ("webgpu",)
+    assert "webgpu" in config.source["not_validated_here"]
+    assert config.source["graph_weights"]["q4 with block mins"] == 14
+    assert config.source["validation"]["top1_agreement_vs_checkpoint"] == 1.0
+    assert config.source["validation"]["parity"]["paragraph"]["logits"] < 1e-4
+
+
+def test_existing_output_is_refused_and_left_alone(qwen3_dir, tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(RuvdllmError, match="already exists"):
+        export_model(qwen3_dir, out, log=None)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    export_model(qwen3_dir, out, force=True, validate=False, log=None)
+    assert not (out / "keep.txt").exists()
+    assert artifact.load_config(out).source["validation"] == {"skipped": "--no-validate"}
+    assert not leftovers(tmp_path, "model")
+
+
+def test_options_reach_the_graph_and_the_config(qwen3_dir, tmp_path):
+    out = export_model(
+        qwen3_dir,
+        tmp_path / "model",
+        top_k=5,
+        adapter_slots=3,
+        adapter_rank=2,
+        block_size=4,
+        attention="attention23",
+        log=None,
+    )
+    config = artifact.load_config(out)
+    assert (config.top_k, config.adapter_slots, config.adapter_rank, config.block_size) == (5, 3, 2, 4)
+    assert config.attention == "attention23"
+    model = onnx.load(str(out / artifact.GRAPH_NAME), load_external_data=False)
+    inputs = {
+        i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim] for i in model.graph.input
+    }
+    assert inputs[artifact.adapter_a("q_proj")] == [2, 64, 6]
+    assert inputs[artifact.ADAPTER_WEIGHTS] == [1, "sequence", 3]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"target": "tpu"}, "target must be one of"),
+        ({"block_size": 0}, "block size"),
+        ({"top_k": 0}, "top_k"),
+    ],
+)
+def test_bad_options_are_one_line_errors(qwen3_dir, tmp_path, options, message):
+    with pytest.raises(RuvdllmError, match=message):
+        export_model(qwen3_dir, tmp_path / "model", log=None, **options)
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_graph_that_disagrees_with_its_reference_fails_validation(qwen3_dir, tmp_path):
+    """validate_export on a real graph with the wrong reference weights: the export must stop."""
+    from ruvdllm_export.checkpoints import load_checkpoint
+    from ruvdllm_export.onnx_graph import GraphOptions, build_graph, graph_weights_as_float, prepare_weights
+    from ruvdllm_export.validate import PARAGRAPH, validate_export
+
+    loaded = load_checkpoint(qwen3_dir)
+    options = GraphOptions()
+    prepared = prepare_weights(loaded.spec, loaded.weights, options)
+    path = tmp_path / "model.onnx"
+    onnx.save_model(build_graph(loaded.spec, prepared, options), str(path))
+    wrong = graph_weights_as_float(prepared)
+    name = "model.layers.1.mlp.down_proj.weight"
+    wrong[name] = wrong[name] * 1.5
+    ids = loaded.tokenizer.encode(PARAGRAPH, add_special_tokens=False).ids[:64]
+    with pytest.raises(RuvdllmError, match="parity failed"):
+        validate_export(path, loaded.spec, options, wrong, loaded.mask_token_id, ids)
+
+
+def test_validation_without_torch_uses_the_fp32_onnx_reference(qwen3_dir, tmp_path, monkeypatch):
+    """The user's export path has no torch: the reference is then the plain fp32 graph."""
+    from ruvdllm_export import validate
+
+    monkeypatch.setattr(validate, "torch_available", lambda: False)
+    out = export_model(qwen3_dir, tmp_path / "model", log=None)
+    report = json.loads((out / artifact.CONFIG_NAME).read_text())["source"]["validation"]
+    assert report["reference"].startswith("onnxruntime fp32")
+    assert report["top1_agreement"] == 1.0
+    assert np.isfinite(report["parity"]["paragraph"]["entropy"])
