@@ -43,8 +43,12 @@ class ObjectiveConfig:
     objective: str = "bd3lm"  # small blocks keep most of the AR model's ability (DESIGN.md)
     block_size: int = 8  # the artifact's and the sampler's default block
     complementary: bool = True  # Fast-dLLM v2: every token is a target once per step, at +50% compute
+    t_range: tuple[float, float] = (0.0, 1.0)  # timesteps drawn from (lo, hi]; TALoRA's curriculum narrows it
 
     def __post_init__(self) -> None:
+        lo, hi = self.t_range
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"t_range {self.t_range}: need 0 <= lo < hi <= 1")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective {self.objective!r}: not one of {OBJECTIVES}")
         if self.block_size < 1:
@@ -82,15 +86,24 @@ class Layout:
     offset: int  # first position of the first block
 
 
-def _block_masks(length: int, offset: int, block_size: int, generator: torch.Generator):
-    """Per block: k ~ U{1..b}, k positions masked. Returns (masked [N] bool, t [N] per position,
-    block start [N]) for positions >= offset; prefix positions are unmasked with t 0."""
+def _mask_counts(b: int, t_range: tuple[float, float]) -> list[int]:
+    """The k in 1..b with k / b in t_range (lo, hi]; the nearest k when a short block has none."""
+    lo, hi = t_range
+    counts = [k for k in range(1, b + 1) if lo < k / b <= hi]
+    return counts or [min(range(1, b + 1), key=lambda k: abs(k / b - (lo + hi) / 2))]
+
+
+def _block_masks(length: int, offset: int, block_size: int, generator: torch.Generator, t_range=(0.0, 1.0)):
+    """Per block: k uniform over the counts whose t = k / b lies in t_range, k positions masked.
+    Returns (masked [N] bool, t [N] per position, block start [N]) for positions >= offset;
+    prefix positions are unmasked with t 0."""
     masked = torch.zeros(length, dtype=torch.bool)
     t = torch.zeros(length)
     start = torch.zeros(length, dtype=torch.long)
     for begin in range(offset, length, block_size):
         b = min(block_size, length - begin)
-        k = int(torch.randint(1, b + 1, (1,), generator=generator))
+        counts = _mask_counts(b, t_range)
+        k = counts[int(torch.randint(len(counts), (1,), generator=generator))]
         chosen = torch.randperm(b, generator=generator)[:k] + begin
         masked[chosen] = True
         t[begin : begin + b] = k / b
@@ -101,7 +114,7 @@ def _block_masks(length: int, offset: int, block_size: int, generator: torch.Gen
 def bd3lm_layout(tokens: torch.Tensor, mask_token_id: int, config: ObjectiveConfig, generator) -> Layout:
     n, b = tokens.shape[0], config.block_size
     offset = int(torch.randint(1, min(b, n - 1) + 1, (1,), generator=generator))
-    masked, t, start = _block_masks(n, offset, b, generator)
+    masked, t, start = _block_masks(n, offset, b, generator, config.t_range)
     masks = [masked]
     ts = [t]
     if config.complementary:
@@ -166,7 +179,7 @@ def mdlm_layouts(
 ) -> list[Layout]:
     """One layout per noisy copy (MDLM copies share nothing, so they are separate rows)."""
     n = tokens.shape[0]
-    masked, t, _ = _block_masks(n, 1, n - 1, generator)
+    masked, t, _ = _block_masks(n, 1, n - 1, generator, config.t_range)
     masks = [(masked, float(t[1]))]
     if config.complementary and not masked[1:].all():
         complement = ~masked

@@ -252,7 +252,9 @@ class Trainer:
             payload = torch.load(path, map_location=self.device, weights_only=False)
         except Exception as exc:  # torch.load raises many types for a truncated or foreign file
             raise RuvdllmError(f"{path}: cannot read the checkpoint ({exc})") from None
-        saved, ours = payload["identity"], self._identity()
+        saved, ours = dict(payload["identity"]), self._identity()
+        # Fields added to ObjectiveConfig since the checkpoint was written take their defaults.
+        saved["objective"] = {**asdict(ObjectiveConfig()), **saved.get("objective", {})}
         for key in ours:
             if saved.get(key) != ours[key]:
                 raise RuvdllmError(
