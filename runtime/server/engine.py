@@ -37,7 +37,7 @@ class Job:
 @dataclass(frozen=True)
 class Outcome:
     text: str
-    finish_reason: str  # "stop" (end of sequence or a stop sequence) or "length"
+    finish_reason: str  # "stop" (end of sequence or a stop sequence), "length", or "cancelled" (nobody waits)
     prompt_tokens: int
     completion_tokens: int  # tokens behind `text`
     steps: int
@@ -45,12 +45,8 @@ class Outcome:
     forward_ms: float
 
 
-class Cancelled(Exception):
-    """The job was stopped because nobody is waiting for it any more."""
-
-
 class _Ended(Exception):
-    """Raised from the step callback: the text is complete, stop denoising."""
+    """Raised from the step callback: stop denoising (the text is complete, or unwanted)."""
 
 
 class Engine:
@@ -77,7 +73,8 @@ class Engine:
         cancel: threading.Event | None = None,
     ) -> Outcome:
         """Generate `job` on the calling thread (a worker), sending text deltas to `on_delta`.
-        Raises Cancelled when `cancel` is set, RuvdllmError for input the model rejects."""
+        Stops at the next step once `cancel` is set (finish reason "cancelled"); raises
+        RuvdllmError for input the model rejects."""
         eos = self.config.eos_token_ids if job.settings.stop_at_eos else ()
         stream = TextStream(self.model.decode, eos, job.stops)
         steps, forward_ms, generated = 0, 0.0, []
@@ -88,7 +85,8 @@ class Engine:
             forward_ms += event.forward_ms
             generated = event.tokens
             if cancel is not None and cancel.is_set():
-                raise Cancelled()
+                stream.end("cancelled")
+                raise _Ended()
             delta = stream.update(event.tokens)
             if delta and on_delta is not None:
                 on_delta(delta)
@@ -141,6 +139,7 @@ class Engine:
         # worker, so `end` arrives last.
         future.add_done_callback(lambda _: items.put_nowait(end))
         future.add_done_callback(lambda _: on_done())
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # seen, even if nobody asks
         try:
             while (item := await items.get()) is not end:
                 yield item

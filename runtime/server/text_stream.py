@@ -82,6 +82,10 @@ class TextStream:
         prefix, hit_eos = committed_prefix(tokens, self._eos)
         return self._take(prefix, "stop" if hit_eos else reason)
 
+    def end(self, reason: str) -> None:
+        """End the stream now, sending nothing more (e.g. "cancelled")."""
+        self.done, self.finish_reason = True, reason
+
     def _take(self, prefix: list[int], ended: str | None) -> str:
         text = self._decode(prefix)
         stop_at = find_stop(text, self._stops)
@@ -90,7 +94,7 @@ class TextStream:
         elif ended is None:
             text = text[: len(text) - held_back(text, self._stops)]
         if ended is not None:
-            self.done, self.finish_reason = True, ended
+            self.end(ended)
         self.tokens = prefix
         return self._advance(text)
 

@@ -273,6 +273,18 @@ def test_a_client_leaving_mid_stream_frees_the_model(client, server):
     assert server.alive()
 
 
+def test_a_client_giving_up_on_a_whole_answer_frees_the_model(client, server):
+    body = {"model": server.name, "prompt": "long", "max_tokens": 200, **LONG}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server.base_url}/completions", json=body, timeout=0.3)
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{server.url}/health").json()["running"]:
+        assert time.monotonic() < deadline, "the abandoned generation never ended"
+        time.sleep(0.02)
+    assert client.completions.create(model=server.name, prompt="next", max_tokens=4).choices
+    assert "Traceback" not in server.log()
+
+
 # --- the queue bound: 429 with Retry-After ----------------------------------------------------
 
 
