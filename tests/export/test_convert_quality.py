@@ -1,0 +1,75 @@
+"""benchmarks/quality.py on the tiny model: with no adapter and with one `ruvdllm convert`
+wrote, it prints both tables with every configuration and finite numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ruvdllm_export.cli import main as cli
+from tests.fixtures.tiny_models import make_gguf_checkpoint
+
+QUALITY = Path(__file__).resolve().parents[2] / "benchmarks" / "quality.py"
+
+
+def _quality():
+    spec = importlib.util.spec_from_file_location("quality_benchmark", QUALITY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quality")
+    gguf = root / "tiny.gguf"
+    make_gguf_checkpoint(gguf, "llama", "Q4_1", tied=True, seed=2)
+    data = root / "data"
+    data.mkdir()
+    for i in range(20):
+        (data / f"{i}.txt").write_text(f"Sentence {i} about compilers and licences. " * 8)
+    return root, gguf, data
+
+
+@pytest.mark.parametrize("with_adapter", [False, True])
+def test_quality_prints_the_comparison_table(tiny, capsys, with_adapter):
+    root, gguf, data = tiny
+    common = ["--model", str(gguf), "--data", str(data), "--seq-len", "32"]
+    extra = []
+    if with_adapter:
+        adapter = root / "adapter.safetensors"
+        if not adapter.exists():
+            run_args = [
+                "--run-dir",
+                str(root / "run"),
+                "--max-steps",
+                "2",
+                "--grad-accum",
+                "1",
+                "--rank",
+                "2",
+            ]
+            assert cli(["convert", *common, *run_args, "--quiet", "--output", str(adapter)]) == 0
+        extra = ["--adapter", str(adapter)]
+    out_json = root / f"quality-{with_adapter}.json"
+    capsys.readouterr()
+    args = [*common, *extra, "--rows", "2", "--length", "8", "--num-prompts", "2", "--json", str(out_json)]
+    assert _quality().main(args) == 0
+    printed = capsys.readouterr().out
+    assert "## Held-out denoising" in printed and "## Samples" in printed
+    results = json.loads(out_json.read_text())
+    assert [d["objective"] for d in results["denoising"]] == ["bd3lm", "bd3lm", "bd3lm", "mdlm"]
+    samplers = [(s["sampler"], s["steps"]) for s in results["samples"]]
+    assert samplers[0] == ("AR", "-") and ("BD3LM", "L/2") in samplers and ("MDLM", "L/4") in samplers
+    assert len(samplers) == 9
+    for row in results["samples"]:
+        assert math.isfinite(row["gen_ppl"]) and 0 <= row["distinct2"] <= 1
+    for row in results["denoising"]:
+        assert math.isfinite(row["converted"]["masked_nll"])
+        if not with_adapter:
+            assert row["converted"] == row["base"]
+    assert ("adapter" in results["label"]) == with_adapter
