@@ -1,5 +1,5 @@
 """runtime/server (`ruvdllm serve`) end to end: a real uvicorn process on loopback serving a tiny
-exported model, driven by the official `openai` client. Answers are compared with the runtime
+model exported by `ruvdllm_export.export`, driven by the official `openai` client. Answers are compared with the runtime
 called in-process on the same model, knobs and seed: the server must add nothing and lose
 nothing (streamed or not, alone or among concurrent clients)."""
 
@@ -17,14 +17,25 @@ import pytest
 from runtime.model import DiffusionModel
 from runtime.ort_backend import OrtOptions
 from runtime.settings import GenerationSettings
+from ruvdllm_export.export import export_model
+from tests.fixtures.tiny_models import make_gguf_checkpoint
 from tests.runtime.server_process import serve
 
 LONG = {"sampler": "mdlm", "steps": 200, "ignore_eos": True}  # 200 whole-span forwards: ~1-2 s here
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):
-    with serve(tiny_model_dir, cache_dir=tmp_path_factory.mktemp("cache")) as process:
+def exported_dir(tmp_path_factory):
+    """A tiny random LLaMA checkpoint (GGUF, as llama.cpp writes it) through `export_model`: the
+    directory a user would serve. Parity of the export is the exporter's tests' business."""
+    scratch = tmp_path_factory.mktemp("export")
+    checkpoint = make_gguf_checkpoint(scratch / "tiny.gguf", "llama")
+    return export_model(checkpoint, scratch / "tiny-llama", validate=False, log=None)
+
+
+@pytest.fixture(scope="module")
+def server(exported_dir, tmp_path_factory):
+    with serve(exported_dir, cache_dir=tmp_path_factory.mktemp("cache")) as process:
         yield process
 
 
@@ -34,8 +45,8 @@ def client(server):
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return DiffusionModel.open(tiny_model_dir, options=OrtOptions(intra_op_threads=1), verify="sizes")
+def model(exported_dir):
+    return DiffusionModel.open(exported_dir, options=OrtOptions(intra_op_threads=1), verify="sizes")
 
 
 def runtime_text(model, prompt: str | list[int], seed: int, length: int, **knobs) -> str:
@@ -61,9 +72,9 @@ def collect(stream) -> tuple[str, list]:
 # --- models and health ------------------------------------------------------------------------
 
 
-def test_models_lists_the_one_served_model(client, server, model, tiny_model_dir):
+def test_models_lists_the_one_served_model(client, server, model, exported_dir):
     models = client.models.list().data
-    assert [m.id for m in models] == [server.name] == [tiny_model_dir.name]
+    assert [m.id for m in models] == [server.name] == [exported_dir.name]
     assert models[0].max_model_len == model.config.max_position
     assert client.models.retrieve(server.name).id == server.name
     with pytest.raises(openai.NotFoundError):
@@ -289,9 +300,9 @@ def test_a_client_giving_up_on_a_whole_answer_frees_the_model(client, server):
 
 
 @pytest.fixture(scope="module")
-def small_server(tiny_model_dir, tmp_path_factory):
+def small_server(exported_dir, tmp_path_factory):
     with serve(
-        tiny_model_dir,
+        exported_dir,
         "--max-concurrency",
         "2",
         "--queue-size",
