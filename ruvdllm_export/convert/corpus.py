@@ -7,9 +7,10 @@ where every text came from (nothing is downloaded):
 
     python -m ruvdllm_export.convert.corpus OUT_DIR [--max-mb 8]
 
-writes OUT_DIR/{docs,licences}/NNNNN.txt and OUT_DIR/manifest.json: per file its domain, origin
+writes OUT_DIR/{docs,licences}/NNNNN.txt and OUT_DIR/manifest.jsonl, one line per file: its domain, origin
 (`site-packages/<dist>/...` or `/usr/share/doc/<package>/...`), sha256, characters and split
-(held-out by the same hash rule as training, so the manifest records what training never saw).
+(held-out by the same hash rule as training at --held-out 0.1, seed 0, so the manifest records
+what training never saw).
 Exact duplicates (the same licence in forty packages) are kept once.
 """
 
@@ -112,7 +113,7 @@ def build(out_dir: Path, max_mb: float, held_out: float, seed: int) -> dict:
             }
         )
     manifest = {"held_out_fraction": held_out, "seed": seed, "files": entries}
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    (out_dir / "manifest.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in entries))
     return manifest
 
 

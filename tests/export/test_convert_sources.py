@@ -1,0 +1,135 @@
+"""The data sources beside plain files: the package-text corpus builder, self-distillation with
+the AR model (KV-cache decoding equals full causal forwards), and the adapter file format."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from runtime.errors import RuvdllmError
+from ruvdllm_export.convert import corpus
+from ruvdllm_export.convert.adapter_file import read_adapter, read_static_lora, write_adapter
+from ruvdllm_export.convert.distill import distill, generate_ar, read_prompts
+from ruvdllm_export.reference import DiffusionLM, LoraConfig, apply_lora, lora_factors, lora_state_dict
+from tests.export.reference_models import tiny_checkpoint
+from tests.fixtures.tiny_models import TINY
+from tests.fixtures.tiny_tokenizer import make_tokenizer
+
+torch.set_num_threads(1)
+
+
+@functools.cache
+def tiny_model() -> DiffusionLM:
+    _, spec, weights = tiny_checkpoint("llama", tied=False, seed=5)
+    return DiffusionLM(spec, weights, mask_token_id=5).eval()
+
+
+def test_generate_ar_with_a_cache_equals_greedy_full_forwards():
+    model = tiny_model()
+    prompt = [1, 40, 41, 42]
+    fast = generate_ar(model, prompt, 10, eos=(), rng=random.Random(0), temperature=0.0)
+    tokens = list(prompt)
+    with torch.no_grad():
+        for _ in range(10):
+            n = len(tokens)
+            out = model(torch.tensor([tokens]), torch.arange(n)[None], torch.arange(n)[None])
+            tokens.append(int(out["logits"][0, -1].argmax()))
+    assert fast == tokens[len(prompt) :]
+
+
+def test_distill_appends_answers_and_resumes(tmp_path):
+    model = tiny_model()
+    tokenizer = make_tokenizer(TINY.vocab_size)
+    prompts_file = tmp_path / "prompts.jsonl"
+    prompts_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["one", "two", "three"]))
+    prompts = read_prompts(prompts_file)
+    output = tmp_path / "answers.jsonl"
+    seen = []
+    distill(model, tokenizer, None, prompts[:2], output, 6, seed=0, on_answer=lambda i, p, t: seen.append(p))
+    distill(model, tokenizer, None, prompts, output, 6, seed=0, on_answer=lambda i, p, t: seen.append(p))
+    assert seen == ["one", "two", "three"]  # the second run only answered what was missing
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["prompt"] for r in records] == prompts and all(isinstance(r["response"], str) for r in records)
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(RuvdllmError, match="empty"):
+        read_prompts(tmp_path / "empty.txt")
+    (tmp_path / "bad.jsonl").write_text('{"question": "x"}\n')
+    with pytest.raises(RuvdllmError, match="bad.jsonl:1"):
+        read_prompts(tmp_path / "bad.jsonl")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_adapter_file_gives_the_graph_builder_factors(tmp_path, dtype):
+    _, spec, weights = tiny_checkpoint("llama", tied=False, seed=5)
+    model = DiffusionLM(spec, weights, mask_token_id=5)
+    apply_lora(model, LoraConfig(rank=2, alpha=6.0))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
+    factors = {k: v.numpy() for k, v in lora_state_dict(model).items()}
+    base = {
+        "architecture": "llama",
+        "hidden_size": spec.hidden_size,
+        "num_layers": 2,
+        "vocab_size": spec.vocab_size,
+    }
+    path = tmp_path / "adapter.safetensors"
+    write_adapter(path, factors, LoraConfig(rank=2, alpha=6.0).to_dict(), {"steps": 3}, base, dtype=dtype)
+    got = read_static_lora(path)
+    tolerance = 0 if dtype == "float32" else 2e-3
+    for name, (a, b) in lora_factors(model).items():
+        np.testing.assert_allclose(got[name][0], a, atol=tolerance * 10, rtol=tolerance)
+        np.testing.assert_allclose(got[name][1], b, atol=tolerance * 10, rtol=tolerance)
+    assert read_adapter(path).training == {"steps": 3}
+
+
+def test_adapter_file_refuses_other_bases_and_foreign_files(tmp_path):
+    path = tmp_path / "adapter.safetensors"
+    write_adapter(
+        path,
+        {"x.lora_A.weight": np.zeros((1, 4)), "x.lora_B.weight": np.zeros((4, 1))},
+        LoraConfig(rank=1).to_dict(),
+        {},
+        {"architecture": "llama", "hidden_size": 999},
+    )
+
+    class Other:
+        source = {"sha256": "0"}
+        mask_token_id = 5
+        spec = tiny_checkpoint("llama", tied=False, seed=5)[1]
+
+    with pytest.raises(RuvdllmError, match="trained for hidden_size 999"):
+        read_static_lora(path, Other())
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(RuvdllmError, match="junk.safetensors: not a safetensors adapter"):
+        read_adapter(tmp_path / "junk.safetensors")
+    with pytest.raises(RuvdllmError, match="no such adapter"):
+        read_adapter(tmp_path / "missing.safetensors")
+
+
+def test_corpus_keeps_texts_once_with_their_origin_and_split(tmp_path, monkeypatch):
+    docs, licences = tmp_path / "doc", tmp_path / "licenses"
+    (docs / "pkg").mkdir(parents=True)
+    licences.mkdir()
+    long_text = "This package parses things. " * 30
+    (docs / "pkg" / "README.md").write_text(long_text)
+    (docs / "pkg" / "NEWS.md.gz").write_bytes(gzip.compress(("Version 2 fixes bugs. " * 30).encode()))
+    (docs / "pkg" / "copy.txt").write_text(long_text)  # a duplicate: kept once
+    (docs / "pkg" / "short.txt").write_text("tiny")  # too short to be prose
+    (docs / "pkg" / "logo.png").write_bytes(b"\x89PNG")
+    (licences / "MIT").write_text("Permission is hereby granted, free of charge. " * 20)
+    monkeypatch.setattr(corpus, "site_packages_texts", lambda: [])
+    monkeypatch.setattr(corpus, "debian_texts", functools.partial(corpus.debian_texts, docs, licences))
+    manifest = corpus.build(tmp_path / "out", max_mb=1, held_out=0.5, seed=0)
+    origins = sorted(e["origin"].split("/")[-1] for e in manifest["files"])
+    assert origins == ["MIT", "NEWS.md.gz", "README.md"]
+    lines = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert {e["split"] for e in lines} <= {"train", "held-out"} and len(lines) == 3
+    for entry in lines:
+        assert (tmp_path / "out" / entry["file"]).read_text().strip()
