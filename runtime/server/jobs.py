@@ -51,6 +51,8 @@ def settings_for(
         for name, setting in SETTING_OF_FIELD.items()
         if getattr(request, name) is not None
     }
+    if request.dgr_strategy is not None:
+        given["dgr_config"] = replace(DEFAULTS.dgr_config, strategy=request.dgr_strategy)
     if length is None:
         length = max(1, min(DEFAULTS.length, context - prompt_tokens))
     return replace(DEFAULTS, length=length, stop_at_eos=not request.ignore_eos, **given)

@@ -13,12 +13,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from runtime.dgr import STRATEGIES as DGR_STRATEGIES
 from runtime.schedules import SCHEDULES
 from runtime.settings import DECODINGS, SAMPLERS
 
 Sampler = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
 Decoding = Literal[tuple(DECODINGS)]  # type: ignore[valid-type]
 ScheduleName = Literal[tuple(SCHEDULES)]  # type: ignore[valid-type]
+DgrStrategy = Literal[DGR_STRATEGIES]  # type: ignore[valid-type]
 PositiveInt = Annotated[int, Field(ge=1)]
 MAX_STOP = 4  # as OpenAI
 # OpenAI fields accepted only at their neutral value, and why (the 400's message).
@@ -71,6 +73,7 @@ class _Generation(_Strict):
     top_k: int | None = Field(None, ge=0)  # 0: all of the graph's candidates
     talora: bool | None = None  # timestep-aware adapter banks on/off
     dgr: bool | None = None  # uncertainty-guided retrieval on/off
+    dgr_strategy: DgrStrategy | None = None  # when to retrieve: entropy, confidence-gap, hybrid, adaptive
     ignore_eos: bool = False  # generate all max_tokens even past an end-of-sequence token (as vLLM)
 
     @field_validator("stop")

@@ -14,12 +14,15 @@ import httpx
 import openai
 import pytest
 
+from runtime import artifact
+from runtime.dgr import DgrConfig
 from runtime.model import DiffusionModel
 from runtime.ort_backend import OrtOptions
 from runtime.settings import GenerationSettings
 from ruvdllm_export.export import export_model
 from tests.fixtures.tiny_models import make_gguf_checkpoint
 from tests.runtime.server_process import serve
+from tests.runtime.tiny_artifact import random_bank
 
 LONG = {"sampler": "mdlm", "steps": 200, "ignore_eos": True}  # 200 whole-span forwards: ~1-2 s here
 
@@ -294,6 +297,49 @@ def test_a_client_giving_up_on_a_whole_answer_frees_the_model(client, server):
         time.sleep(0.02)
     assert client.completions.create(model=server.name, prompt="next", max_tokens=4).choices
     assert "Traceback" not in server.log()
+
+
+# --- adapters: the bank and the TALoRA / DGR knobs reach the runtime ---------------------------
+
+
+@pytest.fixture(scope="module")
+def bank_dir(tiny_model_dir, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("bank") / "bank"
+    random_bank(artifact.load_config(tiny_model_dir), seed=3).save(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def bank_server(tiny_model_dir, bank_dir, tmp_path_factory):
+    with serve(
+        tiny_model_dir, "--bank", str(bank_dir), cache_dir=tmp_path_factory.mktemp("cache")
+    ) as process:
+        yield process
+
+
+def test_the_bank_and_adapter_knobs_reach_the_runtime(bank_server, tiny_model_dir, bank_dir):
+    model = DiffusionModel.open(
+        tiny_model_dir, bank=bank_dir, options=OrtOptions(intra_op_threads=1), verify="sizes"
+    )
+    client = openai.OpenAI(base_url=bank_server.base_url, api_key="unused", max_retries=0)
+    texts = {}
+    for name, knobs in {
+        "on": {"dgr_strategy": "entropy"},
+        "off": {"talora": False, "dgr": False},
+    }.items():
+        response = client.completions.create(
+            model=bank_server.name,
+            prompt="Adapt",
+            max_tokens=16,
+            seed=0,
+            extra_body={"ignore_eos": True, **knobs},
+        )
+        texts[name] = response.choices[0].text
+        settings = {k: v for k, v in knobs.items() if k != "dgr_strategy"}
+        if "dgr_strategy" in knobs:
+            settings["dgr_config"] = DgrConfig(strategy=knobs["dgr_strategy"])
+        assert texts[name] == runtime_text(model, "Adapt", 0, 16, stop_at_eos=False, **settings)
+    assert texts["on"] != texts["off"], "the adapters change nothing: the bank did not reach the model"
 
 
 # --- the queue bound: 429 with Retry-After ----------------------------------------------------

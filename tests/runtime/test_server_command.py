@@ -1,5 +1,5 @@
-"""runtime/server/command.py (`ruvdllm serve`): bad arguments and bad model directories are one
-line on stderr and exit 1 (no traceback); an API key guards /v1 but not /health; a free port is
+"""runtime/server/command.py (`ruvdllm serve`): bad arguments, bad model directories and banks
+that do not fit are one line on stderr and exit 1 (no traceback); an API key guards /v1 but not /health; a free port is
 picked and announced with `--port 0`."""
 
 from __future__ import annotations
@@ -8,11 +8,14 @@ import json
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 
 import httpx
 import openai
 import pytest
 
+from runtime import artifact
+from runtime.banks import Bank
 from runtime.server.command import threads_per_model
 from ruvdllm_export.cli import main
 from tests.runtime.server_process import serve
@@ -47,6 +50,13 @@ def test_a_config_that_is_not_json_is_refused(capsys, tiny_model_copy):
     manifest["files"]["config.json"]["bytes"] = len("{not json")
     (tiny_model_copy / "manifest.json").write_text(json.dumps(manifest))
     assert "config.json" in serve_fails(capsys, "--model", str(tiny_model_copy), "--verify", "sizes")
+
+
+def test_a_bank_that_does_not_fit_the_model_is_refused(capsys, tiny_model_dir, tmp_path):
+    config = artifact.load_config(tiny_model_dir)
+    Bank.for_model(replace(config, hidden_size=128, head_dim=32)).save(tmp_path / "wrong")
+    err = serve_fails(capsys, "--model", str(tiny_model_dir), "--bank", str(tmp_path / "wrong"))
+    assert "hidden_size 128 does not match" in err
 
 
 def test_a_taken_port_is_refused_before_loading(capsys, tiny_model_dir):

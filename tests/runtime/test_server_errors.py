@@ -98,6 +98,7 @@ COMPLETION_CASES = {
         None,
     ),
     "seed string": ({"prompt": "x", "seed": "abc"}, "seed", None),
+    "unknown DGR strategy": ({"prompt": "x", "dgr_strategy": "always"}, "dgr_strategy", None),
     "misspelt knob": ({"prompt": "x", "stepz": 4}, "stepz", None),
 }
 

@@ -31,6 +31,7 @@ def test_every_knob_reaches_the_settings():
         schedule="cosine",
         talora=False,
         dgr=False,
+        dgr_strategy="adaptive",
         ignore_eos=True,
     )
     settings = settings_for(request, 12, prompt_tokens=3, context=256)
@@ -38,6 +39,7 @@ def test_every_knob_reaches_the_settings():
     assert (settings.steps, settings.block_size, settings.sampler) == (2, 8, "mdlm")
     assert (settings.decoding, settings.threshold, settings.schedule) == ("threshold", 0.5, "cosine")
     assert (settings.talora, settings.dgr, settings.stop_at_eos, settings.length) == (False, False, False, 12)
+    assert settings.dgr_config.strategy == "adaptive"
 
 
 def test_unset_knobs_keep_the_runtime_defaults_and_the_length_fits_the_context():
