@@ -9,13 +9,17 @@ QUANTIZATIONS = ("q4", "fp32")
 TARGETS = ("cpu", "cuda", "webgpu")
 
 # Per execution provider: the attention formulation and MatMulNBits accuracy level.
-# cpu: measured in benchmarks/export_bench.py (both fused ops pass parity; see benchmarks/README.md).
+# cpu: opset-23 Attention (onnxruntime >= 1.23): all three pass parity; alone it was the fastest
+#   in 5 of 6 shapes (0.88-1.04x the MatMul form, MultiHeadAttention up to 1.18x, benchmarks/README.md),
+#   and it needs no copy of the KV heads. Accuracy level 0: level 4's int8 activations are 2.4-3.5x
+#   faster at L <= 64 but agree with the float reference on only ~95% of top-1 tokens (SmolLM2).
 # webgpu: MultiHeadAttention was wrong for sequence >= 16 on Dawn and opset-23 Attention had no kernel
 #   (DESIGN.md), so plain MatMul + Softmax until the browser proves otherwise; accuracy_level is
 #   ignored there, 0 states that honestly.
-# cuda: the fused op; not validated here (no GPU), recorded as such in config.json.
+# cuda: MultiHeadAttention, the fused op with mature CUDA kernels (opset-23 Attention had none before
+#   onnxruntime 1.25); not validated here (no GPU), recorded as such in config.json.
 TARGET_DEFAULTS = {
-    "cpu": {"attention": "mha", "accuracy_level": 0},
+    "cpu": {"attention": "attention23", "accuracy_level": 0},
     "cuda": {"attention": "mha", "accuracy_level": 0},
     "webgpu": {"attention": "matmul", "accuracy_level": 0},
 }
@@ -24,7 +28,7 @@ TARGET_DEFAULTS = {
 @dataclass(frozen=True)
 class GraphOptions:
     quantization: str = "q4"  # every linear MatMulNBits 4-bit; "fp32" only for tests and size baselines
-    attention: str = "mha"  # the cpu default (see TARGET_DEFAULTS)
+    attention: str = "attention23"  # the cpu default (see TARGET_DEFAULTS)
     accuracy_level: int = 0  # float activations: level 4 (int8) is ~2.5x faster at M<=8 but agrees on top-1 only ~95%
     top_k: int = 32  # candidates per position: enough for top-k/top-p sampling at the usual k <= 20..40
     adapter_targets: tuple[str, ...] = ("q_proj", "v_proj")  # the LoRA targets TALoRA/DGR banks train

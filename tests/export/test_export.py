@@ -33,7 +33,7 @@ def test_exported_directory_holds_a_validated_graph(qwen3_dir, tmp_path):
     artifact.verify_manifest(out)
     config = artifact.load_config(out)
     assert (config.architecture, config.num_layers, config.targets) == ("qwen3", 2, ("cpu",))
-    assert (config.attention, config.quantization, config.accuracy_level) == ("mha", "q4", 0)
+    assert (config.attention, config.quantization, config.accuracy_level) == ("attention23", "q4", 0)
     validation = config.source["validation"]
     assert validation["onnx_checker"] == "passed"
     assert validation["top1_agreement"] == 1.0
@@ -79,12 +79,12 @@ def test_options_reach_the_graph_and_the_config(qwen3_dir, tmp_path):
         adapter_slots=3,
         adapter_rank=2,
         block_size=4,
-        attention="attention23",
+        attention="mha",
         log=None,
     )
     config = artifact.load_config(out)
     assert (config.top_k, config.adapter_slots, config.adapter_rank, config.block_size) == (5, 3, 2, 4)
-    assert config.attention == "attention23"
+    assert config.attention == "mha"
     model = onnx.load(str(out / artifact.GRAPH_NAME), load_external_data=False)
     inputs = {
         i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim] for i in model.graph.input
