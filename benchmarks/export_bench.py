@@ -96,8 +96,11 @@ def interleaved_ms(runs: dict[str, tuple], repeats: int) -> dict[str, float]:
 def latency_section(loaded, model_dir: Path, args) -> None:
     spec = loaded.spec
     rng = np.random.default_rng(0)
+    exported = json.loads((model_dir / artifact.CONFIG_NAME).read_text())
+    default = GraphOptions(attention=exported["attention"], accuracy_level=exported["accuracy_level"])
+    # the exported cpu model itself (as `ruvdllm export` wrote it), then the alternatives built here
     configs = {
-        "q4 mha acc0": (model_dir / artifact.GRAPH_NAME, GraphOptions(attention="mha", accuracy_level=0))
+        f"q4 {default.attention} acc{default.accuracy_level}": (model_dir / artifact.GRAPH_NAME, default)
     }
     for attention in ATTENTION_FORMULATIONS:
         for level in (0, 4):
