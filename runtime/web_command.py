@@ -27,6 +27,7 @@ import json
 import mimetypes
 import os
 import posixpath
+import sys
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from runtime.artifact import verify_manifest
+from runtime.artifact import MANIFEST_NAME, verify_manifest
 from runtime.errors import RuvdllmError
 from runtime.web_wheel import build_wheel, build_wheel_bytes
 
@@ -198,9 +199,37 @@ def make_server(
     return server
 
 
+def default_web_model_dir(progress: bool = True) -> Path:
+    """The default model exported once for WebGPU into the cache (the graph the browser runs on both
+    of its EPs), beside the CPU export that `ruvdllm generate` uses."""
+    from runtime.generate_command import DEFAULT_MODEL_NAME
+    from runtime.verify import cache_root
+
+    target = cache_root() / "artifacts" / f"{DEFAULT_MODEL_NAME}-webgpu"
+    if (target / MANIFEST_NAME).is_file():
+        return target
+    try:
+        from ruvdllm_export.default_model import default_gguf_path
+        from ruvdllm_export.export import export_model
+    except ImportError as exc:
+        raise RuvdllmError(
+            f"no model given and the default model is not exported for the browser yet; exporting needs "
+            f"{exc.name!r}: pip install 'ruvdllm[export]' (or pass a model directory)"
+        ) from None
+    if progress:
+        print(f"exporting the default model once for the browser into {target} ...", file=sys.stderr)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log = (lambda *parts: print(*parts, file=sys.stderr)) if progress else None
+    export_model(default_gguf_path(progress=progress), target, target="webgpu", log=log)
+    return target
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "model", nargs="?", type=Path, help="exported model directory (from `ruvdllm export --target webgpu`)"
+        "model",
+        nargs="?",
+        type=Path,
+        help="exported model directory (`ruvdllm export --target webgpu`; default: SmolLM2-135M-Instruct, exported once)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
@@ -220,14 +249,12 @@ def run(args: argparse.Namespace) -> int:
     if args.build_wheel:
         print(build_wheel(args.build_wheel))
         return 0
-    site = build_site(args.web_dir or default_web_dir(), args.model)
+    model = args.model if args.model is not None else default_web_model_dir()
+    site = build_site(args.web_dir or default_web_dir(), model)
     server = make_server(site, args.host, args.port, quiet=not args.verbose)
     host, port = server.server_address[:2]
     shown = "localhost" if host in ("127.0.0.1", "::1") else host  # localhost is a secure context
-    print(
-        f"serving the browser client on http://{shown}:{port}/"
-        + ("" if args.model else "  (no model: pass a model directory)")
-    )
+    print(f"serving the browser client and {model} on http://{shown}:{port}/  (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     finally:

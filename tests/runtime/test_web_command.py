@@ -143,3 +143,31 @@ def test_cli_builds_the_wheel(tmp_path, capsys):
     assert main(["web", "--build-wheel", str(tmp_path)]) == 0
     printed = capsys.readouterr().out.strip()
     assert printed.endswith(".whl") and (tmp_path / printed.split("/")[-1]).is_file()
+
+
+def test_cli_serves_until_stopped(web_dir, model_dir):
+    import re
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable,
+        "-m",
+        "ruvdllm_export.cli",
+        "web",
+        str(model_dir),
+        "--port",
+        "0",
+        "--web-dir",
+        str(web_dir),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        url = re.search(r"http://\S+/", line).group(0)
+        status, headers, body = get(url + "model/model.onnx")
+        assert status == 200 and body == b"graph bytes"
+        assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -39,7 +39,7 @@ def assert_same_as_cpython(page_state: dict, model_dir, settings: dict, seed: in
 def test_wasm_generation_matches_cpython_and_the_page_shows_it(
     browser, web_server, tiny_model, model_url, tmp_path
 ):
-    page = open_app(browser, app_url(web_server, model_url, ep="wasm"))
+    page = open_app(browser, app_url(web_server, model_url, ep="wasm", threads=2))
     info = state(page)["info"]
     assert info["ep"] == "wasm" and info["numThreads"] == 2 and info["crossOriginIsolated"]
     assert info["bank"]["present"] and info["bank"]["patterns"] == 8

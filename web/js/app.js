@@ -229,6 +229,28 @@ function load(ep, { forget = false } = {}) {
   worker.postMessage({ ...loadMessage, ep, forget, type: IN.LOAD });
 }
 
+// Start a generation; resolves with the complete message (or rejects with the error).
+function start(prompt, settings, { chat = true, seed = 0 } = {}) {
+  if (!state.ready || state.running) return Promise.reject(new Error(state.running ? 'a generation is running' : 'not ready'));
+  Object.assign(state, { steps: 0, complete: null, lastStep: null, error: null, trace: [], interruptAt: null });
+  $('error').hidden = true;
+  $('output').textContent = '';
+  setRunning(true);
+  worker.postMessage({ type: IN.GENERATE, id: nextId++, prompt, chat, seed, settings });
+  return new Promise((resolve, reject) => {
+    const check = setInterval(() => {
+      if (state.complete) resolve(state.complete);
+      else if (state.error) reject(new Error(state.error.message));
+      else return;
+      clearInterval(check);
+    }, 20);
+  });
+}
+
+// Scripts (benchmarks, embedding pages) drive the same path as the form, with any
+// GenerationSettings field (e.g. stop_at_eos), through window.ruvdllm.run(prompt, settings, options).
+state.run = start;
+
 async function main() {
   await installServiceWorker();
   const config = await (await fetch('app-config.json')).json();
@@ -251,19 +273,7 @@ async function main() {
 
   $('prompt-form').addEventListener('submit', (e) => {
     e.preventDefault();
-    if (!state.ready || state.running) return;
-    Object.assign(state, { steps: 0, complete: null, lastStep: null, error: null, trace: [], interruptAt: null });
-    $('error').hidden = true;
-    $('output').textContent = '';
-    setRunning(true);
-    worker.postMessage({
-      type: IN.GENERATE,
-      id: nextId++,
-      prompt: $('prompt').value,
-      chat: $('chat').checked,
-      seed: Number($('seed').value) || 0,
-      settings: readSettings(),
-    });
+    start($('prompt').value, readSettings(), { chat: $('chat').checked, seed: Number($('seed').value) || 0 });
   });
   $('prompt').addEventListener('keydown', (e) => {
     if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) $('prompt-form').requestSubmit();

@@ -40,7 +40,10 @@ export async function loadOrt(ep, { numThreads } = {}) {
     ort.env.wasm.wasmPaths = ORT_DIR;
     // Without cross-origin isolation there is no SharedArrayBuffer: onnxruntime-web would drop
     // to one thread on its own; asking for one avoids its warning.
-    ort.env.wasm.numThreads = self.crossOriginIsolated ? numThreads || Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+    // Default: onnxruntime-web's own choice, half the logical cores (at most 4). Threads beyond the
+    // physical cores, or on a busy machine, cost more in wake-ups than they bring.
+    const fallback = Math.min(4, Math.ceil((navigator.hardwareConcurrency || 1) / 2));
+    ort.env.wasm.numThreads = self.crossOriginIsolated ? numThreads || fallback : 1;
     ort.env.logLevel = 'error';
     modules.set(ep, ort);
   }

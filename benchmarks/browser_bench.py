@@ -1,0 +1,232 @@
+"""Browser benchmark: the client in headless Chromium against the CPython runtime on the same model,
+prompt and settings, measured in this same run.
+
+    python benchmarks/browser_bench.py --model DIR [--length 32] [--threads 1 2] [--webgpu] [--rounds 2]
+    python benchmarks/browser_bench.py --default ...   (the default model, exported for WebGPU once)
+
+Sections:
+
+  load        page load to "ready" (Pyodide, runtime wheel, model download and verification,
+              onnxruntime-web session, warm-up): cold (fresh profile) and warm (reload: Cache
+              Storage and the service worker); bytes the server sent for each
+  generate    tokens/s on the wasm EP (per thread count) and on WebGPU (SwiftShader here: for the
+              record, a software rasteriser) ÷ CPython onnxruntime with the same thread count;
+              ms per step; Pyodide <-> JavaScript crossing per step (the Python-side forward minus
+              onnxruntime-web's session.run)
+
+Every generation runs `length` tokens (no EOS stop), TALoRA and DGR as the model's bank allows,
+temperature 0, seed 0; both sides get the same chat-formatted prompt. Figures are the best of
+`--rounds` (the machine may be shared: the minimum is the least disturbed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from runtime.model import DiffusionModel  # noqa: E402
+from runtime.ort_backend import OrtOptions  # noqa: E402
+from runtime.settings import GenerationSettings  # noqa: E402
+from runtime.web_command import Handler, build_site, default_web_dir, default_web_model_dir, make_server  # noqa: E402
+
+PROMPT = "Explain what a diffusion language model is, in a few sentences."
+CHROMIUM = os.environ.get("RUVDLLM_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS += ["--no-first-run", "--disable-quic"]
+
+
+class CountingServer:
+    """`ruvdllm web`'s server with a byte counter (what a user would download)."""
+
+    def __init__(self, model: Path):
+        self.sent = 0
+        lock = threading.Lock()
+        outer = self
+
+        class Counting(Handler):
+            def send_header(self, keyword, value):
+                if keyword.lower() == "content-length" and getattr(self, "_status", 200) == 200:
+                    with lock:
+                        outer.sent += int(value)
+                super().send_header(keyword, value)
+
+            def send_response(self, code, message=None):
+                self._status = code
+                super().send_response(code, message)
+
+        server = make_server(build_site(default_web_dir(), model), "127.0.0.1", 0)
+        server.RequestHandlerClass = type(
+            "CountingSite", (Counting,), {"site": server.RequestHandlerClass.site}
+        )
+        self.server = server
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{server.server_address[1]}/"
+
+    def take(self) -> int:
+        sent, self.sent = self.sent, 0
+        return sent
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def wait_ready(page, timeout_s: float) -> dict:
+    page.wait_for_function(
+        "window.ruvdllm && (window.ruvdllm.ready || window.ruvdllm.error)", timeout=timeout_s * 1e3
+    )
+    info = page.evaluate("window.ruvdllm.info")
+    if info is None:
+        raise SystemExit(f"the page reports an error: {page.evaluate('window.ruvdllm.error')}")
+    return info
+
+
+def browser_generate(page, settings: dict, rounds: int) -> dict:
+    best = None
+    for _ in range(rounds):
+        done = page.evaluate(
+            "([p, s]) => window.ruvdllm.run(p, s, {chat: true, seed: 0})", [PROMPT, settings]
+        )
+        if best is None or done["stats"]["wallMs"] < best["stats"]["wallMs"]:
+            best = done
+    return best
+
+
+def cpython_generate(model_dir: Path, settings: GenerationSettings, threads: int, rounds: int):
+    model = DiffusionModel.open(model_dir, options=OrtOptions(intra_op_threads=threads))
+    text = model.chat_prompt([{"role": "user", "content": PROMPT}]) if model.config.chat_template else PROMPT
+    ids = model.encode(text)
+    model.warm_up()
+    best = None
+    for _ in range(rounds):
+        done = model.generate(ids, settings, seed=0)
+        if best is None or done.result.wall_ms < best.result.wall_ms:
+            best = done
+    return best
+
+
+def row(*cells, widths=(26, 10, 10, 12, 12, 12)) -> str:
+    return "  ".join(
+        str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=False))
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, help="exported model directory (target webgpu)")
+    source.add_argument("--default", action="store_true", help="the default model, exported for WebGPU once")
+    parser.add_argument("--length", type=int, default=32, help="tokens per generation (no EOS stop)")
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[1, 2], help="wasm / onnxruntime thread counts"
+    )
+    parser.add_argument("--webgpu", action="store_true", help="also WebGPU (SwiftShader here: slow)")
+    parser.add_argument("--webgpu-length", type=int, default=8, help="tokens for the WebGPU run")
+    parser.add_argument("--rounds", type=int, default=2, help="best of this many generations")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per page action")
+    args = parser.parse_args(argv)
+    model_dir = default_web_model_dir() if args.default else args.model
+    from playwright.sync_api import sync_playwright
+
+    page_settings = {"length": args.length, "stop_at_eos": False}
+    settings = GenerationSettings(length=args.length, stop_at_eos=False)
+    print(
+        f"model {model_dir}  ·  {args.length} tokens, BD3LM default block, temperature 0  ·  load average {os.getloadavg()[0]:.1f}"
+    )
+
+    server = CountingServer(model_dir)
+    results = {}
+    with sync_playwright() as driver, tempfile.TemporaryDirectory() as profiles:
+        print("\n== load (page open to ready) ==")
+        print(row("", "seconds", "MB sent"))
+        threads = args.threads[0]
+        context = driver.chromium.launch_persistent_context(
+            str(Path(profiles) / "wasm"), executable_path=CHROMIUM, headless=True, args=ARGS
+        )
+        context.set_default_timeout(args.timeout * 1e3)
+        page = context.new_page()
+        server.take()
+        started = time.perf_counter()
+        page.goto(f"{server.url}?ep=wasm&threads={threads}")
+        info = wait_ready(page, args.timeout)
+        print(
+            row("cold (fresh profile)", f"{time.perf_counter() - started:.1f}", f"{server.take() / 1e6:.1f}")
+        )
+        started = time.perf_counter()
+        page.reload()
+        info = wait_ready(page, args.timeout)
+        print(row("warm (reload)", f"{time.perf_counter() - started:.1f}", f"{server.take() / 1e6:.1f}"))
+        print(
+            f"model files {info['model']['bytes'] / 1e6:.1f} MB; warm start read {info['cache']['cachedBytes'] / 1e6:.1f} MB from Cache Storage"
+        )
+
+        print("\n== generate (tokens/s; ratio = browser ÷ CPython onnxruntime, same threads) ==")
+        print(row("configuration", "tokens/s", "ratio", "ms/step", "run ms/step", "bridge ms"))
+        for threads in args.threads:
+            cpython = cpython_generate(model_dir, settings, threads, args.rounds)
+            c_rate = len(cpython.tokens) / (cpython.result.wall_ms / 1e3)
+            c_step = cpython.result.wall_ms / cpython.result.steps
+            print(row(f"CPython ORT, {threads} thread(s)", f"{c_rate:.2f}", "1.00", f"{c_step:.1f}", "", ""))
+            page.goto(f"{server.url}?ep=wasm&threads={threads}")
+            wait_ready(page, args.timeout)
+            done = browser_generate(page, page_settings, args.rounds)
+            stats = done["stats"]
+            step = stats["wallMs"] / stats["steps"]
+            print(
+                row(
+                    f"browser wasm, {threads} thread(s)",
+                    f"{stats['tokensPerSecond']:.2f}",
+                    f"{stats['tokensPerSecond'] / c_rate:.2f}",
+                    f"{step:.1f}",
+                    f"{stats['forwardMs']:.1f}",
+                    f"{stats['bridgeMs']:.2f}",
+                )
+            )
+            results[threads] = (c_rate, stats)
+        context.close()
+
+        if args.webgpu:
+            context = driver.chromium.launch_persistent_context(
+                str(Path(profiles) / "webgpu"),
+                executable_path=CHROMIUM,
+                headless=True,
+                args=ARGS + ["--enable-unsafe-webgpu"],
+            )
+            context.set_default_timeout(args.timeout * 1e3)
+            page = context.new_page()
+            page.goto(f"{server.url}?ep=webgpu")
+            info = wait_ready(page, args.timeout)
+            short = {"length": args.webgpu_length, "stop_at_eos": False}
+            cpython = cpython_generate(
+                model_dir,
+                GenerationSettings(length=args.webgpu_length, stop_at_eos=False),
+                args.threads[0],
+                1,
+            )
+            c_rate = len(cpython.tokens) / (cpython.result.wall_ms / 1e3)
+            done = browser_generate(page, short, 1)
+            stats = done["stats"]
+            print(
+                row(
+                    f"browser WebGPU ({info['adapter']})"[:26],
+                    f"{stats['tokensPerSecond']:.3f}",
+                    f"{stats['tokensPerSecond'] / c_rate:.3f}",
+                    f"{stats['wallMs'] / stats['steps']:.1f}",
+                    f"{stats['forwardMs']:.1f}",
+                    f"{stats['bridgeMs']:.2f}",
+                )
+            )
+            context.close()
+    server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
