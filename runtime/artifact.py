@@ -87,7 +87,7 @@ class ArtifactConfig:
     adapter_slots: int = 8  # K: TALoRA banks + DGR retrieval slots composed per position
     adapter_rank: int = 4
     timestep_groups: tuple[float, ...] = (0.0, 1 / 3, 2 / 3, 1.0)  # coarse / domain / fine boundaries in t
-    targets: tuple[str, ...] = ("cpu",)  # execution providers this graph was built and validated for
+    targets: tuple[str, ...] = ("cpu",)  # execution providers this graph was built for (validated: source["validated_on"])
     attention: str = "mha"  # attention formulation in the graph: "mha", "attention23", "matmul"
     quantization: str = "q4"  # "q4" (MatMulNBits, block 32) or "fp32"
     accuracy_level: int = 4

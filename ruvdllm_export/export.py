@@ -130,7 +130,7 @@ def export_model(
         validation = {"skipped": "--no-validate"}
         if validate:
             say("validating: onnx.checker and onnxruntime CPU parity")
-            validation = _validate(model_path, loaded, prepared, options, lora, min_agreement)
+            validation = _validate(model_path, loaded, prepared, options, lora, min_agreement, target)
         loaded.tokenizer.save(str(staging / artifact.TOKENIZER_NAME))
         config = _artifact_config(loaded, options, target, block_size, validation, prepared, adapter, lora)
         (staging / artifact.CONFIG_NAME).write_text(config.to_json())
@@ -161,7 +161,7 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
     os.chmod(path.with_name(DATA_NAME), path.stat().st_mode & 0o777)
 
 
-def _validate(model_path, loaded, prepared, options, lora, min_agreement) -> dict:
+def _validate(model_path, loaded, prepared, options, lora, min_agreement, target) -> dict:
     # The reference runs merged float weights: it has no static-LoRA branch of its own.
     spec, held = merge_lora(loaded.spec, graph_weights_as_float(prepared), lora)
     exact = all(_held_exactly(loaded.weights[name], prepared[name]) for name in prepared)
@@ -179,6 +179,7 @@ def _validate(model_path, loaded, prepared, options, lora, min_agreement) -> dic
         paragraph,
         source_weights=source,
         min_source_agreement=min_agreement,
+        also_on_cuda=target == "cuda",
     )
 
 
@@ -226,7 +227,9 @@ def _artifact_config(loaded, options: GraphOptions, target, block_size, validati
     source["graph_weights"] = dict(Counter(_held_kind(w) for w in prepared.values()))
     source["validation"] = validation
     source["validated_on"] = [] if "skipped" in validation else ["cpu"]
-    if target in NOT_VALIDATED_HERE:
+    if isinstance(validation.get("cuda"), dict):
+        source["validated_on"].append("cuda")
+    elif target in NOT_VALIDATED_HERE:
         source["not_validated_here"] = {target: NOT_VALIDATED_HERE[target]}
     if lora:
         source["static_adapter"] = {

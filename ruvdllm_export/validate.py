@@ -134,10 +134,10 @@ def onnx_fp32_reference(spec: ModelSpec, weights: dict, options: GraphOptions) -
 
 
 # --- running the exported graph -------------------------------------------------------------------
-def _session(model: str | bytes) -> ort.InferenceSession:
+def _session(model: str | bytes, provider: str = "CPUExecutionProvider") -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # keep onnxruntime's warnings off the user's terminal
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, opts, providers=[provider])
 
 
 def _run(sess: ort.InferenceSession, feeds: Feeds) -> Outputs:
@@ -241,11 +241,13 @@ def validate_export(
     paragraph_ids: list[int],
     source_weights: dict[str, np.ndarray] | None = None,
     min_source_agreement: float | None = None,
+    also_on_cuda: bool = False,
 ) -> dict:
     """Check the saved graph; return the report for config.json, or raise RuvdllmError naming it.
 
     `held_weights` are the float values of what the graph holds; `source_weights` the checkpoint's
-    own (when different) for the agreement that includes quantization."""
+    own (when different) for the agreement that includes quantization. `also_on_cuda` repeats the
+    parity on onnxruntime-gpu's CUDA EP when one is available (reported as skipped otherwise)."""
     model_path = Path(model_path)
     try:
         onnx.checker.check_model(str(model_path))
@@ -253,23 +255,21 @@ def validate_export(
         raise RuvdllmError(
             f"{model_path}: onnx.checker rejects the graph: {str(exc).splitlines()[0]}"
         ) from None
-    sess = _session(str(model_path))
     if torch_available():
         kind = "torch reference model (ruvdllm_export.reference)"
         reference = torch_reference(spec, held_weights, mask_token_id, options.top_k)
     else:
         kind = "onnxruntime fp32 MatMul graph (torch not installed)"
         reference = onnx_fp32_reference(spec, held_weights, options)
-    tolerance = tolerance_for(spec.architecture, options)
     ids = np.asarray(paragraph_ids, np.int64)
     if len(ids) < 32:
         raise RuvdllmError(f"{model_path}: validation paragraph tokenizes to {len(ids)} tokens, need >= 32")
+    tolerance = tolerance_for(spec.architecture, options)
+    cases = validation_cases(reference, spec, options, ids, mask_token_id)
 
-    parity = _sampler_like_parity(sess, reference, spec, options, ids, mask_token_id)
-    whole = graph_feeds(spec, options, ids, np.arange(len(ids)))
-    ort_out = _run(sess, whole)
-    ref_out = reference(whole)
-    parity["paragraph"] = compare(ort_out, ref_out, spec)
+    parity, paragraph_out, failures = _check_provider(
+        model_path, "CPUExecutionProvider", cases, spec, tolerance
+    )
     report = {
         "onnx_checker": "passed",
         "onnxruntime": ort.__version__,
@@ -280,42 +280,44 @@ def validate_export(
         "paragraph_tokens": int(len(ids)),
         "top1_agreement": parity["paragraph"]["top1"],
     }
-    failures = [
-        f"{check} {key} {value:.3g} > {getattr(tolerance, key):.3g}"
-        for check, gaps in parity.items()
-        for key, value in gaps.items()
-        if key != "top1" and value > getattr(tolerance, key)
-    ]
-    if parity["paragraph"]["top1"] < tolerance.top1:
-        failures.append(f"paragraph top-1 agreement {parity['paragraph']['top1']:.3f} < {tolerance.top1}")
-    if source_weights is not None:
-        if torch_available():
-            source_ref = torch_reference(spec, source_weights, mask_token_id, options.top_k)(whole)
-        else:
-            source_ref = onnx_fp32_reference(spec, source_weights, options)(whole)
-        report["top1_agreement_vs_checkpoint"] = top1_agreement(ort_out, source_ref)
+    if source_weights is None:  # the graph holds the checkpoint exactly
+        report["top1_agreement_vs_checkpoint"] = report["top1_agreement"]
     else:
-        report["top1_agreement_vs_checkpoint"] = report[
-            "top1_agreement"
-        ]  # the graph holds the checkpoint exactly
+        if torch_available():
+            source_ref = torch_reference(spec, source_weights, mask_token_id, options.top_k)(cases[-1][1])
+        else:
+            source_ref = onnx_fp32_reference(spec, source_weights, options)(cases[-1][1])
+        report["top1_agreement_vs_checkpoint"] = top1_agreement(paragraph_out, source_ref)
     if min_source_agreement is not None and report["top1_agreement_vs_checkpoint"] < min_source_agreement:
         failures.append(
             f"top-1 agreement with the checkpoint {report['top1_agreement_vs_checkpoint']:.3f} < {min_source_agreement}"
         )
+    if also_on_cuda:
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            cuda, _, cuda_failures = _check_provider(
+                model_path, "CUDAExecutionProvider", cases, spec, tolerance
+            )
+            report["cuda"] = {"parity": cuda, "top1_agreement": cuda["paragraph"]["top1"]}
+            failures += [f"CUDA {f}" for f in cuda_failures]
+        else:
+            report["cuda"] = "skipped: no CUDA execution provider here (onnxruntime-gpu and a GPU needed)"
     if failures:
-        raise RuvdllmError(f"{model_path}: onnxruntime CPU parity failed ({'; '.join(failures)})")
+        raise RuvdllmError(f"{model_path}: onnxruntime parity failed ({'; '.join(failures)})")
     return report
 
 
-def _sampler_like_parity(sess, reference, spec, options, ids, mask_token_id) -> dict[str, dict[str, float]]:
+Case = tuple[str, Feeds, Outputs]  # name, graph feeds, the reference's outputs
+
+
+def validation_cases(reference, spec, options, ids, mask_token_id) -> list[Case]:
     """A committed prefix in the cache, then a block-causal chunk with masked positions, an output
-    offset and a per-position adapter mixture: every input of the graph carries real data."""
+    offset and a per-position adapter mixture (every input of the graph carries real data), then
+    the whole paragraph causally (last: the agreement check reads it)."""
     rng = np.random.default_rng(0)  # fixed: the same check on every export
     prefix, chunk = ids[:8], ids[8:32].copy()
     chunk[rng.random(len(chunk)) < 0.4] = mask_token_id
     first = graph_feeds(spec, options, prefix, np.arange(len(prefix)))
     ref_first = reference(first)
-    gaps = {"prefix": compare(_run(sess, first), ref_first, spec)}
     mix = banks = None
     if options.has_adapters:
         mix = rng.uniform(0, 1, (1, len(chunk), options.adapter_slots)).astype(np.float32)
@@ -330,5 +332,27 @@ def _sampler_like_parity(sess, reference, spec, options, ids, mask_token_id) -> 
         mix=mix,
         banks=banks,
     )
-    gaps["block_chunk"] = compare(_run(sess, second), reference(second), spec)
-    return gaps
+    whole = graph_feeds(spec, options, ids, np.arange(len(ids)))
+    return [
+        ("prefix", first, ref_first),
+        ("block_chunk", second, reference(second)),
+        ("paragraph", whole, reference(whole)),
+    ]
+
+
+def _check_provider(model_path: Path, provider: str, cases: list[Case], spec, tolerance: Tolerance):
+    """(gaps per case, the paragraph's outputs, failures) of the graph on one execution provider."""
+    sess = _session(str(model_path), provider)
+    parity, out = {}, {}
+    for name, feeds, ref in cases:
+        out = _run(sess, feeds)
+        parity[name] = compare(out, ref, spec)
+    failures = [
+        f"{case} {key} {value:.3g} > {getattr(tolerance, key):.3g}"
+        for case, gaps in parity.items()
+        for key, value in gaps.items()
+        if key != "top1" and value > getattr(tolerance, key)
+    ]
+    if parity["paragraph"]["top1"] < tolerance.top1:
+        failures.append(f"paragraph top-1 agreement {parity['paragraph']['top1']:.3f} < {tolerance.top1}")
+    return parity, out, failures

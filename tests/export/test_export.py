@@ -136,3 +136,22 @@ def test_validation_without_torch_uses_the_fp32_onnx_reference(qwen3_dir, tmp_pa
     assert report["reference"].startswith("onnxruntime fp32")
     assert report["top1_agreement"] == 1.0
     assert np.isfinite(report["parity"]["paragraph"]["entropy"])
+
+
+def test_cuda_target_without_a_gpu_says_so(qwen3_dir, tmp_path):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("a CUDA EP is available: see the gpu test")
+    config = artifact.load_config(export_model(qwen3_dir, tmp_path / "model", target="cuda", log=None))
+    assert config.attention == "mha" and config.targets == ("cuda",)
+    assert config.source["validated_on"] == ["cpu"]
+    assert config.source["validation"]["cuda"].startswith("skipped")
+    assert "cuda" in config.source["not_validated_here"]
+
+
+@pytest.mark.gpu
+def test_cuda_target_is_validated_on_the_cuda_ep(qwen3_dir, tmp_path):
+    config = artifact.load_config(export_model(qwen3_dir, tmp_path / "model", target="cuda", log=None))
+    assert config.source["validated_on"] == ["cpu", "cuda"]
+    assert config.source["validation"]["cuda"]["top1_agreement"] >= 0.99
