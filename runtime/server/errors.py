@@ -64,6 +64,7 @@ class ApiError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ):
+        message = " ".join(message.split())  # one line, whatever a template or a library put in it
         super().__init__(message)
         self.status = status
         self.message = message

@@ -10,25 +10,16 @@ from dataclasses import fields, replace
 from runtime.errors import RuvdllmError
 from runtime.server.engine import Job
 from runtime.server.errors import ApiError, from_runtime
-from runtime.server.schemas import ChatCompletionRequest, CompletionRequest, _Generation
+from runtime.server.schemas import ChatCompletionRequest, CompletionRequest, GenerationRequest
 from runtime.settings import GenerationSettings
 
 DEFAULTS = GenerationSettings()
-# request field -> GenerationSettings field, for the knobs the two share (None: keep the default)
-SETTING_OF_FIELD = {
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "steps": "steps",
-    "block_size": "block_size",
-    "sampler": "sampler",
-    "decoding": "decoding",
-    "threshold": "threshold",
-    "schedule": "schedule",
-    "talora": "talora",
-    "dgr": "dgr",
-}
-assert set(SETTING_OF_FIELD.values()) <= {f.name for f in fields(GenerationSettings)}
+# Knobs a request and GenerationSettings share by name (a request's None keeps the default).
+SHARED_KNOBS = (
+    "temperature", "top_p", "top_k", "steps", "block_size", "sampler", "decoding", "threshold", "schedule",
+    "talora", "dgr",
+)  # fmt: skip
+assert set(SHARED_KNOBS) <= {f.name for f in fields(GenerationSettings)}
 
 
 def check_model_name(requested: str | None, served: str) -> None:
@@ -42,15 +33,11 @@ def check_model_name(requested: str | None, served: str) -> None:
 
 
 def settings_for(
-    request: _Generation, length: int | None, prompt_tokens: int, context: int
+    request: GenerationRequest, length: int | None, prompt_tokens: int, context: int
 ) -> GenerationSettings:
     """The request's knobs over the runtime's defaults. Without max_tokens the length is the
     runtime's default, shortened to what the context leaves after the prompt."""
-    given = {
-        setting: getattr(request, name)
-        for name, setting in SETTING_OF_FIELD.items()
-        if getattr(request, name) is not None
-    }
+    given = {name: getattr(request, name) for name in SHARED_KNOBS if getattr(request, name) is not None}
     if request.dgr_strategy is not None:
         given["dgr_config"] = replace(DEFAULTS.dgr_config, strategy=request.dgr_strategy)
     if length is None:
@@ -64,7 +51,7 @@ def new_seed() -> int:
 
 
 def _checked(
-    model, prompt: list[int], settings: GenerationSettings, request: _Generation, prompt_param: str
+    model, prompt: list[int], settings: GenerationSettings, request: GenerationRequest, prompt_param: str
 ) -> Job:
     try:
         model.check(len(prompt), settings)

@@ -46,7 +46,7 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class _Generation(_Strict):
+class GenerationRequest(_Strict):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model: str | None = None  # the one served model; None or its id
@@ -103,7 +103,7 @@ class _Generation(_Strict):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
-class CompletionRequest(_Generation):
+class CompletionRequest(GenerationRequest):
     prompt: str | list[str] | list[int]
     echo: bool = False  # prepend the prompt to the returned text
     logprobs: Literal[0] | None = None
@@ -159,7 +159,7 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-class ChatCompletionRequest(_Generation):
+class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: PositiveInt | None = None  # the newer name of max_tokens
     logprobs: Literal[False] | None = None

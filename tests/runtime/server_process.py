@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 READY = re.compile(r"^serving (\S+) on (http://\S+)/v1$")
+SERVER_ERROR = re.compile(r'" 5\d\d ')  # uvicorn access log: ... "POST /v1/completions HTTP/1.1" 500 ...
 
 
 @dataclass
@@ -34,6 +35,10 @@ class ServerProcess:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def server_errors(self) -> list[str]:
+        """uvicorn's access-log lines of 5xx answers, and any traceback the server printed."""
+        return [line for line in self.output if SERVER_ERROR.search(line) or "Traceback" in line]
 
 
 def _drain(process: subprocess.Popen, output: list[str], ready: threading.Event) -> None:
@@ -54,7 +59,7 @@ def serve(
         env["RUVDLLM_CACHE"] = str(cache_dir)
     command = [
         sys.executable, "-m", "ruvdllm_export.cli", "serve",
-        "--model", str(model_dir), "--port", "0", "--threads", "1", "--log-level", "warning", *args,
+        "--model", str(model_dir), "--port", "0", "--threads", "1", "--log-level", "info", *args,
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     output: list[str] = []
