@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
 from federation_hub.errors import Unauthorized, status_of
@@ -67,4 +68,14 @@ def create_app(settings: HubSettings) -> FastAPI:
 
     for module in (health, admin, rounds, updates, releases, gossip):
         app.include_router(module.router)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            # the update body is parsed by hand (routers/updates.py); its models join the components here
+            schema["components"]["schemas"].update(updates.UPDATE_SCHEMA.get("$defs", {}))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -107,3 +108,19 @@ def test_wrong_shape_is_refused():
         assert "does not fit" in str(exc)
     else:
         raise AssertionError("a delta of the wrong shape was summed")
+
+
+@pytest.mark.parametrize("out_f, in_f", [(48, 40), (40, 48)])
+def test_dense_truncation_from_the_gram_matrix_is_eckart_young(out_f, in_f):
+    rng = np.random.default_rng(3)
+    total = LowRankSum(out_f, in_f)
+    for _ in range(30):  # stacked rank 90 > dense: the dense route
+        total.add(random_pair(rng, out_f, in_f, 3), float(rng.random()))
+    assert total.is_dense
+    dense = total.dense().copy()
+    released = total.factorize(4)  # 4 < min/4: top eigenvectors of the smaller Gram matrix
+    singular = np.linalg.svd(dense, compute_uv=False)
+    best = np.sqrt(np.sum(singular[4:] ** 2))
+    assert np.linalg.norm(dense - released.pair.product()) == pytest.approx(best, rel=1e-6)
+    assert released.residual == pytest.approx(best / np.linalg.norm(dense), rel=1e-6)
+    assert released.pair.a.shape == (4, in_f) and released.pair.b.shape == (out_f, 4)
