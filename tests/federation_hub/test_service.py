@@ -28,11 +28,10 @@ def world(hub):
     }
     for i in range(6):
         tokens[f"p{i}"] = admin.create_token("globex" if i % 2 else "acme", f"p{i}")
-    return {
-        "admin": admin,
-        "tokens": tokens,
-        "clients": {k: hub.client(v["token"]) for k, v in tokens.items()},
-    }
+    clients = {k: hub.client(v["token"]) for k, v in tokens.items()}
+    yield {"admin": admin, "tokens": tokens, "clients": clients}
+    for client in [admin, *clients.values()]:
+        client.close()  # idle keep-alive connections would hold up the hub's graceful shutdown
 
 
 def raw(hub, token, method, path, **kwargs):
