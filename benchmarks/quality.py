@@ -17,6 +17,11 @@ Two tables:
 
 Without --adapter the converted rows use the unconverted model (the baseline the adapter must
 beat). Everything is seeded: the same command prints the same table.
+
+3. With `--talora DOMAIN_A DOMAIN_B`: TALoRA banks (one adapter per timestep group, coarse ->
+   fine curriculum, one optimizer per bank) against one static LoRA with the same parameter count,
+   trained on the same rows of both domains for the same steps, compared on each domain's
+   held-out masked-token NLL (the design predicts -8 to -12% for the banks).
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ import torch
 
 from runtime.errors import RuvdllmError
 from ruvdllm_export.convert.adapter_file import read_adapter
-from ruvdllm_export.convert.data import read_documents, split_documents, tokenize
+from ruvdllm_export.convert.data import build_sequences, read_documents, split_documents, tokenize
 from ruvdllm_export.convert.distill import chat_prompt, generate_ar
 from ruvdllm_export.convert.objectives import ObjectiveConfig
+from ruvdllm_export.convert.talora_training import BankTrainConfig, train_banks, train_static
 from ruvdllm_export.convert.trainer import evaluate
 from ruvdllm_export.convert_command import load_model
 from ruvdllm_export.reference import LoraConfig, apply_lora, load_lora_state_dict
@@ -133,6 +139,65 @@ def sample_rows(model, judge, prompts, eos, args) -> list[dict]:
     return rows
 
 
+def talora_table(args, checkpoint) -> dict:
+    """Banks vs the same-size static LoRA on two domains' held-out text."""
+    spec = checkpoint.spec
+    train, held = [], {}
+    for path in args.talora:
+        rows, held_rows = build_sequences(
+            [path],
+            checkpoint.tokenizer,
+            args.seq_len,
+            spec.eos_token_ids[0],
+            args.held_out,
+            0,
+            spec.chat_template,
+        )
+        if held_rows is None:
+            raise RuvdllmError(f"{path}: no held-out text for the TALoRA comparison")
+        train.append(rows)
+        held[path.name] = held_rows
+    data = torch.cat(train)
+    objective = ObjectiveConfig("bd3lm", args.block_size, complementary=True)
+    config = BankTrainConfig(
+        steps=args.talora_steps,
+        batch_size=args.talora_batch,
+        lr=args.talora_lr,
+        seed=args.seed,
+        curriculum=tuple(args.talora_curriculum),
+    )
+    _, base = load_model(args.model, progress=False)
+    _, banks_model = load_model(args.model, progress=False)
+    _, static_model = load_model(args.model, progress=False)
+    started = time.monotonic()
+    banks, _ = train_banks(banks_model, data, objective, config)
+    banks_seconds = time.monotonic() - started
+    started = time.monotonic()
+    train_static(static_model, data, objective, config)
+    static_seconds = time.monotonic() - started
+    params = sum(p.numel() for p in banks.parameters())
+    print(
+        f"\n## TALoRA banks vs static LoRA ({config.groups} banks x rank {config.rank} on {', '.join(config.targets)}"
+        f" = {params:,} parameters = static rank {config.groups * config.rank}; {config.steps} steps x "
+        f"{config.batch_size} rows of {args.seq_len}; curriculum {config.curriculum}; "
+        f"train {banks_seconds:.0f} s / {static_seconds:.0f} s)\n"
+    )
+    print("| domain | unconverted NLL | static LoRA NLL | TALoRA banks NLL | banks vs static |")
+    print("|---|---|---|---|---|")
+    out = {}
+    for name, rows in held.items():
+        plain = ObjectiveConfig("bd3lm", args.block_size, complementary=False)
+        r = min(args.rows, rows.shape[0])
+        before = evaluate(base, rows, plain, r)["masked_nll"]
+        static = evaluate(static_model, rows, plain, r)["masked_nll"]
+        bank = evaluate(banks_model, rows, plain, r, banks.bank(), banks.slot_weights)["masked_nll"]
+        print(
+            f"| {name} | {before:.3f} | {static:.3f} | {bank:.3f} | {100 * (bank - static) / static:+.1f}% |"
+        )
+        out[name] = {"unconverted": before, "static": static, "banks": bank}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="checkpoint (default: SmolLM2-135M-Instruct)")
@@ -155,6 +220,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-samples", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument(
+        "--talora", type=Path, nargs=2, metavar="DOMAIN", help="two domains: banks vs static LoRA"
+    )
+    parser.add_argument("--talora-steps", type=int, default=200)
+    parser.add_argument("--talora-batch", type=int, default=4)
+    parser.add_argument("--talora-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--talora-curriculum", type=float, nargs="*", default=[0.2, 0.2, 0.2], help="step fraction per stage"
+    )
+    parser.add_argument("--skip-denoising", action="store_true", help="only the sample / TALoRA tables")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -172,15 +247,16 @@ def main(argv: list[str] | None = None) -> int:
         f"model: {checkpoint.source.get('path')}  converted: {label}  held-out rows: {held.shape[0]} x {args.seq_len}"
     )
 
-    print("\n## Held-out denoising (masked-token NLL, nats; ELBO perplexity)\n")
-    print(
-        "| objective | block | unconverted NLL | unconverted ELBO ppl | converted NLL | converted ELBO ppl |"
-    )
-    print("|---|---|---|---|---|---|")
+    if not args.skip_denoising:
+        print("\n## Held-out denoising (masked-token NLL, nats; ELBO perplexity)\n")
+        print(
+            "| objective | block | unconverted NLL | unconverted ELBO ppl | converted NLL | converted ELBO ppl |"
+        )
+        print("|---|---|---|---|---|---|")
     results = {"label": label, "denoising": [], "samples": []}
     objectives = [ObjectiveConfig("bd3lm", b, complementary=False) for b in args.blocks]
     objectives.append(ObjectiveConfig("mdlm", args.seq_len - 1, complementary=False))
-    for objective in objectives:
+    for objective in [] if args.skip_denoising else objectives:
         base = evaluate(judge, held, objective, args.rows)
         converted = evaluate(model, held, objective, args.rows) if args.adapter else base
         block = objective.block_size if objective.objective == "bd3lm" else "-"
@@ -222,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             text = checkpoint.tokenizer.decode(row.pop("example")).replace("\n", " ")
             print(f"- {row['sampler']} {row['block']} {row['steps']}: {text[:160]!r}")
         results["samples"] = rows
+    if args.talora:
+        results["talora"] = talora_table(args, checkpoint)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
     return 0

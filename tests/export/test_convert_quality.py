@@ -73,3 +73,29 @@ def test_quality_prints_the_comparison_table(tiny, capsys, with_adapter):
         if not with_adapter:
             assert row["converted"] == row["base"]
     assert ("adapter" in results["label"]) == with_adapter
+
+
+def test_quality_compares_talora_banks_with_the_same_size_static_lora(tiny, capsys):
+    root, gguf, data = tiny
+    other = root / "other"
+    other.mkdir(exist_ok=True)
+    for i in range(20):
+        (other / f"{i}.txt").write_text(f"{i} plus {i} is {2 * i}. " * 12)
+    out_json = root / "talora.json"
+    args = ["--model", str(gguf), "--data", str(data), "--seq-len", "32", "--rows", "2", "--skip-samples"]
+    args += [
+        "--skip-denoising",
+        "--talora",
+        str(data),
+        str(other),
+        "--talora-steps",
+        "3",
+        "--json",
+        str(out_json),
+    ]
+    assert _quality().main(args) == 0
+    assert "## TALoRA banks vs static LoRA" in capsys.readouterr().out
+    talora = json.loads(out_json.read_text())["talora"]
+    assert set(talora) == {"data", "other"}
+    for row in talora.values():
+        assert all(math.isfinite(row[k]) for k in ("unconverted", "static", "banks"))
