@@ -80,17 +80,21 @@ def session(model, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
-def interleaved_ms(runs: dict[str, tuple], repeats: int) -> dict[str, float]:
-    """name -> (session, feeds); min over repeats, one run of each per round (drift hits all alike)."""
+def interleaved_ms(runs: dict[str, tuple], repeats: int) -> dict[str, tuple[float, float]]:
+    """name -> (session, feeds) → name -> (wall ms, CPU ms), each the min over repeats, one run of
+    each per round (drift hits all alike). CPU time (this process, all threads) is the steadier
+    figure on a shared machine: waiting for a core does not count."""
     for sess, feeds in runs.values():
         sess.run(None, feeds)  # warm-up: allocations, prepacking
-    times = {name: [] for name in runs}
+    wall = {name: [] for name in runs}
+    cpu = {name: [] for name in runs}
     for _ in range(repeats):
         for name, (sess, feeds) in runs.items():
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             sess.run(None, feeds)
-            times[name].append(time.perf_counter() - started)
-    return {name: 1000 * min(t) for name, t in times.items()}
+            wall[name].append(time.perf_counter() - started)
+            cpu[name].append(time.process_time() - started_cpu)
+    return {name: (1000 * min(wall[name]), 1000 * min(cpu[name])) for name in runs}
 
 
 def latency_section(loaded, model_dir: Path, args) -> None:
@@ -117,31 +121,31 @@ def latency_section(loaded, model_dir: Path, args) -> None:
             sessions[name] = (session(build_graph(spec, prepared, options), args.threads), options)
     cases = [(length, 0) for length in args.lengths] + [(8, 256)]
     print(
-        f"\nlatency: ORT CPU forward, ms (min of {args.repeats}), {args.threads} thread(s); ratio vs fp32 matmul"
+        f"\nlatency: ORT CPU forward, CPU ms / wall ms (min of {args.repeats}), {args.threads} thread(s)"
+        " (ratio of CPU ms to fp32 matmul)"
     )
-    header = "".join(f"{f'L={n} P={p}':>16}" for n, p in cases)
-    print(f"{'':24}{header}")
+    header = "".join(f"{f'L={n} P={p}':>25}" for n, p in cases)
+    print(f"{'':22}{header}")
     results = {}
     for length, past_len in cases:
         ids = rng.integers(0, spec.vocab_size, length)
         past = None
         if past_len:
             shape = (1, spec.num_kv_heads, past_len, spec.head_dim)
-            past = [
-                (rng.standard_normal(shape, np.float32), rng.standard_normal(shape, np.float32))
-            ] * spec.num_layers
+            past = [(rng.standard_normal(shape, np.float32), rng.standard_normal(shape, np.float32))]
+            past = past * spec.num_layers
         runs = {
             name: (sess, graph_feeds(spec, options, ids, np.arange(length) // 8, past=past))
             for name, (sess, options) in sessions.items()
         }
-        results[length, past_len] = interleaved_ms(
-            runs, args.repeats if length < 256 else max(2, args.repeats // 2)
-        )
+        repeats = args.repeats if length < 256 else max(2, args.repeats // 2)
+        results[length, past_len] = interleaved_ms(runs, repeats)
     for name in sessions:
-        cells = "".join(
-            f"{results[c][name]:>9.1f} ({results[c][name] / results[c]['fp32 matmul']:.2f})" for c in cases
-        )
-        print(f"{name:24}{cells}")
+        cells = ""
+        for case in cases:
+            wall_ms, cpu_ms = results[case][name]
+            cells += f"{cpu_ms:>8.1f} /{wall_ms:>7.1f} ({cpu_ms / results[case]['fp32 matmul'][1]:.2f})"
+        print(f"{name:22}{cells}")
 
 
 def attention_section(loaded, args) -> None:
@@ -158,7 +162,7 @@ def attention_section(loaded, args) -> None:
         options = GraphOptions(quantization="fp32", attention=attention, adapter_slots=0, top_k=4)
         sessions[attention] = (session(build_graph(spec, weights, options), args.threads), options)
     print(
-        f"\nattention alone: one layer of {spec.num_heads} heads / {spec.num_kv_heads} KV heads, ms (ratio vs matmul)"
+        f"\nattention alone: one layer of {spec.num_heads} heads / {spec.num_kv_heads} KV heads, CPU ms (ratio vs matmul)"
     )
     for length, past_len in [(8, 0), (8, 256), (64, 0), (64, 512), (256, 0), (256, 1024)]:
         ids = rng.integers(0, spec.vocab_size, length)
@@ -168,7 +172,7 @@ def attention_section(loaded, args) -> None:
             name: (sess, graph_feeds(spec, options, ids, np.arange(length) // 8, past=past))
             for name, (sess, options) in sessions.items()
         }
-        ms = interleaved_ms(runs, args.repeats * 4)
+        ms = {name: cpu for name, (_, cpu) in interleaved_ms(runs, args.repeats * 4).items()}
         cells = "  ".join(
             f"{name} {ms[name]:.3f} ({ms[name] / ms['matmul']:.2f})" for name in ATTENTION_FORMULATIONS
         )
