@@ -98,8 +98,9 @@ class DiffusionLM(nn.Module):
 
     Args:
         spec: architecture hyper-parameters.
-        weights: canonical name -> float32 array or Q4Tensor (ruvdllm_export/spec.py); a linear
-            given as Q4Tensor runs 4-bit, a float one runs float32 (the validation mode).
+        weights: canonical name -> float32 array or Q4Tensor (ruvdllm_export/spec.py), or what
+            the graph builder's prepare_weights holds (8-bit tables, ...); a linear given 4- or
+            8-bit runs on those packed bits, a float one in float32 (the validation mode).
         mask_token_id: the token id that stands for [MASK].
         top_k: candidates per position in the graph outputs.
     """
