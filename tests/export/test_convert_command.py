@@ -247,3 +247,15 @@ def test_default_batch_fits_24_gb_and_a_huge_one_does_not():
     huge = activation_bytes(SMOLLM2, 16, 3 * 2048, 4096, False) + base_bytes(SMOLLM2)
     assert small < budget / 8 < budget < huge
     assert activation_bytes(SMOLLM2, 16, 3 * 2048, 4096, True) < huge / 3
+
+
+def test_convert_with_self_distillation(workspace, tmp_path):
+    """--distill: the AR model answers the prompts first (kept in the run directory), and the
+    answers are trained on with the other data."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Question {i}?"}) + "\n" for i in range(4)))
+    run_dir = tmp_path / "run"
+    argv = _args(workspace, run_dir, "--max-steps", "1", "--distill", str(prompts), "--distill-tokens", "6")
+    assert main(argv) == 0
+    answers = [json.loads(line) for line in (run_dir / "distill.jsonl").read_text().splitlines()]
+    assert [a["prompt"] for a in answers] == [f"Question {i}?" for i in range(4)]

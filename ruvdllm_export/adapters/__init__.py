@@ -1,0 +1,12 @@
+"""Adapters shipped inside the package, so that the default model needs no training on a
+user's machine.
+
+    DEFAULT_ADAPTER   smollm2-135m-bd3lm.safetensors: the AR -> diffusion conversion adapter of
+                      SmolLM2-135M-Instruct (BD3LM, block 8), written by `ruvdllm convert` and
+                      stored as float16 (convert/adapter_file.py; how far it was trained:
+                      docs/conversion.md). `ruvdllm export --adapter DEFAULT_ADAPTER` bakes it in.
+"""
+
+from pathlib import Path
+
+DEFAULT_ADAPTER = Path(__file__).with_name("smollm2-135m-bd3lm.safetensors")
