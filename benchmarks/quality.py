@@ -44,7 +44,9 @@ from ruvdllm_export.convert.objectives import ObjectiveConfig
 from ruvdllm_export.convert.talora_training import BankTrainConfig, train_banks, train_static
 from ruvdllm_export.convert.trainer import evaluate
 from ruvdllm_export.convert_command import load_model
-from ruvdllm_export.reference import LoraConfig, apply_lora, load_lora_state_dict
+from ruvdllm_export.onnx_graph.builder import graph_weights_as_float, prepare_weights
+from ruvdllm_export.onnx_graph.options import GraphOptions
+from ruvdllm_export.reference import DiffusionLM, LoraConfig, apply_lora, load_lora_state_dict
 from ruvdllm_export.reference.sampler import SamplingConfig, generate
 
 DEFAULT_PROMPTS = (
@@ -53,6 +55,14 @@ DEFAULT_PROMPTS = (
     "Why is the sky blue?",
     "Give three tips for learning a new language.",
 )
+
+
+def load_float(path: Path | None):
+    """(checkpoint, model) over float copies of the graph's weights: the same numbers as the
+    4-bit model, dequantized once instead of in every forward (sampling is forward-bound)."""
+    checkpoint, _ = load_model(path, progress=False)
+    weights = graph_weights_as_float(prepare_weights(checkpoint.spec, checkpoint.weights, GraphOptions()))
+    return checkpoint, DiffusionLM(checkpoint.spec, weights, checkpoint.mask_token_id).eval()
 
 
 def attach(model, adapter_path: Path | None) -> str:
@@ -233,10 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    checkpoint, judge = load_model(args.model, progress=False)
-    judge.eval()
-    _, model = load_model(args.model, progress=False)
-    model.eval()
+    checkpoint, judge = load_float(args.model)
+    _, model = load_float(args.model)
     label = attach(model, args.adapter)
     spec = checkpoint.spec
     eos = tuple(spec.eos_token_ids)
