@@ -192,7 +192,7 @@ def hf_model_from_gguf(gguf: Path):
     return model.eval()
 
 
-def hf_baseline(gguf: Path, ids: list[int], lengths, threads: int) -> dict:
+def hf_baseline(gguf: Path, ids: list[int], lengths, threads: int, repeats: int) -> dict:
     print("\n== Hugging Face generate (AR, greedy, float32 weights dequantized from the GGUF) ==")
     import torch
 
@@ -200,7 +200,8 @@ def hf_baseline(gguf: Path, ids: list[int], lengths, threads: int) -> dict:
     model = hf_model_from_gguf(gguf)
     rates = {}
     prompt = torch.tensor([ids])
-    for length in lengths:
+
+    def run(length):
         started = time.perf_counter()
         with torch.no_grad():
             out = model.generate(
@@ -210,13 +211,17 @@ def hf_baseline(gguf: Path, ids: list[int], lengths, threads: int) -> dict:
                 min_new_tokens=length,
                 do_sample=False,
             )
-        wall = time.perf_counter() - started
-        rates[length] = (out.shape[1] - len(ids)) / wall
-        print(row("HF generate", length, "", f"{wall * 1e3 / length:.1f}", f"{rates[length]:.1f}"))
+        return time.perf_counter() - started, out.shape[1] - len(ids)
+
+    run(4)  # warm-up
+    for length in lengths:
+        wall, produced = min(run(length) for _ in range(repeats))
+        rates[length] = produced / wall
+        print(row("HF generate", length, "", f"{wall * 1e3 / produced:.1f}", f"{rates[length]:.1f}"))
     return rates
 
 
-def llama_cpp_baseline(gguf: Path, text: str, lengths, threads: int, eos: int) -> dict:
+def llama_cpp_baseline(gguf: Path, text: str, lengths, threads: int, eos: int, repeats: int) -> dict:
     print("\n== llama.cpp (llama-cpp-python, AR, greedy, the GGUF Q4_1 itself) ==")
     try:
         from llama_cpp import Llama
@@ -225,11 +230,15 @@ def llama_cpp_baseline(gguf: Path, text: str, lengths, threads: int, eos: int) -
         return {}
     llm = Llama(model_path=str(gguf), n_ctx=1024, n_threads=threads, verbose=False)
     rates = {}
-    for length in lengths:
+
+    def run(length):
         started = time.perf_counter()
         out = llm.create_completion(text, max_tokens=length, temperature=0.0, logit_bias={eos: -1e9})
-        wall = time.perf_counter() - started
-        produced = out["usage"]["completion_tokens"]
+        return time.perf_counter() - started, out["usage"]["completion_tokens"]
+
+    run(4)  # warm-up
+    for length in lengths:
+        wall, produced = min(run(length) for _ in range(repeats))
         rates[length] = produced / wall
         print(row("llama.cpp", length, "", f"{wall * 1e3 / produced:.1f}", f"{rates[length]:.1f}"))
     return rates
@@ -315,9 +324,11 @@ def main() -> int:
         print("\nno --gguf: AR baselines and the torch reference skipped")
         return 0
     eos = model.config.eos_token_ids[0]
-    hf = hf_baseline(args.gguf, ids, args.lengths, args.threads) if "hf" not in args.skip else {}
+    hf = (
+        hf_baseline(args.gguf, ids, args.lengths, args.threads, args.repeats) if "hf" not in args.skip else {}
+    )
     llama = (
-        llama_cpp_baseline(args.gguf, text, args.lengths, args.threads, eos)
+        llama_cpp_baseline(args.gguf, text, args.lengths, args.threads, eos, args.repeats)
         if "llama" not in args.skip
         else {}
     )
