@@ -290,6 +290,9 @@ def main() -> int:
     )
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--reference-length", type=int, default=16, help="tokens for the (slow) torch reference"
+    )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--patterns", type=int, default=10_000)
     parser.add_argument(
@@ -333,7 +336,7 @@ def main() -> int:
         else {}
     )
     if "reference" not in args.skip:
-        reference_section(model, args.model, args.gguf, ids, min(args.lengths), args.threads)
+        reference_section(model, args.model, args.gguf, ids, args.reference_length, args.threads)
     if diffusion:
         print("\n== diffusion tokens/s / AR tokens/s (same machine, same run) ==")
         print(row("configuration", "length", "", "/ HF", "/ llama.cpp"))
