@@ -34,7 +34,7 @@ def make_embedding(g: GraphBuilder, name: str, input_ids: str, table: Weight) ->
 def make_split_gather(g: GraphBuilder, scope: str, name: str, ids: str, table: SplitQ8Tensor) -> str:
     """Rows of an 8-bit table stored as two 4-bit halves: dequantize both, add them.
 
-        ids ─quantized gather─► [1,S,2·Kp] ─Reshape[1,S,2,Kp]─ReduceSum(axis 2)─► [1,S,Kp] ─(Slice K)
+    ids ─quantized gather─► [1,S,2·Kp] ─Reshape[1,S,2,Kp]─ReduceSum(axis 2)─► [1,S,Kp] ─(Slice K)
     """
     halves = make_quantized_gather(g, scope, name, ids, table.q4)
     padded_k = table.n_blocks * BLOCK

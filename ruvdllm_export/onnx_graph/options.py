@@ -29,12 +29,12 @@ TARGET_DEFAULTS = {
 class GraphOptions:
     quantization: str = "q4"  # every linear MatMulNBits 4-bit; "fp32" only for tests and size baselines
     attention: str = "attention23"  # the cpu default (see TARGET_DEFAULTS)
-    accuracy_level: int = 0  # float activations: level 4 (int8) is ~2.5x faster at M<=8 but agrees on top-1 only ~95%
+    accuracy_level: int = 0  # float activations; int8 (4) is 2.3x faster at L=8 but 94.9% top-1 agreement
     top_k: int = 32  # candidates per position: enough for top-k/top-p sampling at the usual k <= 20..40
     adapter_targets: tuple[str, ...] = ("q_proj", "v_proj")  # the LoRA targets TALoRA/DGR banks train
     adapter_slots: int = 8  # K slots composed per position (TALoRA groups + DGR retrievals); 0 = no banks
     adapter_rank: int = 4  # bank rank per slot; MicroLoRAs are rank 2, so 4 leaves room
-    table_bits: int | None = None  # token table (embedding + head) bits; None = 4 if exact Q4 else 8 (exact Q8_0)
+    table_bits: int | None = None  # token table bits; None: 4 if exact Q4 else 8 (Q8_0 exactly)
     max_position: int | None = None  # RoPE table length; None = the checkpoint's max_position
 
     def __post_init__(self):

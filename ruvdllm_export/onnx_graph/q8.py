@@ -90,7 +90,11 @@ def split_q8(t: Q8Tensor) -> SplitQ8Tensor:
     scales = np.concatenate([t.scales * np.float32(16), t.scales], axis=1).astype(np.float32)
     zero_points = np.concatenate([np.full((n, nb), 8, np.uint8), np.zeros((n, nb), np.uint8)], axis=1)
     q4 = Q4Tensor(
-        packed=pack_nibbles(codes), scales=scales, zero_points=zero_points, mins=None, in_features=2 * nb * BLOCK
+        packed=pack_nibbles(codes),
+        scales=scales,
+        zero_points=zero_points,
+        mins=None,
+        in_features=2 * nb * BLOCK,
     )
     return SplitQ8Tensor(q4=q4, in_features=t.in_features)
 
