@@ -95,7 +95,12 @@ def make_attention_block(ctx: BuildContext, layer: int, x: str) -> str:
 
 
 def make_present(ctx: BuildContext, layer: int, scope: str, k: str, v: str) -> tuple[str, str]:
-    """k, v [1,S,kv·D] → present_key/value.{layer} = past ++ chunk, [1,kv,P+S,D] (BNSH)."""
+    """k, v [1,S,kv·D] → present_key/value.{layer} = past ++ chunk, [1,kv,P+S,D] (BNSH).
+
+        k ─Reshape[1,S,kv,D]─Transpose[0,2,1,3]─► [1,kv,S,D] ─┐
+        past_key.{layer} [1,kv,P,D] ─────────────────────────Concat(axis 2)─► present_key.{layer}
+    (the same for v)
+    """
     g, s = ctx.g, ctx.spec
     presents = []
     for name, x, past, present in (
