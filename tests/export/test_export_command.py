@@ -155,3 +155,18 @@ def test_bad_adapter_files_are_refused(gguf_path, tmp_path):
         "q_proj",
     )
     assert not (tmp_path / "m").exists()
+
+
+def test_export_needs_no_torch(gguf_path, tmp_path):
+    """The user's path: with torch unimportable the export still validates (fp32 ONNX reference)."""
+    out = tmp_path / "model"
+    code = (
+        "import sys; sys.modules['torch'] = None; from ruvdllm_export.cli import main; "
+        f"sys.exit(main(['export', '--checkpoint', {str(gguf_path)!r}, '--out', {str(out)!r}]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    validation = artifact.load_config(out).source["validation"]
+    assert validation["reference"].startswith("onnxruntime fp32") and validation["top1_agreement"] == 1.0
