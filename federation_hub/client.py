@@ -100,7 +100,19 @@ class HubClient:
         self._http.close()
 
     # --- requests -----------------------------------------------------------------------------
-    def request(self, method: str, path: str, *, content: bytes | None = None, json=None, params=None):
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        json=None,
+        params=None,
+        idempotent: bool | None = None,
+    ):
+        """One call; retried on connection errors and 5xx only when repeating it is harmless
+        (reads, update submission — idempotent by update id — and closing a round)."""
+        retries = self.retries if (method == "GET" if idempotent is None else idempotent) else 0
         attempt = 0
         headers = {"content-type": "application/json"} if content is not None else None
         while True:
@@ -110,11 +122,11 @@ class HubClient:
                     method, path, content=content, json=json, params=params, headers=headers
                 )
             except httpx.TransportError as exc:
-                if attempt > self.retries:
+                if attempt > retries:
                     raise RuvdllmError(f"hub {self.base_url}: {type(exc).__name__}: {exc}") from None
                 time.sleep(0.2 * 2**attempt)
                 continue
-            if response.status_code >= 500 and attempt <= self.retries:
+            if response.status_code >= 500 and attempt <= retries:
                 time.sleep(0.2 * 2**attempt)
                 continue
             if response.status_code >= 400:
@@ -154,7 +166,7 @@ class HubClient:
     def submit(self, update: ClientUpdate, group_key: str | None = None) -> dict:
         """Send an update; returns the hub's receipt. Private tier: refused here, nothing is sent."""
         body = self.encode(update, group_key)
-        return self.request("POST", "/v1/updates", content=body)
+        return self.request("POST", "/v1/updates", content=body, idempotent=True)
 
     def encode(self, update: ClientUpdate, group_key: str | None = None) -> bytes:
         """The exact request body for `update` (the tier check happens first, before any I/O)."""
@@ -267,7 +279,7 @@ class HubAdmin(HubClient):
         return self.request("POST", "/v1/rounds", json=spec)
 
     def close_round(self, round_id: int, reopen: bool = False) -> dict:
-        return self.request("POST", f"/v1/rounds/{round_id}/close", json={"reopen": reopen})
+        return self.request("POST", f"/v1/rounds/{round_id}/close", json={"reopen": reopen}, idempotent=True)
 
     def audit(self, after: int = 0) -> list[dict]:
         return self.request("GET", "/v1/admin/audit", params={"after": after})

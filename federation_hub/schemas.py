@@ -268,6 +268,22 @@ class ReleaseSummary(BaseModel):
     details: dict
 
 
+class ReleaseMeta(BaseModel):
+    """What a release's stored metadata must hold; checked on releases that arrive by gossip."""
+
+    id: str
+    origin: str
+    seq: int
+    tier: Literal["public", "tenant"]
+    tenant: str | None
+    timestep_group: TimestepGroup
+    round_id: int
+    strategy: str
+    contributors: int = Field(ge=0)
+    created_at: datetime
+    details: dict
+
+
 class Release(ReleaseSummary):
     deltas: dict[str, LoraDelta]
     residuals: dict[str, float] = Field(description="per linear: ||exact − released|| / ||exact||")

@@ -25,9 +25,10 @@ import httpx
 from federation_hub import codec
 from federation_hub.gossip import signing
 from federation_hub.gossip.vv import version_vector
-from federation_hub.schemas import GossipEntry, GossipReply, GossipSync
+from federation_hub.schemas import GossipEntry, GossipReply, GossipSync, ReleaseMeta
 from federation_hub.services.state import HubState
 from federation_hub.storage.base import ReleaseRecord
+from runtime.errors import RuvdllmError
 
 log = logging.getLogger("federation_hub.gossip")
 SYNC_PATH = "/v1/gossip/sync"
@@ -64,21 +65,11 @@ def merge_entries(state: HubState, entries: list[GossipEntry], sender: str) -> i
     """Validate and merge; entries that fail a check are skipped and logged, never stored."""
     good = []
     for entry in entries:
-        payload = base64.b64decode(entry.payload)
-        problem = None
-        if hashlib.sha256(payload).hexdigest() != entry.digest:
-            problem = "digest does not match payload"
-        elif entry.meta.get("origin") != entry.origin or entry.meta.get("seq") != entry.seq:
-            problem = "meta names another origin or seq"
-        elif entry.meta.get("tier") not in state.settings.gossip_tiers:
-            problem = f"tier {entry.meta.get('tier')!r} is not gossiped here"
-        elif entry.origin == state.hub_id and entry.seq > local_vv(state).get(state.hub_id, 0):
-            problem = "claims to be ours but we never released it"
-        else:
-            try:
-                codec.decode_contribution(payload, f"release {entry.origin}:{entry.seq}")
-            except Exception as exc:  # a peer's bad payload must not stop the merge of the rest
-                problem = str(exc)
+        try:
+            payload = base64.b64decode(entry.payload, validate=True)
+        except ValueError:
+            payload = None
+        problem = _problem(state, entry, payload)
         if problem:
             log.warning(
                 "gossip entry rejected",
@@ -92,6 +83,37 @@ def merge_entries(state: HubState, entries: list[GossipEntry], sender: str) -> i
     merged = state.store.merge_releases(good) if good else 0
     state.metrics.gossip_merged.inc(merged)
     return merged
+
+
+def _problem(state: HubState, entry: GossipEntry, payload: bytes | None) -> str | None:
+    """Why an entry must not be merged, or None."""
+    if payload is None:
+        return "payload is not base64"
+    if hashlib.sha256(payload).hexdigest() != entry.digest:
+        return "digest does not match payload"
+    if entry.meta.get("origin") != entry.origin or entry.meta.get("seq") != entry.seq:
+        return "meta names another origin or seq"
+    if not _meta_ok(entry.meta):
+        return "meta is not a release summary"
+    if entry.meta["tier"] not in state.settings.gossip_tiers:
+        return f"tier {entry.meta['tier']!r} is not gossiped here"
+    if entry.origin == state.hub_id and entry.seq > local_vv(state).get(state.hub_id, 0):
+        return "claims to be ours but we never released it"
+    try:
+        _, metrics = codec.decode_contribution(payload, f"release {entry.origin}:{entry.seq}")
+    except RuvdllmError as exc:
+        return str(exc)
+    if not isinstance(metrics.get("residuals"), dict):
+        return "payload has no residuals"
+    return None
+
+
+def _meta_ok(meta: dict) -> bool:
+    try:
+        ReleaseMeta.model_validate(meta)
+    except ValueError:
+        return False
+    return meta["id"] == f"{meta['origin']}:{meta['seq']}"
 
 
 class GossipLoop:

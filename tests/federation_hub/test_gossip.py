@@ -1,6 +1,8 @@
 """Three hub processes gossiping on loopback through TCP links the test can cut: convergence,
 a hub killed with SIGKILL mid-round and restarted, a partition that heals, and authentication."""
 
+import base64
+import hashlib
 import json
 import time
 
@@ -8,6 +10,8 @@ import httpx
 import numpy as np
 import pytest
 
+from federation_hub.aggregate.lora import LoraPair
+from federation_hub.codec import encode_contribution
 from federation_hub.gossip.signing import sign_headers
 from federation_hub.tiers import Tier
 from tests.federation_hub.hubs import SMALL_SHAPES, HubProcess, client_update, random_update
@@ -58,7 +62,7 @@ def start_round(hub):
 def contribute(clients, round_id, rng):
     for client in clients:
         client.submit(
-            client_update(f"{client.token[-8:]}-{round_id}", Tier.PUBLIC, {"coarse": random_update(rng)})
+            client_update(f"u{client.me()['client_id']}-{round_id}", Tier.PUBLIC, {"coarse": random_update(rng)})
         )
 
 
@@ -106,6 +110,38 @@ def test_gossip_needs_the_shared_secret(federation):
     impostor = sign_headers(SECRET, "POST", "/v1/gossip/sync", "c", body, time.time())
     assert post(**impostor).status_code == 401  # signed as c, speaks for b
     assert post(**right).status_code == 200
+
+
+def test_a_peer_cannot_plant_bad_releases(federation):
+    hubs, _, _ = federation
+    good_payload = encode_contribution(
+        {"l": LoraPair(np.ones((1, 2), np.float32), np.ones((2, 1), np.float32))}, {"residuals": {"l": 0.0}}
+    )
+    meta = {
+        "id": "b:900", "origin": "b", "seq": 900, "tier": "public", "tenant": None, "timestep_group": "coarse", "round_id": 1,
+        "strategy": "daf", "contributors": 5, "created_at": "2025-01-01T00:00:00+00:00", "details": {},
+    }  # fmt: skip
+
+    def entry(payload=good_payload, **changes):
+        return {"origin": "b", "seq": 900, "meta": {**meta, **changes.pop("meta", {})}, "payload": base64.b64encode(payload).decode(),
+                "digest": changes.pop("digest", hashlib.sha256(payload).hexdigest()), **changes}  # fmt: skip
+
+    bad = [
+        entry(digest="0" * 64),  # content does not match its digest
+        entry(meta={"contributors": "many"}),  # meta is not a release summary
+        entry(meta={"tier": "tenant"}),  # a tier this hub does not gossip
+        entry(meta={"seq": 901}),  # meta speaks of another release
+        entry(payload=b"RVH1garbage"),  # not a payload
+        {**entry(), "origin": "a", "meta": {**meta, "origin": "a", "id": "a:900"}},  # a's own history, forged
+    ]
+    body = json.dumps({"hub_id": "b", "vv": {}, "entries": bad}).encode()
+    headers = {
+        "content-type": "application/json",
+        **sign_headers(SECRET, "POST", "/v1/gossip/sync", "b", body, time.time()),
+    }
+    response = httpx.post(hubs["a"].url + "/v1/gossip/sync", content=body, headers=headers)
+    assert response.status_code == 200 and response.json()["merged"] == 0
+    assert "b:900" not in held(hubs["a"]) and "a:900" not in held(hubs["a"])
 
 
 def test_three_hubs_converge_survive_sigkill_and_heal_a_partition(federation):
