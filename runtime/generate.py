@@ -21,7 +21,7 @@ SAMPLER_FUNCTIONS = {"mdlm": sample_mdlm, "bd3lm": sample_bd3lm}
 
 @dataclass(frozen=True)
 class GenerationResult:
-    tokens: list[int]  # generated ids, truncated before the first EOS
+    tokens: list[int]  # generated ids, truncated before the first EOS (when settings.stop_at_eos)
     finish_reason: str  # "stop" (EOS) or "length"
     trace: list[StepEvent] = field(repr=False)
     prompt_tokens: int = 0
@@ -84,7 +84,9 @@ def generate(
     sampler = SAMPLER_FUNCTIONS[settings.sampler]
     generated = sampler(backend, list(prompt), settings, plan, rng, control, report)
     wall_ms = (time.perf_counter() - started) * 1e3
-    tokens, finish = truncate_at_eos(generated, set(backend.config.eos_token_ids))
+    tokens, finish = generated, "length"
+    if settings.stop_at_eos:
+        tokens, finish = truncate_at_eos(generated, set(backend.config.eos_token_ids))
     return GenerationResult(
         tokens=tokens,
         finish_reason=finish,

@@ -101,3 +101,15 @@ def test_last_block_may_be_short_and_events_stream_the_whole_text():
     assert events[3].tokens == result.tokens[:4]
     assert events[4].tokens[:4] == result.tokens[:4] and events[4].tokens[4:].count(None) == 1
     assert set(events[5].committed) == {4} or set(events[5].committed) == {5}
+
+
+def test_without_eos_stop_nothing_is_cut():
+    eos = TOY_CONFIG.eos_token_ids[0]
+    for seed in range(60):
+        settings = GenerationSettings(
+            sampler="bd3lm", length=24, block_size=4, temperature=1.0, stop_at_eos=False
+        )
+        result = generate(ToyBackend(peaked=0.3), [2], settings, random.Random(seed))
+        if eos in result.tokens:
+            break
+    assert eos in result.tokens and len(result.tokens) == 24 and result.finish_reason == "length"
