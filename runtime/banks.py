@@ -19,6 +19,9 @@ Format (a directory, `format` 1):
 Slots [0, G) are the TALoRA groups, [G, K) the DGR adapters; a slot without an adapter is zero.
 The graph takes all slots at once: adapter.{target}.a = [L, in, K·r] with slot k in columns
 k·r .. (k+1)·r − 1, and adapter.{target}.b = [L, K·r, out] likewise in rows (`assemble`).
+
+A bank inside a model directory (its banks/) is covered by the model's manifest: edit a copy and
+pass that with `--bank`, or re-run write_manifest after changing it.
 """
 
 from __future__ import annotations
