@@ -92,6 +92,7 @@ def _saved_args(args) -> argparse.Namespace:
         if getattr(args, key) is not None:
             saved[key] = getattr(args, key)
     saved["quiet"] = args.quiet
+    saved["run_dir"] = str(args.run_dir)  # the directory being resumed, wherever it has moved
     for key in ("model", "run_dir", "output", "distill", "data"):
         if saved.get(key) is not None:
             saved[key] = [Path(p) for p in saved[key]] if key == "data" else Path(saved[key])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -157,6 +158,12 @@ def test_cli_resume_continues_the_saved_run(workspace, tmp_path):
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
     saved = json.loads((run_dir / "args.json").read_text())
     assert saved["rank"] == 2  # the run's own arguments were used, not the defaults
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved)
+    before = (run_dir / "log.jsonl").read_text()
+    assert main(["convert", "--resume", "--run-dir", str(moved), "--max-steps", "4", "--quiet"]) == 0
+    assert (run_dir / "log.jsonl").read_text() == before  # a moved run resumes where it now lies
+    assert '"step": 4' in (moved / "log.jsonl").read_text()
 
 
 def _error(capsys, argv) -> str:
