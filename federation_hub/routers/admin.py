@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from federation_hub import audit
 from federation_hub.auth import new_token, token_hash
@@ -44,7 +44,7 @@ def create_token(body: TokenIn, _: Admin, state: State) -> TokenOut:
 
 
 @router.post("/admin/tokens/{token_id}/revoke", status_code=204, summary="revoke a client token")
-def revoke_token(token_id: int, _: Admin, state: State) -> None:
+def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**62)], _: Admin, state: State) -> None:
     if not state.store.revoke_token(token_id):
         raise NotFound(f"token {token_id}: no such live token")
 

@@ -28,7 +28,9 @@ def parse_update(body: bytes) -> PlainUpdate | SealedUpdate:
         return UPDATE.validate_json(body)
     except ValidationError as exc:
         # no input echoed back: it may be megabytes, or bytes that are not UTF-8 (found by schemathesis)
-        raise RequestValidationError(exc.errors(include_url=False, include_context=False, include_input=False)) from None
+        raise RequestValidationError(
+            exc.errors(include_url=False, include_context=False, include_input=False)
+        ) from None
 
 
 @router.post(

@@ -10,9 +10,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from runtime.errors import RuvdllmError
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 class Conflict(RuvdllmError):

@@ -1,4 +1,5 @@
-"""The Store on SQLAlchemy Core: one implementation of the queries, two engines.
+"""The Store on SQLAlchemy Core: one implementation of the queries (releases and gossip in
+`sql_releases.py`), two engines (`engines.py`).
 
 SQLite: WAL (readers never block the writer), synchronous=FULL (an acknowledged write survives a
 power cut, not just a killed process), and `BEGIN IMMEDIATE` for every transaction so concurrent
@@ -16,7 +17,6 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -30,18 +30,15 @@ from federation_hub.storage.base import (
     ContributionRow,
     NewRelease,
     NewUpdate,
-    ReleaseRecord,
     RoundRecord,
     SealedRow,
     Store,
     TokenRecord,
     Viewer,
+    utcnow,
 )
+from federation_hub.storage.sql_releases import ReleaseQueries
 from runtime.errors import RuvdllmError
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -50,7 +47,7 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
-class SqlStore(Store):
+class SqlStore(ReleaseQueries, Store):
     def __init__(self, engine: Engine):
         self.engine = engine
         self.dialect = engine.dialect.name
@@ -436,100 +433,6 @@ class SqlStore(Store):
                 SealedRow(row.update_id, bytes(row.nonce), bytes(row.payload)) for row in conn.execute(query)
             ]
 
-    # --- releases and gossip ------------------------------------------------------------------
-    @staticmethod
-    def _visible_releases(viewer: Viewer):
-        if viewer.admin:
-            return sa.true()
-        r = t.releases.c
-        return sa.or_(r.tier == "public", sa.and_(r.tier == "tenant", r.tenant == viewer.tenant))
-
-    @staticmethod
-    def _release(row, with_payload: bool) -> ReleaseRecord:
-        return ReleaseRecord(
-            origin=row.origin, seq=row.seq, tier=row.tier, tenant=row.tenant, timestep_group=row.timestep_group,
-            meta=row.meta, digest=row.digest, payload=bytes(row.payload) if with_payload else None,
-        )  # fmt: skip
-
-    def get_release(self, release_id: str, viewer: Viewer) -> ReleaseRecord | None:
-        origin, _, seq = release_id.rpartition(":")
-        if not origin or not seq.isdigit():
-            return None
-        r = t.releases.c
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(t.releases).where(
-                    r.origin == origin, r.seq == int(seq), self._visible_releases(viewer)
-                )
-            ).first()
-        return self._release(row, True) if row else None
-
-    def list_releases(
-        self, viewer: Viewer, timestep_group: str | None = None, limit: int = 100
-    ) -> list[ReleaseRecord]:
-        r = t.releases.c
-        query = (
-            sa.select(r.origin, r.seq, r.tier, r.tenant, r.timestep_group, r.meta, r.digest)
-            .where(self._visible_releases(viewer))
-            .order_by(r.id.desc())
-            .limit(limit)
-        )
-        if timestep_group:
-            query = query.where(r.timestep_group == timestep_group)
-        with self.engine.connect() as conn:
-            return [self._release(row, False) for row in conn.execute(query)]
-
-    def release_seqs(self) -> dict[str, list[int]]:
-        seqs: dict[str, list[int]] = {}
-        with self.engine.connect() as conn:
-            for origin, seq in conn.execute(sa.select(t.releases.c.origin, t.releases.c.seq)):
-                seqs.setdefault(origin, []).append(seq)
-        return seqs
-
-    def releases_after(self, vv: dict[str, int], tiers: Sequence[str], limit: int) -> list[ReleaseRecord]:
-        r = t.releases.c
-        newer = [r.origin.notin_(list(vv) or [""])] + [
-            sa.and_(r.origin == o, r.seq > s) for o, s in vv.items()
-        ]
-        query = (
-            sa.select(t.releases)
-            .where(r.tier.in_(list(tiers)), sa.or_(*newer))
-            .order_by(r.origin, r.seq)
-            .limit(limit)
-        )
-        with self.engine.connect() as conn:
-            return [self._release(row, True) for row in conn.execute(query)]
-
-    def merge_releases(self, releases: Sequence[ReleaseRecord]) -> int:
-        merged = 0
-        with self._write() as conn:
-            for rel in releases:
-                values = dict(
-                    origin=rel.origin, seq=rel.seq, tier=rel.tier, tenant=rel.tenant, timestep_group=rel.timestep_group,
-                    meta=rel.meta, digest=rel.digest, payload=rel.payload, received_at=utcnow(),
-                )  # fmt: skip
-                if self._insert_ignore(conn, t.releases, values):
-                    merged += 1
-                    self._append_audit(
-                        conn, "release-received", rel.id, {"digest": rel.digest, "tier": rel.tier}
-                    )
-                    continue
-                r = t.releases.c
-                held = conn.execute(
-                    sa.select(r.digest).where(r.origin == rel.origin, r.seq == rel.seq)
-                ).scalar_one()
-                if rel.digest < held:
-                    # Two contents under one (origin, seq): only an origin that lost its database and
-                    # reused its id does that. The smaller digest wins everywhere, so merges stay
-                    # order-independent (gossip/vv.py `union`), and the audit log records it.
-                    conn.execute(
-                        t.releases.update().where(r.origin == rel.origin, r.seq == rel.seq).values(**values)
-                    )
-                    self._append_audit(
-                        conn, "release-conflict", rel.id, {"kept": rel.digest, "dropped": held}
-                    )
-        return merged
-
     # --- audit --------------------------------------------------------------------------------
     def _append_audit(self, conn: Connection, kind: str, subject: str, details: dict) -> None:
         head = conn.execute(
@@ -557,54 +460,3 @@ class SqlStore(Store):
         return [
             AuditRecord(r.seq, _utc(r.at), r.kind, r.subject, r.details, r.prev_hash, r.hash) for r in rows
         ]
-
-
-class SqliteStore(SqlStore):
-    def __init__(self, url: str):
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
-
-        @sa.event.listens_for(engine, "connect")
-        def _configure(dbapi_connection, _record):
-            dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=60000")
-            cursor.close()
-
-        @sa.event.listens_for(engine, "begin")
-        def _begin(conn):
-            conn.exec_driver_sql(
-                "BEGIN IMMEDIATE" if conn.get_execution_options().get("hub_write") else "BEGIN"
-            )
-
-        super().__init__(engine)
-
-    def _insert_ignore(self, conn, table, values) -> bool:
-        statement = sqlite.insert(table).values(**values).on_conflict_do_nothing()
-        return conn.execute(statement.returning(*table.primary_key.columns)).first() is not None
-
-
-class PostgresStore(SqlStore):
-    def __init__(self, url: str):
-        super().__init__(sa.create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True))
-
-    def _insert_ignore(self, conn, table, values) -> bool:
-        # RETURNING, not rowcount: with implicit RETURNING the driver's rowcount is not the rows inserted
-        statement = postgresql.insert(table).values(**values).on_conflict_do_nothing()
-        return conn.execute(statement.returning(*table.primary_key.columns)).first() is not None
-
-    def _lock_key(self, conn, key: str) -> None:
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key})
-
-
-def open_store(url: str) -> Store:
-    """sqlite:///path (WAL) or postgresql://user@host/db (psycopg 3)."""
-    if url.startswith("sqlite"):
-        return SqliteStore(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    if url.startswith("postgresql"):
-        return PostgresStore(url)
-    raise RuvdllmError(f"hub database {url!r}: use sqlite:///PATH or postgresql://USER@HOST/DB")

@@ -40,13 +40,20 @@ def make_strategy(name: str, timestep_group: str, params: dict | None = None) ->
         cls = STRATEGIES[name]
     else:
         raise ValueError(f"strategy {name!r}: use one of {', '.join(STRATEGY_NAMES)}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(params) - known)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - set(fields))
     if unknown:
         raise ValueError(
-            f"strategy {cls.name!r} has no parameter {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            f"strategy {cls.name!r} has no parameter {', '.join(unknown)} (known: {', '.join(sorted(fields))})"
         )
+    for key, value in params.items():
+        accepted = _ACCEPTED[str(fields[key].type)]
+        if not isinstance(value, accepted) or isinstance(value, bool):
+            raise ValueError(f"strategy {cls.name!r}: {key} must be {fields[key].type}, not {value!r}")
     return cls(**params)
+
+
+_ACCEPTED = {"float": (int, float), "int": (int,), "str": (str,)}  # the types strategy parameters have
 
 
 __all__ = [

@@ -43,6 +43,13 @@ class Selection:
         return self.contributors == 0
 
 
+def require(condition: bool, message: str) -> None:
+    """Parameter checks in strategies' __post_init__: a bad parameter fails when the round opens,
+    not when it closes."""
+    if not condition:
+        raise ValueError(message)
+
+
 def withhold(count: int, reason: str, **details) -> Selection:
     return Selection(weights=np.zeros(count), reason=reason, details=details)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from federation_hub.aggregate.weights import sample_weights
-from federation_hub.strategies.base import ContributionMeta, Selection, Strategy, withhold
+from federation_hub.strategies.base import ContributionMeta, Selection, Strategy, require, withhold
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,9 @@ class FedAvg(Strategy):
     min_contributors: int = 1  # the baseline releases whatever arrived; k-anonymity is enforced on top
 
     name = "fedavg"
+
+    def __post_init__(self):
+        require(self.min_contributors >= 1, f"{self.name}: min_contributors must be at least 1")
 
     def select(self, metas: list[ContributionMeta], features, rng) -> Selection:
         if len(metas) < self.min_contributors:
@@ -34,6 +37,10 @@ class FedProx(FedAvg):
     proximal_mu: float = 0.01  # the value Li et al. found robust across their benchmarks
 
     name = "fedprox"
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(0 <= self.proximal_mu <= 1e3, "fedprox: proximal_mu must be in [0, 1000]")
 
     def client_config(self) -> dict:
         return {"proximal_mu": self.proximal_mu}

@@ -23,7 +23,7 @@ from federation_hub.aggregate.weights import (
     relative_improvement,
     sample_weights,
 )
-from federation_hub.strategies.base import ContributionMeta, Selection, Strategy, withhold
+from federation_hub.strategies.base import ContributionMeta, Selection, Strategy, require, withhold
 
 
 def _samples(metas: list[ContributionMeta]) -> np.ndarray:
@@ -52,6 +52,9 @@ class WeightedAverage(Strategy):
 
     name = "weighted"
 
+    def __post_init__(self):
+        require(self.min_contributors >= 1, "weighted: min_contributors must be at least 1")
+
     def select(self, metas, features, rng) -> Selection:
         if len(metas) < self.min_contributors:
             return withhold(len(metas), f"{len(metas)} contributions, need {self.min_contributors}")
@@ -66,6 +69,10 @@ class QualityWeighted(Strategy):
     min_contributors: int = 1
 
     name = "quality"
+
+    def __post_init__(self):
+        require(0 < self.temperature <= 1e3, "quality: temperature must be in (0, 1000]")
+        require(self.min_contributors >= 1, "quality: min_contributors must be at least 1")
 
     def select(self, metas, features, rng) -> Selection:
         weights = quality_weights(_improvement(metas), self.temperature)
@@ -90,6 +97,10 @@ class Conservative(Strategy):
 
     name = "conservative"
     needs_features = True
+
+    def __post_init__(self):
+        require(self.min_contributors >= 1, "conservative: min_contributors must be at least 1")
+        require(0 < self.max_cosine_distance <= 2, "conservative: max_cosine_distance must be in (0, 2]")
 
     def select(self, metas, features, rng) -> Selection:
         if len(metas) < self.min_contributors:
@@ -125,10 +136,16 @@ class Selective(Strategy):
     needs_features = True
 
     def __post_init__(self):
-        if self.method not in SELECTIVE_METHODS:
-            raise ValueError(
-                f"selective clustering method {self.method!r}: use one of {', '.join(SELECTIVE_METHODS)}"
-            )
+        methods = ", ".join(SELECTIVE_METHODS)
+        require(
+            self.method in SELECTIVE_METHODS,
+            f"selective clustering method {self.method!r}: use one of {methods}",
+        )
+        require(1 <= self.clusters <= 1000, "selective: clusters must be in [1, 1000]")
+        require(
+            0 < self.eps <= 2 and 0 < self.max_cosine_distance <= 2, "selective: distances must be in (0, 2]"
+        )
+        require(self.min_contributors >= 1, "selective: min_contributors must be at least 1")
 
     def labels(self, features: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.method == "kmeans":
@@ -162,6 +179,11 @@ class Hybrid(Strategy):
 
     name = "hybrid"
     needs_features = True
+
+    def __post_init__(self):
+        require(0 < self.temperature <= 1e3, "hybrid: temperature must be in (0, 1000]")
+        require(self.min_contributors >= 1, "hybrid: min_contributors must be at least 1")
+        require(0 < self.max_cosine_distance <= 2, "hybrid: max_cosine_distance must be in (0, 2]")
 
     def select(self, metas, features, rng) -> Selection:
         base = Conservative(self.min_contributors, self.max_cosine_distance).select(metas, features, rng)

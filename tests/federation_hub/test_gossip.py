@@ -62,7 +62,9 @@ def start_round(hub):
 def contribute(clients, round_id, rng):
     for client in clients:
         client.submit(
-            client_update(f"u{client.me()['client_id']}-{round_id}", Tier.PUBLIC, {"coarse": random_update(rng)})
+            client_update(
+                f"u{client.me()['client_id']}-{round_id}", Tier.PUBLIC, {"coarse": random_update(rng)}
+            )
         )
 
 

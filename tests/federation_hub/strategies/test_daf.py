@@ -35,6 +35,17 @@ def test_daf_picks_a_policy_per_timestep_group():
     with pytest.raises(ValueError, match="no parameter"):
         make_strategy("fedprox", "coarse", {"mu": 0.1})
     assert make_strategy("fedprox", "coarse", {"proximal_mu": 0.1}).client_config() == {"proximal_mu": 0.1}
+    bad = [
+        ("quality", {"temperature": 0}),
+        ("quality", {"temperature": "hot"}),
+        ("selective", {"clusters": 0}),
+        ("conservative", {"min_contributors": 0}),
+        ("fedprox", {"proximal_mu": -1}),
+        ("hybrid", {"min_contributors": 2.5}),
+    ]
+    for name, params in bad:
+        with pytest.raises(ValueError):
+            make_strategy(name, "coarse", params)
 
 
 def test_coarse_weighs_by_samples():
