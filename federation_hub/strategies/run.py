@@ -12,7 +12,7 @@ import numpy as np
 
 from federation_hub.aggregate.cluster import Sketcher
 from federation_hub.aggregate.lora import Factorized, LoraPair, LowRankSum
-from federation_hub.strategies.base import ContributionMeta, Selection, Strategy
+from federation_hub.strategies.base import ContributionMeta, Selection, Strategy, withhold
 
 Loader = Callable[[Sequence[int]], Iterable[dict[str, LoraPair]]]
 
@@ -38,8 +38,10 @@ def run_strategy(
     sketch_seed: int,
 ) -> RoundResult:
     """`shapes` maps each linear to (out, in); a release rank of None keeps the exact numerical rank."""
+    if not metas:
+        return RoundResult(selection=withhold(0, "no contributions"))
     features = None
-    if strategy.needs_features and metas:
+    if strategy.needs_features:
         sketcher = Sketcher(shapes, np.random.default_rng(sketch_seed))
         features = np.vstack([sketcher.sketch(strategy.prepare(p)) for p in load(range(len(metas)))])
     selection = strategy.select(metas, features, rng)

@@ -87,3 +87,10 @@ def test_dp_wrapper_clips_adds_seeded_noise_and_uses_own_weights():
     np.testing.assert_array_equal(a.factors[name].pair.b, b.factors[name].pair.b)  # same seed, same noise
     assert not np.allclose(a.factors[name].pair.b, c.factors[name].pair.b)
     assert a.facts["noise_std"] == pytest.approx(2.0 * 1.0 / 4)
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_an_empty_round_releases_nothing(name):
+    params = {"min_contributors": 1} if name not in ("daf",) else {}
+    result = run(make_strategy(name, "fine", params), [], metas=[])
+    assert result.withheld and result.selection.reason == "no contributions"
