@@ -56,7 +56,8 @@ def test_sigkill_while_submitting_loses_no_acknowledged_update(tmp_path):
 
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(submit, i) for i in range(len(tokens))]
-            while len(acknowledged) < 12:
+            deadline = time.monotonic() + 120
+            while len(acknowledged) < 12 and time.monotonic() < deadline:
                 time.sleep(0.005)
             hub.kill()
             for f in futures:
