@@ -277,6 +277,15 @@ def main(argv: list[str] | None = None) -> int:
             {"objective": objective.objective, "block": block, "base": base, "converted": converted}
         )
 
+    if not args.skip_denoising:
+        ar = sum(ar_nll(judge, row[:1].tolist(), row[1:].tolist())[0] for row in held) / (
+            held.numel() - len(held)
+        )
+        print(
+            f"| AR reference: causal next-token NLL of the same rows | - | {ar:.3f} | {math.exp(ar):.1f} | - | - |"
+        )
+        results["ar_nll"] = ar
+
     if not args.skip_samples:
         if args.prompts:
             texts = [
