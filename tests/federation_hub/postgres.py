@@ -44,7 +44,7 @@ class PostgresServer:
             raise RuntimeError(f"{command[0]} failed: {result.stdout}\n{result.stderr}")
 
     def start(self) -> PostgresServer:
-        self._run(
+        initdb = [
             str(self.bindir / "initdb"),
             "-D",
             str(self.data),
@@ -55,11 +55,11 @@ class PostgresServer:
             "-E",
             "UTF8",
             "--no-sync",
-        )
+        ]
         options = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200"
         )
-        self._run(
+        pg_ctl = [
             str(self.bindir / "pg_ctl"),
             "-D",
             str(self.data),
@@ -69,7 +69,13 @@ class PostgresServer:
             str(self.root / "log"),
             "-w",
             "start",
-        )
+        ]
+        try:
+            self._run(*initdb)
+            self._run(*pg_ctl)
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
         return self
 
     def create_database(self) -> str:
