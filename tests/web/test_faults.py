@@ -102,6 +102,7 @@ def test_interrupt_stops_within_one_step(browser, web_server, model_url):
     page.fill("#length", "180")  # 180 steps of 220 positions: seconds of work
     page.click("#generate")
     page.wait_for_function("window.ruvdllm.steps >= 3")
+    assert page.locator("#cells .cell.masked").count() > 100  # the live view: most positions still masked
     page.click("#stop")
     page.wait_for_function("window.ruvdllm.complete || window.ruvdllm.error")
     complete = state(page)["complete"]

@@ -116,6 +116,12 @@ function renderCells(step) {
 }
 
 function renderTalora(weights, t) {
+  if (state.info && !state.info.bank.present) {
+    const note = Object.assign(document.createElement('p'), { className: 'empty-note', textContent: 'No adapter bank in this model: the base model runs unchanged.' });
+    $('talora-bars').replaceChildren(note);
+    $('t-value').textContent = `t = ${t.toFixed(2)}`;
+    return;
+  }
   const names = state.info?.bank?.groups || [];
   const rows = (weights.length ? weights : names.map((name) => ({ name, weight: 0 }))).map(({ name, weight }) => {
     const row = document.createElement('div');
@@ -139,7 +145,7 @@ function renderRetrievals(retrieved) {
         li.querySelector('code').textContent = names;
         return li;
       })
-    : [Object.assign(document.createElement('li'), { className: 'muted', textContent: state.info?.bank?.patterns ? 'none: the model is confident enough' : 'no patterns in this bank' })];
+    : [Object.assign(document.createElement('li'), { className: 'muted', textContent: !state.info?.bank?.present ? 'No adapter bank in this model.' : state.info.bank.patterns ? 'none: the model is confident enough' : 'no patterns in this bank' })];
   $('retrievals').replaceChildren(...items);
 }
 
@@ -150,12 +156,13 @@ function showStep(step) {
   renderCells(step);
   renderTalora(step.talora, step.t);
   renderRetrievals(step.retrieved);
+  state.retrievals = (step.step === 0 && step.span === 0 ? 0 : state.retrievals || 0) + step.retrieved.length;
+  $('dgr-total').textContent = `this step · ${state.retrievals} in this answer`;
   $('step-label').textContent = `block ${step.span} · step ${step.step} · t = ${step.t.toFixed(2)}`;
   $('stat-tps').textContent = step.tokensPerSecond.toFixed(1);
   $('stat-steps').textContent = String(state.steps);
   $('stat-forward').textContent = `${step.forwardMs.toFixed(0)} ms`;
-  const partial = step.cells.filter((c) => c.state !== 'masked').map((c) => c.text).join('');
-  $('output').textContent = partial;
+  $('output').textContent = step.text;
   $('output').classList.add('streaming');
 }
 
@@ -280,7 +287,7 @@ async function main() {
   });
   $('stop').addEventListener('click', () => {
     state.interruptAt = performance.timeOrigin + performance.now(); // comparable across threads
-    if (interruptBuffer) Atomics.store(new Int32Array(interruptBuffer), 0, 2); // SIGINT for Pyodide
+    if (interruptBuffer) Atomics.store(new Int32Array(interruptBuffer), 0, 1); // seen by the worker at once
     worker.postMessage({ type: IN.INTERRUPT });
   });
   $('threshold').addEventListener('input', () => { $('threshold-value').textContent = Number($('threshold').value).toFixed(2); });

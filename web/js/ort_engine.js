@@ -84,8 +84,10 @@ export function slicePositions(ort, tensor, keep) {
 }
 
 export class ModelRunner {
-  // config: the artifact's config.json; banks: {inputName: ort.Tensor} for every adapter.* input.
-  constructor(ort, session, config, banks, ep) {
+  // config: the artifact's config.json; banks: {inputName: ort.Tensor} for every adapter.* input;
+  // beforeRun: awaited before each forward (may throw to stop a generation).
+  constructor(ort, session, config, banks, ep, { beforeRun = async () => {} } = {}) {
+    this.beforeRun = beforeRun;
     this.ort = ort;
     this.session = session;
     this.config = config;
@@ -123,6 +125,7 @@ export class ModelRunner {
       feeds[names.pastKey(l)] = p.key;
       feeds[names.pastValue(l)] = p.value;
     });
+    await this.beforeRun();
     const started = performance.now();
     const out = await this.session.run(feeds);
     this.timings.runMs += performance.now() - started;

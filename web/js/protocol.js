@@ -6,8 +6,9 @@
 //   {type: 'generate', id, prompt, chat, seed, settings}
 //       settings: GenerationSettings fields (runtime/settings.py): sampler, length, block_size,
 //       steps, schedule, decoding, threshold, temperature, top_k, top_p, talora, dgr, dgr_strategy
-//   {type: 'interrupt'}      also signalled through interruptBuffer (a SharedArrayBuffer) so that
-//                            Python stops at its next bytecode check, not after the generation
+//   {type: 'interrupt'}      also signalled through interruptBuffer (a SharedArrayBuffer, written
+//                            by the page) which the worker reads before every forward: a message
+//                            waits for the worker's event loop, the shared flag does not
 //   {type: 'forget'}         drop the cached model files
 //
 // Worker -> page
@@ -24,7 +25,8 @@
 //   memoryOnly, offline}, loadMs, bank: {adapters: [name|null per slot], patterns, groups:
 //   [names]}}
 //
-// StepView: {span, step, t, offset, cells: [{id, text, state: 'prompt'|'committed'|'new'|'masked',
+// StepView: {span, step, t, offset, text (the answer's settled prefix), cells: [{id, text,
+//   state: 'committed'|'new'|'masked'|'eos',
 //   uncertainty, guess}], retrieved: [{position, adapters: [{name, weight}]}], talora: [weights],
 //   forwardMs, elapsedMs, tokensPerSecond, committedTokens, at (performance.timeOrigin + now())}
 

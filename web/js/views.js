@@ -42,13 +42,22 @@ export function stepView(event, runner, tokenizer, config, bank, state, elapsedM
     position,
     adapters: weights.map((w, j) => ({ name: names[groups + j] || `slot ${groups + j}`, weight: w })).filter((a) => a.weight > 0),
   }));
+  // The answer ends before the first end-of-sequence token: dim it and what follows.
+  const eos = new Set(config.eos_token_ids || []);
+  const end = event.tokens.findIndex((t) => eos.has(t));
+  if (end >= 0) cells.forEach((cell, position) => { if (position >= end && cell.state !== 'masked') cell.state = 'eos'; });
   const committedTokens = event.tokens.filter((t) => t >= 0).length;
+  // The answer so far: the committed tokens before the first masked position or end of sequence.
+  let prefix = event.tokens.findIndex((t) => t < 0 || eos.has(t));
+  if (prefix < 0) prefix = event.tokens.length;
+  const text = tokenizer.decode(event.tokens.slice(0, prefix));
   return {
     span: event.span,
     step: event.step,
     t: event.t,
     offset,
     cells,
+    text,
     retrieved,
     talora: event.talora.map((w, g) => ({ name: bank?.groups?.[g] || `group ${g}`, weight: w })),
     forwardMs: event.forward_ms,

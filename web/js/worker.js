@@ -17,7 +17,12 @@ const notice = (text, level = 'info') => post({ type: OUT.NOTICE, level, text })
 
 let python = null; // Promise<pyodide>, started once
 let engine = null; // the loaded model: {pyodide, session, runner, tokenizer, config, info}
-let interrupt = { buffer: null, requested: false };
+// Stop requests: a flag in a SharedArrayBuffer the page writes (seen at once, even while this
+// worker's event loop is busy: with one wasm thread session.run resolves without yielding to it),
+// and the 'interrupt' message where there is no SharedArrayBuffer.
+const interrupt = { view: null, requested: false };
+const INTERRUPTED = 'ruvdllm:interrupted';
+const stopRequested = () => interrupt.requested || (interrupt.view !== null && Atomics.load(interrupt.view, 0) !== 0);
 let lastLoad = null;
 
 const decoder = new TextDecoder();
@@ -37,10 +42,7 @@ function userMessage(error) {
 }
 
 async function startPython(wheelUrl) {
-  python ??= bootPython({ wheelUrl, onStatus: (text) => progress('runtime', 0, text) }).then((pyodide) => {
-    if (interrupt.buffer) pyodide.setInterruptBuffer(interrupt.buffer);
-    return pyodide;
-  });
+  python ??= bootPython({ wheelUrl, onStatus: (text) => progress('runtime', 0, text) });
   return python;
 }
 
@@ -67,6 +69,15 @@ function zeroInputs(ort, session, present) {
 function modelName(config) {
   const path = config.source?.path;
   return path ? String(path).split(/[\\/]/).filter(Boolean).pop().replace(/\.gguf$/i, '') : config.architecture;
+}
+
+// One macrotask turn (a MessageChannel round trip: no timer clamping).
+function yieldToEventLoop() {
+  return new Promise((resolve) => {
+    const channel = new MessageChannel();
+    channel.port1.onmessage = () => resolve();
+    channel.port2.postMessage(null);
+  });
 }
 
 async function chooseEp(requested, config) {
@@ -97,7 +108,13 @@ async function makeRunner(config, files, ep, numThreads, bankInputs) {
     if (meta) banks[name] = new ort.Tensor('float32', data, meta.shape);
   }
   Object.assign(banks, zeroInputs(ort, session, banks));
-  return new ModelRunner(ort, session, config, banks, ep);
+  return new ModelRunner(ort, session, config, banks, ep, {
+    // Checked before every forward: the step in flight finishes, the next one does not start.
+    beforeRun: async () => {
+      if (!interrupt.view) await yieldToEventLoop(); // let an 'interrupt' message in
+      if (stopRequested()) throw new Error(INTERRUPTED);
+    },
+  });
 }
 
 // Flat float32 bank tensors from Python (runtime.banks.Bank.assemble), copied out of wasm memory.
@@ -121,7 +138,7 @@ async function load({ modelUrl, wheelUrl, ep = 'auto', numThreads, interruptBuff
   if (!canBlockOnPromises()) {
     throw new ModelError('unsupported', 'This browser lacks JavaScript Promise Integration (WebAssembly.Suspending), which the Python sampler needs to await onnxruntime-web: use Chromium 137 or newer.');
   }
-  if (interruptBuffer) interrupt.buffer = new Int32Array(interruptBuffer);
+  if (interruptBuffer) interrupt.view = new Int32Array(interruptBuffer);
   if (engine) {
     await engine.runner.release();
     engine = null;
@@ -202,7 +219,7 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
   const text = formatPrompt(prompt, config, tokenizer, chat);
   engine.running = true;
   interrupt.requested = false;
-  if (interrupt.buffer) Atomics.store(interrupt.buffer, 0, 0);
+  if (interrupt.view) Atomics.store(interrupt.view, 0, 0);
   const started = performance.now();
   const runStart = { ms: runner.timings.runMs, runs: runner.timings.runs };
   const state = { uncertainty: new Map(), tokens: [], steps: 0 };
@@ -212,14 +229,14 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
     const view = stepView(event, runner, tokenizer, config, engine.info.bank, state, performance.now() - started);
     view.at = performance.timeOrigin + performance.now(); // absolute: comparable with the page's clock
     post({ type: OUT.STEP, id, step: view });
-    if (interrupt.requested) throw new Error('KeyboardInterrupt'); // without a SharedArrayBuffer
+    if (stopRequested()) throw new Error(INTERRUPTED);
   };
   let summary = null;
   let interrupted = false;
   try {
     summary = await session.generate_js.callPromising(text, definedOnly(settings), seed, onStep);
   } catch (e) {
-    if (!/KeyboardInterrupt/.test(String(e.message || e))) throw e;
+    if (!String(e.message || e).includes(INTERRUPTED)) throw e;
     interrupted = true;
   } finally {
     engine.running = false;
