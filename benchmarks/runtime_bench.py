@@ -114,25 +114,41 @@ def adapters_section(model: DiffusionModel, ids, length, patterns, repeats) -> N
     print(f"index build: {time.perf_counter() - started:.1f} s")
     model.backend.set_bank(bank)
     base = GenerationSettings(length=length, block_size=8, stop_at_eos=False)
-    off = timed_generate(model, ids, replace(base, talora=False, dgr=False), repeats).result
-    on = timed_generate(model, ids, replace(base, dgr_config=DgrConfig(strategy="hybrid")), repeats).result
-    retrieved = sum(len(e.retrieved) for e in on.trace)
-    print(row("", "", "steps", "ms/step", "retrievals", ""))
-    print(row("off (bank bound, weights zero)", "", off.steps, f"{off.wall_ms / off.steps:.2f}", 0))
-    print(row("on (TALoRA linear + DGR hybrid)", "", on.steps, f"{on.wall_ms / on.steps:.2f}", retrieved))
-    print(f"step time on / off: {(on.wall_ms / on.steps) / (off.wall_ms / off.steps):.3f} (goal <= 1.03)")
-    return off.wall_ms / off.steps
+    configs = {
+        "off (bank bound, weights zero)": replace(base, talora=False, dgr=False),
+        "on: TALoRA linear + DGR hybrid": replace(base, dgr_config=DgrConfig(strategy="hybrid")),
+        "on: DGR at full budget every step": replace(
+            base, dgr_config=DgrConfig(strategy="entropy", threshold=0.0)
+        ),
+    }
+    # The graph computes the same with and without (the bank is bound either way), so the cost of
+    # TALoRA + DGR is the runtime's own work per step: adapter rows, uncertainty scores, index
+    # searches. It is measured as wall time minus forward time, robust to a busy machine.
+    print(row("", "", "steps", "fwd ms", "other ms", "retrievals"))
+    stats = {}
+    for name, settings in configs.items():
+        runs = [model.generate(ids, settings, seed=0).result for _ in range(max(repeats, 2))]
+        forward = min(statistics.median(e.forward_ms for e in r.trace) for r in runs)
+        other = min((r.wall_ms - r.forward_ms) / r.steps for r in runs)
+        retrieved = sum(len(e.retrieved) for e in runs[0].trace)
+        stats[name] = (forward, other)
+        print(row(name, "", runs[0].steps, f"{forward:.2f}", f"{other:.3f}", retrieved))
+    forward_off, other_off = stats["off (bank bound, weights zero)"]
+    for name in list(configs)[1:]:
+        ratio = (forward_off + stats[name][1]) / (forward_off + other_off)
+        print(f"step time {name.split(':')[1].strip()} / off: {ratio:.4f} (goal <= 1.03)")
+    return forward_off
 
 
 def graph_branch_section(directory: Path, ids, length, threads, repeats, with_bank_ms: float) -> None:
     """The bank branch inside the graph costs even with zero weights: compare against the same
-    model exported with adapter_slots=0."""
+    model exported with adapter_slots=0 (median forward per step, best of the repeats)."""
     plain = DiffusionModel.open(directory, options=OrtOptions(intra_op_threads=threads))
     settings = GenerationSettings(length=length, block_size=8, stop_at_eos=False)
-    done = timed_generate(plain, ids, settings, repeats).result
-    ms = done.wall_ms / done.steps
-    print(row("graph without adapter inputs", "", done.steps, f"{ms:.2f}", ""))
-    print(f"step time with the in-graph bank branch / without: {with_bank_ms / ms:.3f}")
+    runs = [plain.generate(ids, settings, seed=0).result for _ in range(max(repeats, 2))]
+    ms = min(statistics.median(e.forward_ms for e in r.trace) for r in runs)
+    print(row("graph without adapter inputs", "", runs[0].steps, f"{ms:.2f}", ""))
+    print(f"forward with the in-graph bank branch / without: {with_bank_ms / ms:.3f}")
 
 
 def index_section(hidden: int, patterns: int, queries: int = 2000) -> None:
