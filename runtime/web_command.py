@@ -23,6 +23,7 @@ URL layout (the client only uses relative URLs, so it also works below a path pr
 from __future__ import annotations
 
 import argparse
+import email.utils
 import json
 import mimetypes
 import os
@@ -37,6 +38,7 @@ from pathlib import Path
 
 from runtime.artifact import MANIFEST_NAME, verify_manifest
 from runtime.errors import RuvdllmError
+from runtime.web_gzip import GzipCache
 from runtime.web_wheel import build_wheel, build_wheel_bytes
 
 ISOLATION_HEADERS = {
@@ -52,6 +54,12 @@ VENDOR_DIRS = {
     "/vendor/tokenizers/": "@huggingface/tokenizers/dist",
     "/vendor/jinja/": "@huggingface/jinja/dist",
 }
+# Large client files every visit downloads: compressed in the background from the start.
+PREPARE_GZIP = (
+    "/vendor/pyodide/pyodide.asm.wasm",
+    "/vendor/ort/ort-wasm-simd-threaded.wasm",
+    "/vendor/ort/ort-wasm-simd-threaded.jspi.wasm",
+)
 HIDDEN = {"node_modules"}  # served only through the /vendor/ mounts, never wholesale
 EXTRA_TYPES = {
     ".mjs": "text/javascript",
@@ -77,6 +85,7 @@ class Site:
     mounts: dict[str, Path] = field(default_factory=dict)
     files: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # path -> (body, content type)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    gzip: GzipCache = field(default_factory=GzipCache)
 
     def mount(self, prefix: str, directory: Path) -> None:
         with self.lock:
@@ -124,6 +133,11 @@ def build_site(web_dir: Path, model_dir: Path | None, node_modules: Path | None 
     if model_dir is not None:
         verify_manifest(Path(model_dir), full_hash=False)
         site.mount("/model/", Path(model_dir))
+        site.gzip.prepare_tree(Path(model_dir))  # the weights take seconds: start now, in the background
+    for url_path in PREPARE_GZIP:  # the large client files every visit needs
+        resolved = site.resolve(url_path)
+        if resolved is not None:
+            site.gzip.prepare(resolved)
     site.add_file("/app-config.json", json.dumps(config).encode(), "application/json")
     return site
 
@@ -141,10 +155,39 @@ class Handler(SimpleHTTPRequestHandler):
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-cache")
             self.end_headers()
             return _BytesReader(body)
+        if "gzip" in self.headers.get("Accept-Encoding", ""):
+            path = Path(self.translate_path(self.path))
+            stat = path.stat() if path.is_file() else None
+            body = self.site.gzip.body(path, stat) if stat is not None else None
+            if body is not None:
+                return self._send_gzip(path, stat, body)
         return super().send_head()
+
+    def _send_gzip(self, path: Path, stat: os.stat_result, body: bytes):
+        if self._not_modified(stat):
+            self.send_response(HTTPStatus.NOT_MODIFIED)
+            self.end_headers()
+            return None
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", self.guess_type(path))
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Last-Modified", self.date_time_string(int(stat.st_mtime)))
+        self.end_headers()
+        return _BytesReader(body)
+
+    def _not_modified(self, stat: os.stat_result) -> bool:
+        """If-Modified-Since as SimpleHTTPRequestHandler answers it."""
+        since = self.headers.get("If-Modified-Since")
+        if not since or self.headers.get("If-None-Match"):
+            return False
+        try:
+            since_time = email.utils.parsedate_to_datetime(since).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return False
+        return int(stat.st_mtime) <= since_time
 
     def translate_path(self, path: str) -> str:
         url_path = urllib.parse.unquote(urllib.parse.urlsplit(path).path)
@@ -168,6 +211,7 @@ class Handler(SimpleHTTPRequestHandler):
         # Revalidate every time (304 when unchanged): the model cache and the service worker
         # decide what is kept offline, not the HTTP cache.
         self.send_header("Cache-Control", "no-cache")
+        self.send_header("Vary", "Accept-Encoding")
         super().end_headers()
 
     def log_message(self, format, *args):  # noqa: A002 (the base class's name)

@@ -171,3 +171,47 @@ def test_cli_serves_until_stopped(web_dir, model_dir):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def get_encoded(url: str, encoding: str = "gzip", since: str | None = None):
+    headers = {"Accept-Encoding": encoding} | ({"If-Modified-Since": since} if since else {})
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+def test_gzip_when_asked_identity_otherwise(serve, web_dir):
+    import gzip
+
+    text = "export const answer = 42;\n" * 500
+    (web_dir / "js" / "big.js").write_text(text)
+    url = serve() + "js/big.js"
+    status, headers, body = get_encoded(url)
+    assert status == 200 and headers["Content-Encoding"] == "gzip"
+    assert int(headers["Content-Length"]) == len(body) < len(text) // 10
+    assert gzip.decompress(body).decode() == text
+    assert headers["Cross-Origin-Embedder-Policy"] == "require-corp" and headers["Vary"] == "Accept-Encoding"
+    status, headers, body = get_encoded(url, encoding="identity")
+    assert headers["Content-Encoding"] is None and body.decode() == text
+    status, _, _ = get_encoded(url, since=headers["Last-Modified"])
+    assert status == 304
+
+
+def test_large_files_are_compressed_in_the_background(tmp_path):
+    import gzip
+    import time
+
+    from runtime.web_gzip import GzipCache
+
+    cache = GzipCache(sync_limit=1024)
+    path = tmp_path / "weights.data"
+    path.write_bytes(bytes(range(256)) * 64)  # 16 kB: above the limit
+    assert cache.body(path, path.stat()) is None  # not ready: the caller serves it uncompressed
+    deadline = time.monotonic() + 10
+    while (body := cache.body(path, path.stat())) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gzip.decompress(body) == path.read_bytes()
+    path.write_bytes(b"changed" * 4096)  # a new version is never answered with the old body
+    assert cache.body(path, path.stat()) is None
