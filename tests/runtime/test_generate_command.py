@@ -13,6 +13,10 @@ from runtime import artifact
 from runtime.banks import Bank
 from runtime.generate_command import DEFAULT_MODEL_NAME
 
+# The user's real cache (the autouse fixture points RUVDLLM_CACHE elsewhere for every test):
+# the slow test exports the default model there once, as `ruvdllm generate` does for users.
+USER_CACHE = os.environ.get("RUVDLLM_CACHE") or __import__("platformdirs").user_cache_dir("ruvdllm")
+
 
 def cli(*args, cache, stdin=None):
     env = {**os.environ, "RUVDLLM_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
@@ -145,3 +149,16 @@ def test_terminal_shows_the_denoising_live(tiny_model_dir, tmp_path):
     assert "░" in screen  # masked positions were drawn
     assert "span 1 · step 4" in screen  # ... and the view followed every step of both blocks
     assert "tokens/s" in proc.stderr.read().decode()
+
+
+@pytest.mark.slow
+def test_default_model_generates_text():
+    """No --model: the default model is fetched and exported once into the cache, then sampled.
+    Block size 1 is autoregressive decoding through the diffusion graph, so the pretrained model's
+    answer must come out right; the default BD3LM settings must run to the end."""
+    question = "What is the capital of France?"
+    ar = cli(question, "--block-size", "1", "--length", "12", "--json", cache=USER_CACHE)
+    assert ar.returncode == 0, ar.stderr
+    assert "Paris" in json.loads(ar.stdout)["text"]
+    streamed = cli(question, "--length", "16", cache=USER_CACHE)
+    assert streamed.returncode == 0, streamed.stderr
