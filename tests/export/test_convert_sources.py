@@ -133,3 +133,20 @@ def test_corpus_keeps_texts_once_with_their_origin_and_split(tmp_path, monkeypat
     assert {e["split"] for e in lines} <= {"train", "held-out"} and len(lines) == 3
     for entry in lines:
         assert (tmp_path / "out" / entry["file"]).read_text().strip()
+
+
+def test_the_shipped_default_adapter_fits_the_default_model():
+    """The committed adapter was trained on SmolLM2-135M-Instruct's Q4_1 GGUF (the pinned sha256),
+    holds every projection of all 30 layers, and stays small."""
+    from ruvdllm_export.adapters import DEFAULT_ADAPTER
+    from ruvdllm_export.default_model import GGUF_SHA256
+
+    assert DEFAULT_ADAPTER.stat().st_size < 8 * 2**20
+    adapter = read_adapter(DEFAULT_ADAPTER)
+    assert adapter.base["source_sha256"] == GGUF_SHA256 and adapter.base["num_layers"] == 30
+    assert adapter.training["objective"] == "bd3lm" and adapter.training["block_size"] == 8
+    factors = read_static_lora(DEFAULT_ADAPTER)
+    assert len(factors) == 7 * 30
+    a, b = factors["model.layers.0.mlp.down_proj.weight"]
+    assert a.shape == (adapter.lora["rank"], 1536) and b.shape == (576, adapter.lora["rank"])
+    assert all(np.isfinite(a).all() and np.isfinite(b).all() for a, b in factors.values())
