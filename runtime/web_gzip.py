@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import os
 import threading
+import time
 from pathlib import Path
 
 COMPRESSIBLE = {".js", ".mjs", ".wasm", ".json", ".css", ".html", ".svg", ".onnx", ".data", ".map", ".txt"}
@@ -69,6 +70,16 @@ class GzipCache:
                     self._pending.discard(job)
 
         threading.Thread(target=work, name=f"gzip {path.name}", daemon=True).start()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until no background compression is running (benchmarks); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._pending:
+                    return True
+            time.sleep(0.05)
+        return False
 
     def prepare_tree(self, directory: Path) -> None:
         for path in sorted(Path(directory).rglob("*")):

@@ -93,7 +93,7 @@ export class ModelRunner {
     this.config = config;
     this.banks = banks;
     this.ep = ep;
-    this.timings = { runs: 0, runMs: 0 }; // session.run time only: the rest of a step is the bridge
+    this.timings = { runs: 0, runMs: 0, jsMs: 0 }; // session.run alone, and all of forward() on this side
     this.reset();
   }
 
@@ -110,6 +110,7 @@ export class ModelRunner {
 
   // One forward. ids/positions/blocks: numbers [S]; weights: numbers [S * slots] (row-major).
   async forward(inputIds, positionIds, blockIds, outputOffset, adapterWeights) {
+    const entered = performance.now();
     const { ort, config } = this;
     const S = inputIds.length;
     const slots = config.adapter_slots;
@@ -132,7 +133,7 @@ export class ModelRunner {
     this.timings.runs += 1;
     this.last = out;
     const [, rows, topK] = out.topk_ids.dims;
-    return {
+    const result = {
       rows,
       topK,
       // vocabulary ids fit in int32: a smaller, BigInt-free array for the crossing
@@ -141,6 +142,8 @@ export class ModelRunner {
       logsumexp: out.logsumexp.data,
       entropy: out.entropy.data,
     };
+    this.timings.jsMs += performance.now() - entered;
+    return result;
   }
 
   // The DGR query of one output row of the last forward: hidden floats.

@@ -12,6 +12,7 @@ export class ModelTokenizer {
   constructor(tokenizerJson) {
     // The artifact carries no tokenizer_config.json: special tokens come from tokenizer.json.
     this.inner = new Tokenizer(tokenizerJson, {});
+    this.texts = new Map();
   }
 
   encode(text, { addSpecialTokens = false } = {}) {
@@ -23,9 +24,15 @@ export class ModelTokenizer {
     return this.inner.decode(ids, { skip_special_tokens: skipSpecialTokens, clean_up_tokenization_spaces: false });
   }
 
-  // The text of one token on its own (for the live view: a position's current guess).
+  // The text of one token on its own (for the live view: a position's current guess); memoised,
+  // as the view asks for every position at every step.
   tokenText(id) {
-    return this.inner.decode([id], { skip_special_tokens: false, clean_up_tokenization_spaces: false });
+    let text = this.texts.get(id);
+    if (text === undefined) {
+      text = this.inner.decode([id], { skip_special_tokens: false, clean_up_tokenization_spaces: false });
+      this.texts.set(id, text);
+    }
+    return text;
   }
 
   tokenId(token) {

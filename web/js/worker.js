@@ -221,14 +221,16 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
   interrupt.requested = false;
   if (interrupt.view) Atomics.store(interrupt.view, 0, 0);
   const started = performance.now();
-  const runStart = { ms: runner.timings.runMs, runs: runner.timings.runs };
-  const state = { uncertainty: new Map(), tokens: [], steps: 0 };
+  const runStart = { ms: runner.timings.runMs, runs: runner.timings.runs, jsMs: runner.timings.jsMs };
+  const state = { uncertainty: new Map(), tokens: [], steps: 0, viewMs: 0 };
   const onStep = (event) => {
+    const viewStarted = performance.now();
     state.tokens = event.tokens;
     state.steps += 1;
-    const view = stepView(event, runner, tokenizer, config, engine.info.bank, state, performance.now() - started);
+    const view = stepView(event, runner, tokenizer, config, engine.info.bank, state, viewStarted - started);
     view.at = performance.timeOrigin + performance.now(); // absolute: comparable with the page's clock
     post({ type: OUT.STEP, id, step: view });
+    state.viewMs += performance.now() - viewStarted;
     if (stopRequested()) throw new Error(INTERRUPTED);
   };
   let summary = null;
@@ -254,6 +256,11 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
     forwardMs: runMs / Math.max(runs, 1), // onnxruntime-web session.run per step
     // Python-side forward minus session.run: the Pyodide <-> JavaScript crossing per step
     bridgeMs: summary ? Math.max(summary.bridge_forward_ms - runMs, 0) / Math.max(summary.forwards, 1) : null,
+    // of which building the feeds and reading the outputs on this side
+    feedsMs: (runner.timings.jsMs - runStart.jsMs - runMs) / Math.max(runs, 1),
+    viewMs: state.viewMs / Math.max(state.steps, 1), // the live view's work per step (this worker)
+    // the rest of a step: the sampler, TALoRA and DGR in Python (Pyodide)
+    pythonMs: summary ? Math.max(summary.wall_ms - summary.bridge_forward_ms, 0) / Math.max(summary.steps, 1) - state.viewMs / Math.max(state.steps, 1) : null,
     finishReason: interrupted ? 'interrupted' : summary.finish_reason,
     ep: runner.ep,
   };
