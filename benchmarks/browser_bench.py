@@ -14,6 +14,9 @@ Sections:
               ms per step; Pyodide <-> JavaScript crossing per step (the Python-side forward minus
               onnxruntime-web's session.run)
 
+  kernels     (--kernels) one linear layer as MatMulNBits and as float32 MatMul, onnxruntime-web
+              wasm vs CPython onnxruntime, one thread: where the wasm time goes
+
 Every generation runs `length` tokens (no EOS stop), TALoRA and DGR as the model's bank allows,
 temperature 0, seed 0; both sides get the same chat-formatted prompt. Figures are the best of
 `--rounds` (the machine may be shared: the minimum is the least disturbed).
@@ -132,6 +135,129 @@ def row(*cells, widths=(26, 9, 7, 9, 9, 8, 8, 8)) -> str:
     )
 
 
+KERNEL_PAGE = """<!doctype html><script type="module">
+window.timeGraphs = (names, m, threads) => new Promise((resolve, reject) => {
+  const worker = new Worker('kernel_worker.js', { type: 'module' });
+  worker.onmessage = ({ data }) => (data.error ? reject(new Error(data.error)) : resolve(data));
+  worker.postMessage({ names, m, threads });
+});
+</script>"""
+KERNEL_WORKER = """
+self.onmessage = async ({ data: { names, m, threads } }) => {
+  try {
+    const ort = await import('/vendor/ort/ort.wasm.min.mjs');
+    ort.env.wasm.wasmPaths = new URL('/vendor/ort/', location.href).href;
+    ort.env.wasm.numThreads = threads;
+    const out = {};
+    for (const name of names) {
+      const bytes = new Uint8Array(await (await fetch(name + '.onnx')).arrayBuffer());
+      const session = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'] });
+      const k = session.inputMetadata[0].shape[1];
+      const x = new ort.Tensor('float32', new Float32Array(m * k).fill(0.1), [m, k]);
+      await session.run({ x });
+      let best = Infinity;
+      for (let round = 0; round < 5; round++) {
+        const started = performance.now();
+        for (let i = 0; i < 20; i++) await session.run({ x });
+        best = Math.min(best, (performance.now() - started) / 20);
+      }
+      out[name] = best;
+    }
+    self.postMessage(out);
+  } catch (e) { self.postMessage({ error: String(e) }); }
+};
+"""
+
+
+def kernel_graphs(directory: Path, k: int = 576, n: int = 1536) -> dict[str, Path]:
+    """One linear of the default model's MLP, [M, 576] x [576, 1536]: as MatMulNBits (4-bit, float
+    activations, as the WebGPU-target graph has it) and as a plain float32 MatMul."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    from ruvdllm_export.quant.q4 import pack_zero_points, quantize_q4
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    q = quantize_q4(w)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])
+    graphs = {
+        "matmulnbits": (
+            [
+                helper.make_node(
+                    "MatMulNBits",
+                    ["x", "B", "s", "z"],
+                    ["y"],
+                    domain="com.microsoft",
+                    K=k,
+                    N=n,
+                    bits=4,
+                    block_size=32,
+                    accuracy_level=0,
+                )
+            ],
+            [
+                numpy_helper.from_array(q.packed, "B"),
+                numpy_helper.from_array(q.scales.reshape(-1), "s"),
+                numpy_helper.from_array(pack_zero_points(q.zero_points).reshape(-1), "z"),
+            ],
+        ),
+        "matmul_fp32": (
+            [helper.make_node("MatMul", ["x", "W"], ["y"])],
+            [numpy_helper.from_array(w.T.copy(), "W")],
+        ),
+    }
+    paths = {}
+    for name, (nodes, inits) in graphs.items():
+        model = helper.make_model(
+            helper.make_graph(nodes, name, [x], [y], inits),
+            opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
+        )
+        model.ir_version = 10
+        paths[name] = directory / f"{name}.onnx"
+        save(model, str(paths[name]))
+    return paths
+
+
+def kernels_section(driver, server: CountingServer, m: int = 9) -> None:
+    """Why wasm is slower: one linear layer timed in onnxruntime-web (wasm, one thread) and in
+    CPython onnxruntime (one thread)."""
+    import numpy as np
+    import onnxruntime
+
+    print(f"\n== kernels: [{m}, 576] x [576, 1536], one thread, best of 5x20 runs (ms) ==")
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        (directory / "index.html").write_text(KERNEL_PAGE)
+        (directory / "kernel_worker.js").write_text(KERNEL_WORKER)
+        paths = kernel_graphs(directory)
+        server.server.RequestHandlerClass.site.mount("/bench/", directory)
+        browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page()
+        page.goto(server.url + "bench/index.html")
+        wasm = page.evaluate("([n, m]) => window.timeGraphs(n, m, 1)", [list(paths), m])
+        browser.close()
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        print(row("op", "wasm", "native", "÷", widths=(26, 9, 9, 7)))
+        for name, path in paths.items():
+            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            x = np.full((m, 576), 0.1, np.float32)
+            session.run(None, {"x": x})
+            best = float("inf")
+            for _ in range(5):
+                started = time.perf_counter()
+                for _ in range(20):
+                    session.run(None, {"x": x})
+                best = min(best, (time.perf_counter() - started) / 20 * 1e3)
+            print(
+                row(
+                    name, f"{wasm[name]:.3f}", f"{best:.3f}", f"{wasm[name] / best:.1f}", widths=(26, 9, 9, 7)
+                )
+            )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -145,6 +271,7 @@ def main(argv=None) -> int:
     parser.add_argument("--webgpu-length", type=int, default=8, help="tokens for the WebGPU run")
     parser.add_argument("--rounds", type=int, default=2, help="best of this many generations")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per page action")
+    parser.add_argument("--kernels", action="store_true", help="also time one linear layer, wasm vs native")
     args = parser.parse_args(argv)
     model_dir = default_web_model_dir() if args.default else args.model
     from playwright.sync_api import sync_playwright
@@ -230,6 +357,8 @@ def main(argv=None) -> int:
                 row(f"browser WebGPU ({info['adapter']})"[:26], *breakdown(done["stats"], c_rate, digits=3))
             )
             context.close()
+        if args.kernels:
+            kernels_section(driver, server)
     server.close()
     return 0
 
