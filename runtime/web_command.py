@@ -245,14 +245,16 @@ def make_server(
 
 def default_web_model_dir(progress: bool = True) -> Path:
     """The default model exported once for WebGPU into the cache (the graph the browser runs on both
-    of its EPs), beside the CPU export that `ruvdllm generate` uses."""
+    of its EPs), with the shipped AR -> diffusion conversion adapter baked in (without it the
+    checkpoint is an autoregressive model that denoises poorly)."""
     from runtime.generate_command import DEFAULT_MODEL_NAME
     from runtime.verify import cache_root
 
-    target = cache_root() / "artifacts" / f"{DEFAULT_MODEL_NAME}-webgpu"
+    target = cache_root() / "artifacts" / f"{DEFAULT_MODEL_NAME}-webgpu-converted"
     if (target / MANIFEST_NAME).is_file():
         return target
     try:
+        from ruvdllm_export.adapters import DEFAULT_ADAPTER
         from ruvdllm_export.default_model import default_gguf_path
         from ruvdllm_export.export import export_model
     except ImportError as exc:
@@ -264,7 +266,9 @@ def default_web_model_dir(progress: bool = True) -> Path:
         print(f"exporting the default model once for the browser into {target} ...", file=sys.stderr)
     target.parent.mkdir(parents=True, exist_ok=True)
     log = (lambda *parts: print(*parts, file=sys.stderr)) if progress else None
-    export_model(default_gguf_path(progress=progress), target, target="webgpu", log=log)
+    export_model(
+        default_gguf_path(progress=progress), target, target="webgpu", adapter=DEFAULT_ADAPTER, log=log
+    )
     return target
 
 
