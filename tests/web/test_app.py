@@ -92,3 +92,17 @@ def test_webgpu_generation_matches_cpython(webgpu_browser, web_server, tiny_mode
     result = generate(page, PROMPT, {**settings, "seed": 0})
     assert_same_as_cpython(result, tiny_model, settings, seed=0)
     assert page.locator("#chip-ep").inner_text().startswith("WebGPU")
+
+
+@pytest.mark.slow
+def test_default_model_in_the_browser_matches_cpython(browser, web_server):
+    """The real default model (SmolLM2-135M-Instruct with the conversion adapter, exported for
+    WebGPU once into the cache) denoises the same answer in the browser as on CPython."""
+    from runtime.web_command import default_web_model_dir
+
+    model_dir = default_web_model_dir(progress=False)
+    page = open_app(browser, app_url(web_server, web_server.mount_model("default", model_dir), ep="wasm"))
+    settings = {"sampler": "bd3lm", "length": 16, "chat": True}
+    result = generate(page, PROMPT, {**settings, "seed": 0})
+    assert_same_as_cpython(result, model_dir, settings, seed=0)
+    assert len(result["complete"]["text"].split()) >= 5  # a sentence, not noise
