@@ -29,7 +29,7 @@ from ruvdllm_export.convert.data import Document, is_held_out
 
 DOC_SUFFIXES = (".md", ".rst", ".txt")
 LICENCE_NAMES = ("LICENSE", "LICENCE", "COPYING")
-MIN_CHARS = 400  # shorter files are mostly stubs ("See the LICENSE file.")
+MIN_CHARS = 400  # shorter files mostly just point elsewhere ("See the LICENSE file.")
 MAX_CHARS = 60_000  # one huge changelog should not swamp the corpus
 
 
