@@ -9,30 +9,7 @@ import onnxruntime as ort
 from runtime import artifact
 from ruvdllm_export.onnx_graph import GraphOptions
 from ruvdllm_export.spec import ModelSpec
-from tests.fixtures.tiny_models import ARCHS, BOS, EOS, PAD, RMS_EPS, TINY, TinyDims
-
-
-def tiny_spec(arch: str, tied: bool, dims: TinyDims = TINY) -> ModelSpec:
-    fixture = ARCHS[arch]
-    return ModelSpec(
-        architecture=arch,
-        vocab_size=dims.vocab_size,
-        hidden_size=dims.hidden_size,
-        intermediate_size=dims.intermediate_size,
-        num_layers=dims.num_layers,
-        num_heads=dims.num_heads,
-        num_kv_heads=dims.num_kv_heads,
-        head_dim=dims.head_dim,
-        rms_norm_eps=RMS_EPS,
-        rope_theta=fixture.rope_theta,
-        max_position=dims.max_position,
-        tie_word_embeddings=tied,
-        attention_bias=fixture.attention_bias,
-        qk_norm=fixture.qk_norm,
-        bos_token_id=BOS,
-        eos_token_ids=(EOS,),
-        pad_token_id=PAD,
-    )
+from tests.fixtures.tiny_models import tiny_spec  # noqa: F401  (re-exported for the graph tests)
 
 
 def session(model: onnx.ModelProto) -> ort.InferenceSession:

@@ -6,31 +6,9 @@ from __future__ import annotations
 import torch
 import transformers
 
-from ruvdllm_export.spec import ModelSpec
-from tests.fixtures.tiny_models import ARCHS, EOS, RMS_EPS, TINY, _hf_config, tiny_weights
+from tests.fixtures.tiny_models import ARCHS, TINY, _hf_config, tiny_spec, tiny_weights
 
 ARCHITECTURES = tuple(ARCHS)
-
-
-def tiny_spec(architecture: str, tied: bool) -> ModelSpec:
-    fixture = ARCHS[architecture]
-    return ModelSpec(
-        architecture=architecture,
-        vocab_size=TINY.vocab_size,
-        hidden_size=TINY.hidden_size,
-        intermediate_size=TINY.intermediate_size,
-        num_layers=TINY.num_layers,
-        num_heads=TINY.num_heads,
-        num_kv_heads=TINY.num_kv_heads,
-        head_dim=TINY.head_dim,
-        rms_norm_eps=RMS_EPS,
-        rope_theta=fixture.rope_theta,
-        max_position=TINY.max_position,
-        tie_word_embeddings=tied,
-        attention_bias=fixture.attention_bias,
-        qk_norm=fixture.qk_norm,
-        eos_token_ids=(EOS,),
-    )
 
 
 def tiny_checkpoint(architecture: str, tied: bool = False, seed: int = 0):
