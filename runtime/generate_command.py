@@ -10,17 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-from runtime import artifact
 from runtime.dgr import DgrConfig
 from runtime.display import LiveView, StreamPrinter
 from runtime.errors import RuvdllmError
 from runtime.schedules import SCHEDULES
 from runtime.settings import DECODINGS, SAMPLERS, GenerationSettings, check_settings
-from runtime.verify import cache_root
-
-# "converted": exported with the shipped AR -> diffusion conversion adapter (a cache from before it
-# existed holds the unconverted model and is not reused).
-DEFAULT_MODEL_NAME = f"smollm2-135m-instruct-converted-format{artifact.ARTIFACT_FORMAT}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,26 +85,10 @@ def settings_from(args: argparse.Namespace) -> GenerationSettings:
 
 
 def default_model_dir(progress: bool = True) -> Path:
-    """The default model exported once into the cache (from the default GGUF, with the shipped
-    conversion adapter baked in: without it the checkpoint is an AR model that denoises poorly)."""
-    target = cache_root() / "artifacts" / DEFAULT_MODEL_NAME
-    if (target / artifact.MANIFEST_NAME).is_file():
-        return target
-    try:
-        from ruvdllm_export.adapters import DEFAULT_ADAPTER
-        from ruvdllm_export.default_model import default_gguf_path
-        from ruvdllm_export.export import export_model
-    except ImportError as exc:
-        raise RuvdllmError(
-            f"no --model given and the default model is not exported yet; exporting needs {exc.name!r}: "
-            "pip install 'ruvdllm[export]' (or pass --model DIR)"
-        ) from None
-    if progress:
-        print(f"exporting the default model once into {target} ...", file=sys.stderr)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    log = (lambda *parts: print(*parts, file=sys.stderr)) if progress else None
-    export_model(default_gguf_path(progress=progress), target, adapter=DEFAULT_ADAPTER, log=log)
-    return target
+    """The default model exported once into the cache for the CPU (runtime/default_artifact.py)."""
+    from runtime.default_artifact import default_model_dir as cached_default
+
+    return cached_default("cpu", progress=progress)
 
 
 def read_prompt(args: argparse.Namespace) -> str:

@@ -28,7 +28,6 @@ import json
 import mimetypes
 import os
 import posixpath
-import sys
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from runtime.artifact import MANIFEST_NAME, verify_manifest
+from runtime.artifact import verify_manifest
 from runtime.errors import RuvdllmError
 from runtime.web_gzip import GzipCache
 from runtime.web_wheel import build_wheel, build_wheel_bytes
@@ -245,31 +244,10 @@ def make_server(
 
 def default_web_model_dir(progress: bool = True) -> Path:
     """The default model exported once for WebGPU into the cache (the graph the browser runs on both
-    of its EPs), with the shipped AR -> diffusion conversion adapter baked in (without it the
-    checkpoint is an autoregressive model that denoises poorly)."""
-    from runtime.generate_command import DEFAULT_MODEL_NAME
-    from runtime.verify import cache_root
+    of its EPs), conversion adapter baked in (runtime/default_artifact.py)."""
+    from runtime.default_artifact import default_model_dir
 
-    target = cache_root() / "artifacts" / f"{DEFAULT_MODEL_NAME}-webgpu-converted"
-    if (target / MANIFEST_NAME).is_file():
-        return target
-    try:
-        from ruvdllm_export.adapters import DEFAULT_ADAPTER
-        from ruvdllm_export.default_model import default_gguf_path
-        from ruvdllm_export.export import export_model
-    except ImportError as exc:
-        raise RuvdllmError(
-            f"no model given and the default model is not exported for the browser yet; exporting needs "
-            f"{exc.name!r}: pip install 'ruvdllm[export]' (or pass a model directory)"
-        ) from None
-    if progress:
-        print(f"exporting the default model once for the browser into {target} ...", file=sys.stderr)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    log = (lambda *parts: print(*parts, file=sys.stderr)) if progress else None
-    export_model(
-        default_gguf_path(progress=progress), target, target="webgpu", adapter=DEFAULT_ADAPTER, log=log
-    )
-    return target
+    return default_model_dir("webgpu", progress=progress)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from runtime import artifact
 from runtime.banks import Bank
-from runtime.generate_command import DEFAULT_MODEL_NAME
+from runtime.default_artifact import default_model_name
 
 # The user's real cache (the autouse fixture points RUVDLLM_CACHE elsewhere for every test):
 # the slow test exports the default model there once, as `ruvdllm generate` does for users.
@@ -54,10 +54,11 @@ def test_same_seed_same_tokens_and_stdin_prompt(tiny_model_dir, tmp_path):
 
 
 def test_default_model_comes_from_the_cache(tiny_model_dir, tmp_path):
-    shutil.copytree(tiny_model_dir, tmp_path / "artifacts" / DEFAULT_MODEL_NAME)
+    name = default_model_name("cpu")
+    shutil.copytree(tiny_model_dir, tmp_path / "artifacts" / name)
     run = cli("Hello", "--length", "4", "--json", cache=tmp_path)
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout)["model"].endswith(DEFAULT_MODEL_NAME)
+    assert json.loads(run.stdout)["model"].endswith(name)
 
 
 def one_line_error(run, fragment):

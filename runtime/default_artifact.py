@@ -1,0 +1,76 @@
+"""The default model (SmolLM2-135M-Instruct with the shipped conversion adapter), exported once per
+target into the user cache and found there again.
+
+The cache directory is named by a fingerprint of what the export reads: the exporter's source and
+the shipped adapter. Upgrading either exports afresh instead of reusing a graph the old code wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+
+from runtime.artifact import ARTIFACT_FORMAT, MANIFEST_NAME
+from runtime.errors import RuvdllmError
+from runtime.verify import cache_root
+
+DEFAULT_MODEL_STEM = "smollm2-135m-instruct"
+
+
+def exporter_fingerprint() -> str | None:
+    """12 hex digits of sha256 over the exporter package's files (source and shipped adapters);
+    None when the exporter is not installed (a runtime-only install cannot export)."""
+    spec = importlib.util.find_spec("ruvdllm_export")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations)))
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.suffix in (".py", ".safetensors") and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def default_model_prefix(target: str) -> str:
+    return f"{DEFAULT_MODEL_STEM}-{target}-format{ARTIFACT_FORMAT}-"
+
+
+def default_model_name(target: str = "cpu") -> str | None:
+    """The cache directory name this installation exports the default model to (None: cannot export)."""
+    fingerprint = exporter_fingerprint()
+    return None if fingerprint is None else default_model_prefix(target) + fingerprint
+
+
+def default_model_dir(target: str = "cpu", progress: bool = True) -> Path:
+    """The default model exported for `target`, exporting it on first use."""
+    artifacts = cache_root() / "artifacts"
+    name = default_model_name(target)
+    if name is None:
+        # Without the exporter, use the newest default model an exporter left in the cache.
+        found = [
+            p for p in artifacts.glob(default_model_prefix(target) + "*") if (p / MANIFEST_NAME).is_file()
+        ]
+        if found:
+            return max(found, key=lambda p: (p / MANIFEST_NAME).stat().st_mtime)
+        raise RuvdllmError(
+            "no model given and the default model is not exported yet; exporting needs the exporter: "
+            "pip install 'ruvdllm[export]' (or pass a model directory)"
+        )
+    directory = artifacts / name
+    if (directory / MANIFEST_NAME).is_file():
+        return directory
+    from ruvdllm_export.adapters import DEFAULT_ADAPTER
+    from ruvdllm_export.default_model import default_gguf_path
+    from ruvdllm_export.export import export_model
+
+    if progress:
+        print(f"exporting the default model once for {target} into {directory} ...", file=sys.stderr)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    log = (lambda *parts: print(*parts, file=sys.stderr)) if progress else None
+    export_model(
+        default_gguf_path(progress=progress), directory, target=target, adapter=DEFAULT_ADAPTER, log=log
+    )
+    return directory
