@@ -37,7 +37,6 @@ from pathlib import Path
 import torch
 
 from runtime.errors import RuvdllmError
-from ruvdllm_export.convert.adapter_file import read_adapter
 from ruvdllm_export.convert.data import build_sequences, read_documents, split_documents, tokenize
 from ruvdllm_export.convert.distill import chat_prompt, generate_ar
 from ruvdllm_export.convert.objectives import ObjectiveConfig
@@ -46,7 +45,7 @@ from ruvdllm_export.convert.trainer import evaluate
 from ruvdllm_export.convert_command import load_model
 from ruvdllm_export.onnx_graph.builder import graph_weights_as_float, prepare_weights
 from ruvdllm_export.onnx_graph.options import GraphOptions
-from ruvdllm_export.reference import DiffusionLM, LoraConfig, apply_lora, load_lora_state_dict
+from ruvdllm_export.reference import DiffusionLM, attach_adapter_file
 from ruvdllm_export.reference.sampler import SamplingConfig, generate
 
 DEFAULT_PROMPTS = (
@@ -68,9 +67,7 @@ def load_float(path: Path | None):
 def attach(model, adapter_path: Path | None) -> str:
     if adapter_path is None:
         return "unconverted"
-    adapter = read_adapter(adapter_path)
-    apply_lora(model, LoraConfig.from_dict(adapter.lora))
-    load_lora_state_dict(model, {k: torch.from_numpy(v) for k, v in adapter.factors.items()})
+    adapter = attach_adapter_file(model, adapter_path)
     return f"adapter ({adapter.training.get('tokens', '?')} tokens)"
 
 

@@ -40,6 +40,7 @@ from runtime.errors import RuvdllmError
 from runtime.talora import Router, TaloraConfig, group_names
 
 BANK_FORMAT = 1
+BANKS_DIR = "banks"  # a model directory's own bank, loaded by default
 BANK_JSON = "bank.json"
 PATTERNS_F32 = "patterns.f32"
 PATTERNS_HNSW = "patterns.hnsw"

@@ -1,8 +1,9 @@
 """The default model (SmolLM2-135M-Instruct with the shipped conversion adapter), exported once per
 target into the user cache and found there again.
 
-The cache directory is named by a fingerprint of what the export reads: the exporter's source and
-the shipped adapter. Upgrading either exports afresh instead of reusing a graph the old code wrote.
+The cache directory is named by a fingerprint of what the export reads: the exporter's source, the
+shipped adapter and the shipped banks. Upgrading any of them exports afresh instead of reusing a
+graph the old code wrote.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from runtime.errors import RuvdllmError
 from runtime.verify import cache_root
 
 DEFAULT_MODEL_STEM = "smollm2-135m-instruct"
+SHIPPED_SUFFIXES = (".py", ".safetensors", ".f32", ".json")  # source, adapters, bank factors and descriptions
 
 
 def exporter_fingerprint() -> str | None:
-    """12 hex digits of sha256 over the exporter package's files (source and shipped adapters);
+    """12 hex digits of sha256 over the exporter package's files (source, shipped adapter and banks);
     None when the exporter is not installed (a runtime-only install cannot export)."""
     spec = importlib.util.find_spec("ruvdllm_export")
     if spec is None or not spec.submodule_search_locations:
@@ -28,7 +30,7 @@ def exporter_fingerprint() -> str | None:
     root = Path(next(iter(spec.submodule_search_locations)))
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*")):
-        if path.is_file() and path.suffix in (".py", ".safetensors") and "__pycache__" not in path.parts:
+        if path.is_file() and path.suffix in SHIPPED_SUFFIXES and "__pycache__" not in path.parts:
             digest.update(path.relative_to(root).as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
@@ -62,7 +64,7 @@ def default_model_dir(target: str = "cpu", progress: bool = True) -> Path:
     directory = artifacts / name
     if (directory / MANIFEST_NAME).is_file():
         return directory
-    from ruvdllm_export.adapters import DEFAULT_ADAPTER
+    from ruvdllm_export.adapters import DEFAULT_ADAPTER, DEFAULT_BANKS
     from ruvdllm_export.default_model import default_gguf_path
     from ruvdllm_export.export import export_model
 
@@ -71,6 +73,11 @@ def default_model_dir(target: str = "cpu", progress: bool = True) -> Path:
     artifacts.mkdir(parents=True, exist_ok=True)
     log = (lambda *parts: print(*parts, file=sys.stderr)) if progress else None
     export_model(
-        default_gguf_path(progress=progress), directory, target=target, adapter=DEFAULT_ADAPTER, log=log
+        default_gguf_path(progress=progress),
+        directory,
+        target=target,
+        adapter=DEFAULT_ADAPTER,
+        banks=DEFAULT_BANKS if DEFAULT_BANKS.is_dir() else None,
+        log=log,
     )
     return directory

@@ -21,15 +21,13 @@ from pathlib import Path
 
 from runtime import artifact
 from runtime.artifact import ArtifactConfig
-from runtime.banks import BANK_JSON, Bank
+from runtime.banks import BANK_JSON, BANKS_DIR, Bank
 from runtime.control import AdapterControl
 from runtime.denoise import StepEvent
 from runtime.errors import RuvdllmError
 from runtime.generate import GenerationResult, generate
 from runtime.settings import GenerationSettings, resolve
 from runtime.verify import verify_artifact
-
-BANKS_DIR = "banks"
 
 
 @dataclass(frozen=True)

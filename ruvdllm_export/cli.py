@@ -14,9 +14,19 @@ from runtime.errors import RuvdllmError
 
 # name -> (module, one-line help)
 SUBCOMMANDS = {
-    "export": ("ruvdllm_export.export_command", "convert a checkpoint (HF dir or GGUF) into an ONNX model directory"),
-    "fetch": ("ruvdllm_export.default_model", "download the default model (SmolLM2-135M-Instruct) into the cache"),
+    "export": (
+        "ruvdllm_export.export_command",
+        "convert a checkpoint (HF dir or GGUF) into an ONNX model directory",
+    ),
+    "fetch": (
+        "ruvdllm_export.default_model",
+        "download the default model (SmolLM2-135M-Instruct) into the cache",
+    ),
     "convert": ("ruvdllm_export.convert_command", "train the AR->diffusion conversion adapter (QLoRA)"),
+    "train-banks": (
+        "ruvdllm_export.banks_command",
+        "train TALoRA banks (one adapter per timestep group) for a converted model",
+    ),
     "generate": ("runtime.generate_command", "generate text with a diffusion model"),
     "serve": ("runtime.server.command", "serve an OpenAI-compatible HTTP API"),
     "web": ("runtime.web_command", "serve the browser client and a model directory"),
@@ -30,19 +40,28 @@ def _load(name: str):
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in {"ruvdllm_export", "runtime", "federation_hub"}:
-            raise RuvdllmError(f"`ruvdllm {name}` is not available in this version ({exc.name} missing)") from None
+            raise RuvdllmError(
+                f"`ruvdllm {name}` is not available in this version ({exc.name} missing)"
+            ) from None
         raise RuvdllmError(
             f"`ruvdllm {name}` needs the package {exc.name!r}: install the extra, e.g. pip install 'ruvdllm[{_extra(name)}]'"
         ) from None
 
 
 def _extra(name: str) -> str:
-    return {"export": "export", "fetch": "export", "convert": "train", "hub": "hub"}.get(name, "runtime")
+    return {
+        "export": "export",
+        "fetch": "export",
+        "convert": "train",
+        "train-banks": "train",
+        "hub": "hub",
+    }.get(name, "runtime")
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ruvdllm", description="4-bit diffusion LLMs: export, generate, serve, browser client, federation hub."
+        prog="ruvdllm",
+        description="4-bit diffusion LLMs: export, generate, serve, browser client, federation hub.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

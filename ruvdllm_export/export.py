@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from runtime import artifact
+from runtime.banks import BANKS_DIR, PATTERNS_HNSW, Bank
 from runtime.errors import RuvdllmError
 from ruvdllm_export import spec as names
 from ruvdllm_export.checkpoints import LoadedCheckpoint, load_checkpoint
@@ -60,6 +61,7 @@ def export_model(
     force: bool = False,
     validate: bool = True,
     adapter: Path | str | None = None,
+    banks: Path | str | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
     min_agreement: float | None = None,
     quantization: str | None = None,
@@ -78,6 +80,8 @@ def export_model(
         out_dir: the directory to create (refused if it exists, unless `force`).
         validate: run onnx.checker and the onnxruntime CPU parity check (on by default).
         adapter: a static LoRA file (safetensors, docs/artifact.md) baked in as float side branches.
+        banks: an adapter bank directory (`ruvdllm train-banks`) copied into the model's banks/,
+            where the runtime loads it; its shapes must be the graph's adapter slots.
         min_agreement: fail unless top-1 agreement with the checkpoint on the paragraph reaches it.
         quantization .. table_bits: GraphOptions overrides; None keeps the target's default.
         log: where progress lines go (None for silence).
@@ -134,6 +138,8 @@ def export_model(
         loaded.tokenizer.save(str(staging / artifact.TOKENIZER_NAME))
         config = _artifact_config(loaded, options, target, block_size, validation, prepared, adapter, lora)
         (staging / artifact.CONFIG_NAME).write_text(config.to_json())
+        if banks is not None:
+            _copy_banks(Path(banks), config, staging / BANKS_DIR)
         artifact.write_manifest(staging)
         _move_into_place(staging, out_dir)
     except OSError as exc:
@@ -144,6 +150,13 @@ def export_model(
         raise
     say(f"wrote {out_dir} in {time.perf_counter() - started:.1f}s ({_size_mb(out_dir):.1f} MB)")
     return out_dir
+
+
+def _copy_banks(source: Path, config, destination: Path) -> None:
+    """Copy a bank directory into the model after checking it fits the graph (a bank of another
+    model or slot layout is refused here, not at the user's first generate)."""
+    Bank.load(source).check_model(config, str(source))
+    shutil.copytree(source, destination, ignore=shutil.ignore_patterns(PATTERNS_HNSW))
 
 
 def _save(model: onnx.ModelProto, path: Path) -> None:

@@ -28,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--adapter", type=Path, help="conversion adapter (safetensors) to bake in as float LoRA branches"
     )
+    parser.add_argument(
+        "--banks",
+        type=Path,
+        help="TALoRA/DGR adapter bank (`ruvdllm train-banks`) to ship in the model's banks/",
+    )
     parser.add_argument("--top-k", type=int, help="candidates per position in the outputs (default 32)")
     parser.add_argument(
         "--adapter-slots", type=int, help="adapter slots composed per position (default 8; 0: none)"
@@ -74,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         validate=not args.no_validate,
         adapter=args.adapter,
+        banks=args.banks,
         block_size=args.block_size,
         min_agreement=min_agreement,
         quantization=args.quantization,

@@ -5,8 +5,12 @@ user's machine.
                       SmolLM2-135M-Instruct (BD3LM, block 8), written by `ruvdllm convert` and
                       stored as float16 (convert/adapter_file.py; how far it was trained:
                       docs/conversion.md). `ruvdllm export --adapter DEFAULT_ADAPTER` bakes it in.
+    DEFAULT_BANKS     smollm2-135m-talora/: the TALoRA banks (fine / domain / coarse, rank 4 on
+                      q_proj and v_proj) trained over that adapter by `ruvdllm train-banks`, in
+                      the runtime's bank format; the default model ships them in its banks/.
 """
 
 from pathlib import Path
 
 DEFAULT_ADAPTER = Path(__file__).with_name("smollm2-135m-bd3lm.safetensors")
+DEFAULT_BANKS = Path(__file__).with_name("smollm2-135m-talora")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from runtime.talora import TaloraConfig, group_names, talora_weights
 from ruvdllm_export import spec as names
 from ruvdllm_export.convert.objectives import ObjectiveConfig, diffusion_loss
 from ruvdllm_export.reference.model import DiffusionLM
+
+OnStep = Callable[[dict], None]  # called with each step's log record (progress bars)
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class BankTrainConfig:
     steps: int = 200
     batch_size: int = 4
     seed: int = 0
+    precision: str = (
+        "fp32"  # "bf16": the forward under bfloat16 autocast (the model's weights cached to match)
+    )
 
     @property
     def groups(self) -> int:
@@ -97,12 +103,14 @@ class TaloraBanks(nn.Module):
         flat = [weights(round(float(t), 6)) for t in row_t.flatten()]
         return torch.tensor(flat, dtype=torch.float32).view(*row_t.shape, self.config.groups)
 
-    def to_runtime(self, hidden_size: int) -> Bank:
+    def to_runtime(self, hidden_size: int, slots: int | None = None) -> Bank:
+        """The runtime's bank: groups in slots [0, G), `slots` in all (the graph's count, so the
+        slots past G stay free for DGR adapters); default G."""
         bank = Bank(
             layers=next(iter(self.a.values())).shape[0],
             hidden_size=hidden_size,
             rank=self.config.rank,
-            slots=self.config.groups,
+            slots=max(self.config.groups, slots or 0),
             targets=dict(self.shapes),
             timestep_groups=tuple(self.config.talora.boundaries),
         )
@@ -118,8 +126,8 @@ class TaloraBanks(nn.Module):
                 bank.add_adapter(name, g, factors)
         return bank
 
-    def save(self, directory: Path, hidden_size: int) -> None:
-        self.to_runtime(hidden_size).save(Path(directory))
+    def save(self, directory: Path, hidden_size: int, slots: int | None = None) -> None:
+        self.to_runtime(hidden_size, slots).save(Path(directory))
 
 
 @functools.cache
@@ -151,8 +159,17 @@ def _rows(data: torch.Tensor, step: int, batch: int, seed: int) -> torch.Tensor:
     return data[torch.randint(data.shape[0], (batch,), generator=generator)]
 
 
+def autocast(precision: str):
+    """bfloat16 autocast for precision "bf16", a no-op context for "fp32"."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def train_banks(
-    model: DiffusionLM, data: torch.Tensor, objective: ObjectiveConfig, config: BankTrainConfig
+    model: DiffusionLM,
+    data: torch.Tensor,
+    objective: ObjectiveConfig,
+    config: BankTrainConfig,
+    on_step: OnStep | None = None,
 ) -> tuple[TaloraBanks, list[dict]]:
     """Train TALoRA banks over the (frozen) model; returns the banks and a per-step log."""
     banks = TaloraBanks(model, config)
@@ -162,15 +179,16 @@ def train_banks(
         group = stage_of(step, config)
         batch = _rows(data, step, config.batch_size, config.seed)
         generator = torch.Generator().manual_seed(config.seed * 7_919 + step)
-        result = diffusion_loss(
-            model,
-            batch,
-            stage_objective(objective, group, config.talora),
-            generator,
-            1.0,
-            banks.bank(),
-            banks.slot_weights,
-        )
+        with autocast(config.precision):
+            result = diffusion_loss(
+                model,
+                batch,
+                stage_objective(objective, group, config.talora),
+                generator,
+                1.0,
+                banks.bank(),
+                banks.slot_weights,
+            )
         result.loss.backward()
         stepped = []
         for g, optimizer in enumerate(optimizers):
@@ -180,6 +198,8 @@ def train_banks(
                 stepped.append(g)
             optimizer.zero_grad(set_to_none=True)
         log.append({"step": step, "stage": group, "loss": float(result.loss.detach()), "stepped": stepped})
+        if on_step is not None:
+            on_step(log[-1])
     return banks, log
 
 
@@ -194,7 +214,11 @@ def static_equivalent(config: BankTrainConfig):
 
 
 def train_static(
-    model: DiffusionLM, data: torch.Tensor, objective: ObjectiveConfig, config: BankTrainConfig
+    model: DiffusionLM,
+    data: torch.Tensor,
+    objective: ObjectiveConfig,
+    config: BankTrainConfig,
+    on_step: OnStep | None = None,
 ) -> list[dict]:
     """The comparison run: the static LoRA of `static_equivalent`, same rows, steps and rate."""
     from ruvdllm_export.reference import apply_lora
@@ -205,9 +229,12 @@ def train_static(
     for step in range(config.steps):
         batch = _rows(data, step, config.batch_size, config.seed)
         generator = torch.Generator().manual_seed(config.seed * 7_919 + step)
-        result = diffusion_loss(model, batch, objective, generator, 1.0)
+        with autocast(config.precision):
+            result = diffusion_loss(model, batch, objective, generator, 1.0)
         result.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         log.append({"step": step, "loss": float(result.loss.detach())})
+        if on_step is not None:
+            on_step(log[-1])
     return log

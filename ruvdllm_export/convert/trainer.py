@@ -39,6 +39,7 @@ CHECKPOINT = "checkpoint.pt"
 ADAPTER = "adapter.safetensors"
 BEST = "best.safetensors"
 LOG = "log.jsonl"
+PRECISIONS = ("fp32", "bf16")
 EVAL_SEED = 20_250_101  # fixed masks for every evaluation: differences are the model's, not the noise's
 
 
@@ -60,6 +61,14 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute layers in backward: ~1/layers the memory, ~+30% time
     memory_gb: float = DEFAULT_BUDGET_GB  # refuse a micro-batch whose estimate exceeds this (CPU)
     log_every: int = 1  # optimizer steps between log lines
+    precision: str = "fp32"  # "bf16": the frozen base cached in bfloat16, run under autocast (~4x on CPU)
+    teacher_weight: float = 0.0  # share of the AR model's soft targets in the loss (objectives.py)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}: not one of {PRECISIONS}")
+        if not 0.0 <= self.teacher_weight <= 1.0:
+            raise ValueError(f"teacher weight {self.teacher_weight}: need 0 <= w <= 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -179,6 +188,10 @@ class Trainer:
         self.device = pick_device()
         model.to(self.device)
         model.gradient_checkpointing = config.gradient_checkpointing
+        if config.precision == "bf16":
+            # LoRA factors, gradients and Adam stay float32; only the frozen base and the
+            # activations run in bfloat16.
+            model.cache_dequantized(True, torch.bfloat16)
         check_memory(model, config, objective, self.device)
         self.params = lora_parameters(model)
         if not self.params:
@@ -186,6 +199,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.state = TrainState()
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
 
     def _lr_factor(self, step: int) -> float:
         """Linear warm-up, then cosine decay to a tenth at max_steps."""
@@ -279,7 +295,10 @@ class Trainer:
         if self.held_out is None:
             return None
         self.model.eval()
-        metrics = evaluate(self.model, self.held_out.to(self.device), self.objective, self.config.eval_rows)
+        with self._autocast():
+            metrics = evaluate(
+                self.model, self.held_out.to(self.device), self.objective, self.config.eval_rows
+            )
         self._log({"step": self.state.step, "tokens": self.state.tokens, "eval": metrics})
         if metrics["masked_nll"] < self.state.best_nll and self.rank == 0:
             self.state.best_nll = metrics["masked_nll"]
@@ -296,7 +315,15 @@ class Trainer:
         for a in range(c.grad_accum):
             micro = (self.state.step * c.grad_accum + a) * self.world + self.rank
             batch = _rows(self.train, micro, c.batch_size, c.seed).to(self.device)
-            result = diffusion_loss(self.model, batch, self.objective, _generator(c.seed, micro), progress)
+            with self._autocast():
+                result = diffusion_loss(
+                    self.model,
+                    batch,
+                    self.objective,
+                    _generator(c.seed, micro),
+                    progress,
+                    teacher_weight=c.teacher_weight,
+                )
             (result.loss / c.grad_accum).backward()
             loss_sum += float(result.loss.detach())
             nll, count = nll + result.nll, count + result.count

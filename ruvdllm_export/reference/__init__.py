@@ -5,12 +5,15 @@ import this package."""
 from ruvdllm_export.reference.lora import (
     LoraConfig,
     apply_lora,
+    attach_adapter_file,
     load_lora_state_dict,
     lora_as_bank,
     lora_deltas,
+    lora_disabled,
     lora_factors,
     lora_parameters,
     lora_state_dict,
+    merge_lora,
 )
 from ruvdllm_export.reference.masks import (
     annealed_visibility,
@@ -29,6 +32,7 @@ __all__ = [
     "Past",
     "annealed_visibility",
     "apply_lora",
+    "attach_adapter_file",
     "bd3lm_training_visibility",
     "bidirectional_block_ids",
     "block_causal_block_ids",
@@ -36,9 +40,11 @@ __all__ = [
     "load_lora_state_dict",
     "lora_as_bank",
     "lora_deltas",
+    "lora_disabled",
     "lora_factors",
     "lora_parameters",
     "lora_state_dict",
+    "merge_lora",
     "visibility",
     "weights_from_state_dict",
 ]

@@ -94,19 +94,21 @@ class FrozenLinear(nn.Module):
         self.register_buffer("dequantized", None, persistent=False)  # see cache_dequantized
         self.lora: LoraDelta | None = None
 
-    def cache_dequantized(self, enabled: bool) -> None:
-        """Keep the dequantized float weight (4x the packed memory, no per-forward unpacking:
-        on CPU unpacking costs about as much as the matmul at a few hundred tokens) or drop it."""
+    def cache_dequantized(self, enabled: bool, dtype: torch.dtype = torch.float32) -> None:
+        """Keep the dequantized weight (4x the packed memory, no per-forward unpacking: on CPU
+        unpacking costs about as much as the matmul at a few hundred tokens) or drop it. A float
+        base is cached too when `dtype` is not float32. bfloat16 is for training under autocast:
+        each weight is then within 2^-9 of the exact 4-bit value, not equal to it."""
         self.dequantized = None
-        if enabled and self.quantized:
-            self.dequantized = self.base_weight()
+        if enabled and (self.quantized or dtype != torch.float32):
+            self.dequantized = self.base_weight().to(dtype)
 
     def base_weight(self) -> torch.Tensor:
         """The base weight as float [out, in] (dequantized when 4-bit)."""
-        if not self.quantized:
-            return self.weight
         if self.dequantized is not None:
             return self.dequantized
+        if not self.quantized:
+            return self.weight
         if self.bits == 8:
             return dequantize_q8(self.packed, self.scales, self.in_features)
         return dequantize_q4(self.packed, self.scales, self.zero_points, self.mins, self.in_features)
@@ -119,6 +121,16 @@ class FrozenLinear(nn.Module):
             a, b, w = bank
             y = y + ((x @ a) * w) @ b
         return y
+
+    def merge_lora(self) -> None:
+        """Fold the attached LoRA into the (cached) base weight and detach it: W + s·B·A in the
+        cache's dtype, the adapted model as a new frozen base for the next adapter."""
+        if self.lora is None:
+            return
+        with torch.no_grad():
+            base = self.base_weight()
+            self.dequantized = (base.float() + self.lora.delta().float()).to(base.dtype)
+        self.lora = None
 
     def add_lora(self, rank: int, alpha: float, generator: torch.Generator) -> LoraDelta:
         self.lora = LoraDelta(self.in_features, self.out_features, rank, alpha, generator).to(self._device())

@@ -9,13 +9,14 @@ optional targets (embedding: A [rank, vocab], B [hidden, rank]).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from ruvdllm_export import spec as names
-from ruvdllm_export.reference.linear import EmbeddingLoraDelta, LoraDelta
+from ruvdllm_export.reference.linear import EmbeddingLoraDelta, FrozenLinear, LoraDelta
 from ruvdllm_export.reference.model import DiffusionLM
 
 HEAD = "lm_head"
@@ -78,6 +79,44 @@ def apply_lora(model: DiffusionLM, config: LoraConfig) -> list[torch.nn.Paramete
     if HEAD in config.targets:
         model.head.add_lora(config.rank, config.alpha, generator)
     return lora_parameters(model)
+
+
+@contextlib.contextmanager
+def lora_disabled(model: DiffusionLM):
+    """Run `model` as its frozen base inside the block (the AR teacher of conversion training),
+    with every adapter put back afterwards."""
+    adapted = [m for m in model.modules() if isinstance(getattr(m, "lora", None), torch.nn.Module)]
+    saved = [m.lora for m in adapted]
+    for module in adapted:
+        module.lora = None
+    try:
+        yield model
+    finally:
+        for module, lora in zip(adapted, saved, strict=True):
+            module.lora = lora
+
+
+def attach_adapter_file(model: DiffusionLM, path):
+    """Attach the adapter `ruvdllm convert` wrote (convert/adapter_file.py) to `model`, trained
+    factors loaded; returns the file's description (its LoRA config and training record)."""
+    from ruvdllm_export.convert.adapter_file import read_adapter
+
+    adapter = read_adapter(path)
+    apply_lora(model, LoraConfig.from_dict(adapter.lora))
+    load_lora_state_dict(model, {k: torch.from_numpy(v) for k, v in adapter.factors.items()})
+    return adapter
+
+
+def merge_lora(model: DiffusionLM) -> None:
+    """Fold every attached adapter into the frozen weights and detach it: the adapted model
+    becomes the base the next adapter (TALoRA banks, a comparison LoRA) trains on."""
+    with torch.no_grad():
+        if model.embed.lora is not None:
+            model.embed.weight = model.embed.weight + model.embed.lora.delta().to(model.embed.weight.dtype)
+            model.embed.lora = None
+    for module in model.modules():
+        if isinstance(module, FrozenLinear):
+            module.merge_lora()
 
 
 def lora_parameters(model: DiffusionLM) -> list[torch.nn.Parameter]:

@@ -266,3 +266,20 @@ def test_convert_with_self_distillation(workspace, tmp_path):
     assert main(argv) == 0
     answers = [json.loads(line) for line in (run_dir / "distill.jsonl").read_text().splitlines()]
     assert [a["prompt"] for a in answers] == [f"Question {i}?" for i in range(4)]
+
+
+def test_bf16_with_the_teacher_trains_like_fp32(workspace, tmp_path):
+    """--precision bf16 (the base in bfloat16 under autocast) and --teacher-weight: the first
+    step's loss matches float32's to bfloat16's precision, and the adapter trains."""
+
+    def first_loss(run: str, *extra: str) -> float:
+        assert main(_args(workspace, tmp_path / run, "--max-steps", "2", *extra)) == 0
+        log = [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+        return next(r["loss"] for r in log if "loss" in r)
+
+    fp32 = first_loss("fp32", "--teacher-weight", "0.5")
+    bf16 = first_loss("bf16", "--teacher-weight", "0.5", "--precision", "bf16")
+    assert bf16 == pytest.approx(fp32, rel=0.03)
+    adapter = read_adapter(tmp_path / "bf16" / "adapter.safetensors")
+    assert adapter.training["steps"] == 2
+    assert main(_args(workspace, tmp_path / "bad", "--teacher-weight", "2")) != 0

@@ -11,7 +11,14 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ruvdllm_export.convert.objectives import ObjectiveConfig, bd3lm_layout, diffusion_loss, mdlm_layouts
+from ruvdllm_export.convert.objectives import (
+    ObjectiveConfig,
+    bd3lm_layout,
+    diffusion_loss,
+    make_layouts,
+    mdlm_layouts,
+    teacher_probabilities,
+)
 from ruvdllm_export.reference import DiffusionLM, LoraConfig, apply_lora, lora_parameters
 from tests.export.reference_models import tiny_checkpoint
 
@@ -167,3 +174,41 @@ def test_loss_is_a_per_token_elbo():
     assert float(result.loss) == pytest.approx(
         float((ce * layout.weights).sum()) / layout.positions, rel=1e-5
     )
+
+
+@pytest.mark.parametrize("objective", ["bd3lm", "mdlm"])
+def test_teacher_is_the_unadapted_model_reading_the_clean_row_causally(objective):
+    """The teacher's distribution for a target at p is the base model's causal next-token
+    distribution at p - 1, whatever the attached adapter holds, and the adapter is back after."""
+    _, spec, weights = tiny_checkpoint("llama", tied=False, seed=3)
+    model = DiffusionLM(spec, weights, mask_token_id=MASK).eval()
+    batch = torch.stack([_tokens(20, seed=11), _tokens(20, seed=12)])
+    with torch.no_grad():
+        causal = model(batch, torch.arange(20).expand(2, 20), torch.arange(20).expand(2, 20))["logits"]
+    apply_lora(model, LoraConfig(rank=4, seed=0))
+    with torch.no_grad():
+        for p in lora_parameters(model):
+            p.normal_(0, 0.5)  # an adapter that changes every output
+    layouts = make_layouts(batch, MASK, ObjectiveConfig(objective, 4), torch.Generator().manual_seed(2))
+    teacher = teacher_probabilities(model, batch, layouts)
+    expected = torch.cat([causal[lay.row, lay.target_positions - 1] for lay in layouts]).softmax(-1)
+    torch.testing.assert_close(teacher, expected, rtol=1e-4, atol=1e-6)
+    assert len(lora_parameters(model)) == 2 * 7 * spec.num_layers
+
+
+def test_teacher_weight_mixes_label_and_teacher_losses_linearly():
+    """loss(w) = (1 - w) loss(0) + w loss(1) on the same masks; the NLL beside it stays the labels'."""
+    model = tiny_model()
+    batch = _tokens(20, seed=5)[None]
+    config = ObjectiveConfig("bd3lm", 4)
+
+    def at(w: float):
+        return diffusion_loss(model, batch, config, torch.Generator().manual_seed(3), teacher_weight=w)
+
+    labels, teacher, half = at(0.0), at(1.0), at(0.5)
+    assert float(half.loss) == pytest.approx(0.5 * float(labels.loss) + 0.5 * float(teacher.loss), rel=1e-5)
+    assert half.nll == pytest.approx(labels.nll, rel=1e-6) and half.elbo == pytest.approx(
+        labels.elbo, rel=1e-6
+    )
+    with pytest.raises(ValueError, match="teacher weight"):
+        at(1.5)

@@ -1,0 +1,211 @@
+"""`ruvdllm train-banks`: TALoRA banks for a converted model — one low-rank adapter per timestep
+group, trained on a coarse -> fine curriculum over two or more text domains
+(convert/talora_training.py), written as the adapter bank the runtime loads (runtime/banks.py).
+
+    ruvdllm train-banks --data DOMAIN_A DOMAIN_B --output BANK_DIR [--adapter CONVERSION.safetensors]
+        [--compare] [--steps 200] [--precision bf16]
+
+The banks train over the converted model: the conversion adapter (default: the shipped one, for
+the default model) is folded into the frozen base first, so the banks learn what is left per
+timestep group. `--compare` also trains one static LoRA with the same parameter count on the
+same rows for the same steps, and prints both against each domain's held-out masked-token NLL
+(the TALoRA claim, docs/conversion.md). `ruvdllm export --banks BANK_DIR` puts the bank into a
+model directory's banks/, where `ruvdllm generate` finds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from runtime.errors import RuvdllmError
+
+TRAINING_JSON = "training.json"  # beside bank.json: how the bank was trained and what it measured
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, help="HF directory or GGUF (default: SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--adapter",
+        type=Path,
+        help="the conversion adapter the banks sit on (default: the shipped one for the default model)",
+    )
+    parser.add_argument("--no-adapter", action="store_true", help="train over the unconverted model")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="one file or directory per text domain (two or more)",
+    )
+    parser.add_argument("--output", type=Path, required=True, help="the bank directory to write")
+    parser.add_argument(
+        "--compare", action="store_true", help="also train the same-size static LoRA and compare"
+    )
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--block-size", type=int, default=8, help="BD3LM block the banks train for")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--curriculum",
+        type=float,
+        nargs="*",
+        default=[0.2, 0.2, 0.2],
+        help="share of the steps per group stage, coarse first (the rest: every t)",
+    )
+    parser.add_argument(
+        "--held-out", type=float, default=0.1, help="fraction of each domain never trained on"
+    )
+    parser.add_argument("--eval-rows", type=int, default=16, help="held-out rows scored per domain")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _domains(args, checkpoint):
+    from ruvdllm_export.convert.data import build_sequences
+
+    spec = checkpoint.spec
+    train, held = [], {}
+    for path in args.data:
+        rows, held_rows = build_sequences(
+            [path],
+            checkpoint.tokenizer,
+            args.seq_len,
+            spec.eos_token_ids[0],
+            args.held_out,
+            args.seed,
+            spec.chat_template,
+        )
+        if held_rows is None:
+            raise RuvdllmError(f"{path}: too little text for a held-out split; give a larger domain")
+        train.append(rows)
+        held[path.name] = held_rows
+    return train, held
+
+
+def _converted_model(args):
+    """(checkpoint, model, adapter path or None): the base with the conversion adapter folded in,
+    its weights cached in the training precision."""
+    import torch
+
+    from ruvdllm_export.convert_command import load_model
+    from ruvdllm_export.reference import attach_adapter_file, merge_lora
+
+    checkpoint, model = load_model(args.model, progress=not args.quiet)
+    adapter = None
+    if not args.no_adapter:
+        adapter = args.adapter
+        if adapter is None and args.model is None:
+            from ruvdllm_export.adapters import DEFAULT_ADAPTER
+
+            adapter = DEFAULT_ADAPTER
+        if adapter is not None:
+            attach_adapter_file(model, adapter)
+    model.cache_dequantized(True, torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    merge_lora(model)
+    return checkpoint, model, adapter
+
+
+def _bar(total: int, label: str, quiet: bool):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=label, unit="step", disable=quiet, dynamic_ncols=True, file=sys.stderr)
+
+    def on_step(record: dict) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.3f}")
+        if bar.n == total:
+            bar.close()
+
+    return on_step
+
+
+def run(args) -> int:
+    import torch
+
+    from ruvdllm_export.convert.objectives import ObjectiveConfig
+    from ruvdllm_export.convert.talora_training import BankTrainConfig, autocast, train_banks, train_static
+    from ruvdllm_export.convert.trainer import evaluate
+    from ruvdllm_export.onnx_graph.options import GraphOptions
+
+    if len(args.data) < 2:
+        raise RuvdllmError("train-banks: give two or more --data domains (one file or directory each)")
+    if min(args.steps, args.batch_size, args.eval_rows) < 1 or args.seq_len < 2 * args.block_size:
+        raise RuvdllmError("train-banks: --steps, --batch-size, --eval-rows >= 1 and --seq-len >= 2 blocks")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    checkpoint, model, adapter = _converted_model(args)
+    train, held = _domains(args, checkpoint)
+    data = torch.cat(train)
+    objective = ObjectiveConfig("bd3lm", args.block_size, complementary=True)
+    plain = ObjectiveConfig("bd3lm", args.block_size, complementary=False)
+    try:
+        config = BankTrainConfig(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            curriculum=tuple(args.curriculum),
+            precision=args.precision,
+        )
+    except ValueError as exc:
+        raise RuvdllmError(f"train-banks: {exc}") from None
+
+    def scores(m, *bank) -> dict[str, float]:
+        with torch.no_grad(), autocast(args.precision):
+            return {
+                name: evaluate(m, rows, plain, min(args.eval_rows, rows.shape[0]), *bank)["masked_nll"]
+                for name, rows in held.items()
+            }
+
+    before = scores(model)
+    started = time.monotonic()
+    banks, log = train_banks(model, data, objective, config, _bar(args.steps, "banks", args.quiet))
+    seconds = {"banks": time.monotonic() - started}
+    after = scores(model, banks.bank(), banks.slot_weights)
+    banks.save(args.output, checkpoint.spec.hidden_size, GraphOptions().adapter_slots)
+    report = {
+        "model": str(args.model) if args.model else "default (SmolLM2-135M-Instruct)",
+        "adapter": str(adapter) if adapter else None,
+        "domains": [str(p) for p in args.data],
+        "rows": {"train": int(data.shape[0]), "seq_len": args.seq_len},
+        "config": {k: v for k, v in vars(args).items() if k not in ("command", "func", "debug")},
+        "heldout_masked_nll": {"converted": before, "banks": after},
+        "final_loss": log[-1]["loss"],
+    }
+    if args.compare:
+        _, static_model, _ = _converted_model(args)
+        started = time.monotonic()
+        train_static(static_model, data, objective, config, _bar(args.steps, "static LoRA", args.quiet))
+        seconds["static"] = time.monotonic() - started
+        report["heldout_masked_nll"]["static"] = scores(static_model)
+    report["seconds"] = seconds
+    (Path(args.output) / TRAINING_JSON).write_text(json.dumps(report, indent=1, default=str))
+    _print_table(report, banks, config)
+    return 0
+
+
+def _print_table(report: dict, banks, config) -> None:
+    params = sum(p.numel() for p in banks.parameters())
+    nll = report["heldout_masked_nll"]
+    static = nll.get("static")
+    print(
+        f"{config.groups} banks x rank {config.rank} on {', '.join(config.targets)} = {params:,} parameters"
+        f"{f' = one static LoRA of rank {config.groups * config.rank}' if static else ''}; "
+        f"{config.steps} steps x {config.batch_size} rows of {report['rows']['seq_len']} tokens"
+    )
+    head = "| domain | converted | TALoRA banks |" + (" static LoRA | banks vs static |" if static else "")
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
+    for name, converted in nll["converted"].items():
+        line = f"| {name} | {converted:.3f} | {nll['banks'][name]:.3f} |"
+        if static:
+            change = 100 * (nll["banks"][name] - static[name]) / static[name]
+            line += f" {static[name]:.3f} | {change:+.1f}% |"
+        print(line)

@@ -1,0 +1,139 @@
+"""`ruvdllm train-banks` end to end on a tiny GGUF: a conversion adapter trained by `ruvdllm
+convert`, banks trained over it on two text domains (with the static comparison), the bank
+shipped by `ruvdllm export --banks`, and the runtime opening the model with those banks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from runtime.banks import BANK_JSON, BANKS_DIR, Bank
+from runtime.errors import RuvdllmError
+from runtime.settings import GenerationSettings
+from runtime.talora import group_names
+from ruvdllm_export.banks_command import TRAINING_JSON
+from ruvdllm_export.cli import main
+from ruvdllm_export.convert_command import load_model
+from ruvdllm_export.export import export_model
+from ruvdllm_export.reference import attach_adapter_file, merge_lora
+from tests.fixtures.tiny_models import make_gguf_checkpoint
+
+torch.set_num_threads(1)
+DOMAINS = {
+    "licences": "Permission is hereby granted, free of charge, to any person obtaining a copy. ",
+    "manuals": "Run the command with the option to print the version and exit. ",
+}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("banks")
+    gguf = root / "tiny.gguf"
+    make_gguf_checkpoint(gguf, "llama", "Q4_1", tied=True, seed=1)
+    for name, sentence in DOMAINS.items():
+        folder = root / name
+        folder.mkdir()
+        for i in range(20):
+            (folder / f"{i}.txt").write_text((sentence + f"Note {i}. ") * 5)
+    adapter = root / "conversion.safetensors"
+    common = ["--model", str(gguf), "--quiet", "--threads", "1", "--seq-len", "32"]
+    convert = ["convert", *common, "--data", str(root / "licences"), "--run-dir", str(root / "run")]
+    assert (
+        main([*convert, "--rank", "2", "--max-steps", "2", "--grad-accum", "1", "--output", str(adapter)])
+        == 0
+    )
+    return root, gguf, adapter
+
+
+def _train(workspace, output, *extra):
+    root, gguf, adapter = workspace
+    return main(
+        [
+            "train-banks",
+            "--model",
+            str(gguf),
+            "--adapter",
+            str(adapter),
+            "--data",
+            str(root / "licences"),
+            str(root / "manuals"),
+            "--output",
+            str(output),
+            "--steps",
+            "6",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "32",
+            "--eval-rows",
+            "2",
+            "--lr",
+            "1e-2",
+            "--quiet",
+            "--threads",
+            "1",
+            *extra,
+        ]
+    )
+
+
+def test_banks_train_over_the_converted_model_and_ship_in_the_export(workspace, tmp_path, capsys):
+    root, gguf, adapter = workspace
+    bank_dir = tmp_path / "bank"
+    assert _train(workspace, bank_dir, "--compare") == 0
+    table = capsys.readouterr().out
+    assert "| licences |" in table and "| manuals |" in table and "banks vs static" in table
+    report = json.loads((bank_dir / TRAINING_JSON).read_text())
+    nll = report["heldout_masked_nll"]
+    assert set(nll) == {"converted", "banks", "static"} and set(nll["banks"]) == set(DOMAINS)
+    assert all(np.isfinite(v) for scores in nll.values() for v in scores.values())
+    bank = Bank.load(bank_dir)
+    assert [a.name for a in sorted(bank.adapters.values(), key=lambda a: a.slot)] == list(group_names(3))
+    assert any(max(abs(x) for x in a.factors["q_proj"][1]) > 0 for a in bank.adapters.values())  # B trained
+
+    model_dir = export_model(gguf, tmp_path / "model", adapter=adapter, banks=bank_dir, log=None)
+    assert (model_dir / BANKS_DIR / BANK_JSON).is_file()
+    from runtime.model import DiffusionModel
+
+    opened = DiffusionModel.open(model_dir)
+    assert opened.bank is not None and opened.bank.groups == 3
+    steps = []
+    result = opened.generate("Permission is", GenerationSettings(length=8), on_step=steps.append)
+    assert len(result.tokens) == 8 and {round(e.t, 3) for e in steps} >= {1.0, 0.125}  # coarse .. fine groups
+
+
+def test_banks_sit_on_the_merged_conversion_adapter(workspace):
+    """Folding the adapter into the frozen base changes nothing the model computes."""
+    root, gguf, adapter = workspace
+    _, attached = load_model(gguf, progress=False)
+    attach_adapter_file(attached, adapter)
+    _, merged = load_model(gguf, progress=False)
+    attach_adapter_file(merged, adapter)
+    merged.cache_dequantized(True)
+    merge_lora(merged)
+    ids = torch.randint(10, 300, (1, 12), generator=torch.Generator().manual_seed(0))
+    pos = torch.arange(12)[None]
+    with torch.no_grad():
+        a = attached(ids, pos, pos)["logits"]
+        b = merged(ids, pos, pos)["logits"]
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert all(m.lora is None for m in merged.modules() if hasattr(m, "lora"))
+
+
+def test_a_bank_of_another_model_is_refused_at_export(workspace, tmp_path):
+    root, gguf, adapter = workspace
+    bank_dir = tmp_path / "bank"
+    assert _train(workspace, bank_dir) == 0
+    with pytest.raises(RuvdllmError, match="does not match"):
+        export_model(gguf, tmp_path / "model", adapter=adapter, banks=bank_dir, adapter_rank=2, log=None)
+
+
+def test_one_domain_is_refused(workspace, tmp_path, capsys):
+    root, gguf, adapter = workspace
+    code = main(
+        ["train-banks", "--model", str(gguf), "--data", str(root / "licences"), "--output", str(tmp_path)]
+    )
+    assert code != 0 and "two or more" in capsys.readouterr().err
