@@ -16,7 +16,8 @@ Two tables:
    so that repetition cannot pass for quality; "x AR" = ratio to the AR samples' perplexity.
 
 Without --adapter the converted rows use the unconverted model (the baseline the adapter must
-beat). Everything is seeded: the same command prints the same table.
+beat). With --banks the converted rows compose the TALoRA banks as the runtime does (group weights
+by timestep on every row). Everything is seeded: the same command prints the same table.
 
 3. With `--talora DOMAIN_A DOMAIN_B`: TALoRA banks (one adapter per timestep group, coarse ->
    fine curriculum, one optimizer per bank) against one static LoRA with the same parameter count,
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from runtime.banks import Bank
 from runtime.errors import RuvdllmError
 from ruvdllm_export.convert.data import build_sequences, read_documents, split_documents, tokenize
 from ruvdllm_export.convert.distill import chat_prompt, generate_ar
@@ -46,6 +48,7 @@ from ruvdllm_export.convert_command import load_model
 from ruvdllm_export.onnx_graph.builder import graph_weights_as_float, prepare_weights
 from ruvdllm_export.onnx_graph.options import GraphOptions
 from ruvdllm_export.reference import DiffusionLM, attach_adapter_file
+from ruvdllm_export.reference.control import Adapters
 from ruvdllm_export.reference.sampler import SamplingConfig, generate
 
 DEFAULT_PROMPTS = (
@@ -99,7 +102,7 @@ def ar_nll(judge, prompt: list[int], sample: list[int]) -> tuple[float, int]:
     return float(nll), len(sample)
 
 
-def sample_rows(model, judge, prompts, eos, args) -> list[dict]:
+def sample_rows(model, judge, prompts, eos, args, adapters=None) -> list[dict]:
     length = args.length
     configs = [("AR", None, None, None)]
     for fraction, label in ((0.25, "L/4"), (0.5, "L/2"), (1.0, "L")):
@@ -125,7 +128,7 @@ def sample_rows(model, judge, prompts, eos, args) -> list[dict]:
                     temperature=args.temperature,
                     top_p=args.top_p,
                 )
-                sample = generate(model, prompt, config, rng, eos_token_ids=eos).tokens
+                sample = generate(model, prompt, config, rng, adapters, eos_token_ids=eos).tokens
             sample = [t for t in sample if t not in eos]
             total, n = ar_nll(judge, prompt, sample)
             nll, count = nll + total, count + n
@@ -210,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="checkpoint (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--adapter", type=Path, help="conversion adapter; none = the unconverted model")
     parser.add_argument(
+        "--banks", type=Path, help="TALoRA bank (`ruvdllm train-banks`) composed into the converted model"
+    )
+    parser.add_argument(
         "--data", type=Path, nargs="+", required=True, help="text whose held-out split is scored"
     )
     parser.add_argument("--held-out", type=float, default=0.1)
@@ -243,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint, judge = load_float(args.model)
     _, model = load_float(args.model)
     label = attach(model, args.adapter)
+    adapters = None
+    if args.banks:
+        adapters = Adapters.from_bank(Bank.load(args.banks))
+        label += f" + TALoRA banks {args.banks.name}"
+    scored = () if adapters is None else (adapters.bank, adapters.slot_weights)
     spec = checkpoint.spec
     eos = tuple(spec.eos_token_ids)
     held = held_out_rows(
@@ -263,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     objectives.append(ObjectiveConfig("mdlm", args.seq_len - 1, complementary=False))
     for objective in [] if args.skip_denoising else objectives:
         base = evaluate(judge, held, objective, args.rows)
-        converted = evaluate(model, held, objective, args.rows) if args.adapter else base
+        converted = evaluate(model, held, objective, args.rows, *scored) if args.adapter else base
         block = objective.block_size if objective.objective == "bd3lm" else "-"
         print(
             f"| {objective.objective} | {block} | {base['masked_nll']:.3f} | {math.exp(base['elbo']):.1f} | "
@@ -295,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint.tokenizer.encode(chat_prompt(t, spec.chat_template), add_special_tokens=False).ids
             for t in texts
         ]
-        rows = sample_rows(model, judge, prompts, eos, args)
+        rows = sample_rows(model, judge, prompts, eos, args, adapters)
         ar = rows[0]["gen_ppl"]
         print(
             f"\n## Samples (L = {args.length}, {len(prompts)} prompts, temperature {args.temperature}, top-p {args.top_p})\n"

@@ -33,6 +33,42 @@ class Adapters:
     patterns: torch.Tensor | None = None  # [N, hidden] DGR keys
     pattern_slots: torch.Tensor | None = None  # [N] the DGR slot each pattern votes for
 
+    @classmethod
+    def from_bank(cls, bank, dgr: DgrConfig | None = None) -> Adapters:
+        """A runtime bank (runtime/banks.py, as the runtime loads it from a model's banks/) in
+        the graph's layout: the reference sampler then composes exactly what the runtime does."""
+        assembled = {}
+        for target, (fan_in, fan_out) in bank.targets.items():
+            a, b = bank.assemble(target)
+            k_r = bank.slots * bank.rank
+            assembled[target] = (
+                torch.tensor(a, dtype=torch.float32).view(bank.layers, fan_in, k_r),
+                torch.tensor(b, dtype=torch.float32).view(bank.layers, k_r, fan_out),
+            )
+        patterns = None
+        if bank.pattern_slots:
+            flat = torch.tensor(bank.pattern_vectors, dtype=torch.float32)
+            patterns = flat.view(len(bank.pattern_slots), bank.hidden_size)
+        return cls(
+            bank=assembled,
+            slots=bank.slots,
+            groups=bank.groups,
+            talora=bank.talora_config(),
+            dgr=dgr,
+            patterns=patterns,
+            pattern_slots=torch.tensor(bank.pattern_slots) if bank.pattern_slots else None,
+        )
+
+    def slot_weights(self, row_t: torch.Tensor) -> torch.Tensor:
+        """[B, S] timesteps -> [B, S, slots]: TALoRA's group weights by t (the training and the
+        held-out scoring path), DGR slots 0."""
+        rows = [
+            (talora_weights(float(t), self.talora)[: self.groups] if self.talora else [0.0] * self.groups)
+            + [0.0] * (self.slots - self.groups)
+            for t in row_t.flatten().tolist()
+        ]
+        return torch.tensor(rows, dtype=torch.float32).view(*row_t.shape, self.slots)
+
 
 class AdapterState:
     """One generation's adapter rows: DGR's retrieved weights per span position and the adaptive

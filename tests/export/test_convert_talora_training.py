@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import pytest
 import torch
 
 from runtime.banks import Bank
@@ -139,3 +140,22 @@ def test_bank_loss_with_zero_banks_is_the_base_loss():
         net, batch, OBJECTIVE, torch.Generator().manual_seed(1), 1.0, banks.bank(), banks.slot_weights
     )
     torch.testing.assert_close(plain.loss, with_banks.loss)
+
+
+def test_a_saved_bank_scores_in_the_reference_as_it_trained(tmp_path):
+    """Saved with the graph's slot count and read back as the reference sampler's Adapters, the
+    banks give the held-out loss they gave in training: same factors, same weights per t."""
+    from ruvdllm_export.reference.control import Adapters
+
+    train, held = data()
+    net = model()
+    banks, _ = train_banks(net, train, OBJECTIVE, BankTrainConfig(steps=6, batch_size=2, lr=1e-2))
+    banks.save(tmp_path / "banks", net.spec.hidden_size, slots=5)
+    adapters = Adapters.from_bank(Bank.load(tmp_path / "banks"))
+    assert adapters.slots == 5 and adapters.groups == 3
+    t = torch.tensor([[0.0, 0.3, 0.5, 0.9, 1.0]])
+    torch.testing.assert_close(adapters.slot_weights(t)[..., :3], banks.slot_weights(t))
+    assert not adapters.slot_weights(t)[..., 3:].any()
+    trained = evaluate(net, held["a"], OBJECTIVE, 4, banks.bank(), banks.slot_weights)["masked_nll"]
+    loaded = evaluate(net, held["a"], OBJECTIVE, 4, adapters.bank, adapters.slot_weights)["masked_nll"]
+    assert loaded == pytest.approx(trained, rel=1e-5)
