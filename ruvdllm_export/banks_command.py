@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from runtime.artifact import sha256_file
 from runtime.errors import RuvdllmError
 
 TRAINING_JSON = "training.json"  # beside bank.json: how the bank was trained and what it measured
@@ -173,6 +174,7 @@ def run(args) -> int:
     report = {
         "model": str(args.model) if args.model else "default (SmolLM2-135M-Instruct)",
         "adapter": str(adapter) if adapter else None,
+        "adapter_sha256": sha256_file(Path(adapter)) if adapter else None,  # which adapter they sit on
         "domains": [str(p) for p in args.data],
         "rows": {"train": int(data.shape[0]), "seq_len": args.seq_len},
         "config": {k: v for k, v in vars(args).items() if k not in ("command", "func", "debug")},

@@ -150,3 +150,30 @@ def test_the_shipped_default_adapter_fits_the_default_model():
     a, b = factors["model.layers.0.mlp.down_proj.weight"]
     assert a.shape == (adapter.lora["rank"], 1536) and b.shape == (576, adapter.lora["rank"])
     assert all(np.isfinite(a).all() and np.isfinite(b).all() for a, b in factors.values())
+
+
+def test_the_shipped_banks_sit_on_the_shipped_adapter_and_fit_the_graph():
+    """The committed TALoRA banks load in the runtime's format, fill the graph's default slots
+    (three groups of rank 4 on q_proj/v_proj of all 30 layers) and were trained over exactly the
+    committed conversion adapter."""
+    import json
+
+    from runtime.artifact import sha256_file
+    from runtime.banks import Bank
+    from ruvdllm_export.adapters import DEFAULT_ADAPTER, DEFAULT_BANKS
+    from ruvdllm_export.banks_command import TRAINING_JSON
+    from ruvdllm_export.onnx_graph.options import GraphOptions
+
+    bank = Bank.load(DEFAULT_BANKS)
+    options = GraphOptions()
+    assert (bank.layers, bank.hidden_size, bank.rank, bank.slots) == (
+        30,
+        576,
+        options.adapter_rank,
+        options.adapter_slots,
+    )
+    assert set(bank.targets) == set(options.adapter_targets) and bank.groups == 3
+    assert sorted(a.slot for a in bank.adapters.values()) == [0, 1, 2]
+    report = json.loads((DEFAULT_BANKS / TRAINING_JSON).read_text())
+    assert report["adapter_sha256"] == sha256_file(DEFAULT_ADAPTER)
+    assert sum(p.stat().st_size for p in DEFAULT_BANKS.rglob("*")) < 4 * 2**20
