@@ -7,7 +7,9 @@ user's machine.
                       docs/conversion.md). `ruvdllm export --adapter DEFAULT_ADAPTER` bakes it in.
     DEFAULT_BANKS     smollm2-135m-talora/: the TALoRA banks (fine / domain / coarse, rank 4 on
                       q_proj and v_proj) trained over that adapter by `ruvdllm train-banks`, in
-                      the runtime's bank format; the default model ships them in its banks/.
+                      the runtime's bank format: `ruvdllm generate --bank DEFAULT_BANKS` or
+                      `ruvdllm export --banks DEFAULT_BANKS`. Not in the default model: they
+                      measured worse in generation than the adapter alone (docs/conversion.md).
 """
 
 from pathlib import Path
