@@ -39,7 +39,8 @@ import torch
 
 from runtime.banks import Bank
 from runtime.errors import RuvdllmError
-from ruvdllm_export.convert.data import build_sequences, read_documents, split_documents, tokenize
+from ruvdllm_export.banks_command import load_domains
+from ruvdllm_export.convert.data import read_documents, split_documents, tokenize
 from ruvdllm_export.convert.distill import chat_prompt, generate_ar
 from ruvdllm_export.convert.objectives import ObjectiveConfig
 from ruvdllm_export.convert.talora_training import BankTrainConfig, train_banks, train_static
@@ -151,22 +152,7 @@ def sample_rows(model, judge, prompts, eos, args, adapters=None) -> list[dict]:
 
 def talora_table(args, checkpoint) -> dict:
     """Banks vs the same-size static LoRA on two domains' held-out text."""
-    spec = checkpoint.spec
-    train, held = [], {}
-    for path in args.talora:
-        rows, held_rows = build_sequences(
-            [path],
-            checkpoint.tokenizer,
-            args.seq_len,
-            spec.eos_token_ids[0],
-            args.held_out,
-            0,
-            spec.chat_template,
-        )
-        if held_rows is None:
-            raise RuvdllmError(f"{path}: no held-out text for the TALoRA comparison")
-        train.append(rows)
-        held[path.name] = held_rows
+    train, held = load_domains(args.talora, checkpoint, args.seq_len, args.held_out, 0)
     data = torch.cat(train)
     objective = ObjectiveConfig("bd3lm", args.block_size, complementary=True)
     config = BankTrainConfig(

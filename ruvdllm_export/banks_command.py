@@ -68,25 +68,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _domains(args, checkpoint):
+def load_domains(paths, checkpoint, seq_len: int, held_out: float, seed: int):
+    """(training rows per domain, {domain name: held-out rows}): one domain per path, each split
+    on its own, so every domain is scored on text its training never saw."""
     from ruvdllm_export.convert.data import build_sequences
 
     spec = checkpoint.spec
     train, held = [], {}
-    for path in args.data:
+    for path in paths:
         rows, held_rows = build_sequences(
-            [path],
-            checkpoint.tokenizer,
-            args.seq_len,
-            spec.eos_token_ids[0],
-            args.held_out,
-            args.seed,
-            spec.chat_template,
+            [path], checkpoint.tokenizer, seq_len, spec.eos_token_ids[0], held_out, seed, spec.chat_template
         )
         if held_rows is None:
             raise RuvdllmError(f"{path}: too little text for a held-out split; give a larger domain")
         train.append(rows)
-        held[path.name] = held_rows
+        held[Path(path).name] = held_rows
     return train, held
 
 
@@ -142,7 +138,7 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     checkpoint, model, adapter = _converted_model(args)
-    train, held = _domains(args, checkpoint)
+    train, held = load_domains(args.data, checkpoint, args.seq_len, args.held_out, args.seed)
     data = torch.cat(train)
     objective = ObjectiveConfig("bd3lm", args.block_size, complementary=True)
     plain = ObjectiveConfig("bd3lm", args.block_size, complementary=False)
