@@ -17,11 +17,11 @@ from runtime.errors import RuvdllmError
 from runtime.verify import cache_root
 
 DEFAULT_MODEL_STEM = "smollm2-135m-instruct"
-SHIPPED_SUFFIXES = (".py", ".safetensors", ".f32", ".json")  # source, adapters, bank factors and descriptions
+SHIPPED_SUFFIXES = (".py", ".safetensors")  # what the default export reads: source and the conversion adapter
 
 
 def exporter_fingerprint() -> str | None:
-    """12 hex digits of sha256 over the exporter package's files (source, shipped adapter and banks);
+    """12 hex digits of sha256 over the exporter package's files (source and shipped adapters);
     None when the exporter is not installed (a runtime-only install cannot export)."""
     spec = importlib.util.find_spec("ruvdllm_export")
     if spec is None or not spec.submodule_search_locations:

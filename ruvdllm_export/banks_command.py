@@ -127,8 +127,8 @@ def run(args) -> int:
     import torch
 
     from ruvdllm_export.convert.objectives import ObjectiveConfig
-    from ruvdllm_export.convert.talora_training import BankTrainConfig, autocast, train_banks, train_static
-    from ruvdllm_export.convert.trainer import evaluate
+    from ruvdllm_export.convert.talora_training import BankTrainConfig, train_banks, train_static
+    from ruvdllm_export.convert.trainer import evaluate, precision_autocast
     from ruvdllm_export.onnx_graph.options import GraphOptions
 
     if len(args.data) < 2:
@@ -155,7 +155,7 @@ def run(args) -> int:
         raise RuvdllmError(f"train-banks: {exc}") from None
 
     def scores(m, *bank) -> dict[str, float]:
-        with torch.no_grad(), autocast(args.precision):
+        with torch.no_grad(), precision_autocast(args.precision):
             return {
                 name: evaluate(m, rows, plain, min(args.eval_rows, rows.shape[0]), *bank)["masked_nll"]
                 for name, rows in held.items()

@@ -17,7 +17,6 @@ the same targets (the same parameter count), trained on the same rows for the sa
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,9 +26,11 @@ import torch
 from torch import nn
 
 from runtime.banks import Bank
-from runtime.talora import TaloraConfig, group_names, talora_weights
+from runtime.talora import TaloraConfig, group_names
 from ruvdllm_export import spec as names
 from ruvdllm_export.convert.objectives import ObjectiveConfig, diffusion_loss
+from ruvdllm_export.convert.trainer import precision_autocast
+from ruvdllm_export.reference.control import timestep_slot_weights
 from ruvdllm_export.reference.model import DiffusionLM
 
 OnStep = Callable[[dict], None]  # called with each step's log record (progress bars)
@@ -99,9 +100,8 @@ class TaloraBanks(nn.Module):
 
     def slot_weights(self, row_t: torch.Tensor) -> torch.Tensor:
         """[B, S] timesteps -> [B, S, G] group weights, exactly the runtime's."""
-        weights = _weights_table(self.config.talora)
-        flat = [weights(round(float(t), 6)) for t in row_t.flatten()]
-        return torch.tensor(flat, dtype=torch.float32).view(*row_t.shape, self.config.groups)
+        groups = self.config.groups
+        return timestep_slot_weights(row_t, self.config.talora, groups, groups)
 
     def to_runtime(self, hidden_size: int, slots: int | None = None) -> Bank:
         """The runtime's bank: groups in slots [0, G), `slots` in all (the graph's count, so the
@@ -130,11 +130,6 @@ class TaloraBanks(nn.Module):
         self.to_runtime(hidden_size, slots).save(Path(directory))
 
 
-@functools.cache
-def _weights_table(talora: TaloraConfig):
-    return functools.lru_cache(maxsize=None)(lambda t: talora_weights(t, talora))
-
-
 def stage_of(step: int, config: BankTrainConfig) -> int | None:
     """The curriculum stage at `step`: group index coarse first (G-1 .. 0), None = all t."""
     edge = 0.0
@@ -159,11 +154,6 @@ def _rows(data: torch.Tensor, step: int, batch: int, seed: int) -> torch.Tensor:
     return data[torch.randint(data.shape[0], (batch,), generator=generator)]
 
 
-def autocast(precision: str):
-    """bfloat16 autocast for precision "bf16", a no-op context for "fp32"."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 def train_banks(
     model: DiffusionLM,
     data: torch.Tensor,
@@ -179,7 +169,7 @@ def train_banks(
         group = stage_of(step, config)
         batch = _rows(data, step, config.batch_size, config.seed)
         generator = torch.Generator().manual_seed(config.seed * 7_919 + step)
-        with autocast(config.precision):
+        with precision_autocast(config.precision):
             result = diffusion_loss(
                 model,
                 batch,
@@ -229,7 +219,7 @@ def train_static(
     for step in range(config.steps):
         batch = _rows(data, step, config.batch_size, config.seed)
         generator = torch.Generator().manual_seed(config.seed * 7_919 + step)
-        with autocast(config.precision):
+        with precision_autocast(config.precision):
             result = diffusion_loss(model, batch, objective, generator, 1.0)
         result.loss.backward()
         optimizer.step()

@@ -82,6 +82,12 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
 
 
+def precision_autocast(precision: str, device_type: str = "cpu"):
+    """bfloat16 autocast for precision "bf16" (the base's weights cached in bfloat16 to match),
+    a no-op context for "fp32"."""
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def distributed() -> tuple[int, int]:
     """(rank, world size): torchrun sets WORLD_SIZE/RANK; a plain run is rank 0 of 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -200,9 +206,6 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.state = TrainState()
 
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
-
     def _lr_factor(self, step: int) -> float:
         """Linear warm-up, then cosine decay to a tenth at max_steps."""
         c = self.config
@@ -295,7 +298,7 @@ class Trainer:
         if self.held_out is None:
             return None
         self.model.eval()
-        with self._autocast():
+        with precision_autocast(self.config.precision, self.device.type):
             metrics = evaluate(
                 self.model, self.held_out.to(self.device), self.objective, self.config.eval_rows
             )
@@ -315,7 +318,7 @@ class Trainer:
         for a in range(c.grad_accum):
             micro = (self.state.step * c.grad_accum + a) * self.world + self.rank
             batch = _rows(self.train, micro, c.batch_size, c.seed).to(self.device)
-            with self._autocast():
+            with precision_autocast(c.precision, self.device.type):
                 result = diffusion_loss(
                     self.model,
                     batch,

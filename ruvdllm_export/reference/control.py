@@ -60,14 +60,23 @@ class Adapters:
         )
 
     def slot_weights(self, row_t: torch.Tensor) -> torch.Tensor:
-        """[B, S] timesteps -> [B, S, slots]: TALoRA's group weights by t (the training and the
-        held-out scoring path), DGR slots 0."""
-        rows = [
-            (talora_weights(float(t), self.talora)[: self.groups] if self.talora else [0.0] * self.groups)
-            + [0.0] * (self.slots - self.groups)
-            for t in row_t.flatten().tolist()
-        ]
-        return torch.tensor(rows, dtype=torch.float32).view(*row_t.shape, self.slots)
+        """[B, S] timesteps -> [B, S, slots] (the training and held-out scoring path)."""
+        return timestep_slot_weights(row_t, self.talora, self.groups, self.slots)
+
+
+def timestep_slot_weights(
+    row_t: torch.Tensor, talora: TaloraConfig | None, groups: int, slots: int
+) -> torch.Tensor:
+    """[B, S] per-row timesteps -> [B, S, slots]: the runtime's TALoRA group weights in slots
+    [0, groups) (all 0 without TALoRA), the DGR slots after them 0. t is rounded to 6 places
+    (float32 rows hold k / b inexactly); each distinct t is weighed once."""
+    values, inverse = torch.unique(row_t, return_inverse=True)
+    rows = [
+        (talora_weights(round(t, 6), talora)[:groups] if talora else [0.0] * groups)
+        + [0.0] * (slots - groups)
+        for t in values.tolist()
+    ]
+    return torch.tensor(rows, dtype=torch.float32).view(-1, slots)[inverse]
 
 
 class AdapterState:
