@@ -29,12 +29,13 @@ TRAINING_JSON = "training.json"  # beside bank.json: how the bank was trained an
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, help="HF directory or GGUF (default: SmolLM2-135M-Instruct)")
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--adapter",
         type=Path,
         help="the conversion adapter the banks sit on (default: the shipped one for the default model)",
     )
-    parser.add_argument("--no-adapter", action="store_true", help="train over the unconverted model")
+    which.add_argument("--no-adapter", action="store_true", help="train over the unconverted model")
     parser.add_argument(
         "--data",
         type=Path,
@@ -137,11 +138,6 @@ def run(args) -> int:
         raise RuvdllmError("train-banks: --steps, --batch-size, --eval-rows >= 1 and --seq-len >= 2 blocks")
     if args.threads:
         torch.set_num_threads(args.threads)
-    checkpoint, model, adapter = _converted_model(args)
-    train, held = load_domains(args.data, checkpoint, args.seq_len, args.held_out, args.seed)
-    data = torch.cat(train)
-    objective = ObjectiveConfig("bd3lm", args.block_size, complementary=True)
-    plain = ObjectiveConfig("bd3lm", args.block_size, complementary=False)
     try:
         config = BankTrainConfig(
             steps=args.steps,
@@ -153,6 +149,11 @@ def run(args) -> int:
         )
     except ValueError as exc:
         raise RuvdllmError(f"train-banks: {exc}") from None
+    checkpoint, model, adapter = _converted_model(args)
+    train, held = load_domains(args.data, checkpoint, args.seq_len, args.held_out, args.seed)
+    data = torch.cat(train)
+    objective = ObjectiveConfig("bd3lm", args.block_size, complementary=True)
+    plain = ObjectiveConfig("bd3lm", args.block_size, complementary=False)
 
     def scores(m, *bank) -> dict[str, float]:
         with torch.no_grad(), precision_autocast(args.precision):

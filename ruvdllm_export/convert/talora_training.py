@@ -29,7 +29,7 @@ from runtime.banks import Bank
 from runtime.talora import TaloraConfig, group_names
 from ruvdllm_export import spec as names
 from ruvdllm_export.convert.objectives import ObjectiveConfig, diffusion_loss
-from ruvdllm_export.convert.trainer import precision_autocast
+from ruvdllm_export.convert.trainer import PRECISIONS, precision_autocast
 from ruvdllm_export.reference.control import timestep_slot_weights
 from ruvdllm_export.reference.model import DiffusionLM
 
@@ -54,6 +54,14 @@ class BankTrainConfig:
     precision: str = (
         "fp32"  # "bf16": the forward under bfloat16 autocast (the model's weights cached to match)
     )
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}: not one of {PRECISIONS}")
+        if any(f < 0 for f in self.curriculum) or sum(self.curriculum) > 1 + 1e-9:
+            raise ValueError(f"curriculum {self.curriculum}: step shares must be >= 0 and sum to at most 1")
+        if len(self.curriculum) > self.groups:
+            raise ValueError(f"curriculum {self.curriculum}: at most one stage per group ({self.groups})")
 
     @property
     def groups(self) -> int:

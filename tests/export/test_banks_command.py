@@ -137,3 +137,16 @@ def test_one_domain_is_refused(workspace, tmp_path, capsys):
         ["train-banks", "--model", str(gguf), "--data", str(root / "licences"), "--output", str(tmp_path)]
     )
     assert code != 0 and "two or more" in capsys.readouterr().err
+
+
+def test_bad_bank_options_are_refused_before_any_training(workspace, tmp_path, capsys):
+    root, gguf, adapter = workspace
+    domains = ["--data", str(root / "licences"), str(root / "manuals")]
+    base = ["train-banks", "--model", str(gguf), *domains, "--output", str(tmp_path / "out")]
+    assert main([*base, "--curriculum", "0.5", "0.5", "0.5"]) != 0
+    assert "sum to at most 1" in capsys.readouterr().err
+    assert main([*base, "--adapter", str(tmp_path / "none.safetensors")]) != 0
+    assert "no such adapter file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: the two choices exclude each other
+        main([*base, "--adapter", str(adapter), "--no-adapter"])
+    assert not (tmp_path / "out").exists()
