@@ -49,7 +49,7 @@ def export_child(checkpoint: Path, out: Path, *flags: str) -> dict:
         [
             sys.executable,
             "-m",
-            "ruvdllm_export.cli",
+            "ruvdllm.cli",
             "export",
             "--checkpoint",
             str(checkpoint),

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from runtime.banks import Bank
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.banks_command import load_domains
 from ruvdllm_export.convert.data import read_documents, split_documents, tokenize
 from ruvdllm_export.convert.distill import chat_prompt, generate_ar

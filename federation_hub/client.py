@@ -35,7 +35,7 @@ from federation_hub.strategies import ContributionMeta, make_strategy
 from federation_hub.strategies.run import RoundResult, run_strategy
 from federation_hub.tiers import SENDABLE, Tier
 from federation_hub.validation import check_deltas
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 
 class HubRequestError(RuvdllmError):

@@ -18,7 +18,7 @@ import struct
 import numpy as np
 
 from federation_hub.aggregate.lora import LoraPair
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 MAGIC = b"RVH1"
 _LEN = struct.Struct("<I")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from federation_hub.auth import new_token, token_hash
 from federation_hub.settings import HubSettings
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 DEFAULT_PORT = 8700
 

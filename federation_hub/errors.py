@@ -1,11 +1,11 @@
 """Errors the services raise, each with the HTTP status the routers answer with. Messages are one
-line and name the thing that is wrong (`runtime.errors.RuvdllmError`)."""
+line and name the thing that is wrong (`ruvdllm.errors.RuvdllmError`)."""
 
 from __future__ import annotations
 
 from federation_hub.privacy.accountant import BudgetExhausted
 from federation_hub.storage.base import Conflict
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 
 class NotFound(RuvdllmError):

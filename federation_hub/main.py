@@ -22,7 +22,7 @@ from federation_hub.services.rounds import resume_closing
 from federation_hub.services.state import HubState
 from federation_hub.settings import HubSettings
 from federation_hub.storage import open_store
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 log = logging.getLogger("federation_hub")
 

@@ -18,7 +18,7 @@ import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 ARTIFACT_FORMAT = 1
 CONFIG_NAME = "config.json"

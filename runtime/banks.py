@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.artifact import ArtifactConfig
-from runtime.errors import RuvdllmError
 from runtime.talora import Router, TaloraConfig, group_names
+from ruvdllm.errors import RuvdllmError
 
 BANK_FORMAT = 1
 BANKS_DIR = "banks"  # a model directory's own bank, loaded by default

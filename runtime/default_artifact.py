@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from runtime.artifact import ARTIFACT_FORMAT, MANIFEST_NAME
-from runtime.errors import RuvdllmError
 from runtime.verify import cache_root
+from ruvdllm.errors import RuvdllmError
 
 DEFAULT_MODEL_STEM = "smollm2-135m-instruct"
 SHIPPED_SUFFIXES = (".py", ".safetensors")  # what the default export reads: source and the conversion adapter

@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 STRATEGIES = ("entropy", "confidence-gap", "hybrid", "adaptive")
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from runtime.dgr import DgrConfig
 from runtime.display import LiveView, StreamPrinter
-from runtime.errors import RuvdllmError
 from runtime.schedules import SCHEDULES
 from runtime.settings import DECODINGS, SAMPLERS, GenerationSettings, check_settings
+from ruvdllm.errors import RuvdllmError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

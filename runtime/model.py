@@ -24,10 +24,10 @@ from runtime.artifact import ArtifactConfig
 from runtime.banks import BANK_JSON, BANKS_DIR, Bank
 from runtime.control import AdapterControl
 from runtime.denoise import StepEvent
-from runtime.errors import RuvdllmError
 from runtime.generate import GenerationResult, generate
 from runtime.settings import GenerationSettings, resolve
 from runtime.verify import verify_artifact
+from ruvdllm.errors import RuvdllmError
 
 
 @dataclass(frozen=True)

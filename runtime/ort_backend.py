@@ -25,7 +25,7 @@ from runtime import artifact
 from runtime.artifact import ArtifactConfig
 from runtime.backend import Chunk, StepOutput
 from runtime.banks import Bank
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

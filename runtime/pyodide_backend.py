@@ -29,11 +29,11 @@ from runtime.backend import Chunk, StepOutput
 from runtime.banks import BANK_JSON, Bank
 from runtime.control import AdapterControl
 from runtime.dgr import DgrConfig
-from runtime.errors import RuvdllmError
 from runtime.generate import GenerationResult, generate
 from runtime.model import BANKS_DIR, DiffusionModel
 from runtime.settings import GenerationSettings, resolve
 from runtime.talora import group_names, talora_weights
+from ruvdllm.errors import RuvdllmError
 
 
 def _ffi():

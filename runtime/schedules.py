@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from runtime.artifact import ArtifactConfig
 from runtime.dgr import DgrConfig
-from runtime.errors import RuvdllmError
 from runtime.schedules import SCHEDULES
+from ruvdllm.errors import RuvdllmError
 
 SAMPLERS = ("bd3lm", "mdlm")
 DECODINGS = ("low-confidence", "threshold")

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from itertools import pairwise
 
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 INTERPOLATIONS = ("discrete", "linear", "soft", "learned")
 DEFAULT_GROUP_NAMES = ("fine", "domain", "coarse")

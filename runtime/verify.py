@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from runtime import artifact
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 MODES = ("cached", "full", "sizes")
 

@@ -36,9 +36,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from runtime.artifact import verify_manifest
-from runtime.errors import RuvdllmError
 from runtime.web_gzip import GzipCache
 from runtime.web_wheel import build_wheel, build_wheel_bytes
+from ruvdllm.errors import RuvdllmError
 
 ISOLATION_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",

@@ -67,12 +67,14 @@ def build_wheel_bytes(package_dir: Path | None = None, version: str | None = Non
         "Requires-Python: >=3.10\n"
     ).encode()
     wheel_meta = b"Wheel-Version: 1.0\nGenerator: ruvdllm web\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    shared = package_dir.parent / "ruvdllm"  # the error type every runtime module raises
     entries = [
         *package_files(package_dir),
+        *[(f"ruvdllm/{name}", (shared / name).read_bytes()) for name in ("__init__.py", "errors.py")],
         (f"{dist_info}/METADATA", metadata),
         (f"{dist_info}/WHEEL", wheel_meta),
     ]
-    entries.append((f"{dist_info}/top_level.txt", f"{PACKAGE}\n".encode()))
+    entries.append((f"{dist_info}/top_level.txt", f"{PACKAGE}\nruvdllm\n".encode()))
     record_lines = [f"{name},{_record_hash(data)},{len(data)}" for name, data in entries]
     record_lines.append(f"{dist_info}/RECORD,,")
     entries.append((f"{dist_info}/RECORD", ("\n".join(record_lines) + "\n").encode()))

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from runtime.artifact import sha256_file
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 TRAINING_JSON = "training.json"  # beside bank.json: how the bank was trained and what it measured
 

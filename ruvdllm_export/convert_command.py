@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 ARGS_FILE = "args.json"
 # Arguments a resumed run may change; they default to None so that "given now" is visible.
@@ -275,7 +275,7 @@ def _distill(args, checkpoint) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m ruvdllm_export.convert_command` (for torchrun, which needs a module to run)."""
-    from ruvdllm_export.cli import main as cli_main
+    from ruvdllm.cli import main as cli_main
 
     return cli_main(["convert", *(sys.argv[1:] if argv is None else argv)])
 

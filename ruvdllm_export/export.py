@@ -24,7 +24,7 @@ import onnx
 
 from runtime import artifact
 from runtime.banks import BANKS_DIR, PATTERNS_HNSW, Bank
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 from ruvdllm_export import spec as names
 from ruvdllm_export.checkpoints import LoadedCheckpoint, load_checkpoint
 from ruvdllm_export.onnx_graph import (

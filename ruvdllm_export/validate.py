@@ -25,7 +25,7 @@ import onnx
 import onnxruntime as ort
 
 from runtime import artifact
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.onnx_graph import GraphOptions, build_graph
 from ruvdllm_export.onnx_graph.builder import linear_features
 from ruvdllm_export.spec import ModelSpec

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 
 class BudgetExhausted(RuvdllmError):

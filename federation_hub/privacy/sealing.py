@@ -14,7 +14,7 @@ import os
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 KEY_BYTES = 32
 NONCE_BYTES = 12  # random 96-bit nonces: collision-safe for far more messages than a group sends per key

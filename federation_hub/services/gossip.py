@@ -28,7 +28,7 @@ from federation_hub.gossip.vv import version_vector
 from federation_hub.schemas import GossipEntry, GossipReply, GossipSync, ReleaseMeta
 from federation_hub.services.state import HubState
 from federation_hub.storage.base import ReleaseRecord
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 log = logging.getLogger("federation_hub.gossip")
 SYNC_PATH = "/v1/gossip/sync"

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 
 def utcnow() -> datetime:

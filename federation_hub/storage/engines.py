@@ -7,7 +7,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from federation_hub.storage.base import Store
 from federation_hub.storage.sql import SqlStore
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 
 class SqliteStore(SqlStore):

@@ -38,7 +38,7 @@ from federation_hub.storage.base import (
     utcnow,
 )
 from federation_hub.storage.sql_releases import ReleaseQueries
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -20,8 +20,8 @@ import os
 import socket
 from pathlib import Path
 
-from runtime.errors import RuvdllmError
 from runtime.server.app import ServerLimits
+from ruvdllm.errors import RuvdllmError
 
 DEFAULTS = ServerLimits()
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")

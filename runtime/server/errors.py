@@ -17,8 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from runtime.errors import RuvdllmError
 from runtime.server.schemas import UNSUPPORTED
+from ruvdllm.errors import RuvdllmError
 
 log = logging.getLogger("ruvdllm.server")
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import random
 from dataclasses import fields, replace
 
-from runtime.errors import RuvdllmError
 from runtime.server.engine import Job
 from runtime.server.errors import ApiError, from_runtime
 from runtime.server.schemas import ChatCompletionRequest, CompletionRequest, GenerationRequest
 from runtime.settings import GenerationSettings
+from ruvdllm.errors import RuvdllmError
 
 DEFAULTS = GenerationSettings()
 # Knobs a request and GenerationSettings share by name (a request's None keeps the default).

@@ -24,13 +24,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from runtime.errors import RuvdllmError
 from runtime.server.engine import Engine, Job, Outcome
 from runtime.server.errors import ApiError, error_body, from_runtime
 from runtime.server.jobs import chat_job, check_model_name, completion_job
 from runtime.server.limits import Admission, Ticket
 from runtime.server.responses import DONE, Reply, info_of, sse
 from runtime.server.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from ruvdllm.errors import RuvdllmError
 
 log = logging.getLogger("ruvdllm.server")
 

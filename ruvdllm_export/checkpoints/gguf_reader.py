@@ -20,7 +20,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.checkpoints.architectures import Architecture, by_gguf_arch, check_weights
 from ruvdllm_export.checkpoints.gguf_names import canonical_name, gguf_name
 from ruvdllm_export.quant.gguf_blocks import q4_0_to_q4, q4_1_to_q4, q4_k_to_q4

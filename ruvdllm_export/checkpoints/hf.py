@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.checkpoints.architectures import Architecture, by_hf_class, check_weights
 from ruvdllm_export.spec import LM_HEAD, ModelSpec
 

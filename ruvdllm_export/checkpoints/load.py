@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from runtime.artifact import sha256_file
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.checkpoints.gguf_reader import read_gguf
 from ruvdllm_export.checkpoints.hf import read_hf_dir
 from ruvdllm_export.checkpoints.loaded import LoadedCheckpoint

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 GGUF_CONTROL, GGUF_USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values of added tokens
 

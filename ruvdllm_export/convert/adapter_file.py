@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 FORMAT = "ruvdllm-lora/1"
 LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"

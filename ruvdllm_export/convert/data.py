@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 TEXT_KEYS = ("text", "content")
 

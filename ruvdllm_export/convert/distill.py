@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.reference.model import DiffusionLM
 
 

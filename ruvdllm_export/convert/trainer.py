@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.convert.adapter_file import write_adapter
 from ruvdllm_export.convert.annealing import anneal_progress
 from ruvdllm_export.convert.memory import DEFAULT_BUDGET_GB, activation_bytes, base_bytes

@@ -21,7 +21,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from runtime import artifact
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 from ruvdllm_export import spec as names
 from ruvdllm_export.reference.functional import apply_rope, attention, rms_norm, rope_tables
 from ruvdllm_export.reference.linear import BankCall, FrozenEmbedding, FrozenLinear

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from runtime.banks import BANK_JSON, BANKS_DIR, Bank
-from runtime.errors import RuvdllmError
 from runtime.settings import GenerationSettings
 from runtime.talora import group_names
+from ruvdllm.cli import main
+from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.banks_command import TRAINING_JSON
-from ruvdllm_export.cli import main
 from ruvdllm_export.convert_command import load_model
 from ruvdllm_export.export import export_model
 from ruvdllm_export.reference import attach_adapter_file, merge_lora

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.checkpoints import load_checkpoint
 from tests.fixtures.tiny_models import make_gguf_checkpoint, make_hf_checkpoint
 

@@ -3,7 +3,7 @@
 import pytest
 from tokenizers import AddedToken, Tokenizer, models
 
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.checkpoints import load_checkpoint
 from ruvdllm_export.checkpoints.tokenizer import check_vocab, choose_mask_token
 from tests.fixtures.tiny_models import make_gguf_checkpoint, make_hf_checkpoint

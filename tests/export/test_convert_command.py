@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.errors import RuvdllmError
+from ruvdllm.cli import main
+from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.checkpoints import load_checkpoint
-from ruvdllm_export.cli import main
 from ruvdllm_export.convert.adapter_file import read_adapter, read_static_lora
 from ruvdllm_export.convert.memory import activation_bytes, base_bytes
 from ruvdllm_export.convert.objectives import ObjectiveConfig
@@ -148,7 +148,7 @@ def test_cli_resume_continues_the_saved_run(workspace, tmp_path):
     run_dir = tmp_path / "run"
     assert main(_args(workspace, run_dir, "--max-steps", "2")) == 0
     with pytest.raises(RuvdllmError, match="holds a run already"):
-        from ruvdllm_export.cli import build_parser
+        from ruvdllm.cli import build_parser
         from ruvdllm_export.convert_command import run
 
         argv = _args(workspace, run_dir, "--max-steps", "2")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ruvdllm_export.cli import main as cli
+from ruvdllm.cli import main as cli
 from tests.fixtures.tiny_models import make_gguf_checkpoint
 
 QUALITY = Path(__file__).resolve().parents[2] / "benchmarks" / "quality.py"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.convert import corpus
 from ruvdllm_export.convert.adapter_file import read_adapter, read_static_lora, write_adapter
 from ruvdllm_export.convert.distill import distill, generate_ar, read_prompts

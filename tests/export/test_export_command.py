@@ -21,7 +21,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 def ruvdllm(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "ruvdllm_export.cli", *args],
+        [sys.executable, "-m", "ruvdllm.cli", *args],
         capture_output=True,
         text=True,
         env=ENV,
@@ -161,7 +161,7 @@ def test_export_needs_no_torch(gguf_path, tmp_path):
     """The user's path: with torch unimportable the export still validates (fp32 ONNX reference)."""
     out = tmp_path / "model"
     code = (
-        "import sys; sys.modules['torch'] = None; from ruvdllm_export.cli import main; "
+        "import sys; sys.modules['torch'] = None; from ruvdllm.cli import main; "
         f"sys.exit(main(['export', '--checkpoint', {str(gguf_path)!r}, '--out', {str(out)!r}]))"
     )
     result = subprocess.run(

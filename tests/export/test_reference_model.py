@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime import artifact
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 from ruvdllm_export import spec as names
 from ruvdllm_export.quant.q4 import dequantize_q4, quantize_q4
 from ruvdllm_export.reference import (

@@ -58,7 +58,7 @@ class HubProcess:
     def launch(self) -> HubProcess:
         """Start the process without waiting (start several, then `wait_ready` each)."""
         command = [
-            sys.executable, "-m", "ruvdllm_export.cli", "hub", "--db", self.database_url, "--port", str(self.port),
+            sys.executable, "-m", "ruvdllm.cli", "hub", "--db", self.database_url, "--port", str(self.port),
             "--admin-token-file", str(self.workdir / "admin-token"), *self.extra_args,
         ]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

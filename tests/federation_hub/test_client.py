@@ -11,7 +11,7 @@ from federation_hub.aggregate.lora import LowRankSum
 from federation_hub.client import HubRequestError
 from federation_hub.privacy.sealing import generate_group_key
 from federation_hub.tiers import Tier
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 from tests.federation_hub.hubs import SMALL_SHAPES, client_update, random_update
 
 

@@ -3,7 +3,7 @@ import pytest
 
 from federation_hub.aggregate.lora import LoraPair
 from federation_hub.codec import decode_contribution, encode_contribution
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 
 def test_roundtrip_is_exact():

@@ -10,7 +10,7 @@ import pytest
 
 from federation_hub.auth import token_hash
 from federation_hub.command import add_arguments, run, settings_from
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 
 def parse(*argv):
@@ -62,7 +62,7 @@ def test_migrate_only_creates_the_schema(tmp_path, capsys):
 
 def test_registered_as_ruvdllm_hub():
     out = subprocess.run(
-        [sys.executable, "-m", "ruvdllm_export.cli", "hub", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "ruvdllm.cli", "hub", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0 and "--peers" in out.stdout and "--gossip-secret-file" in out.stdout
 

@@ -58,7 +58,7 @@ def serve(
     if cache_dir is not None:
         env["RUVDLLM_CACHE"] = str(cache_dir)
     command = [
-        sys.executable, "-m", "ruvdllm_export.cli", "serve",
+        sys.executable, "-m", "ruvdllm.cli", "serve",
         "--model", str(model_dir), "--port", "0", "--threads", "1", "--log-level", "info", *args,
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from runtime.banks import BANK_JSON, Bank
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 from tests.runtime.toy_backend import TOY_CONFIG
 
 

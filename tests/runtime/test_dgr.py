@@ -14,7 +14,7 @@ from runtime.dgr import (
     timestep_normalise,
     vote,
 )
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 
 @given(

@@ -21,7 +21,7 @@ USER_CACHE = os.environ.get("RUVDLLM_CACHE") or __import__("platformdirs").user_
 def cli(*args, cache, stdin=None):
     env = {**os.environ, "RUVDLLM_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "ruvdllm_export.cli", "generate", *map(str, args), "--threads", "1"],
+        [sys.executable, "-m", "ruvdllm.cli", "generate", *map(str, args), "--threads", "1"],
         capture_output=True,
         text=True,
         env=env,
@@ -127,7 +127,7 @@ def test_terminal_shows_the_denoising_live(tiny_model_dir, tmp_path):
         "COLUMNS": "100",
         "TERM": "xterm",
     }
-    args = [sys.executable, "-m", "ruvdllm_export.cli", "generate", "Hello", "--model", str(tiny_model_dir)]
+    args = [sys.executable, "-m", "ruvdllm.cli", "generate", "Hello", "--model", str(tiny_model_dir)]
     proc = subprocess.Popen(
         [*args, "--length", "8", "--no-eos-stop", "--threads", "1"],
         stdout=follower,

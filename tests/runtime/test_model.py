@@ -5,10 +5,10 @@ import pytest
 from runtime import artifact
 from runtime.banks import Bank
 from runtime.dgr import DgrConfig
-from runtime.errors import RuvdllmError
 from runtime.model import DiffusionModel, render_chat_template
 from runtime.ort_backend import OrtOptions
 from runtime.settings import GenerationSettings
+from ruvdllm.errors import RuvdllmError
 from tests.runtime.tiny_artifact import random_bank
 
 ONE_THREAD = OrtOptions(intra_op_threads=1)

@@ -6,10 +6,10 @@ import pytest
 from runtime import artifact
 from runtime.backend import Chunk
 from runtime.banks import Bank
-from runtime.errors import RuvdllmError
 from runtime.generate import default_control, generate
 from runtime.ort_backend import OrtBackend, OrtOptions, assemble_numpy
 from runtime.settings import GenerationSettings
+from ruvdllm.errors import RuvdllmError
 from tests.runtime.tiny_artifact import random_bank
 
 ONE_THREAD = OrtOptions(intra_op_threads=1)

@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime.errors import RuvdllmError
 from runtime.schedules import SCHEDULES, make_schedule, unmask_counts
+from ruvdllm.errors import RuvdllmError
 
 NAMES = sorted(SCHEDULES)
 ts = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)

@@ -17,7 +17,7 @@ import pytest
 from runtime import artifact
 from runtime.banks import Bank
 from runtime.server.command import threads_per_model
-from ruvdllm_export.cli import main
+from ruvdllm.cli import main
 from tests.runtime.server_process import serve
 
 
@@ -76,7 +76,7 @@ def test_threads_are_shared_among_models():
 
 def test_serve_is_listed_in_the_cli_help():
     out = subprocess.run(
-        [sys.executable, "-m", "ruvdllm_export.cli", "serve", "--help"],
+        [sys.executable, "-m", "ruvdllm.cli", "serve", "--help"],
         capture_output=True,
         text=True,
         check=True,

@@ -1,7 +1,7 @@
 import pytest
 
-from runtime.errors import RuvdllmError
 from runtime.settings import GenerationSettings, resolve
+from ruvdllm.errors import RuvdllmError
 from tests.runtime.toy_backend import TOY_CONFIG
 
 

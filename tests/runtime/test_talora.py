@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime.errors import RuvdllmError
 from runtime.talora import Router, TaloraConfig, group_of, talora_weights
+from ruvdllm.errors import RuvdllmError
 
 ts = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 configs = st.sampled_from(

@@ -11,8 +11,8 @@ import urllib.request
 import pytest
 
 from runtime.artifact import write_manifest
-from runtime.errors import RuvdllmError
 from runtime.web_command import ISOLATION_HEADERS, build_site, make_server
+from ruvdllm.errors import RuvdllmError
 
 
 @pytest.fixture
@@ -138,7 +138,7 @@ def test_a_directory_without_manifest_is_not_served(web_dir, tmp_path):
 
 
 def test_cli_builds_the_wheel(tmp_path, capsys):
-    from ruvdllm_export.cli import main
+    from ruvdllm.cli import main
 
     assert main(["web", "--build-wheel", str(tmp_path)]) == 0
     printed = capsys.readouterr().out.strip()
@@ -153,7 +153,7 @@ def test_cli_serves_until_stopped(web_dir, model_dir):
     command = [
         sys.executable,
         "-m",
-        "ruvdllm_export.cli",
+        "ruvdllm.cli",
         "web",
         str(model_dir),
         "--port",

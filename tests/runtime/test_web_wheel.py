@@ -1,5 +1,5 @@
 """runtime/web_wheel.py: the pure-Python wheel Pyodide installs is a valid wheel (pip installs it),
-holds the runtime package and nothing else, and is byte-for-byte reproducible."""
+holds the runtime package (and the shared error type) and nothing else, and is byte-for-byte reproducible."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def test_wheel_holds_only_the_runtime_package(tmp_path):
     assert path.name.startswith(f"{DIST_NAME}-") and path.name.endswith("-py3-none-any.whl")
     names = zipfile.ZipFile(path).namelist()
     packages = {n.split("/")[0] for n in names}
-    assert packages == {"runtime", path.name.split("-py3")[0] + ".dist-info"}
+    assert packages == {"runtime", "ruvdllm", path.name.split("-py3")[0] + ".dist-info"}
     assert "runtime/artifact.py" in names and "runtime/web_command.py" in names
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
 

@@ -18,7 +18,7 @@ def test_pyodide_loads_the_runtime_wheel(browser, web_server):
     page = open_probe(browser, web_server)
     wheel = json.loads((web_server.site.files["/app-config.json"][0]).decode())["wheel"]
     code = (
-        "import sys, runtime.artifact, runtime.errors\n"
+        "import sys, runtime.artifact, ruvdllm.errors\n"
         "from pyodide.ffi import run_sync\n"
         "import js\n"
         "(sys.version_info[:2], runtime.artifact.__file__, runtime.artifact.GRAPH_NAME)"

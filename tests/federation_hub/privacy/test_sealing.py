@@ -1,7 +1,7 @@
 import pytest
 
 from federation_hub.privacy.sealing import associated_data, generate_group_key, open_sealed, seal
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 
 def test_sealed_payload_opens_only_with_its_key_and_binding():

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from runtime.errors import RuvdllmError
+from ruvdllm.errors import RuvdllmError
 
 # name -> (module, one-line help)
 SUBCOMMANDS = {
