@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runtime.model import DiffusionModel  # noqa: E402
 from runtime.ort_backend import OrtOptions  # noqa: E402
 from runtime.settings import GenerationSettings  # noqa: E402
-from runtime.web_command import Handler, build_site, default_web_dir, default_web_model_dir, make_server  # noqa: E402
+from runtime.web_command import DEFAULT_MODEL_TARGET, Handler, build_site, default_web_dir, make_server  # noqa: E402
+from ruvdllm.default_artifact import default_model_dir  # noqa: E402
 
 PROMPT = "Explain what a diffusion language model is, in a few sentences."
 CHROMIUM = os.environ.get("RUVDLLM_CHROMIUM", "/usr/bin/chromium")
@@ -273,7 +274,7 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per page action")
     parser.add_argument("--kernels", action="store_true", help="also time one linear layer, wasm vs native")
     args = parser.parse_args(argv)
-    model_dir = default_web_model_dir() if args.default else args.model
+    model_dir = default_model_dir(DEFAULT_MODEL_TARGET) if args.default else args.model
     from playwright.sync_api import sync_playwright
 
     page_settings = {"length": args.length, "stop_at_eos": False}

@@ -138,9 +138,9 @@ def model_directory(args, scratch: Path) -> Path:
     if args.model is not None:
         return args.model
     if args.default:
-        from runtime.generate_command import default_model_dir
+        from ruvdllm.default_artifact import default_model_dir
 
-        return default_model_dir()
+        return default_model_dir("cpu")
     from tests.runtime.tiny_artifact import make_tiny_artifact
 
     return make_tiny_artifact(scratch / "tiny-model")

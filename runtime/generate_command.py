@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from runtime.dgr import DgrConfig
@@ -84,13 +85,6 @@ def settings_from(args: argparse.Namespace) -> GenerationSettings:
     return settings
 
 
-def default_model_dir(progress: bool = True) -> Path:
-    """The default model exported once into the cache for the CPU (runtime/default_artifact.py)."""
-    from runtime.default_artifact import default_model_dir as cached_default
-
-    return cached_default("cpu", progress=progress)
-
-
 def read_prompt(args: argparse.Namespace) -> str:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt.strip():
@@ -98,14 +92,16 @@ def read_prompt(args: argparse.Namespace) -> str:
     return prompt
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
+    """`default_model(target, progress)` finds or exports the default model (ruvdllm.default_artifact,
+    handed in by the command layer: runtime cannot reach the exporter)."""
     from runtime.model import DiffusionModel
     from runtime.ort_backend import OrtOptions
 
     prompt = read_prompt(args)
     settings = settings_from(args)
     started = time.perf_counter()
-    directory = args.model if args.model is not None else default_model_dir(progress=not args.json)
+    directory = args.model if args.model is not None else default_model("cpu", progress=not args.json)
     options = OrtOptions(device=args.device, intra_op_threads=args.threads)
     model = DiffusionModel.open(directory, bank=args.bank, options=options, verify=args.verify)
     text = (

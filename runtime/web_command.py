@@ -30,6 +30,7 @@ import os
 import posixpath
 import threading
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -242,12 +243,8 @@ def make_server(
     return server
 
 
-def default_web_model_dir(progress: bool = True) -> Path:
-    """The default model exported once for WebGPU into the cache (the graph the browser runs on both
-    of its EPs), conversion adapter baked in (runtime/default_artifact.py)."""
-    from runtime.default_artifact import default_model_dir
-
-    return default_model_dir("webgpu", progress=progress)
+# The default model's graph for the browser: the WebGPU target runs on both of the page's EPs.
+DEFAULT_MODEL_TARGET = "webgpu"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -271,11 +268,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="log every request")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
+    """`default_model(target)` finds or exports the default model (ruvdllm.default_artifact, handed in
+    by the command layer: runtime cannot reach the exporter)."""
     if args.build_wheel:
         print(build_wheel(args.build_wheel))
         return 0
-    model = args.model if args.model is not None else default_web_model_dir()
+    model = args.model if args.model is not None else default_model(DEFAULT_MODEL_TARGET)
     site = build_site(args.web_dir or default_web_dir(), model)
     server = make_server(site, args.host, args.port, quiet=not args.verbose)
     host, port = server.server_address[:2]

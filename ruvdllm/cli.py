@@ -1,7 +1,10 @@
 """`ruvdllm` command line: a thin dispatcher. Each subcommand lives in the package that owns it
 and is imported only when used, so running a model never imports torch or the exporter.
 
-A subcommand module provides `add_arguments(parser)` and `run(args) -> int`.
+A subcommand module provides `add_arguments(parser)` and `run(args) -> int`. The commands that run a
+model take one more argument, `default_model`: the step that finds the default model in the cache or
+exports it once (ruvdllm.default_artifact). Exporting needs the exporter, which `runtime` must not
+import, so this layer, which wires the parts together, hands that step in.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ SUBCOMMANDS = {
     "web": ("runtime.web_command", "serve the browser client and a model directory"),
     "hub": ("federation_hub.command", "run the federation hub"),
 }
+MODEL_COMMANDS = {"generate", "serve", "web"}  # run(args, default_model=...): no model given -> the default
 
 
 def _load(name: str):
@@ -83,7 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        return int(_load(args.command).run(args) or 0)
+        module = _load(args.command)
+        if args.command in MODEL_COMMANDS:
+            from ruvdllm.default_artifact import default_model_dir
+
+            return int(module.run(args, default_model=default_model_dir) or 0)
+        return int(module.run(args) or 0)
     except RuvdllmError as exc:
         if debug:
             raise

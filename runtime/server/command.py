@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from runtime.server.app import ServerLimits
@@ -111,18 +112,14 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def open_engine(args: argparse.Namespace):
-    """The model directory opened `--max-concurrency` times (verified, warm) and its served name."""
+def open_engine(args: argparse.Namespace, default_model: Callable[..., Path]):
+    """The model directory opened `--max-concurrency` times (verified, warm) and its served name;
+    `default_model(target)` finds or exports the default model when --model is not given."""
     from runtime.model import DiffusionModel
     from runtime.ort_backend import OrtOptions
     from runtime.server.engine import Engine
 
-    if args.model is not None:
-        directory = args.model
-    else:
-        from runtime.generate_command import default_model_dir
-
-        directory = default_model_dir()
+    directory = args.model if args.model is not None else default_model("cpu")
     threads = threads_per_model(args.threads, args.max_concurrency)
     options = OrtOptions(device=args.device, intra_op_threads=threads)
     models = [
@@ -134,14 +131,16 @@ def open_engine(args: argparse.Namespace):
     return Engine(models), args.model_name or Path(directory).resolve().name
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
+    """`default_model` is handed in by the command layer (ruvdllm.default_artifact): exporting the
+    default model needs the exporter, which runtime cannot reach."""
     import uvicorn
 
     from runtime.server.app import create_app
 
     check_arguments(args)
     with bind(args.host, args.port) as sock:
-        engine, name = open_engine(args)
+        engine, name = open_engine(args, default_model)
         limits = ServerLimits(queue_size=args.queue_size, max_request_bytes=args.max_request_bytes)
         app = create_app(engine, name, limits, api_key=args.api_key or None)
         server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5))

@@ -11,7 +11,7 @@ import pytest
 
 from runtime import artifact
 from runtime.banks import Bank
-from runtime.default_artifact import default_model_name
+from ruvdllm.default_artifact import default_model_name
 
 # The user's real cache (the autouse fixture points RUVDLLM_CACHE elsewhere for every test):
 # the slow test exports the default model there once, as `ruvdllm generate` does for users.

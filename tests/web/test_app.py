@@ -98,9 +98,10 @@ def test_webgpu_generation_matches_cpython(webgpu_browser, web_server, tiny_mode
 def test_default_model_in_the_browser_matches_cpython(browser, web_server):
     """The real default model (SmolLM2-135M-Instruct with the conversion adapter, exported for
     WebGPU once into the cache) denoises the same answer in the browser as on CPython."""
-    from runtime.web_command import default_web_model_dir
+    from runtime.web_command import DEFAULT_MODEL_TARGET
+    from ruvdllm.default_artifact import default_model_dir
 
-    model_dir = default_web_model_dir(progress=False)
+    model_dir = default_model_dir(DEFAULT_MODEL_TARGET, progress=False)
     page = open_app(browser, app_url(web_server, web_server.mount_model("default", model_dir), ep="wasm"))
     settings = {"sampler": "bd3lm", "length": 16, "chat": True}
     result = generate(page, PROMPT, {**settings, "seed": 0})

@@ -3,6 +3,13 @@ target into the user cache and found there again.
 
 The cache directory is named by a fingerprint of what the export reads: the exporter's source and
 the shipped adapters. Upgrading either exports afresh instead of reusing a graph the old code wrote.
+
+Why this lives in the command layer (`ruvdllm`), not in `runtime`: finding the default model needs
+only the runtime (the artifact format, the user cache), but exporting it on first use needs the
+exporter, and `runtime` must never import `ruvdllm_export` (the layers are checked in CI). The
+runtime's commands that run a model (`generate`, `serve`, `web`) therefore take this step as an
+argument, `run(args, default_model=...)`, and `ruvdllm.cli` hands them `default_model_dir`: the
+dependency on the exporter is written where both parts are wired together, and nowhere below.
 """
 
 from __future__ import annotations
