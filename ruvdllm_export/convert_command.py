@@ -4,7 +4,7 @@
     ruvdllm convert --model m.gguf --data a.txt --objective mdlm --rank 16 --max-steps 2000
     ruvdllm convert --distill data/distill_prompts.jsonl --data corpus/   AR answers first, then train
     ruvdllm convert --resume [--run-dir DIR] [--max-steps N]          continue an interrupted run
-    torchrun --nproc-per-node 8 -m ruvdllm_export.convert_command ...   several GPUs (same flags)
+    torchrun --nproc-per-node 8 -m ruvdllm convert ...                several GPUs (same flags)
 
 The base is prepared exactly as the exported graph holds it (4-bit linears, 8-bit or exact 4-bit
 token table), so the adapter trains against the weights that run. The run directory (default:
@@ -273,12 +273,6 @@ def _distill(args, checkpoint) -> Path:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m ruvdllm_export.convert_command` (for torchrun, which needs a module to run)."""
-    from ruvdllm.cli import main as cli_main
-
-    return cli_main(["convert", *(sys.argv[1:] if argv is None else argv)])
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # The module torchrun runs is the command line's own (the exporter never imports the layer above).
+    sys.exit("run `python -m ruvdllm convert ...` (several GPUs: `torchrun ... -m ruvdllm convert ...`)")
