@@ -72,7 +72,7 @@ def get_update(update_id: UpdateId, who: Client, state: State) -> UpdateReceipt:
     found = state.store.find_update(who.tenant, who.client_id, update_id)
     if found is None:
         raise NotFound(f"update {update_id}: not found")
-    return UpdateReceipt(**found[1])
+    return UpdateReceipt(**found.receipt)
 
 
 @router.get("/budget", response_model=Budget, summary="your ε spent in the current period")
