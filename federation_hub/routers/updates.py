@@ -80,6 +80,10 @@ def budget(who: Client, state: State) -> Budget:
     period = submission.budget_period(state.settings)
     spent = state.store.budget_spent(who.client_key, period)
     return Budget(
-        client_id=who.client_id, period=period, epsilon_spent=epsilon_spent(spent, state.settings.delta),
-        epsilon_budget=state.settings.epsilon_budget, delta=state.settings.delta, contributions=len(spent),
-    )  # fmt: skip
+        client_id=who.client_id,
+        period=period,
+        epsilon_spent=epsilon_spent(spent, state.settings.delta),
+        epsilon_budget=state.settings.epsilon_budget,
+        delta=state.settings.delta,
+        contributions=len(spent),
+    )

@@ -43,6 +43,7 @@ from federation_hub.storage.base import (
     utcnow,
 )
 from federation_hub.storage.sql_releases import ReleaseQueries
+from federation_hub.tiers import Tier
 from ruvdllm.errors import RuvdllmError
 
 
@@ -180,13 +181,12 @@ class SqlStore(ReleaseQueries, Store):
 
     @staticmethod
     def _round(row) -> RoundRecord:
-        return RoundRecord(
-            id=row.id, scope=row.scope, tier=row.tier, tenant=row.tenant, group=row.grp, timestep_group=row.timestep_group,
-            strategy=row.strategy, strategy_params=row.strategy_params, shapes=row.shapes, max_norm=row.max_norm,
-            min_contributors=row.min_contributors, release_rank=row.release_rank, dp=row.dp, sketch_seed=row.sketch_seed,
-            status=row.status, created_at=_utc(row.created_at), closed_at=_utc(row.closed_at), release_id=row.release_id,
-            outcome=row.outcome, contributions=row.contributions,
-        )  # fmt: skip
+        """The rounds columns and the contribution count are RoundRecord's fields, but for `grp`
+        (`group` is an SQL keyword) and the times (SQLite returns them naive)."""
+        fields = dict(row._mapping)
+        fields["group"] = fields.pop("grp")
+        fields["created_at"], fields["closed_at"] = _utc(row.created_at), _utc(row.closed_at)
+        return RoundRecord(**fields)
 
     @staticmethod
     def _visible_rounds(viewer: Viewer):
@@ -194,9 +194,9 @@ class SqlStore(ReleaseQueries, Store):
             return sa.true()
         r = t.rounds.c
         return sa.or_(
-            r.tier == "public",
-            sa.and_(r.tier == "tenant", r.tenant == viewer.tenant),
-            sa.and_(r.tier == "group", r.tenant == viewer.tenant, r.grp.in_(list(viewer.groups) or [""])),
+            r.tier == Tier.PUBLIC,
+            sa.and_(r.tier == Tier.TENANT, r.tenant == viewer.tenant),
+            sa.and_(r.tier == Tier.GROUP, r.tenant == viewer.tenant, r.grp.in_(list(viewer.groups) or [""])),
         )
 
     def create_round(self, fields: dict) -> RoundRecord:

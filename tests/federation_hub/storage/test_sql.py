@@ -40,11 +40,22 @@ def store(request, tmp_path):
 
 
 def new_round(store, scope="public", tg="coarse", tier="public"):
-    return store.create_round(dict(
-        scope=scope, tier=tier, tenant=None, grp=None, timestep_group=tg, strategy="daf", strategy_params={},
-        shapes={"l": {"rank": 1, "in_features": 2, "out_features": 2}}, max_norm=10.0, min_contributors=1,
-        release_rank=None, dp={"clip_norm": 1.0, "noise_multiplier": 8.0}, sketch_seed=1,
-    ))  # fmt: skip
+    fields = dict(
+        scope=scope,
+        tier=tier,
+        tenant=None,
+        grp=None,
+        timestep_group=tg,
+        strategy="daf",
+        strategy_params={},
+        shapes={"l": {"rank": 1, "in_features": 2, "out_features": 2}},
+        max_norm=10.0,
+        min_contributors=1,
+        release_rank=None,
+        dp={"clip_norm": 1.0, "noise_multiplier": 8.0},
+        sketch_seed=1,
+    )
+    return store.create_round(fields)
 
 
 def update(round_id, client="c1", uid="u1", body="h1"):
