@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass
 
 from federation_hub.storage.base import Viewer
+from federation_hub.tiers import Tier
 
 TOKEN_PREFIX = "rvh_"  # recognisable in logs and secret scanners
 
@@ -44,10 +45,10 @@ class Caller:
         return f"{self.tenant}/{self.client_id}"
 
 
-def scope_of(tier: str, tenant: str | None, group: str | None) -> str:
+def scope_of(tier: Tier, tenant: str | None, group: str | None) -> str:
     """Where a round's data lives: public is one scope; tenant and group are per organisation."""
-    if tier == "public":
+    if tier == Tier.PUBLIC:
         return "public"
-    if tier == "tenant":
+    if tier == Tier.TENANT:
         return f"tenant:{tenant}"
     return f"group:{tenant}:{group}"

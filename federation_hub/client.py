@@ -187,7 +187,7 @@ class HubClient:
             )
             for tg, part in update.groups.items()
         }
-        message = PlainUpdate(update_id=update.update_id, tier=tier.value, consent=consent, groups=groups)
+        message = PlainUpdate(update_id=update.update_id, tier=tier, consent=consent, groups=groups)
         return message.model_dump_json().encode()
 
     def _sealed(self, update: ClientUpdate, consent: Consent, group_key: str | None) -> SealedUpdate:
@@ -196,7 +196,7 @@ class HubClient:
         open_rounds = {
             r["timestep_group"]: r["id"]
             for r in self.rounds("open")
-            if r["tier"] == "group" and r["group"] == update.group
+            if r["tier"] == Tier.GROUP and r["group"] == update.group
         }
         sealed = {}
         for tg, part in update.groups.items():
@@ -213,7 +213,7 @@ class HubClient:
                 ciphertext=base64.b64encode(ciphertext).decode(),
             )
         return SealedUpdate(
-            update_id=update.update_id, tier="group", group=update.group, consent=consent, sealed=sealed
+            update_id=update.update_id, tier=Tier.GROUP, group=update.group, consent=consent, sealed=sealed
         )
 
     # --- group tier: local aggregation --------------------------------------------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from federation_hub.auth import new_token, token_hash
 from federation_hub.settings import HubSettings
+from federation_hub.tiers import RELEASED, Tier
 from ruvdllm.errors import RuvdllmError
 
 DEFAULT_PORT = 8700
@@ -103,9 +104,10 @@ def settings_from(args: argparse.Namespace) -> HubSettings:
             raise RuvdllmError(f"{args.gossip_secret_file}: the gossip secret must be at least 32 bytes")
     if peers and secret is None:
         raise RuvdllmError("--peers: gossip needs --gossip-secret-file (hub-to-hub requests are HMAC-signed)")
-    tiers = tuple(t.strip() for t in args.gossip_tiers.split(",") if t.strip())
-    if not set(tiers) <= {"public", "tenant"}:
+    names = [name.strip() for name in args.gossip_tiers.split(",") if name.strip()]
+    if not set(names) <= {tier.value for tier in RELEASED}:
         raise RuvdllmError(f"--gossip-tiers {args.gossip_tiers!r}: only public and tenant releases exist")
+    tiers = tuple(Tier(name) for name in names)
     if args.k_anonymity < 1:
         raise RuvdllmError("--k-anonymity: must be at least 1")
     return HubSettings(

@@ -99,7 +99,7 @@ class DafStrategy(FlowerStrategy):
                     samples=fit.num_examples,
                     perplexity_before=float(fit.metrics["perplexity_before"]),
                     perplexity_after=float(fit.metrics["perplexity_after"]),
-                )  # fmt: skip
+                )
             )
         shapes = {n: (self.shapes[n][2], self.shapes[n][1]) for n in self.linears}
         ranks = {

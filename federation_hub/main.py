@@ -14,7 +14,6 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
 from federation_hub.errors import Unauthorized, status_of
-from federation_hub.limits import BodySizeLimit
 from federation_hub.observability import HubMetrics, RequestLogMiddleware
 from federation_hub.routers import admin, gossip, health, releases, rounds, updates
 from federation_hub.services.gossip import GossipLoop
@@ -23,6 +22,7 @@ from federation_hub.services.state import HubState
 from federation_hub.settings import HubSettings
 from federation_hub.storage import open_store
 from ruvdllm.errors import RuvdllmError
+from ruvdllm.http_limits import BodySizeLimit
 
 log = logging.getLogger("federation_hub")
 
@@ -58,7 +58,8 @@ def create_app(settings: HubSettings) -> FastAPI:
         summary="Aggregates per-timestep-group LoRA adapter updates (DAF) under privacy tiers; gossips releases with peer hubs.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    # errors as {"detail": message}, like every other error of the hub
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, hint="--max-request-mb")
     app.add_middleware(RequestLogMiddleware, metrics=metrics)
 
     @app.exception_handler(RuvdllmError)

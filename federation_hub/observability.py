@@ -65,9 +65,12 @@ class HubMetrics:
             "hub_requests_total", "HTTP requests", ["method", "route", "status"], registry=r
         )
         self.latency = Histogram(
-            "hub_request_seconds", "HTTP request latency", ["method", "route"], registry=r,
+            "hub_request_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-        )  # fmt: skip
+        )
         self.updates = Counter("hub_updates_total", "updates by outcome", ["tier", "outcome"], registry=r)
         self.budget_refusals = Counter(
             "hub_budget_refusals_total", "public updates refused: ε budget spent", registry=r
@@ -76,9 +79,12 @@ class HubMetrics:
             "hub_releases_total", "round outcomes", ["tier", "timestep_group", "outcome"], registry=r
         )
         self.aggregation_seconds = Histogram(
-            "hub_aggregation_seconds", "time to aggregate a round", ["timestep_group"], registry=r,
+            "hub_aggregation_seconds",
+            "time to aggregate a round",
+            ["timestep_group"],
+            registry=r,
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120),
-        )  # fmt: skip
+        )
         self.gossip = Counter(
             "hub_gossip_exchanges_total", "anti-entropy exchanges", ["peer", "outcome"], registry=r
         )
@@ -119,7 +125,11 @@ class RequestLogMiddleware:
             self.log.info(
                 "request",
                 extra={
-                    "request_id": request_id, "method": scope["method"], "path": scope["path"], "status": status["code"],
-                    "ms": round(elapsed * 1000, 2), "caller": scope["state"].get("caller"),
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status["code"],
+                    "ms": round(elapsed * 1000, 2),
+                    "caller": scope["state"].get("caller"),
                 },
-            )  # fmt: skip
+            )

@@ -27,15 +27,16 @@ from pydantic import (
 )
 
 from federation_hub.aggregate.lora import LoraPair
+from federation_hub.tiers import Tier
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]  # tenant, client, group
-LinearName = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.]{0,127}$")
-]  # "layers.3.q_proj"
+# "layers.3.q_proj"
+LinearName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.]{0,127}$")]
 UpdateId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
-TimestepGroup = Annotated[
-    str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
-]  # "coarse", "domain", "fine"
+# "coarse", "domain", "fine"
+TimestepGroup = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+RoundTier = Literal[Tier.PUBLIC, Tier.TENANT, Tier.GROUP]  # private never reaches a hub
+PlainTier = Literal[Tier.PUBLIC, Tier.TENANT]  # read by the hub: aggregated, released, gossiped
 # checked by base64.b64decode(validate=True) where decoded: a regex over megabytes would double the cost
 Base64 = Annotated[str, Field(json_schema_extra={"contentEncoding": "base64"})]
 Dim = Annotated[int, Field(ge=1, le=65536)]
@@ -132,7 +133,7 @@ class PlainUpdate(Input):
     """A public- or tenant-tier update: per timestep group, LoRA factor pairs and metrics."""
 
     update_id: UpdateId = Field(description="chosen by the client; accepted once, replays are idempotent")
-    tier: Literal["public", "tenant"]
+    tier: PlainTier
     consent: Consent
     groups: dict[TimestepGroup, GroupDeltas] = Field(min_length=1, max_length=MAX_GROUPS)
 
@@ -161,7 +162,7 @@ class SealedUpdate(Input):
     """A group-tier update: ciphertext per timestep group, readable only by the group's members."""
 
     update_id: UpdateId
-    tier: Literal["group"]
+    tier: Literal[Tier.GROUP]
     group: Name
     consent: Consent
     sealed: dict[TimestepGroup, SealedPart] = Field(min_length=1, max_length=MAX_GROUPS)
@@ -202,7 +203,7 @@ StrategyParam = float | int | str
 
 
 class RoundSpec(Input):
-    tier: Literal["public", "tenant", "group"]
+    tier: RoundTier
     tenant: Name | None = Field(None, description="tenant and group tiers: the organisation")
     group: Name | None = Field(None, description="group tier: the member group")
     timestep_group: TimestepGroup
@@ -225,7 +226,7 @@ class RoundSpec(Input):
 
 class RoundOut(BaseModel):
     id: int
-    tier: str
+    tier: RoundTier
     tenant: str | None
     group: str | None
     timestep_group: str
@@ -257,7 +258,7 @@ class ReleaseSummary(BaseModel):
     id: str = Field(description="origin hub id : sequence number")
     origin: str
     seq: int
-    tier: str
+    tier: PlainTier
     tenant: str | None
     timestep_group: str
     round_id: int
@@ -274,7 +275,7 @@ class ReleaseMeta(BaseModel):
     id: str
     origin: str
     seq: int
-    tier: Literal["public", "tenant"]
+    tier: PlainTier
     tenant: str | None
     timestep_group: TimestepGroup
     round_id: int

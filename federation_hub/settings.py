@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from federation_hub.privacy.kanon import K_ANONYMITY
+from federation_hub.tiers import Tier
 
 
 @dataclass(frozen=True)
@@ -15,10 +16,9 @@ class HubSettings:
     peers: tuple[str, ...] = ()  # base URLs of peer hubs to gossip with
     gossip_secret: bytes | None = None  # HMAC key shared by the federation; None disables gossip
     gossip_interval_s: float = 10.0  # anti-entropy period: releases are rare, a few seconds of lag is fine
-    gossip_tiers: tuple[str, ...] = ("public",)  # tenant releases stay on this hub unless asked
-    max_request_bytes: int = (
-        64 * 2**20
-    )  # a rank-8, 32-layer 4096-wide update for 3 groups is ~55 MiB in base64
+    gossip_tiers: tuple[Tier, ...] = (Tier.PUBLIC,)  # tenant releases stay on this hub unless asked
+    # a rank-8, 32-layer 4096-wide update for 3 groups is ~55 MiB in base64
+    max_request_bytes: int = 64 * 2**20
     epsilon_budget: float = 1.0  # DESIGN.md: ε = 1.0 per client per period
     delta: float = 1e-5  # below 1/population for any federation this hub will serve
     budget_period_s: int = 30 * 86400  # the budget renews monthly

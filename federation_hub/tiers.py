@@ -14,10 +14,16 @@ from enum import Enum
 
 
 class Tier(str, Enum):
+    """A str, so it compares equal to, and is stored and sent as, its value ("public")."""
+
     PRIVATE = "private"
     GROUP = "group"
     TENANT = "tenant"
     PUBLIC = "public"
 
+    def __str__(self) -> str:
+        return self.value  # in messages and f-strings, "public" rather than "Tier.PUBLIC"
+
 
 SENDABLE = (Tier.GROUP, Tier.TENANT, Tier.PUBLIC)  # what may ever cross the network
+RELEASED = (Tier.TENANT, Tier.PUBLIC)  # what the hub itself aggregates, releases and may gossip

@@ -18,10 +18,6 @@ def sample_weights(samples: np.ndarray) -> np.ndarray:
     return normalize(np.maximum(np.asarray(samples, dtype=np.float64), 0.0))
 
 
-def uniform_weights(count: int) -> np.ndarray:
-    return np.full(count, 1.0 / count) if count else np.zeros(0)
-
-
 def relative_improvement(perplexity_before: np.ndarray, perplexity_after: np.ndarray) -> np.ndarray:
     """(before − after) / before: 0.1 means the update cut validation perplexity by 10%.
     Relative, so clients whose held-out sets differ in difficulty are comparable."""

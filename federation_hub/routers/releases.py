@@ -16,10 +16,19 @@ router = APIRouter(prefix="/v1/releases", tags=["releases"])
 def summary(record: ReleaseRecord) -> dict:
     meta = record.meta
     return dict(
-        id=record.id, origin=record.origin, seq=record.seq, tier=record.tier, tenant=record.tenant,
-        timestep_group=record.timestep_group, round_id=meta["round_id"], strategy=meta["strategy"],
-        contributors=meta["contributors"], created_at=meta["created_at"], digest=record.digest, details=meta.get("details", {}),
-    )  # fmt: skip
+        id=record.id,
+        origin=record.origin,
+        seq=record.seq,
+        tier=record.tier,
+        tenant=record.tenant,
+        timestep_group=record.timestep_group,
+        round_id=meta["round_id"],
+        strategy=meta["strategy"],
+        contributors=meta["contributors"],
+        created_at=meta["created_at"],
+        digest=record.digest,
+        details=meta.get("details", {}),
+    )
 
 
 @router.get(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import asdict
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
@@ -11,6 +12,7 @@ from federation_hub.schemas import CloseRequest, RoundOut, RoundSpec, SealedItem
 from federation_hub.services import rounds as service
 from federation_hub.storage.base import Conflict, RoundRecord
 from federation_hub.strategies import make_strategy
+from federation_hub.tiers import Tier
 
 router = APIRouter(prefix="/v1/rounds", tags=["rounds"])
 RoundId = Annotated[int, Path(ge=1, le=2**62)]
@@ -18,14 +20,12 @@ Status = Literal["open", "closing", "released", "withheld", "relayed"]
 
 
 def round_out(record: RoundRecord) -> RoundOut:
+    """The record as published: all of it but its scope (derived from tier, tenant and group), with
+    the settings its strategy hands to clients."""
+    fields = asdict(record)
+    del fields["scope"]
     config = make_strategy(record.strategy, record.timestep_group, record.strategy_params).client_config()
-    return RoundOut(
-        id=record.id, tier=record.tier, tenant=record.tenant, group=record.group, timestep_group=record.timestep_group,
-        strategy=record.strategy, strategy_params=record.strategy_params, client_config=config, shapes=record.shapes,
-        max_norm=record.max_norm, min_contributors=record.min_contributors, release_rank=record.release_rank, dp=record.dp,
-        sketch_seed=record.sketch_seed, status=record.status, contributions=record.contributions,
-        created_at=record.created_at, closed_at=record.closed_at, release_id=record.release_id, outcome=record.outcome,
-    )  # fmt: skip
+    return RoundOut(**fields, client_config=config)
 
 
 @router.post(
@@ -69,7 +69,7 @@ def close_round(
 )
 def sealed(round_id: RoundId, who: Client, state: State) -> list[SealedItem]:
     record = state.store.get_round(round_id, who.viewer)
-    if record is None or record.tier != "group":
+    if record is None or record.tier != Tier.GROUP:
         raise NotFound(f"round {round_id}: no group round of yours")
     if record.status != "relayed":
         raise Conflict(f"round {round_id}: still {record.status}; ciphertexts are relayed once it is closed")
@@ -80,6 +80,6 @@ def sealed(round_id: RoundId, who: Client, state: State) -> list[SealedItem]:
             round_id=record.id,
             nonce=base64.b64encode(row.nonce).decode(),
             ciphertext=base64.b64encode(row.ciphertext).decode(),
-        )  # fmt: skip
+        )
         for row in state.store.sealed_rows(round_id)
     ]

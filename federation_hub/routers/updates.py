@@ -72,7 +72,7 @@ def get_update(update_id: UpdateId, who: Client, state: State) -> UpdateReceipt:
     found = state.store.find_update(who.tenant, who.client_id, update_id)
     if found is None:
         raise NotFound(f"update {update_id}: not found")
-    return UpdateReceipt(**found[1])
+    return UpdateReceipt(**found.receipt)
 
 
 @router.get("/budget", response_model=Budget, summary="your ε spent in the current period")
@@ -80,6 +80,10 @@ def budget(who: Client, state: State) -> Budget:
     period = submission.budget_period(state.settings)
     spent = state.store.budget_spent(who.client_key, period)
     return Budget(
-        client_id=who.client_id, period=period, epsilon_spent=epsilon_spent(spent, state.settings.delta),
-        epsilon_budget=state.settings.epsilon_budget, delta=state.settings.delta, contributions=len(spent),
-    )  # fmt: skip
+        client_id=who.client_id,
+        period=period,
+        epsilon_spent=epsilon_spent(spent, state.settings.delta),
+        epsilon_budget=state.settings.epsilon_budget,
+        delta=state.settings.delta,
+        contributions=len(spent),
+    )

@@ -76,10 +76,17 @@ def merge_entries(state: HubState, entries: list[GossipEntry], sender: str) -> i
                 extra={"peer": sender, "entry": f"{entry.origin}:{entry.seq}", "why": problem},
             )
             continue
-        good.append(ReleaseRecord(
-            origin=entry.origin, seq=entry.seq, tier=entry.meta["tier"], tenant=entry.meta.get("tenant"),
-            timestep_group=entry.meta["timestep_group"], meta=entry.meta, digest=entry.digest, payload=payload,
-        ))  # fmt: skip
+        record = ReleaseRecord(
+            origin=entry.origin,
+            seq=entry.seq,
+            tier=entry.meta["tier"],
+            tenant=entry.meta.get("tenant"),
+            timestep_group=entry.meta["timestep_group"],
+            meta=entry.meta,
+            digest=entry.digest,
+            payload=payload,
+        )
+        good.append(record)
     merged = state.store.merge_releases(good) if good else 0
     state.metrics.gossip_merged.inc(merged)
     return merged

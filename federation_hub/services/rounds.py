@@ -1,8 +1,8 @@
 """Opening and closing rounds; a close aggregates, applies k-anonymity and writes the release.
 
 A close is resumable: the round first becomes `closing` (no more updates), then the outcome, the
-release and its audit entry are written in one transaction. A hub killed in between finds the
-round `closing` at start-up and aggregates it again from the same stored contributions.
+release and its audit entry are written in one transaction (`finish`). A hub killed in between
+finds the round `closing` at start-up and aggregates it again from the same stored contributions.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from federation_hub.privacy.dp import DifferentiallyPrivate
 from federation_hub.privacy.kanon import release_allowed
 from federation_hub.schemas import RoundSpec
 from federation_hub.services.state import HubState
-from federation_hub.storage.base import Conflict, NewRelease, RoundRecord, Viewer
+from federation_hub.storage.base import Conflict, NewRelease, RoundRecord, Store, Viewer
 from federation_hub.strategies import ContributionMeta, Strategy, make_strategy
 from federation_hub.strategies.run import RoundResult, run_strategy
+from federation_hub.tiers import Tier
 
 log = logging.getLogger("federation_hub.rounds")
 ADMIN = Viewer(admin=True)
@@ -31,20 +32,20 @@ ADMIN = Viewer(admin=True)
 
 def strategy_for(round_: RoundRecord) -> Strategy:
     strategy = make_strategy(round_.strategy, round_.timestep_group, round_.strategy_params)
-    if round_.tier == "public":
+    if round_.tier == Tier.PUBLIC:
         return DifferentiallyPrivate(strategy, **round_.dp)
     return strategy
 
 
 def open_round(state: HubState, spec: RoundSpec) -> RoundRecord:
     settings = state.settings
-    if spec.tier == "public" and (spec.tenant or spec.group):
+    if spec.tier == Tier.PUBLIC and (spec.tenant or spec.group):
         raise Invalid("round: a public round belongs to no tenant or group")
-    if spec.tier in ("tenant", "group") and not spec.tenant:
+    if spec.tier in (Tier.TENANT, Tier.GROUP) and not spec.tenant:
         raise Invalid(f"round: a {spec.tier} round needs a tenant")
-    if spec.tier == "group" and not spec.group:
+    if spec.tier == Tier.GROUP and not spec.group:
         raise Invalid("round: a group round needs a group")
-    if spec.tier == "tenant" and spec.group:
+    if spec.tier == Tier.TENANT and spec.group:
         raise Invalid("round: a tenant round has no group (use tier group)")
     if spec.tenant and not state.store.tenant_exists(spec.tenant):
         raise NotFound(f"tenant {spec.tenant!r}: does not exist")
@@ -54,7 +55,7 @@ def open_round(state: HubState, spec: RoundSpec) -> RoundRecord:
         raise Invalid(f"round: {exc}") from None
     dp = None
     min_contributors = spec.min_contributors
-    if spec.tier == "public":
+    if spec.tier == Tier.PUBLIC:
         dp = (
             spec.dp.model_dump()
             if spec.dp
@@ -65,12 +66,20 @@ def open_round(state: HubState, spec: RoundSpec) -> RoundRecord:
         )
         min_contributors = max(min_contributors, settings.k_anonymity)
     fields = dict(
-        scope=scope_of(spec.tier, spec.tenant, spec.group), tier=spec.tier, tenant=spec.tenant, grp=spec.group,
-        timestep_group=spec.timestep_group, strategy=spec.strategy, strategy_params=dict(spec.strategy_params),
-        shapes={name: shape.model_dump() for name, shape in spec.shapes.items()}, max_norm=spec.max_norm,
-        min_contributors=min_contributors, release_rank=spec.release_rank, dp=dp,
+        scope=scope_of(spec.tier, spec.tenant, spec.group),
+        tier=spec.tier,
+        tenant=spec.tenant,
+        grp=spec.group,
+        timestep_group=spec.timestep_group,
+        strategy=spec.strategy,
+        strategy_params=dict(spec.strategy_params),
+        shapes={name: shape.model_dump() for name, shape in spec.shapes.items()},
+        max_norm=spec.max_norm,
+        min_contributors=min_contributors,
+        release_rank=spec.release_rank,
+        dp=dp,
         sketch_seed=int(state.child_rng().integers(0, 2**62)),
-    )  # fmt: skip
+    )
     return state.store.create_round(fields)
 
 
@@ -86,11 +95,20 @@ def close_round(state: HubState, round_id: int, reopen: bool = False) -> RoundRe
         _finish(state, round_)
     if reopen:
         fields = dict(
-            scope=round_.scope, tier=round_.tier, tenant=round_.tenant, grp=round_.group, timestep_group=round_.timestep_group,
-            strategy=round_.strategy, strategy_params=round_.strategy_params, shapes=round_.shapes, max_norm=round_.max_norm,
-            min_contributors=round_.min_contributors, release_rank=round_.release_rank, dp=round_.dp,
+            scope=round_.scope,
+            tier=round_.tier,
+            tenant=round_.tenant,
+            grp=round_.group,
+            timestep_group=round_.timestep_group,
+            strategy=round_.strategy,
+            strategy_params=round_.strategy_params,
+            shapes=round_.shapes,
+            max_norm=round_.max_norm,
+            min_contributors=round_.min_contributors,
+            release_rank=round_.release_rank,
+            dp=round_.dp,
             sketch_seed=int(state.child_rng().integers(0, 2**62)),
-        )  # fmt: skip
+        )
         try:
             store.create_round(fields)
         except Conflict:
@@ -105,13 +123,40 @@ def resume_closing(state: HubState) -> None:
         close_round(state, round_id)
 
 
+def finish(
+    store: Store,
+    round_id: int,
+    status: str,
+    outcome: str,
+    release: NewRelease | None,
+    audit: tuple[str, str, dict],
+) -> str | None:
+    """closing -> `status`, with the round's release (if any) and audit entry, in one
+    transaction; returns the release id. A round finishes once: when it is no longer closing (a
+    replica or an earlier attempt finished it), it keeps that first outcome and its release id
+    is returned. The round is held exclusively, so concurrent finishers wait for each other."""
+    with store.transaction() as tx:
+        current = tx.lock_round(round_id)
+        if current.status != "closing":
+            return current.release_id
+        release_id = tx.add_release(release) if release is not None else None
+        tx.finish_round(round_id, status, outcome, release_id)
+        kind, subject, details = audit
+        tx.append_audit(kind, subject, {**details, "release_id": release_id})
+        return release_id
+
+
 def _finish(state: HubState, round_: RoundRecord) -> None:
-    if round_.tier == "group":
+    if round_.tier == Tier.GROUP:
         count = len(state.store.contribution_rows(round_.id))
-        state.store.finish_round(
-            round_.id, "relayed", f"{count} sealed contributions relayed; members aggregate locally", None,
-            ("relayed", str(round_.id), {"tier": "group", "tenant": round_.tenant, "group": round_.group, "contributions": count}),
-        )  # fmt: skip
+        outcome = f"{count} sealed contributions relayed; members aggregate locally"
+        details = {
+            "tier": round_.tier,
+            "tenant": round_.tenant,
+            "group": round_.group,
+            "contributions": count,
+        }
+        finish(state.store, round_.id, "relayed", outcome, None, ("relayed", str(round_.id), details))
         return
     rows = state.store.contribution_rows(round_.id)
     started = time.perf_counter()
@@ -131,7 +176,7 @@ def _finish(state: HubState, round_: RoundRecord) -> None:
     if not allowed:
         state.metrics.releases.labels(round_.tier, round_.timestep_group, "withheld").inc()
         details = {**base, "reason": reason, "submitted": len(rows), "selected": len(set(chosen))}
-        state.store.finish_round(round_.id, "withheld", reason, None, ("withheld", str(round_.id), details))
+        finish(state.store, round_.id, "withheld", reason, None, ("withheld", str(round_.id), details))
         return
     epsilon = epsilon_spent([round_.dp["noise_multiplier"]], state.settings.delta) if round_.dp else None
     pairs = {name: f.pair for name, f in result.factors.items()}
@@ -150,7 +195,7 @@ def _finish(state: HubState, round_: RoundRecord) -> None:
         "contributor_count": len(set(chosen)),
         "epsilon": epsilon,
     }
-    state.store.finish_round(round_.id, "released", "released", release, ("release", str(round_.id), audit))
+    finish(state.store, round_.id, "released", "released", release, ("release", str(round_.id), audit))
     state.metrics.releases.labels(round_.tier, round_.timestep_group, "released").inc()
 
 

@@ -1,6 +1,15 @@
 """Accepting an update: route each timestep group to its open round, check it against the round,
 charge ε for public contributions, store everything in one transaction.
 
+The acceptance rules live here; storage only reads and writes (storage/base.py `Transaction`).
+The rules that depend on what is stored run inside the transaction, on reads it holds until
+commit, so concurrent submissions (threads, hub replicas) cannot both pass them:
+
+    the update id is new, or this is a replay      `_replay`, the one idempotency check
+    every round is open                            the round held shared: a close waits for us
+    one contribution per client and round
+    the client's ε budget holds after this update  the client's ledger held exclusively
+
 Replays are idempotent: the same update id with the same bytes returns the first receipt (and
 stores nothing); the same id with other bytes is a conflict.
 """
@@ -9,15 +18,36 @@ from __future__ import annotations
 
 import base64
 import time
+from dataclasses import dataclass
 
 from federation_hub import codec
 from federation_hub.auth import Caller, scope_of
 from federation_hub.errors import Forbidden, Invalid, NotFound
+from federation_hub.privacy.accountant import BudgetExhausted
 from federation_hub.privacy.accountant import charge as charge_epsilon
 from federation_hub.schemas import Accepted, PlainUpdate, SealedUpdate, UpdateReceipt
 from federation_hub.services.state import HubState
-from federation_hub.storage.base import BudgetCharge, Conflict, NewContribution, NewUpdate
+from federation_hub.storage.base import (
+    ConcurrentWrite,
+    Conflict,
+    NewContribution,
+    NewUpdate,
+    Store,
+    StoredUpdate,
+)
+from federation_hub.tiers import Tier
 from federation_hub.validation import check_deltas
+
+
+@dataclass(frozen=True)
+class EpsilonCharge:
+    """What an update's public contributions cost: one Gaussian mechanism per DP round, charged
+    to the client's ledger for the period, against the hub's (ε, δ) budget."""
+
+    period: int
+    rounds: tuple[tuple[int, float], ...]  # (round id, noise multiplier), one per public contribution
+    delta: float
+    budget: float
 
 
 def budget_period(settings, now: float | None = None) -> int:
@@ -27,13 +57,13 @@ def budget_period(settings, now: float | None = None) -> int:
 def submit(
     state: HubState, caller: Caller, update: PlainUpdate | SealedUpdate, body_hash: str
 ) -> tuple[UpdateReceipt, bool]:
+    """Check `update` against its rounds and accept it; (receipt, duplicate)."""
     if caller.kind != "client":
         raise Forbidden("updates: only client tokens submit updates")
-    found = state.store.find_update(caller.tenant, caller.client_id, update.update_id)
-    if found is not None:  # a replay: answer before doing any work
-        if found[0] != body_hash:
-            raise Conflict(f"update {update.update_id}: this id was accepted before with different content")
-        return UpdateReceipt(**{**found[1], "duplicate": True}), True
+    stored = state.store.find_update(caller.tenant, caller.client_id, update.update_id)
+    replay = _replay(stored, body_hash, update.update_id)
+    if replay is not None:  # answered before any work: its rounds may have closed since
+        return replay, True
     if not update.consent.granted:
         raise Forbidden(f"update {update.update_id}: consent not granted for the {update.tier} tier")
     if isinstance(update, SealedUpdate):
@@ -43,21 +73,83 @@ def submit(
     new = NewUpdate(
         caller.tenant, caller.client_id, update.update_id, body_hash, update.tier, tuple(p for _, p in parts)
     )
-    accepted = [Accepted(timestep_group=tg, round_id=p.round_id) for tg, p in parts]
+    receipt = UpdateReceipt(
+        update_id=update.update_id,
+        duplicate=False,
+        accepted=[Accepted(timestep_group=tg, round_id=p.round_id) for tg, p in parts],
+    )
+    try:
+        return accept(state.store, new, receipt, charge)
+    except BudgetExhausted:
+        state.metrics.budget_refusals.inc()
+        raise
 
-    def receipt(epsilon: float | None) -> dict:
-        return UpdateReceipt(
-            update_id=update.update_id, duplicate=False, accepted=accepted, epsilon_spent=epsilon
-        ).model_dump()
 
-    body, duplicate = state.store.accept_update(new, receipt, charge)
-    result = UpdateReceipt(**{**body, "duplicate": duplicate})
-    return result, duplicate
+def accept(
+    store: Store, update: NewUpdate, receipt: UpdateReceipt, charge: EpsilonCharge | None
+) -> tuple[UpdateReceipt, bool]:
+    """Store `update` in one transaction if the rules allow it; (receipt, duplicate). `receipt`
+    is the answer to a first acceptance, completed here with the ε spent; a replay gets the
+    first receipt back. Raises Conflict or BudgetExhausted, and then stores nothing."""
+    try:
+        return _accept(store, update, receipt, charge)
+    except ConcurrentWrite:
+        # Another request stored this update id (a client's retry racing the first try), or the
+        # client's contribution to one of these rounds, first. Decided again, the rules see it.
+        return _accept(store, update, receipt, charge)
 
 
-def _plain_parts(state: HubState, caller: Caller, update: PlainUpdate):
+def _accept(
+    store: Store, update: NewUpdate, receipt: UpdateReceipt, charge: EpsilonCharge | None
+) -> tuple[UpdateReceipt, bool]:
+    with store.transaction() as tx:
+        stored = tx.find_update(update.tenant, update.client_id, update.update_id)
+        replay = _replay(stored, update.body_hash, update.update_id)
+        if replay is not None:
+            return replay, True
+        for part in update.contributions:
+            status = tx.round_status(part.round_id)
+            if status != "open":
+                raise Conflict(f"round {part.round_id}: is {status}, no longer accepting updates")
+            earlier = tx.contributor_update(part.round_id, update.client_key)
+            if earlier is not None:
+                raise Conflict(
+                    f"round {part.round_id}: you contributed already (update {earlier}); one per round"
+                )
+        epsilon = None
+        if charge is not None:
+            epsilon = _epsilon_after(tx.budget_spent(update.client_key, charge.period), charge)
+        first = receipt.model_copy(update={"epsilon_spent": epsilon})
+        tx.add_update(update, first.model_dump())
+        if charge is not None:
+            tx.charge_budget(update.client_key, charge.period, charge.rounds, epsilon)
+        return first, False
+
+
+def _replay(stored: StoredUpdate | None, body_hash: str, update_id: str) -> UpdateReceipt | None:
+    """The first receipt when `stored` is this update accepted before (the same bytes), None when
+    the id is new; Conflict when the id was accepted with other bytes."""
+    if stored is None:
+        return None
+    if stored.body_hash != body_hash:
+        raise Conflict(f"update {update_id}: this id was accepted before with different content")
+    return UpdateReceipt(**{**stored.receipt, "duplicate": True})
+
+
+def _epsilon_after(spent: list[float], charge: EpsilonCharge) -> float:
+    """ε after charging the update's rounds one by one; BudgetExhausted at the first over budget."""
+    sigmas = [sigma for _, sigma in charge.rounds]
+    epsilon = 0.0
+    for i, sigma in enumerate(sigmas):
+        epsilon = charge_epsilon([*spent, *sigmas[:i]], sigma, charge.delta, charge.budget)
+    return epsilon
+
+
+def _plain_parts(
+    state: HubState, caller: Caller, update: PlainUpdate
+) -> tuple[list[tuple[str, NewContribution]], EpsilonCharge | None]:
     scope = scope_of(update.tier, caller.tenant, None)
-    parts, sigmas, round_ids = [], [], []
+    parts, charged = [], []
     for tg, group in sorted(update.groups.items()):
         round_ = state.store.open_round(scope, tg)
         if round_ is None:
@@ -65,41 +157,25 @@ def _plain_parts(state: HubState, caller: Caller, update: PlainUpdate):
         pairs = group.pairs()
         norm = check_deltas(f"groups.{tg}", pairs, round_.shapes, round_.max_norm, round_.id)
         metrics = group.metrics.model_dump()
-        parts.append((tg, NewContribution(
-            round_id=round_.id, payload=codec.encode_contribution(pairs, metrics), samples=metrics["samples"],
-            perplexity_before=metrics["perplexity_before"], perplexity_after=metrics["perplexity_after"], norm=norm,
-        )))  # fmt: skip
-        if round_.dp:
-            sigmas.append(round_.dp["noise_multiplier"])
-            round_ids.append(round_.id)
-    charge = None
-    if sigmas:
-        settings = state.settings
-
-        def check(spent: list[float], new: list[float]) -> float:
-            epsilon = None
-            for i, sigma in enumerate(new):
-                epsilon = charge_epsilon([*spent, *new[:i]], sigma, settings.delta, settings.epsilon_budget)
-            return epsilon
-
-        charge = BudgetCharge(
-            budget_period(settings), tuple(sigmas), tuple(round_ids), _counted(state, check)
+        contribution = NewContribution(
+            round_id=round_.id,
+            payload=codec.encode_contribution(pairs, metrics),
+            samples=metrics["samples"],
+            perplexity_before=metrics["perplexity_before"],
+            perplexity_after=metrics["perplexity_after"],
+            norm=norm,
         )
+        parts.append((tg, contribution))
+        if round_.dp:
+            charged.append((round_.id, round_.dp["noise_multiplier"]))
+    if not charged:
+        return parts, None
+    settings = state.settings
+    charge = EpsilonCharge(budget_period(settings), tuple(charged), settings.delta, settings.epsilon_budget)
     return parts, charge
 
 
-def _counted(state: HubState, check):
-    def wrapped(spent, new):
-        try:
-            return check(spent, new)
-        except Exception:
-            state.metrics.budget_refusals.inc()
-            raise
-
-    return wrapped
-
-
-def _sealed_parts(state: HubState, caller: Caller, update: SealedUpdate):
+def _sealed_parts(state: HubState, caller: Caller, update: SealedUpdate) -> list[tuple[str, NewContribution]]:
     if update.group not in caller.groups:
         raise Forbidden(f"group {update.group!r}: you are not a member")
     parts = []
@@ -107,7 +183,7 @@ def _sealed_parts(state: HubState, caller: Caller, update: SealedUpdate):
         round_ = state.store.get_round(part.round_id, caller.viewer)
         if (
             round_ is None
-            or round_.tier != "group"
+            or round_.tier != Tier.GROUP
             or round_.group != update.group
             or round_.tenant != caller.tenant
         ):
@@ -116,7 +192,10 @@ def _sealed_parts(state: HubState, caller: Caller, update: SealedUpdate):
             raise Invalid(
                 f"sealed.{tg}: round {part.round_id} is for timestep group {round_.timestep_group!r}"
             )
-        parts.append((tg, NewContribution(
-            round_id=round_.id, payload=base64.b64decode(part.ciphertext), nonce=base64.b64decode(part.nonce)
-        )))  # fmt: skip
+        contribution = NewContribution(
+            round_id=round_.id,
+            payload=base64.b64decode(part.ciphertext),
+            nonce=base64.b64decode(part.nonce),
+        )
+        parts.append((tg, contribution))
     return parts

@@ -1,14 +1,19 @@
 """The storage interface the services use, and the records it returns.
 
-Every method is one transaction. Methods that write several things (an update with its
-contributions and ε charges; a round's outcome with its release and audit entry) write them all
-or nothing, so a hub killed at any instant leaves either the whole write or none of it.
+Storage stores; the services decide. Every `Store` method is one transaction on its own. Where a
+rule must read and write atomically (accept an update only into an open round, once per client,
+within the ε budget; finish a round once), the service opens a `Transaction` and applies the
+rule between its plain reads and writes (services/submission.py, services/rounds.py). Either way
+a write of several things (an update with its contributions and ε charges; a round's outcome with
+its release and audit entry) is all or nothing, so a hub killed at any instant leaves the whole
+write or none of it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -21,6 +26,12 @@ def utcnow() -> datetime:
 
 class Conflict(RuvdllmError):
     """The write contradicts what is stored (closed round, second contribution, reused id)."""
+
+
+class ConcurrentWrite(Conflict):
+    """A concurrent transaction (another thread or replica) wrote the same unique key first, so
+    nothing of this transaction was stored. Run again, the service's rules see the other write
+    and decide (a replay, a second contribution); a second ConcurrentWrite is answered as 409."""
 
 
 @dataclass(frozen=True)
@@ -82,13 +93,17 @@ class NewUpdate:
 
 
 @dataclass(frozen=True)
-class BudgetCharge:
-    """ε charged at acceptance (a contribution accepted may be released)."""
+class StoredUpdate:
+    """An accepted update, as a replay is answered from it."""
 
-    period: int
-    noise_multipliers: tuple[float, ...]  # one per public contribution in the update, by round
-    round_ids: tuple[int, ...]
-    check: Callable[[list[float], list[float]], float]  # (spent, new) -> ε after; raises when over budget
+    body_hash: str
+    receipt: dict
+
+
+@dataclass(frozen=True)
+class RoundState:
+    status: str
+    release_id: str | None
 
 
 @dataclass(frozen=True)
@@ -155,8 +170,69 @@ class Viewer:
     groups: tuple[str, ...] = ()
 
 
+class Transaction(ABC):
+    """Plain reads and writes inside one database transaction: everything written is stored at
+    commit, or nothing is. Opened by `Store.transaction()` for the services' rules that must read
+    and write atomically; the rules themselves live in the services, not here.
+
+    A read that a rule decides on holds what it read until the transaction ends, so no concurrent
+    transaction (another thread, another replica) can change it between the rule and the write.
+    Each method says what it holds. A unique key that a concurrent transaction wrote first ends
+    the transaction with `ConcurrentWrite`.
+    """
+
+    # updates
+    @abstractmethod
+    def find_update(self, tenant: str, client_id: str, update_id: str) -> StoredUpdate | None:
+        """Not held: a concurrent insert of the same id ends one of the two with ConcurrentWrite."""
+
+    @abstractmethod
+    def round_status(self, round_id: int) -> str:
+        """Held shared: submissions to one round proceed together, closing it (`begin_closing`)
+        waits for them, and they for it."""
+
+    @abstractmethod
+    def contributor_update(self, round_id: int, client_key: str) -> str | None:
+        """The update id of the client's contribution to the round, if any. Not held: a
+        concurrent second contribution ends one of the two with ConcurrentWrite."""
+
+    @abstractmethod
+    def budget_spent(self, client_key: str, period: int) -> list[float]:
+        """The noise multipliers charged to the client in the period. Held exclusively: a
+        concurrent charge to the same client and period waits until this transaction ends."""
+
+    @abstractmethod
+    def add_update(self, update: NewUpdate, receipt: dict) -> None:
+        """The update (answered with `receipt` on replays) and its contributions."""
+
+    @abstractmethod
+    def charge_budget(
+        self, client_key: str, period: int, charges: Sequence[tuple[int, float]], epsilon_after: float
+    ) -> None:
+        """One ledger row per (round id, noise multiplier)."""
+
+    # rounds
+    @abstractmethod
+    def lock_round(self, round_id: int) -> RoundState:
+        """Held exclusively: one transaction at a time finishes a round."""
+
+    @abstractmethod
+    def add_release(self, release: NewRelease) -> str:
+        """Numbered with this hub's next sequence number; returns its id (origin:seq)."""
+
+    @abstractmethod
+    def finish_round(self, round_id: int, status: str, outcome: str, release_id: str | None) -> None: ...
+
+    @abstractmethod
+    def append_audit(self, kind: str, subject: str, details: dict) -> None: ...
+
+
 class Store(ABC):
     dialect: str
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """A write transaction: committed when the block ends, rolled back if it raises."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -207,30 +283,9 @@ class Store(ABC):
     def closing_rounds(self) -> list[int]:
         """Rounds a killed hub left half-closed: aggregated again at start-up."""
 
-    @abstractmethod
-    def finish_round(
-        self,
-        round_id: int,
-        status: str,
-        outcome: str,
-        release: NewRelease | None,
-        audit: tuple[str, str, dict],
-    ) -> str | None:
-        """closing -> status, with its release and audit entry in one transaction. Idempotent: a
-        round already finished keeps its first outcome. Returns the release id (or None)."""
-
     # updates
     @abstractmethod
-    def find_update(self, tenant: str, client_id: str, update_id: str) -> tuple[str, dict] | None:
-        """(body hash, receipt) of an accepted update."""
-
-    @abstractmethod
-    def accept_update(
-        self, update: NewUpdate, receipt: Callable[[float | None], dict], charge: BudgetCharge | None
-    ) -> tuple[dict, bool]:
-        """Store an update, its contributions and ε charges atomically; (receipt, duplicate).
-        A replay of the same bytes returns the first receipt; other bytes under the same id,
-        a closed round or a second contribution by the client raise Conflict."""
+    def find_update(self, tenant: str, client_id: str, update_id: str) -> StoredUpdate | None: ...
 
     @abstractmethod
     def contribution_rows(self, round_id: int) -> list[ContributionRow]: ...

@@ -6,13 +6,15 @@ power cut, not just a killed process), and `BEGIN IMMEDIATE` for every transacti
 writers queue on the database lock instead of failing on a read-to-write upgrade.
 PostgreSQL: row locks (`FOR UPDATE`, `FOR SHARE`) and transaction-scoped advisory locks serialise
 what must be serial across replicas: counters, a client's ε ledger, closing against submitting.
+A unique key two replicas insert at once fails in the later one (IntegrityError), reported as
+`ConcurrentWrite`.
 """
 
 from __future__ import annotations
 
 import uuid
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
@@ -25,19 +27,23 @@ from federation_hub.storage import migrate
 from federation_hub.storage import tables as t
 from federation_hub.storage.base import (
     AuditRecord,
-    BudgetCharge,
+    ConcurrentWrite,
     Conflict,
     ContributionRow,
     NewRelease,
     NewUpdate,
     RoundRecord,
+    RoundState,
     SealedRow,
     Store,
+    StoredUpdate,
     TokenRecord,
+    Transaction,
     Viewer,
     utcnow,
 )
 from federation_hub.storage.sql_releases import ReleaseQueries
+from federation_hub.tiers import Tier
 from ruvdllm.errors import RuvdllmError
 
 
@@ -45,6 +51,22 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _find_update(conn: Connection, tenant: str, client_id: str, update_id: str) -> StoredUpdate | None:
+    u = t.updates.c
+    row = conn.execute(
+        sa.select(u.body_hash, u.receipt).where(
+            u.tenant == tenant, u.client_id == client_id, u.update_id == update_id
+        )
+    ).first()
+    return StoredUpdate(row.body_hash, row.receipt) if row else None
+
+
+def _spent(conn: Connection, client_key: str, period: int) -> list[float]:
+    b = t.budget.c
+    query = sa.select(b.noise_multiplier).where(b.client_key == client_key, b.period == period).order_by(b.id)
+    return list(conn.execute(query).scalars())
 
 
 class SqlStore(ReleaseQueries, Store):
@@ -62,6 +84,15 @@ class SqlStore(ReleaseQueries, Store):
             conn.execution_options(hub_write=True)
             with conn.begin():
                 yield conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        try:
+            with self._write() as conn:
+                yield SqlTransaction(self, conn)
+        except IntegrityError:
+            # SQLite serialises writers, so only a concurrent PostgreSQL transaction gets here
+            raise ConcurrentWrite("a concurrent request stored the same key first") from None
 
     # --- dialect hooks -------------------------------------------------------------------------
     @abstractmethod
@@ -150,13 +181,12 @@ class SqlStore(ReleaseQueries, Store):
 
     @staticmethod
     def _round(row) -> RoundRecord:
-        return RoundRecord(
-            id=row.id, scope=row.scope, tier=row.tier, tenant=row.tenant, group=row.grp, timestep_group=row.timestep_group,
-            strategy=row.strategy, strategy_params=row.strategy_params, shapes=row.shapes, max_norm=row.max_norm,
-            min_contributors=row.min_contributors, release_rank=row.release_rank, dp=row.dp, sketch_seed=row.sketch_seed,
-            status=row.status, created_at=_utc(row.created_at), closed_at=_utc(row.closed_at), release_id=row.release_id,
-            outcome=row.outcome, contributions=row.contributions,
-        )  # fmt: skip
+        """The rounds columns and the contribution count are RoundRecord's fields, but for `grp`
+        (`group` is an SQL keyword) and the times (SQLite returns them naive)."""
+        fields = dict(row._mapping)
+        fields["group"] = fields.pop("grp")
+        fields["created_at"], fields["closed_at"] = _utc(row.created_at), _utc(row.closed_at)
+        return RoundRecord(**fields)
 
     @staticmethod
     def _visible_rounds(viewer: Viewer):
@@ -164,9 +194,9 @@ class SqlStore(ReleaseQueries, Store):
             return sa.true()
         r = t.rounds.c
         return sa.or_(
-            r.tier == "public",
-            sa.and_(r.tier == "tenant", r.tenant == viewer.tenant),
-            sa.and_(r.tier == "group", r.tenant == viewer.tenant, r.grp.in_(list(viewer.groups) or [""])),
+            r.tier == Tier.PUBLIC,
+            sa.and_(r.tier == Tier.TENANT, r.tenant == viewer.tenant),
+            sa.and_(r.tier == Tier.GROUP, r.tenant == viewer.tenant, r.grp.in_(list(viewer.groups) or [""])),
         )
 
     def create_round(self, fields: dict) -> RoundRecord:
@@ -228,50 +258,6 @@ class SqlStore(ReleaseQueries, Store):
                 ).scalars()
             )
 
-    def finish_round(self, round_id, status, outcome, release: NewRelease | None, audit) -> str | None:
-        with self._write() as conn:
-            row = conn.execute(
-                sa.select(t.rounds.c.status, t.rounds.c.release_id)
-                .where(t.rounds.c.id == round_id)
-                .with_for_update()
-            ).one()
-            if row.status != "closing":
-                return row.release_id  # finished already (a replica or an earlier attempt won)
-            release_id = None
-            if release is not None:
-                origin = conn.execute(sa.select(t.meta.c.value).where(t.meta.c.key == "hub_id")).scalar_one()
-                seq = self._next_counter(conn, "release_seq")
-                release_id = f"{origin}:{seq}"
-                now = utcnow()
-                meta = {
-                    **release.meta,
-                    "id": release_id,
-                    "origin": origin,
-                    "seq": seq,
-                    "created_at": now.isoformat(),
-                }
-                conn.execute(
-                    t.releases.insert().values(
-                        origin=origin,
-                        seq=seq,
-                        tier=release.tier,
-                        tenant=release.tenant,
-                        timestep_group=release.timestep_group,
-                        meta=meta,
-                        digest=release.digest,
-                        payload=release.payload,
-                        received_at=now,
-                    )  # fmt: skip
-                )
-            conn.execute(
-                t.rounds.update()
-                .where(t.rounds.c.id == round_id)
-                .values(status=status, outcome=outcome, release_id=release_id, closed_at=utcnow())
-            )
-            kind, subject, details = audit
-            self._append_audit(conn, kind, subject, {**details, "release_id": release_id})
-            return release_id
-
     def _next_counter(self, conn: Connection, key: str) -> int:
         self._insert_ignore(conn, t.meta, {"key": key, "value": "0"})
         current = int(
@@ -281,122 +267,13 @@ class SqlStore(ReleaseQueries, Store):
         return current + 1
 
     # --- updates ------------------------------------------------------------------------------
-    def find_update(self, tenant: str, client_id: str, update_id: str) -> tuple[str, dict] | None:
-        u = t.updates.c
+    def find_update(self, tenant: str, client_id: str, update_id: str) -> StoredUpdate | None:
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(u.body_hash, u.receipt).where(
-                    u.tenant == tenant, u.client_id == client_id, u.update_id == update_id
-                )
-            ).first()
-        return (row.body_hash, row.receipt) if row else None
-
-    def accept_update(
-        self, update: NewUpdate, receipt: Callable[[float | None], dict], charge: BudgetCharge | None
-    ) -> tuple[dict, bool]:
-        try:
-            with self._write() as conn:
-                return self._accept(conn, update, receipt, charge)
-        except IntegrityError:
-            # a concurrent request (another replica, a retry) stored the same update first
-            found = self.find_update(update.tenant, update.client_id, update.update_id)
-            if found and found[0] == update.body_hash:
-                return found[1], True
-            raise Conflict(
-                f"update {update.update_id}: conflicts with a contribution stored concurrently"
-            ) from None
-
-    def _accept(
-        self, conn: Connection, update: NewUpdate, receipt, charge: BudgetCharge | None
-    ) -> tuple[dict, bool]:
-        u = t.updates.c
-        existing = conn.execute(
-            sa.select(u.body_hash, u.receipt).where(
-                u.tenant == update.tenant, u.client_id == update.client_id, u.update_id == update.update_id
-            )
-        ).first()
-        if existing is not None:
-            if existing.body_hash != update.body_hash:
-                raise Conflict(
-                    f"update {update.update_id}: this id was accepted before with different content"
-                )
-            return existing.receipt, True
-        for part in update.contributions:
-            # FOR SHARE: submissions to one round proceed together; closing it waits for them
-            status = conn.execute(
-                sa.select(t.rounds.c.status).where(t.rounds.c.id == part.round_id).with_for_update(read=True)
-            ).scalar_one()
-            if status != "open":
-                raise Conflict(f"round {part.round_id}: is {status}, no longer accepting updates")
-            already = conn.execute(
-                sa.select(t.contributions.c.update_id).where(
-                    t.contributions.c.round_id == part.round_id,
-                    t.contributions.c.client_key == update.client_key,
-                )
-            ).first()
-            if already is not None:
-                raise Conflict(
-                    f"round {part.round_id}: you contributed already (update {already.update_id}); one per round"
-                )
-        epsilon = None
-        if charge is not None:
-            self._lock_key(conn, f"budget:{update.client_key}:{charge.period}")
-            spent = self._spent(conn, update.client_key, charge.period)
-            epsilon = charge.check(spent, list(charge.noise_multipliers))
-        body = receipt(epsilon)
-        now = utcnow()
-        update_pk = conn.execute(
-            t.updates.insert().values(
-                tenant=update.tenant,
-                client_id=update.client_id,
-                update_id=update.update_id,
-                body_hash=update.body_hash,
-                tier=update.tier,
-                receipt=body,
-                created_at=now,
-            )  # fmt: skip
-        ).inserted_primary_key[0]
-        for part in update.contributions:
-            conn.execute(
-                t.contributions.insert().values(
-                    round_id=part.round_id,
-                    update_pk=update_pk,
-                    client_key=update.client_key,
-                    update_id=update.update_id,
-                    samples=part.samples,
-                    perplexity_before=part.perplexity_before,
-                    perplexity_after=part.perplexity_after,
-                    norm=part.norm,
-                    nonce=part.nonce,
-                    payload=part.payload,
-                    created_at=now,
-                )  # fmt: skip
-            )
-        if charge is not None:
-            for round_id, sigma in zip(charge.round_ids, charge.noise_multipliers, strict=True):
-                conn.execute(
-                    t.budget.insert().values(
-                        client_key=update.client_key,
-                        period=charge.period,
-                        round_id=round_id,
-                        noise_multiplier=sigma,
-                        epsilon_after=epsilon,
-                        created_at=now,
-                    )  # fmt: skip
-                )
-        return body, False
-
-    @staticmethod
-    def _spent(conn: Connection, client_key: str, period: int) -> list[float]:
-        b = t.budget.c
-        query = (
-            sa.select(b.noise_multiplier).where(b.client_key == client_key, b.period == period).order_by(b.id)
-        )
-        return list(conn.execute(query).scalars())
+            return _find_update(conn, tenant, client_id, update_id)
 
     def budget_spent(self, client_key: str, period: int) -> list[float]:
         with self.engine.connect() as conn:
-            return self._spent(conn, client_key, period)
+            return _spent(conn, client_key, period)
 
     def contribution_rows(self, round_id: int) -> list[ContributionRow]:
         c = t.contributions.c
@@ -460,3 +337,112 @@ class SqlStore(ReleaseQueries, Store):
         return [
             AuditRecord(r.seq, _utc(r.at), r.kind, r.subject, r.details, r.prev_hash, r.hash) for r in rows
         ]
+
+
+class SqlTransaction(Transaction):
+    """`Transaction` on one connection of a `SqlStore` write transaction."""
+
+    def __init__(self, store: SqlStore, conn: Connection):
+        self._store = store
+        self._conn = conn
+
+    # --- updates ------------------------------------------------------------------------------
+    def find_update(self, tenant: str, client_id: str, update_id: str) -> StoredUpdate | None:
+        return _find_update(self._conn, tenant, client_id, update_id)
+
+    def round_status(self, round_id: int) -> str:
+        query = sa.select(t.rounds.c.status).where(t.rounds.c.id == round_id).with_for_update(read=True)
+        return self._conn.execute(query).scalar_one()
+
+    def contributor_update(self, round_id: int, client_key: str) -> str | None:
+        c = t.contributions.c
+        query = sa.select(c.update_id).where(c.round_id == round_id, c.client_key == client_key)
+        return self._conn.execute(query).scalar()
+
+    def budget_spent(self, client_key: str, period: int) -> list[float]:
+        self._store._lock_key(self._conn, f"budget:{client_key}:{period}")
+        return _spent(self._conn, client_key, period)
+
+    def add_update(self, update: NewUpdate, receipt: dict) -> None:
+        now = utcnow()
+        update_pk = self._conn.execute(
+            t.updates.insert().values(
+                tenant=update.tenant,
+                client_id=update.client_id,
+                update_id=update.update_id,
+                body_hash=update.body_hash,
+                tier=update.tier,
+                receipt=receipt,
+                created_at=now,
+            )
+        ).inserted_primary_key[0]
+        for part in update.contributions:
+            self._conn.execute(
+                t.contributions.insert().values(
+                    round_id=part.round_id,
+                    update_pk=update_pk,
+                    client_key=update.client_key,
+                    update_id=update.update_id,
+                    samples=part.samples,
+                    perplexity_before=part.perplexity_before,
+                    perplexity_after=part.perplexity_after,
+                    norm=part.norm,
+                    nonce=part.nonce,
+                    payload=part.payload,
+                    created_at=now,
+                )
+            )
+
+    def charge_budget(
+        self, client_key: str, period: int, charges: Sequence[tuple[int, float]], epsilon_after: float
+    ) -> None:
+        now = utcnow()
+        for round_id, noise_multiplier in charges:
+            self._conn.execute(
+                t.budget.insert().values(
+                    client_key=client_key,
+                    period=period,
+                    round_id=round_id,
+                    noise_multiplier=noise_multiplier,
+                    epsilon_after=epsilon_after,
+                    created_at=now,
+                )
+            )
+
+    # --- rounds -------------------------------------------------------------------------------
+    def lock_round(self, round_id: int) -> RoundState:
+        r = t.rounds.c
+        query = sa.select(r.status, r.release_id).where(r.id == round_id).with_for_update()
+        row = self._conn.execute(query).one()
+        return RoundState(row.status, row.release_id)
+
+    def add_release(self, release: NewRelease) -> str:
+        origin = self._conn.execute(sa.select(t.meta.c.value).where(t.meta.c.key == "hub_id")).scalar_one()
+        seq = self._store._next_counter(self._conn, "release_seq")
+        release_id = f"{origin}:{seq}"
+        now = utcnow()
+        meta = {**release.meta, "id": release_id, "origin": origin, "seq": seq, "created_at": now.isoformat()}
+        self._conn.execute(
+            t.releases.insert().values(
+                origin=origin,
+                seq=seq,
+                tier=release.tier,
+                tenant=release.tenant,
+                timestep_group=release.timestep_group,
+                meta=meta,
+                digest=release.digest,
+                payload=release.payload,
+                received_at=now,
+            )
+        )
+        return release_id
+
+    def finish_round(self, round_id: int, status: str, outcome: str, release_id: str | None) -> None:
+        self._conn.execute(
+            t.rounds.update()
+            .where(t.rounds.c.id == round_id)
+            .values(status=status, outcome=outcome, release_id=release_id, closed_at=utcnow())
+        )
+
+    def append_audit(self, kind: str, subject: str, details: dict) -> None:
+        self._store._append_audit(self._conn, kind, subject, details)

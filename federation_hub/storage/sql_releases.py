@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from federation_hub.storage import tables as t
 from federation_hub.storage.base import ReleaseRecord, Viewer, utcnow
+from federation_hub.tiers import Tier
 
 
 class ReleaseQueries:
@@ -18,14 +19,20 @@ class ReleaseQueries:
         if viewer.admin:
             return sa.true()
         r = t.releases.c
-        return sa.or_(r.tier == "public", sa.and_(r.tier == "tenant", r.tenant == viewer.tenant))
+        return sa.or_(r.tier == Tier.PUBLIC, sa.and_(r.tier == Tier.TENANT, r.tenant == viewer.tenant))
 
     @staticmethod
     def _release(row, with_payload: bool) -> ReleaseRecord:
         return ReleaseRecord(
-            origin=row.origin, seq=row.seq, tier=row.tier, tenant=row.tenant, timestep_group=row.timestep_group,
-            meta=row.meta, digest=row.digest, payload=bytes(row.payload) if with_payload else None,
-        )  # fmt: skip
+            origin=row.origin,
+            seq=row.seq,
+            tier=row.tier,
+            tenant=row.tenant,
+            timestep_group=row.timestep_group,
+            meta=row.meta,
+            digest=row.digest,
+            payload=bytes(row.payload) if with_payload else None,
+        )
 
     def get_release(self, release_id: str, viewer: Viewer) -> ReleaseRecord | None:
         origin, _, seq = release_id.rpartition(":")
@@ -81,9 +88,16 @@ class ReleaseQueries:
         with self._write() as conn:
             for rel in releases:
                 values = dict(
-                    origin=rel.origin, seq=rel.seq, tier=rel.tier, tenant=rel.tenant, timestep_group=rel.timestep_group,
-                    meta=rel.meta, digest=rel.digest, payload=rel.payload, received_at=utcnow(),
-                )  # fmt: skip
+                    origin=rel.origin,
+                    seq=rel.seq,
+                    tier=rel.tier,
+                    tenant=rel.tenant,
+                    timestep_group=rel.timestep_group,
+                    meta=rel.meta,
+                    digest=rel.digest,
+                    payload=rel.payload,
+                    received_at=utcnow(),
+                )
                 if self._insert_ignore(conn, t.releases, values):
                     merged += 1
                     self._append_audit(

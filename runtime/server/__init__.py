@@ -8,7 +8,7 @@
     engine.py       a pool of models on worker threads; text deltas from the step callback
     text_stream.py  streamable text from out-of-order commits (pure)
     responses.py    OpenAI response bodies and SSE chunks
-    limits.py       request body limit and admission (run slots + bounded queue)
+    limits.py       admission (run slots + bounded queue); the body size limit is ruvdllm.http_limits
     errors.py       OpenAI-style JSON errors for every failure
 
 See docs/server.md.

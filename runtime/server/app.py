@@ -1,5 +1,5 @@
 """The FastAPI application: endpoints (routes.py), OpenAI-style errors (errors.py) and the body
-size limit (limits.py) around an Engine. Built by `create_app`, served by `ruvdllm serve`
+size limit (`ruvdllm.http_limits`) around an Engine. Built by `create_app`, served by `ruvdllm serve`
 (command.py) or any ASGI server."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from runtime.server.engine import Engine
-from runtime.server.errors import install_error_handlers
-from runtime.server.limits import Admission, BodySizeLimit
+from runtime.server.errors import install_error_handlers, size_limit_error
+from runtime.server.limits import Admission
 from runtime.server.routes import ServerState, health_router, router
+from ruvdllm.http_limits import BodySizeLimit
 
 
 @dataclass(frozen=True)
@@ -40,5 +41,10 @@ def create_app(
     app.include_router(health_router)
     app.include_router(router)
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=limits.max_request_bytes,
+        error_body=size_limit_error,
+        hint="--max-request-bytes",
+    )
     return app

@@ -10,6 +10,7 @@ NotFoundError, RateLimitError, ...) and shows `message`.
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -82,6 +83,13 @@ class ApiError(Exception):
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
     kind = TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def size_limit_error(status: int, message: str) -> bytes:
+    """The body of a refusal by the body size limit (413, or 400 for a bad Content-Length),
+    which answers before FastAPI and its handlers see the request."""
+    code = "request_too_large" if status == 413 else None
+    return json.dumps(error_body(status, message, code=code)).encode()
 
 
 def from_runtime(exc: RuvdllmError, prompt_param: str = "prompt") -> ApiError:

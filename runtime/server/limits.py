@@ -1,8 +1,5 @@
-"""The server's two limits: how large a request body may be, and how many generations run and
-wait at once.
-
-Body size is checked by a pure ASGI middleware, before any JSON parsing: a declared
-Content-Length over the limit is refused at once, a chunked body is counted as it arrives.
+"""How many generations run and wait at once. (The other limit, on request body size, is the
+middleware the hub uses too: `ruvdllm.http_limits`.)
 
 Admission: `slots` generations run at once (one per backend) and up to `queue_size` more wait
 their turn in arrival order; a request that finds the queue full is refused with 429 and a
@@ -13,84 +10,11 @@ starts, so a streaming client learns of a full queue from the status, not mid-st
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from collections import deque
 
-from runtime.server.errors import ApiError, error_body
-
-# --- request body size ------------------------------------------------------------------------
-
-
-class BodySizeLimit:
-    """ASGI middleware: answer 413 (OpenAI-style JSON) to bodies larger than `max_bytes`.
-
-    The body is read here in full (it is at most `max_bytes`) and replayed to the app: counting
-    inside the app's receive would not work, because FastAPI turns any exception raised while it
-    reads the body into its own 400.
-    """
-
-    def __init__(self, app, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                await _send_error(send, 400, "Content-Length: not a number")
-                return
-            if size > self.max_bytes:
-                await _send_error(send, 413, self._message(size), code="request_too_large")
-                return
-
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the client is gone: nobody to answer
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await _send_error(send, 413, self._message(size, at_least=True), code="request_too_large")
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: the disconnect, when it comes
-
-        await self.app(scope, replay, send)
-
-    def _message(self, size: int, at_least: bool = False) -> str:
-        what = f"at least {size}" if at_least else str(size)
-        return f"request body: {what} bytes, the limit is {self.max_bytes} (--max-request-bytes)"
-
-
-async def _send_error(send, status: int, message: str, code: str | None = None) -> None:
-    body = json.dumps(error_body(status, message, code=code)).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 413:
-        headers.append((b"connection", b"close"))  # the rest of the body is not read
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-# --- admission: run slots and a bounded queue -------------------------------------------------
+from runtime.server.errors import ApiError
 
 
 class Admission:

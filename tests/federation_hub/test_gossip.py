@@ -120,13 +120,28 @@ def test_a_peer_cannot_plant_bad_releases(federation):
         {"l": LoraPair(np.ones((1, 2), np.float32), np.ones((2, 1), np.float32))}, {"residuals": {"l": 0.0}}
     )
     meta = {
-        "id": "b:900", "origin": "b", "seq": 900, "tier": "public", "tenant": None, "timestep_group": "coarse", "round_id": 1,
-        "strategy": "daf", "contributors": 5, "created_at": "2025-01-01T00:00:00+00:00", "details": {},
-    }  # fmt: skip
+        "id": "b:900",
+        "origin": "b",
+        "seq": 900,
+        "tier": "public",
+        "tenant": None,
+        "timestep_group": "coarse",
+        "round_id": 1,
+        "strategy": "daf",
+        "contributors": 5,
+        "created_at": "2025-01-01T00:00:00+00:00",
+        "details": {},
+    }
 
     def entry(payload=good_payload, **changes):
-        return {"origin": "b", "seq": 900, "meta": {**meta, **changes.pop("meta", {})}, "payload": base64.b64encode(payload).decode(),
-                "digest": changes.pop("digest", hashlib.sha256(payload).hexdigest()), **changes}  # fmt: skip
+        return {
+            "origin": "b",
+            "seq": 900,
+            "meta": {**meta, **changes.pop("meta", {})},
+            "payload": base64.b64encode(payload).decode(),
+            "digest": changes.pop("digest", hashlib.sha256(payload).hexdigest()),
+            **changes,
+        }
 
     bad = [
         entry(digest="0" * 64),  # content does not match its digest

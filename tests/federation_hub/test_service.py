@@ -120,10 +120,18 @@ def test_tenant_isolation(hub, world):
     body["tenant"] = "acme"
     assert raw(hub, eve, "POST", "/v1/updates", json=body).status_code == 422
     # a sealed update into acme's group round, although eve is in a group called rad too
+    part = {
+        "round_id": group_round["id"],
+        "nonce": base64.b64encode(b"\0" * 12).decode(),
+        "ciphertext": base64.b64encode(b"\0" * 32).decode(),
+    }
     sealed = {
-        "update_id": "eve-3", "tier": "group", "group": "rad", "consent": {"granted": True, "policy": "v1"},
-        "sealed": {"fine": {"round_id": group_round["id"], "nonce": base64.b64encode(b"\0" * 12).decode(), "ciphertext": base64.b64encode(b"\0" * 32).decode()}},
-    }  # fmt: skip
+        "update_id": "eve-3",
+        "tier": "group",
+        "group": "rad",
+        "consent": {"granted": True, "policy": "v1"},
+        "sealed": {"fine": part},
+    }
     assert raw(hub, eve, "POST", "/v1/updates", json=sealed).status_code == 404
     # bob is in acme but not in rad
     bob_sealed = {**sealed, "update_id": "bob-3"}

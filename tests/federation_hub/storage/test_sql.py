@@ -1,4 +1,5 @@
-"""The Store against real SQLite and a real PostgreSQL server (the latter marked `postgres`)."""
+"""The Store against real SQLite and a real PostgreSQL server (the latter marked `postgres`), with
+the services' rules that run inside its transactions (accepting an update, finishing a round)."""
 
 import threading
 
@@ -7,10 +8,13 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from federation_hub.privacy.accountant import BudgetExhausted, charge
+from federation_hub.privacy.accountant import BudgetExhausted
+from federation_hub.schemas import UpdateReceipt
+from federation_hub.services.rounds import finish
+from federation_hub.services.submission import EpsilonCharge, accept
 from federation_hub.storage import Conflict, open_store
 from federation_hub.storage.base import (
-    BudgetCharge,
+    ConcurrentWrite,
     NewContribution,
     NewRelease,
     NewUpdate,
@@ -36,11 +40,22 @@ def store(request, tmp_path):
 
 
 def new_round(store, scope="public", tg="coarse", tier="public"):
-    return store.create_round(dict(
-        scope=scope, tier=tier, tenant=None, grp=None, timestep_group=tg, strategy="daf", strategy_params={},
-        shapes={"l": {"rank": 1, "in_features": 2, "out_features": 2}}, max_norm=10.0, min_contributors=1,
-        release_rank=None, dp={"clip_norm": 1.0, "noise_multiplier": 8.0}, sketch_seed=1,
-    ))  # fmt: skip
+    fields = dict(
+        scope=scope,
+        tier=tier,
+        tenant=None,
+        grp=None,
+        timestep_group=tg,
+        strategy="daf",
+        strategy_params={},
+        shapes={"l": {"rank": 1, "in_features": 2, "out_features": 2}},
+        max_norm=10.0,
+        min_contributors=1,
+        release_rank=None,
+        dp={"clip_norm": 1.0, "noise_multiplier": 8.0},
+        sketch_seed=1,
+    )
+    return store.create_round(fields)
 
 
 def update(round_id, client="c1", uid="u1", body="h1"):
@@ -55,7 +70,17 @@ def update(round_id, client="c1", uid="u1", body="h1"):
 
 
 def budget(round_id, sigma=8.0):
-    return BudgetCharge(0, (sigma,), (round_id,), lambda spent, new: charge(spent, new[0], 1e-5, 1.0))
+    return EpsilonCharge(period=0, rounds=((round_id, sigma),), delta=1e-5, budget=1.0)
+
+
+def receipt_for(new):
+    return UpdateReceipt(update_id=new.update_id, duplicate=False, accepted=[])
+
+
+def submit_update(store, new, charge):
+    """Accept `new` the way the hub does: (the stored receipt as a dict, duplicate)."""
+    receipt, duplicate = accept(store, new, receipt_for(new), charge)
+    return receipt.model_dump(exclude={"duplicate"}), duplicate
 
 
 def test_migrated_schema_matches_the_tables(store):
@@ -83,23 +108,23 @@ def test_one_open_round_per_scope_and_group(store):
 
 def test_accept_is_atomic_idempotent_and_one_per_client(store):
     r = new_round(store)
-    receipt, duplicate = store.accept_update(update(r.id), lambda eps: {"eps": eps}, budget(r.id))
-    assert not duplicate and 0 < receipt["eps"] < 1
-    assert store.accept_update(update(r.id), lambda eps: {"eps": -1}, budget(r.id)) == (receipt, True)
+    receipt, duplicate = submit_update(store, update(r.id), budget(r.id))
+    assert not duplicate and 0 < receipt["epsilon_spent"] < 1
+    assert submit_update(store, update(r.id), budget(r.id, sigma=4.0)) == (receipt, True)
     with pytest.raises(Conflict, match="different content"):
-        store.accept_update(update(r.id, body="h2"), lambda eps: {}, budget(r.id))
+        submit_update(store, update(r.id, body="h2"), budget(r.id))
     with pytest.raises(Conflict, match="one per round"):
-        store.accept_update(update(r.id, uid="u2"), lambda eps: {}, budget(r.id))
+        submit_update(store, update(r.id, uid="u2"), budget(r.id))
     # over budget: nothing of the update is stored
     r2 = new_round(store, tg="fine")
     with pytest.raises(BudgetExhausted):
-        store.accept_update(update(r2.id, uid="u3"), lambda eps: {}, budget(r2.id, sigma=1.0))
+        submit_update(store, update(r2.id, uid="u3"), budget(r2.id, sigma=1.0))
     assert store.find_update("acme", "c1", "u3") is None
     assert store.contribution_rows(r2.id) == []
     assert store.budget_spent("acme/c1", 0) == [8.0]
     store.begin_closing(r.id)
     with pytest.raises(Conflict, match="closing"):
-        store.accept_update(update(r.id, client="c2"), lambda eps: {}, None)
+        submit_update(store, update(r.id, client="c2"), None)
 
 
 def test_concurrent_submissions_cannot_overspend(store):
@@ -108,9 +133,7 @@ def test_concurrent_submissions_cannot_overspend(store):
 
     def submit(i):
         try:
-            store.accept_update(
-                update(rounds[i].id, uid=f"u{i}"), lambda eps: {"eps": eps}, budget(rounds[i].id)
-            )
+            submit_update(store, update(rounds[i].id, uid=f"u{i}"), budget(rounds[i].id))
             outcomes.append("ok")
         except BudgetExhausted:
             outcomes.append("refused")
@@ -124,13 +147,70 @@ def test_concurrent_submissions_cannot_overspend(store):
     assert len(store.budget_spent("acme/c1", 0)) == 3
 
 
+def test_concurrent_replays_are_accepted_exactly_once(store):
+    """A client's retries racing each other (and, on PostgreSQL, the unique key that settles the
+    race): one acceptance, the others get its receipt as duplicates, one ε charge."""
+    r = new_round(store)
+    outcomes = []
+    start = threading.Barrier(6)
+
+    def retry():
+        start.wait()
+        outcomes.append(submit_update(store, update(r.id), budget(r.id)))
+
+    threads = [threading.Thread(target=retry) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(duplicate for _, duplicate in outcomes) == [False] + [True] * 5
+    assert len({str(receipt) for receipt, _ in outcomes}) == 1
+    assert len(store.contribution_rows(r.id)) == 1 and store.budget_spent("acme/c1", 0) == [8.0]
+
+
+@pytest.mark.postgres
+def test_a_key_stored_concurrently_is_reported_and_decided_again(request, tmp_path):
+    """Two transactions that both found the update id new: the later insert fails on the unique
+    key, storage reports ConcurrentWrite (nothing of it stored), and `accept` decides again."""
+    store = open_store(request.getfixturevalue("postgres_server").create_database())
+    try:
+        store.hub_id("test-hub")
+        r = new_round(store)
+        first_read, second_done = threading.Event(), threading.Event()
+        outcome = {}
+
+        def second():
+            try:
+                with store.transaction() as tx:
+                    assert tx.find_update("acme", "c1", "u1") is None
+                    first_read.wait()
+                    tx.add_update(update(r.id), {"update_id": "u1"})  # waits for the first to commit
+            except ConcurrentWrite as exc:
+                outcome["error"] = exc
+            second_done.set()
+
+        thread = threading.Thread(target=second)
+        with store.transaction() as tx:
+            assert tx.find_update("acme", "c1", "u1") is None
+            tx.add_update(update(r.id), {"update_id": "u1", "duplicate": False, "accepted": []})
+            thread.start()
+            first_read.set()
+            assert not second_done.wait(0.5)  # blocked on the key the first holds
+        thread.join()
+        assert isinstance(outcome.get("error"), ConcurrentWrite)
+        assert len(store.contribution_rows(r.id)) == 1
+        assert accept(store, update(r.id), receipt_for(update(r.id)), None)[1] is True
+    finally:
+        store.close()
+
+
 def test_finish_round_is_idempotent_and_numbers_releases(store):
     r = new_round(store)
     store.begin_closing(r.id)
     release = NewRelease("public", None, "coarse", {"round_id": r.id}, "a" * 64, b"RVH1")
-    first = store.finish_round(r.id, "released", "released", release, ("release", str(r.id), {}))
+    first = finish(store, r.id, "released", "released", release, ("release", str(r.id), {}))
     assert first == "test-hub:1"
-    assert store.finish_round(r.id, "released", "released", release, ("release", str(r.id), {})) == first
+    assert finish(store, r.id, "released", "released", release, ("release", str(r.id), {})) == first
     assert store.release_seqs() == {"test-hub": [1]}
     assert store.get_release(first, Viewer(admin=False, tenant="other")).meta["seq"] == 1
 
