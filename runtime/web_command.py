@@ -15,7 +15,7 @@ URL layout (the client only uses relative URLs, so it also works below a path pr
     /vendor/ort/           web/node_modules/onnxruntime-web/dist/ (npm: onnxruntime-web)
     /vendor/tokenizers/    web/node_modules/@huggingface/tokenizers/dist/
     /vendor/jinja/         web/node_modules/@huggingface/jinja/dist/   (chat templates)
-    /wheels/<wheel>        the runtime package as a pure-Python wheel (runtime/web_wheel.py)
+    /wheels/<wheel>        the runtime modules the browser runs, as a wheel (runtime/web_wheel.py)
     /model/                the exported model directory (manifest.json, model.onnx, ...)
     /app-config.json       what the client needs to find the above
 """
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from runtime.artifact import verify_manifest
 from runtime.web_gzip import GzipCache
-from runtime.web_wheel import build_wheel, build_wheel_bytes
+from runtime.web_wheel import build_wheel, cached_wheel
 from ruvdllm.errors import RuvdllmError
 
 ISOLATION_HEADERS = {
@@ -126,9 +126,9 @@ def build_site(web_dir: Path, model_dir: Path | None, node_modules: Path | None 
                 f"{node_modules / rel}: missing; run `npm ci` in {web_dir.name}/ to install the client's libraries"
             )
         site.mount(prefix, node_modules / rel)
-    wheel, body = build_wheel_bytes()
-    site.add_file(f"/wheels/{wheel}", body, "application/zip")
-    config = {"wheel": f"wheels/{wheel}", "model": "model/" if model_dir else None}
+    wheel = cached_wheel()
+    site.add_file(f"/wheels/{wheel.name}", wheel.read_bytes(), "application/zip")
+    config = {"wheel": f"wheels/{wheel.name}", "model": "model/" if model_dir else None}
     if model_dir is not None:
         verify_manifest(Path(model_dir), full_hash=False)
         site.mount("/model/", Path(model_dir))
