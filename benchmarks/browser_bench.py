@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runtime.model import DiffusionModel  # noqa: E402
 from runtime.ort_backend import OrtOptions  # noqa: E402
 from runtime.settings import GenerationSettings  # noqa: E402
-from runtime.web_command import DEFAULT_MODEL_TARGET, Handler, build_site, default_web_dir, make_server  # noqa: E402
+from runtime.web_command import DEFAULT_MODEL_TARGET, WebServer, build_site, default_web_dir  # noqa: E402
 from ruvdllm.default_artifact import default_model_dir  # noqa: E402
 
 PROMPT = "Explain what a diffusion language model is, in a few sentences."
@@ -47,33 +47,30 @@ ARGS += ["--no-first-run", "--disable-quic"]
 
 
 class CountingServer:
-    """`ruvdllm web`'s server with a byte counter (what a user would download)."""
+    """`ruvdllm web`'s server with a byte counter: the body bytes of 200 responses (what a user would
+    download, compressed where the server compresses)."""
 
     def __init__(self, model: Path):
         self.sent = 0
-        lock = threading.Lock()
-        outer = self
+        self.site = build_site(default_web_dir(), model)
+        app = self.site.app
 
-        class Counting(Handler):
-            def send_header(self, keyword, value):
-                if keyword.lower() == "content-length" and getattr(self, "_status", 200) == 200:
-                    with lock:
-                        outer.sent += int(value)
-                super().send_header(keyword, value)
+        async def counting(scope, receive, send):
+            status = 0
 
-            def send_response(self, code, message=None):
-                self._status = code
-                super().send_response(code, message)
+            async def counted(message):
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                elif message["type"] == "http.response.body" and status == 200:
+                    self.sent += len(message.get("body", b""))
+                await send(message)
 
-        server = make_server(build_site(default_web_dir(), model), "127.0.0.1", 0)
-        server.RequestHandlerClass = type(
-            "CountingSite", (Counting,), {"site": server.RequestHandlerClass.site}
-        )
-        self.server = server
-        site = server.RequestHandlerClass.site
-        site.gzip.wait(timeout=300)  # a running server has its large files compressed by now
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        self.url = f"http://127.0.0.1:{server.server_address[1]}/"
+            await app(scope, receive, counted)
+
+        self.server = WebServer(counting, "127.0.0.1", 0)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
 
     def take(self) -> int:
         sent, self.sent = self.sent, 0
@@ -233,7 +230,7 @@ def kernels_section(driver, server: CountingServer, m: int = 9) -> None:
         (directory / "index.html").write_text(KERNEL_PAGE)
         (directory / "kernel_worker.js").write_text(KERNEL_WORKER)
         paths = kernel_graphs(directory)
-        server.server.RequestHandlerClass.site.mount("/bench/", directory)
+        server.site.mount("/bench/", directory)
         browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         page = browser.new_page()
         page.goto(server.url + "bench/index.html")

@@ -8,6 +8,7 @@ Layout of an artifact directory (see docs/artifact.md for the full contract):
     tokenizer.json        Hugging Face tokenizers format
     manifest.json         {"files": {name: {"sha256": ..., "bytes": ...}}, "format": 1}
     banks/                TALoRA / DGR adapter banks (runtime issue)
+    <file>.gz             gzip copies for HTTP delivery (browser exports); not in the manifest
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ CONFIG_NAME = "config.json"
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"
 GRAPH_NAME = "model.onnx"
+GZIP_SUFFIX = ".gz"  # `name.gz` beside `name`: the same bytes gzipped, for servers to send as they are
+GZIP_LEVEL = 6  # zlib's default: the 4-bit weights shrink ~20% at level 6, ~18% at level 1
+GZIP_MIN_SAVING = 0.10  # a copy that saves less is not worth its disk space
 
 
 # --- graph input / output names (the contract between export and every runtime) -------------
@@ -87,7 +91,9 @@ class ArtifactConfig:
     adapter_slots: int = 8  # K: TALoRA banks + DGR retrieval slots composed per position
     adapter_rank: int = 4
     timestep_groups: tuple[float, ...] = (0.0, 1 / 3, 2 / 3, 1.0)  # coarse / domain / fine boundaries in t
-    targets: tuple[str, ...] = ("cpu",)  # execution providers this graph was built for (validated: source["validated_on"])
+    targets: tuple[str, ...] = (
+        "cpu",
+    )  # execution providers this graph was built for (validated: source["validated_on"])
     attention: str = "mha"  # attention formulation in the graph: "mha", "attention23", "matmul"
     quantization: str = "q4"  # "q4" (MatMulNBits, block 32) or "fp32"
     accuracy_level: int = 4
@@ -102,7 +108,11 @@ class ArtifactConfig:
         if raw.get("format") != ARTIFACT_FORMAT:
             raise RuvdllmError(f"config.json: artifact format {raw.get('format')!r} is not {ARTIFACT_FORMAT}")
         known = {f.name: f for f in fields(cls)}
-        missing = [n for n, f in known.items() if n not in raw and f.default is MISSING and f.default_factory is MISSING]
+        missing = [
+            n
+            for n, f in known.items()
+            if n not in raw and f.default is MISSING and f.default_factory is MISSING
+        ]
         if missing:
             raise RuvdllmError(f"config.json: missing fields {', '.join(missing)}")
         values = {}
@@ -121,16 +131,49 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def is_gzip_copy(path: Path) -> bool:
+    """A `.gz` file beside the file it is a copy of (not part of the artifact's contents)."""
+    return path.name.endswith(GZIP_SUFFIX) and path.with_name(path.name[: -len(GZIP_SUFFIX)]).is_file()
+
+
 def write_manifest(directory: Path) -> dict:
-    """Hash every file under `directory` (except the manifest itself) into manifest.json."""
+    """Hash every file under `directory` (except the manifest itself and gzip copies) into manifest.json."""
     directory = Path(directory)
     files = {}
-    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_NAME):
+    listed = (
+        p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_NAME and not is_gzip_copy(p)
+    )
+    for path in sorted(listed):
         rel = path.relative_to(directory).as_posix()
         files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     manifest = {"format": ARTIFACT_FORMAT, "files": files}
     (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest
+
+
+def write_gzip_copies(directory: Path, level: int = GZIP_LEVEL) -> list[Path]:
+    """Write `name.gz` beside every file the manifest lists where gzip saves at least
+    GZIP_MIN_SAVING, so a web server can send the model compressed without compressing ~100 MB per
+    download. Byte-reproducible (no name or time in the gzip header). Returns the copies written."""
+    import gzip
+    import shutil
+
+    directory = Path(directory)
+    written = []
+    for rel in sorted(json.loads((directory / MANIFEST_NAME).read_text())["files"]):
+        path = directory / rel
+        copy = path.with_name(path.name + GZIP_SUFFIX)
+        partial = path.with_name(f".{path.name}{GZIP_SUFFIX}.partial")
+        with open(path, "rb") as source, open(partial, "wb") as raw:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=level, mtime=0) as packed:
+                shutil.copyfileobj(source, packed, 1 << 20)
+        if partial.stat().st_size <= (1 - GZIP_MIN_SAVING) * path.stat().st_size:
+            os.replace(partial, copy)
+            written.append(copy)
+        else:
+            partial.unlink()
+            copy.unlink(missing_ok=True)  # a copy of an earlier version of the file
+    return written
 
 
 def verify_manifest(directory: Path, full_hash: bool = True) -> dict:

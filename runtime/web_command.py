@@ -1,12 +1,15 @@
 """`ruvdllm web`: serve the browser client, its vendored libraries, the runtime wheel and a model.
 
-A small static server (standard library `http.server`, threaded). Every response carries the
-cross-origin isolation headers, because without `crossOriginIsolated` there is no
-SharedArrayBuffer and onnxruntime-web silently falls back to one wasm thread:
+A Starlette app on uvicorn: StaticFiles per directory, and every response (errors included) gets
+the cross-origin isolation headers from a middleware, because without `crossOriginIsolated` there
+is no SharedArrayBuffer and onnxruntime-web silently falls back to one wasm thread:
 
     Cross-Origin-Opener-Policy: same-origin
     Cross-Origin-Embedder-Policy: require-corp
     Cross-Origin-Resource-Policy: same-origin
+
+and `Cache-Control: no-cache`: the browser revalidates every time (ETag / Last-Modified, 304 when
+unchanged); the model cache and the service worker decide what is kept offline, not the HTTP cache.
 
 URL layout (the client only uses relative URLs, so it also works below a path prefix):
 
@@ -15,30 +18,40 @@ URL layout (the client only uses relative URLs, so it also works below a path pr
     /vendor/ort/           web/node_modules/onnxruntime-web/dist/ (npm: onnxruntime-web)
     /vendor/tokenizers/    web/node_modules/@huggingface/tokenizers/dist/
     /vendor/jinja/         web/node_modules/@huggingface/jinja/dist/   (chat templates)
-    /wheels/<wheel>        the runtime package as a pure-Python wheel (runtime/web_wheel.py)
+    /wheels/<wheel>        the runtime modules the browser runs, as a wheel (runtime/web_wheel.py)
     /model/                the exported model directory (manifest.json, model.onnx, ...)
     /app-config.json       what the client needs to find the above
+
+Compression, for clients that accept gzip: the client's scripts and wasm are gzipped per response
+(Starlette's GZipMiddleware; Pyodide's and onnxruntime-web's wasm shrink 2.7-4x for ~0.5 s of CPU
+each). Opaque binary files (application/octet-stream: the model's weights) never are: on the fly,
+the default model's 130 MB of weights would cost ~10 s of CPU per download for a 20% saving. The
+exporter writes gzip copies of a browser model instead (`name.gz`, runtime/artifact.py), sent as
+they are while they are not older than the file they copy.
 """
 
 from __future__ import annotations
 
 import argparse
-import email.utils
-import json
 import mimetypes
 import os
-import posixpath
+import socket
 import threading
-import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from http import HTTPStatus
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from runtime.artifact import verify_manifest
-from runtime.web_gzip import GzipCache
-from runtime.web_wheel import build_wheel, build_wheel_bytes
+from starlette.applications import Starlette
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import NotModifiedResponse, StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from runtime.artifact import GZIP_SUFFIX, verify_manifest
+from runtime.web_wheel import build_wheel, cached_wheel
 from ruvdllm.errors import RuvdllmError
 
 ISOLATION_HEADERS = {
@@ -47,6 +60,7 @@ ISOLATION_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
 }
+RESPONSE_HEADERS = ISOLATION_HEADERS | {"Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
 # npm package directory -> URL prefix; only these parts of node_modules are served.
 VENDOR_DIRS = {
     "/vendor/pyodide/": "pyodide",
@@ -54,14 +68,8 @@ VENDOR_DIRS = {
     "/vendor/tokenizers/": "@huggingface/tokenizers/dist",
     "/vendor/jinja/": "@huggingface/jinja/dist",
 }
-# Large client files every visit downloads: compressed in the background from the start.
-PREPARE_GZIP = (
-    "/vendor/pyodide/pyodide.asm.wasm",
-    "/vendor/ort/ort-wasm-simd-threaded.wasm",
-    "/vendor/ort/ort-wasm-simd-threaded.jspi.wasm",
-)
 HIDDEN = {"node_modules"}  # served only through the /vendor/ mounts, never wholesale
-EXTRA_TYPES = {
+CONTENT_TYPES = {
     ".mjs": "text/javascript",
     ".js": "text/javascript",
     ".wasm": "application/wasm",  # needed for WebAssembly.instantiateStreaming
@@ -71,6 +79,8 @@ EXTRA_TYPES = {
     ".json": "application/json",
     ".zip": "application/zip",
 }
+GZIP_LEVEL = 6  # zlib's default: level 9 saves <1% more on the wasm for twice the CPU
+NOT_COMPRESSED_ON_THE_FLY = (*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/octet-stream")
 
 
 def default_web_dir() -> Path:
@@ -78,47 +88,118 @@ def default_web_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "web"
 
 
-@dataclass
-class Site:
-    """What the server serves: URL prefix -> directory, plus in-memory files (the wheel, the config)."""
+def content_type(path: Path) -> str:
+    return CONTENT_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
-    mounts: dict[str, Path] = field(default_factory=dict)
-    files: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # path -> (body, content type)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    gzip: GzipCache = field(default_factory=GzipCache)
+
+def accepts_gzip(scope: Scope) -> bool:
+    return "gzip" in Headers(scope=scope).get("accept-encoding", "")
+
+
+class SiteFiles(StaticFiles):
+    """One served directory: no dot-files, no node_modules, a directory answers with its index.html
+    (never a listing), and a fresh `name.gz` beside `name` goes to clients that accept gzip."""
+
+    def __init__(self, directory: Path):
+        super().__init__(directory=directory, html=True)
+
+    def lookup_path(self, path: str) -> tuple[str, os.stat_result | None]:
+        if any(part.startswith(".") or part in HIDDEN for part in PurePosixPath(path).parts):
+            return "", None
+        return super().lookup_path(path)
+
+    def file_response(self, full_path, stat_result: os.stat_result, scope: Scope, status_code: int = 200):
+        path, headers = Path(full_path), {}
+        if accepts_gzip(scope) and (copy := _fresh_gzip_copy(path, stat_result)) is not None:
+            full_path, stat_result = copy
+            headers["Content-Encoding"] = "gzip"
+        response = FileResponse(
+            full_path,
+            status_code=status_code,
+            headers=headers,
+            media_type=content_type(path),
+            stat_result=stat_result,
+        )
+        if self.is_not_modified(response.headers, Headers(scope=scope)):
+            return NotModifiedResponse(response.headers)
+        return response
+
+
+def _fresh_gzip_copy(path: Path, stat: os.stat_result) -> tuple[Path, os.stat_result] | None:
+    """`path.gz` when it exists and is not older than `path` (a rewritten file has no copy yet)."""
+    copy = path.with_name(path.name + GZIP_SUFFIX)
+    try:
+        copy_stat = copy.stat()
+    except OSError:
+        return None
+    return (copy, copy_stat) if copy_stat.st_mtime_ns >= stat.st_mtime_ns else None
+
+
+class ResponseHeaders:
+    """ASGI middleware: `headers` on every response, unless the response set the header itself."""
+
+    def __init__(self, app: ASGIApp, headers: dict[str, str]):
+        self.app, self.headers = app, headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in self.headers.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class Site:
+    """What the server serves: URL prefix -> directory (longest prefix first; more can be mounted
+    while serving), and app-config.json."""
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.mounts: dict[str, Path] = {}
+        self._lock = threading.Lock()
+        self.app = Starlette(
+            middleware=[
+                Middleware(ResponseHeaders, headers=RESPONSE_HEADERS),
+                Middleware(
+                    GZipMiddleware, compresslevel=GZIP_LEVEL, exclude_content_types=NOT_COMPRESSED_ON_THE_FLY
+                ),
+            ]
+        )
+        self._update_routes()
 
     def mount(self, prefix: str, directory: Path) -> None:
-        with self.lock:
+        with self._lock:
             self.mounts[prefix.rstrip("/") + "/"] = Path(directory).resolve()
+            self._update_routes()
 
-    def add_file(self, path: str, body: bytes, content_type: str) -> None:
-        with self.lock:
-            self.files[path] = (body, content_type)
+    def _update_routes(self) -> None:
+        mounts = sorted(self.mounts.items(), key=lambda item: -len(item[0]))
+        self.app.router.routes = [  # replaced whole: a request in flight sees the old list or the new
+            Route("/app-config.json", self._app_config),
+            *(Mount(prefix.rstrip("/"), app=SiteFiles(directory)) for prefix, directory in mounts),
+        ]
 
-    def resolve(self, url_path: str) -> Path | None:
-        """Map a URL path to a file inside one mount, longest prefix first; None if outside all."""
-        with self.lock:
-            mounts = sorted(self.mounts.items(), key=lambda item: -len(item[0]))
-        for prefix, directory in mounts:
-            if not url_path.startswith(prefix):
-                continue
-            parts = [p for p in posixpath.normpath(url_path[len(prefix) :]).split("/") if p not in ("", ".")]
-            if ".." in parts or any(p.startswith(".") or p in HIDDEN for p in parts):
-                return None
-            candidate = directory.joinpath(*parts)
-            if candidate.is_dir():
-                candidate = candidate / "index.html"
-            return candidate
-        return None
+    async def _app_config(self, request: Request) -> Response:
+        return JSONResponse(self.config)
 
 
-def build_site(web_dir: Path, model_dir: Path | None, node_modules: Path | None = None) -> Site:
+def build_site(
+    web_dir: Path, model_dir: Path | None, node_modules: Path | None = None, wheel: Path | None = None
+) -> Site:
+    """The site for `web_dir` and `model_dir` (None: no model); `wheel` defaults to the runtime wheel
+    of these sources, built once into the user cache."""
     web_dir = Path(web_dir)
     node_modules = Path(node_modules or web_dir / "node_modules")
     if not (web_dir / "index.html").is_file():
         raise RuvdllmError(f"{web_dir}: not the browser client (no index.html)")
-    site = Site()
-    site.mount("/", web_dir)
+    vendor = {}
     for prefix, rel in VENDOR_DIRS.items():
         if (web_dir / prefix.strip("/")).is_dir():
             continue  # a static bundle carries copies in web/vendor/ (git-ignored): "/" serves them
@@ -126,121 +207,57 @@ def build_site(web_dir: Path, model_dir: Path | None, node_modules: Path | None 
             raise RuvdllmError(
                 f"{node_modules / rel}: missing; run `npm ci` in {web_dir.name}/ to install the client's libraries"
             )
-        site.mount(prefix, node_modules / rel)
-    wheel, body = build_wheel_bytes()
-    site.add_file(f"/wheels/{wheel}", body, "application/zip")
-    config = {"wheel": f"wheels/{wheel}", "model": "model/" if model_dir else None}
+        vendor[prefix] = node_modules / rel
     if model_dir is not None:
         verify_manifest(Path(model_dir), full_hash=False)
+    wheel = Path(wheel or cached_wheel())
+    site = Site({"wheel": f"wheels/{wheel.name}", "model": "model/" if model_dir else None})
+    site.mount("/", web_dir)
+    for prefix, directory in vendor.items():
+        site.mount(prefix, directory)
+    site.mount("/wheels/", wheel.parent)
+    if model_dir is not None:
         site.mount("/model/", Path(model_dir))
-        site.gzip.prepare_tree(Path(model_dir))  # the weights take seconds: start now, in the background
-    for url_path in PREPARE_GZIP:  # the large client files every visit needs
-        resolved = site.resolve(url_path)
-        if resolved is not None:
-            site.gzip.prepare(resolved)
-    site.add_file("/app-config.json", json.dumps(config).encode(), "application/json")
     return site
 
 
-class Handler(SimpleHTTPRequestHandler):
-    site: Site  # set on a per-server subclass
-    quiet = True
+class WebServer:
+    """uvicorn serving an ASGI app on a socket bound at construction, so the address (port 0: a
+    free one) is known before serving starts. serve_forever / shutdown / server_close as in
+    socketserver, so it can run in a thread."""
 
-    def send_head(self):
-        url_path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
-        with self.site.lock:
-            in_memory = self.site.files.get(url_path)
-        if in_memory is not None:
-            body, content_type = in_memory
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            return _BytesReader(body)
-        if "gzip" in self.headers.get("Accept-Encoding", ""):
-            path = Path(self.translate_path(self.path))
-            stat = path.stat() if path.is_file() else None
-            body = self.site.gzip.body(path, stat) if stat is not None else None
-            if body is not None:
-                return self._send_gzip(path, stat, body)
-        return super().send_head()
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 8000, quiet: bool = True):
+        import uvicorn
 
-    def _send_gzip(self, path: Path, stat: os.stat_result, body: bytes):
-        if self._not_modified(stat):
-            self.send_response(HTTPStatus.NOT_MODIFIED)
-            self.end_headers()
-            return None
-        self.send_response(HTTPStatus.OK)
-        self.send_header("Content-Type", self.guess_type(path))
-        self.send_header("Content-Encoding", "gzip")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Last-Modified", self.date_time_string(int(stat.st_mtime)))
-        self.end_headers()
-        return _BytesReader(body)
-
-    def _not_modified(self, stat: os.stat_result) -> bool:
-        """If-Modified-Since as SimpleHTTPRequestHandler answers it."""
-        since = self.headers.get("If-Modified-Since")
-        if not since or self.headers.get("If-None-Match"):
-            return False
-        try:
-            since_time = email.utils.parsedate_to_datetime(since).timestamp()
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return False
-        return int(stat.st_mtime) <= since_time
-
-    def translate_path(self, path: str) -> str:
-        url_path = urllib.parse.unquote(urllib.parse.urlsplit(path).path)
-        resolved = self.site.resolve(url_path)
-        return str(resolved) if resolved is not None else os.devnull + ".missing"
-
-    def list_directory(self, path):  # no directory listings
-        self.send_error(HTTPStatus.NOT_FOUND, "Not found")
-        return None
-
-    def guess_type(self, path) -> str:
-        return (
-            EXTRA_TYPES.get(Path(str(path)).suffix, None)
-            or mimetypes.guess_type(str(path))[0]
-            or "application/octet-stream"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.create_server((host, port), family=family)
+        self.server_address = self.socket.getsockname()
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_level="warning" if quiet else "info",
+            access_log=not quiet,
+            timeout_graceful_shutdown=2,  # a browser's keep-alive connections must not hold up Ctrl-C
         )
+        self._server = uvicorn.Server(config)
+        self._stopped = threading.Event()
 
-    def end_headers(self) -> None:
-        for name, value in ISOLATION_HEADERS.items():
-            self.send_header(name, value)
-        # Revalidate every time (304 when unchanged): the model cache and the service worker
-        # decide what is kept offline, not the HTTP cache.
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Vary", "Accept-Encoding")
-        super().end_headers()
+    def serve_forever(self) -> None:
+        try:
+            self._server.run(sockets=[self.socket])
+        finally:
+            self._stopped.set()
 
-    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
-        if not self.quiet:
-            super().log_message(format, *args)
+    def shutdown(self) -> None:
+        self._server.should_exit = True
+        self._stopped.wait()
 
-
-class _BytesReader:
-    """A file-like body for SimpleHTTPRequestHandler.copyfile."""
-
-    def __init__(self, data: bytes):
-        self._data, self._pos = data, 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._data) if size < 0 else self._pos + size
-        chunk, self._pos = self._data[self._pos : end], min(end, len(self._data))
-        return chunk
-
-    def close(self) -> None:
-        pass
+    def server_close(self) -> None:
+        self.socket.close()
 
 
-def make_server(
-    site: Site, host: str = "127.0.0.1", port: int = 8000, quiet: bool = True
-) -> ThreadingHTTPServer:
-    handler = type("SiteHandler", (Handler,), {"site": site, "quiet": quiet})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+def make_server(site: Site, host: str = "127.0.0.1", port: int = 8000, quiet: bool = True) -> WebServer:
+    return WebServer(site.app, host, port, quiet)
 
 
 # The default model's graph for the browser: the WebGPU target runs on both of the page's EPs.

@@ -1,29 +1,62 @@
-"""Build the pure-Python wheel of the `runtime` package that the browser client loads into Pyodide.
+"""The wheel Pyodide installs in the browser: the runtime modules the client runs, and nothing else.
 
-The browser runs the very same sampler, TALoRA and DGR code as CPython: Pyodide installs this wheel
-with `pyodide.loadPackage(url)` (micropip is not part of the npm package and cannot be fetched
-offline). `ruvdllm web` builds it at start-up and serves it; `ruvdllm web --build-wheel DIR` writes it
-to a directory for a static deployment.
+What goes in is computed from the import graph, not listed: the modules the client's JavaScript
+imports (ENTRY_MODULES) and every first-party module they import at module level, transitively,
+with their parent packages. Imports inside functions are CPython-only by the runtime's convention
+(the onnxruntime backend, tokenizers, jinja2, hnswlib) and stay out, as do the command modules
+(the CLI, the HTTP server, this builder). A test holds ENTRY_MODULES to what web/js names.
 
-Why the wheel is written here with `zipfile` instead of `pip wheel` / setuptools: a pure-Python wheel
-is a zip with three metadata files (PEP 427 / PEP 491), and writing it directly needs no build
-backend in the user's environment (a plain venv has no setuptools), takes milliseconds at server
-start, and gives byte-identical output for identical sources, so browsers and caches can key on its
-hash. The test suite installs it with pip to prove the format is right.
+How it is built: those files are copied into a staging directory beside a minimal pyproject.toml
+and built by setuptools through `pip wheel --no-deps --no-build-isolation --no-index`, which never
+touches the network. SOURCE_DATE_EPOCH fixes the zip timestamps, so identical sources give
+byte-identical wheels: browsers and the service worker key on its bytes. A build takes a couple of
+seconds, so `ruvdllm web` keeps the wheel in the user cache under a hash of its inputs and builds
+only when one of them changed. setuptools >= 70.1 (the first to write wheels without the `wheel`
+package) is in the `runtime` extra: a plain virtual environment has pip, and no setuptools (Python
+3.12+) or one too old to build wheels alone (3.10/3.11 venvs carry 65).
+
+Why not pyodide-build (`pyodide build`), the tool Pyodide documents: before building anything,
+pure-Python packages included, it downloads Pyodide's cross-build environment from GitHub, so it
+cannot build offline; and for a pure-Python package its output is the same py3-none-any wheel that
+pip and setuptools write. (Checked with pyodide-build 0.25.1, the newest the project's package index
+offers; its value is cross-compiling C extensions, which the runtime has none of.)
 """
 
 from __future__ import annotations
 
-import base64
+import ast
 import hashlib
-import io
-import zipfile
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
-DIST_NAME = "ruvdllm_runtime"  # distinct from the full `ruvdllm` distribution: only runtime/ inside
-PACKAGE = "runtime"
-ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: identical sources give identical bytes
-SKIP_PARTS = {"__pycache__"}
+from ruvdllm.errors import RuvdllmError
+
+DIST_NAME = "ruvdllm_runtime"  # distinct from the full `ruvdllm` distribution: only the browser's modules
+# web/js/python.js runs `import runtime`; web/js/worker.js pyimports runtime.pyodide_backend.
+ENTRY_MODULES = ("runtime", "runtime.pyodide_backend")
+FIRST_PARTY = ("runtime", "ruvdllm")  # packages whose modules may go in; the rest is stdlib or Pyodide's
+MIN_SETUPTOOLS = (70, 1)  # the first to write wheels itself, without the `wheel` package
+SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01, the earliest time a zip can hold
+PYPROJECT = """\
+[build-system]
+requires = ["setuptools>=70.1"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "{name}"
+version = "{version}"
+description = "RuvDLLM runtime modules for Pyodide (standard library only)"
+requires-python = ">=3.10"
+
+[tool.setuptools]
+packages = [{packages}]
+"""
 
 
 def runtime_version() -> str:
@@ -36,64 +69,171 @@ def runtime_version() -> str:
         return "0.0.0"
 
 
-def package_files(package_dir: Path) -> list[tuple[str, bytes]]:
-    """(archive name, bytes) of every source file of the package, sorted for reproducibility."""
-    files = []
-    for path in sorted(package_dir.rglob("*")):
-        rel = path.relative_to(package_dir)
-        if not path.is_file() or SKIP_PARTS.intersection(rel.parts) or path.suffix in {".pyc", ".pyo"}:
-            continue
-        files.append((f"{PACKAGE}/{rel.as_posix()}", path.read_bytes()))
-    return files
-
-
 def wheel_name(version: str) -> str:
     return f"{DIST_NAME}-{version}-py3-none-any.whl"
 
 
-def _record_hash(data: bytes) -> str:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-    return f"sha256={digest}"
+# --- which modules: the import graph ------------------------------------------------------------
 
 
-def build_wheel_bytes(package_dir: Path | None = None, version: str | None = None) -> tuple[str, bytes]:
-    """Return (file name, wheel bytes) for the runtime package at `package_dir` (default: this one)."""
-    package_dir = Path(package_dir or Path(__file__).resolve().parent)
+def _package_dir(top: str) -> Path:
+    spec = importlib.util.find_spec(top)  # finds without importing
+    if spec is None or not spec.submodule_search_locations:
+        raise RuvdllmError(f"{top}: package not found, cannot build the browser wheel")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of first-party module `name` (a package's __init__.py), or None."""
+    top, *rest = name.split(".")
+    if top not in FIRST_PARTY:
+        return None
+    base = _package_dir(top).joinpath(*rest)
+    for candidate in (base / "__init__.py", base.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def import_time_imports(source: str, name: str, is_package: bool) -> set[str]:
+    """Absolute names a module imports when it is imported: statements at module level and in class
+    bodies, including if/try/with blocks; not inside functions, not under `if TYPE_CHECKING`.
+    `from a import b` yields both `a` and `a.b` (b may be a submodule)."""
+    package = name if is_package else name.rpartition(".")[0]
+    found: set[str] = set()
+    pending: list[ast.AST] = list(ast.parse(source).body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            pending.extend(node.orelse)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
+        else:
+            pending.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def browser_modules(entries: tuple[str, ...] = ENTRY_MODULES) -> dict[str, Path]:
+    """Every first-party module the entries load at import time, transitively: name -> source file."""
+    modules: dict[str, Path] = {}
+    pending = list(entries)
+    while pending:
+        name = pending.pop()
+        path = module_file(name)
+        if name in modules or path is None:
+            continue
+        modules[name] = path
+        parents = [name.rsplit(".", depth)[0] for depth in range(1, name.count(".") + 1)]
+        imports = import_time_imports(path.read_text(), name, path.name == "__init__.py")
+        pending.extend(parents + sorted(imports))
+    return dict(sorted(modules.items()))
+
+
+# --- building ------------------------------------------------------------------------------------
+
+
+def wheel_sources(entries: tuple[str, ...] = ENTRY_MODULES) -> list[tuple[str, bytes]]:
+    """(path inside the wheel, bytes) of every module the browser loads, sorted."""
+    files = []
+    for name, path in browser_modules(entries).items():
+        rel = name.replace(".", "/") + ("/__init__.py" if path.name == "__init__.py" else ".py")
+        files.append((rel, path.read_bytes()))
+    return sorted(files)
+
+
+def _pyproject(version: str, files: list[tuple[str, bytes]]) -> str:
+    packages = sorted({rel.rpartition("/")[0].replace("/", ".") for rel, _ in files})
+    return PYPROJECT.format(name=DIST_NAME, version=version, packages=", ".join(f'"{p}"' for p in packages))
+
+
+def sources_key(version: str | None = None) -> str:
+    """Hash of everything the wheel is built from: the cache key of a built wheel."""
     version = version or runtime_version()
-    dist_info = f"{DIST_NAME}-{version}.dist-info"
-    metadata = (
-        f"Metadata-Version: 2.1\nName: {DIST_NAME}\nVersion: {version}\n"
-        "Summary: RuvDLLM sampler runtime (standard library only), for Pyodide\n"
-        "Requires-Python: >=3.10\n"
-    ).encode()
-    wheel_meta = b"Wheel-Version: 1.0\nGenerator: ruvdllm web\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    shared = package_dir.parent / "ruvdllm"  # the error type every runtime module raises
-    entries = [
-        *package_files(package_dir),
-        *[(f"ruvdllm/{name}", (shared / name).read_bytes()) for name in ("__init__.py", "errors.py")],
-        (f"{dist_info}/METADATA", metadata),
-        (f"{dist_info}/WHEEL", wheel_meta),
-    ]
-    entries.append((f"{dist_info}/top_level.txt", f"{PACKAGE}\nruvdllm\n".encode()))
-    record_lines = [f"{name},{_record_hash(data)},{len(data)}" for name, data in entries]
-    record_lines.append(f"{dist_info}/RECORD,,")
-    entries.append((f"{dist_info}/RECORD", ("\n".join(record_lines) + "\n").encode()))
-
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, data in entries:
-            info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, data)
-    return wheel_name(version), buffer.getvalue()
+    files = wheel_sources()
+    digest = hashlib.sha256(_pyproject(version, files).encode())
+    for rel, data in files:
+        digest.update(f"\0{rel}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()[:16]
 
 
-def build_wheel(out_dir: Path, package_dir: Path | None = None) -> Path:
-    """Write the wheel into `out_dir` and return its path."""
-    name, data = build_wheel_bytes(package_dir)
+def build_wheel(out_dir: Path, version: str | None = None) -> Path:
+    """Build the wheel afresh into `out_dir` and return its path."""
+    version = version or runtime_version()
+    files = wheel_sources()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / name
-    path.write_bytes(data)
+    with tempfile.TemporaryDirectory(prefix="ruvdllm-wheel-") as tmp:
+        staging, built = Path(tmp) / "src", Path(tmp) / "dist"
+        for rel, data in files:
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            target.chmod(0o644)  # the zip records modes: independent of the umask
+        (staging / "pyproject.toml").write_text(_pyproject(version, files))
+        _pip_wheel(staging, built)
+        (wheel,) = built.glob("*.whl")
+        return Path(shutil.move(wheel, out_dir / wheel.name))
+
+
+def _check_backend() -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("setuptools")
+    except PackageNotFoundError:
+        found = None
+    if found is None or tuple(int(part) for part in re.findall(r"\d+", found)[:2]) < MIN_SETUPTOOLS:
+        raise RuvdllmError(
+            f"building the browser wheel needs setuptools>=70.1 (found: {found or 'none'}); "
+            "pip install 'ruvdllm[runtime]'"
+        )
+
+
+def _pip_wheel(source: Path, out_dir: Path) -> None:
+    _check_backend()
+    # The user's pip configuration (indexes, constraints) has no say in a build that fetches nothing.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env |= {"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH, "PIP_CONFIG_FILE": os.devnull, "PYTHONHASHSEED": "0"}
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index"]
+    command += ["--disable-pip-version-check", "--quiet", "--wheel-dir", str(out_dir), str(source)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=source)
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise RuvdllmError(f"building the browser wheel with pip failed: {' / '.join(detail)}")
+
+
+def cached_wheel(cache_dir: Path | None = None) -> Path:
+    """The wheel for the current sources, built on first use and kept under `cache_dir`
+    (default: the user cache's web-wheels/<hash of the sources>/)."""
+    if cache_dir is None:
+        from runtime.verify import cache_root
+
+        cache_dir = cache_root() / "web-wheels"
+    version = runtime_version()
+    final = Path(cache_dir) / sources_key(version) / wheel_name(version)
+    if not final.is_file():
+        with tempfile.TemporaryDirectory(prefix=".building-", dir=_mkdir(final.parent)) as tmp:
+            os.replace(build_wheel(Path(tmp), version), final)  # atomic: a reader never sees half a wheel
+    return final
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
     return path

@@ -1,5 +1,6 @@
 """runtime/web_command.py (`ruvdllm web`): a real server on a free loopback port serves the client,
-its npm libraries, the runtime wheel and a model directory, every response cross-origin isolated."""
+its npm libraries, the runtime wheel and a model directory, every response cross-origin isolated;
+gzip on the fly for the client's files, the exporter's gzip copies for the model's."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import urllib.request
 
 import pytest
 
-from runtime.artifact import write_manifest
+from runtime.artifact import write_gzip_copies, write_manifest
 from runtime.web_command import ISOLATION_HEADERS, build_site, make_server
+from runtime.web_wheel import build_wheel
 from ruvdllm.errors import RuvdllmError
 
 
@@ -45,13 +47,19 @@ def model_dir(tmp_path):
     return model
 
 
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    """Built once: every test has a cache of its own, where build_site would build it again."""
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
 @pytest.fixture
-def serve(web_dir, model_dir):
+def serve(web_dir, model_dir, wheel):
     servers = []
 
     def start(model=model_dir):
-        server = make_server(build_site(web_dir, model), "127.0.0.1", 0)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        server = make_server(build_site(web_dir, model, wheel=wheel), "127.0.0.1", 0)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}/"
 
@@ -199,19 +207,29 @@ def test_gzip_when_asked_identity_otherwise(serve, web_dir):
     assert status == 304
 
 
-def test_large_files_are_compressed_in_the_background(tmp_path):
+def test_the_exporters_gzip_copies_are_sent_while_fresh(serve, model_dir):
+    """The model's binary files are never compressed on the fly; their gzip copy (written by the
+    exporter) is sent as it is to clients that accept gzip, and not once the file is newer."""
     import gzip
-    import time
+    import os
 
-    from runtime.web_gzip import GzipCache
+    graph = model_dir / "model.onnx"
+    graph.write_bytes(b"weights " * 4096)
+    write_manifest(model_dir)
+    url = serve() + "model/model.onnx"
+    status, headers, body = get_encoded(url)
+    assert status == 200 and headers["Content-Encoding"] is None and body == graph.read_bytes()
 
-    cache = GzipCache(sync_limit=1024)
-    path = tmp_path / "weights.data"
-    path.write_bytes(bytes(range(256)) * 64)  # 16 kB: above the limit
-    assert cache.body(path, path.stat()) is None  # not ready: the caller serves it uncompressed
-    deadline = time.monotonic() + 10
-    while (body := cache.body(path, path.stat())) is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert gzip.decompress(body) == path.read_bytes()
-    path.write_bytes(b"changed" * 4096)  # a new version is never answered with the old body
-    assert cache.body(path, path.stat()) is None
+    assert [p.name for p in write_gzip_copies(model_dir)] == ["model.onnx.gz"]
+    status, headers, body = get_encoded(url)
+    assert status == 200 and headers["Content-Encoding"] == "gzip"
+    assert headers["Content-Type"] == "application/octet-stream" and headers["Vary"] == "Accept-Encoding"
+    assert body == (model_dir / "model.onnx.gz").read_bytes() and gzip.decompress(body) == graph.read_bytes()
+    assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+    assert get_encoded(url, encoding="identity")[2] == graph.read_bytes()
+
+    graph.write_bytes(b"rewritten " * 4096)  # the copy is now older than the file: not sent
+    stamp = (model_dir / "model.onnx.gz").stat().st_mtime_ns
+    os.utime(graph, ns=(stamp + 10**9, stamp + 10**9))
+    status, headers, body = get_encoded(url)
+    assert headers["Content-Encoding"] is None and body == graph.read_bytes()

@@ -145,7 +145,7 @@ def test_works_offline_after_the_first_visit(browser, tiny_model):
     from the browser's caches."""
     site = build_site(default_web_dir(), tiny_model)
     server = make_server(site, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}/?ep=wasm"
     try:

@@ -3,8 +3,6 @@ wheel that `ruvdllm web` builds, with pyodide.loadPackage(url)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from tests.web.conftest import open_probe, rpc
@@ -16,7 +14,7 @@ def test_pyodide_loads_the_runtime_wheel(browser, web_server):
     served = []
     browser.context.on("request", lambda r: served.append(r.url))
     page = open_probe(browser, web_server)
-    wheel = json.loads((web_server.site.files["/app-config.json"][0]).decode())["wheel"]
+    wheel = web_server.site.config["wheel"]
     code = (
         "import sys, runtime.artifact, ruvdllm.errors\n"
         "from pyodide.ffi import run_sync\n"
@@ -35,7 +33,7 @@ def test_pyodide_loads_the_runtime_wheel(browser, web_server):
 def test_python_waits_on_javascript_promises(browser, web_server):
     """The sampler is synchronous Python; it awaits onnxruntime-web through run_sync (JSPI)."""
     page = open_probe(browser, web_server)
-    wheel = json.loads((web_server.site.files["/app-config.json"][0]).decode())["wheel"]
+    wheel = web_server.site.config["wheel"]
     code = (
         "from pyodide.ffi import run_sync\nimport js\n[run_sync(js.Promise.resolve(i * 2)) for i in range(3)]"
     )

@@ -1,0 +1,49 @@
+"""runtime/artifact.py's gzip copies: written beside the files that compress, byte-reproducible,
+never part of the manifest."""
+
+from __future__ import annotations
+
+import gzip
+import os
+
+from runtime import artifact
+
+
+def make_model(directory):
+    directory.mkdir()
+    (directory / "config.json").write_text('{"text": "' + "compressible " * 500 + '"}')
+    (directory / "model.onnx.data").write_bytes(os.urandom(64 << 10))  # does not compress
+    (directory / "banks").mkdir()
+    (directory / "banks" / "bank.json").write_text("[" + "0.0, " * 2000 + "0.0]")
+    artifact.write_manifest(directory)
+    return directory
+
+
+def test_copies_only_where_gzip_pays_and_the_manifest_ignores_them(tmp_path):
+    model = make_model(tmp_path / "model")
+    manifest = artifact.write_manifest(model)
+    copies = artifact.write_gzip_copies(model)
+    assert [p.relative_to(model).as_posix() for p in copies] == ["banks/bank.json.gz", "config.json.gz"]
+    for copy in copies:
+        assert gzip.decompress(copy.read_bytes()) == copy.with_suffix("").read_bytes()
+        assert artifact.is_gzip_copy(copy)
+    assert not (model / "model.onnx.data.gz").exists()
+    assert artifact.write_manifest(model) == manifest  # the copies never enter the manifest
+    artifact.verify_manifest(model)
+    assert not list(model.rglob("*.partial"))
+
+
+def test_copies_are_reproducible_and_a_stale_copy_is_dropped(tmp_path):
+    model = make_model(tmp_path / "model")
+    first = artifact.write_gzip_copies(model)[1].read_bytes()
+    assert artifact.write_gzip_copies(model)[1].read_bytes() == first  # no name or time in the header
+    (model / "config.json").write_bytes(os.urandom(4096))  # no longer compresses
+    artifact.write_manifest(model)
+    assert [p.name for p in artifact.write_gzip_copies(model)] == ["bank.json.gz"]
+    assert not (model / "config.json.gz").exists()
+
+
+def test_a_gz_file_of_the_models_own_is_listed(tmp_path):
+    model = make_model(tmp_path / "model")
+    (model / "extra.gz").write_bytes(gzip.compress(b"data"))  # no `extra` beside it: content
+    assert "extra.gz" in artifact.write_manifest(model)["files"]
