@@ -14,7 +14,7 @@ from runtime.backend import Chunk
 from runtime.cpython_model import load_tokenizer, open_model
 from runtime.index import ExactIndex
 from runtime.ort_backend import OrtBackend, OrtOptions
-from runtime.settings import GenerationSettings, settings_from
+from runtime.settings import settings_from
 from ruvdllm.errors import RuvdllmError
 from tests.runtime.tiny_artifact import random_bank
 
@@ -153,4 +153,3 @@ def test_the_pages_settings_are_checked(session):
         session.generate("  ", {}, seed=0)
     with pytest.raises(RuvdllmError, match="DGR strategy 'always'"):
         session.generate("Hello", {"dgr_strategy": "always"}, seed=0)
-    assert settings_from({"length": None, "dgr": False}) == GenerationSettings(dgr=False)
