@@ -210,11 +210,11 @@ class WebSession:
         control = model.control(settings)  # kept, so that each step can name what DGR retrieved
         ms_before, n_before = backend.forward_ms, backend.forwards
 
-        def report(event):
+        def to_page(event):
             on_step(step_event(event, control, span_length))
 
         done = model.generate(
-            ids, settings, seed, on_step=report if on_step is not None else None, control=control
+            ids, settings, seed, on_step=to_page if on_step is not None else None, control=control
         )
         summary = result_summary(done.result, backend.forward_ms - ms_before, backend.forwards - n_before)
         return {**summary, "prompt_ids": ids, "text": done.text}
