@@ -34,7 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.model import DiffusionModel  # noqa: E402
+from runtime.chat_template import chat_prompt  # noqa: E402
+from runtime.cpython_model import open_model  # noqa: E402
 from runtime.ort_backend import OrtOptions  # noqa: E402
 from runtime.settings import GenerationSettings  # noqa: E402
 from runtime.web_command import DEFAULT_MODEL_TARGET, WebServer, build_site, default_web_dir  # noqa: E402
@@ -115,8 +116,8 @@ def breakdown(stats: dict, cpython_rate: float, digits: int = 2) -> list[str]:
 
 
 def cpython_generate(model_dir: Path, settings: GenerationSettings, threads: int, rounds: int):
-    model = DiffusionModel.open(model_dir, options=OrtOptions(intra_op_threads=threads))
-    text = model.chat_prompt([{"role": "user", "content": PROMPT}]) if model.config.chat_template else PROMPT
+    model = open_model(model_dir, options=OrtOptions(intra_op_threads=threads))
+    text = chat_prompt(model, [{"role": "user", "content": PROMPT}]) if model.config.chat_template else PROMPT
     ids = model.encode(text)
     model.warm_up()
     best = None

@@ -38,10 +38,11 @@ from pathlib import Path
 import torch
 
 from runtime.banks import Bank
+from runtime.chat_template import special_tokens
 from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.banks_command import load_domains
 from ruvdllm_export.convert.data import read_documents, split_documents, tokenize
-from ruvdllm_export.convert.distill import chat_prompt, generate_ar
+from ruvdllm_export.convert.distill import generate_ar, prompt_text
 from ruvdllm_export.convert.objectives import ObjectiveConfig
 from ruvdllm_export.convert.talora_training import BankTrainConfig, train_banks, train_static
 from ruvdllm_export.convert.trainer import evaluate
@@ -75,8 +76,9 @@ def attach(model, adapter_path: Path | None) -> str:
     return f"adapter ({adapter.training.get('tokens', '?')} tokens)"
 
 
-def held_out_rows(paths, tokenizer, eos: int, seq_len: int, rows: int, chat_template, fraction: float):
-    documents = read_documents(paths, chat_template)
+def held_out_rows(paths, tokenizer, eos: int, seq_len: int, rows: int, spec, fraction: float):
+    specials = special_tokens(tokenizer.id_to_token, spec.bos_token_id, [eos])
+    documents = read_documents(paths, spec.chat_template, specials)
     _, held = split_documents(documents, fraction, 0)
     stream = [t for tokens in tokenize(held, tokenizer) for t in [*tokens, eos]]
     count = min(rows, len(stream) // seq_len)
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = checkpoint.spec
     eos = tuple(spec.eos_token_ids)
     held = held_out_rows(
-        args.data, checkpoint.tokenizer, eos[0], args.seq_len, args.rows, spec.chat_template, args.held_out
+        args.data, checkpoint.tokenizer, eos[0], args.seq_len, args.rows, spec, args.held_out
     )
     print(
         f"model: {checkpoint.source.get('path')}  converted: {label}  held-out rows: {held.shape[0]} x {args.seq_len}"
@@ -288,8 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             texts = list(DEFAULT_PROMPTS)
         texts = texts[: args.num_prompts]
+        specials = special_tokens(checkpoint.tokenizer.id_to_token, spec.bos_token_id, eos)
         prompts = [
-            checkpoint.tokenizer.encode(chat_prompt(t, spec.chat_template), add_special_tokens=False).ids
+            checkpoint.tokenizer.encode(
+                prompt_text(t, spec.chat_template, **specials), add_special_tokens=False
+            ).ids
             for t in texts
         ]
         rows = sample_rows(model, judge, prompts, eos, args, adapters)

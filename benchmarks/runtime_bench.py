@@ -34,6 +34,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtime.banks import Bank  # noqa: E402
+from runtime.chat_template import chat_prompt  # noqa: E402
+from runtime.cpython_model import open_model  # noqa: E402
 from runtime.dgr import DgrConfig  # noqa: E402
 from runtime.index import HnswIndex  # noqa: E402
 from runtime.model import DiffusionModel  # noqa: E402
@@ -143,7 +145,7 @@ def adapters_section(model: DiffusionModel, ids, length, patterns, repeats) -> N
 def graph_branch_section(directory: Path, ids, length, threads, repeats, with_bank_ms: float) -> None:
     """The bank branch inside the graph costs even with zero weights: compare against the same
     model exported with adapter_slots=0 (median forward per step, best of the repeats)."""
-    plain = DiffusionModel.open(directory, options=OrtOptions(intra_op_threads=threads))
+    plain = open_model(directory, options=OrtOptions(intra_op_threads=threads))
     settings = GenerationSettings(length=length, block_size=8, stop_at_eos=False)
     runs = [plain.generate(ids, settings, seed=0).result for _ in range(max(repeats, 2))]
     ms = min(statistics.median(e.forward_ms for e in r.trace) for r in runs)
@@ -316,8 +318,8 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    model = DiffusionModel.open(args.model, options=OrtOptions(intra_op_threads=args.threads))
-    text = model.chat_prompt([{"role": "user", "content": PROMPT}])
+    model = open_model(args.model, options=OrtOptions(intra_op_threads=args.threads))
+    text = chat_prompt(model, [{"role": "user", "content": PROMPT}])
     ids = model.encode(text)
     print(
         f"model {args.model} ({model.config.num_layers} layers, hidden {model.config.hidden_size}); prompt {len(ids)} tokens; threads {args.threads}"

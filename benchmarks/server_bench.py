@@ -40,7 +40,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.model import DiffusionModel  # noqa: E402
+from runtime.cpython_model import open_model  # noqa: E402
 from runtime.ort_backend import OrtOptions  # noqa: E402
 from runtime.settings import GenerationSettings  # noqa: E402
 from tests.runtime.server_process import serve  # noqa: E402
@@ -110,7 +110,7 @@ def in_process_baseline(
 ) -> tuple[float, float, float]:
     """Sequential generations in this process, best of `rounds`: (requests/s, p50 latency s,
     CPU s per request)."""
-    model = DiffusionModel.open(model_dir, options=OrtOptions(intra_op_threads=threads), verify="sizes")
+    model = open_model(model_dir, options=OrtOptions(intra_op_threads=threads), verify="sizes")
     model.warm_up()
     settings = replace(GenerationSettings(), length=knobs["max_tokens"], stop_at_eos=False)
     settings = replace(settings, **{k: v for k, v in knobs.items() if k != "max_tokens"})

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from runtime.backend import Backend, Chunk
 from runtime.control import AdapterControl
-from runtime.denoise import Span, denoise_span
+from runtime.denoise import Span, StepEvent, denoise_span
 from runtime.settings import GenerationSettings, Plan
 
 
@@ -45,7 +45,7 @@ def sample_bd3lm(
     plan: Plan,
     rng: random.Random,
     control: AdapterControl,
-    report: Callable,
+    on_step: Callable[[StepEvent], None],
 ) -> list[int]:
     """Generate up to `settings.length` tokens after `prompt`, block by block.
 
@@ -56,7 +56,7 @@ def sample_bd3lm(
         plan: block length (`plan.span`) and steps per block, already checked.
         rng: the generation's random.Random; consumed only when temperature > 0.
         control: adapter weights per row (TALoRA / DGR).
-        report: report(span_index, offset, step, t, committed, span, retrieved, forward_ms).
+        on_step: receives every step's StepEvent.
     """
     mask_id = backend.config.mask_token_id
     eos = set(backend.config.eos_token_ids)
@@ -73,14 +73,11 @@ def sample_bd3lm(
         return output
 
     while len(generated) < settings.length:
-        index, offset = len(generated) // plan.span, len(generated)
+        index = len(generated) // plan.span
         length = min(plan.span, settings.length - len(generated))
-
-        def report_step(step, t, committed, span, retrieved, forward_ms, index=index, offset=offset):
-            report(index, offset, step, t, committed, span, retrieved, forward_ms)
-
+        steps = min(plan.steps, length)
         block = denoise_span(
-            length, min(plan.steps, length), forward, settings, mask_id, rng, control, report_step
+            length, steps, forward, settings, mask_id, rng, control, on_step, index, generated
         )
         tokens.extend(block)
         generated.extend(block)

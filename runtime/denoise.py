@@ -69,10 +69,14 @@ def denoise_span(
     mask_id: int,
     rng: random.Random,
     control: AdapterControl,
-    report: Callable[[int, float, dict[int, int], Span, list[int], float], None],
+    on_step: Callable[[StepEvent], None],
+    index: int = 0,
+    before: Sequence[int] = (),
 ) -> list[int]:
     """Denoise `length` masked positions: forward, propose, commit, retrieve — until none is
-    masked. `report(step, t, committed, span, retrieved, forward_ms)` follows every step."""
+    masked. The span is span `index` of the generation and follows its `before` tokens (the
+    blocks committed earlier); `on_step` receives a StepEvent after every step."""
+    offset = len(before)  # the span's first position in the generated text
     span: Span = [None] * length
     counts = None
     if settings.decoding == "low-confidence":
@@ -94,6 +98,16 @@ def denoise_span(
         for position, token in committed.items():
             span[position] = token
         retrieved = control.after_step(output, [i for i in masked if span[i] is None], t, step)
-        report(step, t, committed, span, retrieved, forward_ms)
+        on_step(
+            StepEvent(
+                span=index,
+                step=step,
+                t=t,
+                committed={offset + i: token for i, token in committed.items()},
+                tokens=[*before, *span],
+                retrieved=[offset + i for i in retrieved],
+                forward_ms=forward_ms,
+            )
+        )
         step += 1
     return span

@@ -62,27 +62,15 @@ def generate(
     control = control or default_control(backend)
     control.start()
     trace: list[StepEvent] = []
-    text: list = []  # the generated region, None where masked
 
-    def report(index, offset, step, t, committed, span, retrieved, forward_ms):
-        del text[offset:]
-        text.extend(span)
-        event = StepEvent(
-            span=index,
-            step=step,
-            t=t,
-            committed={offset + i: token for i, token in committed.items()},
-            tokens=list(text),
-            retrieved=[offset + i for i in retrieved],
-            forward_ms=forward_ms,
-        )
+    def record(event: StepEvent) -> None:
         trace.append(event)
         if on_step is not None:
             on_step(event)
 
     started = time.perf_counter()
     sampler = SAMPLER_FUNCTIONS[settings.sampler]
-    generated = sampler(backend, list(prompt), settings, plan, rng, control, report)
+    generated = sampler(backend, list(prompt), settings, plan, rng, control, record)
     wall_ms = (time.perf_counter() - started) * 1e3
     tokens, finish = generated, "length"
     if settings.stop_at_eos:

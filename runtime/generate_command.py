@@ -11,11 +11,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from runtime.dgr import DgrConfig
+from runtime.dgr import STRATEGIES
 from runtime.display import LiveView, StreamPrinter
 from runtime.schedules import SCHEDULES
-from runtime.settings import DECODINGS, SAMPLERS, GenerationSettings, check_settings
+from runtime.settings import (
+    DECODINGS,
+    SAMPLERS,
+    GenerationSettings,
+    check_settings,
+    inputs_of,
+    settings_from,
+)
 from ruvdllm.errors import RuvdllmError
+
+DEFAULTS = GenerationSettings()  # the flags' defaults: one source, the dataclass
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,32 +32,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", type=Path, help="model directory from `ruvdllm export` (default: SmolLM2-135M-Instruct)"
     )
-    parser.add_argument("--length", type=int, default=64, help="new tokens to generate (default 64)")
+    parser.add_argument(
+        "--length",
+        type=int,
+        default=DEFAULTS.length,
+        help=f"new tokens to generate (default {DEFAULTS.length})",
+    )
     parser.add_argument("--steps", type=int, help="denoising steps per span (default: one token per step)")
     parser.add_argument("--block-size", type=int, help="BD3LM block size (default: the model's)")
-    parser.add_argument("--sampler", default="bd3lm", help=f"{' | '.join(SAMPLERS)} (default bd3lm)")
     parser.add_argument(
-        "--decoding", default="low-confidence", help=f"{' | '.join(DECODINGS)} (default low-confidence)"
+        "--sampler", default=DEFAULTS.sampler, help=f"{' | '.join(SAMPLERS)} (default {DEFAULTS.sampler})"
     )
     parser.add_argument(
-        "--threshold", type=float, default=0.9, help="confidence threshold for --decoding threshold"
+        "--decoding", default=DEFAULTS.decoding, help=f"{' | '.join(DECODINGS)} (default {DEFAULTS.decoding})"
     )
-    parser.add_argument("--schedule", default="linear", help=f"noise schedule: {', '.join(SCHEDULES)}")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--top-k", type=int, default=0, help="sample among the k best candidates (0 = all)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULTS.threshold,
+        help=f"confidence threshold for --decoding threshold (default {DEFAULTS.threshold})",
+    )
+    parser.add_argument(
+        "--schedule",
+        default=DEFAULTS.schedule,
+        help=f"noise schedule: {', '.join(SCHEDULES)} (default {DEFAULTS.schedule})",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=DEFAULTS.temperature,
+        help=f"0 = greedy (default {DEFAULTS.temperature:g})",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=DEFAULTS.top_k,
+        help=f"sample among the k best candidates (0 = all; default {DEFAULTS.top_k})",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=DEFAULTS.top_p,
+        help=f"nucleus sampling mass (default {DEFAULTS.top_p:g})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same tokens")
     parser.add_argument(
         "--bank", type=Path, help="TALoRA/DGR adapter bank directory (default: the model's banks/)"
     )
     parser.add_argument(
-        "--talora", action=argparse.BooleanOptionalAction, default=True, help="timestep-aware adapters"
+        "--talora",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS.talora,
+        help="timestep-aware adapters",
     )
     parser.add_argument(
-        "--dgr", action=argparse.BooleanOptionalAction, default=True, help="retrieve adapters when uncertain"
+        "--dgr",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS.dgr,
+        help="retrieve adapters when uncertain",
     )
     parser.add_argument(
-        "--dgr-strategy", default="hybrid", help="entropy | confidence-gap | hybrid | adaptive"
+        "--dgr-strategy",
+        default=DEFAULTS.dgr_config.strategy,
+        help=f"{' | '.join(STRATEGIES)} (default {DEFAULTS.dgr_config.strategy})",
     )
     parser.add_argument("--raw", action="store_true", help="use the prompt as is, without the chat template")
     parser.add_argument(
@@ -64,23 +110,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify", default="cached", help="manifest check: cached (default) | full | sizes")
 
 
-def settings_from(args: argparse.Namespace) -> GenerationSettings:
-    settings = GenerationSettings(
-        sampler=args.sampler,
-        length=args.length,
-        block_size=args.block_size,
-        steps=args.steps,
-        schedule=args.schedule,
-        decoding=args.decoding,
-        threshold=args.threshold,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        stop_at_eos=not args.no_eos_stop,
-        talora=args.talora,
-        dgr=args.dgr,
-        dgr_config=DgrConfig(strategy=args.dgr_strategy),
-    )
+def generation_settings(args: argparse.Namespace) -> GenerationSettings:
+    """The flags that name a setting (runtime.settings.INPUTS), plus --no-eos-stop."""
+    settings = settings_from({**inputs_of(vars(args)), "stop_at_eos": not args.no_eos_stop})
     check_settings(settings)
     return settings
 
@@ -95,19 +127,20 @@ def read_prompt(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
     """`default_model(target, progress)` finds or exports the default model (ruvdllm.default_artifact,
     handed in by the command layer: runtime cannot reach the exporter)."""
-    from runtime.model import DiffusionModel
+    from runtime.chat_template import chat_prompt
+    from runtime.cpython_model import open_model
     from runtime.ort_backend import OrtOptions
 
     prompt = read_prompt(args)
-    settings = settings_from(args)
+    settings = generation_settings(args)
     started = time.perf_counter()
     directory = args.model if args.model is not None else default_model("cpu", progress=not args.json)
     options = OrtOptions(device=args.device, intra_op_threads=args.threads)
-    model = DiffusionModel.open(directory, bank=args.bank, options=options, verify=args.verify)
+    model = open_model(directory, bank=args.bank, options=options, verify=args.verify)
     text = (
         prompt
         if args.raw or not model.config.chat_template
-        else model.chat_prompt([{"role": "user", "content": prompt}])
+        else chat_prompt(model, [{"role": "user", "content": prompt}])
     )
     ids = model.encode(text)
     model.check(len(ids), settings)

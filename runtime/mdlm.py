@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from runtime.backend import Backend, Chunk
 from runtime.control import AdapterControl
-from runtime.denoise import Span, denoise_span
+from runtime.denoise import Span, StepEvent, denoise_span
 from runtime.settings import GenerationSettings, Plan
 
 
@@ -32,7 +32,7 @@ def sample_mdlm(
     plan: Plan,
     rng: random.Random,
     control: AdapterControl,
-    report: Callable,
+    on_step: Callable[[StepEvent], None],
 ) -> list[int]:
     """Generate `settings.length` tokens after `prompt` in `plan.steps` steps over one span.
 
@@ -43,7 +43,7 @@ def sample_mdlm(
         plan: span length and steps, already checked (settings.resolve).
         rng: the generation's random.Random; consumed only when temperature > 0.
         control: adapter weights per row (TALoRA / DGR).
-        report: report(span_index, offset, step, t, committed, span, retrieved, forward_ms).
+        on_step: receives every step's StepEvent.
     """
     mask_id = backend.config.mask_token_id
     backend.reset()
@@ -51,7 +51,4 @@ def sample_mdlm(
     def forward(span: Span, t: float):
         return backend.forward(mdlm_chunk(prompt, span, mask_id, control.rows(len(prompt), len(span), t)))
 
-    def report_step(step, t, committed, span, retrieved, forward_ms):
-        report(0, 0, step, t, committed, span, retrieved, forward_ms)
-
-    return denoise_span(plan.span, plan.steps, forward, settings, mask_id, rng, control, report_step)
+    return denoise_span(plan.span, plan.steps, forward, settings, mask_id, rng, control, on_step)

@@ -1,13 +1,22 @@
-"""A model directory opened for generation on CPython: verified files, config, tokenizer, chat
-template, adapter bank, pattern index and an onnxruntime backend behind one `generate` call.
+"""The model facade: a model's config, tokenizer, inference backend, adapter bank and pattern index
+behind one `generate` call. The same class runs on CPython and in Pyodide; only what it is built
+from differs:
 
-    model = DiffusionModel.open("path/to/model")             # or bank="my-bank/", options=OrtOptions(...)
+    CPython  runtime/cpython_model.py    open_model(directory): verified files, `tokenizers`,
+                                         onnxruntime (runtime/ort_backend.py), hnswlib
+    Pyodide  runtime/pyodide_backend.py  bridges to onnxruntime-web, the page's tokenizer and a
+                                         JavaScript pattern index
+
+    model = open_model("path/to/model")      # or bank="my-bank/", options=OrtOptions(...)
     done = model.generate("Hello", GenerationSettings(length=32), seed=0, on_step=print)
     done.text, done.tokens, done.finish_reason, done.trace
+    chat_prompt(model, [{"role": "user", "content": "Hello"}])   # runtime/chat_template.py (CPython)
 
 One sequence runs at a time per model (the backend holds its key/value cache); `generate` takes a
 lock, so threads may share a model and are served one after another. Servers wanting parallelism
 open one model per worker.
+
+Standard library only: the browser loads this module.
 """
 
 from __future__ import annotations
@@ -15,19 +24,32 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
-from runtime import artifact
 from runtime.artifact import ArtifactConfig
+from runtime.backend import Backend
 from runtime.banks import BANK_JSON, BANKS_DIR, Bank
 from runtime.control import AdapterControl
 from runtime.denoise import StepEvent
 from runtime.generate import GenerationResult, generate
-from runtime.settings import GenerationSettings, resolve
-from runtime.verify import verify_artifact
+from runtime.index import PatternIndex
+from runtime.settings import GenerationSettings, Plan, resolve
 from ruvdllm.errors import RuvdllmError
+
+
+class Tokenizer(Protocol):
+    """What the facade uses of a tokenizer: `tokenizers.Tokenizer` on CPython, a bridge to the
+    page's tokenizer (web/js/tokenizer.js) in Pyodide."""
+
+    def encode(self, text: str, add_special_tokens: bool = True):  # -> an encoding with .ids
+        ...
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+
+    def id_to_token(self, token: int) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -44,7 +66,17 @@ class Completion:
 
 
 class DiffusionModel:
-    def __init__(self, directory: Path, config: ArtifactConfig, tokenizer, backend, bank: Bank | None, index):
+    def __init__(
+        self,
+        directory: Path,
+        config: ArtifactConfig,
+        tokenizer: Tokenizer,
+        backend: Backend | None,
+        bank: Bank | None = None,
+        index: PatternIndex | None = None,
+    ):
+        """`backend` may be attached later (the browser creates its onnxruntime-web session after
+        reading the bank, whose tensors the session binds once)."""
         self.directory = directory
         self.config = config
         self.tokenizer = tokenizer
@@ -54,33 +86,10 @@ class DiffusionModel:
         self.lock = threading.Lock()
         self._token_text: dict[int, str] = {}
 
-    @classmethod
-    def open(
-        cls, directory: Path | str, bank: Path | str | None = None, options=None, verify: str = "cached"
-    ):
-        """Verify and load a model directory. `bank`: an adapter bank directory (default: the
-        model's banks/ when it holds one). `options`: runtime.ort_backend.OrtOptions."""
-        from runtime.ort_backend import OrtBackend, OrtOptions
-
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise RuvdllmError(f"{directory}: no such model directory")
-        verify_artifact(directory, verify)
-        config = artifact.load_config(directory)
-        tokenizer = load_tokenizer(directory / artifact.TOKENIZER_NAME, config)
-        bank_dir = Path(bank) if bank is not None else directory / BANKS_DIR
-        loaded = Bank.load(bank_dir) if (bank is not None or (bank_dir / BANK_JSON).is_file()) else None
-        backend = OrtBackend(directory / artifact.GRAPH_NAME, config, options or OrtOptions())
-        if loaded is not None:
-            loaded.check_model(config, f"{bank_dir}", backend.adapter_shapes)
-            backend.set_bank(loaded)
-        index = loaded.build_index(bank_dir) if loaded is not None and loaded.pattern_slots else None
-        return cls(directory, config, tokenizer, backend, loaded, index)
-
     # --- text ------------------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
     def decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -93,18 +102,13 @@ class DiffusionModel:
             text = self._token_text[token] = self.tokenizer.decode([token], skip_special_tokens=False)
         return text
 
-    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """Render the model's chat template (Jinja, as Hugging Face tokenizers do)."""
-        if not self.config.chat_template:
-            raise RuvdllmError(f"{self.directory}: the model has no chat template")
-        specials = {}
-        for name, token in (
-            ("bos_token", self.config.bos_token_id),
-            ("eos_token", (self.config.eos_token_ids or (None,))[0]),
-        ):
-            if token is not None:
-                specials[name] = self.tokenizer.id_to_token(token)
-        return render_chat_template(self.config.chat_template, messages, add_generation_prompt, **specials)
+    def prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        """Text (encoded without specials) or token ids as ids; empty text is an error."""
+        if not isinstance(prompt, str):
+            return list(prompt)
+        if not prompt.strip():
+            raise RuvdllmError("prompt: empty (give at least one token)")
+        return self.encode(prompt)
 
     # --- generation ------------------------------------------------------------------------------
 
@@ -120,9 +124,10 @@ class DiffusionModel:
             self.config.adapter_slots, groups, self.config.vocab_size, talora, dgr, self.index
         )
 
-    def check(self, prompt_tokens: int, settings: GenerationSettings) -> None:
-        """Raise RuvdllmError for settings or a prompt this model cannot take (no forward)."""
-        resolve(settings, self.config, prompt_tokens)
+    def check(self, prompt_tokens: int, settings: GenerationSettings) -> Plan:
+        """Raise RuvdllmError for settings or a prompt this model cannot take (no forward);
+        return the resolved plan (span length, steps per span)."""
+        return resolve(settings, self.config, prompt_tokens)
 
     def generate(
         self,
@@ -131,68 +136,34 @@ class DiffusionModel:
         seed: int = 0,
         on_step: Callable[[StepEvent], None] | None = None,
         rng: random.Random | None = None,
+        control: AdapterControl | None = None,
     ) -> Completion:
         """Generate after `prompt` (text, encoded without specials, or token ids). Same seed,
-        same tokens. Raises RuvdllmError for bad input before any forward."""
+        same tokens. Raises RuvdllmError for bad input before any forward.
+
+        `control`: the generation's adapter control (default: a fresh `self.control(settings)`);
+        pass one to read its per-step state (DGR's retrieved weights) from `on_step`.
+        """
         settings = settings or GenerationSettings()
-        ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        if isinstance(prompt, str) and not prompt.strip():
-            raise RuvdllmError("prompt: empty (give at least one token)")
+        ids = self.prompt_ids(prompt)
         self.check(len(ids), settings)
+        control = control or self.control(settings)
         with self.lock:
-            result = generate(
-                self.backend, ids, settings, rng or random.Random(seed), self.control(settings), on_step
-            )
+            result = generate(self.backend, ids, settings, rng or random.Random(seed), control, on_step)
         return Completion(self.decode(result.tokens), result.tokens, result.finish_reason, len(ids), result)
 
     def warm_up(self) -> float:
-        """One short forward so the first request does not pay onnxruntime's lazy initialisation;
-        returns its milliseconds."""
+        """One short generation, so that the first request does not pay the engine's lazy
+        initialisation (and the first WebGPU run's kernel compilation); returns its milliseconds."""
         started = time.perf_counter()
         self.generate([self.config.bos_token_id or 0], replace(GenerationSettings(), length=1, dgr=False))
         return (time.perf_counter() - started) * 1e3
 
 
-def load_tokenizer(path: Path, config: ArtifactConfig):
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        raise RuvdllmError(
-            "the runtime needs the package 'tokenizers': pip install 'ruvdllm[runtime]'"
-        ) from None
-    if not path.is_file():
-        raise RuvdllmError(f"{path}: missing")
-    try:
-        tokenizer = Tokenizer.from_file(str(path))
-    except Exception as exc:  # tokenizers raises a plain Exception on malformed files
-        raise RuvdllmError(f"{path}: not a tokenizers file ({str(exc).splitlines()[0]})") from None
-    if tokenizer.get_vocab_size() > config.vocab_size:
-        raise RuvdllmError(
-            f"{path}: {tokenizer.get_vocab_size()} tokens, more than the model's vocabulary of {config.vocab_size}"
-        )
-    return tokenizer
-
-
-def render_chat_template(
-    template: str, messages: list[dict], add_generation_prompt: bool = True, **extra
-) -> str:
-    """Hugging Face's chat-template rendering: sandboxed Jinja with `raise_exception`."""
-    try:
-        from jinja2 import TemplateError
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-    except ImportError:
-        raise RuvdllmError(
-            "chat templates need the package 'jinja2': pip install 'ruvdllm[runtime]'"
-        ) from None
-
-    def raise_exception(message):
-        raise TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    try:
-        return env.from_string(template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt
-        )
-    except TemplateError as exc:
-        raise RuvdllmError(f"chat template: {exc}") from None
+def read_bank(directory: Path, bank: Path | str | None = None) -> tuple[Bank | None, Path]:
+    """The adapter bank a model opens with, and its directory: `bank` when given (it must exist),
+    else the model's banks/ when it holds one (None otherwise)."""
+    bank_dir = Path(bank) if bank is not None else Path(directory) / BANKS_DIR
+    if bank is None and not (bank_dir / BANK_JSON).is_file():
+        return None, bank_dir
+    return Bank.load(bank_dir), bank_dir

@@ -1,4 +1,6 @@
-"""The runtime's Backend inside Pyodide: each forward is one call into onnxruntime-web.
+"""The runtime inside Pyodide: the model facade (runtime/model.py) built from bridges to the page's
+JavaScript — a Backend whose every forward is one call into onnxruntime-web, the page's tokenizer
+and its pattern index — and `WebSession`, the worker's handle on it (web/js/worker.js).
 
 The JavaScript side is `ModelRunner` (web/js/ort_engine.js). It owns everything of size O(d):
 the key/value cache, the adapter banks (bound once) and the DGR query rows of the last forward.
@@ -17,23 +19,18 @@ Standard library plus Pyodide's `pyodide.ffi`, imported lazily so that this modu
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 
 from runtime.artifact import ArtifactConfig, adapter_a, adapter_b, load_config
 from runtime.backend import Chunk, StepOutput
-from runtime.banks import BANK_JSON, Bank
 from runtime.control import AdapterControl
-from runtime.dgr import DgrConfig
-from runtime.generate import GenerationResult, generate
-from runtime.model import BANKS_DIR, DiffusionModel
-from runtime.settings import GenerationSettings, resolve
+from runtime.generate import GenerationResult
+from runtime.model import DiffusionModel, read_bank
+from runtime.settings import settings_from
 from runtime.talora import group_names, talora_weights
-from ruvdllm.errors import RuvdllmError
 
 
 def _ffi():
@@ -125,8 +122,8 @@ class JsPatternIndex:
 
 
 class JsTokenizer:
-    """The part of `tokenizers.Tokenizer` that runtime.model.DiffusionModel uses, over the page's
-    JavaScript tokenizer (web/js/tokenizer.js): one crossing per call."""
+    """runtime.model.Tokenizer over the page's JavaScript tokenizer (web/js/tokenizer.js): one
+    crossing per call."""
 
     def __init__(self, js_tokenizer):
         self._js = js_tokenizer
@@ -141,37 +138,30 @@ class JsTokenizer:
         return str(self._js.idToToken(token))
 
 
-def settings_from(options: dict) -> GenerationSettings:
-    """GenerationSettings from the page's settings object; `dgr_strategy` picks DgrConfig's strategy.
-    Unknown keys are an error."""
-    known = {f.name for f in fields(GenerationSettings)} - {"dgr_config"}
-    unknown = sorted(set(options) - known - {"dgr_strategy"})
-    if unknown:
-        raise RuvdllmError(f"settings: unknown {', '.join(unknown)}")
-    values = {k: v for k, v in options.items() if k in known and v is not None}
-    if options.get("dgr_strategy"):
-        values["dgr_config"] = DgrConfig(strategy=options["dgr_strategy"])
-    return GenerationSettings(**values)
+def open_web_model(directory: str, js_tokenizer, js_index=None) -> DiffusionModel:
+    """The runtime's model facade over the page's JavaScript: its tokenizer and pattern index
+    here, the onnxruntime-web backend attached later (`WebSession.attach`). The config and the bank
+    are read from Pyodide's file system."""
+    directory = Path(directory)
+    config = load_config(directory)
+    bank, bank_dir = read_bank(directory)
+    if bank is not None:
+        bank.check_model(config, str(bank_dir))
+    index = None
+    if bank is not None and bank.pattern_slots and js_index is not None:
+        index = JsPatternIndex(js_index, bank.hidden_size)
+        index.add([bank.pattern(i) for i in range(len(bank.pattern_slots))], bank.pattern_slots)
+    return DiffusionModel(directory, config, JsTokenizer(js_tokenizer), None, bank, index)
 
 
 class WebSession:
-    """The worker's model (web/js/worker.js): a runtime.model.DiffusionModel whose backend,
-    tokenizer and pattern index are bridges to JavaScript. The bank is read from Pyodide's file
-    system first, because the onnxruntime-web session binds its tensors once; the runner is
-    attached after (`attach`)."""
+    """The worker's handle on the model (web/js/worker.js): the facade from `open_web_model`, and
+    what the page exchanges with it as plain dicts — the bank's tensors (bound once into the
+    onnxruntime-web session, which is why the runner is attached after), the bank's description,
+    and generations whose step events carry the adapters they retrieved."""
 
     def __init__(self, directory: str, js_tokenizer, js_index=None):
-        directory = Path(directory)
-        config = load_config(directory)
-        bank_dir = directory / BANKS_DIR
-        bank = Bank.load(bank_dir) if (bank_dir / BANK_JSON).is_file() else None
-        if bank is not None:
-            bank.check_model(config, str(bank_dir))
-        index = None
-        if bank is not None and bank.pattern_slots and js_index is not None:
-            index = JsPatternIndex(js_index, bank.hidden_size)
-            index.add([bank.pattern(i) for i in range(len(bank.pattern_slots))], bank.pattern_slots)
-        self.model = DiffusionModel(directory, config, JsTokenizer(js_tokenizer), None, bank, index)
+        self.model = open_web_model(directory, js_tokenizer, js_index)
 
     @property
     def config(self) -> ArtifactConfig:
@@ -180,13 +170,11 @@ class WebSession:
     def attach(self, runner) -> None:
         self.model.backend = PyodideBackend(self.model.config, runner)
 
-    def warm_up(self) -> None:
-        """One small forward before the page says "ready": compiles kernels and allocates buffers
-        (the first WebGPU run is many times slower than the next), and proves the graph runs."""
-        slots = self.config.adapter_slots
-        chunk = Chunk([self.config.mask_token_id] * 2, [0, 1], [0, 0], 0, [[0.0] * slots] * 2)
-        self.model.backend.forward(chunk)
-        self.model.backend.reset()
+    def warm_up(self) -> float:
+        """The facade's warm-up before the page says "ready": compiles kernels and allocates
+        buffers (the first WebGPU run is many times slower than the next), and proves the graph
+        runs."""
+        return self.model.warm_up()
 
     def bank_tensors(self) -> dict:
         """adapter.{target}.a/.b as flat float32 arrays (bound once in JavaScript); empty without a bank."""
@@ -213,26 +201,23 @@ class WebSession:
         }
 
     def generate(self, prompt: str, options: dict, seed: int, on_step: Callable | None = None) -> dict:
-        """DiffusionModel.generate's steps (encode, check, control, runtime.generate.generate) with
-        the control kept, so that each step event can carry the adapters it retrieved."""
-        model = self.model
+        """The facade's generate for the page: settings from its form (runtime.settings.INPUTS),
+        each step as a `step_event` dict, and the bridge's timings in the summary."""
+        model, backend = self.model, self.model.backend
         settings = settings_from(options)
-        if not prompt.strip():
-            raise RuvdllmError("prompt: empty (give at least one token)")
-        ids = model.encode(prompt)
-        model.check(len(ids), settings)
-        span_length = resolve(settings, model.config, len(ids)).span
-        control = model.control(settings)
-        backend = model.backend
+        ids = model.prompt_ids(prompt)
+        span_length = model.check(len(ids), settings).span
+        control = model.control(settings)  # kept, so that each step can name what DGR retrieved
         ms_before, n_before = backend.forward_ms, backend.forwards
 
-        def report(event):
-            if on_step is not None:
-                on_step(step_event(event, control, span_length))
+        def to_page(event):
+            on_step(step_event(event, control, span_length))
 
-        result = generate(backend, ids, settings, random.Random(seed), control, report)
-        summary = result_summary(result, backend.forward_ms - ms_before, backend.forwards - n_before)
-        return {**summary, "prompt_ids": ids, "text": model.decode(result.tokens)}
+        done = model.generate(
+            ids, settings, seed, on_step=to_page if on_step is not None else None, control=control
+        )
+        summary = result_summary(done.result, backend.forward_ms - ms_before, backend.forwards - n_before)
+        return {**summary, "prompt_ids": ids, "text": done.text}
 
     def generate_js(self, prompt: str, options, seed: int, on_step):
         """`generate` for a JavaScript caller: converts the arguments in and the dicts out."""

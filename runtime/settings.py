@@ -3,7 +3,8 @@ errors before any forward runs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 
 from runtime.artifact import ArtifactConfig
 from runtime.dgr import DgrConfig
@@ -30,6 +31,32 @@ class GenerationSettings:
     talora: bool = True  # apply the bank's timestep groups (zero banks leave the model unchanged)
     dgr: bool = True  # retrieve when uncertain (no-op without patterns in the bank)
     dgr_config: DgrConfig = field(default_factory=DgrConfig)
+
+
+# The names a user sets a generation by (a command's flags, a request's fields, the page's form):
+# GenerationSettings' own fields, with DgrConfig's strategy flattened to `dgr_strategy` — the one
+# DGR knob exposed; the rest of DgrConfig stays at its tuned defaults.
+INPUTS = tuple(f.name for f in fields(GenerationSettings) if f.name != "dgr_config") + ("dgr_strategy",)
+
+
+def inputs_of(values: Mapping[str, object]) -> dict[str, object]:
+    """The entries of `values` that name a setting (a parsed command line or a request holds
+    others too)."""
+    return {name: value for name, value in values.items() if name in INPUTS}
+
+
+def settings_from(values: Mapping[str, object], base: GenerationSettings | None = None) -> GenerationSettings:
+    """GenerationSettings from user input named as INPUTS, over `base` (the defaults when None):
+    a None keeps the base's value. Raises RuvdllmError for a name that is not a setting, or a
+    DGR strategy that does not exist; the other checks are check_settings' and resolve's."""
+    base = GenerationSettings() if base is None else base
+    unknown = sorted(set(values) - set(INPUTS))
+    if unknown:
+        raise RuvdllmError(f"settings: unknown {', '.join(unknown)}")
+    given = {k: v for k, v in values.items() if k != "dgr_strategy" and v is not None}
+    if values.get("dgr_strategy"):
+        given["dgr_config"] = replace(base.dgr_config, strategy=values["dgr_strategy"])
+    return replace(base, **given)
 
 
 @dataclass(frozen=True)

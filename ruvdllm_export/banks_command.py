@@ -78,7 +78,14 @@ def load_domains(paths, checkpoint, seq_len: int, held_out: float, seed: int):
     train, held = [], {}
     for path in paths:
         rows, held_rows = build_sequences(
-            [path], checkpoint.tokenizer, seq_len, spec.eos_token_ids[0], held_out, seed, spec.chat_template
+            [path],
+            checkpoint.tokenizer,
+            seq_len,
+            spec.eos_token_ids[0],
+            held_out,
+            seed,
+            spec.chat_template,
+            spec.bos_token_id,
         )
         if held_rows is None:
             raise RuvdllmError(f"{path}: too little text for a held-out split; give a larger domain")

@@ -115,7 +115,7 @@ def url_of(sock: socket.socket) -> str:
 def open_engine(args: argparse.Namespace, default_model: Callable[..., Path]):
     """The model directory opened `--max-concurrency` times (verified, warm) and its served name;
     `default_model(target)` finds or exports the default model when --model is not given."""
-    from runtime.model import DiffusionModel
+    from runtime.cpython_model import open_model
     from runtime.ort_backend import OrtOptions
     from runtime.server.engine import Engine
 
@@ -123,7 +123,7 @@ def open_engine(args: argparse.Namespace, default_model: Callable[..., Path]):
     threads = threads_per_model(args.threads, args.max_concurrency)
     options = OrtOptions(device=args.device, intra_op_threads=threads)
     models = [
-        DiffusionModel.open(directory, bank=args.bank, options=options, verify=args.verify)
+        open_model(directory, bank=args.bank, options=options, verify=args.verify)
         for _ in range(args.max_concurrency)
     ]
     for model in models:

@@ -5,21 +5,15 @@ naming the field."""
 from __future__ import annotations
 
 import random
-from dataclasses import fields, replace
 
+from runtime.chat_template import chat_prompt
 from runtime.server.engine import Job
 from runtime.server.errors import ApiError, from_runtime
 from runtime.server.schemas import ChatCompletionRequest, CompletionRequest, GenerationRequest
-from runtime.settings import GenerationSettings
+from runtime.settings import GenerationSettings, inputs_of, settings_from
 from ruvdllm.errors import RuvdllmError
 
 DEFAULTS = GenerationSettings()
-# Knobs a request and GenerationSettings share by name (a request's None keeps the default).
-SHARED_KNOBS = (
-    "temperature", "top_p", "top_k", "steps", "block_size", "sampler", "decoding", "threshold", "schedule",
-    "talora", "dgr",
-)  # fmt: skip
-assert set(SHARED_KNOBS) <= {f.name for f in fields(GenerationSettings)}
 
 
 def check_model_name(requested: str | None, served: str) -> None:
@@ -35,14 +29,13 @@ def check_model_name(requested: str | None, served: str) -> None:
 def settings_for(
     request: GenerationRequest, length: int | None, prompt_tokens: int, context: int
 ) -> GenerationSettings:
-    """The request's knobs over the runtime's defaults. Without max_tokens the length is the
-    runtime's default, shortened to what the context leaves after the prompt."""
-    given = {name: getattr(request, name) for name in SHARED_KNOBS if getattr(request, name) is not None}
-    if request.dgr_strategy is not None:
-        given["dgr_config"] = replace(DEFAULTS.dgr_config, strategy=request.dgr_strategy)
+    """The request's knobs (its fields named as runtime.settings.INPUTS; None keeps the default)
+    over the runtime's defaults. Without max_tokens the length is the runtime's default,
+    shortened to what the context leaves after the prompt."""
     if length is None:
         length = max(1, min(DEFAULTS.length, context - prompt_tokens))
-    return replace(DEFAULTS, length=length, stop_at_eos=not request.ignore_eos, **given)
+    given = inputs_of(dict(request))  # the fields as they are (no serialisation)
+    return settings_from({**given, "length": length, "stop_at_eos": not request.ignore_eos}, DEFAULTS)
 
 
 def new_seed() -> int:
@@ -100,7 +93,7 @@ def chat_job(model, request: ChatCompletionRequest) -> Job:
     if not any(m["content"].strip() for m in messages):
         raise ApiError(400, "messages: every message is empty (give some text)", "messages")
     try:
-        text = model.chat_prompt(messages)
+        text = chat_prompt(model, messages)
     except RuvdllmError as exc:
         raise ApiError(400, f"messages: {exc}", "messages") from None
     except Exception as exc:  # the template is the model's code; whatever it raises, the input caused it

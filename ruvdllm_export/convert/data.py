@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from runtime.chat_template import render_chat, special_tokens
 from ruvdllm.errors import RuvdllmError
 
 TEXT_KEYS = ("text", "content")
@@ -29,35 +31,32 @@ class Document:
     source: str  # file (and line) it came from, for the manifest and error messages
 
 
-def render_chat(messages: list[dict], chat_template: str | None) -> str:
-    """Messages -> one string with the checkpoint's own chat template (jinja, as transformers
-    renders it), or plain `role: content` lines when the checkpoint has none."""
-    if chat_template:
-        import jinja2
-
-        template = jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(chat_template)
-        return template.render(messages=messages, add_generation_prompt=False)
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n"
-
-
-def _jsonl_document(raw: dict, where: str, chat_template: str | None) -> Document:
+def _jsonl_document(
+    raw: dict, where: str, chat_template: str | None, specials: Mapping[str, str]
+) -> Document:
     for key in TEXT_KEYS:
         if isinstance(raw.get(key), str):
             return Document(raw[key], where)
+    messages = raw.get("messages")
     if isinstance(raw.get("prompt"), str) and isinstance(raw.get("response"), str):
         messages = [
             {"role": "user", "content": raw["prompt"]},
             {"role": "assistant", "content": raw["response"]},
         ]
-        return Document(render_chat(messages, chat_template), where)
-    if isinstance(raw.get("messages"), list):
-        return Document(render_chat(raw["messages"], chat_template), where)
+    if isinstance(messages, list):
+        # the runtime's renderer: training text is what the model is prompted with
+        return Document(render_chat(chat_template, messages, add_generation_prompt=False, **specials), where)
     raise RuvdllmError(f"{where}: a JSONL record needs 'text', 'prompt'+'response' or 'messages'")
 
 
-def read_documents(paths: list[Path], chat_template: str | None = None) -> list[Document]:
-    """Every document of every file, in order. Missing, unreadable or empty files are errors:
-    silently training on less data than asked for is worse than stopping."""
+def read_documents(
+    paths: list[Path], chat_template: str | None = None, specials: Mapping[str, str] | None = None
+) -> list[Document]:
+    """Every document of every file, in order; chat records rendered with `chat_template` (the
+    fallback when None: runtime/chat_template.py) and the `specials` bos_token / eos_token.
+    Missing, unreadable or empty files are errors: silently training on less data than asked for
+    is worse than stopping."""
+    specials = specials or {}
     if not paths:
         raise RuvdllmError("no training data given (--data FILE ...)")
     documents: list[Document] = []
@@ -66,7 +65,7 @@ def read_documents(paths: list[Path], chat_template: str | None = None) -> list[
             files = sorted(p for p in path.rglob("*") if p.is_file())
             if not files:
                 raise RuvdllmError(f"{path}: the data directory holds no files")
-            documents += read_documents(files, chat_template)
+            documents += read_documents(files, chat_template, specials)
             continue
         if not path.is_file():
             raise RuvdllmError(f"{path}: no such data file")
@@ -87,7 +86,7 @@ def read_documents(paths: list[Path], chat_template: str | None = None) -> list[
                     raise RuvdllmError(f"{where}: not valid JSON ({exc.msg})") from None
                 if not isinstance(raw, dict):
                     raise RuvdllmError(f"{where}: a JSONL record must be an object")
-                documents.append(_jsonl_document(raw, where, chat_template))
+                documents.append(_jsonl_document(raw, where, chat_template, specials))
         else:
             documents.append(Document(text, str(path)))
     return documents
@@ -140,9 +139,12 @@ def build_sequences(
     held_out: float,
     seed: int,
     chat_template: str | None = None,
+    bos_token_id: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(train [N, seq_len], held-out [M, seq_len] or None) from data files."""
-    documents = read_documents(paths, chat_template)
+    """(train [N, seq_len], held-out [M, seq_len] or None) from data files. `bos_token_id` names
+    the template's bos_token (its eos_token is `eos_token_id`'s)."""
+    specials = special_tokens(tokenizer.id_to_token, bos_token_id, [eos_token_id])
+    documents = read_documents(paths, chat_template, specials)
     train, held = split_documents(documents, held_out, seed)
     train_rows = pack(tokenize(train, tokenizer), seq_len, eos_token_id)
     held_rows = None

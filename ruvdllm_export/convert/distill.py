@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from runtime.chat_template import render_chat, special_tokens
 from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.reference.model import DiffusionLM
 
@@ -41,14 +42,15 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def chat_prompt(prompt: str, chat_template: str | None) -> str:
-    """The prompt as the AR model expects it: its chat template with the assistant turn opened."""
-    if not chat_template:
-        return prompt + "\n"
-    import jinja2
-
-    template = jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(chat_template)
-    return template.render(messages=[{"role": "user", "content": prompt}], add_generation_prompt=True)
+def prompt_text(
+    prompt: str, chat_template: str | None, bos_token: str | None = None, eos_token: str | None = None
+) -> str:
+    """The prompt as the AR model expects it: its chat template (the runtime's renderer and its
+    fallback when None) with the assistant turn opened."""
+    messages = [{"role": "user", "content": prompt}]
+    return render_chat(
+        chat_template, messages, add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token
+    )
 
 
 def _choose(logits: torch.Tensor, temperature: float, top_p: float, rng: random.Random) -> int:
@@ -124,11 +126,13 @@ def distill(
     if output.is_file():
         done = {json.loads(line)["prompt"] for line in output.read_text().splitlines() if line.strip()}
     eos = tuple(model.spec.eos_token_ids)
+    specials = special_tokens(tokenizer.id_to_token, model.spec.bos_token_id, eos)
     with open(output, "a", encoding="utf-8") as handle:
         for i, prompt in enumerate(prompts):
             if prompt in done:
                 continue
-            ids = tokenizer.encode(chat_prompt(prompt, chat_template), add_special_tokens=False).ids
+            text = prompt_text(prompt, chat_template, **specials)
+            ids = tokenizer.encode(text, add_special_tokens=False).ids
             answer = generate_ar(model, ids, max_new, eos, random.Random(seed + i), temperature, top_p)
             text = tokenizer.decode([t for t in answer if t not in eos])
             handle.write(json.dumps({"prompt": prompt, "response": text.strip()}) + "\n")

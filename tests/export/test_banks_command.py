@@ -96,9 +96,9 @@ def test_banks_train_over_the_converted_model_and_ship_in_the_export(workspace, 
 
     model_dir = export_model(gguf, tmp_path / "model", adapter=adapter, banks=bank_dir, log=None)
     assert (model_dir / BANKS_DIR / BANK_JSON).is_file()
-    from runtime.model import DiffusionModel
+    from runtime.cpython_model import open_model
 
-    opened = DiffusionModel.open(model_dir)
+    opened = open_model(model_dir)
     assert opened.bank is not None and opened.bank.groups == 3
     steps = []
     result = opened.generate("Permission is", GenerationSettings(length=8), on_step=steps.append)

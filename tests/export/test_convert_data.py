@@ -9,20 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from runtime.chat_template import render_chat
 from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.convert.data import (
     Document,
     build_sequences,
     pack,
     read_documents,
-    render_chat,
     split_documents,
 )
-
-CHATML = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-    "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+from tests.fixtures.chat_templates import CHATML_ESCAPED_TEMPLATE as CHATML
 
 
 def byte_tokenizer() -> Tokenizer:
@@ -48,7 +44,7 @@ def test_plain_text_jsonl_and_directories(tmp_path):
     assert texts[3] == "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n"
     assert texts[4] == "<|im_start|>user\nx<|im_end|>\n"
     assert documents[3].source.endswith("c.jsonl:2")
-    assert render_chat([{"role": "user", "content": "q"}], None) == "user: q\n"
+    assert render_chat(None, [{"role": "user", "content": "q"}], add_generation_prompt=False) == "user: q\n"
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,9 @@ import openai
 import pytest
 
 from runtime import artifact
+from runtime.chat_template import chat_prompt
+from runtime.cpython_model import open_model
 from runtime.dgr import DgrConfig
-from runtime.model import DiffusionModel
 from runtime.ort_backend import OrtOptions
 from runtime.settings import GenerationSettings
 from ruvdllm_export.export import export_model
@@ -49,7 +50,7 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def model(exported_dir):
-    return DiffusionModel.open(exported_dir, options=OrtOptions(intra_op_threads=1), verify="sizes")
+    return open_model(exported_dir, options=OrtOptions(intra_op_threads=1), verify="sizes")
 
 
 def runtime_text(model, prompt: str | list[int], seed: int, length: int, **knobs) -> str:
@@ -59,7 +60,7 @@ def runtime_text(model, prompt: str | list[int], seed: int, length: int, **knobs
 
 
 def chat_ids(model, content: str) -> list[int]:
-    return model.encode(model.chat_prompt([{"role": "user", "content": content}]))
+    return model.encode(chat_prompt(model, [{"role": "user", "content": content}]))
 
 
 def collect(stream) -> tuple[str, list]:
@@ -189,8 +190,8 @@ def test_chat_uses_the_models_chat_template(client, server, model):
         max_tokens=20,
         seed=5,
     )
-    prompt = model.chat_prompt(
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    prompt = chat_prompt(
+        model, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
     )
     assert response.choices[0].message.role == "assistant"
     assert response.choices[0].message.content == runtime_text(model, prompt, 5, 20)
@@ -318,9 +319,7 @@ def bank_server(tiny_model_dir, bank_dir, tmp_path_factory):
 
 
 def test_the_bank_and_adapter_knobs_reach_the_runtime(bank_server, tiny_model_dir, bank_dir):
-    model = DiffusionModel.open(
-        tiny_model_dir, bank=bank_dir, options=OrtOptions(intra_op_threads=1), verify="sizes"
-    )
+    model = open_model(tiny_model_dir, bank=bank_dir, options=OrtOptions(intra_op_threads=1), verify="sizes")
     client = openai.OpenAI(base_url=bank_server.base_url, api_key="unused", max_retries=0)
     texts = {}
     for name, knobs in {

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.model import DiffusionModel
+from runtime.chat_template import chat_prompt
+from runtime.cpython_model import open_model
 from runtime.ort_backend import OrtOptions
 from runtime.server.errors import ApiError
 from runtime.server.jobs import DEFAULTS, chat_job, check_model_name, completion_job, settings_for
@@ -14,7 +15,7 @@ from runtime.server.schemas import ChatCompletionRequest, CompletionRequest
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir):
-    return DiffusionModel.open(tiny_model_dir, options=OrtOptions(intra_op_threads=1), verify="sizes")
+    return open_model(tiny_model_dir, options=OrtOptions(intra_op_threads=1), verify="sizes")
 
 
 def test_every_knob_reaches_the_settings():
@@ -67,7 +68,7 @@ def test_a_seed_is_chosen_when_none_is_given(model):
 def test_chat_job_renders_the_template(model):
     request = ChatCompletionRequest(messages=[{"role": "user", "content": "Hi"}], max_completion_tokens=7)
     job = chat_job(model, request)
-    assert job.prompt == model.encode(model.chat_prompt([{"role": "user", "content": "Hi"}]))
+    assert job.prompt == model.encode(chat_prompt(model, [{"role": "user", "content": "Hi"}]))
     assert job.settings.length == 7
 
 

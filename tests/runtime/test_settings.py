@@ -1,6 +1,9 @@
+from dataclasses import fields
+
 import pytest
 
-from runtime.settings import GenerationSettings, resolve
+from runtime.dgr import DgrConfig
+from runtime.settings import INPUTS, GenerationSettings, inputs_of, resolve, settings_from
 from ruvdllm.errors import RuvdllmError
 from tests.runtime.toy_backend import TOY_CONFIG
 
@@ -36,3 +39,27 @@ def test_defaults_resolve_to_one_token_per_step():
 def test_bad_settings_name_the_problem(settings, prompt, message):
     with pytest.raises(RuvdllmError, match=message):
         resolve(settings, TOY_CONFIG, prompt)
+
+
+def test_user_input_maps_onto_the_fields_by_name():
+    assert set(INPUTS) == {f.name for f in fields(GenerationSettings)} - {"dgr_config"} | {"dgr_strategy"}
+    settings = settings_from({"length": 12, "steps": None, "talora": False, "dgr_strategy": "entropy"})
+    assert settings == GenerationSettings(length=12, talora=False, dgr_config=DgrConfig(strategy="entropy"))
+    base = GenerationSettings(length=5, dgr_config=DgrConfig(strategy="adaptive", budget=2))
+    over = settings_from({"temperature": 0.5, "dgr_strategy": "entropy"}, base)
+    assert over.length == 5 and over.temperature == 0.5  # None or absent keeps the base's value
+    assert over.dgr_config == DgrConfig(strategy="entropy", budget=2)  # only the strategy is a user's
+    assert inputs_of({"seed": 1, "chat": True, "top_k": 3}) == {"top_k": 3}
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"colour": "blue", "length": 3}, "settings: unknown colour"),
+        ({"dgr_config": DgrConfig()}, "settings: unknown dgr_config"),
+        ({"dgr_strategy": "always"}, "DGR strategy 'always': unknown"),
+    ],
+)
+def test_bad_input_is_named(values, message):
+    with pytest.raises(RuvdllmError, match=message):
+        settings_from(values)

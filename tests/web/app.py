@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.model import DiffusionModel
-from runtime.settings import GenerationSettings
+from runtime.chat_template import chat_prompt
+from runtime.cpython_model import open_model
+from runtime.settings import GenerationSettings, inputs_of, settings_from
 
 LOAD_TIMEOUT_MS = 180_000  # Pyodide + onnxruntime-web start-up on two busy cores
 RUN_TIMEOUT_MS = 300_000  # WebGPU on SwiftShader is slow
@@ -60,25 +61,14 @@ def generate(page, prompt: str, settings: dict | None = None, timeout_ms: int = 
 
 def cpython_reference(model_dir: Path, prompt: str, settings: dict, seed: int, chat: bool = True):
     """The CPython runtime on the same model directory: (prompt ids, completion, trace)."""
-    model = DiffusionModel.open(model_dir)
-    text = model.chat_prompt([{"role": "user", "content": prompt}]) if chat else prompt
+    model = open_model(model_dir)
+    text = chat_prompt(model, [{"role": "user", "content": prompt}]) if chat else prompt
     trace = []
     done = model.generate(text, generation_settings(settings), seed=seed, on_step=trace.append)
     return model.encode(text), done, trace
 
 
 def generation_settings(page_settings: dict) -> GenerationSettings:
-    """The page's form values as GenerationSettings (form-only keys dropped)."""
-    keys = {
-        "sampler",
-        "length",
-        "block_size",
-        "steps",
-        "decoding",
-        "threshold",
-        "temperature",
-        "top_p",
-        "talora",
-        "dgr",
-    }
-    return GenerationSettings(**{k: v for k, v in page_settings.items() if k in keys and v is not None})
+    """The page's form values as GenerationSettings (form-only keys such as seed and chat dropped),
+    through the mapping the page's own settings take (runtime.settings.settings_from)."""
+    return settings_from(inputs_of(page_settings))

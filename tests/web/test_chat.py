@@ -1,78 +1,52 @@
-"""Chat templates in the browser (web/js/chat.js, @huggingface/jinja) render exactly as the CPython
-runtime's sandboxed Jinja (runtime/model.py render_chat_template)."""
+"""Chat templates in the browser (web/js/chat.js, @huggingface/jinja) render byte for byte as the
+runtime's renderer (runtime/chat_template.py) does, over every template the project ships or
+tests (tests/fixtures/chat_templates.py) and conversations with and without a system turn, over
+several turns, with the generation prompt on and off."""
 
 from __future__ import annotations
 
 import pytest
 
-from runtime.model import render_chat_template
-from tests.fixtures.tiny_tokenizer import CHATML_TEMPLATE
+from runtime.chat_template import render_chat
+from tests.fixtures.chat_templates import CONVERSATIONS, SPECIALS, TEMPLATES
 from tests.web.conftest import open_probe, rpc
 
 pytestmark = pytest.mark.browser
 
-CONVERSATIONS = [
-    {
-        "messages": [{"role": "user", "content": "What is a diffusion language model?"}],
-        "addGenerationPrompt": True,
-    },
-    {
-        "messages": [
-            {"role": "system", "content": "You are terse."},
-            {"role": "user", "content": "Zähle bis drei 🙂\n  mit Einrückung"},
-            {"role": "assistant", "content": "eins, zwei, drei"},
-            {"role": "user", "content": "<b>markup</b> & {{ braces }}"},
-        ],
-        "addGenerationPrompt": True,
-    },
-    {"messages": [{"role": "user", "content": "no generation prompt"}], "addGenerationPrompt": False},
-]
-
-# A template in the style of SmolLM2's and Qwen's: default system turn, loop.first, whitespace control.
-SYSTEM_DEFAULT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM<|im_end|>\n' }}"
-    "{% endif %}"
-    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}"
-    "{{ '<|im_start|>assistant\n' }}"
-    "{% endif %}"
-)
-
 
 def browser_render(browser, served, template: str, specials: dict) -> list[str]:
     page = open_probe(browser, served)
-    return rpc(page, "chat", {"template": template, "conversations": CONVERSATIONS, "specials": specials})
+    conversations = [
+        {"messages": c["messages"], "addGenerationPrompt": c["add_generation_prompt"]} for c in CONVERSATIONS
+    ]
+    return rpc(page, "chat", {"template": template, "conversations": conversations, "specials": specials})
 
 
-@pytest.mark.parametrize(
-    "template", [CHATML_TEMPLATE, SYSTEM_DEFAULT_TEMPLATE], ids=["chatml", "system-default"]
-)
-def test_same_text_as_cpython_jinja(browser, web_server, template):
-    specials = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}
-    rendered = browser_render(browser, web_server, template, specials)
-    for conversation, text in zip(CONVERSATIONS, rendered, strict=True):
-        expected = render_chat_template(
-            template, conversation["messages"], conversation["addGenerationPrompt"], **specials
-        )
-        assert text == expected
+def python_render(template: str, specials: dict) -> list[str]:
+    return [
+        render_chat(template, c["messages"], c["add_generation_prompt"], **specials) for c in CONVERSATIONS
+    ]
+
+
+@pytest.mark.parametrize("template", TEMPLATES.values(), ids=TEMPLATES.keys())
+def test_same_text_as_the_runtime(browser, web_server, template):
+    assert browser_render(browser, web_server, template, SPECIALS) == python_render(template, SPECIALS)
 
 
 @pytest.mark.slow
 def test_default_model_chat_template(browser, web_server):
-    """SmolLM2-135M-Instruct's own template, from its GGUF."""
-    from ruvdllm_export.checkpoints.load import load_checkpoint
+    """SmolLM2-135M-Instruct's own template and special tokens, from its GGUF."""
+    import gguf
+
+    from ruvdllm_export.checkpoints.gguf_reader import read_metadata
     from ruvdllm_export.default_model import default_gguf_path
 
-    loaded = load_checkpoint(default_gguf_path(progress=False))
-    template = loaded.spec.chat_template
+    metadata = read_metadata(gguf.GGUFReader(default_gguf_path(progress=False)))
+    template = metadata["tokenizer.chat_template"]
     assert template
-    specials = {"bos_token": loaded.tokenizer.id_to_token(loaded.spec.bos_token_id or 0)}
-    rendered = browser_render(browser, web_server, template, specials)
-    for conversation, text in zip(CONVERSATIONS, rendered, strict=True):
-        expected = render_chat_template(
-            template, conversation["messages"], conversation["addGenerationPrompt"], **specials
-        )
-        assert text == expected
+    tokens = metadata["tokenizer.ggml.tokens"]
+    specials = {
+        "bos_token": tokens[metadata["tokenizer.ggml.bos_token_id"]],
+        "eos_token": tokens[metadata["tokenizer.ggml.eos_token_id"]],
+    }
+    assert browser_render(browser, web_server, template, specials) == python_render(template, specials)

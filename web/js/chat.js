@@ -1,7 +1,8 @@
 // Chat templates in the browser: the model's Jinja template (config.json `chat_template`, from the
 // checkpoint) rendered with @huggingface/jinja, the JavaScript Jinja that transformers.js uses for
-// exactly this. It applies trim_blocks and lstrip_blocks like the CPython runtime's sandboxed
-// Jinja environment (runtime/model.py render_chat_template); tests/web/test_chat.py compares them.
+// exactly this. It applies trim_blocks and lstrip_blocks like the runtime's renderer
+// (runtime/chat_template.py); tests/web/test_chat.py proves them byte-identical over every template
+// the project ships or tests.
 
 import { Template } from '../vendor/jinja/index.js';
 
@@ -13,7 +14,7 @@ export function renderChat(template, messages, { addGenerationPrompt = true, ...
   });
 }
 
-// The prompt text for one user turn, as runtime/model.py DiffusionModel.chat_prompt builds it
+// The prompt text for one user turn, as runtime/chat_template.py chat_prompt builds it
 // (bos_token / eos_token named from the config's ids); the raw text without a template or chat off.
 export function formatPrompt(prompt, config, tokenizer, chat) {
   if (!chat || !config.chat_template) return prompt;

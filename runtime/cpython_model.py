@@ -1,0 +1,62 @@
+"""A model directory opened on CPython: the manifest verified, the config, a `tokenizers`
+tokenizer, the adapter bank with its hnswlib pattern index, and an onnxruntime backend, put
+together as the runtime's one model facade (runtime/model.py).
+
+    model = open_model("path/to/model")                  # or bank="my-bank/", options=OrtOptions(...)
+    done = model.generate("Hello", GenerationSettings(length=32), seed=0)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runtime import artifact
+from runtime.artifact import ArtifactConfig
+from runtime.model import DiffusionModel, read_bank
+from runtime.ort_backend import OrtBackend, OrtOptions
+from runtime.verify import verify_artifact
+from ruvdllm.errors import RuvdllmError
+
+
+def open_model(
+    directory: Path | str,
+    bank: Path | str | None = None,
+    options: OrtOptions | None = None,
+    verify: str = "cached",
+) -> DiffusionModel:
+    """Verify and load a model directory. `bank`: an adapter bank directory (default: the
+    model's banks/ when it holds one). `verify`: the manifest check (runtime/verify.py)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise RuvdllmError(f"{directory}: no such model directory")
+    verify_artifact(directory, verify)
+    config = artifact.load_config(directory)
+    tokenizer = load_tokenizer(directory / artifact.TOKENIZER_NAME, config)
+    loaded, bank_dir = read_bank(directory, bank)
+    backend = OrtBackend(directory / artifact.GRAPH_NAME, config, options or OrtOptions())
+    if loaded is not None:
+        loaded.check_model(config, f"{bank_dir}", backend.adapter_shapes)
+        backend.set_bank(loaded)
+    index = loaded.build_index(bank_dir) if loaded is not None and loaded.pattern_slots else None
+    return DiffusionModel(directory, config, tokenizer, backend, loaded, index)
+
+
+def load_tokenizer(path: Path, config: ArtifactConfig):
+    """tokenizer.json as a `tokenizers.Tokenizer`, checked against the model's vocabulary."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise RuvdllmError(
+            "the runtime needs the package 'tokenizers': pip install 'ruvdllm[runtime]'"
+        ) from None
+    if not path.is_file():
+        raise RuvdllmError(f"{path}: missing")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a plain Exception on malformed files
+        raise RuvdllmError(f"{path}: not a tokenizers file ({str(exc).splitlines()[0]})") from None
+    if tokenizer.get_vocab_size() > config.vocab_size:
+        raise RuvdllmError(
+            f"{path}: {tokenizer.get_vocab_size()} tokens, more than the model's vocabulary of {config.vocab_size}"
+        )
+    return tokenizer
