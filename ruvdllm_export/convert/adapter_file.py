@@ -132,8 +132,3 @@ def read_static_lora(path: Path, checkpoint=None) -> dict[str, tuple[np.ndarray,
             out[f"{stem}.weight"] = (a.astype(np.float32), b.astype(np.float32))
     return out
 
-
-def save_compact(source: Path, target: Path) -> None:
-    """Copy an adapter as float16 (half the bytes; the graph computes the branch in float32)."""
-    adapter = read_adapter(source)
-    write_adapter(target, adapter.factors, adapter.lora, adapter.training, adapter.base, dtype="float16")
