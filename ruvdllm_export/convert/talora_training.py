@@ -27,11 +27,11 @@ from torch import nn
 
 from runtime.banks import Bank
 from runtime.talora import TaloraConfig, group_names
-from ruvdllm_export import spec as names
 from ruvdllm_export.convert.objectives import ObjectiveConfig, diffusion_loss
 from ruvdllm_export.convert.trainer import PRECISIONS, precision_autocast
 from ruvdllm_export.reference.control import timestep_slot_weights
 from ruvdllm_export.reference.model import DiffusionLM
+from ruvdllm_export.spec import LINEARS
 
 OnStep = Callable[[dict], None]  # called with each step's log record (progress bars)
 
@@ -81,8 +81,8 @@ class TaloraBanks(nn.Module):
         self.shapes = {}
         self.a, self.b = nn.ParameterDict(), nn.ParameterDict()
         for target in config.targets:
-            if target not in names.LINEARS:
-                raise ValueError(f"bank target {target!r}: not one of {names.LINEARS}")
+            if target not in LINEARS:
+                raise ValueError(f"bank target {target!r}: not one of {LINEARS}")
             linear = model.layers[0].proj[target]
             fan_in, fan_out = linear.in_features, linear.out_features
             self.shapes[target] = (fan_in, fan_out)
