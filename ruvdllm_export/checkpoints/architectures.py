@@ -10,18 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ruvdllm.errors import RuvdllmError
-from ruvdllm_export.spec import (
-    EMBED,
-    FINAL_NORM,
-    LM_HEAD,
-    ModelSpec,
-    input_norm,
-    k_norm,
-    linear_bias,
-    linear_weight,
-    post_attention_norm,
-    q_norm,
-)
+from ruvdllm_export.spec import ModelSpec, expected_shapes
 
 
 @dataclass(frozen=True)
@@ -65,36 +54,6 @@ def by_gguf_arch(gguf_arch: str, where: str) -> Architecture:
             return arch
     known = ", ".join(sorted(a.gguf_arch for a in ARCHITECTURES.values()))
     raise RuvdllmError(f"{where}: GGUF architecture {gguf_arch!r} is not supported (supported: {known})")
-
-
-def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every canonical tensor a model of this spec must have, with its shape."""
-    h, d, inter = spec.hidden_size, spec.head_dim, spec.intermediate_size
-    q_out, kv_out = spec.num_heads * d, spec.num_kv_heads * d
-    shapes: dict[str, tuple[int, ...]] = {EMBED: (spec.vocab_size, h), FINAL_NORM: (h,)}
-    if not spec.tie_word_embeddings:
-        shapes[LM_HEAD] = (spec.vocab_size, h)
-    linear_shapes = {
-        "q_proj": (q_out, h),
-        "k_proj": (kv_out, h),
-        "v_proj": (kv_out, h),
-        "o_proj": (h, q_out),
-        "gate_proj": (inter, h),
-        "up_proj": (inter, h),
-        "down_proj": (h, inter),
-    }
-    for layer in range(spec.num_layers):
-        shapes[input_norm(layer)] = (h,)
-        shapes[post_attention_norm(layer)] = (h,)
-        for proj, shape in linear_shapes.items():
-            shapes[linear_weight(layer, proj)] = shape
-        if spec.attention_bias:
-            for proj in ("q_proj", "k_proj", "v_proj"):
-                shapes[linear_bias(layer, proj)] = (linear_shapes[proj][0],)
-        if spec.qk_norm:
-            shapes[q_norm(layer)] = (d,)
-            shapes[k_norm(layer)] = (d,)
-    return shapes
 
 
 def check_weights(spec: ModelSpec, weights: dict, where: str, display=lambda name: name) -> None:

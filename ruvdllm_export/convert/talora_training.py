@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from runtime.artifact import Features, bank_factor_shapes
 from runtime.banks import Bank
 from runtime.talora import TaloraConfig, group_names
 from ruvdllm_export.convert.objectives import ObjectiveConfig, diffusion_loss
@@ -69,8 +70,8 @@ class BankTrainConfig:
 
 
 class TaloraBanks(nn.Module):
-    """Per group g and target: A_g [layers, in, r] and B_g [layers, r, out] (B zero at the start:
-    fresh banks leave the model unchanged)."""
+    """Per group g and target: a_g [layers, in, r] and b_g [layers, r, out], the bank layout of
+    runtime/artifact.py (b zero at the start: fresh banks leave the model unchanged)."""
 
     def __init__(self, model: DiffusionLM, config: BankTrainConfig):
         super().__init__()
@@ -84,13 +85,14 @@ class TaloraBanks(nn.Module):
             if target not in LINEARS:
                 raise ValueError(f"bank target {target!r}: not one of {LINEARS}")
             linear = model.layers[0].proj[target]
-            fan_in, fan_out = linear.in_features, linear.out_features
-            self.shapes[target] = (fan_in, fan_out)
+            features = Features(linear.in_features, linear.out_features)
+            self.shapes[target] = features
+            a_shape, b_shape = bank_factor_shapes(features, layers, config.rank)
             for g in range(config.groups):
-                bound = 1.0 / math.sqrt(fan_in)  # PEFT's kaiming_uniform(a=sqrt(5)) bound
-                a = (torch.rand(layers, fan_in, config.rank, generator=generator) * 2 - 1) * bound
+                bound = 1.0 / math.sqrt(features.in_features)  # PEFT's kaiming_uniform(a=sqrt(5)) bound
+                a = (torch.rand(a_shape, generator=generator) * 2 - 1) * bound
                 self.a[f"{target}_{g}"] = nn.Parameter(a)
-                self.b[f"{target}_{g}"] = nn.Parameter(torch.zeros(layers, config.rank, fan_out))
+                self.b[f"{target}_{g}"] = nn.Parameter(torch.zeros(b_shape))
 
     def group_parameters(self, g: int) -> list[nn.Parameter]:
         return [p for t in self.config.targets for p in (self.a[f"{t}_{g}"], self.b[f"{t}_{g}"])]

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from runtime import artifact
+from runtime.artifact import Features, bank_factor_shapes, static_lora_shapes
 from ruvdllm_export.onnx_graph.attention import make_attention_block, make_past_inputs, make_visibility_bias
 from ruvdllm_export.onnx_graph.context import BuildContext
 from ruvdllm_export.onnx_graph.embedding import make_embedding, make_embedding_lora
@@ -42,12 +43,10 @@ from ruvdllm_export.spec import (
     LINEARS,
     LM_HEAD,
     ModelSpec,
+    expected_shapes,
     input_norm,
-    k_norm,
-    linear_bias,
     linear_weight,
     post_attention_norm,
-    q_norm,
 )
 
 
@@ -124,53 +123,21 @@ def check_weights(spec: ModelSpec, weights: dict[str, Weight]) -> None:
 
 def check_lora(spec: ModelSpec, lora: dict[str, StaticLora]) -> None:
     """Static LoRA factors name a linear (or the head / embedding) and fit its shape."""
-    shapes = {n: s for n, s in expected_shapes(spec).items() if len(s) == 2}
-    shapes[LM_HEAD] = (spec.vocab_size, spec.hidden_size)
-    shapes[EMBED] = (spec.hidden_size, spec.vocab_size)  # as a linear over one-hot ids (PEFT)
+    features = {
+        linear_weight(layer, proj): f
+        for layer in range(spec.num_layers)
+        for proj, f in spec.linear_features().items()
+    }
+    features[LM_HEAD] = Features(spec.hidden_size, spec.vocab_size)
+    features[EMBED] = Features(spec.vocab_size, spec.hidden_size)  # a linear over one-hot ids (PEFT)
     for name, factors in lora.items():
-        if name not in shapes:
+        if name not in features:
             raise ValueError(f"LoRA factors for {name}: not a linear of this model")
-        out, in_ = shapes[name]
-        rank = factors.a.shape[0]
-        if factors.a.shape != (rank, in_) or factors.b.shape != (out, rank):
+        in_, out = features[name]
+        if (factors.a.shape, factors.b.shape) != static_lora_shapes(features[name], factors.a.shape[0]):
             raise ValueError(
                 f"LoRA factors for {name}: a {factors.a.shape} / b {factors.b.shape}, expected a [r, {in_}] / b [{out}, r]"
             )
-
-
-def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    s = spec
-    d, q_out, kv_out = s.hidden_size, s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
-    linear_shapes = {
-        "q_proj": (q_out, d),
-        "k_proj": (kv_out, d),
-        "v_proj": (kv_out, d),
-        "o_proj": (d, q_out),
-        "gate_proj": (s.intermediate_size, d),
-        "up_proj": (s.intermediate_size, d),
-        "down_proj": (d, s.intermediate_size),
-    }
-    shapes = {EMBED: (s.vocab_size, d), FINAL_NORM: (d,)}
-    if not s.tie_word_embeddings:
-        shapes[LM_HEAD] = (s.vocab_size, d)
-    for layer in range(s.num_layers):
-        shapes[input_norm(layer)] = (d,)
-        shapes[post_attention_norm(layer)] = (d,)
-        for proj, shape in linear_shapes.items():
-            shapes[linear_weight(layer, proj)] = shape
-        if s.attention_bias:
-            for proj in ("q_proj", "k_proj", "v_proj"):
-                shapes[linear_bias(layer, proj)] = (linear_shapes[proj][0],)
-        if s.qk_norm:
-            shapes[q_norm(layer)] = (s.head_dim,)
-            shapes[k_norm(layer)] = (s.head_dim,)
-    return shapes
-
-
-def linear_features(spec: ModelSpec, proj: str) -> tuple[int, int]:
-    """(in_features, out_features) of a canonical linear."""
-    out, in_ = expected_shapes(spec)[linear_weight(0, proj)]
-    return in_, out
 
 
 # --- the build steps, in order ---------------------------------------------------------------
@@ -194,13 +161,14 @@ def make_adapter_inputs(ctx: BuildContext) -> None:
         return
     width = o.adapter_slots * o.adapter_rank
     weights = g.input(artifact.ADAPTER_WEIGHTS, FLOAT, [1, "sequence", o.adapter_slots])
+    features = ctx.spec.linear_features()
     for target in o.adapter_targets:
         if target not in LINEARS:
             raise ValueError(f"adapter target {target!r} is not one of {LINEARS}")
-        in_, out = linear_features(ctx.spec, target)
+        a_shape, b_shape = bank_factor_shapes(features[target], ctx.spec.num_layers, width)
         ctx.banks[target] = (
-            g.input(artifact.adapter_a(target), FLOAT, [ctx.spec.num_layers, in_, width]),
-            g.input(artifact.adapter_b(target), FLOAT, [ctx.spec.num_layers, width, out]),
+            g.input(artifact.adapter_a(target), FLOAT, list(a_shape)),
+            g.input(artifact.adapter_b(target), FLOAT, list(b_shape)),
         )
     scope = "/model/adapter_weights"
     w = g.op("Unsqueeze", [weights, g.const([-1])], f"{scope}/Unsqueeze")

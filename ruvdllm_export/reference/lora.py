@@ -2,7 +2,8 @@
 (QLoRA when the base is 4-bit), and its hand-off forms.
 
 Names follow PEFT under the canonical weight names, e.g.
-`model.layers.3.self_attn.q_proj.lora_A.weight` [rank, in] and `...lora_B.weight` [out, rank];
+`model.layers.3.self_attn.q_proj.lora_A.weight` [rank, in] and `...lora_B.weight` [out, rank]
+(the static layout of runtime/artifact.py; `lora_as_bank` gives its bank layout);
 the merged update of a linear is (alpha / rank) · B A. `lm_head` and `embed_tokens` are
 optional targets (embedding: A [rank, vocab], B [hidden, rank]).
 """
@@ -175,8 +176,8 @@ def lora_factors(model: DiffusionLM) -> dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def lora_as_bank(model: DiffusionLM) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The per-layer LoRA as a one-slot adapter bank in the graph's layout,
-    target -> (a [layers, in, rank], b [layers, rank, out]) with the scale folded into b:
+    """The per-layer LoRA as a one-slot adapter bank in the bank layout of runtime/artifact.py,
+    target -> (a = Aᵀ [layers, in, rank], b = s·Bᵀ [layers, rank, out]):
     running the bank with slot weight 1 everywhere equals running the static LoRA."""
     bank = {}
     with torch.no_grad():

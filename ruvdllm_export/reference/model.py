@@ -32,6 +32,7 @@ from ruvdllm_export.spec import (
     LINEARS,
     LM_HEAD,
     ModelSpec,
+    expected_shapes,
     input_norm,
     k_norm,
     linear_bias,
@@ -41,7 +42,8 @@ from ruvdllm_export.spec import (
 )
 
 Past = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (key after RoPE, value), [B, KV, P, D]
-# target linear name -> (a [layers, in, slots·rank], b [layers, slots·rank, out]), LoRA scale folded in
+# target linear name -> (a [layers, in, slots·rank], b [layers, slots·rank, out]), LoRA scale folded
+# in: the bank layout of runtime/artifact.py
 AdapterBank = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -253,14 +255,14 @@ def _check_weights(spec: ModelSpec, weights: dict) -> None:
             f"model weights: missing {missing[0]}"
             + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
         )
-    expected = {
-        linear_weight(0, "q_proj"): (spec.num_heads * spec.head_dim, spec.hidden_size),
-        linear_weight(0, "k_proj"): (spec.num_kv_heads * spec.head_dim, spec.hidden_size),
-        linear_weight(0, "gate_proj"): (spec.intermediate_size, spec.hidden_size),
-        EMBED: (spec.vocab_size, spec.hidden_size),
-    }
-    for name, shape in expected.items():
-        got = tuple(weights[name].shape)
+    shapes = expected_shapes(spec)
+    for name in (
+        linear_weight(0, "q_proj"),
+        linear_weight(0, "k_proj"),
+        linear_weight(0, "gate_proj"),
+        EMBED,
+    ):
+        got, shape = tuple(weights[name].shape), shapes[name]
         if got != shape:
             raise RuvdllmError(f"model weights: {name} has shape {got}, the spec needs {shape}")
 

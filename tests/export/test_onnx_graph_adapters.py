@@ -7,7 +7,6 @@ import pytest
 
 from runtime import artifact
 from ruvdllm_export.onnx_graph import GraphOptions, StaticLora, build_graph
-from ruvdllm_export.onnx_graph.builder import linear_features
 from ruvdllm_export.spec import EMBED, LM_HEAD, linear_weight
 from tests.export.graph_harness import feeds, run, session, tiny_spec
 from tests.export.test_onnx_graph import SEQ, assert_matches_logits, hf_model, hf_outputs
@@ -22,7 +21,7 @@ SLOTS, RANK = 3, 2
 def random_banks(spec, targets, rng, scale=0.3):
     banks = {}
     for target in targets:
-        in_, out = linear_features(spec, target)
+        in_, out = spec.linear_features()[target]
         a = rng.standard_normal((spec.num_layers, in_, SLOTS * RANK)) * scale / np.sqrt(in_)
         b = rng.standard_normal((spec.num_layers, SLOTS * RANK, out)) * scale
         banks[target] = (a.astype(np.float32), b.astype(np.float32))

@@ -75,7 +75,7 @@ def test_every_linear_is_matmulnbits_and_no_float_weight_matrix_remains():
 
 
 def _linear_shapes(spec):
-    from ruvdllm_export.onnx_graph import expected_shapes
+    from ruvdllm_export.spec import expected_shapes
 
     return [s for n, s in expected_shapes(spec).items() if len(s) == 2]
 

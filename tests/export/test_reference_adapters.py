@@ -48,15 +48,7 @@ def _model(architecture: str = "llama", weights: dict | None = None) -> Diffusio
 
 def _bank(spec, seed: int, targets=TARGETS) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
-    sizes = {
-        "q_proj": (spec.hidden_size, spec.num_heads * spec.head_dim),
-        "k_proj": (spec.hidden_size, spec.num_kv_heads * spec.head_dim),
-        "v_proj": (spec.hidden_size, spec.num_kv_heads * spec.head_dim),
-        "o_proj": (spec.num_heads * spec.head_dim, spec.hidden_size),
-        "gate_proj": (spec.hidden_size, spec.intermediate_size),
-        "up_proj": (spec.hidden_size, spec.intermediate_size),
-        "down_proj": (spec.intermediate_size, spec.hidden_size),
-    }
+    sizes = spec.linear_features()
     bank = {}
     for target in targets:
         fan_in, fan_out = sizes[target]

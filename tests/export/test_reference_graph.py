@@ -45,12 +45,10 @@ def pair(architecture: str, tied: bool, table_bits: int | None = None):
 
 def _bank(spec, options, seed):
     rng = np.random.default_rng(seed)
-    from ruvdllm_export.onnx_graph.builder import linear_features
-
     width = options.adapter_slots * options.adapter_rank
     bank = {}
     for target in options.adapter_targets:
-        in_, out_ = linear_features(spec, target)
+        in_, out_ = spec.linear_features()[target]
         bank[target] = (
             (rng.standard_normal((spec.num_layers, in_, width)) / np.sqrt(in_)).astype(np.float32),
             (rng.standard_normal((spec.num_layers, width, out_)) * 0.5).astype(np.float32),
