@@ -46,7 +46,6 @@ NOT_VALIDATED_HERE = {  # the CPU parity check runs the graph's ops on the CPU E
     "cuda": "on the CUDA EP only where a GPU and onnxruntime-gpu are at hand (tests marked gpu)",
     "webgpu": "on the WebGPU EP in the browser (tests marked browser)",
 }
-DEFAULT_BLOCK_SIZE = 8  # BD3LM block: small blocks convert far better than whole-span MDLM (DESIGN.md)
 
 
 def _stderr(*parts) -> None:
@@ -62,7 +61,7 @@ def export_model(
     validate: bool = True,
     adapter: Path | str | None = None,
     banks: Path | str | None = None,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size: int = artifact.ArtifactConfig.block_size,
     min_agreement: float | None = None,
     quantization: str | None = None,
     attention: str | None = None,

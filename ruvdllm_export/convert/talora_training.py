@@ -29,7 +29,8 @@ from runtime.artifact import Features, bank_factor_shapes
 from runtime.banks import Bank
 from runtime.talora import TaloraConfig, group_names
 from ruvdllm_export.convert.objectives import ObjectiveConfig, diffusion_loss
-from ruvdllm_export.convert.trainer import PRECISIONS, precision_autocast
+from ruvdllm_export.convert.trainer import check_precision, precision_autocast
+from ruvdllm_export.onnx_graph.options import GraphOptions
 from ruvdllm_export.reference.control import timestep_slot_weights
 from ruvdllm_export.reference.model import DiffusionLM
 from ruvdllm_export.spec import LINEARS
@@ -39,26 +40,21 @@ OnStep = Callable[[dict], None]  # called with each step's log record (progress 
 
 @dataclass(frozen=True)
 class BankTrainConfig:
-    rank: int = 4  # the graph's default bank rank per slot (onnx_graph/options.py)
+    rank: int = GraphOptions.adapter_rank  # the graph's bank rank per slot: the banks fill its slots
     alpha: float = 8.0  # scale alpha / rank = 2, as the static adapter
-    targets: tuple[str, ...] = ("q_proj", "v_proj")  # the graph's default bank targets
+    targets: tuple[str, ...] = GraphOptions.adapter_targets  # the graph's bank targets
     talora: TaloraConfig = field(default_factory=TaloraConfig)  # the runtime's groups and blending
-    curriculum: tuple[float, ...] = (
-        0.2,
-        0.2,
-        0.2,
-    )  # fraction of steps per group stage, coarse first; rest: all t
+    # Share of the steps per group stage, coarse first, the rest over all t: each group first
+    # learns alone, then the blends at the boundaries.
+    curriculum: tuple[float, ...] = (0.2, 0.2, 0.2)
     lr: float = 1e-3  # small adapters on few steps: a larger rate than the conversion LoRA
-    steps: int = 200
-    batch_size: int = 4
-    seed: int = 0
-    precision: str = (
-        "fp32"  # "bf16": the forward under bfloat16 autocast (the model's weights cached to match)
-    )
+    steps: int = 200  # minutes on a CPU; the shipped banks took 400 (docs/conversion.md)
+    batch_size: int = 4  # rows per step; small banks learn from few rows
+    seed: int = 0  # data order, masks and bank init: same seed, same banks
+    precision: str = "fp32"  # "bf16": the forward under bfloat16 autocast (weights cached to match)
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r}: not one of {PRECISIONS}")
+        check_precision(self.precision)
         if any(f < 0 for f in self.curriculum) or sum(self.curriculum) > 1 + 1e-9:
             raise ValueError(f"curriculum {self.curriculum}: step shares must be >= 0 and sum to at most 1")
         if len(self.curriculum) > self.groups:
