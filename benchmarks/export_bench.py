@@ -36,8 +36,9 @@ import onnxruntime as ort  # noqa: E402
 
 from runtime import artifact  # noqa: E402
 from ruvdllm_export.checkpoints import load_checkpoint  # noqa: E402
-from ruvdllm_export.onnx_graph import GraphOptions, build_graph, expected_shapes, prepare_weights  # noqa: E402
+from ruvdllm_export.onnx_graph import GraphOptions, build_graph, prepare_weights  # noqa: E402
 from ruvdllm_export.onnx_graph.options import ATTENTION_FORMULATIONS  # noqa: E402
+from ruvdllm_export.spec import expected_shapes  # noqa: E402
 from ruvdllm_export.validate import graph_feeds  # noqa: E402
 
 

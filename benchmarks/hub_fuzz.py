@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.federation_hub.hubs import SMALL_SHAPES, HubProcess  # noqa: E402
 
+FUZZ_OPTIONS = "--checks not_a_server_error --generation-database none --no-color -w 1 --request-timeout 120"
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,6 +42,8 @@ def main() -> int:
             totals = {}
             for role, token in (("admin", hub.admin_token), ("client", client)):
                 started = time.perf_counter()
+                header = ["-H", f"Authorization: Bearer {token}"]
+                options = f"-n {args.max_examples} --seed {args.seed} {FUZZ_OPTIONS}".split()
                 run = subprocess.run(
                     [
                         sys.executable,
@@ -47,22 +51,9 @@ def main() -> int:
                         "schemathesis.cli",
                         "run",
                         hub.url + "/openapi.json",
-                        "-H",
-                        f"Authorization: Bearer {token}",
-                        "--checks",
-                        "not_a_server_error",
-                        "-n",
-                        str(args.max_examples),
-                        "--seed",
-                        str(args.seed),
-                        "--generation-database",
-                        "none",
-                        "--no-color",
-                        "-w",
-                        "1",
-                        "--request-timeout",
-                        "120",
-                    ],  # fmt: skip
+                        *header,
+                        *options,
+                    ],
                     capture_output=True,
                     text=True,
                     cwd=workdir,

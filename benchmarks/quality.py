@@ -41,11 +41,11 @@ from runtime.banks import Bank
 from runtime.chat_template import special_tokens
 from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.banks_command import load_domains
-from ruvdllm_export.convert.data import read_documents, split_documents, tokenize
+from ruvdllm_export.convert.data import HELD_OUT, read_documents, split_documents, tokenize
 from ruvdllm_export.convert.distill import generate_ar, prompt_text
 from ruvdllm_export.convert.objectives import ObjectiveConfig
 from ruvdllm_export.convert.talora_training import BankTrainConfig, train_banks, train_static
-from ruvdllm_export.convert.trainer import evaluate
+from ruvdllm_export.convert.trainer import TrainConfig, evaluate
 from ruvdllm_export.convert_command import load_model
 from ruvdllm_export.onnx_graph.builder import graph_weights_as_float, prepare_weights
 from ruvdllm_export.onnx_graph.options import GraphOptions
@@ -206,14 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data", type=Path, nargs="+", required=True, help="text whose held-out split is scored"
     )
-    parser.add_argument("--held-out", type=float, default=0.1)
+    parser.add_argument("--held-out", type=float, default=HELD_OUT)
     parser.add_argument("--rows", type=int, default=8, help="held-out rows scored per configuration")
-    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--seq-len", type=int, default=TrainConfig.seq_len)
     parser.add_argument("--blocks", type=int, nargs="+", default=[4, 8, 16], help="BD3LM block sizes scored")
     parser.add_argument("--prompts", type=Path, help="JSONL of {prompt} (default: four built-in prompts)")
     parser.add_argument("--num-prompts", type=int, default=4)
     parser.add_argument("--length", type=int, default=32, help="L, tokens generated per sample")
-    parser.add_argument("--block-size", type=int, default=8)
+    parser.add_argument("--block-size", type=int, default=ObjectiveConfig.block_size)
     parser.add_argument("--other-blocks", type=int, nargs="*", default=[4, 16])
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--top-p", type=float, default=0.9)
@@ -224,11 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--talora", type=Path, nargs=2, metavar="DOMAIN", help="two domains: banks vs static LoRA"
     )
-    parser.add_argument("--talora-steps", type=int, default=200)
-    parser.add_argument("--talora-batch", type=int, default=4)
-    parser.add_argument("--talora-lr", type=float, default=1e-3)
+    parser.add_argument("--talora-steps", type=int, default=BankTrainConfig.steps)
+    parser.add_argument("--talora-batch", type=int, default=BankTrainConfig.batch_size)
+    parser.add_argument("--talora-lr", type=float, default=BankTrainConfig.lr)
     parser.add_argument(
-        "--talora-curriculum", type=float, nargs="*", default=[0.2, 0.2, 0.2], help="step fraction per stage"
+        "--talora-curriculum",
+        type=float,
+        nargs="*",
+        default=list(BankTrainConfig.curriculum),
+        help="step fraction per stage",
     )
     parser.add_argument("--skip-denoising", action="store_true", help="only the sample / TALoRA tables")
     args = parser.parse_args(argv)

@@ -94,9 +94,14 @@ def run_level(
         if not hasattr(local, "client"):
             local.client = httpx.Client(base_url=url, timeout=600)
         body = {
-            "model": model_name, "prompt": prompt_of(i), "seed": i, "stream": True,
-            "stream_options": {"include_usage": True}, "ignore_eos": True, **knobs,
-        }  # fmt: skip
+            "model": model_name,
+            "prompt": prompt_of(i),
+            "seed": i,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "ignore_eos": True,
+            **knobs,
+        }
         return stream_one(local.client, body)
 
     started = time.perf_counter()

@@ -18,6 +18,7 @@ import json
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import NamedTuple
 
 from ruvdllm.errors import RuvdllmError
 
@@ -61,11 +62,64 @@ def present_value(layer: int) -> str:
 
 
 def adapter_a(target: str) -> str:
-    return f"adapter.{target}.a"  # float32 [layers, in_features, slots * rank]
+    return f"adapter.{target}.a"  # float32 [layers, in_features, slots * rank]: bank factors, below
 
 
 def adapter_b(target: str) -> str:
     return f"adapter.{target}.b"  # float32 [layers, slots * rank, out_features], LoRA scale folded in
+
+
+# --- linear and LoRA shapes (one convention for the exporter, every runtime and the hub) ------
+# A linear computes y = W x with W [out_features, in_features] (torch's order). A linear's size
+# as a pair is always (in_features, out_features): `Features`. A LoRA on it, W + s·B A, is held
+# in one of two layouts:
+#
+#   static factors  A [rank, in], B [out, rank]
+#       PEFT's layout: adapter files, the conversion adapter baked into the graph, hub updates
+#   bank factors    a [layers, in, rank], b [layers, rank, out]
+#       the graph's adapter.{t}.a / .b and banks/: a = Aᵀ and b = s·Bᵀ stacked over layers, the
+#       scale folded in (for row vectors y = x Wᵀ + x a b)
+#
+# A bank of K slots of rank r has rank K·r, slot k in columns (of a) / rows (of b) k·r .. (k+1)·r − 1.
+
+
+class Features(NamedTuple):
+    """A linear's size: x [..., in_features] -> y [..., out_features]."""
+
+    in_features: int
+    out_features: int
+
+
+def linear_features(
+    hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, intermediate_size: int | None = None
+) -> dict[str, Features]:
+    """Every projection of a LLaMA-family layer (grouped KV heads: k/v are narrower than q); the
+    MLP's only when `intermediate_size` is known."""
+    q, kv = num_heads * head_dim, num_kv_heads * head_dim
+    features = {
+        "q_proj": Features(hidden_size, q),
+        "k_proj": Features(hidden_size, kv),
+        "v_proj": Features(hidden_size, kv),
+        "o_proj": Features(q, hidden_size),
+    }
+    if intermediate_size:
+        features["gate_proj"] = Features(hidden_size, intermediate_size)
+        features["up_proj"] = Features(hidden_size, intermediate_size)
+        features["down_proj"] = Features(intermediate_size, hidden_size)
+    return features
+
+
+def static_lora_shapes(features: Features, rank: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(A, B) shapes of a static LoRA on one linear: A [rank, in], B [out, rank]."""
+    return (rank, features.in_features), (features.out_features, rank)
+
+
+def bank_factor_shapes(
+    features: Features, layers: int, rank: int
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(a, b) shapes of one target's bank factors over all layers: a [layers, in, rank],
+    b [layers, rank, out] (`rank`: slots · rank for the graph's inputs)."""
+    return (layers, features.in_features, rank), (layers, rank, features.out_features)
 
 
 @dataclass(frozen=True)
@@ -91,9 +145,7 @@ class ArtifactConfig:
     adapter_slots: int = 8  # K: TALoRA banks + DGR retrieval slots composed per position
     adapter_rank: int = 4
     timestep_groups: tuple[float, ...] = (0.0, 1 / 3, 2 / 3, 1.0)  # coarse / domain / fine boundaries in t
-    targets: tuple[str, ...] = (
-        "cpu",
-    )  # execution providers this graph was built for (validated: source["validated_on"])
+    targets: tuple[str, ...] = ("cpu",)  # execution providers built for (validated: source["validated_on"])
     attention: str = "mha"  # attention formulation in the graph: "mha", "attention23", "matmul"
     quantization: str = "q4"  # "q4" (MatMulNBits, block 32) or "fp32"
     accuracy_level: int = 4

@@ -11,10 +11,13 @@ Format (a directory, `format` 1):
          "router": null | {"weights": [[w_t, w_sin, w_cos], ...G], "bias": [...G]},
          "adapters": [{"name": "fine", "slot": 0}, ...],
          "patterns": {"count": N, "slots": [slot per pattern]}}
-    adapters/<name>/<target>.a.f32   A factor [L, in, r]    raw float32, little-endian, C order
-    adapters/<name>/<target>.b.f32   B factor [L, r, out]   LoRA scale folded in
+    adapters/<name>/<target>.a.f32   a factor [L, in, r]    raw float32, little-endian, C order
+    adapters/<name>/<target>.b.f32   b factor [L, r, out]   LoRA scale folded in
     patterns.f32                     DGR pattern keys [N, H] (L2-normalised hidden states)
     patterns.hnsw                    hnswlib's saved index over patterns.f32 (a cache: rebuilt if absent)
+
+Factors are in the bank layout of runtime/artifact.py (a = Aᵀ, b = s·Bᵀ of a PEFT LoRA, stacked
+over layers); `targets` gives each linear's (in_features, out_features).
 
 Slots [0, G) are the TALoRA groups, [G, K) the DGR adapters; a slot without an adapter is zero.
 The graph takes all slots at once: adapter.{target}.a = [L, in, K·r] with slot k in columns
@@ -27,6 +30,7 @@ pass that with `--bank`, or re-run write_manifest after changing it.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import sys
@@ -35,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.artifact import ArtifactConfig
+from runtime.artifact import ArtifactConfig, Features, bank_factor_shapes, linear_features
 from runtime.talora import Router, TaloraConfig, group_names
 from ruvdllm.errors import RuvdllmError
 
@@ -81,7 +85,7 @@ def as_f32(values) -> array:
 class Adapter:
     name: str
     slot: int
-    factors: dict[str, tuple[array, array]]  # target -> (A [L·in·r], B [L·r·out]) flat float32
+    factors: dict[str, tuple[array, array]]  # target -> (a [L·in·r], b [L·r·out]) flat float32
 
 
 @dataclass
@@ -90,7 +94,7 @@ class Bank:
     hidden_size: int
     rank: int
     slots: int
-    targets: dict[str, tuple[int, int]]  # target linear -> (in_features, out_features)
+    targets: dict[str, Features]  # target linear -> (in_features, out_features)
     timestep_groups: tuple[float, ...] = (0.0, 1 / 3, 2 / 3, 1.0)
     talora: dict = field(
         default_factory=lambda: {"interpolation": "linear", "width": 0.1, "temperature": 0.05}
@@ -103,7 +107,7 @@ class Bank:
     # --- construction -----------------------------------------------------------------------
 
     @classmethod
-    def for_model(cls, config: ArtifactConfig, shapes: dict[str, tuple[int, int]] | None = None) -> Bank:
+    def for_model(cls, config: ArtifactConfig, shapes: dict[str, Features] | None = None) -> Bank:
         """An empty bank shaped for the model (every slot zero). `shapes` gives (in, out) per
         target when known from the graph; otherwise they follow from the architecture."""
         in_out = shapes or _target_shapes(config)
@@ -125,7 +129,7 @@ class Bank:
 
     def add_adapter(self, name: str, slot: int, factors: dict[str, tuple]) -> Adapter:
         """Put an adapter into `slot` (replacing the one there); factors per target as flat or
-        nested float32 data of A [L, in, r] and B [L, r, out]."""
+        nested float32 data of a [L, in, r] and b [L, r, out]."""
         if not _NAME.match(name):
             raise RuvdllmError(f"adapter name {name!r}: use letters, digits, '_', '.', '-'")
         if not 0 <= slot < self.slots:
@@ -137,11 +141,11 @@ class Bank:
         flat = {}
         for target, (a, b) in factors.items():
             a, b = as_f32(_flatten(a)), as_f32(_flatten(b))
-            fan_in, fan_out = self.targets[target]
-            if len(a) != self.layers * fan_in * self.rank or len(b) != self.layers * self.rank * fan_out:
+            a_shape, b_shape = bank_factor_shapes(self.targets[target], self.layers, self.rank)
+            if len(a) != math.prod(a_shape) or len(b) != math.prod(b_shape):
                 raise RuvdllmError(
                     f"adapter {name}: {target} factors of {len(a)}/{len(b)} values, expected "
-                    f"A [{self.layers}, {fan_in}, {self.rank}] and B [{self.layers}, {self.rank}, {fan_out}]"
+                    f"A {list(a_shape)} and B {list(b_shape)}"
                 )
             flat[target] = (a, b)
         for other in [n for n, a in self.adapters.items() if a.slot == slot]:
@@ -263,7 +267,7 @@ class Bank:
                 hidden_size=int(meta["hidden_size"]),
                 rank=int(meta["rank"]),
                 slots=int(meta["slots"]),
-                targets={t: (int(s[0]), int(s[1])) for t, s in meta["targets"].items()},
+                targets={t: Features(int(s[0]), int(s[1])) for t, s in meta["targets"].items()},
                 timestep_groups=tuple(float(x) for x in meta["timestep_groups"]),
                 talora=dict(meta.get("talora", {})),
                 router=None
@@ -326,13 +330,9 @@ def _flatten(values):
     return out
 
 
-def _target_shapes(config: ArtifactConfig) -> dict[str, tuple[int, int]]:
+def _target_shapes(config: ArtifactConfig) -> dict[str, Features]:
     """(in, out) features of each linear the adapters may target, from the architecture."""
-    h, q, kv = config.hidden_size, config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-    shapes = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h)}
     intermediate = config.source.get("intermediate_size") if isinstance(config.source, dict) else None
-    if intermediate:
-        shapes.update(
-            {"gate_proj": (h, intermediate), "up_proj": (h, intermediate), "down_proj": (intermediate, h)}
-        )
-    return shapes
+    return linear_features(
+        config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim, intermediate
+    )

@@ -118,14 +118,14 @@ class OrtBackend:
 
     # --- banks -----------------------------------------------------------------------------------
 
-    def _adapter_shapes(self) -> dict[str, tuple[int, int]]:
+    def _adapter_shapes(self) -> dict[str, artifact.Features]:
         """(in, out) per adapter target, read from the graph's adapter.{t}.a/b inputs."""
         shapes = {}
         inputs = {i.name: i.shape for i in self.session.get_inputs()}
         for target in self.config.adapter_targets:
             a, b = inputs.get(artifact.adapter_a(target)), inputs.get(artifact.adapter_b(target))
             if a is not None and b is not None:
-                shapes[target] = (int(a[1]), int(b[2]))
+                shapes[target] = artifact.Features(int(a[1]), int(b[2]))
         return shapes
 
     @property

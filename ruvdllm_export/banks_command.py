@@ -23,11 +23,55 @@ from pathlib import Path
 
 from runtime.artifact import sha256_file
 from ruvdllm.errors import RuvdllmError
+from ruvdllm_export.convert.data import HELD_OUT
+from ruvdllm_export.convert.objectives import ObjectiveConfig
+from ruvdllm_export.convert.talora_training import BankTrainConfig
+from ruvdllm_export.convert.trainer import PRECISIONS, TrainConfig
+from ruvdllm_export.flags import Flag, add_flags, resolve
 
 TRAINING_JSON = "training.json"  # beside bank.json: how the bank was trained and what it measured
 
 
+FLAGS = (
+    Flag("steps", "optimizer steps (each bank steps only when its group had weight)", BankTrainConfig),
+    Flag("batch_size", "rows per step", BankTrainConfig),
+    Flag("seq_len", "tokens per row", TrainConfig),
+    Flag("block_size", "BD3LM block the banks train for", ObjectiveConfig),
+    Flag("lr", "learning rate (AdamW, one optimizer per bank)", BankTrainConfig),
+    Flag(
+        "curriculum", "share of the steps per group stage, coarse first (the rest: every t)", BankTrainConfig
+    ),
+    Flag("held_out", "fraction of each domain never trained on", default=HELD_OUT),
+    Flag("eval_rows", "held-out rows scored per domain", default=16),
+    Flag(
+        "precision",
+        "bf16: the forward under bfloat16 autocast",
+        BankTrainConfig,
+        options={"choices": PRECISIONS},
+    ),
+    Flag("seed", "data order, masks and bank init", BankTrainConfig),
+)
+PRESETS = {
+    # The shipped banks (docs/conversion.md): with --data <corpus>/docs <corpus>/licences
+    # data/distill_smollm2.jsonl --compare --threads 2, over the shipped conversion adapter.
+    "default-135m": {
+        "steps": 400,
+        "batch_size": 2,
+        "seq_len": 128,
+        "lr": 1e-3,
+        "eval_rows": 16,
+        "precision": "bf16",
+    },
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="a named recipe for the flags below, flags given still win: default-135m = how the shipped "
+        "banks were trained (docs/conversion.md)",
+    )
     parser.add_argument("--model", type=Path, help="HF directory or GGUF (default: SmolLM2-135M-Instruct)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument(
@@ -47,24 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compare", action="store_true", help="also train the same-size static LoRA and compare"
     )
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--block-size", type=int, default=8, help="BD3LM block the banks train for")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument(
-        "--curriculum",
-        type=float,
-        nargs="*",
-        default=[0.2, 0.2, 0.2],
-        help="share of the steps per group stage, coarse first (the rest: every t)",
-    )
-    parser.add_argument(
-        "--held-out", type=float, default=0.1, help="fraction of each domain never trained on"
-    )
-    parser.add_argument("--eval-rows", type=int, default=16, help="held-out rows scored per domain")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    parser.add_argument("--seed", type=int, default=0)
+    add_flags(parser, FLAGS)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -134,11 +161,11 @@ def _bar(total: int, label: str, quiet: bool):
 def run(args) -> int:
     import torch
 
-    from ruvdllm_export.convert.objectives import ObjectiveConfig
-    from ruvdllm_export.convert.talora_training import BankTrainConfig, train_banks, train_static
+    from ruvdllm_export.convert.talora_training import train_banks, train_static
     from ruvdllm_export.convert.trainer import evaluate, precision_autocast
     from ruvdllm_export.onnx_graph.options import GraphOptions
 
+    resolve(args, FLAGS, PRESETS[args.preset] if args.preset else {})
     if len(args.data) < 2:
         raise RuvdllmError("train-banks: give two or more --data domains (one file or directory each)")
     if min(args.steps, args.batch_size, args.eval_rows) < 1 or args.seq_len < 2 * args.block_size:

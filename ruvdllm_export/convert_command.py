@@ -1,6 +1,7 @@
 """`ruvdllm convert`: train the AR -> diffusion conversion adapter (QLoRA) for a checkpoint.
 
     ruvdllm convert --data corpus/ distill.jsonl                      the default model, BD3LM b=8
+    ruvdllm convert --preset default-135m --data corpus/ distill.jsonl   the shipped adapter's recipe
     ruvdllm convert --model m.gguf --data a.txt --objective mdlm --rank 16 --max-steps 2000
     ruvdllm convert --distill data/distill_prompts.jsonl --data corpus/   AR answers first, then train
     ruvdllm convert --resume [--run-dir DIR] [--max-steps N]          continue an interrupted run
@@ -10,6 +11,10 @@ The base is prepared exactly as the exported graph holds it (4-bit linears, 8-bi
 token table), so the adapter trains against the weights that run. The run directory (default:
 the user cache's runs/<model>-<objective>-b<block>) holds checkpoints, the training curve and
 `best.safetensors`; `--output` copies the best adapter out at the end.
+
+Each tunable flag takes its default from the config it fills (TrainConfig, LoraConfig,
+ObjectiveConfig; ruvdllm_export/flags.py); a `--preset` sets a recipe's values, and a flag given
+on the command line wins over both.
 """
 
 from __future__ import annotations
@@ -21,15 +26,110 @@ import sys
 from pathlib import Path
 
 from ruvdllm.errors import RuvdllmError
+from ruvdllm_export.convert.data import HELD_OUT
+from ruvdllm_export.convert.objectives import OBJECTIVES, ObjectiveConfig
+from ruvdllm_export.convert.trainer import PRECISIONS, TrainConfig
+from ruvdllm_export.flags import Flag, add_flags, from_args, resolve
+from ruvdllm_export.reference import LoraConfig
 
 ARGS_FILE = "args.json"
-# Arguments a resumed run may change; they default to None so that "given now" is visible.
-# Options added after runs were already saved: an older run resumes with what it trained with.
-ADDED_LATER = {"precision": "fp32", "teacher_weight": 0.0}
-RESUMABLE = {"max_steps": 1000, "threads": 0, "output": None, "checkpoint_minutes": 3.0, "eval_every": 25}
+
+DATA = (
+    Flag("distill_tokens", "longest self-distilled answer", default=160),
+    Flag("held_out", "fraction of documents never trained on", default=HELD_OUT),
+)
+ADAPTER = (
+    Flag(
+        "objective",
+        "block diffusion (bd3lm) or the whole span (mdlm)",
+        ObjectiveConfig,
+        options={"choices": OBJECTIVES},
+    ),
+    Flag("block_size", "BD3LM block", ObjectiveConfig),
+    Flag("rank", "LoRA rank", LoraConfig),
+    Flag("alpha", "LoRA alpha: the scale is alpha / rank", LoraConfig),
+    Flag(
+        "targets",
+        "comma-separated linears; add embed_tokens / lm_head to adapt those too",
+        LoraConfig,
+        encode=",".join,
+    ),
+)
+TRAINING = (  # every TrainConfig field, in its order
+    Flag("seq_len", "tokens per training row", TrainConfig),
+    Flag("batch_size", "rows per micro-batch per process", TrainConfig),
+    Flag("grad_accum", "micro-batches per optimizer step", TrainConfig),
+    Flag("lr", "peak learning rate (AdamW; warm-up, then cosine decay to a tenth)", TrainConfig),
+    Flag("weight_decay", "AdamW weight decay", TrainConfig),
+    Flag("warmup_steps", "optimizer steps of linear warm-up", TrainConfig),
+    Flag("max_steps", "optimizer steps", TrainConfig),
+    Flag("anneal_steps", "steps over which attention opens from causal to block diffusion", TrainConfig),
+    Flag("eval_every", "steps between held-out evaluations (0: only before and after training)", TrainConfig),
+    Flag("eval_rows", "held-out rows per evaluation", TrainConfig),
+    Flag("checkpoint_minutes", "minutes between checkpoints", TrainConfig),
+    Flag("checkpoint_steps", "also checkpoint every N steps (0: by time only)", TrainConfig),
+    Flag("seed", "data order, masks, annealing and LoRA init", TrainConfig),
+    Flag("gradient_checkpointing", "recompute layers in backward: less memory, ~30% more time", TrainConfig),
+    Flag("memory_gb", "CPU memory budget for the batch check", TrainConfig),
+    Flag("log_every", "steps between log lines", TrainConfig),
+    Flag(
+        "precision",
+        "bf16: run the frozen base in bfloat16 (about 4x faster on CPUs with AVX512-BF16 and on GPUs)",
+        TrainConfig,
+        options={"choices": PRECISIONS},
+    ),
+    Flag(
+        "teacher_weight",
+        "share of the AR model's own next-token distribution in the loss (0 = labels only)",
+        TrainConfig,
+    ),
+)
+FLAGS = DATA + ADAPTER + TRAINING
+
+# Named recipes: the values they set; a flag given on the command line still wins.
+PRESETS = {
+    # The shipped adapter (docs/conversion.md, "The default adapter"): SmolLM2-135M-Instruct with
+    # --data <corpus>/docs <corpus>/licences data/distill_smollm2.jsonl --threads 2.
+    "default-135m": {
+        "rank": 8,
+        "alpha": 16.0,
+        "seq_len": 128,
+        "batch_size": 2,
+        "grad_accum": 4,
+        "lr": 5e-4,
+        "max_steps": 850,
+        "warmup_steps": 20,
+        "anneal_steps": 50,
+        "eval_every": 50,
+        "eval_rows": 8,
+        "precision": "bf16",
+        "teacher_weight": 0.5,
+    },
+    # Minutes on a laptop CPU: proves data, model and run directory work end to end.
+    "cpu-quick": {
+        "distill_tokens": 32,
+        "rank": 4,
+        "alpha": 8.0,
+        "seq_len": 64,
+        "grad_accum": 2,
+        "max_steps": 20,
+        "warmup_steps": 2,
+        "anneal_steps": 5,
+        "eval_every": 10,
+        "eval_rows": 2,
+    },
+}
+# What a resumed run may change; everything else is the run's own (its args.json).
+RESUMABLE = ("max_steps", "eval_every", "checkpoint_minutes", "threads", "output")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="a named recipe for the flags below, flags given still win: default-135m = how the shipped "
+        "adapter was trained (docs/conversion.md), cpu-quick = a minutes-long run that proves the setup",
+    )
     g = parser.add_argument_group("model and data")
     g.add_argument(
         "--model", type=Path, help="HF directory or GGUF (default: SmolLM2-135M-Instruct from the cache)"
@@ -38,54 +138,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--distill", type=Path, help="prompt file: generate the AR model's answers and train on them too"
     )
-    g.add_argument("--distill-tokens", type=int, default=160, help="longest self-distilled answer")
-    g.add_argument("--held-out", type=float, default=0.1, help="fraction of documents never trained on")
+    add_flags(g, DATA)
     g.add_argument("--run-dir", type=Path, help="checkpoints and logs (default: user cache runs/...)")
     g.add_argument(
         "--resume", action="store_true", help="continue the run in --run-dir with its saved arguments"
     )
     g.add_argument("--output", type=Path, help="copy the best adapter here when done")
     o = parser.add_argument_group("objective and adapter")
-    o.add_argument("--objective", choices=("bd3lm", "mdlm"), default="bd3lm")
-    o.add_argument("--block-size", type=int, default=8)
+    add_flags(o, ADAPTER)
     o.add_argument(
         "--no-complementary", action="store_true", help="one noisy copy instead of two complementary ones"
     )
-    o.add_argument("--rank", type=int, default=16)
-    o.add_argument("--alpha", type=float, default=32.0)
-    o.add_argument(
-        "--targets",
-        default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-        help="comma-separated linears; add embed_tokens / lm_head to adapt those too",
-    )
     t = parser.add_argument_group("training")
-    t.add_argument("--seq-len", type=int, default=128)
-    t.add_argument("--batch-size", type=int, default=1)
-    t.add_argument("--grad-accum", type=int, default=8)
-    t.add_argument("--lr", type=float, default=3e-4)
-    t.add_argument("--max-steps", type=int, help="optimizer steps (default 1000)")
-    t.add_argument("--warmup-steps", type=int, default=10)
-    t.add_argument("--anneal-steps", type=int, default=50)
-    t.add_argument("--eval-every", type=int, help="steps between held-out evaluations (default 25)")
-    t.add_argument("--eval-rows", type=int, default=8)
-    t.add_argument("--checkpoint-minutes", type=float, help="minutes between checkpoints (default 3)")
-    t.add_argument("--checkpoint-steps", type=int, default=0)
-    t.add_argument("--gradient-checkpointing", action="store_true")
-    t.add_argument("--memory-gb", type=float, default=24.0, help="CPU memory budget for the batch check")
-    t.add_argument("--seed", type=int, default=0)
+    add_flags(t, TRAINING)
     t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    t.add_argument(
-        "--precision",
-        choices=("fp32", "bf16"),
-        default="fp32",
-        help="bf16: run the frozen base in bfloat16 (about 4x faster on CPUs with AVX512-BF16 and on GPUs)",
-    )
-    t.add_argument(
-        "--teacher-weight",
-        type=float,
-        default=0.0,
-        help="share of the AR model's own next-token distribution in the loss (0 = labels only)",
-    )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -96,12 +162,29 @@ def default_run_dir(args) -> Path:
     return cache_root() / "runs" / f"{stem}-{args.objective}-b{args.block_size}"
 
 
+def _arguments(given: argparse.Namespace) -> argparse.Namespace:
+    """The run's arguments: for a new run each flag as given, else its preset's value, else its
+    default; on --resume the saved run's own, with only RESUMABLE ones taken from now."""
+    if given.resume and given.preset:
+        raise RuvdllmError(
+            "convert: --preset starts a new run; --resume continues one with its own arguments"
+        )
+    args = argparse.Namespace(**vars(given))
+    resolve(args, FLAGS, PRESETS[given.preset] if given.preset else {})
+    if args.run_dir is None:
+        args.run_dir = given.run_dir = default_run_dir(args)
+    if given.resume:
+        args = _saved_args(given)
+        resolve(args, FLAGS)  # flags added since the run was saved: their defaults
+    return args
+
+
 def _saved_args(args) -> argparse.Namespace:
     """On --resume: the run's own arguments, with only the ones that may change taken from now."""
     path = args.run_dir / ARGS_FILE
     if not path.is_file():
         raise RuvdllmError(f"{args.run_dir}: no {ARGS_FILE}; is this a `ruvdllm convert` run directory?")
-    saved = {**ADDED_LATER, **json.loads(path.read_text())}
+    saved = json.loads(path.read_text())
     for key in RESUMABLE:
         if getattr(args, key) is not None:
             saved[key] = getattr(args, key)
@@ -143,29 +226,20 @@ def run(args) -> int:
     from ruvdllm_export.convert.adapter_file import base_identity
     from ruvdllm_export.convert.data import build_sequences
     from ruvdllm_export.convert.trainer import BEST, Trainer, check_memory, pick_device
-    from ruvdllm_export.reference import LoraConfig, apply_lora
+    from ruvdllm_export.reference import apply_lora
 
-    if args.run_dir is None:
-        args.run_dir = default_run_dir(args)
-    if args.resume:
-        args = _saved_args(args)
-    elif (args.run_dir / "checkpoint.pt").exists():
+    args = _arguments(args)
+    if not args.resume and (args.run_dir / "checkpoint.pt").exists():
         raise RuvdllmError(f"{args.run_dir}: holds a run already; add --resume or choose another --run-dir")
-    for key, default in RESUMABLE.items():
-        if getattr(args, key) is None:
-            setattr(args, key, default)
     if not args.data and not args.distill:
         raise RuvdllmError("no training data: give --data FILE ... and/or --distill PROMPTS")
-    if not 0.0 <= args.teacher_weight <= 1.0:
-        raise RuvdllmError(f"convert: --teacher-weight {args.teacher_weight}: need a value in [0, 1]")
+    config, objective, lora = _configs(args)  # a bad value fails here, before anything is written
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.resume:
         _save_args(args)
 
     checkpoint, model = load_model(args.model, progress=not args.quiet)
-    config = _train_config(args)
-    objective = _objective(args)
     check_memory(model, config, objective, pick_device())  # before any data is read
     data = list(args.data)
     if args.distill is not None:
@@ -178,9 +252,6 @@ def run(args) -> int:
         args.held_out,
         args.seed,
         checkpoint.spec.chat_template,
-    )
-    lora = LoraConfig(
-        rank=args.rank, alpha=args.alpha, targets=tuple(args.targets.split(",")), seed=args.seed
     )
     try:
         apply_lora(model, lora)
@@ -216,38 +287,17 @@ def run(args) -> int:
     return 0
 
 
-def _objective(args):
-    from ruvdllm_export.convert.objectives import ObjectiveConfig
-
+def _configs(args) -> tuple[TrainConfig, ObjectiveConfig, LoraConfig]:
     try:
-        return ObjectiveConfig(args.objective, args.block_size, not args.no_complementary)
+        return (
+            from_args(TrainConfig, args),
+            ObjectiveConfig(args.objective, args.block_size, not args.no_complementary),
+            LoraConfig(
+                rank=args.rank, alpha=args.alpha, targets=tuple(args.targets.split(",")), seed=args.seed
+            ),
+        )
     except ValueError as exc:
         raise RuvdllmError(f"convert: {exc}") from None
-
-
-def _train_config(args):
-    from ruvdllm_export.convert.trainer import TrainConfig
-
-    if min(args.seq_len, args.batch_size, args.grad_accum, args.max_steps) < 1 or args.seq_len < 2:
-        raise RuvdllmError("convert: --seq-len must be >= 2 and --batch-size, --grad-accum, --max-steps >= 1")
-    return TrainConfig(
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        lr=args.lr,
-        warmup_steps=args.warmup_steps,
-        max_steps=args.max_steps,
-        anneal_steps=args.anneal_steps,
-        eval_every=args.eval_every,
-        eval_rows=args.eval_rows,
-        checkpoint_minutes=args.checkpoint_minutes,
-        checkpoint_steps=args.checkpoint_steps,
-        seed=args.seed,
-        gradient_checkpointing=args.gradient_checkpointing,
-        memory_gb=args.memory_gb,
-        precision=args.precision,
-        teacher_weight=args.teacher_weight,
-    )
 
 
 def _distill(args, checkpoint) -> Path:

@@ -25,7 +25,6 @@ import onnx
 from runtime import artifact
 from runtime.banks import BANKS_DIR, PATTERNS_HNSW, Bank
 from ruvdllm.errors import RuvdllmError
-from ruvdllm_export import spec as names
 from ruvdllm_export.checkpoints import LoadedCheckpoint, load_checkpoint
 from ruvdllm_export.onnx_graph import (
     GraphOptions,
@@ -38,6 +37,7 @@ from ruvdllm_export.onnx_graph import (
 from ruvdllm_export.onnx_graph.linear import as_float
 from ruvdllm_export.onnx_graph.q8 import Q8Tensor, SplitQ8Tensor
 from ruvdllm_export.quant.q4 import Q4Tensor
+from ruvdllm_export.spec import EMBED, LM_HEAD
 from ruvdllm_export.validate import PARAGRAPH, validate_export
 
 DATA_NAME = artifact.GRAPH_NAME + ".data"
@@ -46,7 +46,6 @@ NOT_VALIDATED_HERE = {  # the CPU parity check runs the graph's ops on the CPU E
     "cuda": "on the CUDA EP only where a GPU and onnxruntime-gpu are at hand (tests marked gpu)",
     "webgpu": "on the WebGPU EP in the browser (tests marked browser)",
 }
-DEFAULT_BLOCK_SIZE = 8  # BD3LM block: small blocks convert far better than whole-span MDLM (DESIGN.md)
 
 
 def _stderr(*parts) -> None:
@@ -62,7 +61,7 @@ def export_model(
     validate: bool = True,
     adapter: Path | str | None = None,
     banks: Path | str | None = None,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size: int = artifact.ArtifactConfig.block_size,
     min_agreement: float | None = None,
     quantization: str | None = None,
     attention: str | None = None,
@@ -213,12 +212,12 @@ def merge_lora(spec, weights: dict[str, np.ndarray], lora: dict[str, StaticLora]
     transposed). The graph adds head and embedding deltas as separate branches, so once either is
     present a tied table stops being tied: the merged model gets its own head."""
     merged = dict(weights)
-    if spec.tie_word_embeddings and ({names.EMBED, names.LM_HEAD} & lora.keys()):
+    if spec.tie_word_embeddings and ({EMBED, LM_HEAD} & lora.keys()):
         spec = replace(spec, tie_word_embeddings=False)
-        merged[names.LM_HEAD] = weights[names.EMBED]
+        merged[LM_HEAD] = weights[EMBED]
     for name, factors in lora.items():
         delta = factors.b @ factors.a
-        merged[name] = merged[name] + (delta.T if name == names.EMBED else delta)
+        merged[name] = merged[name] + (delta.T if name == EMBED else delta)
     return spec, merged
 
 

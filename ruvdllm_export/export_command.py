@@ -11,9 +11,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ruvdllm_export.onnx_graph.options import ATTENTION_FORMULATIONS, QUANTIZATIONS, TARGETS
+from runtime.artifact import ArtifactConfig
+from ruvdllm_export.flags import Flag, add_flags, resolve
+from ruvdllm_export.onnx_graph.options import ATTENTION_FORMULATIONS, QUANTIZATIONS, TARGETS, GraphOptions
 
 DEFAULT_MODEL_MIN_AGREEMENT = 0.99  # the default model's graph holds its checkpoint exactly
+GRAPH = (
+    Flag("top_k", "candidates per position in the outputs", GraphOptions),
+    Flag("adapter_slots", "adapter slots composed per position (0: none)", GraphOptions),
+    Flag("adapter_rank", "rank of each adapter slot", GraphOptions),
+    Flag("block_size", "BD3LM block size recorded for samplers", ArtifactConfig),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,14 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="TALoRA/DGR adapter bank (`ruvdllm train-banks`) to ship in the model's banks/",
     )
-    parser.add_argument("--top-k", type=int, help="candidates per position in the outputs (default 32)")
-    parser.add_argument(
-        "--adapter-slots", type=int, help="adapter slots composed per position (default 8; 0: none)"
-    )
-    parser.add_argument("--adapter-rank", type=int, help="rank of each adapter slot (default 4)")
-    parser.add_argument(
-        "--block-size", type=int, default=8, help="BD3LM block size recorded for samplers (default 8)"
-    )
+    add_flags(parser, GRAPH)
     parser.add_argument(
         "--accuracy-level",
         type=int,
@@ -65,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ruvdllm_export.export import export_model
 
+    resolve(args, GRAPH)
     checkpoint, min_agreement = args.checkpoint, args.min_agreement
     if checkpoint is None:
         from ruvdllm_export.default_model import default_gguf_path

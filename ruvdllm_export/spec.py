@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Canonical weight names. Linear weights are [out_features, in_features] (torch convention).
+from runtime.artifact import Features, linear_features
+
+# Canonical weight names. Linear weights are [out_features, in_features] (torch convention; the
+# shape convention every part shares is in runtime/artifact.py).
 EMBED = "model.embed_tokens.weight"  # [vocab, hidden]
 FINAL_NORM = "model.norm.weight"  # [hidden]
 LM_HEAD = "lm_head.weight"  # [vocab, hidden]; absent when tied to EMBED
@@ -78,3 +81,30 @@ class ModelSpec:
     @property
     def kv_groups(self) -> int:
         return self.num_heads // self.num_kv_heads
+
+    def linear_features(self) -> dict[str, Features]:
+        """(in_features, out_features) of every projection of a layer, by name (LINEARS)."""
+        return linear_features(
+            self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, self.intermediate_size
+        )
+
+
+def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Every canonical tensor a model of this spec has, with its shape (linear weights [out, in])."""
+    h = spec.hidden_size
+    weight_shapes = {proj: (f.out_features, f.in_features) for proj, f in spec.linear_features().items()}
+    shapes: dict[str, tuple[int, ...]] = {EMBED: (spec.vocab_size, h), FINAL_NORM: (h,)}
+    if not spec.tie_word_embeddings:
+        shapes[LM_HEAD] = (spec.vocab_size, h)
+    for layer in range(spec.num_layers):
+        shapes[input_norm(layer)] = (h,)
+        shapes[post_attention_norm(layer)] = (h,)
+        for proj, shape in weight_shapes.items():
+            shapes[linear_weight(layer, proj)] = shape
+        if spec.attention_bias:
+            for proj in ("q_proj", "k_proj", "v_proj"):
+                shapes[linear_bias(layer, proj)] = (weight_shapes[proj][0],)
+        if spec.qk_norm:
+            shapes[q_norm(layer)] = (spec.head_dim,)
+            shapes[k_norm(layer)] = (spec.head_dim,)
+    return shapes

@@ -25,9 +25,9 @@ import onnx
 import onnxruntime as ort
 
 from runtime import artifact
+from runtime.artifact import bank_factor_shapes
 from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.onnx_graph import GraphOptions, build_graph
-from ruvdllm_export.onnx_graph.builder import linear_features
 from ruvdllm_export.spec import ModelSpec
 
 Outputs = dict[str, np.ndarray]
@@ -174,14 +174,10 @@ def graph_feeds(
             np.zeros((1, s, options.adapter_slots), np.float32) if mix is None else mix.astype(np.float32)
         )
         for target in options.adapter_targets:
-            in_, out = linear_features(spec, target)
+            a_shape, b_shape = bank_factor_shapes(spec.linear_features()[target], spec.num_layers, width)
             a, b = (banks or {}).get(target, (None, None))
-            feeds[artifact.adapter_a(target)] = (
-                np.zeros((spec.num_layers, in_, width), np.float32) if a is None else a
-            )
-            feeds[artifact.adapter_b(target)] = (
-                np.zeros((spec.num_layers, width, out), np.float32) if b is None else b
-            )
+            feeds[artifact.adapter_a(target)] = np.zeros(a_shape, np.float32) if a is None else a
+            feeds[artifact.adapter_b(target)] = np.zeros(b_shape, np.float32) if b is None else b
     return feeds
 
 
@@ -196,9 +192,10 @@ def random_banks(spec: ModelSpec, options: GraphOptions, rng: np.random.Generato
     width = options.adapter_slots * options.adapter_rank
     banks = {}
     for target in options.adapter_targets:
-        in_, out = linear_features(spec, target)
-        a = rng.standard_normal((spec.num_layers, in_, width)) / np.sqrt(in_)
-        b = rng.standard_normal((spec.num_layers, width, out)) * 0.02
+        features = spec.linear_features()[target]
+        a_shape, b_shape = bank_factor_shapes(features, spec.num_layers, width)
+        a = rng.standard_normal(a_shape) / np.sqrt(features.in_features)
+        b = rng.standard_normal(b_shape) * 0.02
         banks[target] = (a.astype(np.float32), b.astype(np.float32))
     return banks
 

@@ -1,6 +1,7 @@
 """Exact sums of LoRA deltas.
 
-A LoRA delta for one linear is the product `B @ A` with A [rank, in] and B [out, rank]. The
+A LoRA delta for one linear is the product `B @ A` with A [rank, in] and B [out, rank] (the static
+layout every part shares, docs/artifact.md "Shapes"). The
 mean of products is not the product of means, so A and B are never averaged separately.
 Instead the weighted sum is kept exactly, either as stacked factors
 

@@ -59,9 +59,11 @@ def require_key(request: Request, state: State) -> None:
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), state.api_key.encode()):
         raise ApiError(
-            401, "missing or incorrect API key (send Authorization: Bearer KEY)", code="invalid_api_key",
+            401,
+            "missing or incorrect API key (send Authorization: Bearer KEY)",
+            code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
-        )  # fmt: skip
+        )
 
 
 health_router = APIRouter()

@@ -6,7 +6,7 @@ Weights use the canonical names of ruvdllm_export/spec.py: float32 arrays, or Q4
 file already holds 4-bit blocks that map exactly (GGUF Q4_0 / Q4_1 / Q4_K).
 """
 
-from ruvdllm_export.checkpoints.architectures import ARCHITECTURES, Architecture, expected_shapes, register
+from ruvdllm_export.checkpoints.architectures import ARCHITECTURES, Architecture, register
 from ruvdllm_export.checkpoints.load import load_checkpoint
 from ruvdllm_export.checkpoints.loaded import LoadedCheckpoint
 
@@ -14,7 +14,6 @@ __all__ = [
     "ARCHITECTURES",
     "Architecture",
     "LoadedCheckpoint",
-    "expected_shapes",
     "load_checkpoint",
     "register",
 ]

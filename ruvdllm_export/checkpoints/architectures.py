@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ruvdllm.errors import RuvdllmError
-from ruvdllm_export import spec as names
-from ruvdllm_export.spec import ModelSpec
+from ruvdllm_export.spec import ModelSpec, expected_shapes
 
 
 @dataclass(frozen=True)
@@ -55,36 +54,6 @@ def by_gguf_arch(gguf_arch: str, where: str) -> Architecture:
             return arch
     known = ", ".join(sorted(a.gguf_arch for a in ARCHITECTURES.values()))
     raise RuvdllmError(f"{where}: GGUF architecture {gguf_arch!r} is not supported (supported: {known})")
-
-
-def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every canonical tensor a model of this spec must have, with its shape."""
-    h, d, inter = spec.hidden_size, spec.head_dim, spec.intermediate_size
-    q_out, kv_out = spec.num_heads * d, spec.num_kv_heads * d
-    shapes: dict[str, tuple[int, ...]] = {names.EMBED: (spec.vocab_size, h), names.FINAL_NORM: (h,)}
-    if not spec.tie_word_embeddings:
-        shapes[names.LM_HEAD] = (spec.vocab_size, h)
-    linear_shapes = {
-        "q_proj": (q_out, h),
-        "k_proj": (kv_out, h),
-        "v_proj": (kv_out, h),
-        "o_proj": (h, q_out),
-        "gate_proj": (inter, h),
-        "up_proj": (inter, h),
-        "down_proj": (h, inter),
-    }
-    for layer in range(spec.num_layers):
-        shapes[names.input_norm(layer)] = (h,)
-        shapes[names.post_attention_norm(layer)] = (h,)
-        for proj, shape in linear_shapes.items():
-            shapes[names.linear_weight(layer, proj)] = shape
-        if spec.attention_bias:
-            for proj in ("q_proj", "k_proj", "v_proj"):
-                shapes[names.linear_bias(layer, proj)] = (linear_shapes[proj][0],)
-        if spec.qk_norm:
-            shapes[names.q_norm(layer)] = (d,)
-            shapes[names.k_norm(layer)] = (d,)
-    return shapes
 
 
 def check_weights(spec: ModelSpec, weights: dict, where: str, display=lambda name: name) -> None:

@@ -8,29 +8,39 @@ from __future__ import annotations
 
 import re
 
-from ruvdllm_export import spec as names
+from ruvdllm_export.spec import (
+    EMBED,
+    FINAL_NORM,
+    LM_HEAD,
+    input_norm,
+    k_norm,
+    linear_bias,
+    linear_weight,
+    post_attention_norm,
+    q_norm,
+)
 
 L = "{layer}"
 
 # GGUF name template -> canonical name template
 TENSOR_NAMES: tuple[tuple[str, str], ...] = (
-    ("token_embd.weight", names.EMBED),
-    ("output_norm.weight", names.FINAL_NORM),
-    ("output.weight", names.LM_HEAD),
-    (f"blk.{L}.attn_norm.weight", names.input_norm(L)),
-    (f"blk.{L}.ffn_norm.weight", names.post_attention_norm(L)),
-    (f"blk.{L}.attn_q.weight", names.linear_weight(L, "q_proj")),
-    (f"blk.{L}.attn_k.weight", names.linear_weight(L, "k_proj")),
-    (f"blk.{L}.attn_v.weight", names.linear_weight(L, "v_proj")),
-    (f"blk.{L}.attn_output.weight", names.linear_weight(L, "o_proj")),
-    (f"blk.{L}.attn_q.bias", names.linear_bias(L, "q_proj")),
-    (f"blk.{L}.attn_k.bias", names.linear_bias(L, "k_proj")),
-    (f"blk.{L}.attn_v.bias", names.linear_bias(L, "v_proj")),
-    (f"blk.{L}.attn_q_norm.weight", names.q_norm(L)),
-    (f"blk.{L}.attn_k_norm.weight", names.k_norm(L)),
-    (f"blk.{L}.ffn_gate.weight", names.linear_weight(L, "gate_proj")),
-    (f"blk.{L}.ffn_up.weight", names.linear_weight(L, "up_proj")),
-    (f"blk.{L}.ffn_down.weight", names.linear_weight(L, "down_proj")),
+    ("token_embd.weight", EMBED),
+    ("output_norm.weight", FINAL_NORM),
+    ("output.weight", LM_HEAD),
+    (f"blk.{L}.attn_norm.weight", input_norm(L)),
+    (f"blk.{L}.ffn_norm.weight", post_attention_norm(L)),
+    (f"blk.{L}.attn_q.weight", linear_weight(L, "q_proj")),
+    (f"blk.{L}.attn_k.weight", linear_weight(L, "k_proj")),
+    (f"blk.{L}.attn_v.weight", linear_weight(L, "v_proj")),
+    (f"blk.{L}.attn_output.weight", linear_weight(L, "o_proj")),
+    (f"blk.{L}.attn_q.bias", linear_bias(L, "q_proj")),
+    (f"blk.{L}.attn_k.bias", linear_bias(L, "k_proj")),
+    (f"blk.{L}.attn_v.bias", linear_bias(L, "v_proj")),
+    (f"blk.{L}.attn_q_norm.weight", q_norm(L)),
+    (f"blk.{L}.attn_k_norm.weight", k_norm(L)),
+    (f"blk.{L}.ffn_gate.weight", linear_weight(L, "gate_proj")),
+    (f"blk.{L}.ffn_up.weight", linear_weight(L, "up_proj")),
+    (f"blk.{L}.ffn_down.weight", linear_weight(L, "down_proj")),
 )
 
 

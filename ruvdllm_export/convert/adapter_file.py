@@ -1,7 +1,8 @@
 """The conversion adapter file: what `ruvdllm convert` writes and `ruvdllm export` merges.
 
 A safetensors file (numpy only: the export path never imports torch) holding PEFT-named factors
-under the canonical weight names, exactly `reference.lora_state_dict`:
+under the canonical weight names, exactly `reference.lora_state_dict`, in the static layout of
+runtime/artifact.py:
 
     model.layers.{l}.self_attn.q_proj.lora_A.weight   [rank, in]
     model.layers.{l}.self_attn.q_proj.lora_B.weight   [out, rank]     (scale NOT folded in)
@@ -131,9 +132,3 @@ def read_static_lora(path: Path, checkpoint=None) -> dict[str, tuple[np.ndarray,
             b = adapter.factors[stem + LORA_B] * np.float32(adapter.scaling)
             out[f"{stem}.weight"] = (a.astype(np.float32), b.astype(np.float32))
     return out
-
-
-def save_compact(source: Path, target: Path) -> None:
-    """Copy an adapter as float16 (half the bytes; the graph computes the branch in float32)."""
-    adapter = read_adapter(source)
-    write_adapter(target, adapter.factors, adapter.lora, adapter.training, adapter.base, dtype="float16")

@@ -25,7 +25,7 @@ import site
 import sys
 from pathlib import Path
 
-from ruvdllm_export.convert.data import Document, is_held_out
+from ruvdllm_export.convert.data import HELD_OUT, Document, is_held_out
 
 DOC_SUFFIXES = (".md", ".rst", ".txt")
 LICENCE_NAMES = ("LICENSE", "LICENCE", "COPYING")
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--max-mb", type=float, default=8.0, help="characters kept, in millions")
-    parser.add_argument("--held-out", type=float, default=0.1)
+    parser.add_argument("--held-out", type=float, default=HELD_OUT)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     manifest = build(args.out_dir, args.max_mb, args.held_out, args.seed)

@@ -92,6 +92,9 @@ def read_documents(
     return documents
 
 
+HELD_OUT = 0.1  # the fraction of documents every split holds out: the corpus manifest records this split
+
+
 def is_held_out(document: Document, fraction: float, seed: int) -> bool:
     """A stable split by a hash of the document's text (not its path): the same document is held
     out on every run and every machine, wherever its file lies and whatever else the data holds."""

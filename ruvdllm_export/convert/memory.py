@@ -29,9 +29,5 @@ def activation_bytes(spec: ModelSpec, batch: int, positions: int, targets: int, 
 def base_bytes(spec: ModelSpec) -> int:
     """The frozen base: 4-bit linears, a float embedding table (kept dequantized) and one
     dequantized layer's weights at a time."""
-    linear = (
-        spec.hidden_size
-        * ((spec.num_heads + 2 * spec.num_kv_heads) * spec.head_dim + spec.num_heads * spec.head_dim)
-        + 3 * spec.hidden_size * spec.intermediate_size
-    )
+    linear = sum(f.in_features * f.out_features for f in spec.linear_features().values())
     return spec.num_layers * linear // 2 + 2 * spec.vocab_size * spec.hidden_size * FLOAT + linear * FLOAT

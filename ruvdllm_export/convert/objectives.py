@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from runtime.artifact import ArtifactConfig
 from ruvdllm_export.convert.annealing import annealed
 from ruvdllm_export.reference.lora import lora_disabled
 from ruvdllm_export.reference.model import AdapterBank, DiffusionLM
@@ -48,10 +49,15 @@ from ruvdllm_export.reference.model import AdapterBank, DiffusionLM
 OBJECTIVES = ("bd3lm", "mdlm")
 
 
+def check_teacher_weight(weight: float) -> None:
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"teacher weight {weight}: need 0 <= w <= 1")
+
+
 @dataclass(frozen=True)
 class ObjectiveConfig:
     objective: str = "bd3lm"  # small blocks keep most of the AR model's ability (DESIGN.md)
-    block_size: int = 8  # the artifact's and the sampler's default block
+    block_size: int = ArtifactConfig.block_size  # train for the block the artifact's sampler runs
     complementary: bool = True  # Fast-dLLM v2: every token is a target once per step, at +50% compute
     t_range: tuple[float, float] = (0.0, 1.0)  # timesteps drawn from (lo, hi]; TALoRA's curriculum narrows it
 
@@ -261,8 +267,7 @@ def diffusion_loss(
     """The ELBO-per-token loss of `batch` [B, N] under `config`; all randomness (offsets, masks,
     annealing) comes from `generator`, so one seed gives one loss on every device.
     `teacher_weight`: the share of the AR teacher's soft targets in each target's CE (module doc)."""
-    if not 0.0 <= teacher_weight <= 1.0:
-        raise ValueError(f"teacher weight {teacher_weight}: need 0 <= w <= 1")
+    check_teacher_weight(teacher_weight)
     device = model.final_norm.device
     layouts = make_layouts(batch.cpu(), model.mask_token_id, config, generator)
     visible = torch.stack([annealed(lay.target, lay.start, progress, generator) for lay in layouts])

@@ -25,39 +25,36 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from runtime.artifact import Features, bank_factor_shapes
 from runtime.banks import Bank
 from runtime.talora import TaloraConfig, group_names
-from ruvdllm_export import spec as names
 from ruvdllm_export.convert.objectives import ObjectiveConfig, diffusion_loss
-from ruvdllm_export.convert.trainer import PRECISIONS, precision_autocast
+from ruvdllm_export.convert.trainer import check_precision, precision_autocast
+from ruvdllm_export.onnx_graph.options import GraphOptions
 from ruvdllm_export.reference.control import timestep_slot_weights
 from ruvdllm_export.reference.model import DiffusionLM
+from ruvdllm_export.spec import LINEARS
 
 OnStep = Callable[[dict], None]  # called with each step's log record (progress bars)
 
 
 @dataclass(frozen=True)
 class BankTrainConfig:
-    rank: int = 4  # the graph's default bank rank per slot (onnx_graph/options.py)
+    rank: int = GraphOptions.adapter_rank  # the graph's bank rank per slot: the banks fill its slots
     alpha: float = 8.0  # scale alpha / rank = 2, as the static adapter
-    targets: tuple[str, ...] = ("q_proj", "v_proj")  # the graph's default bank targets
+    targets: tuple[str, ...] = GraphOptions.adapter_targets  # the graph's bank targets
     talora: TaloraConfig = field(default_factory=TaloraConfig)  # the runtime's groups and blending
-    curriculum: tuple[float, ...] = (
-        0.2,
-        0.2,
-        0.2,
-    )  # fraction of steps per group stage, coarse first; rest: all t
+    # Share of the steps per group stage, coarse first, the rest over all t: each group first
+    # learns alone, then the blends at the boundaries.
+    curriculum: tuple[float, ...] = (0.2, 0.2, 0.2)
     lr: float = 1e-3  # small adapters on few steps: a larger rate than the conversion LoRA
-    steps: int = 200
-    batch_size: int = 4
-    seed: int = 0
-    precision: str = (
-        "fp32"  # "bf16": the forward under bfloat16 autocast (the model's weights cached to match)
-    )
+    steps: int = 200  # minutes on a CPU; the shipped banks took 400 (docs/conversion.md)
+    batch_size: int = 4  # rows per step; small banks learn from few rows
+    seed: int = 0  # data order, masks and bank init: same seed, same banks
+    precision: str = "fp32"  # "bf16": the forward under bfloat16 autocast (weights cached to match)
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r}: not one of {PRECISIONS}")
+        check_precision(self.precision)
         if any(f < 0 for f in self.curriculum) or sum(self.curriculum) > 1 + 1e-9:
             raise ValueError(f"curriculum {self.curriculum}: step shares must be >= 0 and sum to at most 1")
         if len(self.curriculum) > self.groups:
@@ -69,8 +66,8 @@ class BankTrainConfig:
 
 
 class TaloraBanks(nn.Module):
-    """Per group g and target: A_g [layers, in, r] and B_g [layers, r, out] (B zero at the start:
-    fresh banks leave the model unchanged)."""
+    """Per group g and target: a_g [layers, in, r] and b_g [layers, r, out], the bank layout of
+    runtime/artifact.py (b zero at the start: fresh banks leave the model unchanged)."""
 
     def __init__(self, model: DiffusionLM, config: BankTrainConfig):
         super().__init__()
@@ -81,16 +78,17 @@ class TaloraBanks(nn.Module):
         self.shapes = {}
         self.a, self.b = nn.ParameterDict(), nn.ParameterDict()
         for target in config.targets:
-            if target not in names.LINEARS:
-                raise ValueError(f"bank target {target!r}: not one of {names.LINEARS}")
+            if target not in LINEARS:
+                raise ValueError(f"bank target {target!r}: not one of {LINEARS}")
             linear = model.layers[0].proj[target]
-            fan_in, fan_out = linear.in_features, linear.out_features
-            self.shapes[target] = (fan_in, fan_out)
+            features = Features(linear.in_features, linear.out_features)
+            self.shapes[target] = features
+            a_shape, b_shape = bank_factor_shapes(features, layers, config.rank)
             for g in range(config.groups):
-                bound = 1.0 / math.sqrt(fan_in)  # PEFT's kaiming_uniform(a=sqrt(5)) bound
-                a = (torch.rand(layers, fan_in, config.rank, generator=generator) * 2 - 1) * bound
+                bound = 1.0 / math.sqrt(features.in_features)  # PEFT's kaiming_uniform(a=sqrt(5)) bound
+                a = (torch.rand(a_shape, generator=generator) * 2 - 1) * bound
                 self.a[f"{target}_{g}"] = nn.Parameter(a)
-                self.b[f"{target}_{g}"] = nn.Parameter(torch.zeros(layers, config.rank, fan_out))
+                self.b[f"{target}_{g}"] = nn.Parameter(torch.zeros(b_shape))
 
     def group_parameters(self, g: int) -> list[nn.Parameter]:
         return [p for t in self.config.targets for p in (self.a[f"{t}_{g}"], self.b[f"{t}_{g}"])]

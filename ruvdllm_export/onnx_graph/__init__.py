@@ -2,7 +2,6 @@
 
 from ruvdllm_export.onnx_graph.builder import (
     build_graph,
-    expected_shapes,
     graph_weights_as_float,
     prepare_weights,
 )
@@ -13,7 +12,6 @@ __all__ = [
     "GraphOptions",
     "StaticLora",
     "build_graph",
-    "expected_shapes",
     "graph_weights_as_float",
     "options_for_target",
     "prepare_weights",

@@ -22,11 +22,11 @@ import numpy as np
 from onnx import helper
 
 from runtime import artifact
-from ruvdllm_export import spec as names
 from ruvdllm_export.onnx_graph.context import BuildContext
 from ruvdllm_export.onnx_graph.graph import FLOAT, MS_DOMAIN
 from ruvdllm_export.onnx_graph.norms import make_head_rms_norm
 from ruvdllm_export.onnx_graph.rope import make_rope
+from ruvdllm_export.spec import k_norm, q_norm
 
 NEG = float(np.finfo(np.float32).min)  # masked score: exp underflows to exactly 0, stays finite
 
@@ -82,10 +82,10 @@ def make_attention_block(ctx: BuildContext, layer: int, x: str) -> str:
     if s.qk_norm:
         eps = s.rms_norm_eps
         q = make_head_rms_norm(
-            g, f"{scope}/q_norm", q, ctx.weights[names.q_norm(layer)], eps, s.num_heads, s.head_dim
+            g, f"{scope}/q_norm", q, ctx.weights[q_norm(layer)], eps, s.num_heads, s.head_dim
         )
         k = make_head_rms_norm(
-            g, f"{scope}/k_norm", k, ctx.weights[names.k_norm(layer)], eps, s.num_kv_heads, s.head_dim
+            g, f"{scope}/k_norm", k, ctx.weights[k_norm(layer)], eps, s.num_kv_heads, s.head_dim
         )
     q = make_rope(g, f"{scope}/q_rope", q, ctx.position_ids, ctx.rope, s.num_heads)
     k = make_rope(g, f"{scope}/k_rope", k, ctx.position_ids, ctx.rope, s.num_kv_heads)

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from runtime import artifact
-from ruvdllm_export import spec as names
+from runtime.artifact import Features, bank_factor_shapes, static_lora_shapes
 from ruvdllm_export.onnx_graph.attention import make_attention_block, make_past_inputs, make_visibility_bias
 from ruvdllm_export.onnx_graph.context import BuildContext
 from ruvdllm_export.onnx_graph.embedding import make_embedding, make_embedding_lora
@@ -37,7 +37,17 @@ from ruvdllm_export.onnx_graph.options import GraphOptions
 from ruvdllm_export.onnx_graph.q8 import Q8Tensor, SplitQ8Tensor, quantize_q8, split_q8
 from ruvdllm_export.onnx_graph.rope import make_rope_caches
 from ruvdllm_export.quant.q4 import Q4Tensor
-from ruvdllm_export.spec import ModelSpec
+from ruvdllm_export.spec import (
+    EMBED,
+    FINAL_NORM,
+    LINEARS,
+    LM_HEAD,
+    ModelSpec,
+    expected_shapes,
+    input_norm,
+    linear_weight,
+    post_attention_norm,
+)
 
 
 def build_graph(
@@ -72,8 +82,8 @@ def prepare_weights(spec: ModelSpec, weights: dict[str, Weight], options: GraphO
     """What the graph will hold for each tensor: in q4 mode every linear as a Q4Tensor (exact ones
     kept, float ones quantized), the token table(s) at `table_bits`; in fp32 mode all float.
     Norm weights and biases stay float32."""
-    tables = {names.EMBED} | ({names.LM_HEAD} if not spec.tie_word_embeddings else set())
-    linears = {names.linear_weight(layer, p) for layer in range(spec.num_layers) for p in names.LINEARS}
+    tables = {EMBED} | ({LM_HEAD} if not spec.tie_word_embeddings else set())
+    linears = {linear_weight(layer, p) for layer in range(spec.num_layers) for p in LINEARS}
     prepared: dict[str, Weight] = {}
     for name, weight in weights.items():
         if options.quantization == "fp32" or name not in tables | linears:
@@ -113,53 +123,21 @@ def check_weights(spec: ModelSpec, weights: dict[str, Weight]) -> None:
 
 def check_lora(spec: ModelSpec, lora: dict[str, StaticLora]) -> None:
     """Static LoRA factors name a linear (or the head / embedding) and fit its shape."""
-    shapes = {n: s for n, s in expected_shapes(spec).items() if len(s) == 2}
-    shapes[names.LM_HEAD] = (spec.vocab_size, spec.hidden_size)
-    shapes[names.EMBED] = (spec.hidden_size, spec.vocab_size)  # as a linear over one-hot ids (PEFT)
+    features = {
+        linear_weight(layer, proj): f
+        for layer in range(spec.num_layers)
+        for proj, f in spec.linear_features().items()
+    }
+    features[LM_HEAD] = Features(spec.hidden_size, spec.vocab_size)
+    features[EMBED] = Features(spec.vocab_size, spec.hidden_size)  # a linear over one-hot ids (PEFT)
     for name, factors in lora.items():
-        if name not in shapes:
+        if name not in features:
             raise ValueError(f"LoRA factors for {name}: not a linear of this model")
-        out, in_ = shapes[name]
-        rank = factors.a.shape[0]
-        if factors.a.shape != (rank, in_) or factors.b.shape != (out, rank):
+        in_, out = features[name]
+        if (factors.a.shape, factors.b.shape) != static_lora_shapes(features[name], factors.a.shape[0]):
             raise ValueError(
                 f"LoRA factors for {name}: a {factors.a.shape} / b {factors.b.shape}, expected a [r, {in_}] / b [{out}, r]"
             )
-
-
-def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    s = spec
-    d, q_out, kv_out = s.hidden_size, s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
-    linear_shapes = {
-        "q_proj": (q_out, d),
-        "k_proj": (kv_out, d),
-        "v_proj": (kv_out, d),
-        "o_proj": (d, q_out),
-        "gate_proj": (s.intermediate_size, d),
-        "up_proj": (s.intermediate_size, d),
-        "down_proj": (d, s.intermediate_size),
-    }
-    shapes = {names.EMBED: (s.vocab_size, d), names.FINAL_NORM: (d,)}
-    if not s.tie_word_embeddings:
-        shapes[names.LM_HEAD] = (s.vocab_size, d)
-    for layer in range(s.num_layers):
-        shapes[names.input_norm(layer)] = (d,)
-        shapes[names.post_attention_norm(layer)] = (d,)
-        for proj, shape in linear_shapes.items():
-            shapes[names.linear_weight(layer, proj)] = shape
-        if s.attention_bias:
-            for proj in ("q_proj", "k_proj", "v_proj"):
-                shapes[names.linear_bias(layer, proj)] = (linear_shapes[proj][0],)
-        if s.qk_norm:
-            shapes[names.q_norm(layer)] = (s.head_dim,)
-            shapes[names.k_norm(layer)] = (s.head_dim,)
-    return shapes
-
-
-def linear_features(spec: ModelSpec, proj: str) -> tuple[int, int]:
-    """(in_features, out_features) of a canonical linear."""
-    out, in_ = expected_shapes(spec)[names.linear_weight(0, proj)]
-    return in_, out
 
 
 # --- the build steps, in order ---------------------------------------------------------------
@@ -183,13 +161,14 @@ def make_adapter_inputs(ctx: BuildContext) -> None:
         return
     width = o.adapter_slots * o.adapter_rank
     weights = g.input(artifact.ADAPTER_WEIGHTS, FLOAT, [1, "sequence", o.adapter_slots])
+    features = ctx.spec.linear_features()
     for target in o.adapter_targets:
-        if target not in names.LINEARS:
-            raise ValueError(f"adapter target {target!r} is not one of {names.LINEARS}")
-        in_, out = linear_features(ctx.spec, target)
+        if target not in LINEARS:
+            raise ValueError(f"adapter target {target!r} is not one of {LINEARS}")
+        a_shape, b_shape = bank_factor_shapes(features[target], ctx.spec.num_layers, width)
         ctx.banks[target] = (
-            g.input(artifact.adapter_a(target), FLOAT, [ctx.spec.num_layers, in_, width]),
-            g.input(artifact.adapter_b(target), FLOAT, [ctx.spec.num_layers, width, out]),
+            g.input(artifact.adapter_a(target), FLOAT, list(a_shape)),
+            g.input(artifact.adapter_b(target), FLOAT, list(b_shape)),
         )
     scope = "/model/adapter_weights"
     w = g.op("Unsqueeze", [weights, g.const([-1])], f"{scope}/Unsqueeze")
@@ -203,9 +182,9 @@ def make_rope_tables(ctx: BuildContext) -> None:
 
 
 def make_embedding_step(ctx: BuildContext) -> None:
-    ctx.hidden = make_embedding(ctx.g, names.EMBED, ctx.input_ids, ctx.weights[names.EMBED])
-    if names.EMBED in ctx.lora:
-        ctx.hidden = make_embedding_lora(ctx.g, ctx.input_ids, ctx.hidden, ctx.lora[names.EMBED])
+    ctx.hidden = make_embedding(ctx.g, EMBED, ctx.input_ids, ctx.weights[EMBED])
+    if EMBED in ctx.lora:
+        ctx.hidden = make_embedding_lora(ctx.g, ctx.input_ids, ctx.hidden, ctx.lora[EMBED])
 
 
 def make_decoder_layers(ctx: BuildContext) -> None:
@@ -218,7 +197,7 @@ def make_decoder_layers(ctx: BuildContext) -> None:
     s, g, w = ctx.spec, ctx.g, ctx.weights
     eps = s.rms_norm_eps
     residual = ctx.hidden
-    normed = make_rms_norm(g, "/model/layers.0/input_layernorm", residual, w[names.input_norm(0)], eps)
+    normed = make_rms_norm(g, "/model/layers.0/input_layernorm", residual, w[input_norm(0)], eps)
     for layer in range(s.num_layers):
         attn = make_attention_block(ctx, layer, normed)
         normed, residual = make_skip_rms_norm(
@@ -226,7 +205,7 @@ def make_decoder_layers(ctx: BuildContext) -> None:
             f"/model/layers.{layer}/post_attention_layernorm",
             attn,
             residual,
-            w[names.post_attention_norm(layer)],
+            w[post_attention_norm(layer)],
             eps,
         )
         mlp = make_mlp_block(ctx, layer, normed)
@@ -236,7 +215,7 @@ def make_decoder_layers(ctx: BuildContext) -> None:
                 f"/model/layers.{layer + 1}/input_layernorm",
                 mlp,
                 residual,
-                w[names.input_norm(layer + 1)],
+                w[input_norm(layer + 1)],
                 eps,
             )
     ctx.hidden, ctx.residual = mlp, residual
@@ -249,7 +228,7 @@ def make_outputs(ctx: BuildContext) -> None:
     rows = make_output_rows(g, last, ctx.output_offset, "/model/norm/mlp_out")
     residual_rows = make_output_rows(g, ctx.residual, ctx.output_offset, "/model/norm/residual")
     final, _ = make_skip_rms_norm(
-        g, "/model/norm", rows, residual_rows, ctx.weights[names.FINAL_NORM], s.rms_norm_eps
+        g, "/model/norm", rows, residual_rows, ctx.weights[FINAL_NORM], s.rms_norm_eps
     )
     logits = make_lm_head(ctx, final)
     make_head_outputs(g, logits, min(ctx.options.top_k, s.vocab_size))
@@ -261,13 +240,13 @@ def make_lm_head(ctx: BuildContext, x: str) -> str:
     ones the embedding Gather reads; in fp32 mode a Transpose of the embedding matrix (folded by
     onnxruntime at load, stored once on disk)."""
     s, g, scope = ctx.spec, ctx.g, "/model/lm_head"
-    name = names.EMBED if s.tie_word_embeddings else names.LM_HEAD
-    lora = ctx.lora.get(names.LM_HEAD)  # a head LoRA is keyed lm_head.weight, tied or not
+    name = EMBED if s.tie_word_embeddings else LM_HEAD
+    lora = ctx.lora.get(LM_HEAD)  # a head LoRA is keyed lm_head.weight, tied or not
     if ctx.options.quantization == "fp32" and s.tie_word_embeddings:
-        table_t = g.op("Transpose", [names.EMBED], f"{scope}/Transpose_tied", perm=[1, 0])
+        table_t = g.op("Transpose", [EMBED], f"{scope}/Transpose_tied", perm=[1, 0])
         logits = g.op("MatMul", [x, table_t], f"{scope}/MatMul")
         if lora is not None:
-            delta = make_static_lora_delta(g, scope, names.LM_HEAD, x, lora)
+            delta = make_static_lora_delta(g, scope, LM_HEAD, x, lora)
             logits = g.op("Add", [logits, delta], f"{scope}/Add_lora")
         return logits
     return make_linear(g, scope, name, x, ctx.weights[name], ctx.fmt, lora=lora)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ruvdllm_export import spec as names
 from ruvdllm_export.onnx_graph.graph import GraphBuilder
 from ruvdllm_export.onnx_graph.linear import AdapterBank, LinearFormat, StaticLora, Weight, make_linear
 from ruvdllm_export.onnx_graph.options import GraphOptions
-from ruvdllm_export.spec import ModelSpec
+from ruvdllm_export.spec import ModelSpec, linear_bias, linear_weight
 
 
 @dataclass
@@ -36,7 +35,7 @@ class BuildContext:
 
     def linear(self, layer: int, proj: str, x: str, scope: str) -> str:
         """The canonical linear `proj` of `layer` with its bias, bank and static LoRA if any."""
-        weight_name = names.linear_weight(layer, proj)
+        weight_name = linear_weight(layer, proj)
         bank = None
         if proj in self.banks:
             a, b = self.banks[proj]
@@ -48,7 +47,7 @@ class BuildContext:
             x,
             self.weights[weight_name],
             self.fmt,
-            bias=self.weights.get(names.linear_bias(layer, proj)),
+            bias=self.weights.get(linear_bias(layer, proj)),
             bank=bank,
             lora=self.lora.get(weight_name),
         )

@@ -16,7 +16,7 @@ from ruvdllm_export.onnx_graph.linear import StaticLora, Weight, as_float, regis
 from ruvdllm_export.onnx_graph.q8 import ZERO_POINT as Q8_ZERO_POINT
 from ruvdllm_export.onnx_graph.q8 import Q8Tensor, SplitQ8Tensor
 from ruvdllm_export.quant.q4 import BLOCK, Q4Tensor
-from ruvdllm_export.spec import EMBED as EMBED_NAME
+from ruvdllm_export.spec import EMBED
 
 SCOPE = "/model/embed_tokens"
 
@@ -52,8 +52,8 @@ def make_embedding_lora(g: GraphBuilder, ids: str, hidden: str, lora: StaticLora
     ids ─Gather(aᵀ [vocab, r])─► [1,S,r] ─MatMul(bᵀ [r, hidden])─► delta ─Add(hidden)─►
     """
     scope = f"{SCOPE}/lora"
-    a_t = g.initializer(f"{EMBED_NAME}.lora_a.T", np.ascontiguousarray(lora.a.T.astype(np.float32)))
-    b_t = g.initializer(f"{EMBED_NAME}.lora_b.T", np.ascontiguousarray(lora.b.T.astype(np.float32)))
+    a_t = g.initializer(f"{EMBED}.lora_a.T", np.ascontiguousarray(lora.a.T.astype(np.float32)))
+    b_t = g.initializer(f"{EMBED}.lora_b.T", np.ascontiguousarray(lora.b.T.astype(np.float32)))
     rows = g.op("Gather", [a_t, ids], f"{scope}/Gather_a", axis=0)
     delta = g.op("MatMul", [rows, b_t], f"{scope}/MatMul_b")
     return g.op("Add", [hidden, delta], f"{scope}/Add")

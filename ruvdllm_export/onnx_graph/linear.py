@@ -38,8 +38,9 @@ class LinearFormat:
 
 @dataclass(frozen=True)
 class AdapterBank:
-    """A bank branch on one linear: graph inputs holding all layers' factors, and the per-position
-    slot weights already repeated `rank` times ([1, S, slots*rank], shared by every bank)."""
+    """A bank branch on one linear: graph inputs holding all layers' factors (the bank layout of
+    runtime/artifact.py), and the per-position slot weights already repeated `rank` times
+    ([1, S, slots*rank], shared by every bank)."""
 
     a: str  # graph input, float32 [layers, in, slots*rank]
     b: str  # graph input, float32 [layers, slots*rank, out]
@@ -49,7 +50,8 @@ class AdapterBank:
 
 @dataclass(frozen=True)
 class StaticLora:
-    """A fixed float low-rank delta, B @ A with the scale folded into B (the conversion adapter)."""
+    """A fixed float low-rank delta, B @ A with the scale folded into B (the conversion adapter),
+    in the static layout of runtime/artifact.py."""
 
     a: np.ndarray  # [r, in]
     b: np.ndarray  # [out, r]

@@ -46,8 +46,9 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
 
 
 class LoraDelta(nn.Module):
-    """s · B (A x) with A [rank, in], B [out, rank], s = alpha / rank (PEFT's layout and init:
-    A Kaiming-uniform, B zero, so a fresh adapter leaves the model unchanged)."""
+    """s · B (A x) with A [rank, in], B [out, rank], s = alpha / rank (PEFT's layout, the static
+    layout of runtime/artifact.py, and PEFT's init: A Kaiming-uniform, B zero, so a fresh adapter
+    leaves the model unchanged)."""
 
     def __init__(
         self, in_features: int, out_features: int, rank: int, alpha: float, generator: torch.Generator

@@ -2,7 +2,8 @@
 (QLoRA when the base is 4-bit), and its hand-off forms.
 
 Names follow PEFT under the canonical weight names, e.g.
-`model.layers.3.self_attn.q_proj.lora_A.weight` [rank, in] and `...lora_B.weight` [out, rank];
+`model.layers.3.self_attn.q_proj.lora_A.weight` [rank, in] and `...lora_B.weight` [out, rank]
+(the static layout of runtime/artifact.py; `lora_as_bank` gives its bank layout);
 the merged update of a linear is (alpha / rank) · B A. `lm_head` and `embed_tokens` are
 optional targets (embedding: A [rank, vocab], B [hidden, rank]).
 """
@@ -15,9 +16,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ruvdllm_export import spec as names
 from ruvdllm_export.reference.linear import EmbeddingLoraDelta, FrozenLinear, LoraDelta
 from ruvdllm_export.reference.model import DiffusionLM
+from ruvdllm_export.spec import EMBED, LINEARS, LM_HEAD, linear_weight
 
 HEAD = "lm_head"
 EMBEDDING = "embed_tokens"
@@ -27,7 +28,7 @@ EMBEDDING = "embed_tokens"
 class LoraConfig:
     rank: int = 16  # DiffuLLaMA-style conversion needs more than TALoRA's rank-4 slots
     alpha: float = 32.0  # scale alpha / rank = 2, PEFT's common choice; keeps lr portable across ranks
-    targets: tuple[str, ...] = names.LINEARS  # every projection: attention changes shape, so MLPs adapt too
+    targets: tuple[str, ...] = LINEARS  # every projection: attention changes shape, so MLPs adapt too
     seed: int = 0  # A's initialisation; same seed, same adapter
 
     def to_dict(self) -> dict:
@@ -44,36 +45,36 @@ class LoraConfig:
 
 
 def _weight_name(layer: int, proj: str) -> str:
-    return names.linear_weight(layer, proj)
+    return linear_weight(layer, proj)
 
 
 def _adapted(model: DiffusionLM) -> dict[str, LoraDelta | EmbeddingLoraDelta]:
     """Canonical weight name -> the LoRA attached to it, in model order."""
     found: dict[str, LoraDelta | EmbeddingLoraDelta] = {}
     if model.embed.lora is not None:
-        found[names.EMBED] = model.embed.lora
+        found[EMBED] = model.embed.lora
     for layer, block in enumerate(model.layers):
         for proj, linear in block.proj.items():
             if linear.lora is not None:
                 found[_weight_name(layer, proj)] = linear.lora
     if model.head.lora is not None:
-        found[names.LM_HEAD] = model.head.lora
+        found[LM_HEAD] = model.head.lora
     return found
 
 
 def apply_lora(model: DiffusionLM, config: LoraConfig) -> list[torch.nn.Parameter]:
     """Attach a fresh LoRA to every target (a fresh adapter is the identity: B or A is zero)
     and return the trainable parameters."""
-    unknown = set(config.targets) - set(names.LINEARS) - {HEAD, EMBEDDING}
+    unknown = set(config.targets) - set(LINEARS) - {HEAD, EMBEDDING}
     if unknown:
         raise ValueError(
-            f"LoRA targets {sorted(unknown)}: not among {', '.join(names.LINEARS)}, {HEAD}, {EMBEDDING}"
+            f"LoRA targets {sorted(unknown)}: not among {', '.join(LINEARS)}, {HEAD}, {EMBEDDING}"
         )
     generator = torch.Generator().manual_seed(config.seed)
     if EMBEDDING in config.targets:
         model.embed.add_lora(config.rank, config.alpha, generator)
     for block in model.layers:
-        for proj in names.LINEARS:
+        for proj in LINEARS:
             if proj in config.targets:
                 block.proj[proj].add_lora(config.rank, config.alpha, generator)
     if HEAD in config.targets:
@@ -175,12 +176,12 @@ def lora_factors(model: DiffusionLM) -> dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def lora_as_bank(model: DiffusionLM) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The per-layer LoRA as a one-slot adapter bank in the graph's layout,
-    target -> (a [layers, in, rank], b [layers, rank, out]) with the scale folded into b:
+    """The per-layer LoRA as a one-slot adapter bank in the bank layout of runtime/artifact.py,
+    target -> (a = Aᵀ [layers, in, rank], b = s·Bᵀ [layers, rank, out]):
     running the bank with slot weight 1 everywhere equals running the static LoRA."""
     bank = {}
     with torch.no_grad():
-        for proj in names.LINEARS:
+        for proj in LINEARS:
             loras = [block.proj[proj].lora for block in model.layers]
             if all(lora is None for lora in loras):
                 continue

@@ -22,15 +22,28 @@ from torch import nn
 
 from runtime import artifact
 from ruvdllm.errors import RuvdllmError
-from ruvdllm_export import spec as names
 from ruvdllm_export.reference.functional import apply_rope, attention, rms_norm, rope_tables
 from ruvdllm_export.reference.linear import BankCall, FrozenEmbedding, FrozenLinear
 from ruvdllm_export.reference.masks import visibility
 from ruvdllm_export.reference.outputs import graph_outputs
-from ruvdllm_export.spec import ModelSpec
+from ruvdllm_export.spec import (
+    EMBED,
+    FINAL_NORM,
+    LINEARS,
+    LM_HEAD,
+    ModelSpec,
+    expected_shapes,
+    input_norm,
+    k_norm,
+    linear_bias,
+    linear_weight,
+    post_attention_norm,
+    q_norm,
+)
 
 Past = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (key after RoPE, value), [B, KV, P, D]
-# target linear name -> (a [layers, in, slots·rank], b [layers, slots·rank, out]), LoRA scale folded in
+# target linear name -> (a [layers, in, slots·rank], b [layers, slots·rank, out]), LoRA scale folded
+# in: the bank layout of runtime/artifact.py
 AdapterBank = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -47,17 +60,15 @@ class DecoderLayer(nn.Module):
         self.layer = layer
         self.proj = nn.ModuleDict(
             {
-                proj: FrozenLinear(
-                    weights[names.linear_weight(layer, proj)], weights.get(names.linear_bias(layer, proj))
-                )
-                for proj in names.LINEARS
+                proj: FrozenLinear(weights[linear_weight(layer, proj)], weights.get(linear_bias(layer, proj)))
+                for proj in LINEARS
             }
         )
-        _norm_buffer(self, "input_norm", weights, names.input_norm(layer))
-        _norm_buffer(self, "post_attention_norm", weights, names.post_attention_norm(layer))
+        _norm_buffer(self, "input_norm", weights, input_norm(layer))
+        _norm_buffer(self, "post_attention_norm", weights, post_attention_norm(layer))
         if spec.qk_norm:
-            _norm_buffer(self, "q_norm", weights, names.q_norm(layer))
-            _norm_buffer(self, "k_norm", weights, names.k_norm(layer))
+            _norm_buffer(self, "q_norm", weights, q_norm(layer))
+            _norm_buffer(self, "k_norm", weights, k_norm(layer))
 
     def forward(
         self,
@@ -116,11 +127,11 @@ class DiffusionLM(nn.Module):
         # Recompute each layer in backward instead of storing its activations: training memory
         # then grows with one layer, not all of them (set by the trainer; off for inference).
         self.gradient_checkpointing = False
-        self.embed = FrozenEmbedding(weights[names.EMBED])
+        self.embed = FrozenEmbedding(weights[EMBED])
         self.layers = nn.ModuleList(DecoderLayer(spec, weights, layer) for layer in range(spec.num_layers))
-        _norm_buffer(self, "final_norm", weights, names.FINAL_NORM)
-        tied = spec.tie_word_embeddings or names.LM_HEAD not in weights
-        self.head = FrozenLinear(weights[names.EMBED if tied else names.LM_HEAD])
+        _norm_buffer(self, "final_norm", weights, FINAL_NORM)
+        tied = spec.tie_word_embeddings or LM_HEAD not in weights
+        self.head = FrozenLinear(weights[EMBED if tied else LM_HEAD])
 
     @classmethod
     def from_checkpoint(cls, checkpoint, top_k: int = 32) -> DiffusionLM:
@@ -211,8 +222,8 @@ def _bank_calls(
     slots = adapter_weights.shape[-1]
     calls: list[dict[str, BankCall]] = [{} for _ in range(num_layers)]
     for target, (a, b) in adapter_bank.items():
-        if target not in names.LINEARS:
-            raise ValueError(f"adapter bank target {target!r}: not one of {', '.join(names.LINEARS)}")
+        if target not in LINEARS:
+            raise ValueError(f"adapter bank target {target!r}: not one of {', '.join(LINEARS)}")
         if (
             a.shape[0] != num_layers
             or b.shape[0] != num_layers
@@ -230,28 +241,28 @@ def _bank_calls(
 
 
 def _check_weights(spec: ModelSpec, weights: dict) -> None:
-    required = [names.EMBED, names.FINAL_NORM]
-    if not spec.tie_word_embeddings and names.LM_HEAD in weights:
-        required.append(names.LM_HEAD)
+    required = [EMBED, FINAL_NORM]
+    if not spec.tie_word_embeddings and LM_HEAD in weights:
+        required.append(LM_HEAD)
     for layer in range(spec.num_layers):
-        required += [names.linear_weight(layer, proj) for proj in names.LINEARS]
-        required += [names.input_norm(layer), names.post_attention_norm(layer)]
+        required += [linear_weight(layer, proj) for proj in LINEARS]
+        required += [input_norm(layer), post_attention_norm(layer)]
         if spec.qk_norm:
-            required += [names.q_norm(layer), names.k_norm(layer)]
+            required += [q_norm(layer), k_norm(layer)]
     missing = [name for name in required if name not in weights]
     if missing:
         raise RuvdllmError(
             f"model weights: missing {missing[0]}"
             + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
         )
-    expected = {
-        names.linear_weight(0, "q_proj"): (spec.num_heads * spec.head_dim, spec.hidden_size),
-        names.linear_weight(0, "k_proj"): (spec.num_kv_heads * spec.head_dim, spec.hidden_size),
-        names.linear_weight(0, "gate_proj"): (spec.intermediate_size, spec.hidden_size),
-        names.EMBED: (spec.vocab_size, spec.hidden_size),
-    }
-    for name, shape in expected.items():
-        got = tuple(weights[name].shape)
+    shapes = expected_shapes(spec)
+    for name in (
+        linear_weight(0, "q_proj"),
+        linear_weight(0, "k_proj"),
+        linear_weight(0, "gate_proj"),
+        EMBED,
+    ):
+        got, shape = tuple(weights[name].shape), shapes[name]
         if got != shape:
             raise RuvdllmError(f"model weights: {name} has shape {got}, the spec needs {shape}")
 

@@ -31,7 +31,7 @@ DECODINGS = ("low-confidence", "threshold")
 class SamplingConfig:
     algorithm: str = "bd3lm"  # small blocks keep most of the AR model's ability (DESIGN.md)
     length: int = 64  # new tokens
-    block_size: int = 8  # BD3LM span; the artifact's default block
+    block_size: int = artifact.ArtifactConfig.block_size  # BD3LM span; the artifact's default block
     steps: int | None = None  # per span; None = one token per step (the span length)
     decoding: str = "low-confidence"  # LLaDA's remasking; "threshold" is Fast-dLLM's parallel decoding
     threshold: float = 0.9  # Fast-dLLM's default confidence bar

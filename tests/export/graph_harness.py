@@ -55,13 +55,11 @@ def feeds(
             if adapter_weights is None
             else adapter_weights
         ).astype(np.float32)
-        from ruvdllm_export.onnx_graph.builder import linear_features
-
         for target in options.adapter_targets:
             if banks and target in banks:
                 a, b = banks[target]
             else:
-                in_, out_ = linear_features(spec, target)
+                in_, out_ = spec.linear_features()[target]
                 a = np.zeros((spec.num_layers, in_, width), np.float32)
                 b = np.zeros((spec.num_layers, width, out_), np.float32)
             out[artifact.adapter_a(target)] = a.astype(np.float32)

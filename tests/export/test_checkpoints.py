@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from gguf.quants import dequantize
 
-from ruvdllm_export.checkpoints import expected_shapes, load_checkpoint
+from ruvdllm_export.checkpoints import load_checkpoint
 from ruvdllm_export.checkpoints.gguf_names import gguf_name
 from ruvdllm_export.checkpoints.gguf_reader import unpermute_rows
 from ruvdllm_export.quant.q4 import Q4Tensor, dequantize_q4
+from ruvdllm_export.spec import expected_shapes
 from tests.fixtures.tiny_models import (
     ARCHS,
     KQUANT_DIMS,

@@ -8,11 +8,11 @@ from ruvdllm_export.checkpoints import load_checkpoint
 from ruvdllm_export.checkpoints.tokenizer import check_vocab, choose_mask_token
 from tests.fixtures.tiny_models import make_gguf_checkpoint, make_hf_checkpoint
 
-SMOLLM2_SPECIALS = [  # ids 0..16 of SmolLM2's vocabulary
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<reponame>", "<file_sep>", "<filename>",
-    "<gh_stars>", "<issue_start>", "<issue_comment>", "<issue_closed>", "<jupyter_start>", "<jupyter_text>",
-    "<jupyter_code>", "<jupyter_output>", "<jupyter_script>", "<empty_output>",
-]  # fmt: skip
+SMOLLM2_SPECIALS = (  # ids 0..16 of SmolLM2's vocabulary
+    "<|endoftext|> <|im_start|> <|im_end|> <repo_name> <reponame> <file_sep> <filename> <gh_stars>"
+    " <issue_start> <issue_comment> <issue_closed> <jupyter_start> <jupyter_text> <jupyter_code>"
+    " <jupyter_output> <jupyter_script> <empty_output>"
+).split()
 CHATML = "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'}}"
 
 

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from runtime import artifact
-from ruvdllm_export import spec as names
 from ruvdllm_export.onnx_graph import GraphOptions, StaticLora, build_graph
-from ruvdllm_export.onnx_graph.builder import linear_features
+from ruvdllm_export.spec import EMBED, LM_HEAD, linear_weight
 from tests.export.graph_harness import feeds, run, session, tiny_spec
 from tests.export.test_onnx_graph import SEQ, assert_matches_logits, hf_model, hf_outputs
 from tests.fixtures.tiny_models import tiny_weights
@@ -22,7 +21,7 @@ SLOTS, RANK = 3, 2
 def random_banks(spec, targets, rng, scale=0.3):
     banks = {}
     for target in targets:
-        in_, out = linear_features(spec, target)
+        in_, out = spec.linear_features()[target]
         a = rng.standard_normal((spec.num_layers, in_, SLOTS * RANK)) * scale / np.sqrt(in_)
         b = rng.standard_normal((spec.num_layers, SLOTS * RANK, out)) * scale
         banks[target] = (a.astype(np.float32), b.astype(np.float32))
@@ -90,13 +89,11 @@ def test_static_lora_equals_the_merged_float_weights(tied):
     rng = np.random.default_rng(11)
     rank = 4
     lora, merged = {}, dict(weights)
-    targets = [
-        names.linear_weight(layer, p) for layer in range(spec.num_layers) for p in ("q_proj", "down_proj")
-    ]
-    for name in [*targets, names.LM_HEAD, names.EMBED]:
-        if name == names.EMBED:
+    targets = [linear_weight(layer, p) for layer in range(spec.num_layers) for p in ("q_proj", "down_proj")]
+    for name in [*targets, LM_HEAD, EMBED]:
+        if name == EMBED:
             out, in_ = spec.hidden_size, spec.vocab_size
-        elif name == names.LM_HEAD:
+        elif name == LM_HEAD:
             out, in_ = spec.vocab_size, spec.hidden_size
         else:
             out, in_ = weights[name].shape
@@ -104,11 +101,11 @@ def test_static_lora_equals_the_merged_float_weights(tied):
         b = (rng.standard_normal((out, rank)) * 0.2).astype(np.float32)
         lora[name] = StaticLora(a=a, b=b)
         delta = b @ a
-        if name == names.EMBED:
-            merged[names.EMBED] = weights[names.EMBED] + delta.T
-        elif name == names.LM_HEAD:
-            head = weights[names.EMBED] if tied else weights[names.LM_HEAD]
-            merged[names.LM_HEAD] = head + delta
+        if name == EMBED:
+            merged[EMBED] = weights[EMBED] + delta.T
+        elif name == LM_HEAD:
+            head = weights[EMBED] if tied else weights[LM_HEAD]
+            merged[LM_HEAD] = head + delta
         else:
             merged[name] = weights[name] + delta
     options = GraphOptions(quantization="fp32", attention="matmul")
@@ -124,7 +121,7 @@ def test_static_lora_equals_the_merged_float_weights(tied):
 def test_static_lora_of_the_wrong_shape_is_refused():
     spec = tiny_spec("llama", False)
     bad = {
-        names.linear_weight(0, "q_proj"): StaticLora(
+        linear_weight(0, "q_proj"): StaticLora(
             a=np.zeros((2, 7), np.float32), b=np.zeros((64, 2), np.float32)
         )
     }

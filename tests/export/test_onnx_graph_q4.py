@@ -8,11 +8,11 @@ import onnx
 import pytest
 
 from runtime import artifact
-from ruvdllm_export import spec as names
 from ruvdllm_export.checkpoints import load_checkpoint
 from ruvdllm_export.onnx_graph import GraphOptions, build_graph, graph_weights_as_float, prepare_weights
 from ruvdllm_export.onnx_graph.q8 import SplitQ8Tensor
 from ruvdllm_export.quant.q4 import Q4Tensor
+from ruvdllm_export.spec import EMBED, linear_weight
 from tests.export.graph_harness import feeds, run, session, tiny_spec
 from tests.export.test_onnx_graph import SEQ, assert_matches_logits, hf_model, hf_outputs
 from tests.fixtures.tiny_models import make_gguf_checkpoint, tiny_weights
@@ -50,9 +50,9 @@ def test_exact_gguf_blocks_run_as_they_are(tmp_path, qtype, embed_qtype, table):
     loaded = load_checkpoint(path)
     options = GraphOptions(quantization="q4", attention="matmul", accuracy_level=0)
     prepared = prepare_weights(loaded.spec, loaded.weights, options)
-    q_proj = names.linear_weight(0, "q_proj")
+    q_proj = linear_weight(0, "q_proj")
     assert prepared[q_proj] is loaded.weights[q_proj]  # exact blocks kept, never re-quantized
-    assert isinstance(prepared[names.EMBED], table)
+    assert isinstance(prepared[EMBED], table)
     model = q4_vs_transformers(loaded.spec, loaded.weights, options, "llama")
     corrections = [n for n in model.graph.node if n.name.endswith("/block_mins/MatMul")]
     if qtype == "Q4_1":
@@ -75,7 +75,7 @@ def test_every_linear_is_matmulnbits_and_no_float_weight_matrix_remains():
 
 
 def _linear_shapes(spec):
-    from ruvdllm_export.onnx_graph import expected_shapes
+    from ruvdllm_export.spec import expected_shapes
 
     return [s for n, s in expected_shapes(spec).items() if len(s) == 2]
 
@@ -85,9 +85,9 @@ def test_tied_table_is_stored_once_and_read_by_gather_and_head():
     model = build_graph(
         spec, tiny_weights("llama", True, seed=2), GraphOptions(quantization="q4", table_bits=4)
     )
-    table = [i.name for i in model.graph.initializer if i.name.startswith(names.EMBED)]
-    assert f"{names.EMBED}.q4" in table
-    readers = [n.op_type for n in model.graph.node if f"{names.EMBED}.q4" in n.input]
+    table = [i.name for i in model.graph.initializer if i.name.startswith(EMBED)]
+    assert f"{EMBED}.q4" in table
+    readers = [n.op_type for n in model.graph.node if f"{EMBED}.q4" in n.input]
     assert sorted(readers) == ["Gather", "MatMulNBits"]
 
 
@@ -99,7 +99,7 @@ def test_quantized_embedding_rows_equal_the_dequantized_table(bits):
     spec = tiny_spec("llama", False)
     options = GraphOptions(quantization="q4", attention="matmul", accuracy_level=0, table_bits=bits)
     prepared = prepare_weights(spec, tiny_weights("llama", False, seed=7), options)
-    assert isinstance(prepared[names.EMBED], Q4Tensor if bits == 4 else SplitQ8Tensor)
+    assert isinstance(prepared[EMBED], Q4Tensor if bits == 4 else SplitQ8Tensor)
     q4_vs_transformers(spec, tiny_weights("llama", False, seed=7), options, "llama", seed=3)
 
 

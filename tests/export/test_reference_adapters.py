@@ -11,7 +11,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ruvdllm_export import spec as names
 from ruvdllm_export.quant.q4 import quantize_q4
 from ruvdllm_export.reference import (
     DiffusionLM,
@@ -28,6 +27,7 @@ from ruvdllm_export.reference import (
     lora_state_dict,
 )
 from ruvdllm_export.reference.linear import FrozenLinear
+from ruvdllm_export.spec import EMBED, LINEARS, LM_HEAD, linear_weight
 from tests.export.reference_models import tiny_checkpoint
 
 torch.set_num_threads(1)
@@ -48,15 +48,7 @@ def _model(architecture: str = "llama", weights: dict | None = None) -> Diffusio
 
 def _bank(spec, seed: int, targets=TARGETS) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
-    sizes = {
-        "q_proj": (spec.hidden_size, spec.num_heads * spec.head_dim),
-        "k_proj": (spec.hidden_size, spec.num_kv_heads * spec.head_dim),
-        "v_proj": (spec.hidden_size, spec.num_kv_heads * spec.head_dim),
-        "o_proj": (spec.num_heads * spec.head_dim, spec.hidden_size),
-        "gate_proj": (spec.hidden_size, spec.intermediate_size),
-        "up_proj": (spec.hidden_size, spec.intermediate_size),
-        "down_proj": (spec.intermediate_size, spec.hidden_size),
-    }
+    sizes = spec.linear_features()
     bank = {}
     for target in targets:
         fan_in, fan_out = sizes[target]
@@ -101,7 +93,7 @@ def test_one_slot_at_weight_one_equals_merging_it(slot):
         for layer in range(spec.num_layers):
             a_k = a[layer][:, slot * RANK : (slot + 1) * RANK]
             b_k = b[layer][slot * RANK : (slot + 1) * RANK]
-            name = names.linear_weight(layer, target)
+            name = linear_weight(layer, target)
             merged[name] = weights[name] + (a_k @ b_k).T.numpy()
     adapter_weights = torch.zeros(1, 9, SLOTS)
     adapter_weights[..., slot] = 1.0
@@ -194,9 +186,9 @@ def test_fresh_lora_is_the_identity_and_the_only_parameters():
     model = _model()
     ids = _ids(7, spec.vocab_size)
     base = _run(model, ids, bidirectional_block_ids(7))
-    params = apply_lora(model, LoraConfig(rank=4, targets=(*names.LINEARS, "lm_head", "embed_tokens")))
+    params = apply_lora(model, LoraConfig(rank=4, targets=(*LINEARS, "lm_head", "embed_tokens")))
     assert {id(p) for p in model.parameters()} == {id(p) for p in params}
-    assert len(params) == 2 * (spec.num_layers * len(names.LINEARS) + 2)
+    assert len(params) == 2 * (spec.num_layers * len(LINEARS) + 2)
     torch.testing.assert_close(_run(model, ids, bidirectional_block_ids(7)), base, atol=0, rtol=0)
 
 
@@ -208,9 +200,7 @@ def test_lora_trains_and_the_base_stays_frozen(quantized):
     if quantized:
         weights = {k: quantize_q4(v) if k.endswith("proj.weight") else v for k, v in weights.items()}
     model = _model("qwen2", weights)
-    params = apply_lora(
-        model, LoraConfig(rank=4, alpha=8, targets=(*names.LINEARS, "lm_head", "embed_tokens"))
-    )
+    params = apply_lora(model, LoraConfig(rank=4, alpha=8, targets=(*LINEARS, "lm_head", "embed_tokens")))
     frozen = {name: buffer.clone() for name, buffer in model.named_buffers()}
     optimizer = torch.optim.Adam(params, lr=1e-2)
     clean = _ids(12, spec.vocab_size, seed=7)
@@ -328,13 +318,13 @@ def test_lora_factors_are_the_graphs_static_delta():
     _randomise(model, 16)
     factors = lora_factors(model)
     assert set(factors) == {
-        names.linear_weight(0, "k_proj"),
-        names.linear_weight(1, "k_proj"),
-        names.LM_HEAD,
-        names.EMBED,
+        linear_weight(0, "k_proj"),
+        linear_weight(1, "k_proj"),
+        LM_HEAD,
+        EMBED,
     }
     deltas = lora_deltas(model)
     for name, (a, b) in factors.items():
         assert a.shape[0] == 3 and b.shape[1] == 3
-        merged = (b @ a).T if name == names.EMBED else b @ a  # the embedding's delta is [vocab, hidden]
+        merged = (b @ a).T if name == EMBED else b @ a  # the embedding's delta is [vocab, hidden]
         np.testing.assert_allclose(merged, deltas[name], atol=1e-6)

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from runtime import artifact
-from ruvdllm_export import spec as names
 from ruvdllm_export.onnx_graph import GraphOptions, StaticLora, build_graph, prepare_weights
 from ruvdllm_export.reference import DiffusionLM, LoraConfig, apply_lora, lora_factors, lora_parameters
+from ruvdllm_export.spec import EMBED, LM_HEAD, linear_weight
 from tests.export.graph_harness import feeds, presents, run, session
 from tests.export.reference_models import ARCHITECTURES, tiny_spec
 from tests.fixtures.tiny_models import tiny_weights
@@ -45,12 +45,10 @@ def pair(architecture: str, tied: bool, table_bits: int | None = None):
 
 def _bank(spec, options, seed):
     rng = np.random.default_rng(seed)
-    from ruvdllm_export.onnx_graph.builder import linear_features
-
     width = options.adapter_slots * options.adapter_rank
     bank = {}
     for target in options.adapter_targets:
-        in_, out_ = linear_features(spec, target)
+        in_, out_ = spec.linear_features()[target]
         bank[target] = (
             (rng.standard_normal((spec.num_layers, in_, width)) / np.sqrt(in_)).astype(np.float32),
             (rng.standard_normal((spec.num_layers, width, out_)) * 0.5).astype(np.float32),
@@ -153,7 +151,7 @@ def test_static_lora_in_the_graph_equals_the_trained_adapter():
         for p in lora_parameters(model):
             p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
     lora = {name: StaticLora(a, b) for name, (a, b) in lora_factors(model).items()}
-    assert {names.linear_weight(1, "up_proj"), names.LM_HEAD, names.EMBED} <= set(lora)
+    assert {linear_weight(1, "up_proj"), LM_HEAD, EMBED} <= set(lora)
     graph = session(build_graph(spec, weights, options, lora=lora))
     ids = np.random.default_rng(2).integers(0, spec.vocab_size, 8)
     blocks = np.array([0, 0, 0, 0, 1, 1, 1, 1])

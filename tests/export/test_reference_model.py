@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from runtime import artifact
 from ruvdllm.errors import RuvdllmError
-from ruvdllm_export import spec as names
 from ruvdllm_export.quant.q4 import dequantize_q4, quantize_q4
 from ruvdllm_export.reference import (
     DiffusionLM,
@@ -22,6 +21,7 @@ from ruvdllm_export.reference import (
     block_causal_block_ids,
     causal_block_ids,
 )
+from ruvdllm_export.spec import EMBED, LINEARS, LM_HEAD, linear_weight
 from tests.export.reference_models import ARCHITECTURES, tiny_checkpoint
 
 torch.set_num_threads(1)
@@ -134,8 +134,8 @@ def test_attention_modes_hide_later_blocks(blocks, unaffected_rows):
 
 def _quantized(weights: dict, spec) -> dict:
     """Every linear (and the untied head) as Q4Tensor; embeddings and norms stay float."""
-    linears = {names.linear_weight(layer, proj) for layer in range(spec.num_layers) for proj in names.LINEARS}
-    linears.add(names.LM_HEAD)
+    linears = {linear_weight(layer, proj) for layer in range(spec.num_layers) for proj in LINEARS}
+    linears.add(LM_HEAD)
     return {k: quantize_q4(v) if k in linears else v for k, v in weights.items()}
 
 
@@ -176,7 +176,7 @@ def test_q4_with_mins_and_tied_q4_embedding():
                 rng.normal(0, 0.05, t.scales.shape).astype(np.float32),
                 t.in_features,
             )
-    q4_weights[names.EMBED] = quantize_q4(weights[names.EMBED])
+    q4_weights[EMBED] = quantize_q4(weights[EMBED])
     dequantized = {k: dequantize_q4(v) if not isinstance(v, np.ndarray) else v for k, v in q4_weights.items()}
     ids = _ids(9, spec.vocab_size, seed=8)
     with torch.no_grad():
@@ -223,7 +223,7 @@ def test_batched_rows_are_independent():
 def test_bad_weights_are_named():
     _, spec, weights, _ = tiny("llama", False)
     broken = dict(weights)
-    del broken[names.linear_weight(1, "up_proj")]
+    del broken[linear_weight(1, "up_proj")]
     with pytest.raises(RuvdllmError, match="model.layers.1.mlp.up_proj.weight"):
         DiffusionLM(spec, broken, mask_token_id=0)
     with pytest.raises(RuvdllmError, match="mask token id"):

@@ -193,7 +193,7 @@ def test_adapter_rows_follow_talora():
     bank = {
         "q_proj": (
             torch.zeros(spec.num_layers, spec.hidden_size, 10),
-            torch.zeros(spec.num_layers, 10, spec.num_heads * spec.head_dim),
+            torch.zeros(spec.num_layers, 10, spec.linear_features()["q_proj"].out_features),
         )
     }
     adapters = Adapters(bank, slots=5, groups=3, talora=TaloraConfig(interpolation="discrete"))
@@ -207,10 +207,7 @@ def test_zero_bank_changes_nothing_and_a_real_bank_does(algorithm):
     spec = model.spec
     generator = torch.Generator().manual_seed(0)
     slots, rank = 4, 2
-    shapes = {
-        "q_proj": (spec.hidden_size, spec.num_heads * spec.head_dim),
-        "down_proj": (spec.intermediate_size, spec.hidden_size),
-    }
+    shapes = {target: spec.linear_features()[target] for target in ("q_proj", "down_proj")}
     bank = {
         target: (
             torch.randn(spec.num_layers, fan_in, slots * rank, generator=generator),

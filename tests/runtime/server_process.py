@@ -57,10 +57,8 @@ def serve(
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     if cache_dir is not None:
         env["RUVDLLM_CACHE"] = str(cache_dir)
-    command = [
-        sys.executable, "-m", "ruvdllm.cli", "serve",
-        "--model", str(model_dir), "--port", "0", "--threads", "1", "--log-level", "info", *args,
-    ]  # fmt: skip
+    options = "--port 0 --threads 1 --log-level info".split()
+    command = [sys.executable, "-m", "ruvdllm.cli", "serve", "--model", str(model_dir), *options, *args]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     output: list[str] = []
     ready = threading.Event()

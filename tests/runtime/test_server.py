@@ -88,8 +88,13 @@ def test_models_lists_the_one_served_model(client, server, model, exported_dir):
 def test_health_reports_the_load(server):
     health = httpx.get(f"{server.url}/health").json()
     assert health == {
-        "status": "ok", "model": server.name, "workers": 1, "running": 0, "queued": 0, "queue_size": 64,
-    }  # fmt: skip
+        "status": "ok",
+        "model": server.name,
+        "workers": 1,
+        "running": 0,
+        "queued": 0,
+        "queue_size": 64,
+    }
 
 
 # --- completions ------------------------------------------------------------------------------
@@ -174,7 +179,7 @@ def test_stop_sequence_ends_the_text_before_it(client, server):
             stop=stop,
             stream=True,
             extra_body={"ignore_eos": True},
-        )  # fmt: skip
+        )
     )
     assert streamed == expected
     assert chunks[-1].choices[0].finish_reason == "stop"

@@ -21,12 +21,11 @@ def server(tiny_model_dir, tmp_path_factory):
 
 
 def test_fuzzing_finds_no_server_error(server, tmp_path):
-    command = [
-        sys.executable, "-m", "schemathesis.cli", "run", server.url + "/openapi.json",
-        "--checks", "not_a_server_error", "--phases", "coverage,fuzzing", "-n", "20",
-        "--seed", "20250101", "--generation-database", "none", "--no-color", "-w", "1",
-        "--request-timeout", "60",
-    ]  # fmt: skip
+    options = (
+        "--checks not_a_server_error --phases coverage,fuzzing -n 20 --seed 20250101"
+        " --generation-database none --no-color -w 1 --request-timeout 60"
+    ).split()
+    command = [sys.executable, "-m", "schemathesis.cli", "run", server.url + "/openapi.json", *options]
     run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=540)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     counts = re.search(r"(\d+) generated, (\d+) passed", run.stdout)

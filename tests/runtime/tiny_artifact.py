@@ -4,7 +4,6 @@ lays them out."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -73,10 +72,3 @@ def random_bank(config: ArtifactConfig, seed: int = 0, patterns: int = 32, scale
     vectors = rng.standard_normal((patterns, config.hidden_size)).astype(np.float32)
     bank.add_patterns(vectors, [groups + i % (bank.slots - groups) for i in range(patterns)])
     return bank
-
-
-def with_config(directory: Path, **changes) -> None:
-    """Rewrite config.json with changes (and refresh the manifest)."""
-    config = replace(artifact.load_config(directory), **changes)
-    (Path(directory) / artifact.CONFIG_NAME).write_text(config.to_json())
-    artifact.write_manifest(directory)
