@@ -30,7 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=DEFAULT_PROMPTS)
     p.add_argument("--wordnet", type=Path, default=None, help="WordNet database dir (default: Debian's)")
     p.add_argument(
-        "--site-packages", type=Path, default=None, help="where to read package summaries (default: this Python's)"
+        "--site-packages",
+        type=Path,
+        default=None,
+        help="where to read package summaries (default: this Python's)",
     )
     p.add_argument("--no-packages", action="store_true", help="WordNet prompts only")
     p.add_argument("--seed", type=int, default=0)
@@ -61,7 +64,11 @@ def read_prompt_records(path: Path) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise RuvdllmError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("prompt"), str)
+            or not record["prompt"].strip()
+        ):
             raise RuvdllmError(f"{path}:{number}: needs a non-empty string 'prompt'")
         records.append(record)
     if not records:
@@ -110,9 +117,10 @@ def _answers(args) -> int:
         raise RuvdllmError("--batch and --max-new must be at least 1")
     import torch
 
+    from runtime.chat_template import special_tokens
     from ruvdllm_export.checkpoints import load_checkpoint
     from ruvdllm_export.convert.ar_answers import answer_prompts, causal_lm
-    from ruvdllm_export.convert.distill import chat_prompt
+    from ruvdllm_export.convert.distill import prompt_text
     from ruvdllm_export.default_model import default_gguf_path
 
     if args.threads:
@@ -123,12 +131,24 @@ def _answers(args) -> int:
     eos = tuple(spec.eos_token_ids)
     pad = spec.pad_token_id if spec.pad_token_id is not None else eos[0]
 
+    specials = special_tokens(checkpoint.tokenizer.id_to_token, spec.bos_token_id, eos)
+
     def render(prompt: str) -> str:
-        return chat_prompt(prompt, spec.chat_template)
+        return prompt_text(prompt, spec.chat_template, **specials)
 
     summary = answer_prompts(
-        model, checkpoint.tokenizer, render, records, args.out, eos, pad,
-        args.batch, args.max_new, args.temperature, args.top_p, args.seed,
+        model,
+        checkpoint.tokenizer,
+        render,
+        records,
+        args.out,
+        eos,
+        pad,
+        args.batch,
+        args.max_new,
+        args.temperature,
+        args.top_p,
+        args.seed,
     )
     print(
         f"{summary['answered']} answered ({summary['skipped']} already there), "

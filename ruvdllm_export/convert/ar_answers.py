@@ -63,13 +63,17 @@ def causal_lm(checkpoint, dtype: torch.dtype = torch.bfloat16):
     )
     model = getattr(transformers, model_name)(config)
     state = {
-        name: torch.from_numpy(np.ascontiguousarray(dequantize_q4(w) if isinstance(w, Q4Tensor) else w)).float()
+        name: torch.from_numpy(
+            np.ascontiguousarray(dequantize_q4(w) if isinstance(w, Q4Tensor) else w)
+        ).float()
         for name, w in checkpoint.weights.items()
     }
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not (m == "lm_head.weight" and spec.tie_word_embeddings)]
     if missing or unexpected:
-        raise RuvdllmError(f"AR answers: weights do not fit {model_name} (missing {missing}, unexpected {unexpected})")
+        raise RuvdllmError(
+            f"AR answers: weights do not fit {model_name} (missing {missing}, unexpected {unexpected})"
+        )
     return model.to(dtype).eval()
 
 
@@ -203,7 +207,9 @@ def answer_prompts(
             lines = []
             for (_, record), (answer, finish) in zip(batch, answers, strict=True):
                 text = tokenizer.decode(answer, skip_special_tokens=True).strip()
-                lines.append(json.dumps({**record, "response": text, "tokens": len(answer), "finish": finish}))
+                lines.append(
+                    json.dumps({**record, "response": text, "tokens": len(answer), "finish": finish})
+                )
                 tokens += len(answer)
             handle.write("\n".join(lines) + "\n")
             handle.flush()
@@ -212,4 +218,9 @@ def answer_prompts(
             bar.set_postfix(tokens_per_s=f"{tokens / max(time.monotonic() - started, 1e-9):.0f}")
     bar.close()
     seconds = time.monotonic() - started
-    return {"answered": len(todo), "skipped": len(done), "tokens": tokens, "tokens_per_s": tokens / max(seconds, 1e-9)}
+    return {
+        "answered": len(todo),
+        "skipped": len(done),
+        "tokens": tokens,
+        "tokens_per_s": tokens / max(seconds, 1e-9),
+    }

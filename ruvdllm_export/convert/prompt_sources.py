@@ -56,23 +56,35 @@ NOUN_TEMPLATES = (
     "Give three facts about {w}.",
 )
 TEMPLATES_BY_FILE = {
-    "noun.animal": ("Where does {a} live and what does it eat?", "Write a short story about {a}.",
-                    "Describe what {a} looks like."),
-    "noun.artifact": ("How does {a} work?", "What is {a} used for?", "Write a short story about {a}.",
-                      "Give two tips for using {a}."),
-    "noun.food": ("How is {w} usually prepared?", "What does {w} taste like?",
-                  "Write a simple recipe that uses {w}."),
+    "noun.animal": (
+        "Where does {a} live and what does it eat?",
+        "Write a short story about {a}.",
+        "Describe what {a} looks like.",
+    ),
+    "noun.artifact": (
+        "How does {a} work?",
+        "What is {a} used for?",
+        "Write a short story about {a}.",
+        "Give two tips for using {a}.",
+    ),
+    "noun.food": (
+        "How is {w} usually prepared?",
+        "What does {w} taste like?",
+        "Write a simple recipe that uses {w}.",
+    ),
     "noun.plant": ("Describe the {w} plant.", "How do you grow {w}?"),
-    "noun.person": ("What does {a} do?", "Write a short story about {a}.",
-                    "What skills does {a} need?"),
+    "noun.person": ("What does {a} do?", "Write a short story about {a}.", "What skills does {a} need?"),
     "noun.location": ("Describe {w}.", "What would you see in {w}?"),
     "noun.body": ("What does the {w} do in the human body?", "How can you keep your {w} healthy?"),
     "noun.phenomenon": ("Explain how {w} happens.", "Why does {w} happen?"),
     "noun.process": ("Explain how {w} works.", "Describe the process of {w}."),
     "noun.event": ("Describe {a}.", "What happens during {a}?"),
     "noun.act": ("Explain what {w} involves.", "Give three tips for {w}."),
-    "noun.feeling": ("What is {w}, and how can someone recognise it?", "Give two tips for dealing with {w}.",
-                     "Write a short poem about {w}."),
+    "noun.feeling": (
+        "What is {w}, and how can someone recognise it?",
+        "Give two tips for dealing with {w}.",
+        "Write a short poem about {w}.",
+    ),
     "noun.state": ("What is {w}?", "What can cause {w}?"),
     "noun.attribute": ("Explain what {w} means.", "Why does {w} matter?"),
     "noun.cognition": ("Explain the idea of {w}.", "Why is {w} useful?"),
@@ -114,7 +126,7 @@ class Synset:
 
 
 def prompt_split(prompt: str) -> str:
-    """"held-out" for HELD_OUT_PERCENT of prompts, by the prompt's own hash (stable across files)."""
+    """ "held-out" for HELD_OUT_PERCENT of prompts, by the prompt's own hash (stable across files)."""
     bucket = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:4], "big") % 100
     return "held-out" if bucket < HELD_OUT_PERCENT else "train"
 
@@ -201,7 +213,9 @@ def wordnet_prompts(wordnet_dir: Path, rng: random.Random, gloss_share: float = 
                 sisters = [
                     synsets[o] for o in children.get(synset.hypernyms[0], []) if o != offset and o in synsets
                 ]
-                sister = next((w for s in rng.sample(sisters, len(sisters)) for w in s.words[:1] if _usable(w)), None)
+                sister = next(
+                    (w for s in rng.sample(sisters, len(sisters)) for w in s.words[:1] if _usable(w)), None
+                )
                 if sister is None:
                     continue
                 prompt = COMPARE_TEMPLATE.format(a=with_article(word), b=with_article(sister))
@@ -221,7 +235,9 @@ def package_prompts(site_packages: Path, rng: random.Random) -> list[dict]:
     """A question about every installed distribution with a one-line `Summary:`."""
     records = []
     for metadata in sorted(Path(site_packages).glob("*.dist-info/METADATA")):
-        headers = HeaderParser().parsestr(metadata.read_text(encoding="utf-8", errors="replace"), headersonly=True)
+        headers = HeaderParser().parsestr(
+            metadata.read_text(encoding="utf-8", errors="replace"), headersonly=True
+        )
         name, summary = headers.get("Name"), (headers.get("Summary") or "").strip()
         if not name or len(summary) < 20 or "\n" in summary:
             continue

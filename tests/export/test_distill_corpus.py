@@ -25,7 +25,7 @@ from tests.fixtures.tiny_models import make_gguf_checkpoint
 DATA = {
     "noun": [
         "  1 licence header line",
-        "00000100 05 n 01 animal 0 001 ~ 00000200 n 0000 | a living organism that moves; \"animals eat\"",
+        '00000100 05 n 01 animal 0 001 ~ 00000200 n 0000 | a living organism that moves; "animals eat"',
         "00000200 05 n 02 dog 0 domestic_dog 0 001 @ 00000100 n 0000 | a member of the genus Canis",
     ],
     "verb": ["00000300 38 v 01 run 0 000 | move fast by using one's feet"],
@@ -57,7 +57,11 @@ def test_data_lines_parse_into_synsets():
 def test_prompts_come_from_tagged_lemmas_with_a_stable_split(wordnet):
     records = build_prompts(wordnet, None, seed=0)
     sources = {r["source"] for r in records}
-    assert sources == {"wordnet:noun.animal:animal#1", "wordnet:noun.animal:dog#1", "wordnet:verb.motion:run#1"}
+    assert sources == {
+        "wordnet:noun.animal:animal#1",
+        "wordnet:noun.animal:dog#1",
+        "wordnet:verb.motion:run#1",
+    }
     assert all(r["split"] == prompt_split(r["prompt"]) for r in records)
     assert len({r["prompt"] for r in records}) == len(records)
     assert build_prompts(wordnet, None, seed=0) == records  # same seed, same file
@@ -105,8 +109,16 @@ def test_answers_resume_after_a_torn_line(tmp_path):
 
     def answer(subset):
         return answer_prompts(
-            model, checkpoint.tokenizer, lambda p: p + "\n", subset, out, eos, eos[0],
-            batch_size=2, max_new=4, progress=False,
+            model,
+            checkpoint.tokenizer,
+            lambda p: p + "\n",
+            subset,
+            out,
+            eos,
+            eos[0],
+            batch_size=2,
+            max_new=4,
+            progress=False,
         )
 
     first = answer(records[:3])
@@ -123,15 +135,29 @@ def test_answers_resume_after_a_torn_line(tmp_path):
 
 @pytest.mark.parametrize(
     "content, message",
-    [("", "the prompt file is empty"), ('{"prompt": "ok"}\n{not json\n', r"prompts.jsonl:2: not valid JSON"),
-     ('{"text": "x"}\n', r"prompts.jsonl:1: needs a non-empty string 'prompt'")],
+    [
+        ("", "the prompt file is empty"),
+        ('{"prompt": "ok"}\n{not json\n', r"prompts.jsonl:2: not valid JSON"),
+        ('{"text": "x"}\n', r"prompts.jsonl:1: needs a non-empty string 'prompt'"),
+    ],
 )
 def test_bad_prompt_files_fail_in_one_line(tmp_path, content, message):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(content)
     run = subprocess.run(
-        [sys.executable, "-m", "ruvdllm", "distill", "answers", "--prompts", str(prompts), "--out", str(tmp_path / "o")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "ruvdllm",
+            "distill",
+            "answers",
+            "--prompts",
+            str(prompts),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 1
     assert run.stderr.count("\n") == 1 and "error:" in run.stderr
