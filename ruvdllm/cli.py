@@ -26,6 +26,10 @@ SUBCOMMANDS = {
         "download the default model (SmolLM2-135M-Instruct) into the cache",
     ),
     "convert": ("ruvdllm_export.convert_command", "train the AR->diffusion conversion adapter (QLoRA)"),
+    "distill": (
+        "ruvdllm_export.distill_command",
+        "build distillation prompts, sample the AR model's answers to them",
+    ),
     "train-banks": (
         "ruvdllm_export.banks_command",
         "train TALoRA banks (one adapter per timestep group) for a converted model",
@@ -57,6 +61,7 @@ def _extra(name: str) -> str:
         "export": "export",
         "fetch": "export",
         "convert": "train",
+        "distill": "train",
         "train-banks": "train",
         "hub": "hub",
     }.get(name, "runtime")

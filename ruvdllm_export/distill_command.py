@@ -1,0 +1,162 @@
+"""`ruvdllm distill`: the corpus for sequence-level distillation — prompts from material on the
+machine, and the AR model's own sampled answers to them.
+
+    ruvdllm distill prompts [--out data/distill_prompts_wordnet.jsonl]     WordNet + package summaries
+    ruvdllm distill answers --out answers.jsonl [--split train] [--batch 64]   resumable, tokens/s bar
+
+`prompts` writes the prompt file and a manifest beside it (sha256, counts by source and split).
+`answers` samples the AR model (the checkpoint's own 4-bit weights, dequantized; temperature 0.7 and
+top-p 0.9 as the quality benchmark samples) for every prompt of the chosen split not yet answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import json
+import sys
+import sysconfig
+from pathlib import Path
+
+from ruvdllm.errors import RuvdllmError
+
+DEFAULT_PROMPTS = Path("data/distill_prompts_wordnet.jsonl")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = sub.add_parser("prompts", help="build the prompt file from WordNet and package summaries")
+    p.add_argument("--out", type=Path, default=DEFAULT_PROMPTS)
+    p.add_argument("--wordnet", type=Path, default=None, help="WordNet database dir (default: Debian's)")
+    p.add_argument(
+        "--site-packages",
+        type=Path,
+        default=None,
+        help="where to read package summaries (default: this Python's)",
+    )
+    p.add_argument("--no-packages", action="store_true", help="WordNet prompts only")
+    p.add_argument("--seed", type=int, default=0)
+    a = sub.add_parser("answers", help="sample the AR model's answers to a prompt file (resumable)")
+    a.add_argument("--prompts", type=Path, default=DEFAULT_PROMPTS, help="JSONL of {prompt, source, split}")
+    a.add_argument("--out", type=Path, required=True, help="JSONL of answers; appended to, resumed from")
+    a.add_argument("--split", choices=("train", "held-out", "all"), default="train")
+    a.add_argument("--model", type=Path, help="HF directory or GGUF (default: SmolLM2-135M-Instruct)")
+    a.add_argument("--limit", type=int, help="answer at most this many prompts of the split")
+    a.add_argument("--batch", type=int, default=64, help="rows sampled together")
+    a.add_argument("--max-new", type=int, default=256, help="longest answer in tokens")
+    a.add_argument("--temperature", type=float, default=0.7)
+    a.add_argument("--top-p", type=float, default=0.9)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    a.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+
+
+def read_prompt_records(path: Path) -> list[dict]:
+    """The prompt file's records; a one-line error naming the file and line for anything else."""
+    if not path.is_file():
+        raise RuvdllmError(f"{path}: no such prompt file (build it with `ruvdllm distill prompts`)")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RuvdllmError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("prompt"), str)
+            or not record["prompt"].strip()
+        ):
+            raise RuvdllmError(f"{path}:{number}: needs a non-empty string 'prompt'")
+        records.append(record)
+    if not records:
+        raise RuvdllmError(f"{path}: the prompt file is empty")
+    return records
+
+
+def write_manifest(path: Path, records: list[dict], how: dict) -> Path:
+    by_source = collections.Counter(r["source"].rsplit(":", 1)[0] for r in records)
+    manifest = {
+        "file": path.name,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "prompts": len(records),
+        "splits": dict(collections.Counter(r["split"] for r in records)),
+        "sources": dict(sorted(by_source.items())),
+        "built_with": how,
+    }
+    out = path.with_suffix(".manifest.json")
+    out.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return out
+
+
+def _prompts(args) -> int:
+    from ruvdllm_export.convert.prompt_sources import WORDNET_DIR, build_prompts
+
+    wordnet = args.wordnet or WORDNET_DIR
+    site = None if args.no_packages else (args.site_packages or Path(sysconfig.get_paths()["purelib"]))
+    records = build_prompts(wordnet, site, args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    tmp.replace(args.out)
+    how = {"command": "ruvdllm distill prompts", "seed": args.seed, "packages": site is not None}
+    manifest = write_manifest(args.out, records, how)
+    print(f"{len(records)} prompts -> {args.out} (manifest {manifest})", file=sys.stderr)
+    return 0
+
+
+def _answers(args) -> int:
+    records = read_prompt_records(args.prompts)
+    if args.split != "all":
+        records = [r for r in records if r.get("split", "train") == args.split]
+    if args.limit is not None:
+        records = records[: args.limit]
+    if args.batch < 1 or args.max_new < 1:
+        raise RuvdllmError("--batch and --max-new must be at least 1")
+    import torch
+
+    from runtime.chat_template import special_tokens
+    from ruvdllm_export.checkpoints import load_checkpoint
+    from ruvdllm_export.convert.ar_answers import answer_prompts, causal_lm
+    from ruvdllm_export.convert.distill import prompt_text
+    from ruvdllm_export.default_model import default_gguf_path
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    checkpoint = load_checkpoint(args.model if args.model is not None else default_gguf_path())
+    spec = checkpoint.spec
+    model = causal_lm(checkpoint, torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    eos = tuple(spec.eos_token_ids)
+    pad = spec.pad_token_id if spec.pad_token_id is not None else eos[0]
+
+    specials = special_tokens(checkpoint.tokenizer.id_to_token, spec.bos_token_id, eos)
+
+    def render(prompt: str) -> str:
+        return prompt_text(prompt, spec.chat_template, **specials)
+
+    summary = answer_prompts(
+        model,
+        checkpoint.tokenizer,
+        render,
+        records,
+        args.out,
+        eos,
+        pad,
+        args.batch,
+        args.max_new,
+        args.temperature,
+        args.top_p,
+        args.seed,
+    )
+    print(
+        f"{summary['answered']} answered ({summary['skipped']} already there), "
+        f"{summary['tokens']} tokens at {summary['tokens_per_s']:.0f} tokens/s -> {args.out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run(args) -> int:
+    return _prompts(args) if args.action == "prompts" else _answers(args)
