@@ -450,7 +450,8 @@ class Trainer:
             bar.close()
             raise
         bar.close()
-        if self.held_out is not None and (not c.eval_every or self.state.step % c.eval_every):
+        last_eval = next((r["step"] for r in reversed(self.state.history) if "eval" in r), None)
+        if self.held_out is not None and last_eval != self.state.step:  # once per step, resumed or not
             self.evaluate()
         self.save()
         return self.state
