@@ -32,7 +32,9 @@ def tiny(tmp_path_factory):
     prompts = root / "prompts.jsonl"
     prompts.write_text(
         "".join(
-            json.dumps({"prompt": f"Explain topic number {i} in a few words.", "source": "t", "split": "train"})
+            json.dumps(
+                {"prompt": f"Explain topic number {i} in a few words.", "source": "t", "split": "train"}
+            )
             + "\n"
             for i in range(8)
         )
@@ -49,7 +51,9 @@ def test_gpu_script_dry_run_writes_adapter_and_curve_and_continues(tiny, capsys)
     assert script.main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     plan = script.DRY_RUN
-    assert summary["distill"]["answers"] == plan.answers == len((out / "answers.jsonl").read_text().splitlines())
+    assert (
+        summary["distill"]["answers"] == plan.answers == len((out / "answers.jsonl").read_text().splitlines())
+    )
     assert summary["tokens"] == 3 * plan.batch_size * plan.seq_len and summary["reached_target"]
     assert read_adapter(out / "adapter.safetensors").training["objective"] == "bd3lm"
     curve = (out / "curve.md").read_text().splitlines()
