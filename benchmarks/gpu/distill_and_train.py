@@ -200,6 +200,7 @@ def train(args, plan: Plan, answers: Path, run_dir: Path, minutes: float) -> dic
             str(args.teacher_weight),
             "--certainty-weight",
             str(args.certainty_weight),
+            *(["--no-complementary"] if args.no_complementary else []),
             *(["--threads", str(plan.threads)] if plan.threads else []),
             *limits,
             "--quiet",
@@ -248,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block-size", type=int, default=8)
     parser.add_argument("--teacher-weight", type=float, default=0.5)
     parser.add_argument("--certainty-weight", type=float, default=0.0)
+    parser.add_argument(
+        "--no-complementary", action="store_true", help="one noisy copy: 2 positions per token instead of 3"
+    )
     parser.add_argument("--seq-len", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--dry-run", action="store_true", help="the same pipeline on the CPU at tiny sizes")
