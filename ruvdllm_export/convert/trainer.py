@@ -85,9 +85,7 @@ class TrainConfig:
     log_every: int = 1  # steps between log lines: every step, the log is the training curve
     precision: str = "fp32"  # the exact 4-bit base; "bf16" caches it in bfloat16 (~4x on CPU, within 2^-9)
     teacher_weight: float = 0.0  # AR soft targets' share of the loss (objectives.py); 0: labels only
-    certainty_weight: float = (
-        0.0  # dParallel's entropy penalty on correct targets; 0 until it measures better
-    )
+    certainty_weight: float = 0.0  # dParallel's entropy on correct targets; 0 until it measures better
     max_minutes: float = 0.0  # stop (evaluate, save) after this long in one process; 0: no limit
 
     def __post_init__(self) -> None:
