@@ -5,6 +5,7 @@
     ruvdllm convert --model m.gguf --data a.txt --objective mdlm --rank 16 --max-steps 2000
     ruvdllm convert --distill data/distill_prompts.jsonl --data corpus/   AR answers first, then train
     ruvdllm convert --resume [--run-dir DIR] [--max-steps N]          continue an interrupted run
+    ruvdllm convert --init-adapter A.safetensors --data ... --rank 8 --alpha 16   warm start
     torchrun --nproc-per-node 8 -m ruvdllm convert ...                several GPUs (same flags)
 
 The base is prepared exactly as the exported graph holds it (4-bit linears, 8-bit or exact 4-bit
@@ -83,6 +84,12 @@ TRAINING = (  # every TrainConfig field, in its order
         "share of the AR model's own next-token distribution in the loss (0 = labels only)",
         TrainConfig,
     ),
+    Flag(
+        "certainty_weight",
+        "certainty forcing: weight of the mean entropy of correctly predicted masked tokens (0 = off)",
+        TrainConfig,
+    ),
+    Flag("max_minutes", "stop, evaluate and save after this many minutes (0 = no limit)", TrainConfig),
 )
 FLAGS = DATA + ADAPTER + TRAINING
 
@@ -120,7 +127,7 @@ PRESETS = {
     },
 }
 # What a resumed run may change; everything else is the run's own (its args.json).
-RESUMABLE = ("max_steps", "eval_every", "checkpoint_minutes", "threads", "output")
+RESUMABLE = ("max_steps", "eval_every", "checkpoint_minutes", "max_minutes", "threads", "output")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -144,6 +151,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="continue the run in --run-dir with its saved arguments"
     )
     g.add_argument("--output", type=Path, help="copy the best adapter here when done")
+    g.add_argument(
+        "--init-adapter",
+        type=Path,
+        help="start from this adapter file's factors (same base, rank, alpha and targets), fresh optimizer",
+    )
     o = parser.add_argument_group("objective and adapter")
     add_flags(o, ADAPTER)
     o.add_argument(
@@ -190,7 +202,8 @@ def _saved_args(args) -> argparse.Namespace:
             saved[key] = getattr(args, key)
     saved["quiet"] = args.quiet
     saved["run_dir"] = str(args.run_dir)  # the directory being resumed, wherever it has moved
-    for key in ("model", "run_dir", "output", "distill", "data"):
+    saved.setdefault("init_adapter", None)  # runs saved before warm starts existed
+    for key in ("model", "run_dir", "output", "distill", "data", "init_adapter"):
         if saved.get(key) is not None:
             saved[key] = [Path(p) for p in saved[key]] if key == "data" else Path(saved[key])
     saved["resume"] = True
@@ -252,6 +265,7 @@ def run(args) -> int:
         args.held_out,
         args.seed,
         checkpoint.spec.chat_template,
+        checkpoint.spec.bos_token_id,  # the template's bos_token, as the runtime renders it
     )
     try:
         apply_lora(model, lora)
@@ -269,7 +283,9 @@ def run(args) -> int:
         progress=not args.quiet,
     )
     if args.resume:
-        trainer.resume()
+        trainer.resume()  # the checkpoint holds the factors; a warm start only seeds a new run
+    elif args.init_adapter is not None:
+        trainer.warm_start(args.init_adapter)
     print(
         f"{args.run_dir}: {train.shape[0]} training rows of {args.seq_len} tokens"
         f"{f', {held_out.shape[0]} held out' if held_out is not None else ''}; step {trainer.state.step}",

@@ -3,6 +3,7 @@ machine, and the AR model's own sampled answers to them.
 
     ruvdllm distill prompts [--out data/distill_prompts_wordnet.jsonl]     WordNet + package summaries
     ruvdllm distill answers --out answers.jsonl [--split train] [--batch 64]   resumable, tokens/s bar
+    ruvdllm distill answers --out answers.jsonl --device cuda --batch 512 --max-minutes 3   on a GPU
 
 `prompts` writes the prompt file and a manifest beside it (sha256, counts by source and split).
 `answers` samples the AR model (the checkpoint's own 4-bit weights, dequantized; temperature 0.7 and
@@ -50,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     a.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    a.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N (default: cpu)")
+    a.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0.0,
+        help="start no batch after this many minutes; a rerun answers the rest (default: 0, no limit)",
+    )
 
 
 def read_prompt_records(path: Path) -> list[dict]:
@@ -113,21 +121,22 @@ def _answers(args) -> int:
         records = [r for r in records if r.get("split", "train") == args.split]
     if args.limit is not None:
         records = records[: args.limit]
-    if args.batch < 1 or args.max_new < 1:
-        raise RuvdllmError("--batch and --max-new must be at least 1")
+    if args.batch < 1 or args.max_new < 1 or args.max_minutes < 0:
+        raise RuvdllmError("--batch and --max-new must be at least 1, --max-minutes at least 0")
     import torch
 
     from runtime.chat_template import special_tokens
     from ruvdllm_export.checkpoints import load_checkpoint
-    from ruvdllm_export.convert.ar_answers import answer_prompts, causal_lm
+    from ruvdllm_export.convert.ar_answers import answer_prompts, causal_lm, resolve_device
     from ruvdllm_export.convert.distill import prompt_text
     from ruvdllm_export.default_model import default_gguf_path
 
+    resolve_device(args.device)  # before minutes of loading
     if args.threads:
         torch.set_num_threads(args.threads)
     checkpoint = load_checkpoint(args.model if args.model is not None else default_gguf_path())
     spec = checkpoint.spec
-    model = causal_lm(checkpoint, torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    model = causal_lm(checkpoint, torch.bfloat16 if args.precision == "bf16" else torch.float32, args.device)
     eos = tuple(spec.eos_token_ids)
     pad = spec.pad_token_id if spec.pad_token_id is not None else eos[0]
 
@@ -149,9 +158,11 @@ def _answers(args) -> int:
         args.temperature,
         args.top_p,
         args.seed,
+        max_minutes=args.max_minutes,
     )
+    left = f", {summary['left']} left for a rerun" if summary["left"] else ""
     print(
-        f"{summary['answered']} answered ({summary['skipped']} already there), "
+        f"{summary['answered']} answered ({summary['skipped']} already there{left}), "
         f"{summary['tokens']} tokens at {summary['tokens_per_s']:.0f} tokens/s -> {args.out}",
         file=sys.stderr,
     )

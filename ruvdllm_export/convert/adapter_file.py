@@ -113,17 +113,38 @@ def read_adapter(path: Path) -> AdapterFile:
     )
 
 
+BASE_KEYS = ("architecture", "hidden_size", "num_layers", "vocab_size")
+
+
+def check_base(path: Path, got: dict, expected: dict, keys=BASE_KEYS) -> None:
+    """Refuse an adapter trained for another base (keys it does not record are not checked)."""
+    for key in keys:
+        if key in got and key in expected and got[key] != expected[key]:
+            raise RuvdllmError(f"{path}: trained for {key} {got[key]}, the checkpoint has {expected[key]}")
+
+
+def check_warm_start(path: Path, adapter: AdapterFile, lora: dict, base: dict) -> None:
+    """A run may start from `adapter` only when its factors fit this run's LoRA as they are: the
+    same base (its source file too: the factors corrected that file's quantization) and the same
+    rank, alpha and targets."""
+    check_base(path, adapter.base, base, (*BASE_KEYS, "source_sha256"))
+    theirs = (int(adapter.lora["rank"]), float(adapter.lora["alpha"]), tuple(adapter.lora["targets"]))
+    ours = (int(lora["rank"]), float(lora["alpha"]), tuple(lora["targets"]))
+    if theirs != ours:
+        rank, alpha, targets = theirs
+        raise RuvdllmError(
+            f"{path}: rank {rank}, alpha {alpha:g}, targets {','.join(targets)}; this run has rank {ours[0]}, "
+            f"alpha {ours[1]:g}, targets {','.join(ours[2])} (give --rank {rank} --alpha {alpha:g} "
+            f"--targets {','.join(targets)} to warm-start from it)"
+        )
+
+
 def read_static_lora(path: Path, checkpoint=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Canonical weight name -> (a, b·scale): the graph builder's StaticLora factors. With a
     checkpoint, refuse an adapter trained for a different base."""
     adapter = read_adapter(path)
     if checkpoint is not None:
-        expected, got = base_identity(checkpoint), adapter.base
-        for key in ("architecture", "hidden_size", "num_layers", "vocab_size"):
-            if key in got and got[key] != expected[key]:
-                raise RuvdllmError(
-                    f"{path}: trained for {key} {got[key]}, the checkpoint has {expected[key]}"
-                )
+        check_base(path, adapter.base, base_identity(checkpoint))
     out = {}
     for name in adapter.factors:
         if name.endswith(LORA_A):

@@ -5,7 +5,10 @@ The model is the checkpoint's own weights (4-bit blocks dequantized, so exactly 
 diffusion model is converted from) inside transformers' LlamaForCausalLM / Qwen2ForCausalLM /
 Qwen3ForCausalLM: its `generate` batches, caches keys and values, and samples with temperature and
 top-p as the quality benchmark does. In bfloat16 on a CPU with AVX512-BF16 / AMX a batch of 32-64
-rows costs little more than one row (the forward is compute-bound per row only at large batch).
+rows costs little more than one row (the forward is compute-bound per row only at large batch); on
+a GPU (`device`) batches of several hundred rows cost about what one does. The sampling draws come
+from a generator on the model's device, so a GPU's answers differ from a CPU's for the same seed
+(each is reproducible on its own kind of device).
 
 Output: JSONL, one record per prompt, {"prompt", "response", "source", "split", "tokens",
 "finish"} ("stop": the model ended its answer; "length": cut at --max-new). Written one batch at a
@@ -36,8 +39,19 @@ HF_CLASSES = {
 }
 
 
-def causal_lm(checkpoint, dtype: torch.dtype = torch.bfloat16):
-    """transformers' causal LM over the checkpoint's weights (4-bit blocks dequantized)."""
+def resolve_device(name: str) -> torch.device:
+    """A torch device by name ("cpu", "cuda", "cuda:1"); one that is not here is a one-line error."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise RuvdllmError(f"device {name!r}: not a torch device (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuvdllmError(f"device {name!r}: this torch sees no CUDA GPU")
+    return device
+
+
+def causal_lm(checkpoint, dtype: torch.dtype = torch.bfloat16, device: str = "cpu"):
+    """transformers' causal LM over the checkpoint's weights (4-bit blocks dequantized), on `device`."""
     import transformers
 
     spec = checkpoint.spec
@@ -74,7 +88,7 @@ def causal_lm(checkpoint, dtype: torch.dtype = torch.bfloat16):
         raise RuvdllmError(
             f"AR answers: weights do not fit {model_name} (missing {missing}, unexpected {unexpected})"
         )
-    return model.to(dtype).eval()
+    return model.to(device=resolve_device(device), dtype=dtype).eval()
 
 
 def read_done(output: Path) -> set[str]:
@@ -151,8 +165,9 @@ def answer_batch(model, rows, max_new: int, temperature: float, top_p: float, pa
     from transformers import LogitsProcessorList
 
     width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    device = model.device
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
     processors = LogitsProcessorList([_SampleInto(temperature, top_p, generator)] if temperature > 0 else [])
     out = model.generate(
         input_ids=ids,
@@ -185,9 +200,11 @@ def answer_prompts(
     top_p: float = 0.9,
     seed: int = 0,
     progress: bool = True,
+    max_minutes: float = 0.0,
 ) -> dict:
     """Answer every record's prompt not yet in `output`, appending one batch at a time. Batches are
-    formed from prompts of similar length (less padding). Returns counts and tokens/s."""
+    formed from prompts of similar length (less padding). With `max_minutes` > 0 no batch starts
+    after that long (a rerun answers the rest). Returns counts and tokens/s."""
     from tqdm import tqdm
 
     output = Path(output)
@@ -197,11 +214,14 @@ def answer_prompts(
     encoded = [(tokenizer.encode(render(r["prompt"]), add_special_tokens=False).ids, r) for r in todo]
     encoded.sort(key=lambda pair: len(pair[0]))
     batches = [encoded[i : i + batch_size] for i in range(0, len(encoded), batch_size)]
-    started, tokens = time.monotonic(), 0
+    started, tokens, answered = time.monotonic(), 0, 0
     bar = tqdm(total=len(todo), unit="answer", disable=not progress, desc="AR answers")
     with open(output, "a", encoding="utf-8") as handle:
         for batch in batches:
-            generator = torch.Generator().manual_seed(batch_seed(seed, [r["prompt"] for _, r in batch]))
+            if max_minutes and (time.monotonic() - started) / 60 >= max_minutes:
+                break
+            generator = torch.Generator(model.device)
+            generator.manual_seed(batch_seed(seed, [r["prompt"] for _, r in batch]))
             rows = [ids for ids, _ in batch]
             answers = answer_batch(model, rows, max_new, temperature, top_p, pad, eos, generator)
             lines = []
@@ -215,11 +235,13 @@ def answer_prompts(
             handle.flush()
             os.fsync(handle.fileno())
             bar.update(len(batch))
+            answered += len(batch)
             bar.set_postfix(tokens_per_s=f"{tokens / max(time.monotonic() - started, 1e-9):.0f}")
     bar.close()
     seconds = time.monotonic() - started
     return {
-        "answered": len(todo),
+        "answered": answered,
+        "left": len(todo) - answered,
         "skipped": len(done),
         "tokens": tokens,
         "tokens_per_s": tokens / max(seconds, 1e-9),

@@ -31,10 +31,20 @@ token, so each training token teaches more (the reason distillation converges fa
 training on labels); it costs one forward of the clean row without gradients, about a tenth of
 a BD3LM step. A target whose left neighbours are masked cannot reach the teacher's certainty;
 the soft CE's minimum there is the teacher averaged over what is hidden, as the hard CE's is.
+
+Certainty forcing (dParallel, Chen et al. 2025). With `certainty_weight` β > 0 the loss gains
+β · mean entropy of the predicted distribution over the masked targets whose most likely token
+already is the target. Parallel decoding commits only confident positions, and a model trained
+on labels alone learns to be right long before it learns to be sure; the term sharpens exactly
+the predictions that are right (wrong ones are left to the cross-entropy, so the model is not
+pushed to be confidently wrong). The entropy is at temperature 1, the confidence the runtime's
+threshold and low-confidence rules read. The same pass reports, for every loss, how many targets
+were right, their mean entropy and confidence, and how many cleared the runtime's threshold.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -42,16 +52,23 @@ import torch
 import torch.nn.functional as F
 
 from runtime.artifact import ArtifactConfig
+from runtime.settings import GenerationSettings
 from ruvdllm_export.convert.annealing import annealed
 from ruvdllm_export.reference.lora import lora_disabled
 from ruvdllm_export.reference.model import AdapterBank, DiffusionLM
 
 OBJECTIVES = ("bd3lm", "mdlm")
+CONFIDENT = GenerationSettings.threshold  # what threshold decoding commits: the share above it is reported
 
 
 def check_teacher_weight(weight: float) -> None:
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"teacher weight {weight}: need 0 <= w <= 1")
+
+
+def check_certainty_weight(weight: float) -> None:
+    if not 0.0 <= weight <= 10.0:
+        raise ValueError(f"certainty weight {weight}: need 0 <= w <= 10")
 
 
 @dataclass(frozen=True)
@@ -78,6 +95,25 @@ class LossResult:
     count: int  # masked targets
     positions: int  # positions that could be masked (the ELBO's denominator)
     elbo: float  # sum of CE / t
+    certainty: float = 0.0  # the certainty-forcing term (mean entropy over correct targets)
+    correct: int = 0  # targets whose most likely token is the target
+    correct_entropy: float = 0.0  # sum of their entropies (nats)
+    correct_confidence: float = 0.0  # sum of their probabilities
+    confident: int = 0  # targets whose top probability reaches CONFIDENT
+    confident_correct: int = 0  # ... and whose top token is the target
+
+
+def certainty_terms(log_probs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(entropy [T] of each predicted distribution, correct [T] bool: its most likely token is the
+    target) from log-probabilities [T, vocab]."""
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return entropy, log_probs.argmax(-1) == targets
+
+
+def certainty_loss(entropy: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """dParallel's certainty forcing: the mean entropy over correctly predicted targets (0 when
+    none is correct); differentiable through the entropy only."""
+    return (entropy * correct).sum() / correct.sum().clamp(min=1)
 
 
 # Per-row TALoRA slot weights from per-row timesteps: t [B, S] -> [B, S, slots].
@@ -128,6 +164,37 @@ def _block_masks(length: int, offset: int, block_size: int, generator: torch.Gen
     return masked, t, start
 
 
+@functools.lru_cache(maxsize=64)
+def bd3lm_pattern(n: int, block_size: int, offset: int, copies: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target, causal start) bool [S, S], S = (copies + 1) · n: the attention pattern of a row of
+    n tokens whose blocks start at `offset`. It depends on nothing random but the offset, so one
+    pattern per offset is built and shared (callers must not write into it): at a GPU's row
+    lengths building it per row would cost more host time than the step's compute."""
+    b, size = block_size, (copies + 1) * n
+    pos = torch.arange(n)
+    block = torch.where(pos >= offset, (pos - offset) // b, torch.full_like(pos, -1))
+    start = torch.where(pos >= offset, offset + block * b, torch.zeros_like(pos))
+
+    causal = pos[None, :] <= pos[:, None]  # [N, N]
+    same_block = (block[None, :] == block[:, None]) & (block[:, None] >= 0)
+    before_block = pos[None, :] < start[:, None]
+    in_prefix = (pos < offset)[:, None]
+    noisy_to_clean = torch.where(in_prefix, causal, before_block)
+
+    target = torch.zeros(size, size, dtype=torch.bool)
+    begin = torch.zeros(size, size, dtype=torch.bool)
+    clean = slice(copies * n, size)
+    target[clean, clean] = causal
+    begin[clean, clean] = causal
+    for c in range(copies):
+        rows = slice(c * n, (c + 1) * n)
+        target[rows, clean] = noisy_to_clean
+        begin[rows, clean] = noisy_to_clean
+        target[rows, rows] = same_block
+        begin[rows, rows] = same_block & causal
+    return target, begin
+
+
 def bd3lm_layout(tokens: torch.Tensor, mask_token_id: int, config: ObjectiveConfig, generator) -> Layout:
     n, b = tokens.shape[0], config.block_size
     offset = int(torch.randint(1, min(b, n - 1) + 1, (1,), generator=generator))
@@ -140,30 +207,10 @@ def bd3lm_layout(tokens: torch.Tensor, mask_token_id: int, config: ObjectiveConf
         masks.append(complement)
         ts.append(torch.where(complement | masked, 1.0 - t, torch.zeros_like(t)))
     copies = len(masks)
-    size = (copies + 1) * n
+    target, begin = bd3lm_pattern(n, b, offset, copies)
     pos = torch.arange(n)
-    block = torch.where(pos >= offset, (pos - offset) // b, torch.full_like(pos, -1))
-
-    causal = pos[None, :] <= pos[:, None]  # [N, N]
-    same_block = (block[None, :] == block[:, None]) & (block[:, None] >= 0)
-    before_block = pos[None, :] < start[:, None]
-    in_prefix = (pos < offset)[:, None]
-    noisy_to_clean = torch.where(in_prefix, causal, before_block)
-    noisy_to_noisy_target = same_block
-    noisy_to_noisy_start = same_block & causal
-
-    target = torch.zeros(size, size, dtype=torch.bool)
-    begin_ = torch.zeros(size, size, dtype=torch.bool)
-    clean = slice(copies * n, size)
-    target[clean, clean] = causal
-    begin_[clean, clean] = causal
     ids, row_t, sources, targets, weights, where, which = [], [], [], [], [], [], []
     for c, (m, tc) in enumerate(zip(masks, ts, strict=True)):
-        rows = slice(c * n, (c + 1) * n)
-        target[rows, clean] = noisy_to_clean
-        begin_[rows, clean] = noisy_to_clean
-        target[rows, rows] = noisy_to_noisy_target
-        begin_[rows, rows] = noisy_to_noisy_start
         ids.append(torch.where(m, torch.full_like(tokens, mask_token_id), tokens))
         row_t.append(torch.where(pos >= offset, tc, torch.zeros_like(tc)))
         p = torch.nonzero(m).flatten()
@@ -179,7 +226,7 @@ def bd3lm_layout(tokens: torch.Tensor, mask_token_id: int, config: ObjectiveConf
         input_ids=torch.cat(ids),
         position_ids=torch.arange(n).repeat(copies + 1),
         target=target,
-        start=begin_,
+        start=begin,
         row_t=torch.cat(row_t),
         source_rows=torch.cat(sources),
         targets=torch.cat(targets),
@@ -263,11 +310,14 @@ def diffusion_loss(
     adapter_bank: AdapterBank | None = None,
     slot_weights: SlotWeights | None = None,
     teacher_weight: float = 0.0,
+    certainty_weight: float = 0.0,
 ) -> LossResult:
     """The ELBO-per-token loss of `batch` [B, N] under `config`; all randomness (offsets, masks,
     annealing) comes from `generator`, so one seed gives one loss on every device.
-    `teacher_weight`: the share of the AR teacher's soft targets in each target's CE (module doc)."""
+    `teacher_weight`: the share of the AR teacher's soft targets in each target's CE;
+    `certainty_weight`: β of the certainty-forcing term (module doc)."""
     check_teacher_weight(teacher_weight)
+    check_certainty_weight(certainty_weight)
     device = model.final_norm.device
     layouts = make_layouts(batch.cpu(), model.mask_token_id, config, generator)
     visible = torch.stack([annealed(lay.target, lay.start, progress, generator) for lay in layouts])
@@ -289,17 +339,33 @@ def diffusion_loss(
     weights = torch.cat([lay.weights for lay in layouts]).to(device)
     positions = sum(lay.positions for lay in layouts)
     logits = model.head(hidden.reshape(-1, hidden.shape[-1])[rows])  # only rows that predict a target
-    ce = F.cross_entropy(logits.float(), targets, reduction="none")
+    log_probs = F.log_softmax(logits.float(), dim=-1)  # [T, vocab]
+    ce = -log_probs.gather(-1, targets[:, None]).squeeze(-1)
     per_target = ce
     if teacher_weight > 0:
         teacher = teacher_probabilities(model, batch, layouts)
-        soft = -(teacher * F.log_softmax(logits.float(), dim=-1)).sum(-1)
+        soft = -(teacher * log_probs).sum(-1)
         per_target = (1 - teacher_weight) * ce + teacher_weight * soft
-    weighted = (per_target * weights).sum()
-    return LossResult(
-        loss=weighted / positions,
-        nll=float(ce.detach().sum()),
-        count=int(targets.numel()),
-        positions=positions,
-        elbo=float((ce.detach() * weights).sum()),
-    )
+    loss = (per_target * weights).sum() / positions
+    # The entropy keeps its graph only when it is trained on; otherwise it is a measurement.
+    with torch.set_grad_enabled(torch.is_grad_enabled() and certainty_weight > 0):
+        entropy, correct = certainty_terms(log_probs, targets)
+        certainty = certainty_loss(entropy, correct)
+    if certainty_weight > 0:
+        loss = loss + certainty_weight * certainty
+    with torch.no_grad():
+        top = log_probs.max(-1).values.exp()
+        confident = top >= CONFIDENT
+        return LossResult(
+            loss=loss,
+            nll=float(ce.sum()),
+            count=int(targets.numel()),
+            positions=positions,
+            elbo=float((ce * weights).sum()),
+            certainty=float(certainty),
+            correct=int(correct.sum()),
+            correct_entropy=float((entropy * correct).sum()),
+            correct_confidence=float((top * correct).sum()),
+            confident=int(confident.sum()),
+            confident_correct=int((confident & correct).sum()),
+        )

@@ -11,11 +11,18 @@ Run directory:
     checkpoint.pt        LoRA, optimizer, scheduler, step, tokens seen, history (torch.save)
     adapter.safetensors  the latest adapter (adapter_file.py)
     best.safetensors     the adapter with the lowest held-out masked-token NLL so far
-    log.jsonl            one line per logged step / evaluation (the training curve)
+    log.jsonl            one line per logged step / evaluation (the training curve); a resumed
+                         run first cuts it back to the checkpoint, so no step appears twice
+
+Warm start (`warm_start`): a new run may begin from an adapter file's factors (the committed
+adapter, say) with a fresh optimizer; the tokens that adapter had seen carry into the new run's
+adapter files, so the curve continues where the adapter's own left off.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import os
@@ -28,19 +35,25 @@ import torch
 import torch.distributed as dist
 
 from ruvdllm.errors import RuvdllmError
-from ruvdllm_export.convert.adapter_file import write_adapter
+from ruvdllm_export.convert.adapter_file import check_warm_start, read_adapter, write_adapter
 from ruvdllm_export.convert.annealing import anneal_progress
+from ruvdllm_export.convert.curve import LOG
+from ruvdllm_export.convert.evaluation import certainty_metrics, evaluate  # evaluate: also the benchmarks'
 from ruvdllm_export.convert.memory import DEFAULT_BUDGET_GB, activation_bytes, base_bytes
-from ruvdllm_export.convert.objectives import ObjectiveConfig, check_teacher_weight, diffusion_loss
+from ruvdllm_export.convert.objectives import (
+    LossResult,
+    ObjectiveConfig,
+    check_certainty_weight,
+    check_teacher_weight,
+    diffusion_loss,
+)
 from ruvdllm_export.reference import LoraConfig, load_lora_state_dict, lora_parameters, lora_state_dict
 from ruvdllm_export.reference.model import DiffusionLM
 
 CHECKPOINT = "checkpoint.pt"
 ADAPTER = "adapter.safetensors"
 BEST = "best.safetensors"
-LOG = "log.jsonl"
 PRECISIONS = ("fp32", "bf16")
-EVAL_SEED = 20_250_101  # fixed masks for every evaluation: differences are the model's, not the noise's
 
 
 def check_precision(precision: str) -> None:
@@ -72,12 +85,17 @@ class TrainConfig:
     log_every: int = 1  # steps between log lines: every step, the log is the training curve
     precision: str = "fp32"  # the exact 4-bit base; "bf16" caches it in bfloat16 (~4x on CPU, within 2^-9)
     teacher_weight: float = 0.0  # AR soft targets' share of the loss (objectives.py); 0: labels only
+    certainty_weight: float = 0.0  # dParallel's entropy on correct targets; 0 until it measures better
+    max_minutes: float = 0.0  # stop (evaluate, save) after this long in one process; 0: no limit
 
     def __post_init__(self) -> None:
         if self.seq_len < 2 or min(self.batch_size, self.grad_accum, self.max_steps) < 1:
             raise ValueError("seq_len must be >= 2 and batch_size, grad_accum, max_steps >= 1")
+        if self.max_minutes < 0:
+            raise ValueError(f"max_minutes {self.max_minutes}: must be >= 0")
         check_precision(self.precision)
         check_teacher_weight(self.teacher_weight)
+        check_certainty_weight(self.certainty_weight)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +107,7 @@ class TrainState:
     tokens: int = 0  # training tokens consumed (rows x seq_len, over all ranks)
     best_nll: float = math.inf
     history: list[dict] = field(default_factory=list)
+    warm_start: dict | None = None  # the adapter file this run started from: name, sha256, tokens
 
 
 def precision_autocast(precision: str, device_type: str = "cpu"):
@@ -138,47 +157,23 @@ def check_memory(
         )
 
 
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The epoch's row permutation, built once per epoch (per micro-batch it cost more than a GPU step)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
 def _rows(data: torch.Tensor, micro: int, batch: int, seed: int) -> torch.Tensor:
     n = data.shape[0]
     picks = []
     for flat in range(micro * batch, micro * batch + batch):
         epoch, index = divmod(flat, n)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        picks.append(int(order[index]))
+        picks.append(int(_epoch_order(n, seed, epoch)[index]))
     return data[picks]
 
 
 def _generator(seed: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 7_919 + micro) % 2**63)
-
-
-@torch.no_grad()
-def evaluate(
-    model: DiffusionLM,
-    held_out: torch.Tensor,
-    objective: ObjectiveConfig,
-    rows: int,
-    adapter_bank=None,
-    slot_weights=None,
-) -> dict:
-    """Masked-token NLL and ELBO per token on held-out rows with fixed masks (the full diffusion
-    pattern, one noisy copy: the standard ELBO estimate)."""
-    plain = ObjectiveConfig(objective.objective, objective.block_size, complementary=False)
-    nll = elbo = 0.0
-    count = positions = 0
-    for i in range(min(rows, held_out.shape[0])):
-        result = diffusion_loss(
-            model,
-            held_out[i : i + 1],
-            plain,
-            torch.Generator().manual_seed(EVAL_SEED + i),
-            1.0,
-            adapter_bank,
-            slot_weights,
-        )
-        nll, elbo = nll + result.nll, elbo + result.elbo
-        count, positions = count + result.count, positions + result.positions
-    return {"masked_nll": nll / max(count, 1), "elbo": elbo / max(positions, 1), "masked": count}
 
 
 class Trainer:
@@ -260,15 +255,37 @@ class Trainer:
 
     def _write_adapter(self, path: Path, metrics: dict | None = None) -> None:
         factors = {k: v.float().cpu().numpy() for k, v in lora_state_dict(self.model).items()}
+        warm = self.state.warm_start
         training = {
             **asdict(self.objective),
             "mask_token_id": self.model.mask_token_id,
             "steps": self.state.step,
-            "tokens": self.state.tokens,
+            # every token the factors have learnt from, a warm start's included
+            "tokens": self.state.tokens + (warm["tokens"] if warm else 0),
+            "run_tokens": self.state.tokens,
             "seq_len": self.config.seq_len,
+            "teacher_weight": self.config.teacher_weight,
+            "certainty_weight": self.config.certainty_weight,
+            **({"warm_start": warm} if warm else {}),
             **(metrics or {}),
         }
         write_adapter(path, factors, self.lora.to_dict(), training, self.base)
+
+    def warm_start(self, path: Path) -> None:
+        """Start a new run from an adapter file's factors (a fresh optimizer and schedule): the
+        file must be for this base and have this run's rank, alpha and targets."""
+        if self.state.step:
+            raise RuvdllmError(
+                f"{path}: a warm start begins a new run; this one is at step {self.state.step}"
+            )
+        adapter = read_adapter(path)
+        check_warm_start(path, adapter, self.lora.to_dict(), self.base)
+        load_lora_state_dict(self.model, {k: torch.from_numpy(v) for k, v in adapter.factors.items()})
+        self.state.warm_start = {
+            "file": Path(path).name,
+            "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+            "tokens": int(adapter.training.get("tokens", 0)),
+        }
 
     def resume(self) -> None:
         """Continue from run_dir's checkpoint; a checkpoint of another model, adapter shape,
@@ -293,6 +310,16 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.state = TrainState(**payload["state"])
+        self._rewrite_log()
+
+    def _rewrite_log(self) -> None:
+        """Cut the log back to the checkpoint's history: a run stopped between checkpoints logged
+        steps that the resumed run repeats, and the curve must hold each step once."""
+        if self.rank != 0:
+            return
+        staging = self.run_dir / f".{LOG}.partial"
+        staging.write_text("".join(json.dumps(record) + "\n" for record in self.state.history))
+        staging.replace(self.run_dir / LOG)
 
     def _log(self, record: dict) -> None:
         self.state.history.append(record)
@@ -322,8 +349,7 @@ class Trainer:
         c = self.config
         self.model.train()
         progress = anneal_progress(self.state.step, c.anneal_steps)
-        loss_sum = nll = 0.0
-        count = 0
+        results: list[LossResult] = []
         for a in range(c.grad_accum):
             micro = (self.state.step * c.grad_accum + a) * self.world + self.rank
             batch = _rows(self.train, micro, c.batch_size, c.seed).to(self.device)
@@ -335,10 +361,11 @@ class Trainer:
                     _generator(c.seed, micro),
                     progress,
                     teacher_weight=c.teacher_weight,
+                    certainty_weight=c.certainty_weight,
                 )
             (result.loss / c.grad_accum).backward()
-            loss_sum += float(result.loss.detach())
-            nll, count = nll + result.nll, count + result.count
+            result.loss = result.loss.detach()
+            results.append(result)
         if self.world > 1:
             # DDP's hooks fire on forward(); the objective calls model.backbone, so the (small)
             # LoRA gradients are averaged by hand instead.
@@ -349,11 +376,32 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.state.tokens += c.grad_accum * c.batch_size * c.seq_len * self.world
-        return {"loss": loss_sum / c.grad_accum, "masked_nll": nll / max(count, 1), "anneal": progress}
+        count = sum(r.count for r in results)
+        metrics = certainty_metrics(results)
+        return {
+            "loss": sum(float(r.loss) for r in results) / c.grad_accum,
+            "masked_nll": sum(r.nll for r in results) / max(count, 1),
+            "certainty": sum(r.certainty for r in results) / c.grad_accum,
+            "accuracy": metrics["accuracy"],
+            "correct_entropy": metrics["correct_entropy"],
+            "anneal": progress,
+        }
+
+    def _out_of_time(self, started: float) -> bool:
+        """max_minutes passed, as rank 0 sees it (every rank must stop at the same step, or the
+        others would wait for its gradients forever)."""
+        if not self.config.max_minutes:
+            return False
+        late = torch.tensor(float((time.monotonic() - started) / 60 >= self.config.max_minutes))
+        if self.world > 1:
+            late = late.to(self.device)
+            dist.broadcast(late, src=0)
+        return bool(late)
 
     def fit(self, on_step: Callable[[int], None] | None = None) -> TrainState:
-        """Train to max_steps. Ctrl-C saves a checkpoint before leaving; a harder stop loses at
-        most one checkpoint interval. `on_step(step)` runs after every optimizer step."""
+        """Train to max_steps, or until max_minutes have passed. Ctrl-C saves a checkpoint before
+        leaving; a harder stop loses at most one checkpoint interval. `on_step(step)` runs after
+        every optimizer step."""
         from tqdm import tqdm
 
         c = self.config
@@ -393,12 +441,15 @@ class Trainer:
                     last_save = time.monotonic()
                 if on_step is not None:
                     on_step(self.state.step)
+                if self._out_of_time(started):
+                    break
         except KeyboardInterrupt:
             self.save()
             bar.close()
             raise
         bar.close()
-        if self.held_out is not None and (not c.eval_every or self.state.step % c.eval_every):
+        last_eval = next((r["step"] for r in reversed(self.state.history) if "eval" in r), None)
+        if self.held_out is not None and last_eval != self.state.step:  # once per step, resumed or not
             self.evaluate()
         self.save()
         return self.state

@@ -14,7 +14,7 @@ import torch
 from ruvdllm.cli import main
 from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.checkpoints import load_checkpoint
-from ruvdllm_export.convert.adapter_file import read_adapter, read_static_lora
+from ruvdllm_export.convert.adapter_file import read_adapter, read_static_lora, write_adapter
 from ruvdllm_export.convert.memory import activation_bytes, base_bytes
 from ruvdllm_export.convert.objectives import ObjectiveConfig
 from ruvdllm_export.convert.trainer import TrainConfig, Trainer
@@ -134,6 +134,8 @@ def test_resume_after_a_crash_gives_the_uninterrupted_adapter(workspace, tmp_pat
     crashed = trainer(tmp_path / "crashed")
     with pytest.raises(Crash):
         crashed.fit(on_step=crash_after_5)
+    logged = [json.loads(line)["step"] for line in (tmp_path / "crashed" / "log.jsonl").open()]
+    assert logged.count(5) == 1  # step 5 was logged, then lost with the crash
     resumed = trainer(tmp_path / "crashed")
     resumed.resume()
     assert resumed.state.step == 4  # lost at most one interval
@@ -142,6 +144,15 @@ def test_resume_after_a_crash_gives_the_uninterrupted_adapter(workspace, tmp_pat
         a2, b2 = lora_factors(resumed.model)[name]
         np.testing.assert_array_equal(a, a2)
         np.testing.assert_array_equal(b, b2)
+
+    def curve(run: str) -> list[dict]:
+        """The log without its clock readings: the same for a crashed-and-resumed run."""
+        lines = (tmp_path / run / "log.jsonl").read_text().splitlines()
+        return [
+            {k: v for k, v in json.loads(line).items() if k not in ("time", "tokens_per_s")} for line in lines
+        ]
+
+    assert curve("crashed") == curve("whole")  # step 5 once, not twice
 
 
 def test_cli_resume_continues_the_saved_run(workspace, tmp_path):
@@ -158,6 +169,10 @@ def test_cli_resume_continues_the_saved_run(workspace, tmp_path):
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
     saved = json.loads((run_dir / "args.json").read_text())
     assert saved["rank"] == 2  # the run's own arguments were used, not the defaults
+    # A run saved before the warm-start and certainty-forcing flags existed still resumes.
+    for key in ("init_adapter", "certainty_weight", "max_minutes"):
+        del saved[key]
+    (run_dir / "args.json").write_text(json.dumps(saved))
     moved = tmp_path / "moved"
     shutil.copytree(run_dir, moved)
     before = (run_dir / "log.jsonl").read_text()
@@ -283,3 +298,44 @@ def test_bf16_with_the_teacher_trains_like_fp32(workspace, tmp_path):
     adapter = read_adapter(tmp_path / "bf16" / "adapter.safetensors")
     assert adapter.training["steps"] == 2
     assert main(_args(workspace, tmp_path / "bad", "--teacher-weight", "2")) != 0
+
+
+def test_warm_start_begins_from_the_adapter_and_counts_its_tokens(workspace, tmp_path):
+    """--init-adapter: a new run starts from the file's factors (lr 0 keeps them exactly), its
+    adapter records the warm start and every token the factors saw; a file of another rank or
+    another base is refused in one line."""
+    first = tmp_path / "first.safetensors"
+    assert main(_args(workspace, tmp_path / "a", "--max-steps", "2", "--output", str(first))) == 0
+    seen = read_adapter(first).training["tokens"]
+    argv = _args(workspace, tmp_path / "b", "--max-steps", "1", "--lr", "0", "--init-adapter", str(first))
+    assert main(argv) == 0
+    warm = read_adapter(tmp_path / "b" / "adapter.safetensors")
+    for name, factor in read_adapter(first).factors.items():
+        np.testing.assert_array_equal(warm.factors[name], factor)
+    assert warm.training["warm_start"]["tokens"] == seen
+    assert warm.training["tokens"] == seen + warm.training["run_tokens"] > seen
+    with pytest.raises(RuvdllmError, match="rank 2, alpha 32, .*this run has rank 4"):
+        from ruvdllm.cli import build_parser
+        from ruvdllm_export.convert_command import run
+
+        argv = _args(workspace, tmp_path / "c", "--rank", "4", "--init-adapter", str(first))
+        run(build_parser(argv).parse_args(argv))
+    adapter = read_adapter(first)
+    other = tmp_path / "other.safetensors"
+    write_adapter(
+        other, adapter.factors, adapter.lora, adapter.training, {**adapter.base, "hidden_size": 999}
+    )
+    with pytest.raises(RuvdllmError, match="other.safetensors: trained for hidden_size 999"):
+        argv = _args(workspace, tmp_path / "d", "--init-adapter", str(other))
+        run(build_parser(argv).parse_args(argv))
+
+
+def test_max_minutes_stops_early_and_saves(workspace, tmp_path):
+    """--max-minutes: the run stops after the step that crosses the limit, evaluates and saves."""
+    run_dir = tmp_path / "run"
+    assert main(_args(workspace, run_dir, "--max-steps", "50", "--max-minutes", "1e-9")) == 0
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)["state"]
+    assert state["step"] == 1
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "eval" in r] == [0, 1]
+    assert {"accuracy", "correct_entropy", "confident"} <= set(log[-1]["eval"])

@@ -131,6 +131,18 @@ def test_answers_resume_after_a_torn_line(tmp_path):
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["prompt"] for r in lines) == [r["prompt"] for r in records]
     assert all(r["finish"] in ("stop", "length") and r["tokens"] <= 4 for r in lines)
+    late = answer_prompts(
+        model,
+        checkpoint.tokenizer,
+        lambda p: p + "\n",
+        [*records, {"prompt": "question 5"}],
+        out,
+        eos,
+        eos[0],
+        max_minutes=1e-9,  # past before the first batch: nothing starts, the rest is left for a rerun
+        progress=False,
+    )
+    assert late["answered"] == 0 and late["left"] == 1 and late["skipped"] == 5
 
 
 @pytest.mark.parametrize(
@@ -139,6 +151,13 @@ def test_answers_resume_after_a_torn_line(tmp_path):
         ("", "the prompt file is empty"),
         ('{"prompt": "ok"}\n{not json\n', r"prompts.jsonl:2: not valid JSON"),
         ('{"text": "x"}\n', r"prompts.jsonl:1: needs a non-empty string 'prompt'"),
+        pytest.param(
+            '{"prompt": "ok"}\n',
+            "device 'cuda:0': this torch sees no CUDA GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here"),
+            id="no-gpu",
+        ),
+        ('{"prompt": "ok"}\n', "device 'tpu9': not a torch device"),
     ],
 )
 def test_bad_prompt_files_fail_in_one_line(tmp_path, content, message):
@@ -155,6 +174,7 @@ def test_bad_prompt_files_fail_in_one_line(tmp_path, content, message):
             str(prompts),
             "--out",
             str(tmp_path / "o"),
+            *(["--device", re.search(r"device '([^']+)'", message)[1]] if "device" in message else []),
         ],
         capture_output=True,
         text=True,
