@@ -9,11 +9,10 @@ import logging
 from contextlib import asynccontextmanager
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
 
-from federation_hub.errors import Unauthorized, status_of
+from federation_hub import problems
 from federation_hub.observability import HubMetrics, RequestLogMiddleware
 from federation_hub.routers import admin, gossip, health, releases, rounds, updates
 from federation_hub.services.gossip import GossipLoop
@@ -21,7 +20,6 @@ from federation_hub.services.rounds import resume_closing
 from federation_hub.services.state import HubState
 from federation_hub.settings import HubSettings
 from federation_hub.storage import open_store
-from ruvdllm.errors import RuvdllmError
 from ruvdllm.http_limits import BodySizeLimit
 
 log = logging.getLogger("federation_hub")
@@ -58,14 +56,15 @@ def create_app(settings: HubSettings) -> FastAPI:
         summary="Aggregates per-timestep-group LoRA adapter updates (DAF) under privacy tiers; gossips releases with peer hubs.",
         lifespan=lifespan,
     )
-    # errors as {"detail": message}, like every other error of the hub
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, hint="--max-request-mb")
+    # a 413 reads like every other error of the hub (problems.py)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_request_bytes,
+        error_body=problems.problem_body,
+        hint="--max-request-mb",
+    )
     app.add_middleware(RequestLogMiddleware, metrics=metrics)
-
-    @app.exception_handler(RuvdllmError)
-    async def hub_error(request: Request, exc: RuvdllmError) -> JSONResponse:
-        headers = {"www-authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-        return JSONResponse({"detail": str(exc)}, status_code=status_of(exc), headers=headers)
+    problems.install(app)
 
     for module in (health, admin, rounds, updates, releases, gossip):
         app.include_router(module.router)

@@ -50,6 +50,25 @@ class Input(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# --- errors -----------------------------------------------------------------------------------
+
+
+class FieldProblem(BaseModel):
+    loc: list[str | int] = Field(
+        description='where: "body", "path", "query" or "header", then the field path (no input echoed)'
+    )
+    msg: str
+
+
+class Problem(BaseModel):
+    """Every error reply of the hub, whatever the status."""
+
+    detail: str = Field(description="one line naming what is wrong")
+    errors: list[FieldProblem] = Field(
+        default_factory=list, description="422: each invalid field of the request; empty otherwise"
+    )
+
+
 def _b64decode(data: str, what: str) -> bytes:
     try:
         return base64.b64decode(data, validate=True)

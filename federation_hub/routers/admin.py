@@ -2,15 +2,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import Path, Query
 
 from federation_hub import audit
 from federation_hub.auth import new_token, token_hash
 from federation_hub.deps import Admin, AnyCaller, State
 from federation_hub.errors import NotFound
+from federation_hub.routers import hub_router
 from federation_hub.schemas import AuditEntry, AuditVerdict, Principal, TenantIn, TokenIn, TokenOut
 
-router = APIRouter(prefix="/v1", tags=["administration"])
+router = hub_router(prefix="/v1", tags=["administration"])
 
 
 @router.get("/me", response_model=Principal, summary="who this token is")

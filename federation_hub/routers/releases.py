@@ -2,15 +2,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import Path, Query
 
 from federation_hub import codec
 from federation_hub.deps import AnyCaller, State
 from federation_hub.errors import NotFound
+from federation_hub.routers import hub_router
 from federation_hub.schemas import LoraDelta, Release, ReleaseSummary, TimestepGroup
 from federation_hub.storage.base import ReleaseRecord
 
-router = APIRouter(prefix="/v1/releases", tags=["releases"])
+router = hub_router(prefix="/v1/releases", tags=["releases"])
 
 
 def summary(record: ReleaseRecord) -> dict:

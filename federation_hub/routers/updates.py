@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import hashlib
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -10,10 +10,12 @@ from starlette.concurrency import run_in_threadpool
 from federation_hub.deps import Client, State
 from federation_hub.errors import NotFound
 from federation_hub.privacy.accountant import epsilon_spent
+from federation_hub.routers import hub_router
 from federation_hub.schemas import Budget, PlainUpdate, SealedUpdate, Update, UpdateId, UpdateReceipt
 from federation_hub.services import submission
+from federation_hub.tiers import Tier
 
-router = APIRouter(prefix="/v1", tags=["updates"])
+router = hub_router(prefix="/v1", tags=["updates"])
 
 
 # The body is parsed here rather than by FastAPI: from the raw bytes (pydantic's JSON parser, about
@@ -27,10 +29,13 @@ def parse_update(body: bytes) -> PlainUpdate | SealedUpdate:
     try:
         return UPDATE.validate_json(body)
     except ValidationError as exc:
-        # no input echoed back: it may be megabytes, or bytes that are not UTF-8 (found by schemathesis)
-        raise RequestValidationError(
-            exc.errors(include_url=False, include_context=False, include_input=False)
-        ) from None
+        # no input echoed back (problems.py); locations from "body" on, without the union's tag
+        errors = exc.errors(include_url=False, include_input=False)
+        raise RequestValidationError([{**e, "loc": ("body", *_untagged(e["loc"]))} for e in errors]) from None
+
+
+def _untagged(loc: tuple) -> tuple:
+    return loc[1:] if loc and loc[0] in {t.value for t in Tier} else loc
 
 
 @router.post(
@@ -40,10 +45,6 @@ def parse_update(body: bytes) -> PlainUpdate | SealedUpdate:
     summary="submit an update (per timestep group LoRA factors + metrics, or sealed for a group)",
     responses={
         200: {"model": UpdateReceipt, "description": "a replay of an accepted update: the first receipt"},
-        422: {
-            "description": "not a valid update, or it does not fit the round",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
-        },
     },
     openapi_extra={
         "requestBody": {
