@@ -72,8 +72,12 @@ def create_app(settings: HubSettings) -> FastAPI:
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-            # the update body is parsed by hand (routers/updates.py); its models join the components here
-            schema["components"]["schemas"].update(updates.UPDATE_SCHEMA.get("$defs", {}))
+            # the update bodies are parsed by hand (routers/updates.py); their models join the
+            # components here, the binary body's header (its metadata) as `UpdateHeader`
+            components = schema["components"]["schemas"]
+            components.update(updates.UPDATE_SCHEMA.get("$defs", {}))
+            components.update(updates.HEADER_SCHEMA.get("$defs", {}))
+            components["UpdateHeader"] = {k: v for k, v in updates.HEADER_SCHEMA.items() if k != "$defs"}
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -4,18 +4,15 @@ Python's parser takes `NaN`, `Infinity` and `-Infinity`, turns `1e400` into `inf
 lone surrogate (`"\\ud800"`) as a string that no UTF-8 encoder, database driver or JSON renderer
 will take back. Any of them passing a request model reaches storage or a reply and ends as a 500
 (found by an outside probe against every router). Here they are parse errors, answered 422 like
-any other malformed body, and every router parses its bodies this way (`StrictJsonRoute`).
+any other malformed body, and every router parses its bodies this way (`routers.StrictJsonRoute`);
+so do the hub's binary formats (the safetensors header, `safetensors_io.py`). Standard library only.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Coroutine
 from typing import Any
-
-from fastapi import Request, Response
-from fastapi.routing import APIRoute
 
 
 def _no_constant(name: str):
@@ -44,11 +41,21 @@ def _check_strings(value: Any) -> None:
             stack.extend(item)
 
 
+def _unique(pairs: list[tuple[str, Any]]) -> dict:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen = set()
+        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"duplicate key {duplicate[:64]!r}")
+    return result
+
+
 def loads(body: bytes | str) -> Any:
-    """json.loads that refuses NaN, ±Infinity, numbers beyond float range and lone surrogates.
-    Raises json.JSONDecodeError (what FastAPI answers with 422) for each."""
+    """json.loads that refuses NaN, ±Infinity, numbers beyond float range, lone surrogates and
+    duplicate keys (which one would count?). Raises json.JSONDecodeError (what FastAPI answers
+    with 422) for each."""
     try:
-        value = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
+        value = json.loads(body, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_unique)
         _check_strings(value)
     except json.JSONDecodeError:
         raise
@@ -57,22 +64,3 @@ def loads(body: bytes | str) -> Any:
     except (ValueError, RecursionError) as exc:
         raise json.JSONDecodeError(str(exc) or type(exc).__name__, "", 0) from None
     return value
-
-
-class StrictJsonRequest(Request):
-    async def json(self) -> Any:
-        if not hasattr(self, "_json"):
-            self._json = loads(await self.body())
-        return self._json
-
-
-class StrictJsonRoute(APIRoute):
-    """An APIRoute whose JSON bodies are parsed by `loads`."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def strict(request: Request) -> Response:
-            return await handler(StrictJsonRequest(request.scope, request.receive))
-
-        return strict

@@ -78,6 +78,7 @@ def open_round(state: HubState, spec: RoundSpec) -> RoundRecord:
         min_contributors=min_contributors,
         release_rank=spec.release_rank,
         dp=dp,
+        accept_float16=spec.accept_float16,
         sketch_seed=int(state.child_rng().integers(0, 2**62)),
     )
     return state.store.create_round(fields)
@@ -107,6 +108,7 @@ def close_round(state: HubState, round_id: int, reopen: bool = False) -> RoundRe
             min_contributors=round_.min_contributors,
             release_rank=round_.release_rank,
             dp=round_.dp,
+            accept_float16=round_.accept_float16,
             sketch_seed=int(state.child_rng().integers(0, 2**62)),
         )
         try:
@@ -181,7 +183,7 @@ def _finish(state: HubState, round_: RoundRecord) -> None:
     epsilon = epsilon_spent([round_.dp["noise_multiplier"]], state.settings.delta) if round_.dp else None
     pairs = {name: f.pair for name, f in result.factors.items()}
     residuals = {name: f.residual for name, f in result.factors.items()}
-    payload = codec.encode_contribution(pairs, {"residuals": residuals})
+    payload = codec.encode_release(round_.timestep_group, pairs, residuals)
     details = {**result.selection.details, **result.facts, "shapes": round_.shapes}
     if epsilon is not None:
         details.update(epsilon_per_contributor=epsilon, delta=state.settings.delta)
@@ -208,7 +210,7 @@ def aggregate(state: HubState, round_: RoundRecord, rows) -> RoundResult:
 
     def load(indices):
         for blob in state.store.payloads([rows[i].id for i in indices]):
-            yield codec.decode_contribution(blob, f"round {round_.id} contribution")[0]
+            yield codec.decode_contribution(blob, f"round {round_.id} contribution")[1]
 
     shapes = {n: (s["out_features"], s["in_features"]) for n, s in round_.shapes.items()}
     ranks = {n: _release_rank(round_.release_rank, s["rank"]) for n, s in round_.shapes.items()}

@@ -58,6 +58,7 @@ class RoundRecord:
     min_contributors: int
     release_rank: int | None
     dp: dict | None
+    accept_float16: bool
     sketch_seed: int
     status: str  # open | closing | released | withheld | relayed
     created_at: datetime
@@ -70,7 +71,7 @@ class RoundRecord:
 @dataclass(frozen=True)
 class NewContribution:
     round_id: int
-    payload: bytes  # RVH1, or ciphertext for the group tier
+    payload: bytes  # safetensors (codec.py), or ciphertext for the group tier
     samples: int | None = None
     perplexity_before: float | None = None
     perplexity_after: float | None = None
@@ -97,6 +98,19 @@ class StoredUpdate:
     """An accepted update, as a replay is answered from it."""
 
     body_hash: str
+    receipt: dict
+
+
+@dataclass(frozen=True)
+class UpdateRow:
+    """An accepted update as an operator lists it (receipts, for reconciling after a crash)."""
+
+    seq: int  # the update's row id: listings page by it
+    tenant: str
+    client_id: str
+    update_id: str
+    tier: str
+    created_at: datetime
     receipt: dict
 
 
@@ -286,6 +300,18 @@ class Store(ABC):
     # updates
     @abstractmethod
     def find_update(self, tenant: str, client_id: str, update_id: str) -> StoredUpdate | None: ...
+
+    @abstractmethod
+    def list_updates(
+        self,
+        tenant: str,
+        client_id: str | None = None,
+        update_id: str | None = None,
+        after: int = 0,
+        limit: int = 1000,
+    ) -> list[UpdateRow]:
+        """A tenant's accepted updates (one client's, one update id, if named), oldest first,
+        after row `after`."""
 
     @abstractmethod
     def contribution_rows(self, round_id: int) -> list[ContributionRow]: ...

@@ -39,6 +39,7 @@ from federation_hub.storage.base import (
     StoredUpdate,
     TokenRecord,
     Transaction,
+    UpdateRow,
     Viewer,
     utcnow,
 )
@@ -274,6 +275,29 @@ class SqlStore(ReleaseQueries, Store):
     def budget_spent(self, client_key: str, period: int) -> list[float]:
         with self.engine.connect() as conn:
             return _spent(conn, client_key, period)
+
+    def list_updates(
+        self,
+        tenant: str,
+        client_id: str | None = None,
+        update_id: str | None = None,
+        after: int = 0,
+        limit: int = 1000,
+    ) -> list[UpdateRow]:
+        u = t.updates.c
+        query = sa.select(u.id, u.tenant, u.client_id, u.update_id, u.tier, u.created_at, u.receipt).where(
+            u.tenant == tenant, u.id > after
+        )
+        if client_id is not None:
+            query = query.where(u.client_id == client_id)
+        if update_id is not None:
+            query = query.where(u.update_id == update_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(u.id).limit(limit)).all()
+        return [
+            UpdateRow(r.id, r.tenant, r.client_id, r.update_id, r.tier, _utc(r.created_at), r.receipt)
+            for r in rows
+        ]
 
     def contribution_rows(self, round_id: int) -> list[ContributionRow]:
         c = t.contributions.c

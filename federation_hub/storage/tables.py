@@ -6,7 +6,7 @@ migrated schema and this metadata agree.
     tokens         sha256 of client tokens, scoped to a tenant and its groups
     rounds         one per (scope, timestep group) at a time; scope = public | tenant | tenant+group
     updates        one per (tenant, client, update id): replays are answered from here
-    contributions  one per (round, client): the payload (RVH1 or ciphertext) and its metrics
+    contributions  one per (round, client): the payload (safetensors or ciphertext) and its metrics
     budget         the ε ledger: one row per public contribution, per client and period
     releases       released aggregates, ours and gossiped: unique (origin, seq)
     audit          append-only, hash-chained (triggers refuse UPDATE and DELETE)
@@ -61,6 +61,7 @@ rounds = sa.Table(
     sa.Column("min_contributors", sa.Integer, nullable=False),
     sa.Column("release_rank", sa.Integer, nullable=True),
     sa.Column("dp", sa.JSON, nullable=True),
+    sa.Column("accept_float16", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("sketch_seed", sa.BigInteger, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
