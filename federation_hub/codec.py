@@ -7,6 +7,8 @@ all this one layout:
     metadata  {KEY: JSON}   updates: {"update_id", "tier", "consent", "groups": {group: {"metrics"}}}
                             releases: {"timestep_group", "residuals": {linear: float}}
 
+(and a hub process's running sum, `encode_partial`, in the same container).
+
 so a single-group update body is stored as it arrived, and a release downloads as a file any
 safetensors reader opens. Decoding checks what the container cannot: names, a and b for every
 linear, 2-D factors of one rank, finite values; `Invalid` names the first problem.
@@ -15,12 +17,14 @@ linear, 2-D factors of one rank, finite values; `Invalid` names the first proble
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import numpy as np
 
 from federation_hub import safetensors_io, strict_json
 from federation_hub.aggregate.lora import LoraPair
+from federation_hub.aggregate.running import RunningSum
 from federation_hub.errors import Invalid
 
 MEDIA_TYPE = (
@@ -137,3 +141,34 @@ def decode_release(blob: bytes, what: str = "release") -> tuple[str, dict[str, L
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise Invalid(f"{what}: residual of {linear[:80]!r} is not a number in [0, 1]")
     return tg, pairs, residuals
+
+
+# --- a running sum (a partial), as one hub process saves it -------------------------------------
+
+PARTIAL_KEY = "ruvdllm.partial"
+
+
+def encode_partial(total: RunningSum) -> bytes:
+    """Per linear, the stacked factors `{linear}/a`, `{linear}/b` or the dense sum `{linear}/dense`,
+    all F64: exactly what is held."""
+    tensors = {}
+    for name in sorted(total.sums):
+        stacked = total.sums[name].stacked()
+        if stacked is None:
+            tensors[f"{name}/dense"] = total.sums[name].dense()
+        else:
+            tensors[f"{name}/a"], tensors[f"{name}/b"] = stacked.a, stacked.b
+    header = {"ref": total.ref if math.isfinite(total.ref) else None, "count": total.count}
+    return safetensors_io.encode(tensors, {PARTIAL_KEY: json.dumps(header)})
+
+
+def decode_partial(blob: bytes, shapes: dict[str, tuple[int, int]], what: str = "partial sum") -> RunningSum:
+    tensors, metadata = safetensors_io.decode(blob, what)
+    header = strict_json.loads(metadata[PARTIAL_KEY])
+    total = RunningSum(shapes, -math.inf if header["ref"] is None else header["ref"], header["count"])
+    for name, held in total.sums.items():
+        if f"{name}/dense" in tensors:
+            held.add_dense(tensors[f"{name}/dense"])
+        elif f"{name}/a" in tensors and tensors[f"{name}/a"].shape[0]:
+            held.add(LoraPair(a=tensors[f"{name}/a"], b=tensors[f"{name}/b"]))
+    return total

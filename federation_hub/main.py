@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from federation_hub import problems
 from federation_hub.observability import HubMetrics, RequestLogMiddleware
 from federation_hub.routers import admin, gossip, health, releases, rounds, updates
+from federation_hub.services.folding import Folder
 from federation_hub.services.gossip import GossipLoop
 from federation_hub.services.rounds import resume_closing
 from federation_hub.services.state import HubState
@@ -34,7 +35,11 @@ def create_app(settings: HubSettings) -> FastAPI:
         hub_id = await asyncio.to_thread(store.hub_id, settings.hub_id)
         state = HubState(settings, store, hub_id, metrics, np.random.default_rng(settings.dp_seed))
         app.state.hub = state
-        tasks = [asyncio.create_task(asyncio.to_thread(resume_closing, state), name="resume-closing")]
+        state.folder = Folder(state)
+        tasks = [
+            asyncio.create_task(asyncio.to_thread(resume_closing, state), name="resume-closing"),
+            asyncio.create_task(state.folder.run(), name="folding"),
+        ]
         if settings.peers and settings.gossip_secret:
             tasks.append(asyncio.create_task(GossipLoop(state).run(), name="gossip"))
         log.info(

@@ -25,6 +25,7 @@ from federation_hub.incoming import Incoming
 from federation_hub.privacy.accountant import BudgetExhausted
 from federation_hub.privacy.accountant import charge as charge_epsilon
 from federation_hub.schemas import Accepted, UpdateReceipt
+from federation_hub.services.aggregation import strategy_for
 from federation_hub.services.state import HubState
 from federation_hub.storage.base import (
     ConcurrentWrite,
@@ -68,7 +69,13 @@ def submit(state: HubState, caller: Caller, update: Incoming, body_hash: str) ->
     else:
         parts, charge = _plain_parts(state, caller, update)
     new = NewUpdate(
-        caller.tenant, caller.client_id, update.update_id, body_hash, update.tier, tuple(p for _, p in parts)
+        caller.tenant,
+        caller.client_id,
+        update.update_id,
+        body_hash,
+        update.tier,
+        tuple(p for _, p in parts),
+        accepted_by=state.instance_id,
     )
     receipt = UpdateReceipt(
         update_id=update.update_id,
@@ -156,6 +163,9 @@ def _plain_parts(
                 f"groups.{tg}: round {round_.id} takes float32 factors only (accept_float16 is off)"
             )
         norm = check_deltas(f"groups.{tg}", part.pairs, round_.shapes, round_.max_norm, round_.id)
+        sketch = None
+        if strategy_for(round_).needs_features:  # clustering: its features now, not at the close
+            sketch = state.sketcher(round_.id, round_.shapes, round_.sketch_seed).sketch(part.pairs).tobytes()
         contribution = NewContribution(
             round_id=round_.id,
             payload=part.payload,
@@ -163,6 +173,7 @@ def _plain_parts(
             perplexity_before=part.metrics.perplexity_before,
             perplexity_after=part.metrics.perplexity_after,
             norm=norm,
+            sketch=sketch,
         )
         parts.append((tg, contribution))
         if round_.dp:

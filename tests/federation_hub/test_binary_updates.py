@@ -66,20 +66,32 @@ def post(hub, token, content: bytes, content_type=codec.MEDIA_TYPE):
     return httpx.post(hub.url + "/v1/updates", content=content, headers=headers, timeout=30)
 
 
-def stored(hub, round_id) -> list[bytes]:
+def stored(hub, round_id) -> list[bytes | None]:
+    """The round's stored payloads (None once folded into a running sum and dropped)."""
     with sqlite3.connect(hub.database_url.removeprefix("sqlite:///")) as db:
         rows = db.execute("SELECT payload FROM contributions WHERE round_id = ? ORDER BY id", (round_id,))
-        return [bytes(p) for (p,) in rows]
+        return [None if p is None else bytes(p) for (p,) in rows]
 
 
 def test_a_binary_update_is_stored_as_it_arrived(hub, world):
+    # a clustering round keeps payloads until it closes (it may exclude any of them)
+    kept = world["admin"].open_round(
+        tier="tenant", tenant="bin", timestep_group="keep", shapes=SMALL_SHAPES, strategy="conservative"
+    )
     token = world["tokens"][0]
-    content = body("b-1")
+    content = safetensors_io.encode(
+        tensors(random_update(np.random.default_rng(11)), "keep"),
+        {codec.UPDATE_KEY: json.dumps(header("b-1", groups=("keep",)))},
+    )
     first = post(hub, token, content)
     assert first.status_code == 201, first.text
     assert post(hub, token, content).json() == {**first.json(), "duplicate": True}
-    assert stored(hub, world["coarse"])[-1] == content  # the same safetensors bytes, not re-encoded
-    assert post(hub, token, body("b-1", pairs=random_update(np.random.default_rng(99)))).status_code == 409
+    assert stored(hub, kept["id"]) == [content]  # the same safetensors bytes, not re-encoded
+    other = safetensors_io.encode(
+        tensors(random_update(np.random.default_rng(12)), "keep"),
+        {codec.UPDATE_KEY: json.dumps(header("b-1", groups=("keep",)))},
+    )
+    assert post(hub, token, other).status_code == 409
 
 
 def test_float16_only_where_the_round_accepts_it(hub, world):
@@ -105,16 +117,20 @@ def test_float16_only_where_the_round_accepts_it(hub, world):
 
 
 def test_the_client_sends_float16_where_accepted_and_the_release_is_exact(hub, world):
-    """Several groups in one body are split into one stored payload per round; the release of the
-    float16 round is the exact mean of what was sent (the float16 values, widened)."""
+    """One body for two rounds, float16 only for the one that accepts it; the release of that
+    round is the exact mean of what was sent (the float16 values, widened)."""
     admin, rng = world["admin"], np.random.default_rng(7)
-    updates = {}
+    updates, sent = {}, []
     for i, token in enumerate(world["tokens"][2:5]):
         updates[i] = {"fine": random_update(rng), "coarse": random_update(rng)}
-        hub.client(token).submit(client_update(f"c-{i}", Tier.TENANT, updates[i]))
-    payloads = stored(hub, world["fine"])[-3:]
-    assert all(b'"F16"' in p and b'"F32"' not in p for p in payloads)  # fine accepts float16
-    assert all(b'"F32"' in p for p in stored(hub, world["coarse"])[-3:])  # coarse does not
+        client = hub.client(token, event_hooks={"request": [sent.append]})
+        client.submit(client_update(f"c-{i}", Tier.TENANT, updates[i]))
+    bodies = [safetensors_io.decode(r.content)[0] for r in sent if r.method == "POST"]
+    assert len(bodies) == 3 and all(r.headers["content-type"] == codec.MEDIA_TYPE for r in sent if r.content)
+    for tensors_sent in bodies:
+        dtypes = {name.split("/")[0]: array.dtype.name for name, array in tensors_sent.items()}
+        assert dtypes == {"fine": "float16", "coarse": "float32"}  # fine accepts float16, coarse not
+    assert len(stored(hub, world["fine"])) == 3
     closed = admin.close_round(world["fine"], reopen=True)
     released = hub.client(world["tokens"][2]).release_pairs(closed["release_id"])
     for name, shape in SMALL_SHAPES.items():
