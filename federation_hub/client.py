@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -82,6 +83,10 @@ class ClientUpdate:
 
 @dataclass
 class HubClient:
+    """`base_url` may list several replicas of one hub, comma-separated: requests go round-robin,
+    and a retry goes to the next replica (updates are idempotent by id, so a retry after a
+    replica died mid-request is a replay at worst)."""
+
     base_url: str
     token: str
     timeout_s: float = 60.0  # an upload of a large update on a slow link
@@ -92,8 +97,9 @@ class HubClient:
     _http: httpx.Client = field(init=False, repr=False)
 
     def __post_init__(self):
+        self._replicas = [url.strip().rstrip("/") for url in self.base_url.split(",") if url.strip()]
+        self._turn = itertools.count()  # next() is atomic under the GIL: threads may share a client
         self._http = httpx.Client(
-            base_url=self.base_url.rstrip("/"),
             headers={"authorization": f"Bearer {self.token}"},
             timeout=self.timeout_s,
             transport=self.transport,
@@ -132,17 +138,18 @@ class HubClient:
             headers["accept"] = accept
         while True:
             attempt += 1
+            replica = self._replicas[next(self._turn) % len(self._replicas)]
             try:
                 response = self._http.request(
-                    method, path, content=content, json=json, params=params, headers=headers
+                    method, replica + path, content=content, json=json, params=params, headers=headers
                 )
             except httpx.TransportError as exc:
                 if attempt > retries:
-                    raise RuvdllmError(f"hub {self.base_url}: {type(exc).__name__}: {exc}") from None
-                time.sleep(0.2 * 2**attempt)
+                    raise RuvdllmError(f"hub {replica}: {type(exc).__name__}: {exc}") from None
+                self._back_off(attempt)
                 continue
             if response.status_code >= 500 and attempt <= retries:
-                time.sleep(0.2 * 2**attempt)
+                self._back_off(attempt)
                 continue
             if response.status_code >= 400:
                 try:
@@ -155,6 +162,11 @@ class HubClient:
             if accept and response.headers.get("content-type", "").startswith(accept):
                 return response
             return response.json() if response.content else None
+
+    def _back_off(self, attempt: int) -> None:
+        """Another replica is tried at once; once every one has failed, wait before the next turn."""
+        if attempt % len(self._replicas) == 0:
+            time.sleep(0.2 * 2 ** (attempt // len(self._replicas)))
 
     def me(self) -> dict:
         return self.request("GET", "/v1/me")

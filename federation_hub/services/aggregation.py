@@ -18,6 +18,7 @@ test_aggregation.py): the same selection, the same exact sums up to float64 roun
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -31,6 +32,7 @@ from federation_hub.strategies import ContributionMeta, Strategy, make_strategy
 from federation_hub.strategies.base import withhold
 from federation_hub.strategies.run import RoundResult, release
 from federation_hub.tiers import Tier
+from ruvdllm.errors import RuvdllmError
 
 
 def strategy_for(round_: RoundRecord) -> Strategy:
@@ -82,6 +84,7 @@ def _aggregate(
     if _sum_chosen_directly(log_weights, chosen, excluded):
         for i, payload in zip(chosen, snapshot.payloads([rows[i].id for i in chosen]), strict=True):
             fold(total, strategy, rows[i], payload, what)
+        expected = len(chosen)
     else:
         for partial in snapshot.partials(round_.id):
             total.merge(codec.decode_partial(partial, shapes))
@@ -91,9 +94,15 @@ def _aggregate(
         for i, payload in zip(excluded, snapshot.payloads([rows[i].id for i in excluded]), strict=True):
             _, pairs, _ = codec.decode_contribution(payload, what)
             total.subtract(strategy.prepare(pairs), float(log_weights[i]))
+        expected = len(rows)
+    if total.count != expected:  # never release a sum that counts someone twice, or not at all
+        raise RuvdllmError(
+            f"round {round_.id}: the sums hold {total.count} contributions, not {expected}; nothing released"
+        )
     sums = total.normalized(log_normalizer(log_weights, selection.weights))
     ranks = {n: _release_rank(round_.release_rank, s["rank"]) for n, s in round_.shapes.items()}
-    return release(strategy, selection, sums, ranks, rng)
+    result = release(strategy, selection, sums, ranks, rng)
+    return dataclasses.replace(result, facts={**result.facts, "contributions_summed": total.count})
 
 
 CANCELLATION = 1e3  # taking back this much more weight than is kept loses ~3 of float64's 16 digits

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from federation_hub.aggregate.lora import LowRankSum
-from federation_hub.client import HubRequestError
+from federation_hub.client import HubClient, HubRequestError
 from federation_hub.codec import decode_contribution
 from federation_hub.privacy.sealing import generate_group_key
 from federation_hub.tiers import Tier
 from ruvdllm.errors import RuvdllmError
-from tests.federation_hub.hubs import SMALL_SHAPES, client_update, random_update
+from tests.federation_hub.hubs import SMALL_SHAPES, client_update, free_port, random_update
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +112,18 @@ def test_group_tier_is_sealed_relayed_and_aggregated_by_members(hub, org):
         np.testing.assert_allclose(result.factors[name].pair.product(), expected.dense(), atol=1e-5)
     wrong_key = member.aggregate_group_round(round_["id"], generate_group_key(), np.random.default_rng(0))
     assert wrong_key.withheld  # nothing opens with another key
+
+
+def test_round_robin_over_replicas_fails_over_to_a_live_one(hub, org):
+    _, tokens = org
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    sent = []
+    client = HubClient(
+        f"{dead},{hub.url}", tokens["m2"]["token"], retries=1, event_hooks={"request": [sent.append]}
+    )
+    for _ in range(3):
+        assert client.me()["client_id"] == "m2"
+    hosts = [f"{r.url.scheme}://{r.url.host}:{r.url.port}" for r in sent]
+    assert hosts.count(dead) >= 1 and hosts.count(hub.url) == 3  # each call: the dead one at most once
+    with pytest.raises(RuvdllmError, match="ConnectError"):
+        HubClient(f"{dead},{dead}", tokens["m2"]["token"], retries=1).me()
