@@ -1,6 +1,7 @@
 """Schema-driven fuzzing of the federation hub: schemathesis generates requests from the OpenAPI
-schema (every phase, stateful included) against a real hub process, as admin and as client, and
-counts server errors. The suite runs a bounded version (tests/federation_hub/test_fuzz.py).
+schema (every phase, stateful included) against a real hub process, as admin and as client, plus
+the safetensors update body alone (bodies from tests/federation_hub/fuzz_hooks.py), and counts
+server errors. The suite runs a bounded version (tests/federation_hub/test_fuzz.py).
 
     python benchmarks/hub_fuzz.py --max-examples 50
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -19,6 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.federation_hub.hubs import SMALL_SHAPES, HubProcess  # noqa: E402
+from tests.federation_hub.test_fuzz import HOOKS  # noqa: E402
+
+SAFETENSORS_ONLY = "--include-path /v1/updates --include-method POST --mode positive".split()
 
 FUZZ_OPTIONS = "--checks not_a_server_error --generation-database none --no-color -w 1 --request-timeout 120"
 
@@ -40,10 +45,15 @@ def main() -> int:
                 tier="group", tenant="fuzz", group="g", timestep_group="fine", shapes=SMALL_SHAPES
             )
             totals = {}
-            for role, token in (("admin", hub.admin_token), ("client", client)):
+            runs = [
+                ("admin", hub.admin_token, []),
+                ("client", client, []),
+                ("safetensors", client, SAFETENSORS_ONLY),
+            ]
+            for role, token, only in runs:
                 started = time.perf_counter()
                 header = ["-H", f"Authorization: Bearer {token}"]
-                options = f"-n {args.max_examples} --seed {args.seed} {FUZZ_OPTIONS}".split()
+                options = [*f"-n {args.max_examples} --seed {args.seed} {FUZZ_OPTIONS}".split(), *only]
                 run = subprocess.run(
                     [
                         sys.executable,
@@ -57,6 +67,7 @@ def main() -> int:
                     capture_output=True,
                     text=True,
                     cwd=workdir,
+                    env={**os.environ, **HOOKS},
                 )
                 counts = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
                 totals[role] = {

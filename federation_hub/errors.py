@@ -24,6 +24,10 @@ class Unauthorized(RuvdllmError):
     """No credentials, or credentials the hub does not know."""
 
 
+class Unsupported(RuvdllmError):
+    """A body of a media type the route does not take."""
+
+
 STATUS = {
     Unauthorized: 401,
     Forbidden: 403,
@@ -31,6 +35,7 @@ STATUS = {
     NotFound: 404,
     Conflict: 409,
     Invalid: 422,
+    Unsupported: 415,
 }
 
 

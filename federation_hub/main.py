@@ -9,19 +9,18 @@ import logging
 from contextlib import asynccontextmanager
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
 
-from federation_hub.errors import Unauthorized, status_of
+from federation_hub import problems
 from federation_hub.observability import HubMetrics, RequestLogMiddleware
 from federation_hub.routers import admin, gossip, health, releases, rounds, updates
+from federation_hub.services.folding import Folder
 from federation_hub.services.gossip import GossipLoop
 from federation_hub.services.rounds import resume_closing
 from federation_hub.services.state import HubState
 from federation_hub.settings import HubSettings
 from federation_hub.storage import open_store
-from ruvdllm.errors import RuvdllmError
 from ruvdllm.http_limits import BodySizeLimit
 
 log = logging.getLogger("federation_hub")
@@ -36,7 +35,11 @@ def create_app(settings: HubSettings) -> FastAPI:
         hub_id = await asyncio.to_thread(store.hub_id, settings.hub_id)
         state = HubState(settings, store, hub_id, metrics, np.random.default_rng(settings.dp_seed))
         app.state.hub = state
-        tasks = [asyncio.create_task(asyncio.to_thread(resume_closing, state), name="resume-closing")]
+        state.folder = Folder(state)
+        tasks = [
+            asyncio.create_task(asyncio.to_thread(resume_closing, state), name="resume-closing"),
+            asyncio.create_task(state.folder.run(), name="folding"),
+        ]
         if settings.peers and settings.gossip_secret:
             tasks.append(asyncio.create_task(GossipLoop(state).run(), name="gossip"))
         log.info(
@@ -58,14 +61,15 @@ def create_app(settings: HubSettings) -> FastAPI:
         summary="Aggregates per-timestep-group LoRA adapter updates (DAF) under privacy tiers; gossips releases with peer hubs.",
         lifespan=lifespan,
     )
-    # errors as {"detail": message}, like every other error of the hub
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, hint="--max-request-mb")
+    # a 413 reads like every other error of the hub (problems.py)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_request_bytes,
+        error_body=problems.problem_body,
+        hint="--max-request-mb",
+    )
     app.add_middleware(RequestLogMiddleware, metrics=metrics)
-
-    @app.exception_handler(RuvdllmError)
-    async def hub_error(request: Request, exc: RuvdllmError) -> JSONResponse:
-        headers = {"www-authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-        return JSONResponse({"detail": str(exc)}, status_code=status_of(exc), headers=headers)
+    problems.install(app)
 
     for module in (health, admin, rounds, updates, releases, gossip):
         app.include_router(module.router)
@@ -73,8 +77,12 @@ def create_app(settings: HubSettings) -> FastAPI:
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-            # the update body is parsed by hand (routers/updates.py); its models join the components here
-            schema["components"]["schemas"].update(updates.UPDATE_SCHEMA.get("$defs", {}))
+            # the update bodies are parsed by hand (routers/updates.py); their models join the
+            # components here, the binary body's header (its metadata) as `UpdateHeader`
+            components = schema["components"]["schemas"]
+            components.update(updates.UPDATE_SCHEMA.get("$defs", {}))
+            components.update(updates.HEADER_SCHEMA.get("$defs", {}))
+            components["UpdateHeader"] = {k: v for k, v in updates.HEADER_SCHEMA.items() if k != "$defs"}
             app.openapi_schema = schema
         return app.openapi_schema
 

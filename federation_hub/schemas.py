@@ -1,7 +1,7 @@
 """The wire format: Pydantic models for every request and reply (they are the OpenAPI schema).
 
-Arrays travel as JSON objects `{"dtype": "float32", "shape": [rows, cols], "data": <base64 of the
-little-endian float32 bytes, row-major>}`; shape, dtype, length and finiteness are checked here,
+In JSON, arrays travel as objects `{"dtype": "float32", "shape": [rows, cols], "data": <base64 of
+the little-endian bytes, row-major>}`; shape, dtype, length and finiteness are checked here,
 so an invalid update never reaches the aggregation code. What depends on a round (the linears and
 ranks it expects, its norm bound) is checked by `services/submission.py` against that round.
 Every input model forbids unknown fields: a client cannot name a tenant, only its token does.
@@ -50,6 +50,25 @@ class Input(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# --- errors -----------------------------------------------------------------------------------
+
+
+class FieldProblem(BaseModel):
+    loc: list[str | int] = Field(
+        description='where: "body", "path", "query" or "header", then the field path (no input echoed)'
+    )
+    msg: str
+
+
+class Problem(BaseModel):
+    """Every error reply of the hub, whatever the status."""
+
+    detail: str = Field(description="one line naming what is wrong")
+    errors: list[FieldProblem] = Field(
+        default_factory=list, description="422: each invalid field of the request; empty otherwise"
+    )
+
+
 def _b64decode(data: str, what: str) -> bytes:
     try:
         return base64.b64decode(data, validate=True)
@@ -57,20 +76,26 @@ def _b64decode(data: str, what: str) -> bytes:
         raise ValueError(f"{what}: not valid base64") from None
 
 
+WIRE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+
+
 class Tensor(Input):
-    dtype: Literal["float32"]
+    dtype: Literal["float32", "float16"] = Field(description="float16 only where the round accepts it")
     shape: list[Dim] = Field(min_length=2, max_length=2)
-    data: Base64 = Field(description="base64 of the little-endian float32 bytes, row-major")
+    data: Base64 = Field(description="base64 of the little-endian bytes, row-major")
 
     _array: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _decode(self) -> Tensor:
         raw = _b64decode(self.data, "tensor data")
-        expected = 4 * math.prod(self.shape)
+        dtype = WIRE_DTYPES[self.dtype]
+        expected = dtype.itemsize * math.prod(self.shape)
         if len(raw) != expected:
-            raise ValueError(f"tensor data: {len(raw)} bytes, shape {self.shape} float32 needs {expected}")
-        array = np.frombuffer(raw, dtype="<f4").reshape(self.shape)
+            raise ValueError(
+                f"tensor data: {len(raw)} bytes, shape {self.shape} {self.dtype} needs {expected}"
+            )
+        array = np.frombuffer(raw, dtype=dtype).reshape(self.shape)
         if not np.isfinite(array).all():
             raise ValueError("tensor data: contains NaN or infinity")
         self._array = array
@@ -80,9 +105,9 @@ class Tensor(Input):
         return self._array
 
     @classmethod
-    def of(cls, array: np.ndarray) -> Tensor:
-        array = np.ascontiguousarray(array, dtype="<f4")
-        return cls(dtype="float32", shape=list(array.shape), data=base64.b64encode(array.tobytes()).decode())
+    def of(cls, array: np.ndarray, dtype: str = "float32") -> Tensor:
+        array = np.ascontiguousarray(array, dtype=WIRE_DTYPES[dtype])
+        return cls(dtype=dtype, shape=list(array.shape), data=base64.b64encode(array.tobytes()).decode())
 
 
 class LoraDelta(Input):
@@ -101,8 +126,8 @@ class LoraDelta(Input):
         return LoraPair(a=self.a.array(), b=self.b.array())
 
     @classmethod
-    def of(cls, pair: LoraPair) -> LoraDelta:
-        return cls(a=Tensor.of(pair.a), b=Tensor.of(pair.b))
+    def of(cls, pair: LoraPair, dtype: str = "float32") -> LoraDelta:
+        return cls(a=Tensor.of(pair.a, dtype), b=Tensor.of(pair.b, dtype))
 
 
 class ValidationMetrics(Input):
@@ -128,6 +153,10 @@ class GroupDeltas(Input):
     def pairs(self) -> dict[str, LoraPair]:
         return {name: delta.pair() for name, delta in self.deltas.items()}
 
+    @property
+    def float16(self) -> bool:
+        return any(t.dtype == "float16" for d in self.deltas.values() for t in (d.a, d.b))
+
 
 class PlainUpdate(Input):
     """A public- or tenant-tier update: per timestep group, LoRA factor pairs and metrics."""
@@ -141,7 +170,7 @@ class PlainUpdate(Input):
 class SealedPart(Input):
     round_id: int = Field(ge=1, le=2**62, description="the open group round this ciphertext is bound to")
     nonce: Base64 = Field(description="12-byte ChaCha20-Poly1305 nonce")
-    ciphertext: Base64 = Field(description="sealed RVH1 contribution (see docs/hub.md)")
+    ciphertext: Base64 = Field(description="the sealed contribution: safetensors (see docs/hub.md)")
 
     @field_validator("nonce")
     @classmethod
@@ -171,6 +200,37 @@ class SealedUpdate(Input):
 Update = Annotated[PlainUpdate | SealedUpdate, Field(discriminator="tier")]
 
 
+# The binary body: a safetensors file whose metadata "ruvdllm.update" holds one of these headers
+# as JSON, and whose tensors hold the factors (codec.py) or, sealed, "{group}/nonce" and
+# "{group}/ciphertext" (U8).
+
+
+class GroupMetrics(Input):
+    metrics: ValidationMetrics
+
+
+class PlainHeader(Input):
+    update_id: UpdateId
+    tier: PlainTier
+    consent: Consent
+    groups: dict[TimestepGroup, GroupMetrics] = Field(min_length=1, max_length=MAX_GROUPS)
+
+
+class SealedRound(Input):
+    round_id: int = Field(ge=1, le=2**62)
+
+
+class SealedHeader(Input):
+    update_id: UpdateId
+    tier: Literal[Tier.GROUP]
+    group: Name
+    consent: Consent
+    sealed: dict[TimestepGroup, SealedRound] = Field(min_length=1, max_length=MAX_GROUPS)
+
+
+UpdateHeader = Annotated[PlainHeader | SealedHeader, Field(discriminator="tier")]
+
+
 class Accepted(BaseModel):
     timestep_group: str
     round_id: int
@@ -183,6 +243,18 @@ class UpdateReceipt(BaseModel):
     epsilon_spent: float | None = Field(
         None, description="public tier: your ε in this period after this update"
     )
+
+
+class StoredReceipt(BaseModel):
+    """An accepted update's receipt as an operator reads it."""
+
+    seq: int = Field(description="position in the listing: pass it as `after` for the next page")
+    tenant: str
+    client_id: str
+    update_id: str
+    tier: str
+    accepted_at: datetime
+    receipt: UpdateReceipt
 
 
 # --- rounds -----------------------------------------------------------------------------------
@@ -222,6 +294,9 @@ class RoundSpec(Input):
         None, ge=0, le=65536, description="rank of the released factors; null: each linear's rank; 0: exact"
     )
     dp: DPParams | None = Field(None, description="public tier; defaults from the hub")
+    accept_float16: bool = Field(
+        False, description="accept factors sent as float16: half the bytes, ~3 significant digits"
+    )
 
 
 class RoundOut(BaseModel):
@@ -238,6 +313,7 @@ class RoundOut(BaseModel):
     min_contributors: int
     release_rank: int | None
     dp: DPParams | None
+    accept_float16: bool
     sketch_seed: int
     status: Literal["open", "closing", "released", "withheld", "relayed"]
     contributions: int
@@ -269,6 +345,14 @@ class ReleaseSummary(BaseModel):
     details: dict
 
 
+class ReleaseDetails(BaseModel):
+    """A release's details: what the strategy and privacy did (free-form), and the round's shapes."""
+
+    model_config = ConfigDict(extra="allow")
+
+    shapes: dict[LinearName, LinearShape] = Field(min_length=1, max_length=MAX_LINEARS)
+
+
 class ReleaseMeta(BaseModel):
     """What a release's stored metadata must hold; checked on releases that arrive by gossip."""
 
@@ -282,7 +366,7 @@ class ReleaseMeta(BaseModel):
     strategy: str
     contributors: int = Field(ge=0)
     created_at: datetime
-    details: dict
+    details: ReleaseDetails
 
 
 class Release(ReleaseSummary):
@@ -365,7 +449,7 @@ class GossipEntry(Input):
     origin: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     seq: int = Field(ge=1, le=2**62)
     meta: dict = Field(description="the release summary as the origin wrote it")
-    payload: Base64 = Field(description="RVH1 payload of the released factors")
+    payload: Base64 = Field(description="the released factors: safetensors (codec.py)")
     digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 

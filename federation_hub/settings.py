@@ -26,4 +26,10 @@ class HubSettings:
     default_clip_norm: float = 1.0  # public rounds that name no DP parameters get these
     default_noise_multiplier: float = 8.0  # three public contributions per client and period fit in ε = 1
     dp_seed: int | None = None  # None: noise from OS entropy; an int makes releases reproducible (tests)
+    # folding contributions into running sums as they arrive (services/folding.py)
+    fold_interval_s: float = 0.2  # how often the folder looks for new contributions
+    fold_batch: int = 64  # contributions read per look: ~110 MB of rank-8 updates for 60 linears
+    fold_checkpoint_every: int = 1024  # save the running sum at least this often (a dense one is big)
+    fold_idle_s: float = 1.0  # …and once a round has had nothing new for this long
+    fold_adopt_s: float = 30.0  # fold what another process accepted this long ago and never folded
     log_level: str = "info"

@@ -1,5 +1,7 @@
 """Does a contribution fit its round? Shared by the hub (plain tiers, on submission) and group
-members (sealed tier, after decrypting), so both hold contributions to the same rules."""
+members (sealed tier, after decrypting), so both hold contributions to the same rules. And does a
+release a peer sends fit the shapes it claims: a signed peer is trusted to be who it is, not to
+be correct."""
 
 from __future__ import annotations
 
@@ -31,3 +33,20 @@ def check_deltas(
     if not norm <= max_norm:  # also catches NaN from a payload that was never schema-checked
         raise Invalid(f"{where}: update norm {norm:.4g} exceeds the round's bound {max_norm:g}")
     return norm
+
+
+def check_release(where: str, pairs: dict[str, LoraPair], shapes: dict) -> None:
+    """A release has exactly its round's linears, each A [k, in] and B [out, k] of one rank k.
+    (Finite values, names and a residual per linear are the codec's checks.)"""
+    if set(pairs) != set(shapes):
+        missing, extra = sorted(set(shapes) - set(pairs)), sorted(set(pairs) - set(shapes))
+        raise Invalid(
+            f"{where}: linears differ from its shapes (missing {missing[:5]}, unexpected {extra[:5]})"
+        )
+    for name, pair in pairs.items():
+        shape = shapes[name]
+        if pair.a.shape[1] != shape["in_features"] or pair.b.shape[0] != shape["out_features"]:
+            raise Invalid(
+                f"{where}.{name}: A {list(pair.a.shape)} B {list(pair.b.shape)} do not fit "
+                f"in {shape['in_features']}, out {shape['out_features']}"
+            )

@@ -118,9 +118,23 @@ class LowRankSum:
         return self._dense
 
     def add_dense(self, matrix: np.ndarray) -> None:
-        """Add a dense [out, in] term (differential-privacy noise)."""
+        """Add a dense [out, in] term (differential-privacy noise, another sum gone dense)."""
         self.dense()
         self._dense += matrix
+
+    def scale(self, factor: float) -> None:
+        """Multiply the whole sum by `factor` (carried on B and the dense part)."""
+        self._b = [b * factor for b in self._b]
+        if self._dense is not None:
+            self._dense *= factor
+
+    def merge(self, other: LowRankSum, weight: float = 1.0) -> None:
+        """Add `weight` × another sum of the same shape, exactly (stacked stays stacked)."""
+        stacked = other.stacked()
+        if stacked is None:
+            self.add_dense(weight * other.dense())
+        elif stacked.rank:
+            self.add(stacked, weight)
 
     def factorize(self, rank: int | None) -> Factorized:
         """Best rank-`rank` factorisation of the sum; rank None keeps the numerical rank (exact)."""

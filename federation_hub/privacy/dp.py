@@ -18,6 +18,7 @@ source; like Flower and Opacus's default, this accepts that for simulation-grade
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +61,10 @@ class DifferentiallyPrivate(Strategy):
             return withhold(len(metas), "no contribution qualifies")
         # Σ own_i · clip(Δ_i) / count: each client moves the sum by ≤ C, the mean by ≤ C / count
         return Selection(weights=own / count)
+
+    def log_weight(self, meta: ContributionMeta) -> float:
+        own = min(max(self.inner.own_weight(meta), 0.0), 1.0)
+        return math.log(own) if own > 0 else -math.inf
 
     def prepare(self, pairs: dict[str, LoraPair]) -> dict[str, LoraPair]:
         return clip_update(pairs, self.clip_norm)[0]

@@ -2,15 +2,28 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import Path, Query
 
 from federation_hub import audit
 from federation_hub.auth import new_token, token_hash
 from federation_hub.deps import Admin, AnyCaller, State
 from federation_hub.errors import NotFound
-from federation_hub.schemas import AuditEntry, AuditVerdict, Principal, TenantIn, TokenIn, TokenOut
+from federation_hub.routers import hub_router
+from federation_hub.schemas import (
+    AuditEntry,
+    AuditVerdict,
+    Name,
+    Principal,
+    StoredReceipt,
+    TenantIn,
+    TokenIn,
+    TokenOut,
+    UpdateId,
+    UpdateReceipt,
+)
+from federation_hub.storage.base import UpdateRow
 
-router = APIRouter(prefix="/v1", tags=["administration"])
+router = hub_router(prefix="/v1", tags=["administration"])
 
 
 @router.get("/me", response_model=Principal, summary="who this token is")
@@ -47,6 +60,50 @@ def create_token(body: TokenIn, _: Admin, state: State) -> TokenOut:
 def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**62)], _: Admin, state: State) -> None:
     if not state.store.revoke_token(token_id):
         raise NotFound(f"token {token_id}: no such live token")
+
+
+@router.get(
+    "/admin/updates",
+    response_model=list[StoredReceipt],
+    summary="a tenant's update receipts (one client's, if named), to reconcile after a crash; audited",
+)
+def list_receipts(
+    tenant: Annotated[Name, Query()],
+    _: Admin,
+    state: State,
+    client_id: Annotated[Name | None, Query()] = None,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+) -> list[StoredReceipt]:
+    rows = state.store.list_updates(tenant, client_id, after=after, limit=limit)
+    subject = f"{tenant}/{client_id}" if client_id else tenant
+    state.store.append_audit("receipts-read", subject, {"after": after, "returned": len(rows)})
+    return [_receipt(row) for row in rows]
+
+
+@router.get(
+    "/admin/updates/{tenant}/{client_id}/{update_id}",
+    response_model=StoredReceipt,
+    summary="one update's receipt, whichever client sent it; audited",
+)
+def read_receipt(tenant: Name, client_id: Name, update_id: UpdateId, _: Admin, state: State) -> StoredReceipt:
+    rows = state.store.list_updates(tenant, client_id, update_id, limit=1)
+    state.store.append_audit("receipts-read", f"{tenant}/{client_id}/{update_id}", {"returned": len(rows)})
+    if not rows:
+        raise NotFound(f"update {tenant}/{client_id}/{update_id}: not found")
+    return _receipt(rows[0])
+
+
+def _receipt(row: UpdateRow) -> StoredReceipt:
+    return StoredReceipt(
+        seq=row.seq,
+        tenant=row.tenant,
+        client_id=row.client_id,
+        update_id=row.update_id,
+        tier=row.tier,
+        accepted_at=row.created_at,
+        receipt=UpdateReceipt(**row.receipt),
+    )
 
 
 @router.get("/admin/audit", response_model=list[AuditEntry], summary="the append-only audit log")

@@ -3,16 +3,17 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from federation_hub.deps import State
 from federation_hub.errors import NotFound, Unauthorized
 from federation_hub.gossip import signing
+from federation_hub.routers import hub_router
 from federation_hub.schemas import GossipReply, GossipSync
 from federation_hub.services import gossip as service
 
-router = APIRouter(prefix="/v1/gossip", tags=["gossip"])
+router = hub_router(prefix="/v1/gossip", tags=["gossip"])
 
 
 async def peer(request: Request, state: State) -> str:

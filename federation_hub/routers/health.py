@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from federation_hub.deps import State
+from federation_hub.routers import hub_router
 from federation_hub.schemas import Health
 
-router = APIRouter(tags=["operations"])
+router = hub_router(tags=["operations"])
 VERSION = "0.1.0"
 
 

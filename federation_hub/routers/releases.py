@@ -2,15 +2,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import Path, Query, Request, Response
 
 from federation_hub import codec
 from federation_hub.deps import AnyCaller, State
 from federation_hub.errors import NotFound
+from federation_hub.routers import hub_router
 from federation_hub.schemas import LoraDelta, Release, ReleaseSummary, TimestepGroup
 from federation_hub.storage.base import ReleaseRecord
 
-router = APIRouter(prefix="/v1/releases", tags=["releases"])
+router = hub_router(prefix="/v1/releases", tags=["releases"])
 
 
 def summary(record: ReleaseRecord) -> dict:
@@ -45,18 +46,34 @@ def list_releases(
     ]
 
 
-@router.get("/{release_id}", response_model=Release, summary="one release with its LoRA factors")
+@router.get(
+    "/{release_id}",
+    response_model=Release,
+    summary="one release with its LoRA factors (JSON, or the stored safetensors file)",
+    responses={
+        200: {
+            "description": f"JSON; with `Accept: {codec.MEDIA_TYPE}` the release's safetensors file "
+            "(its sha256 is the release's digest, also in `x-release-digest`)",
+            "content": {codec.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
 def get_release(
     release_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}:[0-9]{1,18}$")],
+    request: Request,
     who: AnyCaller,
     state: State,
-) -> Release:
+):
     record = state.store.get_release(release_id, who.viewer)
     if record is None:
         raise NotFound(f"release {release_id}: not found")
-    pairs, metrics = codec.decode_contribution(record.payload, f"release {release_id}")
+    if codec.MEDIA_TYPE in request.headers.get("accept", ""):
+        return Response(
+            record.payload, media_type=codec.MEDIA_TYPE, headers={"x-release-digest": record.digest}
+        )
+    _, pairs, residuals = codec.decode_release(record.payload, f"release {release_id}")
     return Release(
         **summary(record),
         deltas={name: LoraDelta.of(pair) for name, pair in pairs.items()},
-        residuals=metrics["residuals"],
+        residuals=residuals,
     )

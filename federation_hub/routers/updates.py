@@ -2,35 +2,67 @@ from __future__ import annotations
 
 import hashlib
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from federation_hub import codec, incoming
 from federation_hub.deps import Client, State
-from federation_hub.errors import NotFound
+from federation_hub.errors import NotFound, Unsupported
+from federation_hub.incoming import Incoming
 from federation_hub.privacy.accountant import epsilon_spent
-from federation_hub.schemas import Budget, PlainUpdate, SealedUpdate, Update, UpdateId, UpdateReceipt
+from federation_hub.routers import hub_router
+from federation_hub.schemas import Budget, Problem, Update, UpdateId, UpdateReceipt
 from federation_hub.services import submission
+from federation_hub.tiers import Tier
 
-router = APIRouter(prefix="/v1", tags=["updates"])
+router = hub_router(prefix="/v1", tags=["updates"])
 
 
-# The body is parsed here rather than by FastAPI: from the raw bytes (pydantic's JSON parser, about
-# twice as fast as json.loads + validation on megabytes of base64) and off the event loop, so a
-# large upload never stalls other requests. Its schema is still published (main.py merges $defs).
+# The body is parsed here rather than by FastAPI: from the raw bytes and off the event loop, so a
+# large upload never stalls other requests. JSON goes through pydantic's own parser (about twice
+# as fast as json.loads + validation on megabytes of base64); safetensors needs no parsing of the
+# numbers at all (incoming.py). Both schemas are published (main.py merges the JSON one's $defs).
 UPDATE = TypeAdapter(Update)
 UPDATE_SCHEMA = UPDATE.json_schema(ref_template="#/components/schemas/{model}")
+HEADER_SCHEMA = incoming.HEADER.json_schema(ref_template="#/components/schemas/{model}")
+JSON, SAFETENSORS = "application/json", codec.MEDIA_TYPE
+BINARY_BODY = f"""A safetensors file. Its metadata entry `{codec.UPDATE_KEY}` holds an `UpdateHeader` (components) as JSON
+(update id, tier, consent, and per timestep group the metrics, or for the group tier the round of
+each ciphertext); its tensors are `{{timestep group}}/{{linear}}/a` [rank, in] and `.../b` [out, rank]
+(F32, or F16 where the round accepts float16), or `{{timestep group}}/nonce` and
+`{{timestep group}}/ciphertext` (U8) for the group tier. See docs/hub.md "Wire format"."""
 
 
-def parse_update(body: bytes) -> PlainUpdate | SealedUpdate:
-    try:
-        return UPDATE.validate_json(body)
-    except ValidationError as exc:
-        # no input echoed back: it may be megabytes, or bytes that are not UTF-8 (found by schemathesis)
-        raise RequestValidationError(
-            exc.errors(include_url=False, include_context=False, include_input=False)
-        ) from None
+def parse(body: bytes, content_type: str) -> Incoming:
+    """The update in `body`, by its content type; 415 for any other type, 422 naming the problem."""
+    media = content_type.split(";")[0].strip().lower()
+    if media == SAFETENSORS:
+        try:
+            return incoming.from_safetensors(body)
+        except ValidationError as exc:
+            raise _invalid(exc, ("body", "metadata", codec.UPDATE_KEY)) from None
+    if media == JSON or media.endswith("+json"):
+        try:
+            return incoming.from_json(UPDATE.validate_json(body))
+        except ValidationError as exc:
+            raise _invalid(exc, ("body",)) from None
+    raise Unsupported(f"content-type {media[:64]!r}: send {JSON} or {SAFETENSORS} (a safetensors body)")
+
+
+def _invalid(exc: ValidationError, prefix: tuple) -> RequestValidationError:
+    """No input echoed back (problems.py); locations from `prefix` on, without the union's tag."""
+    errors = exc.errors(include_url=False, include_input=False)
+    return RequestValidationError([{**e, "loc": (*prefix, *_untagged(e["loc"]))} for e in errors])
+
+
+def _untagged(loc: tuple) -> tuple:
+    return loc[1:] if loc and loc[0] in {t.value for t in Tier} else loc
+
+
+def _parse_and_hash(body: bytes, content_type: str) -> tuple[Incoming, str]:
+    return parse(body, content_type), hashlib.sha256(body).hexdigest()
 
 
 @router.post(
@@ -40,24 +72,22 @@ def parse_update(body: bytes) -> PlainUpdate | SealedUpdate:
     summary="submit an update (per timestep group LoRA factors + metrics, or sealed for a group)",
     responses={
         200: {"model": UpdateReceipt, "description": "a replay of an accepted update: the first receipt"},
-        422: {
-            "description": "not a valid update, or it does not fit the round",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
-        },
+        415: {"model": Problem, "description": f"a body that is neither {JSON} nor {SAFETENSORS}"},
     },
     openapi_extra={
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": {k: v for k, v in UPDATE_SCHEMA.items() if k != "$defs"}}
+                JSON: {"schema": {k: v for k, v in UPDATE_SCHEMA.items() if k != "$defs"}},
+                SAFETENSORS: {"schema": {"type": "string", "format": "binary", "description": BINARY_BODY}},
             },
         }
     },
 )
 async def submit_update(request: Request, response: Response, who: Client, state: State) -> UpdateReceipt:
     body = await request.body()
-    update = await run_in_threadpool(parse_update, body)
-    body_hash = hashlib.sha256(body).hexdigest()
+    content_type = request.headers.get("content-type", "")
+    update, body_hash = await run_in_threadpool(_parse_and_hash, body, content_type)
     receipt, duplicate = await run_in_threadpool(submission.submit, state, who, update, body_hash)
     state.metrics.updates.labels(update.tier, "duplicate" if duplicate else "accepted").inc()
     if duplicate:

@@ -22,12 +22,13 @@ import time
 
 import httpx
 
-from federation_hub import codec
+from federation_hub import codec, strict_json
 from federation_hub.gossip import signing
 from federation_hub.gossip.vv import version_vector
 from federation_hub.schemas import GossipEntry, GossipReply, GossipSync, ReleaseMeta
 from federation_hub.services.state import HubState
 from federation_hub.storage.base import ReleaseRecord
+from federation_hub.validation import check_release
 from ruvdllm.errors import RuvdllmError
 
 log = logging.getLogger("federation_hub.gossip")
@@ -69,7 +70,7 @@ def merge_entries(state: HubState, entries: list[GossipEntry], sender: str) -> i
             payload = base64.b64decode(entry.payload, validate=True)
         except ValueError:
             payload = None
-        problem = _problem(state, entry, payload)
+        meta, problem = _problem(state, entry, payload)
         if problem:
             log.warning(
                 "gossip entry rejected",
@@ -79,9 +80,9 @@ def merge_entries(state: HubState, entries: list[GossipEntry], sender: str) -> i
         record = ReleaseRecord(
             origin=entry.origin,
             seq=entry.seq,
-            tier=entry.meta["tier"],
-            tenant=entry.meta.get("tenant"),
-            timestep_group=entry.meta["timestep_group"],
+            tier=meta.tier,
+            tenant=meta.tenant,
+            timestep_group=meta.timestep_group,
             meta=entry.meta,
             digest=entry.digest,
             payload=payload,
@@ -92,35 +93,36 @@ def merge_entries(state: HubState, entries: list[GossipEntry], sender: str) -> i
     return merged
 
 
-def _problem(state: HubState, entry: GossipEntry, payload: bytes | None) -> str | None:
-    """Why an entry must not be merged, or None."""
+def _problem(
+    state: HubState, entry: GossipEntry, payload: bytes | None
+) -> tuple[ReleaseMeta | None, str | None]:
+    """(the entry's metadata, why it must not be merged or None). As strict as a submission: a
+    release is merged only if its metadata is a release summary with its round's shapes and its
+    payload decodes to finite factors of exactly those shapes, with a residual for each."""
     if payload is None:
-        return "payload is not base64"
+        return None, "payload is not base64"
     if hashlib.sha256(payload).hexdigest() != entry.digest:
-        return "digest does not match payload"
-    if entry.meta.get("origin") != entry.origin or entry.meta.get("seq") != entry.seq:
-        return "meta names another origin or seq"
-    if not _meta_ok(entry.meta):
-        return "meta is not a release summary"
-    if entry.meta["tier"] not in state.settings.gossip_tiers:
-        return f"tier {entry.meta['tier']!r} is not gossiped here"
-    if entry.origin == state.hub_id and entry.seq > local_vv(state).get(state.hub_id, 0):
-        return "claims to be ours but we never released it"
+        return None, "digest does not match payload"
     try:
-        _, metrics = codec.decode_contribution(payload, f"release {entry.origin}:{entry.seq}")
-    except RuvdllmError as exc:
-        return str(exc)
-    if not isinstance(metrics.get("residuals"), dict):
-        return "payload has no residuals"
-    return None
-
-
-def _meta_ok(meta: dict) -> bool:
-    try:
-        ReleaseMeta.model_validate(meta)
+        meta = ReleaseMeta.model_validate(entry.meta)
     except ValueError:
-        return False
-    return meta["id"] == f"{meta['origin']}:{meta['seq']}"
+        return None, "meta is not a release summary"
+    if meta.origin != entry.origin or meta.seq != entry.seq or meta.id != f"{meta.origin}:{meta.seq}":
+        return None, "meta names another origin or seq"
+    if meta.tier not in state.settings.gossip_tiers:
+        return None, f"tier {meta.tier!r} is not gossiped here"
+    if entry.origin == state.hub_id and entry.seq > local_vv(state).get(state.hub_id, 0):
+        return None, "claims to be ours but we never released it"
+    what = f"release {meta.id}"
+    try:
+        tg, pairs, _ = codec.decode_release(payload, what)
+        if tg != meta.timestep_group:
+            return None, f"payload is for timestep group {tg!r}, meta says {meta.timestep_group!r}"
+        shapes = {name: shape.model_dump() for name, shape in meta.details.shapes.items()}
+        check_release(what, pairs, shapes)
+    except RuvdllmError as exc:
+        return None, str(exc)
+    return meta, None
 
 
 class GossipLoop:
@@ -167,4 +169,5 @@ class GossipLoop:
             headers={**headers, "content-type": "application/json"},
         )
         response.raise_for_status()
-        return GossipReply.model_validate_json(response.content)
+        # strict_json: a peer's NaN must not reach storage, where no reply could render it
+        return GossipReply.model_validate(strict_json.loads(response.content))

@@ -1,8 +1,9 @@
 """Opening and closing rounds; a close aggregates, applies k-anonymity and writes the release.
 
 A close is resumable: the round first becomes `closing` (no more updates), then the outcome, the
-release and its audit entry are written in one transaction (`finish`). A hub killed in between
-finds the round `closing` at start-up and aggregates it again from the same stored contributions.
+release and its audit entry are written in one transaction (`finish`), which also drops what only
+a close could need (plaintext payloads, running sums). A hub killed in between finds the round
+`closing` at start-up and aggregates it again from the same stored contributions.
 """
 
 from __future__ import annotations
@@ -17,24 +18,17 @@ from federation_hub import codec
 from federation_hub.auth import scope_of
 from federation_hub.errors import Invalid, NotFound
 from federation_hub.privacy.accountant import epsilon_spent
-from federation_hub.privacy.dp import DifferentiallyPrivate
 from federation_hub.privacy.kanon import release_allowed
 from federation_hub.schemas import RoundSpec
+from federation_hub.services import aggregation
+from federation_hub.services.aggregation import strategy_for
 from federation_hub.services.state import HubState
 from federation_hub.storage.base import Conflict, NewRelease, RoundRecord, Store, Viewer
-from federation_hub.strategies import ContributionMeta, Strategy, make_strategy
-from federation_hub.strategies.run import RoundResult, run_strategy
+from federation_hub.strategies import make_strategy
 from federation_hub.tiers import Tier
 
 log = logging.getLogger("federation_hub.rounds")
 ADMIN = Viewer(admin=True)
-
-
-def strategy_for(round_: RoundRecord) -> Strategy:
-    strategy = make_strategy(round_.strategy, round_.timestep_group, round_.strategy_params)
-    if round_.tier == Tier.PUBLIC:
-        return DifferentiallyPrivate(strategy, **round_.dp)
-    return strategy
 
 
 def open_round(state: HubState, spec: RoundSpec) -> RoundRecord:
@@ -78,6 +72,7 @@ def open_round(state: HubState, spec: RoundSpec) -> RoundRecord:
         min_contributors=min_contributors,
         release_rank=spec.release_rank,
         dp=dp,
+        accept_float16=spec.accept_float16,
         sketch_seed=int(state.child_rng().integers(0, 2**62)),
     )
     return state.store.create_round(fields)
@@ -107,6 +102,7 @@ def close_round(state: HubState, round_id: int, reopen: bool = False) -> RoundRe
             min_contributors=round_.min_contributors,
             release_rank=round_.release_rank,
             dp=round_.dp,
+            accept_float16=round_.accept_float16,
             sketch_seed=int(state.child_rng().integers(0, 2**62)),
         )
         try:
@@ -143,6 +139,8 @@ def finish(
         tx.finish_round(round_id, status, outcome, release_id)
         kind, subject, details = audit
         tx.append_audit(kind, subject, {**details, "release_id": release_id})
+        if status != "relayed":  # the plaintext contributions and running sums have served
+            tx.drop_round_data(round_id)
         return release_id
 
 
@@ -158,9 +156,10 @@ def _finish(state: HubState, round_: RoundRecord) -> None:
         }
         finish(state.store, round_.id, "relayed", outcome, None, ("relayed", str(round_.id), details))
         return
-    rows = state.store.contribution_rows(round_.id)
     started = time.perf_counter()
-    result = aggregate(state, round_, rows)
+    if state.folder is not None:  # this process's own running sum saved first: the close reads it
+        state.folder.flush(round_.id)
+    rows, result = aggregation.aggregate(state, round_, strategy_for(round_))
     state.metrics.aggregation_seconds.labels(round_.timestep_group).observe(time.perf_counter() - started)
     chosen = [rows[i].client_key for i in np.flatnonzero(result.selection.weights)]
     needed = round_.min_contributors
@@ -181,7 +180,7 @@ def _finish(state: HubState, round_: RoundRecord) -> None:
     epsilon = epsilon_spent([round_.dp["noise_multiplier"]], state.settings.delta) if round_.dp else None
     pairs = {name: f.pair for name, f in result.factors.items()}
     residuals = {name: f.residual for name, f in result.factors.items()}
-    payload = codec.encode_contribution(pairs, {"residuals": residuals})
+    payload = codec.encode_release(round_.timestep_group, pairs, residuals)
     details = {**result.selection.details, **result.facts, "shapes": round_.shapes}
     if epsilon is not None:
         details.update(epsilon_per_contributor=epsilon, delta=state.settings.delta)
@@ -197,25 +196,3 @@ def _finish(state: HubState, round_: RoundRecord) -> None:
     }
     finish(state.store, round_.id, "released", "released", release, ("release", str(round_.id), audit))
     state.metrics.releases.labels(round_.tier, round_.timestep_group, "released").inc()
-
-
-def aggregate(state: HubState, round_: RoundRecord, rows) -> RoundResult:
-    strategy = strategy_for(round_)
-    metas = [
-        ContributionMeta(r.update_id, r.client_key, r.samples, r.perplexity_before, r.perplexity_after)
-        for r in rows
-    ]
-
-    def load(indices):
-        for blob in state.store.payloads([rows[i].id for i in indices]):
-            yield codec.decode_contribution(blob, f"round {round_.id} contribution")[0]
-
-    shapes = {n: (s["out_features"], s["in_features"]) for n, s in round_.shapes.items()}
-    ranks = {n: _release_rank(round_.release_rank, s["rank"]) for n, s in round_.shapes.items()}
-    return run_strategy(strategy, metas, load, shapes, ranks, state.child_rng(), round_.sketch_seed)
-
-
-def _release_rank(requested: int | None, contribution_rank: int) -> int | None:
-    if requested is None:
-        return contribution_rank  # fits the runtime's bank slots, like what was contributed
-    return None if requested == 0 else requested  # 0: the exact numerical rank

@@ -16,16 +16,16 @@ stores nothing); the same id with other bytes is a conflict.
 
 from __future__ import annotations
 
-import base64
 import time
 from dataclasses import dataclass
 
-from federation_hub import codec
 from federation_hub.auth import Caller, scope_of
 from federation_hub.errors import Forbidden, Invalid, NotFound
+from federation_hub.incoming import Incoming
 from federation_hub.privacy.accountant import BudgetExhausted
 from federation_hub.privacy.accountant import charge as charge_epsilon
-from federation_hub.schemas import Accepted, PlainUpdate, SealedUpdate, UpdateReceipt
+from federation_hub.schemas import Accepted, UpdateReceipt
+from federation_hub.services.aggregation import strategy_for
 from federation_hub.services.state import HubState
 from federation_hub.storage.base import (
     ConcurrentWrite,
@@ -54,9 +54,7 @@ def budget_period(settings, now: float | None = None) -> int:
     return int((time.time() if now is None else now) // settings.budget_period_s)
 
 
-def submit(
-    state: HubState, caller: Caller, update: PlainUpdate | SealedUpdate, body_hash: str
-) -> tuple[UpdateReceipt, bool]:
+def submit(state: HubState, caller: Caller, update: Incoming, body_hash: str) -> tuple[UpdateReceipt, bool]:
     """Check `update` against its rounds and accept it; (receipt, duplicate)."""
     if caller.kind != "client":
         raise Forbidden("updates: only client tokens submit updates")
@@ -66,12 +64,18 @@ def submit(
         return replay, True
     if not update.consent.granted:
         raise Forbidden(f"update {update.update_id}: consent not granted for the {update.tier} tier")
-    if isinstance(update, SealedUpdate):
+    if update.tier == Tier.GROUP:
         parts, charge = _sealed_parts(state, caller, update), None
     else:
         parts, charge = _plain_parts(state, caller, update)
     new = NewUpdate(
-        caller.tenant, caller.client_id, update.update_id, body_hash, update.tier, tuple(p for _, p in parts)
+        caller.tenant,
+        caller.client_id,
+        update.update_id,
+        body_hash,
+        update.tier,
+        tuple(p for _, p in parts),
+        accepted_by=state.instance_id,
     )
     receipt = UpdateReceipt(
         update_id=update.update_id,
@@ -146,24 +150,30 @@ def _epsilon_after(spent: list[float], charge: EpsilonCharge) -> float:
 
 
 def _plain_parts(
-    state: HubState, caller: Caller, update: PlainUpdate
+    state: HubState, caller: Caller, update: Incoming
 ) -> tuple[list[tuple[str, NewContribution]], EpsilonCharge | None]:
     scope = scope_of(update.tier, caller.tenant, None)
     parts, charged = [], []
-    for tg, group in sorted(update.groups.items()):
+    for tg, part in sorted(update.plain.items()):
         round_ = state.store.open_round(scope, tg)
         if round_ is None:
             raise Conflict(f"groups.{tg}: no open {update.tier} round for timestep group {tg!r}")
-        pairs = group.pairs()
-        norm = check_deltas(f"groups.{tg}", pairs, round_.shapes, round_.max_norm, round_.id)
-        metrics = group.metrics.model_dump()
+        if part.float16 and not round_.accept_float16:
+            raise Invalid(
+                f"groups.{tg}: round {round_.id} takes float32 factors only (accept_float16 is off)"
+            )
+        norm = check_deltas(f"groups.{tg}", part.pairs, round_.shapes, round_.max_norm, round_.id)
+        sketch = None
+        if strategy_for(round_).needs_features:  # clustering: its features now, not at the close
+            sketch = state.sketcher(round_.id, round_.shapes, round_.sketch_seed).sketch(part.pairs).tobytes()
         contribution = NewContribution(
             round_id=round_.id,
-            payload=codec.encode_contribution(pairs, metrics),
-            samples=metrics["samples"],
-            perplexity_before=metrics["perplexity_before"],
-            perplexity_after=metrics["perplexity_after"],
+            payload=part.payload,
+            samples=part.metrics.samples,
+            perplexity_before=part.metrics.perplexity_before,
+            perplexity_after=part.metrics.perplexity_after,
             norm=norm,
+            sketch=sketch,
         )
         parts.append((tg, contribution))
         if round_.dp:
@@ -175,7 +185,7 @@ def _plain_parts(
     return parts, charge
 
 
-def _sealed_parts(state: HubState, caller: Caller, update: SealedUpdate) -> list[tuple[str, NewContribution]]:
+def _sealed_parts(state: HubState, caller: Caller, update: Incoming) -> list[tuple[str, NewContribution]]:
     if update.group not in caller.groups:
         raise Forbidden(f"group {update.group!r}: you are not a member")
     parts = []
@@ -192,10 +202,6 @@ def _sealed_parts(state: HubState, caller: Caller, update: SealedUpdate) -> list
             raise Invalid(
                 f"sealed.{tg}: round {part.round_id} is for timestep group {round_.timestep_group!r}"
             )
-        contribution = NewContribution(
-            round_id=round_.id,
-            payload=base64.b64decode(part.ciphertext),
-            nonce=base64.b64decode(part.nonce),
-        )
+        contribution = NewContribution(round_id=round_.id, payload=part.ciphertext, nonce=part.nonce)
         parts.append((tg, contribution))
     return parts

@@ -58,6 +58,7 @@ class RoundRecord:
     min_contributors: int
     release_rank: int | None
     dp: dict | None
+    accept_float16: bool
     sketch_seed: int
     status: str  # open | closing | released | withheld | relayed
     created_at: datetime
@@ -70,12 +71,13 @@ class RoundRecord:
 @dataclass(frozen=True)
 class NewContribution:
     round_id: int
-    payload: bytes  # RVH1, or ciphertext for the group tier
+    payload: bytes  # safetensors (codec.py), or ciphertext for the group tier
     samples: int | None = None
     perplexity_before: float | None = None
     perplexity_after: float | None = None
     norm: float | None = None
     nonce: bytes | None = None
+    sketch: bytes | None = None  # clustering rounds: its features (float64), computed on arrival
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class NewUpdate:
     body_hash: str  # sha256 of the request body: a replay must be the same bytes
     tier: str
     contributions: tuple[NewContribution, ...]
+    accepted_by: str | None = None  # the hub process accepting it: it folds it first
 
     @property
     def client_key(self) -> str:
@@ -97,6 +100,19 @@ class StoredUpdate:
     """An accepted update, as a replay is answered from it."""
 
     body_hash: str
+    receipt: dict
+
+
+@dataclass(frozen=True)
+class UpdateRow:
+    """An accepted update as an operator lists it (receipts, for reconciling after a crash)."""
+
+    seq: int  # the update's row id: listings page by it
+    tenant: str
+    client_id: str
+    update_id: str
+    tier: str
+    created_at: datetime
     receipt: dict
 
 
@@ -115,6 +131,8 @@ class ContributionRow:
     perplexity_before: float | None
     perplexity_after: float | None
     norm: float | None
+    folded: bool = False  # a running sum (a partial) holds it
+    sketch: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -227,8 +245,30 @@ class Transaction(ABC):
     def append_audit(self, kind: str, subject: str, details: dict) -> None: ...
 
 
+class Snapshot(ABC):
+    """Reads that all see the database at one instant (opened by `Store.reading()`): a round's
+    contributions, the partial sums and the payloads not in them are counted exactly once, even
+    while other processes fold contributions into partials."""
+
+    @abstractmethod
+    def contribution_rows(self, round_id: int) -> list[ContributionRow]:
+        """With `folded` and `sketch`."""
+
+    @abstractmethod
+    def partials(self, round_id: int) -> Iterator[bytes]:
+        """The payloads of the round's partial sums, one at a time."""
+
+    @abstractmethod
+    def payloads(self, contribution_ids: Sequence[int]) -> Iterator[bytes]:
+        """Contribution payloads in the order asked, read in bulk a chunk at a time."""
+
+
 class Store(ABC):
     dialect: str
+
+    @abstractmethod
+    def reading(self) -> AbstractContextManager[Snapshot]:
+        """A read-only transaction on one snapshot of the database."""
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[Transaction]:
@@ -288,6 +328,18 @@ class Store(ABC):
     def find_update(self, tenant: str, client_id: str, update_id: str) -> StoredUpdate | None: ...
 
     @abstractmethod
+    def list_updates(
+        self,
+        tenant: str,
+        client_id: str | None = None,
+        update_id: str | None = None,
+        after: int = 0,
+        limit: int = 1000,
+    ) -> list[UpdateRow]:
+        """A tenant's accepted updates (one client's, one update id, if named), oldest first,
+        after row `after`."""
+
+    @abstractmethod
     def contribution_rows(self, round_id: int) -> list[ContributionRow]: ...
 
     @abstractmethod
@@ -296,6 +348,23 @@ class Store(ABC):
 
     @abstractmethod
     def sealed_rows(self, round_id: int) -> list[SealedRow]: ...
+
+    @abstractmethod
+    def unfolded(
+        self,
+        owner: str,
+        adopt_before: datetime,
+        limit: int,
+        exclude: Sequence[int] = (),
+        round_id: int | None = None,
+    ) -> dict[int, list[ContributionRow]]:
+        """Per open plaintext round (or just `round_id`, open or closing), contributions no
+        partial holds yet and not in `exclude`: those `owner` accepted, and anyone's accepted
+        before `adopt_before` (left by a process that stopped); oldest first, at most `limit`."""
+
+    @abstractmethod
+    def partial(self, round_id: int, owner: str) -> bytes | None:
+        """`owner`'s partial sum of the round, as last saved."""
 
     @abstractmethod
     def budget_spent(self, client_key: str, period: int) -> list[float]: ...

@@ -49,6 +49,11 @@ class PostgresStore(SqlStore):
     def _lock_key(self, conn, key: str) -> None:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key})
 
+    def _snapshot_options(self) -> dict:
+        # READ COMMITTED gives each statement its own snapshot; a close reads partials and the
+        # payloads they do not hold in several statements, which must agree
+        return {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+
 
 def open_store(url: str) -> Store:
     """sqlite:///path (WAL) or postgresql://user@host/db (psycopg 3)."""

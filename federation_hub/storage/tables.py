@@ -6,7 +6,9 @@ migrated schema and this metadata agree.
     tokens         sha256 of client tokens, scoped to a tenant and its groups
     rounds         one per (scope, timestep group) at a time; scope = public | tenant | tenant+group
     updates        one per (tenant, client, update id): replays are answered from here
-    contributions  one per (round, client): the payload (RVH1 or ciphertext) and its metrics
+    contributions  one per (round, client): the payload (safetensors or ciphertext) and its metrics;
+                   `folded` once a running sum holds it (services/folding.py)
+    partials       running sums of a round's contributions, one per hub process that folds
     budget         the ε ledger: one row per public contribution, per client and period
     releases       released aggregates, ours and gossiped: unique (origin, seq)
     audit          append-only, hash-chained (triggers refuse UPDATE and DELETE)
@@ -61,6 +63,7 @@ rounds = sa.Table(
     sa.Column("min_contributors", sa.Integer, nullable=False),
     sa.Column("release_rank", sa.Integer, nullable=True),
     sa.Column("dp", sa.JSON, nullable=True),
+    sa.Column("accept_float16", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("sketch_seed", sa.BigInteger, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -105,9 +108,32 @@ contributions = sa.Table(
     sa.Column("perplexity_after", sa.Float, nullable=True),
     sa.Column("norm", sa.Float, nullable=True),
     sa.Column("nonce", sa.LargeBinary, nullable=True),  # group tier: sealed payload
-    sa.Column("payload", sa.LargeBinary, nullable=False),
+    # NULL once no close can need it: folded into a running sum (strategies that keep everyone),
+    # or its round finished; clustering strategies keep it until then (they may exclude it)
+    sa.Column("payload", sa.LargeBinary, nullable=True),
+    sa.Column("sketch", sa.LargeBinary, nullable=True),  # clustering rounds: float64 features
+    sa.Column("accepted_by", sa.String(64), nullable=True),  # the hub process that accepted it
+    sa.Column("folded", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.UniqueConstraint("round_id", "client_key", name="one_contribution_per_client"),
+    sa.Index(
+        "unfolded_contributions",
+        "round_id",
+        sqlite_where=sa.text("NOT folded"),
+        postgresql_where=sa.text("NOT folded"),
+    ),
+)
+
+partials = sa.Table(
+    "partials",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("round_id", sa.Integer, sa.ForeignKey("rounds.id"), nullable=False),
+    sa.Column("owner", sa.String(64), nullable=False),  # the hub process that folds into it
+    sa.Column("folded", sa.Integer, nullable=False),  # contributions it holds
+    sa.Column("payload", sa.LargeBinary, nullable=False),  # codec.encode_partial
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("round_id", "owner", name="one_partial_per_owner"),
 )
 
 budget = sa.Table(

@@ -1,15 +1,19 @@
 """What a strategy is: a policy that picks and weighs contributions. It never touches storage or
 HTTP, and leaves the arithmetic to `federation_hub.aggregate`.
 
-A strategy answers three questions for one round of one timestep group:
+A strategy answers four questions for one round of one timestep group:
+  log_weight  what one contribution weighs by its own metrics alone (up to a factor shared by all);
   select    which contributions count and how much (weights summing to one, or all zero and a
-            reason when nothing may be released);
+            reason when nothing may be released) — always proportional to exp(log_weight) over
+            the ones it keeps, which is what lets the hub sum as updates arrive
+            (aggregate/running.py);
   prepare   how one contribution is transformed before it is summed (identity; DP clips);
   finalize  what is done to the exact sum before it is factorised (nothing; DP adds noise).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +54,17 @@ def require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def log_samples(meta: ContributionMeta) -> float:
+    """Weights ∝ examples trained on (sample_weights)."""
+    return math.log(meta.samples) if meta.samples > 0 else -math.inf
+
+
+def log_quality(meta: ContributionMeta, temperature: float) -> float:
+    """Weights ∝ exp(relative perplexity gain / temperature), none for no gain (quality_weights)."""
+    gain = (meta.perplexity_before - meta.perplexity_after) / meta.perplexity_before
+    return gain / temperature if gain > 0 else -math.inf
+
+
 def withhold(count: int, reason: str, **details) -> Selection:
     return Selection(weights=np.zeros(count), reason=reason, details=details)
 
@@ -69,6 +84,12 @@ class Strategy:
             if metas
             else withhold(0, "no contributions")
         )
+
+    def log_weight(self, meta: ContributionMeta) -> float:
+        """log of this contribution's unnormalised weight from its own metrics (-inf: none).
+        select() keeps some contributions (all, or a cluster) and weighs each kept one
+        ∝ exp(log_weight); a strategy without `needs_features` keeps exactly those above -inf."""
+        return 0.0
 
     def own_weight(self, meta: ContributionMeta) -> float:
         """A weight in [0, 1] that depends on this contribution alone (used under differential

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from federation_hub.aggregate.weights import sample_weights
-from federation_hub.strategies.base import ContributionMeta, Selection, Strategy, require, withhold
+from federation_hub.strategies.base import (
+    ContributionMeta,
+    Selection,
+    Strategy,
+    log_samples,
+    require,
+    withhold,
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,9 @@ class FedAvg(Strategy):
         if len(metas) < self.min_contributors:
             return withhold(len(metas), f"{len(metas)} contributions, fedavg needs {self.min_contributors}")
         return Selection(weights=sample_weights(np.array([m.samples for m in metas])))
+
+    def log_weight(self, meta: ContributionMeta) -> float:
+        return log_samples(meta)
 
 
 @dataclass(frozen=True)

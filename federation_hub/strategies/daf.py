@@ -23,7 +23,15 @@ from federation_hub.aggregate.weights import (
     relative_improvement,
     sample_weights,
 )
-from federation_hub.strategies.base import ContributionMeta, Selection, Strategy, require, withhold
+from federation_hub.strategies.base import (
+    ContributionMeta,
+    Selection,
+    Strategy,
+    log_quality,
+    log_samples,
+    require,
+    withhold,
+)
 
 
 def _samples(metas: list[ContributionMeta]) -> np.ndarray:
@@ -60,6 +68,9 @@ class WeightedAverage(Strategy):
             return withhold(len(metas), f"{len(metas)} contributions, need {self.min_contributors}")
         return Selection(weights=sample_weights(_samples(metas)))
 
+    def log_weight(self, meta: ContributionMeta) -> float:
+        return log_samples(meta)
+
 
 @dataclass(frozen=True)
 class QualityWeighted(Strategy):
@@ -82,6 +93,9 @@ class QualityWeighted(Strategy):
                 f"{np.count_nonzero(weights)} updates improved perplexity, need {self.min_contributors}",
             )
         return Selection(weights=weights)
+
+    def log_weight(self, meta: ContributionMeta) -> float:
+        return log_quality(meta, self.temperature)
 
     def own_weight(self, meta: ContributionMeta) -> float:
         return 1.0 if meta.perplexity_after < meta.perplexity_before else 0.0
@@ -117,6 +131,9 @@ class Conservative(Strategy):
         return Selection(
             weights=_restrict(sample_weights(_samples(metas)), mask), details={"clusters": sizes}
         )
+
+    def log_weight(self, meta: ContributionMeta) -> float:
+        return log_samples(meta)
 
 
 SELECTIVE_METHODS = ("kmeans", "dbscan", "hierarchical")
@@ -168,6 +185,9 @@ class Selective(Strategy):
             weights=_restrict(sample_weights(_samples(metas)), mask), details={"clusters": sizes}
         )
 
+    def log_weight(self, meta: ContributionMeta) -> float:
+        return log_samples(meta)
+
 
 @dataclass(frozen=True)
 class Hybrid(Strategy):
@@ -193,6 +213,9 @@ class Hybrid(Strategy):
         if np.count_nonzero(weights) < self.min_contributors:
             return withhold(len(metas), "too few improving updates in the agreeing cluster", **base.details)
         return Selection(weights=weights, details=base.details)
+
+    def log_weight(self, meta: ContributionMeta) -> float:
+        return log_samples(meta) + log_quality(meta, self.temperature)
 
     def own_weight(self, meta: ContributionMeta) -> float:
         return 1.0 if meta.perplexity_after < meta.perplexity_before else 0.0

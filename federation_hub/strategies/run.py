@@ -53,6 +53,18 @@ def run_strategy(
         weight = float(selection.weights[index])
         for name, pair in strategy.prepare(pairs).items():
             sums[name].add(pair, weight)
+    return release(strategy, selection, sums, release_ranks, rng)
+
+
+def release(
+    strategy: Strategy,
+    selection: Selection,
+    sums: dict[str, LowRankSum],
+    release_ranks: dict[str, int | None],
+    rng: np.random.Generator,
+) -> RoundResult:
+    """From the exact weighted sums to the released factors: finalize (DP noise), factorise. The
+    hub reaches the sums another way (services/rounds.py, from running sums); this step is shared."""
     facts = strategy.finalize(sums, selection, rng)
     factors = {name: total.factorize(release_ranks[name]) for name, total in sums.items()}
     return RoundResult(selection=selection, factors=factors, facts=facts)

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from federation_hub import codec
 from federation_hub.client import shapes_spec
 from federation_hub.tiers import Tier
 from tests.federation_hub.hubs import HubProcess, client_update, random_update
@@ -48,7 +49,7 @@ def test_sigkill_while_submitting_loses_no_acknowledged_update(tmp_path):
         def submit(i):
             client, body = bodies[i]
             try:
-                client.request("POST", "/v1/updates", content=body)
+                client.request("POST", "/v1/updates", content=body, content_type=codec.MEDIA_TYPE)
             except Exception:
                 return
             with lock:
@@ -75,7 +76,7 @@ def test_sigkill_while_submitting_loses_no_acknowledged_update(tmp_path):
         # clients that got no answer retry with the same bytes: a replay or a first acceptance
         for i in set(range(len(tokens))) - acknowledged:
             client, body = bodies[i]
-            receipt = client.request("POST", "/v1/updates", content=body)
+            receipt = client.request("POST", "/v1/updates", content=body, content_type=codec.MEDIA_TYPE)
             assert receipt["duplicate"] == (f"u{i}" in stored["coarse"])
         closed = admin.close_round(rounds["coarse"])
         assert closed["status"] == "released" and closed["contributions"] == len(tokens)

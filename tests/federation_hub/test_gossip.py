@@ -10,8 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
+from federation_hub import safetensors_io
 from federation_hub.aggregate.lora import LoraPair
-from federation_hub.codec import encode_contribution
+from federation_hub.codec import RELEASE_KEY, encode_release
 from federation_hub.gossip.signing import sign_headers
 from federation_hub.tiers import Tier
 from tests.federation_hub.hubs import SMALL_SHAPES, HubProcess, client_update, random_update
@@ -114,11 +115,22 @@ def test_gossip_needs_the_shared_secret(federation):
     assert post(**right).status_code == 200
 
 
+def signed_post(hub, body: bytes, sender="b"):
+    headers = {
+        "content-type": "application/json",
+        **sign_headers(SECRET, "POST", "/v1/gossip/sync", sender, body, time.time()),
+    }
+    return httpx.post(hub.url + "/v1/gossip/sync", content=body, headers=headers)
+
+
 def test_a_peer_cannot_plant_bad_releases(federation):
-    hubs, _, _ = federation
-    good_payload = encode_contribution(
-        {"l": LoraPair(np.ones((1, 2), np.float32), np.ones((2, 1), np.float32))}, {"residuals": {"l": 0.0}}
-    )
+    """A peer with the shared secret is trusted to be who it is, not to be correct: whatever does
+    not hold up as strictly as a client's update is skipped (and the exchange answered 200),
+    a body that is not strict JSON is a 422 — never a 500, never a merge."""
+    hubs, _, clients = federation
+    shapes = {"l": {"rank": 1, "in_features": 2, "out_features": 2}}
+    ones = LoraPair(np.ones((1, 2), np.float32), np.ones((2, 1), np.float32))
+    good_payload = encode_release("coarse", {"l": ones}, {"l": 0.0})
     meta = {
         "id": "b:900",
         "origin": "b",
@@ -130,7 +142,7 @@ def test_a_peer_cannot_plant_bad_releases(federation):
         "strategy": "daf",
         "contributors": 5,
         "created_at": "2025-01-01T00:00:00+00:00",
-        "details": {},
+        "details": {"shapes": shapes},
     }
 
     def entry(payload=good_payload, **changes):
@@ -143,22 +155,61 @@ def test_a_peer_cannot_plant_bad_releases(federation):
             **changes,
         }
 
-    bad = [
-        entry(digest="0" * 64),  # content does not match its digest
-        entry(meta={"contributors": "many"}),  # meta is not a release summary
-        entry(meta={"tier": "tenant"}),  # a tier this hub does not gossip
-        entry(meta={"seq": 901}),  # meta speaks of another release
-        entry(payload=b"RVH1garbage"),  # not a payload
-        {**entry(), "origin": "a", "meta": {**meta, "origin": "a", "id": "a:900"}},  # a's own history, forged
-    ]
-    body = json.dumps({"hub_id": "b", "vv": {}, "entries": bad}).encode()
-    headers = {
-        "content-type": "application/json",
-        **sign_headers(SECRET, "POST", "/v1/gossip/sync", "b", body, time.time()),
+    nan = LoraPair(np.full((1, 2), np.nan, np.float32), np.full((2, 1), np.nan, np.float32))
+    wide = LoraPair(np.ones((1, 3), np.float32), ones.b)
+    header = {"timestep_group": "coarse", "residuals": {"l": 0.0}}
+    lying = safetensors_io.encode(
+        {"coarse/l/a": ones.a, "coarse/l/b": ones.b}, {RELEASE_KEY: json.dumps(header)}
+    )
+    lying = lying.replace(b'"shape":[1,2]', b'"shape":[2,2]')
+    bad = {  # entry: why it is refused (the hub's log says)
+        "digest": (entry(digest="0" * 64), "digest does not match"),
+        "meta": (entry(meta={"contributors": "many"}), "not a release summary"),
+        "no shapes": (entry(meta={"details": {}}), "not a release summary"),
+        "shapes": (entry(meta={"details": {"shapes": 5}}), "not a release summary"),
+        "tier": (entry(meta={"tier": "tenant"}), "is not gossiped here"),
+        "seq": (entry(meta={"seq": 901}), "names another origin or seq"),
+        "group": (entry(meta={"timestep_group": "fine"}), "meta says 'fine'"),
+        "garbage": (entry(payload=b"garbage"), "shorter than a safetensors header"),
+        "nan": (entry(payload=encode_release("coarse", {"l": nan}, {"l": 0.0})), "NaN or infinity"),
+        "linears": (entry(payload=encode_release("coarse", {"m": ones}, {"m": 0.0})), "linears differ"),
+        "in": (entry(payload=encode_release("coarse", {"l": wide}, {"l": 0.0})), "do not fit in 2, out 2"),
+        "residual": (
+            entry(payload=encode_release("coarse", {"l": ones}, {"l": 3.0})),
+            "not a number in [0, 1]",
+        ),
+        "size": (entry(payload=lying), "lies about its size"),
+        "header": (entry(payload=b"\xff" * 8 + b"{}"), "over the limit"),
+        "forged": (
+            {**entry(), "origin": "a", "meta": {**meta, "origin": "a", "id": "a:900"}},
+            "claims to be ours",
+        ),
     }
-    response = httpx.post(hubs["a"].url + "/v1/gossip/sync", content=body, headers=headers)
+    before = len(rejections(hubs["a"]))
+    entries = [e for e, _ in bad.values()]
+    response = signed_post(hubs["a"], json.dumps({"hub_id": "b", "vv": {}, "entries": entries}).encode())
     assert response.status_code == 200 and response.json()["merged"] == 0
+    whys = rejections(hubs["a"])[before:]
+    assert len(whys) == len(bad)
+    for (name, (_, reason)), why in zip(bad.items(), whys, strict=True):
+        assert reason in why, (name, why)
     assert "b:900" not in held(hubs["a"]) and "a:900" not in held(hubs["a"])
+    assert clients["a"][0].releases() is not None  # listings still render
+    for body in (b'{"hub_id": "b", "vv": {"a": NaN}, "entries": []}', b'{"hub_id": "b", "vv": {"a": 1e400}}'):
+        response = signed_post(hubs["a"], body)
+        assert response.status_code == 422 and set(response.json()) == {"detail", "errors"}
+    malformed = [
+        {"hub_id": "b", "vv": {}, "entries": 5},
+        {"hub_id": "b", "vv": {}, "entries": [{**entry(), "seq": 10**30}]},
+        {"hub_id": "b", "vv": {}, "entries": [{**entry(), "meta": [1, 2]}]},
+    ]
+    for message in malformed:
+        assert signed_post(hubs["a"], json.dumps(message).encode()).status_code == 422
+
+
+def rejections(hub) -> list[str]:
+    lines = [json.loads(line) for line in hub.log.read_text().splitlines() if "gossip entry rejected" in line]
+    return [line["why"] for line in lines]
 
 
 def test_three_hubs_converge_survive_sigkill_and_heal_a_partition(federation):

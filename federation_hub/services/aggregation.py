@@ -1,0 +1,141 @@
+"""A plaintext round's result, from one snapshot of the database.
+
+Every contribution is counted exactly once: the snapshot holds each one either in a saved
+partial sum (services/folding.py) or as a payload no partial holds, never both and never neither,
+whatever other processes fold meanwhile. So a close
+
+    1. reads the contribution rows (metrics, and for clustering strategies the sketch taken on
+       arrival) and lets the strategy select and weigh them — no payload read;
+    2. merges the partial sums and folds in the payloads they do not hold: Σ_all g_i Δ_i;
+    3. takes back the contributions the selection excluded (clustering), reading only those —
+       or sums the chosen ones from their payloads instead, when most were excluded or the
+       excluded outweigh the chosen so much that taking them back would cost precision;
+    4. normalises to select()'s weights and releases (strategies/run.py `release`).
+
+The result equals `run_strategy` over the same contributions (tests/federation_hub/services/
+test_aggregation.py): the same selection, the same exact sums up to float64 rounding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from federation_hub import codec
+from federation_hub.aggregate.running import RunningSum, log_normalizer
+from federation_hub.privacy.dp import DifferentiallyPrivate
+from federation_hub.services.state import HubState
+from federation_hub.storage.base import ContributionRow, RoundRecord, Snapshot
+from federation_hub.strategies import ContributionMeta, Strategy, make_strategy
+from federation_hub.strategies.base import withhold
+from federation_hub.strategies.run import RoundResult, release
+from federation_hub.tiers import Tier
+from ruvdllm.errors import RuvdllmError
+
+
+def strategy_for(round_: RoundRecord) -> Strategy:
+    """The strategy a round runs: its own, wrapped in differential privacy on the public tier."""
+    strategy = make_strategy(round_.strategy, round_.timestep_group, round_.strategy_params)
+    if round_.tier == Tier.PUBLIC:
+        return DifferentiallyPrivate(strategy, **round_.dp)
+    return strategy
+
+
+def contribution_meta(row: ContributionRow) -> ContributionMeta:
+    return ContributionMeta(
+        row.update_id, row.client_key, row.samples, row.perplexity_before, row.perplexity_after
+    )
+
+
+def fold(total: RunningSum, strategy: Strategy, row: ContributionRow, payload: bytes, what: str) -> None:
+    """One stored contribution into a running sum, weighed and prepared (DP clips) as the
+    strategy says."""
+    _, pairs, _ = codec.decode_contribution(payload, what)
+    total.add(strategy.prepare(pairs), strategy.log_weight(contribution_meta(row)))
+
+
+def aggregate(
+    state: HubState, round_: RoundRecord, strategy: Strategy
+) -> tuple[list[ContributionRow], RoundResult]:
+    with state.store.reading() as snapshot:
+        rows = snapshot.contribution_rows(round_.id)
+        return rows, _aggregate(state, round_, strategy, snapshot, rows)
+
+
+def _aggregate(
+    state: HubState, round_: RoundRecord, strategy: Strategy, snapshot: Snapshot, rows: list[ContributionRow]
+) -> RoundResult:
+    if not rows:
+        return RoundResult(selection=withhold(0, "no contributions"))
+    what = f"round {round_.id} contribution"
+    metas = [contribution_meta(r) for r in rows]
+    features = _features(state, round_, snapshot, rows) if strategy.needs_features else None
+    rng = state.child_rng()
+    selection = strategy.select(metas, features, rng)
+    if selection.withheld:
+        return RoundResult(selection=selection)
+    log_weights = np.array([strategy.log_weight(m) for m in metas])
+    chosen = np.flatnonzero(selection.weights)
+    excluded = [i for i in range(len(rows)) if selection.weights[i] == 0 and log_weights[i] > -math.inf]
+    shapes = {n: (s["out_features"], s["in_features"]) for n, s in round_.shapes.items()}
+    total = RunningSum(shapes)
+    if _sum_chosen_directly(log_weights, chosen, excluded):
+        for i, payload in zip(chosen, snapshot.payloads([rows[i].id for i in chosen]), strict=True):
+            fold(total, strategy, rows[i], payload, what)
+        expected = len(chosen)
+    else:
+        for partial in snapshot.partials(round_.id):
+            total.merge(codec.decode_partial(partial, shapes))
+        loose = [i for i, r in enumerate(rows) if not r.folded]
+        for i, payload in zip(loose, snapshot.payloads([rows[i].id for i in loose]), strict=True):
+            fold(total, strategy, rows[i], payload, what)
+        for i, payload in zip(excluded, snapshot.payloads([rows[i].id for i in excluded]), strict=True):
+            _, pairs, _ = codec.decode_contribution(payload, what)
+            total.subtract(strategy.prepare(pairs), float(log_weights[i]))
+        expected = len(rows)
+    if total.count != expected:  # never release a sum that counts someone twice, or not at all
+        raise RuvdllmError(
+            f"round {round_.id}: the sums hold {total.count} contributions, not {expected}; nothing released"
+        )
+    sums = total.normalized(log_normalizer(log_weights, selection.weights))
+    ranks = {n: _release_rank(round_.release_rank, s["rank"]) for n, s in round_.shapes.items()}
+    result = release(strategy, selection, sums, ranks, rng)
+    return dataclasses.replace(result, facts={**result.facts, "contributions_summed": total.count})
+
+
+CANCELLATION = 1e3  # taking back this much more weight than is kept loses ~3 of float64's 16 digits
+
+
+def _sum_chosen_directly(log_weights: np.ndarray, chosen: np.ndarray, excluded: list[int]) -> bool:
+    if not excluded:
+        return False
+    if len(excluded) > len(chosen):
+        return True  # fewer payloads to read the other way
+    with np.errstate(over="ignore"):  # an excluded weight past float range: sum the chosen
+        weights = np.exp(log_weights - log_weights[chosen].max())
+    return weights[excluded].sum() > CANCELLATION * weights[chosen].sum()
+
+
+def _features(
+    state: HubState, round_: RoundRecord, snapshot: Snapshot, rows: list[ContributionRow]
+) -> np.ndarray:
+    """One sketch row per contribution: taken on arrival; computed now for any that has none."""
+    missing = [i for i, r in enumerate(rows) if r.sketch is None]
+    sketches = {
+        i: np.frombuffer(r.sketch, dtype=np.float64) for i, r in enumerate(rows) if r.sketch is not None
+    }
+    if missing:
+        sketcher = state.sketcher(round_.id, round_.shapes, round_.sketch_seed)
+        for i, payload in zip(missing, snapshot.payloads([rows[i].id for i in missing]), strict=True):
+            sketches[i] = sketcher.sketch(
+                codec.decode_contribution(payload, f"round {round_.id} contribution")[1]
+            )
+    return np.vstack([sketches[i] for i in range(len(rows))])
+
+
+def _release_rank(requested: int | None, contribution_rank: int) -> int | None:
+    if requested is None:
+        return contribution_rank  # fits the runtime's bank slots, like what was contributed
+    return None if requested == 0 else requested  # 0: the exact numerical rank
