@@ -61,6 +61,9 @@ def present_value(layer: int) -> str:
     return f"present_value.{layer}"
 
 
+BANK_WIDTH = "bank_width"  # the slots·rank axis of adapter.{t}.a/b: K·r with a bank bound, or 0
+
+
 def adapter_a(target: str) -> str:
     return f"adapter.{target}.a"  # float32 [layers, in_features, slots * rank]: bank factors, below
 

@@ -2,17 +2,24 @@
 
 A linear `y = W x (+ b)` becomes
 
-    x ─┬─ MatMulNBits(q4 W, packed zero points) ────────────────────┐
+    x ─┬─ MatMulNBits(q4 W, packed zero points, bias) ───────────────┐
        ├─ Reshape[.., n_blocks, 32] ─ ReduceSum ─ MatMul(m'ᵀ) ───────┤  only when W has block mins
-       ├─ MatMul(A_l) ─ Mul(slot weights) ─ MatMul(B_l) ─────────────┤  adapter bank (graph inputs)
-       └─ MatMul(Aᵀ) ─ MatMul(Bᵀ) ───────────────────────────────────┤  static LoRA (conversion adapter)
-                                                                     Add ─► y (+ bias)
+       ├─ MatMul(Aᵀ) ─ MatMul(Bᵀ) ───────────────────────────────────┤  static LoRA (conversion adapter)
+       └─ MatMul(A_l) ─ Mul(slot weights) ─ MatMul(B_l) ─────────────┤  adapter bank (graph inputs)
+                                                                     Add ─► y
+
+Linears that read the same x (q/k/v, gate/up) are packed into one MatMulNBits over their stacked
+rows with one block-min branch (`make_packed_linear`); their LoRA and bank branches stay per linear.
 
 The block-min branch is exact: writing W[n,k] = s·(q − z) + m'[n, k//32] with integer z gives
 Σ_k W[n,k] x_k = MatMulNBits(x) + Σ_b m'[n,b] Σ_{k∈b} x_k. It keeps MatMulNBits on its fast
 integer kernels, where float zero points (the other exact mapping of GGUF Q4_1) are ~20× slower on
 CPU and have no WebGPU kernel (DESIGN.md). z is the integer nearest the block's zero, so m' is a
 small remainder (see `centre_block_offsets`).
+
+What a forward costs on the CPU is mostly the bytes it reads (a 135M model at one token per forward
+is memory-bound): the 4-bit weights with their scales, the float block mins, the LoRA factors and
+the bank factors. Extra nodes cost ~1 µs each; extra bytes cost ~0.1 ms per MB.
 """
 
 from __future__ import annotations
@@ -23,7 +30,14 @@ import numpy as np
 
 from ruvdllm_export.onnx_graph.graph import MS_DOMAIN, GraphBuilder
 from ruvdllm_export.onnx_graph.q8 import Q8Tensor, SplitQ8Tensor, dequantize_q8, dequantize_split_q8
-from ruvdllm_export.quant.q4 import BLOCK, Q4Tensor, dequantize_q4, pack_zero_points, quantize_q4
+from ruvdllm_export.quant.q4 import (
+    BLOCK,
+    Q4Tensor,
+    concat_rows,
+    dequantize_q4,
+    pack_zero_points,
+    quantize_q4,
+)
 
 Weight = np.ndarray | Q4Tensor | Q8Tensor | SplitQ8Tensor
 
@@ -86,27 +100,112 @@ def make_linear(
 ) -> str:
     """`scope` names the nodes (/model/layers.0/attn/q_proj), `name` the initializers (the
     canonical weight name). Returns y [1, S, out]."""
-    if fmt.quantization == "q4" and isinstance(weight, SplitQ8Tensor):
-        doubled = make_doubled_input(g, scope, x, weight)
-        terms = make_quantized_matmul(g, scope, name, doubled, weight.q4, fmt.accuracy_level)
-    elif fmt.quantization == "q4":
-        w = weight if isinstance(weight, Q8Tensor) else as_q4(weight)
-        terms = make_quantized_matmul(g, scope, name, x, w, fmt.accuracy_level)
-    elif fmt.quantization == "fp32":
-        w_t = g.initializer(f"{name}.T", as_float(weight).T.copy())  # [in, out]: MatMul's B
-        terms = [g.op("MatMul", [x, w_t], f"{scope}/MatMul")]
-    else:
+    part = LinearPart(scope=scope, name=name, weight=weight, bias=bias, bank=bank, lora=lora)
+    return make_packed_linear(g, scope, name, [part], x, fmt)[0]
+
+
+@dataclass(frozen=True)
+class LinearPart:
+    """One linear of a packed group (or a linear alone), with what hangs off it."""
+
+    scope: str  # its own namespace, for its side branches (/model/layers.0/attn/q_proj)
+    name: str  # canonical weight name (its LoRA initializers are named after it)
+    weight: Weight
+    bias: np.ndarray | None = None
+    bank: AdapterBank | None = None
+    lora: StaticLora | None = None
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+
+def make_packed_linear(
+    g: GraphBuilder,
+    scope: str,
+    name: str,
+    parts: list[LinearPart],
+    x: str,
+    fmt: LinearFormat,
+    *,
+    split: bool = True,
+) -> list[str]:
+    """Linears that read the same x as one matmul over their stacked rows (q/k/v, gate/up):
+
+        x ─┬─ MatMulNBits([W_q; W_k; W_v], bias) ──────────────────────────┐
+           ├─ block sums ─ MatMul([m'_q; m'_k; m'_v]ᵀ) ───────────────────┤  weights with block mins
+           └─ per part: MatMul(Aᵀ) ─ MatMul(Bᵀ) ─► Concat (when all have one)┤  static LoRA
+                                                                          Add ─► y [1,S,ΣN]
+        y ─Split─► y_q, y_k, y_v ─ per part: Add(static LoRA when not concatenated, bank delta)
+
+    One node reads all the weights (fewer, larger kernels: better threading, one pass over x),
+    and the block sums of x are computed once. Side branches stay per part, with their own factors:
+    stacking the LoRA B factors block-diagonally would read mostly zeros, and bytes, not nodes,
+    bound a forward on the CPU. Per-part deltas (LoRA, adapter bank) are added after the Split, each
+    under the part's own scope; the Split is skipped when the caller takes the packed y (`split`
+    False) and nothing is added per part. Returns one output per part, or [y] unsplit.
+    """
+    if len(parts) > 1 and any(isinstance(p.weight, Q8Tensor | SplitQ8Tensor) for p in parts):
+        raise ValueError(f"{scope}: only 4-bit or float linears can be packed")
+    if fmt.quantization not in ("q4", "fp32"):
         raise ValueError(f"unknown quantization {fmt.quantization!r}")
-    if bank is not None:
-        terms.append(make_adapter_bank_delta(g, scope, x, bank))
-    if lora is not None:
-        terms.append(make_static_lora_delta(g, scope, name, x, lora))
+    bias = _packed_bias(parts)
+    terms = _packed_base(g, scope, name, parts, x, fmt, bias)
+    loras = [
+        make_static_lora_delta(g, p.scope, p.name, x, p.lora) if p.lora is not None else None for p in parts
+    ]
+    if len(parts) == 1 and loras[0] is not None:
+        terms.append(loras[0])
+        loras = [None]
+    elif all(d is not None for d in loras):
+        terms.append(g.op("Concat", loras, f"{scope}/lora/Concat", axis=-1))
+        loras = [None] * len(parts)
+    y = _add_all(g, scope, terms)
+    if fmt.quantization == "fp32" and bias is not None:
+        b = g.initializer(name.removesuffix(".weight") + ".bias", bias)
+        y = g.op("Add", [y, b], f"{scope}/Add_bias")
+    extras = [
+        [d for d in (lora, make_adapter_bank_delta(g, p.scope, x, p.bank) if p.bank else None) if d]
+        for p, lora in zip(parts, loras, strict=True)
+    ]
+    if len(parts) == 1:
+        return [_add_all(g, f"{scope}/delta", [y, *extras[0]])]
+    if not split and not any(extras):
+        return [y]
+    sizes = g.const([p.out_features for p in parts])
+    outs = g.op("Split", [y, sizes], f"{scope}/Split", outputs=len(parts), axis=-1)
+    return [_add_all(g, p.scope, [out, *more]) for p, out, more in zip(parts, outs, extras, strict=True)]
+
+
+def _packed_base(g, scope, name, parts, x, fmt, bias) -> list[str]:
+    """The matmul over the stacked weights, and its block-min correction when there is one."""
+    if fmt.quantization == "fp32":
+        w_t = np.concatenate([as_float(p.weight) for p in parts]).T  # [in, ΣN]: MatMul's B
+        return [g.op("MatMul", [x, g.initializer(f"{name}.T", w_t.copy())], f"{scope}/MatMul")]
+    weight = parts[0].weight
+    if isinstance(weight, SplitQ8Tensor):
+        doubled = make_doubled_input(g, scope, x, weight)
+        return make_quantized_matmul(g, scope, name, doubled, weight.q4, fmt.accuracy_level, bias)
+    if len(parts) == 1:
+        w = weight if isinstance(weight, Q8Tensor) else as_q4(weight)
+    else:
+        w = concat_rows([as_q4(p.weight) for p in parts])
+    return make_quantized_matmul(g, scope, name, x, w, fmt.accuracy_level, bias)
+
+
+def _packed_bias(parts: list[LinearPart]) -> np.ndarray | None:
+    if all(p.bias is None for p in parts):
+        return None
+    return np.concatenate(
+        [np.zeros(p.out_features, np.float32) if p.bias is None else p.bias.astype(np.float32) for p in parts]
+    )
+
+
+def _add_all(g: GraphBuilder, scope: str, terms: list[str]) -> str:
+    """terms[0] + terms[1] + ... as a chain of Adds (Add has a kernel on every execution provider)."""
     y = terms[0]
     for i, term in enumerate(terms[1:]):
         y = g.op("Add", [y, term], f"{scope}/Add_{i}")
-    if bias is not None:
-        b = g.initializer(name.removesuffix(".weight") + ".bias", bias.astype(np.float32))
-        y = g.op("Add", [y, b], f"{scope}/Add_bias")
     return y
 
 
@@ -166,12 +265,22 @@ def centre_block_offsets(
 
 
 def make_quantized_matmul(
-    g: GraphBuilder, scope: str, name: str, x: str, w: Q4Tensor | Q8Tensor, accuracy_level: int
+    g: GraphBuilder,
+    scope: str,
+    name: str,
+    x: str,
+    w: Q4Tensor | Q8Tensor,
+    accuracy_level: int,
+    bias: np.ndarray | None = None,
 ) -> list[str]:
-    """The MatMulNBits node and, for weights with block mins, the exact block-sum correction.
-    Returns the terms to add."""
+    """The MatMulNBits node (bias added by the kernel) and, for weights with block mins, the exact
+    block-sum correction. Returns the terms to add."""
     q = register_quantized(g, name, w)
-    inputs = [x, q.packed, q.scales] + ([q.zero_points] if q.zero_points else [])
+    inputs = [x, q.packed, q.scales, q.zero_points or ""]
+    if bias is not None:  # inputs 4 (g_idx, deprecated) and 5 (bias)
+        inputs += ["", g.initializer(name.removesuffix(".weight") + ".bias", bias)]
+    while not inputs[-1]:  # trailing optional inputs left out
+        inputs.pop()
     y = g.op(
         "MatMulNBits",
         inputs,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-ATTENTION_FORMULATIONS = ("mha", "attention23", "matmul")
+ATTENTION_FORMULATIONS = ("gqa", "mha", "attention23", "matmul")
 QUANTIZATIONS = ("q4", "fp32")
 TARGETS = ("cpu", "cuda", "webgpu")
 
@@ -30,6 +30,7 @@ class GraphOptions:
     quantization: str = "q4"  # every linear MatMulNBits 4-bit; "fp32" only for tests and size baselines
     attention: str = "attention23"  # the cpu default (see TARGET_DEFAULTS)
     accuracy_level: int = 0  # float activations; int8 (4) is 2.3x faster at L=8 but 94.9% top-1 agreement
+    pack_linears: bool = True  # q/k/v and gate/up as one MatMulNBits each (fewer, larger kernels)
     top_k: int = 32  # candidates per position: enough for top-k/top-p sampling at the usual k <= 20..40
     adapter_targets: tuple[str, ...] = ("q_proj", "v_proj")  # the LoRA targets TALoRA/DGR banks train
     adapter_slots: int = 8  # K slots composed per position (TALoRA groups + DGR retrievals); 0 = no banks
