@@ -152,6 +152,7 @@ class ArtifactConfig:
     attention: str = "mha"  # attention formulation in the graph: "mha", "attention23", "matmul"
     quantization: str = "q4"  # "q4" (MatMulNBits, block 32) or "fp32"
     accuracy_level: int = 4
+    requires_onnxruntime: str = ""  # the oldest onnxruntime that runs the graph's ops ("": not recorded)
     chat_template: str | None = None
     source: dict = field(default_factory=dict)  # checkpoint path/hash, exactness report, validation metrics
 

@@ -68,6 +68,28 @@ def choose_device(requested: str) -> str:
     return requested
 
 
+def version_tuple(version: str) -> tuple[int, ...]:
+    """ "1.32.0" -> (1, 32, 0); a suffix such as "1.33.0.dev2026" keeps its numeric part."""
+    parts = []
+    for piece in version.split("."):
+        digits = "".join(c for c in piece if c.isdigit()) if piece[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def check_onnxruntime(graph: Path, config: ArtifactConfig) -> None:
+    """A graph whose ops need a newer onnxruntime fails here with one line, not in the session."""
+    needed = config.requires_onnxruntime
+    if needed and version_tuple(ort.__version__) < version_tuple(needed):
+        raise RuvdllmError(
+            f"{graph}: built for target {'/'.join(config.targets)} ({config.attention} attention), which needs "
+            f"onnxruntime >= {needed}; this is {ort.__version__} (pip install -U onnxruntime, or export "
+            "with --attention matmul for older versions)"
+        )
+
+
 def make_session(graph: Path, options: OrtOptions) -> tuple[ort.InferenceSession, str]:
     if options.optimization not in OPTIMIZATION_LEVELS:
         raise RuvdllmError(
@@ -102,6 +124,7 @@ class OrtBackend:
         bank: Bank | None = None,
     ):
         self.config = config
+        check_onnxruntime(Path(graph), config)
         self.session, self.device = make_session(Path(graph), options)
         self._ort_device = ("cuda", options.device_id) if self.device == "cuda" else ("cpu", 0)
         self.input_names = {i.name for i in self.session.get_inputs()}

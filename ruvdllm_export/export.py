@@ -35,6 +35,7 @@ from ruvdllm_export.onnx_graph import (
     prepare_weights,
 )
 from ruvdllm_export.onnx_graph.linear import as_float
+from ruvdllm_export.onnx_graph.options import required_onnxruntime
 from ruvdllm_export.onnx_graph.q8 import Q8Tensor, SplitQ8Tensor
 from ruvdllm_export.quant.q4 import Q4Tensor
 from ruvdllm_export.spec import EMBED, LM_HEAD
@@ -273,6 +274,7 @@ def _artifact_config(loaded, options: GraphOptions, target, block_size, validati
         attention=options.attention,
         quantization=options.quantization,
         accuracy_level=options.accuracy_level,
+        requires_onnxruntime=required_onnxruntime(options),
         chat_template=spec.chat_template,
         source=json.loads(json.dumps(source, default=str)),
     )

@@ -53,6 +53,17 @@ class GraphOptions:
         return self.adapter_slots > 0 and bool(self.adapter_targets)
 
 
+# The oldest onnxruntime whose kernels run each attention formulation as the graph uses it:
+# GroupQueryAttention's `causal` attribute (non-causal attention) arrived in 1.31, opset-23
+# Attention in 1.23; everything else the builder emits (IR 10, MatMulNBits with a bias input,
+# SkipSimplifiedLayerNormalization, RotaryEmbedding, MultiHeadAttention) loads on 1.20.
+REQUIRED_ONNXRUNTIME = {"gqa": "1.31", "attention23": "1.23", "mha": "1.20", "matmul": "1.20"}
+
+
+def required_onnxruntime(options: GraphOptions) -> str:
+    return REQUIRED_ONNXRUNTIME[options.attention]
+
+
 def options_for_target(target: str, **overrides) -> GraphOptions:
     """The defaults for one execution provider, with explicit overrides (None means "default")."""
     if target not in TARGETS:
