@@ -120,6 +120,11 @@ def export_model(
         where = adapter if lora and "LoRA" in str(exc) else _source_name(loaded)
         raise RuvdllmError(f"{where}: {exc}") from None
 
+    ops = Counter(node.op_type for node in model.graph.node)
+    say(
+        f"graph: {ops.total()} nodes per forward ({', '.join(f'{n} {op}' for op, n in ops.most_common(6))}, ...)"
+    )
+
     staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +141,9 @@ def export_model(
             say("validating: onnx.checker and onnxruntime CPU parity")
             validation = _validate(model_path, loaded, prepared, options, lora, min_agreement, target)
         loaded.tokenizer.save(str(staging / artifact.TOKENIZER_NAME))
-        config = _artifact_config(loaded, options, target, block_size, validation, prepared, adapter, lora)
+        config = _artifact_config(
+            loaded, options, target, block_size, validation, prepared, adapter, lora, ops
+        )
         (staging / artifact.CONFIG_NAME).write_text(config.to_json())
         if banks is not None:
             _copy_banks(Path(banks), config, staging / BANKS_DIR)
@@ -234,9 +241,12 @@ def load_static_adapter(path: Path, loaded: LoadedCheckpoint) -> dict[str, Stati
     return {name: StaticLora(a=a, b=b) for name, (a, b) in factors.items()}
 
 
-def _artifact_config(loaded, options: GraphOptions, target, block_size, validation, prepared, adapter, lora):
+def _artifact_config(
+    loaded, options: GraphOptions, target, block_size, validation, prepared, adapter, lora, ops: Counter
+):
     spec = loaded.spec
     source = dict(loaded.source)
+    source["graph"] = {"nodes": ops.total(), "ops": dict(ops.most_common())}  # every node runs per forward
     source["exactness"] = dict(Counter(loaded.exactness.values()))
     source["lossy"] = loaded.lossy
     source["graph_weights"] = dict(Counter(_held_kind(w) for w in prepared.values()))

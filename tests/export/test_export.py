@@ -42,9 +42,9 @@ def test_exported_directory_holds_a_validated_graph(qwen3_dir, tmp_path):
     assert 0.5 < validation["top1_agreement_vs_checkpoint"] <= 1.0
     assert config.source["validated_on"] == ["cpu"]
     model = onnx.load(str(out / artifact.GRAPH_NAME))  # loads the external data beside it
-    assert (
-        sum(n.op_type == "MatMulNBits" for n in model.graph.node) == 4 * 2 + 1
-    )  # qkv, o, gate/up, down; head
+    nbits = sum(n.op_type == "MatMulNBits" for n in model.graph.node)
+    assert nbits == 4 * 2 + 1  # qkv, o, gate/up, down per layer; the head
+    assert config.source["graph"]["nodes"] == len(model.graph.node)  # the export report's count
     assert not leftovers(tmp_path, "model")
 
 

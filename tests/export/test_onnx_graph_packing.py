@@ -93,3 +93,26 @@ def test_zero_width_bank_is_the_base_model(q4_1):
     b = run(session(build_graph(spec, weights, without)), feeds(spec, without, ids, np.zeros(SEQ)))
     for name in (artifact.TOPK_LOGITS, artifact.TOPK_IDS, artifact.ENTROPY, artifact.QUERY):
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.mark.parametrize("attention", ["attention23", "gqa"])
+def test_q4_side_branches_equal_the_merged_float_model(q4_1, attention):
+    """Exact Q4_1 blocks (block mins in the side branch) plus a static LoRA on every linear (its
+    factors in the same branch), at accuracy level 0: transformers on the held weights with each
+    LoRA merged in, W + B A."""
+    from ruvdllm_export.export import merge_lora
+    from ruvdllm_export.onnx_graph import graph_weights_as_float, prepare_weights
+    from tests.export.test_onnx_graph import assert_matches_logits, hf_model, hf_outputs
+
+    spec, weights = q4_1.spec, q4_1.weights
+    rng = np.random.default_rng(5)
+    lora = static_lora(spec, weights, LINEARS, rng)
+    options = GraphOptions(attention=attention, accuracy_level=0, adapter_slots=0)
+    held = graph_weights_as_float(prepare_weights(spec, weights, options))
+    _, merged = merge_lora(spec, held, lora)
+    ids = rng.integers(0, spec.vocab_size, SEQ)
+    out = run(
+        session(build_graph(spec, weights, options, lora=lora)), feeds(spec, options, ids, np.arange(SEQ))
+    )
+    logits, _ = hf_outputs(hf_model("llama", spec.tie_word_embeddings, merged), ids)
+    assert_matches_logits(out, logits, options.top_k, atol=2e-4)

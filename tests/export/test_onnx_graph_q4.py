@@ -54,12 +54,12 @@ def test_exact_gguf_blocks_run_as_they_are(tmp_path, qtype, embed_qtype, table):
     assert prepared[q_proj] is loaded.weights[q_proj]  # exact blocks kept, never re-quantized
     assert isinstance(prepared[EMBED], table)
     model = q4_vs_transformers(loaded.spec, loaded.weights, options, "llama")
-    corrections = [n for n in model.graph.node if n.name.endswith("/block_mins/MatMul")]
+    side = [n for n in model.graph.node if n.name.endswith(("/side/MatMul_b", "/block_mins/MatMul"))]
     if qtype == "Q4_1":
-        # one block-min branch per matmul: qkv, o, gate/up packed, down
-        assert len(corrections) >= 4 * loaded.spec.num_layers  # (+ the head when its table has mins)
+        # the block-min correction once per matmul: qkv, o, gate/up packed, down (+ the head)
+        assert len(side) >= 4 * loaded.spec.num_layers
     else:
-        assert not corrections
+        assert not side
 
 
 @pytest.mark.parametrize("packed", [True, False], ids=["packed", "one-per-linear"])
