@@ -1,19 +1,32 @@
-"""Runtime benchmark: diffusion decoding on onnxruntime against autoregressive baselines on the
-same weights and machine, adapter overhead, pattern search and memory (issue "Measure" section).
+"""Runtime benchmark: our graph against autoregressive baselines on the same GGUF, threads and run.
 
-    python benchmarks/runtime_bench.py --model DIR [--gguf FILE] [--lengths 64 128 256] [--threads 2]
+    python benchmarks/runtime_bench.py [--model DIR] [--gguf FILE] [--threads 2] [--length 64]
+        [--sections speed decoding adapters index hf reference]
 
-Prints one table per section; ratios compare numbers measured in this same run:
+`speed` (the default section) prints, in one run:
+
+  llama.cpp AR            tokens/s, ms per decoded token (benchmarks/baselines.py)
+  onnxruntime-genai AR    the same on the graph its own builder writes from the same weights
+  our graph, block 1      BD3LM with block 1 = AR decoding through our graph: tokens/s, and ms per
+                          forward as the sampler runs it (a chunk of 3 rows: the lead token, the
+                          token just committed, the mask) and of a bare one-row forward (the floor)
+  block-8 step            ms per step of BD3LM block 8 (one token per step), ÷ the one-row forward
+  default decoding        tokens/s of `ruvdllm generate`'s defaults
+  peak RSS                of a `ruvdllm generate` process on the same model (a subprocess: this one
+                          also holds llama.cpp, onnxruntime-genai and torch)
+  nodes                   per forward, from the export report
+
+Ratios compare numbers measured in this run; every measurement is repeated `--repeats` times,
+round-robin across the contenders, and the median is printed (min beside it where it matters).
+The other sections are the earlier, longer tables (benchmarks/README.md):
 
   decoding    tokens/s and ms/step for MDLM and BD3LM (block 32 / 8), low-confidence and threshold
-              decoding, and BD3LM with block 1 (= autoregressive decoding through our graph)
-  baselines   Hugging Face `generate` (the GGUF dequantized into transformers, greedy) and llama.cpp
-              (llama-cpp-python on the GGUF itself), both AR
+              decoding, and BD3LM with block 1, per length
   adapters    step time with TALoRA + DGR on / off (bank of 8 slots, 10,000 DGR patterns), and
               with / without the bank branch in the graph (--model-without-adapters)
   index       hnswlib knn p50 / p99 at 10,000 patterns of the model's hidden size
+  hf          Hugging Face `generate` on the dequantized GGUF (AR)
   reference   ORT runtime / torch reference sampler (same algorithm, same prompt)
-  memory      peak RSS after the runtime sections (before torch is imported)
 
 Every generation runs `length` tokens (no EOS stop) so configurations are comparable.
 """
@@ -24,15 +37,21 @@ import argparse
 import random
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from baselines import BaselineResult, genai_ar, llama_cpp_ar  # noqa: E402
+
+from runtime.backend import Chunk  # noqa: E402
 from runtime.banks import Bank  # noqa: E402
 from runtime.chat_template import chat_prompt  # noqa: E402
 from runtime.cpython_model import open_model  # noqa: E402
@@ -43,6 +62,8 @@ from runtime.ort_backend import OrtOptions  # noqa: E402
 from runtime.settings import GenerationSettings  # noqa: E402
 
 PROMPT = "Explain what a diffusion language model is, in a few sentences."
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("speed", "decoding", "adapters", "index", "hf", "reference")
 
 
 def row(*cells, widths=(34, 8, 8, 12, 12, 10)) -> str:
@@ -57,6 +78,170 @@ def timed_generate(model: DiffusionModel, ids: list[int], settings: GenerationSe
         if best is None or done.result.wall_ms < best.result.wall_ms:
             best = done
     return best
+
+
+# --- speed: the issue's one-run comparison ---------------------------------------------------------
+def one_row_forward_ms(model: DiffusionModel, ids: list[int], rows: int, repeats: int) -> list[float]:
+    """Bare forwards of `rows` rows after the prompt in the cache (no sampler): the graph's own cost."""
+    backend = model.backend
+    backend.reset()
+    prompt = Chunk(
+        input_ids=ids,
+        position_ids=list(range(len(ids))),
+        block_ids=list(range(len(ids))),
+        output_offset=len(ids) - 1,
+        adapter_weights=[[0.0] * model.config.adapter_slots for _ in ids],
+    )
+    backend.forward(prompt)
+    backend.commit(len(ids))
+    chunk = Chunk(
+        input_ids=[model.config.mask_token_id] * rows,
+        position_ids=list(range(len(ids), len(ids) + rows)),
+        block_ids=[0] * rows,
+        output_offset=0,
+        adapter_weights=[[0.0] * model.config.adapter_slots for _ in range(rows)],
+    )
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        backend.forward(chunk)
+        times.append((time.perf_counter() - started) * 1e3)
+    return times
+
+
+def peak_rss_of_generate(directory: Path, threads: int, length: int) -> float | None:
+    """Peak RSS (MB) of `ruvdllm generate` on the model, measured inside a fresh process (Linux)."""
+    # VmHWM, not getrusage's ru_maxrss: the latter can carry the (large) parent's RSS across the
+    # fork + exec that started the child.
+    probe = (
+        "import re, sys; from ruvdllm.cli import main; rc = main(sys.argv[1:]); "
+        "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
+        "print('peak_rss_kb', hwm, file=sys.stderr); sys.exit(rc)"
+    )
+    args = ["generate", PROMPT, "--model", str(directory), "--length", str(length)]
+    args += ["--threads", str(threads), "--json"]
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    lines = done.stderr.strip().splitlines()
+    peak = [line.split()[1] for line in lines if line.startswith("peak_rss_kb ")]
+    if done.returncode != 0 or not peak:
+        print(f"ruvdllm generate failed: {(lines or ['?'])[-1]}")
+        return None
+    return int(peak[0]) / 1024
+
+
+def speed_section(model: DiffusionModel, directory: Path, gguf: Path | None, ids, args) -> None:
+    length, threads, repeats = args.length, args.threads, args.repeats
+    print(
+        f"\n== speed: {length} tokens after a {len(ids)}-token prompt, {threads} thread(s), median of {repeats} =="
+    )
+    base = GenerationSettings(length=length, stop_at_eos=False, talora=False, dgr=False)
+    ours = {
+        "block 1": replace(base, sampler="bd3lm", block_size=1),
+        "block 8": replace(base, sampler="bd3lm", block_size=8),
+        "default": GenerationSettings(length=length, stop_at_eos=False),
+    }
+    runs: dict[str, list] = {name: [] for name in ours}
+    baselines: dict[str, list[BaselineResult]] = {"llama.cpp": [], "onnxruntime-genai": []}
+    floor = []
+    for _ in range(repeats):  # round-robin: a busy machine slows every contender alike
+        for name, settings in ours.items():
+            runs[name].append(model.generate(ids, settings, seed=0).result)
+        floor += one_row_forward_ms(model, ids, 1, 8)
+        if gguf is not None and "llama" not in args.skip:
+            baselines["llama.cpp"].append(llama_cpp_ar(gguf, ids, length, threads, repeats=1))
+        if gguf is not None and "genai" not in args.skip:
+            baselines["onnxruntime-genai"].append(genai_ar(gguf, ids, length, threads, repeats=1))
+
+    def rate(results) -> float:
+        return statistics.median(len(r.tokens) / (r.wall_ms / 1e3) for r in results)
+
+    def step_ms(results) -> float:  # forwards after each generation's first (which carries the prompt)
+        return statistics.median(e.forward_ms for r in results for e in r.trace[1:])
+
+    print(
+        row(
+            "",
+            "tokens/s",
+            "ms/token",
+            "ms/forward",
+            "x llama.cpp",
+            "x genai",
+            widths=(28, 10, 10, 11, 12, 10),
+        )
+    )
+    reference = {}
+    for name, results in baselines.items():
+        ok = [r for r in results if r.tokens_per_s is not None]
+        if not ok:
+            reason = results[0].reason if results else "skipped (no --gguf, or --skip)"
+            print(f"{name:28s} not measured: {reason}")
+            continue
+        reference[name] = statistics.median(r.tokens_per_s for r in ok)
+        ms = statistics.median(r.ms_per_token for r in ok)
+        print(
+            row(
+                f"{name} AR",
+                f"{reference[name]:.1f}",
+                f"{ms:.1f}",
+                "",
+                "",
+                "",
+                widths=(28, 10, 10, 11, 12, 10),
+            )
+        )
+
+    def vs(value: float, name: str) -> str:
+        return f"{value / reference[name]:.2f}" if name in reference else "-"
+
+    one_row = statistics.median(floor)
+    for name, label in (
+        ("block 1", "ours, block 1 (AR)"),
+        ("block 8", "ours, block 8"),
+        ("default", "ours, default decoding"),
+    ):
+        results = runs[name]
+        tps = rate(results)
+        ms = statistics.median(r.wall_ms / len(r.tokens) for r in results)
+        cells = (
+            f"{tps:.1f}",
+            f"{ms:.1f}",
+            f"{step_ms(results):.1f}",
+            vs(tps, "llama.cpp"),
+            vs(tps, "onnxruntime-genai"),
+        )
+        print(row(label, *cells, widths=(28, 10, 10, 11, 12, 10)))
+    print(
+        f"\none-row forward (the graph alone, {len(ids)} cached): median {one_row:.2f} ms, min {min(floor):.2f} ms"
+        f" -> {1e3 / one_row:.1f} forwards/s"
+        + (f" = {1e3 / one_row / reference['llama.cpp']:.2f}x llama.cpp" if "llama.cpp" in reference else "")
+        + (
+            f", {1e3 / one_row / reference['onnxruntime-genai']:.2f}x genai"
+            if "onnxruntime-genai" in reference
+            else ""
+        )
+    )
+    block1, block8 = step_ms(runs["block 1"]), step_ms(runs["block 8"])
+    print(f"block-1 step (3 rows) {block1:.2f} ms = {block1 / one_row:.2f}x the one-row forward")
+    print(f"block-8 step {block8:.2f} ms = {block8 / one_row:.2f}x the one-row forward (goal <= 1.5)")
+    graph = model.config.source.get("graph", {})
+    nodes = graph.get("nodes") or count_nodes(directory)
+    print(
+        f"graph: {nodes} nodes per forward; target {'/'.join(model.config.targets)}, attention "
+        f"{model.config.attention}, accuracy level {model.config.accuracy_level}, adapter slots "
+        f"{model.config.adapter_slots}"
+    )
+    if "rss" not in args.skip:
+        peak = peak_rss_of_generate(directory, threads, length)
+        if peak is not None:
+            print(f"peak RSS of `ruvdllm generate --length {length}`: {peak:.0f} MB (goal <= 300)")
+
+
+def count_nodes(directory: Path) -> int:
+    import onnx
+
+    return len(onnx.load(str(directory / "model.onnx"), load_external_data=False).graph.node)
 
 
 def decoding_section(model, ids, lengths, repeats) -> dict:
@@ -295,66 +480,71 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--model", type=Path, help="exported model directory (default: the default model)")
     parser.add_argument(
-        "--model", type=Path, required=True, help="exported model directory (the default model)"
-    )
-    parser.add_argument(
-        "--gguf", type=Path, help="the GGUF it was exported from (AR baselines, torch reference)"
+        "--gguf",
+        type=Path,
+        help="the GGUF it was exported from (default: the default model's, for its model)",
     )
     parser.add_argument(
         "--model-without-adapters",
         type=Path,
-        help="the same model exported with --adapter-slots 0 (branch cost)",
+        help="the same model exported with --adapter-slots 0 (branch cost, section adapters)",
     )
-    parser.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--sections", nargs="+", default=["speed"], choices=SECTIONS)
+    parser.add_argument("--length", type=int, default=64, help="tokens per generation (speed section)")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256], help="decoding section")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--reference-length", type=int, default=16, help="tokens for the (slow) torch reference"
     )
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--patterns", type=int, default=10_000)
-    parser.add_argument(
-        "--skip", nargs="*", default=[], help="sections to skip: decoding adapters index hf llama reference"
-    )
+    parser.add_argument("--skip", nargs="*", default=[], help="in speed: llama genai rss")
     args = parser.parse_args()
 
-    model = open_model(args.model, options=OrtOptions(intra_op_threads=args.threads))
+    directory, gguf = args.model, args.gguf
+    if directory is None:
+        from ruvdllm.default_artifact import default_model_dir
+        from ruvdllm_export.default_model import default_gguf_path
+
+        directory = default_model_dir("cpu")
+        gguf = gguf or default_gguf_path()
+    model = open_model(directory, options=OrtOptions(intra_op_threads=args.threads))
     text = chat_prompt(model, [{"role": "user", "content": PROMPT}])
     ids = model.encode(text)
     print(
-        f"model {args.model} ({model.config.num_layers} layers, hidden {model.config.hidden_size}); prompt {len(ids)} tokens; threads {args.threads}"
+        f"model {directory} ({model.config.num_layers} layers, hidden {model.config.hidden_size}); "
+        f"prompt {len(ids)} tokens; threads {args.threads}; onnxruntime {ort.__version__}"
     )
     model.warm_up()
+    if "speed" in args.sections:
+        speed_section(model, directory, gguf, ids, args)
     diffusion = (
-        decoding_section(model, ids, args.lengths, args.repeats) if "decoding" not in args.skip else {}
+        decoding_section(model, ids, args.lengths, args.repeats) if "decoding" in args.sections else {}
     )
-    if "adapters" not in args.skip:
+    if "adapters" in args.sections:
         off_ms = adapters_section(model, ids, min(args.lengths), args.patterns, args.repeats)
         if args.model_without_adapters is not None:
             graph_branch_section(
                 args.model_without_adapters, ids, min(args.lengths), args.threads, args.repeats, off_ms
             )
-    if "index" not in args.skip:
+    if "index" in args.sections:
         index_section(model.config.hidden_size, args.patterns)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        f"\n== memory ==\npeak RSS of the runtime (model, bank, {args.patterns}-pattern index): {peak_mb:.0f} MB"
-    )
-
-    if args.gguf is None:
-        print("\nno --gguf: AR baselines and the torch reference skipped")
+    if set(args.sections) & {"decoding", "adapters", "index"}:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"\n== memory ==\npeak RSS of this process (model, bank, index): {peak_mb:.0f} MB")
+    if gguf is None or not set(args.sections) & {"hf", "reference", "decoding"}:
         return 0
     eos = model.config.eos_token_ids[0]
-    hf = (
-        hf_baseline(args.gguf, ids, args.lengths, args.threads, args.repeats) if "hf" not in args.skip else {}
-    )
+    hf = hf_baseline(gguf, ids, args.lengths, args.threads, args.repeats) if "hf" in args.sections else {}
     llama = (
-        llama_cpp_baseline(args.gguf, text, args.lengths, args.threads, eos, args.repeats)
-        if "llama" not in args.skip
+        llama_cpp_baseline(gguf, text, args.lengths, args.threads, eos, args.repeats)
+        if "decoding" in args.sections
         else {}
     )
-    if "reference" not in args.skip:
-        reference_section(model, args.model, args.gguf, ids, args.reference_length, args.threads)
+    if "reference" in args.sections:
+        reference_section(model, directory, gguf, ids, args.reference_length, args.threads)
     if diffusion:
         print("\n== diffusion tokens/s / AR tokens/s (same machine, same run) ==")
         print(row("configuration", "length", "", "/ HF", "/ llama.cpp"))

@@ -61,6 +61,9 @@ def present_value(layer: int) -> str:
     return f"present_value.{layer}"
 
 
+BANK_WIDTH = "bank_width"  # the slots·rank axis of adapter.{t}.a/b: K·r with a bank bound, or 0
+
+
 def adapter_a(target: str) -> str:
     return f"adapter.{target}.a"  # float32 [layers, in_features, slots * rank]: bank factors, below
 
@@ -149,6 +152,7 @@ class ArtifactConfig:
     attention: str = "mha"  # attention formulation in the graph: "mha", "attention23", "matmul"
     quantization: str = "q4"  # "q4" (MatMulNBits, block 32) or "fp32"
     accuracy_level: int = 4
+    requires_onnxruntime: str = ""  # the oldest onnxruntime that runs the graph's ops ("": not recorded)
     chat_template: str | None = None
     source: dict = field(default_factory=dict)  # checkpoint path/hash, exactness report, validation metrics
 

@@ -68,6 +68,28 @@ def choose_device(requested: str) -> str:
     return requested
 
 
+def version_tuple(version: str) -> tuple[int, ...]:
+    """ "1.32.0" -> (1, 32, 0); a suffix such as "1.33.0.dev2026" keeps its numeric part."""
+    parts = []
+    for piece in version.split("."):
+        digits = "".join(c for c in piece if c.isdigit()) if piece[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def check_onnxruntime(graph: Path, config: ArtifactConfig) -> None:
+    """A graph whose ops need a newer onnxruntime fails here with one line, not in the session."""
+    needed = config.requires_onnxruntime
+    if needed and version_tuple(ort.__version__) < version_tuple(needed):
+        raise RuvdllmError(
+            f"{graph}: built for target {'/'.join(config.targets)} ({config.attention} attention), which needs "
+            f"onnxruntime >= {needed}; this is {ort.__version__} (pip install -U onnxruntime, or export "
+            "with --attention matmul for older versions)"
+        )
+
+
 def make_session(graph: Path, options: OrtOptions) -> tuple[ort.InferenceSession, str]:
     if options.optimization not in OPTIMIZATION_LEVELS:
         raise RuvdllmError(
@@ -102,6 +124,7 @@ class OrtBackend:
         bank: Bank | None = None,
     ):
         self.config = config
+        check_onnxruntime(Path(graph), config)
         self.session, self.device = make_session(Path(graph), options)
         self._ort_device = ("cuda", options.device_id) if self.device == "cuda" else ("cpu", 0)
         self.input_names = {i.name for i in self.session.get_inputs()}
@@ -126,6 +149,8 @@ class OrtBackend:
             a, b = inputs.get(artifact.adapter_a(target)), inputs.get(artifact.adapter_b(target))
             if a is not None and b is not None:
                 shapes[target] = artifact.Features(int(a[1]), int(b[2]))
+        # Graphs since the bank width became symbolic take zero-width factors for "no adapters".
+        self._empty_bank_ok = all(not isinstance(inputs[artifact.adapter_a(t)][2], int) for t in shapes)
         return shapes
 
     @property
@@ -133,7 +158,9 @@ class OrtBackend:
         return artifact.ADAPTER_WEIGHTS in self.input_names
 
     def set_bank(self, bank: Bank | None) -> None:
-        """Bind the bank's assembled A/B factors once (zeros when None: the base model)."""
+        """Bind the bank's assembled A/B factors once. Without adapters (None, or an empty bank) the
+        factors are bound zero-width where the graph allows it, so the bank branches read nothing;
+        older graphs get zeros of the full width (the base model either way)."""
         if not self.has_adapters:
             if bank is not None and bank.adapters:
                 raise RuvdllmError("bank: this graph was exported without adapter inputs")
@@ -142,7 +169,11 @@ class OrtBackend:
         bank.check_model(self.config, "bank", self.adapter_shapes)
         self._bank_values = []  # keep the OrtValues alive as long as they are bound
         for target, (fan_in, fan_out) in self.adapter_shapes.items():
-            a, b = assemble_numpy(bank, target, fan_in, fan_out)
+            if bank.adapters or not self._empty_bank_ok:
+                a, b = assemble_numpy(bank, target, fan_in, fan_out)
+            else:
+                a = np.zeros((bank.layers, fan_in, 0), np.float32)
+                b = np.zeros((bank.layers, 0, fan_out), np.float32)
             for name, array in ((artifact.adapter_a(target), a), (artifact.adapter_b(target), b)):
                 value = ort.OrtValue.ortvalue_from_numpy(array, *self._ort_device)
                 self._bank_values.append(value)

@@ -35,6 +35,7 @@ from ruvdllm_export.onnx_graph import (
     prepare_weights,
 )
 from ruvdllm_export.onnx_graph.linear import as_float
+from ruvdllm_export.onnx_graph.options import required_onnxruntime
 from ruvdllm_export.onnx_graph.q8 import Q8Tensor, SplitQ8Tensor
 from ruvdllm_export.quant.q4 import Q4Tensor
 from ruvdllm_export.spec import EMBED, LM_HEAD
@@ -119,6 +120,11 @@ def export_model(
         where = adapter if lora and "LoRA" in str(exc) else _source_name(loaded)
         raise RuvdllmError(f"{where}: {exc}") from None
 
+    ops = Counter(node.op_type for node in model.graph.node)
+    say(
+        f"graph: {ops.total()} nodes per forward ({', '.join(f'{n} {op}' for op, n in ops.most_common(6))}, ...)"
+    )
+
     staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +141,9 @@ def export_model(
             say("validating: onnx.checker and onnxruntime CPU parity")
             validation = _validate(model_path, loaded, prepared, options, lora, min_agreement, target)
         loaded.tokenizer.save(str(staging / artifact.TOKENIZER_NAME))
-        config = _artifact_config(loaded, options, target, block_size, validation, prepared, adapter, lora)
+        config = _artifact_config(
+            loaded, options, target, block_size, validation, prepared, adapter, lora, ops
+        )
         (staging / artifact.CONFIG_NAME).write_text(config.to_json())
         if banks is not None:
             _copy_banks(Path(banks), config, staging / BANKS_DIR)
@@ -233,9 +241,12 @@ def load_static_adapter(path: Path, loaded: LoadedCheckpoint) -> dict[str, Stati
     return {name: StaticLora(a=a, b=b) for name, (a, b) in factors.items()}
 
 
-def _artifact_config(loaded, options: GraphOptions, target, block_size, validation, prepared, adapter, lora):
+def _artifact_config(
+    loaded, options: GraphOptions, target, block_size, validation, prepared, adapter, lora, ops: Counter
+):
     spec = loaded.spec
     source = dict(loaded.source)
+    source["graph"] = {"nodes": ops.total(), "ops": dict(ops.most_common())}  # every node runs per forward
     source["exactness"] = dict(Counter(loaded.exactness.values()))
     source["lossy"] = loaded.lossy
     source["graph_weights"] = dict(Counter(_held_kind(w) for w in prepared.values()))
@@ -273,6 +284,7 @@ def _artifact_config(loaded, options: GraphOptions, target, block_size, validati
         attention=options.attention,
         quantization=options.quantization,
         accuracy_level=options.accuracy_level,
+        requires_onnxruntime=required_onnxruntime(options),
         chat_template=spec.chat_template,
         source=json.loads(json.dumps(source, default=str)),
     )

@@ -3,7 +3,8 @@
     ruvdllm export --out DIR [--checkpoint PATH] [--target cpu|cuda|webgpu] [--force] ...
 
 Without --checkpoint it exports the default model (SmolLM2-135M-Instruct, fetched on first use) and
-requires ≥ 99% top-1 agreement with the reference on the validation paragraph.
+requires top-1 agreement with the checkpoint on the validation paragraph: ≥ 99% at accuracy level 0,
+≥ 93% at level 4 (the CPU default; llama.cpp agrees 96.7% of the time on the same GGUF).
 """
 
 from __future__ import annotations
@@ -13,9 +14,18 @@ from pathlib import Path
 
 from runtime.artifact import ArtifactConfig
 from ruvdllm_export.flags import Flag, add_flags, resolve
-from ruvdllm_export.onnx_graph.options import ATTENTION_FORMULATIONS, QUANTIZATIONS, TARGETS, GraphOptions
+from ruvdllm_export.onnx_graph.options import (
+    ATTENTION_FORMULATIONS,
+    QUANTIZATIONS,
+    TARGET_DEFAULTS,
+    TARGETS,
+    GraphOptions,
+)
 
-DEFAULT_MODEL_MIN_AGREEMENT = 0.99  # the default model's graph holds its checkpoint exactly
+# The default model's graph holds its checkpoint exactly: at accuracy level 0 it agrees with it on
+# every token but float ties; at level 4 (int8 activations) as often as llama.cpp does on the same
+# GGUF (96.7% over 2,048 tokens, benchmarks/README.md), less a margin for the short paragraph.
+DEFAULT_MODEL_MIN_AGREEMENT = {0: 0.99, 4: 0.93}
 GRAPH = (
     Flag("top_k", "candidates per position in the outputs", GraphOptions),
     Flag("adapter_slots", "adapter slots composed per position (0: none)", GraphOptions),
@@ -73,7 +83,10 @@ def run(args: argparse.Namespace) -> int:
 
         checkpoint = default_gguf_path()
         if min_agreement is None and not args.adapter:
-            min_agreement = DEFAULT_MODEL_MIN_AGREEMENT
+            level = args.accuracy_level
+            if level is None:
+                level = TARGET_DEFAULTS[args.target]["accuracy_level"]
+            min_agreement = DEFAULT_MODEL_MIN_AGREEMENT.get(level, DEFAULT_MODEL_MIN_AGREEMENT[4])
     export_model(
         checkpoint,
         args.out,

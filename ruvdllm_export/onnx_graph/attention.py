@@ -6,6 +6,9 @@ read by every layer. The cache is concatenated in the graph (present = past ++ c
 formulation returns the same present_key/value.
 
 Formulations (GraphOptions.attention):
+    "gqa"          com.microsoft.GroupQueryAttention with causal=0 and the visibility bias (onnxruntime
+                   >= 1.31): grouped KV heads, RoPE inside, past in, present out, reading q/k/v
+                   packed straight from the qkv matmul. One node per layer.
     "mha"          com.microsoft.MultiHeadAttention on the full present K/V (BNSH), KV heads expanded
                    to the query heads; its own past inputs are not used (DESIGN.md: they need both
                    present outputs wired, and we concatenate ourselves anyway).
@@ -23,7 +26,7 @@ from onnx import helper
 
 from runtime import artifact
 from ruvdllm_export.onnx_graph.context import BuildContext
-from ruvdllm_export.onnx_graph.graph import FLOAT, MS_DOMAIN
+from ruvdllm_export.onnx_graph.graph import FLOAT, INT32, MS_DOMAIN
 from ruvdllm_export.onnx_graph.norms import make_head_rms_norm
 from ruvdllm_export.onnx_graph.rope import make_rope
 from ruvdllm_export.spec import k_norm, q_norm
@@ -67,19 +70,24 @@ def make_visibility_bias(ctx: BuildContext) -> None:
     ctx.attention_bias = g.op("Unsqueeze", [bias, g.const([1])], f"{scope}/Unsqueeze_heads")
 
 
+QKV = ("q_proj", "k_proj", "v_proj")
+
+
 def make_attention_block(ctx: BuildContext, layer: int, x: str) -> str:
     """x (normed) [1,S,d] → attention output after o_proj [1,S,d]; writes present_key/value.{layer}.
 
     x ─q_proj─(q_norm)─RoPE─► q ┐
     x ─k_proj─(k_norm)─RoPE─► k ┼─ attention core (past ++ chunk, visibility bias) ─o_proj─►
     x ─v_proj───────────────► v ┘
+    q/k/v are one packed matmul when the options pack linears; "gqa" does the norms and RoPE itself
+    and reads the packed output unsplit unless a bank adds a delta to one of them.
     """
     s, g = ctx.spec, ctx.g
     scope = f"/model/layers.{layer}/attn"
-    q = ctx.linear(layer, "q_proj", x, scope)
-    k = ctx.linear(layer, "k_proj", x, scope)
-    v = ctx.linear(layer, "v_proj", x, scope)
-    if s.qk_norm:
+    fused = ctx.options.attention == "gqa"
+    qkv = ctx.linears(layer, QKV, x, scope, "qkv_proj", split=not fused or s.qk_norm)
+    if s.qk_norm:  # outside GroupQueryAttention too: its q/k norm inputs have no CPU kernel (1.32)
+        q, k, v = qkv
         eps = s.rms_norm_eps
         q = make_head_rms_norm(
             g, f"{scope}/q_norm", q, ctx.weights[q_norm(layer)], eps, s.num_heads, s.head_dim
@@ -87,11 +95,77 @@ def make_attention_block(ctx: BuildContext, layer: int, x: str) -> str:
         k = make_head_rms_norm(
             g, f"{scope}/k_norm", k, ctx.weights[k_norm(layer)], eps, s.num_kv_heads, s.head_dim
         )
-    q = make_rope(g, f"{scope}/q_rope", q, ctx.position_ids, ctx.rope, s.num_heads)
-    k = make_rope(g, f"{scope}/k_rope", k, ctx.position_ids, ctx.rope, s.num_kv_heads)
-    core = {"mha": make_mha_core, "attention23": make_attention23_core, "matmul": make_matmul_core}
-    out = core[ctx.options.attention](ctx, layer, scope, q, k, v)
+        qkv = [q, k, v]
+    if fused:
+        out = make_gqa_core(ctx, layer, scope, qkv)
+    else:
+        q, k, v = qkv
+        q = make_rope(g, f"{scope}/q_rope", q, ctx.position_ids, ctx.rope, s.num_heads)
+        k = make_rope(g, f"{scope}/k_rope", k, ctx.position_ids, ctx.rope, s.num_kv_heads)
+        core = {"mha": make_mha_core, "attention23": make_attention23_core, "matmul": make_matmul_core}
+        out = core[ctx.options.attention](ctx, layer, scope, q, k, v)
     return ctx.linear(layer, "o_proj", out, scope)
+
+
+def make_gqa_core(ctx: BuildContext, layer: int, scope: str, qkv: list[str]) -> str:
+    """GroupQueryAttention over packed [1,S,(H+2kv)·D] or separate q/k/v, RoPE by position_ids
+    inside, non-causal: the visibility bias decides.
+
+        qkv ─┐
+        past_key/value.{layer} ─ GroupQueryAttention(do_rotary, causal=0, attention_bias) ─► [1,S,H·D]
+        seqlens_k, total_sequence_length ─┘                  └─► present_key/value.{layer}
+    """
+    s, g = ctx.spec, ctx.g
+    query, key, value = (qkv[0], "", "") if len(qkv) == 1 else qkv
+    seqlens_k, total = _gqa_lengths(ctx)
+    cos, sin = ctx.rope
+    inputs = [
+        query,
+        key,
+        value,
+        artifact.past_key(layer),
+        artifact.past_value(layer),
+        seqlens_k,
+        total,
+        cos,
+        sin,
+        ctx.position_ids,
+        ctx.attention_bias,
+    ]
+    y, _, _ = g.op(
+        "GroupQueryAttention",
+        inputs,
+        f"{scope}/GroupQueryAttention",
+        domain=MS_DOMAIN,
+        outputs=[
+            f"{scope}/GroupQueryAttention/output_0",
+            artifact.present_key(layer),
+            artifact.present_value(layer),
+        ],
+        num_heads=s.num_heads,
+        kv_num_heads=s.num_kv_heads,
+        do_rotary=1,
+        rotary_interleaved=0,
+        causal=0,
+        scale=1.0 / math.sqrt(s.head_dim),
+    )
+    return y
+
+
+def _gqa_lengths(ctx: BuildContext) -> tuple[str, str]:
+    """GroupQueryAttention's seqlens_k [1] = P+S−1 and total_sequence_length (scalar) = P+S, int32,
+    built once from the shapes of past_key.0 and input_ids."""
+    key = "attention:gqa_lengths"
+    if key not in ctx.g.shared:
+        g, scope = ctx.g, "/model/gqa_lengths"
+        past_len = g.op("Shape", [artifact.past_key(0)], f"{scope}/Shape_past", start=2, end=3)
+        seq_len = g.op("Shape", [ctx.input_ids], f"{scope}/Shape_chunk", start=1, end=2)
+        total = g.op("Add", [past_len, seq_len], f"{scope}/Add_total")
+        total = g.op("Cast", [total], f"{scope}/Cast_total", to=INT32)
+        seqlens_k = g.op("Sub", [total, g.const([1], np.int32)], f"{scope}/Sub_one")
+        scalar = g.op("Squeeze", [total, g.const([0])], f"{scope}/Squeeze_total")
+        ctx.g.shared[key] = (seqlens_k, scalar)
+    return ctx.g.shared[key]
 
 
 def make_present(ctx: BuildContext, layer: int, scope: str, k: str, v: str) -> tuple[str, str]:

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from runtime import artifact
-from runtime.artifact import Features, bank_factor_shapes, static_lora_shapes
+from runtime.artifact import BANK_WIDTH, Features, bank_factor_shapes, static_lora_shapes
 from ruvdllm_export.onnx_graph.attention import make_attention_block, make_past_inputs, make_visibility_bias
 from ruvdllm_export.onnx_graph.context import BuildContext
 from ruvdllm_export.onnx_graph.embedding import make_embedding, make_embedding_lora
@@ -152,9 +152,13 @@ def make_inputs(ctx: BuildContext) -> None:
 
 def make_adapter_inputs(ctx: BuildContext) -> None:
     """adapter_weights [1,S,K] and one A/B bank pair per target; the slot weights are repeated rank
-    times once, for every bank branch:
+    times once, for every bank branch, and cut to the width the factors are bound with:
 
-        adapter_weights [1,S,K] ─Unsqueeze(-1)─Expand[1,1,1,r]─Reshape─► [1,S,K·r]
+        adapter_weights [1,S,K] ─Unsqueeze(-1)─Expand[1,1,1,r]─Reshape─► [1,S,K·r] ─Slice(0:W)─► [1,S,W]
+        W = adapter.{t}.a's last dimension: K·r with a bank bound, 0 without one
+
+    Binding zero-width factors when no adapter is loaded makes the bank branches empty matmuls: the
+    factors (K·r columns per layer and target) are not read on every forward only to add zeros.
     """
     o, g = ctx.options, ctx.g
     if not o.has_adapters:
@@ -165,7 +169,7 @@ def make_adapter_inputs(ctx: BuildContext) -> None:
     for target in o.adapter_targets:
         if target not in LINEARS:
             raise ValueError(f"adapter target {target!r} is not one of {LINEARS}")
-        a_shape, b_shape = bank_factor_shapes(features[target], ctx.spec.num_layers, width)
+        a_shape, b_shape = bank_factor_shapes(features[target], ctx.spec.num_layers, BANK_WIDTH)
         ctx.banks[target] = (
             g.input(artifact.adapter_a(target), FLOAT, list(a_shape)),
             g.input(artifact.adapter_b(target), FLOAT, list(b_shape)),
@@ -173,7 +177,9 @@ def make_adapter_inputs(ctx: BuildContext) -> None:
     scope = "/model/adapter_weights"
     w = g.op("Unsqueeze", [weights, g.const([-1])], f"{scope}/Unsqueeze")
     w = g.op("Expand", [w, g.const([1, 1, 1, o.adapter_rank])], f"{scope}/Expand_rank")
-    ctx.slot_weights = g.op("Reshape", [w, g.const([0, 0, width])], f"{scope}/Reshape")
+    w = g.op("Reshape", [w, g.const([0, 0, width])], f"{scope}/Reshape")
+    bound = g.op("Shape", [ctx.banks[o.adapter_targets[0]][0]], f"{scope}/Shape_bound", start=2, end=3)
+    ctx.slot_weights = g.op("Slice", [w, g.const([0]), bound, g.const([2])], f"{scope}/Slice_bound")
 
 
 def make_rope_tables(ctx: BuildContext) -> None:

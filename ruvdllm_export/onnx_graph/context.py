@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ruvdllm_export.onnx_graph.graph import GraphBuilder
-from ruvdllm_export.onnx_graph.linear import AdapterBank, LinearFormat, StaticLora, Weight, make_linear
+from ruvdllm_export.onnx_graph.linear import (
+    AdapterBank,
+    LinearFormat,
+    LinearPart,
+    StaticLora,
+    Weight,
+    make_packed_linear,
+)
 from ruvdllm_export.onnx_graph.options import GraphOptions
 from ruvdllm_export.spec import ModelSpec, linear_bias, linear_weight
 
@@ -35,18 +42,31 @@ class BuildContext:
 
     def linear(self, layer: int, proj: str, x: str, scope: str) -> str:
         """The canonical linear `proj` of `layer` with its bias, bank and static LoRA if any."""
+        part = self.linear_part(layer, proj, scope)
+        return make_packed_linear(self.g, part.scope, part.name, [part], x, self.fmt)[0]
+
+    def linears(
+        self, layer: int, projs: tuple[str, ...], x: str, scope: str, packed: str, split: bool = True
+    ) -> list[str]:
+        """Linears of `layer` reading the same x, packed into one matmul named `packed` (qkv_proj,
+        gate_up_proj) when the options pack linears. One output per proj, or [packed y] when the
+        caller takes it whole (`split` False) and nothing is added per proj."""
+        if not self.options.pack_linears:
+            return [self.linear(layer, proj, x, scope) for proj in projs]
+        parts = [self.linear_part(layer, proj, scope) for proj in projs]
+        name = parts[0].name.replace(f".{projs[0]}.", f".{packed}.")
+        return make_packed_linear(self.g, f"{scope}/{packed}", name, parts, x, self.fmt, split=split)
+
+    def linear_part(self, layer: int, proj: str, scope: str) -> LinearPart:
         weight_name = linear_weight(layer, proj)
         bank = None
         if proj in self.banks:
             a, b = self.banks[proj]
             bank = AdapterBank(a=a, b=b, layer=layer, slot_weights=self.slot_weights)
-        return make_linear(
-            self.g,
-            f"{scope}/{proj}",
-            weight_name,
-            x,
-            self.weights[weight_name],
-            self.fmt,
+        return LinearPart(
+            scope=f"{scope}/{proj}",
+            name=weight_name,
+            weight=self.weights[weight_name],
             bias=self.weights.get(linear_bias(layer, proj)),
             bank=bank,
             lora=self.lora.get(weight_name),

@@ -12,7 +12,13 @@ from __future__ import annotations
 import numpy as np
 
 from ruvdllm_export.onnx_graph.graph import GraphBuilder
-from ruvdllm_export.onnx_graph.linear import StaticLora, Weight, as_float, register_quantized
+from ruvdllm_export.onnx_graph.linear import (
+    StaticLora,
+    Weight,
+    as_float,
+    mins_t_initializer,
+    register_quantized,
+)
 from ruvdllm_export.onnx_graph.q8 import ZERO_POINT as Q8_ZERO_POINT
 from ruvdllm_export.onnx_graph.q8 import Q8Tensor, SplitQ8Tensor
 from ruvdllm_export.quant.q4 import BLOCK, Q4Tensor
@@ -91,8 +97,8 @@ def make_quantized_gather(
     scales = g.op("Unsqueeze", [scales, g.const([-1])], f"{scope}/scales/Unsqueeze")
     rows = g.op("Sub", [codes, zero], f"{scope}/Sub_zero_points")
     rows = g.op("Mul", [rows, scales], f"{scope}/Mul_scales")
-    if q.mins_t is not None:
-        mins = g.op("Gather", [q.mins_t, ids], f"{scope}/Gather_mins", axis=1)  # [nb,1,S]
+    if q.mins is not None:
+        mins = g.op("Gather", [mins_t_initializer(g, q), ids], f"{scope}/Gather_mins", axis=1)  # [nb,1,S]
         mins = g.op("Transpose", [mins], f"{scope}/mins/Transpose", perm=[1, 2, 0])
         mins = g.op("Unsqueeze", [mins, g.const([-1])], f"{scope}/mins/Unsqueeze")
         rows = g.op("Add", [rows, mins], f"{scope}/Add_mins")

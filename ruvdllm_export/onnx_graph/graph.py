@@ -101,3 +101,4 @@ class GraphBuilder:
 
 FLOAT = TensorProto.FLOAT
 INT64 = TensorProto.INT64
+INT32 = TensorProto.INT32

@@ -2,17 +2,24 @@
 
 A linear `y = W x (+ b)` becomes
 
-    x ─┬─ MatMulNBits(q4 W, packed zero points) ────────────────────┐
+    x ─┬─ MatMulNBits(q4 W, packed zero points, bias) ───────────────┐
        ├─ Reshape[.., n_blocks, 32] ─ ReduceSum ─ MatMul(m'ᵀ) ───────┤  only when W has block mins
-       ├─ MatMul(A_l) ─ Mul(slot weights) ─ MatMul(B_l) ─────────────┤  adapter bank (graph inputs)
-       └─ MatMul(Aᵀ) ─ MatMul(Bᵀ) ───────────────────────────────────┤  static LoRA (conversion adapter)
-                                                                     Add ─► y (+ bias)
+       ├─ MatMul(Aᵀ) ─ MatMul(Bᵀ) ───────────────────────────────────┤  static LoRA (conversion adapter)
+       └─ MatMul(A_l) ─ Mul(slot weights) ─ MatMul(B_l) ─────────────┤  adapter bank (graph inputs)
+                                                                     Add ─► y
+
+Linears that read the same x (q/k/v, gate/up) are packed into one MatMulNBits over their stacked
+rows with one block-min branch (`make_packed_linear`); their LoRA and bank branches stay per linear.
 
 The block-min branch is exact: writing W[n,k] = s·(q − z) + m'[n, k//32] with integer z gives
 Σ_k W[n,k] x_k = MatMulNBits(x) + Σ_b m'[n,b] Σ_{k∈b} x_k. It keeps MatMulNBits on its fast
 integer kernels, where float zero points (the other exact mapping of GGUF Q4_1) are ~20× slower on
 CPU and have no WebGPU kernel (DESIGN.md). z is the integer nearest the block's zero, so m' is a
 small remainder (see `centre_block_offsets`).
+
+What a forward costs on the CPU is mostly the bytes it reads (a 135M model at one token per forward
+is memory-bound): the 4-bit weights with their scales, the float block mins, the LoRA factors and
+the bank factors. Extra nodes cost ~1 µs each; extra bytes cost ~0.1 ms per MB.
 """
 
 from __future__ import annotations
@@ -23,7 +30,14 @@ import numpy as np
 
 from ruvdllm_export.onnx_graph.graph import MS_DOMAIN, GraphBuilder
 from ruvdllm_export.onnx_graph.q8 import Q8Tensor, SplitQ8Tensor, dequantize_q8, dequantize_split_q8
-from ruvdllm_export.quant.q4 import BLOCK, Q4Tensor, dequantize_q4, pack_zero_points, quantize_q4
+from ruvdllm_export.quant.q4 import (
+    BLOCK,
+    Q4Tensor,
+    concat_rows,
+    dequantize_q4,
+    pack_zero_points,
+    quantize_q4,
+)
 
 Weight = np.ndarray | Q4Tensor | Q8Tensor | SplitQ8Tensor
 
@@ -86,27 +100,149 @@ def make_linear(
 ) -> str:
     """`scope` names the nodes (/model/layers.0/attn/q_proj), `name` the initializers (the
     canonical weight name). Returns y [1, S, out]."""
-    if fmt.quantization == "q4" and isinstance(weight, SplitQ8Tensor):
-        doubled = make_doubled_input(g, scope, x, weight)
-        terms = make_quantized_matmul(g, scope, name, doubled, weight.q4, fmt.accuracy_level)
-    elif fmt.quantization == "q4":
-        w = weight if isinstance(weight, Q8Tensor) else as_q4(weight)
-        terms = make_quantized_matmul(g, scope, name, x, w, fmt.accuracy_level)
-    elif fmt.quantization == "fp32":
-        w_t = g.initializer(f"{name}.T", as_float(weight).T.copy())  # [in, out]: MatMul's B
-        terms = [g.op("MatMul", [x, w_t], f"{scope}/MatMul")]
-    else:
+    part = LinearPart(scope=scope, name=name, weight=weight, bias=bias, bank=bank, lora=lora)
+    return make_packed_linear(g, scope, name, [part], x, fmt)[0]
+
+
+@dataclass(frozen=True)
+class LinearPart:
+    """One linear of a packed group (or a linear alone), with what hangs off it."""
+
+    scope: str  # its own namespace, for its side branches (/model/layers.0/attn/q_proj)
+    name: str  # canonical weight name (its LoRA initializers are named after it)
+    weight: Weight
+    bias: np.ndarray | None = None
+    bank: AdapterBank | None = None
+    lora: StaticLora | None = None
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+
+def make_packed_linear(
+    g: GraphBuilder,
+    scope: str,
+    name: str,
+    parts: list[LinearPart],
+    x: str,
+    fmt: LinearFormat,
+    *,
+    split: bool = True,
+) -> list[str]:
+    """Linears that read the same x as one matmul over their stacked rows (q/k/v, gate/up):
+
+        x ─┬─ MatMulNBits([W_q; W_k; W_v], bias) ─────────────────────────────────┐
+           └─ side branch: static LoRA of every part + block mins, one MatMul pair ┴ Add ─► y [1,S,ΣN]
+        y ─Split─► y_q, y_k, y_v ─ Add(bank delta) per part that has a bank
+
+    One node reads all the weights (fewer, larger kernels), and x's block sums and LoRA down-
+    projections are computed once for the pack (`make_side_branch`). Adapter-bank deltas are added
+    per part after the Split, under the part's own scope; the Split is skipped when the caller takes
+    the packed y (`split` False) and no part has a bank. Returns one output per part, or [y].
+    """
+    if len(parts) > 1 and any(isinstance(p.weight, Q8Tensor | SplitQ8Tensor) for p in parts):
+        raise ValueError(f"{scope}: only 4-bit or float linears can be packed")
+    if fmt.quantization not in ("q4", "fp32"):
         raise ValueError(f"unknown quantization {fmt.quantization!r}")
-    if bank is not None:
-        terms.append(make_adapter_bank_delta(g, scope, x, bank))
-    if lora is not None:
-        terms.append(make_static_lora_delta(g, scope, name, x, lora))
+    bias = _packed_bias(parts)
+    base, q = _packed_base(g, scope, name, parts, x, fmt, bias)
+    y = _add_all(g, scope, [base, *make_side_branch(g, scope, name, x, parts, q)])
+    if fmt.quantization == "fp32" and bias is not None:
+        b = g.initializer(name.removesuffix(".weight") + ".bias", bias)
+        y = g.op("Add", [y, b], f"{scope}/Add_bias")
+    banks = [make_adapter_bank_delta(g, p.scope, x, p.bank) if p.bank else None for p in parts]
+    if len(parts) == 1:
+        return [_add_all(g, f"{scope}/bank", [y, banks[0]]) if banks[0] else y]
+    if not split and not any(banks):
+        return [y]
+    sizes = g.const([p.out_features for p in parts])
+    outs = g.op("Split", [y, sizes], f"{scope}/Split", outputs=len(parts), axis=-1)
+    return [
+        g.op("Add", [out, bank], f"{p.scope}/Add_bank") if bank else out
+        for p, out, bank in zip(parts, outs, banks, strict=True)
+    ]
+
+
+def _packed_base(g, scope, name, parts, x, fmt, bias) -> tuple[str, QuantizedNames | None]:
+    """The matmul over the stacked weights (MatMulNBits, or MatMul in fp32 mode)."""
+    if fmt.quantization == "fp32":
+        w_t = np.concatenate([as_float(p.weight) for p in parts]).T  # [in, ΣN]: MatMul's B
+        return g.op("MatMul", [x, g.initializer(f"{name}.T", w_t.copy())], f"{scope}/MatMul"), None
+    weight = parts[0].weight
+    if isinstance(weight, SplitQ8Tensor):
+        doubled = make_doubled_input(g, scope, x, weight)
+        return make_matmul_nbits(g, scope, name, doubled, weight.q4, fmt.accuracy_level, bias)
+    if len(parts) == 1:
+        w = weight if isinstance(weight, Q8Tensor) else as_q4(weight)
+    else:
+        w = concat_rows([as_q4(p.weight) for p in parts])
+    return make_matmul_nbits(g, scope, name, x, w, fmt.accuracy_level, bias)
+
+
+# Block sums as x @ (0/1 block indicator [K, n_blocks]) ride in the side branch's first matmul up to
+# this many blocks (K = 1024: the indicator grows as K²/8 bytes, 41 KB at K = 576); wider inputs
+# (down_proj's 1536) take Reshape + ReduceSum and their own MatMul, as do tables whose block mins
+# the embedding already holds.
+INDICATOR_MAX_BLOCKS = 32
+
+
+def make_side_branch(
+    g: GraphBuilder, scope: str, name: str, x: str, parts: list[LinearPart], q: QuantizedNames | None
+) -> list[str]:
+    """Everything low-rank beside the base matmul, as one MatMul pair (the terms to add):
+
+        x ─MatMul(side_a [K, Σr + nb])─► h [1,S,Σr+nb] ─MatMul(side_b [Σr + nb, ΣN])─► [1,S,ΣN]
+
+        side_a = [A_qᵀ | A_kᵀ | A_vᵀ | block indicator]     static LoRA down-projections, block sums
+        side_b = [B_q ⊕ B_k ⊕ B_v ; m'ᵀ]                    LoRA up-projections block-diagonal, mins
+
+    h's first Σr columns are the LoRA activations (a per-position gate on the conversion adapter
+    multiplies exactly those). Both matrices are float and exact: the LoRA is never re-quantized,
+    and the block-min correction Σ_b m'[n,b]·Σ_{k∈b} x_k is the indicator product. One pass over x
+    and one pair of small kernels per pack instead of two per linear plus the block-sum ops: -10%
+    per forward at one row on SmolLM2 (benchmarks/README.md), for ~7 MB more of zeros and
+    indicators on disk.
+    """
+    n = sum(p.out_features for p in parts)
+    a_cols, b_rows, offset = [], [], 0
+    for p in parts:
+        if p.lora is not None:
+            a_cols.append(p.lora.a.T.astype(np.float32))  # [K, r]
+            rows = np.zeros((p.lora.a.shape[0], n), np.float32)
+            rows[:, offset : offset + p.out_features] = p.lora.b.T
+            b_rows.append(rows)
+        offset += p.out_features
+    terms = []
+    if q is not None and q.mins is not None:
+        if q.n_blocks <= INDICATOR_MAX_BLOCKS and mins_t_key(name) not in g.shared:
+            indicator = np.zeros((q.k, q.n_blocks), np.float32)
+            indicator[np.arange(q.k), np.arange(q.k) // BLOCK] = 1
+            a_cols.append(indicator)
+            b_rows.append(np.ascontiguousarray(q.mins.T))
+        else:
+            terms.append(make_block_min_correction(g, scope, x, mins_t_initializer(g, q), q.k, q.n_blocks))
+    if a_cols:
+        a = g.initializer(f"{name}.side_a", np.ascontiguousarray(np.concatenate(a_cols, axis=1)))
+        b = g.initializer(f"{name}.side_b", np.ascontiguousarray(np.concatenate(b_rows, axis=0)))
+        h = g.op("MatMul", [x, a], f"{scope}/side/MatMul_a")
+        terms.insert(0, g.op("MatMul", [h, b], f"{scope}/side/MatMul_b"))
+    return terms
+
+
+def _packed_bias(parts: list[LinearPart]) -> np.ndarray | None:
+    if all(p.bias is None for p in parts):
+        return None
+    return np.concatenate(
+        [np.zeros(p.out_features, np.float32) if p.bias is None else p.bias.astype(np.float32) for p in parts]
+    )
+
+
+def _add_all(g: GraphBuilder, scope: str, terms: list[str]) -> str:
+    """terms[0] + terms[1] + ... as a chain of Adds (Add has a kernel on every execution provider)."""
     y = terms[0]
     for i, term in enumerate(terms[1:]):
         y = g.op("Add", [y, term], f"{scope}/Add_{i}")
-    if bias is not None:
-        b = g.initializer(name.removesuffix(".weight") + ".bias", bias.astype(np.float32))
-        y = g.op("Add", [y, b], f"{scope}/Add_bias")
     return y
 
 
@@ -115,17 +251,20 @@ class QuantizedNames:
     """Initializer names of one block-quantized matrix, shared by every node that reads it (the
     tied token table feeds both the embedding Gather and the head's MatMulNBits)."""
 
+    name: str  # canonical weight name
     bits: int
     n: int
     k: int
+    n_blocks: int
     packed: str  # uint8 [N, n_blocks, 32*bits/8]
     scales: str  # float32 [N, n_blocks]
     zero_points: str | None  # MatMulNBits' zero_points input (4 bits: two per byte); None = default
-    mins_t: str | None  # float32 [n_blocks, N] (block minimums, transposed for the correction MatMul)
+    mins: np.ndarray | None  # float32 [N, n_blocks]: block offsets left after centring (not stored)
 
 
 def register_quantized(g: GraphBuilder, name: str, w: Q4Tensor | Q8Tensor) -> QuantizedNames:
-    """Add a quantized matrix's initializers once; later calls with the same name reuse them."""
+    """Add a quantized matrix's initializers once; later calls with the same name reuse them.
+    Block mins become an initializer only where a reader asks (`mins_t_initializer`)."""
     key = f"quantized:{name}"
     if key in g.shared:
         return g.shared[key]
@@ -133,18 +272,29 @@ def register_quantized(g: GraphBuilder, name: str, w: Q4Tensor | Q8Tensor) -> Qu
     bits = 4 if isinstance(w, Q4Tensor) else 8
     packed = g.initializer(f"{name}.q{bits}", w.packed)
     scales = g.initializer(f"{name}.scales", w.scales.astype(np.float32))
-    zero_points = mins_t = None
+    zero_points = mins = None
     if bits == 4:
         zp, mins = w.zero_points, w.mins
         if mins is not None:
             zp, mins = centre_block_offsets(w.scales, zp, mins)
         if not np.all(zp == 8):  # 8 is MatMulNBits' default for 4 bits: omit the input
             zero_points = g.initializer(f"{name}.zero_points", pack_zero_points(zp))
-        if mins is not None:
-            mins_t = g.initializer(f"{name}.mins_t", np.ascontiguousarray(mins.T))
-    names = QuantizedNames(bits, n, k, packed, scales, zero_points, mins_t)
+    names = QuantizedNames(name, bits, n, k, w.n_blocks, packed, scales, zero_points, mins)
     g.shared[key] = names
     return names
+
+
+def mins_t_key(name: str) -> str:
+    return f"mins_t:{name}"
+
+
+def mins_t_initializer(g: GraphBuilder, q: QuantizedNames) -> str:
+    """The block mins transposed, float32 [n_blocks, N], added once (the embedding's Gather and
+    the head of a tied table share it)."""
+    key = mins_t_key(q.name)
+    if key not in g.shared:
+        g.shared[key] = g.initializer(f"{q.name}.mins_t", np.ascontiguousarray(q.mins.T))
+    return g.shared[key]
 
 
 def centre_block_offsets(
@@ -165,13 +315,22 @@ def centre_block_offsets(
     return z.astype(np.uint8), remainder.astype(np.float32)
 
 
-def make_quantized_matmul(
-    g: GraphBuilder, scope: str, name: str, x: str, w: Q4Tensor | Q8Tensor, accuracy_level: int
-) -> list[str]:
-    """The MatMulNBits node and, for weights with block mins, the exact block-sum correction.
-    Returns the terms to add."""
+def make_matmul_nbits(
+    g: GraphBuilder,
+    scope: str,
+    name: str,
+    x: str,
+    w: Q4Tensor | Q8Tensor,
+    accuracy_level: int,
+    bias: np.ndarray | None = None,
+) -> tuple[str, QuantizedNames]:
+    """The MatMulNBits node (bias added by the kernel); block mins are the side branch's job."""
     q = register_quantized(g, name, w)
-    inputs = [x, q.packed, q.scales] + ([q.zero_points] if q.zero_points else [])
+    inputs = [x, q.packed, q.scales, q.zero_points or ""]
+    if bias is not None:  # inputs 4 (g_idx, deprecated) and 5 (bias)
+        inputs += ["", g.initializer(name.removesuffix(".weight") + ".bias", bias)]
+    while not inputs[-1]:  # trailing optional inputs left out
+        inputs.pop()
     y = g.op(
         "MatMulNBits",
         inputs,
@@ -183,9 +342,7 @@ def make_quantized_matmul(
         block_size=BLOCK,
         accuracy_level=accuracy_level,
     )
-    if q.mins_t is None:
-        return [y]
-    return [y, make_block_min_correction(g, scope, x, q.mins_t, q.k, w.n_blocks)]
+    return y, q
 
 
 def make_doubled_input(g: GraphBuilder, scope: str, x: str, weight: SplitQ8Tensor) -> str:

@@ -10,10 +10,10 @@ def make_mlp_block(ctx: BuildContext, layer: int, x: str) -> str:
 
     x ─gate_proj─► a ─Sigmoid─Mul(a)─► silu ┐
     x ─up_proj─────────────────────────────Mul─► down_proj ─►
+    (gate_proj and up_proj as one packed matmul, split, when the options pack linears)
     """
     g, scope = ctx.g, f"/model/layers.{layer}/mlp"
-    gate = ctx.linear(layer, "gate_proj", x, scope)
-    up = ctx.linear(layer, "up_proj", x, scope)
+    gate, up = ctx.linears(layer, ("gate_proj", "up_proj"), x, scope, "gate_up_proj")
     # SiLU as Sigmoid·x: both ops have kernels on every execution provider.
     silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{scope}/act/Sigmoid")], f"{scope}/act/Mul")
     hidden = g.op("Mul", [silu, up], f"{scope}/Mul_up")

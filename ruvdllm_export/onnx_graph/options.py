@@ -4,22 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-ATTENTION_FORMULATIONS = ("mha", "attention23", "matmul")
+ATTENTION_FORMULATIONS = ("gqa", "mha", "attention23", "matmul")
 QUANTIZATIONS = ("q4", "fp32")
 TARGETS = ("cpu", "cuda", "webgpu")
 
 # Per execution provider: the attention formulation and MatMulNBits accuracy level.
-# cpu: opset-23 Attention (onnxruntime >= 1.23): all three pass parity; alone it was the fastest
-#   in 5 of 6 shapes (0.88-1.04x the MatMul form, MultiHeadAttention up to 1.18x, benchmarks/README.md),
-#   and it needs no copy of the KV heads. Accuracy level 0: level 4's int8 activations are 2.4-3.5x
-#   faster at L <= 64 but agree with the float reference on only ~95% of top-1 tokens (SmolLM2).
+# cpu: opset-23 Attention (onnxruntime >= 1.23): all formulations pass parity; it was the fastest
+#   on the CPU (benchmarks/README.md: 0.88-0.90x GroupQueryAttention's time per forward at 128 and
+#   512 cached positions, MultiHeadAttention up to 1.18x), and needs no copy of the KV heads.
+#   Accuracy level 4: int8 activations, ~2x faster per forward, and on the same text its top-1
+#   agreement with the float reference equals llama.cpp's own on the same GGUF (96.8% vs 96.7%;
+#   greedy text as close to the float model's, benchmarks/accuracy_bench.py).
 # webgpu: MultiHeadAttention was wrong for sequence >= 16 on Dawn and opset-23 Attention had no kernel
 #   (DESIGN.md), so plain MatMul + Softmax until the browser proves otherwise; accuracy_level is
 #   ignored there, 0 states that honestly.
 # cuda: MultiHeadAttention, the fused op with mature CUDA kernels (opset-23 Attention had none before
-#   onnxruntime 1.25); not validated here (no GPU), recorded as such in config.json.
+#   onnxruntime 1.25); CUDA's MatMulNBits ignores the accuracy level. Not validated here (no GPU),
+#   recorded as such in config.json.
 TARGET_DEFAULTS = {
-    "cpu": {"attention": "attention23", "accuracy_level": 0},
+    "cpu": {"attention": "attention23", "accuracy_level": 4},
     "cuda": {"attention": "mha", "accuracy_level": 0},
     "webgpu": {"attention": "matmul", "accuracy_level": 0},
 }
@@ -29,7 +32,8 @@ TARGET_DEFAULTS = {
 class GraphOptions:
     quantization: str = "q4"  # every linear MatMulNBits 4-bit; "fp32" only for tests and size baselines
     attention: str = "attention23"  # the cpu default (see TARGET_DEFAULTS)
-    accuracy_level: int = 0  # float activations; int8 (4) is 2.3x faster at L=8 but 94.9% top-1 agreement
+    accuracy_level: int = 0  # float activations (exact); targets choose theirs (TARGET_DEFAULTS: cpu 4)
+    pack_linears: bool = True  # q/k/v and gate/up as one MatMulNBits each (fewer, larger kernels)
     top_k: int = 32  # candidates per position: enough for top-k/top-p sampling at the usual k <= 20..40
     adapter_targets: tuple[str, ...] = ("q_proj", "v_proj")  # the LoRA targets TALoRA/DGR banks train
     adapter_slots: int = 8  # K slots composed per position (TALoRA groups + DGR retrievals); 0 = no banks
@@ -50,6 +54,17 @@ class GraphOptions:
     @property
     def has_adapters(self) -> bool:
         return self.adapter_slots > 0 and bool(self.adapter_targets)
+
+
+# The oldest onnxruntime whose kernels run each attention formulation as the graph uses it:
+# GroupQueryAttention's `causal` attribute (non-causal attention) arrived in 1.31, opset-23
+# Attention in 1.23; everything else the builder emits (IR 10, MatMulNBits with a bias input,
+# SkipSimplifiedLayerNormalization, RotaryEmbedding, MultiHeadAttention) loads on 1.20.
+REQUIRED_ONNXRUNTIME = {"gqa": "1.31", "attention23": "1.23", "mha": "1.20", "matmul": "1.20"}
+
+
+def required_onnxruntime(options: GraphOptions) -> str:
+    return REQUIRED_ONNXRUNTIME[options.attention]
 
 
 def options_for_target(target: str, **overrides) -> GraphOptions:

@@ -127,3 +127,21 @@ def take_rows(t: Q4Tensor, rows: np.ndarray) -> Q4Tensor:
         mins=None if t.mins is None else t.mins[rows],
         in_features=t.in_features,
     )
+
+
+def concat_rows(tensors: list[Q4Tensor]) -> Q4Tensor:
+    """Stack matrices that read the same input along N (q/k/v into one, gate/up into one); exact.
+    A matrix without block mins gets zero mins when another one has them."""
+    k = {t.in_features for t in tensors}
+    if len(k) != 1:
+        raise ValueError(f"concat_rows: matrices read different input widths {sorted(k)}")
+    with_mins = any(t.mins is not None for t in tensors)
+    return Q4Tensor(
+        packed=np.concatenate([t.packed for t in tensors]),
+        scales=np.concatenate([t.scales for t in tensors]),
+        zero_points=np.concatenate([t.zero_points for t in tensors]),
+        mins=np.concatenate([np.zeros_like(t.scales) if t.mins is None else t.mins for t in tensors])
+        if with_mins
+        else None,
+        in_features=k.pop(),
+    )

@@ -46,7 +46,17 @@ def gguf_path(tmp_path_factory):
 def test_export_writes_a_model_directory(gguf_path, tmp_path):
     out = tmp_path / "model"
     result = ruvdllm(
-        "export", "--checkpoint", str(gguf_path), "--out", str(out), "--top-k", "4", "--block-size", "4"
+        "export",
+        "--checkpoint",
+        str(gguf_path),
+        "--out",
+        str(out),
+        "--top-k",
+        "4",
+        "--block-size",
+        "4",
+        "--accuracy-level",
+        "0",  # float activations: the graph agrees with the checkpoint on every token
     )
     assert result.returncode == 0, result.stderr
     artifact.verify_manifest(out)
@@ -125,13 +135,23 @@ def test_conversion_adapter_is_baked_in_and_validated(gguf_path, tmp_path):
     adapter = tmp_path / "adapter.safetensors"
     write_adapter(adapter, factors, lora, {}, base_identity(loaded))
     out = tmp_path / "model"
-    result = ruvdllm("export", "--checkpoint", str(gguf_path), "--out", str(out), "--adapter", str(adapter))
+    result = ruvdllm(
+        "export",
+        "--checkpoint",
+        str(gguf_path),
+        "--out",
+        str(out),
+        "--adapter",
+        str(adapter),
+        "--accuracy-level",
+        "0",
+    )
     assert result.returncode == 0, result.stderr
     config = artifact.load_config(out)
     assert config.source["static_adapter"]["linears"] == 2 * loaded.spec.num_layers
     assert config.source["validation"]["top1_agreement"] == 1.0
     graph = onnx.load(str(out / artifact.GRAPH_NAME), load_external_data=False)
-    assert any(n.name == "/model/layers.1/mlp/down_proj/lora/MatMul_b" for n in graph.graph.node)
+    assert any(n.name == "/model/layers.1/mlp/down_proj/side/MatMul_b" for n in graph.graph.node)
 
 
 def test_bad_adapter_files_are_refused(gguf_path, tmp_path):
@@ -162,7 +182,8 @@ def test_export_needs_no_torch(gguf_path, tmp_path):
     out = tmp_path / "model"
     code = (
         "import sys; sys.modules['torch'] = None; from ruvdllm.cli import main; "
-        f"sys.exit(main(['export', '--checkpoint', {str(gguf_path)!r}, '--out', {str(out)!r}]))"
+        f"sys.exit(main(['export', '--checkpoint', {str(gguf_path)!r}, '--out', {str(out)!r}, "
+        "'--accuracy-level', '0']))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=300

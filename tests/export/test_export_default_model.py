@@ -22,10 +22,13 @@ def exported(tmp_path_factory):
 
 
 def test_default_model_export_meets_the_done_criteria(exported):
+    from ruvdllm_export.export_command import DEFAULT_MODEL_MIN_AGREEMENT
+
     config = artifact.load_config(exported)
     validation = config.source["validation"]
-    assert validation["top1_agreement"] >= 0.99
-    assert validation["top1_agreement_vs_checkpoint"] >= 0.99  # Q4_1 and Q8_0 held exactly
+    least = DEFAULT_MODEL_MIN_AGREEMENT[config.accuracy_level]  # level 4 on cpu: llama.cpp's numerics
+    assert validation["top1_agreement"] >= least
+    assert validation["top1_agreement_vs_checkpoint"] >= least  # Q4_1 and Q8_0 held exactly
     assert validation["paragraph_tokens"] >= 100
     assert config.source["lossy"] == []
     size_mib = sum(p.stat().st_size for p in exported.iterdir()) / 2**20
@@ -37,11 +40,12 @@ def test_default_graph_has_matmulnbits_for_every_linear_and_a_bidirectional_atte
     config = artifact.load_config(exported)
     nodes = model.graph.node
     linears = [n for n in nodes if n.op_type == "MatMulNBits"]
-    assert len(linears) == 7 * config.num_layers + 1
-    attention = [n for n in nodes if n.op_type in ("MultiHeadAttention", "Attention")]
+    assert len(linears) == 4 * config.num_layers + 1  # qkv, o, gate/up, down packed; the head
+    kinds = ("MultiHeadAttention", "Attention", "GroupQueryAttention")
+    attention = [n for n in nodes if n.op_type in kinds]
     assert len(attention) == config.num_layers
     for node in attention:  # never causal: visibility comes from block_ids
-        assert all(a.i == 0 for a in node.attribute if a.name in ("is_causal", "unidirectional"))
+        assert all(a.i == 0 for a in node.attribute if a.name in ("is_causal", "unidirectional", "causal"))
     float_matrices = [
         i.name
         for i in model.graph.initializer

@@ -119,7 +119,7 @@ def test_graph_io_follows_the_artifact_contract():
     names = [node.name for node in model.graph.node]
     assert len(names) == len(set(names))
     assert all(name.startswith("/model/") for name in names)
-    assert "/model/layers.1/attn/q_proj/MatMul" in names
+    assert "/model/layers.1/attn/qkv_proj/MatMul" in names  # q/k/v packed into one matmul
 
 
 def test_no_adapter_inputs_when_slots_is_zero():

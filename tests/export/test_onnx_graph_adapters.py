@@ -80,8 +80,13 @@ def test_zero_slot_weights_give_the_base_model_exactly():
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+@pytest.mark.parametrize(
+    "projs",
+    [("q_proj", "down_proj"), ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")],
+    ids=["some", "all"],  # packed q/k/v, gate/up: deltas after the split, or concatenated before it
+)
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
-def test_static_lora_equals_the_merged_float_weights(tied):
+def test_static_lora_equals_the_merged_float_weights(tied, projs):
     """The conversion adapter as a float side branch: W x + b (a x) == (W + b a) x, on linears, the
     head and the embedding (checked against transformers with the merged weights)."""
     spec = tiny_spec("llama", tied)
@@ -89,7 +94,7 @@ def test_static_lora_equals_the_merged_float_weights(tied):
     rng = np.random.default_rng(11)
     rank = 4
     lora, merged = {}, dict(weights)
-    targets = [linear_weight(layer, p) for layer in range(spec.num_layers) for p in ("q_proj", "down_proj")]
+    targets = [linear_weight(layer, p) for layer in range(spec.num_layers) for p in projs]
     for name in [*targets, LM_HEAD, EMBED]:
         if name == EMBED:
             out, in_ = spec.hidden_size, spec.vocab_size

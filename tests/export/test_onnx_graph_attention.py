@@ -14,7 +14,7 @@ from tests.fixtures.tiny_models import tiny_weights
 torch = pytest.importorskip("torch")
 reference = pytest.importorskip("ruvdllm_export.reference")
 
-FORMULATIONS = ["mha", "attention23", "matmul"]
+FORMULATIONS = ["gqa", "mha", "attention23", "matmul"]
 PAST, SEQ = 5, 8
 BLOCK_PATTERNS = {
     "bidirectional": np.zeros(SEQ, np.int64),

@@ -54,19 +54,26 @@ def test_exact_gguf_blocks_run_as_they_are(tmp_path, qtype, embed_qtype, table):
     assert prepared[q_proj] is loaded.weights[q_proj]  # exact blocks kept, never re-quantized
     assert isinstance(prepared[EMBED], table)
     model = q4_vs_transformers(loaded.spec, loaded.weights, options, "llama")
-    corrections = [n for n in model.graph.node if n.name.endswith("/block_mins/MatMul")]
+    side = [n for n in model.graph.node if n.name.endswith(("/side/MatMul_b", "/block_mins/MatMul"))]
     if qtype == "Q4_1":
-        assert len(corrections) >= 7 * loaded.spec.num_layers  # one block-min branch per linear
+        # the block-min correction once per matmul: qkv, o, gate/up packed, down (+ the head)
+        assert len(side) >= 4 * loaded.spec.num_layers
     else:
-        assert not corrections
+        assert not side
 
 
-def test_every_linear_is_matmulnbits_and_no_float_weight_matrix_remains():
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "one-per-linear"])
+def test_every_linear_is_matmulnbits_and_no_float_weight_matrix_remains(packed):
     spec = tiny_spec("qwen2", False)
-    model = build_graph(spec, tiny_weights("qwen2", False, seed=1), GraphOptions(quantization="q4"))
+    options = GraphOptions(quantization="q4", pack_linears=packed)
+    model = build_graph(spec, tiny_weights("qwen2", False, seed=1), options)
     nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
-    assert len(nbits) == 7 * spec.num_layers + 1  # + LM head
-    assert {n.name for n in nbits} >= {f"/model/layers.{layer}/attn/q_proj/MatMulNBits" for layer in range(2)}
+    per_layer = 4 if packed else 7  # packed: qkv, o, gate/up, down
+    assert len(nbits) == per_layer * spec.num_layers + 1  # + LM head
+    first = "qkv_proj" if packed else "q_proj"
+    assert {n.name for n in nbits} >= {
+        f"/model/layers.{layer}/attn/{first}/MatMulNBits" for layer in range(2)
+    }
     matrix_shapes = {tuple(shape) for shape in _linear_shapes(spec)}
     for init in model.graph.initializer:
         if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 2:

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 from ruvdllm_export.quant.q4 import (
     BLOCK,
     Q4Tensor,
+    concat_rows,
     dequantize_q4,
     pack_nibbles,
     pack_zero_points,
@@ -36,6 +37,28 @@ def test_round_trip_error_is_at_most_half_a_step_per_block(w):
     step = np.repeat(t.scales.astype(np.float64), BLOCK, axis=1)[:, :k]
     # float32 storage of the scale adds relative ~1e-7 per step; underflowed scales (|w| ~ 1e-38) decode 0
     assert np.all(err <= 0.5 * step * (1 + 1e-5) + 1e-30)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(1, 20), min_size=1, max_size=3), st.integers(1, 70), st.data())
+def test_stacked_rows_decode_to_the_stacked_matrices(rows, k, data):
+    """Packing q/k/v (gate/up) into one matmul is exact, also when only some carry block mins."""
+    tensors = []
+    for n in rows:
+        w = np.random.default_rng(n * 100 + k).standard_normal((n, k)).astype(np.float32)
+        t = quantize_q4(w)
+        if data.draw(st.booleans(), label="mins"):
+            mins = np.random.default_rng(n).standard_normal(t.scales.shape).astype(np.float32)
+            t = Q4Tensor(t.packed, t.scales, t.zero_points, mins, t.in_features)
+        tensors.append(t)
+    stacked = concat_rows(tensors)
+    expected = np.concatenate([dequantize_q4(t) for t in tensors])
+    np.testing.assert_array_equal(dequantize_q4(stacked), expected)
+
+
+def test_stacking_refuses_different_input_widths():
+    with pytest.raises(ValueError, match="input widths"):
+        concat_rows([quantize_q4(np.ones((2, 32), np.float32)), quantize_q4(np.ones((2, 64), np.float32))])
 
 
 def test_zero_blocks_and_zero_weights_decode_exactly():

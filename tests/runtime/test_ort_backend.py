@@ -7,7 +7,7 @@ from runtime import artifact
 from runtime.backend import Chunk
 from runtime.banks import Bank
 from runtime.generate import default_control, generate
-from runtime.ort_backend import OrtBackend, OrtOptions, assemble_numpy
+from runtime.ort_backend import OrtBackend, OrtOptions, assemble_numpy, version_tuple
 from runtime.settings import GenerationSettings
 from ruvdllm.errors import RuvdllmError
 from tests.runtime.tiny_artifact import random_bank
@@ -133,3 +133,36 @@ def test_bank_dimension_mismatch_and_bad_options(tiny_model_dir, config):
         OrtBackend(tiny_model_dir / artifact.GRAPH_NAME, config, OrtOptions(device="tpu"))
     with pytest.raises(RuvdllmError, match="layers"):
         OrtBackend(tiny_model_dir / artifact.GRAPH_NAME, replace(config, num_layers=3), ONE_THREAD)
+
+
+def test_empty_bank_binds_zero_width_factors_with_the_same_outputs(tiny_model_dir, config):
+    """No adapter loaded: the factors go in zero-width (the bank branches read nothing); a bank
+    holding one all-zero adapter binds them at full width. Same model either way."""
+    graph = tiny_model_dir / artifact.GRAPH_NAME
+    empty = OrtBackend(graph, config, ONE_THREAD)
+    zeros = random_bank(config, seed=4, scale=0.0)
+    assert zeros.adapters
+    full = OrtBackend(graph, config, ONE_THREAD, zeros)
+    widths = {v.shape()[2] for v in empty._bank_values[::2]}, {v.shape()[2] for v in full._bank_values[::2]}
+    assert widths == ({0}, {config.adapter_slots * config.adapter_rank})
+    ids = [5, 17, 42, 99, 7]
+    weights = [[0.5] * config.adapter_slots] * len(ids)
+    a = empty.forward(chunk(ids, weights=weights, slots=config.adapter_slots))
+    b = full.forward(chunk(ids, weights=weights, slots=config.adapter_slots))
+    np.testing.assert_allclose(a.topk_logits, b.topk_logits, rtol=0, atol=1e-6)
+
+
+def test_a_graph_needing_a_newer_onnxruntime_is_refused_in_one_line(tiny_model_dir, config):
+    from dataclasses import replace
+
+    future = replace(config, requires_onnxruntime="99.0")
+    with pytest.raises(RuvdllmError, match=r"target cpu .* needs onnxruntime >= 99\.0; this is \d") as info:
+        OrtBackend(tiny_model_dir / artifact.GRAPH_NAME, future, ONE_THREAD)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"), [("1.32.0", (1, 32, 0)), ("1.31", (1, 31)), ("1.33.0.dev20260101", (1, 33, 0))]
+)
+def test_version_tuple(text, parsed):
+    assert version_tuple(text) == parsed
