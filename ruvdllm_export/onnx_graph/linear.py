@@ -5,8 +5,11 @@ A linear `y = W x (+ b)` becomes
     x ─┬─ MatMulNBits(q4 W, packed zero points) ────────────────────┐
        ├─ Reshape[.., n_blocks, 32] ─ ReduceSum ─ MatMul(m'ᵀ) ───────┤  only when W has block mins
        ├─ MatMul(A_l) ─ Mul(slot weights) ─ MatMul(B_l) ─────────────┤  adapter bank (graph inputs)
-       └─ MatMul(Aᵀ) ─ MatMul(Bᵀ) ───────────────────────────────────┤  static LoRA (conversion adapter)
+       └─ MatMul(Aᵀ) ─(Mul gate)─ MatMul(Bᵀ) ────────────────────────┤  static LoRA (conversion adapter)
                                                                      Add ─► y (+ bias)
+
+The optional gate [1, S, 1] switches the static LoRA per row: a row with gate 0 adds exactly 0, so
+it computes the base model (the AR model the verified sampler checks drafts against).
 
 The block-min branch is exact: writing W[n,k] = s·(q − z) + m'[n, k//32] with integer z gives
 Σ_k W[n,k] x_k = MatMulNBits(x) + Σ_b m'[n,b] Σ_{k∈b} x_k. It keeps MatMulNBits on its fast
@@ -83,9 +86,11 @@ def make_linear(
     bias: np.ndarray | None = None,
     bank: AdapterBank | None = None,
     lora: StaticLora | None = None,
+    lora_gate: str | None = None,
 ) -> str:
     """`scope` names the nodes (/model/layers.0/attn/q_proj), `name` the initializers (the
-    canonical weight name). Returns y [1, S, out]."""
+    canonical weight name); `lora_gate` [1, S, 1] switches the static LoRA per row. Returns
+    y [1, S, out]."""
     if fmt.quantization == "q4" and isinstance(weight, SplitQ8Tensor):
         doubled = make_doubled_input(g, scope, x, weight)
         terms = make_quantized_matmul(g, scope, name, doubled, weight.q4, fmt.accuracy_level)
@@ -100,7 +105,7 @@ def make_linear(
     if bank is not None:
         terms.append(make_adapter_bank_delta(g, scope, x, bank))
     if lora is not None:
-        terms.append(make_static_lora_delta(g, scope, name, x, lora))
+        terms.append(make_static_lora_delta(g, scope, name, x, lora, lora_gate))
     y = terms[0]
     for i, term in enumerate(terms[1:]):
         y = g.op("Add", [y, term], f"{scope}/Add_{i}")
@@ -229,9 +234,16 @@ def make_adapter_bank_delta(g: GraphBuilder, scope: str, x: str, bank: AdapterBa
     return g.op("MatMul", [h, b], f"{scope}/adapter/MatMul_b")
 
 
-def make_static_lora_delta(g: GraphBuilder, scope: str, name: str, x: str, lora: StaticLora) -> str:
-    """x ─MatMul(Aᵀ [in,r])─► [1,S,r] ─MatMul(Bᵀ [r,out])─► [1,S,out]   (float, never re-quantized)"""
+def make_static_lora_delta(
+    g: GraphBuilder, scope: str, name: str, x: str, lora: StaticLora, gate: str | None = None
+) -> str:
+    """x ─MatMul(Aᵀ [in,r])─► [1,S,r] ─(Mul gate [1,S,1])─ MatMul(Bᵀ [r,out])─► [1,S,out]
+
+    Float, never re-quantized. The gate multiplies the rank-r middle, the cheapest place to switch
+    the branch per row."""
     a_t = g.initializer(f"{name}.lora_a.T", np.ascontiguousarray(lora.a.T.astype(np.float32)))
     b_t = g.initializer(f"{name}.lora_b.T", np.ascontiguousarray(lora.b.T.astype(np.float32)))
     h = g.op("MatMul", [x, a_t], f"{scope}/lora/MatMul_a")
+    if gate:
+        h = g.op("Mul", [h, gate], f"{scope}/lora/Mul_gate")
     return g.op("MatMul", [h, b_t], f"{scope}/lora/MatMul_b")
