@@ -199,7 +199,9 @@ class OrtBackend:
             binding.bind_cpu_input(artifact.ADAPTER_GATE, np.asarray(gate, np.float32).reshape(1, s))
         elif chunk.adapter_gate is not None and self.config.source.get("static_adapter"):
             if min(chunk.adapter_gate, default=1.0) < 1.0:  # the adapter cannot be switched off
-                raise RuvdllmError("adapter gate: this graph's conversion adapter has no switch (re-export it)")
+                raise RuvdllmError(
+                    "adapter gate: this graph's conversion adapter has no switch (re-export it)"
+                )
         for layer in range(self.layers):
             binding.bind_ortvalue_input(artifact.past_key(layer), self._past[2 * layer])
             binding.bind_ortvalue_input(artifact.past_value(layer), self._past[2 * layer + 1])

@@ -11,7 +11,6 @@ The slow test does the same on the default model (SmolLM2-135M-Instruct with the
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 
@@ -23,29 +22,16 @@ from runtime.generate import generate  # noqa: E402
 from runtime.ort_backend import OrtBackend, OrtOptions  # noqa: E402
 from runtime.settings import GenerationSettings  # noqa: E402
 from ruvdllm_export.checkpoints import load_checkpoint  # noqa: E402
-from ruvdllm_export.convert.adapter_file import base_identity, write_adapter  # noqa: E402
 from ruvdllm_export.export import export_model, load_static_adapter, merge_lora  # noqa: E402
 from ruvdllm_export.onnx_graph import graph_weights_as_float, options_for_target, prepare_weights  # noqa: E402
 from ruvdllm_export.reference import DiffusionLM  # noqa: E402
 from ruvdllm_export.reference.autoregressive import greedy  # noqa: E402
-from ruvdllm_export.spec import LINEARS  # noqa: E402
-from tests.fixtures.tiny_models import make_hf_checkpoint, random_conversion_adapter  # noqa: E402
+from tests.fixtures.tiny_models import make_hf_checkpoint, write_conversion_adapter  # noqa: E402
 
 torch.set_num_threads(1)
 PROMPT = [1, 17, 42, 99, 150, 7, 230]
 LENGTH = 24
 OVERRIDES = dict(accuracy_level=0, top_k=16, adapter_slots=5, adapter_rank=2)
-
-
-def random_adapter(path: Path, loaded) -> Path:
-    """The fixture's random conversion adapter as `ruvdllm convert` writes it (scale 1)."""
-    factors, rank = {}, 3
-    for name, (a, b) in random_conversion_adapter(loaded.spec, rank=rank).items():
-        stem = name.removesuffix(".weight")
-        factors[f"{stem}.lora_A.weight"], factors[f"{stem}.lora_B.weight"] = a, b
-    lora = {"rank": rank, "alpha": float(rank), "targets": [*LINEARS, "lm_head", "embed_tokens"], "seed": 0}
-    write_adapter(path, factors, lora, {}, base_identity(loaded))
-    return path
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3"])
@@ -54,7 +40,7 @@ def model(request, tmp_path_factory):
     directory = tmp_path_factory.mktemp(f"verified-{request.param}")
     checkpoint_dir = make_hf_checkpoint(directory / "hf", request.param, seed=13)
     loaded = load_checkpoint(checkpoint_dir)
-    adapter = random_adapter(directory / "adapter.safetensors", loaded)
+    adapter = write_conversion_adapter(directory / "adapter.safetensors", loaded)
     out = export_model(
         loaded, directory / "model", "cpu", adapter=adapter, block_size=4, log=None, **OVERRIDES
     )
