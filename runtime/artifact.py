@@ -38,6 +38,7 @@ POSITION_IDS = "position_ids"  # int64 [1, S]  absolute positions (RoPE)
 BLOCK_IDS = "block_ids"  # int64 [1, S]  chunk key j is visible to query i iff block_ids[j] <= block_ids[i]
 OUTPUT_OFFSET = "output_offset"  # int64 [1]  outputs cover chunk positions output_offset .. S-1
 ADAPTER_WEIGHTS = "adapter_weights"  # float32 [1, S, slots]  per-position mixture of adapter slots
+ADAPTER_GATE = "adapter_gate"  # float32 [1, S]  1: conversion adapter on (diffusion), 0: off (the AR base)
 TOPK_IDS = "topk_ids"  # int64 [1, S', top_k]  S' = S - output_offset; row i predicts token i+1 (shift)
 TOPK_LOGITS = "topk_logits"  # float32 [1, S', top_k]  descending
 LOGSUMEXP = "logsumexp"  # float32 [1, S']  over the whole vocabulary
@@ -147,6 +148,9 @@ class ArtifactConfig:
     adapter_targets: tuple[str, ...] = ("q_proj", "v_proj")
     adapter_slots: int = 8  # K: TALoRA banks + DGR retrieval slots composed per position
     adapter_rank: int = 4
+    # The graph takes adapter_gate: the conversion adapter is a per-row switch, so rows with gate 0
+    # compute the base AR model exactly (the verified sampler's verifier rows).
+    adapter_gate: bool = False
     timestep_groups: tuple[float, ...] = (0.0, 1 / 3, 2 / 3, 1.0)  # coarse / domain / fine boundaries in t
     targets: tuple[str, ...] = ("cpu",)  # execution providers built for (validated: source["validated_on"])
     attention: str = "mha"  # attention formulation in the graph: "mha", "attention23", "matmul"

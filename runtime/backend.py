@@ -25,6 +25,9 @@ class Chunk:
     block_ids: list[int]  # [S] key j visible to query i iff block_ids[j] <= block_ids[i]
     output_offset: int  # outputs cover chunk rows output_offset .. S-1
     adapter_weights: list[list[float]]  # [S][slots]
+    # [S] per row: 1 = the conversion adapter on (the diffusion model), 0 = off (the base AR model,
+    # for the verified sampler's verifier rows); None = on everywhere. Needs config.adapter_gate.
+    adapter_gate: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -36,6 +36,7 @@ class StepEvent:
     tokens: list  # the generated text so far (list[int | None]; None where still masked)
     retrieved: list[int]  # generated positions DGR retrieved adapters for after this step
     forward_ms: float  # time of this step's forward
+    drafted: int = 0  # drafts this forward checked against the AR model (verified sampler only)
 
 
 def propose(

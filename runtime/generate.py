@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from runtime.autoregressive import sample_ar
 from runtime.backend import Backend
 from runtime.bd3lm import sample_bd3lm
 from runtime.control import AdapterControl
@@ -15,8 +16,9 @@ from runtime.denoise import StepEvent
 from runtime.mdlm import sample_mdlm
 from runtime.settings import GenerationSettings, resolve
 from runtime.talora import TaloraConfig
+from runtime.verified import sample_verified
 
-SAMPLER_FUNCTIONS = {"mdlm": sample_mdlm, "bd3lm": sample_bd3lm}
+SAMPLER_FUNCTIONS = {"mdlm": sample_mdlm, "bd3lm": sample_bd3lm, "verified": sample_verified, "ar": sample_ar}
 
 
 @dataclass(frozen=True)

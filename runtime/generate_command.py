@@ -39,7 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"new tokens to generate (default {DEFAULTS.length})",
     )
     parser.add_argument("--steps", type=int, help="denoising steps per span (default: one token per step)")
-    parser.add_argument("--block-size", type=int, help="BD3LM block size (default: the model's)")
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        help="BD3LM block size, or the verified sampler's draft block (default: the model's)",
+    )
     parser.add_argument(
         "--sampler", default=DEFAULTS.sampler, help=f"{' | '.join(SAMPLERS)} (default {DEFAULTS.sampler})"
     )
@@ -201,6 +205,7 @@ def report(done, settings: GenerationSettings, load_ms: float, seed: int, model:
                 "t": e.t,
                 "committed": {str(k): v for k, v in e.committed.items()},
                 "retrieved": e.retrieved,
+                "drafted": e.drafted,
                 "forward_ms": round(e.forward_ms, 3),
             }
             for e in result.trace

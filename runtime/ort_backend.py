@@ -157,6 +157,10 @@ class OrtBackend:
     def has_adapters(self) -> bool:
         return artifact.ADAPTER_WEIGHTS in self.input_names
 
+    @property
+    def has_gate(self) -> bool:
+        return artifact.ADAPTER_GATE in self.input_names
+
     def set_bank(self, bank: Bank | None) -> None:
         """Bind the bank's assembled A/B factors once. Without adapters (None, or an empty bank) the
         factors are bound zero-width where the graph allows it, so the bank branches read nothing;
@@ -221,6 +225,14 @@ class OrtBackend:
         if self.has_adapters:
             weights = np.asarray(chunk.adapter_weights, np.float32).reshape(1, s, self.config.adapter_slots)
             binding.bind_cpu_input(artifact.ADAPTER_WEIGHTS, weights)
+        if self.has_gate:
+            gate = [1.0] * s if chunk.adapter_gate is None else chunk.adapter_gate
+            binding.bind_cpu_input(artifact.ADAPTER_GATE, np.asarray(gate, np.float32).reshape(1, s))
+        elif chunk.adapter_gate is not None and self.config.source.get("static_adapter"):
+            if min(chunk.adapter_gate, default=1.0) < 1.0:  # the adapter cannot be switched off
+                raise RuvdllmError(
+                    "adapter gate: this graph's conversion adapter has no switch (re-export it)"
+                )
         for layer in range(self.layers):
             binding.bind_ortvalue_input(artifact.past_key(layer), self._past[2 * layer])
             binding.bind_ortvalue_input(artifact.past_value(layer), self._past[2 * layer + 1])

@@ -68,6 +68,7 @@ class PyodideBackend:
                 ffi.to_js(chunk.block_ids),
                 chunk.output_offset,
                 ffi.to_js(weights),
+                None if chunk.adapter_gate is None else ffi.to_js(chunk.adapter_gate),
             )
         )
         k = out.topK

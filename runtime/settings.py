@@ -11,7 +11,10 @@ from runtime.dgr import DgrConfig
 from runtime.schedules import SCHEDULES
 from ruvdllm.errors import RuvdllmError
 
-SAMPLERS = ("bd3lm", "mdlm")
+# verified: the diffusion model drafts blocks, the AR model it came from checks them (the AR's output);
+# ar: that AR model alone, one token per forward through the same graph (the lossless baseline)
+SAMPLERS = ("bd3lm", "mdlm", "verified", "ar")
+BASE_MODEL_SAMPLERS = ("verified", "ar")  # need rows that compute the AR model exactly
 DECODINGS = ("low-confidence", "threshold")
 
 
@@ -19,8 +22,10 @@ DECODINGS = ("low-confidence", "threshold")
 class GenerationSettings:
     sampler: str = "bd3lm"  # small converted models denoise far better block by block
     length: int = 64  # new tokens: a short answer
-    block_size: int | None = None  # None: the model's config.block_size (what it was trained with)
-    steps: int | None = None  # per span; None: the span length, one token per step (best quality)
+    # None: the model's config.block_size (what it was trained with); verified: masks drafted per forward
+    block_size: int | None = None
+    # per span; None: the span length, one token per step (best quality); verified drafts in one step
+    steps: int | None = None
     schedule: str = "linear"  # LLaDA's: equal tokens per step
     decoding: str = "low-confidence"  # commit the most confident positions per schedule
     threshold: float = 0.9  # Fast-dLLM's default for threshold decoding
@@ -106,9 +111,27 @@ def resolve(settings: GenerationSettings, config: ArtifactConfig, prompt_tokens:
     block = config.block_size if s.block_size is None else s.block_size
     if not 1 <= block <= config.max_position:
         raise RuvdllmError(f"block size {block}: out of range 1..{config.max_position}")
+    if s.sampler in BASE_MODEL_SAMPLERS:
+        return base_model_plan(s, config, 1 if s.sampler == "ar" else block)
     span = s.length if s.sampler == "mdlm" else min(block, s.length)
     steps = span if s.steps is None else s.steps
     if not 1 <= steps <= span:
         what = "the length" if s.sampler == "mdlm" else "the block size"
         raise RuvdllmError(f"steps {steps}: out of range 1..{span} (steps per span, at most {what})")
     return Plan(span=span, steps=steps)
+
+
+def base_model_plan(settings: GenerationSettings, config: ArtifactConfig, block: int) -> Plan:
+    """The verified sampler drafts a block of `block` masks per forward, in one step; both it and
+    the AR sampler need rows that compute the AR model exactly: a graph whose conversion adapter
+    has the per-row switch, or that has no conversion adapter."""
+    if settings.steps not in (None, 1):
+        raise RuvdllmError(
+            f"steps {settings.steps}: the {settings.sampler} sampler takes no steps (leave it unset)"
+        )
+    if config.source.get("static_adapter") and not config.adapter_gate:
+        raise RuvdllmError(
+            f"sampler {settings.sampler}: this model's conversion adapter has no per-row switch "
+            "(re-export it without --no-adapter-switch)"
+        )
+    return Plan(span=block, steps=1)

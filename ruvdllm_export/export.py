@@ -71,6 +71,7 @@ def export_model(
     adapter_slots: int | None = None,
     adapter_rank: int | None = None,
     table_bits: int | None = None,
+    adapter_switch: bool | None = None,
     log=_stderr,
 ) -> Path:
     """Write the model directory for `target` ("cpu", "cuda", "webgpu") and return its path.
@@ -83,7 +84,7 @@ def export_model(
         banks: an adapter bank directory (`ruvdllm train-banks`) copied into the model's banks/,
             where the runtime loads it; its shapes must be the graph's adapter slots.
         min_agreement: fail unless top-1 agreement with the checkpoint on the paragraph reaches it.
-        quantization .. table_bits: GraphOptions overrides; None keeps the target's default.
+        quantization .. adapter_switch: GraphOptions overrides; None keeps the target's default.
         log: where progress lines go (None for silence).
     """
     say = log or (lambda *_: None)
@@ -102,6 +103,7 @@ def export_model(
             adapter_slots=adapter_slots,
             adapter_rank=adapter_rank,
             table_bits=table_bits,
+            adapter_switch=adapter_switch,
         )
     except ValueError as exc:
         raise RuvdllmError(f"export options: {exc}") from None
@@ -185,7 +187,9 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
 
 def _validate(model_path, loaded, prepared, options, lora, min_agreement, target) -> dict:
     # The reference runs merged float weights: it has no static-LoRA branch of its own.
-    spec, held = merge_lora(loaded.spec, graph_weights_as_float(prepared), lora)
+    base = graph_weights_as_float(prepared)
+    spec, held = merge_lora(loaded.spec, base, lora)
+    switched = bool(lora) and options.adapter_switch
     exact = all(_held_exactly(loaded.weights[name], prepared[name]) for name in prepared)
     source = None
     if not exact:
@@ -202,7 +206,16 @@ def _validate(model_path, loaded, prepared, options, lora, min_agreement, target
         source_weights=source,
         min_source_agreement=min_agreement,
         also_on_cuda=target == "cuda",
+        base_weights=_as_spec(base, spec) if switched else None,
     )
+
+
+def _as_spec(weights: dict[str, np.ndarray], spec) -> dict[str, np.ndarray]:
+    """Base weights laid out for `spec`: once a head LoRA untied the merged spec, the base gets the
+    embedding table as its own head (the same numbers the tied graph reads)."""
+    if spec.tie_word_embeddings or LM_HEAD in weights:
+        return weights
+    return {**weights, LM_HEAD: weights[EMBED]}
 
 
 def _held_exactly(source, held) -> bool:
@@ -280,6 +293,7 @@ def _artifact_config(
         adapter_targets=tuple(options.adapter_targets) if options.has_adapters else (),
         adapter_slots=options.adapter_slots if options.has_adapters else 0,
         adapter_rank=options.adapter_rank,
+        adapter_gate=bool(lora) and options.adapter_switch,
         targets=(target,),
         attention=options.attention,
         quantization=options.quantization,

@@ -70,6 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-agreement", type=float, help="fail unless top-1 agreement with the checkpoint reaches this"
     )
+    parser.add_argument(
+        "--no-adapter-switch",
+        action="store_true",
+        help="no per-row adapter_gate input: the conversion adapter is always on (no verified sampler)",
+    )
     parser.add_argument("--no-validate", action="store_true", help="skip onnx.checker and the parity check")
 
 
@@ -104,5 +109,6 @@ def run(args: argparse.Namespace) -> int:
         adapter_slots=args.adapter_slots,
         adapter_rank=args.adapter_rank,
         table_bits=args.table_bits,
+        adapter_switch=False if args.no_adapter_switch else None,
     )
     return 0

@@ -6,6 +6,8 @@ and compares every output with the reference running the very weights the graph 
 per-architecture tolerance. The agreement check runs a real paragraph causally (the AR model as it
 was trained) and counts how often onnxruntime's top-1 token equals the reference's, both on the
 held weights and on the checkpoint's own weights (the second includes what quantization changed).
+A graph with the adapter switch (adapter_gate) also runs the paragraph with the gate at 0 against
+the base weights without the conversion adapter: those rows must be the AR model.
 
 The reference is the torch model (ruvdllm_export/reference) when torch is importable. Without
 torch (the user's export path) it is the same architecture as an fp32 graph of plain MatMuls and
@@ -156,13 +158,17 @@ def graph_feeds(
     output_offset: int = 0,
     mix: np.ndarray | None = None,
     banks: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    gate: float = 1.0,
 ) -> Feeds:
+    """Feeds for every input a graph of `options` may have; `gate` fills adapter_gate (dropped by
+    _run when the graph has no switch)."""
     s, p = len(ids), (0 if not past else past[0][0].shape[2])
     feeds = {
         artifact.INPUT_IDS: np.asarray(ids, np.int64)[None],
         artifact.POSITION_IDS: np.arange(p, p + s, dtype=np.int64)[None],
         artifact.BLOCK_IDS: np.asarray(block_ids, np.int64)[None],
         artifact.OUTPUT_OFFSET: np.array([output_offset], np.int64),
+        artifact.ADAPTER_GATE: np.full((1, s), gate, np.float32),
     }
     empty = np.zeros((1, spec.num_kv_heads, 0, spec.head_dim), np.float32)
     for layer in range(spec.num_layers):
@@ -239,12 +245,15 @@ def validate_export(
     source_weights: dict[str, np.ndarray] | None = None,
     min_source_agreement: float | None = None,
     also_on_cuda: bool = False,
+    base_weights: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """Check the saved graph; return the report for config.json, or raise RuvdllmError naming it.
 
     `held_weights` are the float values of what the graph holds; `source_weights` the checkpoint's
     own (when different) for the agreement that includes quantization. `also_on_cuda` repeats the
-    parity on onnxruntime-gpu's CUDA EP when one is available (reported as skipped otherwise)."""
+    parity on onnxruntime-gpu's CUDA EP when one is available (reported as skipped otherwise).
+    `base_weights` (a graph with the adapter switch): the held weights without the conversion
+    adapter, which rows with adapter_gate 0 must compute."""
     model_path = Path(model_path)
     try:
         onnx.checker.check_model(str(model_path))
@@ -254,15 +263,24 @@ def validate_export(
         ) from None
     if torch_available():
         kind = "torch reference model (ruvdllm_export.reference)"
-        reference = torch_reference(spec, held_weights, mask_token_id, options.top_k)
+
+        def reference_for(weights):
+            return torch_reference(spec, weights, mask_token_id, options.top_k)
     else:
         kind = "onnxruntime fp32 MatMul graph (torch not installed)"
-        reference = onnx_fp32_reference(spec, held_weights, options)
+
+        def reference_for(weights):
+            return onnx_fp32_reference(spec, weights, options)
+
+    reference = reference_for(held_weights)
     ids = np.asarray(paragraph_ids, np.int64)
     if len(ids) < 32:
         raise RuvdllmError(f"{model_path}: validation paragraph tokenizes to {len(ids)} tokens, need >= 32")
     tolerance = tolerance_for(spec.architecture, options)
     cases = validation_cases(reference, spec, options, ids, mask_token_id)
+    if base_weights is not None:  # before the paragraph, which stays last (the agreement reads it)
+        base_rows = graph_feeds(spec, options, ids, np.arange(len(ids)), gate=0.0)
+        cases.insert(-1, ("base_rows", base_rows, reference_for(base_weights)(base_rows)))
 
     parity, paragraph_out, failures = _check_provider(
         model_path, "CPUExecutionProvider", cases, spec, tolerance
@@ -280,10 +298,7 @@ def validate_export(
     if source_weights is None:  # the graph holds the checkpoint exactly
         report["top1_agreement_vs_checkpoint"] = report["top1_agreement"]
     else:
-        if torch_available():
-            source_ref = torch_reference(spec, source_weights, mask_token_id, options.top_k)(cases[-1][1])
-        else:
-            source_ref = onnx_fp32_reference(spec, source_weights, options)(cases[-1][1])
+        source_ref = reference_for(source_weights)(cases[-1][1])
         report["top1_agreement_vs_checkpoint"] = top1_agreement(paragraph_out, source_ref)
     if min_source_agreement is not None and report["top1_agreement_vs_checkpoint"] < min_source_agreement:
         failures.append(

@@ -9,6 +9,7 @@ docs/artifact.md (names in runtime/artifact.py).
     position_ids ─RoPE────┤                                                               └─ L2 norm ─► query
     block_ids ─bias───────┤  past_key/value.l ─► present_key/value.l
     adapter_weights, adapter.{t}.a/b ─► bank branch on each targeted linear
+    adapter_gate ─► per-row switch of the static LoRA (conversion adapter), when one is baked in
 """
 
 from __future__ import annotations
@@ -150,6 +151,16 @@ def make_inputs(ctx: BuildContext) -> None:
     make_past_inputs(ctx)
 
 
+def make_adapter_gate(ctx: BuildContext) -> None:
+    """adapter_gate [1,S] ─Unsqueeze(-1)─► [1,S,1], read by every static LoRA branch (only when a
+    static LoRA is baked in and the switch is asked for)."""
+    if not (ctx.lora and ctx.options.adapter_switch):
+        return
+    g = ctx.g
+    gate = g.input(artifact.ADAPTER_GATE, FLOAT, [1, "sequence"])
+    ctx.lora_gate = g.op("Unsqueeze", [gate, g.const([-1])], "/model/adapter_gate/Unsqueeze")
+
+
 def make_adapter_inputs(ctx: BuildContext) -> None:
     """adapter_weights [1,S,K] and one A/B bank pair per target; the slot weights are repeated rank
     times once, for every bank branch, and cut to the width the factors are bound with:
@@ -190,7 +201,9 @@ def make_rope_tables(ctx: BuildContext) -> None:
 def make_embedding_step(ctx: BuildContext) -> None:
     ctx.hidden = make_embedding(ctx.g, EMBED, ctx.input_ids, ctx.weights[EMBED])
     if EMBED in ctx.lora:
-        ctx.hidden = make_embedding_lora(ctx.g, ctx.input_ids, ctx.hidden, ctx.lora[EMBED])
+        ctx.hidden = make_embedding_lora(
+            ctx.g, ctx.input_ids, ctx.hidden, ctx.lora[EMBED], ctx.lora_gate or None
+        )
 
 
 def make_decoder_layers(ctx: BuildContext) -> None:
@@ -244,22 +257,28 @@ def make_outputs(ctx: BuildContext) -> None:
 def make_lm_head(ctx: BuildContext, x: str) -> str:
     """Tied heads read the embedding's table: in q4 mode its MatMulNBits initializers are the very
     ones the embedding Gather reads; in fp32 mode a Transpose of the embedding matrix (folded by
-    onnxruntime at load, stored once on disk)."""
+    onnxruntime at load, stored once on disk). A head LoRA is its own branch under lm_head's name
+    (a tied head's table name is the embedding's, whose LoRA has that name already)."""
     s, g, scope = ctx.spec, ctx.g, "/model/lm_head"
     name = EMBED if s.tie_word_embeddings else LM_HEAD
     lora = ctx.lora.get(LM_HEAD)  # a head LoRA is keyed lm_head.weight, tied or not
+    gate = None  # the head sees only the output rows: so does its gate
+    if lora is not None and ctx.lora_gate:
+        gate = make_output_rows(g, ctx.lora_gate, ctx.output_offset, f"{scope}/gate")
     if ctx.options.quantization == "fp32" and s.tie_word_embeddings:
         table_t = g.op("Transpose", [EMBED], f"{scope}/Transpose_tied", perm=[1, 0])
         logits = g.op("MatMul", [x, table_t], f"{scope}/MatMul")
-        if lora is not None:
-            delta = make_static_lora_delta(g, scope, LM_HEAD, x, lora)
-            logits = g.op("Add", [logits, delta], f"{scope}/Add_lora")
-        return logits
-    return make_linear(g, scope, name, x, ctx.weights[name], ctx.fmt, lora=lora)
+    else:
+        logits = make_linear(g, scope, name, x, ctx.weights[name], ctx.fmt)
+    if lora is not None:
+        delta = make_static_lora_delta(g, scope, LM_HEAD, x, lora, gate)
+        logits = g.op("Add", [logits, delta], f"{scope}/Add_lora")
+    return logits
 
 
 BUILD_STEPS = (
     make_inputs,
+    make_adapter_gate,
     make_adapter_inputs,
     make_rope_tables,
     make_visibility_bias,

@@ -33,6 +33,7 @@ class BuildContext:
     attention_bias: str = ""  # additive visibility bias [1, 1, S, P+S]
     slot_weights: str = ""  # adapter_weights repeated rank times [1, S, slots*rank]
     banks: dict[str, tuple[str, str]] = field(default_factory=dict)  # target -> (A input, B input)
+    lora_gate: str = ""  # adapter_gate as [1, S, 1]; "" when the static LoRA is not switchable
     hidden: str = ""  # the hidden state flowing from step to step [1, S, d]
     residual: str = ""  # the residual stream beside it (norms fuse the add)
 
@@ -70,4 +71,5 @@ class BuildContext:
             bias=self.weights.get(linear_bias(layer, proj)),
             bank=bank,
             lora=self.lora.get(weight_name),
+            lora_gate=self.lora_gate or None,
         )

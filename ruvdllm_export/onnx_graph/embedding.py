@@ -52,15 +52,20 @@ def make_split_gather(g: GraphBuilder, scope: str, name: str, ids: str, table: S
     return rows
 
 
-def make_embedding_lora(g: GraphBuilder, ids: str, hidden: str, lora: StaticLora) -> str:
-    """A static LoRA on the embedding (PEFT layout: a [r, vocab], b [hidden, r], scale in b):
+def make_embedding_lora(
+    g: GraphBuilder, ids: str, hidden: str, lora: StaticLora, gate: str | None = None
+) -> str:
+    """A static LoRA on the embedding (PEFT layout: a [r, vocab], b [hidden, r], scale in b),
+    switched per row by the optional gate [1,S,1] as on the linears:
 
-    ids ─Gather(aᵀ [vocab, r])─► [1,S,r] ─MatMul(bᵀ [r, hidden])─► delta ─Add(hidden)─►
+    ids ─Gather(aᵀ [vocab, r])─► [1,S,r] ─(Mul gate)─ MatMul(bᵀ [r, hidden])─► delta ─Add(hidden)─►
     """
     scope = f"{SCOPE}/lora"
     a_t = g.initializer(f"{EMBED}.lora_a.T", np.ascontiguousarray(lora.a.T.astype(np.float32)))
     b_t = g.initializer(f"{EMBED}.lora_b.T", np.ascontiguousarray(lora.b.T.astype(np.float32)))
     rows = g.op("Gather", [a_t, ids], f"{scope}/Gather_a", axis=0)
+    if gate:
+        rows = g.op("Mul", [rows, gate], f"{scope}/Mul_gate")
     delta = g.op("MatMul", [rows, b_t], f"{scope}/MatMul_b")
     return g.op("Add", [hidden, delta], f"{scope}/Add")
 

@@ -11,6 +11,9 @@ A linear `y = W x (+ b)` becomes
 Linears that read the same x (q/k/v, gate/up) are packed into one MatMulNBits over their stacked
 rows with one block-min branch (`make_packed_linear`); their LoRA and bank branches stay per linear.
 
+The optional gate [1, S, 1] switches the static LoRA per row: a row with gate 0 adds exactly 0, so
+it computes the base model (the AR model the verified sampler checks drafts against).
+
 The block-min branch is exact: writing W[n,k] = s·(q − z) + m'[n, k//32] with integer z gives
 Σ_k W[n,k] x_k = MatMulNBits(x) + Σ_b m'[n,b] Σ_{k∈b} x_k. It keeps MatMulNBits on its fast
 integer kernels, where float zero points (the other exact mapping of GGUF Q4_1) are ~20× slower on
@@ -97,10 +100,13 @@ def make_linear(
     bias: np.ndarray | None = None,
     bank: AdapterBank | None = None,
     lora: StaticLora | None = None,
+    lora_gate: str | None = None,
 ) -> str:
     """`scope` names the nodes (/model/layers.0/attn/q_proj), `name` the initializers (the
     canonical weight name). Returns y [1, S, out]."""
-    part = LinearPart(scope=scope, name=name, weight=weight, bias=bias, bank=bank, lora=lora)
+    part = LinearPart(
+        scope=scope, name=name, weight=weight, bias=bias, bank=bank, lora=lora, lora_gate=lora_gate
+    )
     return make_packed_linear(g, scope, name, [part], x, fmt)[0]
 
 
@@ -114,6 +120,7 @@ class LinearPart:
     bias: np.ndarray | None = None
     bank: AdapterBank | None = None
     lora: StaticLora | None = None
+    lora_gate: str | None = None  # [1, S, 1]: per row, 1 = the static LoRA on, 0 = off (the base model)
 
     @property
     def out_features(self) -> int:
@@ -213,6 +220,7 @@ def make_side_branch(
             rows[:, offset : offset + p.out_features] = p.lora.b.T
             b_rows.append(rows)
         offset += p.out_features
+    lora_columns = sum(c.shape[1] for c in a_cols)  # h's first columns: the LoRA activations
     terms = []
     if q is not None and q.mins is not None:
         if q.n_blocks <= INDICATOR_MAX_BLOCKS and mins_t_key(name) not in g.shared:
@@ -226,8 +234,24 @@ def make_side_branch(
         a = g.initializer(f"{name}.side_a", np.ascontiguousarray(np.concatenate(a_cols, axis=1)))
         b = g.initializer(f"{name}.side_b", np.ascontiguousarray(np.concatenate(b_rows, axis=0)))
         h = g.op("MatMul", [x, a], f"{scope}/side/MatMul_a")
+        gate = next((p.lora_gate for p in parts if p.lora is not None and p.lora_gate), None)
+        if gate:
+            h = _gate_lora_columns(g, scope, h, gate, lora_columns, sum(c.shape[1] for c in a_cols))
         terms.insert(0, g.op("MatMul", [h, b], f"{scope}/side/MatMul_b"))
     return terms
+
+
+def _gate_lora_columns(g: GraphBuilder, scope: str, h: str, gate: str, lora: int, width: int) -> str:
+    """h [1,S,width] with its first `lora` columns (the static LoRA's activations) multiplied by the
+    row's gate [1,S,1] and the rest (block sums) kept: h ⊙ (gate·m + (1 − m)), m = 1 on LoRA columns.
+    A row with gate 0 then adds exactly no LoRA term."""
+    if lora == width:
+        return g.op("Mul", [h, gate], f"{scope}/side/Mul_gate")
+    on = np.zeros(width, np.float32)
+    on[:lora] = 1
+    scale = g.op("Mul", [gate, g.const(on, np.float32)], f"{scope}/side/Mul_gate_columns")
+    scale = g.op("Add", [scale, g.const(1 - on, np.float32)], f"{scope}/side/Add_kept_columns")
+    return g.op("Mul", [h, scale], f"{scope}/side/Mul_gate")
 
 
 def _packed_bias(parts: list[LinearPart]) -> np.ndarray | None:
@@ -386,9 +410,16 @@ def make_adapter_bank_delta(g: GraphBuilder, scope: str, x: str, bank: AdapterBa
     return g.op("MatMul", [h, b], f"{scope}/adapter/MatMul_b")
 
 
-def make_static_lora_delta(g: GraphBuilder, scope: str, name: str, x: str, lora: StaticLora) -> str:
-    """x ─MatMul(Aᵀ [in,r])─► [1,S,r] ─MatMul(Bᵀ [r,out])─► [1,S,out]   (float, never re-quantized)"""
+def make_static_lora_delta(
+    g: GraphBuilder, scope: str, name: str, x: str, lora: StaticLora, gate: str | None = None
+) -> str:
+    """x ─MatMul(Aᵀ [in,r])─► [1,S,r] ─(Mul gate [1,S,1])─ MatMul(Bᵀ [r,out])─► [1,S,out]
+
+    Float, never re-quantized. The gate multiplies the rank-r middle, the cheapest place to switch
+    the branch per row."""
     a_t = g.initializer(f"{name}.lora_a.T", np.ascontiguousarray(lora.a.T.astype(np.float32)))
     b_t = g.initializer(f"{name}.lora_b.T", np.ascontiguousarray(lora.b.T.astype(np.float32)))
     h = g.op("MatMul", [x, a_t], f"{scope}/lora/MatMul_a")
+    if gate:
+        h = g.op("Mul", [h, gate], f"{scope}/lora/Mul_gate")
     return g.op("MatMul", [h, b_t], f"{scope}/lora/MatMul_b")

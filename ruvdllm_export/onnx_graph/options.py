@@ -40,6 +40,10 @@ class GraphOptions:
     adapter_rank: int = 4  # bank rank per slot; MicroLoRAs are rank 2, so 4 leaves room
     table_bits: int | None = None  # token table bits; None: 4 if exact Q4 else 8 (Q8_0 exactly)
     max_position: int | None = None  # RoPE table length; None = the checkpoint's max_position
+    # A static LoRA (the conversion adapter) gets a per-row gate input, adapter_gate: rows with gate 0
+    # are the base AR model, which the verified sampler needs. One Mul on [1, S, rank] per branch:
+    # measured within noise of the ungated graph (benchmarks/README.md), so on by default.
+    adapter_switch: bool = True
 
     def __post_init__(self):
         if self.quantization not in QUANTIZATIONS:

@@ -68,7 +68,13 @@ def feeds(
 
 
 def run(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs by name; a graph with the adapter switch gets adapter_gate 1 (the conversion adapter
+    on, as the diffusion samplers run it) unless the feed sets it."""
     names = [o.name for o in sess.get_outputs()]
+    wanted = {i.name for i in sess.get_inputs()}
+    if artifact.ADAPTER_GATE in wanted and artifact.ADAPTER_GATE not in feed:
+        s = feed[artifact.INPUT_IDS].shape[-1]
+        feed = {**feed, artifact.ADAPTER_GATE: np.ones((1, s), np.float32)}
     return dict(zip(names, sess.run(names, feed), strict=True))
 
 

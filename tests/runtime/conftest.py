@@ -11,6 +11,12 @@ def tiny_model_dir(tmp_path_factory):
     return make_tiny_artifact(tmp_path_factory.mktemp("tiny") / "model")
 
 
+@pytest.fixture(scope="session")
+def tiny_switch_model_dir(tmp_path_factory):
+    """The tiny model with a random conversion adapter and its per-row switch."""
+    return make_tiny_artifact(tmp_path_factory.mktemp("tiny-switch") / "model", conversion_adapter=True)
+
+
 @pytest.fixture
 def tiny_model_copy(tiny_model_dir, tmp_path):
     target = tmp_path / "model"

@@ -45,6 +45,14 @@ def test_plain_stream_and_json(tiny_model_dir, tmp_path):
     assert report["timings"]["tokens_per_s"] > 0 and report["prompt_tokens"] > 2
 
 
+def test_verified_equals_ar_and_reports_its_drafts(tiny_switch_model_dir, tmp_path):
+    args = ("Hello there", "--model", tiny_switch_model_dir, "--length", "12", "--no-eos-stop", "--json")
+    verified = json.loads(cli(*args, "--sampler", "verified", "--block-size", "3", cache=tmp_path).stdout)
+    ar = json.loads(cli(*args, "--sampler", "ar", cache=tmp_path).stdout)
+    assert verified["tokens"] == ar["tokens"] and len(ar["steps"]) == 12
+    assert sum(s["drafted"] for s in verified["steps"]) > 0 and verified["settings"]["sampler"] == "verified"
+
+
 def test_same_seed_same_tokens_and_stdin_prompt(tiny_model_dir, tmp_path):
     args = ("--model", tiny_model_dir, "--length", "8", "--temperature", "1.5", "--json", "--sampler", "mdlm")
     a = json.loads(cli("-", *args, "--seed", "1", cache=tmp_path, stdin="Hello").stdout)["tokens"]
@@ -77,7 +85,8 @@ def one_line_error(run, fragment):
         (("hi", "--steps", "0"), "steps 0: out of range"),
         (("hi", "--block-size", "0"), "block size 0: out of range"),
         (("hi", "--block-size", "1000"), "block size 1000: out of range 1..256"),
-        (("hi", "--sampler", "ar"), "sampler 'ar': unknown"),
+        (("hi", "--sampler", "gibbs"), "sampler 'gibbs': unknown"),
+        (("hi", "--sampler", "verified", "--steps", "2"), "steps 2: the verified sampler takes no steps"),
         (("hi", "--decoding", "beam"), "decoding 'beam': unknown"),
         (("hi", "--threshold", "0"), "threshold 0.0"),
     ],

@@ -1,4 +1,5 @@
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -166,3 +167,31 @@ def test_a_graph_needing_a_newer_onnxruntime_is_refused_in_one_line(tiny_model_d
 )
 def test_version_tuple(text, parsed):
     assert version_tuple(text) == parsed
+
+
+def test_the_gate_switches_the_conversion_adapter_per_row(tiny_switch_model_dir):
+    """Gate 0 rows differ from gate 1 rows (the adapter is baked in), no gate means on everywhere,
+    and the verified sampler over this backend equals the AR sampler."""
+    config = artifact.load_config(tiny_switch_model_dir)
+    backend = OrtBackend(tiny_switch_model_dir / artifact.GRAPH_NAME, config, ONE_THREAD)
+    assert backend.has_gate
+    ids = [5, 17, 42, 99, 7]
+
+    def run(gate):
+        backend.reset()
+        return backend.forward(replace(chunk(ids), adapter_gate=gate)).topk_logits
+
+    on, off, default = run([1.0] * 5), run([0.0] * 5), run(None)
+    assert on == default and not np.allclose(on, off, atol=1e-3)
+    settings = dict(length=16, block_size=4, stop_at_eos=False)
+    verified = generate(backend, ids, GenerationSettings(sampler="verified", **settings), random.Random(0))
+    ar = generate(backend, ids, GenerationSettings(sampler="ar", **settings), random.Random(0))
+    assert verified.tokens == ar.tokens and sum(e.drafted for e in verified.trace) > 0
+
+
+def test_a_gate_for_an_adapter_without_a_switch_is_refused(tiny_model_dir, config, backend):
+    backend.forward(replace(chunk([5, 6]), adapter_gate=[0.0, 0.0]))  # no adapter baked in: nothing to switch
+    switchless = replace(config, source={"static_adapter": {"linears": 1}})  # baked in, no gate input
+    plain = OrtBackend(tiny_model_dir / artifact.GRAPH_NAME, switchless, ONE_THREAD)
+    with pytest.raises(RuvdllmError, match="no switch"):
+        plain.forward(replace(chunk([5, 6]), adapter_gate=[0.0, 1.0]))

@@ -38,10 +38,11 @@ class Runner:
         self.backend = backend
         self.last = None
 
-    def forward(self, ids, positions, blocks, offset, weights):
+    def forward(self, ids, positions, blocks, offset, weights, gate=None):
         slots = self.backend.config.adapter_slots
         rows = [list(weights[i * slots : (i + 1) * slots]) for i in range(len(ids))]
-        self.last = self.backend.forward(Chunk(list(ids), list(positions), list(blocks), offset, rows))
+        gate = None if gate is None else list(gate)
+        self.last = self.backend.forward(Chunk(list(ids), list(positions), list(blocks), offset, rows, gate))
         flat = lambda rows: Typed(x for row in rows for x in row)  # noqa: E731
         return SimpleNamespace(
             topK=len(self.last.topk_ids[0]),
@@ -132,6 +133,25 @@ def test_the_session_generates_what_cpython_generates(session, tiny_model_copy):
     dgr_slots = session.config.adapter_slots - 3  # slots [G, K) after the 3 TALoRA groups
     assert retrieved and all(len(w) == dgr_slots and any(w) for w in retrieved)
     assert all(len(e["talora"]) == 3 for e in events)
+
+
+def test_the_page_runs_the_verified_sampler(tiny_switch_model_dir, monkeypatch):
+    """The adapter gate crosses to JavaScript: the page's verified tokens are CPython's (and the AR
+    model's)."""
+    ffi = SimpleNamespace(run_sync=lambda value: value, to_js=lambda value, **_: value)
+    monkeypatch.setattr(pyodide_backend, "_ffi", lambda: ffi)
+    config = artifact.load_config(tiny_switch_model_dir)
+    tokenizer = load_tokenizer(tiny_switch_model_dir / artifact.TOKENIZER_NAME, config)
+    web = pyodide_backend.WebSession(
+        str(tiny_switch_model_dir), Tokenizer(tokenizer), PatternIndex(config.hidden_size)
+    )
+    web.attach(Runner(OrtBackend(tiny_switch_model_dir / artifact.GRAPH_NAME, config, ONE_THREAD)))
+    page_settings = {"sampler": "verified", "length": 12, "block_size": 4, "stop_at_eos": False}
+    done = web.generate("Hello", page_settings, seed=0)
+    cpython = open_model(tiny_switch_model_dir, options=ONE_THREAD)
+    assert done["tokens"] == cpython.generate("Hello", settings_from(page_settings)).tokens
+    ar = cpython.generate("Hello", settings_from({**page_settings, "sampler": "ar"}))
+    assert done["tokens"] == ar.tokens
 
 
 def test_bank_info_and_tensors_for_the_page(session):

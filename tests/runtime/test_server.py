@@ -109,8 +109,10 @@ def test_health_reports_the_load(server):
         {"decoding": "threshold", "threshold": 0.3},
         {"temperature": 0.9, "top_k": 5, "top_p": 0.9, "schedule": "cosine"},
         {"talora": False, "dgr": False},
+        {"sampler": "verified", "block_size": 4},
+        {"sampler": "ar", "temperature": 0.7},
     ],
-    ids=["defaults", "mdlm", "block8", "threshold", "sampled", "no-adapters"],
+    ids=["defaults", "mdlm", "block8", "threshold", "sampled", "no-adapters", "verified", "ar"],
 )
 def test_completion_matches_the_runtime(client, server, model, knobs):
     response = client.completions.create(

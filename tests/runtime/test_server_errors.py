@@ -182,7 +182,7 @@ def test_the_openai_client_raises_its_typed_errors(server):
     with pytest.raises(openai.BadRequestError, match="steps 99: out of range"):
         client.completions.create(model=server.name, prompt="x", max_tokens=8, extra_body={"steps": 99})
     with pytest.raises(openai.BadRequestError, match="sampler"):
-        client.chat.completions.create(model=server.name, messages=[OK], extra_body={"sampler": "ar"})
+        client.chat.completions.create(model=server.name, messages=[OK], extra_body={"sampler": "gibbs"})
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="davinci", prompt="x")
     with pytest.raises(openai.BadRequestError, match="context"):

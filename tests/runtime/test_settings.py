@@ -22,7 +22,7 @@ def test_defaults_resolve_to_one_token_per_step():
     [
         (GenerationSettings(), 0, "prompt: empty"),
         (GenerationSettings(length=500), 20, "exceed the model's context of 512"),
-        (GenerationSettings(sampler="ar"), 3, "sampler 'ar': unknown"),
+        (GenerationSettings(sampler="gibbs"), 3, "sampler 'gibbs': unknown"),
         (GenerationSettings(decoding="greedy"), 3, "decoding 'greedy'"),
         (GenerationSettings(schedule="sigmoid"), 3, "schedule 'sigmoid'"),
         (GenerationSettings(block_size=0), 3, "block size 0: out of range"),

@@ -11,22 +11,29 @@ import numpy as np
 from runtime import artifact
 from runtime.artifact import ArtifactConfig
 from runtime.banks import Bank
-from ruvdllm_export.onnx_graph import GraphOptions
+from ruvdllm_export.onnx_graph import GraphOptions, StaticLora
 from ruvdllm_export.onnx_graph.builder import build_graph
 from tests.export.graph_harness import tiny_spec
-from tests.fixtures.tiny_models import ARCHS, TINY, tiny_weights
+from tests.fixtures.tiny_models import ARCHS, TINY, random_conversion_adapter, tiny_weights
 from tests.fixtures.tiny_tokenizer import CHATML_TEMPLATE, make_tokenizer
 
 MASK_ID = 3  # <|mask|> in the tiny tokenizer
 SLOTS, RANK, TOP_K = 5, 2, 16
 
 
-def make_tiny_artifact(directory: Path, arch: str = "llama", seed: int = 0) -> Path:
+def make_tiny_artifact(
+    directory: Path, arch: str = "llama", seed: int = 0, conversion_adapter: bool = False
+) -> Path:
+    """`conversion_adapter`: bake in a random conversion adapter with its per-row switch (what the
+    verified and AR samplers need)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     spec = tiny_spec(arch, tied=False)
     options = GraphOptions(top_k=TOP_K, adapter_slots=SLOTS, adapter_rank=RANK)
-    model = build_graph(spec, tiny_weights(arch, False, seed), options)
+    lora = None
+    if conversion_adapter:
+        lora = {name: StaticLora(a=a, b=b) for name, (a, b) in random_conversion_adapter(spec).items()}
+    model = build_graph(spec, tiny_weights(arch, False, seed), options, lora=lora)
     import onnx
 
     onnx.save(model, directory / artifact.GRAPH_NAME)
@@ -51,6 +58,8 @@ def make_tiny_artifact(directory: Path, arch: str = "llama", seed: int = 0) -> P
         adapter_slots=SLOTS,
         adapter_rank=RANK,
         chat_template=CHATML_TEMPLATE,
+        adapter_gate=conversion_adapter,
+        source={"static_adapter": {"linears": len(lora)}} if lora else {},
     )
     (directory / artifact.CONFIG_NAME).write_text(config.to_json())
     artifact.write_manifest(directory)

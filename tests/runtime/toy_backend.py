@@ -4,7 +4,7 @@ without onnxruntime: what a row predicts depends on exactly what it can see, and
 key depends on what that token saw when it was computed — so a wrong chunk, block id, output
 offset or cache truncation changes the tokens.
 
-    layer 0 key of j:  (position, token, adapter row)                 (like an embedding)
+    layer 0 key of j:  (position, token, adapter row, adapter gate)   (like an embedding)
     layer 1 key of j:  digest(own layer-0 key, layer-0 keys j sees)   (depends on context)
     row i:             digest(own layer-1 key, layer-1 keys i sees) -> logits over the vocabulary
 """
@@ -69,7 +69,13 @@ class ToyBackend:
             "positions follow the cache"
         )
         weights = [tuple(round(w, 9) for w in row) for row in chunk.adapter_weights]
-        k0 = [(chunk.position_ids[j], chunk.input_ids[j], weights[j]) for j in range(n)]
+        # adapter_gate 0: the row runs without the conversion adapter (the "AR model" of the toy)
+        base = [False] * n if chunk.adapter_gate is None else [g == 0.0 for g in chunk.adapter_gate]
+        assert chunk.adapter_gate is None or len(chunk.adapter_gate) == n
+        k0 = [
+            (chunk.position_ids[j], chunk.input_ids[j], weights[j]) + (("base",) if base[j] else ())
+            for j in range(n)
+        ]
         sees = [[j for j in range(n) if chunk.block_ids[j] <= chunk.block_ids[i]] for i in range(n)]
         past0 = [c[0] for c in self.cache]
         past1 = [c[1] for c in self.cache]

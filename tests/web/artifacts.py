@@ -36,13 +36,19 @@ def add_bank(model_dir: Path, seed: int = 0, patterns: int = 8) -> None:
     write_manifest(model_dir)
 
 
-def tiny_web_model(directory: Path, arch: str = "llama") -> Path:
-    """checkpoint -> `export_model(target="webgpu")` -> + bank. Returns the model directory."""
+def tiny_web_model(directory: Path, arch: str = "llama", conversion_adapter: bool = False) -> Path:
+    """checkpoint -> `export_model(target="webgpu")` -> + bank. Returns the model directory.
+    `conversion_adapter`: bake in a random one, with its per-row switch (adapter_gate)."""
+    from ruvdllm_export.checkpoints import load_checkpoint
     from ruvdllm_export.export import export_model
-    from tests.fixtures.tiny_models import make_hf_checkpoint
+    from tests.fixtures.tiny_models import make_hf_checkpoint, write_conversion_adapter
 
-    checkpoint = make_hf_checkpoint(directory / f"{arch}-checkpoint", arch, seed=0)
-    model = export_model(checkpoint, directory / f"{arch}-webgpu", target="webgpu", log=None)
+    checkpoint = load_checkpoint(make_hf_checkpoint(directory / f"{arch}-checkpoint", arch, seed=0))
+    adapter = None
+    if conversion_adapter:
+        adapter = write_conversion_adapter(directory / f"{arch}-adapter.safetensors", checkpoint)
+    name = f"{arch}-webgpu" + ("-adapter" if conversion_adapter else "")
+    model = export_model(checkpoint, directory / name, target="webgpu", adapter=adapter, log=None)
     add_bank(model)
     return model
 

@@ -81,6 +81,23 @@ def test_wasm_mdlm_threshold_sampling_matches_cpython(browser, web_server, tiny_
     assert_same_as_cpython(result, tiny_model, settings, seed=7, chat=False)
 
 
+def test_wasm_verified_sampler_matches_cpython(browser, web_server, tmp_path_factory):
+    """A model with a conversion adapter and its switch: the page feeds adapter_gate, and the
+    verified sampler's tokens (the AR model's) are CPython's."""
+    model = tiny_web_model(tmp_path_factory.mktemp("web-switch"), conversion_adapter=True)
+    page = open_app(browser, app_url(web_server, web_server.mount_model("switch", model), ep="wasm"))
+    settings = {
+        "sampler": "verified",
+        "length": 16,
+        "block_size": 4,
+        "talora": True,
+        "dgr": True,
+        "chat": True,
+    }
+    result = generate(page, PROMPT, {**settings, "seed": 0})
+    assert_same_as_cpython(result, model, settings, seed=0)
+
+
 def test_webgpu_generation_matches_cpython(webgpu_browser, web_server, tiny_model, model_url):
     """The WebGPU graph's ops (MatMulNBits, the attention formulation, the adapter branches) on
     Dawn/SwiftShader: slow, so one short block."""

@@ -108,8 +108,10 @@ export class ModelRunner {
     return this.past.length ? this.past[0].key.dims[2] : 0;
   }
 
-  // One forward. ids/positions/blocks: numbers [S]; weights: numbers [S * slots] (row-major).
-  async forward(inputIds, positionIds, blockIds, outputOffset, adapterWeights) {
+  // One forward. ids/positions/blocks: numbers [S]; weights: numbers [S * slots] (row-major);
+  // gate: numbers [S] (1 = conversion adapter on, 0 = the base AR model) or null (on everywhere),
+  // fed only to a graph with the adapter switch (config.adapter_gate).
+  async forward(inputIds, positionIds, blockIds, outputOffset, adapterWeights, adapterGate = null) {
     const entered = performance.now();
     const { ort, config } = this;
     const S = inputIds.length;
@@ -122,6 +124,10 @@ export class ModelRunner {
       adapter_weights: new ort.Tensor('float32', Float32Array.from(adapterWeights), [1, S, slots]),
       ...this.banks,
     };
+    if (config.adapter_gate) {
+      const gate = adapterGate ? Float32Array.from(adapterGate) : new Float32Array(S).fill(1);
+      feeds.adapter_gate = new ort.Tensor('float32', gate, [1, S]);
+    }
     this.past.forEach((p, l) => {
       feeds[names.pastKey(l)] = p.key;
       feeds[names.pastValue(l)] = p.value;

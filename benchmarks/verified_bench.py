@@ -1,0 +1,162 @@
+"""The verified sampler on the default model: how many tokens a forward commits when the diffusion
+model drafts and the AR model checks, and what that buys against plain diffusion decoding and
+against the AR model decoded through the same graph — all in one run, on the same threads.
+
+    python benchmarks/verified_bench.py [--model DIR] [--plain DIR] [--threads 2] [--blocks 2 4 8]
+
+Two tables (ratios compare numbers measured in this run; absolute times on a shared machine are
+noisy, so each configuration runs `--repeats` times over all prompts, interleaved, and the table
+shows the fastest repeat):
+
+  switch     ms per forward of the graph with the adapter switch (gate all 1, and half 0 / half 1)
+             against the same model exported with --no-adapter-switch (`--plain DIR`), for chunks
+             of 1, 9 and 17 rows after a 64-token cache: what the per-row switch costs
+  decoding   greedy, on the held-out prompts of data/quality_prompts.jsonl (chat template, stop at
+             EOS): `ar` (the AR model, one token per forward), `verified` per draft block, and the
+             default diffusion decoding (BD3LM, one token per step). Per configuration: forwards,
+             tokens, tokens per forward (= mean accepted length: kept drafts + the AR token),
+             draft acceptance, ms per forward, tokens/s and its ratio to `ar`; and whether the
+             verified tokens equal the AR tokens on every prompt (they must)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from runtime import artifact  # noqa: E402
+from runtime.backend import Chunk  # noqa: E402
+from runtime.chat_template import chat_prompt  # noqa: E402
+from runtime.cpython_model import open_model  # noqa: E402
+from runtime.ort_backend import OrtBackend, OrtOptions  # noqa: E402
+from runtime.settings import GenerationSettings  # noqa: E402
+
+PROMPTS = Path(__file__).resolve().parents[1] / "data" / "quality_prompts.jsonl"
+
+
+def switch_section(model_dir: Path, plain_dir: Path | None, threads: int, repeats: int) -> None:
+    options = OrtOptions(device="cpu", intra_op_threads=threads)
+    config = artifact.load_config(model_dir)
+    graphs = {"switch, gate 1": model_dir, "switch, gate 0|1": model_dir}
+    if plain_dir is not None:
+        graphs["no switch"] = plain_dir
+    backends = {
+        name: OrtBackend(d / artifact.GRAPH_NAME, artifact.load_config(d), options)
+        for name, d in graphs.items()
+    }
+    slots, prefix = config.adapter_slots, list(range(100, 164))
+    print(
+        f"\n## switch: ms per forward after a {len(prefix)}-token cache ({threads} threads, best of {repeats})\n"
+    )
+    print("| rows | " + " | ".join(graphs) + " | switch / no switch |")
+    print("|---|" + "---|" * (len(graphs) + 1))
+    for rows in (1, 9, 17):
+        times: dict[str, list[float]] = {name: [] for name in graphs}
+        for _ in range(repeats):
+            for name, backend in backends.items():  # interleaved: load changes hit every graph alike
+                backend.reset()
+                backend.forward(Chunk(prefix, list(range(64)), list(range(64)), 63, [[0.0] * slots] * 64))
+                backend.commit(64)
+                gate = None
+                if backend.has_gate:
+                    gate = (
+                        [1.0] * rows if "gate 1" in name else [0.0] * (rows // 2) + [1.0] * (rows - rows // 2)
+                    )
+                chunk = Chunk(
+                    list(range(200, 200 + rows)),
+                    list(range(64, 64 + rows)),
+                    [0] * rows,
+                    0,
+                    [[0.0] * slots] * rows,
+                    gate,
+                )
+                started = time.perf_counter()
+                backend.forward(chunk)
+                times[name].append((time.perf_counter() - started) * 1e3)
+        best = {name: min(t) for name, t in times.items()}
+        ratio = f"{best['switch, gate 1'] / best['no switch']:.3f}" if "no switch" in best else "-"
+        print(f"| {rows} | " + " | ".join(f"{best[n]:.1f}" for n in graphs) + f" | {ratio} |")
+
+
+def decoding_section(model_dir: Path, threads: int, blocks, length: int, prompts: int, repeats: int) -> dict:
+    model = open_model(model_dir, options=OrtOptions(device="cpu", intra_op_threads=threads))
+    texts = [json.loads(line)["prompt"] for line in PROMPTS.read_text().splitlines() if line.strip()][
+        :prompts
+    ]
+    ids = [model.encode(chat_prompt(model, [{"role": "user", "content": t}])) for t in texts]
+    configs = {"ar": GenerationSettings(sampler="ar", length=length)}
+    for block in blocks:
+        configs[f"verified, block {block}"] = GenerationSettings(
+            sampler="verified", length=length, block_size=block
+        )
+    configs["bd3lm (default: 1 token/step)"] = GenerationSettings(length=length)
+    model.warm_up()
+    runs: dict[str, list[list]] = {name: [] for name in configs}
+    for _ in range(repeats):
+        for name, settings in configs.items():
+            runs[name].append([model.generate(p, settings) for p in ids])
+    print(f"\n## decoding: {len(ids)} held-out prompts, greedy, length {length}, {threads} threads")
+    print(f"(fastest of {repeats} repeats per configuration, interleaved)\n")
+    print(
+        "| configuration | forwards | tokens | tokens/forward | drafts kept | ms/forward | tokens/s | × ar |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    summary, ar_rate = {}, None
+    for name, repeat in runs.items():
+        done = min(repeat, key=lambda r: sum(c.result.wall_ms for c in r))
+        forwards = sum(c.result.steps for c in done)
+        tokens = sum(len(c.tokens) for c in done)
+        committed = sum(len(e.committed) for c in done for e in c.trace)
+        drafted = sum(e.drafted for c in done for e in c.trace)
+        kept = committed - forwards if drafted else 0
+        wall_s = sum(c.result.wall_ms for c in done) / 1e3
+        rate = tokens / wall_s
+        ar_rate = ar_rate or rate
+        ms = sum(c.result.forward_ms for c in done) / forwards
+        accepted = f"{kept}/{drafted} ({kept / drafted:.0%})" if drafted else "-"
+        print(
+            f"| {name} | {forwards} | {tokens} | {committed / forwards:.2f} | {accepted} | {ms:.1f} | "
+            f"{rate:.1f} | {rate / ar_rate:.2f} |"
+        )
+        summary[name] = {"tokens": [c.tokens for c in done], "tokens_per_forward": committed / forwards}
+    ar_tokens = summary["ar"]["tokens"]
+    for name in configs:
+        if name.startswith("verified"):
+            same = sum(a == b for a, b in zip(ar_tokens, summary[name]["tokens"], strict=True))
+            print(f"\n{name}: tokens equal to the AR model's on {same}/{len(ids)} prompts")
+    spread = [statistics.median(sum(c.result.wall_ms for c in r) for r in runs[n]) for n in configs]
+    print(f"median wall per configuration (s): {', '.join(f'{s / 1e3:.1f}' for s in spread)}")
+    return summary
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", type=Path, help="model directory (default: the default model, exported once)"
+    )
+    parser.add_argument("--plain", type=Path, help="the same model exported with --no-adapter-switch")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--blocks", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--switch-repeats", type=int, default=20)
+    args = parser.parse_args()
+    model_dir = args.model
+    if model_dir is None:
+        from ruvdllm.default_artifact import default_model_dir
+
+        model_dir = default_model_dir("cpu")
+    switch_section(model_dir, args.plain, args.threads, args.switch_repeats)
+    decoding_section(model_dir, args.threads, args.blocks, args.length, args.prompts, args.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""The verified sampler: the diffusion model drafts, the AR model it was converted from verifies
+(speculative decoding with a diffusion drafter, as SpecDiff / DiffuSpec / S2D2), so the output is
+the AR model's own — its greedy tokens at temperature 0, its distribution when sampling
+(docs/sampling.md §11).
+
+The same graph is both models: rows with adapter_gate 0 and causal block ids compute the base AR
+model exactly; rows with gate 1 are the diffusion drafter. One forward does both jobs:
+
+    input_ids     tokens[cached:]   d_0 .. d_{m-1}       M  M  ..  M          (b masks)
+    adapter_gate  0 ..              0 ..                 1  1  ..  1
+    block_ids     0 1 2 ..          .. v-1               v  v  ..  v          (v verifier rows)
+                  └ AR rows: check the drafts, predict ┘  └ drafter: the next block, all masked
+                    the next token                          at once, seeing every row before it
+
+The cache only ever holds AR keys/values (gate 0, causal): exactly what the AR model would have
+cached for the committed text. Per forward, drafts are checked left to right against the AR row
+before each (greedy: equal to its argmax; sampling: the accept/reject rule); the first rejected
+draft is replaced by the AR model's own token, and when every draft holds, the AR row after the
+last one adds a bonus token. So every forward commits at least one token, the AR model's, and up
+to m + 1. The mask block's rows are the next drafts, kept only when all drafts held (they saw
+them). With no drafts pending (after a rejection) the forward is the AR step plus a fresh draft.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from runtime import speculative
+from runtime.autoregressive import ar_distribution, ar_token
+from runtime.backend import Backend, Chunk, StepOutput
+from runtime.control import AdapterControl
+from runtime.denoise import StepEvent
+from runtime.settings import GenerationSettings, Plan
+from runtime.speculative import Candidates
+
+
+@dataclass(frozen=True)
+class Draft:
+    token: int
+    dist: Candidates | None  # the distribution it was drawn from; None at temperature 0
+
+
+def verified_chunk(
+    tokens: list[int],
+    cached: int,
+    drafts: list[int],
+    masks: int,
+    mask_id: int,
+    mask_rows: list[list[float]],
+    slots: int,
+) -> Chunk:
+    """Uncached committed tokens and the drafts as AR rows (gate 0, causal, all `slots` adapter
+    weights 0), then `masks` mask positions as one drafter block (gate 1, `mask_rows`)."""
+    verifier = tokens[cached:] + drafts
+    v = len(verifier)
+    return Chunk(
+        input_ids=verifier + [mask_id] * masks,
+        position_ids=list(range(cached, cached + v + masks)),
+        block_ids=list(range(v)) + [v] * masks,
+        output_offset=len(tokens) - 1 - cached,
+        adapter_weights=[[0.0] * slots for _ in range(v)] + mask_rows,
+        adapter_gate=[0.0] * v + [1.0] * masks,
+    )
+
+
+def check_drafts(
+    drafts: list[Draft], output: StepOutput, settings: GenerationSettings, rng: random.Random
+) -> tuple[int, int]:
+    """(drafts kept, the AR token after them). Output row i is the AR row before draft i; row
+    len(drafts) predicts the token after the last."""
+    for i, draft in enumerate(drafts):
+        if settings.temperature <= 0.0:
+            token = ar_token(output, i, settings, rng)
+            kept = token == draft.token
+        else:
+            kept, token = speculative.verify_token(
+                draft.token, ar_distribution(output, i, settings), draft.dist, rng
+            )
+        if not kept:
+            return i, token
+    return len(drafts), ar_token(output, len(drafts), settings, rng)
+
+
+def new_drafts(
+    output: StepOutput, rows: range, mask_id: int, settings: GenerationSettings, rng: random.Random
+) -> list[Draft]:
+    """One draft per drafter row, left to right, each drawn alone from its row (so the rule's
+    exactness holds: a draft's distribution depends on nothing drawn after it)."""
+    drafts = []
+    s = settings
+    for r in rows:
+        ids, logits = output.topk_ids[r], output.topk_logits[r]
+        if s.temperature <= 0.0:
+            token = next(int(i) for i in ids if i != mask_id)
+            drafts.append(Draft(token, None))
+        else:
+            dist = speculative.row_distribution(ids, logits, s.temperature, s.top_k, s.top_p, drop=mask_id)
+            drafts.append(Draft(speculative.sample(dist, rng), dist))
+    return drafts
+
+
+def sample_verified(
+    backend: Backend,
+    prompt: list[int],
+    settings: GenerationSettings,
+    plan: Plan,
+    rng: random.Random,
+    control: AdapterControl,
+    on_step: Callable[[StepEvent], None],
+) -> list[int]:
+    """Generate up to `settings.length` tokens after `prompt`: the AR model's tokens, drafted in
+    blocks of `plan.span` by the diffusion model.
+
+    Args:
+        backend: runs the graph (with the adapter switch) and holds the AR cache.
+        prompt: token ids, at least one.
+        settings: temperature / top-k / top-p of both models; stop_at_eos ends after an EOS.
+        plan: the draft block (`plan.span` masks per forward), already checked.
+        rng: the generation's random.Random; consumed only when temperature > 0, per forward:
+            the drafts' accept draws in order (and one residual draw at a rejection, or the bonus
+            draw), then one draw per new draft, left to right.
+        control: TALoRA weights for the drafter rows (t = 1: the block is all masked).
+        on_step: receives one StepEvent per forward; `drafted` counts the drafts it checked.
+    """
+    mask_id = backend.config.mask_token_id
+    eos = set(backend.config.eos_token_ids)
+    backend.reset()
+    control.start_span()
+    tokens = list(prompt)  # committed: the prompt, then the AR model's tokens
+    end = len(prompt) + settings.length
+    generated: list[int] = []
+    drafts: list[Draft] = []
+    index = 0
+    while len(generated) < settings.length:
+        cached = backend.cached()
+        first_mask = len(tokens) + len(drafts)  # the position the AR row after the drafts predicts
+        masks = max(0, min(plan.span, end - first_mask))
+        rows = control.rows(0, masks, 1.0)
+        chunk = verified_chunk(tokens, cached, [d.token for d in drafts], masks, mask_id, rows, control.slots)
+        started = time.perf_counter()
+        output = backend.forward(chunk)
+        forward_ms = (time.perf_counter() - started) * 1e3
+        kept, token = check_drafts(drafts, output, settings, rng)
+        # AR keys/values of every committed token and kept draft; the new token leads the next chunk
+        backend.commit(len(tokens) + kept)
+        committed = [d.token for d in drafts[:kept]] + [token]
+        checked = len(drafts)
+        drafts = []
+        if kept == checked:  # the mask block saw exactly the text now committed
+            drafts = new_drafts(output, range(checked + 1, checked + masks), mask_id, settings, rng)
+        offset = len(generated)
+        tokens += committed
+        generated += committed
+        on_step(
+            StepEvent(
+                span=index,
+                step=0,
+                t=1.0,
+                committed={offset + i: t for i, t in enumerate(committed)},
+                tokens=[*generated, *([None] * len(drafts))],
+                retrieved=[],
+                forward_ms=forward_ms,
+                drafted=checked,
+            )
+        )
+        index += 1
+        if settings.stop_at_eos and eos.intersection(committed):
+            break
+    return generated[: settings.length]

@@ -1,0 +1,157 @@
+"""The verified sampler over the toy backend, whose rows depend on exactly what they see (tokens,
+positions, adapter weights, adapter gate) and whose cached keys remember what they saw: the AR
+model of the toy is its gate-0 causal rows. At temperature 0 the verified sampler must produce
+that model's greedy tokens whatever the drafter proposes; when sampling, its tokens must follow
+that model's distribution (checked against the exact distribution on a five-token vocabulary)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import replace
+
+import pytest
+
+from runtime.backend import Chunk
+from runtime.generate import generate
+from runtime.sampling import candidate_probs
+from runtime.settings import GenerationSettings
+from runtime.verified import verified_chunk
+from ruvdllm.errors import RuvdllmError
+from tests.runtime.toy_backend import TOY_CONFIG, ToyBackend
+
+# Five tokens (the mask is the fifth) and all of them in the top-K: the toy drafter then agrees
+# with the AR model often enough to exercise kept drafts, and distributions are exact.
+SMALL = replace(TOY_CONFIG, vocab_size=5, top_k=5, mask_token_id=4, eos_token_ids=(0,))
+
+
+def oracle_row(backend: ToyBackend, context: list[int]):
+    """The AR model's row after `context`, from one uncached forward of all of it (gate 0, causal):
+    written apart from the samplers, which cache."""
+    backend.reset()
+    n = len(context)
+    slots = backend.config.adapter_slots
+    out = backend.forward(
+        Chunk(context, list(range(n)), list(range(n)), n - 1, [[0.0] * slots] * n, [0.0] * n)
+    )
+    backend.reset()
+    return out.topk_ids[0], out.topk_logits[0]
+
+
+def oracle_greedy(config, prompt: list[int], length: int, stop_at_eos: bool) -> list[int]:
+    backend = ToyBackend(config)
+    tokens = list(prompt)
+    while len(tokens) - len(prompt) < length:
+        tokens.append(oracle_row(backend, tokens)[0][0])
+        if stop_at_eos and tokens[-1] in config.eos_token_ids:
+            break
+    return tokens[len(prompt) :]
+
+
+def run(config, prompt, seed=0, **settings):
+    settings.setdefault("stop_at_eos", False)
+    return generate(ToyBackend(config), prompt, GenerationSettings(**settings), random.Random(seed))
+
+
+@pytest.mark.parametrize("config", [TOY_CONFIG, SMALL], ids=["vocab40", "vocab5"])
+@pytest.mark.parametrize("block", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("prompt", [[7], [3, 1, 2, 9, 11]])
+def test_greedy_verified_equals_the_ar_model(config, block, prompt):
+    prompt = [t % config.vocab_size for t in prompt]
+    want = oracle_greedy(config, prompt, 40, stop_at_eos=False)
+    verified = run(config, prompt, sampler="verified", length=40, block_size=block)
+    ar = run(config, prompt, sampler="ar", length=40)
+    assert verified.tokens == want
+    assert ar.tokens == want
+    assert ar.steps == 40 and verified.steps <= 40
+    assert sum(len(e.committed) for e in verified.trace) >= 40  # every forward commits >= 1 token
+
+
+@pytest.mark.parametrize("block", [2, 4])
+def test_drafts_are_kept_and_the_forwards_fall(block):
+    result = run(SMALL, [1, 2], sampler="verified", length=120, block_size=block)
+    kept = [len(e.committed) - 1 for e in result.trace]
+    drafted = [e.drafted for e in result.trace]
+    assert sum(kept) > 10 and result.steps < 110
+    if block == 2:
+        assert any(k == d > 0 for k, d in zip(kept, drafted, strict=True))  # a forward's drafts all kept
+    else:
+        assert any(k >= 2 for k in kept)  # several drafts kept in one forward
+    assert any(k < d for k, d in zip(kept, drafted, strict=True))  # and some rejected
+    assert all(k <= d <= block - 1 for k, d in zip(kept, drafted, strict=True))
+
+
+def test_stop_at_eos_cuts_where_the_ar_model_stops():
+    for prompt in ([1], [2, 3], [3]):
+        want = oracle_greedy(SMALL, prompt, 60, stop_at_eos=True)
+        got = run(SMALL, prompt, sampler="verified", length=60, block_size=4, stop_at_eos=True)
+        assert got.tokens == [t for t in want if t not in SMALL.eos_token_ids]
+
+
+def test_greedy_consumes_no_randomness_and_sampling_is_seeded():
+    rng = random.Random(3)
+    state = rng.getstate()
+    generate(ToyBackend(SMALL), [1], GenerationSettings(sampler="verified", length=12, block_size=3), rng)
+    assert rng.getstate() == state
+    a = run(SMALL, [1], sampler="verified", length=20, block_size=3, temperature=0.9, seed=4)
+    b = run(SMALL, [1], sampler="verified", length=20, block_size=3, temperature=0.9, seed=4)
+    c = run(SMALL, [1], sampler="verified", length=20, block_size=3, temperature=0.9, seed=5)
+    assert a.tokens == b.tokens != c.tokens
+
+
+def exact_ar_distribution(prompt: list[int], length: int, temperature: float) -> dict[tuple, float]:
+    """P(first `length` tokens) of the AR model sampled at `temperature` (all candidates kept)."""
+    backend = ToyBackend(SMALL)
+    probs = {}
+    for sequence in itertools.product(range(SMALL.vocab_size), repeat=length):
+        p, context = 1.0, list(prompt)
+        for token in sequence:
+            ids, logits = oracle_row(backend, context)
+            row = dict(zip(ids, candidate_probs(logits, temperature, 0, 1.0), strict=True))
+            p *= row.get(token, 0.0)
+            context.append(token)
+        probs[sequence] = p
+    return probs
+
+
+@pytest.mark.parametrize(("length", "block", "samples"), [(2, 2, 4000), (3, 3, 6000)])
+def test_sampling_keeps_the_ar_distribution(length, block, samples):
+    """Chi-square of the verified sampler's first tokens against the exact AR distribution: the
+    critical values are the 1e-4 quantiles (24 and 124 degrees of freedom); seeded, so stable."""
+    prompt, temperature = [1, 3], 1.0
+    exact = exact_ar_distribution(prompt, length, temperature)
+    backend = ToyBackend(SMALL)
+    settings = GenerationSettings(
+        sampler="verified", length=length, block_size=block, temperature=temperature, stop_at_eos=False
+    )
+    counts = dict.fromkeys(exact, 0)
+    drafted = kept = 0
+    for seed in range(samples):
+        result = generate(backend, prompt, settings, random.Random(seed))
+        counts[tuple(result.tokens)] += 1
+        drafted += sum(e.drafted for e in result.trace)
+        kept += sum(len(e.committed) - 1 for e in result.trace)
+    assert 0 < kept < drafted  # both halves of the rule ran
+    chi2 = sum((counts[s] - samples * p) ** 2 / (samples * p) for s, p in exact.items() if p > 0)
+    critical = {2: 56.4, 3: 183.0}[length]
+    assert chi2 < critical, chi2
+
+
+def test_the_chunk_puts_ar_rows_before_the_drafter_block():
+    chunk = verified_chunk([5, 6, 7, 8], 2, [9, 10], 3, 4, [[0.5, 0.5]] * 3, 2)
+    assert chunk.input_ids == [7, 8, 9, 10, 4, 4, 4]
+    assert chunk.position_ids == [2, 3, 4, 5, 6, 7, 8]
+    assert chunk.block_ids == [0, 1, 2, 3, 4, 4, 4]
+    assert chunk.adapter_gate == [0.0] * 4 + [1.0] * 3
+    assert chunk.adapter_weights == [[0.0, 0.0]] * 4 + [[0.5, 0.5]] * 3
+    assert chunk.output_offset == 1  # the last committed token's row predicts the first draft
+
+
+def test_bad_settings_are_one_line_errors():
+    with pytest.raises(RuvdllmError, match="takes no steps"):
+        run(SMALL, [1], sampler="verified", length=8, steps=2)
+    switchless = replace(SMALL, source={"static_adapter": {"linears": 7}}, adapter_gate=False)
+    for sampler in ("verified", "ar"):
+        with pytest.raises(RuvdllmError, match="no per-row switch"):
+            run(switchless, [1], sampler=sampler, length=8)
+    run(replace(switchless, adapter_gate=True), [1], sampler="verified", length=8)
