@@ -1,7 +1,7 @@
 """Quality of the AR -> diffusion conversion: how well the converted model denoises held-out
 text, and how good and how varied the text it samples is, judged by the original AR model.
 
-    python benchmarks/quality.py [--model GGUF|HF_DIR] [--adapter FILE] --data FILE_OR_DIR ...
+    python benchmarks/conversion_quality.py [--model GGUF|HF_DIR] [--adapter FILE] --data FILE_OR_DIR ...
 
 Two tables:
 
