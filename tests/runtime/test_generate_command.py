@@ -80,6 +80,8 @@ def one_line_error(run, fragment):
         (("hi", "--sampler", "ar"), "sampler 'ar': unknown"),
         (("hi", "--decoding", "beam"), "decoding 'beam': unknown"),
         (("hi", "--threshold", "0"), "threshold 0.0"),
+        (("hi", "--entropy-bound", "-1"), "entropy bound -1.0"),
+        (("hi", "--order", "right-to-left"), "order 'right-to-left': unknown"),
     ],
 )
 def test_bad_input_is_one_line(tiny_model_dir, tmp_path, args, fragment):
