@@ -8,6 +8,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import takewhile
 
 from runtime.backend import StepOutput
 from runtime.control import AdapterControl
@@ -23,6 +24,7 @@ class Proposal:
     position: int  # in the span
     token: int
     confidence: float  # temperature-1 probability under the full vocabulary
+    entropy: float = 0.0  # nats, of the row's full-vocabulary distribution (the graph's output)
 
 
 @dataclass(frozen=True)
@@ -47,19 +49,58 @@ def propose(
     for i in masked:
         ids, logits = drop_token(output.topk_ids[i], output.topk_logits[i], mask_id)
         j = choose_token(ids, logits, settings.temperature, settings.top_k, settings.top_p, rng)
-        proposals.append(Proposal(i, int(ids[j]), confidence(float(logits[j]), float(output.logsumexp[i]))))
+        p = confidence(float(logits[j]), float(output.logsumexp[i]))
+        proposals.append(Proposal(i, int(ids[j]), p, float(output.entropy[i])))
     return proposals
+
+
+def ranked(proposals: Sequence[Proposal], order: str = "confidence") -> list[Proposal]:
+    """The order in which positions are committed: "confidence" (most confident first, ties to
+    the lower position) or "left-to-right" (the leftmost masked first, as the AR parent writes)."""
+    if order == "left-to-right":
+        return sorted(proposals, key=lambda p: p.position)
+    return sorted(proposals, key=lambda p: (-p.confidence, p.position))
 
 
 def most_confident(proposals: Sequence[Proposal], n: int) -> list[Proposal]:
     """Low-confidence remasking: keep the n most confident; ties go to the lower position."""
-    return sorted(proposals, key=lambda p: (-p.confidence, p.position))[:n]
+    return ranked(proposals)[:n]
 
 
-def above_threshold(proposals: Sequence[Proposal], threshold: float) -> list[Proposal]:
-    """Fast-dLLM parallel decoding: every proposal at or above the threshold, at least the best."""
-    chosen = [p for p in proposals if p.confidence >= threshold]
-    return chosen or most_confident(proposals, 1)
+def above_threshold(order: Sequence[Proposal], threshold: float) -> list[Proposal]:
+    """Fast-dLLM parallel decoding: the leading proposals of `order` at or above the threshold,
+    at least the first. In confidence order that is every proposal above the threshold."""
+    chosen = list(takewhile(lambda p: p.confidence >= threshold, order))
+    return chosen or list(order[:1])
+
+
+def entropy_bounded(order: Sequence[Proposal], bound: float) -> list[Proposal]:
+    """EB-sampler (Ben-Hamu et al. 2025): the longest prefix of `order` whose summed entropy minus
+    its largest entropy stays within `bound` nats. The sum bounds the error of committing the
+    prefix together rather than one by one; leaving out the largest always admits the first, so
+    every step commits at least one position. The sum only grows along the prefix."""
+    chosen: list[Proposal] = []
+    total = largest = 0.0
+    for p in order:
+        total += p.entropy
+        largest = max(largest, p.entropy)
+        if chosen and total - largest > bound:
+            break
+        chosen.append(p)
+    return chosen
+
+
+def choose_positions(
+    proposals: Sequence[Proposal], settings: GenerationSettings, count: int
+) -> list[Proposal]:
+    """The positions one step commits: `settings.order` ranks them, `settings.decoding` says how
+    many lead the ranking (`count`, the schedule's n_s, for low-confidence remasking)."""
+    order = ranked(proposals, settings.order)
+    if settings.decoding == "threshold":
+        return above_threshold(order, settings.threshold)
+    if settings.decoding == "entropy-bounded":
+        return entropy_bounded(order, settings.entropy_bound)
+    return order[:count]
 
 
 def denoise_span(
@@ -91,10 +132,7 @@ def denoise_span(
         output = forward(span, t)
         forward_ms = (time.perf_counter() - started) * 1e3
         proposals = propose(masked, output, mask_id, settings, rng)
-        if counts is not None:
-            chosen = most_confident(proposals, counts[step])
-        else:
-            chosen = above_threshold(proposals, settings.threshold)
+        chosen = choose_positions(proposals, settings, counts[step] if counts else 0)
         committed = {p.position: p.token for p in chosen}
         for position, token in committed.items():
             span[position] = token

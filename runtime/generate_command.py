@@ -16,6 +16,7 @@ from runtime.display import LiveView, StreamPrinter
 from runtime.schedules import SCHEDULES
 from runtime.settings import (
     DECODINGS,
+    ORDERS,
     SAMPLERS,
     GenerationSettings,
     check_settings,
@@ -55,6 +56,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULTS.threshold,
         help=f"confidence threshold for --decoding threshold (default {DEFAULTS.threshold})",
+    )
+    parser.add_argument(
+        "--entropy-bound",
+        type=float,
+        default=DEFAULTS.entropy_bound,
+        help="nats of summed entropy a step may commit, for --decoding entropy-bounded "
+        f"(default {DEFAULTS.entropy_bound:g})",
+    )
+    parser.add_argument(
+        "--order",
+        default=DEFAULTS.order,
+        help=f"which masked positions commit first: {' | '.join(ORDERS)} (default {DEFAULTS.order})",
     )
     parser.add_argument(
         "--schedule",
@@ -192,6 +205,8 @@ def report(done, settings: GenerationSettings, load_ms: float, seed: int, model:
             "schedule": settings.schedule,
             "decoding": settings.decoding,
             "threshold": settings.threshold,
+            "entropy_bound": settings.entropy_bound,
+            "order": settings.order,
             "temperature": settings.temperature,
             "top_k": settings.top_k,
             "top_p": settings.top_p,

@@ -15,7 +15,8 @@ from ruvdllm.errors import RuvdllmError
 # ar: that AR model alone, one token per forward through the same graph (the lossless baseline)
 SAMPLERS = ("bd3lm", "mdlm", "verified", "ar")
 BASE_MODEL_SAMPLERS = ("verified", "ar")  # need rows that compute the AR model exactly
-DECODINGS = ("low-confidence", "threshold")
+DECODINGS = ("low-confidence", "threshold", "entropy-bounded")
+ORDERS = ("confidence", "left-to-right")  # which masked positions a step commits first
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class GenerationSettings:
     schedule: str = "linear"  # LLaDA's: equal tokens per step
     decoding: str = "low-confidence"  # commit the most confident positions per schedule
     threshold: float = 0.9  # Fast-dLLM's default for threshold decoding
+    entropy_bound: float = 0.5  # nats, for entropy-bounded decoding
+    order: str = "confidence"  # LLaDA's: the most confident positions first
     temperature: float = 0.0  # greedy: reproducible without a seed
     top_k: int = 0  # 0: all of the graph's candidates
     top_p: float = 1.0  # no nucleus truncation
@@ -79,6 +82,8 @@ def check_settings(settings: GenerationSettings) -> None:
         raise RuvdllmError(f"sampler {s.sampler!r}: unknown (choose from {', '.join(SAMPLERS)})")
     if s.decoding not in DECODINGS:
         raise RuvdllmError(f"decoding {s.decoding!r}: unknown (choose from {', '.join(DECODINGS)})")
+    if s.order not in ORDERS:
+        raise RuvdllmError(f"order {s.order!r}: unknown (choose from {', '.join(ORDERS)})")
     if s.schedule not in SCHEDULES:
         raise RuvdllmError(f"schedule {s.schedule!r}: unknown (choose from {', '.join(SCHEDULES)})")
     if s.length < 1:
@@ -89,6 +94,8 @@ def check_settings(settings: GenerationSettings) -> None:
         raise RuvdllmError(f"steps {s.steps}: out of range (must be at least 1)")
     if not 0.0 < s.threshold <= 1.0:
         raise RuvdllmError(f"threshold {s.threshold}: must be in (0, 1]")
+    if not s.entropy_bound >= 0.0:  # NaN fails too; infinity commits a whole span per step
+        raise RuvdllmError(f"entropy bound {s.entropy_bound}: must be >= 0")
     if s.temperature < 0.0:
         raise RuvdllmError(f"temperature {s.temperature}: must be >= 0")
     if s.top_k < 0:

@@ -1,7 +1,8 @@
 """The golden test: two implementations of docs/sampling.md — the standard-library runtime on
 onnxruntime CPU and the torch reference sampler on the torch model — run a tiny exported model
-and must produce the same tokens, step by step: MDLM and BD3LM, low-confidence and threshold
-decoding, greedy and seeded sampling, without adapters and with a TALoRA + DGR bank.
+and must produce the same tokens, step by step: MDLM and BD3LM, low-confidence, threshold and
+entropy-bounded decoding in confidence and left-to-right order, greedy and seeded sampling,
+without adapters and with a TALoRA + DGR bank.
 
 The model is exported by `export_model` (validated on the way, as every export is) with
 MatMulNBits at accuracy_level 0, so the two differ only by float32 summation order; the
@@ -43,6 +44,9 @@ PROMPT = [1, 17, 42, 99, 150, 7, 230]
 # The tiny random model is unsure (top probabilities ~0.02-0.035 over 384 tokens): this bar makes
 # threshold decoding commit several positions on some steps and one on others.
 THRESHOLD = 0.028
+# Its rows' entropies are near ln 384 = 5.95 nats: this bound admits two positions per step
+# (summed entropy minus the largest ~6) but not three (~12).
+ENTROPY_BOUND = 8.0
 DGR = DgrConfig(strategy="entropy", threshold=0.3, budget=2, neighbours=3)
 
 
@@ -129,6 +133,8 @@ def run_both(model, settings: GenerationSettings, seed: int, with_adapters: bool
             steps=settings.steps,
             decoding=settings.decoding,
             threshold=settings.threshold,
+            entropy_bound=settings.entropy_bound,
+            order=settings.order,
             temperature=settings.temperature,
             top_k=settings.top_k,
             top_p=settings.top_p,
@@ -142,18 +148,23 @@ def run_both(model, settings: GenerationSettings, seed: int, with_adapters: bool
 
 
 CASES = [
-    ("mdlm", "low-confidence", None, 0.0),
-    ("mdlm", "threshold", None, 0.0),
-    ("bd3lm", "low-confidence", 2, 0.0),
-    ("bd3lm", "threshold", None, 0.0),
-    ("bd3lm", "low-confidence", None, 0.8),
+    ("mdlm", "low-confidence", None, 0.0, "confidence"),
+    ("mdlm", "threshold", None, 0.0, "confidence"),
+    ("mdlm", "entropy-bounded", None, 0.0, "confidence"),
+    ("bd3lm", "low-confidence", 2, 0.0, "confidence"),
+    ("bd3lm", "threshold", None, 0.0, "confidence"),
+    ("bd3lm", "low-confidence", None, 0.8, "confidence"),
+    ("bd3lm", "entropy-bounded", None, 0.0, "confidence"),
+    ("bd3lm", "entropy-bounded", None, 0.8, "left-to-right"),
+    ("bd3lm", "threshold", None, 0.0, "left-to-right"),
+    ("bd3lm", "low-confidence", 2, 0.0, "left-to-right"),
 ]
 
 
 @pytest.mark.parametrize("with_adapters", [False, True], ids=["base", "talora+dgr"])
-@pytest.mark.parametrize(("sampler", "decoding", "steps", "temperature"), CASES)
+@pytest.mark.parametrize(("sampler", "decoding", "steps", "temperature", "order"), CASES)
 def test_runtime_and_reference_produce_the_same_tokens(
-    model, sampler, decoding, steps, temperature, with_adapters
+    model, sampler, decoding, steps, temperature, order, with_adapters
 ):
     settings = GenerationSettings(
         sampler=sampler,
@@ -162,6 +173,8 @@ def test_runtime_and_reference_produce_the_same_tokens(
         steps=steps,
         decoding=decoding,
         threshold=THRESHOLD,
+        entropy_bound=ENTROPY_BOUND,
+        order=order,
         temperature=temperature,
         top_p=0.9 if temperature else 1.0,
         dgr_config=DGR,
@@ -171,7 +184,9 @@ def test_runtime_and_reference_produce_the_same_tokens(
     assert [event.tokens for event in ours.trace] == [step.tokens for step in theirs.steps]
     if with_adapters:
         assert [len(e.retrieved) for e in ours.trace] == [len(s.retrieved) for s in theirs.steps]
-    if decoding == "threshold":  # parallel decoding really happened
+    # Parallel decoding really happened (left to right, the bank's adapters leave no two
+    # neighbours above the threshold, and one token per step is still a valid comparison).
+    if decoding != "low-confidence" and not (with_adapters and order == "left-to-right"):
         assert max(len(event.committed) for event in ours.trace) > 1
 
 

@@ -46,6 +46,8 @@ PARAM_OF_MESSAGE = {
     "block size": "block_size",
     "steps": "steps",
     "threshold": "threshold",
+    "entropy bound": "entropy_bound",
+    "order": "order",
     "temperature": "temperature",
     "top-k": "top_k",
     "top-p": "top_p",

@@ -15,10 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from runtime.dgr import STRATEGIES as DGR_STRATEGIES
 from runtime.schedules import SCHEDULES
-from runtime.settings import DECODINGS, SAMPLERS
+from runtime.settings import DECODINGS, ORDERS, SAMPLERS
 
 Sampler = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
 Decoding = Literal[tuple(DECODINGS)]  # type: ignore[valid-type]
+Order = Literal[tuple(ORDERS)]  # type: ignore[valid-type]
 ScheduleName = Literal[tuple(SCHEDULES)]  # type: ignore[valid-type]
 DgrStrategy = Literal[DGR_STRATEGIES]  # type: ignore[valid-type]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -67,8 +68,10 @@ class GenerationRequest(_Strict):
     steps: PositiveInt | None = None  # denoising steps per span (block for BD3LM, whole length for MDLM)
     block_size: PositiveInt | None = None  # BD3LM block; None: the model's
     sampler: Sampler | None = None
-    decoding: Decoding | None = None  # "low-confidence" remasking or Fast-dLLM "threshold"
+    decoding: Decoding | None = None  # scheduled count, Fast-dLLM "threshold" or "entropy-bounded"
     threshold: float | None = Field(None, gt=0.0, le=1.0)  # confidence threshold for "threshold"
+    entropy_bound: float | None = Field(None, ge=0.0, allow_inf_nan=False)  # nats, for "entropy-bounded"
+    order: Order | None = None  # which masked positions commit first: "confidence" or "left-to-right"
     schedule: ScheduleName | None = None
     top_k: int | None = Field(None, ge=0)  # 0: all of the graph's candidates
     talora: bool | None = None  # timestep-aware adapter banks on/off

@@ -6,8 +6,9 @@ implementations of one specification, not one implementation with itself.
 Per step (§4), vectorised over the masked positions of the span:
 
     rows of the span ─ drop the mask token ─ choose a token (greedy, or temperature/top-k/top-p
-    with one rng draw per masked position, ascending) ─ confidence p(token) ─ commit the n_s most
-    confident (low-confidence remasking) or all above a threshold (Fast-dLLM)
+    with one rng draw per masked position, ascending) ─ confidence p(token) ─ rank (most confident
+    first, or left to right) ─ commit the leading n_s (low-confidence remasking), those above a
+    threshold (Fast-dLLM) or those within an entropy bound (EB-sampler)
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from ruvdllm_export.reference.control import Adapters, AdapterState
 from ruvdllm_export.reference.model import DiffusionLM, Past
 
 ALGORITHMS = ("mdlm", "bd3lm")
-DECODINGS = ("low-confidence", "threshold")
+DECODINGS = ("low-confidence", "threshold", "entropy-bounded")
+ORDERS = ("confidence", "left-to-right")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class SamplingConfig:
     steps: int | None = None  # per span; None = one token per step (the span length)
     decoding: str = "low-confidence"  # LLaDA's remasking; "threshold" is Fast-dLLM's parallel decoding
     threshold: float = 0.9  # Fast-dLLM's default confidence bar
+    entropy_bound: float = 0.5  # nats; "entropy-bounded" (EB-sampler) commits within it
+    order: str = "confidence"  # which masked positions lead (the runtime's default); or "left-to-right"
     temperature: float = 0.0  # greedy: the reference is compared token for token
     top_k: int = 0  # 0 = all of the graph's candidates
     top_p: float = 1.0  # 1 = no nucleus cut
@@ -45,6 +49,8 @@ class SamplingConfig:
             raise ValueError(f"algorithm {self.algorithm!r}: not one of {ALGORITHMS}")
         if self.decoding not in DECODINGS:
             raise ValueError(f"decoding {self.decoding!r}: not one of {DECODINGS}")
+        if self.order not in ORDERS:
+            raise ValueError(f"order {self.order!r}: not one of {ORDERS}")
         if self.length < 1 or self.block_size < 1:
             raise ValueError("length and block_size must be >= 1")
 
@@ -104,17 +110,25 @@ def choose(
     return tokens, confidence
 
 
-def select(confidence: torch.Tensor, count: int | None, threshold: float) -> torch.Tensor:
-    """Indices (into the masked rows, which are ascending by position) to commit: the `count`
-    most confident, or every one at or above `threshold` (at least the best). Ties go to the
-    lower position: a stable sort on -confidence keeps ascending order among equals."""
-    order = torch.sort(-confidence, stable=True).indices
-    if count is None:
-        above = (confidence >= threshold).nonzero()[:, 0]
-        chosen = above if len(above) else order[:1]
+def select(
+    confidence: torch.Tensor, entropy: torch.Tensor, count: int | None, config: SamplingConfig
+) -> torch.Tensor:
+    """Indices (into the masked rows, which are ascending by position) to commit: the leading
+    rows of the ranking — by confidence (a stable sort on -confidence: ties to the lower
+    position) or left to right — `count` of them (low-confidence), those at or above the
+    threshold, or the longest prefix whose summed entropy minus its largest is within the bound
+    (EB-sampler); the threshold and the bound always admit the first."""
+    if config.order == "left-to-right":
+        order = torch.arange(len(confidence))
     else:
-        chosen = order[:count]
-    return chosen.sort().values
+        order = torch.sort(-confidence, stable=True).indices
+    if config.decoding == "threshold":
+        count = max(1, int((confidence[order] >= config.threshold).int().cumprod(0).sum()))
+    elif config.decoding == "entropy-bounded":
+        h = entropy[order].double()
+        excess = h.cumsum(0) - h.cummax(0).values  # nondecreasing along the prefix; 0 for the first
+        count = int((excess <= config.entropy_bound).sum())
+    return order[:count].sort().values
 
 
 def denoise_span(
@@ -150,7 +164,8 @@ def denoise_span(
             config,
             rng,
         )
-        chosen = select(confidence, counts[step] if counts else None, config.threshold)
+        entropy = out[artifact.ENTROPY][0, masked]
+        chosen = select(confidence, entropy, counts[step] if counts else None, config)
         for index in chosen.tolist():
             span[masked[index]] = int(tokens[index])
         still_masked = [i for i, token in enumerate(span) if token is None]

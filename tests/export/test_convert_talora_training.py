@@ -103,7 +103,7 @@ def test_banks_round_trip_through_the_runtime_format(tmp_path):
 
 def test_banks_and_the_same_size_static_lora_both_learn_the_domains():
     """Both adapters lower held-out masked NLL on each domain; they have the same parameter
-    count. (Which one is lower is a measurement, benchmarks/quality.py --talora, not a test.)"""
+    count. (Which one is lower is a measurement, benchmarks/conversion_quality.py --talora, not a test.)"""
     train, held = data()
     base = model()
     before = {d: evaluate(base, rows, OBJECTIVE, 4)["masked_nll"] for d, rows in held.items()}

@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime import sampling as runtime_sampling
+from runtime.denoise import Proposal, choose_positions
 from runtime.schedules import make_schedule, unmask_counts
+from runtime.settings import GenerationSettings
 from runtime.talora import TaloraConfig
 from ruvdllm_export.reference import DiffusionLM
 from ruvdllm_export.reference.control import Adapters, AdapterState
@@ -89,19 +91,32 @@ def test_mask_token_is_never_chosen():
     assert tokens.tolist() == [3, 5]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
-    confidence=st.lists(st.sampled_from([0.1, 0.4, 0.4, 0.9, 0.95]), min_size=1, max_size=9),
+    rows=st.lists(
+        st.tuples(st.sampled_from([0.1, 0.4, 0.4, 0.9, 0.95]), st.sampled_from([0.0, 0.05, 0.3, 1.0, 2.5])),
+        min_size=1,
+        max_size=9,
+    ),
     count=st.integers(1, 9),
+    decoding=st.sampled_from(["low-confidence", "threshold", "entropy-bounded"]),
+    order=st.sampled_from(["confidence", "left-to-right"]),
+    bound=st.sampled_from([0.0, 0.3, 1.0, 3.0]),
 )
-def test_select_orders_by_confidence_then_position(confidence, count):
-    c = torch.tensor(confidence, dtype=torch.float64)
-    count = min(count, len(confidence))
-    expected = sorted(sorted(range(len(confidence)), key=lambda i: (-confidence[i], i))[:count])
-    assert select(c, count, 0.0).tolist() == expected
-    above = [i for i, x in enumerate(confidence) if x >= 0.9]
-    best = sorted(range(len(confidence)), key=lambda i: (-confidence[i], i))[:1]
-    assert select(c, None, 0.9).tolist() == (above or best)
+def test_select_matches_the_runtime(rows, count, decoding, order, bound):
+    """The vectorised choice of positions equals the runtime's per-proposal one, for every
+    decoding and order, ties included (the confidences repeat)."""
+    count = min(count, len(rows))
+    config = SamplingConfig(decoding=decoding, threshold=0.9, entropy_bound=bound, order=order)
+    confidence = torch.tensor([c for c, _ in rows], dtype=torch.float64)
+    entropy = torch.tensor([h for _, h in rows], dtype=torch.float32)
+    proposals = [Proposal(i, 0, c, float(entropy[i])) for i, (c, _) in enumerate(rows)]
+    settings_ = GenerationSettings(decoding=decoding, threshold=0.9, entropy_bound=bound, order=order)
+    expected = sorted(p.position for p in choose_positions(proposals, settings_, count))
+    assert (
+        select(confidence, entropy, count if decoding == "low-confidence" else None, config).tolist()
+        == expected
+    )
 
 
 # --- whole generations ---------------------------------------------------------------------------

@@ -89,6 +89,8 @@ def one_line_error(run, fragment):
         (("hi", "--sampler", "verified", "--steps", "2"), "steps 2: the verified sampler takes no steps"),
         (("hi", "--decoding", "beam"), "decoding 'beam': unknown"),
         (("hi", "--threshold", "0"), "threshold 0.0"),
+        (("hi", "--entropy-bound", "-1"), "entropy bound -1.0"),
+        (("hi", "--order", "right-to-left"), "order 'right-to-left': unknown"),
     ],
 )
 def test_bad_input_is_one_line(tiny_model_dir, tmp_path, args, fragment):

@@ -107,12 +107,13 @@ def test_health_reports_the_load(server):
         {"sampler": "mdlm", "steps": 6},
         {"block_size": 8, "steps": 4},
         {"decoding": "threshold", "threshold": 0.3},
+        {"decoding": "entropy-bounded", "entropy_bound": 1.0, "order": "left-to-right"},
         {"temperature": 0.9, "top_k": 5, "top_p": 0.9, "schedule": "cosine"},
         {"talora": False, "dgr": False},
         {"sampler": "verified", "block_size": 4},
         {"sampler": "ar", "temperature": 0.7},
     ],
-    ids=["defaults", "mdlm", "block8", "threshold", "sampled", "no-adapters", "verified", "ar"],
+    ids=["defaults", "mdlm", "block8", "threshold", "entropy-bounded", "sampled", "no-adapters", "verified", "ar"],
 )
 def test_completion_matches_the_runtime(client, server, model, knobs):
     response = client.completions.create(

@@ -29,6 +29,8 @@ def test_every_knob_reaches_the_settings():
         sampler="mdlm",
         decoding="threshold",
         threshold=0.5,
+        entropy_bound=1.5,
+        order="left-to-right",
         schedule="cosine",
         talora=False,
         dgr=False,
@@ -41,6 +43,7 @@ def test_every_knob_reaches_the_settings():
     assert (settings.decoding, settings.threshold, settings.schedule) == ("threshold", 0.5, "cosine")
     assert (settings.talora, settings.dgr, settings.stop_at_eos, settings.length) == (False, False, False, 12)
     assert settings.dgr_config.strategy == "adaptive"
+    assert (settings.entropy_bound, settings.order) == (1.5, "left-to-right")
 
 
 def test_unset_knobs_keep_the_runtime_defaults_and_the_length_fits_the_context():

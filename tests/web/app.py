@@ -35,7 +35,7 @@ def state(page) -> dict:
 
 def set_settings(page, settings: dict) -> None:
     """Fill the settings form: keys are element ids (sampler, length, block_size, steps, decoding,
-    threshold, temperature, top_p, seed, talora, dgr, chat)."""
+    order, threshold, entropy_bound, temperature, top_p, seed, talora, dgr, chat)."""
     for name, value in settings.items():
         selector = f"#{name}"
         if isinstance(value, bool):

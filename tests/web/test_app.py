@@ -98,6 +98,22 @@ def test_wasm_verified_sampler_matches_cpython(browser, web_server, tmp_path_fac
     assert_same_as_cpython(result, model, settings, seed=0)
 
 
+def test_wasm_entropy_bounded_left_to_right_matches_cpython(browser, web_server, tiny_model, model_url):
+    """The form's entropy bound and order reach the sampler in Pyodide as they do on CPython."""
+    page = open_app(browser, app_url(web_server, model_url, ep="wasm"))
+    settings = {
+        "sampler": "bd3lm",
+        "length": 12,
+        "decoding": "entropy-bounded",
+        "entropy_bound": 8.0,
+        "order": "left-to-right",
+        "temperature": 0.0,
+        "chat": True,
+    }
+    result = generate(page, PROMPT, {**settings, "seed": 3})
+    assert_same_as_cpython(result, tiny_model, settings, seed=3, chat=True)
+
+
 def test_webgpu_generation_matches_cpython(webgpu_browser, web_server, tiny_model, model_url):
     """The WebGPU graph's ops (MatMulNBits, the attention formulation, the adapter branches) on
     Dawn/SwiftShader: slow, so one short block."""

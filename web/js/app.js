@@ -199,6 +199,8 @@ function readSettings() {
     steps: num('steps'),
     decoding: $('decoding').value,
     threshold: num('threshold'),
+    entropy_bound: num('entropy_bound'),
+    order: $('order').value,
     temperature: num('temperature'),
     top_p: num('top_p'),
     talora: $('talora').checked,

@@ -5,7 +5,8 @@
 //    forget?}   forget: drop the cached model files first (the page's "download again")
 //   {type: 'generate', id, prompt, chat, seed, settings}
 //       settings: GenerationSettings fields (runtime/settings.py): sampler, length, block_size,
-//       steps, schedule, decoding, threshold, temperature, top_k, top_p, talora, dgr, dgr_strategy
+//       steps, schedule, decoding, threshold, entropy_bound, order, temperature, top_k, top_p,
+//       talora, dgr, dgr_strategy
 //   {type: 'interrupt'}      also signalled through interruptBuffer (a SharedArrayBuffer, written
 //                            by the page) which the worker reads before every forward: a message
 //                            waits for the worker's event loop, the shared flag does not

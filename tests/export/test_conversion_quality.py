@@ -1,4 +1,4 @@
-"""benchmarks/quality.py on the tiny model: with no adapter and with one `ruvdllm convert`
+"""benchmarks/conversion_quality.py on the tiny model: with no adapter and with one `ruvdllm convert`
 wrote, it prints both tables with every configuration and finite numbers."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from ruvdllm.cli import main as cli
 from tests.fixtures.tiny_models import make_gguf_checkpoint
 
-QUALITY = Path(__file__).resolve().parents[2] / "benchmarks" / "quality.py"
+QUALITY = Path(__file__).resolve().parents[2] / "benchmarks" / "conversion_quality.py"
 
 
 def _quality():
