@@ -150,6 +150,9 @@ class ArtifactConfig:
     quantization: str = "q4"  # "q4" (MatMulNBits, block 32) or "fp32"
     accuracy_level: int = 4
     chat_template: str | None = None
+    # Samplers the model was trained for (the conversion adapter's objective, e.g. ("bd3lm",)):
+    # another one runs but denoises poorly. Empty: unknown (an unconverted or older model): all.
+    samplers: tuple[str, ...] = ()
     source: dict = field(default_factory=dict)  # checkpoint path/hash, exactness report, validation metrics
 
     def to_json(self) -> str:
@@ -173,6 +176,17 @@ class ArtifactConfig:
                 value = raw[name]
                 values[name] = tuple(value) if isinstance(value, list) else value
         return cls(**values)
+
+
+def sampler_warning(config: ArtifactConfig, sampler: str) -> str | None:
+    """One line for a sampler the model was not trained for (config `samplers`); None when it was,
+    or when the config does not say."""
+    if not config.samplers or sampler in config.samplers:
+        return None
+    return (
+        f"sampler {sampler}: this model was converted for {', '.join(config.samplers)} only "
+        "and denoises poorly with it (config.json `samplers`)"
+    )
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
