@@ -158,6 +158,9 @@ class ArtifactConfig:
     accuracy_level: int = 4
     requires_onnxruntime: str = ""  # the oldest onnxruntime that runs the graph's ops ("": not recorded)
     chat_template: str | None = None
+    # Samplers the model was trained for (the conversion adapter's objective, e.g. ("bd3lm",)):
+    # another one runs but denoises poorly. Empty: unknown (an unconverted or older model): all.
+    samplers: tuple[str, ...] = ()
     source: dict = field(default_factory=dict)  # checkpoint path/hash, exactness report, validation metrics
 
     def to_json(self) -> str:
@@ -181,6 +184,21 @@ class ArtifactConfig:
                 value = raw[name]
                 values[name] = tuple(value) if isinstance(value, list) else value
         return cls(**values)
+
+
+# Samplers whose output is the base (AR) model's, whatever the drafts: never "not trained for".
+BASE_MODEL_SAMPLERS = ("verified", "ar")
+
+
+def sampler_warning(config: ArtifactConfig, sampler: str) -> str | None:
+    """One line for a sampler the model was not trained for (config `samplers`); None when it was,
+    when the config does not say, or when the output is the base model's (BASE_MODEL_SAMPLERS)."""
+    if not config.samplers or sampler in config.samplers or sampler in BASE_MODEL_SAMPLERS:
+        return None
+    return (
+        f"sampler {sampler}: this model was converted for {', '.join(config.samplers)} only "
+        "and denoises poorly with it (config.json `samplers`)"
+    )
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from runtime.artifact import sampler_warning
 from runtime.dgr import STRATEGIES
 from runtime.display import LiveView, StreamPrinter
 from runtime.schedules import SCHEDULES
@@ -161,11 +162,15 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
     )
     ids = model.encode(text)
     model.check(len(ids), settings)
+    # Allowed (a comparison may want it), but said: the text will be poor (config `samplers`).
+    warnings = [w for w in (sampler_warning(model.config, settings.sampler),) if w]
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     load_ms = (time.perf_counter() - started) * 1e3
 
     if args.json:
         done = model.generate(ids, settings, seed=args.seed)
-        print(json.dumps(report(done, settings, load_ms, args.seed, str(directory)), indent=1))
+        print(json.dumps(report(done, settings, load_ms, args.seed, str(directory), warnings), indent=1))
     elif sys.stdout.isatty():
         with LiveView(model.token_text) as view:
             done = model.generate(ids, settings, seed=args.seed, on_step=view)
@@ -187,11 +192,14 @@ def summary(done) -> str:
     )
 
 
-def report(done, settings: GenerationSettings, load_ms: float, seed: int, model: str) -> dict:
+def report(
+    done, settings: GenerationSettings, load_ms: float, seed: int, model: str, warnings: list[str] = ()
+) -> dict:
     result = done.result
     wall_s = result.wall_ms / 1e3
     return {
         "model": model,
+        "warnings": list(warnings),
         "text": done.text,
         "tokens": done.tokens,
         "prompt_tokens": done.prompt_tokens,

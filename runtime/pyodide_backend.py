@@ -28,6 +28,7 @@ from runtime.artifact import ArtifactConfig, adapter_a, adapter_b, load_config
 from runtime.backend import Chunk, StepOutput
 from runtime.control import AdapterControl
 from runtime.generate import GenerationResult
+from runtime.memory_plan import DeviceLimits, check_fits, forward_in_pieces, piece_rows
 from runtime.model import DiffusionModel, read_bank
 from runtime.settings import settings_from
 from runtime.talora import group_names, talora_weights
@@ -49,15 +50,26 @@ def _flat_list(js_typed_array) -> list:
 
 
 class PyodideBackend:
-    """runtime.backend.Backend over a JavaScript ModelRunner."""
+    """runtime.backend.Backend over a JavaScript ModelRunner. A chunk longer than `rows` (a long
+    prompt) is read in pieces where that is exact (runtime/memory_plan.py), each a forward the
+    page can stop, with `runner.prefilled(rows done, rows in all)` after each."""
 
-    def __init__(self, config: ArtifactConfig, runner):
+    def __init__(self, config: ArtifactConfig, runner, rows: int):
         self.config = config
         self._runner = runner
+        self.rows = rows
         self.forward_ms = 0.0  # Python-side time per forward, crossings included
         self.forwards = 0
 
     def forward(self, chunk: Chunk) -> StepOutput:
+        if len(chunk) <= self.rows:
+            return self._forward(chunk)
+        return forward_in_pieces(self._forward, self.commit, self.cached(), chunk, self.rows, self._prefilled)
+
+    def _prefilled(self, done: int, total: int) -> None:
+        self._runner.prefilled(done, total)
+
+    def _forward(self, chunk: Chunk) -> StepOutput:
         ffi = _ffi()
         started = time.perf_counter()
         weights = [w for row in chunk.adapter_weights for w in row]  # [S * slots], row-major
@@ -163,13 +175,20 @@ class WebSession:
 
     def __init__(self, directory: str, js_tokenizer, js_index=None):
         self.model = open_web_model(directory, js_tokenizer, js_index)
+        self.limits: DeviceLimits | None = None
 
     @property
     def config(self) -> ArtifactConfig:
         return self.model.config
 
-    def attach(self, runner) -> None:
-        self.model.backend = PyodideBackend(self.model.config, runner)
+    def attach(self, runner, limits=None) -> dict:
+        """Run forwards on `runner` within `limits` (DeviceLimits' fields, from the page; None: no
+        limit); returns the limits in effect, the prompt's rows per forward resolved."""
+        limits = limits.to_py() if hasattr(limits, "to_py") else limits
+        self.limits = DeviceLimits(**limits) if limits else None
+        rows = piece_rows(self.config, self.limits) if self.limits else self.config.max_position
+        self.model.backend = PyodideBackend(self.model.config, runner, rows)
+        return {**(limits or {}), "piece_rows": rows}
 
     def warm_up(self) -> float:
         """The facade's warm-up before the page says "ready": compiles kernels and allocates
@@ -208,6 +227,8 @@ class WebSession:
         settings = settings_from(options)
         ids = model.prompt_ids(prompt)
         span_length = model.check(len(ids), settings).span
+        if self.limits is not None:  # refused now, in one line, rather than by the engine minutes later
+            check_fits(self.config, self.limits, settings.sampler, len(ids), settings.length, span_length)
         control = model.control(settings)  # kept, so that each step can name what DGR retrieved
         ms_before, n_before = backend.forward_ms, backend.forwards
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
-from runtime.artifact import ArtifactConfig
+from runtime.artifact import BASE_MODEL_SAMPLERS, ArtifactConfig
 from runtime.dgr import DgrConfig
 from runtime.schedules import SCHEDULES
 from ruvdllm.errors import RuvdllmError
@@ -14,7 +14,6 @@ from ruvdllm.errors import RuvdllmError
 # verified: the diffusion model drafts blocks, the AR model it came from checks them (the AR's output);
 # ar: that AR model alone, one token per forward through the same graph (the lossless baseline)
 SAMPLERS = ("bd3lm", "mdlm", "verified", "ar")
-BASE_MODEL_SAMPLERS = ("verified", "ar")  # need rows that compute the AR model exactly
 DECODINGS = ("low-confidence", "threshold", "entropy-bounded")
 ORDERS = ("confidence", "left-to-right")  # which masked positions a step commits first
 

@@ -256,6 +256,20 @@ class WebServer:
         self.socket.close()
 
 
+def url_of(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def listening_at(host: str, port: int) -> str:
+    """The address the socket is bound to, as a URL (a loopback address is a secure context as
+    `localhost` is, so the service worker works there); for a wildcard address, also where to open
+    the page on this machine."""
+    if host in ("0.0.0.0", "::"):
+        loopback = "127.0.0.1" if host == "0.0.0.0" else "::1"
+        return f"{url_of(host, port)} (every interface; on this machine {url_of(loopback, port)})"
+    return url_of(host, port)
+
+
 def make_server(site: Site, host: str = "127.0.0.1", port: int = 8000, quiet: bool = True) -> WebServer:
     return WebServer(site.app, host, port, quiet)
 
@@ -294,9 +308,10 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
     model = args.model if args.model is not None else default_model(DEFAULT_MODEL_TARGET)
     site = build_site(args.web_dir or default_web_dir(), model)
     server = make_server(site, args.host, args.port, quiet=not args.verbose)
-    host, port = server.server_address[:2]
-    shown = "localhost" if host in ("127.0.0.1", "::1") else host  # localhost is a secure context
-    print(f"serving the browser client and {model} on http://{shown}:{port}/  (Ctrl-C stops)", flush=True)
+    print(
+        f"serving the browser client and {model} on {listening_at(*server.server_address[:2])}  (Ctrl-C stops)",
+        flush=True,
+    )
     try:
         server.serve_forever()
     finally:

@@ -24,6 +24,7 @@ import onnx
 
 from runtime import artifact
 from runtime.banks import BANKS_DIR, PATTERNS_HNSW, Bank
+from runtime.settings import SAMPLERS
 from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.checkpoints import LoadedCheckpoint, load_checkpoint
 from ruvdllm_export.onnx_graph import (
@@ -254,6 +255,15 @@ def load_static_adapter(path: Path, loaded: LoadedCheckpoint) -> dict[str, Stati
     return {name: StaticLora(a=a, b=b) for name, (a, b) in factors.items()}
 
 
+def trained_samplers(adapter: Path) -> tuple[str, ...]:
+    """The samplers a conversion adapter was trained for: its training objective (the adapter
+    file's `training` metadata). Empty when it does not say (all samplers allowed)."""
+    from ruvdllm_export.convert.adapter_file import read_adapter
+
+    objective = read_adapter(adapter).training.get("objective")
+    return (objective,) if objective in SAMPLERS else ()
+
+
 def _artifact_config(
     loaded, options: GraphOptions, target, block_size, validation, prepared, adapter, lora, ops: Counter
 ):
@@ -269,12 +279,14 @@ def _artifact_config(
         source["validated_on"].append("cuda")
     elif target in NOT_VALIDATED_HERE:
         source["not_validated_here"] = {target: NOT_VALIDATED_HERE[target]}
+    samplers: tuple[str, ...] = ()
     if lora:
         source["static_adapter"] = {
             "path": str(adapter),
             "sha256": artifact.sha256_file(Path(adapter)),
             "linears": len(lora),
         }
+        samplers = trained_samplers(Path(adapter))
     return artifact.ArtifactConfig(
         architecture=spec.architecture,
         vocab_size=spec.vocab_size,
@@ -300,6 +312,7 @@ def _artifact_config(
         accuracy_level=options.accuracy_level,
         requires_onnxruntime=required_onnxruntime(options),
         chat_template=spec.chat_template,
+        samplers=samplers,
         source=json.loads(json.dumps(source, default=str)),
     )
 

@@ -32,6 +32,7 @@ class Job:
     settings: GenerationSettings
     seed: int
     stops: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # one line each, returned with the answer (a poor sampler choice)
 
 
 @dataclass(frozen=True)

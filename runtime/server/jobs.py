@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 
+from runtime.artifact import sampler_warning
 from runtime.chat_template import chat_prompt
 from runtime.server.engine import Job
 from runtime.server.errors import ApiError, from_runtime
@@ -51,7 +52,9 @@ def _checked(
     except RuvdllmError as exc:
         raise from_runtime(exc, prompt_param) from None
     seed = request.seed if request.seed is not None else new_seed()
-    return Job(prompt=prompt, settings=settings, seed=seed, stops=request.stop_sequences())
+    # A sampler the model was not trained for runs (a comparison may want it), with a warning.
+    warnings = tuple(w for w in (sampler_warning(model.config, settings.sampler),) if w)
+    return Job(prompt=prompt, settings=settings, seed=seed, stops=request.stop_sequences(), warnings=warnings)
 
 
 def _context_check(prompt_tokens: int, context: int, param: str) -> None:

@@ -207,6 +207,7 @@ class DiffusionInfo(BaseModel):
     queued_ms: float  # waiting for a free model
     generation_ms: float
     forward_ms: float  # of generation_ms, inside onnxruntime
+    warnings: list[str] = []  # e.g. a sampler the model was not trained for (config `samplers`)
 
 
 class CompletionChoice(BaseModel):

@@ -133,7 +133,7 @@ def test_conversion_adapter_is_baked_in_and_validated(gguf_path, tmp_path):
             factors[f"{stem}.lora_B.weight"] = (rng.standard_normal((out_f, rank)) * 0.1).astype(np.float32)
     lora = {"rank": rank, "alpha": 8.0, "targets": ["q_proj", "down_proj"], "seed": 0}
     adapter = tmp_path / "adapter.safetensors"
-    write_adapter(adapter, factors, lora, {}, base_identity(loaded))
+    write_adapter(adapter, factors, lora, {"objective": "bd3lm"}, base_identity(loaded))
     out = tmp_path / "model"
     result = ruvdllm(
         "export",
@@ -150,8 +150,23 @@ def test_conversion_adapter_is_baked_in_and_validated(gguf_path, tmp_path):
     config = artifact.load_config(out)
     assert config.source["static_adapter"]["linears"] == 2 * loaded.spec.num_layers
     assert config.source["validation"]["top1_agreement"] == 1.0
+    assert config.samplers == ("bd3lm",)  # the adapter's training objective
     graph = onnx.load(str(out / artifact.GRAPH_NAME), load_external_data=False)
     assert any(n.name == "/model/layers.1/mlp/down_proj/side/MatMul_b" for n in graph.graph.node)
+
+
+@pytest.mark.parametrize(
+    "training, samplers", [({"objective": "mdlm"}, ("mdlm",)), ({}, ()), ({"objective": "ar"}, ())]
+)
+def test_the_config_names_the_samplers_the_adapter_was_trained_for(tmp_path, training, samplers):
+    """Unknown or absent objectives give an empty list: every sampler allowed."""
+    from ruvdllm_export.export import trained_samplers
+
+    factors = {"model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((2, 64), np.float32)}
+    factors["model.layers.0.self_attn.q_proj.lora_B.weight"] = np.zeros((64, 2), np.float32)
+    adapter = tmp_path / "adapter.safetensors"
+    write_adapter(adapter, factors, {"rank": 2, "alpha": 2.0, "targets": ["q_proj"], "seed": 0}, training, {})
+    assert trained_samplers(adapter) == samplers
 
 
 def test_bad_adapter_files_are_refused(gguf_path, tmp_path):

@@ -1,10 +1,12 @@
 """runtime/artifact.py's gzip copies: written beside the files that compress, byte-reproducible,
-never part of the manifest."""
+never part of the manifest; the config's `samplers` (what the model was trained for)."""
 
 from __future__ import annotations
 
 import gzip
+import json
 import os
+from dataclasses import replace
 
 from runtime import artifact
 
@@ -47,3 +49,32 @@ def test_a_gz_file_of_the_models_own_is_listed(tmp_path):
     model = make_model(tmp_path / "model")
     (model / "extra.gz").write_bytes(gzip.compress(b"data"))  # no `extra` beside it: content
     assert "extra.gz" in artifact.write_manifest(model)["files"]
+
+
+CONFIG = artifact.ArtifactConfig(
+    architecture="llama",
+    vocab_size=384,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    max_position=256,
+    mask_token_id=3,
+)
+
+
+def test_a_config_without_samplers_loads_as_unknown_and_allows_every_sampler():
+    raw = json.loads(CONFIG.to_json())
+    del raw["samplers"]  # written before the field existed
+    old = artifact.ArtifactConfig.from_dict(raw)
+    assert old.samplers == ()
+    assert artifact.sampler_warning(old, "mdlm") is None and artifact.sampler_warning(old, "bd3lm") is None
+
+
+def test_a_sampler_the_model_was_not_trained_for_gets_one_line():
+    config = artifact.ArtifactConfig.from_dict(json.loads(replace(CONFIG, samplers=("bd3lm",)).to_json()))
+    assert config.samplers == ("bd3lm",)
+    assert artifact.sampler_warning(config, "bd3lm") is None
+    warning = artifact.sampler_warning(config, "mdlm")
+    assert "mdlm" in warning and "bd3lm only" in warning and "\n" not in warning

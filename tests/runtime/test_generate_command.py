@@ -117,6 +117,21 @@ def test_broken_model_directories(tiny_model_copy, tmp_path):
     one_line_error(cli("hi", "--model", tiny_model_copy, cache=tmp_path), "unreadable manifest")
 
 
+def test_a_sampler_the_model_was_not_trained_for_is_warned_about(tiny_model_copy, tmp_path):
+    """Runs (a comparison may want it), with one line on stderr and in the JSON report."""
+    config = artifact.load_config(tiny_model_copy)
+    (tiny_model_copy / artifact.CONFIG_NAME).write_text(replace(config, samplers=("bd3lm",)).to_json())
+    artifact.write_manifest(tiny_model_copy)
+    args = ("hi", "--model", tiny_model_copy, "--length", "4")
+    mdlm = cli(*args, "--sampler", "mdlm", "--json", cache=tmp_path)
+    assert mdlm.returncode == 0, mdlm.stderr
+    warning = [line for line in mdlm.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "converted for bd3lm only" in warning[0]
+    assert json.loads(mdlm.stdout)["warnings"] == [warning[0].removeprefix("warning: ")]
+    bd3lm = cli(*args, "--sampler", "bd3lm", cache=tmp_path)
+    assert bd3lm.returncode == 0 and "warning" not in bd3lm.stderr
+
+
 def test_bank_dimension_mismatch(tiny_model_dir, tmp_path):
     config = artifact.load_config(tiny_model_dir)
     Bank.for_model(replace(config, adapter_slots=7)).save(tmp_path / "bank")

@@ -37,11 +37,14 @@ class Runner:
     def __init__(self, backend: OrtBackend):
         self.backend = backend
         self.last = None
+        self.rows = []  # rows of every forward
+        self.prefill = []  # (rows done, rows in all) after each piece of a long prompt
 
     def forward(self, ids, positions, blocks, offset, weights, gate=None):
         slots = self.backend.config.adapter_slots
         rows = [list(weights[i * slots : (i + 1) * slots]) for i in range(len(ids))]
         gate = None if gate is None else list(gate)
+        self.rows.append(len(ids))
         self.last = self.backend.forward(Chunk(list(ids), list(positions), list(blocks), offset, rows, gate))
         flat = lambda rows: Typed(x for row in rows for x in row)  # noqa: E731
         return SimpleNamespace(
@@ -63,6 +66,9 @@ class Runner:
 
     def cached(self):
         return self.backend.cached()
+
+    def prefilled(self, done, total):
+        self.prefill.append((done, total))
 
 
 class Tokenizer:
@@ -111,6 +117,7 @@ def session(tiny_model_copy, monkeypatch):
     backend = OrtBackend(tiny_model_copy / artifact.GRAPH_NAME, config, ONE_THREAD)
     backend.set_bank(web.model.bank)  # the page binds bank_tensors() into its session the same way
     web.attach(Runner(backend))
+    web.runner = Runner(backend)  # for tests that attach it with limits
     return web
 
 
@@ -173,3 +180,31 @@ def test_the_pages_settings_are_checked(session):
         session.generate("  ", {}, seed=0)
     with pytest.raises(RuvdllmError, match="DGR strategy 'always'"):
         session.generate("Hello", {"dgr_strategy": "always"}, seed=0)
+
+
+LONG_PROMPT = "word " * 60
+
+
+def test_a_long_prompt_is_read_in_pieces_with_the_same_tokens(session, tiny_model_copy):
+    limits = session.attach(session.runner, {"budget": 1 << 30, "piece_rows": 16})
+    assert limits["piece_rows"] == 16
+    page_settings = {"length": 8, "block_size": 4, "stop_at_eos": False}
+    done = session.generate(LONG_PROMPT, page_settings, seed=0)
+    prompt = len(done["prompt_ids"])
+    assert prompt > 48
+    cuts = list(range(16, prompt, 16))
+    assert session.runner.prefill == [(cut, prompt + 4) for cut in cuts]
+    assert session.runner.rows[: len(cuts)] == [16] * len(cuts)
+
+    expected = open_model(tiny_model_copy, options=ONE_THREAD).generate(
+        LONG_PROMPT, settings_from(page_settings), seed=0
+    )
+    assert done["tokens"] == expected.tokens
+
+
+def test_what_the_device_cannot_hold_is_refused_before_any_forward(session):
+    session.attach(session.runner, {"budget": 1_000_000, "piece_rows": 16})
+    with pytest.raises(RuvdllmError, match="in one MDLM forward need about .* more than this device allows"):
+        session.generate(LONG_PROMPT, {"sampler": "mdlm", "length": 16}, seed=0)
+    assert session.runner.rows == []
+    assert session.generate(LONG_PROMPT, {"length": 4, "block_size": 4}, seed=0)["tokens"]

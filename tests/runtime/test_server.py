@@ -113,7 +113,17 @@ def test_health_reports_the_load(server):
         {"sampler": "verified", "block_size": 4},
         {"sampler": "ar", "temperature": 0.7},
     ],
-    ids=["defaults", "mdlm", "block8", "threshold", "entropy-bounded", "sampled", "no-adapters", "verified", "ar"],
+    ids=[
+        "defaults",
+        "mdlm",
+        "block8",
+        "threshold",
+        "entropy-bounded",
+        "sampled",
+        "no-adapters",
+        "verified",
+        "ar",
+    ],
 )
 def test_completion_matches_the_runtime(client, server, model, knobs):
     response = client.completions.create(

@@ -81,3 +81,23 @@ def test_the_model_name_must_match_when_given():
     with pytest.raises(ApiError) as error:
         check_model_name("gpt-4", "tiny")
     assert (error.value.status, error.value.code) == (404, "model_not_found")
+
+
+def test_a_sampler_the_model_was_not_trained_for_is_answered_with_a_warning(tiny_model_copy):
+    """Served (a comparison may want it), with one line in the answer's `diffusion.warnings`."""
+    from dataclasses import replace
+
+    from runtime import artifact
+    from runtime.server.engine import Outcome
+    from runtime.server.responses import info_of
+
+    config = artifact.load_config(tiny_model_copy)
+    (tiny_model_copy / artifact.CONFIG_NAME).write_text(replace(config, samplers=("bd3lm",)).to_json())
+    artifact.write_manifest(tiny_model_copy)
+    model = open_model(tiny_model_copy, options=OrtOptions(intra_op_threads=1), verify="sizes")
+    mdlm, _ = completion_job(model, CompletionRequest(prompt="Hello", max_tokens=4, sampler="mdlm"))
+    bd3lm, _ = completion_job(model, CompletionRequest(prompt="Hello", max_tokens=4))
+    outcome = Outcome("", "length", 2, 0, 1, 1.0, 1.0)
+    (warning,) = info_of(mdlm, outcome, 0.0).warnings
+    assert "converted for bd3lm only" in warning
+    assert info_of(bd3lm, outcome, 0.0).warnings == []

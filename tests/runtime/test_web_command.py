@@ -233,3 +233,14 @@ def test_the_exporters_gzip_copies_are_sent_while_fresh(serve, model_dir):
     os.utime(graph, ns=(stamp + 10**9, stamp + 10**9))
     status, headers, body = get_encoded(url)
     assert headers["Content-Encoding"] is None and body == graph.read_bytes()
+
+
+def test_the_address_printed_is_the_one_bound():
+    from runtime.web_command import listening_at
+
+    assert listening_at("127.0.0.1", 8000) == "http://127.0.0.1:8000/"
+    assert listening_at("::1", 8000) == "http://[::1]:8000/"
+    assert (
+        listening_at("0.0.0.0", 80)
+        == "http://0.0.0.0:80/ (every interface; on this machine http://127.0.0.1:80/)"
+    )
