@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from runtime import artifact
+from runtime.artifact import BASE_MODEL_SAMPLERS
 from runtime.banks import BANKS_DIR, PATTERNS_HNSW, Bank
 from runtime.settings import SAMPLERS
 from ruvdllm.errors import RuvdllmError
@@ -261,7 +262,8 @@ def trained_samplers(adapter: Path) -> tuple[str, ...]:
     from ruvdllm_export.convert.adapter_file import read_adapter
 
     objective = read_adapter(adapter).training.get("objective")
-    return (objective,) if objective in SAMPLERS else ()
+    trainable = [s for s in SAMPLERS if s not in BASE_MODEL_SAMPLERS]  # verified / ar run the base model
+    return (objective,) if objective in trainable else ()
 
 
 def _artifact_config(
