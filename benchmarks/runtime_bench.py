@@ -16,6 +16,8 @@
                           also holds llama.cpp, onnxruntime-genai and torch)
   nodes                   per forward, from the export report
 
+`session` compares onnxruntime's intra-op threads (1 / 2) and spinning (on / off) on the same model.
+
 Ratios compare numbers measured in this run; every measurement is repeated `--repeats` times,
 round-robin across the contenders, and the median is printed (min beside it where it matters).
 The other sections are the earlier, longer tables (benchmarks/README.md):
@@ -63,7 +65,7 @@ from runtime.settings import GenerationSettings  # noqa: E402
 
 PROMPT = "Explain what a diffusion language model is, in a few sentences."
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("speed", "decoding", "adapters", "index", "hf", "reference")
+SECTIONS = ("speed", "session", "decoding", "adapters", "index", "hf", "reference")
 
 
 def row(*cells, widths=(34, 8, 8, 12, 12, 10)) -> str:
@@ -236,6 +238,42 @@ def speed_section(model: DiffusionModel, directory: Path, gguf: Path | None, ids
         peak = peak_rss_of_generate(directory, threads, length)
         if peak is not None:
             print(f"peak RSS of `ruvdllm generate --length {length}`: {peak:.0f} MB (goal <= 300)")
+
+
+def session_section(directory: Path, ids: list[int], args) -> None:
+    """onnxruntime session settings as users run them: intra-op threads 1 / 2 x spinning on / off,
+    one-row forwards and block-1 decoding, round-robin (the ratios are what to read)."""
+    print(f"\n== session settings: one-row forward and block-1 decoding, median of {args.repeats} rounds ==")
+    settings = GenerationSettings(length=args.length, sampler="bd3lm", block_size=1, stop_at_eos=False)
+    configs = {
+        f"threads {threads}, spinning {'on' if spin else 'off'}": OrtOptions(
+            intra_op_threads=threads, spinning=spin
+        )
+        for threads in (1, 2)
+        for spin in (True, False)
+    }
+    models = {name: open_model(directory, options=options) for name, options in configs.items()}
+    forward: dict[str, list[float]] = {name: [] for name in models}
+    rates: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(args.repeats):
+        for name, model in models.items():
+            forward[name] += one_row_forward_ms(model, ids, 1, 8)
+            done = model.generate(ids, settings, seed=0)
+            rates[name].append(len(done.tokens) / (done.result.wall_ms / 1e3))
+    first = next(iter(models))
+    print(row("", "fwd ms", "tokens/s", "x first", widths=(28, 10, 10, 10)))
+    for name in models:
+        rate = statistics.median(rates[name])
+        ratio = rate / statistics.median(rates[first])
+        print(
+            row(
+                name,
+                f"{statistics.median(forward[name]):.2f}",
+                f"{rate:.1f}",
+                f"{ratio:.2f}",
+                widths=(28, 10, 10, 10),
+            )
+        )
 
 
 def count_nodes(directory: Path) -> int:
@@ -520,6 +558,8 @@ def main() -> int:
     model.warm_up()
     if "speed" in args.sections:
         speed_section(model, directory, gguf, ids, args)
+    if "session" in args.sections:
+        session_section(directory, ids, args)
     diffusion = (
         decoding_section(model, ids, args.lengths, args.repeats) if "decoding" in args.sections else {}
     )

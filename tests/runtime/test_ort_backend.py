@@ -166,3 +166,18 @@ def test_a_graph_needing_a_newer_onnxruntime_is_refused_in_one_line(tiny_model_d
 )
 def test_version_tuple(text, parsed):
     assert version_tuple(text) == parsed
+
+
+@pytest.mark.parametrize(("load", "idle"), [(0.0, True), (1e6, False), (None, True)])
+def test_spinning_is_left_on_only_when_the_machine_is_idle(monkeypatch, load, idle):
+    import os
+
+    from runtime import ort_backend
+
+    def getloadavg():
+        if load is None:
+            raise OSError("no load average here")
+        return (load, load, load)
+
+    monkeypatch.setattr(os, "getloadavg", getloadavg)
+    assert ort_backend.machine_is_idle() is idle
