@@ -54,12 +54,13 @@ function writeFiles(pyodide, root, files) {
   }
 }
 
-// Zero-filled inputs for adapter banks the artifact does not carry (shapes from the graph).
-function zeroInputs(ort, session, present) {
+// Zero-filled inputs for adapter banks the artifact does not carry (shapes from the graph; the
+// symbolic slot axis, bank_width, is `width`).
+function zeroInputs(ort, session, present, width) {
   const zeros = {};
   for (const meta of session.inputMetadata) {
     if (!meta.name.startsWith('adapter.') || present[meta.name]) continue;
-    const dims = meta.shape.map((d) => (typeof d === 'number' ? d : 0));
+    const dims = meta.shape.map((d) => (typeof d === 'number' ? d : width));
     zeros[meta.name] = new ort.Tensor('float32', new Float32Array(dims.reduce((a, b) => a * b, 1)), dims);
   }
   return zeros;
@@ -129,7 +130,10 @@ async function makeRunner(config, files, ep, numThreads, bankInputs) {
     const dims = meta.shape.map((d) => (typeof d === 'number' ? d : data.length / fixed));
     banks[name] = new ort.Tensor('float32', data, dims);
   }
-  Object.assign(banks, zeroInputs(ort, session, banks));
+  // Without a bank the slot axis is bound empty (the bank branches read nothing) on wasm; WebGPU
+  // keeps full-width zeros until empty tensors are proven on its kernels.
+  const width = ep === 'webgpu' ? config.adapter_slots * config.adapter_rank : 0;
+  Object.assign(banks, zeroInputs(ort, session, banks, width));
   return new ModelRunner(ort, session, config, banks, ep, {
     // Checked before every forward: the step in flight finishes, the next one does not start.
     beforeRun: async () => {
