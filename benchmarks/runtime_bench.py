@@ -8,16 +8,19 @@
   llama.cpp AR            tokens/s, ms per decoded token (benchmarks/baselines.py)
   onnxruntime-genai AR    the same on the graph its own builder writes from the same weights
   our graph, block 1      BD3LM with block 1 = AR decoding through our graph: tokens/s, and ms per
-                          forward as the sampler runs it (a chunk of 3 rows: the lead token, the
-                          token just committed, the mask) and of a bare one-row forward (the floor)
+                          forward as the sampler runs it (one row per token) and of a bare one-row
+                          forward after the prompt (the graph alone)
   block-8 step            ms per step of BD3LM block 8 (one token per step), ÷ the one-row forward
   default decoding        tokens/s of `ruvdllm generate`'s defaults
   peak RSS                of a `ruvdllm generate` process on the same model (a subprocess: this one
                           also holds llama.cpp, onnxruntime-genai and torch)
   nodes                   per forward, from the export report
 
+`session` compares onnxruntime's intra-op threads (1 / 2) and spinning (on / off) on the same model.
+
 Ratios compare numbers measured in this run; every measurement is repeated `--repeats` times,
-round-robin across the contenders, and the median is printed (min beside it where it matters).
+round-robin across the contenders; the median and the best run (the least disturbed on a shared
+machine) are printed, with their ratios.
 The other sections are the earlier, longer tables (benchmarks/README.md):
 
   decoding    tokens/s and ms/step for MDLM and BD3LM (block 32 / 8), low-confidence and threshold
@@ -34,7 +37,6 @@ Every generation runs `length` tokens (no EOS stop) so configurations are compar
 from __future__ import annotations
 
 import argparse
-import random
 import resource
 import statistics
 import subprocess
@@ -43,44 +45,38 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baselines import BaselineResult, genai_ar, llama_cpp_ar  # noqa: E402
+from runtime_tables import (  # noqa: E402
+    adapters_section,
+    decoding_section,
+    graph_branch_section,
+    hf_baseline,
+    index_section,
+    llama_cpp_baseline,
+    reference_section,
+)
 
 from runtime.backend import Chunk  # noqa: E402
-from runtime.banks import Bank  # noqa: E402
 from runtime.chat_template import chat_prompt  # noqa: E402
 from runtime.cpython_model import open_model  # noqa: E402
-from runtime.dgr import DgrConfig  # noqa: E402
-from runtime.index import HnswIndex  # noqa: E402
 from runtime.model import DiffusionModel  # noqa: E402
 from runtime.ort_backend import OrtOptions  # noqa: E402
 from runtime.settings import GenerationSettings  # noqa: E402
 
 PROMPT = "Explain what a diffusion language model is, in a few sentences."
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("speed", "decoding", "adapters", "index", "hf", "reference")
+SECTIONS = ("speed", "session", "decoding", "adapters", "index", "hf", "reference")
 
 
 def row(*cells, widths=(34, 8, 8, 12, 12, 10)) -> str:
     return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False))
 
 
-def timed_generate(model: DiffusionModel, ids: list[int], settings: GenerationSettings, repeats: int):
-    """Best-of-`repeats` wall time (the machine is shared: the minimum is the least disturbed)."""
-    best = None
-    for _ in range(repeats):
-        done = model.generate(ids, settings, seed=0)
-        if best is None or done.result.wall_ms < best.result.wall_ms:
-            best = done
-    return best
-
-
-# --- speed: the issue's one-run comparison ---------------------------------------------------------
 def one_row_forward_ms(model: DiffusionModel, ids: list[int], rows: int, repeats: int) -> list[float]:
     """Bare forwards of `rows` rows after the prompt in the cache (no sampler): the graph's own cost."""
     backend = model.backend
@@ -154,64 +150,44 @@ def speed_section(model: DiffusionModel, directory: Path, gguf: Path | None, ids
         if gguf is not None and "genai" not in args.skip:
             baselines["onnxruntime-genai"].append(genai_ar(gguf, ids, length, threads, repeats=1))
 
-    def rate(results) -> float:
-        return statistics.median(len(r.tokens) / (r.wall_ms / 1e3) for r in results)
-
     def step_ms(results) -> float:  # forwards after each generation's first (which carries the prompt)
         return statistics.median(e.forward_ms for r in results for e in r.trace[1:])
 
-    print(
-        row(
-            "",
-            "tokens/s",
-            "ms/token",
-            "ms/forward",
-            "x llama.cpp",
-            "x genai",
-            widths=(28, 10, 10, 11, 12, 10),
-        )
-    )
-    reference = {}
+    # tokens/s per contender: the median, and the best run (the least disturbed on a busy machine)
+    rates: dict[str, list[float]] = {}
+    decode_ms: dict[str, float] = {}
     for name, results in baselines.items():
         ok = [r for r in results if r.tokens_per_s is not None]
         if not ok:
             reason = results[0].reason if results else "skipped (no --gguf, or --skip)"
-            print(f"{name:28s} not measured: {reason}")
+            print(f"{name} not measured: {reason}")
             continue
-        reference[name] = statistics.median(r.tokens_per_s for r in ok)
-        ms = statistics.median(r.ms_per_token for r in ok)
-        print(
-            row(
-                f"{name} AR",
-                f"{reference[name]:.1f}",
-                f"{ms:.1f}",
-                "",
-                "",
-                "",
-                widths=(28, 10, 10, 11, 12, 10),
-            )
-        )
+        rates[f"{name} AR"] = [r.tokens_per_s for r in ok]
+        decode_ms[f"{name} AR"] = statistics.median(r.ms_per_token for r in ok)
+    labels = {
+        "block 1": "ours, block 1 (AR)",
+        "block 8": "ours, block 8",
+        "default": "ours, default decoding",
+    }
+    for name, label in labels.items():
+        rates[label] = [len(r.tokens) / (r.wall_ms / 1e3) for r in runs[name]]
+        decode_ms[label] = step_ms(runs[name])
+    widths = (24, 9, 9, 11, 17, 17)
+    print(row("", "tok/s", "best", "ms/forward", "x llama.cpp", "x genai", widths=widths))
+    print(row("", "median", "", "(decode)", "median / best", "median / best", widths=widths))
 
-    def vs(value: float, name: str) -> str:
-        return f"{value / reference[name]:.2f}" if name in reference else "-"
+    def vs(label: str, base: str) -> str:
+        if base not in rates:
+            return "-"
+        median = statistics.median(rates[label]) / statistics.median(rates[base])
+        return f"{median:.2f} / {max(rates[label]) / max(rates[base]):.2f}"
 
+    for label, values in rates.items():
+        cells = (f"{statistics.median(values):.1f}", f"{max(values):.1f}", f"{decode_ms[label]:.1f}")
+        cells += (vs(label, "llama.cpp AR"), vs(label, "onnxruntime-genai AR"))
+        print(row(label, *cells, widths=widths))
     one_row = statistics.median(floor)
-    for name, label in (
-        ("block 1", "ours, block 1 (AR)"),
-        ("block 8", "ours, block 8"),
-        ("default", "ours, default decoding"),
-    ):
-        results = runs[name]
-        tps = rate(results)
-        ms = statistics.median(r.wall_ms / len(r.tokens) for r in results)
-        cells = (
-            f"{tps:.1f}",
-            f"{ms:.1f}",
-            f"{step_ms(results):.1f}",
-            vs(tps, "llama.cpp"),
-            vs(tps, "onnxruntime-genai"),
-        )
-        print(row(label, *cells, widths=(28, 10, 10, 11, 12, 10)))
+    reference = {name: statistics.median(rates[f"{name} AR"]) for name in baselines if f"{name} AR" in rates}
     print(
         f"\none-row forward (the graph alone, {len(ids)} cached): median {one_row:.2f} ms, min {min(floor):.2f} ms"
         f" -> {1e3 / one_row:.1f} forwards/s"
@@ -223,7 +199,7 @@ def speed_section(model: DiffusionModel, directory: Path, gguf: Path | None, ids
         )
     )
     block1, block8 = step_ms(runs["block 1"]), step_ms(runs["block 8"])
-    print(f"block-1 step (3 rows) {block1:.2f} ms = {block1 / one_row:.2f}x the one-row forward")
+    print(f"block-1 step {block1:.2f} ms = {block1 / one_row:.2f}x the one-row forward")
     print(f"block-8 step {block8:.2f} ms = {block8 / one_row:.2f}x the one-row forward (goal <= 1.5)")
     graph = model.config.source.get("graph", {})
     nodes = graph.get("nodes") or count_nodes(directory)
@@ -238,242 +214,46 @@ def speed_section(model: DiffusionModel, directory: Path, gguf: Path | None, ids
             print(f"peak RSS of `ruvdllm generate --length {length}`: {peak:.0f} MB (goal <= 300)")
 
 
+def session_section(directory: Path, ids: list[int], args) -> None:
+    """onnxruntime session settings as users run them: intra-op threads 1 / 2 x spinning on / off,
+    one-row forwards and block-1 decoding, round-robin (the ratios are what to read)."""
+    print(f"\n== session settings: one-row forward and block-1 decoding, median of {args.repeats} rounds ==")
+    settings = GenerationSettings(length=args.length, sampler="bd3lm", block_size=1, stop_at_eos=False)
+    configs = {
+        f"threads {threads}, spinning {'on' if spin else 'off'}": OrtOptions(
+            intra_op_threads=threads, spinning=spin
+        )
+        for threads in (1, 2)
+        for spin in (True, False)
+    }
+    models = {name: open_model(directory, options=options) for name, options in configs.items()}
+    forward: dict[str, list[float]] = {name: [] for name in models}
+    rates: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(args.repeats):
+        for name, model in models.items():
+            forward[name] += one_row_forward_ms(model, ids, 1, 8)
+            done = model.generate(ids, settings, seed=0)
+            rates[name].append(len(done.tokens) / (done.result.wall_ms / 1e3))
+    first = next(iter(models))
+    print(row("", "fwd ms", "tokens/s", "x first", widths=(28, 10, 10, 10)))
+    for name in models:
+        rate = statistics.median(rates[name])
+        ratio = rate / statistics.median(rates[first])
+        print(
+            row(
+                name,
+                f"{statistics.median(forward[name]):.2f}",
+                f"{rate:.1f}",
+                f"{ratio:.2f}",
+                widths=(28, 10, 10, 10),
+            )
+        )
+
+
 def count_nodes(directory: Path) -> int:
     import onnx
 
     return len(onnx.load(str(directory / "model.onnx"), load_external_data=False).graph.node)
-
-
-def decoding_section(model, ids, lengths, repeats) -> dict:
-    print("\n== decoding (onnxruntime CPU) ==")
-    print(row("configuration", "length", "steps", "ms/step", "tokens/s", "vs AR@ORT"))
-    base = GenerationSettings(stop_at_eos=False, talora=False, dgr=False)
-    configs = {
-        "AR via graph (bd3lm block 1)": replace(base, sampler="bd3lm", block_size=1),
-        "bd3lm b32 low-confidence": replace(base, sampler="bd3lm", block_size=32),
-        "bd3lm b8 low-confidence": replace(base, sampler="bd3lm", block_size=8),
-        "bd3lm b32 threshold 0.9": replace(base, sampler="bd3lm", block_size=32, decoding="threshold"),
-        "bd3lm b8 threshold 0.9": replace(base, sampler="bd3lm", block_size=8, decoding="threshold"),
-        "bd3lm b32 2 tok/step": "half",
-        "mdlm low-confidence": replace(base, sampler="mdlm"),
-        "mdlm threshold 0.9": replace(base, sampler="mdlm", decoding="threshold"),
-    }
-    results = {}
-    for length in lengths:
-        ar_rate = None
-        for name, settings in configs.items():
-            if settings == "half":
-                settings = replace(base, sampler="bd3lm", block_size=32, steps=16)
-            done = timed_generate(model, ids, replace(settings, length=length), repeats)
-            r = done.result
-            rate = len(done.tokens) / (r.wall_ms / 1e3)
-            ar_rate = ar_rate or rate
-            results[(name, length)] = rate
-            print(
-                row(
-                    name,
-                    length,
-                    r.steps,
-                    f"{r.forward_ms / r.steps:.1f}",
-                    f"{rate:.1f}",
-                    f"{rate / ar_rate:.2f}x",
-                )
-            )
-    return results
-
-
-def adapters_section(model: DiffusionModel, ids, length, patterns, repeats) -> None:
-    print(f"\n== TALoRA + DGR on / off (bd3lm b8, length {length}, {patterns} patterns) ==")
-    rng = np.random.default_rng(0)
-    bank = Bank.for_model(model.config, model.backend.adapter_shapes)
-    for slot in range(bank.slots):
-        factors = {}
-        for target, (fan_in, fan_out) in bank.targets.items():
-            a = rng.standard_normal((bank.layers, fan_in, bank.rank), dtype=np.float32) * 0.01
-            b = rng.standard_normal((bank.layers, bank.rank, fan_out), dtype=np.float32) * 0.01
-            factors[target] = (a, b)
-        bank.add_adapter(f"slot{slot}", slot, factors)
-    vectors = rng.standard_normal((patterns, bank.hidden_size), dtype=np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    bank.add_patterns(vectors, [bank.groups + i % (bank.slots - bank.groups) for i in range(patterns)])
-    started = time.perf_counter()
-    model.bank, model.index = bank, bank.build_index()
-    print(f"index build: {time.perf_counter() - started:.1f} s")
-    model.backend.set_bank(bank)
-    base = GenerationSettings(length=length, block_size=8, stop_at_eos=False)
-    configs = {
-        "off (bank bound, weights zero)": replace(base, talora=False, dgr=False),
-        "on: TALoRA linear + DGR hybrid": replace(base, dgr_config=DgrConfig(strategy="hybrid")),
-        "on: DGR at full budget every step": replace(
-            base, dgr_config=DgrConfig(strategy="entropy", threshold=0.0)
-        ),
-    }
-    # The graph computes the same with and without (the bank is bound either way), so the cost of
-    # TALoRA + DGR is the runtime's own work per step: adapter rows, uncertainty scores, index
-    # searches. It is measured as wall time minus forward time, robust to a busy machine.
-    print(row("", "", "steps", "fwd ms", "other ms", "retrievals"))
-    stats = {}
-    for name, settings in configs.items():
-        runs = [model.generate(ids, settings, seed=0).result for _ in range(max(repeats, 2))]
-        forward = min(statistics.median(e.forward_ms for e in r.trace) for r in runs)
-        other = min((r.wall_ms - r.forward_ms) / r.steps for r in runs)
-        retrieved = sum(len(e.retrieved) for e in runs[0].trace)
-        stats[name] = (forward, other)
-        print(row(name, "", runs[0].steps, f"{forward:.2f}", f"{other:.3f}", retrieved))
-    forward_off, other_off = stats["off (bank bound, weights zero)"]
-    for name in list(configs)[1:]:
-        ratio = (forward_off + stats[name][1]) / (forward_off + other_off)
-        print(f"step time {name.split(':')[1].strip()} / off: {ratio:.4f} (goal <= 1.03)")
-    return forward_off
-
-
-def graph_branch_section(directory: Path, ids, length, threads, repeats, with_bank_ms: float) -> None:
-    """The bank branch inside the graph costs even with zero weights: compare against the same
-    model exported with adapter_slots=0 (median forward per step, best of the repeats)."""
-    plain = open_model(directory, options=OrtOptions(intra_op_threads=threads))
-    settings = GenerationSettings(length=length, block_size=8, stop_at_eos=False)
-    runs = [plain.generate(ids, settings, seed=0).result for _ in range(max(repeats, 2))]
-    ms = min(statistics.median(e.forward_ms for e in r.trace) for r in runs)
-    print(row("graph without adapter inputs", "", runs[0].steps, f"{ms:.2f}", ""))
-    print(f"forward with the in-graph bank branch / without: {with_bank_ms / ms:.3f}")
-
-
-def index_section(hidden: int, patterns: int, queries: int = 2000) -> None:
-    print(f"\n== hnswlib: {patterns} patterns x {hidden} (M=16, ef_construction=200, ef_search=50) ==")
-    rng = np.random.default_rng(1)
-    vectors = rng.standard_normal((patterns, hidden), dtype=np.float32)
-    index = HnswIndex(hidden, capacity=patterns)
-    started = time.perf_counter()
-    index.add(vectors, [0] * patterns)
-    print(f"build: {time.perf_counter() - started:.1f} s")
-    probes = rng.standard_normal((queries, hidden), dtype=np.float32)
-    times = []
-    for q in probes:
-        t0 = time.perf_counter_ns()
-        index.search(q, 4)
-        times.append((time.perf_counter_ns() - t0) / 1e6)
-    times.sort()
-    p50, p99 = times[len(times) // 2], times[int(len(times) * 0.99)]
-    print(f"search k=4 through runtime.index: p50 {p50:.4f} ms, p99 {p99:.4f} ms (goal p50 <= 0.05 ms)")
-    raw = []
-    for q in probes:
-        t0 = time.perf_counter_ns()
-        index._index.knn_query(q, k=4)
-        raw.append((time.perf_counter_ns() - t0) / 1e6)
-    print(f"hnswlib knn_query alone: p50 {statistics.median(raw):.4f} ms")
-
-
-def hf_model_from_gguf(gguf: Path):
-    """transformers' LlamaForCausalLM holding exactly the GGUF's numbers (Q4 blocks dequantized
-    by our reader, which the export tests prove against llama.cpp's layout)."""
-    import torch
-    import transformers
-
-    from ruvdllm_export.checkpoints import load_checkpoint
-    from ruvdllm_export.onnx_graph.linear import as_float
-
-    loaded = load_checkpoint(gguf)
-    spec = loaded.spec
-    config = transformers.LlamaConfig(
-        vocab_size=spec.vocab_size,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
-        head_dim=spec.head_dim,
-        rms_norm_eps=spec.rms_norm_eps,
-        rope_theta=spec.rope_theta,
-        max_position_embeddings=spec.max_position,
-        tie_word_embeddings=spec.tie_word_embeddings,
-    )
-    model = transformers.LlamaForCausalLM(config)
-    state = {name: torch.from_numpy(np.ascontiguousarray(as_float(w))) for name, w in loaded.weights.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
-    model.tie_weights()
-    return model.eval()
-
-
-def hf_baseline(gguf: Path, ids: list[int], lengths, threads: int, repeats: int) -> dict:
-    print("\n== Hugging Face generate (AR, greedy, float32 weights dequantized from the GGUF) ==")
-    import torch
-
-    torch.set_num_threads(threads)
-    model = hf_model_from_gguf(gguf)
-    rates = {}
-    prompt = torch.tensor([ids])
-
-    def run(length):
-        started = time.perf_counter()
-        with torch.no_grad():
-            out = model.generate(
-                prompt,
-                attention_mask=torch.ones_like(prompt),
-                max_new_tokens=length,
-                min_new_tokens=length,
-                do_sample=False,
-            )
-        return time.perf_counter() - started, out.shape[1] - len(ids)
-
-    run(4)  # warm-up
-    for length in lengths:
-        wall, produced = min(run(length) for _ in range(repeats))
-        rates[length] = produced / wall
-        print(row("HF generate", length, "", f"{wall * 1e3 / produced:.1f}", f"{rates[length]:.1f}"))
-    return rates
-
-
-def llama_cpp_baseline(gguf: Path, text: str, lengths, threads: int, eos: int, repeats: int) -> dict:
-    print("\n== llama.cpp (llama-cpp-python, AR, greedy, the GGUF Q4_1 itself) ==")
-    try:
-        from llama_cpp import Llama
-    except ImportError as exc:
-        print(f"skipped: llama-cpp-python is not installed ({exc}); pip install 'ruvdllm[bench]'")
-        return {}
-    llm = Llama(model_path=str(gguf), n_ctx=1024, n_threads=threads, verbose=False)
-    rates = {}
-
-    def run(length):
-        started = time.perf_counter()
-        out = llm.create_completion(text, max_tokens=length, temperature=0.0, logit_bias={eos: -1e9})
-        return time.perf_counter() - started, out["usage"]["completion_tokens"]
-
-    run(4)  # warm-up
-    for length in lengths:
-        wall, produced = min(run(length) for _ in range(repeats))
-        rates[length] = produced / wall
-        print(row("llama.cpp", length, "", f"{wall * 1e3 / produced:.1f}", f"{rates[length]:.1f}"))
-    return rates
-
-
-def reference_section(model: DiffusionModel, directory: Path, gguf: Path, ids, length, threads) -> None:
-    print(f"\n== ORT runtime / torch reference sampler (bd3lm b8, length {length}, greedy) ==")
-    import torch
-
-    from ruvdllm_export.checkpoints import load_checkpoint
-    from ruvdllm_export.reference import DiffusionLM
-    from ruvdllm_export.reference.sampler import SamplingConfig
-    from ruvdllm_export.reference.sampler import generate as reference_generate
-
-    torch.set_num_threads(threads)
-    reference = DiffusionLM.from_checkpoint(load_checkpoint(gguf), top_k=model.config.top_k)
-    config = SamplingConfig(algorithm="bd3lm", length=length, block_size=8)
-    started = time.perf_counter()
-    ref = reference_generate(
-        reference, ids, config, random.Random(0), eos_token_ids=model.config.eos_token_ids
-    )
-    ref_ms = (time.perf_counter() - started) * 1e3
-    settings = GenerationSettings(length=length, block_size=8, talora=False, dgr=False)
-    ours = model.generate(ids, settings, seed=0)
-    ours_per_step = ours.result.wall_ms / ours.result.steps
-    ref_per_step = ref_ms / len(ref.steps)
-    print(row("", "", "steps", "ms/step", "same tokens", ""))
-    print(row("torch reference", "", len(ref.steps), f"{ref_per_step:.1f}", ""))
-    print(
-        row("onnxruntime runtime", "", ours.result.steps, f"{ours_per_step:.1f}", ours.tokens == ref.tokens)
-    )
-    print(f"ORT / torch time per step: {ours_per_step / ref_per_step:.3f}")
 
 
 def main() -> int:
@@ -520,6 +300,8 @@ def main() -> int:
     model.warm_up()
     if "speed" in args.sections:
         speed_section(model, directory, gguf, ids, args)
+    if "session" in args.sections:
+        session_section(directory, ids, args)
     diffusion = (
         decoding_section(model, ids, args.lengths, args.repeats) if "decoding" in args.sections else {}
     )
@@ -536,10 +318,9 @@ def main() -> int:
         print(f"\n== memory ==\npeak RSS of this process (model, bank, index): {peak_mb:.0f} MB")
     if gguf is None or not set(args.sections) & {"hf", "reference", "decoding"}:
         return 0
-    eos = model.config.eos_token_ids[0]
     hf = hf_baseline(gguf, ids, args.lengths, args.threads, args.repeats) if "hf" in args.sections else {}
     llama = (
-        llama_cpp_baseline(gguf, text, args.lengths, args.threads, eos, args.repeats)
+        llama_cpp_baseline(gguf, ids, args.lengths, args.threads, args.repeats)
         if "decoding" in args.sections
         else {}
     )

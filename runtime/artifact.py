@@ -153,7 +153,7 @@ class ArtifactConfig:
     adapter_gate: bool = False
     timestep_groups: tuple[float, ...] = (0.0, 1 / 3, 2 / 3, 1.0)  # coarse / domain / fine boundaries in t
     targets: tuple[str, ...] = ("cpu",)  # execution providers built for (validated: source["validated_on"])
-    attention: str = "mha"  # attention formulation in the graph: "mha", "attention23", "matmul"
+    attention: str = "mha"  # attention formulation in the graph: "attention23", "gqa", "mha", "matmul"
     quantization: str = "q4"  # "q4" (MatMulNBits, block 32) or "fp32"
     accuracy_level: int = 4
     requires_onnxruntime: str = ""  # the oldest onnxruntime that runs the graph's ops ("": not recorded)

@@ -10,6 +10,10 @@ Chunk of one step, with n committed tokens of which `cached` are in the cache:
 The first step of each block carries every uncached committed token (the prompt, or the lead
 token and the previous block); afterwards the cache is committed up to n-1, so later steps carry
 only [tokens[n-1]] + block.
+
+A one-position block adds no row at all: the last committed token's row predicts it, and its mask
+would be attended to by nothing and predict past the block. Block 1 is then exactly autoregressive
+decoding, one row per token, the whole chunk committed after it.
 """
 
 from __future__ import annotations
@@ -27,14 +31,16 @@ def bd3lm_chunk(
     tokens: list[int], cached: int, block: Span, mask_id: int, adapter_rows: list[list[float]]
 ) -> Chunk:
     """The uncached committed tokens (causal) followed by the block (one block id); outputs start
-    at the last committed token, whose row predicts the block's first position."""
+    at the last committed token, whose row predicts the block's first position. A one-position
+    block is predicted by that row alone and adds none (module docstring)."""
     context = tokens[cached:]
+    rows = [] if len(block) == 1 else [mask_id if token is None else token for token in block]
     return Chunk(
-        input_ids=context + [mask_id if token is None else token for token in block],
-        position_ids=list(range(cached, len(tokens) + len(block))),
-        block_ids=list(range(len(context))) + [len(context)] * len(block),
+        input_ids=context + rows,
+        position_ids=list(range(cached, len(tokens) + len(rows))),
+        block_ids=list(range(len(context))) + [len(context)] * len(rows),
         output_offset=len(context) - 1,
-        adapter_weights=adapter_rows,
+        adapter_weights=adapter_rows[: len(context) + len(rows)],
     )
 
 
@@ -68,8 +74,11 @@ def sample_bd3lm(
         cached = backend.cached()
         rows = control.rows(len(tokens) - cached, len(block), t)
         output = backend.forward(bd3lm_chunk(tokens, cached, block, mask_id, rows))
-        if cached < len(tokens) - 1:
-            backend.commit(len(tokens) - 1)  # the lead token stays out: it starts the next chunk
+        # The lead token stays out of the cache while later steps of the block need its row; a
+        # one-position block has no later step, and its chunk holds committed tokens only.
+        keep = len(tokens) if len(block) == 1 else len(tokens) - 1
+        if cached < keep:
+            backend.commit(keep)
         return output
 
     while len(generated) < settings.length:

@@ -47,6 +47,7 @@ class OrtOptions:
     device: str = "auto"  # "auto": CUDA when onnxruntime-gpu sees a GPU, else CPU; or "cpu" / "cuda"
     intra_op_threads: int = 0  # 0: onnxruntime's default, one per physical core
     inter_op_threads: int = 1  # the graph is one chain of layers: nothing to run in parallel
+    spinning: bool | None = None  # workers spin between ops; None: only on an otherwise idle machine
     optimization: str = "all"  # fuse what the EP can (MatMulNBits + bias, layer norms, ...)
     device_id: int = 0  # which GPU with device "cuda"
     optimized_model_path: str | None = None  # write the optimised graph here (debugging, warm starts)
@@ -54,6 +55,20 @@ class OrtOptions:
 
 def cuda_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def machine_is_idle() -> bool:
+    """True when the last minute's load leaves a core free for each of onnxruntime's workers.
+
+    A forward is ~1,300 short ops; between them onnxruntime's workers spin (its default) rather than
+    sleep, which saves a wake-up per op on an idle machine but, on one whose cores are already
+    busy, takes them from whoever else runs: on 2 cores at a load of 12, 2 spinning threads ran
+    one-row forwards 8x slower than 2 that sleep (benchmarks/README.md)."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return True
+    return load < (os.cpu_count() or 1) - 0.5
 
 
 def choose_device(requested: str) -> str:
@@ -100,6 +115,8 @@ def make_session(graph: Path, options: OrtOptions) -> tuple[ort.InferenceSession
     so.intra_op_num_threads = options.intra_op_threads
     so.inter_op_num_threads = options.inter_op_threads
     so.graph_optimization_level = OPTIMIZATION_LEVELS[options.optimization]
+    spin = machine_is_idle() if options.spinning is None else options.spinning
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     if options.optimized_model_path:
         so.optimized_model_filepath = options.optimized_model_path
     providers: list = ["CPUExecutionProvider"]

@@ -27,6 +27,20 @@ def test_chunk_layout_first_step_and_later_steps():
     assert later.output_offset == 0
 
 
+def test_a_one_position_block_is_autoregressive_decoding():
+    """Block 1: the last committed token's row predicts the position, no mask row is fed, and the
+    whole chunk is cached: one row per token after the prompt."""
+    assert bd3lm_chunk([5, 6, 7], 0, [None], M, [[0.0]] * 4).input_ids == [5, 6, 7]
+    backend = ToyBackend()
+    settings = GenerationSettings(sampler="bd3lm", length=5, block_size=1, stop_at_eos=False)
+    result = generate(backend, [1, 2, 3], settings, random.Random(0))
+    assert [len(c) for c in backend.chunks] == [3, 1, 1, 1, 1]
+    assert all(M not in c.input_ids and c.output_offset == len(c) - 1 for c in backend.chunks)
+    assert [c.position_ids[0] for c in backend.chunks[1:]] == [3, 4, 5, 6]
+    assert backend.cached() == 3 + 4  # the last token is never fed back
+    assert len(result.tokens) == 5
+
+
 def test_chunks_and_cache_across_blocks():
     backend = ToyBackend()
     settings = GenerationSettings(sampler="bd3lm", length=8, block_size=4, steps=2, stop_at_eos=False)
@@ -44,9 +58,10 @@ def test_chunks_and_cache_across_blocks():
     assert backend.cached() == 6
 
 
+@pytest.mark.parametrize("block_size", [4, 1])
 @pytest.mark.parametrize("decoding", ["low-confidence", "threshold"])
 @pytest.mark.parametrize("prompt", [[1], [1, 2, 3, 4, 5]])
-def test_cached_equals_recomputed(decoding, prompt):
+def test_cached_equals_recomputed(decoding, prompt, block_size):
     """The truncated cache must be exactly what a forward over all committed tokens computes."""
     bank_index = ExactIndex(TOY_CONFIG.hidden_size)
     rng = random.Random(3)
@@ -54,7 +69,7 @@ def test_cached_equals_recomputed(decoding, prompt):
     settings = GenerationSettings(
         sampler="bd3lm",
         length=11,
-        block_size=4,
+        block_size=block_size,
         decoding=decoding,
         threshold=0.3,
         temperature=0.8,
@@ -73,7 +88,7 @@ def test_cached_equals_recomputed(decoding, prompt):
     recomputed, without = run(False)
     assert cached.tokens == recomputed.tokens
     assert [e.committed for e in cached.trace] == [e.committed for e in recomputed.trace]
-    assert any(e.retrieved for e in cached.trace)
+    assert any(e.retrieved for e in cached.trace) or block_size == 1  # block 1: nothing left masked
     assert sum(len(c) for c in with_cache.chunks) < sum(len(c) for c in without.chunks)
 
 

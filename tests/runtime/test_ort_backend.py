@@ -195,3 +195,18 @@ def test_a_gate_for_an_adapter_without_a_switch_is_refused(tiny_model_dir, confi
     plain = OrtBackend(tiny_model_dir / artifact.GRAPH_NAME, switchless, ONE_THREAD)
     with pytest.raises(RuvdllmError, match="no switch"):
         plain.forward(replace(chunk([5, 6]), adapter_gate=[0.0, 1.0]))
+
+
+@pytest.mark.parametrize(("load", "idle"), [(0.0, True), (1e6, False), (None, True)])
+def test_spinning_is_left_on_only_when_the_machine_is_idle(monkeypatch, load, idle):
+    import os
+
+    from runtime import ort_backend
+
+    def getloadavg():
+        if load is None:
+            raise OSError("no load average here")
+        return (load, load, load)
+
+    monkeypatch.setattr(os, "getloadavg", getloadavg)
+    assert ort_backend.machine_is_idle() is idle

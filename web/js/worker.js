@@ -54,12 +54,13 @@ function writeFiles(pyodide, root, files) {
   }
 }
 
-// Zero-filled inputs for adapter banks the artifact does not carry (shapes from the graph).
-function zeroInputs(ort, session, present) {
+// Zero-filled inputs for adapter banks the artifact does not carry (shapes from the graph; the
+// symbolic slot axis, bank_width, is `width`).
+function zeroInputs(ort, session, present, width) {
   const zeros = {};
   for (const meta of session.inputMetadata) {
     if (!meta.name.startsWith('adapter.') || present[meta.name]) continue;
-    const dims = meta.shape.map((d) => (typeof d === 'number' ? d : 0));
+    const dims = meta.shape.map((d) => (typeof d === 'number' ? d : width));
     zeros[meta.name] = new ort.Tensor('float32', new Float32Array(dims.reduce((a, b) => a * b, 1)), dims);
   }
   return zeros;
@@ -94,6 +95,22 @@ async function chooseEp(requested, config) {
   return 'webgpu';
 }
 
+// A graph whose ops need a newer onnxruntime than this page's fails here in one line naming its
+// target, not deep inside session creation (config.requires_onnxruntime, written by the exporter).
+function checkOrtVersion(config, have) {
+  const needed = config.requires_onnxruntime;
+  if (!needed || !have) return;
+  const parts = (v) => String(v).split('.').map((p) => parseInt(p, 10) || 0);
+  const [a, b] = [parts(have), parts(needed)];
+  for (let i = 0; i < Math.max(a.length, b.length); i++) {
+    if ((a[i] || 0) !== (b[i] || 0)) {
+      if ((a[i] || 0) > (b[i] || 0)) return;
+      const targets = (config.targets || []).join('/');
+      throw new ModelError('model-invalid', `model.onnx: built for target ${targets} (${config.attention} attention), which needs onnxruntime >= ${needed}; this page has onnxruntime-web ${have}: export the model with --target webgpu`, 'model.onnx');
+    }
+  }
+}
+
 async function makeRunner(config, files, ep, numThreads, bankInputs) {
   const graphName = 'model.onnx';
   if (!files[graphName]) throw new ModelError('not-a-model', `${graphName}: not in the model directory`, graphName);
@@ -101,13 +118,22 @@ async function makeRunner(config, files, ep, numThreads, bankInputs) {
     .filter(([name]) => name.endsWith('.data'))
     .map(([path, data]) => ({ path, data }));
   const ort = await loadOrt(ep, { numThreads });
+  checkOrtVersion(config, ort.env.versions?.web || ort.env.versions?.common);
   const session = await createSession(ort, files[graphName], { ep, externalData });
   const banks = {};
   for (const [name, data] of Object.entries(bankInputs)) {
     const meta = session.inputMetadata.find((m) => m.name === name);
-    if (meta) banks[name] = new ort.Tensor('float32', data, meta.shape);
+    if (!meta) continue;
+    // The slot axis is symbolic (bank_width: slots·rank when a bank is bound, 0 without): its size
+    // is what the data holds beyond the fixed dimensions.
+    const fixed = meta.shape.reduce((a, d) => (typeof d === 'number' ? a * d : a), 1);
+    const dims = meta.shape.map((d) => (typeof d === 'number' ? d : data.length / fixed));
+    banks[name] = new ort.Tensor('float32', data, dims);
   }
-  Object.assign(banks, zeroInputs(ort, session, banks));
+  // Without a bank the slot axis is bound empty (the bank branches read nothing) on wasm; WebGPU
+  // keeps full-width zeros until empty tensors are proven on its kernels.
+  const width = ep === 'webgpu' ? config.adapter_slots * config.adapter_rank : 0;
+  Object.assign(banks, zeroInputs(ort, session, banks, width));
   return new ModelRunner(ort, session, config, banks, ep, {
     // Checked before every forward: the step in flight finishes, the next one does not start.
     beforeRun: async () => {
