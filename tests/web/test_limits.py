@@ -70,7 +70,9 @@ def test_what_the_device_cannot_hold_is_refused_in_one_line(browser, web_server,
     result = generate(page, long_prompt, {"sampler": "mdlm", "length": LENGTH, "chat": False})
     assert result["complete"] is None and result["steps"] == 0 and result["prefill"] == []
     message = result["error"]["message"]
-    assert "in one MDLM forward need about" in message and ", more than this device allows (1.0 MB)" in message
+    assert (
+        "in one MDLM forward need about" in message and ", more than this device allows (1.0 MB)" in message
+    )
     assert "\n" not in message and page.locator("#error-text").inner_text() == message
     result = generate(page, long_prompt, {"sampler": "bd3lm", "length": LENGTH, "chat": False})
     assert result["complete"] and result["prefill"], result["error"]
