@@ -162,18 +162,18 @@ def check_fits(
     if all(fits(config, limits, rows, cached) for rows, cached in forwards):
         return
     need = max(forward_bytes(config, rows, cached) for rows, cached in forwards)
-    allowed = f"more than this device allows ({_size(limits.budget)})"
+    allowed = f", more than this device allows ({_size(limits.budget)})"
     if need <= limits.budget:  # one tensor too large for a GPU buffer
         need = max(score_bytes(config, rows, rows + cached) for rows, cached in forwards)
-        allowed = f"in one buffer, more than this GPU allows ({_size(limits.largest_tensor)})"
+        allowed = f" in one buffer, more than this GPU allows ({_size(limits.largest_tensor)})"
     what = f"prompt: {prompt_tokens} tokens + length {length}"
     if sampler == "mdlm":
         raise RuvdllmError(
-            f"{what} in one MDLM forward need about {_size(need)} {allowed}: "
+            f"{what} in one MDLM forward need about {_size(need)}{allowed}: "
             "BD3LM reads a long prompt in pieces, or shorten the prompt"
         )
     raise RuvdllmError(
-        f"{what} need about {_size(need)} per forward {allowed}: shorten the prompt or the length"
+        f"{what} need about {_size(need)} per forward{allowed}: shorten the prompt or the length"
     )
 
 

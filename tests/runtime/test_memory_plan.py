@@ -135,7 +135,7 @@ def test_the_issues_long_prompt_reads_in_pieces_on_bd3lm_and_is_refused_on_mdlm(
     message = str(error.value)
     assert message.startswith("prompt: 6364 tokens + length 64 in one MDLM forward need about")
     assert "BD3LM reads a long prompt in pieces" in message and "\n" not in message
-    with pytest.raises(RuvdllmError, match="per forward more than this device allows"):
+    with pytest.raises(RuvdllmError, match="per forward, more than this device allows"):
         check_fits(DEFAULT_MODEL, DeviceLimits(budget=200_000_000), "bd3lm", 8000, 64, 8)
 
 

@@ -204,7 +204,7 @@ def test_a_long_prompt_is_read_in_pieces_with_the_same_tokens(session, tiny_mode
 
 def test_what_the_device_cannot_hold_is_refused_before_any_forward(session):
     session.attach(session.runner, {"budget": 1_000_000, "piece_rows": 16})
-    with pytest.raises(RuvdllmError, match="in one MDLM forward need about .* more than this device allows"):
+    with pytest.raises(RuvdllmError, match="in one MDLM forward need about .*, more than this device allows"):
         session.generate(LONG_PROMPT, {"sampler": "mdlm", "length": 16}, seed=0)
     assert session.runner.rows == []
     assert session.generate(LONG_PROMPT, {"length": 4, "block_size": 4}, seed=0)["tokens"]

@@ -35,9 +35,19 @@ def state(page) -> dict:
 
 def set_settings(page, settings: dict) -> None:
     """Fill the settings form: keys are element ids (sampler, length, block_size, steps, decoding,
-    order, threshold, entropy_bound, temperature, top_p, seed, talora, dgr, chat)."""
+    order, threshold, entropy_bound, temperature, top_p, seed, talora, dgr, chat), in the order
+    given (a setting can enable another: the threshold needs threshold decoding, top-p and the
+    seed a temperature). A disabled setting can only be "set" to the value it has: it does
+    nothing in this state."""
     for name, value in settings.items():
         selector = f"#{name}"
+        if page.is_disabled(selector):
+            current = page.eval_on_selector(selector, "el => el.type === 'checkbox' ? el.checked : el.value")
+            if current != value and str(current) != str(value) and float_or(current) != float_or(value):
+                raise AssertionError(
+                    f"{name} is disabled (the page says it does nothing now): cannot set {value!r}"
+                )
+            continue
         if isinstance(value, bool):
             page.set_checked(selector, value, force=True)  # the switch styles hide the checkbox
         elif page.eval_on_selector(selector, "el => el.tagName") == "SELECT":
@@ -48,6 +58,13 @@ def set_settings(page, settings: dict) -> None:
             )
         else:
             page.fill(selector, "" if value is None else str(value))
+
+
+def float_or(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
 
 
 def generate(page, prompt: str, settings: dict | None = None, timeout_ms: int = RUN_TIMEOUT_MS) -> dict:

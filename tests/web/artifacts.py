@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import random
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
-from runtime.artifact import load_config, write_manifest
+from runtime.artifact import CONFIG_NAME, load_config, write_manifest
 from runtime.banks import Bank
 from runtime.model import BANKS_DIR
 
@@ -55,4 +56,18 @@ def tiny_web_model(directory: Path, arch: str = "llama", conversion_adapter: boo
 
 def copy_model(model_dir: Path, to: Path) -> Path:
     shutil.copytree(model_dir, to)
+    return to
+
+
+def variant(model_dir: Path, to: Path, bank: bool = True, **config_changes) -> Path:
+    """A copy of `model_dir` with config.json fields changed (and the bank dropped unless `bank`),
+    its manifest rewritten: a model as an exporter would have written it."""
+    copy_model(model_dir, to)
+    if not bank:
+        shutil.rmtree(to / BANKS_DIR)
+    config = replace(load_config(to), **config_changes)
+    (to / CONFIG_NAME).write_text(config.to_json())
+    for stale in to.rglob("*.gz"):  # gzip copies of the old files would be sent instead
+        stale.unlink()
+    write_manifest(to)
     return to

@@ -116,6 +116,15 @@ def webgpu_browser(playwright_driver, tmp_path) -> Iterator[Browser]:
     shutil.rmtree(tmp_path / "profile-webgpu", ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def shared_tiny_model(tmp_path_factory):
+    """The tiny exported model with a bank (tests/web/artifacts.py), built once for the modules
+    that do not change it (copies with `variant` for those that need another config)."""
+    from tests.web.artifacts import tiny_web_model
+
+    return tiny_web_model(tmp_path_factory.mktemp("shared-web-models"))
+
+
 def open_probe(browser: Browser, served: Served):
     """The probe page (tests/web/pages/probe.html): `page.evaluate("rpc(op, args)")`."""
     page = browser.new_page()

@@ -24,10 +24,12 @@ def model_url(web_server, tiny_model):
     return web_server.mount_model("tiny", tiny_model)
 
 
-def assert_same_as_cpython(page_state: dict, model_dir, settings: dict, seed: int, chat: bool = True) -> None:
+def assert_same_as_cpython(
+    page_state: dict, model_dir, settings: dict, seed: int, chat: bool = True, prompt: str = PROMPT
+) -> None:
     complete = page_state["complete"]
     assert complete is not None, page_state["error"]
-    prompt_ids, done, trace = cpython_reference(model_dir, PROMPT, settings, seed, chat)
+    prompt_ids, done, trace = cpython_reference(model_dir, prompt, settings, seed, chat)
     assert complete["promptIds"] == prompt_ids
     assert complete["tokens"] == done.tokens
     assert complete["text"] == done.text

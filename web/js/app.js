@@ -1,28 +1,43 @@
 // The page: settings, prompt, the live denoising view. All model work happens in the engine worker
-// (worker.js); this file only sends protocol messages and draws what comes back.
+// (worker.js); this file sends protocol messages, keeps the page's state (phases.js) and draws what
+// comes back (render.js).
 
 import { IN, OUT } from './protocol.js';
+import { defaultThreads } from './ort_engine.js';
+import { PHASE, WHY, capabilitiesOf, controlsFor, samplerAllowed } from './phases.js';
+import { LoadProgress, addNotice, renderCells, renderChips, renderRetrievals, renderStats, renderTalora } from './render.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 
 // Observable state: the page's own record of what happened (tests read it too).
 const state = (window.ruvdllm = {
+  phase: PHASE.LOADING,
   ready: false,
   info: null,
   running: false,
   steps: 0,
   lastStep: null,
   trace: [], // per step: {span, step, t, committed, retrieved positions}
+  prefill: [], // a long prompt read in pieces: {done, total, at}
   complete: null,
   error: null,
   notices: [],
+  progress: [], // every load report as the page showed it: {phase, text, bar (percent)}
+  phases: [], // every phase entered, with the controls enabled in it: {phase, enabled: [ids]}
 });
 
 let worker = null;
 let interruptBuffer = null;
 let nextId = 1;
 let loadMessage = null;
+let caps = capabilitiesOf(null);
+const loadProgress = new LoadProgress(state.progress);
+
+function notify(text, level = 'info') {
+  state.notices.push({ text, level });
+  addNotice(text, level);
+}
 
 // --- offline: the service worker keeps the client's files ----------------------------------
 
@@ -38,57 +53,87 @@ async function installServiceWorker() {
       new Promise((resolve) => setTimeout(resolve, 3000)),
     ]);
   } catch (e) {
-    addNotice(`Offline use is unavailable (${e.message}).`, 'warning');
+    notify(`Offline use is unavailable (${e.message}).`, 'warning');
   }
 }
 
-// --- rendering -------------------------------------------------------------------------------
+// --- the page's state ------------------------------------------------------------------------
 
-const formatBytes = (n) => (n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : n >= 1e3 ? `${(n / 1e3).toFixed(0)} kB` : `${n} B`);
-const PHASES = { runtime: 'Python runtime', download: 'downloading', session: 'preparing the engine', warmup: 'warming up' };
+const CONTROL_IDS = ['generate', 'stop', 'ep', 'reload', 'redownload', 'sampler', 'length', 'block_size', 'steps', 'decoding', 'order', 'threshold', 'entropy_bound', 'temperature', 'top_p', 'seed', 'talora', 'dgr', 'chat'];
+const REASONS = {
+  talora: () => WHY.talora,
+  dgr: () => (state.info?.bank?.present ? WHY.dgrPatterns : WHY.dgrBank),
+  chat: () => WHY.chat,
+  threshold: () => (diffusionSampler() ? WHY.threshold : WHY.diffusionOnly),
+  entropy_bound: () => (diffusionSampler() ? WHY.entropyBound : WHY.diffusionOnly),
+  steps: () => WHY.diffusionOnly,
+  decoding: () => WHY.diffusionOnly,
+  order: () => WHY.diffusionOnly,
+  block_size: () => WHY.blockSize,
+  top_p: () => WHY.temperature0,
+  seed: () => WHY.temperature0,
+};
 
-function addNotice(text, level = 'info') {
-  state.notices.push({ text, level });
-  const el = document.createElement('div');
-  el.className = `notice ${level}`;
-  el.setAttribute('role', level === 'warning' ? 'alert' : 'status');
-  el.innerHTML = `<span>${level === 'warning' ? '⚠' : 'ℹ'}</span><span class="notice-text"></span><button type="button" aria-label="dismiss">×</button>`;
-  el.querySelector('.notice-text').textContent = text;
-  el.querySelector('button').onclick = () => el.remove();
-  $('notices').append(el);
+function diffusionSampler() {
+  return !['verified', 'ar'].includes($('sampler').value);
 }
 
-function showProgress({ phase, progress, text, loaded, total }) {
-  $('loader').hidden = false;
-  $('load-phase').textContent = PHASES[phase] || phase;
-  const pct = Math.round(100 * Math.max(0, Math.min(1, progress)));
-  $('load-bar').style.width = `${phase === 'download' ? pct : phase === 'runtime' ? 5 : 100}%`;
-  $('load-progress').setAttribute('aria-valuenow', String(pct));
-  $('load-text').textContent = text;
-  $('load-bytes').textContent = total ? `${formatBytes(loaded)} / ${formatBytes(total)}` : '';
+function formValues() {
+  return { prompt: $('prompt').value, sampler: $('sampler').value, decoding: $('decoding').value, temperature: $('temperature').value };
 }
+
+// Enable exactly the controls that can act now; a disabled setting says why when the phase allows it.
+function applyControls() {
+  const enabled = controlsFor(state.phase, formValues(), caps, { redownload: state.error?.recover === 'redownload' });
+  for (const id of CONTROL_IDS) {
+    const el = $(id);
+    el.disabled = !enabled[id];
+    const reason = state.phase === PHASE.READY && !enabled[id] ? REASONS[id]?.() : null;
+    const label = el.closest('label');
+    if (label) label.title = reason || '';
+    label?.classList.toggle('unavailable', Boolean(reason));
+  }
+  $('redownload').hidden = !enabled.redownload;
+  $('reload').hidden = !enabled.reload; // a generation's error leaves the model loaded: nothing to reload
+  return enabled;
+}
+
+function setPhase(phase) {
+  state.phase = phase;
+  state.ready = phase !== PHASE.LOADING && phase !== PHASE.ERROR;
+  state.running = phase === PHASE.GENERATING || phase === PHASE.STOPPING;
+  document.body.dataset.phase = phase;
+  $('app').setAttribute('aria-busy', String(phase === PHASE.LOADING));
+  const enabled = applyControls();
+  state.phases.push({ phase, enabled: CONTROL_IDS.filter((id) => enabled[id]) });
+}
+
+// The model decides what the settings can do: untrained samplers greyed out, TALoRA, DGR and the
+// chat template off where the model has nothing for them.
+function applyModel(info) {
+  caps = capabilitiesOf(info);
+  for (const option of $('sampler').options) {
+    option.disabled = !samplerAllowed(caps, option.value);
+    option.textContent = option.dataset.label + (option.disabled ? ' (not trained for)' : '');
+    option.title = option.disabled ? WHY.sampler(caps.samplers) : '';
+  }
+  if ($('sampler').selectedOptions[0]?.disabled) $('sampler').value = caps.samplers[0];
+  for (const id of ['talora', 'dgr', 'chat']) if (!caps[id]) $(id).checked = false;
+  if (!$('block_size').value) $('block_size').placeholder = `model: ${info.model.blockSize}`;
+}
+
+// --- what the worker reports -------------------------------------------------------------------
 
 function showReady(info) {
-  Object.assign(state, { ready: true, info, error: null });
+  Object.assign(state, { info, error: null });
+  loadProgress.finish('ready');
   $('loader').hidden = true;
   $('error').hidden = true;
-  $('app').setAttribute('aria-busy', 'false');
-  $('generate').disabled = false;
-  const ep = info.ep === 'webgpu' ? `WebGPU · ${info.adapter}` : `WebAssembly · ${info.numThreads} thread${info.numThreads === 1 ? '' : 's'}`;
-  $('chip-ep').textContent = ep;
-  $('chip-ep').className = `chip ${info.ep === 'webgpu' ? 'on' : ''}`;
-  $('chip-ep').dataset.ep = info.ep;
-  $('chip-model').textContent = `${info.model.name} · ${formatBytes(info.model.bytes)}`;
-  const cache = info.cache;
-  $('chip-cache').textContent = cache.memoryOnly
-    ? 'in memory only'
-    : cache.downloadedBytes
-      ? `downloaded ${formatBytes(cache.downloadedBytes)}`
-      : cache.offline ? 'offline · cached' : 'from cache';
-  $('chip-cache').className = `chip ${cache.memoryOnly ? 'warn' : 'on'}`;
-  $('stat-ep').textContent = info.ep === 'webgpu' ? 'WebGPU' : `wasm ×${info.numThreads}`;
-  if (!$('block_size').value) $('block_size').placeholder = `model: ${info.model.blockSize}`;
-  renderTalora([], 1);
+  renderChips(info);
+  applyModel(info);
+  renderTalora(info.bank, [], 1);
+  if (!state.lastStep) $('step-label').textContent = 'waiting for a prompt';
+  setPhase(PHASE.READY);
 }
 
 function showError({ code, message, recover, during }) {
@@ -96,57 +141,18 @@ function showError({ code, message, recover, during }) {
   $('error').hidden = false;
   $('error-title').textContent = during === 'load' ? 'The model could not be loaded' : 'Generation failed';
   $('error-text').textContent = message;
-  $('redownload').hidden = recover !== 'redownload';
-  if (during === 'load') $('loader').hidden = true;
-  setRunning(false);
-}
-
-function renderCells(step) {
-  const frag = document.createDocumentFragment();
-  const retrieved = new Set(step.retrieved.map((r) => r.position));
-  step.cells.forEach((cell, position) => {
-    const el = document.createElement('span');
-    el.className = `cell ${cell.state}${retrieved.has(position) ? ' retrieved' : ''}`;
-    el.style.setProperty('--u', cell.uncertainty.toFixed(3));
-    el.textContent = cell.state === 'masked' ? cell.guess.trim() || '·' : cell.text.replace(/\n/g, '⏎');
-    el.title = `#${position} · ${cell.state} · uncertainty ${(cell.uncertainty * 100).toFixed(0)}%`;
-    frag.append(el);
-  });
-  $('cells').replaceChildren(frag);
-}
-
-function renderTalora(weights, t) {
-  if (state.info && !state.info.bank.present) {
-    const note = Object.assign(document.createElement('p'), { className: 'empty-note', textContent: 'No adapter bank in this model: the base model runs unchanged.' });
-    $('talora-bars').replaceChildren(note);
-    $('t-value').textContent = `t = ${t.toFixed(2)}`;
-    return;
+  if (during === 'load') {
+    $('loader').hidden = true;
+    setPhase(PHASE.ERROR);
+  } else {
+    $('step-label').textContent = 'failed';
+    setPhase(PHASE.READY); // the model is still loaded: a corrected request can run
   }
-  const names = state.info?.bank?.groups || [];
-  const rows = (weights.length ? weights : names.map((name) => ({ name, weight: 0 }))).map(({ name, weight }) => {
-    const row = document.createElement('div');
-    row.className = 'bar-row';
-    row.innerHTML = `<span></span><div class="track"><div class="fill"></div></div><span class="num"></span>`;
-    row.children[0].textContent = name;
-    row.querySelector('.fill').style.width = `${(100 * weight).toFixed(0)}%`;
-    row.querySelector('.num').textContent = weight.toFixed(2);
-    return row;
-  });
-  $('talora-bars').replaceChildren(...rows);
-  $('t-value').textContent = `t = ${t.toFixed(2)}`;
 }
 
-function renderRetrievals(retrieved) {
-  const items = retrieved.length
-    ? retrieved.map(({ position, adapters }) => {
-        const li = document.createElement('li');
-        const names = adapters.map((a) => `${a.name} ${a.weight.toFixed(2)}`).join(', ') || 'no match';
-        li.innerHTML = `#${position} → <code></code>`;
-        li.querySelector('code').textContent = names;
-        return li;
-      })
-    : [Object.assign(document.createElement('li'), { className: 'muted', textContent: !state.info?.bank?.present ? 'No adapter bank in this model.' : state.info.bank.patterns ? 'none: the model is confident enough' : 'no patterns in this bank' })];
-  $('retrievals').replaceChildren(...items);
+function showPrefill({ done, total }) {
+  state.prefill.push({ done, total, at: performance.timeOrigin + performance.now() });
+  if (state.phase === PHASE.GENERATING) $('step-label').textContent = `reading the prompt · ${done.toLocaleString()} / ${total.toLocaleString()} tokens`;
 }
 
 function showStep(step) {
@@ -154,14 +160,12 @@ function showStep(step) {
   state.lastStep = step;
   state.trace.push({ span: step.span, step: step.step, t: step.t, committed: step.committedTokens, retrieved: step.retrieved.map((r) => r.position), at: step.at });
   renderCells(step);
-  renderTalora(step.talora, step.t);
-  renderRetrievals(step.retrieved);
+  renderTalora(state.info.bank, step.talora, step.t);
+  renderRetrievals(state.info.bank, step.retrieved);
   state.retrievals = (step.step === 0 && step.span === 0 ? 0 : state.retrievals || 0) + step.retrieved.length;
   $('dgr-total').textContent = `this step · ${state.retrievals} in this answer`;
-  $('step-label').textContent = `block ${step.span} · step ${step.step} · t = ${step.t.toFixed(2)}`;
-  $('stat-tps').textContent = step.tokensPerSecond.toFixed(1);
-  $('stat-steps').textContent = String(state.steps);
-  $('stat-forward').textContent = `${step.forwardMs.toFixed(0)} ms`;
+  if (state.phase === PHASE.GENERATING) $('step-label').textContent = `block ${step.span} · step ${step.step} · t = ${step.t.toFixed(2)}`;
+  renderStats({ tokensPerSecond: step.tokensPerSecond, steps: state.steps, forwardMs: step.forwardMs });
   $('output').textContent = step.text;
   $('output').classList.add('streaming');
 }
@@ -173,36 +177,28 @@ function showComplete(message) {
   const { text, stats, interrupted } = message;
   $('output').textContent = text + (interrupted ? ' …' : '');
   $('output').classList.remove('streaming');
-  $('stat-tps').textContent = stats.tokensPerSecond.toFixed(1);
-  $('stat-steps').textContent = String(stats.steps);
-  $('stat-forward').textContent = `${stats.forwardMs.toFixed(0)} ms`;
-  $('stat-bridge').textContent = stats.bridgeMs == null ? '—' : `${stats.bridgeMs.toFixed(1)} ms`;
+  renderStats(stats);
   $('step-label').textContent = interrupted ? 'stopped' : `done · ${stats.generatedTokens} tokens · ${stats.finishReason}`;
-  setRunning(false);
-}
-
-function setRunning(running) {
-  state.running = running;
-  $('generate').disabled = running || !state.ready;
-  $('stop').disabled = !running;
-  $('settings').querySelectorAll('input, select').forEach((el) => { if (el.id !== 'ep') el.disabled = running; });
+  setPhase(PHASE.READY);
 }
 
 // --- settings -> GenerationSettings ------------------------------------------------------------
 
 function readSettings() {
   const num = (id) => ($(id).value === '' ? null : Number($(id).value));
+  const enabled = controlsFor(PHASE.READY, formValues(), caps);
+  const when = (id, value) => (enabled[id] ? value : null); // what does nothing is not sent
   return {
     sampler: $('sampler').value,
     length: num('length'),
-    block_size: num('block_size'),
-    steps: num('steps'),
-    decoding: $('decoding').value,
-    threshold: num('threshold'),
-    entropy_bound: num('entropy_bound'),
-    order: $('order').value,
+    block_size: when('block_size', num('block_size')),
+    steps: when('steps', num('steps')),
+    decoding: when('decoding', $('decoding').value),
+    threshold: when('threshold', num('threshold')),
+    entropy_bound: when('entropy_bound', num('entropy_bound')),
+    order: when('order', $('order').value),
     temperature: num('temperature'),
-    top_p: num('top_p'),
+    top_p: when('top_p', num('top_p')),
     talora: $('talora').checked,
     dgr: $('dgr').checked,
   };
@@ -212,9 +208,10 @@ function readSettings() {
 
 function onMessage({ data }) {
   switch (data.type) {
-    case OUT.PROGRESS: return showProgress(data);
-    case OUT.NOTICE: return addNotice(data.text, data.level);
+    case OUT.PROGRESS: return loadProgress.report(data);
+    case OUT.NOTICE: return notify(data.text, data.level);
     case OUT.READY: return showReady(data.info);
+    case OUT.PREFILL: return showPrefill(data);
     case OUT.STEP: return showStep(data.step);
     case OUT.COMPLETE: return showComplete(data);
     case OUT.ERROR: return showError(data);
@@ -228,23 +225,28 @@ function startWorker() {
   worker.onerror = (e) => showError({ code: 'internal', message: `the engine stopped: ${e.message || 'script error'}`, during: 'load' });
 }
 
+// (Re)start the engine: any generation dies with the old worker, so the page starts over clean.
 function load(ep, { forget = false } = {}) {
-  Object.assign(state, { ready: false, error: null });
-  $('app').setAttribute('aria-busy', 'true');
-  $('generate').disabled = true;
+  Object.assign(state, { info: null, error: null });
+  caps = capabilitiesOf(null);
+  $('error').hidden = true;
   $('chip-ep').textContent = 'starting…';
-  showProgress({ phase: 'runtime', progress: 0, text: 'starting the engine' });
+  $('step-label').textContent = 'waiting for the model';
+  setPhase(PHASE.LOADING);
+  loadProgress.start('starting the engine');
   startWorker();
   worker.postMessage({ ...loadMessage, ep, forget, type: IN.LOAD });
 }
 
 // Start a generation; resolves with the complete message (or rejects with the error).
 function start(prompt, settings, { chat = true, seed = 0 } = {}) {
-  if (!state.ready || state.running) return Promise.reject(new Error(state.running ? 'a generation is running' : 'not ready'));
-  Object.assign(state, { steps: 0, complete: null, lastStep: null, error: null, trace: [], interruptAt: null });
+  if (state.phase !== PHASE.READY) return Promise.reject(new Error(`cannot generate while ${state.phase}`));
+  if (!String(prompt).trim()) return Promise.reject(new Error('prompt: empty (give some text)'));
+  Object.assign(state, { steps: 0, complete: null, lastStep: null, error: null, trace: [], prefill: [], interruptAt: null });
   $('error').hidden = true;
   $('output').textContent = '';
-  setRunning(true);
+  $('step-label').textContent = 'reading the prompt';
+  setPhase(PHASE.GENERATING);
   worker.postMessage({ type: IN.GENERATE, id: nextId++, prompt, chat, seed, settings });
   return new Promise((resolve, reject) => {
     const check = setInterval(() => {
@@ -256,11 +258,51 @@ function start(prompt, settings, { chat = true, seed = 0 } = {}) {
   });
 }
 
+function stop() {
+  if (state.phase !== PHASE.GENERATING) return;
+  state.interruptAt = performance.timeOrigin + performance.now(); // comparable across threads
+  if (interruptBuffer) Atomics.store(new Int32Array(interruptBuffer), 0, 1); // seen by the worker at once
+  worker.postMessage({ type: IN.INTERRUPT });
+  $('step-label').textContent = 'stopping…';
+  setPhase(PHASE.STOPPING);
+}
+
 // Scripts (benchmarks, embedding pages) drive the same path as the form, with any
 // GenerationSettings field (e.g. stop_at_eos), through window.ruvdllm.run(prompt, settings, options).
 state.run = start;
 
+function submit() {
+  if (!controlsFor(state.phase, formValues(), caps).generate) return; // Ctrl+Enter obeys the button
+  start($('prompt').value, readSettings(), { chat: $('chat').checked, seed: Number($('seed').value) || 0 }).catch(() => {});
+}
+
 async function main() {
+  for (const option of $('sampler').options) option.dataset.label = option.textContent;
+  setPhase(PHASE.LOADING);
+  $('prompt-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    submit();
+  });
+  $('prompt').addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
+      e.preventDefault();
+      submit();
+    }
+  });
+  $('prompt').addEventListener('input', applyControls);
+  $('settings').addEventListener('input', applyControls);
+  $('settings').addEventListener('change', applyControls);
+  $('stop').addEventListener('click', stop);
+  $('skip').addEventListener('click', (e) => {
+    e.preventDefault(); // focus, without a #fragment in the address
+    $('prompt').focus();
+  });
+  $('threshold').addEventListener('input', () => { $('threshold-value').textContent = Number($('threshold').value).toFixed(2); });
+  $('ep').addEventListener('change', () => load($('ep').value));
+  $('reload').addEventListener('click', () => location.reload());
+  $('redownload').addEventListener('click', () => load($('ep').value, { forget: true }));
+  if (/Mac|iPhone|iPad/.test(navigator.platform)) $('submit-keys').textContent = '⌘+Enter';
+
   await installServiceWorker();
   const config = await (await fetch('app-config.json')).json();
   const modelUrl = params.get('model') || config.model;
@@ -271,34 +313,21 @@ async function main() {
   if (self.crossOriginIsolated) {
     interruptBuffer = new SharedArrayBuffer(4);
   } else {
-    addNotice('This page is not cross-origin isolated (COOP/COEP headers missing): WebAssembly runs on one thread.', 'warning');
+    notify('This page is not cross-origin isolated (COOP/COEP headers missing): WebAssembly runs on one thread.', 'warning');
   }
   const ep = params.get('ep') || 'auto';
   $('ep').value = ep;
   // Absolute URLs: the worker resolves relative ones against its own script's location.
   const absolute = (url) => new URL(url, location.href).href;
-  loadMessage = { modelUrl: absolute(modelUrl), wheelUrl: absolute(config.wheel), numThreads: Number(params.get('threads')) || undefined, interruptBuffer };
+  loadMessage = {
+    modelUrl: absolute(modelUrl),
+    wheelUrl: absolute(config.wheel),
+    numThreads: Number(params.get('threads')) || defaultThreads(), // the page's view of the cores
+    interruptBuffer,
+    memoryMB: Number(params.get('memory')) || null,
+    pieceRows: Number(params.get('prefill')) || null,
+  };
   load(ep);
-
-  $('prompt-form').addEventListener('submit', (e) => {
-    e.preventDefault();
-    start($('prompt').value, readSettings(), { chat: $('chat').checked, seed: Number($('seed').value) || 0 });
-  });
-  $('prompt').addEventListener('keydown', (e) => {
-    if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) $('prompt-form').requestSubmit();
-  });
-  $('stop').addEventListener('click', () => {
-    state.interruptAt = performance.timeOrigin + performance.now(); // comparable across threads
-    if (interruptBuffer) Atomics.store(new Int32Array(interruptBuffer), 0, 1); // seen by the worker at once
-    worker.postMessage({ type: IN.INTERRUPT });
-  });
-  $('threshold').addEventListener('input', () => { $('threshold-value').textContent = Number($('threshold').value).toFixed(2); });
-  $('ep').addEventListener('change', () => load($('ep').value));
-  $('reload').addEventListener('click', () => location.reload());
-  $('redownload').addEventListener('click', () => {
-    $('error').hidden = true;
-    load($('ep').value, { forget: true });
-  });
 }
 
 main().catch((e) => showError({ code: 'internal', message: String(e.message || e), during: 'load' }));

@@ -97,12 +97,14 @@ export class ModelStore {
     const entries = Object.entries(manifest.files).filter(([name]) => !SKIPPED.some((re) => re.test(name)));
     const total = entries.reduce((sum, [, e]) => sum + e.bytes, 0);
     let done = 0;
-    const report = (name, extra = 0) => this.onProgress({ file: name, loaded: done + extra, total });
+    // source: 'network' while bytes arrive, 'cache' for a file read from Cache Storage
+    const report = (name, source, extra = 0) => this.onProgress({ file: name, loaded: done + extra, total, source });
     const files = {};
     for (const [name, entry] of entries) {
-      files[name] = await this.loadFile(cache, name, entry, (n) => report(name, n));
+      const downloaded = this.stats.downloadedBytes;
+      files[name] = await this.loadFile(cache, name, entry, (n) => report(name, 'network', n));
       done += entry.bytes;
-      report(name);
+      report(name, this.stats.downloadedBytes > downloaded ? 'network' : 'cache');
     }
     if (cache) await this.prune(cache, entries);
     return { manifest, files };

@@ -29,7 +29,37 @@ export async function probeWebGPU() {
   if (!adapter) return { ok: false, reason: 'no WebGPU adapter is available' };
   const info = adapter.info || {};
   const name = [info.vendor, info.architecture, info.description].filter(Boolean).join(' ') || 'unknown adapter';
-  return { ok: true, adapter: name };
+  // onnxruntime-web asks the device for the adapter's own buffer limits
+  const largestTensor = Math.min(adapter.limits.maxStorageBufferBindingSize, adapter.limits.maxBufferSize);
+  return { ok: true, adapter: name, largestTensor };
+}
+
+const GiB = 2 ** 30;
+// onnxruntime-web's WebAssembly memory is 32-bit: 4 GiB at most, the weights included.
+const WASM_MEMORY = 4 * GiB;
+
+// What one forward may use (runtime/memory_plan.py DeviceLimits): on WebAssembly what the 4 GiB heap
+// leaves beside the weights (held twice while the session is created); and at most half the
+// device's memory (navigator.deviceMemory: GiB, rounded, 8 at most in Chromium; unknown: 8).
+// memoryMB and pieceRows: the page's `?memory=` and `?prefill=`, for small devices and tests.
+export function deviceLimits(ep, { modelBytes, gpu = null, memoryMB = null, pieceRows = null }) {
+  const device = ((navigator.deviceMemory || 8) * GiB) / 2;
+  let budget = ep === 'wasm' ? Math.min(WASM_MEMORY - 2 * modelBytes, device) : device;
+  if (memoryMB) budget = memoryMB * 1e6;
+  return {
+    budget: Math.floor(budget),
+    largest_tensor: ep === 'webgpu' && gpu?.largestTensor ? gpu.largestTensor : null,
+    piece_rows: pieceRows || null,
+  };
+}
+
+// WebAssembly threads by default: every logical core, at most 4. onnxruntime-web's own default is
+// half of them, which on a 2-core device is one thread. Measured on a 2-core VM (docs/web.md,
+// "Threads"): two threads spend ~1.4x the CPU of one per forward, so on an idle device they are
+// ~1.3x faster; on a machine whose cores are busy with other work one thread is faster
+// (?threads=1). A page waiting for its answer usually has the device to itself.
+export function defaultThreads() {
+  return Math.max(1, Math.min(4, navigator.hardwareConcurrency || 1));
 }
 
 // Load (once per EP) the ort module for `ep`, configured for `numThreads` wasm threads.
@@ -40,10 +70,7 @@ export async function loadOrt(ep, { numThreads } = {}) {
     ort.env.wasm.wasmPaths = ORT_DIR;
     // Without cross-origin isolation there is no SharedArrayBuffer: onnxruntime-web would drop
     // to one thread on its own; asking for one avoids its warning.
-    // Default: onnxruntime-web's own choice, half the logical cores (at most 4). Threads beyond the
-    // physical cores, or on a busy machine, cost more in wake-ups than they bring.
-    const fallback = Math.min(4, Math.ceil((navigator.hardwareConcurrency || 1) / 2));
-    ort.env.wasm.numThreads = self.crossOriginIsolated ? numThreads || fallback : 1;
+    ort.env.wasm.numThreads = self.crossOriginIsolated ? numThreads || defaultThreads() : 1;
     ort.env.logLevel = 'error';
     modules.set(ep, ort);
   }
@@ -88,6 +115,7 @@ export class ModelRunner {
   // beforeRun: awaited before each forward (may throw to stop a generation).
   constructor(ort, session, config, banks, ep, { beforeRun = async () => {} } = {}) {
     this.beforeRun = beforeRun;
+    this.onPrefill = null; // (rows done, rows in all) while a long prompt is read in pieces
     this.ort = ort;
     this.session = session;
     this.config = config;
@@ -166,6 +194,11 @@ export class ModelRunner {
       key: slicePositions(this.ort, this.last[names.presentKey(l)], keep),
       value: slicePositions(this.ort, this.last[names.presentValue(l)], keep),
     }));
+  }
+
+  // Called by Python (runtime/pyodide_backend.py) after each piece of a long prompt.
+  prefilled(done, total) {
+    this.onPrefill?.(done, total);
   }
 
   async release() {

@@ -2,7 +2,8 @@
 //
 // Page -> worker
 //   {type: 'load', modelUrl, wheelUrl, ep: 'auto'|'webgpu'|'wasm', numThreads?, interruptBuffer?,
-//    forget?}   forget: drop the cached model files first (the page's "download again")
+//    forget?, memoryMB?, pieceRows?}   forget: drop the cached model files first (the page's
+//    "download again"); memoryMB, pieceRows: override the device's limits (ort_engine.js deviceLimits)
 //   {type: 'generate', id, prompt, chat, seed, settings}
 //       settings: GenerationSettings fields (runtime/settings.py): sampler, length, block_size,
 //       steps, schedule, decoding, threshold, entropy_bound, order, temperature, top_k, top_p,
@@ -14,17 +15,20 @@
 //
 // Worker -> page
 //   {type: 'progress', phase, progress, text, loaded?, total?}
-//        phase: 'runtime' | 'download' | 'session' | 'warmup'; progress in [0, 1]
+//        phase, in order: 'download' | 'cache' (the model's files, from the network or Cache
+//        Storage) -> 'runtime' (Python) -> 'session' -> 'warmup'; progress in [0, 1] within the phase
 //   {type: 'notice', level: 'info'|'warning', text}
 //   {type: 'ready', info: ReadyInfo}
+//   {type: 'prefill', id, done, total}   a long prompt read in pieces: rows done of the first chunk
 //   {type: 'step', id, step: StepView}
 //   {type: 'complete', id, text, tokens, promptIds, stats, interrupted}
 //   {type: 'error', id?, code, message, recover?: 'redownload' | null}
 //
-// ReadyInfo: {ep, adapter, numThreads, crossOriginIsolated, model: {architecture, layers, hidden,
-//   vocab, maxPosition, blockSize, bytes, targets}, cache: {downloadedBytes, cachedBytes,
-//   memoryOnly, offline}, loadMs, bank: {adapters: [name|null per slot], patterns, groups:
-//   [names]}}
+// ReadyInfo: {ep, adapter, numThreads, crossOriginIsolated, model: {name, architecture, layers,
+//   hidden, vocab, maxPosition, blockSize, bytes, targets, chat, samplers: [trained for; empty:
+//   unknown]}, cache: {downloadedBytes, cachedBytes, memoryOnly, offline}, loadMs, bank: {adapters:
+//   [name|null per slot], patterns, groups: [names], present}, limits: {budget, largest_tensor,
+//   piece_rows}}
 //
 // StepView: {span, step, t, offset, text (the answer's settled prefix), cells: [{id, text,
 //   state: 'committed'|'new'|'masked'|'eos',
@@ -36,6 +40,7 @@ export const OUT = Object.freeze({
   PROGRESS: 'progress',
   NOTICE: 'notice',
   READY: 'ready',
+  PREFILL: 'prefill',
   STEP: 'step',
   COMPLETE: 'complete',
   ERROR: 'error',

@@ -3,6 +3,14 @@
 
 const LN = Math.log;
 
+// The answer a step shows: the committed tokens before the first still-masked position (-1) or
+// end-of-sequence token. Text is a prefix: a token committed beyond a masked gap is not part of it
+// yet (the cells show it in place).
+export function answerPrefix(tokens, eos) {
+  const end = tokens.findIndex((t) => t < 0 || eos.has(t));
+  return end < 0 ? tokens.slice() : tokens.slice(0, end);
+}
+
 function rowOf(data, r, k) {
   return data.subarray ? data.subarray(r * k, (r + 1) * k) : data.slice(r * k, (r + 1) * k);
 }
@@ -46,11 +54,11 @@ export function stepView(event, runner, tokenizer, config, bank, state, elapsedM
   const eos = new Set(config.eos_token_ids || []);
   const end = event.tokens.findIndex((t) => eos.has(t));
   if (end >= 0) cells.forEach((cell, position) => { if (position >= end && cell.state !== 'masked') cell.state = 'eos'; });
-  const committedTokens = event.tokens.filter((t) => t >= 0).length;
-  // The answer so far: the committed tokens before the first masked position or end of sequence.
-  let prefix = event.tokens.findIndex((t) => t < 0 || eos.has(t));
-  if (prefix < 0) prefix = event.tokens.length;
-  const text = tokenizer.decode(event.tokens.slice(0, prefix));
+  // Tokens of the answer so far: committed, before the end of sequence (what the final count is,
+  // unless the generation runs past it).
+  const answer = end >= 0 && state.stopAtEos !== false ? event.tokens.slice(0, end) : event.tokens;
+  const committedTokens = answer.filter((t) => t >= 0).length;
+  const text = tokenizer.decode(answerPrefix(event.tokens, eos));
   return {
     span: event.span,
     step: event.step,

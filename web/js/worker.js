@@ -5,10 +5,10 @@
 import { IN, OUT, RECOVERABLE_BY_REDOWNLOAD } from './protocol.js';
 import { bootPython, canBlockOnPromises } from './python.js';
 import { ModelError, ModelStore } from './model_store.js';
-import { ModelRunner, createSession, loadOrt, probeWebGPU } from './ort_engine.js';
+import { ModelRunner, createSession, deviceLimits, loadOrt, probeWebGPU } from './ort_engine.js';
 import { ModelTokenizer } from './tokenizer.js';
 import { PatternIndex } from './pattern_index.js';
-import { stepView } from './views.js';
+import { answerPrefix, stepView } from './views.js';
 import { formatPrompt } from './chat.js';
 
 const post = (message) => self.postMessage(message);
@@ -38,11 +38,27 @@ function userMessage(error) {
   // A Python RuvdllmError arrives as a PythonError whose last line is "...RuvdllmError: <message>".
   const text = String(error?.message || error);
   const match = text.match(/RuvdllmError: (.*)\s*$/);
-  return match ? { code: 'settings', message: match[1].trim() } : { code: error?.code || 'internal', message: text.trim().split('\n').slice(-1)[0] };
+  if (match) return { code: 'settings', message: match[1].trim() };
+  // The engine's allocation failed (e.g. "failed to call OrtRun(). ERROR_CODE: 6, ERROR_MESSAGE:
+  // std::bad_alloc"): the estimate that should have refused the run first was too optimistic.
+  if (/bad_alloc|out of memory|Out of memory|Array buffer allocation failed/.test(text)) {
+    return { code: 'memory', message: 'this device ran out of memory during the forward: shorten the prompt or the length (or use BD3LM)' };
+  }
+  return { code: error?.code || 'internal', message: text.trim().split('\n').slice(-1)[0] };
 }
 
+// Python boots while the model downloads; its status is shown once the files are in, so that the
+// load's phases (and the page's bar) only move forward.
+const pythonStatus = { text: 'starting Python', shown: false };
+
 async function startPython(wheelUrl) {
-  python ??= bootPython({ wheelUrl, onStatus: (text) => progress('runtime', 0, text) });
+  python ??= bootPython({
+    wheelUrl,
+    onStatus: (text) => {
+      pythonStatus.text = text;
+      if (pythonStatus.shown) progress('runtime', 0, text);
+    },
+  });
   return python;
 }
 
@@ -158,13 +174,16 @@ function bankInputsFrom(pySession) {
   return out;
 }
 
-async function load({ modelUrl, wheelUrl, ep = 'auto', numThreads, interruptBuffer, forget = false }) {
+async function load({ modelUrl, wheelUrl, ep = 'auto', numThreads, interruptBuffer, forget = false, memoryMB = null, pieceRows = null }) {
   const started = performance.now();
   lastLoad = { modelUrl, wheelUrl, ep, numThreads, interruptBuffer };
   if (!canBlockOnPromises()) {
     throw new ModelError('unsupported', 'This browser lacks JavaScript Promise Integration (WebAssembly.Suspending), which the Python sampler needs to await onnxruntime-web: use Chromium 137 or newer.');
   }
   if (interruptBuffer) interrupt.view = new Int32Array(interruptBuffer);
+  // A Stop pressed before this load (under an earlier engine) must not stop its warm-up.
+  interrupt.requested = false;
+  if (interrupt.view) Atomics.store(interrupt.view, 0, 0);
   if (engine) {
     await engine.runner.release();
     engine = null;
@@ -172,7 +191,10 @@ async function load({ modelUrl, wheelUrl, ep = 'auto', numThreads, interruptBuff
   const pythonReady = startPython(wheelUrl);
   const base = new URL(modelUrl, self.location.href).href;
   const store = new ModelStore(base, {
-    onProgress: ({ file, loaded, total }) => progress('download', total ? loaded / total : 1, `model: ${file}`, { loaded, total }),
+    onProgress: ({ file, loaded, total, source }) =>
+      source === 'cache'
+        ? progress('cache', total ? loaded / total : 1, `reading the cached model: ${file}`)
+        : progress('download', total ? loaded / total : 1, `downloading the model: ${file}`, { loaded, total }),
     onNotice: ({ level, text }) => notice(text, level),
   });
   if (forget) await store.forget(); // the page's "download again"
@@ -180,7 +202,8 @@ async function load({ modelUrl, wheelUrl, ep = 'auto', numThreads, interruptBuff
   const config = JSON.parse(textOf(files['config.json']));
   const tokenizer = new ModelTokenizer(JSON.parse(textOf(files['tokenizer.json'])));
 
-  progress('runtime', 1, 'starting Python');
+  pythonStatus.shown = true;
+  progress('runtime', 0, pythonStatus.text);
   const pyodide = await pythonReady;
   const root = '/model';
   pyodide.FS.mkdirTree(root);
@@ -191,12 +214,17 @@ async function load({ modelUrl, wheelUrl, ep = 'auto', numThreads, interruptBuff
   const bankInputs = bankInputsFrom(session);
 
   let chosen = await chooseEp(ep, config);
+  const modelBytes = Object.values(manifest.files).reduce((s, e) => s + e.bytes, 0);
   let runner = null;
+  let gpu = null;
+  let limits = null;
   const start = async () => {
     progress('session', 0, `creating the ${chosen === 'webgpu' ? 'WebGPU' : 'WebAssembly'} session`);
     runner = await makeRunner(config, files, chosen, numThreads, bankInputs);
     progress('warmup', 0, 'warming up');
-    session.attach(runner);
+    gpu = chosen === 'webgpu' ? await probeWebGPU() : null;
+    const wanted = deviceLimits(chosen, { modelBytes, gpu, memoryMB, pieceRows });
+    limits = session.attach(runner, pyodide.toPy(definedOnly(wanted))).toJs({ dict_converter: Object.fromEntries });
     await session.warm_up.callPromising();
   };
   try {
@@ -209,7 +237,6 @@ async function load({ modelUrl, wheelUrl, ep = 'auto', numThreads, interruptBuff
     chosen = 'wasm';
     await start();
   }
-  const gpu = chosen === 'webgpu' ? await probeWebGPU() : null;
   const info = {
     ep: chosen,
     adapter: gpu?.adapter || null,
@@ -224,9 +251,11 @@ async function load({ modelUrl, wheelUrl, ep = 'auto', numThreads, interruptBuff
       maxPosition: config.max_position,
       blockSize: config.block_size,
       targets: config.targets,
-      bytes: Object.values(manifest.files).reduce((s, e) => s + e.bytes, 0),
+      bytes: modelBytes,
       chat: Boolean(config.chat_template),
+      samplers: config.samplers || [],
     },
+    limits,
     bank: session.bank_info().toJs({ dict_converter: Object.fromEntries }),
     cache: { ...store.stats },
     loadMs: performance.now() - started,
@@ -241,6 +270,8 @@ const definedOnly = (object) => Object.fromEntries(Object.entries(object).filter
 async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
   if (!engine) throw new ModelError('not-loaded', 'no model is loaded yet');
   if (engine.running) throw new ModelError('busy', 'a generation is already running');
+  // Checked here, on the user's text: a chat template would wrap an empty prompt in markup.
+  if (!String(prompt).trim()) throw new ModelError('settings', 'prompt: empty (give some text)');
   const { session, runner, tokenizer, config } = engine;
   const text = formatPrompt(prompt, config, tokenizer, chat);
   engine.running = true;
@@ -248,7 +279,8 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
   if (interrupt.view) Atomics.store(interrupt.view, 0, 0);
   const started = performance.now();
   const runStart = { ms: runner.timings.runMs, runs: runner.timings.runs, jsMs: runner.timings.jsMs };
-  const state = { uncertainty: new Map(), tokens: [], steps: 0, viewMs: 0 };
+  const state = { uncertainty: new Map(), tokens: [], steps: 0, viewMs: 0, stopAtEos: settings.stop_at_eos !== false };
+  runner.onPrefill = (done, total) => post({ type: OUT.PREFILL, id, done, total });
   const onStep = (event) => {
     const viewStarted = performance.now();
     state.tokens = event.tokens;
@@ -268,8 +300,10 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
     interrupted = true;
   } finally {
     engine.running = false;
+    runner.onPrefill = null;
   }
-  const tokens = interrupted ? state.tokens.filter((t) => t >= 0) : summary.tokens;
+  // Stopped: the answer's unbroken prefix, as the live view shows it (the cells keep the rest).
+  const tokens = interrupted ? answerPrefix(state.tokens, new Set(config.eos_token_ids || [])) : summary.tokens;
   const wallMs = performance.now() - started;
   const runs = runner.timings.runs - runStart.runs;
   const runMs = runner.timings.runMs - runStart.ms;
