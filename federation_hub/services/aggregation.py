@@ -19,7 +19,9 @@ test_aggregation.py): the same selection, the same exact sums up to float64 roun
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import time
 
 import numpy as np
 
@@ -33,6 +35,8 @@ from federation_hub.strategies.base import withhold
 from federation_hub.strategies.run import RoundResult, release
 from federation_hub.tiers import Tier
 from ruvdllm.errors import RuvdllmError
+
+log = logging.getLogger("federation_hub.rounds")
 
 
 def strategy_for(round_: RoundRecord) -> Strategy:
@@ -69,6 +73,7 @@ def _aggregate(
 ) -> RoundResult:
     if not rows:
         return RoundResult(selection=withhold(0, "no contributions"))
+    started = time.perf_counter()
     what = f"round {round_.id} contribution"
     metas = [contribution_meta(r) for r in rows]
     features = _features(state, round_, snapshot, rows) if strategy.needs_features else None
@@ -101,7 +106,16 @@ def _aggregate(
         )
     sums = total.normalized(log_normalizer(log_weights, selection.weights))
     ranks = {n: _release_rank(round_.release_rank, s["rank"]) for n, s in round_.shapes.items()}
+    summed = time.perf_counter()
     result = release(strategy, selection, sums, ranks, rng)
+    log.info(
+        "round summed and factorised",
+        extra={
+            "round_id": round_.id,
+            "sum_s": round(summed - started, 3),
+            "release_s": round(time.perf_counter() - summed, 3),
+        },
+    )
     return dataclasses.replace(result, facts={**result.facts, "contributions_summed": total.count})
 
 

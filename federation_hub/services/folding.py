@@ -95,9 +95,9 @@ class Folder:
         with self._lock:
             while self._fold_waiting(round_id):
                 pass
-            if round_id in self.rounds:
+            if round_id in self.rounds and self.rounds[round_id].pending:
                 self._checkpoint(round_id, ("open", "closing"))
-                self.rounds.pop(round_id, None)
+            self.rounds.pop(round_id, None)
 
     # --- internals ----------------------------------------------------------------------------
     def _fold_waiting(self, round_id: int | None) -> int:
@@ -114,6 +114,7 @@ class Folder:
                 fold(state.total, state.strategy, row, payload, f"round {rid} contribution {row.id}")
                 state.pending.append(row.id)
                 count += 1
+                self.state.metrics.folded.inc()
             state.last_fold = time.monotonic()
         return count
 
@@ -142,8 +143,10 @@ class Folder:
                 tx.save_partial(round_id, self.owner, state.total.count, payload)
         except (_Refused, ConcurrentWrite) as exc:
             log.info("checkpoint not saved", extra={"round_id": round_id, "why": str(exc)})
+            self.state.metrics.partial_saves.labels("refused").inc()
             del self.rounds[round_id]  # as saved: reloaded from the partial if the round is still open
             return
+        self.state.metrics.partial_saves.labels("saved").inc()
         state.pending.clear()
 
     def _forget_if_closed(self, round_id: int) -> None:

@@ -159,8 +159,18 @@ def _finish(state: HubState, round_: RoundRecord) -> None:
     started = time.perf_counter()
     if state.folder is not None:  # this process's own running sum saved first: the close reads it
         state.folder.flush(round_.id)
+    flushed = time.perf_counter()
     rows, result = aggregation.aggregate(state, round_, strategy_for(round_))
-    state.metrics.aggregation_seconds.labels(round_.timestep_group).observe(time.perf_counter() - started)
+    aggregated = time.perf_counter()
+    state.metrics.aggregation_seconds.labels(round_.timestep_group).observe(aggregated - started)
+    log.info(
+        "round aggregated",
+        extra={
+            "round_id": round_.id,
+            "flush_s": round(flushed - started, 3),
+            "aggregate_s": round(aggregated - flushed, 3),
+        },
+    )
     chosen = [rows[i].client_key for i in np.flatnonzero(result.selection.weights)]
     needed = round_.min_contributors
     allowed, reason = (
