@@ -103,6 +103,22 @@ class Peak:
             time.sleep(0.02)
 
 
+def folded(urls: list[str]) -> float:
+    """Contributions the hubs have folded into running sums so far (their metric)."""
+    total = 0.0
+    for url in urls:
+        try:
+            text = httpx.get(url + "/metrics", timeout=30).text
+        except httpx.HTTPError:
+            continue  # a replica that was killed
+        total += sum(
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith("hub_contributions_folded_total")
+        )
+    return total
+
+
 def cpu(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -222,10 +238,12 @@ def one_hub(args, shapes, workdir: Path, rng) -> dict:
         if args.big_clients:
             bodies = templates(shapes, "binary-f32", rng)
             round_ = open_round(admin, "load", "big", shapes, False)
+            folded_before = folded([hub.url])
             run = submit_all(
-                [hub.url], tokens[: args.big_clients], bodies, codec.MEDIA_TYPE, args.concurrency
+                [hub.url], tokens[: args.big_clients], bodies, codec.MEDIA_TYPE, args.concurrency, "big"
             )
             row = {"clients": args.big_clients, "submissions_per_s": args.big_clients / run["wall"]}
+            row["unfolded_at_close"] = args.big_clients - (folded([hub.url]) - folded_before)
             row.update(close(admin, round_["id"], pids))
             results["big"] = row
             print("big", json.dumps({k: round(v, 2) for k, v in row.items()}), flush=True)
@@ -274,6 +292,9 @@ def replicas(args, shapes, workdir: Path, rng) -> dict:
             [h.url for h in hubs], tokens, bodies, codec.MEDIA_TYPE, args.concurrency, kill_halfway
         )
         row = load_row(run, len(bodies[0]) / 2**20, cpu(pids) - before, args.clients)
+        row["unfolded_at_close"] = args.clients - folded(
+            [h.url for h in hubs[:2]]
+        )  # the killed one's are lost
         closers = [HubAdmin(h.url, h.admin_token, retries=0, timeout_s=3600) for h in hubs[:2]]
         gate, closed = threading.Barrier(2), []
 
@@ -353,7 +374,7 @@ def summary(results: dict) -> None:
             print(
                 f"{kind:12s} {r['submissions_per_s']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} "
                 f"{r['hub_cpu_ms_per_submission']:8.1f} {r['ingest_mib_per_s']:8.1f} {r['ingest_mib_per_s'] / disk:7.2f} "
-                f"{r['close_s']:8.2f} {r['close_peak_rss_mib']:8.0f}"
+                f"{r['unfolded_at_close']:8.0f} {r['close_s']:8.2f} {r['close_peak_rss_mib']:8.0f}"
             )
     if "json" in results and "binary-f32" in results:
         ratio = results["binary-f32"]["submissions_per_s"] / results["json"]["submissions_per_s"]

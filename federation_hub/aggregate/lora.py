@@ -156,10 +156,12 @@ class LowRankSum:
             self._dense *= factor
 
     def merge(self, other: LowRankSum, weight: float = 1.0) -> None:
-        """Add `weight` × another sum of the same shape, exactly (stacked stays stacked)."""
+        """Add `weight` × another sum of the same shape, exactly (stacked stays stacked); a dense
+        `other` is scaled in place, so it is consumed."""
         stacked = other.stacked()
         if stacked is None:
-            self.add_dense(weight * other.dense())
+            other.scale(weight)
+            self.add_dense(other.dense())
         elif stacked.rank:
             self.add(stacked, weight)
 

@@ -579,7 +579,11 @@ class SqlTransaction(Transaction):
         self._conn.execute(t.partials.delete().where(t.partials.c.round_id == round_id))
         self._conn.execute(
             t.contributions.update()
-            .where(c.round_id == round_id, c.nonce.is_(None))
+            .where(
+                c.round_id == round_id,
+                c.nonce.is_(None),
+                sa.or_(c.payload.is_not(None), c.sketch.is_not(None)),  # rows already empty stay untouched
+            )
             .values(payload=None, sketch=None)
         )
 
