@@ -1,12 +1,12 @@
 """Folding contributions into running sums as they arrive, so a close reads a few partial sums
 instead of every update again (aggregate/running.py).
 
-Each hub process (every replica) keeps in memory, per open plaintext round, the running sum of
-the contributions it folded: those it accepted, and those another process accepted more than
+Each hub process (every replica) keeps in memory, per open plaintext round that is receiving
+updates, the running sum of the contributions it folded: those it accepted, and those another process accepted more than
 `fold_adopt_s` ago and never folded (a replica that stopped). Now and then — after
-`fold_checkpoint_every` contributions, once the round has been quiet for `fold_idle_s`, and
-before a close — it saves the sum as its partial and marks those contributions folded, in one
-transaction (dropping their payloads where no close can need them again: strategies that never
+`fold_checkpoint_every` contributions, once the round has been quiet for `fold_idle_s` with
+`fold_idle_min` waiting (a burst ended), after `fold_forget_s` of quiet (a trickle), and before a
+close — it saves the sum as its partial and marks those contributions folded, in one transaction (dropping their payloads where no close can need them again: strategies that never
 exclude anyone). If another process marked one of them first, the transaction rolls back and the
 sum is reloaded as last saved.
 
@@ -80,13 +80,15 @@ class Folder:
             settings = self.state.settings
             now = time.monotonic()
             for round_id, state in list(self.rounds.items()):
-                due = len(state.pending) >= settings.fold_checkpoint_every or (
-                    state.pending and now - state.last_fold >= settings.fold_idle_s
-                )
-                if due:
+                quiet = now - state.last_fold >= settings.fold_idle_s
+                if len(state.pending) >= settings.fold_checkpoint_every:
                     self._checkpoint(round_id, ("open",))
-                elif not state.pending and now - state.last_fold >= settings.fold_idle_s * 10:
-                    self._forget_if_closed(round_id)
+                elif quiet and state.pending:
+                    self._checkpoint(round_id, ("open",))
+                elif (
+                    quiet
+                ):  # saved and quiet: memory goes back (a dense sum is ~100 MB); reloaded when needed
+                    del self.rounds[round_id]
             return folded
 
     def flush(self, round_id: int) -> None:
@@ -148,8 +150,3 @@ class Folder:
             return
         self.state.metrics.partial_saves.labels("saved").inc()
         state.pending.clear()
-
-    def _forget_if_closed(self, round_id: int) -> None:
-        round_ = self.state.store.get_round(round_id, ADMIN)
-        if round_ is None or round_.status != "open":
-            del self.rounds[round_id]

@@ -44,7 +44,12 @@ def url(request, tmp_path):
 def hubs(url):
     """Two hub processes' states over one database (replicas), folding at once when asked."""
     settings = HubSettings(
-        database_url=url, admin_token_hash="-", k_anonymity=1, fold_idle_s=0.0, fold_checkpoint_every=4
+        database_url=url,
+        admin_token_hash="-",
+        k_anonymity=1,
+        fold_idle_s=0.0,
+        fold_idle_min=1,
+        fold_checkpoint_every=4,
     )
     states = []
     for _ in range(2):
