@@ -65,14 +65,16 @@ def fsync_write_rate(directory: Path, total_mib: int = 256, chunk_mib: int = 2) 
     return total_mib / elapsed
 
 
-def templates(shapes: dict, kind: str, rng: np.random.Generator) -> list[bytes]:
+def templates(shapes: dict, kind: str, rng: np.random.Generator, group: str | None = None) -> list[bytes]:
+    """Bodies of `kind` for the round of timestep group `group` (default: named after the kind)."""
+    group = group or kind
     encoder = HubClient("http://unused", "unused")
     content_type, half = KINDS[kind]
     binary = content_type == codec.MEDIA_TYPE
     bodies = []
     for _ in range(TEMPLATES):
-        update = client_update(ID, Tier.TENANT, {kind: random_update(rng, shapes, scale=0.05)})
-        bodies.append(encoder.encode(update, binary=binary, float16={kind} if half else ()))
+        update = client_update(ID, Tier.TENANT, {group: random_update(rng, shapes, scale=0.05)})
+        bodies.append(encoder.encode(update, binary=binary, float16={group} if half else ()))
     return bodies
 
 
@@ -226,17 +228,18 @@ def one_hub(args, shapes, workdir: Path, rng) -> dict:
             content_type, half = KINDS[kind]
             bodies = templates(shapes, kind, rng)
             round_ = open_round(admin, "load", kind, shapes, half)
-            before = cpu(pids)
+            before, folded_before = cpu(pids), folded([hub.url])
             run = submit_all(
                 [hub.url], tokens[: args.clients], bodies, content_type, args.concurrency, kind[-3:]
             )
             row = load_row(run, len(bodies[0]) / 2**20, cpu(pids) - before, args.clients)
             row["request_mib"] = len(bodies[0]) / 2**20
+            row["unfolded_at_close"] = args.clients - (folded([hub.url]) - folded_before)
             row.update(close(admin, round_["id"], pids))
             results[kind] = row
             print(kind, json.dumps({k: round(v, 2) for k, v in row.items()}), flush=True)
         if args.big_clients:
-            bodies = templates(shapes, "binary-f32", rng)
+            bodies = templates(shapes, "binary-f32", rng, group="big")
             round_ = open_round(admin, "load", "big", shapes, False)
             folded_before = folded([hub.url])
             run = submit_all(
@@ -277,7 +280,7 @@ def replicas(args, shapes, workdir: Path, rng) -> dict:
         admin = HubAdmin(everywhere, first.admin_token, retries=3, timeout_s=3600)
         admin.create_tenant("load")
         tokens = issue_tokens(admin, "load", args.clients)
-        bodies = templates(shapes, "binary-f32", rng)
+        bodies = templates(shapes, "binary-f32", rng, group="replicas")
         round_ = open_round(admin, "load", "replicas", shapes, False)
         pids = [h.proc.pid for h in hubs]
         killed = threading.Event()

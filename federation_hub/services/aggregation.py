@@ -21,7 +21,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import queue
+import threading
 import time
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -60,6 +64,53 @@ def fold(total: RunningSum, strategy: Strategy, row: ContributionRow, payload: b
     total.add(strategy.prepare(pairs), strategy.log_weight(contribution_meta(row)))
 
 
+FOLD_WORKERS = min(os.cpu_count() or 1, 4)
+
+
+def fold_all(
+    total: RunningSum,
+    strategy: Strategy,
+    rows: list[ContributionRow],
+    payloads: Iterable[bytes],
+    what: str,
+    workers: int = FOLD_WORKERS,
+) -> None:
+    """Many stored contributions into a running sum. With several workers, each folds into a sum
+    of its own and the sums are merged at the end: the GEMMs release the GIL, so they run side
+    by side; payloads are read on this thread, a few ahead, never all at once."""
+    if workers <= 1 or len(rows) < 4 * workers:
+        for row, payload in zip(rows, payloads, strict=True):
+            fold(total, strategy, row, payload, f"{what} {row.id}")
+        return
+    work: queue.Queue = queue.Queue(maxsize=2 * workers)
+    sums = [RunningSum(total.shapes) for _ in range(workers)]
+    failures: list[BaseException] = []
+
+    def worker(own: RunningSum) -> None:
+        while (item := work.get()) is not None:
+            if not failures:
+                try:
+                    fold(own, strategy, item[0], item[1], f"{what} {item[0].id}")
+                except BaseException as exc:  # reported on the caller's thread below
+                    failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(own,), daemon=True) for own in sums]
+    for thread in threads:
+        thread.start()
+    try:
+        for item in zip(rows, payloads, strict=True):
+            work.put(item)
+    finally:
+        for _ in threads:
+            work.put(None)
+        for thread in threads:
+            thread.join()
+    if failures:
+        raise failures[0]
+    for own in sums:
+        total.merge(own)
+
+
 def aggregate(
     state: HubState, round_: RoundRecord, strategy: Strategy
 ) -> tuple[list[ContributionRow], RoundResult]:
@@ -87,15 +138,14 @@ def _aggregate(
     shapes = {n: (s["out_features"], s["in_features"]) for n, s in round_.shapes.items()}
     total = RunningSum(shapes)
     if _sum_chosen_directly(log_weights, chosen, excluded):
-        for i, payload in zip(chosen, snapshot.payloads([rows[i].id for i in chosen]), strict=True):
-            fold(total, strategy, rows[i], payload, what)
+        picked = [rows[i] for i in chosen]
+        fold_all(total, strategy, picked, snapshot.payloads([r.id for r in picked]), what)
         expected = len(chosen)
     else:
         for partial in snapshot.partials(round_.id):
             total.merge(codec.decode_partial(partial, shapes))
-        loose = [i for i, r in enumerate(rows) if not r.folded]
-        for i, payload in zip(loose, snapshot.payloads([rows[i].id for i in loose]), strict=True):
-            fold(total, strategy, rows[i], payload, what)
+        loose = [r for r in rows if not r.folded]
+        fold_all(total, strategy, loose, snapshot.payloads([r.id for r in loose]), what)
         for i, payload in zip(excluded, snapshot.payloads([rows[i].id for i in excluded]), strict=True):
             _, pairs, _ = codec.decode_contribution(payload, what)
             total.subtract(strategy.prepare(pairs), float(log_weights[i]))

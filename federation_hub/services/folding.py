@@ -29,7 +29,7 @@ from datetime import timedelta
 
 from federation_hub import codec
 from federation_hub.aggregate.running import RunningSum
-from federation_hub.services.aggregation import fold, strategy_for
+from federation_hub.services.aggregation import fold_all, strategy_for
 from federation_hub.services.state import HubState
 from federation_hub.storage.base import ConcurrentWrite, RoundRecord, Viewer, utcnow
 from federation_hub.strategies import Strategy
@@ -112,11 +112,16 @@ class Folder:
             state = self.rounds.get(rid) or self._start(rid)
             if state is None:
                 continue
-            for row, payload in zip(rows, store.payloads([r.id for r in rows]), strict=True):
-                fold(state.total, state.strategy, row, payload, f"round {rid} contribution {row.id}")
-                state.pending.append(row.id)
-                count += 1
-                self.state.metrics.folded.inc()
+            fold_all(
+                state.total,
+                state.strategy,
+                rows,
+                store.payloads([r.id for r in rows]),
+                f"round {rid} contribution",
+            )
+            state.pending.extend(r.id for r in rows)
+            count += len(rows)
+            self.state.metrics.folded.inc(len(rows))
             state.last_fold = time.monotonic()
         return count
 

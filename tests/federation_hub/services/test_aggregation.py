@@ -11,8 +11,10 @@ import pytest
 import sqlalchemy as sa
 
 from federation_hub import codec
+from federation_hub.aggregate.running import RunningSum
 from federation_hub.auth import Caller
 from federation_hub.client import shapes_spec
+from federation_hub.errors import Invalid
 from federation_hub.incoming import Incoming, PlainPart
 from federation_hub.observability import HubMetrics
 from federation_hub.schemas import Consent, RoundSpec, ValidationMetrics
@@ -22,7 +24,7 @@ from federation_hub.services.state import HubState
 from federation_hub.settings import HubSettings
 from federation_hub.storage import open_store
 from federation_hub.storage import tables as t
-from federation_hub.storage.base import Viewer
+from federation_hub.storage.base import ContributionRow, Viewer
 from federation_hub.strategies import ContributionMeta
 from federation_hub.strategies.run import run_strategy
 from federation_hub.tiers import Tier
@@ -234,3 +236,25 @@ def payloads(state, rows):
     with state.store.engine.connect() as conn:
         query = sa.select(c.payload).where(c.id.in_([r.id for r in rows]))
         return [row[0] for row in conn.execute(query)]
+
+
+def test_folding_on_several_threads_is_the_same_sum():
+    strategy = aggregation.make_strategy("quality", "coarse", {"temperature": 0.01})
+    rng = np.random.default_rng(9)
+    rows, payloads = [], []
+    for i in range(40):
+        metrics = {"perplexity_before": 20.0, "perplexity_after": float(rng.uniform(15, 21)), "samples": 3}
+        rows.append(ContributionRow(i, f"t/c{i}", f"u{i}", 3, 20.0, metrics["perplexity_after"], 1.0))
+        payloads.append(codec.encode_contribution("coarse", random_update(rng, SHAPES), metrics))
+    alone, together = RunningSum(DIMS), RunningSum(DIMS)
+    aggregation.fold_all(alone, strategy, rows, iter(payloads), "c", workers=1)
+    aggregation.fold_all(together, strategy, rows, iter(payloads), "c", workers=3)
+    assert alone.count == together.count == 40 and alone.ref == together.ref
+    for name in SHAPES:
+        np.testing.assert_allclose(
+            together.sums[name].dense(), alone.sums[name].dense(), rtol=1e-12, atol=1e-15
+        )
+    with pytest.raises(Invalid):  # a payload that does not decode fails the fold, whichever thread hit it
+        aggregation.fold_all(
+            RunningSum(DIMS), strategy, rows, iter([*payloads[:-1], b"garbage"]), "c", workers=3
+        )
