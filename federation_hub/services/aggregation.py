@@ -6,7 +6,8 @@ whatever other processes fold meanwhile. So a close
 
     1. reads the contribution rows (metrics, and for clustering strategies the sketch taken on
        arrival) and lets the strategy select and weigh them — no payload read;
-    2. merges the partial sums and folds in the payloads they do not hold: Σ_all g_i Δ_i;
+    2. merges the partial sums and folds in the payloads they do not hold: Σ_all g_i Δ_i (the
+       closing process's own sum comes from memory, when the snapshot agrees with it);
     3. takes back the contributions the selection excluded (clustering), reading only those —
        or sums the chosen ones from their payloads instead, when most were excluded or the
        excluded outweigh the chosen so much that taking them back would cost precision;
@@ -26,6 +27,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -111,16 +113,31 @@ def fold_all(
         total.merge(own)
 
 
+@dataclass(frozen=True)
+class HeldSum:
+    """The closing process's own running sum of the round, in memory: its saved partial (of
+    `owner`) plus the contributions `pending` it folded since (services/folding.py `take`)."""
+
+    owner: str
+    total: RunningSum
+    pending: frozenset[int]
+
+
 def aggregate(
-    state: HubState, round_: RoundRecord, strategy: Strategy
+    state: HubState, round_: RoundRecord, strategy: Strategy, held: HeldSum | None = None
 ) -> tuple[list[ContributionRow], RoundResult]:
     with state.store.reading() as snapshot:
         rows = snapshot.contribution_rows(round_.id)
-        return rows, _aggregate(state, round_, strategy, snapshot, rows)
+        return rows, _aggregate(state, round_, strategy, snapshot, rows, held)
 
 
 def _aggregate(
-    state: HubState, round_: RoundRecord, strategy: Strategy, snapshot: Snapshot, rows: list[ContributionRow]
+    state: HubState,
+    round_: RoundRecord,
+    strategy: Strategy,
+    snapshot: Snapshot,
+    rows: list[ContributionRow],
+    held: HeldSum | None,
 ) -> RoundResult:
     if not rows:
         return RoundResult(selection=withhold(0, "no contributions"))
@@ -142,9 +159,15 @@ def _aggregate(
         fold_all(total, strategy, picked, snapshot.payloads([r.id for r in picked]), what)
         expected = len(chosen)
     else:
-        for partial in snapshot.partials(round_.id):
-            total.merge(codec.decode_partial(partial, shapes))
-        loose = [r for r in rows if not r.folded]
+        known = {r.id: r for r in rows}
+        if held is not None and not all(cid in known and not known[cid].folded for cid in held.pending):
+            held = None  # another process folded some of them since: the snapshot alone decides
+        if held is not None:  # it stands for its owner's saved partial and its pending rows
+            total.merge(held.total)
+        for owner, partial in snapshot.partials(round_.id):
+            if held is None or owner != held.owner:
+                total.merge(codec.decode_partial(partial, shapes))
+        loose = [r for r in rows if not r.folded and (held is None or r.id not in held.pending)]
         fold_all(total, strategy, loose, snapshot.payloads([r.id for r in loose]), what)
         for i, payload in zip(excluded, snapshot.payloads([rows[i].id for i in excluded]), strict=True):
             _, pairs, _ = codec.decode_contribution(payload, what)

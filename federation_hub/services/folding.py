@@ -29,7 +29,7 @@ from datetime import timedelta
 
 from federation_hub import codec
 from federation_hub.aggregate.running import RunningSum
-from federation_hub.services.aggregation import fold_all, strategy_for
+from federation_hub.services.aggregation import HeldSum, fold_all, strategy_for
 from federation_hub.services.state import HubState
 from federation_hub.storage.base import ConcurrentWrite, RoundRecord, Viewer, utcnow
 from federation_hub.strategies import Strategy
@@ -91,15 +91,15 @@ class Folder:
                     del self.rounds[round_id]
             return folded
 
-    def flush(self, round_id: int) -> None:
-        """Before a close (the round is `closing`): fold and save everything of this round this
-        process can, so the close reads its partial instead of the payloads."""
+    def take(self, round_id: int) -> HeldSum | None:
+        """For a close in this process (the round is `closing`): fold what this process still can
+        of the round and hand its running sum over — its saved partial plus what is pending —
+        rather than writing it out only for the close to read it back."""
         with self._lock:
             while self._fold_waiting(round_id):
                 pass
-            if round_id in self.rounds and self.rounds[round_id].pending:
-                self._checkpoint(round_id, ("open", "closing"))
-            self.rounds.pop(round_id, None)
+            state = self.rounds.pop(round_id, None)
+            return None if state is None else HeldSum(self.owner, state.total, frozenset(state.pending))
 
     # --- internals ----------------------------------------------------------------------------
     def _fold_waiting(self, round_id: int | None) -> int:

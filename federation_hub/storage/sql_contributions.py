@@ -175,11 +175,13 @@ class SqlSnapshot(Snapshot):
     def contribution_rows(self, round_id: int) -> list[ContributionRow]:
         return contribution_rows_of(self._conn, round_id, with_sketch=True)
 
-    def partials(self, round_id: int) -> Iterator[bytes]:
+    def partials(self, round_id: int) -> Iterator[tuple[str, bytes]]:
         p = t.partials.c
-        ids = self._conn.execute(sa.select(p.id).where(p.round_id == round_id).order_by(p.id)).scalars().all()
-        for pid in ids:  # one at a time: each can be a dense sum of every linear
-            yield bytes(self._conn.execute(sa.select(p.payload).where(p.id == pid)).scalar_one())
+        owners = self._conn.execute(
+            sa.select(p.id, p.owner).where(p.round_id == round_id).order_by(p.id)
+        ).all()
+        for pid, owner in owners:  # one at a time: each can be a dense sum of every linear
+            yield owner, bytes(self._conn.execute(sa.select(p.payload).where(p.id == pid)).scalar_one())
 
     def payloads(self, contribution_ids: Sequence[int]) -> Iterator[bytes]:
         return payloads_of(self._conn, contribution_ids, PAYLOAD_CHUNK)

@@ -146,16 +146,21 @@ SPECS = {
 }
 
 
+@pytest.mark.parametrize("held", [False, True], ids=["from-the-database", "own-sum-in-memory"])
 @pytest.mark.parametrize("name", SPECS)
-def test_the_close_equals_run_strategy(hubs, name):
+def test_the_close_equals_run_strategy(hubs, name, held):
+    """Closed by b, which holds unsaved contributions in memory: from the database alone (its
+    pending payloads folded again), or with its sum from memory standing for its partial."""
     round_, sent = populate(hubs, SPECS[name])
-    a = hubs[0]
-    rows = a.store.contribution_rows(round_.id)
+    b = hubs[1]
+    rows = b.store.contribution_rows(round_.id)
     assert any(r.folded for r in rows) and not all(r.folded for r in rows)
-    round_ = a.store.get_round(round_.id, ADMIN)
-    a.rng = np.random.default_rng(42)  # the close draws once from it: the same draw as below
-    _, result = aggregation.aggregate(a, round_, aggregation.strategy_for(round_))
-    want = expected(a, round_, sent, 42)
+    round_ = b.store.get_round(round_.id, ADMIN)
+    own = b.folder.take(round_.id) if held else None
+    assert not held or own.pending
+    b.rng = np.random.default_rng(42)  # the close draws once from it: the same draw as below
+    _, result = aggregation.aggregate(b, round_, aggregation.strategy_for(round_), own)
+    want = expected(b, round_, sent, 42)
     np.testing.assert_array_equal(result.selection.weights, want.selection.weights)
     assert not result.withheld
     if name in ("conservative", "selective", "hybrid"):
@@ -199,12 +204,18 @@ def test_processes_racing_to_fold_count_each_contribution_once(hubs):
     for state in hubs:
         state.settings = dataclasses.replace(state.settings, fold_adopt_s=0.0, fold_checkpoint_every=10**6)
     round_, sent = populate(hubs, SPECS["weighted"], count=8)
+    b.folder._fold_waiting(None)
+    stale = b.folder.take(round_.id)  # b's sum as a close in b would take it …
     a.folder._fold_waiting(None)
     b.folder._fold_waiting(None)
     assert set(a.folder.rounds[round_.id].pending) & set(b.folder.rounds[round_.id].pending)
-    a.folder._checkpoint(round_.id, ("open",))
+    a.folder._checkpoint(round_.id, ("open",))  # … but a saves first
     b.folder._checkpoint(round_.id, ("open",))  # refused: some of its contributions are a's now
     assert round_.id not in b.folder.rounds
+    a.rng = np.random.default_rng(0)
+    round_ = a.store.get_round(round_.id, ADMIN)
+    _, result = aggregation.aggregate(a, round_, aggregation.strategy_for(round_), stale)
+    assert result.facts["contributions_summed"] == len(sent)  # the stale sum was not used
     closed = rounds.close_round(b, round_.id)
     assert closed.status == "released"
     release = b.store.get_release(closed.release_id, ADMIN)
@@ -219,8 +230,7 @@ def test_payloads_are_kept_only_while_a_close_can_need_them(hubs):
     clustered, _ = populate(hubs, SPECS["conservative"], count=6, group="fine")
     weighted, _ = populate(hubs, SPECS["weighted"], count=6, group="coarse")
     for state in hubs:
-        state.folder.flush(clustered.id)
-        state.folder.flush(weighted.id)
+        state.folder.step()  # folded and saved (idle 0)
     for round_, kept in ((clustered, True), (weighted, False)):
         rows = a.store.contribution_rows(round_.id)
         assert all(r.folded for r in rows)
