@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import random
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -98,7 +99,9 @@ class HubClient:
 
     def __post_init__(self):
         self._replicas = [url.strip().rstrip("/") for url in self.base_url.split(",") if url.strip()]
-        self._turn = itertools.count()  # next() is atomic under the GIL: threads may share a client
+        # a random first replica: many short-lived clients spread over the replicas, not all on one;
+        # next() is atomic under the GIL, so threads may share a client
+        self._turn = itertools.count(random.randrange(len(self._replicas)))
         self._http = httpx.Client(
             headers={"authorization": f"Bearer {self.token}"},
             timeout=self.timeout_s,

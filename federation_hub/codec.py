@@ -32,7 +32,7 @@ MEDIA_TYPE = (
 )
 UPDATE_KEY = "ruvdllm.update"
 RELEASE_KEY = "ruvdllm.release"
-FACTOR_DTYPES = ("F32", "F16")
+_FACTORS = (safetensors_io.DTYPES["F32"], safetensors_io.DTYPES["F16"])
 # the schema's patterns (schemas.TimestepGroup, LinearName) in one name
 _NAME = re.compile(r"^([a-z][a-z0-9_-]{0,31})/([A-Za-z0-9_][A-Za-z0-9_.]{0,127})/([ab])$")
 
@@ -74,7 +74,7 @@ def decode(
         if match is None:
             raise Invalid(f"{what}: tensor {name[:80]!r} is not named timestep_group/linear/a or b")
         tg, linear, part = match.groups()
-        if array.dtype.name not in ("float32", "float16"):
+        if array.dtype not in _FACTORS:
             raise Invalid(f"{what}: tensor {name}: factors are F32 or F16, not {array.dtype.name}")
         if array.ndim != 2 or 0 in array.shape:
             raise Invalid(

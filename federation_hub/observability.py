@@ -90,6 +90,17 @@ class HubMetrics:
         )
         self.gossip_merged = Counter("hub_gossip_merged_total", "releases received from peers", registry=r)
         self.releases_held = Gauge("hub_releases_held", "releases stored, ours and peers'", registry=r)
+        self.folded = Counter(
+            "hub_contributions_folded_total",
+            "contributions folded into this process's running sums",
+            registry=r,
+        )
+        self.partial_saves = Counter(
+            "hub_running_sums_saved_total",
+            "running sums saved (partials), by outcome",
+            ["outcome"],
+            registry=r,
+        )
 
 
 class RequestLogMiddleware:

@@ -70,9 +70,9 @@ def decode(
     if start > len(blob):
         raise Invalid(f"{what}: header of {length} bytes runs past the end ({len(blob)} bytes)")
     try:
-        header = strict_json.loads(bytes(blob[_LENGTH.size : start]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Invalid(f"{what}: header is not strict JSON ({_reason(exc)})") from None
+        header = strict_json.loads(blob[_LENGTH.size : start])
+    except json.JSONDecodeError as exc:
+        raise Invalid(f"{what}: header is not strict JSON ({exc.msg})") from None
     if not isinstance(header, dict):
         raise Invalid(f"{what}: header is not a JSON object")
     metadata = header.pop("__metadata__", {})
@@ -107,30 +107,38 @@ def decode(
     return arrays, metadata
 
 
+_KEYS = {"dtype", "shape", "data_offsets"}
+
+
 def _entry(what: str, name: str, info) -> tuple[np.dtype, list[int], int, int]:
-    where = f"{what}: tensor {_short(name)}"
-    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-        raise Invalid(f"{where}: needs exactly dtype, shape and data_offsets")
+    if type(info) is not dict or info.keys() != _KEYS:
+        raise Invalid(f"{what}: tensor {_short(name)}: needs exactly dtype, shape and data_offsets")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if dtype not in DTYPES:
-        raise Invalid(f"{where}: unknown dtype {str(dtype)[:16]!r} (the hub reads {', '.join(DTYPES)})")
-    if not isinstance(shape, list) or len(shape) > 8 or not all(_count(d) for d in shape):
-        raise Invalid(f"{where}: shape must be a list of at most 8 non-negative integers")
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_count(o) for o in offsets):
-        raise Invalid(f"{where}: data_offsets must be [begin, end], non-negative integers")
+    if type(dtype) is not str or dtype not in DTYPES:
+        raise Invalid(
+            f"{what}: tensor {_short(name)}: unknown dtype {str(dtype)[:16]!r} (the hub reads {', '.join(DTYPES)})"
+        )
+    if type(shape) is not list or len(shape) > 8 or not _counts(shape):
+        raise Invalid(
+            f"{what}: tensor {_short(name)}: shape must be a list of at most 8 non-negative integers"
+        )
+    if type(offsets) is not list or len(offsets) != 2 or not _counts(offsets):
+        raise Invalid(
+            f"{what}: tensor {_short(name)}: data_offsets must be [begin, end], non-negative integers"
+        )
     begin, end = offsets
     if begin > end:
-        raise Invalid(f"{where}: data_offsets end before they begin")
+        raise Invalid(f"{what}: tensor {_short(name)}: data_offsets end before they begin")
     return DTYPES[dtype], shape, begin, end
 
 
-def _count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
+def _counts(values: list) -> bool:
+    """Non-negative integers below 2^53 (not booleans, which JSON keeps apart anyway)."""
+    for value in values:  # a loop, not all(genexpr): this runs for every tensor of every body
+        if type(value) is not int or not 0 <= value < 2**53:
+            return False
+    return True
 
 
 def _short(name: str) -> str:
     return repr(name if len(name) <= 80 else name[:79] + "…")
-
-
-def _reason(exc: Exception) -> str:
-    return exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"

@@ -30,6 +30,8 @@ class HubSettings:
     fold_interval_s: float = 0.2  # how often the folder looks for new contributions
     fold_batch: int = 64  # contributions read per look: ~110 MB of rank-8 updates for 60 linears
     fold_checkpoint_every: int = 1024  # save the running sum at least this often (a dense one is big)
-    fold_idle_s: float = 1.0  # …and once a round has had nothing new for this long
+    fold_idle_s: float = 1.0  # …and once a round has had nothing new for this long (a burst ended)
+    fold_idle_min: int = 32  # …with at least this many waiting: a trickle must not save ~100 MB per update
+    fold_forget_s: float = 30.0  # quiet this long: save what waits, then free the sum's memory
     fold_adopt_s: float = 30.0  # fold what another process accepted this long ago and never folded
     log_level: str = "info"

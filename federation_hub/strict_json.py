@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 
@@ -50,17 +51,28 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict:
     return result
 
 
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # an escape that may decode to a lone surrogate
+
+
 def loads(body: bytes | str) -> Any:
-    """json.loads that refuses NaN, ±Infinity, numbers beyond float range, lone surrogates and
-    duplicate keys (which one would count?). Raises json.JSONDecodeError (what FastAPI answers
-    with 422) for each."""
+    """json.loads that refuses NaN, ±Infinity, numbers beyond float range, lone surrogates, text
+    that is not UTF-8 and duplicate keys (which one would count?). Raises json.JSONDecodeError
+    (what FastAPI answers with 422) for each."""
     try:
-        value = json.loads(body, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_unique)
-        _check_strings(value)
+        if isinstance(body, str):
+            body.encode("utf-8")  # a surrogate in the text itself
+            text = body
+        else:
+            text = bytes(body).decode("utf-8")  # strict: encoded surrogates are not UTF-8 either
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_unique)
+        if _ESCAPED_SURROGATE.search(text):  # only then can a string hold one: walk them
+            _check_strings(value)
     except json.JSONDecodeError:
         raise
     except UnicodeEncodeError:
         raise json.JSONDecodeError("a string holds a lone surrogate (not UTF-8)", "", 0) from None
+    except UnicodeDecodeError:
+        raise json.JSONDecodeError("not UTF-8", "", 0) from None
     except (ValueError, RecursionError) as exc:
         raise json.JSONDecodeError(str(exc) or type(exc).__name__, "", 0) from None
     return value

@@ -63,19 +63,23 @@ class Factorized:
 class LowRankSum:
     """The exact weighted sum Σ w_i B_i A_i for one linear.
 
-    Contributions are buffered as stacked factors; when the stacked rank makes them larger than
-    the dense matrix, the buffer is folded into a dense float64 accumulator with one GEMM per
-    `flush_rank` columns (one big GEMM is far faster than many rank-r ones).
+    Contributions are kept as stacked factors while those are smaller than the dense matrix;
+    after that, in a dense float64 accumulator, fed one GEMM per `flush_rank` columns (one big
+    GEMM is far faster than many rank-r ones) from two buffers allocated once, which each
+    contribution is cast and weighted into in place — no per-contribution copies to stack.
     """
 
-    def __init__(self, out_features: int, in_features: int, flush_rank: int = 512):
+    def __init__(self, out_features: int, in_features: int, flush_rank: int = 128):
         self.out_features = out_features
         self.in_features = in_features
         self.flush_rank = flush_rank
-        self._a: list[np.ndarray] = []
+        self._a: list[np.ndarray] = []  # stacked mode
         self._b: list[np.ndarray] = []
         self._pending_rank = 0
         self._dense: np.ndarray | None = None
+        self._a_buf: np.ndarray | None = None  # dense mode: [flush_rank, in] and [out, flush_rank]
+        self._b_buf: np.ndarray | None = None
+        self._fill = 0
 
     @property
     def is_dense(self) -> bool:
@@ -86,21 +90,43 @@ class LowRankSum:
             raise ValueError(
                 f"delta of shape b{pair.b.shape} a{pair.a.shape} does not fit [{self.out_features}, {self.in_features}]"
             )
-        if weight == 0.0:
+        if weight == 0.0 or pair.rank == 0:
+            return
+        if self._dense is not None:
+            self._buffer(pair, weight)
             return
         self._a.append(pair.a.astype(np.float64))
         self._b.append(pair.b.astype(np.float64) * weight)
         self._pending_rank += pair.rank
-        stacked_size = self._pending_rank * (self.in_features + self.out_features)
-        if self._dense is None and stacked_size > self.in_features * self.out_features:
-            self._dense = np.zeros((self.out_features, self.in_features), dtype=np.float64)
-        if self._dense is not None and self._pending_rank >= self.flush_rank:
+        if self._pending_rank * (self.in_features + self.out_features) > self.in_features * self.out_features:
+            self._go_dense()
+
+    def _go_dense(self) -> None:
+        if self._a:
+            self._dense = np.hstack(self._b) @ np.vstack(self._a)  # [out, n·r] @ [n·r, in]
+        else:
+            self._dense = np.zeros((self.out_features, self.in_features))
+        self._a, self._b, self._pending_rank = [], [], 0
+        self._a_buf = np.empty((self.flush_rank, self.in_features))
+        self._b_buf = np.empty((self.out_features, self.flush_rank))
+
+    def _buffer(self, pair: LoraPair, weight: float) -> None:
+        rank = pair.rank
+        if rank > self.flush_rank:  # wider than the buffers (a merged sum): one GEMM of its own
+            self._dense += (pair.b.astype(np.float64) * weight) @ pair.a.astype(np.float64)
+            return
+        if self._fill + rank > self.flush_rank:
             self._flush()
+        end = self._fill + rank
+        self._a_buf[self._fill : end] = pair.a
+        # dtype: in float64, not in the factors' float32 (a Python float does not widen them)
+        np.multiply(pair.b, weight, out=self._b_buf[:, self._fill : end], dtype=np.float64)
+        self._fill = end
 
     def _flush(self) -> None:
-        if self._pending_rank:
-            self._dense += np.hstack(self._b) @ np.vstack(self._a)  # [out, n·r] @ [n·r, in]
-        self._a, self._b, self._pending_rank = [], [], 0
+        if self._fill:
+            self._dense += self._b_buf[:, : self._fill] @ self._a_buf[: self._fill]
+            self._fill = 0
 
     def stacked(self) -> LoraPair | None:
         """The exact sum as stacked factors, or None once it has gone dense."""
@@ -111,9 +137,9 @@ class LowRankSum:
         return LoraPair(a=np.vstack(self._a), b=np.hstack(self._b))
 
     def dense(self) -> np.ndarray:
-        """The exact sum as a dense [out, in] float64 matrix (folds the buffer in)."""
+        """The exact sum as a dense [out, in] float64 matrix (folds the buffers in)."""
         if self._dense is None:
-            self._dense = np.zeros((self.out_features, self.in_features), dtype=np.float64)
+            self._go_dense()
         self._flush()
         return self._dense
 
@@ -126,13 +152,16 @@ class LowRankSum:
         """Multiply the whole sum by `factor` (carried on B and the dense part)."""
         self._b = [b * factor for b in self._b]
         if self._dense is not None:
+            self._flush()
             self._dense *= factor
 
     def merge(self, other: LowRankSum, weight: float = 1.0) -> None:
-        """Add `weight` × another sum of the same shape, exactly (stacked stays stacked)."""
+        """Add `weight` × another sum of the same shape, exactly (stacked stays stacked); a dense
+        `other` is scaled in place, so it is consumed."""
         stacked = other.stacked()
         if stacked is None:
-            self.add_dense(weight * other.dense())
+            other.scale(weight)
+            self.add_dense(other.dense())
         elif stacked.rank:
             self.add(stacked, weight)
 

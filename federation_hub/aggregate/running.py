@@ -48,7 +48,11 @@ class RunningSum:
             self.sums[name].add(pair, -weight)
 
     def merge(self, other: RunningSum) -> None:
-        """Fold in another running sum of the same linears (another replica's)."""
+        """Fold in another running sum of the same linears (another replica's); `other` is
+        consumed (an empty sum takes its arrays over instead of copying them)."""
+        if self.count == 0 and self.ref == -math.inf:
+            self.ref, self.count, self.sums = other.ref, other.count, other.sums
+            return
         self.count += other.count
         if other.ref == -math.inf:
             return

@@ -6,7 +6,8 @@ whatever other processes fold meanwhile. So a close
 
     1. reads the contribution rows (metrics, and for clustering strategies the sketch taken on
        arrival) and lets the strategy select and weigh them — no payload read;
-    2. merges the partial sums and folds in the payloads they do not hold: Σ_all g_i Δ_i;
+    2. merges the partial sums and folds in the payloads they do not hold: Σ_all g_i Δ_i (the
+       closing process's own sum comes from memory, when the snapshot agrees with it);
     3. takes back the contributions the selection excluded (clustering), reading only those —
        or sums the chosen ones from their payloads instead, when most were excluded or the
        excluded outweigh the chosen so much that taking them back would cost precision;
@@ -19,7 +20,14 @@ test_aggregation.py): the same selection, the same exact sums up to float64 roun
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,6 +41,8 @@ from federation_hub.strategies.base import withhold
 from federation_hub.strategies.run import RoundResult, release
 from federation_hub.tiers import Tier
 from ruvdllm.errors import RuvdllmError
+
+log = logging.getLogger("federation_hub.rounds")
 
 
 def strategy_for(round_: RoundRecord) -> Strategy:
@@ -56,19 +66,82 @@ def fold(total: RunningSum, strategy: Strategy, row: ContributionRow, payload: b
     total.add(strategy.prepare(pairs), strategy.log_weight(contribution_meta(row)))
 
 
+FOLD_WORKERS = min(os.cpu_count() or 1, 4)
+
+
+def fold_all(
+    total: RunningSum,
+    strategy: Strategy,
+    rows: list[ContributionRow],
+    payloads: Iterable[bytes],
+    what: str,
+    workers: int = FOLD_WORKERS,
+) -> None:
+    """Many stored contributions into a running sum. With several workers, each folds into a sum
+    of its own and the sums are merged at the end: the GEMMs release the GIL, so they run side
+    by side; payloads are read on this thread, a few ahead, never all at once."""
+    if workers <= 1 or len(rows) < 4 * workers:
+        for row, payload in zip(rows, payloads, strict=True):
+            fold(total, strategy, row, payload, f"{what} {row.id}")
+        return
+    work: queue.Queue = queue.Queue(maxsize=2 * workers)
+    sums = [RunningSum(total.shapes) for _ in range(workers)]
+    failures: list[BaseException] = []
+
+    def worker(own: RunningSum) -> None:
+        while (item := work.get()) is not None:
+            if not failures:
+                try:
+                    fold(own, strategy, item[0], item[1], f"{what} {item[0].id}")
+                except BaseException as exc:  # reported on the caller's thread below
+                    failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(own,), daemon=True) for own in sums]
+    for thread in threads:
+        thread.start()
+    try:
+        for item in zip(rows, payloads, strict=True):
+            work.put(item)
+    finally:
+        for _ in threads:
+            work.put(None)
+        for thread in threads:
+            thread.join()
+    if failures:
+        raise failures[0]
+    for own in sums:
+        total.merge(own)
+
+
+@dataclass(frozen=True)
+class HeldSum:
+    """The closing process's own running sum of the round, in memory: its saved partial (of
+    `owner`) plus the contributions `pending` it folded since (services/folding.py `take`)."""
+
+    owner: str
+    total: RunningSum
+    pending: frozenset[int]
+
+
 def aggregate(
-    state: HubState, round_: RoundRecord, strategy: Strategy
+    state: HubState, round_: RoundRecord, strategy: Strategy, held: HeldSum | None = None
 ) -> tuple[list[ContributionRow], RoundResult]:
     with state.store.reading() as snapshot:
         rows = snapshot.contribution_rows(round_.id)
-        return rows, _aggregate(state, round_, strategy, snapshot, rows)
+        return rows, _aggregate(state, round_, strategy, snapshot, rows, held)
 
 
 def _aggregate(
-    state: HubState, round_: RoundRecord, strategy: Strategy, snapshot: Snapshot, rows: list[ContributionRow]
+    state: HubState,
+    round_: RoundRecord,
+    strategy: Strategy,
+    snapshot: Snapshot,
+    rows: list[ContributionRow],
+    held: HeldSum | None,
 ) -> RoundResult:
     if not rows:
         return RoundResult(selection=withhold(0, "no contributions"))
+    started = time.perf_counter()
     what = f"round {round_.id} contribution"
     metas = [contribution_meta(r) for r in rows]
     features = _features(state, round_, snapshot, rows) if strategy.needs_features else None
@@ -82,15 +155,20 @@ def _aggregate(
     shapes = {n: (s["out_features"], s["in_features"]) for n, s in round_.shapes.items()}
     total = RunningSum(shapes)
     if _sum_chosen_directly(log_weights, chosen, excluded):
-        for i, payload in zip(chosen, snapshot.payloads([rows[i].id for i in chosen]), strict=True):
-            fold(total, strategy, rows[i], payload, what)
+        picked = [rows[i] for i in chosen]
+        fold_all(total, strategy, picked, snapshot.payloads([r.id for r in picked]), what)
         expected = len(chosen)
     else:
-        for partial in snapshot.partials(round_.id):
-            total.merge(codec.decode_partial(partial, shapes))
-        loose = [i for i, r in enumerate(rows) if not r.folded]
-        for i, payload in zip(loose, snapshot.payloads([rows[i].id for i in loose]), strict=True):
-            fold(total, strategy, rows[i], payload, what)
+        known = {r.id: r for r in rows}
+        if held is not None and not all(cid in known and not known[cid].folded for cid in held.pending):
+            held = None  # another process folded some of them since: the snapshot alone decides
+        if held is not None:  # it stands for its owner's saved partial and its pending rows
+            total.merge(held.total)
+        for owner, partial in snapshot.partials(round_.id):
+            if held is None or owner != held.owner:
+                total.merge(codec.decode_partial(partial, shapes))
+        loose = [r for r in rows if not r.folded and (held is None or r.id not in held.pending)]
+        fold_all(total, strategy, loose, snapshot.payloads([r.id for r in loose]), what)
         for i, payload in zip(excluded, snapshot.payloads([rows[i].id for i in excluded]), strict=True):
             _, pairs, _ = codec.decode_contribution(payload, what)
             total.subtract(strategy.prepare(pairs), float(log_weights[i]))
@@ -101,7 +179,16 @@ def _aggregate(
         )
     sums = total.normalized(log_normalizer(log_weights, selection.weights))
     ranks = {n: _release_rank(round_.release_rank, s["rank"]) for n, s in round_.shapes.items()}
+    summed = time.perf_counter()
     result = release(strategy, selection, sums, ranks, rng)
+    log.info(
+        "round summed and factorised",
+        extra={
+            "round_id": round_.id,
+            "sum_s": round(summed - started, 3),
+            "release_s": round(time.perf_counter() - summed, 3),
+        },
+    )
     return dataclasses.replace(result, facts={**result.facts, "contributions_summed": total.count})
 
 

@@ -1,12 +1,12 @@
 """Folding contributions into running sums as they arrive, so a close reads a few partial sums
 instead of every update again (aggregate/running.py).
 
-Each hub process (every replica) keeps in memory, per open plaintext round, the running sum of
-the contributions it folded: those it accepted, and those another process accepted more than
+Each hub process (every replica) keeps in memory, per open plaintext round that is receiving
+updates, the running sum of the contributions it folded: those it accepted, and those another process accepted more than
 `fold_adopt_s` ago and never folded (a replica that stopped). Now and then — after
-`fold_checkpoint_every` contributions, once the round has been quiet for `fold_idle_s`, and
-before a close — it saves the sum as its partial and marks those contributions folded, in one
-transaction (dropping their payloads where no close can need them again: strategies that never
+`fold_checkpoint_every` contributions, once the round has been quiet for `fold_idle_s` with
+`fold_idle_min` waiting (a burst ended), after `fold_forget_s` of quiet (a trickle), and before a
+close — it saves the sum as its partial and marks those contributions folded, in one transaction (dropping their payloads where no close can need them again: strategies that never
 exclude anyone). If another process marked one of them first, the transaction rolls back and the
 sum is reloaded as last saved.
 
@@ -29,7 +29,7 @@ from datetime import timedelta
 
 from federation_hub import codec
 from federation_hub.aggregate.running import RunningSum
-from federation_hub.services.aggregation import fold, strategy_for
+from federation_hub.services.aggregation import HeldSum, fold_all, strategy_for
 from federation_hub.services.state import HubState
 from federation_hub.storage.base import ConcurrentWrite, RoundRecord, Viewer, utcnow
 from federation_hub.strategies import Strategy
@@ -80,24 +80,26 @@ class Folder:
             settings = self.state.settings
             now = time.monotonic()
             for round_id, state in list(self.rounds.items()):
-                due = len(state.pending) >= settings.fold_checkpoint_every or (
-                    state.pending and now - state.last_fold >= settings.fold_idle_s
-                )
-                if due:
+                quiet = now - state.last_fold >= settings.fold_idle_s
+                if len(state.pending) >= settings.fold_checkpoint_every:
                     self._checkpoint(round_id, ("open",))
-                elif not state.pending and now - state.last_fold >= settings.fold_idle_s * 10:
-                    self._forget_if_closed(round_id)
+                elif quiet and state.pending:
+                    self._checkpoint(round_id, ("open",))
+                elif (
+                    quiet
+                ):  # saved and quiet: memory goes back (a dense sum is ~100 MB); reloaded when needed
+                    del self.rounds[round_id]
             return folded
 
-    def flush(self, round_id: int) -> None:
-        """Before a close (the round is `closing`): fold and save everything of this round this
-        process can, so the close reads its partial instead of the payloads."""
+    def take(self, round_id: int) -> HeldSum | None:
+        """For a close in this process (the round is `closing`): fold what this process still can
+        of the round and hand its running sum over — its saved partial plus what is pending —
+        rather than writing it out only for the close to read it back."""
         with self._lock:
             while self._fold_waiting(round_id):
                 pass
-            if round_id in self.rounds:
-                self._checkpoint(round_id, ("open", "closing"))
-                self.rounds.pop(round_id, None)
+            state = self.rounds.pop(round_id, None)
+            return None if state is None else HeldSum(self.owner, state.total, frozenset(state.pending))
 
     # --- internals ----------------------------------------------------------------------------
     def _fold_waiting(self, round_id: int | None) -> int:
@@ -110,10 +112,16 @@ class Folder:
             state = self.rounds.get(rid) or self._start(rid)
             if state is None:
                 continue
-            for row, payload in zip(rows, store.payloads([r.id for r in rows]), strict=True):
-                fold(state.total, state.strategy, row, payload, f"round {rid} contribution {row.id}")
-                state.pending.append(row.id)
-                count += 1
+            fold_all(
+                state.total,
+                state.strategy,
+                rows,
+                store.payloads([r.id for r in rows]),
+                f"round {rid} contribution",
+            )
+            state.pending.extend(r.id for r in rows)
+            count += len(rows)
+            self.state.metrics.folded.inc(len(rows))
             state.last_fold = time.monotonic()
         return count
 
@@ -142,11 +150,8 @@ class Folder:
                 tx.save_partial(round_id, self.owner, state.total.count, payload)
         except (_Refused, ConcurrentWrite) as exc:
             log.info("checkpoint not saved", extra={"round_id": round_id, "why": str(exc)})
+            self.state.metrics.partial_saves.labels("refused").inc()
             del self.rounds[round_id]  # as saved: reloaded from the partial if the round is still open
             return
+        self.state.metrics.partial_saves.labels("saved").inc()
         state.pending.clear()
-
-    def _forget_if_closed(self, round_id: int) -> None:
-        round_ = self.state.store.get_round(round_id, ADMIN)
-        if round_ is None or round_.status != "open":
-            del self.rounds[round_id]

@@ -157,10 +157,19 @@ def _finish(state: HubState, round_: RoundRecord) -> None:
         finish(state.store, round_.id, "relayed", outcome, None, ("relayed", str(round_.id), details))
         return
     started = time.perf_counter()
-    if state.folder is not None:  # this process's own running sum saved first: the close reads it
-        state.folder.flush(round_.id)
-    rows, result = aggregation.aggregate(state, round_, strategy_for(round_))
-    state.metrics.aggregation_seconds.labels(round_.timestep_group).observe(time.perf_counter() - started)
+    held = state.folder.take(round_.id) if state.folder is not None else None  # its own sum, from memory
+    flushed = time.perf_counter()
+    rows, result = aggregation.aggregate(state, round_, strategy_for(round_), held)
+    aggregated = time.perf_counter()
+    state.metrics.aggregation_seconds.labels(round_.timestep_group).observe(aggregated - started)
+    log.info(
+        "round aggregated",
+        extra={
+            "round_id": round_.id,
+            "flush_s": round(flushed - started, 3),
+            "aggregate_s": round(aggregated - flushed, 3),
+        },
+    )
     chosen = [rows[i].client_key for i in np.flatnonzero(result.selection.weights)]
     needed = round_.min_contributors
     allowed, reason = (

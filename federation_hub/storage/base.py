@@ -255,8 +255,8 @@ class Snapshot(ABC):
         """With `folded` and `sketch`."""
 
     @abstractmethod
-    def partials(self, round_id: int) -> Iterator[bytes]:
-        """The payloads of the round's partial sums, one at a time."""
+    def partials(self, round_id: int) -> Iterator[tuple[str, bytes]]:
+        """(owner, payload) of the round's partial sums, one at a time."""
 
     @abstractmethod
     def payloads(self, contribution_ids: Sequence[int]) -> Iterator[bytes]:

@@ -29,13 +29,11 @@ from federation_hub.storage.base import (
     AuditRecord,
     ConcurrentWrite,
     Conflict,
-    ContributionRow,
     NewRelease,
     NewUpdate,
     RoundRecord,
     RoundState,
     SealedRow,
-    Snapshot,
     Store,
     StoredUpdate,
     TokenRecord,
@@ -44,6 +42,7 @@ from federation_hub.storage.base import (
     Viewer,
     utcnow,
 )
+from federation_hub.storage.sql_contributions import ContributionQueries, RunningSumWrites
 from federation_hub.storage.sql_releases import ReleaseQueries
 from federation_hub.tiers import Tier
 from ruvdllm.errors import RuvdllmError
@@ -65,49 +64,13 @@ def _find_update(conn: Connection, tenant: str, client_id: str, update_id: str) 
     return StoredUpdate(row.body_hash, row.receipt) if row else None
 
 
-def _payloads(conn: Connection, ids: Sequence[int], chunk: int) -> Iterator[bytes]:
-    """Payloads in the order asked, one query per `chunk` of them."""
-    ids = list(ids)
-    c = t.contributions.c
-    for start in range(0, len(ids), chunk):
-        wanted = ids[start : start + chunk]
-        rows = dict(conn.execute(sa.select(c.id, c.payload).where(c.id.in_(wanted))).all())
-        for cid in wanted:
-            if rows.get(cid) is None:
-                raise RuvdllmError(f"contribution {cid}: its payload is no longer stored")
-            yield bytes(rows[cid])
-
-
-def _contribution_rows(conn: Connection, round_id: int, with_sketch: bool = False) -> list[ContributionRow]:
-    c = t.contributions.c
-    columns = [
-        c.id,
-        c.client_key,
-        c.update_id,
-        c.samples,
-        c.perplexity_before,
-        c.perplexity_after,
-        c.norm,
-        c.folded,
-    ]
-    query = (
-        sa.select(*columns, c.sketch if with_sketch else sa.null())
-        .where(c.round_id == round_id)
-        .order_by(c.id)
-    )
-    return [
-        ContributionRow(*row[:7], folded=bool(row[7]), sketch=None if row[8] is None else bytes(row[8]))
-        for row in conn.execute(query)
-    ]
-
-
 def _spent(conn: Connection, client_key: str, period: int) -> list[float]:
     b = t.budget.c
     query = sa.select(b.noise_multiplier).where(b.client_key == client_key, b.period == period).order_by(b.id)
     return list(conn.execute(query).scalars())
 
 
-class SqlStore(ReleaseQueries, Store):
+class SqlStore(ContributionQueries, ReleaseQueries, Store):
     def __init__(self, engine: Engine):
         self.engine = engine
         self.dialect = engine.dialect.name
@@ -122,13 +85,6 @@ class SqlStore(ReleaseQueries, Store):
             conn.execution_options(hub_write=True)
             with conn.begin():
                 yield conn
-
-    @contextmanager
-    def reading(self) -> Iterator[Snapshot]:
-        with self.engine.connect() as conn:
-            conn = conn.execution_options(**self._snapshot_options())
-            with conn.begin():
-                yield SqlSnapshot(conn)
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -146,10 +102,6 @@ class SqlStore(ReleaseQueries, Store):
 
     def _lock_key(self, conn: Connection, key: str) -> None:
         """Serialise transactions on `key` (SQLite: the database lock already does)."""
-
-    def _snapshot_options(self) -> dict:
-        """Execution options of a read that sees one snapshot (SQLite in WAL: any transaction)."""
-        return {}
 
     def close(self) -> None:
         self.engine.dispose()
@@ -347,66 +299,6 @@ class SqlStore(ReleaseQueries, Store):
             for r in rows
         ]
 
-    def contribution_rows(self, round_id: int) -> list[ContributionRow]:
-        with self.engine.connect() as conn:
-            return _contribution_rows(conn, round_id)
-
-    def payloads(self, contribution_ids: Sequence[int], chunk: int = 32) -> Iterator[bytes]:
-        ids = list(contribution_ids)
-        for start in range(0, len(ids), chunk):
-            with self.engine.connect() as conn:  # a connection per chunk: never held across a slow consumer
-                yield from _payloads(conn, ids[start : start + chunk], chunk)
-
-    def unfolded(
-        self,
-        owner: str,
-        adopt_before: datetime,
-        limit: int,
-        exclude: Sequence[int] = (),
-        round_id: int | None = None,
-    ) -> dict[int, list[ContributionRow]]:
-        c, r = t.contributions.c, t.rounds.c
-        if round_id is None:
-            which = r.status == "open"
-        else:
-            which = sa.and_(r.id == round_id, r.status.in_(["open", "closing"]))
-        query = (
-            sa.select(
-                c.round_id,
-                c.id,
-                c.client_key,
-                c.update_id,
-                c.samples,
-                c.perplexity_before,
-                c.perplexity_after,
-                c.norm,
-            )
-            .join(t.rounds, r.id == c.round_id)
-            .where(
-                which,
-                r.tier != Tier.GROUP,
-                sa.not_(c.folded),
-                c.payload.is_not(None),
-                c.id.not_in(list(exclude)),
-                sa.or_(c.accepted_by == owner, c.created_at < adopt_before),
-            )
-            .order_by(c.id)
-            .limit(limit)
-        )
-        found: dict[int, list[ContributionRow]] = {}
-        with self.engine.connect() as conn:
-            for row in conn.execute(query):
-                found.setdefault(row[0], []).append(ContributionRow(*row[1:]))
-        return found
-
-    def partial(self, round_id: int, owner: str) -> bytes | None:
-        p = t.partials.c
-        with self.engine.connect() as conn:
-            found = conn.execute(
-                sa.select(p.payload).where(p.round_id == round_id, p.owner == owner)
-            ).scalar()
-        return None if found is None else bytes(found)
-
     def sealed_rows(self, round_id: int) -> list[SealedRow]:
         c = t.contributions.c
         query = sa.select(c.update_id, c.nonce, c.payload).where(c.round_id == round_id).order_by(c.id)
@@ -444,7 +336,7 @@ class SqlStore(ReleaseQueries, Store):
         ]
 
 
-class SqlTransaction(Transaction):
+class SqlTransaction(RunningSumWrites, Transaction):
     """`Transaction` on one connection of a `SqlStore` write transaction."""
 
     def __init__(self, store: SqlStore, conn: Connection):
@@ -553,51 +445,3 @@ class SqlTransaction(Transaction):
 
     def append_audit(self, kind: str, subject: str, details: dict) -> None:
         self._store._append_audit(self._conn, kind, subject, details)
-
-    # --- running sums -------------------------------------------------------------------------
-    def save_partial(self, round_id: int, owner: str, folded: int, payload: bytes) -> None:
-        p = t.partials.c
-        values = dict(folded=folded, payload=payload, updated_at=utcnow())
-        done = self._conn.execute(
-            t.partials.update().where(p.round_id == round_id, p.owner == owner).values(**values)
-        ).rowcount
-        if not done:  # only `owner` writes this row: no one can insert it in between
-            self._conn.execute(t.partials.insert().values(round_id=round_id, owner=owner, **values))
-
-    def mark_folded(self, contribution_ids: Sequence[int], drop_payloads: bool) -> int:
-        c = t.contributions.c
-        values = {"folded": True, **({"payload": None} if drop_payloads else {})}
-        ids, marked = list(contribution_ids), 0
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            statement = t.contributions.update().where(c.id.in_(chunk), sa.not_(c.folded)).values(**values)
-            marked += self._conn.execute(statement).rowcount
-        return marked
-
-    def drop_round_data(self, round_id: int) -> None:
-        c = t.contributions.c
-        self._conn.execute(t.partials.delete().where(t.partials.c.round_id == round_id))
-        self._conn.execute(
-            t.contributions.update()
-            .where(c.round_id == round_id, c.nonce.is_(None))
-            .values(payload=None, sketch=None)
-        )
-
-
-class SqlSnapshot(Snapshot):
-    """`Snapshot` on one connection inside a read transaction."""
-
-    def __init__(self, conn: Connection):
-        self._conn = conn
-
-    def contribution_rows(self, round_id: int) -> list[ContributionRow]:
-        return _contribution_rows(self._conn, round_id, with_sketch=True)
-
-    def partials(self, round_id: int) -> Iterator[bytes]:
-        p = t.partials.c
-        ids = self._conn.execute(sa.select(p.id).where(p.round_id == round_id).order_by(p.id)).scalars().all()
-        for pid in ids:  # one at a time: each can be a dense sum of every linear
-            yield bytes(self._conn.execute(sa.select(p.payload).where(p.id == pid)).scalar_one())
-
-    def payloads(self, contribution_ids: Sequence[int]) -> Iterator[bytes]:
-        return _payloads(self._conn, contribution_ids, 32)

@@ -1,7 +1,8 @@
 """A throwaway PostgreSQL server for the tests: initdb + pg_ctl on loopback in a temp directory.
 
 PostgreSQL refuses to run as root, so under root (CI) the server runs as the `postgres` user the
-Debian packages create (via runuser). fsync is off: this server holds test data only.
+Debian packages create (via runuser). fsync is off unless asked for: this server holds test data
+only (the load benchmark turns it on, to compare with SQLite's synchronous=FULL).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def pg_bindir() -> Path | None:
 
 
 class PostgresServer:
-    def __init__(self):
+    def __init__(self, fsync: bool = False):
+        self.fsync = fsync
         self.bindir = pg_bindir()
         if self.bindir is None:
             raise RuntimeError("PostgreSQL server binaries not found (Debian: apt-get install postgresql)")
@@ -57,7 +59,8 @@ class PostgresServer:
             "--no-sync",
         ]
         options = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200"
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync={'on' if self.fsync else 'off'}"
+            " -c max_connections=200"
         )
         pg_ctl = [
             str(self.bindir / "pg_ctl"),

@@ -234,3 +234,15 @@ def test_damaged_bodies_never_reach_a_5xx(hub, world, data):
             del blob[at : at + data.draw(st.integers(1, 64))]
     response = post(hub, world["tokens"][7], bytes(blob))
     assert response.status_code < 500, response.text
+
+
+def test_the_schema_documents_both_bodies(hub):
+    schema = httpx.get(hub.url + "/openapi.json").json()
+    content = schema["paths"]["/v1/updates"]["post"]["requestBody"]["content"]
+    assert set(content) == {"application/json", codec.MEDIA_TYPE}
+    assert "UpdateHeader" in content[codec.MEDIA_TYPE]["schema"]["description"]
+    assert {"UpdateHeader", "PlainHeader", "SealedHeader", "PlainUpdate", "Problem"} <= set(
+        schema["components"]["schemas"]
+    )
+    release = schema["paths"]["/v1/releases/{release_id}"]["get"]["responses"]["200"]["content"]
+    assert codec.MEDIA_TYPE in release and "application/json" in release

@@ -5,12 +5,14 @@ through a SIGKILL of one replica mid-round; and one close when two replicas are 
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from federation_hub.aggregate.lora import LowRankSum
 from federation_hub.client import HubAdmin, HubClient, HubRequestError
+from federation_hub.storage import open_store
 from federation_hub.tiers import Tier
 from tests.federation_hub.hubs import SMALL_SHAPES, HubProcess, client_update, random_update
 
@@ -77,8 +79,8 @@ def test_replicas_share_state_and_budgets(replicas):
 def test_every_acknowledged_update_counts_once_through_a_sigkill(replicas):
     admin = HubAdmin(everywhere(replicas), replicas[0].admin_token, retries=0)
     admin.create_tenant("acme")
-    clients = 24
-    tokens = [admin.create_token("acme", f"c{i:02d}")["token"] for i in range(clients)]
+    clients = 130
+    tokens = [admin.create_token("acme", f"c{i:03d}")["token"] for i in range(clients)]
     round_ = admin.open_round(
         tier="tenant",
         tenant="acme",
@@ -94,27 +96,30 @@ def test_every_acknowledged_update_counts_once_through_a_sigkill(replicas):
 
     def submit(i):
         client = HubClient(everywhere(replicas), tokens[i], retries=8, timeout_s=30)
-        update = client_update(f"u{i:02d}", Tier.TENANT, {"coarse": updates[i]}, samples=samples[i])
+        update = client_update(f"u{i:03d}", Tier.TENANT, {"coarse": updates[i]}, samples=samples[i])
         receipt = client.submit(update)  # a retry after the kill lands on a live replica
         with lock:
             acknowledged[i] = receipt
 
     def batch(indices):
-        threads = [threading.Thread(target=submit, args=(i,)) for i in indices]
-        for t in threads:
-            t.start()
-        return threads
+        with ThreadPoolExecutor(6) as pool:
+            return [pool.submit(submit, i) for i in indices]
 
-    for t in batch(range(8)):
-        t.join()
-    time.sleep(2.5)  # every replica saves its running sum (idle for a second)
-    running = batch(range(8, 20))
-    time.sleep(0.3)
-    replicas[2].kill()  # SIGKILL mid-round: whatever it held in memory or had in flight is gone
-    for t in running:
-        t.join()
-    for t in batch(range(20, 24)):
-        t.join()
+    for done in batch(range(100)):
+        done.result()
+    time.sleep(2.5)  # a burst ended: every replica saves its running sum (~33 folded each)
+    store = open_store(replicas[0].database_url)
+    with store.reading() as snapshot:
+        assert len(list(snapshot.partials(round_["id"]))) == 3  # the one about to be killed too
+    store.close()
+    with ThreadPoolExecutor(6) as pool:
+        running = [pool.submit(submit, i) for i in range(100, 120)]
+        time.sleep(0.3)
+        replicas[2].kill()  # SIGKILL mid-round: what it held in memory or had in flight is gone
+        for done in running:
+            done.result()
+    for done in batch(range(120, clients)):
+        done.result()
     assert sorted(acknowledged) == list(range(clients))
 
     # two replicas asked to close at the same moment: one close, one release

@@ -11,8 +11,10 @@ import pytest
 import sqlalchemy as sa
 
 from federation_hub import codec
+from federation_hub.aggregate.running import RunningSum
 from federation_hub.auth import Caller
 from federation_hub.client import shapes_spec
+from federation_hub.errors import Invalid
 from federation_hub.incoming import Incoming, PlainPart
 from federation_hub.observability import HubMetrics
 from federation_hub.schemas import Consent, RoundSpec, ValidationMetrics
@@ -22,7 +24,7 @@ from federation_hub.services.state import HubState
 from federation_hub.settings import HubSettings
 from federation_hub.storage import open_store
 from federation_hub.storage import tables as t
-from federation_hub.storage.base import Viewer
+from federation_hub.storage.base import ContributionRow, Viewer
 from federation_hub.strategies import ContributionMeta
 from federation_hub.strategies.run import run_strategy
 from federation_hub.tiers import Tier
@@ -44,7 +46,12 @@ def url(request, tmp_path):
 def hubs(url):
     """Two hub processes' states over one database (replicas), folding at once when asked."""
     settings = HubSettings(
-        database_url=url, admin_token_hash="-", k_anonymity=1, fold_idle_s=0.0, fold_checkpoint_every=4
+        database_url=url,
+        admin_token_hash="-",
+        k_anonymity=1,
+        fold_idle_s=0.0,
+        fold_idle_min=1,
+        fold_checkpoint_every=4,
     )
     states = []
     for _ in range(2):
@@ -139,16 +146,21 @@ SPECS = {
 }
 
 
+@pytest.mark.parametrize("held", [False, True], ids=["from-the-database", "own-sum-in-memory"])
 @pytest.mark.parametrize("name", SPECS)
-def test_the_close_equals_run_strategy(hubs, name):
+def test_the_close_equals_run_strategy(hubs, name, held):
+    """Closed by b, which holds unsaved contributions in memory: from the database alone (its
+    pending payloads folded again), or with its sum from memory standing for its partial."""
     round_, sent = populate(hubs, SPECS[name])
-    a = hubs[0]
-    rows = a.store.contribution_rows(round_.id)
+    b = hubs[1]
+    rows = b.store.contribution_rows(round_.id)
     assert any(r.folded for r in rows) and not all(r.folded for r in rows)
-    round_ = a.store.get_round(round_.id, ADMIN)
-    a.rng = np.random.default_rng(42)  # the close draws once from it: the same draw as below
-    _, result = aggregation.aggregate(a, round_, aggregation.strategy_for(round_))
-    want = expected(a, round_, sent, 42)
+    round_ = b.store.get_round(round_.id, ADMIN)
+    own = b.folder.take(round_.id) if held else None
+    assert not held or own.pending
+    b.rng = np.random.default_rng(42)  # the close draws once from it: the same draw as below
+    _, result = aggregation.aggregate(b, round_, aggregation.strategy_for(round_), own)
+    want = expected(b, round_, sent, 42)
     np.testing.assert_array_equal(result.selection.weights, want.selection.weights)
     assert not result.withheld
     if name in ("conservative", "selective", "hybrid"):
@@ -192,12 +204,18 @@ def test_processes_racing_to_fold_count_each_contribution_once(hubs):
     for state in hubs:
         state.settings = dataclasses.replace(state.settings, fold_adopt_s=0.0, fold_checkpoint_every=10**6)
     round_, sent = populate(hubs, SPECS["weighted"], count=8)
+    b.folder._fold_waiting(None)
+    stale = b.folder.take(round_.id)  # b's sum as a close in b would take it …
     a.folder._fold_waiting(None)
     b.folder._fold_waiting(None)
     assert set(a.folder.rounds[round_.id].pending) & set(b.folder.rounds[round_.id].pending)
-    a.folder._checkpoint(round_.id, ("open",))
+    a.folder._checkpoint(round_.id, ("open",))  # … but a saves first
     b.folder._checkpoint(round_.id, ("open",))  # refused: some of its contributions are a's now
     assert round_.id not in b.folder.rounds
+    a.rng = np.random.default_rng(0)
+    round_ = a.store.get_round(round_.id, ADMIN)
+    _, result = aggregation.aggregate(a, round_, aggregation.strategy_for(round_), stale)
+    assert result.facts["contributions_summed"] == len(sent)  # the stale sum was not used
     closed = rounds.close_round(b, round_.id)
     assert closed.status == "released"
     release = b.store.get_release(closed.release_id, ADMIN)
@@ -212,8 +230,7 @@ def test_payloads_are_kept_only_while_a_close_can_need_them(hubs):
     clustered, _ = populate(hubs, SPECS["conservative"], count=6, group="fine")
     weighted, _ = populate(hubs, SPECS["weighted"], count=6, group="coarse")
     for state in hubs:
-        state.folder.flush(clustered.id)
-        state.folder.flush(weighted.id)
+        state.folder.step()  # folded and saved (idle 0)
     for round_, kept in ((clustered, True), (weighted, False)):
         rows = a.store.contribution_rows(round_.id)
         assert all(r.folded for r in rows)
@@ -229,3 +246,25 @@ def payloads(state, rows):
     with state.store.engine.connect() as conn:
         query = sa.select(c.payload).where(c.id.in_([r.id for r in rows]))
         return [row[0] for row in conn.execute(query)]
+
+
+def test_folding_on_several_threads_is_the_same_sum():
+    strategy = aggregation.make_strategy("quality", "coarse", {"temperature": 0.01})
+    rng = np.random.default_rng(9)
+    rows, payloads = [], []
+    for i in range(40):
+        metrics = {"perplexity_before": 20.0, "perplexity_after": float(rng.uniform(15, 21)), "samples": 3}
+        rows.append(ContributionRow(i, f"t/c{i}", f"u{i}", 3, 20.0, metrics["perplexity_after"], 1.0))
+        payloads.append(codec.encode_contribution("coarse", random_update(rng, SHAPES), metrics))
+    alone, together = RunningSum(DIMS), RunningSum(DIMS)
+    aggregation.fold_all(alone, strategy, rows, iter(payloads), "c", workers=1)
+    aggregation.fold_all(together, strategy, rows, iter(payloads), "c", workers=3)
+    assert alone.count == together.count == 40 and alone.ref == together.ref
+    for name in SHAPES:
+        np.testing.assert_allclose(
+            together.sums[name].dense(), alone.sums[name].dense(), rtol=1e-12, atol=1e-15
+        )
+    with pytest.raises(Invalid):  # a payload that does not decode fails the fold, whichever thread hit it
+        aggregation.fold_all(
+            RunningSum(DIMS), strategy, rows, iter([*payloads[:-1], b"garbage"]), "c", workers=3
+        )
