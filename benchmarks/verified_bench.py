@@ -5,8 +5,8 @@ against the AR model decoded through the same graph — all in one run, on the s
     python benchmarks/verified_bench.py [--model DIR] [--plain DIR] [--threads 2] [--blocks 2 4 8]
 
 Two tables (ratios compare numbers measured in this run; absolute times on a shared machine are
-noisy, so each configuration runs `--repeats` times over all prompts, interleaved, and the table
-shows the fastest repeat):
+noisy, so each configuration runs `--repeats` times over all prompts, interleaved prompt by
+prompt, and the table shows the fastest repeat):
 
   switch     ms per forward of the graph with the adapter switch (gate all 1, and half 0 / half 1)
              against the same model exported with --no-adapter-switch (`--plain DIR`), for chunks
@@ -99,10 +99,13 @@ def decoding_section(model_dir: Path, threads: int, blocks, length: int, prompts
     model.warm_up()
     runs: dict[str, list[list]] = {name: [] for name in configs}
     for _ in range(repeats):
-        for name, settings in configs.items():
-            runs[name].append([model.generate(p, settings) for p in ids])
+        for name in configs:
+            runs[name].append([])
+        for p in ids:  # interleaved per prompt: a change of load hits every configuration alike
+            for name, settings in configs.items():
+                runs[name][-1].append(model.generate(p, settings))
     print(f"\n## decoding: {len(ids)} held-out prompts, greedy, length {length}, {threads} threads")
-    print(f"(fastest of {repeats} repeats per configuration, interleaved)\n")
+    print(f"(fastest of {repeats} repeats per configuration, interleaved per prompt)\n")
     print(
         "| configuration | forwards | tokens | tokens/forward | drafts kept | ms/forward | tokens/s | × ar |"
     )
@@ -146,14 +149,15 @@ def main() -> int:
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--switch-repeats", type=int, default=20)
+    parser.add_argument("--switch-repeats", type=int, default=20, help="0 skips the switch table")
     args = parser.parse_args()
     model_dir = args.model
     if model_dir is None:
         from ruvdllm.default_artifact import default_model_dir
 
         model_dir = default_model_dir("cpu")
-    switch_section(model_dir, args.plain, args.threads, args.switch_repeats)
+    if args.switch_repeats > 0:
+        switch_section(model_dir, args.plain, args.threads, args.switch_repeats)
     decoding_section(model_dir, args.threads, args.blocks, args.length, args.prompts, args.repeats)
     return 0
 

@@ -273,6 +273,7 @@ def step_event(event, control: AdapterControl, span_length: int) -> dict:
         "retrieved": [[p, control.retrieved.get(p - offset, [])] for p in event.retrieved],
         "talora": talora,
         "forward_ms": event.forward_ms,
+        "drafted": event.drafted,  # the verified sampler's drafts checked by this forward
     }
 
 
