@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -324,7 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="speed-pass rounds (0: no speed pass)")
     parser.add_argument("--no-baselines", action="store_true", help="no llama.cpp / onnxruntime-genai rows")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="also write the numbers here, after every row; rerunning the command resumes from it",
+    )
     args = parser.parse_args(argv)
     from tqdm import tqdm
 
@@ -366,51 +371,79 @@ def main(argv: list[str] | None = None) -> int:
     def describe(name: str) -> str:
         return ", ".join(f"{k}={v}" for k, v in overrides[name].items()) or "defaults"
 
-    speeds = {}
-    if args.rounds > 0:
-        speeds = speed_pass(
-            model,
-            {name: settings_for(name, args.temperatures[0]) for name in overrides},
-            prompts[: args.speed_prompts],
-            args,
-            args.gguf or ar.path,
-        )
-    results = {
+    run = {
         "model": str(args.model),
-        "prompts": len(prompts),
+        "ar": str(ar.path),
+        "prompts": f"{args.prompts.name} ({args.split})",
+        "num_prompts": len(prompts),
         "length": args.length,
-        "speeds": speeds,
-        "tables": [],
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "threads": args.threads,
     }
+    results = resume(args.json, run)
+    save = (lambda: write_atomic(args.json, results)) if args.json else (lambda: None)
+    if args.rounds > 0 and not set(overrides) <= set(results["speeds"]):
+        speeds = {name: settings_for(name, args.temperatures[0]) for name in overrides}
+        results["speeds"] = speed_pass(
+            model, speeds, prompts[: args.speed_prompts], args, args.gguf or ar.path
+        )
+        save()
+    speeds = results["speeds"]
     total = len(args.temperatures) * len(overrides) * len(prompts)
     with tqdm(total=total, desc="samples", unit="sample", file=sys.stderr) as bar:
         for temperature in args.temperatures:
             top_p = args.top_p if temperature > 0 else 1.0
-            ar_samples = ar.sample(prompts, args.length, temperature, top_p, args.seed)
-            ar_row = quality_row("AR", ar_samples, ar, prompts, model.decode) | {
-                "top_p": top_p,
-                "prompts": len(prompts),
-            }
-            rows = []
+            table = results["tables"].setdefault(f"{temperature:g}", {"temperature": temperature, "rows": {}})
+            if "ar" not in table:
+                ar_samples = ar.sample(prompts, args.length, temperature, top_p, args.seed)
+                table["ar"] = quality_row("AR", ar_samples, ar, prompts, model.decode) | {"top_p": top_p}
+                save()
             for name in overrides:
+                if table["rows"].get(name, {}).get("settings") == overrides[name]:
+                    bar.update(len(prompts))  # measured by an earlier, interrupted run of this command
+                    continue
                 samples, steps, committed = run_config(
                     model, prompts, settings_for(name, temperature), args.seed, bar
                 )
-                rows.append(quality_row(name, samples, ar, prompts, model.decode, steps, committed))
-            results["tables"].append({"temperature": temperature, "ar": ar_row, "rows": rows})
-    for table in results["tables"]:
-        print_table(table["temperature"], table["ar"], table["rows"], speeds, describe)
+                row = quality_row(name, samples, ar, prompts, model.decode, steps, committed)
+                table["rows"][name] = row | {"settings": overrides[name]}
+                save()
+    for temperature in args.temperatures:
+        table = results["tables"][f"{temperature:g}"]
+        rows = [table["rows"][name] for name in overrides]
+        print_table(temperature, table["ar"] | {"prompts": len(prompts)}, rows, speeds, describe)
         print()
-        for line in [*goals(table["rows"], table["ar"]), recommend(table["rows"], table["ar"], speeds)]:
+        for line in [*goals(rows, table["ar"]), recommend(rows, table["ar"], speeds)]:
             print(f"- {line}")
         print("\nFirst sample of each (prompt 1):")
-        for row in [table["ar"], *table["rows"]]:
+        for row in [table["ar"], *rows]:
             print(f"- {row['config']}: {row['example'][:160]!r}")
-    if args.json:
-        args.json.write_text(
-            json.dumps(results | {"settings": {n: overrides[n] for n in overrides}}, indent=1)
-        )
     return 0
+
+
+def resume(path: Path | None, run: dict) -> dict:
+    """The results an interrupted run of the same command left in `path` (its rows are kept), or
+    a fresh record. A file from another run is an error, never overwritten."""
+    fresh = {"run": run, "speeds": {}, "tables": {}}
+    if path is None or not path.exists():
+        return fresh
+    try:
+        previous = json.loads(path.read_text())
+        theirs = previous["run"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise RuvdllmError(f"{path}: not this benchmark's results; choose another --json") from None
+    if theirs != run:
+        differ = ", ".join(sorted(k for k in run if theirs.get(k) != run[k]))
+        raise RuvdllmError(f"{path}: holds a run with other {differ}; choose another --json")
+    return previous
+
+
+def write_atomic(path: Path, results: dict) -> None:
+    """Replace `path` in one step: a crash leaves the previous results, never half a file."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(results, indent=1))
+    os.replace(partial, path)
 
 
 if __name__ == "__main__":

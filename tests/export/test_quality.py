@@ -41,7 +41,7 @@ def tiny(tmp_path_factory):
     return root, gguf, model, prompts
 
 
-def test_every_configuration_gets_a_row(quality, tiny, capsys):
+def test_every_configuration_gets_a_row_and_a_rerun_resumes(quality, tiny, capsys, monkeypatch):
     root, gguf, model, prompts = tiny
     out = root / "quality.json"
     args = ["--model", str(model), "--gguf", str(gguf), "--prompts", str(prompts), "--num-prompts", "3"]
@@ -66,14 +66,25 @@ def test_every_configuration_gets_a_row(quality, tiny, capsys):
     results = json.loads(out.read_text())
     names = list(quality.configurations(8))
     assert set(results["speeds"]) == set(names) and all(v > 0 for v in results["speeds"].values())
-    for table in results["tables"]:
-        assert [row["config"] for row in table["rows"]] == names
-        for row in [table["ar"], *table["rows"]]:
+    assert set(results["tables"]) == {"0.7", "0"}
+    for table in results["tables"].values():
+        assert list(table["rows"]) == names
+        for row in [table["ar"], *table["rows"].values()]:
             assert math.isfinite(row["gen_ppl"]) and 0 <= row["distinct2"] <= 1
-        per_forward = {row["config"]: row["tokens_per_forward"] for row in table["rows"]}
+        per_forward = {name: row["tokens_per_forward"] for name, row in table["rows"].items()}
         assert per_forward["fixed-1"] == per_forward["ltr-1"] == 1.0  # block 8, length 8: 8 steps
         assert per_forward["fixed-2"] == per_forward["ltr-2"] == 2.0 and per_forward["fixed-4"] == 4.0
         assert all(1.0 <= v <= 8.0 for v in per_forward.values())
+
+    def measure_again(*_):
+        raise AssertionError("a finished row was measured again")
+
+    monkeypatch.setattr(quality, "run_config", measure_again)
+    monkeypatch.setattr(quality, "speed_pass", measure_again)
+    assert quality.main([*args, "--json", str(out)]) == 0  # everything comes from the file
+    assert capsys.readouterr().out == printed
+    with pytest.raises(RuvdllmError, match="holds a run with other length"):
+        quality.main([*("4" if a == "8" else a for a in args), "--json", str(out)])  # --length 4
 
 
 def test_a_decoding_the_runtime_gains_gets_a_row(quality):
