@@ -70,6 +70,8 @@ CONFIGS = {
     "ltr-entropy-bounded": lambda block: (
         {"decoding": "entropy-bounded", "entropy_bound": 0.5} | LEFT_TO_RIGHT
     ),
+    # the diffusion model drafts a block, the AR model keeps what it would have written (lossless)
+    "verified": lambda block: {"sampler": "verified"},
 }
 
 

@@ -88,8 +88,8 @@ def test_every_configuration_gets_a_row_and_a_rerun_resumes(quality, tiny, capsy
 
 
 def test_a_decoding_the_runtime_gains_gets_a_row(quality):
-    configs = quality.configurations(8, ("low-confidence", "threshold", "entropy-bounded", "verified"))
-    assert configs["verified"] == {"decoding": "verified"}
+    configs = quality.configurations(8, ("low-confidence", "threshold", "entropy-bounded", "new-rule"))
+    assert configs["new-rule"] == {"decoding": "new-rule"}
     assert "low-confidence" not in configs  # the named rows cover it already
 
 

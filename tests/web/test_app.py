@@ -112,8 +112,8 @@ def test_wasm_entropy_bounded_left_to_right_matches_cpython(browser, web_server,
         "temperature": 0.0,
         "chat": True,
     }
-    result = generate(page, PROMPT, {**settings, "seed": 3})
-    assert_same_as_cpython(result, tiny_model, settings, seed=3, chat=True)
+    result = generate(page, PROMPT, {**settings, "seed": 0})  # greedy: the seed is not used
+    assert_same_as_cpython(result, tiny_model, settings, seed=0, chat=True)
 
 
 def test_webgpu_generation_matches_cpython(webgpu_browser, web_server, tiny_model, model_url):
