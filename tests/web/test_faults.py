@@ -1,6 +1,6 @@
-"""Bad input and faults in the client: damaged or truncated model files, no WebGPU, an interrupt, a
-prompt beyond the context, a storage quota too small for the model, and no server at all after the
-first visit."""
+"""Bad input and faults in the client: damaged or truncated model files, no WebGPU or only a
+software one, an interrupt, a prompt beyond the context, a storage quota too small for the model,
+and no server at all after the first visit."""
 
 from __future__ import annotations
 
@@ -31,6 +31,15 @@ def test_no_webgpu_falls_back_to_wasm_with_a_notice(browser, web_server, model_u
     assert page_state["ready"] and page_state["info"]["ep"] == "wasm"
     assert any("WebGPU is unavailable" in n["text"] for n in page_state["notices"])
     assert page.locator(".notice.warning").first.is_visible()
+
+
+def test_a_software_webgpu_adapter_is_passed_over_for_wasm(webgpu_browser, web_server, model_url):
+    """SwiftShader (a CPU rasteriser) is a WebGPU adapter, but WebAssembly is far faster on the
+    CPU: "auto" picks wasm and says why; WebGPU asked for by name is still given."""
+    page = open_app(webgpu_browser, app_url(web_server, model_url, ep="auto"))
+    page_state = state(page)
+    assert page_state["ready"] and page_state["info"]["ep"] == "wasm", page_state["notices"]
+    assert any("software" in n["text"] and "swiftshader" in n["text"].lower() for n in page_state["notices"])
 
 
 def test_corrupt_model_file_offers_a_download_that_recovers(browser, web_server, tiny_model, tmp_path):

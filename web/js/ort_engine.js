@@ -31,7 +31,16 @@ export async function probeWebGPU() {
   const name = [info.vendor, info.architecture, info.description].filter(Boolean).join(' ') || 'unknown adapter';
   // onnxruntime-web asks the device for the adapter's own buffer limits
   const largestTensor = Math.min(adapter.limits.maxStorageBufferBindingSize, adapter.limits.maxBufferSize);
-  return { ok: true, adapter: name, largestTensor };
+  return { ok: true, adapter: name, largestTensor, software: isSoftwareAdapter(info) };
+}
+
+// A CPU rasteriser behind the WebGPU API (Chromium's SwiftShader on a machine without a GPU, Mesa's
+// llvmpipe, or whatever the browser flags as its fallback adapter): it runs the model on the CPU
+// some hundred times slower than onnxruntime-web's WebAssembly kernels do.
+export function isSoftwareAdapter(info) {
+  if (info.isFallbackAdapter) return true;
+  const text = [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' ').toLowerCase();
+  return /swiftshader|llvmpipe|lavapipe|softpipe|software|microsoft basic render/.test(text);
 }
 
 const GiB = 2 ** 30;

@@ -104,6 +104,11 @@ async function chooseEp(requested, config) {
     notice(`WebGPU is unavailable (${gpu.reason}): running on WebAssembly (CPU) instead.`, 'warning');
     return 'wasm';
   }
+  if (gpu.software && requested !== 'webgpu') {
+    // 'auto' only: asking for WebGPU by name still gets it (to test a page on a software adapter)
+    notice(`The WebGPU adapter is a software one (${gpu.adapter}): running on WebAssembly, which is faster on the CPU.`, 'info');
+    return 'wasm';
+  }
   if (!(config.targets || []).includes('webgpu')) {
     notice('This model was not exported for WebGPU (its config lists no "webgpu" target): running on WebAssembly.', 'warning');
     return 'wasm';
