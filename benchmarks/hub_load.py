@@ -292,7 +292,7 @@ def replicas(args, shapes, workdir: Path, rng) -> dict:
 
         before = cpu(pids)
         run = submit_all(
-            [h.url for h in hubs], tokens, bodies, codec.MEDIA_TYPE, args.concurrency, kill_halfway
+            [h.url for h in hubs], tokens, bodies, codec.MEDIA_TYPE, args.concurrency, "repl", kill_halfway
         )
         row = load_row(run, len(bodies[0]) / 2**20, cpu(pids) - before, args.clients)
         row["unfolded_at_close"] = args.clients - folded(
@@ -369,7 +369,7 @@ def summary(results: dict) -> None:
     disk = results["fsync_write_mib_per_s"]
     print(f"\nmachine: {results['cores']} cores, load average {results['load_average'][0]:.1f} at the start")
     print(
-        f"{'body':12s} {'subs/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'CPU ms':>8s} {'MiB/s':>8s} {'÷ disk':>7s} {'close s':>8s} {'RSS MiB':>8s}"
+        f"{'body':12s} {'subs/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'CPU ms':>8s} {'MiB/s':>8s} {'÷ disk':>7s} {'unfolded':>8s} {'close s':>8s} {'RSS MiB':>8s}"
     )
     for kind in KINDS:
         if kind in results:
