@@ -406,3 +406,26 @@ def test_unknown_gguf_scaling_fails_before_reading_weights(tmp_path, monkeypatch
         load_checkpoint(path)
     message = str(error.value)
     assert "\n" not in message and str(path) in message and "'wobbly'" in message
+
+
+@pytest.mark.filterwarnings("ignore:rope scaling 'longrope'")
+@pytest.mark.parametrize("scaling", [*SCALINGS, "gguf_llama3"])
+def test_ar_answers_transformers_model_keeps_the_scaling(tmp_root, tmp_path, scaling):
+    """The distillation corpus' transformers model (convert/ar_answers.py) rebuilt from a scaled
+    spec rotates as the reference does, llama.cpp's rope_freqs included."""
+    from ruvdllm_export.convert.ar_answers import causal_lm
+
+    if scaling == "gguf_llama3":
+        freqs = _llama_cpp_rope_freqs(SCALINGS["llama3"], ARCHS["llama"].rope_theta)
+        path = make_gguf_checkpoint(
+            tmp_path / "m.gguf", "llama", "F32", seed=2, extra_tensors={"rope_freqs.weight": freqs}
+        )
+        loaded = load_checkpoint(path)
+    else:
+        loaded = load_checkpoint(_hf_dir(tmp_root, "llama", scaling))
+    ids, positions = np.arange(30, 40), np.arange(200, 210)
+    expected = _reference_logits(
+        DiffusionLM(loaded.spec, loaded.weights, loaded.mask_token_id).eval(), ids, positions
+    )
+    got = _hf_logits(causal_lm(loaded, torch.float32), ids, positions)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
