@@ -114,8 +114,9 @@ def export_model(
     spec = loaded.spec
     lora = load_static_adapter(Path(adapter), loaded) if adapter else {}
 
+    rope = f", rope scaling {spec.rope_scaling.kind}" if spec.rope_scaling else ""
     say(
-        f"building the {options.quantization} graph for {target} ({spec.architecture}, {spec.num_layers} layers)"
+        f"building the {options.quantization} graph for {target} ({spec.architecture}, {spec.num_layers} layers{rope})"
     )
     prepared = prepare_weights(spec, loaded.weights, options)
     try:

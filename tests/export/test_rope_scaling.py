@@ -338,16 +338,21 @@ GGUF_CASES = {
         None,
     ),
     "llama3": ({}, "rope_freqs"),
+    "longrope": ({"type": "longrope", "original_context_length": 64}, "longrope"),
 }
 
 
+@pytest.mark.filterwarnings("ignore:rope scaling 'longrope'")
 @pytest.mark.parametrize("scaling", list(GGUF_CASES))
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_gguf_scaling_reference_and_graph_equal_transformers(tmp_path, architecture, scaling):
     metadata, tensor = GGUF_CASES[scaling]
     extra = {}
-    if tensor:
+    if tensor == "rope_freqs":
         extra["rope_freqs.weight"] = _llama_cpp_rope_freqs(SCALINGS["llama3"], ARCHS[architecture].rope_theta)
+    elif tensor == "longrope":  # the tensors llama.cpp's converter writes for Phi-3's factors
+        extra["rope_factors_long.weight"] = np.array(SCALINGS["longrope"]["long_factor"], np.float32)
+        extra["rope_factors_short.weight"] = np.array(SCALINGS["longrope"]["short_factor"], np.float32)
     path = make_gguf_checkpoint(
         tmp_path / "m.gguf", architecture, "F32", seed=2, rope_metadata=metadata, extra_tensors=extra
     )
