@@ -434,3 +434,48 @@ def test_ar_answers_transformers_model_keeps_the_scaling(tmp_root, tmp_path, sca
     )
     got = _hf_logits(causal_lm(loaded, torch.float32), ids, positions)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_older_config_layouts_read_the_same():
+    """transformers 4.x files: `rope_scaling` with `type` or `rope_type`, rope_theta at the top level
+    (Llama 3.1's and Qwen2.5's long-context settings as their config.json spell them)."""
+    from ruvdllm_export.checkpoints.rope_config import from_hf_config
+
+    llama31 = {
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
+    }
+    theta, scaling = from_hf_config(llama31, 10000.0, 128, 131072, "config.json")
+    assert theta == 500000.0
+    assert scaling == RopeScaling(
+        "llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position=8192
+    )
+    qwen25 = {
+        "rope_theta": 1e6,
+        "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768},
+    }
+    theta, scaling = from_hf_config(qwen25, 10000.0, 128, 32768, "config.json")
+    assert (theta, scaling.kind, scaling.factor, scaling.original_max_position) == (1e6, "yarn", 4.0, 32768)
+    assert from_hf_config({"rope_scaling": None, "rope_theta": 5.0}, 1.0, 128, 64, "c") == (5.0, None)
+
+
+def test_plain_gguf_rope_reads_as_no_scaling():
+    from ruvdllm_export.checkpoints.rope_config import from_gguf
+
+    assert from_gguf({}, "llama", {}, 16, 256, "m.gguf") is None
+    assert (
+        from_gguf(
+            {"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 1.0}, "llama", {}, 16, 256, "m"
+        )
+        is None
+    )
+    with pytest.raises(RuvdllmError, match="rope over 8 of 16"):
+        from_gguf({"llama.rope.dimension_count": 8}, "llama", {}, 16, 256, "m.gguf")
+    with pytest.raises(RuvdllmError, match="rope_factors_long"):
+        from_gguf({"llama.rope.scaling.type": "longrope"}, "llama", {}, 16, 256, "m.gguf")
