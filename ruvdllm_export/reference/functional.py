@@ -25,7 +25,7 @@ def rope_tables(
     """cos, sin [B, S, head_dim] for absolute positions; the frequency pairs are (i, i + d/2),
     the rotate_half convention of Hugging Face checkpoints. `inv_freq` [head_dim / 2] and the
     factor on cos/sin come from ruvdllm_export/rope_scaling.py (the graph's tables use the same)."""
-    freqs = position_ids[..., None].float() * inv_freq.to(position_ids.device)  # [B, S, D/2]
+    freqs = position_ids[..., None].float() * inv_freq.to(position_ids.device, torch.float32)  # [B, S, D/2]
     angles = torch.cat([freqs, freqs], dim=-1)  # [B, S, D]
     cos, sin = angles.cos(), angles.sin()
     if attention_factor != 1.0:
