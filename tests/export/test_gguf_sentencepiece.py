@@ -126,7 +126,11 @@ def test_export_and_generate_end_to_end(gguf_path, tokenizer, tmp_path):
     from runtime.settings import GenerationSettings
     from ruvdllm_export.export import export_model
 
-    out = export_model(gguf_path, tmp_path / "model", log=None)
+    lines = []
+    out = export_model(
+        gguf_path, tmp_path / "model", log=lambda *parts: lines.append(" ".join(map(str, parts)))
+    )
+    assert "peak memory" in lines[-1]  # the report names the export's peak resident memory
     model = open_model(out)
     for text in [*SAMPLES, "<|im_start|>user\nHi<|im_end|>\n"]:
         assert model.encode(text) == tokenizer.encode(text, add_special_tokens=False).ids, text
