@@ -114,8 +114,9 @@ def export_model(
     spec = loaded.spec
     lora = load_static_adapter(Path(adapter), loaded) if adapter else {}
 
+    rope = f", rope scaling {spec.rope_scaling.kind}" if spec.rope_scaling else ""
     say(
-        f"building the {options.quantization} graph for {target} ({spec.architecture}, {spec.num_layers} layers)"
+        f"building the {options.quantization} graph for {target} ({spec.architecture}, {spec.num_layers} layers{rope})"
     )
     prepared = prepare_weights(spec, loaded.weights, options)
     try:
@@ -161,7 +162,9 @@ def export_model(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    say(f"wrote {out_dir} in {time.perf_counter() - started:.1f}s ({_size_mb(out_dir):.1f} MB)")
+    peak = peak_rss_mb()
+    memory = f", peak memory {peak:.0f} MiB" if peak else ""
+    say(f"wrote {out_dir} in {time.perf_counter() - started:.1f}s ({_size_mb(out_dir):.1f} MB{memory})")
     return out_dir
 
 
@@ -342,6 +345,24 @@ def _move_into_place(staging: Path, out_dir: Path) -> None:
 
 def _source_name(loaded: LoadedCheckpoint) -> str:
     return str(loaded.source.get("path", "checkpoint"))
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far (the export's bound to watch on big models):
+    VmHWM on Linux, ru_maxrss elsewhere (KiB on Linux, bytes on macOS), None where neither exists."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def _size_mb(directory: Path) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runtime.artifact import Features, linear_features
+from ruvdllm_export.rope_scaling import RopeScaling
 
 # Canonical weight names. Linear weights are [out_features, in_features] (torch convention; the
 # shape convention every part shares is in runtime/artifact.py).
@@ -77,6 +78,7 @@ class ModelSpec:
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
     chat_template: str | None = None
+    rope_scaling: RopeScaling | None = None  # None: plain RoPE (ruvdllm_export/rope_scaling.py)
 
     @property
     def kv_groups(self) -> int:

@@ -82,7 +82,7 @@ def torch_available() -> bool:
 
 
 def torch_reference(
-    spec: ModelSpec, weights: dict, mask_token_id: int, top_k: int
+    spec: ModelSpec, weights: dict, mask_token_id: int, top_k: int, max_position: int | None = None
 ) -> Callable[[Feeds], Outputs]:
     """The torch model as a function of graph feeds → graph outputs (numpy)."""
     import torch
@@ -90,6 +90,7 @@ def torch_reference(
     from ruvdllm_export.reference import DiffusionLM
 
     model = DiffusionLM(spec, weights, mask_token_id=mask_token_id, top_k=top_k).eval()
+    model.set_rope_context(max_position or spec.max_position)  # the graph's rotary table length
 
     def run(feeds: Feeds) -> Outputs:
         past = [
@@ -265,7 +266,7 @@ def validate_export(
         kind = "torch reference model (ruvdllm_export.reference)"
 
         def reference_for(weights):
-            return torch_reference(spec, weights, mask_token_id, options.top_k)
+            return torch_reference(spec, weights, mask_token_id, options.top_k, options.max_position)
     else:
         kind = "onnxruntime fp32 MatMul graph (torch not installed)"
 

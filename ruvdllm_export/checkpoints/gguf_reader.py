@@ -21,6 +21,7 @@ import gguf
 import numpy as np
 
 from ruvdllm.errors import RuvdllmError
+from ruvdllm_export.checkpoints import rope_config
 from ruvdllm_export.checkpoints.architectures import Architecture, by_gguf_arch, check_weights
 from ruvdllm_export.checkpoints.gguf_names import canonical_name, gguf_name
 from ruvdllm_export.quant.gguf_blocks import q4_0_to_q4, q4_1_to_q4, q4_k_to_q4
@@ -48,18 +49,19 @@ def _get(meta: dict, key: str, where: str, default=None):
     return value
 
 
-def spec_from_metadata(meta: dict, arch: Architecture, vocab_rows: int, tied: bool, where: str) -> ModelSpec:
+def spec_from_metadata(
+    meta: dict, arch: Architecture, vocab_rows: int, tied: bool, where: str, rope_tensors: dict | None = None
+) -> ModelSpec:
+    """`rope_tensors`: the file's rope factor tensors (rope_config.GGUF_ROPE_TENSORS) by name."""
     p = arch.gguf_arch
-    if (
-        meta.get(f"{p}.rope.scaling.type", "none") not in ("none", "linear")
-        or meta.get(f"{p}.rope.scaling.factor", 1.0) != 1.0
-    ):
-        raise RuvdllmError(f"{where}: rope scaling ({meta.get(f'{p}.rope.scaling.type')}) is not supported")
     hidden = int(_get(meta, f"{p}.embedding_length", where))
     heads = int(_get(meta, f"{p}.attention.head_count", where))
     kv_heads = meta.get(f"{p}.attention.head_count_kv", heads)
     if isinstance(kv_heads, list):
         raise RuvdllmError(f"{where}: per-layer KV head counts are not supported")
+    head_dim = int(meta.get(f"{p}.attention.key_length", hidden // heads))
+    context = int(_get(meta, f"{p}.context_length", where))
+    scaling = rope_config.from_gguf(meta, p, rope_tensors or {}, head_dim, context, where)
     eos = meta.get("tokenizer.ggml.eos_token_id")
     eot = meta.get("tokenizer.ggml.eot_token_id")
     return ModelSpec(
@@ -70,10 +72,11 @@ def spec_from_metadata(meta: dict, arch: Architecture, vocab_rows: int, tied: bo
         num_layers=int(_get(meta, f"{p}.block_count", where)),
         num_heads=heads,
         num_kv_heads=int(kv_heads),
-        head_dim=int(meta.get(f"{p}.attention.key_length", hidden // heads)),
+        head_dim=head_dim,
         rms_norm_eps=_f32(_get(meta, f"{p}.attention.layer_norm_rms_epsilon", where)),
         rope_theta=_f32(meta.get(f"{p}.rope.freq_base", arch.default_rope_theta)),
-        max_position=int(_get(meta, f"{p}.context_length", where)),
+        rope_scaling=scaling,
+        max_position=context,
         tie_word_embeddings=tied,
         attention_bias=arch.attention_bias,
         qk_norm=arch.qk_norm,
@@ -123,9 +126,20 @@ def read_gguf(path: Path):
     reader = open_gguf(path)
     meta = read_metadata(reader)
     arch = by_gguf_arch(str(_get(meta, "general.architecture", where)), where)
+    rope_tensors = {
+        t.name: np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+        for t in reader.tensors
+        if t.name in rope_config.GGUF_ROPE_TENSORS
+    }
+    tied = not any(t.name == "output.weight" for t in reader.tensors)
+    rows = next((int(t.shape[-1]) for t in reader.tensors if t.name == "token_embd.weight"), 0)
+    # the spec (rope scaling included) is checked before any weight is read: a 7B file fails fast
+    spec_from_metadata(meta, arch, rows, tied, where, rope_tensors)
     weights: dict[str, np.ndarray | Q4Tensor] = {}
     exactness: dict[str, str] = {}
     for tensor in reader.tensors:
+        if tensor.name in rope_tensors:
+            continue
         name = canonical_name(tensor.name)
         if name is None:
             raise RuvdllmError(
@@ -137,8 +151,9 @@ def read_gguf(path: Path):
             raise RuvdllmError(f"{where}: tensor {tensor.name} cannot be read ({exc})") from None
     if "model.embed_tokens.weight" not in weights:
         raise RuvdllmError(f"{where}: missing tensor token_embd.weight")
-    tied = "lm_head.weight" not in weights
-    spec = spec_from_metadata(meta, arch, weights["model.embed_tokens.weight"].shape[0], tied, where)
+    spec = spec_from_metadata(
+        meta, arch, weights["model.embed_tokens.weight"].shape[0], tied, where, rope_tensors
+    )
     check_weights(spec, weights, where, display=gguf_name)
     if arch.gguf_permuted_qk:
         for layer in range(spec.num_layers):

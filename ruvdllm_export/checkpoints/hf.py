@@ -15,6 +15,7 @@ import numpy as np
 from safetensors import safe_open
 
 from ruvdllm.errors import RuvdllmError
+from ruvdllm_export.checkpoints import rope_config
 from ruvdllm_export.checkpoints.architectures import Architecture, by_hf_class, check_weights
 from ruvdllm_export.spec import LM_HEAD, ModelSpec
 
@@ -31,15 +32,6 @@ def read_config(directory: Path) -> dict:
         raise RuvdllmError(f"{path}: not valid JSON ({exc})") from None
 
 
-def _rope_theta(config: dict, arch: Architecture, where: str) -> float:
-    rope = config.get("rope_parameters") or {}  # transformers >= 5 nests rope settings here
-    scaling = config.get("rope_scaling") or {}
-    kind = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
-    if kind != "default":
-        raise RuvdllmError(f"{where}: rope scaling {kind!r} is not supported")
-    return float(rope.get("rope_theta", config.get("rope_theta", arch.default_rope_theta)))
-
-
 def spec_from_config(config: dict, where: str) -> tuple[ModelSpec, Architecture]:
     classes = config.get("architectures") or []
     if len(classes) != 1:
@@ -51,6 +43,11 @@ def spec_from_config(config: dict, where: str) -> tuple[ModelSpec, Architecture]
         raise RuvdllmError(f"{where}: linear biases beyond Qwen2's q/k/v biases are not supported")
     try:
         hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+        head_dim = int(config.get("head_dim") or hidden // heads)
+        max_position = int(config.get("max_position_embeddings", 2048))
+        theta, scaling = rope_config.from_hf_config(
+            config, arch.default_rope_theta, head_dim, max_position, where
+        )
         eos = config.get("eos_token_id")
         spec = ModelSpec(
             architecture=arch.name,
@@ -60,10 +57,11 @@ def spec_from_config(config: dict, where: str) -> tuple[ModelSpec, Architecture]
             num_layers=int(config["num_hidden_layers"]),
             num_heads=heads,
             num_kv_heads=int(config.get("num_key_value_heads") or heads),
-            head_dim=int(config.get("head_dim") or hidden // heads),
+            head_dim=head_dim,
             rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
-            rope_theta=_rope_theta(config, arch, where),
-            max_position=int(config.get("max_position_embeddings", 2048)),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            max_position=max_position,
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             attention_bias=arch.attention_bias,
             qk_norm=arch.qk_norm,

@@ -12,7 +12,10 @@ The mask token (DESIGN.md: the diffusion model's [MASK]) is chosen by this rule,
   3. the highest-id special token that is not bos / eos / pad / unk and does not appear in the chat
      template: a control token the instruct model never emits in chat. For SmolLM2 this is
      <empty_output> (id 16), a StarCoder-style code-data marker;
-  4. the first embedding row beyond the tokenizer's vocabulary (models padded to a round size).
+  4. the first embedding row beyond the tokenizer's vocabulary (models padded to a round size);
+  5. a SentencePiece byte-fallback piece for a byte that never occurs in UTF-8 (<0xFF> first, then
+     <0xFE> … <0xF5>, <0xC1>, <0xC0>): the tokenizer can never emit it. Llama 2 / Mistral vocabularies
+     have no spare row and no unused special token; this is the row their text never reaches.
 The conversion then teaches the model what this token means; it only has to be a row chat never uses.
 """
 
@@ -25,6 +28,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from ruvdllm.errors import RuvdllmError
+from ruvdllm_export.checkpoints.gguf_sentencepiece import sentencepiece_from_gguf
 
 GGUF_CONTROL, GGUF_USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values of added tokens
 
@@ -64,12 +68,17 @@ def load_tokenizer_json(path: Path) -> Tokenizer:
 
 
 def tokenizer_from_gguf(meta: dict, where: str) -> Tokenizer:
-    """Rebuild a GPT-2-style byte-level BPE tokenizer from tokenizer.ggml.* metadata."""
+    """Rebuild the tokenizer from tokenizer.ggml.* metadata: a GPT-2-style byte-level BPE ('gpt2')
+    or a SentencePiece vocabulary ('llama', checkpoints/gguf_sentencepiece.py)."""
     model = meta.get("tokenizer.ggml.model")
+    if "tokenizer.ggml.tokens" not in meta:
+        raise RuvdllmError(f"{where}: no tokenizer.ggml.tokens (the file carries no vocabulary)")
+    if model == "llama":
+        return sentencepiece_from_gguf(meta, where)
     if model != "gpt2":
         raise RuvdllmError(
-            f"{where}: tokenizer model {model!r} is not supported (only byte-level BPE 'gpt2'); "
-            "pass a directory with tokenizer.json instead"
+            f"{where}: tokenizer model {model!r} is not supported (supported: byte-level BPE 'gpt2', "
+            "SentencePiece 'llama'); pass a directory with tokenizer.json instead"
         )
     pre = meta.get("tokenizer.ggml.pre", "default")
     if pre not in PRE_TOKENIZERS:
@@ -138,6 +147,10 @@ def choose_mask_token(
     size = tokenizer.get_vocab_size(with_added_tokens=True)
     if size < vocab_size:
         return size
+    for byte in [*range(0xFF, 0xF4, -1), 0xC1, 0xC0]:
+        i = tokenizer.token_to_id(f"<0x{byte:02X}>")
+        if i is not None and i < vocab_size and i not in used_ids:
+            return i
     raise RuvdllmError(
         f"{where}: no token can serve as the mask token (no <|mask|>, no reserved or unused special token, "
         "no spare embedding row)"

@@ -30,6 +30,7 @@ import torch
 
 from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.quant.q4 import Q4Tensor, dequantize_q4
+from ruvdllm_export.rope_scaling import rope_frequencies
 
 # ModelSpec.architecture -> (transformers config class, causal-LM class)
 HF_CLASSES = {
@@ -50,6 +51,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def hf_rope_parameters(spec) -> dict:
+    """transformers' rope_parameters for the spec's scaling. llama.cpp's precomputed factors
+    (freq_factors) have no transformers type: plain RoPE here, the buffers set by `causal_lm`."""
+    params = {"rope_type": "default", "rope_theta": spec.rope_theta}
+    scaling = spec.rope_scaling
+    if scaling is None or scaling.kind == "freq_factors":
+        return params
+    fields = scaling.to_dict()
+    original = fields.pop("original_max_position", None)
+    if scaling.kind in ("yarn", "llama3", "longrope"):
+        fields["original_max_position_embeddings"] = original
+    return {**params, **{k: v for k, v in fields.items() if k != "kind"}, "rope_type": scaling.kind}
+
+
 def causal_lm(checkpoint, dtype: torch.dtype = torch.bfloat16, device: str = "cpu"):
     """transformers' causal LM over the checkpoint's weights (4-bit blocks dequantized), on `device`."""
     import transformers
@@ -67,7 +82,7 @@ def causal_lm(checkpoint, dtype: torch.dtype = torch.bfloat16, device: str = "cp
         num_key_value_heads=spec.num_kv_heads,
         head_dim=spec.head_dim,
         rms_norm_eps=spec.rms_norm_eps,
-        rope_theta=spec.rope_theta,
+        rope_parameters=hf_rope_parameters(spec),
         max_position_embeddings=spec.max_position,
         tie_word_embeddings=spec.tie_word_embeddings,
         attention_bias=spec.attention_bias,
@@ -83,6 +98,11 @@ def causal_lm(checkpoint, dtype: torch.dtype = torch.bfloat16, device: str = "cp
         for name, w in checkpoint.weights.items()
     }
     missing, unexpected = model.load_state_dict(state, strict=False)
+    if spec.rope_scaling is not None and spec.rope_scaling.kind == "freq_factors":
+        inv_freq, _ = rope_frequencies(spec.head_dim, spec.rope_theta, spec.rope_scaling, spec.max_position)
+        rotary = model.model.rotary_emb
+        rotary.inv_freq.copy_(torch.from_numpy(inv_freq))
+        rotary.original_inv_freq.copy_(torch.from_numpy(inv_freq))
     missing = [m for m in missing if not (m == "lm_head.weight" and spec.tie_word_embeddings)]
     if missing or unexpected:
         raise RuvdllmError(

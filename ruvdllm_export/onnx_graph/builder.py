@@ -195,7 +195,7 @@ def make_adapter_inputs(ctx: BuildContext) -> None:
 
 def make_rope_tables(ctx: BuildContext) -> None:
     max_position = ctx.options.max_position or ctx.spec.max_position
-    ctx.rope = make_rope_caches(ctx.g, ctx.spec.head_dim, ctx.spec.rope_theta, max_position)
+    ctx.rope = make_rope_caches(ctx.g, ctx.spec, max_position)
 
 
 def make_embedding_step(ctx: BuildContext) -> None:

@@ -1,31 +1,27 @@
 """Rotary position embedding (LLaMA / Qwen "rotate half" layout) from absolute position_ids.
 
 `com.microsoft.RotaryEmbedding` reads cos/sin rows by position id; it has CPU, CUDA and WebGPU
-kernels (onnxruntime-genai relies on it on all three).
+kernels (onnxruntime-genai relies on it on all three). The tables come from
+ruvdllm_export/rope_scaling.py, which the torch reference uses too.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import warnings
 
 from ruvdllm_export.onnx_graph.graph import MS_DOMAIN, GraphBuilder
+from ruvdllm_export.rope_scaling import rope_tables, static_table_notice
+from ruvdllm_export.spec import ModelSpec
 
 
-def rope_cache(head_dim: int, theta: float, max_position: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin tables [max_position, head_dim / 2], float32.
-
-    Computed in float32 the way transformers does (inv_freq in float32, positions × inv_freq in
-    float32, then cos/sin), so the graph matches the reference rounding rather than a more exact
-    float64 table that would drift from it at long positions."""
-    exponent = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
-    inv_freq = (np.float32(1.0) / (np.float32(theta) ** exponent)).astype(np.float32)
-    positions = np.arange(max_position, dtype=np.float32)
-    freqs = np.outer(positions, inv_freq).astype(np.float32)  # [max_position, head_dim/2]
-    return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
-
-
-def make_rope_caches(g: GraphBuilder, head_dim: int, theta: float, max_position: int) -> tuple[str, str]:
-    cos, sin = rope_cache(head_dim, theta, max_position)
+def make_rope_caches(g: GraphBuilder, spec: ModelSpec, max_position: int) -> tuple[str, str]:
+    """cos/sin tables [max_position, head_dim / 2] with the spec's rope scaling and attention factor
+    folded in (RotaryEmbedding and GroupQueryAttention compute x·cos + rotate_half(x)·sin, so a
+    factor on both tables is transformers' `cos * attention_scaling`)."""
+    notice = static_table_notice(spec.rope_scaling, max_position)
+    if notice:
+        warnings.warn(notice, stacklevel=3)
+    cos, sin = rope_tables(spec.head_dim, spec.rope_theta, spec.rope_scaling, max_position)
     return g.initializer("/model/rope/cos_cache", cos), g.initializer("/model/rope/sin_cache", sin)
 
 

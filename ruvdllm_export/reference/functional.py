@@ -19,13 +19,18 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * x.to(dtype)
 
 
-def rope_tables(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(
+    position_ids: torch.Tensor, inv_freq: torch.Tensor, attention_factor: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin [B, S, head_dim] for absolute positions; the frequency pairs are (i, i + d/2),
-    the rotate_half convention of Hugging Face checkpoints."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-    freqs = position_ids[..., None].float() * inv_freq.to(position_ids.device)  # [B, S, D/2]
+    the rotate_half convention of Hugging Face checkpoints. `inv_freq` [head_dim / 2] and the
+    factor on cos/sin come from ruvdllm_export/rope_scaling.py (the graph's tables use the same)."""
+    freqs = position_ids[..., None].float() * inv_freq.to(position_ids.device, torch.float32)  # [B, S, D/2]
     angles = torch.cat([freqs, freqs], dim=-1)  # [B, S, D]
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    if attention_factor != 1.0:
+        cos, sin = cos * attention_factor, sin * attention_factor
+    return cos, sin
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from ruvdllm_export.reference.functional import apply_rope, attention, rms_norm,
 from ruvdllm_export.reference.linear import BankCall, FrozenEmbedding, FrozenLinear
 from ruvdllm_export.reference.masks import visibility
 from ruvdllm_export.reference.outputs import graph_outputs
+from ruvdllm_export.rope_scaling import rope_frequencies
 from ruvdllm_export.spec import (
     EMBED,
     FINAL_NORM,
@@ -132,6 +133,16 @@ class DiffusionLM(nn.Module):
         _norm_buffer(self, "final_norm", weights, FINAL_NORM)
         tied = spec.tie_word_embeddings or LM_HEAD not in weights
         self.head = FrozenLinear(weights[EMBED if tied else LM_HEAD])
+        self.set_rope_context(spec.max_position)
+
+    def set_rope_context(self, context: int) -> DiffusionLM:
+        """Compute the rotary frequencies for `context` positions, the graph's table length (only
+        'dynamic' and 'longrope' scaling depend on it; see ruvdllm_export/rope_scaling.py)."""
+        inv_freq, self.rope_attention_factor = rope_frequencies(
+            self.spec.head_dim, self.spec.rope_theta, self.spec.rope_scaling, context
+        )
+        self.register_buffer("rope_inv_freq", torch.from_numpy(inv_freq), persistent=False)
+        return self
 
     @classmethod
     def from_checkpoint(cls, checkpoint, top_k: int = 32) -> DiffusionLM:
@@ -173,7 +184,7 @@ class DiffusionLM(nn.Module):
                 raise ValueError("backbone needs block_ids or an explicit visibility matrix")
             visible = visibility(block_ids.to(input_ids.device), past_len)
         visible = visible.expand(input_ids.shape[0], -1, -1)
-        rope = rope_tables(position_ids, self.spec.head_dim, self.spec.rope_theta)
+        rope = rope_tables(position_ids, self.rope_inv_freq, self.rope_attention_factor)
         layer_banks = _bank_calls(adapter_weights, adapter_bank, self.spec.num_layers)
 
         x = self.embed(input_ids)

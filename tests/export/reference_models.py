@@ -11,10 +11,11 @@ from tests.fixtures.tiny_models import ARCHS, TINY, _hf_config, tiny_spec, tiny_
 ARCHITECTURES = tuple(ARCHS)
 
 
-def tiny_checkpoint(architecture: str, tied: bool = False, seed: int = 0):
-    """(transformers model in eval mode with eager attention, ModelSpec, weights dict)."""
+def tiny_checkpoint(architecture: str, tied: bool = False, seed: int = 0, rope: dict | None = None):
+    """(transformers model in eval mode with eager attention, ModelSpec, weights dict); `rope`:
+    rope_parameters for the transformers config only (the ModelSpec stays plain)."""
     weights = tiny_weights(architecture, tied, seed)
-    config = _hf_config(architecture, tied, TINY)
+    config = _hf_config(architecture, tied, TINY, rope)
     config._attn_implementation = "eager"
     model = getattr(transformers, ARCHS[architecture].hf_class)(config).eval()
     state = {name: torch.from_numpy(array) for name, array in weights.items()}

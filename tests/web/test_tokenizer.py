@@ -57,3 +57,29 @@ def test_default_model_tokenizer_same_ids(browser, web_server):
     for text, result in zip(SAMPLES, results, strict=True):
         assert result["ids"] == tokenizer.encode(text, add_special_tokens=False).ids, text
         assert result["decoded"] == tokenizer.decode(result["ids"], skip_special_tokens=False), text
+
+
+def test_sentencepiece_gguf_tokenizer_same_ids(browser, web_server, tmp_path):
+    """A SentencePiece vocabulary rebuilt from a GGUF (Llama 2 / Mistral style: Prepend + Replace
+    normalizer, byte fallback, ByteFallback/Fuse/Strip decoder), as an exported artifact ships it."""
+    pytest.importorskip("sentencepiece")
+    from ruvdllm_export.checkpoints.gguf_reader import open_gguf, read_metadata
+    from ruvdllm_export.checkpoints.tokenizer import tokenizer_from_gguf
+    from tests.fixtures.tiny_models import TinyDims, make_gguf_checkpoint
+    from tests.fixtures.tiny_sentencepiece import train_sentencepiece
+
+    gguf_path = make_gguf_checkpoint(
+        tmp_path / "spm.gguf",
+        "llama",
+        "Q4_0",
+        dims=TinyDims(vocab_size=448),
+        sentencepiece=train_sentencepiece(),
+    )
+    tokenizer = tokenizer_from_gguf(read_metadata(open_gguf(gguf_path)), str(gguf_path))
+    path = web_server.data_dir / "tokenizer-sentencepiece.json"
+    tokenizer.save(str(path))
+    for add_special in (False, True):
+        results = browser_ids(browser, web_server, f"/data/{path.name}", add_special=add_special)
+        for text, result in zip(SAMPLES, results, strict=True):
+            assert result["ids"] == tokenizer.encode(text, add_special_tokens=add_special).ids, text
+            assert result["decoded"] == tokenizer.decode(result["ids"], skip_special_tokens=False), text
