@@ -60,8 +60,8 @@ class LoopAConfig:
             raise RuvdllmError(f"learning config: loop_a.score_rate {self.score_rate}: must be in (0, 1]")
         if not (math.isfinite(self.score_weight) and self.score_weight >= 0.0):
             raise RuvdllmError(f"learning config: loop_a.score_weight {self.score_weight}: must be >= 0")
-        if not -1.0 <= self.score_floor <= 1.0:
-            raise RuvdllmError(f"learning config: loop_a.score_floor {self.score_floor}: must be in [-1, 1]")
+        if not -1.0 <= self.score_floor < 0.0:  # at 0 or above, every pattern without feedback would drop
+            raise RuvdllmError(f"learning config: loop_a.score_floor {self.score_floor}: must be in [-1, 0)")
         if self.score_extra < 0:
             raise RuvdllmError(f"learning config: loop_a.score_extra {self.score_extra}: must be >= 0")
 

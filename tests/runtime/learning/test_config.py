@@ -53,7 +53,7 @@ def test_the_data_dir_file_and_the_environment_are_found(tmp_path, monkeypatch):
         ("[loop_a]\nqueue_size = true\n", r"loop_a.queue_size = True: expected int"),
         ("[loop_a]\nqueue_size = 0\n", "queue_size 0: must be at least 1"),
         ("[loop_a]\nscore_rate = 0\n", r"score_rate 0.0: must be in \(0, 1\]"),
-        ("[loop_a]\nscore_floor = 2\n", r"score_floor 2.0: must be in \[-1, 1\]"),
+        ("[loop_a]\nscore_floor = 0\n", r"score_floor 0.0: must be in \[-1, 0\)"),
         ("[loop_a]\nscore_weight = nan\n", "score_weight nan: must be >= 0"),
         ("loop_a = 3\n", r"\[loop_a\] must be a table"),
         ("[loop_a\n", "not valid TOML"),
