@@ -153,7 +153,7 @@ def test_a_full_queue_drops_new_trajectories_without_blocking(banked_model_dir, 
 
 EXIT_WITHOUT_CLOSE = """
 import sys
-from runtime.learning.config import LoopAConfig
+from runtime.learning.recorder import Recorder
 from runtime.learning.store import SqliteStore
 from runtime.learning.trajectory import Pending
 from runtime.settings import GenerationSettings
