@@ -90,7 +90,12 @@ def _section(name: str, values: object, kind: type, where: str):
             ok = True
         if not ok:
             raise RuvdllmError(f"{where}: {name}.{key} = {value!r}: expected {expected.__name__}")
-    return replace(defaults, **{k: float(v) if known[k].type == "float" else v for k, v in values.items()})
+    try:
+        return replace(
+            defaults, **{k: float(v) if known[k].type == "float" else v for k, v in values.items()}
+        )
+    except RuvdllmError as exc:  # a range check in __post_init__: name the file, not "learning config"
+        raise RuvdllmError(f"{where}: {str(exc).removeprefix('learning config: ')}") from None
 
 
 def parse_learning_config(text: str, where: str, suffix: str = ".toml") -> LearningConfig:

@@ -62,7 +62,7 @@ def test_the_data_dir_file_and_the_environment_are_found(tmp_path, monkeypatch):
 def test_bad_values_are_one_line_errors(text, message):
     with pytest.raises(RuvdllmError, match=message) as error:
         parse_learning_config(text, "learning.toml")
-    assert "\n" not in str(error.value) and str(error.value).startswith("learning")
+    assert "\n" not in str(error.value) and str(error.value).startswith("learning.toml: ")
 
 
 def test_a_missing_named_file_is_an_error(tmp_path):
