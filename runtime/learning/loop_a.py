@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,7 @@ class LoopA:
             open_store or (lambda: SqliteStore(path, on_warning)), config.queue_size, threaded, on_warning
         )
         self._scores: dict[str, PatternScores] = {}
+        self._names: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (name, bank)
 
     @classmethod
     def from_config(cls, config: LearningConfig, **kwargs) -> LoopA | None:
@@ -95,8 +97,13 @@ class LoopA:
     def attach(self, model) -> None:
         """Let `model` retrieve with its bank's learnt scores and keep prompt embeddings."""
         model.record_query = True
+        self._names[model] = self._name_of(model)  # once, not per request
         if model.bank is not None and model.bank_dir is not None and model.bank.pattern_slots:
             model.scores = self.scores_for(model.bank_dir, len(model.bank.pattern_slots))
+
+    @staticmethod
+    def _name_of(model) -> tuple[str, str | None]:
+        return Path(model.directory).name, str(model.bank_dir) if model.bank_dir is not None else None
 
     # --- recording (the request path: only builds a Pending and enqueues it) ------------------
 
@@ -117,23 +124,24 @@ class LoopA:
     ) -> str:
         """Queue one finished request; returns its completion id (`completion_id` when given)."""
         completion_id = completion_id or new_completion_id()
+        name, bank = self._names.get(model) or self._name_of(model)
         self.recorder.record(
             Pending(
-                id=completion_id,
-                created=time.time(),
-                model=model_name or Path(model.directory).name,
-                bank=str(model.bank_dir) if model.bank_dir is not None else None,
-                prompt_tokens=prompt_tokens,
-                settings=settings,
-                trace=trace,
-                answer=answer,
-                answer_tokens=answer_tokens,
-                finish_reason=finish_reason,
-                wall_ms=wall_ms,
-                prompt=prompt,
-                decode=model.decode,
-                embedding=getattr(control, "embedding", None),
-                talora=getattr(control, "talora", None),
+                completion_id,
+                time.time(),
+                model_name or name,
+                bank,
+                prompt_tokens,
+                settings,
+                trace,
+                answer,
+                answer_tokens,
+                finish_reason,
+                wall_ms,
+                prompt,
+                model.decode,
+                getattr(control, "embedding", None),
+                getattr(control, "talora", None),
             )
         )
         return completion_id

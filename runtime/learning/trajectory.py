@@ -8,11 +8,13 @@ request path. Everything here is pure.
 
 from __future__ import annotations
 
+import itertools
 import math
-import uuid
+import os
 from array import array
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 from runtime.settings import GenerationSettings
 from runtime.talora import TaloraConfig, talora_weights
@@ -23,14 +25,21 @@ FEEDBACK_KINDS = ("rating", "up", "down", "correction")
 CORRECTION_VALUE = -0.5  # a corrected answer was wrong, but often only in part
 
 
+# A random 64-bit prefix per process and a counter: unique across processes and restarts like a
+# uuid4, but without a system call per request (os.urandom, which uuid4 calls, is a point where a
+# loaded machine's scheduler may preempt the caller: measured ~30 us there instead of ~3 us).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
+
+
 def new_completion_id(prefix: str = "cmpl") -> str:
-    """A stable id for one completion: the server's OpenAI-style ids have the same shape."""
-    return f"{prefix}-{uuid.uuid4().hex}"
+    """A stable id for one completion, shaped like the server's OpenAI-style ids (32 hex digits)."""
+    return f"{prefix}-{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
-@dataclass(frozen=True)
-class Pending:
-    """A finished request as the caller has it; cheap to build (references, no copies)."""
+class Pending(NamedTuple):
+    """A finished request as the caller has it; cheap to build (references, no copies: a tuple,
+    since this is built on the request path)."""
 
     id: str
     created: float  # unix time
@@ -44,7 +53,7 @@ class Pending:
     finish_reason: str
     wall_ms: float
     prompt: str | None = None  # the prompt text; None: decoded from prompt_tokens by `decode`
-    decode: Callable[[list[int]], str] | None = field(default=None, repr=False)
+    decode: Callable[[list[int]], str] | None = None
     embedding: object = None  # the first span row's query vector (a sequence of floats) or None
     talora: TaloraConfig | None = None  # the bank's TALoRA config when TALoRA was on
 
