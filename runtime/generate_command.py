@@ -179,31 +179,32 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
         completion_id = record(loop, model, ids, settings, done, control, text)
         body = report(done, settings, load_ms, args.seed, str(directory), warnings)
         print(json.dumps({"completion_id": completion_id, **body}, indent=1))
-    elif sys.stdout.isatty():
+        return 0
+    if sys.stdout.isatty():
         with LiveView(model.token_text) as view:
             done = model.generate(ids, settings, seed=args.seed, on_step=view, control=control)
-        completion_id = record(loop, model, ids, settings, done, control, text)
         print(f"\n{done.text}")
         print(summary(done), file=sys.stderr)
     else:
         printer = StreamPrinter(model.decode, sys.stdout, set(model.config.eos_token_ids))
         done = model.generate(ids, settings, seed=args.seed, on_step=printer, control=control)
-        completion_id = record(loop, model, ids, settings, done, control, text)
         printer.finish(done.text)
-    if loop is not None:
-        loop.close()  # written before the id is offered for feedback
-        if not args.json:
-            print(
-                f"completion {completion_id} (feedback: ruvdllm feedback {completion_id} --up)",
-                file=sys.stderr,
-            )
+    completion_id = record(loop, model, ids, settings, done, control, text)
+    if completion_id is not None:
+        print(
+            f"completion {completion_id} (feedback: ruvdllm feedback {completion_id} --up)", file=sys.stderr
+        )
     return 0
 
 
 def record(loop, model, ids, settings, done, control, prompt: str) -> str | None:
+    """Record the generation and write it before the id is offered for feedback; None when not
+    recording or the store could not take it (the one-line reason is already on stderr)."""
     if loop is None:
         return None
-    return loop.record_completion(model, ids, settings, done, control, prompt=prompt)
+    completion_id = loop.record_completion(model, ids, settings, done, control, prompt=prompt)
+    loop.close()
+    return None if loop.recorder.failed or loop.recorder.dropped else completion_id
 
 
 def summary(done) -> str:

@@ -147,6 +147,8 @@ async def feedback(body: FeedbackRequest, state: State) -> FeedbackReply:
         result = await run_in_threadpool(state.learning.feedback, given)
     except UnknownCompletion as exc:
         raise ApiError(404, str(exc), param="completion_id", code="completion_not_found") from None
+    except RuvdllmError as exc:  # the store cannot be opened: the server's side, not the request's
+        raise ApiError(503, f"feedback: {exc}", code="store_unavailable") from None
     return FeedbackReply(
         completion_id=result.completion_id,
         kind=result.kind,

@@ -93,3 +93,14 @@ def test_recording_is_switched_off_by_flag_or_config(banked_model_dir, tmp_path)
     bad = generate(banked_model_dir, data, "--learning-config", config)
     assert bad.returncode == 1
     assert bad.stderr.strip() == f"error: {config}: loop_a.queue_size -1: must be at least 1"
+
+
+def test_an_unusable_store_costs_one_line_and_no_answer(banked_model_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the store's directory should be")
+    config = tmp_path / "learning.json"
+    config.write_text(json.dumps({"loop_a": {"store": str(blocker / "t.db")}}))
+    run = generate(banked_model_dir, tmp_path / "data", "--json", "--learning-config", config)
+    assert run.returncode == 0 and json.loads(run.stdout)["completion_id"] is None
+    warnings = [line for line in run.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "not recording trajectories" in warnings[0]
