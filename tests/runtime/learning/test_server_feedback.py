@@ -116,3 +116,18 @@ def test_a_server_that_does_not_record_says_so(model_dir, tmp_path):
             reply = client.post("/feedback", json={"completion_id": answer.json()["id"], "thumbs": "up"})
     assert reply.status_code == 404 and reply.json()["error"]["code"] == "learning_off"
     assert not (tmp_path / "data").exists()
+
+
+def test_an_unusable_store_leaves_answers_unharmed_and_feedback_503(model_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the store's directory should be")
+    config = tmp_path / "learning.json"
+    config.write_text(json.dumps({"loop_a": {"store": str(blocker / "t.db")}}))
+    with serve(model_dir, "--learning-config", str(config), cache_dir=tmp_path / "cache") as server:
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            answers = [client.post("/completions", json={"prompt": "Hello", **KNOBS}) for _ in range(2)]
+            reply = client.post("/feedback", json={"completion_id": answers[0].json()["id"], "thumbs": "up"})
+        warnings = [line for line in server.output if "not recording trajectories" in line]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert reply.status_code == 503 and reply.json()["error"]["code"] == "store_unavailable"
+    assert len(warnings) == 1
