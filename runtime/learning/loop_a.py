@@ -22,10 +22,18 @@ from pathlib import Path
 from runtime.learning.config import LearningConfig, LoopAConfig
 from runtime.learning.recorder import Recorder
 from runtime.learning.scores import PatternScores
-from runtime.learning.store import SqliteStore, TrajectoryStore, warn
+from runtime.learning.store import TrajectoryStore, warn
 from runtime.learning.trajectory import Feedback, Pending, new_completion_id
 from runtime.settings import GenerationSettings
 from ruvdllm.errors import RuvdllmError
+
+
+def sqlite_store(path: Path, on_warning: Callable[[str], None]) -> TrajectoryStore:
+    """The CPython store; imported on first use so that a browser, passing its own `open_store`,
+    never imports sqlite3."""
+    from runtime.learning.sqlite_store import SqliteStore
+
+    return SqliteStore(path, on_warning)
 
 
 class UnknownCompletion(RuvdllmError):
@@ -64,7 +72,7 @@ class LoopA:
         path = config.store_path()
         self.store_path = path
         self.recorder = Recorder(
-            open_store or (lambda: SqliteStore(path, on_warning)), config.queue_size, threaded, on_warning
+            open_store or (lambda: sqlite_store(path, on_warning)), config.queue_size, threaded, on_warning
         )
         self._scores: dict[str, PatternScores] = {}
         self._names: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (name, bank)

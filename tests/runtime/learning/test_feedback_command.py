@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from runtime.learning.scores import SCORES_NAME
-from runtime.learning.store import SqliteStore
+from runtime.learning.sqlite_store import SqliteStore
 
 
 def ruvdllm(*args, data):

@@ -14,7 +14,7 @@ from runtime.index import ExactIndex
 from runtime.learning.config import LoopAConfig
 from runtime.learning.loop_a import LoopA, UnknownCompletion
 from runtime.learning.scores import SCORES_NAME
-from runtime.learning.store import SqliteStore
+from runtime.learning.sqlite_store import SqliteStore
 from runtime.learning.trajectory import make_feedback
 from runtime.ort_backend import OrtOptions
 from runtime.settings import GenerationSettings
@@ -154,7 +154,7 @@ def test_a_full_queue_drops_new_trajectories_without_blocking(banked_model_dir, 
 EXIT_WITHOUT_CLOSE = """
 import sys
 from runtime.learning.recorder import Recorder
-from runtime.learning.store import SqliteStore
+from runtime.learning.sqlite_store import SqliteStore
 from runtime.learning.trajectory import Pending
 from runtime.settings import GenerationSettings
 
@@ -196,3 +196,60 @@ def test_without_threads_recording_is_synchronous(banked_model_dir, tmp_path):
     _, completion_id = generate_recorded(loop, model)
     assert SqliteStore(tmp_path / "t.db").trajectory(completion_id) is not None
     loop.close()
+
+
+WITHOUT_SQLITE = """
+import importlib.abc
+import sys
+
+
+class NoSqlite(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("sqlite3", "_sqlite3"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked: Pyodide has it unvendored)")
+        return None
+
+
+sys.meta_path.insert(0, NoSqlite())
+from runtime.learning.config import LoopAConfig
+from runtime.learning.loop_a import LoopA
+from runtime.learning.trajectory import Pending, make_feedback
+from runtime.settings import GenerationSettings
+
+
+class MemoryStore:  # what an IndexedDB-backed store does, in a dict
+    def __init__(self):
+        self.rows, self.feedback = {}, []
+
+    def add_trajectory(self, t):
+        self.rows[t.id] = t
+
+    def add_feedback(self, f):
+        if f.completion_id not in self.rows:
+            raise KeyError(f.completion_id)
+        self.feedback.append(f)
+
+    def trajectory(self, completion_id):
+        return self.rows.get(completion_id)
+
+    def feedback_for(self, completion_id):
+        return [f for f in self.feedback if f.completion_id == completion_id]
+
+    def count(self):
+        return len(self.rows)
+
+    def close(self):
+        pass
+
+
+loop = LoopA(LoopAConfig(store="unused.db"), threaded=False, open_store=MemoryStore)
+loop.recorder.record(Pending("cmpl-1", 0.0, "m", None, [1], GenerationSettings(), [], "a", [2], "stop", 1.0, prompt="p"))
+print(loop.feedback(make_feedback("cmpl-1", up=True)).value, "sqlite3" in sys.modules)
+"""
+
+
+def test_loop_a_runs_over_another_store_without_sqlite():
+    """The browser will back the store with IndexedDB: nothing else in loop A may need sqlite3."""
+    run = subprocess.run([sys.executable, "-c", WITHOUT_SQLITE], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["1.0", "False"]

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from runtime import artifact
-from runtime.learning.store import SqliteStore
+from runtime.learning.sqlite_store import SqliteStore
 from tests.runtime.server_process import serve
 from tests.runtime.tiny_artifact import random_bank
 

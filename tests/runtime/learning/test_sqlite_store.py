@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from runtime.learning.store import SCHEMA_VERSION, SqliteStore
+from runtime.learning.sqlite_store import SCHEMA_VERSION, SqliteStore
 from runtime.learning.trajectory import Trajectory, make_feedback
 from ruvdllm.errors import RuvdllmError
 
@@ -117,8 +117,8 @@ def test_a_newer_schema_is_left_alone(tmp_path):
 
 WRITER = """
 import sys
-from tests.runtime.learning.test_store import trajectory
-from runtime.learning.store import SqliteStore
+from tests.runtime.learning.test_sqlite_store import trajectory
+from runtime.learning.sqlite_store import SqliteStore
 
 store = SqliteStore(sys.argv[1])
 big = "x" * 200_000  # long transactions: the kill lands inside one
