@@ -38,7 +38,7 @@ def open_model(
         loaded.check_model(config, f"{bank_dir}", backend.adapter_shapes)
         backend.set_bank(loaded)
     index = loaded.build_index(bank_dir) if loaded is not None and loaded.pattern_slots else None
-    return DiffusionModel(directory, config, tokenizer, backend, loaded, index)
+    return DiffusionModel(directory, config, tokenizer, backend, loaded, index, bank_dir if loaded else None)
 
 
 def load_tokenizer(path: Path, config: ArtifactConfig):

@@ -39,6 +39,10 @@ class StepEvent:
     retrieved: list[int]  # generated positions DGR retrieved adapters for after this step
     forward_ms: float  # time of this step's forward
     drafted: int = 0  # drafts this forward checked against the AR model (verified sampler only)
+    # The step's uncertainty over the positions it proposed for (the learning loops record it):
+    entropy: float = 0.0  # mean entropy, nats
+    confidence: float = 1.0  # mean confidence of the proposed tokens
+    patterns: tuple = ()  # (pattern, similarity) DGR retrieved after this step
 
 
 def propose(
@@ -146,6 +150,9 @@ def denoise_span(
                 tokens=[*before, *span],
                 retrieved=[offset + i for i in retrieved],
                 forward_ms=forward_ms,
+                entropy=sum(p.entropy for p in proposals) / len(proposals),
+                confidence=sum(p.confidence for p in proposals) / len(proposals),
+                patterns=control.step_patterns,
             )
         )
         step += 1

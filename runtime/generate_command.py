@@ -14,6 +14,7 @@ from pathlib import Path
 from runtime.artifact import sampler_warning
 from runtime.dgr import STRATEGIES
 from runtime.display import LiveView, StreamPrinter
+from runtime.learning.feedback_command import add_learning_arguments, learning_loop
 from runtime.schedules import SCHEDULES
 from runtime.settings import (
     DECODINGS,
@@ -126,6 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = one per core)"
     )
     parser.add_argument("--verify", default="cached", help="manifest check: cached (default) | full | sizes")
+    add_learning_arguments(parser)
 
 
 def generation_settings(args: argparse.Namespace) -> GenerationSettings:
@@ -151,6 +153,7 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
 
     prompt = read_prompt(args)
     settings = generation_settings(args)
+    loop = learning_loop(args)
     started = time.perf_counter()
     directory = args.model if args.model is not None else default_model("cpu", progress=not args.json)
     options = OrtOptions(device=args.device, intra_op_threads=args.threads)
@@ -167,20 +170,41 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     load_ms = (time.perf_counter() - started) * 1e3
+    if loop is not None:
+        loop.attach(model)
+    control = model.control(settings)
 
     if args.json:
-        done = model.generate(ids, settings, seed=args.seed)
-        print(json.dumps(report(done, settings, load_ms, args.seed, str(directory), warnings), indent=1))
-    elif sys.stdout.isatty():
+        done = model.generate(ids, settings, seed=args.seed, control=control)
+        completion_id = record(loop, model, ids, settings, done, control, text)
+        body = report(done, settings, load_ms, args.seed, str(directory), warnings)
+        print(json.dumps({"completion_id": completion_id, **body}, indent=1))
+        return 0
+    if sys.stdout.isatty():
         with LiveView(model.token_text) as view:
-            done = model.generate(ids, settings, seed=args.seed, on_step=view)
+            done = model.generate(ids, settings, seed=args.seed, on_step=view, control=control)
         print(f"\n{done.text}")
         print(summary(done), file=sys.stderr)
     else:
         printer = StreamPrinter(model.decode, sys.stdout, set(model.config.eos_token_ids))
-        done = model.generate(ids, settings, seed=args.seed, on_step=printer)
+        done = model.generate(ids, settings, seed=args.seed, on_step=printer, control=control)
         printer.finish(done.text)
+    completion_id = record(loop, model, ids, settings, done, control, text)
+    if completion_id is not None:
+        print(
+            f"completion {completion_id} (feedback: ruvdllm feedback {completion_id} --up)", file=sys.stderr
+        )
     return 0
+
+
+def record(loop, model, ids, settings, done, control, prompt: str) -> str | None:
+    """Record the generation and write it before the id is offered for feedback; None when not
+    recording or the store could not take it (the one-line reason is already on stderr)."""
+    if loop is None:
+        return None
+    completion_id = loop.record_completion(model, ids, settings, done, control, prompt=prompt)
+    loop.close()
+    return None if loop.recorder.failed or loop.recorder.dropped else completion_id
 
 
 def summary(done) -> str:

@@ -31,6 +31,10 @@ class PatternIndex(Protocol):
         """Up to k (slot, cosine similarity) pairs, most similar first."""
         ...
 
+    # Optional (ExactIndex and HnswIndex have it): the same search naming the patterns themselves
+    # (their insertion order in the bank), so that feedback can score the patterns a step used.
+    # def search_patterns(self, vector, k) -> list[tuple[int, float]]: (pattern, similarity) pairs
+
     def __len__(self) -> int: ...
 
 
@@ -55,12 +59,16 @@ class ExactIndex:
             self.slots.append(int(slot))
 
     def search(self, vector: Sequence[float], k: int) -> list[tuple[int, float]]:
+        return [(self.slots[label], sim) for label, sim in self.search_patterns(vector, k)]
+
+    def search_patterns(self, vector: Sequence[float], k: int) -> list[tuple[int, float]]:
+        """Up to k (pattern, cosine similarity) pairs, most similar first (ties: earlier pattern)."""
         query = _normalised(vector)
         sims = [
             (sum(a * b for a, b in zip(query, v, strict=True)), label) for label, v in enumerate(self.vectors)
         ]
         sims.sort(key=lambda p: (-p[0], p[1]))
-        return [(self.slots[label], sim) for sim, label in sims[:k]]
+        return [(label, sim) for sim, label in sims[:k]]
 
     def __len__(self) -> int:
         return len(self.slots)
@@ -93,13 +101,16 @@ class HnswIndex:
         self.slots.extend(int(s) for s in slots)
 
     def search(self, vector: Sequence[float], k: int) -> list[tuple[int, float]]:
+        return [(self.slots[label], sim) for label, sim in self.search_patterns(vector, k)]
+
+    def search_patterns(self, vector: Sequence[float], k: int) -> list[tuple[int, float]]:
+        """Up to k (pattern, cosine similarity) pairs, most similar first; hnswlib labels are
+        the patterns' insertion order."""
         k = min(k, len(self.slots))
         if k == 0:
             return []
         labels, distances = self._index.knn_query(vector, k=k)
-        return [
-            (self.slots[int(label)], 1.0 - float(d)) for label, d in zip(labels[0], distances[0], strict=True)
-        ]
+        return [(int(label), 1.0 - float(d)) for label, d in zip(labels[0], distances[0], strict=True)]
 
     def save(self, path: Path) -> None:
         self._index.save_index(str(path))

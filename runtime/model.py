@@ -74,15 +74,22 @@ class DiffusionModel:
         backend: Backend | None,
         bank: Bank | None = None,
         index: PatternIndex | None = None,
+        bank_dir: Path | None = None,
     ):
         """`backend` may be attached later (the browser creates its onnxruntime-web session after
-        reading the bank, whose tensors the session binds once)."""
+        reading the bank, whose tensors the session binds once). `bank_dir`: where `bank` was read
+        from (its learnt pattern scores live beside it)."""
         self.directory = directory
         self.config = config
         self.tokenizer = tokenizer
         self.backend = backend
         self.bank = bank
         self.index = index
+        self.bank_dir = bank_dir
+        # Set by the learning loop (runtime/learning/loop_a.py): pattern usefulness for retrieval,
+        # and whether generations keep their prompt embedding for the trajectory.
+        self.scores = None
+        self.record_query = False
         self.lock = threading.Lock()
         self._token_text: dict[int, str] = {}
 
@@ -120,9 +127,11 @@ class DiffusionModel:
             groups = self.bank.groups
             talora = self.bank.talora_config() if settings.talora else None
             dgr = settings.dgr_config if settings.dgr else None
-        return AdapterControl(
-            self.config.adapter_slots, groups, self.config.vocab_size, talora, dgr, self.index
+        control = AdapterControl(
+            self.config.adapter_slots, groups, self.config.vocab_size, talora, dgr, self.index, self.scores
         )
+        control.record_query = self.record_query
+        return control
 
     def check(self, prompt_tokens: int, settings: GenerationSettings) -> Plan:
         """Raise RuvdllmError for settings or a prompt this model cannot take (no forward);

@@ -35,6 +35,7 @@ SUBCOMMANDS = {
         "train TALoRA banks (one adapter per timestep group) for a converted model",
     ),
     "generate": ("runtime.generate_command", "generate text with a diffusion model"),
+    "feedback": ("runtime.learning.feedback_command", "rate, thumb or correct an answer (learning loop A)"),
     "serve": ("runtime.server.command", "serve an OpenAI-compatible HTTP API"),
     "web": ("runtime.web_command", "serve the browser client and a model directory"),
     "hub": ("federation_hub.command", "run the federation hub"),

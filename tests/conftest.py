@@ -29,3 +29,11 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if name in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def private_learning_data(tmp_path, monkeypatch):
+    """Keep trajectories and the learning config (loop A records by default) out of the user's
+    data directory."""
+    monkeypatch.setenv("RUVDLLM_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("RUVDLLM_LEARNING_CONFIG", raising=False)

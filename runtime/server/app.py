@@ -22,11 +22,16 @@ class ServerLimits:
 
 
 def create_app(
-    engine: Engine, model_name: str, limits: ServerLimits = ServerLimits(), api_key: str | None = None
+    engine: Engine,
+    model_name: str,
+    limits: ServerLimits = ServerLimits(),
+    api_key: str | None = None,
+    learning=None,
 ) -> FastAPI:
     """An app serving `engine`'s model as `model_name`; as many generations run at once as the
     engine has workers, `limits.queue_size` more wait. With `api_key`, /v1 wants it as a bearer
-    token."""
+    token. `learning`: loop A (runtime.learning.loop_a.LoopA), already attached to the engine's
+    models; None records nothing and answers /v1/feedback with 404."""
     app = FastAPI(
         title="ruvdllm",
         summary="OpenAI-compatible API over a 4-bit masked-diffusion language model",
@@ -37,6 +42,7 @@ def create_app(
         admission=Admission(engine.workers, limits.queue_size),
         model_name=model_name,
         api_key=api_key,
+        learning=learning,
     )
     app.include_router(health_router)
     app.include_router(router)

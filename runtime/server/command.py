@@ -21,6 +21,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+from runtime.learning.feedback_command import add_learning_arguments, learning_loop
 from runtime.server.app import ServerLimits
 from ruvdllm.errors import RuvdllmError
 
@@ -72,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", default="info", choices=LOG_LEVELS, help="uvicorn log level (default info)"
     )
+    add_learning_arguments(parser)
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -139,10 +141,14 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
     from runtime.server.app import create_app
 
     check_arguments(args)
+    loop = learning_loop(args)  # a bad learning config fails before the port is taken
     with bind(args.host, args.port) as sock:
         engine, name = open_engine(args, default_model)
+        if loop is not None:
+            for model in engine.models:
+                loop.attach(model)
         limits = ServerLimits(queue_size=args.queue_size, max_request_bytes=args.max_request_bytes)
-        app = create_app(engine, name, limits, api_key=args.api_key or None)
+        app = create_app(engine, name, limits, api_key=args.api_key or None, learning=loop)
         server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5))
         logging.getLogger("ruvdllm.server").setLevel(args.log_level.upper())
         print(f"serving {name} on {url_of(sock)}/v1", flush=True)
@@ -150,4 +156,6 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
             server.run(sockets=[sock])
         finally:
             engine.close()
+            if loop is not None:
+                loop.close()  # everything recorded is written before the process ends
     return 0 if server.started else 1

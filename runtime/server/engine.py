@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from runtime.denoise import StepEvent
 from runtime.server.text_stream import TextStream
@@ -44,6 +44,11 @@ class Outcome:
     steps: int
     generation_ms: float
     forward_ms: float
+    # What the learning loop records (runtime/learning/loop_a.py): the tokens behind `text`, the
+    # step trace and the generation's adapter control (its prompt embedding, TALoRA config).
+    tokens: list[int] = field(default_factory=list, repr=False)
+    trace: list[StepEvent] = field(default_factory=list, repr=False)
+    control: object = field(default=None, repr=False)
 
 
 class _Ended(Exception):
@@ -58,6 +63,7 @@ class Engine:
             raise ValueError("engine: at least one model")
         self.model = models[0]  # the reference for config, tokenizer and checks (all are equal)
         self.workers = len(models)
+        self.models = list(models)
         self._free: queue.SimpleQueue = queue.SimpleQueue()
         for model in models:
             self._free.put(model)
@@ -78,10 +84,11 @@ class Engine:
         RuvdllmError for input the model rejects."""
         eos = self.config.eos_token_ids if job.settings.stop_at_eos else ()
         stream = TextStream(self.model.decode, eos, job.stops)
-        steps, forward_ms, generated = 0, 0.0, []
+        steps, forward_ms, generated, trace = 0, 0.0, [], []
 
         def on_step(event: StepEvent) -> None:
             nonlocal steps, forward_ms, generated
+            trace.append(event)
             steps += 1
             forward_ms += event.forward_ms
             generated = event.tokens
@@ -96,8 +103,10 @@ class Engine:
 
         started = time.perf_counter()
         model = self._free.get()
+        control = None
         try:
-            model.generate(job.prompt, job.settings, seed=job.seed, on_step=on_step)
+            control = model.control(job.settings)
+            model.generate(job.prompt, job.settings, seed=job.seed, on_step=on_step, control=control)
             # The last step's region, not the result's tokens: those are always cut at an end of
             # sequence, which `ignore_eos` must not do. The stream cuts where the job says.
             delta = stream.finish(generated, "length")
@@ -115,6 +124,9 @@ class Engine:
             steps=steps,
             generation_ms=(time.perf_counter() - started) * 1e3,
             forward_ms=forward_ms,
+            tokens=list(stream.tokens),
+            trace=trace,
+            control=control,
         )
 
     def submit(

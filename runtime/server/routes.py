@@ -8,6 +8,11 @@ refused (limits.py), run on the engine's workers (engine.py) and answered in Ope
     GET  /v1/models/{id}
     POST /v1/completions         prompt -> text        (stream: SSE)
     POST /v1/chat/completions    messages -> message   (stream: SSE)
+    POST /v1/feedback            a rating, thumb or correction on a completion id (learning loop A)
+
+With learning loop A on (runtime/learning/), every answered completion is recorded under the id
+its response carries, off the request path; feedback on that id moves the usefulness of the DGR
+patterns the answer used.
 """
 
 from __future__ import annotations
@@ -23,13 +28,23 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
+from runtime.learning.loop_a import LoopA, UnknownCompletion
+from runtime.learning.trajectory import Feedback
 from runtime.server.engine import Engine, Job, Outcome
 from runtime.server.errors import ApiError, error_body, from_runtime
 from runtime.server.jobs import chat_job, check_model_name, completion_job
 from runtime.server.limits import Admission, Ticket
 from runtime.server.responses import DONE, Reply, info_of, sse
-from runtime.server.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from runtime.server.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    FeedbackReply,
+    FeedbackRequest,
+    ModelCard,
+    ModelList,
+)
 from ruvdllm.errors import RuvdllmError
 
 log = logging.getLogger("ruvdllm.server")
@@ -43,6 +58,7 @@ class ServerState:
     admission: Admission
     model_name: str
     api_key: str | None = None  # None: no authentication (the default binds to loopback only)
+    learning: LoopA | None = None  # None: loop A is off (nothing recorded, no feedback endpoint)
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -117,6 +133,49 @@ async def chat_completions(request: Request, body: ChatCompletionRequest, state:
     return await _answer(request, state, job, reply, body.stream, body.include_usage())
 
 
+@router.post("/v1/feedback", response_model=FeedbackReply)
+async def feedback(body: FeedbackRequest, state: State) -> FeedbackReply:
+    if state.learning is None:
+        raise ApiError(
+            404,
+            "feedback: learning loop A is off on this server (learning config loop_a.enabled)",
+            code="learning_off",
+        )
+    given = Feedback(body.completion_id, body.kind(), body.rating, body.correction)
+    try:
+        # The store is written by its own thread; waiting for it must not block the event loop.
+        result = await run_in_threadpool(state.learning.feedback, given)
+    except UnknownCompletion as exc:
+        raise ApiError(404, str(exc), param="completion_id", code="completion_not_found") from None
+    except RuvdllmError as exc:  # the store cannot be opened: the server's side, not the request's
+        raise ApiError(503, f"feedback: {exc}", code="store_unavailable") from None
+    return FeedbackReply(
+        completion_id=result.completion_id,
+        kind=result.kind,
+        value=result.value,
+        patterns_rescored=len(result.patterns),
+    )
+
+
+def _record(state: ServerState, job: Job, outcome: Outcome, completion_id: str) -> None:
+    """Queue the answered request for loop A (microseconds: the writer thread does the rest)."""
+    if state.learning is None or outcome.finish_reason == "cancelled":
+        return
+    state.learning.record(
+        state.engine.model,
+        job.prompt,
+        job.settings,
+        outcome.trace,
+        outcome.control,
+        outcome.text,
+        outcome.tokens,
+        outcome.finish_reason,
+        outcome.generation_ms,
+        model_name=state.model_name,
+        completion_id=completion_id,
+    )
+
+
 async def _answer(
     request: Request,
     state: ServerState,
@@ -182,6 +241,7 @@ async def _complete(state: ServerState, job: Job, reply: Reply, ticket: Ticket, 
         result, queued_ms = task.result()
     except RuvdllmError as exc:
         raise from_runtime(exc) from None
+    _record(state, job, result, reply.id)
     info = info_of(job, result, queued_ms)
     if reply.kind == "chat":
         return JSONResponse(reply.chat(result, info))
@@ -224,6 +284,7 @@ def _stream(state: ServerState, job: Job, reply: Reply, ticket: Ticket, include_
                         yield reply.delta(item)
                     else:
                         outcome, queued_ms = item
+                        _record(state, job, outcome, reply.id)
                         yield reply.closing(outcome, info_of(job, outcome, queued_ms), include_usage)
         except RuvdllmError as exc:
             yield sse(from_runtime(exc).body())

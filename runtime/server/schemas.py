@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runtime.dgr import STRATEGIES as DGR_STRATEGIES
+from runtime.learning.trajectory import RATING_RANGE
 from runtime.schedules import SCHEDULES
 from runtime.settings import DECODINGS, ORDERS, SAMPLERS
 
@@ -260,3 +261,33 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class FeedbackRequest(_Strict):
+    """POST /v1/feedback: exactly one of a rating, a thumb or a corrected answer, on a completion
+    id this server returned (docs/learning.md)."""
+
+    completion_id: str = Field(min_length=1)
+    rating: float | None = Field(None, ge=RATING_RANGE[0], le=RATING_RANGE[1], allow_inf_nan=False)
+    thumbs: Literal["up", "down"] | None = None
+    correction: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> FeedbackRequest:
+        given = [v for v in (self.rating, self.thumbs, self.correction) if v is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of rating, thumbs or correction")
+        return self
+
+    def kind(self) -> str:
+        if self.rating is not None:
+            return "rating"
+        return self.thumbs if self.thumbs is not None else "correction"
+
+
+class FeedbackReply(BaseModel):
+    object: Literal["feedback"] = "feedback"
+    completion_id: str
+    kind: str  # rating | up | down | correction
+    value: float  # the feedback as one number in [-1, 1]
+    patterns_rescored: int  # DGR patterns of that answer whose usefulness moved

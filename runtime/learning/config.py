@@ -1,0 +1,136 @@
+"""The learning config: one small file that turns the loops on and off and sets their knobs, read
+by `ruvdllm generate`, `ruvdllm serve` and `ruvdllm feedback` alike, and where learning data lives.
+
+    # learning.toml (or learning.json with the same structure)
+    [loop_a]
+    enabled = true            # record every request and accept feedback
+    store = "/path/to/trajectories.db"
+    queue_size = 256
+    score_rate = 0.2
+    score_weight = 0.05
+    score_floor = -0.5
+    score_extra = 4
+
+Looked for at --learning-config, else $RUVDLLM_LEARNING_CONFIG, else `learning.toml` in the data
+directory; none of them: the defaults below. A section or key this version does not know is an
+error (a misspelt key must not silently keep a loop on).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from ruvdllm.errors import RuvdllmError
+
+CONFIG_ENV = "RUVDLLM_LEARNING_CONFIG"
+DATA_ENV = "RUVDLLM_DATA"
+CONFIG_NAME = "learning.toml"
+STORE_NAME = "trajectories.db"
+
+
+def data_root() -> Path:
+    """Where learning data lives: $RUVDLLM_DATA, else the user data directory for "ruvdllm" (the
+    sibling of the model cache in runtime.verify.cache_root: a cache may be wiped, this may not)."""
+    override = os.environ.get(DATA_ENV)
+    if override:
+        return Path(override).expanduser()
+    from platformdirs import user_data_dir  # CPython only; the browser keeps its data in IndexedDB
+
+    return Path(user_data_dir("ruvdllm"))
+
+
+@dataclass(frozen=True)
+class LoopAConfig:
+    enabled: bool = True  # loop A is local and cheap; nothing it keeps leaves the device
+    store: str = ""  # the trajectory store file; "": trajectories.db in the data directory
+    queue_size: int = 256  # trajectories waiting for the writer: minutes of requests if the disk stalls
+    score_rate: float = 0.2  # EMA rate of a pattern's usefulness: ~5 ratings dominate it
+    score_weight: float = 0.05  # similarity added per unit of usefulness: re-ranks near ties only
+    score_floor: float = -0.5  # patterns rated at or below this are no longer retrieved
+    score_extra: int = 4  # neighbours fetched beyond DgrConfig.neighbours, to re-rank among
+
+    def __post_init__(self) -> None:
+        if self.queue_size < 1:
+            raise RuvdllmError(f"learning config: loop_a.queue_size {self.queue_size}: must be at least 1")
+        if not 0.0 < self.score_rate <= 1.0:
+            raise RuvdllmError(f"learning config: loop_a.score_rate {self.score_rate}: must be in (0, 1]")
+        if not (math.isfinite(self.score_weight) and self.score_weight >= 0.0):
+            raise RuvdllmError(f"learning config: loop_a.score_weight {self.score_weight}: must be >= 0")
+        if not -1.0 <= self.score_floor < 0.0:  # at 0 or above, every pattern without feedback would drop
+            raise RuvdllmError(f"learning config: loop_a.score_floor {self.score_floor}: must be in [-1, 0)")
+        if self.score_extra < 0:
+            raise RuvdllmError(f"learning config: loop_a.score_extra {self.score_extra}: must be >= 0")
+
+    def store_path(self) -> Path:
+        return Path(self.store).expanduser() if self.store else data_root() / STORE_NAME
+
+
+@dataclass(frozen=True)
+class LearningConfig:
+    loop_a: LoopAConfig = field(default_factory=LoopAConfig)
+    source: str = ""  # the file it was read from ("": the defaults)
+
+
+def _section(name: str, values: object, kind: type, where: str):
+    if not isinstance(values, dict):
+        raise RuvdllmError(f"{where}: [{name}] must be a table of settings")
+    known = {f.name: f for f in fields(kind)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise RuvdllmError(f"{where}: [{name}] has unknown {', '.join(unknown)} (known: {', '.join(known)})")
+    defaults = kind()
+    for key, value in values.items():
+        expected = type(getattr(defaults, key))
+        ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise RuvdllmError(f"{where}: {name}.{key} = {value!r}: expected {expected.__name__}")
+    try:
+        return replace(
+            defaults, **{k: float(v) if known[k].type == "float" else v for k, v in values.items()}
+        )
+    except RuvdllmError as exc:  # a range check in __post_init__: name the file, not "learning config"
+        raise RuvdllmError(f"{where}: {str(exc).removeprefix('learning config: ')}") from None
+
+
+def parse_learning_config(text: str, where: str, suffix: str = ".toml") -> LearningConfig:
+    """The config from a file's text (TOML, or JSON when `suffix` is .json)."""
+    try:
+        if suffix == ".json":
+            values = json.loads(text)
+        else:
+            import tomllib
+
+            values = tomllib.loads(text)
+    except ValueError as exc:  # tomllib.TOMLDecodeError and json.JSONDecodeError are ValueErrors
+        raise RuvdllmError(f"{where}: not valid {suffix.lstrip('.').upper()} ({exc})") from None
+    if not isinstance(values, dict):
+        raise RuvdllmError(f"{where}: must hold a table of sections")
+    unknown = sorted(set(values) - {"loop_a"})
+    if unknown:
+        raise RuvdllmError(f"{where}: unknown section {', '.join(unknown)} (known: loop_a)")
+    loop_a = _section("loop_a", values.get("loop_a", {}), LoopAConfig, where)
+    return LearningConfig(loop_a=loop_a, source=where)
+
+
+def load_learning_config(path: Path | str | None = None) -> LearningConfig:
+    """The config at `path` (it must exist), else at $RUVDLLM_LEARNING_CONFIG (likewise), else
+    `learning.toml` in the data directory when there is one, else the defaults."""
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = os.environ[CONFIG_ENV]
+    if path is None:
+        default = data_root() / CONFIG_NAME
+        if not default.is_file():
+            return LearningConfig()
+        path = default
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RuvdllmError(f"{path}: cannot read the learning config ({exc.strerror or exc})") from None
+    return parse_learning_config(text, str(path), path.suffix.lower())
