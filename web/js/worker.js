@@ -5,7 +5,7 @@
 import { IN, OUT, RECOVERABLE_BY_REDOWNLOAD } from './protocol.js';
 import { bootPython, canBlockOnPromises } from './python.js';
 import { ModelError, ModelStore } from './model_store.js';
-import { ModelRunner, createSession, deviceLimits, loadOrt, probeWebGPU } from './ort_engine.js';
+import { ModelRunner, cacheOutputNames, createSession, deviceLimits, loadOrt, probeWebGPU } from './ort_engine.js';
 import { ModelTokenizer } from './tokenizer.js';
 import { PatternIndex } from './pattern_index.js';
 import { answerPrefix, stepView } from './views.js';
@@ -140,7 +140,10 @@ async function makeRunner(config, files, ep, numThreads, bankInputs) {
     .map(([path, data]) => ({ path, data }));
   const ort = await loadOrt(ep, { numThreads });
   checkOrtVersion(config, ort.env.versions?.web || ort.env.versions?.common);
-  const session = await createSession(ort, files[graphName], { ep, externalData });
+  // On WebGPU the key/value cache stays in GPU buffers between forwards (js/gpu_cache.js).
+  const gpuOutputs = ep === 'webgpu' ? cacheOutputNames(config) : [];
+  const session = await createSession(ort, files[graphName], { ep, externalData, gpuOutputs });
+  const device = ep === 'webgpu' ? await ort.env.webgpu.device : null; // onnxruntime-web's own
   const banks = {};
   for (const [name, data] of Object.entries(bankInputs)) {
     const meta = session.inputMetadata.find((m) => m.name === name);
@@ -156,6 +159,7 @@ async function makeRunner(config, files, ep, numThreads, bankInputs) {
   const width = ep === 'webgpu' ? config.adapter_slots * config.adapter_rank : 0;
   Object.assign(banks, zeroInputs(ort, session, banks, width));
   return new ModelRunner(ort, session, config, banks, ep, {
+    device,
     // Checked before every forward: the step in flight finishes, the next one does not start.
     beforeRun: async () => {
       if (!interrupt.view) await yieldToEventLoop(); // let an 'interrupt' message in
@@ -284,6 +288,7 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
   if (interrupt.view) Atomics.store(interrupt.view, 0, 0);
   const started = performance.now();
   const runStart = { ms: runner.timings.runMs, runs: runner.timings.runs, jsMs: runner.timings.jsMs };
+  const movedBefore = { ...runner.transfers };
   const state = { uncertainty: new Map(), tokens: [], steps: 0, viewMs: 0, stopAtEos: settings.stop_at_eos !== false };
   runner.onPrefill = (done, total) => post({ type: OUT.PREFILL, id, done, total });
   const onStep = (event) => {
@@ -328,6 +333,9 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
     pythonMs: summary ? Math.max(summary.wall_ms - summary.bridge_forward_ms, 0) / Math.max(summary.steps, 1) - state.viewMs / Math.max(state.steps, 1) : null,
     finishReason: interrupted ? 'interrupted' : summary.finish_reason,
     ep: runner.ep,
+    // bytes this run's forwards moved in and out of the execution provider, the cache's apart
+    transfers: Object.fromEntries(Object.entries(runner.transfers).map(([k, v]) => [k, v - movedBefore[k]])),
+    gpuTensors: runner.gpu.snapshot(), // held after the run: the cache and the last outputs
   };
   post({
     type: OUT.COMPLETE,
