@@ -47,6 +47,22 @@ export function slicePositionsOnGpu(ort, device, encoder, tensor, keep) {
   });
 }
 
+// A float32 tensor in JavaScript memory copied once into a GPU buffer it owns, for an input that is
+// the same every forward (the adapter banks): a CPU tensor would be uploaded again at every run.
+// An empty tensor stays where it is.
+export function uploadToGpu(ort, device, tensor) {
+  if (tensor.type !== 'float32' || tensor.data.length === 0) return tensor;
+  const bytes = tensor.data.byteLength;
+  const buffer = device.createBuffer({ size: aligned(bytes), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+  device.queue.writeBuffer(buffer, 0, tensor.data);
+  return ort.Tensor.fromGpuBuffer(buffer, {
+    dataType: 'float32',
+    dims: tensor.dims,
+    download: async () => new Float32Array(await readBuffer(device, buffer, bytes)),
+    dispose: () => buffer.destroy(),
+  });
+}
+
 // The first `bytes` of a GPU buffer, read back through a mappable copy (for tests and diagnostics:
 // generation never reads the cache back).
 export async function readBuffer(device, buffer, bytes) {
@@ -92,6 +108,37 @@ export class GpuTensors {
   snapshot() {
     return { live: this.live, bytes: this.bytes, peak: this.peak };
   }
+}
+
+// Every byte the device moves between the GPU and JavaScript, whoever asks — this page or
+// onnxruntime-web inside (a kernel placed on the CPU would read its input back): WebGPU reads only
+// through a buffer mapped for reading, and writes through queue.writeBuffer or a buffer mapped for
+// writing. Counted by wrapping those calls on this device (cheap: a few per forward), from now on.
+export function meterDevice(device) {
+  if (device.meter) return device.meter;
+  const meter = { readBytes: 0, writeBytes: 0 };
+  const queue = device.queue;
+  const writeBuffer = queue.writeBuffer.bind(queue);
+  queue.writeBuffer = (buffer, offset, data, dataOffset = 0, size) => {
+    const elementBytes = data.BYTES_PER_ELEMENT ?? 1;
+    meter.writeBytes += size !== undefined ? size * elementBytes : data.byteLength - dataOffset * elementBytes;
+    return writeBuffer(buffer, offset, data, dataOffset, size);
+  };
+  const createBuffer = device.createBuffer.bind(device);
+  device.createBuffer = (descriptor) => {
+    const buffer = createBuffer(descriptor);
+    if (descriptor.mappedAtCreation) meter.writeBytes += descriptor.size;
+    const mapAsync = buffer.mapAsync.bind(buffer);
+    buffer.mapAsync = (mode, offset = 0, size) => {
+      const bytes = size ?? buffer.size - offset;
+      if (mode & GPUMapMode.READ) meter.readBytes += bytes;
+      if (mode & GPUMapMode.WRITE) meter.writeBytes += bytes;
+      return mapAsync(mode, offset, size);
+    };
+    return buffer;
+  };
+  device.meter = meter;
+  return meter;
 }
 
 const BYTES = { float32: 4, int64: 8, int32: 4, float16: 2, uint8: 1, int8: 1, bool: 1 };

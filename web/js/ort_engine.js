@@ -148,6 +148,7 @@ export class ModelRunner {
     // key/value cache's share apart: what `?ep=webgpu` keeps on the GPU shows here as 0.
     this.transfers = { forwards: 0, inBytes: 0, kvInBytes: 0, outBytes: 0, kvOutBytes: 0 };
     this.gpu = new GpuTensors();
+    Object.values(banks).forEach((t) => this.gpu.hold(t)); // on WebGPU, uploaded once (worker.js)
     this.past = [];
     this.last = null;
     this.reset();
@@ -273,6 +274,7 @@ export class ModelRunner {
   async release() {
     this.dropPast();
     this.dropLast();
+    Object.values(this.banks).forEach((t) => this.gpu.release(t));
     this.past = [];
     await this.session.release();
   }

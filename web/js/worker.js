@@ -6,6 +6,7 @@ import { IN, OUT, RECOVERABLE_BY_REDOWNLOAD } from './protocol.js';
 import { bootPython, canBlockOnPromises } from './python.js';
 import { ModelError, ModelStore } from './model_store.js';
 import { ModelRunner, cacheOutputNames, createSession, deviceLimits, loadOrt, probeWebGPU } from './ort_engine.js';
+import { meterDevice, uploadToGpu } from './gpu_cache.js';
 import { ModelTokenizer } from './tokenizer.js';
 import { PatternIndex } from './pattern_index.js';
 import { answerPrefix, stepView } from './views.js';
@@ -144,6 +145,7 @@ async function makeRunner(config, files, ep, numThreads, bankInputs) {
   const gpuOutputs = ep === 'webgpu' ? cacheOutputNames(config) : [];
   const session = await createSession(ort, files[graphName], { ep, externalData, gpuOutputs });
   const device = ep === 'webgpu' ? await ort.env.webgpu.device : null; // onnxruntime-web's own
+  if (device) meterDevice(device);
   const banks = {};
   for (const [name, data] of Object.entries(bankInputs)) {
     const meta = session.inputMetadata.find((m) => m.name === name);
@@ -158,6 +160,8 @@ async function makeRunner(config, files, ep, numThreads, bankInputs) {
   // keeps full-width zeros until empty tensors are proven on its kernels.
   const width = ep === 'webgpu' ? config.adapter_slots * config.adapter_rank : 0;
   Object.assign(banks, zeroInputs(ort, session, banks, width));
+  // The banks are the same every forward: on WebGPU they go to the device once, not at every run.
+  if (device) for (const [name, tensor] of Object.entries(banks)) banks[name] = uploadToGpu(ort, device, tensor);
   return new ModelRunner(ort, session, config, banks, ep, {
     device,
     // Checked before every forward: the step in flight finishes, the next one does not start.
@@ -289,6 +293,8 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
   const started = performance.now();
   const runStart = { ms: runner.timings.runMs, runs: runner.timings.runs, jsMs: runner.timings.jsMs };
   const movedBefore = { ...runner.transfers };
+  const meter = runner.device?.meter;
+  const meteredBefore = meter ? { ...meter } : null;
   const state = { uncertainty: new Map(), tokens: [], steps: 0, viewMs: 0, stopAtEos: settings.stop_at_eos !== false };
   runner.onPrefill = (done, total) => post({ type: OUT.PREFILL, id, done, total });
   const onStep = (event) => {
@@ -336,6 +342,8 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
     // bytes this run's forwards moved in and out of the execution provider, the cache's apart
     transfers: Object.fromEntries(Object.entries(runner.transfers).map(([k, v]) => [k, v - movedBefore[k]])),
     gpuTensors: runner.gpu.snapshot(), // held after the run: the cache and the last outputs
+    // on WebGPU, what the device itself read back and was written, onnxruntime's own moves included
+    gpuTraffic: meter ? Object.fromEntries(Object.entries(meter).map(([k, v]) => [k, v - meteredBefore[k]])) : null,
   };
   post({
     type: OUT.COMPLETE,
