@@ -277,6 +277,9 @@ async function load({ modelUrl, wheelUrl, ep = 'auto', numThreads, interruptBuff
   post({ type: OUT.READY, info });
 }
 
+// Counters now minus counters then, key by key (what one run added).
+const since = (now, then) => Object.fromEntries(Object.entries(now).map(([k, v]) => [k, v - then[k]]));
+
 // Settings left empty on the page are absent (null would reach Python as JsNull, not None).
 const definedOnly = (object) => Object.fromEntries(Object.entries(object).filter(([, v]) => v !== null && v !== undefined && !Number.isNaN(v)));
 
@@ -340,10 +343,10 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
     finishReason: interrupted ? 'interrupted' : summary.finish_reason,
     ep: runner.ep,
     // bytes this run's forwards moved in and out of the execution provider, the cache's apart
-    transfers: Object.fromEntries(Object.entries(runner.transfers).map(([k, v]) => [k, v - movedBefore[k]])),
-    gpuTensors: runner.gpu.snapshot(), // held after the run: the cache and the last outputs
+    transfers: since(runner.transfers, movedBefore),
+    gpuTensors: runner.gpu.snapshot(), // held after the run: the banks, the cache, the last presents
     // on WebGPU, what the device itself read back and was written, onnxruntime's own moves included
-    gpuTraffic: meter ? Object.fromEntries(Object.entries(meter).map(([k, v]) => [k, v - meteredBefore[k]])) : null,
+    gpuTraffic: meter ? since(meter, meteredBefore) : null,
   };
   post({
     type: OUT.COMPLETE,
