@@ -13,6 +13,10 @@ Sections:
               record, a software rasteriser) ÷ CPython onnxruntime with the same thread count;
               ms per step; Pyodide <-> JavaScript crossing per step (the Python-side forward minus
               onnxruntime-web's session.run)
+  bytes       per forward, what the runner fed from JavaScript and read back (the key/value cache's
+              share apart: on wasm it crosses every forward, on WebGPU it stays on the GPU) and, on
+              WebGPU, what the device itself read back and was written (onnxruntime's own copies
+              included)
 
   kernels     (--kernels) one linear layer as MatMulNBits and as float32 MatMul, onnxruntime-web
               wasm vs CPython onnxruntime, one thread: where the wasm time goes
@@ -113,6 +117,19 @@ def breakdown(stats: dict, cpython_rate: float, digits: int = 2) -> list[str]:
         f"{step:.1f}",
         *(f"{p:.1f}" for p in parts),
     ]
+
+
+MOVED_WIDTHS = (26, 10, 10, 10, 10, 10, 10)
+
+
+def moved_row(label: str, stats: dict) -> str:
+    """Bytes per forward of one run: in / cache in / out / cache out, and the device's reads and
+    writes where there is a WebGPU device."""
+    moved, device = stats["transfers"], stats.get("gpuTraffic")
+    per = max(moved["forwards"], 1)
+    cells = [moved[k] / per for k in ("inBytes", "kvInBytes", "outBytes", "kvOutBytes")]
+    cells += [device["readBytes"] / per, device["writeBytes"] / per] if device else []
+    return row(label, *(f"{c:,.0f}" for c in cells), widths=MOVED_WIDTHS)
 
 
 def cpython_generate(model_dir: Path, settings: GenerationSettings, threads: int, rounds: int):
@@ -312,6 +329,7 @@ def main(argv=None) -> int:
         )
         print("python = sampler, TALoRA and DGR in Pyodide; view = the live view's work in the worker")
         print(row("configuration", "tokens/s", "ratio", "step", "run", "bridge", "python", "view"))
+        moved = []
         for threads in args.threads:
             cpython = cpython_generate(model_dir, settings, threads, args.rounds)
             c_rate = len(cpython.tokens) / (cpython.result.wall_ms / 1e3)
@@ -330,6 +348,7 @@ def main(argv=None) -> int:
             wait_ready(page, args.timeout)
             done = browser_generate(page, page_settings, args.rounds)
             print(row(f"browser wasm, {threads} thread(s)", *breakdown(done["stats"], c_rate)))
+            moved.append(moved_row(f"browser wasm, {threads} thread(s)", done["stats"]))
         context.close()
 
         if args.webgpu:
@@ -355,7 +374,24 @@ def main(argv=None) -> int:
             print(
                 row(f"browser WebGPU ({info['adapter']})"[:26], *breakdown(done["stats"], c_rate, digits=3))
             )
+            moved.append(moved_row(f"browser WebGPU ({info['adapter']})"[:26], done["stats"]))
             context.close()
+        print(
+            "\n== bytes per forward (JavaScript <-> the execution provider; device = the GPU's own count) =="
+        )
+        print(
+            row(
+                "configuration",
+                "in",
+                "cache in",
+                "out",
+                "cache out",
+                "device rd",
+                "device wr",
+                widths=MOVED_WIDTHS,
+            )
+        )
+        print("\n".join(moved))
         if args.kernels:
             kernels_section(driver, server)
     server.close()

@@ -9,7 +9,7 @@ const STORE_HEADER = 'X-Ruvdllm-Store'; // js/model_store.js
 
 // Fetched by the first visit before this worker controls the page, so kept at install; everything
 // the engine fetches afterwards (the page waits for control before starting it) is kept as it goes.
-const ENTRY_FILES = ['./', 'css/app.css', 'favicon.svg', 'js/app.js', 'js/protocol.js', 'js/phases.js', 'js/render.js', 'js/ort_engine.js', 'app-config.json'];
+const ENTRY_FILES = ['./', 'css/app.css', 'favicon.svg', 'js/app.js', 'js/protocol.js', 'js/phases.js', 'js/render.js', 'js/ort_engine.js', 'js/gpu_cache.js', 'app-config.json'];
 
 self.addEventListener('install', (event) => {
   event.waitUntil(

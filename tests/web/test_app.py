@@ -50,6 +50,10 @@ def test_wasm_generation_matches_cpython_and_the_page_shows_it(
     result = generate(page, PROMPT, {**settings, "seed": 0})
     assert_same_as_cpython(result, tiny_model, settings, seed=0)
     assert any(s["retrieved"] for s in result["trace"]), "DGR never retrieved: the bank path went untested"
+    # on WebAssembly the cache crosses into onnxruntime's memory and back at every forward, and the
+    # runner's count sees it (on WebGPU it stays 0: test_gpu_cache.py)
+    moved = result["complete"]["stats"]["transfers"]
+    assert moved["kvInBytes"] > 0 and moved["kvOutBytes"] > 0, moved
 
     # What a person sees after the generation.
     page.screenshot(path=str(tmp_path / "after-generation.png"), full_page=True)

@@ -5,7 +5,10 @@
 // the key/value cache (present_* of the last forward, sliced on commit), the adapter banks
 // (bound once) and the DGR query rows (fetched one row at a time, only for positions that
 // retrieve). Per step only the chunk's ids and adapter weights come in (O(S·slots)) and the
-// top-k candidates, logsumexp and entropy go out (O(S'·top_k)).
+// top-k candidates, logsumexp and entropy go out (O(S'·top_k)). On WebGPU the cache does not even
+// come to JavaScript: it stays in GPU buffers between forwards (js/gpu_cache.js).
+
+import { GpuTensors, slicePositionsOnGpu, tensorBytes } from './gpu_cache.js';
 
 const ORT_DIR = new URL('../vendor/ort/', import.meta.url).href;
 
@@ -87,13 +90,15 @@ export async function loadOrt(ep, { numThreads } = {}) {
 }
 
 // Create an InferenceSession for the model bytes (+ external data files) on exactly `ep`.
-export async function createSession(ort, modelBytes, { ep, externalData = [] }) {
+// gpuOutputs: output names the WebGPU session leaves in GPU buffers instead of reading them back.
+export async function createSession(ort, modelBytes, { ep, externalData = [], gpuOutputs = [] }) {
   const options = {
     executionProviders: [ep],
     graphOptimizationLevel: 'all',
     logSeverityLevel: 3, // errors only: node-placement warnings are expected (shape ops stay on CPU)
     externalData: externalData.map(({ path, data }) => ({ path, data })),
   };
+  if (gpuOutputs.length) options.preferredOutputLocation = Object.fromEntries(gpuOutputs.map((n) => [n, 'gpu-buffer']));
   return ort.InferenceSession.create(modelBytes, options);
 }
 
@@ -106,6 +111,12 @@ const names = {
   presentKey: (l) => `present_key.${l}`,
   presentValue: (l) => `present_value.${l}`,
 };
+
+// The outputs a WebGPU session keeps on the GPU: the key/value cache, which only ever goes back in.
+export function cacheOutputNames(config) {
+  return Array.from({ length: config.num_layers }, (_, l) => [names.presentKey(l), names.presentValue(l)]).flat();
+}
+const isCache = (name) => name.startsWith('past_') || name.startsWith('present_');
 
 // Keep the first `keep` positions of a [1, heads, P, headDim] float32 tensor.
 export function slicePositions(ort, tensor, keep) {
@@ -121,8 +132,9 @@ export function slicePositions(ort, tensor, keep) {
 
 export class ModelRunner {
   // config: the artifact's config.json; banks: {inputName: ort.Tensor} for every adapter.* input;
-  // beforeRun: awaited before each forward (may throw to stop a generation).
-  constructor(ort, session, config, banks, ep, { beforeRun = async () => {} } = {}) {
+  // beforeRun: awaited before each forward (may throw to stop a generation); device: the WebGPU
+  // device of a session whose present_* stay on the GPU (createSession gpuOutputs), else null.
+  constructor(ort, session, config, banks, ep, { beforeRun = async () => {}, device = null } = {}) {
     this.beforeRun = beforeRun;
     this.onPrefill = null; // (rows done, rows in all) while a long prompt is read in pieces
     this.ort = ort;
@@ -130,15 +142,52 @@ export class ModelRunner {
     this.config = config;
     this.banks = banks;
     this.ep = ep;
+    this.device = device;
     this.timings = { runs: 0, runMs: 0, jsMs: 0 }; // session.run alone, and all of forward() on this side
+    // Bytes the forwards moved between JavaScript and the execution provider's memory, the
+    // key/value cache's share apart: what `?ep=webgpu` keeps on the GPU shows here as 0.
+    this.transfers = { forwards: 0, inBytes: 0, kvInBytes: 0, outBytes: 0, kvOutBytes: 0 };
+    this.gpu = new GpuTensors();
+    Object.values(banks).forEach((t) => this.gpu.hold(t)); // on WebGPU, uploaded once (worker.js)
+    this.past = [];
+    this.last = null;
     this.reset();
   }
 
   reset() {
     const { num_layers: layers, num_kv_heads: kv, head_dim: hd } = this.config;
     const empty = () => new this.ort.Tensor('float32', new Float32Array(0), [1, kv, 0, hd]);
+    this.dropPast();
+    this.dropLast();
     this.past = Array.from({ length: layers }, () => ({ key: empty(), value: empty() }));
+  }
+
+  dropPast() {
+    this.past.forEach((p) => {
+      this.gpu.release(p.key);
+      this.gpu.release(p.value);
+    });
+  }
+
+  dropLast() {
+    if (this.last) Object.values(this.last).forEach((t) => this.gpu.release(t));
     this.last = null;
+  }
+
+  // Count what crosses: inputs fed from JavaScript memory, outputs read back into it.
+  count(feeds, out) {
+    const t = this.transfers;
+    t.forwards += 1;
+    for (const [name, tensor] of Object.entries(feeds)) {
+      if (tensor.location !== 'cpu') continue;
+      t.inBytes += tensorBytes(tensor);
+      if (isCache(name)) t.kvInBytes += tensorBytes(tensor);
+    }
+    for (const [name, tensor] of Object.entries(out)) {
+      if (tensor.location !== 'cpu') continue;
+      t.outBytes += tensorBytes(tensor);
+      if (isCache(name)) t.kvOutBytes += tensorBytes(tensor);
+    }
   }
 
   cached() {
@@ -174,6 +223,10 @@ export class ModelRunner {
     const out = await this.session.run(feeds);
     this.timings.runMs += performance.now() - started;
     this.timings.runs += 1;
+    this.count(feeds, out);
+    // The previous forward's outputs are done with (the cache was sliced out of them on commit).
+    this.dropLast();
+    Object.values(out).forEach((t) => this.gpu.hold(t));
     this.last = out;
     const [, rows, topK] = out.topk_ids.dims;
     const result = {
@@ -196,13 +249,21 @@ export class ModelRunner {
     return q.data.slice(row * hidden, (row + 1) * hidden);
   }
 
-  // The cache becomes the last forward's present keys/values, first `keep` positions.
+  // The cache becomes the last forward's present keys/values, first `keep` positions: sliced in
+  // JavaScript memory, or on the device when the session left them in GPU buffers.
   commit(keep) {
     if (!this.last) throw new Error('commit before any forward');
-    this.past = this.past.map((_, l) => ({
-      key: slicePositions(this.ort, this.last[names.presentKey(l)], keep),
-      value: slicePositions(this.ort, this.last[names.presentValue(l)], keep),
+    const onGpu = this.last[names.presentKey(0)].location === 'gpu-buffer';
+    const encoder = onGpu ? this.device.createCommandEncoder() : null;
+    const slice = (tensor) =>
+      onGpu ? this.gpu.hold(slicePositionsOnGpu(this.ort, this.device, encoder, tensor, keep)) : slicePositions(this.ort, tensor, keep);
+    const past = this.past.map((_, l) => ({
+      key: slice(this.last[names.presentKey(l)]),
+      value: slice(this.last[names.presentValue(l)]),
     }));
+    if (encoder) this.device.queue.submit([encoder.finish()]);
+    this.dropPast();
+    this.past = past;
   }
 
   // Called by Python (runtime/pyodide_backend.py) after each piece of a long prompt.
@@ -211,6 +272,10 @@ export class ModelRunner {
   }
 
   async release() {
+    this.dropPast();
+    this.dropLast();
+    Object.values(this.banks).forEach((t) => this.gpu.release(t));
+    this.past = [];
     await this.session.release();
   }
 }

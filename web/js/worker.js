@@ -5,7 +5,8 @@
 import { IN, OUT, RECOVERABLE_BY_REDOWNLOAD } from './protocol.js';
 import { bootPython, canBlockOnPromises } from './python.js';
 import { ModelError, ModelStore } from './model_store.js';
-import { ModelRunner, createSession, deviceLimits, loadOrt, probeWebGPU } from './ort_engine.js';
+import { ModelRunner, cacheOutputNames, createSession, deviceLimits, loadOrt, probeWebGPU } from './ort_engine.js';
+import { meterDevice, uploadToGpu } from './gpu_cache.js';
 import { ModelTokenizer } from './tokenizer.js';
 import { PatternIndex } from './pattern_index.js';
 import { answerPrefix, stepView } from './views.js';
@@ -140,7 +141,11 @@ async function makeRunner(config, files, ep, numThreads, bankInputs) {
     .map(([path, data]) => ({ path, data }));
   const ort = await loadOrt(ep, { numThreads });
   checkOrtVersion(config, ort.env.versions?.web || ort.env.versions?.common);
-  const session = await createSession(ort, files[graphName], { ep, externalData });
+  // On WebGPU the key/value cache stays in GPU buffers between forwards (js/gpu_cache.js).
+  const gpuOutputs = ep === 'webgpu' ? cacheOutputNames(config) : [];
+  const session = await createSession(ort, files[graphName], { ep, externalData, gpuOutputs });
+  const device = ep === 'webgpu' ? await ort.env.webgpu.device : null; // onnxruntime-web's own
+  if (device) meterDevice(device);
   const banks = {};
   for (const [name, data] of Object.entries(bankInputs)) {
     const meta = session.inputMetadata.find((m) => m.name === name);
@@ -155,7 +160,10 @@ async function makeRunner(config, files, ep, numThreads, bankInputs) {
   // keeps full-width zeros until empty tensors are proven on its kernels.
   const width = ep === 'webgpu' ? config.adapter_slots * config.adapter_rank : 0;
   Object.assign(banks, zeroInputs(ort, session, banks, width));
+  // The banks are the same every forward: on WebGPU they go to the device once, not at every run.
+  if (device) for (const [name, tensor] of Object.entries(banks)) banks[name] = uploadToGpu(ort, device, tensor);
   return new ModelRunner(ort, session, config, banks, ep, {
+    device,
     // Checked before every forward: the step in flight finishes, the next one does not start.
     beforeRun: async () => {
       if (!interrupt.view) await yieldToEventLoop(); // let an 'interrupt' message in
@@ -269,6 +277,9 @@ async function load({ modelUrl, wheelUrl, ep = 'auto', numThreads, interruptBuff
   post({ type: OUT.READY, info });
 }
 
+// Counters now minus counters then, key by key (what one run added).
+const since = (now, then) => Object.fromEntries(Object.entries(now).map(([k, v]) => [k, v - then[k]]));
+
 // Settings left empty on the page are absent (null would reach Python as JsNull, not None).
 const definedOnly = (object) => Object.fromEntries(Object.entries(object).filter(([, v]) => v !== null && v !== undefined && !Number.isNaN(v)));
 
@@ -284,6 +295,9 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
   if (interrupt.view) Atomics.store(interrupt.view, 0, 0);
   const started = performance.now();
   const runStart = { ms: runner.timings.runMs, runs: runner.timings.runs, jsMs: runner.timings.jsMs };
+  const movedBefore = { ...runner.transfers };
+  const meter = runner.device?.meter;
+  const meteredBefore = meter ? { ...meter } : null;
   const state = { uncertainty: new Map(), tokens: [], steps: 0, viewMs: 0, stopAtEos: settings.stop_at_eos !== false };
   runner.onPrefill = (done, total) => post({ type: OUT.PREFILL, id, done, total });
   const onStep = (event) => {
@@ -328,6 +342,11 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
     pythonMs: summary ? Math.max(summary.wall_ms - summary.bridge_forward_ms, 0) / Math.max(summary.steps, 1) - state.viewMs / Math.max(state.steps, 1) : null,
     finishReason: interrupted ? 'interrupted' : summary.finish_reason,
     ep: runner.ep,
+    // bytes this run's forwards moved in and out of the execution provider, the cache's apart
+    transfers: since(runner.transfers, movedBefore),
+    gpuTensors: runner.gpu.snapshot(), // held after the run: the banks, the cache, the last presents
+    // on WebGPU, what the device itself read back and was written, onnxruntime's own moves included
+    gpuTraffic: meter ? since(meter, meteredBefore) : null,
   };
   post({
     type: OUT.COMPLETE,

@@ -1,5 +1,6 @@
 // Test-side worker: exercises web/js/ modules on request (see probe.html).
-import { loadOrt, createSession, probeWebGPU, bundleFor } from '/js/ort_engine.js';
+import { loadOrt, createSession, probeWebGPU, bundleFor, slicePositions } from '/js/ort_engine.js';
+import { slicePositionsOnGpu } from '/js/gpu_cache.js';
 import { ModelTokenizer } from '/js/tokenizer.js';
 import { bootPython } from '/js/python.js';
 import { renderChat } from '/js/chat.js';
@@ -38,6 +39,31 @@ const ops = {
     for (const [name, t] of Object.entries(out)) outputs[name] = { dims: t.dims, data: Array.from(t.data, Number) };
     await session.release();
     return { outputs, numThreads: ort.env.wasm.numThreads, bundle: bundleFor(ep) };
+  },
+
+  // Slice [1, heads, positions, headDim] caches on the GPU (one command buffer for all cases, as a
+  // commit does) and in JavaScript memory: both results per case, read back.
+  async sliceCache({ cases }) {
+    const ort = await loadOrt('webgpu');
+    const device = await (await navigator.gpu.requestAdapter()).requestDevice();
+    const encoder = device.createCommandEncoder();
+    const sliced = cases.map(({ dims, data, keep }) => {
+      const values = Float32Array.from(data);
+      const buffer = device.createBuffer({ size: Math.ceil(values.byteLength / 16) * 16, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+      device.queue.writeBuffer(buffer, 0, values);
+      const onGpu = ort.Tensor.fromGpuBuffer(buffer, { dataType: 'float32', dims });
+      return { gpu: slicePositionsOnGpu(ort, device, encoder, onGpu, keep), cpu: slicePositions(ort, new ort.Tensor('float32', values, dims), keep), buffer };
+    });
+    device.queue.submit([encoder.finish()]);
+    const results = [];
+    for (const { gpu, cpu, buffer } of sliced) {
+      const location = gpu.location; // getData() below moves it to 'cpu'
+      const data = location === 'gpu-buffer' ? await gpu.getData() : gpu.data;
+      results.push({ location, dims: gpu.dims, gpu: Array.from(data), cpu: Array.from(cpu.data) });
+      gpu.dispose();
+      buffer.destroy();
+    }
+    return results;
   },
 
   async tokenize({ tokenizerUrl, texts, addSpecialTokens }) {
