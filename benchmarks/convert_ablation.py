@@ -18,7 +18,7 @@ and every --reference adapter is then scored on the same held-out rows with the 
 (convert/evaluation.py), in float32 on the exact 4-bit weights, at each --eval-blocks size:
 masked-token NLL, accuracy, the entropy and confidence of the correct predictions, the share of
 masked tokens at or above threshold decoding's 0.9 and how often those are right. With --quality
-each adapter also goes through `benchmarks/quality.py --adapter FILE ARGS`, its report kept in
+each adapter also goes through `benchmarks/conversion_quality.py --adapter FILE ARGS`, its report kept in
 DIR/NAME/quality.txt (generation is the judge that counts; the denoising numbers only say why).
 """
 
@@ -46,7 +46,7 @@ from ruvdllm_export.onnx_graph.builder import graph_weights_as_float, prepare_we
 from ruvdllm_export.onnx_graph.options import GraphOptions
 from ruvdllm_export.reference import DiffusionLM, attach_adapter_file
 
-QUALITY = Path(__file__).with_name("quality.py")
+QUALITY = Path(__file__).with_name("conversion_quality.py")
 COLUMNS = (
     ("masked_nll", "masked NLL"),
     ("accuracy", "accuracy"),
@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-rows", type=int, default=32, help="held-out rows scored")
     parser.add_argument("--seq-len", type=int, default=TrainConfig.seq_len, help="held-out row length")
     parser.add_argument("--threads", type=int, help="torch CPU threads for scoring")
-    parser.add_argument("--quality", help="also run benchmarks/quality.py --adapter FILE with these args")
+    parser.add_argument(
+        "--quality", help="also run benchmarks/conversion_quality.py --adapter FILE with these args"
+    )
     args = parser.parse_args(argv)
     if not args.variant and not args.reference:
         parser.error("nothing to compare: give --variant NAME=FLAGS and/or --reference NAME=ADAPTER")

@@ -38,7 +38,7 @@ class SamplingConfig:
     decoding: str = "low-confidence"  # LLaDA's remasking; "threshold" is Fast-dLLM's parallel decoding
     threshold: float = 0.9  # Fast-dLLM's default confidence bar
     entropy_bound: float = 0.5  # nats; "entropy-bounded" (EB-sampler) commits within it
-    order: str = "confidence"  # which masked positions lead (the runtime's default); or "left-to-right"
+    order: str = "left-to-right"  # which masked positions lead (the runtime's default); or "confidence"
     temperature: float = 0.0  # greedy: the reference is compared token for token
     top_k: int = 0  # 0 = all of the graph's candidates
     top_p: float = 1.0  # 1 = no nucleus cut
