@@ -56,7 +56,9 @@ const ops = {
       let dims = m.shape.map((d) => (typeof d === 'number' ? d : 0));
       if (m.name.startsWith('past_')) dims = [1, dims[1], past, dims[3]];
       if (m.name === 'adapter_weights') dims = [1, rows, dims[2]];
-      feeds[m.name] = new ort.Tensor('float32', new Float32Array(dims.reduce((a, b) => a * b, 1)), dims);
+      const gate = m.name === 'adapter_gate'; // the conversion adapter's per-row switch: on
+      if (gate) dims = [1, rows];
+      feeds[m.name] = new ort.Tensor('float32', new Float32Array(dims.reduce((a, b) => a * b, 1)).fill(gate ? 1 : 0), dims);
     }
     await session.run(feeds); // warm-up
     return ort.env.wasm.numThreads;
