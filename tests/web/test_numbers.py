@@ -63,10 +63,11 @@ def test_a_cached_load_never_says_downloading_and_the_bar_only_moves_forward(bro
 
 def test_a_stopped_answer_is_the_unbroken_prefix_the_live_view_showed(browser, web_server, model_url):
     page = open_app(browser, app_url(web_server, model_url))
-    set_settings(page, {"sampler": "mdlm", "length": 120, "chat": False})
+    set_settings(page, {"sampler": "mdlm", "length": 120, "order": "confidence", "chat": False})
     page.fill("#prompt", "Count slowly.")
     page.click("#generate")
-    # MDLM commits its most confident positions anywhere: wait for a committed token after a gap
+    # MDLM in confidence order commits its most confident positions anywhere: wait for a committed
+    # token after a gap
     page.wait_for_function(
         """() => {
             const step = window.ruvdllm.lastStep;
