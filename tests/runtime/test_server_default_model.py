@@ -21,7 +21,11 @@ def server(tmp_path_factory):
     from ruvdllm_export.export import export_model
 
     scratch = tmp_path_factory.mktemp("default")
-    model = export_model(default_gguf_path(progress=False), scratch / "smollm2", validate=False, log=None)
+    # Float activations (level 0): the checkpoint's own greedy answer. At the cpu default, int8
+    # activations as llama.cpp's, this question gets llama.cpp's answer, "L'Étoile, la Cité, …".
+    model = export_model(
+        default_gguf_path(progress=False), scratch / "smollm2", validate=False, log=None, accuracy_level=0
+    )
     with serve(model, cache_dir=scratch / "cache", timeout=300) as process:
         yield process
 
