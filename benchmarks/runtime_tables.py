@@ -158,35 +158,14 @@ def index_section(hidden: int, patterns: int, queries: int = 2000) -> None:
 
 
 def hf_model_from_gguf(gguf: Path):
-    """transformers' LlamaForCausalLM holding exactly the GGUF's numbers (Q4 blocks dequantized
-    by our reader, which the export tests prove against llama.cpp's layout)."""
+    """transformers' causal LM holding exactly the GGUF's numbers (Q4 blocks dequantized by our
+    reader, which the export tests prove against llama.cpp's layout), in float32."""
     import torch
-    import transformers
 
     from ruvdllm_export.checkpoints import load_checkpoint
-    from ruvdllm_export.onnx_graph.linear import as_float
+    from ruvdllm_export.convert.ar_answers import causal_lm
 
-    loaded = load_checkpoint(gguf)
-    spec = loaded.spec
-    config = transformers.LlamaConfig(
-        vocab_size=spec.vocab_size,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
-        head_dim=spec.head_dim,
-        rms_norm_eps=spec.rms_norm_eps,
-        rope_theta=spec.rope_theta,
-        max_position_embeddings=spec.max_position,
-        tie_word_embeddings=spec.tie_word_embeddings,
-    )
-    model = transformers.LlamaForCausalLM(config)
-    state = {name: torch.from_numpy(np.ascontiguousarray(as_float(w))) for name, w in loaded.weights.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
-    model.tie_weights()
-    return model.eval()
+    return causal_lm(load_checkpoint(gguf), torch.float32).eval()
 
 
 def hf_baseline(gguf: Path, ids: list[int], lengths, threads: int, repeats: int) -> dict:
