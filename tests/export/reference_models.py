@@ -3,6 +3,8 @@ tests need: a transformers model holding the same weights, the ModelSpec and the
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import transformers
 
@@ -24,3 +26,20 @@ def tiny_checkpoint(architecture: str, tied: bool = False, seed: int = 0, rope: 
     if tied:
         model.tie_weights()
     return model, tiny_spec(architecture, tied), weights
+
+
+OBJECTIVE_MASK = 5  # the mask id of the objective tests' tiny model
+
+
+@functools.cache
+def tiny_objective_model():
+    """The tiny llama reference model the training-objective tests share (built once)."""
+    from ruvdllm_export.reference import DiffusionLM
+
+    _, spec, weights = tiny_checkpoint("llama", tied=False, seed=3)
+    return DiffusionLM(spec, weights, mask_token_id=OBJECTIVE_MASK).eval()
+
+
+def random_tokens(n: int, seed: int) -> torch.Tensor:
+    """`n` seeded token ids inside the tiny vocabulary, clear of the special ids."""
+    return torch.randint(10, 380, (n,), generator=torch.Generator().manual_seed(seed))

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,20 +18,12 @@ from ruvdllm_export.convert.objectives import (
     teacher_probabilities,
 )
 from ruvdllm_export.reference import DiffusionLM, LoraConfig, apply_lora, lora_parameters
-from tests.export.reference_models import tiny_checkpoint
+from tests.export.reference_models import OBJECTIVE_MASK, random_tokens, tiny_checkpoint, tiny_objective_model
 
 torch.set_num_threads(1)
-MASK = 5
-
-
-@functools.cache
-def tiny_model() -> DiffusionLM:
-    _, spec, weights = tiny_checkpoint("llama", tied=False, seed=3)
-    return DiffusionLM(spec, weights, mask_token_id=MASK).eval()
-
-
-def _tokens(n: int, seed: int) -> torch.Tensor:
-    return torch.randint(10, 380, (n,), generator=torch.Generator().manual_seed(seed))
+MASK = OBJECTIVE_MASK
+tiny_model = tiny_objective_model
+_tokens = random_tokens
 
 
 @pytest.mark.parametrize("complementary", [False, True])
