@@ -116,6 +116,11 @@ def _accept(
             if status != "open":
                 raise Conflict(f"round {part.round_id}: is {status}, no longer accepting updates")
             earlier = tx.contributor_update(part.round_id, update.client_key)
+            if earlier == update.update_id:
+                # This very update, committed by a racing retry after our id lookup: on
+                # PostgreSQL (read committed) each statement sees the latest commits. Decided
+                # again, the lookup finds it and this becomes a replay.
+                raise ConcurrentWrite(f"update {update.update_id}: stored concurrently")
             if earlier is not None:
                 raise Conflict(
                     f"round {part.round_id}: you contributed already (update {earlier}); one per round"

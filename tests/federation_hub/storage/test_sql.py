@@ -204,6 +204,40 @@ def test_a_key_stored_concurrently_is_reported_and_decided_again(request, tmp_pa
         store.close()
 
 
+@pytest.mark.postgres
+def test_a_retry_committed_between_the_id_lookup_and_the_round_check_is_a_replay(request, monkeypatch):
+    """Read committed: a retry of the same update commits after this transaction looked its id up
+    and before it checks the round's contributors. It sees its own update there, which is not a
+    second contribution: decided again, it is a replay (one acceptance, one ε charge)."""
+    from federation_hub.storage.sql import SqlTransaction
+
+    store = open_store(request.getfixturevalue("postgres_server").create_database())
+    try:
+        store.hub_id("test-hub")
+        store.create_tenant("acme")
+        r = new_round(store)
+        lookup = SqlTransaction.find_update
+        raced = []
+
+        def find_then_let_a_retry_commit(tx, *key):
+            found = lookup(tx, *key)
+            if not raced:
+                raced.append(True)
+                racer = threading.Thread(
+                    target=lambda: raced.append(submit_update(store, update(r.id), budget(r.id)))
+                )
+                racer.start()
+                racer.join()
+            return found
+
+        monkeypatch.setattr(SqlTransaction, "find_update", find_then_let_a_retry_commit)
+        receipt, duplicate = submit_update(store, update(r.id), budget(r.id))
+        assert raced[1] == (receipt, False) and duplicate is True
+        assert len(store.contribution_rows(r.id)) == 1 and store.budget_spent("acme/c1", 0) == [8.0]
+    finally:
+        store.close()
+
+
 def test_finish_round_is_idempotent_and_numbers_releases(store):
     r = new_round(store)
     store.begin_closing(r.id)
