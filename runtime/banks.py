@@ -13,7 +13,8 @@ Format (a directory, `format` 1):
          "patterns": {"count": N, "slots": [slot per pattern]}}
     adapters/<name>/<target>.a.f32   a factor [L, in, r]    raw float32, little-endian, C order
     adapters/<name>/<target>.b.f32   b factor [L, r, out]   LoRA scale folded in
-    patterns.f32                     DGR pattern keys [N, H] (L2-normalised hidden states)
+    patterns.f32                     DGR pattern keys [N, H] (L2-normalised hidden states); keys past N
+                                     are an unfinished update's and are ignored
     patterns.hnsw                    hnswlib's saved index over patterns.f32 (a cache: rebuilt if absent)
 
 Factors are in the bank layout of runtime/artifact.py (a = Aᵀ, b = s·Bᵀ of a PEFT LoRA, stacked
@@ -51,10 +52,13 @@ PATTERNS_HNSW = "patterns.hnsw"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-def read_f32(path: Path, count: int) -> array:
-    """`count` little-endian float32 values from a raw file, checked for size."""
+def read_f32(path: Path, count: int, prefix: bool = False) -> array:
+    """`count` little-endian float32 values from a raw file, checked for size; `prefix`: the
+    first `count` of a file that may hold more."""
     data = array("f")
     raw = path.read_bytes()
+    if prefix and len(raw) > 4 * count:
+        raw = raw[: 4 * count]
     if len(raw) != 4 * count:
         raise RuvdllmError(f"{path}: {len(raw)} bytes, expected {4 * count} ({count} float32)")
     data.frombytes(raw)
@@ -288,7 +292,9 @@ class Bank:
                 b = _read_factor(folder / f"{target}.b.f32", bank.layers * bank.rank * fan_out)
                 factors[target] = (a, b)
             bank.add_adapter(entry["name"], int(entry["slot"]), factors)
-        vectors = read_f32(directory / PATTERNS_F32, len(pattern_slots) * bank.hidden_size)
+        # Keys are only ever appended, and bank.json is written last (runtime/learning/bank_update.py):
+        # keys past its count are an update that did not finish, and the bank is the one before it.
+        vectors = read_f32(directory / PATTERNS_F32, len(pattern_slots) * bank.hidden_size, prefix=True)
         bank.pattern_vectors = vectors
         bank.pattern_slots = pattern_slots
         return bank

@@ -11,6 +11,11 @@ by `ruvdllm generate`, `ruvdllm serve` and `ruvdllm feedback` alike, and where l
     score_floor = -0.5
     score_extra = 4
 
+    [loop_b]
+    enabled = false           # train MicroLoRAs on the good trajectories in the background
+    interval = 600            # seconds between runs
+    ...                       # the knobs of LoopBConfig below
+
 Looked for at --learning-config, else $RUVDLLM_LEARNING_CONFIG, else `learning.toml` in the data
 directory; none of them: the defaults below. A section or key this version does not know is an
 error (a misspelt key must not silently keep a loop on).
@@ -70,8 +75,61 @@ class LoopAConfig:
 
 
 @dataclass(frozen=True)
+class LoopBConfig:
+    enabled: bool = False  # background training costs CPU; a user turns it on knowingly
+    interval: float = 600.0  # seconds between runs: feedback arrives over minutes, not per request
+    bank: str = ""  # the learnt bank directory; "": banks/<model> in the data directory
+    threshold: float = 0.5  # feedback value a trajectory needs (rating 4 of 5 is 0.5; up is 1)
+    max_trajectories: int = 256  # read per run, newest first: bounds a run's memory and time
+    max_micro: int = 16  # MicroLoRAs kept (also bounded by the bank's free DGR slots)
+    max_patterns: int = 4096  # DGR keys in the bank: exact search in the browser stays cheap
+    clusters: int = 4  # topics per timestep group (k of k-means; fewer when there is less data)
+    min_cluster: int = 2  # trajectories a cluster needs to train a MicroLoRA: one answer is noise
+    merge_similarity: float = 0.8  # a cluster this close (cosine) to a MicroLoRA's key trains that one
+    rank: int = 2  # MicroLoRA rank: 1 or 2 (DESIGN.md); padded with zeros into the bank's rank
+    layers: int = 0  # the last n layers get a MicroLoRA (0: all): fewer parameters, faster learning
+    steps: int = 300  # SPSA steps per MicroLoRA: two forwards per step and example
+    batch: int = 4  # examples per SPSA step (one noisy block each)
+    lr: float = 2.0  # SPSA step length per unit of directional derivative (spsa.py); tiny model: 2-5
+    epsilon: float = 0.05  # SPSA perturbation of each b entry: the loss difference must beat float noise
+    seed: int = 0  # masks, clustering and initialisation: same data, same MicroLoRAs
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, key: str, value, rule: str) -> None:
+            if not ok:
+                raise RuvdllmError(f"learning config: loop_b.{key} {value}: {rule}")
+
+        need(math.isfinite(self.interval) and self.interval > 0, "interval", self.interval, "must be > 0")
+        need(-1.0 <= self.threshold <= 1.0, "threshold", self.threshold, "must be in [-1, 1]")
+        for key in (
+            "max_trajectories",
+            "max_micro",
+            "max_patterns",
+            "clusters",
+            "min_cluster",
+            "steps",
+            "batch",
+        ):
+            need(getattr(self, key) >= 1, key, getattr(self, key), "must be at least 1")
+        need(
+            -1.0 <= self.merge_similarity <= 1.0,
+            "merge_similarity",
+            self.merge_similarity,
+            "must be in [-1, 1]",
+        )
+        need(self.rank in (1, 2), "rank", self.rank, "must be 1 or 2 (a MicroLoRA)")
+        need(self.layers >= 0, "layers", self.layers, "must be >= 0")
+        need(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "must be > 0")
+        need(math.isfinite(self.epsilon) and self.epsilon > 0, "epsilon", self.epsilon, "must be > 0")
+
+    def bank_path(self, model_name: str) -> Path:
+        return Path(self.bank).expanduser() if self.bank else data_root() / "banks" / model_name
+
+
+@dataclass(frozen=True)
 class LearningConfig:
     loop_a: LoopAConfig = field(default_factory=LoopAConfig)
+    loop_b: LoopBConfig = field(default_factory=LoopBConfig)
     source: str = ""  # the file it was read from ("": the defaults)
 
 
@@ -111,11 +169,12 @@ def parse_learning_config(text: str, where: str, suffix: str = ".toml") -> Learn
         raise RuvdllmError(f"{where}: not valid {suffix.lstrip('.').upper()} ({exc})") from None
     if not isinstance(values, dict):
         raise RuvdllmError(f"{where}: must hold a table of sections")
-    unknown = sorted(set(values) - {"loop_a"})
+    unknown = sorted(set(values) - {"loop_a", "loop_b"})
     if unknown:
-        raise RuvdllmError(f"{where}: unknown section {', '.join(unknown)} (known: loop_a)")
+        raise RuvdllmError(f"{where}: unknown section {', '.join(unknown)} (known: loop_a, loop_b)")
     loop_a = _section("loop_a", values.get("loop_a", {}), LoopAConfig, where)
-    return LearningConfig(loop_a=loop_a, source=where)
+    loop_b = _section("loop_b", values.get("loop_b", {}), LoopBConfig, where)
+    return LearningConfig(loop_a=loop_a, loop_b=loop_b, source=where)
 
 
 def load_learning_config(path: Path | str | None = None) -> LearningConfig:

@@ -195,6 +195,26 @@ class SqliteStore:
         ).fetchall()
         return [Feedback(*row) for row in rows]
 
+    def good_feedback(
+        self, after: int, threshold: float, limit: int
+    ) -> list[tuple[int, Trajectory, str | None]]:
+        """Loop B's training data: (feedback id, trajectory, correction or None) for completions
+        whose latest feedback, newer than feedback id `after`, is a correction or has a value of
+        at least `threshold`; newest first, at most `limit` (the latest word on a completion
+        counts: a thumbs-down after a thumbs-up takes it out)."""
+        rows = self._db.execute(
+            "SELECT f.id, f.completion_id, f.correction FROM feedback f "
+            "WHERE f.id > ? AND f.id = (SELECT max(g.id) FROM feedback g WHERE g.completion_id = f.completion_id) "
+            "AND (f.kind = 'correction' OR f.value >= ?) ORDER BY f.id DESC LIMIT ?",
+            (after, threshold, limit),
+        ).fetchall()
+        out = []
+        for feedback_id, completion_id, correction in rows:
+            trajectory = self.trajectory(completion_id)
+            if trajectory is not None:
+                out.append((feedback_id, trajectory, correction))
+        return out
+
     def count(self) -> int:
         return self._db.execute("SELECT count(*) FROM trajectories").fetchone()[0]
 

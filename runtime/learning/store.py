@@ -30,6 +30,13 @@ class TrajectoryStore(Protocol):
 
     def feedback_for(self, completion_id: str) -> list[Feedback]: ...
 
+    def good_feedback(
+        self, after: int, threshold: float, limit: int
+    ) -> list[tuple[int, Trajectory, str | None]]:
+        """Loop B's data: (feedback id, trajectory, correction or None) of completions whose latest
+        feedback (id > `after`) is a correction or worth at least `threshold`; newest first."""
+        ...
+
     def count(self) -> int: ...
 
     def close(self) -> None: ...
