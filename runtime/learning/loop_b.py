@@ -416,3 +416,47 @@ class LoopB:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+
+# --- wiring to a running model ---------------------------------------------------------------------
+
+
+def install_bank(model, bank: Bank, bank_dir: Path) -> None:
+    """Let `model` (runtime.model.DiffusionModel) sample with `bank` from its next generation on:
+    the index is built first, then swapped in under the model's lock (between generations)."""
+    index = bank.build_index(bank_dir)
+    with model.lock:
+        if model.backend is not None:
+            model.backend.set_bank(bank)
+        model.bank, model.index, model.bank_dir = bank, index, Path(bank_dir)
+        if model.scores is not None:  # loop A's usefulness scores: the new keys start at 0
+            model.scores.patterns = len(bank.pattern_slots)
+
+
+def for_model(
+    model,
+    config: LoopBConfig,
+    read_good: Callable[[int, float, int], list],
+    on_warning: Callable[[str], None] = warn,
+) -> LoopB:
+    """Loop B for a model opened on CPython: its learnt bank (created from the model's own bank the
+    first time) is installed in the model now and after every run that changes it. Attach loop A
+    after this, so that its scores are the learnt bank's."""
+    from runtime.artifact import GRAPH_NAME
+    from runtime.learning.logits_session import LogitsSession
+
+    bank_dir = config.bank_path(Path(model.directory).name)
+    source = model.bank or Bank.for_model(model.config, getattr(model.backend, "adapter_shapes", None))
+    bank = LoopB.prepare_bank(bank_dir, source)
+    install_bank(model, bank, bank_dir)
+    session = LogitsSession(Path(model.directory) / GRAPH_NAME, model.config)
+    return LoopB(
+        config,
+        bank_dir,
+        model.config,
+        model.encode,
+        read_good,
+        session,
+        on_bank=lambda new, directory: install_bank(model, new, directory),
+        on_warning=on_warning,
+    )

@@ -1,0 +1,184 @@
+"""Loop B end to end on the tiny model: liked and corrected answers in a real store, MicroLoRAs
+trained through the model's own graph, installed in the bank with their keys, and the held-out NLL
+of the same topic falls."""
+
+import time
+
+import numpy as np
+import pytest
+
+from runtime import artifact
+from runtime.banks import Bank
+from runtime.cpython_model import open_model
+from runtime.learning.config import LoopBConfig
+from runtime.learning.logits_session import LogitsSession
+from runtime.learning.loop_b import LoopB, examples_from, for_model, uncertain_group
+from runtime.learning.masked_nll import masked_nll, noisy_block
+from runtime.learning.sqlite_store import SqliteStore
+from runtime.learning.trajectory import Trajectory, make_feedback
+from runtime.settings import GenerationSettings
+from ruvdllm.errors import RuvdllmError
+
+PROMPT = "Tell me about the licence:"
+TRAIN = [
+    "the licence grants permission to copy and modify the software",
+    "the licence permits anyone to copy, modify and share the software",
+    "permission is granted to copy and modify the software under the licence",
+    "you may copy and modify the software as the licence permits",
+    "the software licence allows copying and modification",
+    "anyone may copy the software and modify it under this licence",
+]
+HELD_OUT = [
+    "the licence lets you copy and modify the software freely",
+    "permission to modify and copy the software comes from the licence",
+]
+FAST = LoopBConfig(steps=1000, lr=5.0, epsilon=0.05, batch=4, min_cluster=2)
+
+
+def trajectory(model, i, text, key, rng, entropy_at=0.5):
+    embedding = key + 0.1 * rng.standard_normal(key.size)
+    return Trajectory(
+        id=f"cmpl-{i}",
+        created=0.0,
+        model="tiny",
+        bank=None,
+        prompt=PROMPT,
+        prompt_tokens=model.encode(PROMPT),
+        embedding=list(embedding / np.linalg.norm(embedding)),
+        settings={},
+        steps=[{"t": t, "entropy": 3.0 if t == entropy_at else 1.0} for t in (0.9, 0.5, 0.1)],
+        patterns=[],
+        answer=text,
+        answer_tokens=model.encode(" " + text),
+        finish_reason="stop",
+        timings={},
+    )
+
+
+@pytest.fixture
+def store_with_feedback(tiny_model_dir, tmp_path):
+    """Six liked licence answers (one of them corrected), one disliked, in a real SQLite store."""
+    model = open_model(tiny_model_dir, verify="sizes")
+    rng = np.random.default_rng(0)
+    key = rng.standard_normal(model.config.hidden_size)
+    store = SqliteStore(tmp_path / "trajectories.db")
+    for i, text in enumerate(TRAIN):
+        answer = "something else entirely" if i == 0 else text
+        store.add_trajectory(trajectory(model, i, answer, key, rng))
+        store.add_feedback(
+            make_feedback(f"cmpl-{i}", correction=text) if i == 0 else make_feedback(f"cmpl-{i}", up=True)
+        )
+    store.add_trajectory(trajectory(model, 99, "a bad answer", key, rng))
+    store.add_feedback(make_feedback("cmpl-99", up=True))
+    store.add_feedback(make_feedback("cmpl-99", down=True))  # the latest word counts
+    yield model, store
+    store.close()
+
+
+def held_out_nll(session, model, bank, slot):
+    session.set_bank(bank)
+    rng = np.random.default_rng(123)
+    prompt = model.encode(PROMPT)
+    blocks = [
+        noisy_block(prompt, model.encode(" " + text), model.config.block_size, (1 / 3, 2 / 3), rng)
+        for text in HELD_OUT
+        for _ in range(20)
+    ]
+    return masked_nll(
+        session.forward,
+        blocks,
+        model.config.mask_token_id,
+        bank.slots,
+        bank.groups,
+        bank.talora_config(),
+        slot,
+    )
+
+
+def test_the_store_gives_loop_b_the_good_and_corrected_answers(store_with_feedback):
+    model, store = store_with_feedback
+    rows = store.good_feedback(0, 0.5, 100)
+    assert sorted(t.id for _, t, _ in rows) == [f"cmpl-{i}" for i in range(6)]  # not the disliked one
+    corrected = {t.id: c for _, t, c in rows}
+    assert corrected["cmpl-0"] == TRAIN[0] and corrected["cmpl-1"] is None
+    examples = examples_from(rows, model.encode, (0.0, 1 / 3, 2 / 3, 1.0))
+    by_id = {e.feedback_id: e for e in examples}
+    first = next(fid for fid, t, _ in rows if t.id == "cmpl-0")
+    assert list(by_id[first].target) == model.encode(TRAIN[0])  # the correction is the target
+    assert {e.group for e in examples} == {1}  # most uncertain at t = 0.5: the domain group
+    assert len(store.good_feedback(max(fid for fid, _, _ in rows), 0.5, 100)) == 0
+    assert len(store.good_feedback(0, 0.5, 2)) == 2  # bounded
+
+
+def test_uncertain_group_normalises_entropy_by_t():
+    boundaries = (0.0, 1 / 3, 2 / 3, 1.0)
+    # raw entropy is highest early (t = 0.9), but relative to what t = 0.9 allows, t = 0.1 is worse
+    steps = [{"t": 0.9, "entropy": 2.0}, {"t": 0.1, "entropy": 1.5}]
+    assert uncertain_group(steps, boundaries) == 0
+    assert uncertain_group([], boundaries) == 1
+
+
+def test_loop_b_lowers_the_held_out_nll_of_the_topic(store_with_feedback, tmp_path):
+    model, store = store_with_feedback
+    config = model.config
+    bank_dir = tmp_path / "learnt"
+    LoopB.prepare_bank(bank_dir, Bank.for_model(config))
+    session = LogitsSession(tiny_model_dir_graph(model), config)
+    loop = LoopB(FAST, bank_dir, config, model.encode, store.good_feedback, session)
+    before_bank = Bank.load(bank_dir)
+    before = held_out_nll(session, model, before_bank, None)
+
+    report = loop.run_once()
+
+    assert report.read == 6 and report.clusters == 1  # one topic, one cluster
+    (trained,) = report.trained
+    assert trained.kept and trained.nll_after < trained.nll_before and trained.group == 1
+    bank = Bank.load(bank_dir)
+    assert list(bank.adapters) == [trained.name] and bank.adapters[trained.name].slot == trained.slot
+    assert bank.groups <= trained.slot < bank.slots  # a DGR slot
+    assert bank.pattern_slots == [trained.slot]  # the cluster's key points at it
+    after = held_out_nll(session, model, bank, trained.slot)
+    assert after < before, (before, after)
+    # nothing new since: the next run reads nothing and changes nothing
+    again = loop.run_once()
+    assert again.read == 0 and again.trained == [] and Bank.load(bank_dir)._meta() == bank._meta()
+    # the learnt bank is what a model opens and samples with: DGR finds the new key
+    learnt = open_model(model.directory, bank=bank_dir, verify="sizes")
+    assert learnt.index is not None and len(learnt.index) == 1
+    learnt.generate(PROMPT, GenerationSettings(length=8))
+
+
+def tiny_model_dir_graph(model):
+    return model.directory / artifact.GRAPH_NAME
+
+
+def test_in_the_background_with_a_running_model(store_with_feedback, tmp_path):
+    model, store = store_with_feedback
+    from dataclasses import replace
+
+    config = replace(FAST, steps=50, interval=0.05, bank=str(tmp_path / "learnt"))
+    loop = for_model(model, config, store.good_feedback)
+    assert model.bank_dir == tmp_path / "learnt" and model.bank is not None
+    assert loop.start()
+    deadline = time.monotonic() + 120
+    while loop.runs == 0 and time.monotonic() < deadline:
+        model.generate(PROMPT, GenerationSettings(length=8))  # generation goes on meanwhile
+    loop.stop()
+    assert loop.runs >= 1
+    if loop.last.trained and loop.last.trained[0].kept:  # installed into the running model
+        assert len(model.bank.pattern_slots) == 1 and len(model.index) == 1
+    model.generate(PROMPT, GenerationSettings(length=8))
+
+
+@pytest.mark.parametrize(
+    "knobs, message",
+    [
+        ({"rank": 3}, "rank 3: must be 1 or 2"),
+        ({"interval": 0.0}, "interval 0.0: must be > 0"),
+        ({"max_micro": 0}, "max_micro 0: must be at least 1"),
+        ({"threshold": 2.0}, r"threshold 2.0: must be in \[-1, 1\]"),
+    ],
+)
+def test_bad_loop_b_settings_are_one_line_errors(knobs, message):
+    with pytest.raises(RuvdllmError, match=message):
+        LoopBConfig(**knobs)
