@@ -28,6 +28,7 @@ CPython).
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -364,8 +365,14 @@ class LoopB:
             c.lr,
             self._stop.is_set,
         )
-        after = loss(theta, validation)
         version = int(self.state["version"]) + 1
+        if self._stop.is_set():  # shutting down: no validation, nothing installed
+            seconds = time.perf_counter() - started
+            name = micro_name(cluster.group, slot, version)
+            return Trained(
+                name, cluster.group, slot, len(cluster.members), steps, before, math.nan, False, seconds
+            ), bank
+        after = loss(theta, validation)
         self.state["version"] = version
         name = micro_name(cluster.group, slot, version)
         kept = bool(after < before)
@@ -434,29 +441,55 @@ def install_bank(model, bank: Bank, bank_dir: Path) -> None:
 
 
 def for_model(
-    model,
+    models,
     config: LoopBConfig,
     read_good: Callable[[int, float, int], list],
     on_warning: Callable[[str], None] = warn,
 ) -> LoopB:
-    """Loop B for a model opened on CPython: its learnt bank (created from the model's own bank the
-    first time) is installed in the model now and after every run that changes it. Attach loop A
-    after this, so that its scores are the learnt bank's."""
+    """Loop B for a model opened on CPython, or for the replicas of one (a server's, all on the
+    same directory): its learnt bank (created from the model's own bank the first time) is
+    installed in them now and after every run that changes it. Attach loop A after this, so that
+    its scores are the learnt bank's."""
     from runtime.artifact import GRAPH_NAME
     from runtime.learning.logits_session import LogitsSession
 
-    bank_dir = config.bank_path(Path(model.directory).name)
-    source = model.bank or Bank.for_model(model.config, getattr(model.backend, "adapter_shapes", None))
+    models = list(models) if isinstance(models, (list, tuple)) else [models]
+    first = models[0]
+    bank_dir = config.bank_path(Path(first.directory).name)
+    source = first.bank or Bank.for_model(first.config, getattr(first.backend, "adapter_shapes", None))
     bank = LoopB.prepare_bank(bank_dir, source)
-    install_bank(model, bank, bank_dir)
-    session = LogitsSession(Path(model.directory) / GRAPH_NAME, model.config)
+
+    def install_everywhere(new: Bank, directory: Path) -> None:
+        for model in models:
+            install_bank(model, new, directory)
+
+    install_everywhere(bank, bank_dir)
+    session = LogitsSession(Path(first.directory) / GRAPH_NAME, first.config)
     return LoopB(
         config,
         bank_dir,
-        model.config,
-        model.encode,
+        first.config,
+        first.encode,
         read_good,
         session,
-        on_bank=lambda new, directory: install_bank(model, new, directory),
+        on_bank=install_everywhere,
         on_warning=on_warning,
     )
+
+
+def background(config_path, models, loop_a, on_warning: Callable[[str], None] = warn) -> LoopB | None:
+    """Loop B started on a daemon thread when the learning config turns it on (and loop A, whose
+    store it reads, is on); None otherwise. For `ruvdllm serve`."""
+    from runtime.learning.config import load_learning_config
+
+    config = load_learning_config(config_path).loop_b
+    if not config.enabled or loop_a is None:
+        return None
+
+    def read_good(after: int, threshold: float, limit: int) -> list:
+        # on loop A's writer thread, which owns the store's connection
+        return loop_a.recorder.call(lambda store: store.good_feedback(after, threshold, limit))
+
+    loop = for_model(models, config, read_good, on_warning)
+    loop.start()
+    return loop

@@ -144,7 +144,11 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
     loop = learning_loop(args)  # a bad learning config fails before the port is taken
     with bind(args.host, args.port) as sock:
         engine, name = open_engine(args, default_model)
+        background = None
         if loop is not None:
+            from runtime.learning.loop_b import background as loop_b  # numpy: CPython only
+
+            background = loop_b(args.learning_config, engine.models, loop)  # the learnt bank, if on
             for model in engine.models:
                 loop.attach(model)
         limits = ServerLimits(queue_size=args.queue_size, max_request_bytes=args.max_request_bytes)
@@ -155,6 +159,8 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
         try:
             server.run(sockets=[sock])
         finally:
+            if background is not None:
+                background.stop()  # after its current SPSA step; what it committed stays
             engine.close()
             if loop is not None:
                 loop.close()  # everything recorded is written before the process ends

@@ -182,3 +182,27 @@ def test_in_the_background_with_a_running_model(store_with_feedback, tmp_path):
 def test_bad_loop_b_settings_are_one_line_errors(knobs, message):
     with pytest.raises(RuvdllmError, match=message):
         LoopBConfig(**knobs)
+
+
+def test_serve_starts_loop_b_only_when_the_config_turns_it_on(tiny_model_dir, tmp_path, monkeypatch):
+    from runtime.learning.config import LoopAConfig
+    from runtime.learning.loop_a import LoopA
+    from runtime.learning.loop_b import background
+
+    monkeypatch.setenv("RUVDLLM_DATA", str(tmp_path / "data"))
+    models = [open_model(tiny_model_dir, verify="sizes") for _ in range(2)]
+    off = tmp_path / "off.toml"
+    off.write_text("[loop_b]\nenabled = false\n")
+    on = tmp_path / "on.toml"
+    on.write_text("[loop_b]\nenabled = true\ninterval = 3600\n")
+    with LoopA(LoopAConfig(store=str(tmp_path / "t.db"))) as loop_a:
+        assert background(off, models, loop_a) is None
+        assert background(on, models, None) is None  # loop B reads loop A's store
+        loop = background(on, models, loop_a)
+        try:
+            assert loop is not None and loop._thread is not None
+            learnt = tmp_path / "data" / "banks" / tiny_model_dir.name
+            assert all(m.bank_dir == learnt and m.bank is not None for m in models)
+            assert loop.read_good(0, 0.5, 10) == []  # through loop A's writer thread
+        finally:
+            loop.stop()
