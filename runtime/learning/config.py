@@ -93,6 +93,7 @@ class LoopBConfig:
     lr: float = 2.0  # SPSA step length per unit of directional derivative (spsa.py); tiny model: 2-5
     epsilon: float = 0.05  # SPSA perturbation of each b entry: the loss difference must beat float noise
     seed: int = 0  # masks, clustering and initialisation: same data, same MicroLoRAs
+    duty: float = 0.5  # share of wall time training may compute: it rests between SPSA steps
 
     def __post_init__(self) -> None:
         def need(ok: bool, key: str, value, rule: str) -> None:
@@ -121,6 +122,7 @@ class LoopBConfig:
         need(self.layers >= 0, "layers", self.layers, "must be >= 0")
         need(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "must be > 0")
         need(math.isfinite(self.epsilon) and self.epsilon > 0, "epsilon", self.epsilon, "must be > 0")
+        need(0.0 < self.duty <= 1.0, "duty", self.duty, "must be in (0, 1]")
 
     def bank_path(self, model_name: str) -> Path:
         return Path(self.bank).expanduser() if self.bank else data_root() / "banks" / model_name

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -246,6 +247,9 @@ class LoopB:
         self.state = self._load_state()
         self.runs = 0
         self._stop = threading.Event()
+        self._resumed = threading.Event()  # cleared by pause(): training waits between SPSA steps
+        self._resumed.set()
+        self._step_started: float | None = None
         self._thread: threading.Thread | None = None
         self.last: RunReport | None = None
 
@@ -356,6 +360,7 @@ class LoopB:
             data = blocks(c.batch, rng)
             return lambda vector: loss(vector, data)
 
+        self._step_started = None
         theta, steps = spsa_minimise(
             loss_at,
             start,
@@ -363,7 +368,7 @@ class LoopB:
             rng,
             c.epsilon,
             c.lr,
-            self._stop.is_set,
+            self._should_stop,
         )
         version = int(self.state["version"]) + 1
         if self._stop.is_set():  # shutting down: no validation, nothing installed
@@ -411,18 +416,50 @@ class LoopB:
         return True
 
     def _run(self) -> None:
+        lower_thread_priority()
         while not self._stop.wait(self.config.interval):
             try:
                 self.run_once()
             except Exception as exc:  # a damaged bank, a full disk: say so, try again next time
                 self.on_warning(f"loop B run failed ({type(exc).__name__}: {exc}); retrying later")
 
+    def pause(self) -> None:
+        """Hold training after its current SPSA step until `resume` (a burst of requests)."""
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        self._resumed.set()
+
+    def _should_stop(self) -> bool:
+        """Between two SPSA steps: rest so that training takes at most `duty` of the wall time,
+        wait while paused, and say whether to stop."""
+        now = time.perf_counter()
+        if self._step_started is not None and self.config.duty < 1.0:
+            worked = now - self._step_started
+            self._stop.wait(worked * (1.0 - self.config.duty) / self.config.duty)
+        while not self._resumed.wait(0.1):
+            if self._stop.is_set():
+                break
+        self._step_started = time.perf_counter()
+        return self._stop.is_set()
+
     def stop(self, timeout: float | None = 60.0) -> None:
         """Stop after the current SPSA step; what was committed stays."""
         self._stop.set()
+        self._resumed.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+
+def lower_thread_priority(niceness: int = 19) -> None:
+    """Give the calling thread the lowest CPU priority (Linux: each thread has its own nice value,
+    and loop B's one-thread onnxruntime session computes on the calling thread): when generation
+    and training want the same core, the kernel gives it to generation. A no-op elsewhere."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        pass
 
 
 # --- wiring to a running model ---------------------------------------------------------------------
