@@ -285,6 +285,9 @@ class LoopB:
         c = self.config
         report = RunReport()
         bank = Bank.load(self.bank_dir)
+        # a crash between a commit and the state file: names must still be new
+        versions = [v for _, _, v in micro_slots(bank).values()]
+        self.state["version"] = max([int(self.state["version"]), *versions])
         rows = self.read_good(int(self.state["after"]), c.threshold, c.max_trajectories)
         report.read = len(rows)
         examples = examples_from(rows, self.encode, bank.timestep_groups)
@@ -352,7 +355,11 @@ class LoopB:
             )
 
         validation_rng = np.random.default_rng([c.seed, 7919, self.state["version"], slot])
-        validation = blocks(VALIDATION_BLOCKS * len(cluster.members), validation_rng)
+        validation = [  # every example, VALIDATION_BLOCKS times, under masks of their own
+            noisy_block(e.prompt, e.target, block, t_range, validation_rng)
+            for e in cluster.members
+            for _ in range(VALIDATION_BLOCKS)
+        ]
         start = micro.b_vector()
         before = loss(start, validation)
 

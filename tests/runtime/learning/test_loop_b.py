@@ -206,3 +206,21 @@ def test_serve_starts_loop_b_only_when_the_config_turns_it_on(tiny_model_dir, tm
             assert loop.read_good(0, 0.5, 10) == []  # through loop A's writer thread
         finally:
             loop.stop()
+
+
+def test_adapter_names_stay_new_when_the_state_file_is_lost(store_with_feedback, tmp_path):
+    """A crash between a bank commit and loop B's state file: the next run must not reuse a name."""
+    from dataclasses import replace
+
+    model, store = store_with_feedback
+    bank_dir = tmp_path / "learnt"
+    LoopB.prepare_bank(bank_dir, Bank.for_model(model.config))
+    session = LogitsSession(tiny_model_dir_graph(model), model.config)
+    config = replace(FAST, steps=200)
+    first = LoopB(config, bank_dir, model.config, model.encode, store.good_feedback, session).run_once()
+    (bank_dir / "loop_b.json").unlink()
+    second = LoopB(config, bank_dir, model.config, model.encode, store.good_feedback, session).run_once()
+    assert second.read == 6  # the mark was lost with the state: everything is read again
+    if first.trained[0].kept:
+        assert second.trained[0].name != first.trained[0].name
+    Bank.load(bank_dir)  # and the bank is whole
