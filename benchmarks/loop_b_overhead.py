@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runtime.cpython_model import open_model  # noqa: E402
 from runtime.learning.config import LoopAConfig, LoopBConfig  # noqa: E402
 from runtime.learning.loop_a import LoopA  # noqa: E402
-from runtime.learning.loop_b import for_model, lower_thread_priority  # noqa: E402
+from runtime.learning.loop_b import lower_thread_priority  # noqa: E402
+from runtime.learning.loop_b_service import for_model  # noqa: E402
 from runtime.learning.trajectory import make_feedback  # noqa: E402
 from runtime.ort_backend import OrtOptions  # noqa: E402
 from runtime.settings import GenerationSettings  # noqa: E402

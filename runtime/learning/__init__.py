@@ -19,6 +19,7 @@ MicroLoRAs on the liked and corrected answers and add them, with their keys, to 
     logits_session.py   CPython's forward for it: the graph with its logits exposed (onnx, onnxruntime)
     bank_update.py      a bank rewritten in place, atomically (standard library)
     loop_b.py           loop B: select, group, cluster, train, keep, install; its background thread
+    loop_b_service.py   loop B wired to running models and to loop A's store (CPython, `ruvdllm serve`)
 
 Loop A is standard library only, like the sampler core: the browser will run the same loop with
 its store backed by IndexedDB instead of SQLite. Loop B's core is numpy (in Pyodide too); its

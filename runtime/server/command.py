@@ -146,7 +146,7 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
         engine, name = open_engine(args, default_model)
         background = None
         if loop is not None:
-            from runtime.learning.loop_b import background as loop_b  # numpy: CPython only
+            from runtime.learning.loop_b_service import background as loop_b  # numpy: CPython only
 
             background = loop_b(args.learning_config, engine.models, loop)  # the learnt bank, if on
             for model in engine.models:

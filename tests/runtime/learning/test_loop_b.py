@@ -12,7 +12,8 @@ from runtime.banks import Bank
 from runtime.cpython_model import open_model
 from runtime.learning.config import LoopBConfig
 from runtime.learning.logits_session import LogitsSession
-from runtime.learning.loop_b import LoopB, examples_from, for_model, uncertain_group
+from runtime.learning.loop_b import LoopB, examples_from, uncertain_group
+from runtime.learning.loop_b_service import for_model
 from runtime.learning.masked_nll import masked_nll, noisy_block
 from runtime.learning.sqlite_store import SqliteStore
 from runtime.learning.trajectory import Trajectory, make_feedback
@@ -187,7 +188,7 @@ def test_bad_loop_b_settings_are_one_line_errors(knobs, message):
 def test_serve_starts_loop_b_only_when_the_config_turns_it_on(tiny_model_dir, tmp_path, monkeypatch):
     from runtime.learning.config import LoopAConfig
     from runtime.learning.loop_a import LoopA
-    from runtime.learning.loop_b import background
+    from runtime.learning.loop_b_service import background
 
     monkeypatch.setenv("RUVDLLM_DATA", str(tmp_path / "data"))
     models = [open_model(tiny_model_dir, verify="sizes") for _ in range(2)]
