@@ -82,15 +82,23 @@ def torch_available() -> bool:
 
 
 def torch_reference(
-    spec: ModelSpec, weights: dict, mask_token_id: int, top_k: int, max_position: int | None = None
+    spec: ModelSpec,
+    weights: dict,
+    mask_token_id: int,
+    top_k: int,
+    max_position: int | None = None,
+    lora: dict | None = None,
 ) -> Callable[[Feeds], Outputs]:
-    """The torch model as a function of graph feeds → graph outputs (numpy)."""
+    """The torch model as a function of graph feeds → graph outputs (numpy). `weights` may be the
+    packed ones the graph holds (4-bit linears run dequantized on the fly, so no float copy of the
+    model is made); `lora` (canonical name -> StaticLora) runs as side branches, as in the graph."""
     import torch
 
     from ruvdllm_export.reference import DiffusionLM
 
     model = DiffusionLM(spec, weights, mask_token_id=mask_token_id, top_k=top_k).eval()
     model.set_rope_context(max_position or spec.max_position)  # the graph's rotary table length
+    attach_static_lora(model, lora or {})
 
     def run(feeds: Feeds) -> Outputs:
         past = [
@@ -121,7 +129,29 @@ def torch_reference(
     return run
 
 
-def onnx_fp32_reference(spec: ModelSpec, weights: dict, options: GraphOptions) -> Callable[[Feeds], Outputs]:
+def attach_static_lora(model, lora: dict) -> None:
+    """Static LoRA factors (scale folded in) as the reference model's LoRA branches: y = W x + B (A x)
+    beside the base, as the graph computes it, instead of a merged float copy of every weight."""
+    import torch
+
+    from ruvdllm_export.spec import EMBED, LM_HEAD, linear_weight
+
+    modules = {EMBED: model.embed, LM_HEAD: model.head}
+    for layer, block in enumerate(model.layers):
+        modules.update({linear_weight(layer, proj): linear for proj, linear in block.proj.items()})
+    generator = torch.Generator().manual_seed(0)  # the factors are overwritten: init is irrelevant
+    for name, factors in lora.items():
+        module = modules[name]
+        rank = factors.a.shape[0]
+        delta = module.add_lora(rank, float(rank), generator)  # alpha = rank: scale 1
+        with torch.no_grad():
+            delta.lora_A.copy_(torch.from_numpy(np.ascontiguousarray(factors.a, dtype=np.float32)))
+            delta.lora_B.copy_(torch.from_numpy(np.ascontiguousarray(factors.b, dtype=np.float32)))
+
+
+def onnx_fp32_reference(
+    spec: ModelSpec, weights: dict, options: GraphOptions, lora: dict | None = None
+) -> Callable[[Feeds], Outputs]:
     """The fp32 MatMul/MatMul+Softmax graph of the same weights on onnxruntime (no torch needed)."""
     plain = GraphOptions(
         quantization="fp32",
@@ -131,8 +161,9 @@ def onnx_fp32_reference(spec: ModelSpec, weights: dict, options: GraphOptions) -
         adapter_slots=options.adapter_slots,
         adapter_rank=options.adapter_rank,
         max_position=options.max_position,
+        adapter_switch=options.adapter_switch,
     )
-    sess = _session(build_graph(spec, weights, plain).SerializeToString())
+    sess = _session(build_graph(spec, weights, plain, lora=lora).SerializeToString())
     return lambda feeds: _run(sess, feeds)
 
 
@@ -247,11 +278,13 @@ def validate_export(
     min_source_agreement: float | None = None,
     also_on_cuda: bool = False,
     base_weights: dict[str, np.ndarray] | None = None,
+    lora: dict | None = None,
 ) -> dict:
     """Check the saved graph; return the report for config.json, or raise RuvdllmError naming it.
 
-    `held_weights` are the float values of what the graph holds; `source_weights` the checkpoint's
-    own (when different) for the agreement that includes quantization. `also_on_cuda` repeats the
+    `held_weights` are what the graph holds (packed or float); `source_weights` the checkpoint's
+    own (when different) for the agreement that includes quantization; `lora` the static LoRA
+    factors the graph adds to both (never to `base_weights`). `also_on_cuda` repeats the
     parity on onnxruntime-gpu's CUDA EP when one is available (reported as skipped otherwise).
     `base_weights` (a graph with the adapter switch): the held weights without the conversion
     adapter, which rows with adapter_gate 0 must compute."""
@@ -265,13 +298,15 @@ def validate_export(
     if torch_available():
         kind = "torch reference model (ruvdllm_export.reference)"
 
-        def reference_for(weights):
-            return torch_reference(spec, weights, mask_token_id, options.top_k, options.max_position)
+        def reference_for(weights, with_lora=True):
+            return torch_reference(
+                spec, weights, mask_token_id, options.top_k, options.max_position, lora if with_lora else None
+            )
     else:
         kind = "onnxruntime fp32 MatMul graph (torch not installed)"
 
-        def reference_for(weights):
-            return onnx_fp32_reference(spec, weights, options)
+        def reference_for(weights, with_lora=True):
+            return onnx_fp32_reference(spec, weights, options, lora if with_lora else None)
 
     reference = reference_for(held_weights)
     ids = np.asarray(paragraph_ids, np.int64)
@@ -281,7 +316,7 @@ def validate_export(
     cases = validation_cases(reference, spec, options, ids, mask_token_id)
     if base_weights is not None:  # before the paragraph, which stays last (the agreement reads it)
         base_rows = graph_feeds(spec, options, ids, np.arange(len(ids)), gate=0.0)
-        cases.insert(-1, ("base_rows", base_rows, reference_for(base_weights)(base_rows)))
+        cases.insert(-1, ("base_rows", base_rows, reference_for(base_weights, with_lora=False)(base_rows)))
 
     parity, paragraph_out, failures = _check_provider(
         model_path, "CPUExecutionProvider", cases, spec, tolerance
