@@ -122,17 +122,6 @@ def export_model(
     )
     prepared = prepare_weights(spec, loaded.weights, options)
     memory.mark("prepare")
-    try:
-        model = build_graph(spec, prepared, options, lora=lora)
-    except ValueError as exc:
-        where = adapter if lora and "LoRA" in str(exc) else _source_name(loaded)
-        raise RuvdllmError(f"{where}: {exc}") from None
-    memory.mark("graph")
-
-    ops = Counter(node.op_type for node in model.graph.node)
-    say(
-        f"graph: {ops.total()} nodes per forward ({', '.join(f'{n} {op}' for op, n in ops.most_common(6))}, ...)"
-    )
 
     staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     try:
@@ -143,7 +132,17 @@ def export_model(
         raise RuvdllmError(f"{out_dir}: cannot create the output directory ({exc.strerror})") from None
     try:
         model_path = staging / artifact.GRAPH_NAME
-        _save(model, model_path)
+        try:  # the weights stream into model.onnx.data as the graph is built, layer by layer
+            model = build_graph(spec, prepared, options, lora=lora, external_data=staging / DATA_NAME)
+        except ValueError as exc:
+            where = adapter if lora and "LoRA" in str(exc) else _source_name(loaded)
+            raise RuvdllmError(f"{where}: {exc}") from None
+        memory.mark("graph")
+        ops = Counter(node.op_type for node in model.graph.node)
+        say(
+            f"graph: {ops.total()} nodes per forward ({', '.join(f'{n} {op}' for op, n in ops.most_common(6))}, ...)"
+        )
+        onnx.save_model(model, str(model_path))  # the graph alone: its weights are in the data file
         del model
         memory.mark("save")
         validation = {"skipped": "--no-validate"}
@@ -179,21 +178,6 @@ def _copy_banks(source: Path, config, destination: Path) -> None:
     model or slot layout is refused here, not at the user's first generate)."""
     Bank.load(source).check_model(config, str(source))
     shutil.copytree(source, destination, ignore=shutil.ignore_patterns(PATTERNS_HNSW))
-
-
-def _save(model: onnx.ModelProto, path: Path) -> None:
-    """Weights always go to model.onnx.data beside the graph: one layout for every model size (the
-    browser fetches the two files), and no 2 GB protobuf limit."""
-    onnx.save_model(
-        model,
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=DATA_NAME,
-        size_threshold=1024,
-    )
-    # onnx creates the data file owner-only; give it the graph file's (umask-respecting) mode
-    os.chmod(path.with_name(DATA_NAME), path.stat().st_mode & 0o777)
 
 
 def _validate(model_path, loaded, prepared, options, lora, min_agreement, target) -> dict:
