@@ -209,6 +209,9 @@ def _held_exactly(source, held) -> bool:
     table whose 8-bit codes reproduce the source exactly, as Q8_0 tables do)."""
     if held is source:
         return True
+    if isinstance(held, Q4Tensor) and isinstance(source, Q4Tensor):  # the same blocks, compared packed
+        fields = ("packed", "scales", "zero_points", "mins")
+        return all(np.array_equal(getattr(held, f), getattr(source, f)) for f in fields)
     if isinstance(held, Q4Tensor | Q8Tensor | SplitQ8Tensor):
         return bool(np.array_equal(as_float(held), as_float(source)))
     return isinstance(source, np.ndarray) and held.dtype == np.float32 and np.array_equal(held, source)

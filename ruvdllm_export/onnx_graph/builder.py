@@ -50,6 +50,7 @@ from ruvdllm_export.spec import (
     input_norm,
     linear_weight,
     post_attention_norm,
+    weight_shape,
 )
 
 
@@ -127,7 +128,7 @@ def check_weights(spec: ModelSpec, weights: dict[str, Weight]) -> None:
     for name, shape in expected.items():
         if name not in weights:
             raise ValueError(f"missing tensor {name}")
-        got = tuple(weights[name].shape)
+        got = weight_shape(weights, name)
         if got != shape:
             raise ValueError(f"tensor {name} has shape {got}, expected {shape}")
 
