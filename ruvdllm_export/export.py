@@ -185,7 +185,9 @@ def _validate(model_path, loaded, prepared, options, lora, min_agreement, target
     # dequantized one at a time inside its forward), with the static LoRA as side branches, as
     # the graph has them: no float copy of the model (4-8x the graph's size) is made.
     switched = bool(lora) and options.adapter_switch
-    exact = all(_held_exactly(loaded.weights[name], prepared[name]) for name in prepared)
+    # tables last: a float checkpoint's first linear already answers, before a table is widened
+    names = sorted(prepared, key=lambda name: name in (EMBED, LM_HEAD))
+    exact = all(_held_exactly(loaded.weights[name], prepared[name]) for name in names)
     paragraph = loaded.tokenizer.encode(PARAGRAPH, add_special_tokens=False).ids
     paragraph = [i for i in paragraph if i < loaded.spec.vocab_size]
     paragraph = paragraph[: min(PARAGRAPH_TOKENS, loaded.spec.max_position)]

@@ -84,69 +84,17 @@ def torch_available() -> bool:
 def torch_reference(
     spec: ModelSpec,
     weights: dict,
-    mask_token_id: int,
     top_k: int,
     max_position: int | None = None,
     lora: dict | None = None,
 ) -> Callable[[Feeds], Outputs]:
-    """The torch model as a function of graph feeds → graph outputs (numpy). `weights` may be the
-    packed ones the graph holds (4-bit linears run dequantized on the fly, so no float copy of the
-    model is made); `lora` (canonical name -> StaticLora) runs as side branches, as in the graph."""
-    import torch
+    """The torch model as a function of graph feeds → graph outputs (numpy), one layer resident at
+    a time (reference/streamed.py). `weights` may be the packed ones the graph holds (4-bit linears
+    run dequantized on the fly) or lazy ones; `lora` (name -> StaticLora) runs as side branches, as
+    in the graph. No float copy of the model is made."""
+    from ruvdllm_export.reference.streamed import StreamedReference
 
-    from ruvdllm_export.reference import DiffusionLM
-
-    model = DiffusionLM(spec, weights, mask_token_id=mask_token_id, top_k=top_k).eval()
-    model.set_rope_context(max_position or spec.max_position)  # the graph's rotary table length
-    attach_static_lora(model, lora or {})
-
-    def run(feeds: Feeds) -> Outputs:
-        past = [
-            (
-                torch.from_numpy(feeds[artifact.past_key(layer)]),
-                torch.from_numpy(feeds[artifact.past_value(layer)]),
-            )
-            for layer in range(spec.num_layers)
-        ]
-        banks = {
-            name.split(".")[1]: (torch.from_numpy(feeds[name]), torch.from_numpy(feeds[name[:-1] + "b"]))
-            for name in feeds
-            if name.startswith("adapter.") and name.endswith(".a")
-        }
-        mix = feeds.get(artifact.ADAPTER_WEIGHTS)
-        with torch.no_grad():
-            out = model(
-                torch.from_numpy(feeds[artifact.INPUT_IDS]),
-                torch.from_numpy(feeds[artifact.POSITION_IDS]),
-                torch.from_numpy(feeds[artifact.BLOCK_IDS]),
-                output_offset=int(feeds[artifact.OUTPUT_OFFSET][0]),
-                past=past if past[0][0].shape[2] else None,
-                adapter_weights=None if mix is None else torch.from_numpy(mix),
-                adapter_bank=banks or None,
-            )
-        return {name: value.numpy() for name, value in out.items() if name not in ("logits", "hidden")}
-
-    return run
-
-
-def attach_static_lora(model, lora: dict) -> None:
-    """Static LoRA factors (scale folded in) as the reference model's LoRA branches: y = W x + B (A x)
-    beside the base, as the graph computes it, instead of a merged float copy of every weight."""
-    import torch
-
-    from ruvdllm_export.spec import EMBED, LM_HEAD, linear_weight
-
-    modules = {EMBED: model.embed, LM_HEAD: model.head}
-    for layer, block in enumerate(model.layers):
-        modules.update({linear_weight(layer, proj): linear for proj, linear in block.proj.items()})
-    generator = torch.Generator().manual_seed(0)  # the factors are overwritten: init is irrelevant
-    for name, factors in lora.items():
-        module = modules[name]
-        rank = factors.a.shape[0]
-        delta = module.add_lora(rank, float(rank), generator)  # alpha = rank: scale 1
-        with torch.no_grad():
-            delta.lora_A.copy_(torch.from_numpy(np.ascontiguousarray(factors.a, dtype=np.float32)))
-            delta.lora_B.copy_(torch.from_numpy(np.ascontiguousarray(factors.b, dtype=np.float32)))
+    return StreamedReference(spec, weights, top_k, max_position, lora)
 
 
 def onnx_fp32_reference(
@@ -300,7 +248,7 @@ def validate_export(
 
         def reference_for(weights, with_lora=True):
             return torch_reference(
-                spec, weights, mask_token_id, options.top_k, options.max_position, lora if with_lora else None
+                spec, weights, options.top_k, options.max_position, lora if with_lora else None
             )
     else:
         kind = "onnxruntime fp32 MatMul graph (torch not installed)"

@@ -95,14 +95,18 @@ def safetensors_files(directory: Path) -> list[Path]:
 
 
 def _bf16_tensor(path: Path, name: str) -> np.ndarray:
-    """Read one BF16 tensor by the header's data offsets (numpy cannot hold bfloat16)."""
+    """Read one BF16 tensor by the header's data offsets (numpy cannot hold bfloat16), widened
+    straight into its float32 result through a mapping of the file: no bytes copy, no temporaries
+    beyond the result (a 128k x 4k table is 2 GB as float32)."""
     with open(path, "rb") as handle:
         (header_len,) = struct.unpack("<Q", handle.read(8))
         header = json.loads(handle.read(header_len))
-        begin, end = header[name]["data_offsets"]
-        handle.seek(8 + header_len + begin)
-        raw = np.frombuffer(handle.read(end - begin), dtype="<u2")
-    return (raw.astype(np.uint32) << 16).view(np.float32).reshape(header[name]["shape"])
+    begin, end = header[name]["data_offsets"]
+    raw = np.memmap(path, dtype="<u2", mode="r", offset=8 + header_len + begin, shape=((end - begin) // 2,))
+    bits = np.empty(raw.shape, np.uint32)
+    np.left_shift(raw, 16, out=bits, dtype=np.uint32)  # bf16 is the top half of a float32: exact
+    del raw
+    return bits.view(np.float32).reshape(header[name]["shape"])
 
 
 def _read_tensor(path: Path, name: str, dtype: str) -> np.ndarray:
