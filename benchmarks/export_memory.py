@@ -60,6 +60,7 @@ LLAMA_32_1B = {  # Llama-3.2-1B's config.json, as published
     "eos_token_id": 2,
     "torch_dtype": "bfloat16",
 }
+PHASES = ("load", "prepare", "graph", "save", "validate")
 SHARD_BYTES = 1 << 30  # ~1 GB shards, as released checkpoints are cut
 
 
@@ -206,7 +207,8 @@ def main() -> None:
     )
     print(f"baseline    imports alone {base:.0f} MiB")
     print(f"{'phase':<10} {'peak MiB':>9} {'RSS after':>10}")
-    for phase, entry in memory["phases"].items():
+    for phase in PHASES:  # config.json stores them sorted by name: print them in the order they ran
+        entry = memory["phases"].get(phase, {})
         print(f"{phase:<10} {entry.get('peak_rss_mib', 0):>9.0f} {entry.get('rss_mib', 0):>10.0f}")
     peak = memory["peak_rss_mib"]
     print(
