@@ -28,11 +28,11 @@ from runtime.banks import BANKS_DIR, PATTERNS_HNSW, Bank
 from runtime.settings import SAMPLERS
 from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.checkpoints import LoadedCheckpoint, load_checkpoint
+from ruvdllm_export.memory import PhaseMemory, peak_rss_mb
 from ruvdllm_export.onnx_graph import (
     GraphOptions,
     StaticLora,
     build_graph,
-    graph_weights_as_float,
     options_for_target,
     prepare_weights,
 )
@@ -94,7 +94,9 @@ def export_model(
     if out_dir.exists() and not force:
         raise RuvdllmError(f"{out_dir}: already exists (choose another --out, or --force to replace it)")
     started = time.perf_counter()
+    memory = PhaseMemory()
     loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
+    memory.mark("load")
     try:
         options = options_for_target(
             target,
@@ -119,16 +121,7 @@ def export_model(
         f"building the {options.quantization} graph for {target} ({spec.architecture}, {spec.num_layers} layers{rope})"
     )
     prepared = prepare_weights(spec, loaded.weights, options)
-    try:
-        model = build_graph(spec, prepared, options, lora=lora)
-    except ValueError as exc:
-        where = adapter if lora and "LoRA" in str(exc) else _source_name(loaded)
-        raise RuvdllmError(f"{where}: {exc}") from None
-
-    ops = Counter(node.op_type for node in model.graph.node)
-    say(
-        f"graph: {ops.total()} nodes per forward ({', '.join(f'{n} {op}' for op, n in ops.most_common(6))}, ...)"
-    )
+    memory.mark("prepare")
 
     staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     try:
@@ -139,15 +132,27 @@ def export_model(
         raise RuvdllmError(f"{out_dir}: cannot create the output directory ({exc.strerror})") from None
     try:
         model_path = staging / artifact.GRAPH_NAME
-        _save(model, model_path)
+        try:  # the weights stream into model.onnx.data as the graph is built, layer by layer
+            model = build_graph(spec, prepared, options, lora=lora, external_data=staging / DATA_NAME)
+        except ValueError as exc:
+            where = adapter if lora and "LoRA" in str(exc) else _source_name(loaded)
+            raise RuvdllmError(f"{where}: {exc}") from None
+        memory.mark("graph")
+        ops = Counter(node.op_type for node in model.graph.node)
+        say(
+            f"graph: {ops.total()} nodes per forward ({', '.join(f'{n} {op}' for op, n in ops.most_common(6))}, ...)"
+        )
+        onnx.save_model(model, str(model_path))  # the graph alone: its weights are in the data file
         del model
+        memory.mark("save")
         validation = {"skipped": "--no-validate"}
         if validate:
             say("validating: onnx.checker and onnxruntime CPU parity")
             validation = _validate(model_path, loaded, prepared, options, lora, min_agreement, target)
+            memory.mark("validate")
         loaded.tokenizer.save(str(staging / artifact.TOKENIZER_NAME))
         config = _artifact_config(
-            loaded, options, target, block_size, validation, prepared, adapter, lora, ops
+            loaded, options, target, block_size, validation, prepared, adapter, lora, ops, memory
         )
         (staging / artifact.CONFIG_NAME).write_text(config.to_json())
         if banks is not None:
@@ -163,8 +168,8 @@ def export_model(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     peak = peak_rss_mb()
-    memory = f", peak memory {peak:.0f} MiB" if peak else ""
-    say(f"wrote {out_dir} in {time.perf_counter() - started:.1f}s ({_size_mb(out_dir):.1f} MB{memory})")
+    at_peak = f", peak memory {peak:.0f} MiB" if peak else ""
+    say(f"wrote {out_dir} in {time.perf_counter() - started:.1f}s ({_size_mb(out_dir):.1f} MB{at_peak})")
     return out_dir
 
 
@@ -175,52 +180,30 @@ def _copy_banks(source: Path, config, destination: Path) -> None:
     shutil.copytree(source, destination, ignore=shutil.ignore_patterns(PATTERNS_HNSW))
 
 
-def _save(model: onnx.ModelProto, path: Path) -> None:
-    """Weights always go to model.onnx.data beside the graph: one layout for every model size (the
-    browser fetches the two files), and no 2 GB protobuf limit."""
-    onnx.save_model(
-        model,
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=DATA_NAME,
-        size_threshold=1024,
-    )
-    # onnx creates the data file owner-only; give it the graph file's (umask-respecting) mode
-    os.chmod(path.with_name(DATA_NAME), path.stat().st_mode & 0o777)
-
-
 def _validate(model_path, loaded, prepared, options, lora, min_agreement, target) -> dict:
-    # The reference runs merged float weights: it has no static-LoRA branch of its own.
-    base = graph_weights_as_float(prepared)
-    spec, held = merge_lora(loaded.spec, base, lora)
+    # The reference runs the very weights the graph holds, packed as they are (4-bit linears are
+    # dequantized one at a time inside its forward), with the static LoRA as side branches, as
+    # the graph has them: no float copy of the model (4-8x the graph's size) is made.
     switched = bool(lora) and options.adapter_switch
-    exact = all(_held_exactly(loaded.weights[name], prepared[name]) for name in prepared)
-    source = None
-    if not exact:
-        _, source = merge_lora(loaded.spec, {n: as_float(w) for n, w in loaded.weights.items()}, lora)
+    # tables last: a float checkpoint's first linear already answers, before a table is widened
+    names = sorted(prepared, key=lambda name: name in (EMBED, LM_HEAD))
+    exact = all(_held_exactly(loaded.weights[name], prepared[name]) for name in names)
     paragraph = loaded.tokenizer.encode(PARAGRAPH, add_special_tokens=False).ids
-    paragraph = [i for i in paragraph if i < spec.vocab_size][: min(PARAGRAPH_TOKENS, spec.max_position)]
+    paragraph = [i for i in paragraph if i < loaded.spec.vocab_size]
+    paragraph = paragraph[: min(PARAGRAPH_TOKENS, loaded.spec.max_position)]
     return validate_export(
         model_path,
-        spec,
+        loaded.spec,
         options,
-        held,
+        prepared,
         loaded.mask_token_id,
         paragraph,
-        source_weights=source,
+        source_weights=None if exact else loaded.weights,
         min_source_agreement=min_agreement,
         also_on_cuda=target == "cuda",
-        base_weights=_as_spec(base, spec) if switched else None,
+        base_weights=prepared if switched else None,
+        lora=lora,
     )
-
-
-def _as_spec(weights: dict[str, np.ndarray], spec) -> dict[str, np.ndarray]:
-    """Base weights laid out for `spec`: once a head LoRA untied the merged spec, the base gets the
-    embedding table as its own head (the same numbers the tied graph reads)."""
-    if spec.tie_word_embeddings or LM_HEAD in weights:
-        return weights
-    return {**weights, LM_HEAD: weights[EMBED]}
 
 
 def _held_exactly(source, held) -> bool:
@@ -228,6 +211,9 @@ def _held_exactly(source, held) -> bool:
     table whose 8-bit codes reproduce the source exactly, as Q8_0 tables do)."""
     if held is source:
         return True
+    if isinstance(held, Q4Tensor) and isinstance(source, Q4Tensor):  # the same blocks, compared packed
+        fields = ("packed", "scales", "zero_points", "mins")
+        return all(np.array_equal(getattr(held, f), getattr(source, f)) for f in fields)
     if isinstance(held, Q4Tensor | Q8Tensor | SplitQ8Tensor):
         return bool(np.array_equal(as_float(held), as_float(source)))
     return isinstance(source, np.ndarray) and held.dtype == np.float32 and np.array_equal(held, source)
@@ -270,7 +256,16 @@ def trained_samplers(adapter: Path) -> tuple[str, ...]:
 
 
 def _artifact_config(
-    loaded, options: GraphOptions, target, block_size, validation, prepared, adapter, lora, ops: Counter
+    loaded,
+    options: GraphOptions,
+    target,
+    block_size,
+    validation,
+    prepared,
+    adapter,
+    lora,
+    ops: Counter,
+    memory: PhaseMemory,
 ):
     spec = loaded.spec
     source = dict(loaded.source)
@@ -279,6 +274,7 @@ def _artifact_config(
     source["lossy"] = loaded.lossy
     source["graph_weights"] = dict(Counter(_held_kind(w) for w in prepared.values()))
     source["validation"] = validation
+    source["memory"] = memory.report()  # peak resident memory of the export, and after each phase
     source["validated_on"] = [] if "skipped" in validation else ["cpu"]
     if isinstance(validation.get("cuda"), dict):
         source["validated_on"].append("cuda")
@@ -345,24 +341,6 @@ def _move_into_place(staging: Path, out_dir: Path) -> None:
 
 def _source_name(loaded: LoadedCheckpoint) -> str:
     return str(loaded.source.get("path", "checkpoint"))
-
-
-def peak_rss_mb() -> float | None:
-    """This process's peak resident memory so far (the export's bound to watch on big models):
-    VmHWM on Linux, ru_maxrss elsewhere (KiB on Linux, bytes on macOS), None where neither exists."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def _size_mb(directory: Path) -> float:

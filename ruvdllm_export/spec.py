@@ -24,6 +24,12 @@ LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 ATTN_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
+def weight_shape(weights, name: str) -> tuple[int, ...]:
+    """A tensor's shape, without reading it when `weights` is lazy (it then carries `shapes`)."""
+    shapes = getattr(weights, "shapes", None)
+    return shapes[name] if shapes is not None else tuple(weights[name].shape)
+
+
 def layer_prefix(layer: int) -> str:
     return f"model.layers.{layer}"
 

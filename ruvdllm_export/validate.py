@@ -82,46 +82,24 @@ def torch_available() -> bool:
 
 
 def torch_reference(
-    spec: ModelSpec, weights: dict, mask_token_id: int, top_k: int, max_position: int | None = None
+    spec: ModelSpec,
+    weights: dict,
+    top_k: int,
+    max_position: int | None = None,
+    lora: dict | None = None,
 ) -> Callable[[Feeds], Outputs]:
-    """The torch model as a function of graph feeds → graph outputs (numpy)."""
-    import torch
+    """The torch model as a function of graph feeds → graph outputs (numpy), one layer resident at
+    a time (reference/streamed.py). `weights` may be the packed ones the graph holds (4-bit linears
+    run dequantized on the fly) or lazy ones; `lora` (name -> StaticLora) runs as side branches, as
+    in the graph. No float copy of the model is made."""
+    from ruvdllm_export.reference.streamed import StreamedReference
 
-    from ruvdllm_export.reference import DiffusionLM
-
-    model = DiffusionLM(spec, weights, mask_token_id=mask_token_id, top_k=top_k).eval()
-    model.set_rope_context(max_position or spec.max_position)  # the graph's rotary table length
-
-    def run(feeds: Feeds) -> Outputs:
-        past = [
-            (
-                torch.from_numpy(feeds[artifact.past_key(layer)]),
-                torch.from_numpy(feeds[artifact.past_value(layer)]),
-            )
-            for layer in range(spec.num_layers)
-        ]
-        banks = {
-            name.split(".")[1]: (torch.from_numpy(feeds[name]), torch.from_numpy(feeds[name[:-1] + "b"]))
-            for name in feeds
-            if name.startswith("adapter.") and name.endswith(".a")
-        }
-        mix = feeds.get(artifact.ADAPTER_WEIGHTS)
-        with torch.no_grad():
-            out = model(
-                torch.from_numpy(feeds[artifact.INPUT_IDS]),
-                torch.from_numpy(feeds[artifact.POSITION_IDS]),
-                torch.from_numpy(feeds[artifact.BLOCK_IDS]),
-                output_offset=int(feeds[artifact.OUTPUT_OFFSET][0]),
-                past=past if past[0][0].shape[2] else None,
-                adapter_weights=None if mix is None else torch.from_numpy(mix),
-                adapter_bank=banks or None,
-            )
-        return {name: value.numpy() for name, value in out.items() if name not in ("logits", "hidden")}
-
-    return run
+    return StreamedReference(spec, weights, top_k, max_position, lora)
 
 
-def onnx_fp32_reference(spec: ModelSpec, weights: dict, options: GraphOptions) -> Callable[[Feeds], Outputs]:
+def onnx_fp32_reference(
+    spec: ModelSpec, weights: dict, options: GraphOptions, lora: dict | None = None
+) -> Callable[[Feeds], Outputs]:
     """The fp32 MatMul/MatMul+Softmax graph of the same weights on onnxruntime (no torch needed)."""
     plain = GraphOptions(
         quantization="fp32",
@@ -131,8 +109,9 @@ def onnx_fp32_reference(spec: ModelSpec, weights: dict, options: GraphOptions) -
         adapter_slots=options.adapter_slots,
         adapter_rank=options.adapter_rank,
         max_position=options.max_position,
+        adapter_switch=options.adapter_switch,
     )
-    sess = _session(build_graph(spec, weights, plain).SerializeToString())
+    sess = _session(build_graph(spec, weights, plain, lora=lora).SerializeToString())
     return lambda feeds: _run(sess, feeds)
 
 
@@ -247,11 +226,13 @@ def validate_export(
     min_source_agreement: float | None = None,
     also_on_cuda: bool = False,
     base_weights: dict[str, np.ndarray] | None = None,
+    lora: dict | None = None,
 ) -> dict:
     """Check the saved graph; return the report for config.json, or raise RuvdllmError naming it.
 
-    `held_weights` are the float values of what the graph holds; `source_weights` the checkpoint's
-    own (when different) for the agreement that includes quantization. `also_on_cuda` repeats the
+    `held_weights` are what the graph holds (packed or float); `source_weights` the checkpoint's
+    own (when different) for the agreement that includes quantization; `lora` the static LoRA
+    factors the graph adds to both (never to `base_weights`). `also_on_cuda` repeats the
     parity on onnxruntime-gpu's CUDA EP when one is available (reported as skipped otherwise).
     `base_weights` (a graph with the adapter switch): the held weights without the conversion
     adapter, which rows with adapter_gate 0 must compute."""
@@ -265,13 +246,15 @@ def validate_export(
     if torch_available():
         kind = "torch reference model (ruvdllm_export.reference)"
 
-        def reference_for(weights):
-            return torch_reference(spec, weights, mask_token_id, options.top_k, options.max_position)
+        def reference_for(weights, with_lora=True):
+            return torch_reference(
+                spec, weights, options.top_k, options.max_position, lora if with_lora else None
+            )
     else:
         kind = "onnxruntime fp32 MatMul graph (torch not installed)"
 
-        def reference_for(weights):
-            return onnx_fp32_reference(spec, weights, options)
+        def reference_for(weights, with_lora=True):
+            return onnx_fp32_reference(spec, weights, options, lora if with_lora else None)
 
     reference = reference_for(held_weights)
     ids = np.asarray(paragraph_ids, np.int64)
@@ -281,7 +264,7 @@ def validate_export(
     cases = validation_cases(reference, spec, options, ids, mask_token_id)
     if base_weights is not None:  # before the paragraph, which stays last (the agreement reads it)
         base_rows = graph_feeds(spec, options, ids, np.arange(len(ids)), gate=0.0)
-        cases.insert(-1, ("base_rows", base_rows, reference_for(base_weights)(base_rows)))
+        cases.insert(-1, ("base_rows", base_rows, reference_for(base_weights, with_lora=False)(base_rows)))
 
     parity, paragraph_out, failures = _check_provider(
         model_path, "CPUExecutionProvider", cases, spec, tolerance

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ruvdllm.errors import RuvdllmError
-from ruvdllm_export.spec import ModelSpec, expected_shapes
+from ruvdllm_export.spec import ModelSpec, expected_shapes, weight_shape
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def check_weights(spec: ModelSpec, weights: dict, where: str, display=lambda nam
     for name, shape in expected.items():
         if name not in weights:
             raise RuvdllmError(f"{where}: missing tensor {display(name)}")
-        got = tuple(weights[name].shape)
+        got = weight_shape(weights, name)
         if got != shape:
             raise RuvdllmError(
                 f"{where}: tensor {display(name)} has shape {list(got)}, the config implies {list(shape)}"

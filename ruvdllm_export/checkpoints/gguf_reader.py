@@ -14,6 +14,7 @@ rotates halves); we undo it. A row permutation moves whole rows, so it is exact 
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.checkpoints import rope_config
 from ruvdllm_export.checkpoints.architectures import Architecture, by_gguf_arch, check_weights
 from ruvdllm_export.checkpoints.gguf_names import canonical_name, gguf_name
+from ruvdllm_export.checkpoints.lazy import LazyWeights
 from ruvdllm_export.quant.gguf_blocks import q4_0_to_q4, q4_1_to_q4, q4_k_to_q4
 from ruvdllm_export.quant.q4 import Q4Tensor, take_rows
 from ruvdllm_export.spec import ModelSpec
@@ -92,13 +94,37 @@ def convert_tensor(tensor) -> tuple[np.ndarray | Q4Tensor, str]:
     qtype = tensor.tensor_type
     data = tensor.data
     if qtype in EXACT_Q4 and data.ndim == 2:
-        return EXACT_Q4[qtype](np.asarray(data)), f"exact q4 from {qtype.name}"
+        return EXACT_Q4[qtype](np.asarray(data)), exactness_label(qtype, data.ndim)
     values = np.array(gguf.quants.dequantize(data, qtype), dtype=np.float32)  # a copy: no view of the mmap
+    return values, exactness_label(qtype, data.ndim)
+
+
+def exactness_label(qtype, ndim: int) -> str:
+    """How a tensor of this type is held (convert_tensor's label), known without reading it."""
+    if qtype in EXACT_Q4 and ndim == 2:
+        return f"exact q4 from {qtype.name}"
     if qtype == Q.F32:
-        return values, "float"
-    if qtype in FLOAT_TYPES or data.ndim == 1:
-        return values, f"float from {qtype.name}"
-    return values, f"lossy: {qtype.name} dequantized; will be requantized"
+        return "float"
+    if qtype in FLOAT_TYPES or ndim == 1:
+        return f"float from {qtype.name}"
+    return f"lossy: {qtype.name} dequantized; will be requantized"
+
+
+def _check_readable(tensor) -> None:
+    """Dequantize one row now, so a type gguf cannot read fails at load, not mid-export."""
+    if tensor.tensor_type not in EXACT_Q4 and tensor.tensor_type not in FLOAT_TYPES:
+        gguf.quants.dequantize(tensor.data[:1], tensor.tensor_type)
+
+
+def _read_tensor(tensor, where: str, permuted_heads: int | None):
+    """The lazy reader of one tensor: convert it from the mapped file, undo the q/k permutation."""
+    try:
+        weight, _ = convert_tensor(tensor)
+    except ValueError as exc:
+        raise RuvdllmError(f"{where}: tensor {tensor.name} cannot be read ({exc})") from None
+    if permuted_heads is None:
+        return weight
+    return _take_rows(weight, unpermute_rows(weight.shape[0], permuted_heads))
 
 
 def unpermute_rows(n_rows: int, n_head: int) -> np.ndarray:
@@ -121,7 +147,8 @@ def open_gguf(path: Path) -> gguf.GGUFReader:
 
 
 def read_gguf(path: Path):
-    """-> (spec, weights, exactness, metadata, tensor type counts)."""
+    """-> (spec, weights (LazyWeights: each tensor converted from the mapped file on access),
+    exactness, metadata, tensor type counts)."""
     where = str(path)
     reader = open_gguf(path)
     meta = read_metadata(reader)
@@ -135,8 +162,7 @@ def read_gguf(path: Path):
     rows = next((int(t.shape[-1]) for t in reader.tensors if t.name == "token_embd.weight"), 0)
     # the spec (rope scaling included) is checked before any weight is read: a 7B file fails fast
     spec_from_metadata(meta, arch, rows, tied, where, rope_tensors)
-    weights: dict[str, np.ndarray | Q4Tensor] = {}
-    exactness: dict[str, str] = {}
+    shapes, exactness, found = {}, {}, {}
     for tensor in reader.tensors:
         if tensor.name in rope_tensors:
             continue
@@ -146,19 +172,25 @@ def read_gguf(path: Path):
                 f"{where}: tensor {tensor.name!r} is not understood for architecture {arch.gguf_arch}"
             )
         try:
-            weights[name], exactness[name] = convert_tensor(tensor)
+            _check_readable(tensor)
         except ValueError as exc:
             raise RuvdllmError(f"{where}: tensor {tensor.name} cannot be read ({exc})") from None
-    if "model.embed_tokens.weight" not in weights:
+        found[name] = tensor
+        shapes[name] = tuple(int(d) for d in reversed(tensor.shape))  # GGUF lists dims fastest first
+        exactness[name] = exactness_label(tensor.tensor_type, len(tensor.shape))
+    if "model.embed_tokens.weight" not in found:
         raise RuvdllmError(f"{where}: missing tensor token_embd.weight")
-    spec = spec_from_metadata(
-        meta, arch, weights["model.embed_tokens.weight"].shape[0], tied, where, rope_tensors
-    )
-    check_weights(spec, weights, where, display=gguf_name)
+    spec = spec_from_metadata(meta, arch, shapes["model.embed_tokens.weight"][0], tied, where, rope_tensors)
+    heads = {}  # q/k rows llama.cpp permuted, and over how many heads
     if arch.gguf_permuted_qk:
         for layer in range(spec.num_layers):
-            for proj, heads in (("q_proj", spec.num_heads), ("k_proj", spec.num_kv_heads)):
-                name = f"model.layers.{layer}.self_attn.{proj}.weight"
-                weights[name] = _take_rows(weights[name], unpermute_rows(weights[name].shape[0], heads))
+            heads[f"model.layers.{layer}.self_attn.q_proj.weight"] = spec.num_heads
+            heads[f"model.layers.{layer}.self_attn.k_proj.weight"] = spec.num_kv_heads
+    readers = {
+        name: functools.partial(_read_tensor, tensor, where, heads.get(name))
+        for name, tensor in found.items()
+    }
+    weights = LazyWeights(readers, shapes)
+    check_weights(spec, weights, where, display=gguf_name)
     types = Counter(t.tensor_type.name for t in reader.tensors)
     return spec, weights, exactness, meta, dict(types)

@@ -1,12 +1,13 @@
 """Read a Hugging Face model directory: config.json + *.safetensors (single or sharded), no torch.
 
-Tensors are read with safetensors' numpy API. numpy has no bfloat16, and most released LLaMA / Qwen
+Tensors are read lazily (checkpoints/lazy.py) with safetensors' numpy API over the mapped file. numpy has no bfloat16, and most released LLaMA / Qwen
 checkpoints are bf16, so BF16 tensors are read from the file's own header offsets instead and
 widened to float32 by a 16-bit shift (bf16 is the top half of a float32: exact).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from pathlib import Path
@@ -17,6 +18,7 @@ from safetensors import safe_open
 from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.checkpoints import rope_config
 from ruvdllm_export.checkpoints.architectures import Architecture, by_hf_class, check_weights
+from ruvdllm_export.checkpoints.lazy import LazyWeights
 from ruvdllm_export.spec import LM_HEAD, ModelSpec
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old checkpoints saved; recomputed from rope_theta
@@ -93,56 +95,73 @@ def safetensors_files(directory: Path) -> list[Path]:
 
 
 def _bf16_tensor(path: Path, name: str) -> np.ndarray:
-    """Read one BF16 tensor by the header's data offsets (numpy cannot hold bfloat16)."""
+    """Read one BF16 tensor by the header's data offsets (numpy cannot hold bfloat16), widened
+    straight into its float32 result through a mapping of the file: no bytes copy, no temporaries
+    beyond the result (a 128k x 4k table is 2 GB as float32)."""
     with open(path, "rb") as handle:
         (header_len,) = struct.unpack("<Q", handle.read(8))
         header = json.loads(handle.read(header_len))
-        begin, end = header[name]["data_offsets"]
-        handle.seek(8 + header_len + begin)
-        raw = np.frombuffer(handle.read(end - begin), dtype="<u2")
-    return (raw.astype(np.uint32) << 16).view(np.float32).reshape(header[name]["shape"])
+    begin, end = header[name]["data_offsets"]
+    raw = np.memmap(path, dtype="<u2", mode="r", offset=8 + header_len + begin, shape=((end - begin) // 2,))
+    bits = np.empty(raw.shape, np.uint32)
+    np.left_shift(raw, 16, out=bits, dtype=np.uint32)  # bf16 is the top half of a float32: exact
+    del raw
+    return bits.view(np.float32).reshape(header[name]["shape"])
 
 
-def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """-> (name -> float32 array, name -> source dtype)."""
-    tensors, dtypes = {}, {}
+def _read_tensor(path: Path, name: str, dtype: str) -> np.ndarray:
+    """One tensor as float32, read from the memory-mapped file when the exporter asks for it."""
+    try:
+        if dtype == "BF16":
+            return _bf16_tensor(path, name)
+        with safe_open(str(path), framework="numpy") as handle:
+            return np.asarray(handle.get_tensor(name), dtype=np.float32)
+    except Exception as exc:  # SafetensorError, OSError (the file changed or went away since the scan)
+        raise RuvdllmError(f"{path}: tensor {name} cannot be read ({exc})") from None
+
+
+def scan_safetensors(path: Path) -> tuple[dict, dict[str, tuple[int, ...]], dict[str, str]]:
+    """-> (name -> reader of its float32 array, name -> shape, name -> source dtype), from the
+    header alone: safe_open checks the header's offsets against the file's size, so a truncated
+    file fails here, before any long work, while no tensor data is read yet."""
+    readers, shapes, dtypes = {}, {}, {}
     try:
         with safe_open(str(path), framework="numpy") as handle:
             for name in handle.keys():
                 if name.endswith(IGNORED_SUFFIXES):
                     continue
-                dtype = handle.get_slice(name).get_dtype()
-                if dtype == "BF16":
-                    array = _bf16_tensor(path, name)
-                elif dtype in ("F32", "F16", "F64"):
-                    array = handle.get_tensor(name)
-                else:
+                tensor = handle.get_slice(name)
+                dtype = tensor.get_dtype()
+                if dtype not in ("BF16", "F32", "F16", "F64"):
                     raise RuvdllmError(
                         f"{path}: tensor {name} has dtype {dtype}; only F32/F16/BF16 are supported"
                     )
-                tensors[name], dtypes[name] = np.asarray(array, dtype=np.float32), dtype
+                readers[name] = functools.partial(_read_tensor, path, name, dtype)
+                shapes[name], dtypes[name] = tuple(tensor.get_shape()), dtype
     except RuvdllmError:
         raise
     except (
         Exception
     ) as exc:  # SafetensorError (not exported as a class in every version), OSError, ValueError
         raise RuvdllmError(f"{path}: not a readable safetensors file, truncated or corrupt ({exc})") from None
-    return tensors, dtypes
+    return readers, shapes, dtypes
 
 
 def read_hf_dir(directory: Path):
-    """-> (spec, weights, exactness, files read)."""
+    """-> (spec, weights (LazyWeights: each tensor read on access), exactness, files read)."""
     where = str(directory / "config.json")
     spec, _ = spec_from_config(read_config(directory), where)
-    weights: dict[str, np.ndarray] = {}
-    exactness: dict[str, str] = {}
+    readers, shapes, exactness = {}, {}, {}
     files = safetensors_files(directory)
     for file in files:
-        tensors, dtypes = read_safetensors(file)
-        weights.update(tensors)
+        file_readers, file_shapes, dtypes = scan_safetensors(file)
+        readers.update(file_readers)
+        shapes.update(file_shapes)
         exactness.update({n: "float" if d == "F32" else f"float from {d}" for n, d in dtypes.items()})
+    weights = LazyWeights(readers, shapes)
     if spec.tie_word_embeddings and LM_HEAD in weights:  # some tied checkpoints save the copy too
-        del weights[LM_HEAD], exactness[LM_HEAD]
+        weights = weights.without(LM_HEAD)
+        del exactness[LM_HEAD]
     where_weights = str(files[0] if len(files) == 1 else directory)
     check_weights(spec, weights, where_weights)
     return spec, weights, exactness, files

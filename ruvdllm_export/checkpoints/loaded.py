@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +15,9 @@ from ruvdllm_export.spec import ModelSpec
 @dataclass(frozen=True)
 class LoadedCheckpoint:
     spec: ModelSpec
-    weights: dict[str, np.ndarray | Q4Tensor]  # canonical name -> float32 array, or Q4Tensor when exact
+    # canonical name -> float32 array, or Q4Tensor when exact; the readers return a LazyWeights
+    # (checkpoints/lazy.py): each access reads the tensor from the file again, nothing is kept
+    weights: Mapping[str, np.ndarray | Q4Tensor]
     tokenizer: Tokenizer
     mask_token_id: int  # see checkpoints/tokenizer.py for the rule
     exactness: dict[

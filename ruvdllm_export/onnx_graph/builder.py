@@ -14,6 +14,8 @@ docs/artifact.md (names in runtime/artifact.py).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 
@@ -22,7 +24,7 @@ from runtime.artifact import BANK_WIDTH, Features, bank_factor_shapes, static_lo
 from ruvdllm_export.onnx_graph.attention import make_attention_block, make_past_inputs, make_visibility_bias
 from ruvdllm_export.onnx_graph.context import BuildContext
 from ruvdllm_export.onnx_graph.embedding import make_embedding, make_embedding_lora
-from ruvdllm_export.onnx_graph.graph import FLOAT, INT64, GraphBuilder
+from ruvdllm_export.onnx_graph.graph import FLOAT, INT64, ExternalData, GraphBuilder
 from ruvdllm_export.onnx_graph.head import make_head_outputs, make_output_rows, make_query
 from ruvdllm_export.onnx_graph.linear import (
     StaticLora,
@@ -48,6 +50,7 @@ from ruvdllm_export.spec import (
     input_norm,
     linear_weight,
     post_attention_norm,
+    weight_shape,
 )
 
 
@@ -56,21 +59,29 @@ def build_graph(
     weights: dict[str, Weight],
     options: GraphOptions | None = None,
     lora: dict[str, StaticLora] | None = None,
+    external_data: Path | str | None = None,
 ) -> onnx.ModelProto:
-    """The whole model as an in-memory ModelProto (save it with external data when large)."""
+    """The whole model as a ModelProto. With `external_data` (a file path) every initializer of
+    1 KiB or more is streamed into that file as it is built and the proto only points at it
+    (save it beside the file, without save_as_external_data); otherwise all are held in memory."""
     options = options or GraphOptions()
     check_weights(spec, weights)
     check_lora(spec, lora or {})
     opset = 23 if options.attention == "attention23" else 21  # 21: what every EP's kernels are registered for
+    external = ExternalData(external_data) if external_data is not None else None
     ctx = BuildContext(
-        g=GraphBuilder("ruvdllm", opset),
+        g=GraphBuilder("ruvdllm", opset, external),
         spec=spec,
         weights=prepare_weights(spec, weights, options),
         options=options,
         lora=dict(lora or {}),
     )
-    for step in BUILD_STEPS:
-        step(ctx)
+    try:
+        for step in BUILD_STEPS:
+            step(ctx)
+    finally:
+        if external is not None:
+            external.close()
     metadata = {
         "architecture": spec.architecture,
         "attention": options.attention,
@@ -117,7 +128,7 @@ def check_weights(spec: ModelSpec, weights: dict[str, Weight]) -> None:
     for name, shape in expected.items():
         if name not in weights:
             raise ValueError(f"missing tensor {name}")
-        got = tuple(weights[name].shape)
+        got = weight_shape(weights, name)
         if got != shape:
             raise ValueError(f"tensor {name} has shape {got}, expected {shape}")
 

@@ -4,24 +4,54 @@ Every node is named by where it sits in the model (`/model/layers.3/attn/q_proj/
 and its outputs are `<node name>/output_<i>`, as onnxruntime-genai's model builder does, so a
 profile or a Netron view reads like the model's structure. Built with `onnx.helper` straight from
 numpy arrays: no torch on the export path.
+
+Given an ExternalData file, each large initializer is written there the moment it is made and the
+graph keeps only its location, so building a model never holds all of its weights at once.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from onnx.external_data_helper import set_external_data
 
 MS_DOMAIN = "com.microsoft"
+
+
+class ExternalData:
+    """One external data file written as initializers are made, in the layout onnx.save_model's
+    save_as_external_data writes (all tensors in one file, in initializer order, no padding, the
+    same size threshold), so the saved graph and data file are the ones it would write."""
+
+    def __init__(self, path: Path | str, size_threshold: int = 1024):
+        self.path = Path(path)
+        self.size_threshold = size_threshold
+        self._file = open(self.path, "wb")  # noqa: SIM115 (closed by close(), after the last layer)
+
+    def store(self, tensor: onnx.TensorProto) -> None:
+        # onnx.save_model measures with sys.getsizeof (the bytes object, header included): same rule
+        if sys.getsizeof(tensor.raw_data) < self.size_threshold:
+            return
+        offset = self._file.tell()
+        self._file.write(tensor.raw_data)
+        set_external_data(tensor, self.path.name, offset, len(tensor.raw_data))
+        tensor.ClearField("raw_data")
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class GraphBuilder:
     """Collects the pieces of one graph; `to_model()` assembles the ModelProto."""
 
-    def __init__(self, name: str, opset: int):
+    def __init__(self, name: str, opset: int, external: ExternalData | None = None):
         self.name = name
+        self.external = external
         self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
@@ -45,7 +75,10 @@ class GraphBuilder:
         if name in self._initializer_names:
             raise ValueError(f"initializer {name!r} added twice")
         self._initializer_names.add(name)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        tensor = numpy_helper.from_array(np.ascontiguousarray(array), name)
+        if self.external is not None:
+            self.external.store(tensor)
+        self.initializers.append(tensor)
         return name
 
     def const(self, array, dtype=np.int64) -> str:

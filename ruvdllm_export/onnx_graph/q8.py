@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ruvdllm_export.quant.q4 import BLOCK, Q4Tensor, dequantize_q4, pack_nibbles
+from ruvdllm_export.quant.q4 import BLOCK, ROWS_PER_CHUNK, Q4Tensor, dequantize_q4, pack_nibbles
 
 ZERO_POINT = 128
 
@@ -40,6 +40,13 @@ class Q8Tensor:
 
 def quantize_q8(w: np.ndarray) -> Q8Tensor:
     """Symmetric 8-bit quantization of W [N, K] in blocks of 32 along K; error ≤ half a step."""
+    if len(w) > ROWS_PER_CHUNK:  # rows quantize independently: chunks bound the temporaries
+        parts = [quantize_q8(w[i : i + ROWS_PER_CHUNK]) for i in range(0, len(w), ROWS_PER_CHUNK)]
+        return Q8Tensor(
+            packed=np.concatenate([p.packed for p in parts]),
+            scales=np.concatenate([p.scales for p in parts]),
+            in_features=parts[0].in_features,
+        )
     w = np.asarray(w, dtype=np.float32)
     n, k = w.shape
     nb = -(-k // BLOCK)

@@ -21,6 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 BLOCK = 32
+# Rows quantized per step: the quantizer's float64 temporaries are ~6x the rows' float32 size, so a
+# large matrix (a 128k-row token table) is done in slices of this many rows (same result).
+ROWS_PER_CHUNK = 4096
 
 
 @dataclass(frozen=True)
@@ -83,9 +86,22 @@ def quantize_q4(w: np.ndarray) -> Q4Tensor:
     (scale / 2) per element: the only clipped values lie within the zero point's own rounding
     error (<= 0.5 step) of the range ends. An all-zero block gets scale 0 and decodes to zeros.
     """
+    if np.ndim(w) != 2:
+        raise ValueError(f"quantize_q4: expected a 2-D weight, got shape {np.shape(w)}")
+    if len(w) > ROWS_PER_CHUNK:  # rows quantize independently: chunks bound the float64 temporaries
+        parts = [_quantize_q4_rows(w[i : i + ROWS_PER_CHUNK]) for i in range(0, len(w), ROWS_PER_CHUNK)]
+        return Q4Tensor(
+            packed=np.concatenate([p.packed for p in parts]),
+            scales=np.concatenate([p.scales for p in parts]),
+            zero_points=np.concatenate([p.zero_points for p in parts]),
+            mins=None,
+            in_features=parts[0].in_features,
+        )
+    return _quantize_q4_rows(w)
+
+
+def _quantize_q4_rows(w: np.ndarray) -> Q4Tensor:
     w = np.asarray(w, dtype=np.float64)
-    if w.ndim != 2:
-        raise ValueError(f"quantize_q4: expected a 2-D weight, got shape {w.shape}")
     n, k = w.shape
     nb = n_blocks_for(k)
     padded = np.zeros((n, nb * BLOCK), np.float64)

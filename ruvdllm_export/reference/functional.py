@@ -79,5 +79,7 @@ def dequantize_q4(
 def dequantize_q8(packed: torch.Tensor, scales: torch.Tensor, in_features: int) -> torch.Tensor:
     """The graph's 8-bit token table: W [N, K] = scales * (packed - 128) per block of 32, the
     numpy reference's operations (ruvdllm_export/onnx_graph/q8.py)."""
-    w = scales[..., None] * (packed.float() - float(Q8_ZERO_POINT))
+    # in place: the same float ops in the same order, without two more table-sized temporaries
+    # (a 128k-row table is 1 GB in float32)
+    w = packed.float().sub_(float(Q8_ZERO_POINT)).mul_(scales[..., None])
     return w.reshape(w.shape[0], -1)[:, :in_features]

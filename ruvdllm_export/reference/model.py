@@ -40,6 +40,7 @@ from ruvdllm_export.spec import (
     linear_weight,
     post_attention_norm,
     q_norm,
+    weight_shape,
 )
 
 Past = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (key after RoPE, value), [B, KV, P, D]
@@ -273,7 +274,7 @@ def _check_weights(spec: ModelSpec, weights: dict) -> None:
         linear_weight(0, "gate_proj"),
         EMBED,
     ):
-        got, shape = tuple(weights[name].shape), shapes[name]
+        got, shape = weight_shape(weights, name), shapes[name]
         if got != shape:
             raise RuvdllmError(f"model weights: {name} has shape {got}, the spec needs {shape}")
 

@@ -43,11 +43,24 @@ def test_exported_directory_holds_a_validated_graph(qwen3_dir, tmp_path):
     # a float checkpoint is quantized: the agreement with the checkpoint itself is measured too
     assert 0.5 < validation["top1_agreement_vs_checkpoint"] <= 1.0
     assert config.source["validated_on"] == ["cpu"]
+    assert "validate" in config.source["memory"]["phases"]
     model = onnx.load(str(out / artifact.GRAPH_NAME))  # loads the external data beside it
     nbits = sum(n.op_type == "MatMulNBits" for n in model.graph.node)
     assert nbits == 4 * 2 + 1  # qkv, o, gate/up, down per layer; the head
     assert config.source["graph"]["nodes"] == len(model.graph.node)  # the export report's count
     assert not leftovers(tmp_path, "model")
+
+
+def test_the_report_records_peak_memory_per_phase(qwen3_dir, tmp_path):
+    """config.json carries the export's peak resident memory and the peak after each phase (the
+    bound docs/checkpoints.md states is checked by benchmarks/export_memory.py, not here)."""
+    lines = []
+    out = export_model(qwen3_dir, tmp_path / "model", validate=False, log=lines.append)
+    memory = artifact.load_config(out).source["memory"]
+    assert set(memory["phases"]) == {"load", "prepare", "graph", "save"}  # no validate phase: skipped
+    peaks = [memory["phases"][phase]["peak_rss_mib"] for phase in ("load", "prepare", "graph", "save")]
+    assert 0 < peaks[0] and peaks == sorted(peaks) and peaks[-1] <= memory["peak_rss_mib"]
+    assert "peak memory" in lines[-1]
 
 
 def test_gguf_q4_1_exports_exactly(tmp_path):
