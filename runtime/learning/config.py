@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from runtime.learning.federation_config import FederationConfig
 from ruvdllm.errors import RuvdllmError
 
 CONFIG_ENV = "RUVDLLM_LEARNING_CONFIG"
@@ -72,6 +73,7 @@ class LoopAConfig:
 @dataclass(frozen=True)
 class LearningConfig:
     loop_a: LoopAConfig = field(default_factory=LoopAConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
     source: str = ""  # the file it was read from ("": the defaults)
 
 
@@ -111,11 +113,12 @@ def parse_learning_config(text: str, where: str, suffix: str = ".toml") -> Learn
         raise RuvdllmError(f"{where}: not valid {suffix.lstrip('.').upper()} ({exc})") from None
     if not isinstance(values, dict):
         raise RuvdllmError(f"{where}: must hold a table of sections")
-    unknown = sorted(set(values) - {"loop_a"})
+    sections = {"loop_a": LoopAConfig, "federation": FederationConfig}
+    unknown = sorted(set(values) - set(sections))
     if unknown:
-        raise RuvdllmError(f"{where}: unknown section {', '.join(unknown)} (known: loop_a)")
-    loop_a = _section("loop_a", values.get("loop_a", {}), LoopAConfig, where)
-    return LearningConfig(loop_a=loop_a, source=where)
+        raise RuvdllmError(f"{where}: unknown section {', '.join(unknown)} (known: {', '.join(sections)})")
+    parsed = {name: _section(name, values.get(name, {}), kind, where) for name, kind in sections.items()}
+    return LearningConfig(**parsed, source=where)
 
 
 def load_learning_config(path: Path | str | None = None) -> LearningConfig:
