@@ -102,7 +102,10 @@ WRITER = textwrap.dedent(
 
 
 def test_a_merge_killed_at_random_moments_always_leaves_a_loadable_bank(tmp_path):
-    big = {"q_proj": Features(256, 256), "v_proj": Features(256, 64)}  # big enough that a write takes milliseconds
+    big = {
+        "q_proj": Features(256, 256),
+        "v_proj": Features(256, 64),
+    }  # big enough that a write takes milliseconds
     bank = small_bank(np.random.default_rng(2), layers=4, targets=big)
     bank.save(tmp_path / "bank")
     sets = [concat(random_factors(bank, np.random.default_rng(n))) for n in (0, 1)]  # the writer's two
