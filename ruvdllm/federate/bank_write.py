@@ -14,6 +14,10 @@ moment with no bank at all. Here nothing the current `bank.json` refers to is to
 Before step 2 the old bank.json names only old, untouched folders; after it, the new one names only
 complete folders. The releases merged are recorded inside the bank they changed, so "merged once"
 holds through a crash as well: there is no second file to fall out of step with the bank.
+
+Writers of one bank (a federation step, loop B adding adapters) exclude each other with an
+exclusive lock on `<bank>.lock` beside it (`bank_lock`), and read the bank again once they hold it.
+Readers (a model loading the bank) take no lock: they see one bank.json or the other.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from runtime.banks import BANK_JSON, Bank, write_f32
@@ -29,6 +35,24 @@ from ruvdllm.errors import RuvdllmError
 
 MERGED_JSON = "merged.json"  # in an adapter's folder: the release ids merged into it, oldest first
 _VERSION = re.compile(r"^(?P<base>.+?)\.fed(?P<n>[0-9]+)$")
+
+
+@contextmanager
+def bank_lock(directory: Path) -> Iterator[None]:
+    """Hold the bank's writer lock (blocking). POSIX advisory lock; where fcntl is missing
+    (Windows), no lock: one writer at a time is then the user's to keep."""
+    directory = Path(directory)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(directory.with_name(directory.name + ".lock"), "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def merged_releases(directory: Path, bank: Bank) -> set[str]:

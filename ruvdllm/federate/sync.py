@@ -43,7 +43,13 @@ from ruvdllm.federate.bank_pairs import (
     group_slots,
     merge_pairs,
 )
-from ruvdllm.federate.bank_write import MERGED_JSON, merged_releases, remove_unreferenced, replace_adapters
+from ruvdllm.federate.bank_write import (
+    MERGED_JSON,
+    bank_lock,
+    merged_releases,
+    remove_unreferenced,
+    replace_adapters,
+)
 from ruvdllm.federate.retry_state import RetryState
 
 STATE_NAME = "federation.json"  # in the data directory: the retry state
@@ -84,7 +90,8 @@ def federate_once(
             raise RuvdllmError("learning config: federation.consent_group needs federation.group")
         group_key = _read_secret(config.group_key_file, "group_key_file", "the group's key")
     state = RetryState.load(data_root / STATE_NAME)
-    remove_unreferenced(bank_dir, bank)  # what a crashed merge left behind
+    with bank_lock(bank_dir):  # what a crashed merge left behind
+        remove_unreferenced(bank_dir, Bank.load(bank_dir))
     report.say("private: kept on this device (everything not consented to)")
     with client(config.hub, token, timeout_s=config.timeout_s, retries=1) as hub:
         for tier in SHARED_TIERS:
@@ -211,12 +218,14 @@ def merge_releases(
     group_key: str | None,
     report: StepReport,
 ) -> None:
-    """Blend the newest unmerged aggregates into the bank, all groups in one atomic write."""
+    """Blend the newest unmerged aggregates into the bank, all groups in one atomic write. The
+    downloads come first; the bank is then read again and written under its lock, so that what
+    another writer (loop B) added meanwhile is kept."""
     merged = merged_releases(bank_dir, bank)
     relayed = hub.rounds("relayed") if group_key else []
-    new = {}
-    for tg, slot in group_slots(bank).items():
-        sources = []  # (id, pairs, what), applied in order
+    fetched = {}  # timestep group -> [(source id, pairs, what)], applied in order
+    for tg in group_slots(bank):
+        sources = []
         release = _newest_unmerged(hub.releases(tg), merged, bank)
         if release is not None:
             what = f"release {release['id']} ({release['tier']}, {release['contributors']} devices)"
@@ -237,20 +246,30 @@ def merge_releases(
             pairs = {name: f.pair for name, f in result.factors.items()}
             sources.append((source_id, pairs, f"group round {round_['id']} (aggregated here)"))
             break
-        if not sources:
-            continue
-        old = adapter_in_slot(bank, slot)
-        local = None if old is None else adapter_pairs(bank, old)
-        history = [] if old is None else _history(bank_dir, old.name)
-        for source_id, pairs, what in sources:
-            local = merge_pairs(local, pairs, config.merge_weight, bank.rank)
-            history.append(source_id)
-            report.say(f"{tg}: merged {what} at weight {config.merge_weight:g}")
-        new[slot] = (tg, bank_factors(bank, local), history)
-    if not new:
+        if sources:
+            fetched[tg] = sources
+    if not fetched:
         report.say("merge: no new release for this bank")
         return
-    replace_adapters(bank_dir, bank, new)
+    with bank_lock(bank_dir):
+        bank = Bank.load(bank_dir)
+        merged = merged_releases(bank_dir, bank)  # another step may have merged them meanwhile
+        slots = group_slots(bank)
+        new = {}
+        for tg, sources in fetched.items():
+            sources = [s for s in sources if s[0] not in merged]
+            if not sources:
+                continue
+            old = adapter_in_slot(bank, slots[tg])
+            local = None if old is None else adapter_pairs(bank, old)
+            history = [] if old is None else _history(bank_dir, old.name)
+            for source_id, pairs, what in sources:
+                local = merge_pairs(local, pairs, config.merge_weight, bank.rank)
+                history.append(source_id)
+                report.say(f"{tg}: merged {what} at weight {config.merge_weight:g}")
+            new[slots[tg]] = (tg, bank_factors(bank, local), history)
+        if new:
+            replace_adapters(bank_dir, bank, new)
 
 
 def _newest_unmerged(releases: list[dict], merged: set[str], bank: Bank) -> dict | None:

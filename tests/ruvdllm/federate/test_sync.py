@@ -18,8 +18,8 @@ from runtime.banks import Bank
 from runtime.learning.config import load_learning_config
 from ruvdllm.cli import main
 from ruvdllm.federate.bank_pairs import adapter_in_slot, adapter_pairs
-from ruvdllm.federate.bank_write import merged_releases
-from ruvdllm.federate.sync import STATE_NAME, federate_once
+from ruvdllm.federate.bank_write import bank_lock, merged_releases
+from ruvdllm.federate.sync import STATE_NAME, StepReport, federate_once, merge_releases
 from tests.federation_hub.hubs import SMALL_SHAPES, HubProcess, free_port
 from tests.ruvdllm.federate.banks import random_factors, small_bank
 
@@ -256,3 +256,41 @@ def test_configuration_mistakes_are_one_line_errors(tokens, tmp_path, capsys):
     assert main(["federate", "--learning-config", str(device.config_path)]) == 1
     (err,) = capsys.readouterr().err.splitlines()
     assert err.startswith("error: ") and "no adapter bank to share or merge into" in err
+
+
+def test_a_merge_keeps_what_another_writer_added_while_it_downloaded(hub, tokens, tmp_path):
+    admin = hub.admin()
+    round_ = admin.open_round(tier="tenant", tenant="acme", timestep_group="coarse", shapes=SMALL_SHAPES)
+    device = Device(
+        tmp_path / "d3m", hub.url, tokens["d3"], small_bank(np.random.default_rng(9)), consent_tenant=True
+    )
+    assert device.step(pull=False).failed == []
+    release_id = admin.close_round(round_["id"])["release_id"]
+
+    stale = device.bank()  # what the step read before downloading
+    other = device.bank()  # meanwhile loop B adds a DGR adapter and saves the bank
+    other.add_adapter("micro-1", 3, random_factors(other, np.random.default_rng(10)))
+    other.save(device.root / "bank")
+    report = StepReport()
+    with hub.client(tokens["d3"]) as client:
+        merge_releases(client, stale, device.root / "bank", device.config, None, report)
+    assert any(release_id in line for line in report.lines)
+    assert {"micro-1", "coarse.fed1", "fine", "domain"} == set(device.bank().adapters)
+
+
+def test_writers_of_one_bank_take_turns(tmp_path):
+    (tmp_path / "bank").mkdir()
+    order = []
+    with bank_lock(tmp_path / "bank"):
+
+        def second_writer():
+            with bank_lock(tmp_path / "bank"):
+                order.append("second")
+
+        waiting = threading.Thread(target=second_writer)
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive()  # blocked while the first writer holds the lock
+        order.append("first")
+    waiting.join(10)
+    assert order == ["first", "second"]
