@@ -17,6 +17,7 @@ from federation_hub.privacy.sealing import generate_group_key
 from runtime.banks import Bank
 from runtime.learning.config import load_learning_config
 from ruvdllm.cli import main
+from ruvdllm.federate import bank_write
 from ruvdllm.federate.bank_pairs import adapter_in_slot, adapter_pairs
 from ruvdllm.federate.bank_write import bank_lock, merged_releases
 from ruvdllm.federate.sync import STATE_NAME, StepReport, federate_once, merge_releases
@@ -294,3 +295,40 @@ def test_writers_of_one_bank_take_turns(tmp_path):
         order.append("first")
     waiting.join(10)
     assert order == ["first", "second"]
+
+
+def test_a_step_that_crashes_mid_merge_leaves_the_old_bank_and_the_next_merges_once(
+    hub, tokens, tmp_path, monkeypatch
+):
+    admin = hub.admin()
+    round_ = admin.open_round(tier="tenant", tenant="acme", timestep_group="coarse", shapes=SMALL_SHAPES)
+    device = Device(
+        tmp_path / "d4c", hub.url, tokens["d4"], small_bank(np.random.default_rng(11)), consent_tenant=True
+    )
+    assert device.step(pull=False).failed == []
+    release_id = admin.close_round(round_["id"])["release_id"]
+    before = device.pairs()
+
+    class Crash(BaseException):  # not an error the step handles: the process dies here
+        pass
+
+    def crash(*args):
+        raise Crash
+
+    monkeypatch.setattr(bank_write.os, "replace", crash)  # after the new adapter's files, before the switch
+    with pytest.raises(Crash):
+        device.step(now=2000.0)
+    monkeypatch.undo()
+    assert "coarse" in device.bank().adapters  # the old bank, whole
+    for name, pair in device.pairs().items():
+        np.testing.assert_array_equal(pair.product(), before[name].product())
+
+    report = device.step(now=2001.0)
+    assert sum(release_id in line for line in report.lines) == 1
+    assert merged_releases(device.root / "bank", device.bank()) == {release_id}
+    assert sorted(p.name for p in (device.root / "bank" / "adapters").iterdir()) == [
+        "coarse.fed1",
+        "domain",
+        "fine",
+    ]
+    assert "merge: no new release for this bank" in device.step(now=2002.0).lines
