@@ -73,7 +73,6 @@ def federate_once(
     data_root: Path,
     force: bool = False,
     clock: Callable[[], float] = time.time,
-    client: Callable[..., HubClient] = HubClient,
 ) -> StepReport:
     """Run the tasks that are due (all of them with `force`). Configuration errors (no hub, no
     token, no bank) raise; the hub's failures are reported and scheduled for a retry."""
@@ -81,6 +80,8 @@ def federate_once(
     if not config.enabled:
         report.say("federation is off ([federation] enabled = false): nothing sent, nothing merged")
         return report
+    if not config.hub.strip(","):
+        raise RuvdllmError("learning config: federation.hub is not set (the hub's URL)")
     bank_dir = config.bank_path(data_root)
     bank = _load_bank(bank_dir)
     token = _read_secret(config.token_file, "token_file", "the client token the hub's admin issued")
@@ -93,7 +94,7 @@ def federate_once(
     with bank_lock(bank_dir):  # what a crashed merge left behind
         remove_unreferenced(bank_dir, Bank.load(bank_dir))
     report.say("private: kept on this device (everything not consented to)")
-    with client(config.hub, token, timeout_s=config.timeout_s, retries=1) as hub:
+    with HubClient(config.hub, token, timeout_s=config.timeout_s, retries=1) as hub:
         for tier in SHARED_TIERS:
             if tier not in config.consented():
                 continue
@@ -112,7 +113,10 @@ def federate_once(
                 state.succeeded("merge")
             except (RuvdllmError, httpx.HTTPError) as exc:
                 _failed(state, "merge", exc, clock(), config, report)
-    state.save()
+    try:
+        state.save()
+    except OSError as exc:  # a full disk: the next step retries what failed a little early, no more
+        report.say(f"{data_root / STATE_NAME}: cannot save the retry state ({exc.strerror or exc})")
     return report
 
 

@@ -252,6 +252,9 @@ def test_configuration_mistakes_are_one_line_errors(tokens, tmp_path, capsys):
     device.config_path.write_text(text + "consent_privte = true\n")
     assert main(["federate", "--learning-config", str(device.config_path)]) == 1
     assert "[federation] has unknown consent_privte" in capsys.readouterr().err
+    device.config_path.write_text(text.replace('hub = "http://127.0.0.1:9"', 'hub = ""'))
+    assert main(["federate", "--learning-config", str(device.config_path)]) == 1
+    assert "federation.hub is not set" in capsys.readouterr().err
     device.config_path.write_text(text)
     (tmp_path / "bad" / "bank" / "bank.json").unlink()
     assert main(["federate", "--learning-config", str(device.config_path)]) == 1
