@@ -358,7 +358,8 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
     : trajectoryRecord({
         id: newCompletionId(),
         model: engine.info.model.name,
-        bank: engine.info.bank.present ? 'banks' : null,
+        // the bank the pattern ids refer to, by its address (the CPython store keeps its directory)
+        bank: engine.info.bank.present ? new URL('banks/', new URL(lastLoad.modelUrl, self.location.href)).href : null,
         prompt: text,
         promptTokens: summary.prompt_ids,
         settings: { ...definedOnly(settings), seed, chat },
