@@ -274,6 +274,10 @@ def step_event(event, control: AdapterControl, span_length: int) -> dict:
         "talora": talora,
         "forward_ms": event.forward_ms,
         "drafted": event.drafted,  # the verified sampler's drafts checked by this forward
+        # for the page's trajectory record (learning loop A, web/js/trajectory_store.js)
+        "entropy": event.entropy,
+        "confidence": event.confidence,
+        "patterns": [[int(p), float(s)] for p, s in event.patterns],
     }
 
 

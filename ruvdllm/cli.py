@@ -39,6 +39,10 @@ SUBCOMMANDS = {
     "serve": ("runtime.server.command", "serve an OpenAI-compatible HTTP API"),
     "web": ("runtime.web_command", "serve the browser client and a model directory"),
     "hub": ("federation_hub.command", "run the federation hub"),
+    "federate": (
+        "ruvdllm.federate.command",
+        "share this device's adapters with a hub, merge what it releases",
+    ),
 }
 MODEL_COMMANDS = {"generate", "serve", "web"}  # run(args, default_model=...): no model given -> the default
 
@@ -65,6 +69,7 @@ def _extra(name: str) -> str:
         "distill": "train",
         "train-banks": "train",
         "hub": "hub",
+        "federate": "hub",
     }.get(name, "runtime")
 
 

@@ -29,6 +29,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from runtime.learning.federation_config import FederationConfig
 from ruvdllm.errors import RuvdllmError
 
 CONFIG_ENV = "RUVDLLM_LEARNING_CONFIG"
@@ -132,6 +133,7 @@ class LoopBConfig:
 class LearningConfig:
     loop_a: LoopAConfig = field(default_factory=LoopAConfig)
     loop_b: LoopBConfig = field(default_factory=LoopBConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
     source: str = ""  # the file it was read from ("": the defaults)
 
 
@@ -171,12 +173,12 @@ def parse_learning_config(text: str, where: str, suffix: str = ".toml") -> Learn
         raise RuvdllmError(f"{where}: not valid {suffix.lstrip('.').upper()} ({exc})") from None
     if not isinstance(values, dict):
         raise RuvdllmError(f"{where}: must hold a table of sections")
-    unknown = sorted(set(values) - {"loop_a", "loop_b"})
+    sections = {"loop_a": LoopAConfig, "loop_b": LoopBConfig, "federation": FederationConfig}
+    unknown = sorted(set(values) - set(sections))
     if unknown:
-        raise RuvdllmError(f"{where}: unknown section {', '.join(unknown)} (known: loop_a, loop_b)")
-    loop_a = _section("loop_a", values.get("loop_a", {}), LoopAConfig, where)
-    loop_b = _section("loop_b", values.get("loop_b", {}), LoopBConfig, where)
-    return LearningConfig(loop_a=loop_a, loop_b=loop_b, source=where)
+        raise RuvdllmError(f"{where}: unknown section {', '.join(unknown)} (known: {', '.join(sections)})")
+    parsed = {name: _section(name, values.get(name, {}), kind, where) for name, kind in sections.items()}
+    return LearningConfig(**parsed, source=where)
 
 
 def load_learning_config(path: Path | str | None = None) -> LearningConfig:

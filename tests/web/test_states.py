@@ -26,10 +26,11 @@ SETTINGS = {
     "seed",
 }
 SETTINGS |= {"talora", "dgr", "chat"}
+FEEDBACK = {"thumb_up", "thumb_down", "correction", "save_correction"}  # on the last answer kept
 # What may be enabled in each state (web/js/phases.js): a control outside its set would do nothing.
 MAY_ACT = {
     "loading": {"ep"},  # switching restarts the load on the other provider
-    "ready": {"generate", "ep"} | SETTINGS,
+    "ready": {"generate", "ep"} | SETTINGS | FEEDBACK,
     "generating": {"stop"},
     "stopping": set(),
     "error": {"ep", "reload", "redownload"},

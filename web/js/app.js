@@ -6,6 +6,7 @@ import { IN, OUT } from './protocol.js';
 import { defaultThreads } from './ort_engine.js';
 import { PHASE, WHY, capabilitiesOf, controlsFor, samplerAllowed } from './phases.js';
 import { LoadProgress, addNotice, renderCells, renderChips, renderRetrievals, renderStats, renderTalora } from './render.js';
+import { TrajectoryStore } from './trajectory_store.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -25,6 +26,9 @@ const state = (window.ruvdllm = {
   notices: [],
   progress: [], // every load report as the page showed it: {phase, text, bar (percent)}
   phases: [], // every phase entered, with the controls enabled in it: {phase, enabled: [ids]}
+  answerId: null, // the completion id of the answer shown, once kept in the store: feedback goes to it
+  feedback: [], // the feedback given on that answer, as stored
+  learned: null, // {trajectories, feedback} kept in this browser (the store's counts)
 });
 
 let worker = null;
@@ -32,6 +36,7 @@ let interruptBuffer = null;
 let nextId = 1;
 let loadMessage = null;
 let caps = capabilitiesOf(null);
+let store = null; // Promise<TrajectoryStore | null>: null where IndexedDB is unavailable
 const loadProgress = new LoadProgress(state.progress);
 
 function notify(text, level = 'info') {
@@ -59,7 +64,7 @@ async function installServiceWorker() {
 
 // --- the page's state ------------------------------------------------------------------------
 
-const CONTROL_IDS = ['generate', 'stop', 'ep', 'reload', 'redownload', 'sampler', 'length', 'block_size', 'steps', 'decoding', 'order', 'threshold', 'entropy_bound', 'temperature', 'top_p', 'seed', 'talora', 'dgr', 'chat'];
+const CONTROL_IDS = ['generate', 'stop', 'ep', 'reload', 'redownload', 'sampler', 'length', 'block_size', 'steps', 'decoding', 'order', 'threshold', 'entropy_bound', 'temperature', 'top_p', 'seed', 'talora', 'dgr', 'chat', 'thumb_up', 'thumb_down', 'correction', 'save_correction'];
 const REASONS = {
   talora: () => WHY.talora,
   dgr: () => (state.info?.bank?.present ? WHY.dgrPatterns : WHY.dgrBank),
@@ -79,7 +84,7 @@ function diffusionSampler() {
 }
 
 function formValues() {
-  return { prompt: $('prompt').value, sampler: $('sampler').value, decoding: $('decoding').value, temperature: $('temperature').value };
+  return { prompt: $('prompt').value, sampler: $('sampler').value, decoding: $('decoding').value, temperature: $('temperature').value, answer: state.answerId, correction: $('correction').value };
 }
 
 // Enable exactly the controls that can act now; a disabled setting says why when the phase allows it.
@@ -180,6 +185,64 @@ function showComplete(message) {
   renderStats(stats);
   $('step-label').textContent = interrupted ? 'stopped' : `done · ${stats.generatedTokens} tokens · ${stats.finishReason}`;
   setPhase(PHASE.READY);
+  if (message.trajectory) keepTrajectory(message.trajectory);
+}
+
+// --- learning: the answer's trajectory and the user's feedback, kept in IndexedDB ---------------
+
+function openStore() {
+  store = TrajectoryStore.open().catch((e) => {
+    notify(`Answers and feedback cannot be kept in this browser (${e?.message || e}): feedback is off.`, 'warning');
+    return null;
+  });
+  store.then(countLearned);
+}
+
+async function countLearned(kept) {
+  if (kept) state.learned = await kept.count();
+}
+
+function showFeedback() {
+  const last = state.feedback.filter((f) => f.kind === 'up' || f.kind === 'down').pop();
+  $('thumb_up').setAttribute('aria-pressed', String(last?.kind === 'up'));
+  $('thumb_down').setAttribute('aria-pressed', String(last?.kind === 'down'));
+  const corrected = state.feedback.some((f) => f.kind === 'correction');
+  const said = [last && (last.kind === 'up' ? 'good' : 'bad'), corrected && 'corrected'].filter(Boolean).join(', ');
+  $('feedback-status').textContent = said ? `Kept on this device: ${said}.` : '';
+}
+
+// After the answer is on screen: the store's write is not on the generation's path.
+async function keepTrajectory(trajectory) {
+  const kept = await store;
+  if (!kept) return;
+  try {
+    await kept.addTrajectory(trajectory);
+  } catch (e) {
+    notify(`This answer could not be kept for learning (${e?.message || e}).`, 'warning');
+    return;
+  }
+  if (state.complete?.trajectory?.id !== trajectory.id || state.phase !== PHASE.READY) return; // a newer run
+  Object.assign(state, { answerId: trajectory.id, feedback: [] });
+  showFeedback();
+  applyControls();
+  countLearned(kept);
+}
+
+async function giveFeedback(kind, correction = null) {
+  const id = state.answerId;
+  if (!controlsFor(state.phase, formValues(), caps)[kind === 'correction' ? 'save_correction' : `thumb_${kind}`]) return;
+  try {
+    const record = await (await store).addFeedback({ completion_id: id, kind, correction });
+    if (state.answerId !== id) return;
+    state.feedback.push(record);
+    if (kind === 'correction') $('correction').value = '';
+  } catch (e) {
+    notify(`The feedback could not be kept (${e?.message || e}).`, 'warning');
+    return;
+  }
+  showFeedback();
+  applyControls();
+  countLearned(await store);
 }
 
 // --- settings -> GenerationSettings ------------------------------------------------------------
@@ -242,7 +305,8 @@ function load(ep, { forget = false } = {}) {
 function start(prompt, settings, { chat = true, seed = 0 } = {}) {
   if (state.phase !== PHASE.READY) return Promise.reject(new Error(`cannot generate while ${state.phase}`));
   if (!String(prompt).trim()) return Promise.reject(new Error('prompt: empty (give some text)'));
-  Object.assign(state, { steps: 0, complete: null, lastStep: null, error: null, trace: [], prefill: [], interruptAt: null });
+  Object.assign(state, { steps: 0, complete: null, lastStep: null, error: null, trace: [], prefill: [], interruptAt: null, answerId: null, feedback: [] });
+  showFeedback();
   $('error').hidden = true;
   $('output').textContent = '';
   $('step-label').textContent = 'reading the prompt';
@@ -270,6 +334,8 @@ function stop() {
 // Scripts (benchmarks, embedding pages) drive the same path as the form, with any
 // GenerationSettings field (e.g. stop_at_eos), through window.ruvdllm.run(prompt, settings, options).
 state.run = start;
+// The page's trajectory store (null where IndexedDB is unavailable), for scripts and tests.
+state.trajectories = () => store;
 
 function submit() {
   if (!controlsFor(state.phase, formValues(), caps).generate) return; // Ctrl+Enter obeys the button
@@ -293,6 +359,11 @@ async function main() {
   $('settings').addEventListener('input', applyControls);
   $('settings').addEventListener('change', applyControls);
   $('stop').addEventListener('click', stop);
+  $('thumb_up').addEventListener('click', () => giveFeedback('up'));
+  $('thumb_down').addEventListener('click', () => giveFeedback('down'));
+  $('save_correction').addEventListener('click', () => giveFeedback('correction', $('correction').value));
+  $('correction').addEventListener('input', applyControls);
+  openStore();
   $('skip').addEventListener('click', (e) => {
     e.preventDefault(); // focus, without a #fragment in the address
     $('prompt').focus();

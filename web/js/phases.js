@@ -8,6 +8,8 @@
 //   loading, ready, error ──execution provider changed / Download again──► loading
 //
 // The prompt stays editable throughout (typing acts on nothing until Generate).
+// Feedback (thumbs, a corrected answer) acts on the last answer the page kept (`form.answer`, its
+// completion id): only while ready, since a new generation replaces the answer on screen.
 
 export const PHASE = Object.freeze({
   LOADING: 'loading', // the engine starts, the model downloads, the session warms up
@@ -43,7 +45,7 @@ export const WHY = {
 };
 
 // {id: enabled} for every control of the page, in `phase`, given the form's values (`form`:
-// {prompt, sampler, decoding, temperature}), the model's capabilities and whether the last load
+// {prompt, sampler, decoding, temperature, answer, correction}), the model's capabilities and whether the last load
 // failed in a way a new download can mend.
 export function controlsFor(phase, form, caps, { redownload = false } = {}) {
   const ready = phase === PHASE.READY;
@@ -71,6 +73,11 @@ export function controlsFor(phase, form, caps, { redownload = false } = {}) {
     talora: ready && caps.talora,
     dgr: ready && caps.dgr,
     chat: ready && caps.chat,
+    // feedback on the answer shown, once it is kept (trajectory_store.js)
+    thumb_up: ready && Boolean(form.answer),
+    thumb_down: ready && Boolean(form.answer),
+    correction: ready && Boolean(form.answer),
+    save_correction: ready && Boolean(form.answer) && String(form.correction || '').trim() !== '',
   };
 }
 

@@ -21,7 +21,8 @@
 //   {type: 'ready', info: ReadyInfo}
 //   {type: 'prefill', id, done, total}   a long prompt read in pieces: rows done of the first chunk
 //   {type: 'step', id, step: StepView}
-//   {type: 'complete', id, text, tokens, promptIds, stats, interrupted}
+//   {type: 'complete', id, text, tokens, promptIds, stats, interrupted, trajectory}
+//        trajectory: the answer's record for learning (trajectory_store.js), null when stopped
 //   {type: 'error', id?, code, message, recover?: 'redownload' | null}
 //
 // ReadyInfo: {ep, adapter, numThreads, crossOriginIsolated, model: {name, architecture, layers,

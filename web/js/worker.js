@@ -11,6 +11,7 @@ import { ModelTokenizer } from './tokenizer.js';
 import { PatternIndex } from './pattern_index.js';
 import { answerPrefix, stepView } from './views.js';
 import { formatPrompt } from './chat.js';
+import { newCompletionId, stepSummary, trajectoryRecord } from './trajectory_store.js';
 
 const post = (message) => self.postMessage(message);
 const progress = (phase, value, text, extra = {}) => post({ type: OUT.PROGRESS, phase, progress: value, text, ...extra });
@@ -300,8 +301,10 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
   const meteredBefore = meter ? { ...meter } : null;
   const state = { uncertainty: new Map(), tokens: [], steps: 0, viewMs: 0, stopAtEos: settings.stop_at_eos !== false };
   runner.onPrefill = (done, total) => post({ type: OUT.PREFILL, id, done, total });
+  const trajectorySteps = []; // the trajectory record's steps (learning loop A)
   const onStep = (event) => {
     const viewStarted = performance.now();
+    trajectorySteps.push(stepSummary(event, settings.talora !== false && engine.info.bank.present));
     state.tokens = event.tokens;
     state.steps += 1;
     const view = stepView(event, runner, tokenizer, config, engine.info.bank, state, viewStarted - started);
@@ -348,6 +351,24 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
     // on WebGPU, what the device itself read back and was written, onnxruntime's own moves included
     gpuTraffic: meter ? since(meter, meteredBefore) : null,
   };
+  // What the page keeps for learning: answers the user got in full (a stopped one was abandoned,
+  // as the server does not record a completion its client dropped).
+  const trajectory = interrupted
+    ? null
+    : trajectoryRecord({
+        id: newCompletionId(),
+        model: engine.info.model.name,
+        // the bank the pattern ids refer to, by its address (the CPython store keeps its directory)
+        bank: engine.info.bank.present ? new URL('banks/', new URL(lastLoad.modelUrl, self.location.href)).href : null,
+        prompt: text,
+        promptTokens: summary.prompt_ids,
+        settings: { ...definedOnly(settings), seed, chat },
+        steps: trajectorySteps,
+        answer: summary.text,
+        answerTokens: tokens,
+        finishReason: summary.finish_reason,
+        wallMs,
+      });
   post({
     type: OUT.COMPLETE,
     id,
@@ -356,6 +377,7 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
     promptIds: summary?.prompt_ids ?? null,
     stats,
     interrupted,
+    trajectory,
   });
 }
 
