@@ -142,13 +142,15 @@ def test_a_full_queue_drops_new_trajectories_without_blocking(banked_model_dir, 
     control = model.control(EAGER)
     done = model.generate(ids, EAGER, control=control)
     recorded = [loop.record_completion(model, ids, EAGER, done, control) for _ in range(8)]
-    # one is held by the writer at the gate, two wait in the queue, the rest were dropped
+    # at most one is held by the writer at the gate, two wait in the queue, the rest were dropped
     assert loop.recorder.dropped >= 5 and len(warnings) == 1 and "queue full" in warnings[0]
     gate.set()
     loop.close()
     store = SqliteStore(tmp_path / "t.db")
     kept = [i for i in recorded if store.trajectory(i) is not None]
-    assert len(kept) == 8 - loop.recorder.dropped and kept == recorded[: len(kept)]
+    # the first two always fit; a later one may too when the writer took one off the queue meanwhile
+    assert len(kept) == 8 - loop.recorder.dropped and kept[:2] == recorded[:2]
+    assert kept == [i for i in recorded if i in kept]  # in the order they were recorded
 
 
 EXIT_WITHOUT_CLOSE = """
