@@ -14,7 +14,8 @@ whatever other processes fold meanwhile. So a close
     4. normalises to select()'s weights and releases (strategies/run.py `release`).
 
 The result equals `run_strategy` over the same contributions (tests/federation_hub/services/
-test_aggregation.py): the same selection, the same exact sums up to float64 rounding.
+test_aggregation.py): the same selection, the same sums up to the fold's float32 rounding of each
+product (aggregate/lora.py states the bound).
 """
 
 from __future__ import annotations
@@ -192,7 +193,10 @@ def _aggregate(
     return dataclasses.replace(result, facts={**result.facts, "contributions_summed": total.count})
 
 
-CANCELLATION = 1e3  # taking back this much more weight than is kept loses ~3 of float64's 16 digits
+# Taking back more weight than is kept costs precision in proportion: each product was folded in
+# float32 (aggregate/lora.py, ~10⁻⁶ of its size), so past 10× the kept weight the chosen are
+# summed from their payloads instead
+CANCELLATION = 10.0
 
 
 def _sum_chosen_directly(log_weights: np.ndarray, chosen: np.ndarray, excluded: list[int]) -> bool:
