@@ -147,12 +147,16 @@ class LowRankSum:
             end = self._fill + width
             self._a_buf[self._fill : end] = a[start : start + width]
             # w·B rounded once to float32 (B may be float64: a merged sum's weighted factors)
-            np.multiply(b[:, start : start + width], weight, out=self._b_buf[:, self._fill : end], casting="same_kind")
+            np.multiply(
+                b[:, start : start + width], weight, out=self._b_buf[:, self._fill : end], casting="same_kind"
+            )
             self._fill = end
 
     def _flush(self) -> None:
         if self._fill:
-            self._dense += self._b_buf[:, : self._fill] @ self._a_buf[: self._fill]  # float32 GEMM, float64 sum
+            self._dense += (
+                self._b_buf[:, : self._fill] @ self._a_buf[: self._fill]
+            )  # float32 GEMM, float64 sum
             self._fill = 0
 
     def stacked(self) -> LoraPair | None:

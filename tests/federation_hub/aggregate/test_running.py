@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federation_hub import codec
-from federation_hub.aggregate.lora import LoraPair, LowRankSum, fold_error_bound
+from federation_hub.aggregate.lora import LoraPair, fold_error_bound
 from federation_hub.aggregate.running import RunningSum, log_normalizer
 
 SHAPES = {"q": (6, 5), "v": (3, 5)}  # out, in
