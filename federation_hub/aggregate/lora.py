@@ -146,9 +146,14 @@ class LowRankSum:
                 self._flush()
             end = self._fill + width
             self._a_buf[self._fill : end] = a[start : start + width]
-            # w·B rounded once to float32 (B may be float64: a merged sum's weighted factors)
+            # w·B in float64, rounded once to float32 — not in B's own dtype: a Python float does
+            # not widen float16 factors, and w·B in float16 would keep 11 bits
             np.multiply(
-                b[:, start : start + width], weight, out=self._b_buf[:, self._fill : end], casting="same_kind"
+                b[:, start : start + width],
+                weight,
+                out=self._b_buf[:, self._fill : end],
+                dtype=np.float64,
+                casting="same_kind",
             )
             self._fill = end
 

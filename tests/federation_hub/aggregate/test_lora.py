@@ -35,13 +35,21 @@ folds = st.tuples(
 
 
 @settings(max_examples=80, deadline=None)
-@given(folds, st.integers(0, 2**31 - 1), st.integers(1, 64), st.floats(0.0, 6.0))
-def test_dense_sum_is_the_float64_sum_within_the_stated_bound(dims, seed, flush, spread):
+@given(
+    folds,
+    st.integers(0, 2**31 - 1),
+    st.integers(1, 64),
+    st.floats(0.0, 6.0),
+    st.sampled_from([np.float16, np.float32, np.float64]),
+)
+def test_dense_sum_is_the_float64_sum_within_the_stated_bound(dims, seed, flush, spread, dtype):
     """Products folded in float32, summed in float64: every entry within lora.py's bound of the
-    float64 reference, with weights spread over up to 10^±3 (a softmax's range)."""
+    float64 reference, with weights spread over up to 10^±3 (a softmax's range), for factors as
+    they arrive (float16, float32) and as a merged sum holds them (float64)."""
     out_f, in_f, rank, n = dims
     rng = np.random.default_rng(seed)
     pairs = [random_pair(rng, out_f, in_f, rank) for _ in range(n)]
+    pairs = [LoraPair(a=p.a.astype(dtype), b=p.b.astype(dtype)) for p in pairs]
     weights = 10.0 ** rng.uniform(-spread / 2, spread / 2, n) * rng.choice([-1.0, 1.0], n)
     total = LowRankSum(out_f, in_f, flush_rank=flush)
     for pair, w in zip(pairs, weights, strict=True):
