@@ -39,6 +39,23 @@ class RunningSum:
         for name, pair in pairs.items():
             self.sums[name].add(pair, weight)
 
+    def make_room(self, log_weights: list[float]) -> None:
+        """Raise `ref` to the largest of `log_weights` now, so that adding those contributions
+        afterwards rescales nothing: threads can then add different linears side by side
+        (`add_linear`), each linear's sum touched by one thread only."""
+        finite = [lw for lw in log_weights if lw != -math.inf]
+        if finite:
+            self._raise_ref(max(finite))
+
+    def add_linear(self, name: str, pair: LoraPair, log_weight: float) -> None:
+        """One linear of a contribution whose weight `make_room` has made room for; the caller
+        counts the contribution once (`count`)."""
+        if log_weight == -math.inf:
+            return
+        if log_weight > self.ref:
+            raise ValueError("add_linear: make_room for this weight first")
+        self.sums[name].add(pair, math.exp(log_weight - self.ref))
+
     def subtract(self, pairs: dict[str, LoraPair], log_weight: float) -> None:
         """Take back a contribution folded in before (one the selection excluded)."""
         if log_weight == -math.inf:

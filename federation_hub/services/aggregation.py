@@ -14,7 +14,8 @@ whatever other processes fold meanwhile. So a close
     4. normalises to select()'s weights and releases (strategies/run.py `release`).
 
 The result equals `run_strategy` over the same contributions (tests/federation_hub/services/
-test_aggregation.py): the same selection, the same exact sums up to float64 rounding.
+test_aggregation.py): the same selection, the same sums up to the fold's float32 rounding of each
+product (aggregate/lora.py states the bound).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from federation_hub import codec
+from federation_hub.aggregate.lora import LoraPair
 from federation_hub.aggregate.running import RunningSum, log_normalizer
+from federation_hub.errors import Invalid
 from federation_hub.privacy.dp import DifferentiallyPrivate
 from federation_hub.services.state import HubState
 from federation_hub.storage.base import ContributionRow, RoundRecord, Snapshot
@@ -59,14 +62,10 @@ def contribution_meta(row: ContributionRow) -> ContributionMeta:
     )
 
 
-def fold(total: RunningSum, strategy: Strategy, row: ContributionRow, payload: bytes, what: str) -> None:
-    """One stored contribution into a running sum, weighed and prepared (DP clips) as the
-    strategy says."""
-    _, pairs, _ = codec.decode_contribution(payload, what)
-    total.add(strategy.prepare(pairs), strategy.log_weight(contribution_meta(row)))
-
-
 FOLD_WORKERS = min(os.cpu_count() or 1, 4)
+# below this many dense entries over the round's linears a contribution folds in well under a
+# millisecond, and handing it between threads would cost more than it saves
+THREADED_ENTRIES = 2**20
 
 
 def fold_all(
@@ -77,40 +76,80 @@ def fold_all(
     what: str,
     workers: int = FOLD_WORKERS,
 ) -> None:
-    """Many stored contributions into a running sum. With several workers, each folds into a sum
-    of its own and the sums are merged at the end: the GEMMs release the GIL, so they run side
-    by side; payloads are read on this thread, a few ahead, never all at once."""
-    if workers <= 1 or len(rows) < 4 * workers:
-        for row, payload in zip(rows, payloads, strict=True):
-            fold(total, strategy, row, payload, f"{what} {row.id}")
+    """Many stored contributions into a running sum. Payloads are decoded and prepared on this
+    thread, a few ahead, never all at once; with several workers, each owns a share of the
+    linears and folds those of every contribution straight into `total` (the GEMMs release the
+    GIL) — no sum per worker to hold and merge, and each linear sees the contributions in the
+    same order whatever the number of workers, so the sum is the same to the bit."""
+    log_weights = [strategy.log_weight(contribution_meta(r)) for r in rows]
+    total.make_room(log_weights)  # no rescaling while the workers add
+    items = (
+        (_prepared(strategy, payload, total, f"{what} {row.id}"), lw)
+        for row, payload, lw in zip(rows, payloads, log_weights, strict=True)
+    )
+    if workers <= 1 or len(rows) < 2 * workers or _entries(total.shapes) < THREADED_ENTRIES:
+        for pairs, lw in items:
+            for name, pair in pairs.items():
+                total.add_linear(name, pair, lw)
+            total.count += 1
         return
-    work: queue.Queue = queue.Queue(maxsize=2 * workers)
-    sums = [RunningSum(total.shapes) for _ in range(workers)]
+    shares = _shares(total.shapes, workers)
+    queues = [queue.Queue(maxsize=4) for _ in shares]
     failures: list[BaseException] = []
 
-    def worker(own: RunningSum) -> None:
+    def worker(names: list[str], work: queue.Queue) -> None:
         while (item := work.get()) is not None:
             if not failures:
                 try:
-                    fold(own, strategy, item[0], item[1], f"{what} {item[0].id}")
+                    pairs, lw = item
+                    for name in names:
+                        total.add_linear(name, pairs[name], lw)
                 except BaseException as exc:  # reported on the caller's thread below
                     failures.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(own,), daemon=True) for own in sums]
+    threads = [
+        threading.Thread(target=worker, args=(names, work), daemon=True)
+        for names, work in zip(shares, queues, strict=True)
+    ]
     for thread in threads:
         thread.start()
     try:
-        for item in zip(rows, payloads, strict=True):
-            work.put(item)
+        for pairs, lw in items:
+            if failures:
+                break
+            for work in queues:
+                work.put((pairs, lw))
+            total.count += 1
     finally:
-        for _ in threads:
+        for work in queues:
             work.put(None)
         for thread in threads:
             thread.join()
     if failures:
         raise failures[0]
-    for own in sums:
-        total.merge(own)
+
+
+def _prepared(strategy: Strategy, payload: bytes, total: RunningSum, what: str) -> dict[str, LoraPair]:
+    """A stored contribution's factors, as the strategy folds them (DP clips)."""
+    pairs = codec.decode_contribution(payload, what)[1]
+    if set(pairs) != set(total.shapes):
+        raise Invalid(f"{what}: its linears are not the round's")
+    return strategy.prepare(pairs)
+
+
+def _entries(shapes: dict[str, tuple[int, int]]) -> int:
+    return sum(out_f * in_f for out_f, in_f in shapes.values())
+
+
+def _shares(shapes: dict[str, tuple[int, int]], workers: int) -> list[list[str]]:
+    """The linears split into `workers` shares of about equal FLOPs (out·in each), largest first."""
+    shares: list[list[str]] = [[] for _ in range(min(workers, len(shapes)))]
+    loads = [0] * len(shares)
+    for name in sorted(shapes, key=lambda n: (-shapes[n][0] * shapes[n][1], n)):
+        lightest = loads.index(min(loads))
+        shares[lightest].append(name)
+        loads[lightest] += shapes[name][0] * shapes[name][1]
+    return shares
 
 
 @dataclass(frozen=True)
@@ -192,7 +231,10 @@ def _aggregate(
     return dataclasses.replace(result, facts={**result.facts, "contributions_summed": total.count})
 
 
-CANCELLATION = 1e3  # taking back this much more weight than is kept loses ~3 of float64's 16 digits
+# Taking back more weight than is kept costs precision in proportion: each product was folded in
+# float32 (aggregate/lora.py, ~10⁻⁶ of its size), so past 10× the kept weight the chosen are
+# summed from their payloads instead
+CANCELLATION = 10.0
 
 
 def _sum_chosen_directly(log_weights: np.ndarray, chosen: np.ndarray, excluded: list[int]) -> bool:

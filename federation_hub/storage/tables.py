@@ -108,13 +108,14 @@ contributions = sa.Table(
     sa.Column("perplexity_after", sa.Float, nullable=True),
     sa.Column("norm", sa.Float, nullable=True),
     sa.Column("nonce", sa.LargeBinary, nullable=True),  # group tier: sealed payload
-    # NULL once no close can need it: folded into a running sum (strategies that keep everyone),
-    # or its round finished; clustering strategies keep it until then (they may exclude it)
-    sa.Column("payload", sa.LargeBinary, nullable=True),
     sa.Column("sketch", sa.LargeBinary, nullable=True),  # clustering rounds: float64 features
     sa.Column("accepted_by", sa.String(64), nullable=True),  # the hub process that accepted it
     sa.Column("folded", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # NULL once no close can need it: folded into a running sum (strategies that keep everyone),
+    # or its round finished; clustering strategies keep it until then (they may exclude it).
+    # Last: on SQLite, reading a column stored after a megabyte payload walks its overflow pages
+    sa.Column("payload", sa.LargeBinary, nullable=True),
     sa.UniqueConstraint("round_id", "client_key", name="one_contribution_per_client"),
     sa.Index(
         "unfolded_contributions",

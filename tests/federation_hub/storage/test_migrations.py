@@ -94,3 +94,16 @@ def test_rvh1_payloads_become_safetensors(url):
         assert store.get_round(1, Viewer(admin=True)).accept_float16 is False
     finally:
         store.close()
+
+
+def test_sqlite_keeps_the_payload_last(tmp_path):
+    """Reading a column stored after a megabyte payload would walk its overflow pages (0004)."""
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    open_store(url).close()
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        columns = [row[1] for row in conn.exec_driver_sql("PRAGMA table_info(contributions)")]
+        indexes = {row[1] for row in conn.exec_driver_sql("PRAGMA index_list(contributions)")}
+    engine.dispose()
+    assert columns[-1] == "payload" and {"sketch", "folded", "created_at"} <= set(columns)
+    assert "unfolded_contributions" in indexes
