@@ -32,15 +32,23 @@ class Drafting:
     window: int = 4  # forwards (that checked drafts) the running mean covers: reacts within a sentence
     # a draft needs its row's top candidate at least this likely; 0 drafts every row of the block
     min_confidence: float = 0.0
+    # Below this mean kept per checking forward, drafting costs more than it commits (on two CPU
+    # cores one draft adds ~50-70% to two forwards for the fraction of a token it keeps), so the
+    # sampler drafts nothing (one-row AR forwards) except one probe every `probe_every` forwards,
+    # which lets a drafter that turns good win its block back. 0: never pause.
+    pause_below: float = 0.0
+    probe_every: int = 4
 
 
 FULL_BLOCK = Drafting(adaptive=False)  # the sampler before adaptive sizing: b - 1 drafts every forward
 
 
-def draft_count(recent_kept: Sequence[int], block: int, drafting: Drafting) -> int:
+def draft_count(recent_kept: Sequence[int], block: int, drafting: Drafting, idle: int = 0) -> int:
     """Drafts to propose next from a block of at most `block` masks: block - 1 when not adaptive
     or before any forward checked a draft, else floor(mean of `recent_kept`'s last
-    `drafting.window`) + 1, within 1 .. block - 1 (0 when block < 2: no mask drafts anything)."""
+    `drafting.window`) + 1, within 1 .. block - 1 (0 when block < 2: no mask drafts anything).
+    Paused — 0 — when that mean is below `drafting.pause_below` and fewer than
+    `drafting.probe_every` forwards (`idle`) have passed since the last one that drafted."""
     most = block - 1
     if most < 1:
         return 0
@@ -48,6 +56,8 @@ def draft_count(recent_kept: Sequence[int], block: int, drafting: Drafting) -> i
     if not drafting.adaptive or not recent:
         return most
     mean = sum(recent) / len(recent)
+    if mean < drafting.pause_below and idle < drafting.probe_every:
+        return 0
     return max(1, min(most, math.floor(mean) + 1))
 
 

@@ -111,6 +111,8 @@ def check_settings(settings: GenerationSettings) -> None:
         raise RuvdllmError(f"top-p {s.top_p}: must be in (0, 1]")
     if s.drafting.window < 1:
         raise RuvdllmError(f"drafting window {s.drafting.window}: must be at least 1")
+    if s.drafting.probe_every < 1:
+        raise RuvdllmError(f"drafting probe_every {s.drafting.probe_every}: must be at least 1")
     if not 0.0 <= s.drafting.min_confidence <= 1.0:
         raise RuvdllmError(f"drafting min_confidence {s.drafting.min_confidence}: must be in [0, 1]")
 

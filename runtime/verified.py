@@ -149,11 +149,12 @@ def sample_verified(
     generated: list[int] = []
     drafts: list[Draft] = []
     recent_kept: list[int] = []  # drafts kept by the forwards that checked any, latest last
+    idle = 0  # forwards since the last one that drafted
     index = 0
     while len(generated) < settings.length:
         cached = backend.cached()
         first_mask = len(tokens) + len(drafts)  # the position the AR row after the drafts predicts
-        wanted = draft_count(recent_kept, plan.span, settings.drafting)
+        wanted = draft_count(recent_kept, plan.span, settings.drafting, idle)
         masks = max(0, min(wanted + 1 if wanted else 0, end - first_mask))
         rows = control.rows(0, masks, 1.0)
         chunk = verified_chunk(tokens, cached, [d.token for d in drafts], masks, mask_id, rows, control.slots)
@@ -170,6 +171,7 @@ def sample_verified(
         drafts = []
         if kept == checked:  # the mask block saw exactly the text now committed
             drafts = new_drafts(output, range(checked + 1, checked + masks), mask_id, settings, rng)
+        idle = 0 if masks else idle + 1
         offset = len(generated)
         tokens += committed
         generated += committed

@@ -79,3 +79,22 @@ def test_row_confidence_is_the_top_non_mask_probability(logits, rest, mask_at):
 
 def test_a_row_of_only_the_mask_is_not_confident():
     assert row_confidence([4], [3.0], 3.0, 4) == 0.0
+
+
+@given(kept_lists, st.integers(2, 17), st.floats(0.0, 3.0), st.integers(1, 6), st.integers(0, 8))
+def test_the_pause_drafts_nothing_only_between_probes_of_a_poor_drafter(recent, block, below, every, idle):
+    rule = Drafting(pause_below=below, probe_every=every)
+    count = draft_count(recent, block, rule, idle)
+    window = recent[-rule.window :]
+    poor = bool(window) and sum(window) / len(window) < below
+    assert (count == 0) == (poor and idle < every)
+    if count:
+        assert count == draft_count(recent, block, Drafting(), idle)  # otherwise the rule as before
+
+
+def test_golden_pause():
+    rule = Drafting(pause_below=0.5, probe_every=4)
+    assert draft_count([0, 0, 1, 0], 8, rule, idle=0) == 0  # mean 0.25: paused
+    assert draft_count([0, 0, 1, 0], 8, rule, idle=4) == 1  # a probe
+    assert draft_count([0, 1, 1, 0], 8, rule, idle=0) == 1  # mean 0.5: drafting
+    assert draft_count([], 8, rule, idle=0) == 7  # nothing measured yet

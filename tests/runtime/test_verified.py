@@ -32,6 +32,7 @@ RULES = {
     "full-block": FULL_BLOCK,
     "window-1": Drafting(window=1),
     "confident": Drafting(min_confidence=0.4),
+    "paused": Drafting(pause_below=0.8, probe_every=3),
 }
 
 
@@ -167,24 +168,32 @@ class CountingBackend(ToyBackend):
 
 
 @pytest.mark.parametrize("block", [2, 4, 8])
-@pytest.mark.parametrize("rule", [Drafting(), Drafting(window=2), FULL_BLOCK], ids=["w4", "w2", "full"])
+@pytest.mark.parametrize(
+    "rule",
+    [Drafting(), Drafting(window=2), FULL_BLOCK, Drafting(pause_below=0.8, probe_every=3)],
+    ids=["w4", "w2", "full", "paused"],
+)
 def test_each_forward_drafts_what_the_rule_says(block, rule):
-    """Golden against the rule: forward i carries draft_count(kept so far) + 1 masks (fewer only
-    at the end of the answer), where `kept so far` lists the forwards before i that checked drafts."""
+    """Golden against the rule: forward i carries draft_count(kept so far, idle) + 1 masks, none
+    when that is 0 (and fewer at the end of the answer), where `kept so far` lists the forwards
+    before i that checked drafts and `idle` counts the forwards since the last with masks."""
     backend = CountingBackend(SMALL)
     length, prompt = 80, [1, 2]
     settings = GenerationSettings(
         sampler="verified", length=length, block_size=block, stop_at_eos=False, drafting=rule
     )
     result = generate(backend, prompt, settings, random.Random(0))
-    recent, committed = [], 0
+    recent, committed, idle = [], 0, 0
     for event, masks in zip(result.trace, backend.masks, strict=True):
-        wanted = draft_count(recent, block, rule)
+        wanted = draft_count(recent, block, rule, idle)
         room = length - committed - event.drafted  # positions left from the first mask on
-        assert masks == min(wanted + 1, room), (recent, masks)
+        assert masks == min(wanted + 1 if wanted else 0, room), (recent, masks)
         if event.drafted:
             recent.append(len(event.committed) - 1)
         committed += len(event.committed)
+        idle = 0 if masks else idle + 1
+    if rule.pause_below:
+        assert 0 in backend.masks  # the toy drafter is poor enough to pause it
 
 
 def test_a_drafter_that_is_seldom_right_drafts_one_token():
@@ -199,6 +208,13 @@ def test_a_drafter_that_is_seldom_right_drafts_one_token():
     )
     assert backend.masks[0] == 8  # the first forward gives the drafter the benefit of the doubt
     assert max(backend.masks[6:]) <= 3 and backend.masks.count(2) > len(backend.masks) // 2
+    paused = CountingBackend(TOY_CONFIG)
+    settings = GenerationSettings(
+        sampler="verified", length=60, block_size=8, stop_at_eos=False, drafting=Drafting(pause_below=0.5)
+    )
+    generate(paused, [3], settings, random.Random(0))
+    assert paused.masks.count(0) > len(paused.masks) // 2  # mostly one-row AR forwards, and probes
+    assert all(paused.masks[i : i + 5] != [0] * 5 for i in range(len(paused.masks) - 4))
 
 
 def test_the_chunk_puts_ar_rows_before_the_drafter_block():
