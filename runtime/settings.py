@@ -152,6 +152,6 @@ def base_model_plan(settings: GenerationSettings, config: ArtifactConfig, block:
     if config.source.get("static_adapter") and not config.adapter_gate:
         raise RuvdllmError(
             f"sampler {settings.sampler}: this model's conversion adapter has no per-row switch "
-            "(re-export it without --no-adapter-switch)"
+            "(re-export it without --no-adapter-switch, or choose the bd3lm sampler)"
         )
     return Plan(span=block, steps=1)

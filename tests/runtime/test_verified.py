@@ -235,3 +235,14 @@ def test_bad_settings_are_one_line_errors():
         with pytest.raises(RuvdllmError, match="no per-row switch"):
             run(switchless, [1], sampler=sampler, length=8)
     run(replace(switchless, adapter_gate=True), [1], sampler="verified", length=8)
+
+
+def test_the_result_reports_the_mean_accepted_length():
+    result = run(SMALL, [1, 2], sampler="verified", length=60, block_size=4, drafting=FULL_BLOCK)
+    kept, checked = result.drafts
+    assert 0 < kept < checked
+    assert (
+        result.tokens_per_forward == pytest.approx(1 + kept / result.steps) > 1
+    )  # every forward: + the AR's
+    ar = run(SMALL, [1, 2], sampler="ar", length=20)
+    assert ar.tokens_per_forward == 1.0 and ar.drafts == (0, 0)
