@@ -2,7 +2,8 @@
 model drafts and the AR model checks, and what that buys against plain diffusion decoding and
 against the AR model decoded through the same graph — all in one run, on the same threads.
 
-    python benchmarks/verified_bench.py [--model DIR] [--plain DIR] [--threads 2] [--blocks 2 4 8]
+    python benchmarks/verified_bench.py [--model DIR] [--plain DIR] [--threads 2] [--blocks 8]
+        [--rules "min_confidence=0.2" ...] [--prompts 16] [--repeats 2]
 
 Two tables (ratios compare numbers measured in this run; absolute times on a shared machine are
 noisy, so each configuration runs `--repeats` times over all prompts, interleaved prompt by
@@ -11,9 +12,12 @@ prompt, and the table shows the fastest repeat):
   switch     ms per forward of the graph with the adapter switch (gate all 1, and half 0 / half 1)
              against the same model exported with --no-adapter-switch (`--plain DIR`), for chunks
              of 1, 9 and 17 rows after a 64-token cache: what the per-row switch costs
-  decoding   greedy, on the held-out prompts of data/quality_prompts.jsonl (chat template, stop at
-             EOS): `ar` (the AR model, one token per forward), `verified` per draft block, and the
-             default diffusion decoding (BD3LM, one token per step). Per configuration: forwards,
+  decoding   greedy, on the first held-out prompts of data/distill_prompts_wordnet.jsonl (chat
+             template, stop at EOS): `ar` (the AR model, one token per forward), `ltr-1` (BD3LM,
+             one token per step, left to right), and per draft block `verified` drafting the full
+             block every forward (the sampler before adaptive sizing), `verified` as it runs by
+             default (the block sized by recent acceptance, runtime/drafting.py) and under each
+             drafting rule of `--rules`. Per configuration: forwards,
              tokens, tokens per forward (= mean accepted length: kept drafts + the AR token),
              draft acceptance, ms per forward, tokens/s and its ratio to `ar`; and whether the
              verified tokens equal the AR tokens on every prompt (they must)
@@ -26,6 +30,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,10 +39,12 @@ from runtime import artifact  # noqa: E402
 from runtime.backend import Chunk  # noqa: E402
 from runtime.chat_template import chat_prompt  # noqa: E402
 from runtime.cpython_model import open_model  # noqa: E402
+from runtime.drafting import FULL_BLOCK, Drafting  # noqa: E402
 from runtime.ort_backend import OrtBackend, OrtOptions  # noqa: E402
 from runtime.settings import GenerationSettings  # noqa: E402
 
-PROMPTS = Path(__file__).resolve().parents[1] / "data" / "quality_prompts.jsonl"
+PROMPTS = Path(__file__).resolve().parents[1] / "data" / "distill_prompts_wordnet.jsonl"
+SPLIT = "held-out"  # no training step saw these
 
 
 def switch_section(model_dir: Path, plain_dir: Path | None, threads: int, repeats: int) -> None:
@@ -84,18 +91,43 @@ def switch_section(model_dir: Path, plain_dir: Path | None, threads: int, repeat
         print(f"| {rows} | " + " | ".join(f"{best[n]:.1f}" for n in graphs) + f" | {ratio} |")
 
 
-def decoding_section(model_dir: Path, threads: int, blocks, length: int, prompts: int, repeats: int) -> dict:
-    model = open_model(model_dir, options=OrtOptions(device="cpu", intra_op_threads=threads))
-    texts = [json.loads(line)["prompt"] for line in PROMPTS.read_text().splitlines() if line.strip()][
-        :prompts
-    ]
-    ids = [model.encode(chat_prompt(model, [{"role": "user", "content": t}])) for t in texts]
-    configs = {"ar": GenerationSettings(sampler="ar", length=length)}
+def parse_rule(spec: str) -> Drafting:
+    """ "min_confidence=0.2,pause_below=0.5" over Drafting's fields ("default": Drafting())."""
+    types = {f.name: f.type for f in fields(Drafting)}
+    values = {}
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        if key == "default":
+            continue
+        if key not in types:
+            raise SystemExit(f"rule {spec!r}: {key!r} is not one of {', '.join(types)}")
+        values[key] = value.lower() in ("1", "true") if types[key] == "bool" else float(value)
+        if types[key] == "int":
+            values[key] = int(values[key])
+    return Drafting(**values)
+
+
+def decoding_configs(blocks, rules, length: int) -> dict[str, GenerationSettings]:
+    configs = {
+        "ar": GenerationSettings(sampler="ar", length=length),
+        "ltr-1": GenerationSettings(sampler="bd3lm", order="left-to-right", length=length),
+    }
     for block in blocks:
-        configs[f"verified, block {block}"] = GenerationSettings(
-            sampler="verified", length=length, block_size=block
-        )
-    configs["bd3lm (default: 1 token/step)"] = GenerationSettings(length=length)
+        verified = GenerationSettings(sampler="verified", length=length, block_size=block)
+        configs[f"verified, full block {block}"] = replace(verified, drafting=FULL_BLOCK)
+        configs[f"verified {block}, default rule"] = verified
+        for spec in rules:
+            configs[f"verified {block}, {spec}"] = replace(verified, drafting=parse_rule(spec))
+    return configs
+
+
+def decoding_section(
+    model_dir: Path, threads: int, configs: dict, length: int, prompts: int, repeats: int
+) -> dict:
+    model = open_model(model_dir, options=OrtOptions(device="cpu", intra_op_threads=threads))
+    records = [json.loads(line) for line in PROMPTS.read_text().splitlines() if line.strip()]
+    texts = [r["prompt"] for r in records if r.get("split", SPLIT) == SPLIT][:prompts]
+    ids = [model.encode(chat_prompt(model, [{"role": "user", "content": t}])) for t in texts]
     model.warm_up()
     runs: dict[str, list[list]] = {name: [] for name in configs}
     for _ in range(repeats):
@@ -145,7 +177,13 @@ def main() -> int:
     )
     parser.add_argument("--plain", type=Path, help="the same model exported with --no-adapter-switch")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--blocks", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--blocks", type=int, nargs="+", default=[8], help="verified draft blocks (masks)")
+    parser.add_argument(
+        "--rules",
+        nargs="*",
+        default=[],
+        help='drafting rules to try beside the default, as "min_confidence=0.2,pause_below=0.5"',
+    )
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
@@ -158,7 +196,8 @@ def main() -> int:
         model_dir = default_model_dir("cpu")
     if args.switch_repeats > 0:
         switch_section(model_dir, args.plain, args.threads, args.switch_repeats)
-    decoding_section(model_dir, args.threads, args.blocks, args.length, args.prompts, args.repeats)
+    configs = decoding_configs(args.blocks, args.rules, args.length)
+    decoding_section(model_dir, args.threads, configs, args.length, args.prompts, args.repeats)
     return 0
 
 

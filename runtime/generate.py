@@ -34,6 +34,18 @@ class GenerationResult:
     def steps(self) -> int:
         return len(self.trace)
 
+    @property
+    def tokens_per_forward(self) -> float:
+        """Positions committed per forward (the verified sampler's mean accepted length: kept
+        drafts + the AR token); 0 before any forward."""
+        return sum(len(e.committed) for e in self.trace) / len(self.trace) if self.trace else 0.0
+
+    @property
+    def drafts(self) -> tuple[int, int]:
+        """(kept, checked): the verified sampler's drafts over the forwards that checked any."""
+        checking = [e for e in self.trace if e.drafted]
+        return sum(len(e.committed) - 1 for e in checking), sum(e.drafted for e in checking)
+
 
 def truncate_at_eos(tokens: list[int], eos: set[int]) -> tuple[list[int], str]:
     for i, token in enumerate(tokens):

@@ -210,9 +210,12 @@ def record(loop, model, ids, settings, done, control, prompt: str) -> str | None
 def summary(done) -> str:
     result = done.result
     rate = len(done.tokens) / (result.wall_ms / 1e3) if result.wall_ms else 0.0
+    kept, checked = result.drafts
+    drafts = f" · drafts kept {kept}/{checked}" if checked else ""
     return (
-        f"{len(done.tokens)} tokens in {result.steps} steps · {result.wall_ms / 1e3:.2f} s · "
-        f"{rate:.1f} tokens/s · {result.forward_ms / max(result.steps, 1):.1f} ms/step · {done.finish_reason}"
+        f"{len(done.tokens)} tokens in {result.steps} steps · {result.tokens_per_forward:.2f} tokens/step"
+        f"{drafts} · {result.wall_ms / 1e3:.2f} s · {rate:.1f} tokens/s · "
+        f"{result.forward_ms / max(result.steps, 1):.1f} ms/step · {done.finish_reason}"
     )
 
 
@@ -264,5 +267,9 @@ def report(
             "steps": result.steps,
             "ms_per_step": round(result.forward_ms / max(result.steps, 1), 3),
             "tokens_per_s": round(len(done.tokens) / wall_s, 2) if wall_s else None,
+            # the verified sampler's mean accepted length (kept drafts + the AR token per forward)
+            "tokens_per_forward": round(result.tokens_per_forward, 3),
+            "drafts_kept": result.drafts[0],
+            "drafts_checked": result.drafts[1],
         },
     }

@@ -291,4 +291,5 @@ def result_summary(result: GenerationResult, bridge_ms: float, forwards: int) ->
         "forward_ms": result.forward_ms,  # sampler's view: Python-side forwards
         "bridge_forward_ms": bridge_ms,
         "forwards": forwards,
+        "tokens_per_forward": result.tokens_per_forward,  # the verified sampler's mean accepted length
     }

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from runtime.artifact import BASE_MODEL_SAMPLERS, ArtifactConfig
 from runtime.dgr import DgrConfig
+from runtime.drafting import Drafting
 from runtime.schedules import SCHEDULES
 from ruvdllm.errors import RuvdllmError
 
@@ -41,12 +42,16 @@ class GenerationSettings:
     talora: bool = True  # apply the bank's timestep groups (zero banks leave the model unchanged)
     dgr: bool = True  # retrieve when uncertain (no-op without patterns in the bank)
     dgr_config: DgrConfig = field(default_factory=DgrConfig)
+    # verified: how many masks a forward drafts (runtime/drafting.py); a library knob, not a flag
+    drafting: Drafting = field(default_factory=Drafting)
 
 
 # The names a user sets a generation by (a command's flags, a request's fields, the page's form):
 # GenerationSettings' own fields, with DgrConfig's strategy flattened to `dgr_strategy` — the one
-# DGR knob exposed; the rest of DgrConfig stays at its tuned defaults.
-INPUTS = tuple(f.name for f in fields(GenerationSettings) if f.name != "dgr_config") + ("dgr_strategy",)
+# DGR knob exposed; the rest of DgrConfig, and the verified sampler's drafting rule, stay at their
+# measured defaults.
+INTERNAL = ("dgr_config", "drafting")
+INPUTS = tuple(f.name for f in fields(GenerationSettings) if f.name not in INTERNAL) + ("dgr_strategy",)
 
 
 def inputs_of(values: Mapping[str, object]) -> dict[str, object]:
@@ -104,6 +109,12 @@ def check_settings(settings: GenerationSettings) -> None:
         raise RuvdllmError(f"top-k {s.top_k}: must be >= 0")
     if not 0.0 < s.top_p <= 1.0:
         raise RuvdllmError(f"top-p {s.top_p}: must be in (0, 1]")
+    if s.drafting.window < 1:
+        raise RuvdllmError(f"drafting window {s.drafting.window}: must be at least 1")
+    if s.drafting.probe_every < 1:
+        raise RuvdllmError(f"drafting probe_every {s.drafting.probe_every}: must be at least 1")
+    if not 0.0 <= s.drafting.min_confidence <= 1.0:
+        raise RuvdllmError(f"drafting min_confidence {s.drafting.min_confidence}: must be in [0, 1]")
 
 
 def resolve(settings: GenerationSettings, config: ArtifactConfig, prompt_tokens: int) -> Plan:
@@ -141,6 +152,6 @@ def base_model_plan(settings: GenerationSettings, config: ArtifactConfig, block:
     if config.source.get("static_adapter") and not config.adapter_gate:
         raise RuvdllmError(
             f"sampler {settings.sampler}: this model's conversion adapter has no per-row switch "
-            "(re-export it without --no-adapter-switch)"
+            "(re-export it without --no-adapter-switch, or choose the bd3lm sampler)"
         )
     return Plan(span=block, steps=1)

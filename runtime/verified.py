@@ -19,6 +19,10 @@ draft is replaced by the AR model's own token, and when every draft holds, the A
 last one adds a bonus token. So every forward commits at least one token, the AR model's, and up
 to m + 1. The mask block's rows are the next drafts, kept only when all drafts held (they saw
 them). With no drafts pending (after a rejection) the forward is the AR step plus a fresh draft.
+
+The mask block is sized per forward by `settings.drafting` (runtime/drafting.py): as many masks as
+recent forwards' kept drafts justify, so that a drafter that is seldom right costs little more
+than the one-row AR forward; and drafts stop at the first row the drafter is unsure of.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from runtime.autoregressive import ar_distribution, ar_token
 from runtime.backend import Backend, Chunk, StepOutput
 from runtime.control import AdapterControl
 from runtime.denoise import StepEvent
+from runtime.drafting import confident_prefix, draft_count, row_confidence
 from runtime.settings import GenerationSettings, Plan
 from runtime.speculative import Candidates
 
@@ -88,9 +93,18 @@ def new_drafts(
     output: StepOutput, rows: range, mask_id: int, settings: GenerationSettings, rng: random.Random
 ) -> list[Draft]:
     """One draft per drafter row, left to right, each drawn alone from its row (so the rule's
-    exactness holds: a draft's distribution depends on nothing drawn after it)."""
+    exactness holds: a draft's distribution depends on nothing drawn after it); the rows after the
+    first one less sure than `settings.drafting.min_confidence` draft nothing (that cut reads the
+    rows only, never a drawn token, so it keeps the rule exact too)."""
     drafts = []
     s = settings
+    floor = s.drafting.min_confidence
+    if floor > 0.0:
+        confidences = [
+            row_confidence(output.topk_ids[r], output.topk_logits[r], output.logsumexp[r], mask_id)
+            for r in rows
+        ]
+        rows = rows[: confident_prefix(confidences, floor)]
     for r in rows:
         ids, logits = output.topk_ids[r], output.topk_logits[r]
         if s.temperature <= 0.0:
@@ -112,13 +126,14 @@ def sample_verified(
     on_step: Callable[[StepEvent], None],
 ) -> list[int]:
     """Generate up to `settings.length` tokens after `prompt`: the AR model's tokens, drafted in
-    blocks of `plan.span` by the diffusion model.
+    blocks of at most `plan.span` masks by the diffusion model.
 
     Args:
         backend: runs the graph (with the adapter switch) and holds the AR cache.
         prompt: token ids, at least one.
         settings: temperature / top-k / top-p of both models; stop_at_eos ends after an EOS.
-        plan: the draft block (`plan.span` masks per forward), already checked.
+        plan: the draft block (at most `plan.span` masks per forward, as `settings.drafting`
+            sizes it), already checked.
         rng: the generation's random.Random; consumed only when temperature > 0, per forward:
             the drafts' accept draws in order (and one residual draw at a rejection, or the bonus
             draw), then one draw per new draft, left to right.
@@ -133,11 +148,14 @@ def sample_verified(
     end = len(prompt) + settings.length
     generated: list[int] = []
     drafts: list[Draft] = []
+    recent_kept: list[int] = []  # drafts kept by the forwards that checked any, latest last
+    idle = 0  # forwards since the last one that drafted
     index = 0
     while len(generated) < settings.length:
         cached = backend.cached()
         first_mask = len(tokens) + len(drafts)  # the position the AR row after the drafts predicts
-        masks = max(0, min(plan.span, end - first_mask))
+        wanted = draft_count(recent_kept, plan.span, settings.drafting, idle)
+        masks = max(0, min(wanted + 1 if wanted else 0, end - first_mask))
         rows = control.rows(0, masks, 1.0)
         chunk = verified_chunk(tokens, cached, [d.token for d in drafts], masks, mask_id, rows, control.slots)
         started = time.perf_counter()
@@ -148,9 +166,12 @@ def sample_verified(
         backend.commit(len(tokens) + kept)
         committed = [d.token for d in drafts[:kept]] + [token]
         checked = len(drafts)
+        if checked:
+            recent_kept = [*recent_kept, kept][-max(1, settings.drafting.window) :]
         drafts = []
         if kept == checked:  # the mask block saw exactly the text now committed
             drafts = new_drafts(output, range(checked + 1, checked + masks), mask_id, settings, rng)
+        idle = 0 if masks else idle + 1
         offset = len(generated)
         tokens += committed
         generated += committed

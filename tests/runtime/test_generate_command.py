@@ -51,6 +51,11 @@ def test_verified_equals_ar_and_reports_its_drafts(tiny_switch_model_dir, tmp_pa
     ar = json.loads(cli(*args, "--sampler", "ar", cache=tmp_path).stdout)
     assert verified["tokens"] == ar["tokens"] and len(ar["steps"]) == 12
     assert sum(s["drafted"] for s in verified["steps"]) > 0 and verified["settings"]["sampler"] == "verified"
+    timings, steps = verified["timings"], verified["steps"]
+    assert timings["drafts_checked"] == sum(s["drafted"] for s in steps) > 0
+    assert timings["drafts_kept"] == sum(len(s["committed"]) - 1 for s in steps if s["drafted"])
+    assert timings["tokens_per_forward"] == round(sum(len(s["committed"]) for s in steps) / len(steps), 3)
+    assert ar["timings"]["tokens_per_forward"] == 1.0 and ar["timings"]["drafts_checked"] == 0
 
 
 def test_same_seed_same_tokens_and_stdin_prompt(tiny_model_dir, tmp_path):

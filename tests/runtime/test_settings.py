@@ -45,7 +45,9 @@ def test_bad_settings_name_the_problem(settings, prompt, message):
 
 
 def test_user_input_maps_onto_the_fields_by_name():
-    assert set(INPUTS) == {f.name for f in fields(GenerationSettings)} - {"dgr_config"} | {"dgr_strategy"}
+    assert set(INPUTS) == {f.name for f in fields(GenerationSettings)} - {"dgr_config", "drafting"} | {
+        "dgr_strategy"
+    }
     settings = settings_from({"length": 12, "steps": None, "talora": False, "dgr_strategy": "entropy"})
     assert settings == GenerationSettings(length=12, talora=False, dgr_config=DgrConfig(strategy="entropy"))
     base = GenerationSettings(length=5, dgr_config=DgrConfig(strategy="adaptive", budget=2))

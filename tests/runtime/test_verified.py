@@ -13,6 +13,7 @@ from dataclasses import replace
 import pytest
 
 from runtime.backend import Chunk
+from runtime.drafting import FULL_BLOCK, Drafting, draft_count
 from runtime.generate import generate
 from runtime.sampling import candidate_probs
 from runtime.settings import GenerationSettings
@@ -23,6 +24,16 @@ from tests.runtime.toy_backend import TOY_CONFIG, ToyBackend
 # Five tokens (the mask is the fifth) and all of them in the top-K: the toy drafter then agrees
 # with the AR model often enough to exercise kept drafts, and distributions are exact.
 SMALL = replace(TOY_CONFIG, vocab_size=5, top_k=5, mask_token_id=4, eos_token_ids=(0,))
+
+# The block-sizing rules the output must not depend on: the default (adaptive), the full block
+# every forward, a one-forward window, and a confidence cut that drops many of the toy's drafts.
+RULES = {
+    "adaptive": Drafting(),
+    "full-block": FULL_BLOCK,
+    "window-1": Drafting(window=1),
+    "confident": Drafting(min_confidence=0.4),
+    "paused": Drafting(pause_below=0.8, probe_every=3),
+}
 
 
 def oracle_row(backend: ToyBackend, context: list[int]):
@@ -56,10 +67,11 @@ def run(config, prompt, seed=0, **settings):
 @pytest.mark.parametrize("config", [TOY_CONFIG, SMALL], ids=["vocab40", "vocab5"])
 @pytest.mark.parametrize("block", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("prompt", [[7], [3, 1, 2, 9, 11]])
-def test_greedy_verified_equals_the_ar_model(config, block, prompt):
+@pytest.mark.parametrize("rule", RULES.values(), ids=RULES.keys())
+def test_greedy_verified_equals_the_ar_model(config, block, prompt, rule):
     prompt = [t % config.vocab_size for t in prompt]
     want = oracle_greedy(config, prompt, 40, stop_at_eos=False)
-    verified = run(config, prompt, sampler="verified", length=40, block_size=block)
+    verified = run(config, prompt, sampler="verified", length=40, block_size=block, drafting=rule)
     ar = run(config, prompt, sampler="ar", length=40)
     assert verified.tokens == want
     assert ar.tokens == want
@@ -69,7 +81,7 @@ def test_greedy_verified_equals_the_ar_model(config, block, prompt):
 
 @pytest.mark.parametrize("block", [2, 4])
 def test_drafts_are_kept_and_the_forwards_fall(block):
-    result = run(SMALL, [1, 2], sampler="verified", length=120, block_size=block)
+    result = run(SMALL, [1, 2], sampler="verified", length=120, block_size=block, drafting=FULL_BLOCK)
     kept = [len(e.committed) - 1 for e in result.trace]
     drafted = [e.drafted for e in result.trace]
     assert sum(kept) > 10 and result.steps < 110
@@ -115,14 +127,20 @@ def exact_ar_distribution(prompt: list[int], length: int, temperature: float) ->
 
 
 @pytest.mark.parametrize(("length", "block", "samples"), [(2, 2, 4000), (3, 3, 6000)])
-def test_sampling_keeps_the_ar_distribution(length, block, samples):
+@pytest.mark.parametrize("rule", [FULL_BLOCK, Drafting(window=1, min_confidence=0.4)], ids=["full", "cut"])
+def test_sampling_keeps_the_ar_distribution(length, block, samples, rule):
     """Chi-square of the verified sampler's first tokens against the exact AR distribution: the
     critical values are the 1e-4 quantiles (24 and 124 degrees of freedom); seeded, so stable."""
     prompt, temperature = [1, 3], 1.0
     exact = exact_ar_distribution(prompt, length, temperature)
     backend = ToyBackend(SMALL)
     settings = GenerationSettings(
-        sampler="verified", length=length, block_size=block, temperature=temperature, stop_at_eos=False
+        sampler="verified",
+        length=length,
+        block_size=block,
+        temperature=temperature,
+        stop_at_eos=False,
+        drafting=rule,
     )
     counts = dict.fromkeys(exact, 0)
     drafted = kept = 0
@@ -135,6 +153,68 @@ def test_sampling_keeps_the_ar_distribution(length, block, samples):
     chi2 = sum((counts[s] - samples * p) ** 2 / (samples * p) for s, p in exact.items() if p > 0)
     critical = {2: 56.4, 3: 183.0}[length]
     assert chi2 < critical, chi2
+
+
+class CountingBackend(ToyBackend):
+    """The toy, remembering how many drafter rows (gate 1) each forward carried."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.masks: list[int] = []
+
+    def forward(self, chunk):
+        self.masks.append(int(sum(chunk.adapter_gate or [])))
+        return super().forward(chunk)
+
+
+@pytest.mark.parametrize("block", [2, 4, 8])
+@pytest.mark.parametrize(
+    "rule",
+    [Drafting(), Drafting(window=2), FULL_BLOCK, Drafting(pause_below=0.8, probe_every=3)],
+    ids=["w4", "w2", "full", "paused"],
+)
+def test_each_forward_drafts_what_the_rule_says(block, rule):
+    """Golden against the rule: forward i carries draft_count(kept so far, idle) + 1 masks, none
+    when that is 0 (and fewer at the end of the answer), where `kept so far` lists the forwards
+    before i that checked drafts and `idle` counts the forwards since the last with masks."""
+    backend = CountingBackend(SMALL)
+    length, prompt = 80, [1, 2]
+    settings = GenerationSettings(
+        sampler="verified", length=length, block_size=block, stop_at_eos=False, drafting=rule
+    )
+    result = generate(backend, prompt, settings, random.Random(0))
+    recent, committed, idle = [], 0, 0
+    for event, masks in zip(result.trace, backend.masks, strict=True):
+        wanted = draft_count(recent, block, rule, idle)
+        room = length - committed - event.drafted  # positions left from the first mask on
+        assert masks == min(wanted + 1 if wanted else 0, room), (recent, masks)
+        if event.drafted:
+            recent.append(len(event.committed) - 1)
+        committed += len(event.committed)
+        idle = 0 if masks else idle + 1
+    if rule.pause_below:
+        assert 0 in backend.masks  # the toy drafter is poor enough to pause it
+
+
+def test_a_drafter_that_is_seldom_right_drafts_one_token():
+    """The default model's case: with the block sized by acceptance, the forwards after the first
+    few carry two masks, not the full block (so they cost about as much as a one-row forward)."""
+    backend = CountingBackend(TOY_CONFIG)  # 40 tokens: the toy drafter is almost never right
+    generate(
+        backend,
+        [3],
+        GenerationSettings(sampler="verified", length=60, block_size=8, stop_at_eos=False),
+        random.Random(0),
+    )
+    assert backend.masks[0] == 8  # the first forward gives the drafter the benefit of the doubt
+    assert max(backend.masks[6:]) <= 3 and backend.masks.count(2) > len(backend.masks) // 2
+    paused = CountingBackend(TOY_CONFIG)
+    settings = GenerationSettings(
+        sampler="verified", length=60, block_size=8, stop_at_eos=False, drafting=Drafting(pause_below=0.5)
+    )
+    generate(paused, [3], settings, random.Random(0))
+    assert paused.masks.count(0) > len(paused.masks) // 2  # mostly one-row AR forwards, and probes
+    assert all(paused.masks[i : i + 5] != [0] * 5 for i in range(len(paused.masks) - 4))
 
 
 def test_the_chunk_puts_ar_rows_before_the_drafter_block():
@@ -155,3 +235,13 @@ def test_bad_settings_are_one_line_errors():
         with pytest.raises(RuvdllmError, match="no per-row switch"):
             run(switchless, [1], sampler=sampler, length=8)
     run(replace(switchless, adapter_gate=True), [1], sampler="verified", length=8)
+
+
+def test_the_result_reports_the_mean_accepted_length():
+    result = run(SMALL, [1, 2], sampler="verified", length=60, block_size=4, drafting=FULL_BLOCK)
+    kept, checked = result.drafts
+    assert 0 < kept < checked
+    assert result.tokens_per_forward == pytest.approx(1 + kept / result.steps)  # each: + the AR's token
+    assert result.tokens_per_forward > 1
+    ar = run(SMALL, [1, 2], sampler="ar", length=20)
+    assert ar.tokens_per_forward == 1.0 and ar.drafts == (0, 0)

@@ -103,14 +103,21 @@ def test_an_empty_prompt_cannot_be_sent(browser, web_server, model_url):
 
 
 def test_settings_the_model_cannot_use_are_off_and_say_why(browser, web_server, shared_tiny_model, tmp_path):
-    """A model converted for BD3LM only and without an adapter bank: MDLM, TALoRA and DGR greyed out;
-    settings that do nothing with the others' values (threshold, top-p, seed) too, until they act."""
-    model = variant(shared_tiny_model, tmp_path / "bd3lm-only", bank=False, samplers=("bd3lm",))
+    """A model converted for BD3LM only, its adapter folded in without the per-row switch, and
+    without an adapter bank: MDLM, the verified and AR samplers, TALoRA and DGR greyed out; settings
+    that do nothing with the others' values (threshold, top-p, seed) too, until they act."""
+    switchless = {"source": {"static_adapter": {"linears": 7}}, "adapter_gate": False}
+    model = variant(shared_tiny_model, tmp_path / "bd3lm-only", bank=False, samplers=("bd3lm",), **switchless)
     page = open_app(browser, app_url(web_server, web_server.mount_model("bd3lm-only", model)))
     assert state(page)["info"]["model"]["samplers"] == ["bd3lm"]
+    assert state(page)["info"]["model"]["baseModel"] is False
     mdlm = page.locator("#sampler option[value=mdlm]")
     assert mdlm.is_disabled() and "not trained for" in mdlm.inner_text()
     assert "converted for bd3lm only" in mdlm.get_attribute("title")
+    for base in ("verified", "ar"):  # they run the base model's rows: the switch, not the objective
+        option = page.locator(f"#sampler option[value={base}]")
+        assert option.is_disabled() and "no adapter switch" in option.inner_text()
+        assert "per-row switch" in option.get_attribute("title")
     for name in ("talora", "dgr"):
         assert page.locator(f"#{name}").is_disabled() and not page.locator(f"#{name}").is_checked()
         assert "no adapter bank" in page.locator(f"label:has(#{name})").get_attribute("title")

@@ -4,7 +4,7 @@
 
 import { IN, OUT } from './protocol.js';
 import { defaultThreads } from './ort_engine.js';
-import { PHASE, WHY, capabilitiesOf, controlsFor, samplerAllowed } from './phases.js';
+import { BASE_MODEL_SAMPLERS, PHASE, WHY, capabilitiesOf, controlsFor, samplerAllowed } from './phases.js';
 import { LoadProgress, addNotice, renderCells, renderChips, renderRetrievals, renderStats, renderTalora } from './render.js';
 import { TrajectoryStore } from './trajectory_store.js';
 
@@ -118,11 +118,13 @@ function setPhase(phase) {
 function applyModel(info) {
   caps = capabilitiesOf(info);
   for (const option of $('sampler').options) {
+    const base = BASE_MODEL_SAMPLERS.includes(option.value);
     option.disabled = !samplerAllowed(caps, option.value);
-    option.textContent = option.dataset.label + (option.disabled ? ' (not trained for)' : '');
-    option.title = option.disabled ? WHY.sampler(caps.samplers) : '';
+    option.textContent = option.dataset.label + (option.disabled ? (base ? ' (no adapter switch)' : ' (not trained for)') : '');
+    option.title = option.disabled ? (base ? WHY.baseModel : WHY.sampler(caps.samplers)) : '';
   }
-  if ($('sampler').selectedOptions[0]?.disabled) $('sampler').value = caps.samplers[0];
+  // the default (verified) on a model without the switch: the first sampler it can run
+  if ($('sampler').selectedOptions[0]?.disabled) $('sampler').value = [...$('sampler').options].find((o) => !o.disabled).value;
   for (const id of ['talora', 'dgr', 'chat']) if (!caps[id]) $(id).checked = false;
   if (!$('block_size').value) $('block_size').placeholder = `model: ${info.model.blockSize}`;
 }

@@ -24,6 +24,7 @@ export function capabilitiesOf(info) {
   const bank = info?.bank || {};
   return {
     samplers: info?.model?.samplers?.length ? info.model.samplers : null, // null: unknown, all
+    baseModel: info?.model?.baseModel !== false, // rows that compute the AR model: verified and AR run
     talora: Boolean(bank.present),
     dgr: Boolean(bank.present && bank.patterns),
     chat: Boolean(info?.model?.chat),
@@ -42,6 +43,7 @@ export const WHY = {
   diffusionOnly: 'The verified and AR samplers write what the AR model would: they take no steps, decoding or order.',
   temperature0: 'Used only when the temperature is above 0 (greedy decoding takes the best token).',
   sampler: (trained) => `This model was converted for ${trained.join(', ')} only: other samplers denoise it poorly.`,
+  baseModel: "This model's conversion adapter has no per-row switch (exported with --no-adapter-switch): the verified and AR samplers need it.",
 };
 
 // {id: enabled} for every control of the page, in `phase`, given the form's values (`form`:
@@ -81,6 +83,11 @@ export function controlsFor(phase, form, caps, { redownload = false } = {}) {
   };
 }
 
+// The samplers whose output is the base AR model's (runtime.artifact.BASE_MODEL_SAMPLERS): they run
+// on any model with the adapter's per-row switch, whatever it was converted for.
+export const BASE_MODEL_SAMPLERS = ['verified', 'ar'];
+
 export function samplerAllowed(caps, sampler) {
+  if (BASE_MODEL_SAMPLERS.includes(sampler)) return caps.baseModel !== false;
   return !caps.samplers || caps.samplers.includes(sampler);
 }

@@ -27,8 +27,9 @@
 //
 // ReadyInfo: {ep, adapter, numThreads, crossOriginIsolated, model: {name, architecture, layers,
 //   hidden, vocab, maxPosition, blockSize, bytes, targets, chat, samplers: [trained for; empty:
-//   unknown]}, cache: {downloadedBytes, cachedBytes, memoryOnly, offline}, loadMs, bank: {adapters:
-//   [name|null per slot], patterns, groups: [names], present}, limits: {budget, largest_tensor,
+//   unknown], baseModel: the verified and AR samplers can run}, cache: {downloadedBytes,
+//   cachedBytes, memoryOnly, offline}, loadMs, bank: {adapters: [name|null per slot], patterns,
+//   groups: [names], present}, limits: {budget, largest_tensor,
 //   piece_rows}}
 //
 // StepView: {span, step, t, offset, text (the answer's settled prefix), cells: [{id, text,

@@ -268,6 +268,8 @@ async function load({ modelUrl, wheelUrl, ep = 'auto', numThreads, interruptBuff
       bytes: modelBytes,
       chat: Boolean(config.chat_template),
       samplers: config.samplers || [],
+      // the verified and AR samplers need rows that compute the base model (runtime/settings.py)
+      baseModel: Boolean(config.adapter_gate) || !config.source?.static_adapter,
     },
     limits,
     bank: session.bank_info().toJs({ dict_converter: Object.fromEntries }),
