@@ -244,14 +244,21 @@ def make_side_branch(
 def _gate_lora_columns(g: GraphBuilder, scope: str, h: str, gate: str, lora: int, width: int) -> str:
     """h [1,S,width] with its first `lora` columns (the static LoRA's activations) multiplied by the
     row's gate [1,S,1] and the rest (block sums) kept: h ⊙ (gate·m + (1 − m)), m = 1 on LoRA columns.
-    A row with gate 0 then adds exactly no LoRA term."""
+    A row with gate 0 then adds exactly no LoRA term.
+
+    The column scale depends only on the gate and the column layout, so it is built once per layout
+    for the whole graph (every layer's q/k/v pack has the same one): one Mul per pack per forward
+    instead of three, -180 nodes on SmolLM2."""
     if lora == width:
         return g.op("Mul", [h, gate], f"{scope}/side/Mul_gate")
-    on = np.zeros(width, np.float32)
-    on[:lora] = 1
-    scale = g.op("Mul", [gate, g.const(on, np.float32)], f"{scope}/side/Mul_gate_columns")
-    scale = g.op("Add", [scale, g.const(1 - on, np.float32)], f"{scope}/side/Add_kept_columns")
-    return g.op("Mul", [h, scale], f"{scope}/side/Mul_gate")
+    key = f"gate_columns:{gate}:{lora}:{width}"
+    if key not in g.shared:
+        on = np.zeros(width, np.float32)
+        on[:lora] = 1
+        shared = f"/model/adapter_gate/columns_{lora}_of_{width}"
+        scale = g.op("Mul", [gate, g.const(on, np.float32)], f"{shared}/Mul")
+        g.shared[key] = g.op("Add", [scale, g.const(1 - on, np.float32)], f"{shared}/Add_kept")
+    return g.op("Mul", [h, g.shared[key]], f"{scope}/side/Mul_gate")
 
 
 def _packed_bias(parts: list[LinearPart]) -> np.ndarray | None:
