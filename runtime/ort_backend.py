@@ -25,6 +25,7 @@ from runtime import artifact
 from runtime.artifact import ArtifactConfig
 from runtime.backend import Chunk, StepOutput
 from runtime.banks import Bank
+from runtime.resident import release_load_memory
 from ruvdllm.errors import RuvdllmError
 
 OPTIMIZATION_LEVELS = {
@@ -143,6 +144,8 @@ class OrtBackend:
         self.config = config
         check_onnxruntime(Path(graph), config)
         self.session, self.device = make_session(Path(graph), options)
+        # The weights file's pages read while loading are not needed by forwards (runtime/resident.py)
+        release_load_memory([p for p in Path(graph).parent.glob(Path(graph).name + "*") if p.is_file()])
         self._ort_device = ("cuda", options.device_id) if self.device == "cuda" else ("cpu", 0)
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]

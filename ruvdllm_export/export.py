@@ -36,6 +36,7 @@ from ruvdllm_export.onnx_graph import (
     options_for_target,
     prepare_weights,
 )
+from ruvdllm_export.onnx_graph.graph import forward_nodes
 from ruvdllm_export.onnx_graph.linear import as_float
 from ruvdllm_export.onnx_graph.options import required_onnxruntime
 from ruvdllm_export.onnx_graph.q8 import Q8Tensor, SplitQ8Tensor
@@ -138,9 +139,11 @@ def export_model(
             where = adapter if lora and "LoRA" in str(exc) else _source_name(loaded)
             raise RuvdllmError(f"{where}: {exc}") from None
         memory.mark("graph")
-        ops = Counter(node.op_type for node in model.graph.node)
+        ops = Counter(node.op_type for node in forward_nodes(model))
+        folded = len(model.graph.node) - ops.total()
         say(
             f"graph: {ops.total()} nodes per forward ({', '.join(f'{n} {op}' for op, n in ops.most_common(6))}, ...)"
+            + (f", {folded} more folded at load" if folded else "")
         )
         onnx.save_model(model, str(model_path))  # the graph alone: its weights are in the data file
         del model
@@ -269,7 +272,7 @@ def _artifact_config(
 ):
     spec = loaded.spec
     source = dict(loaded.source)
-    source["graph"] = {"nodes": ops.total(), "ops": dict(ops.most_common())}  # every node runs per forward
+    source["graph"] = {"nodes": ops.total(), "ops": dict(ops.most_common())}  # the nodes run per forward
     source["exactness"] = dict(Counter(loaded.exactness.values()))
     source["lossy"] = loaded.lossy
     source["graph_weights"] = dict(Counter(_held_kind(w) for w in prepared.values()))

@@ -61,8 +61,8 @@ def make_embedding_lora(
     ids ─Gather(aᵀ [vocab, r])─► [1,S,r] ─(Mul gate)─ MatMul(bᵀ [r, hidden])─► delta ─Add(hidden)─►
     """
     scope = f"{SCOPE}/lora"
-    a_t = g.initializer(f"{EMBED}.lora_a.T", np.ascontiguousarray(lora.a.T.astype(np.float32)))
-    b_t = g.initializer(f"{EMBED}.lora_b.T", np.ascontiguousarray(lora.b.T.astype(np.float32)))
+    a_t = g.float_initializer(f"{EMBED}.lora_a.T", lora.a.T)
+    b_t = g.float_initializer(f"{EMBED}.lora_b.T", lora.b.T)
     rows = g.op("Gather", [a_t, ids], f"{scope}/Gather_a", axis=0)
     if gate:
         rows = g.op("Mul", [rows, gate], f"{scope}/Mul_gate")

@@ -81,6 +81,22 @@ class GraphBuilder:
         self.initializers.append(tensor)
         return name
 
+    def float_initializer(self, name: str, array: np.ndarray) -> str:
+        """A float32 weight named `name`, stored as float16 when that round-trips exactly.
+
+            name.f16 (float16) ─Cast(float)─► name
+
+        The Cast reads only an initializer, so onnxruntime folds it when the session loads: the
+        forward sees the same float32 values as before, and the file holds half the bytes. Exact
+        float16 values are common here: GGUF block scales are float16, and so is the shipped
+        conversion adapter (its scale alpha/rank a power of two)."""
+        value = np.asarray(array, np.float32)
+        half = value.astype(np.float16)
+        if value.size < COMPACT_MIN_SIZE or not np.array_equal(half.astype(np.float32), value):
+            return self.initializer(name, value)
+        stored = self.initializer(f"{name}.f16", half)
+        return self.op("Cast", [stored], f"/load/{name}/Cast", outputs=[name], to=FLOAT)
+
     def const(self, array, dtype=np.int64) -> str:
         """A small constant (shapes, axes, scalars), deduplicated by value and dtype."""
         value = np.asarray(array, dtype=dtype)
@@ -135,3 +151,27 @@ class GraphBuilder:
 FLOAT = TensorProto.FLOAT
 INT64 = TensorProto.INT64
 INT32 = TensorProto.INT32
+COMPACT_MIN_SIZE = 4096  # elements: smaller float weights stay float32 (no Cast node for a few KB)
+
+
+def _is_load_time(model: onnx.ModelProto) -> list[bool]:
+    """Per node: are all its inputs initializers, directly or through other such nodes?"""
+    known = {i.name for i in model.graph.initializer}
+    flags = []
+    for node in model.graph.node:  # topological order: the builder appends nodes in order
+        folded = bool(node.input) and all(not i or i in known for i in node.input)
+        if folded:
+            known.update(node.output)
+        flags.append(folded)
+    return flags
+
+
+def load_time_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The nodes onnxruntime folds into initializers when the session loads: they never run per
+    forward (the Cast/Pad/Concat that assemble weights stored compactly)."""
+    return [n for n, folded in zip(model.graph.node, _is_load_time(model), strict=True) if folded]
+
+
+def forward_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The nodes that run on every forward (all but `load_time_nodes`)."""
+    return [n for n, folded in zip(model.graph.node, _is_load_time(model), strict=True) if not folded]

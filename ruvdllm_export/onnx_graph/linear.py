@@ -208,50 +208,91 @@ def make_side_branch(
     multiplies exactly those). Both matrices are float and exact: the LoRA is never re-quantized,
     and the block-min correction Σ_b m'[n,b]·Σ_{k∈b} x_k is the indicator product. One pass over x
     and one pair of small kernels per pack instead of two per linear plus the block-sum ops: -10%
-    per forward at one row on SmolLM2 (benchmarks/README.md), for ~7 MB more of zeros and
-    indicators on disk.
+    per forward at one row on SmolLM2 (benchmarks/README.md).
+
+    On disk the pieces stay apart and compact (float16 LoRA factors, one indicator per input
+    width, no zeros); Concat/Pad/Cast nodes over initializers join them, and onnxruntime folds
+    those when the session loads, so a forward reads the same two float32 matrices.
     """
-    n = sum(p.out_features for p in parts)
-    a_cols, b_rows, offset = [], [], 0
-    for p in parts:
-        if p.lora is not None:
-            a_cols.append(p.lora.a.T.astype(np.float32))  # [K, r]
-            rows = np.zeros((p.lora.a.shape[0], n), np.float32)
-            rows[:, offset : offset + p.out_features] = p.lora.b.T
-            b_rows.append(rows)
-        offset += p.out_features
-    lora_columns = sum(c.shape[1] for c in a_cols)  # h's first columns: the LoRA activations
-    terms = []
+    lora_parts = [p for p in parts if p.lora is not None]
+    lora_columns = sum(p.lora.a.shape[0] for p in lora_parts)  # h's first columns: the LoRA activations
+    a_cols, b_rows, terms, width = [], [], [], lora_columns
+    if lora_parts:
+        a_t = np.concatenate([p.lora.a.T for p in lora_parts], axis=1)  # [K, Σr]
+        a_cols.append(g.float_initializer(f"{name}.lora_a.T", a_t))
+        b_rows.append(_lora_up_rows(g, name, parts))
     if q is not None and q.mins is not None:
-        if q.n_blocks <= INDICATOR_MAX_BLOCKS and mins_t_key(name) not in g.shared:
-            indicator = np.zeros((q.k, q.n_blocks), np.float32)
-            indicator[np.arange(q.k), np.arange(q.k) // BLOCK] = 1
-            a_cols.append(indicator)
-            b_rows.append(np.ascontiguousarray(q.mins.T))
+        if q.n_blocks <= INDICATOR_MAX_BLOCKS and mins_t_key(q.name) not in g.shared:
+            a_cols.append(_block_indicator(g, q.k, q.n_blocks))
+            b_rows.append(mins_t_initializer(g, q))
+            width += q.n_blocks
         else:
             terms.append(make_block_min_correction(g, scope, x, mins_t_initializer(g, q), q.k, q.n_blocks))
     if a_cols:
-        a = g.initializer(f"{name}.side_a", np.ascontiguousarray(np.concatenate(a_cols, axis=1)))
-        b = g.initializer(f"{name}.side_b", np.ascontiguousarray(np.concatenate(b_rows, axis=0)))
+        a = _load_time_concat(g, f"{name}.side_a", a_cols, axis=1)
+        b = _load_time_concat(g, f"{name}.side_b", b_rows, axis=0)
         h = g.op("MatMul", [x, a], f"{scope}/side/MatMul_a")
-        gate = next((p.lora_gate for p in parts if p.lora is not None and p.lora_gate), None)
+        gate = next((p.lora_gate for p in lora_parts if p.lora_gate), None)
         if gate:
-            h = _gate_lora_columns(g, scope, h, gate, lora_columns, sum(c.shape[1] for c in a_cols))
+            h = _gate_lora_columns(g, scope, h, gate, lora_columns, width)
         terms.insert(0, g.op("MatMul", [h, b], f"{scope}/side/MatMul_b"))
     return terms
+
+
+def _lora_up_rows(g: GraphBuilder, name: str, parts: list[LinearPart]) -> str:
+    """The LoRA up-projections of a pack as side_b's first rows [Σr, ΣN], block diagonal: part p's
+    Bᵀ [r, N_p] at its own output columns, zeros elsewhere. The file holds only the Bᵀ blocks; the
+    zeros are Pad-ded in at load (folded), so they cost memory but no bytes on disk."""
+    n = sum(p.out_features for p in parts)
+    blocks, offset = [], 0
+    for p in parts:
+        if p.lora is not None:
+            block = g.float_initializer(f"{p.name}.lora_b.T", p.lora.b.T)  # [r, N_p]
+            if p.out_features != n:
+                pads = g.const([0, offset, 0, n - offset - p.out_features])
+                block = g.op("Pad", [block, pads], f"/load/{p.name}.lora_b.T/Pad")
+            blocks.append(block)
+        offset += p.out_features
+    return _load_time_concat(g, f"{name}.lora_b.T", blocks, axis=0)
+
+
+def _block_indicator(g: GraphBuilder, k: int, n_blocks: int) -> str:
+    """0/1 [K, n_blocks], 1 where input k lies in block b: x @ it is x's block sums. One initializer
+    for the whole graph per shape (every pack reading a K-wide x uses the same one)."""
+    key = f"block_indicator:{k}:{n_blocks}"
+    if key not in g.shared:
+        indicator = np.zeros((k, n_blocks), np.float32)
+        indicator[np.arange(k), np.arange(k) // BLOCK] = 1
+        g.shared[key] = g.float_initializer(f"/model/block_indicator_{k}x{n_blocks}", indicator)
+    return g.shared[key]
+
+
+def _load_time_concat(g: GraphBuilder, name: str, pieces: list[str], axis: int) -> str:
+    """Weights joined along `axis` by a Concat of initializers (folded when the session loads),
+    named `name`; a single piece is returned as it is."""
+    if len(pieces) == 1:
+        return pieces[0]
+    return g.op("Concat", pieces, f"/load/{name}/Concat", outputs=[name], axis=axis)
 
 
 def _gate_lora_columns(g: GraphBuilder, scope: str, h: str, gate: str, lora: int, width: int) -> str:
     """h [1,S,width] with its first `lora` columns (the static LoRA's activations) multiplied by the
     row's gate [1,S,1] and the rest (block sums) kept: h ⊙ (gate·m + (1 − m)), m = 1 on LoRA columns.
-    A row with gate 0 then adds exactly no LoRA term."""
+    A row with gate 0 then adds exactly no LoRA term.
+
+    The column scale depends only on the gate and the column layout, so it is built once per layout
+    for the whole graph (every layer's q/k/v pack has the same one): one Mul per pack per forward
+    instead of three, -180 nodes on SmolLM2."""
     if lora == width:
         return g.op("Mul", [h, gate], f"{scope}/side/Mul_gate")
-    on = np.zeros(width, np.float32)
-    on[:lora] = 1
-    scale = g.op("Mul", [gate, g.const(on, np.float32)], f"{scope}/side/Mul_gate_columns")
-    scale = g.op("Add", [scale, g.const(1 - on, np.float32)], f"{scope}/side/Add_kept_columns")
-    return g.op("Mul", [h, scale], f"{scope}/side/Mul_gate")
+    key = f"gate_columns:{gate}:{lora}:{width}"
+    if key not in g.shared:
+        on = np.zeros(width, np.float32)
+        on[:lora] = 1
+        shared = f"/model/adapter_gate/columns_{lora}_of_{width}"
+        scale = g.op("Mul", [gate, g.const(on, np.float32)], f"{shared}/Mul")
+        g.shared[key] = g.op("Add", [scale, g.const(1 - on, np.float32)], f"{shared}/Add_kept")
+    return g.op("Mul", [h, g.shared[key]], f"{scope}/side/Mul_gate")
 
 
 def _packed_bias(parts: list[LinearPart]) -> np.ndarray | None:
@@ -295,7 +336,7 @@ def register_quantized(g: GraphBuilder, name: str, w: Q4Tensor | Q8Tensor) -> Qu
     n, k = w.shape
     bits = 4 if isinstance(w, Q4Tensor) else 8
     packed = g.initializer(f"{name}.q{bits}", w.packed)
-    scales = g.initializer(f"{name}.scales", w.scales.astype(np.float32))
+    scales = g.float_initializer(f"{name}.scales", w.scales)  # float16 on disk when exact (GGUF's are)
     zero_points = mins = None
     if bits == 4:
         zp, mins = w.zero_points, w.mins
@@ -317,7 +358,7 @@ def mins_t_initializer(g: GraphBuilder, q: QuantizedNames) -> str:
     the head of a tied table share it)."""
     key = mins_t_key(q.name)
     if key not in g.shared:
-        g.shared[key] = g.initializer(f"{q.name}.mins_t", np.ascontiguousarray(q.mins.T))
+        g.shared[key] = g.float_initializer(f"{q.name}.mins_t", np.ascontiguousarray(q.mins.T))
     return g.shared[key]
 
 
@@ -417,8 +458,8 @@ def make_static_lora_delta(
 
     Float, never re-quantized. The gate multiplies the rank-r middle, the cheapest place to switch
     the branch per row."""
-    a_t = g.initializer(f"{name}.lora_a.T", np.ascontiguousarray(lora.a.T.astype(np.float32)))
-    b_t = g.initializer(f"{name}.lora_b.T", np.ascontiguousarray(lora.b.T.astype(np.float32)))
+    a_t = g.float_initializer(f"{name}.lora_a.T", lora.a.T)
+    b_t = g.float_initializer(f"{name}.lora_b.T", lora.b.T)
     h = g.op("MatMul", [x, a_t], f"{scope}/lora/MatMul_a")
     if gate:
         h = g.op("Mul", [h, gate], f"{scope}/lora/Mul_gate")
