@@ -31,10 +31,11 @@ from runtime.banks import BANK_JSON, PATTERNS_F32, PATTERNS_HNSW, Bank, as_f32
 TEMPORARY = ".partial"  # suffix of files being written; removed by `tidy`
 
 
-def fsync_directory(directory: Path) -> None:
-    """Make renames inside `directory` durable (no-op where directories cannot be opened)."""
+def fsync_path(path: Path) -> None:
+    """Flush a file, or make renames inside a directory durable (no-op where a directory cannot be
+    opened, as on Windows)."""
     try:
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -53,7 +54,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.replace(temporary, path)
-    fsync_directory(path.parent)
+    fsync_path(path.parent)
 
 
 def f32_bytes(values) -> bytes:
@@ -93,7 +94,7 @@ def commit_bank(directory: Path, bank: Bank, old: Bank, index=None) -> None:
         for target, (a, b) in adapter.factors.items():
             write_atomic(folder / f"{target}.a.f32", f32_bytes(a))
             write_atomic(folder / f"{target}.b.f32", f32_bytes(b))
-        fsync_directory(folder.parent)
+        fsync_path(folder.parent)
     if len(bank.pattern_slots) != len(old.pattern_slots):  # 2
         write_atomic(directory / PATTERNS_F32, f32_bytes(bank.pattern_vectors))
     write_atomic(directory / BANK_JSON, json.dumps(bank._meta(), indent=2).encode())  # 3

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from runtime.banks import BANK_JSON, Bank, write_f32
+from runtime.learning.bank_update import fsync_path
 from ruvdllm.errors import RuvdllmError
 
 MERGED_JSON = "merged.json"  # in an adapter's folder: the release ids merged into it, oldest first
@@ -94,13 +95,13 @@ def replace_adapters(directory: Path, bank: Bank, new: dict[int, tuple[str, dict
             write_f32(folder / f"{target}.b.f32", b)
         (folder / MERGED_JSON).write_text(json.dumps({"releases": releases}))
         for path in folder.iterdir():
-            _fsync(path)
-        _fsync(folder)
+            fsync_path(path)
+        fsync_path(folder)
     staging = directory / (BANK_JSON + ".tmp")  # step 2: the switch
     staging.write_text(json.dumps(bank._meta(), indent=2))
-    _fsync(staging)
+    fsync_path(staging)
     os.replace(staging, directory / BANK_JSON)
-    _fsync(directory)
+    fsync_path(directory)
     remove_unreferenced(directory, bank)  # step 3
 
 
@@ -113,17 +114,3 @@ def remove_unreferenced(directory: Path, bank: Bank) -> None:
             if child.is_dir() and child.name not in bank.adapters:
                 shutil.rmtree(child, ignore_errors=True)
     (Path(directory) / (BANK_JSON + ".tmp")).unlink(missing_ok=True)
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file or a directory entry to disk (directories cannot be opened on Windows: skip)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
