@@ -35,6 +35,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.hub_seed import ID, client_body, seed  # noqa: E402
 from federation_hub import codec  # noqa: E402
 from federation_hub.client import HubAdmin, HubClient, shapes_spec  # noqa: E402
 from federation_hub.tiers import Tier  # noqa: E402
@@ -42,7 +43,6 @@ from tests.federation_hub.hubs import HubProcess, client_update, random_update  
 from tests.federation_hub.postgres import PostgresServer  # noqa: E402
 
 TEMPLATES = 16  # distinct random updates, reused across clients (the hub cannot tell, nor needs to)
-ID = "XXXXXX-00000000"  # "{tag}-{client}", fixed width: replacing it keeps a safetensors header's length
 KINDS = {  # body kind: (content type, float16)
     "json": ("application/json", False),
     "binary-f32": (codec.MEDIA_TYPE, False),
@@ -143,7 +143,7 @@ def submit_all(urls, tokens, bodies, content_type, concurrency, tag: str, on_pro
     def send(i: int) -> None:
         if not hasattr(local, "http"):
             local.http = httpx.Client(timeout=600)
-        body = bodies[i % len(bodies)].replace(ID.encode(), f"{tag:-<6.6}-{i:08d}".encode())
+        body = client_body(bodies, tag, i)
         headers = {"authorization": f"Bearer {tokens[i]}", "content-type": content_type}
         for attempt in range(2 * len(urls) + 2):
             url = urls[next(turn) % len(urls)]
@@ -331,6 +331,57 @@ def replicas(args, shapes, workdir: Path, rng) -> dict:
         server.stop()
 
 
+def seeded(args, shapes, workdir: Path, rng, store: str) -> list[dict]:
+    """Rounds of --seed-clients updates filled through the service layer (hub_seed.py: not sent
+    over HTTP), each then closed over HTTP by a hub process that did none of the folding: it
+    merges the workers' saved partials and factorises. The hub is stopped while a round is
+    seeded (it would start adopting the workers' contributions after fold_adopt_s) and started
+    again for the close, so its CPU and peak RSS are the close's alone."""
+    server = PostgresServer(fsync=True).start() if store == "postgresql" else None
+    url = server.create_database() if server else None
+    hub = HubProcess(
+        workdir / f"seed-{store}",
+        database_url=url,
+        extra_args=["--max-request-mb", "32", "--log-level", "warning"],
+    )
+    rows = []
+    try:
+        hub.start()
+        admin = HubAdmin(hub.url, hub.admin_token, retries=0, timeout_s=3600)
+        admin.create_tenant("load")
+        tokens = issue_tokens(admin, "load", max(args.seed_clients))
+        bodies = templates(shapes, "binary-f32", rng, group="seeded")
+        for clients in args.seed_clients:
+            round_ = open_round(admin, "load", "seeded", shapes, False)
+            hub.stop()
+            row = {"store": store, "clients": clients}
+            row.update(
+                seed(
+                    hub.database_url,
+                    tokens[:clients],
+                    bodies,
+                    codec.MEDIA_TYPE,
+                    f"s{clients}",
+                    args.seed_workers,
+                )
+            )
+            assert row["seeded"] == clients, row
+            hub.start()
+            row.update(close(admin, round_["id"], [hub.proc.pid]))
+            again = admin.close_round(round_["id"])  # idempotent: the finished round
+            release = HubClient(hub.url, tokens[0]).release(again["release_id"])
+            row["contributions_summed"] = release["details"]["contributions_summed"]
+            rows.append(row)
+            print(
+                "seeded", json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()})
+            )
+    finally:
+        hub.stop()
+        if server:
+            server.stop()
+    return rows
+
+
 def audit_count(admin: HubAdmin, kind: str) -> int:
     count, after = 0, 0
     while entries := admin.audit(after=after):
@@ -348,6 +399,15 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     parser.add_argument("--skip-replicas", action="store_true")
+    parser.add_argument(
+        "--seed-direct",
+        action="store_true",
+        help="only the disk and rounds of --seed-clients filled through the service layer, not HTTP "
+        "(hub_seed.py), closed over HTTP",
+    )
+    parser.add_argument("--seed-clients", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--seed-workers", type=int, default=2, help="processes accepting the seeded updates")
+    parser.add_argument("--seed-store", nargs="+", default=["sqlite"], choices=["sqlite", "postgresql"])
     args = parser.parse_args()
 
     shapes = shapes_spec(args.layers, {"q_proj": (576, 576), "v_proj": (576, 192)}, rank=args.rank)
@@ -356,8 +416,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="hub-load-") as workdir:
         results["fsync_write_mib_per_s"] = fsync_write_rate(Path(workdir))
         print(f"disk: fsync'd sequential writes {results['fsync_write_mib_per_s']:.0f} MiB/s", flush=True)
-        results.update(one_hub(args, shapes, Path(workdir), rng))
-        if not args.skip_replicas:
+        if args.seed_direct:
+            results["seeded"] = [
+                row for store in args.seed_store for row in seeded(args, shapes, Path(workdir), rng, store)
+            ]
+        else:
+            results.update(one_hub(args, shapes, Path(workdir), rng))
+        if not args.skip_replicas and not args.seed_direct:
             results["replicas"] = replicas(args, shapes, Path(workdir), rng)
     results["load_average_after"] = os.getloadavg()
     summary(results)
@@ -368,9 +433,10 @@ def main() -> int:
 def summary(results: dict) -> None:
     disk = results["fsync_write_mib_per_s"]
     print(f"\nmachine: {results['cores']} cores, load average {results['load_average'][0]:.1f} at the start")
-    print(
-        f"{'body':12s} {'subs/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'CPU ms':>8s} {'MiB/s':>8s} {'÷ disk':>7s} {'unfolded':>8s} {'close s':>8s} {'RSS MiB':>8s}"
-    )
+    if any(kind in results for kind in KINDS):
+        print(
+            f"{'body':12s} {'subs/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'CPU ms':>8s} {'MiB/s':>8s} {'÷ disk':>7s} {'unfolded':>8s} {'close s':>8s} {'RSS MiB':>8s}"
+        )
     for kind in KINDS:
         if kind in results:
             r = results[kind]
@@ -390,6 +456,20 @@ def summary(results: dict) -> None:
         print(
             f"big round: {r['clients']} clients closed in {r['close_s']:.2f} s, peak RSS {r['close_peak_rss_mib']:.0f} MiB"
         )
+    if "seeded" in results:
+        print("rounds filled through the service layer by worker processes (seeded, NOT sent over HTTP),")
+        print("closed over HTTP by a hub process that folded none of them:")
+        print(
+            f"{'store':10s} {'clients':>8s} {'seed s':>8s} {'seed CPU ms':>11s} {'seed RSS':>8s} "
+            f"{'close s':>8s} {'close CPU':>9s} {'RSS MiB':>8s} {'summed':>7s}"
+        )
+        for r in results["seeded"]:
+            print(
+                f"{r['store']:10s} {r['clients']:8d} {r['seed_wall_s']:8.1f} "
+                f"{r['seed_cpu_s'] / r['clients'] * 1000:11.1f} {r['seed_peak_rss_mib']:8.0f} "
+                f"{r['close_s']:8.2f} {r['close_cpu_s']:9.2f} {r['close_peak_rss_mib']:8.0f} "
+                f"{r['contributions_summed']:7d}"
+            )
     if "replicas" in results:
         r = results["replicas"]
         print(

@@ -91,6 +91,16 @@ class Folder:
                     del self.rounds[round_id]
             return folded
 
+    def flush(self) -> None:
+        """Fold what waits and save every sum with pending contributions now, whatever the
+        schedule: for a process about to stop, so a close elsewhere finds its work saved."""
+        with self._lock:
+            while self._fold_waiting(None):
+                pass
+            for round_id, state in list(self.rounds.items()):
+                if state.pending:
+                    self._checkpoint(round_id, ("open",))
+
     def take(self, round_id: int) -> HeldSum | None:
         """For a close in this process (the round is `closing`): fold what this process still can
         of the round and hand its running sum over — its saved partial plus what is pending —

@@ -229,6 +229,35 @@ def test_processes_racing_to_fold_count_each_contribution_once(hubs):
         assert_same_sum(pairs[linear].product(), want.factors[linear].pair.product())
 
 
+def test_a_flush_saves_every_sum_whatever_the_schedule(hubs):
+    """Processes about to stop (the load benchmark's seeding workers) flush: each folds what it
+    accepted and saves it as its partial, though no checkpoint was due. Every contribution is
+    then folded exactly once, and a close in a third process reads the two partials alone."""
+    for state in hubs:
+        state.settings = dataclasses.replace(state.settings, fold_idle_s=1e6, fold_checkpoint_every=10**6)
+    round_, sent = populate(hubs, SPECS["weighted"], count=10)
+    assert not any(r.folded for r in hubs[0].store.contribution_rows(round_.id))  # nothing was due
+    for state in hubs:
+        state.folder.flush()
+    assert all(r.folded for r in hubs[0].store.contribution_rows(round_.id))
+    with hubs[0].store.reading() as snapshot:
+        assert sorted(owner for owner, _ in snapshot.partials(round_.id)) == sorted(
+            state.instance_id for state in hubs
+        )
+    store = open_store(hubs[0].settings.database_url)
+    closer = HubState(hubs[0].settings, store, store.hub_id(), HubMetrics(), np.random.default_rng(0))
+    closer.folder = Folder(closer)
+    try:
+        closed = rounds.close_round(closer, round_.id)
+        release = store.get_release(closed.release_id, ADMIN)
+        _, pairs, _ = codec.decode_release(release.payload)
+    finally:
+        store.close()
+    want = expected(closer, round_, sent, 0)
+    for linear in SHAPES:
+        assert_same_sum(pairs[linear].product(), want.factors[linear].pair.product())
+
+
 def test_payloads_are_kept_only_while_a_close_can_need_them(hubs):
     a, b = hubs
     clustered, _ = populate(hubs, SPECS["conservative"], count=6, group="fine")

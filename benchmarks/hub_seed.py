@@ -1,0 +1,112 @@
+"""Filling a round without HTTP, for the load benchmark's big rounds (`hub_load.py --seed-direct`).
+
+Sending 10,000 updates of ~1.8 MB over HTTP takes most of an hour on a small shared machine, and
+what the big round measures is the close, not the ingest. So a pool of processes accepts the
+updates the way a hub process does — each one a headless hub replica over the same database: the
+body parsed and hashed by the HTTP handler's own function (routers/updates.py), the caller looked
+up by its token's hash as the auth dependency does, `services.submission.submit` checking it
+against the round and storing it in one transaction, and a folding thread (services/folding.py)
+folding what that process accepted into its running sum and saving it as the process's partial.
+Nothing is written by hand: the stored contributions, partials and rows are what replicas that
+had received the same requests over HTTP would leave. What is skipped is the request itself
+(HTTP framing, the event loop), which the HTTP rows of the benchmark measure.
+
+Each worker folds only what it accepted (no adoption of other workers' contributions, as
+`fold_adopt_s` would allow a hub after 30 s) and saves everything before it returns.
+"""
+
+from __future__ import annotations
+
+import resource
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+import numpy as np
+
+from federation_hub.auth import Caller, token_hash
+from federation_hub.observability import HubMetrics
+from federation_hub.routers.updates import _parse_and_hash
+from federation_hub.services import submission
+from federation_hub.services.folding import Folder
+from federation_hub.services.state import HubState
+from federation_hub.settings import HubSettings
+from federation_hub.storage import open_store
+
+NEVER = 1e8  # seconds (3 years): a worker never adopts another worker's contributions
+ID = "XXXXXX-00000000"  # "{tag}-{client}", fixed width: replacing it keeps a safetensors header's length
+
+
+def client_body(bodies: list[bytes], tag: str, i: int) -> bytes:
+    """Client i's update: one of the template bodies, under an update id of its own."""
+    return bodies[i % len(bodies)].replace(ID.encode(), f"{tag:-<6.6}-{i:08d}".encode())
+
+
+def seed(
+    database_url: str,
+    tokens: list[str],
+    bodies: list[bytes],
+    content_type: str,
+    tag: str,
+    workers: int,
+) -> dict:
+    """Every token submits its body (`client_body`) through `workers` processes; returns the wall time, the workers' CPU seconds and their largest peak RSS."""
+    shares = [list(range(w, len(tokens), workers)) for w in range(workers)]
+    started = time.perf_counter()
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = [
+            pool.submit(
+                _seed_share,
+                database_url,
+                [(i, tokens[i]) for i in share],
+                bodies,
+                content_type,
+                tag,
+            )
+            for share in shares
+        ]
+        done = [f.result() for f in futures]
+    return {
+        "seeded": sum(d["accepted"] for d in done),
+        "seed_wall_s": time.perf_counter() - started,
+        "seed_cpu_s": sum(d["cpu_s"] for d in done),
+        "seed_peak_rss_mib": max(d["peak_rss_mib"] for d in done),
+    }
+
+
+def _seed_share(
+    database_url: str, share: list[tuple[int, str]], bodies: list[bytes], content_type: str, tag: str
+) -> dict:
+    store = open_store(database_url)
+    settings = HubSettings(database_url=database_url, admin_token_hash="-", fold_adopt_s=NEVER)
+    state = HubState(settings, store, store.hub_id(), HubMetrics(), np.random.default_rng())
+    folder = state.folder = Folder(state)
+    stop = threading.Event()
+
+    def fold() -> None:  # the hub's folding loop (Folder.run), on a thread of this process
+        while not stop.is_set():
+            folder.step()
+            stop.wait(settings.fold_interval_s)
+
+    cpu = time.process_time()
+    folding = threading.Thread(target=fold, daemon=True)
+    folding.start()
+    accepted = 0
+    try:
+        for i, token in share:
+            record = store.token_by_hash(token_hash(token))
+            caller = Caller("client", tenant=record.tenant, client_id=record.client_id, groups=record.groups)
+            update, body_hash = _parse_and_hash(client_body(bodies, tag, i), content_type)
+            _, duplicate = submission.submit(state, caller, update, body_hash)
+            accepted += not duplicate
+    finally:
+        stop.set()
+        folding.join()
+    folder.flush()
+    store.close()
+    return {
+        "accepted": accepted,
+        "cpu_s": time.process_time() - cpu,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
