@@ -375,7 +375,9 @@ def seeded(args, shapes, workdir: Path, rng, store: str) -> list[dict]:
             row["contributions_summed"] = release["details"]["contributions_summed"]
             rows.append(row)
             print(
-                "seeded", json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()})
+                "seeded",
+                json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}),
+                flush=True,
             )
     finally:
         hub.stop()

@@ -20,6 +20,7 @@ Each worker folds only what it accepted (no adoption of other workers' contribut
 from __future__ import annotations
 
 import resource
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -36,6 +37,7 @@ from federation_hub.services.state import HubState
 from federation_hub.settings import HubSettings
 from federation_hub.storage import open_store
 
+PROGRESS = 250  # a line on stderr every this many accepted updates, per worker
 NEVER = 1e8  # seconds (3 years): a worker never adopts another worker's contributions
 ID = "XXXXXX-00000000"  # "{tag}-{client}", fixed width: replacing it keeps a safetensors header's length
 
@@ -88,7 +90,7 @@ def _seed_share(
             folder.step()
             stop.wait(settings.fold_interval_s)
 
-    cpu = time.process_time()
+    cpu, started = time.process_time(), time.perf_counter()
     folding = threading.Thread(target=fold, daemon=True)
     folding.start()
     accepted = 0
@@ -102,6 +104,13 @@ def _seed_share(
             update, body_hash = _parse_and_hash(client_body(bodies, tag, i), content_type)
             _, duplicate = submission.submit(state, caller, update, body_hash)
             accepted += not duplicate
+            if accepted % PROGRESS == 0:
+                seconds = time.perf_counter() - started
+                print(
+                    f"seeding {tag}: a worker accepted {accepted} in {seconds:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         stop.set()
         folding.join()
