@@ -80,15 +80,16 @@ class Folder:
             settings = self.state.settings
             now = time.monotonic()
             for round_id, state in list(self.rounds.items()):
-                quiet = now - state.last_fold >= settings.fold_idle_s
-                if len(state.pending) >= settings.fold_checkpoint_every:
+                idle = now - state.last_fold
+                burst_ended = idle >= settings.fold_idle_s and len(state.pending) >= settings.fold_idle_min
+                if len(state.pending) >= settings.fold_checkpoint_every or burst_ended:
                     self._checkpoint(round_id, ("open",))
-                elif quiet and state.pending:
-                    self._checkpoint(round_id, ("open",))
-                elif (
-                    quiet
-                ):  # saved and quiet: memory goes back (a dense sum is ~100 MB); reloaded when needed
-                    del self.rounds[round_id]
+                elif idle >= settings.fold_forget_s:
+                    # a trickle (each save writes the whole dense sum, ~100 MB: not one per update)
+                    # or a round saved and quiet: save what waits, give the memory back
+                    if state.pending:
+                        self._checkpoint(round_id, ("open",))
+                    self.rounds.pop(round_id, None)  # reloaded from its partial when needed
             return folded
 
     def flush(self) -> None:

@@ -229,6 +229,33 @@ def test_processes_racing_to_fold_count_each_contribution_once(hubs):
         assert_same_sum(pairs[linear].product(), want.factors[linear].pair.product())
 
 
+def test_a_trickle_is_not_saved_per_update_and_a_burst_is_saved_when_it_ends(hubs):
+    """Each save writes the whole dense sum (~100 MB at the benchmark's shapes): a quiet round
+    with fewer than `fold_idle_min` waiting is saved only after `fold_forget_s`, and then leaves
+    memory; one with `fold_idle_min` waiting is saved once it is quiet and stays in memory."""
+    a, _ = hubs
+    a.settings = dataclasses.replace(a.settings, fold_idle_s=0.0, fold_idle_min=3, fold_forget_s=1e6)
+    round_ = rounds.open_round(a, RoundSpec(timestep_group="coarse", shapes=SHAPES, **SPECS["weighted"]))
+    rng = np.random.default_rng(5)
+
+    def folded_rows():
+        return sum(r.folded for r in a.store.contribution_rows(round_.id))
+
+    for i in range(2):  # a trickle: folded in memory, not saved
+        submit(a, round_, f"c{i:02d}", camp_update(rng, 0), 5, 20.0, 18.0)
+        a.folder.step()
+    assert folded_rows() == 0 and a.folder.rounds[round_.id].pending
+    submit(a, round_, "c02", camp_update(rng, 0), 5, 20.0, 18.0)
+    a.folder.step()  # three waiting, quiet: saved, kept in memory
+    assert folded_rows() == 3 and round_.id in a.folder.rounds
+    submit(a, round_, "c03", camp_update(rng, 0), 5, 20.0, 18.0)
+    a.folder.step()
+    assert folded_rows() == 3
+    a.settings = dataclasses.replace(a.settings, fold_forget_s=0.0)
+    a.folder.step()  # quiet long enough: the rest saved, the memory given back
+    assert folded_rows() == 4 and round_.id not in a.folder.rounds
+
+
 def test_a_flush_saves_every_sum_whatever_the_schedule(hubs):
     """Processes about to stop (the load benchmark's seeding workers) flush: each folds what it
     accepted and saves it as its partial, though no checkpoint was due. Every contribution is
