@@ -346,7 +346,7 @@ def seeded(args, shapes, workdir: Path, rng, store: str) -> list[dict]:
     )
     rows = []
     try:
-        hub.start()
+        hub.start(timeout=600)  # a loaded machine imports slowly
         admin = HubAdmin(hub.url, hub.admin_token, retries=0, timeout_s=3600)
         admin.create_tenant("load")
         bodies = templates(shapes, "binary-f32", rng, group="seeded")
@@ -366,7 +366,7 @@ def seeded(args, shapes, workdir: Path, rng, store: str) -> list[dict]:
                 )
             )
             assert row["seeded"] == clients, row
-            hub.start()
+            hub.start(timeout=600)  # a loaded machine imports slowly
             row.update(close(admin, round_["id"], [hub.proc.pid]))
             again = admin.close_round(round_["id"])  # idempotent: the finished round
             release = HubClient(hub.url, admin.create_token("load", f"reader{clients}")["token"]).release(
