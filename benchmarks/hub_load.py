@@ -42,6 +42,7 @@ from federation_hub.tiers import Tier  # noqa: E402
 from tests.federation_hub.hubs import HubProcess, client_update, random_update  # noqa: E402
 from tests.federation_hub.postgres import PostgresServer  # noqa: E402
 
+STARTUP_S = 600  # a hub process on a loaded machine may take minutes to import and start
 TEMPLATES = 16  # distinct random updates, reused across clients (the hub cannot tell, nor needs to)
 KINDS = {  # body kind: (content type, float16)
     "json": ("application/json", False),
@@ -217,7 +218,8 @@ def load_row(run: dict, body_mib: float, cpu_s: float, clients: int) -> dict:
 
 
 def one_hub(args, shapes, workdir: Path, rng) -> dict:
-    hub = HubProcess(workdir / "hub", extra_args=["--max-request-mb", "32", "--log-level", "warning"]).start()
+    hub = HubProcess(workdir / "hub", extra_args=["--max-request-mb", "32", "--log-level", "warning"])
+    hub.start(timeout=STARTUP_S)
     results = {}
     try:
         admin = HubAdmin(hub.url, hub.admin_token, retries=0, timeout_s=3600)
@@ -275,7 +277,7 @@ def replicas(args, shapes, workdir: Path, rng) -> dict:
         for hub in hubs:
             hub.launch()
         for hub in hubs:
-            hub.wait_ready()
+            hub.wait_ready(STARTUP_S)
         everywhere = ",".join(h.url for h in hubs)
         admin = HubAdmin(everywhere, first.admin_token, retries=3, timeout_s=3600)
         admin.create_tenant("load")
@@ -346,7 +348,7 @@ def seeded(args, shapes, workdir: Path, rng, store: str) -> list[dict]:
     )
     rows = []
     try:
-        hub.start(timeout=600)  # a loaded machine imports slowly
+        hub.start(timeout=STARTUP_S)
         admin = HubAdmin(hub.url, hub.admin_token, retries=0, timeout_s=3600)
         admin.create_tenant("load")
         bodies = templates(shapes, "binary-f32", rng, group="seeded")
@@ -366,7 +368,7 @@ def seeded(args, shapes, workdir: Path, rng, store: str) -> list[dict]:
                 )
             )
             assert row["seeded"] == clients, row
-            hub.start(timeout=600)  # a loaded machine imports slowly
+            hub.start(timeout=STARTUP_S)
             row.update(close(admin, round_["id"], [hub.proc.pid]))
             again = admin.close_round(round_["id"])  # idempotent: the finished round
             release = HubClient(hub.url, admin.create_token("load", f"reader{clients}")["token"]).release(
