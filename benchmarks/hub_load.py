@@ -9,12 +9,16 @@ layers (SmolLM2-135M's q_proj 576→576 and v_proj 576→192) to real hub proces
     big round    one round of --big-clients (10,000) safetensors updates, closed: seconds, peak RSS
     replicas     three hub processes on one PostgreSQL server (fsync on), clients round-robin over
                  them, one replica SIGKILLed halfway; lost and double-counted updates, closes
+    --seed-direct  instead of the above: rounds of --seed-clients (1,000 and 10,000) filled through
+                 the hub's service layer by worker processes (hub_seed.py) — SEEDED, NOT SENT OVER
+                 HTTP — then closed over HTTP by a hub process: close wall, hub CPU, peak RSS
 
 Wall-clock figures depend on what else the machine runs; the hub's CPU time (all its threads,
 folding included) stays comparable, and the ratios come from the same run.
 
     python benchmarks/hub_load.py                                   # the full run (~GBs of updates)
     python benchmarks/hub_load.py --clients 100 --big-clients 300 --layers 4     # a quick look
+    python benchmarks/hub_load.py --seed-direct                     # the 1,000 and 10,000 closes
 """
 
 from __future__ import annotations
