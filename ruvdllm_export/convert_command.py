@@ -225,15 +225,16 @@ def load_model(path, progress: bool = True):
     (its weights are still read lazily, here)."""
     from ruvdllm_export.checkpoints import LoadedCheckpoint, load_checkpoint
     from ruvdllm_export.default_model import default_gguf_path
-    from ruvdllm_export.onnx_graph.builder import prepare_weights
     from ruvdllm_export.onnx_graph.options import GraphOptions
+    from ruvdllm_export.onnx_graph.spill import prepared_one_at_a_time
     from ruvdllm_export.reference import DiffusionLM
 
     if isinstance(path, LoadedCheckpoint):
         checkpoint = path
     else:
         checkpoint = load_checkpoint(path if path is not None else default_gguf_path(progress=progress))
-    weights = prepare_weights(checkpoint.spec, checkpoint.weights, GraphOptions())
+    # as prepare_weights, but a bf16/f32 table is quantized by rows: never widened whole
+    weights = dict(prepared_one_at_a_time(checkpoint.spec, checkpoint.weights, GraphOptions()))
     return checkpoint, DiffusionLM(checkpoint.spec, weights, checkpoint.mask_token_id)
 
 
@@ -262,7 +263,8 @@ def run(args) -> int:
         args.model if args.model is not None else default_gguf_path(progress=not args.quiet)
     )  # headers only: the spec sizes the estimate before any weight is read
     estimate = memory_estimate(checkpoint.spec, config, objective, lora)
-    print(f"{args.run_dir}: {estimate.describe()}", file=sys.stderr)
+    if not args.quiet:
+        print(f"{args.run_dir}: {estimate.describe()}", file=sys.stderr)
     check_memory(estimate, config, pick_device())  # before any weight or data is read
     checkpoint, model = load_model(checkpoint, progress=not args.quiet)
     data = list(args.data)

@@ -70,6 +70,9 @@ class WindowWeights(Mapping):
             raise KeyError(name)
         return self.weights[_shift(name, self.window.start)]
 
+    def __contains__(self, name: object) -> bool:  # Mapping's default would read the tensor
+        return name in self.shapes
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
 

@@ -41,6 +41,9 @@ class LazyWeights(Mapping):
     def __getitem__(self, name: str) -> object:
         return self._readers[name]()
 
+    def __contains__(self, name: object) -> bool:  # Mapping's default would read the tensor
+        return name in self._readers
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._readers)
 

@@ -168,8 +168,8 @@ def check_memory(estimate: MemoryEstimate, config: TrainConfig, device: torch.de
         if not config.gradient_checkpointing:
             hint += ", or add --gradient-checkpointing"
         raise RuvdllmError(
-            f"batch {config.batch_size} x {config.seq_len} tokens: needs about {need / 2**30:.1f} GB, "
-            f"more than {budget / 2**30:.1f} GB ({where}); {hint}"
+            f"batch {config.batch_size} x {config.seq_len} tokens: needs about {need / 2**30:.1f} GB "
+            f"({estimate.describe()}), more than {budget / 2**30:.1f} GB ({where}); {hint}"
         )
 
 

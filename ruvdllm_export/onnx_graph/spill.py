@@ -57,6 +57,9 @@ class SpilledWeights(Mapping):
         self._file.flush()
         return pickle.loads(os.pread(self._file.fileno(), length, offset))
 
+    def __contains__(self, name: object) -> bool:  # Mapping's default would read the tensor
+        return name in self._where
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
 
@@ -70,17 +73,25 @@ class SpilledWeights(Mapping):
         self._where.clear()
 
 
+def prepared_one_at_a_time(
+    spec: ModelSpec, weights: Mapping[str, Weight], options: GraphOptions
+) -> Iterator[tuple[str, Weight]]:
+    """(name, prepare_weights' form of it), one tensor read at a time; a table the checkpoint
+    reads by rows is prepared by rows."""
+    for name in list(weights):
+        if _is_table(spec, name, options) and getattr(weights, "reads_rows", lambda _: False)(name):
+            yield name, _table_by_rows(weights, name, options)
+        else:
+            yield name, prepare_weights(spec, {name: weights[name]}, options)[name]
+
+
 def spill_prepared(
     spec: ModelSpec, weights: Mapping[str, Weight], options: GraphOptions, scratch: Path
 ) -> SpilledWeights:
     """`prepare_weights(spec, weights, options)`'s forms, written to `scratch` one at a time."""
     spilled = SpilledWeights(scratch, options)
     try:
-        for name in list(weights):
-            if _is_table(spec, name, options) and getattr(weights, "reads_rows", lambda _: False)(name):
-                value = _table_by_rows(weights, name, options)
-            else:
-                value = prepare_weights(spec, {name: weights[name]}, options)[name]
+        for name, value in prepared_one_at_a_time(spec, weights, options):
             spilled.put(name, value)
             del value  # before the next tensor is read
     except BaseException:

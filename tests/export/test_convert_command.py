@@ -372,13 +372,13 @@ def test_max_minutes_stops_early_and_saves(workspace, tmp_path):
 def test_estimate_is_printed_and_an_over_budget_run_refused_before_the_weights_load(
     workspace, tmp_path, capsys
 ):
-    """The estimate's line comes first; a budget below it is a one-line refusal and the run
-    directory holds no checkpoint."""
+    """The estimate's line comes first; a budget below it is a one-line refusal (the estimate's
+    parts in it) and the run directory holds no checkpoint."""
     _, gguf, data = workspace
     run_dir = tmp_path / "run"
-    argv = ["convert", "--model", gguf, "--data", str(data), "--run-dir", str(run_dir), "--quiet"]
+    argv = ["convert", "--model", gguf, "--data", str(data), "--run-dir", str(run_dir)]
     assert main([*argv, "--memory-gb", "0.05"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert "memory estimate" in err[0] and "runtime" in err[0]
-    assert len(err) == 2 and "needs about" in err[1] and "--memory-gb 0.05" in err[1]
+    assert len(err) == 2 and "memory estimate" in err[0] and "runtime" in err[0]
+    assert "needs about" in err[1] and "--memory-gb 0.05" in err[1] and "LoRA and AdamW" in err[1]
     assert not (run_dir / "checkpoint.pt").exists()

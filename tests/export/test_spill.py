@@ -109,3 +109,16 @@ def test_sliced_table_reference_equals_the_whole_table(tmp_path, monkeypatch, pa
     for name, value in whole.items():
         np.testing.assert_allclose(sliced[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
     assert np.array_equal(sliced["topk_ids"], whole["topk_ids"])
+
+
+def test_split_table_widens_by_rows_to_the_same_values(monkeypatch):
+    """dequantize_split_q8 by row chunks (no table-sized temporaries) equals widening the whole
+    table at once."""
+    from ruvdllm_export.onnx_graph import q8
+
+    table = np.random.default_rng(2).standard_normal((100, 72)).astype(np.float32)
+    split = q8.split_q8(q8.quantize_q8(table))
+    whole = q8.dequantize_q4(split.q4)
+    half = whole.shape[1] // 2
+    monkeypatch.setattr(q8, "ROWS_PER_CHUNK", 7)
+    np.testing.assert_array_equal(q8.dequantize_split_q8(split), (whole[:, :half] + whole[:, half:])[:, :72])
