@@ -121,6 +121,8 @@ def export_model(
         raise RuvdllmError(f"export options: {exc}") from None
     if block_size < 1:
         raise RuvdllmError(f"export options: block size must be >= 1, not {block_size}")
+    if validate_window is not None and validate_window < 0:
+        raise RuvdllmError(f"export options: validation window must be >= 0 layers, not {validate_window}")
     spec = loaded.spec
     lora = load_static_adapter(Path(adapter), loaded) if adapter else {}
 
@@ -201,8 +203,6 @@ def _window_size(asked: int | None, spec, data_file: Path) -> int:
     whole graph while its data file is under FULL_VALIDATION_MAX_BYTES (the default model's 0.1 GB
     keeps today's full check), windows of WINDOW_LAYERS layers above it."""
     if asked is not None:
-        if asked < 0:
-            raise RuvdllmError(f"export options: validation window must be >= 0 layers, not {asked}")
         return 0 if asked >= spec.num_layers else asked
     big = data_file.stat().st_size > FULL_VALIDATION_MAX_BYTES
     return WINDOW_LAYERS if big and spec.num_layers > WINDOW_LAYERS else 0

@@ -60,6 +60,12 @@ def test_export_by_windows_reports_each_window(checkpoint, tmp_path):
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no window or scratch left
 
 
+def test_a_negative_window_is_refused_before_any_work(checkpoint, tmp_path):
+    with pytest.raises(RuvdllmError, match="validation window must be >= 0"):
+        export_model(checkpoint, tmp_path / "model", validate_window=-1, log=None)
+    assert not list(tmp_path.iterdir())
+
+
 def _corrupt(model_dir, name_part: str) -> None:
     """Overwrite the largest external initializer whose name holds `name_part` with random bytes."""
     model = onnx.load(str(model_dir / artifact.GRAPH_NAME), load_external_data=False)
