@@ -263,8 +263,6 @@ def run(args) -> int:
         args.model if args.model is not None else default_gguf_path(progress=not args.quiet)
     )  # headers only: the spec sizes the estimate before any weight is read
     estimate = memory_estimate(checkpoint.spec, config, objective, lora)
-    if not args.quiet:
-        print(f"{args.run_dir}: {estimate.describe()}", file=sys.stderr)
     check_memory(estimate, config, pick_device())  # before any weight or data is read
     checkpoint, model = load_model(checkpoint, progress=not args.quiet)
     data = list(args.data)
@@ -299,6 +297,7 @@ def run(args) -> int:
         trainer.resume()  # the checkpoint holds the factors; a warm start only seeds a new run
     elif args.init_adapter is not None:
         trainer.warm_start(args.init_adapter)
+    print(f"{args.run_dir}: {estimate.describe()}", file=sys.stderr)  # checked before the load
     print(
         f"{args.run_dir}: {train.shape[0]} training rows of {args.seq_len} tokens"
         f"{f', {held_out.shape[0]} held out' if held_out is not None else ''}; step {trainer.state.step}",

@@ -111,16 +111,16 @@ class StreamedReference:
         its row's dot product: slicing the rows changes no operation)."""
         spec, weights = self.spec, self.weights
         name = EMBED if spec.tie_word_embeddings or LM_HEAD not in weights else LM_HEAD
-        rows, rows_of = self._table_slicer(name)
-        if rows <= TABLE_SLICE_ROWS:
+        if weight_shape(weights, name)[0] <= TABLE_SLICE_ROWS:
             return self._with_lora(FrozenLinear(weights[name]), LM_HEAD)(hidden)
+        rows, rows_of = self._table_slicer(name)
         lora = self.lora.get(LM_HEAD)
         if lora is not None:
             down = torch.nn.functional.linear(hidden, torch.from_numpy(np.asarray(lora.a, np.float32)))
             up = torch.from_numpy(np.asarray(lora.b, np.float32))
         parts = []
         for start in range(0, rows, HEAD_SLICE_ROWS):
-            stop = start + HEAD_SLICE_ROWS
+            stop = min(start + HEAD_SLICE_ROWS, rows)
             logits = FrozenLinear(rows_of(start, stop))(hidden)
             if lora is not None:
                 logits = logits + torch.nn.functional.linear(down, up[start:stop])

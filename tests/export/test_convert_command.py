@@ -372,13 +372,15 @@ def test_max_minutes_stops_early_and_saves(workspace, tmp_path):
 def test_estimate_is_printed_and_an_over_budget_run_refused_before_the_weights_load(
     workspace, tmp_path, capsys
 ):
-    """The estimate's line comes first; a budget below it is a one-line refusal (the estimate's
-    parts in it) and the run directory holds no checkpoint."""
+    """A budget below the estimate is a one-line refusal carrying the estimate's parts, and the run
+    directory holds no checkpoint; a run that fits prints the estimate before training starts."""
     _, gguf, data = workspace
-    run_dir = tmp_path / "run"
-    argv = ["convert", "--model", gguf, "--data", str(data), "--run-dir", str(run_dir)]
-    assert main([*argv, "--memory-gb", "0.05"]) == 1
+    argv = ["convert", "--model", gguf, "--data", str(data), "--rank", "2", "--seq-len", "32"]
+    assert main([*argv, "--run-dir", str(tmp_path / "refused"), "--memory-gb", "0.05"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "memory estimate" in err[0] and "runtime" in err[0]
-    assert "needs about" in err[1] and "--memory-gb 0.05" in err[1] and "LoRA and AdamW" in err[1]
-    assert not (run_dir / "checkpoint.pt").exists()
+    assert len(err) == 1 and "needs about" in err[0] and "--memory-gb 0.05" in err[0]
+    assert "runtime" in err[0] and "LoRA and AdamW" in err[0] and "activations" in err[0]
+    assert not (tmp_path / "refused" / "checkpoint.pt").exists()
+    assert main([*argv, "--run-dir", str(tmp_path / "run"), "--max-steps", "1", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.index("memory estimate") < err.index("training rows")
