@@ -63,13 +63,15 @@ def activation_bytes(spec: ModelSpec, batch: int, positions: int, targets: int, 
 
 
 def base_bytes(spec: ModelSpec, cached_dtype_bytes: int = 0) -> int:
-    """The frozen base: packed 4-bit linears and token table, the table widened to float32 twice
-    (the embedding keeps it; the head dequantizes it in each forward and autograd keeps that
-    for backward), one dequantized linear at a time. `cached_dtype_bytes` (2 for --precision
-    bf16) adds the dequantized copy of every linear and of the head the trainer then keeps."""
+    """The frozen base: packed 4-bit linears (with the float32 copy of their scales the modules
+    keep) and token table, the table widened to float32 twice (the embedding's and the head's:
+    the graph's split 8-bit table runs as float32 in the reference), one dequantized linear at a
+    time. `cached_dtype_bytes` (2 for --precision bf16) adds the dequantized copy of every linear
+    and of the head the trainer then keeps."""
     linear = sum(f.in_features * f.out_features for f in spec.linear_features().values())
     table = spec.vocab_size * spec.hidden_size * (1 if spec.tie_word_embeddings else 2)
-    packed = spec.num_layers * linear * Q4_BYTES_PER_WEIGHT + table * TABLE_PACKED_BYTES
+    # + the float32 copy of each block scale the 4-bit FrozenLinears keep as torch buffers
+    packed = spec.num_layers * linear * (Q4_BYTES_PER_WEIGHT + 4 / 32) + table * TABLE_PACKED_BYTES
     widened = 2 * spec.vocab_size * spec.hidden_size * FLOAT + linear * FLOAT
     cached = cached_dtype_bytes * (spec.num_layers * linear + spec.vocab_size * spec.hidden_size)
     return int(packed + widened + cached)
