@@ -4,6 +4,10 @@
     python benchmarks/export_memory.py --checkpoint PATH      # any checkpoint
     python benchmarks/export_memory.py --synthetic DIR        # a Llama-3.2-1B-shaped random checkpoint,
                                                               # built into DIR first if it is not there
+    python benchmarks/export_memory.py --synthetic DIR --layers 2   # the same shapes, 2 layers: the
+                                                              # same bound, a fraction of the time
+    python benchmarks/export_memory.py --synthetic DIR --convert    # `ruvdllm convert` a few steps
+                                                              # instead: its estimate vs its peak
 
 Each export runs in a fresh child process (`python -m ruvdllm export`, validation on), whose report
 (config.json source.memory) gives the peak after each phase: load, prepare (quantize), graph (built
@@ -16,8 +20,14 @@ reference). Printed beside it:
 The synthetic model has Llama 3.2 1B's shapes (hidden 2048, 16 layers, 32/8 heads, MLP 8192, vocab
 128,256, tied table, llama3 RoPE scaling; 1.24B parameters) with random bf16 weights written
 shard by shard, and the small BPE tokenizer the tests build (a model's vocabulary may exceed its
-tokenizer's). Building it needs ~2.5 GB of disk and ~1 GB of memory. Absolute times on a shared
-machine are noisy; memory figures are not.
+tokenizer's). Building it needs ~2.5 GB of disk and ~1 GB of memory. The bound
+depends on the largest layer and the table only, so a shallower copy (--layers) has the same
+bound: a streamed export's peak must not depend on the depth. Absolute times on a shared machine
+are noisy; memory figures are not.
+
+--convert runs `ruvdllm convert` (seq-len 64, batch 1, gradient checkpointing, 2 optimizer
+steps) on the checkpoint and prints the memory estimate it printed before training against the
+child's measured peak (VmHWM).
 """
 
 from __future__ import annotations
@@ -144,6 +154,26 @@ def _child_peak_mib(pid: int) -> float:
     return int(status.split("VmHWM:")[1].split()[0]) / 1024
 
 
+def convert_child(checkpoint: Path, run_dir: Path, steps: int = 2) -> tuple[float, str, float]:
+    """`ruvdllm convert` for `steps` steps in a child -> (seconds, its estimate line, peak MiB)."""
+    data = [str(p) for p in sorted((Path(__file__).resolve().parents[1] / "docs").glob("*.md"))]
+    command = [sys.executable, "-m", "ruvdllm", "convert", "--model", str(checkpoint), "--data", *data]
+    command += ["--seq-len", "64", "--batch-size", "1", "--grad-accum", "1", "--max-steps", str(steps)]
+    command += ["--warmup-steps", "1", "--anneal-steps", "1", "--eval-every", "0", "--eval-rows", "1"]
+    command += ["--gradient-checkpointing", "--threads", "1", "--run-dir", str(run_dir)]
+    started, estimate, peak = time.perf_counter(), "", 0.0
+    child = subprocess.Popen(
+        command, cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE, text=True
+    )
+    for line in child.stderr:  # the peak is read at each progress line (the last one is after training)
+        peak = max(peak, _child_peak_mib(child.pid))
+        estimate = line.strip() if "memory estimate" in line else estimate
+        print(f"  [{time.perf_counter() - started:6.0f} s, peak {peak:6.0f} MiB] {line.rstrip()}", flush=True)
+    if child.wait():
+        raise SystemExit(f"convert failed with exit status {child.returncode}")
+    return time.perf_counter() - started, estimate, peak
+
+
 def export_child(checkpoint: Path | None, out: Path) -> tuple[float, dict]:
     """`ruvdllm export` in a child; each progress line is echoed with the time and the child's
     peak so far, so a run stopped early still shows where its memory went."""
@@ -172,6 +202,8 @@ def main() -> None:
         "--synthetic", type=Path, help="build (if missing) and export the 1B synthetic model here"
     )
     parser.add_argument("--out", type=Path, help="model directory (default: a temporary one)")
+    parser.add_argument("--layers", type=int, help="with --synthetic: build this many layers (default 16)")
+    parser.add_argument("--convert", action="store_true", help="run convert a few steps instead of export")
     args = parser.parse_args()
 
     from ruvdllm_export.checkpoints import load_checkpoint
@@ -182,13 +214,22 @@ def main() -> None:
     if args.synthetic is not None:
         if not (args.synthetic / "config.json").is_file():
             started = time.perf_counter()
-            build_synthetic(args.synthetic)
+            config = dict(LLAMA_32_1B, num_hidden_layers=args.layers or LLAMA_32_1B["num_hidden_layers"])
+            build_synthetic(args.synthetic, config)
             print(f"built {args.synthetic} in {time.perf_counter() - started:.0f}s")
         checkpoint = args.synthetic
     spec = load_checkpoint(checkpoint or default_gguf_path()).spec
     params = sum(int(np.prod(s)) for s in expected_shapes(spec).values())
     bound = bound_mib(spec)
     base = baseline_mib()
+    if args.convert:
+        with tempfile.TemporaryDirectory() as tmp:
+            seconds, estimate, peak = convert_child(checkpoint or default_gguf_path(), Path(tmp) / "run")
+        print(f"\ncheckpoint  {checkpoint or 'default model'}: {params / 1e9:.3f}B parameters")
+        print(f"convert     {seconds:.0f}s wall, seq-len 64, batch 1, gradient checkpointing")
+        print(f"estimate    {estimate.split(': ', 1)[-1]}")
+        print(f"measured    peak {peak:.0f} MiB = {peak / 1024:.2f} GiB (baseline imports {base:.0f} MiB)")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "model"
         seconds, source = export_child(checkpoint, out)

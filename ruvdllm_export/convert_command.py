@@ -220,25 +220,32 @@ def _save_args(args) -> None:
     (args.run_dir / ARGS_FILE).write_text(json.dumps(raw, indent=1))
 
 
-def load_model(path: Path | None, progress: bool = True):
-    """(checkpoint, DiffusionLM over the graph's weights)."""
-    from ruvdllm_export.checkpoints import load_checkpoint
+def load_model(path, progress: bool = True):
+    """(checkpoint, DiffusionLM over the graph's weights); `path` may be a loaded checkpoint
+    (its weights are still read lazily, here)."""
+    from ruvdllm_export.checkpoints import LoadedCheckpoint, load_checkpoint
     from ruvdllm_export.default_model import default_gguf_path
-    from ruvdllm_export.onnx_graph.builder import prepare_weights
     from ruvdllm_export.onnx_graph.options import GraphOptions
+    from ruvdllm_export.onnx_graph.spill import prepared_one_at_a_time
     from ruvdllm_export.reference import DiffusionLM
 
-    checkpoint = load_checkpoint(path if path is not None else default_gguf_path(progress=progress))
-    weights = prepare_weights(checkpoint.spec, checkpoint.weights, GraphOptions())
+    if isinstance(path, LoadedCheckpoint):
+        checkpoint = path
+    else:
+        checkpoint = load_checkpoint(path if path is not None else default_gguf_path(progress=progress))
+    # as prepare_weights, but a bf16/f32 table is quantized by rows: never widened whole
+    weights = dict(prepared_one_at_a_time(checkpoint.spec, checkpoint.weights, GraphOptions()))
     return checkpoint, DiffusionLM(checkpoint.spec, weights, checkpoint.mask_token_id)
 
 
 def run(args) -> int:
     import torch
 
+    from ruvdllm_export.checkpoints import load_checkpoint
     from ruvdllm_export.convert.adapter_file import base_identity
     from ruvdllm_export.convert.data import build_sequences
-    from ruvdllm_export.convert.trainer import BEST, Trainer, check_memory, pick_device
+    from ruvdllm_export.convert.trainer import BEST, Trainer, check_memory, memory_estimate, pick_device
+    from ruvdllm_export.default_model import default_gguf_path
     from ruvdllm_export.reference import apply_lora
 
     args = _arguments(args)
@@ -252,8 +259,12 @@ def run(args) -> int:
     if not args.resume:
         _save_args(args)
 
-    checkpoint, model = load_model(args.model, progress=not args.quiet)
-    check_memory(model, config, objective, pick_device())  # before any data is read
+    checkpoint = load_checkpoint(
+        args.model if args.model is not None else default_gguf_path(progress=not args.quiet)
+    )  # headers only: the spec sizes the estimate before any weight is read
+    estimate = memory_estimate(checkpoint.spec, config, objective, lora)
+    check_memory(estimate, config, pick_device())  # before any weight or data is read
+    checkpoint, model = load_model(checkpoint, progress=not args.quiet)
     data = list(args.data)
     if args.distill is not None:
         data.append(_distill(args, checkpoint))
@@ -286,6 +297,7 @@ def run(args) -> int:
         trainer.resume()  # the checkpoint holds the factors; a warm start only seeds a new run
     elif args.init_adapter is not None:
         trainer.warm_start(args.init_adapter)
+    print(f"{args.run_dir}: {estimate.describe()}", file=sys.stderr)  # checked before the load
     print(
         f"{args.run_dir}: {train.shape[0]} training rows of {args.seq_len} tokens"
         f"{f', {held_out.shape[0]} held out' if held_out is not None else ''}; step {trainer.state.step}",

@@ -34,17 +34,21 @@ from ruvdllm_export.onnx_graph import (
     StaticLora,
     build_graph,
     options_for_target,
-    prepare_weights,
 )
 from ruvdllm_export.onnx_graph.graph import forward_nodes
 from ruvdllm_export.onnx_graph.linear import as_float
 from ruvdllm_export.onnx_graph.options import required_onnxruntime
 from ruvdllm_export.onnx_graph.q8 import Q8Tensor, SplitQ8Tensor
+from ruvdllm_export.onnx_graph.spill import spill_prepared
 from ruvdllm_export.quant.q4 import Q4Tensor
 from ruvdllm_export.spec import EMBED, LM_HEAD
 from ruvdllm_export.validate import PARAGRAPH, validate_export
+from ruvdllm_export.validate_windows import validate_by_windows
 
 DATA_NAME = artifact.GRAPH_NAME + ".data"
+SCRATCH_NAME = ".prepared.scratch"  # the prepared weights while exporting (onnx_graph/spill.py)
+FULL_VALIDATION_MAX_BYTES = 512 * 2**20  # larger data files are validated by windows of layers
+WINDOW_LAYERS = 4  # per window: about a quarter of a 16-layer 1B model beside the table
 PARAGRAPH_TOKENS = 256  # validation length: long enough for real attention patterns, quick on CPU
 NOT_VALIDATED_HERE = {  # the CPU parity check runs the graph's ops on the CPU EP, not on these
     "cuda": "on the CUDA EP only where a GPU and onnxruntime-gpu are at hand (tests marked gpu)",
@@ -75,6 +79,7 @@ def export_model(
     adapter_rank: int | None = None,
     table_bits: int | None = None,
     adapter_switch: bool | None = None,
+    validate_window: int | None = None,
     log=_stderr,
 ) -> Path:
     """Write the model directory for `target` ("cpu", "cuda", "webgpu") and return its path.
@@ -88,6 +93,8 @@ def export_model(
             where the runtime loads it; its shapes must be the graph's adapter slots.
         min_agreement: fail unless top-1 agreement with the checkpoint on the paragraph reaches it.
         quantization .. adapter_switch: GraphOptions overrides; None keeps the target's default.
+        validate_window: layers per validation window over the shipped file (validate_windows.py);
+            0 runs the whole graph in one session; None picks by size (_window_size).
         log: where progress lines go (None for silence).
     """
     say = log or (lambda *_: None)
@@ -114,6 +121,8 @@ def export_model(
         raise RuvdllmError(f"export options: {exc}") from None
     if block_size < 1:
         raise RuvdllmError(f"export options: block size must be >= 1, not {block_size}")
+    if validate_window is not None and validate_window < 0:
+        raise RuvdllmError(f"export options: validation window must be >= 0 layers, not {validate_window}")
     spec = loaded.spec
     lora = load_static_adapter(Path(adapter), loaded) if adapter else {}
 
@@ -121,9 +130,6 @@ def export_model(
     say(
         f"building the {options.quantization} graph for {target} ({spec.architecture}, {spec.num_layers} layers{rope})"
     )
-    prepared = prepare_weights(spec, loaded.weights, options)
-    memory.mark("prepare")
-
     staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +137,11 @@ def export_model(
         staging.mkdir()
     except OSError as exc:
         raise RuvdllmError(f"{out_dir}: cannot create the output directory ({exc.strerror})") from None
+    prepared = None
     try:
+        # one tensor at a time: quantized, written to a scratch file, read back when asked for
+        prepared = spill_prepared(spec, loaded.weights, options, staging / SCRATCH_NAME)
+        memory.mark("prepare")
         model_path = staging / artifact.GRAPH_NAME
         try:  # the weights stream into model.onnx.data as the graph is built, layer by layer
             model = build_graph(spec, prepared, options, lora=lora, external_data=staging / DATA_NAME)
@@ -150,12 +160,18 @@ def export_model(
         memory.mark("save")
         validation = {"skipped": "--no-validate"}
         if validate:
-            say("validating: onnx.checker and onnxruntime CPU parity")
-            validation = _validate(model_path, loaded, prepared, options, lora, min_agreement, target)
+            window = _window_size(validate_window, spec, staging / DATA_NAME)
+            say(
+                "validating: onnx.checker and onnxruntime CPU parity"
+                + (f", {window} layers at a time over the shipped file" if window else "")
+            )
+            validation = _validate(model_path, loaded, prepared, options, lora, min_agreement, target, window)
             memory.mark("validate")
+        held_kinds = Counter(_held_kind(prepared[name]) for name in prepared)
+        prepared.close()  # the scratch file goes before the manifest lists the directory
         loaded.tokenizer.save(str(staging / artifact.TOKENIZER_NAME))
         config = _artifact_config(
-            loaded, options, target, block_size, validation, prepared, adapter, lora, ops, memory
+            loaded, options, target, block_size, validation, held_kinds, adapter, lora, ops, memory
         )
         (staging / artifact.CONFIG_NAME).write_text(config.to_json())
         if banks is not None:
@@ -165,15 +181,31 @@ def export_model(
             artifact.write_gzip_copies(staging)
         _move_into_place(staging, out_dir)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        _discard(prepared, staging)
         raise RuvdllmError(f"{out_dir}: writing the model failed ({exc.strerror or exc})") from None
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _discard(prepared, staging)
         raise
     peak = peak_rss_mb()
     at_peak = f", peak memory {peak:.0f} MiB" if peak else ""
     say(f"wrote {out_dir} in {time.perf_counter() - started:.1f}s ({_size_mb(out_dir):.1f} MB{at_peak})")
     return out_dir
+
+
+def _discard(prepared, staging: Path) -> None:
+    if prepared is not None:
+        prepared.close()
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _window_size(asked: int | None, spec, data_file: Path) -> int:
+    """Layers per validation window; 0 validates the whole graph in one session. Auto (None): the
+    whole graph while its data file is under FULL_VALIDATION_MAX_BYTES (the default model's 0.1 GB
+    keeps today's full check), windows of WINDOW_LAYERS layers above it."""
+    if asked is not None:
+        return 0 if asked >= spec.num_layers else asked
+    big = data_file.stat().st_size > FULL_VALIDATION_MAX_BYTES
+    return WINDOW_LAYERS if big and spec.num_layers > WINDOW_LAYERS else 0
 
 
 def _copy_banks(source: Path, config, destination: Path) -> None:
@@ -183,7 +215,7 @@ def _copy_banks(source: Path, config, destination: Path) -> None:
     shutil.copytree(source, destination, ignore=shutil.ignore_patterns(PATTERNS_HNSW))
 
 
-def _validate(model_path, loaded, prepared, options, lora, min_agreement, target) -> dict:
+def _validate(model_path, loaded, prepared, options, lora, min_agreement, target, window=0) -> dict:
     # The reference runs the very weights the graph holds, packed as they are (4-bit linears are
     # dequantized one at a time inside its forward), with the static LoRA as side branches, as
     # the graph has them: no float copy of the model (4-8x the graph's size) is made.
@@ -194,6 +226,25 @@ def _validate(model_path, loaded, prepared, options, lora, min_agreement, target
     paragraph = loaded.tokenizer.encode(PARAGRAPH, add_special_tokens=False).ids
     paragraph = [i for i in paragraph if i < loaded.spec.vocab_size]
     paragraph = paragraph[: min(PARAGRAPH_TOKENS, loaded.spec.max_position)]
+    if window:
+        report = validate_by_windows(
+            model_path,
+            loaded.spec,
+            options,
+            prepared,
+            loaded.mask_token_id,
+            paragraph,
+            window,
+            source_weights=None if exact else loaded.weights,
+            min_source_agreement=min_agreement,
+            base_weights=prepared if switched else None,
+            lora=lora,
+        )
+        if target == "cuda":
+            report["cuda"] = (
+                "skipped: windows run on the CPU EP (validate_window=0 runs the whole graph on both)"
+            )
+        return report
     return validate_export(
         model_path,
         loaded.spec,
@@ -264,7 +315,7 @@ def _artifact_config(
     target,
     block_size,
     validation,
-    prepared,
+    held_kinds: Counter,
     adapter,
     lora,
     ops: Counter,
@@ -275,7 +326,7 @@ def _artifact_config(
     source["graph"] = {"nodes": ops.total(), "ops": dict(ops.most_common())}  # the nodes run per forward
     source["exactness"] = dict(Counter(loaded.exactness.values()))
     source["lossy"] = loaded.lossy
-    source["graph_weights"] = dict(Counter(_held_kind(w) for w in prepared.values()))
+    source["graph_weights"] = dict(held_kinds)
     source["validation"] = validation
     source["memory"] = memory.report()  # peak resident memory of the export, and after each phase
     source["validated_on"] = [] if "skipped" in validation else ["cpu"]

@@ -76,6 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="no per-row adapter_gate input: the conversion adapter is always on (no verified sampler)",
     )
     parser.add_argument("--no-validate", action="store_true", help="skip onnx.checker and the parity check")
+    parser.add_argument(
+        "--validate-window",
+        type=int,
+        metavar="LAYERS",
+        help="validate LAYERS decoder layers at a time over the shipped file (0: the whole graph at once;"
+        " default: whole up to a 512 MiB data file, 4 layers above)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,5 +117,6 @@ def run(args: argparse.Namespace) -> int:
         adapter_rank=args.adapter_rank,
         table_bits=args.table_bits,
         adapter_switch=False if args.no_adapter_switch else None,
+        validate_window=args.validate_window,
     )
     return 0

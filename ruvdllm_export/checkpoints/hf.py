@@ -94,37 +94,45 @@ def safetensors_files(directory: Path) -> list[Path]:
     return files
 
 
-def _bf16_tensor(path: Path, name: str) -> np.ndarray:
-    """Read one BF16 tensor by the header's data offsets (numpy cannot hold bfloat16), widened
-    straight into its float32 result through a mapping of the file: no bytes copy, no temporaries
-    beyond the result (a 128k x 4k table is 2 GB as float32)."""
+def _bf16_tensor(path: Path, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Read one BF16 tensor (rows start..stop of it) by the header's data offsets (numpy cannot
+    hold bfloat16), widened straight into its float32 result through a mapping of the file: no
+    bytes copy, no temporaries beyond the result (a 128k x 4k table is 2 GB as float32)."""
     with open(path, "rb") as handle:
         (header_len,) = struct.unpack("<Q", handle.read(8))
         header = json.loads(handle.read(header_len))
     begin, end = header[name]["data_offsets"]
+    shape = header[name]["shape"]
+    row = int(np.prod(shape[1:], dtype=np.int64)) * 2 if len(shape) > 1 else 2
+    stop = shape[0] if stop is None else min(stop, shape[0])
+    begin, end = begin + start * row, begin + stop * row
     raw = np.memmap(path, dtype="<u2", mode="r", offset=8 + header_len + begin, shape=((end - begin) // 2,))
     bits = np.empty(raw.shape, np.uint32)
     np.left_shift(raw, 16, out=bits, dtype=np.uint32)  # bf16 is the top half of a float32: exact
     del raw
-    return bits.view(np.float32).reshape(header[name]["shape"])
+    return bits.view(np.float32).reshape([stop - start, *shape[1:]])
 
 
-def _read_tensor(path: Path, name: str, dtype: str) -> np.ndarray:
-    """One tensor as float32, read from the memory-mapped file when the exporter asks for it."""
+def _read_tensor(path: Path, name: str, dtype: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """One tensor (or rows start..stop of it) as float32, read from the memory-mapped file when
+    the exporter asks for it."""
     try:
         if dtype == "BF16":
-            return _bf16_tensor(path, name)
+            return _bf16_tensor(path, name, start, stop)
         with safe_open(str(path), framework="numpy") as handle:
-            return np.asarray(handle.get_tensor(name), dtype=np.float32)
+            if start == 0 and stop is None:
+                return np.asarray(handle.get_tensor(name), dtype=np.float32)
+            return np.asarray(handle.get_slice(name)[start:stop], dtype=np.float32)
     except Exception as exc:  # SafetensorError, OSError (the file changed or went away since the scan)
         raise RuvdllmError(f"{path}: tensor {name} cannot be read ({exc})") from None
 
 
-def scan_safetensors(path: Path) -> tuple[dict, dict[str, tuple[int, ...]], dict[str, str]]:
-    """-> (name -> reader of its float32 array, name -> shape, name -> source dtype), from the
+def scan_safetensors(path: Path) -> tuple[dict, dict[str, tuple[int, ...]], dict[str, str], dict]:
+    """-> (name -> reader of its float32 array, name -> shape, name -> source dtype, name -> reader
+    of its rows start..stop), from the
     header alone: safe_open checks the header's offsets against the file's size, so a truncated
     file fails here, before any long work, while no tensor data is read yet."""
-    readers, shapes, dtypes = {}, {}, {}
+    readers, shapes, dtypes, rows = {}, {}, {}, {}
     try:
         with safe_open(str(path), framework="numpy") as handle:
             for name in handle.keys():
@@ -137,6 +145,7 @@ def scan_safetensors(path: Path) -> tuple[dict, dict[str, tuple[int, ...]], dict
                         f"{path}: tensor {name} has dtype {dtype}; only F32/F16/BF16 are supported"
                     )
                 readers[name] = functools.partial(_read_tensor, path, name, dtype)
+                rows[name] = functools.partial(_read_tensor, path, name, dtype)
                 shapes[name], dtypes[name] = tuple(tensor.get_shape()), dtype
     except RuvdllmError:
         raise
@@ -144,21 +153,22 @@ def scan_safetensors(path: Path) -> tuple[dict, dict[str, tuple[int, ...]], dict
         Exception
     ) as exc:  # SafetensorError (not exported as a class in every version), OSError, ValueError
         raise RuvdllmError(f"{path}: not a readable safetensors file, truncated or corrupt ({exc})") from None
-    return readers, shapes, dtypes
+    return readers, shapes, dtypes, rows
 
 
 def read_hf_dir(directory: Path):
     """-> (spec, weights (LazyWeights: each tensor read on access), exactness, files read)."""
     where = str(directory / "config.json")
     spec, _ = spec_from_config(read_config(directory), where)
-    readers, shapes, exactness = {}, {}, {}
+    readers, shapes, exactness, rows = {}, {}, {}, {}
     files = safetensors_files(directory)
     for file in files:
-        file_readers, file_shapes, dtypes = scan_safetensors(file)
+        file_readers, file_shapes, dtypes, file_rows = scan_safetensors(file)
         readers.update(file_readers)
+        rows.update(file_rows)
         shapes.update(file_shapes)
         exactness.update({n: "float" if d == "F32" else f"float from {d}" for n, d in dtypes.items()})
-    weights = LazyWeights(readers, shapes)
+    weights = LazyWeights(readers, shapes, rows)
     if spec.tie_word_embeddings and LM_HEAD in weights:  # some tied checkpoints save the copy too
         weights = weights.without(LM_HEAD)
         del exactness[LM_HEAD]

@@ -1,12 +1,48 @@
-"""How much memory one micro-batch needs, checked before training starts: a batch that does not
-fit should be a one-line error, not an out-of-memory kill twenty minutes in."""
+"""How much memory a conversion run needs, estimated from the spec before any weight is read: a
+batch that does not fit should be a one-line error, not an out-of-memory kill twenty minutes in.
+
+    total = runtime (interpreter + torch + tokenizers)
+          + base (4-bit linears packed; the token table packed, widened to float32 for the
+                  embedding and for the head, plus one dequantized linear per forward)
+          + LoRA (factors, their gradients and AdamW's two moments: 4 float32 copies)
+          + activations (what backward keeps per micro-batch; see activation_bytes)
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from ruvdllm_export.spec import ModelSpec
 
 DEFAULT_BUDGET_GB = 24.0  # the CPU machine this was sized on; on CUDA the device's memory is used
 FLOAT = 4
+RUNTIME_BYTES = 400 * 2**20  # python + torch + tokenizers + onnx imported, measured at ~350 MiB
+Q4_BYTES_PER_WEIGHT = 0.5 + 4 / 32 + 0.5 / 32  # nibbles, a float32 scale and a 4-bit zero point per 32
+TABLE_PACKED_BYTES = 1 + 2 * (4 + 0.5) / 32  # the 8-bit table as two 4-bit halves (onnx_graph/q8.py)
+LORA_COPIES = 4  # the factor, its gradient, AdamW's exp_avg and exp_avg_sq (all float32)
+EMBED_TARGET, HEAD_TARGET = "embed_tokens", "lm_head"
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per part of one training process (docs/conversion.md, "Memory")."""
+
+    runtime: int
+    base: int
+    lora: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.runtime + self.base + self.lora + self.activations
+
+    def describe(self) -> str:
+        gb = 2**30
+        return (
+            f"memory estimate {self.total / gb:.2f} GB = runtime {self.runtime / gb:.2f}"
+            f" + base {self.base / gb:.2f} + LoRA and AdamW {self.lora / gb:.2f}"
+            f" + activations {self.activations / gb:.2f}"
+        )
 
 
 def activation_bytes(spec: ModelSpec, batch: int, positions: int, targets: int, checkpointing: bool) -> int:
@@ -26,8 +62,50 @@ def activation_bytes(spec: ModelSpec, batch: int, positions: int, targets: int, 
     return layers + head
 
 
-def base_bytes(spec: ModelSpec) -> int:
-    """The frozen base: 4-bit linears, a float embedding table (kept dequantized) and one
-    dequantized layer's weights at a time."""
+def base_bytes(spec: ModelSpec, cached_dtype_bytes: int = 0) -> int:
+    """The frozen base: packed 4-bit linears (with the float32 copy of their scales the modules
+    keep) and token table, the table widened to float32 twice (the embedding's and the head's:
+    the graph's split 8-bit table runs as float32 in the reference), one dequantized linear at a
+    time. `cached_dtype_bytes` (2 for --precision bf16) adds the dequantized copy of every linear
+    and of the head the trainer then keeps."""
     linear = sum(f.in_features * f.out_features for f in spec.linear_features().values())
-    return spec.num_layers * linear // 2 + 2 * spec.vocab_size * spec.hidden_size * FLOAT + linear * FLOAT
+    table = spec.vocab_size * spec.hidden_size * (1 if spec.tie_word_embeddings else 2)
+    # + the float32 copy of each block scale the 4-bit FrozenLinears keep as torch buffers
+    packed = spec.num_layers * linear * (Q4_BYTES_PER_WEIGHT + 4 / 32) + table * TABLE_PACKED_BYTES
+    widened = 2 * spec.vocab_size * spec.hidden_size * FLOAT + linear * FLOAT
+    cached = cached_dtype_bytes * (spec.num_layers * linear + spec.vocab_size * spec.hidden_size)
+    return int(packed + widened + cached)
+
+
+def lora_bytes(spec: ModelSpec, rank: int, targets: tuple[str, ...]) -> int:
+    """LoRA factors A [r, in] and B [out, r] per targeted linear and layer, times LORA_COPIES."""
+    features = spec.linear_features()
+    params = 0
+    for target in targets:
+        if target in features:
+            f = features[target]
+            params += spec.num_layers * rank * (f.in_features + f.out_features)
+        elif target in (EMBED_TARGET, HEAD_TARGET):
+            params += rank * (spec.vocab_size + spec.hidden_size)
+    return params * FLOAT * LORA_COPIES
+
+
+def estimate_memory(
+    spec: ModelSpec,
+    *,
+    batch: int,
+    positions: int,
+    targets: int,
+    checkpointing: bool,
+    rank: int,
+    lora_targets: tuple[str, ...],
+    precision: str = "fp32",
+) -> MemoryEstimate:
+    """The whole process for one micro-batch of `batch` rows of `positions` tokens (the objective's
+    copies included) with `targets` supervised rows per batch row."""
+    return MemoryEstimate(
+        runtime=RUNTIME_BYTES,
+        base=base_bytes(spec, 2 if precision == "bf16" else 0),
+        lora=lora_bytes(spec, rank, lora_targets),
+        activations=activation_bytes(spec, batch, positions, targets, checkpointing),
+    )

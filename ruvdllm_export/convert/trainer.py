@@ -39,7 +39,7 @@ from ruvdllm_export.convert.adapter_file import check_warm_start, read_adapter, 
 from ruvdllm_export.convert.annealing import anneal_progress
 from ruvdllm_export.convert.curve import LOG
 from ruvdllm_export.convert.evaluation import certainty_metrics, evaluate  # evaluate: also the benchmarks'
-from ruvdllm_export.convert.memory import DEFAULT_BUDGET_GB, activation_bytes, base_bytes
+from ruvdllm_export.convert.memory import DEFAULT_BUDGET_GB, MemoryEstimate, estimate_memory
 from ruvdllm_export.convert.objectives import (
     LossResult,
     ObjectiveConfig,
@@ -130,9 +130,11 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
-def check_memory(
-    model: DiffusionLM, config: TrainConfig, objective: ObjectiveConfig, device: torch.device
-) -> None:
+def memory_estimate(
+    spec, config: TrainConfig, objective: ObjectiveConfig, lora: LoraConfig
+) -> MemoryEstimate:
+    """The run's memory estimate (convert/memory.py) from the spec alone: known before any weight
+    is read, so a run that cannot fit is refused before a long load."""
     copies = (
         1 + (2 if objective.complementary else 1)
         if objective.objective == "bd3lm"
@@ -140,8 +142,22 @@ def check_memory(
     )
     positions = copies * config.seq_len if objective.objective == "bd3lm" else config.seq_len
     batch = config.batch_size if objective.objective == "bd3lm" else config.batch_size * copies
-    need = activation_bytes(model.spec, batch, positions, config.seq_len * 2, config.gradient_checkpointing)
-    need += base_bytes(model.spec)
+    return estimate_memory(
+        spec,
+        batch=batch,
+        positions=positions,
+        targets=config.seq_len * 2,
+        checkpointing=config.gradient_checkpointing,
+        rank=lora.rank,
+        lora_targets=tuple(lora.targets),
+        precision=config.precision,
+    )
+
+
+def check_memory(estimate: MemoryEstimate, config: TrainConfig, device: torch.device) -> None:
+    """Refuse, in one line, a run whose estimate exceeds the budget: --memory-gb on CPU, the
+    device's memory on CUDA."""
+    need = estimate.total
     if device.type == "cuda":
         budget = torch.cuda.get_device_properties(device).total_memory
         where = f"{torch.cuda.get_device_name(device)}"
@@ -152,8 +168,8 @@ def check_memory(
         if not config.gradient_checkpointing:
             hint += ", or add --gradient-checkpointing"
         raise RuvdllmError(
-            f"batch {config.batch_size} x {config.seq_len} tokens: needs about {need / 2**30:.1f} GB, "
-            f"more than {budget / 2**30:.1f} GB ({where}); {hint}"
+            f"batch {config.batch_size} x {config.seq_len} tokens: needs about {need / 2**30:.1f} GB "
+            f"({estimate.describe()}), more than {budget / 2**30:.1f} GB ({where}); {hint}"
         )
 
 
@@ -202,7 +218,7 @@ class Trainer:
             # LoRA factors, gradients and Adam stay float32; only the frozen base and the
             # activations run in bfloat16.
             model.cache_dequantized(True, torch.bfloat16)
-        check_memory(model, config, objective, self.device)
+        check_memory(memory_estimate(model.spec, config, objective, lora), config, self.device)
         self.params = lora_parameters(model)
         if not self.params:
             raise RuvdllmError("the model has no LoRA attached: nothing to train")

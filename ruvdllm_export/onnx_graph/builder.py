@@ -72,7 +72,7 @@ def build_graph(
     ctx = BuildContext(
         g=GraphBuilder("ruvdllm", opset, external),
         spec=spec,
-        weights=prepare_weights(spec, weights, options),
+        weights=weights if _prepared_for(weights) == options else prepare_weights(spec, weights, options),
         options=options,
         lora=dict(lora or {}),
     )
@@ -105,6 +105,12 @@ def prepare_weights(spec: ModelSpec, weights: dict[str, Weight], options: GraphO
         else:
             prepared[name] = _as_table(weight, options.table_bits, options.accuracy_level)
     return prepared
+
+
+def _prepared_for(weights) -> GraphOptions | None:
+    """The options a mapping's forms were prepared for (onnx_graph/spill.py's SpilledWeights: read
+    one tensor per access, never all at once), None for plain weights."""
+    return getattr(weights, "prepared_for", None)
 
 
 def _as_table(weight: Weight, bits: int | None, accuracy_level: int) -> Q4Tensor | Q8Tensor | SplitQ8Tensor:

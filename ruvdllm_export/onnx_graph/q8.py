@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ruvdllm_export.quant.q4 import BLOCK, ROWS_PER_CHUNK, Q4Tensor, dequantize_q4, pack_nibbles
+from ruvdllm_export.quant.q4 import BLOCK, ROWS_PER_CHUNK, Q4Tensor, dequantize_q4, pack_nibbles, take_rows
 
 ZERO_POINT = 128
 
@@ -107,6 +107,13 @@ def split_q8(t: Q8Tensor) -> SplitQ8Tensor:
 
 
 def dequantize_split_q8(t: SplitQ8Tensor) -> np.ndarray:
-    w = dequantize_q4(t.q4)  # [N, 2 * nb * 32]
-    half = w.shape[1] // 2
-    return (w[:, :half] + w[:, half:])[:, : t.in_features].astype(np.float32)
+    """The table's float32 values, ROWS_PER_CHUNK rows at a time: the 4-bit halves of a whole
+    128k-row table would be a 2 GB temporary beside the 1 GB result."""
+    n = t.q4.packed.shape[0]
+    out = np.empty((n, t.in_features), np.float32)
+    for start in range(0, n, ROWS_PER_CHUNK):
+        stop = min(start + ROWS_PER_CHUNK, n)
+        w = dequantize_q4(take_rows(t.q4, np.arange(start, stop)))  # [rows, 2 * nb * 32]
+        half = w.shape[1] // 2
+        out[start:stop] = (w[:, :half] + w[:, half:])[:, : t.in_features]
+    return out

@@ -15,12 +15,12 @@ from ruvdllm.cli import main
 from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.checkpoints import load_checkpoint
 from ruvdllm_export.convert.adapter_file import read_adapter, read_static_lora, write_adapter
-from ruvdllm_export.convert.memory import activation_bytes, base_bytes
+from ruvdllm_export.convert.memory import estimate_memory
 from ruvdllm_export.convert.objectives import ObjectiveConfig
 from ruvdllm_export.convert.trainer import TrainConfig, Trainer
 from ruvdllm_export.convert_command import load_model
 from ruvdllm_export.reference import LoraConfig, apply_lora, lora_factors
-from ruvdllm_export.spec import ModelSpec
+from ruvdllm_export.spec import LINEARS, ModelSpec
 from tests.fixtures.tiny_models import make_gguf_checkpoint
 
 torch.set_num_threads(1)
@@ -261,14 +261,42 @@ SMOLLM2 = ModelSpec(
 )
 
 
+def _estimate(spec, batch, positions, checkpointing, rank=16, targets=LINEARS, precision="fp32"):
+    return estimate_memory(
+        spec,
+        batch=batch,
+        positions=positions,
+        targets=2 * positions // 3,
+        checkpointing=checkpointing,
+        rank=rank,
+        lora_targets=targets,
+        precision=precision,
+    )
+
+
 def test_default_batch_fits_24_gb_and_a_huge_one_does_not():
     """The defaults (batch 1 x 128, BD3LM with complementary copies: 3 x 128 positions) are far
     inside 24 GB for SmolLM2-135M; batch 16 x 2048 without checkpointing is refused."""
     budget = 24 * 2**30
-    small = activation_bytes(SMOLLM2, 1, 3 * 128, 256, False) + base_bytes(SMOLLM2)
-    huge = activation_bytes(SMOLLM2, 16, 3 * 2048, 4096, False) + base_bytes(SMOLLM2)
+    small = _estimate(SMOLLM2, 1, 3 * 128, False).total
+    huge = _estimate(SMOLLM2, 16, 3 * 2048, False).total
     assert small < budget / 8 < budget < huge
-    assert activation_bytes(SMOLLM2, 16, 3 * 2048, 4096, True) < huge / 3
+    assert _estimate(SMOLLM2, 16, 3 * 2048, True).total < huge / 3
+
+
+def test_estimate_parts_count_what_they_name():
+    """LoRA and AdamW: 4 float32 copies of r x (in + out) per targeted linear and layer; bf16
+    adds the cached base; checkpointing only shrinks activations."""
+    one = _estimate(SMOLLM2, 1, 192, False, rank=8, targets=("q_proj",))
+    features = SMOLLM2.linear_features()["q_proj"]
+    assert one.lora == 4 * 4 * SMOLLM2.num_layers * 8 * (features.in_features + features.out_features)
+    assert _estimate(SMOLLM2, 1, 192, False, rank=16, targets=("q_proj",)).lora == 2 * one.lora
+    bf16 = _estimate(SMOLLM2, 1, 192, False, rank=8, targets=("q_proj",), precision="bf16")
+    assert bf16.base > one.base and bf16.activations == one.activations
+    checkpointed = _estimate(SMOLLM2, 1, 192, True, rank=8, targets=("q_proj",))
+    assert checkpointed.activations < one.activations and checkpointed.base == one.base
+    assert one.total == one.runtime + one.base + one.lora + one.activations
+    assert "memory estimate" in one.describe() and "\n" not in one.describe()
 
 
 def test_convert_with_self_distillation(workspace, tmp_path):
@@ -339,3 +367,20 @@ def test_max_minutes_stops_early_and_saves(workspace, tmp_path):
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "eval" in r] == [0, 1]
     assert {"accuracy", "correct_entropy", "confident"} <= set(log[-1]["eval"])
+
+
+def test_estimate_is_printed_and_an_over_budget_run_refused_before_the_weights_load(
+    workspace, tmp_path, capsys
+):
+    """A budget below the estimate is a one-line refusal carrying the estimate's parts, and the run
+    directory holds no checkpoint; a run that fits prints the estimate before training starts."""
+    _, gguf, data = workspace
+    argv = ["convert", "--model", gguf, "--data", str(data), "--rank", "2", "--seq-len", "32"]
+    assert main([*argv, "--run-dir", str(tmp_path / "refused"), "--memory-gb", "0.05"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs about" in err[0] and "--memory-gb 0.05" in err[0]
+    assert "runtime" in err[0] and "LoRA and AdamW" in err[0] and "activations" in err[0]
+    assert not (tmp_path / "refused" / "checkpoint.pt").exists()
+    assert main([*argv, "--run-dir", str(tmp_path / "run"), "--max-steps", "1", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.index("memory estimate") < err.index("training rows")
