@@ -26,24 +26,9 @@ from array import array
 from dataclasses import replace
 from pathlib import Path
 
-from runtime.banks import BANK_JSON, PATTERNS_F32, PATTERNS_HNSW, Bank, as_f32
+from runtime.banks import BANK_JSON, PATTERNS_F32, PATTERNS_HNSW, Bank, as_f32, fsync_path
 
 TEMPORARY = ".partial"  # suffix of files being written; removed by `tidy`
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file, or make renames inside a directory durable (no-op where a directory cannot be
-    opened, as on Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

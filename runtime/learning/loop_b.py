@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.banks import BANK_JSON, Bank
+from runtime.banks import BANK_JSON, Bank, bank_lock
 from runtime.learning.bank_update import commit_bank, copy_bank, tidy, write_atomic
 from runtime.learning.config import LoopBConfig
 from runtime.learning.kmeans import normalise_rows, spherical_kmeans
@@ -262,8 +262,9 @@ class LoopB:
         bank_dir = Path(bank_dir)
         if not (bank_dir / BANK_JSON).is_file():
             source.save(bank_dir)
-        bank = Bank.load(bank_dir)
-        tidy(bank_dir, bank)
+        with bank_lock(bank_dir):
+            bank = Bank.load(bank_dir)
+            tidy(bank_dir, bank)
         return bank
 
     def _load_state(self) -> dict:
@@ -396,14 +397,18 @@ class LoopB:
         ), bank
 
     def _install(self, bank: Bank, micro: MicroLora, name: str, cluster: Cluster) -> Bank:
-        new = copy_bank(bank)
-        new.add_adapter(name, micro.slot, micro.to_bank(bank.layers, bank.rank))
-        keys = slot_keys(bank, micro.slot)
-        duplicate = len(keys) and float(np.max(keys @ cluster.centroid)) >= DUPLICATE_KEY
-        if not duplicate and len(new.pattern_slots) < self.config.max_patterns:
-            new.add_patterns([cluster.centroid.astype(np.float32)], [micro.slot])
-        index = new.build_index()
-        commit_bank(self.bank_dir, new, bank, index)
+        # Under the writer lock, onto the bank as it is now: a federation merge or loop C may have
+        # changed it while this MicroLoRA trained, and committing over a stale copy would undo them.
+        with bank_lock(self.bank_dir):
+            bank = Bank.load(self.bank_dir)
+            new = copy_bank(bank)
+            new.add_adapter(name, micro.slot, micro.to_bank(bank.layers, bank.rank))
+            keys = slot_keys(bank, micro.slot)
+            duplicate = len(keys) and float(np.max(keys @ cluster.centroid)) >= DUPLICATE_KEY
+            if not duplicate and len(new.pattern_slots) < self.config.max_patterns:
+                new.add_patterns([cluster.centroid.astype(np.float32)], [micro.slot])
+            index = new.build_index()
+            commit_bank(self.bank_dir, new, bank, index)
         if self.on_bank is not None:
             self.on_bank(new, self.bank_dir)
         return new
