@@ -235,8 +235,10 @@ class LoopB:
         session,
         on_bank: Callable[[Bank, Path], None] | None = None,
         on_warning: Callable[[str], None] = warn,
+        after_run: Callable[[], None] | None = None,
     ):
         self.config = config
+        self.after_run = after_run  # on the same thread after each run (loop C, when it is due)
         self.bank_dir = Path(bank_dir)
         self.model_config = model_config
         self.encode = encode
@@ -434,6 +436,11 @@ class LoopB:
                 self.run_once()
             except Exception as exc:  # a damaged bank, a full disk: say so, try again next time
                 self.on_warning(f"loop B run failed ({type(exc).__name__}: {exc}); retrying later")
+            if self.after_run is not None and not self._stop.is_set():
+                try:
+                    self.after_run()
+                except Exception as exc:
+                    self.on_warning(f"loop C run failed ({type(exc).__name__}: {exc}); retrying later")
 
     def pause(self) -> None:
         """Hold training after its current SPSA step until `resume` (a burst of requests)."""

@@ -154,3 +154,46 @@ def test_the_config_section_and_its_one_line_errors():
             RuvdllmError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
         ):
             parse_learning_config(f"[loop_c]\n{text}\n", "x.toml")
+
+
+def test_a_running_model_takes_the_consolidated_bank_between_generations(learnt):
+    """What `ruvdllm serve` relies on: a bank switched on disk by another writer (loop C here, a
+    federation merge likewise) is read before the next generation, without a restart."""
+    model, _, bank_dir, _ = learnt
+    running = open_model(model.directory, bank=bank_dir, verify="sizes")
+    assert micro_name(GROUP, 3, 1) in running.bank.adapters
+    running.generate("Tell me about the licence:", GenerationSettings(length=4))
+    run(learnt, ewc_lambda=0.0)
+    assert running.refresh_bank() is True  # the first check after the switch reads it
+    assert "domain.c1" in running.bank.adapters and micro_name(GROUP, 3, 1) not in running.bank.adapters
+    assert running.refresh_bank() is False  # unchanged since: one stat, nothing read
+    running.generate("Tell me about the licence:", GenerationSettings(length=4))
+
+
+def test_a_bank_that_no_longer_fits_keeps_the_old_one_with_a_one_line_warning(learnt, capsys):
+    model, _, bank_dir, _ = learnt
+    running = open_model(model.directory, bank=bank_dir, verify="sizes")
+    before = running.bank
+    text = (bank_dir / "bank.json").read_text().replace('"rank": 2', '"rank": 3')
+    (bank_dir / "bank.json").write_text(text)
+    running.generate("Tell me about the licence:", GenerationSettings(length=4))
+    assert running.bank is before
+    assert capsys.readouterr().err.count("warning:") == 1
+    running.generate("Tell me about the licence:", GenerationSettings(length=4))
+    assert capsys.readouterr().err.count("warning:") == 0  # said once
+
+
+def test_learn_consolidate_command(learnt, tmp_path, monkeypatch, capsys):
+    from ruvdllm.cli import main
+
+    model, _, bank_dir, _ = learnt
+    monkeypatch.setenv("RUVDLLM_DATA", str(tmp_path / "data"))  # no store: the Fisher is not measured
+    code = main(["learn", "consolidate", "--bank", str(bank_dir), "--model", str(model.directory), "--json"])
+    assert code == 0
+    body = json.loads(capsys.readouterr().out)
+    (group,) = body["groups"]
+    assert group["adapter"] == "domain.c1" and group["fisher_blocks"] == 0
+    assert (
+        main(["learn", "consolidate", "--bank", str(tmp_path / "none"), "--model", str(model.directory)]) == 1
+    )
+    assert "no learnt bank" in capsys.readouterr().err
