@@ -15,7 +15,9 @@ The scenario (loops B and C as they run on a device, on the same bank):
 
 Held-out sentences of each domain (never trained on), 20 noisy blocks each at t in the answers'
 timestep group, scored with the group adapters as generation weighs them (TALoRA, no DGR: the
-MicroLoRAs are gone after consolidation). The numbers are deterministic for a seed; the tiny model is
+MicroLoRAs are gone after consolidation). Each λ > 0 is also run with a uniform Fisher (every
+component the mean importance: plain L2 toward the old adapter), which says whether the measured
+Fisher's distribution, not just its strength, is what protects domain 1. The numbers are deterministic for a seed; the tiny model is
 a random 2-layer network, so the effects are small — read the differences, not the levels.
 """
 
@@ -38,6 +40,7 @@ from runtime.banks import Bank  # noqa: E402
 from runtime.cpython_model import open_model  # noqa: E402
 from runtime.learning.config import LoopBConfig, LoopCConfig  # noqa: E402
 from runtime.learning.consolidate import consolidate, good_examples  # noqa: E402
+from runtime.learning.fisher import FisherState  # noqa: E402
 from runtime.learning.logits_session import LogitsSession  # noqa: E402
 from runtime.learning.loop_b import LoopB  # noqa: E402
 from runtime.learning.masked_nll import masked_nll, noisy_block  # noqa: E402
@@ -107,14 +110,16 @@ def like(store: SqliteStore, model, domain: str, rng) -> None:
         store.add_feedback(make_feedback(f"cmpl-{domain}-{i}", up=True))
 
 
-def held_out_nll(session, model, bank: Bank, domain: str) -> float:
+def held_out_nll(session, model, bank: Bank, domain: str, part: str = "held_out") -> float:
+    """Mean masked NLL of a domain's held-out sentences (or, with part="train", of the ones
+    learnt), 20 noisy blocks each under fixed masks."""
     session.set_bank(bank)
     rng = np.random.default_rng(123)
     spec = DOMAINS[domain]
     prompt = model.encode(spec["prompt"])
     blocks = [
         noisy_block(prompt, model.encode(" " + text), model.config.block_size, GROUP_T, rng)
-        for text in spec["held_out"]
+        for text in spec[part]
         for _ in range(20)
     ]
     return masked_nll(
@@ -131,7 +136,7 @@ def held_out_nll(session, model, bank: Bank, domain: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="model directory (default: the tiny test model)")
-    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 100.0, 300.0, 1000.0, 3000.0, 1e6])
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 1000.0, 3000.0, 10000.0, 1e6])
     parser.add_argument("--steps", type=int, default=1000, help="loop B's SPSA steps per MicroLoRA")
     parser.add_argument("--lr", type=float, default=5.0, help="loop B's SPSA step length")
     parser.add_argument("--seed", type=int, default=0)
@@ -166,8 +171,14 @@ def main() -> int:
                 f"({time.perf_counter() - started:.0f}s)"
             )
 
-        def fold(directory: Path, lam: float):
+        def fold(directory: Path, lam: float, uniform: bool = False):
             bank = Bank.load(directory)
+            if uniform:  # the same total importance spread evenly: L2 toward the old adapter
+                state = FisherState.load(directory)
+                for group in state.groups.values():
+                    mean = float(np.mean([f.mean() for f in group.fisher.values()]))
+                    group.fisher = {t: np.full_like(f, mean) for t, f in group.fisher.items()}
+                state.save(directory)
             examples = good_examples(store.good_feedback, model.encode, bank, 0.5, 256)
             return consolidate(
                 directory,
@@ -178,38 +189,54 @@ def main() -> int:
                 examples,
             )
 
-        start = {d: held_out_nll(session, model, Bank.load(bank_dir), d) for d in DOMAINS}
+        def scores(bank: Bank) -> dict[str, float]:
+            return {
+                f"{d} {part}": held_out_nll(session, model, bank, d, part)
+                for d in DOMAINS
+                for part in ("held_out", "train")
+            }
+
+        start = scores(Bank.load(bank_dir))
         learn("licence")
         report = fold(bank_dir, 0.0)  # the first fold: no Fisher yet, the same for every λ
         print("loop C:", "; ".join(report.lines))
-        after_1 = {d: held_out_nll(session, model, Bank.load(bank_dir), d) for d in DOMAINS}
+        after_1 = scores(Bank.load(bank_dir))
         learn("cooking")
         rows = []
         for lam in args.lambdas:
-            copy = scratch / f"bank-{lam:g}"
-            shutil.copytree(bank_dir, copy)
-            fold(copy, lam)
-            bank = Bank.load(copy)
-            rows.append((lam, {d: held_out_nll(session, model, bank, d) for d in DOMAINS}))
+            for uniform in (False, True) if lam > 0 else (False,):
+                copy = scratch / f"bank-{lam:g}-{uniform}"
+                shutil.copytree(bank_dir, copy)
+                fold(copy, lam, uniform)
+                rows.append((f"{lam:g}" + (" uniform" if uniform else ""), scores(Bank.load(copy))))
         store.close()
 
+    columns = [f"{d} {part}" for d in DOMAINS for part in ("held_out", "train")]
     print()
-    print("held-out masked NLL (nats per masked token; lower is better)")
-    print(f"{'':34} {'licence':>9} {'cooking':>9}")
-    print(f"{'before any learning':34} {start['licence']:9.4f} {start['cooking']:9.4f}")
-    print(f"{'after licence (consolidated)':34} {after_1['licence']:9.4f} {after_1['cooking']:9.4f}")
-    plain = next((r for lam, r in rows if lam == 0.0), None)
+    print("masked NLL (nats per masked token; lower is better): held_out = sentences never trained on,")
+    print("train = the liked answers loops B and C learnt from")
+    print(f"{'':34} " + " ".join(f"{c.replace('held_out', 'held-out'):>16}" for c in columns))
+
+    def line(label: str, r: dict) -> None:
+        print(f"{label:34} " + " ".join(f"{r[c]:16.4f}" for c in columns))
+
+    line("before any learning", start)
+    line("after licence (consolidated)", after_1)
     for lam, r in rows:
-        label = f"after cooking, λ = {lam:g}" + (" (plain)" if lam == 0.0 else "")
-        print(f"{label:34} {r['licence']:9.4f} {r['cooking']:9.4f}")
+        line(f"after cooking, λ = {lam}" + (" (plain)" if lam == "0" else ""), r)
+    plain = next((r for lam, r in rows if lam == "0"), None)
     print()
     print("forgetting = licence NLL after cooking − after licence; learning = cooking NLL change")
     for lam, r in rows:
-        versus = "" if plain is None else f"; licence vs plain {r['licence'] - plain['licence']:+.4f}"
-        print(
-            f"λ = {lam:<8g} forgetting {r['licence'] - after_1['licence']:+.4f}, "
-            f"learning {r['cooking'] - after_1['cooking']:+.4f}{versus}"
-        )
+        parts = []
+        for part in ("held_out", "train"):
+            lic, cook = f"licence {part}", f"cooking {part}"
+            versus = "" if plain is None else f" (vs plain {r[lic] - plain[lic]:+.4f})"
+            parts.append(
+                f"{part.replace('_', '-')}: forgetting {r[lic] - after_1[lic]:+.4f}{versus}, "
+                f"learning {r[cook] - after_1[cook]:+.4f}"
+            )
+        print(f"λ = {lam:<14} " + "; ".join(parts))
     return 0
 
 

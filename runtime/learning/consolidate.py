@@ -17,8 +17,8 @@ One run (`consolidate`):
                 saved atomically beside the bank (fisher.json)
 
 Numpy and the standard library; the forward (a LogitsSession on CPython) and the examples are
-passed in. `consolidate_bank` is the same with both taken from a model directory and the learning
-config (the trajectory store), for `ruvdllm learn consolidate` and scripts.
+passed in. loop_c_service.consolidate_bank is the same with both taken from a model directory and
+the learning config (the trajectory store), for `ruvdllm learn consolidate` and scripts.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ import numpy as np
 
 from runtime.banks import RETIRED, Bank, bank_lock
 from runtime.learning.bank_update import commit_bank, copy_bank
-from runtime.learning.config import LearningConfig, LoopCConfig
+from runtime.learning.config import LoopCConfig
 from runtime.learning.ewc import carry_fisher, ema_fisher, ewc_merge
 from runtime.learning.fisher import FisherState, GroupFisher, adapter_components, measure_fisher
-from runtime.learning.loop_b import micro_slots
+from runtime.learning.loop_b import examples_from, micro_slots
 from runtime.learning.masked_nll import noisy_block
 from runtime.talora import group_names
 
@@ -221,39 +221,8 @@ def _carry_side_files(bank_dir: Path, old: str | None, new: str) -> None:
 
 def good_examples(read_good, encode, bank: Bank, threshold: float, limit: int) -> dict[int, list[Example]]:
     """group -> (prompt, target) of the newest good trajectories (loop B's selection and grouping)."""
-    from runtime.learning.loop_b import examples_from
-
     rows = read_good(0, threshold, limit)
     out: dict[int, list[Example]] = {}
     for e in examples_from(rows, encode, bank.timestep_groups):
         out.setdefault(e.group, []).append((e.prompt, e.target))
     return out
-
-
-def consolidate_bank(
-    bank_dir: Path, model_dir: Path, learning: LearningConfig | None = None
-) -> ConsolidationReport:
-    """Loop C on `bank_dir` for the model in `model_dir`, its Fisher measured on the good answers in
-    loop A's store (CPython: the model's graph through onnxruntime, the store through SQLite)."""
-    from runtime.artifact import GRAPH_NAME
-    from runtime.cpython_model import open_model
-    from runtime.learning.logits_session import LogitsSession
-    from runtime.learning.sqlite_store import SqliteStore
-
-    learning = learning or LearningConfig()
-    model = open_model(model_dir, bank=bank_dir, verify="sizes")
-    session = LogitsSession(Path(model_dir) / GRAPH_NAME, model.config)
-    examples: dict[int, list[Example]] = {}
-    store_path = learning.loop_a.store_path()
-    if store_path.is_file():
-        store = SqliteStore(store_path)
-        try:
-            b = learning.loop_b
-            examples = good_examples(
-                store.good_feedback, model.encode, model.bank, b.threshold, b.max_trajectories
-            )
-        finally:
-            store.close()
-    return consolidate(
-        bank_dir, learning.loop_c, session, model.config.mask_token_id, model.config.block_size, examples
-    )

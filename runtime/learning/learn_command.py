@@ -42,7 +42,7 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
 
     from runtime.banks import BANK_JSON
     from runtime.learning.config import load_learning_config
-    from runtime.learning.consolidate import consolidate_bank
+    from runtime.learning.loop_c_service import consolidate_bank
 
     learning = load_learning_config(args.learning_config)
     if args.ewc_lambda is not None:

@@ -6,14 +6,13 @@ after a loop B run once its interval has passed ("Loop C").
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from runtime.banks import Bank
 from runtime.learning.config import LoopBConfig, LoopCConfig
-from runtime.learning.consolidate import ConsolidationReport, consolidate, good_examples
 from runtime.learning.loop_b import LoopB
+from runtime.learning.loop_c_service import consolidation
 from runtime.learning.store import warn
 
 
@@ -63,34 +62,6 @@ def for_model(
         on_warning=on_warning,
         after_run=after_run,
     )
-
-
-def consolidation(
-    loop_c: LoopCConfig,
-    loop_b: LoopBConfig,
-    bank_dir: Path,
-    model,
-    session,
-    read_good: Callable[[int, float, int], list],
-    on_bank: Callable[[Bank, Path], None],
-    clock: Callable[[], float] = time.monotonic,
-) -> Callable[[], ConsolidationReport | None]:
-    """Loop C for loop B's thread: after a loop B run, a consolidation when `interval` seconds have
-    passed since the last one (the first after one interval), on loop B's session and store reader."""
-    last = [clock()]
-
-    def maybe() -> ConsolidationReport | None:
-        if clock() - last[0] < loop_c.interval:
-            return None
-        last[0] = clock()
-        bank = Bank.load(bank_dir)
-        examples = good_examples(read_good, model.encode, bank, loop_b.threshold, loop_b.max_trajectories)
-        config = model.config
-        return consolidate(
-            bank_dir, loop_c, session, config.mask_token_id, config.block_size, examples, on_bank=on_bank
-        )
-
-    return maybe
 
 
 def background(config_path, models, loop_a, on_warning: Callable[[str], None] = warn) -> LoopB | None:
