@@ -27,9 +27,10 @@ k·r .. (k+1)·r − 1, and adapter.{target}.b = [L, K·r, out] likewise in rows
 A bank inside a model directory (its banks/) is covered by the model's manifest: edit a copy and
 pass that with `--bank`, or re-run write_manifest after changing it.
 
-Writers of one bank (loop B, loop C, a federation merge, `save`) exclude each other with an
-exclusive lock on `<bank>.lock` beside the directory (`bank_lock`) and read the bank again once they
-hold it. Readers take no lock: every writer switches from one whole bank to the next atomically.
+Writers of one bank (loop B, loop C, a federation merge) exclude each other with an exclusive lock
+on `<bank>.lock` beside the directory (`bank_lock`) and read the bank again once they hold it; `save`
+takes no lock of its own (an exporter writing a model's banks/ leaves no lock file in the model), so
+a writer that may meet another holds the lock around it. Readers take no lock: every writer switches from one whole bank to the next atomically.
 `save` replaces the whole directory (`<bank>.new` written and fsynced, the old one renamed aside to
 `<bank>.old`, the new one renamed in, the old one deleted); a crash between the two renames leaves no
 `<bank>` but both halves, and `recover` (called by `load` and `save`) finishes the switch.
@@ -43,6 +44,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 from array import array
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -68,23 +70,45 @@ def sibling(directory: Path, suffix: str) -> Path:
     return directory.with_name(directory.name + suffix)
 
 
+_held: dict[str, list] = {}  # lock path -> [RLock, depth, open file]: re-entrant in a process
+_held_guard = threading.Lock()
+
+
 @contextmanager
 def bank_lock(directory: Path) -> Iterator[None]:
-    """Hold the bank's writer lock (blocking). POSIX advisory lock on `<bank>.lock`; where fcntl is
-    missing (Windows, Pyodide), no lock: one writer at a time is then the caller's to keep."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    path = sibling(directory, ".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    """Hold the bank's writer lock (blocking): a POSIX advisory lock on `<bank>.lock` beside it,
+    re-entrant within a thread (a writer that holds it may load, and so recover, the bank), and
+    exclusive between threads and processes. Where fcntl is missing (Windows, Pyodide) only the
+    threads of this process are excluded."""
+    path = os.path.abspath(sibling(directory, ".lock"))
+    with _held_guard:
+        entry = _held.setdefault(path, [threading.RLock(), 0, None])
+    with entry[0]:
+        if entry[1] == 0:
+            entry[2] = _lock_file(Path(path))
+        entry[1] += 1
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            entry[1] -= 1
+            if entry[1] == 0 and entry[2] is not None:
+                import fcntl
+
+                fcntl.flock(entry[2], fcntl.LOCK_UN)
+                entry[2].close()
+                entry[2] = None
+
+
+def _lock_file(path: Path):
+    """The lock file, opened and flocked; None where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+b")  # noqa: SIM115 - held open until the outermost release
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
 
 
 def fsync_path(path: Path) -> None:
@@ -293,33 +317,32 @@ class Bank:
         docstring); `index` (an HnswIndex over the patterns) is saved beside it when given."""
         directory = Path(directory)
         recover(directory)
-        with bank_lock(directory):
-            staging, aside = sibling(directory, ".new"), sibling(directory, ".old")
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-            written = []
-            for adapter in self.adapters.values():
-                folder = staging / "adapters" / adapter.name
-                folder.mkdir(parents=True)
-                for target, (a, b) in adapter.factors.items():
-                    write_f32(folder / f"{target}.a.f32", a)
-                    write_f32(folder / f"{target}.b.f32", b)
-                    written += [folder / f"{target}.a.f32", folder / f"{target}.b.f32"]
-            write_f32(staging / PATTERNS_F32, self.pattern_vectors)
-            if index is not None and hasattr(index, "save"):
-                index.save(staging / PATTERNS_HNSW)
-            (staging / BANK_JSON).write_text(json.dumps(self._meta(), indent=2))  # last: "whole"
-            for path in [*written, staging / PATTERNS_F32, staging / BANK_JSON]:
-                fsync_path(path)
-            for folder in [*{p.parent for p in written}, staging / "adapters", staging]:
-                fsync_path(folder)
-            if directory.exists():
-                shutil.rmtree(aside, ignore_errors=True)
-                os.replace(directory, aside)
-                fsync_path(directory.parent)
-            os.replace(staging, directory)  # from here on the new bank
-            fsync_path(directory.parent)
+        staging, aside = sibling(directory, ".new"), sibling(directory, ".old")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        written = []
+        for adapter in self.adapters.values():
+            folder = staging / "adapters" / adapter.name
+            folder.mkdir(parents=True)
+            for target, (a, b) in adapter.factors.items():
+                write_f32(folder / f"{target}.a.f32", a)
+                write_f32(folder / f"{target}.b.f32", b)
+                written += [folder / f"{target}.a.f32", folder / f"{target}.b.f32"]
+        write_f32(staging / PATTERNS_F32, self.pattern_vectors)
+        if index is not None and hasattr(index, "save"):
+            index.save(staging / PATTERNS_HNSW)
+        (staging / BANK_JSON).write_text(json.dumps(self._meta(), indent=2))  # last: "whole"
+        for path in [*written, staging / PATTERNS_F32, staging / BANK_JSON]:
+            fsync_path(path)
+        for folder in [*{p.parent for p in written}, staging / "adapters", staging]:
+            fsync_path(folder)
+        if directory.exists():
             shutil.rmtree(aside, ignore_errors=True)
+            os.replace(directory, aside)
+            fsync_path(directory.parent)
+        os.replace(staging, directory)  # from here on the new bank
+        fsync_path(directory.parent)
+        shutil.rmtree(aside, ignore_errors=True)
 
     def _meta(self) -> dict:
         return {

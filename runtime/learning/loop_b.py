@@ -262,9 +262,9 @@ class LoopB:
         """The learnt bank in `bank_dir`, created as a copy of `source` the first time; what an
         interrupted update left behind is removed."""
         bank_dir = Path(bank_dir)
-        if not (bank_dir / BANK_JSON).is_file():
-            source.save(bank_dir)
         with bank_lock(bank_dir):
+            if not (bank_dir / BANK_JSON).is_file():
+                source.save(bank_dir)
             bank = Bank.load(bank_dir)
             tidy(bank_dir, bank)
         return bank

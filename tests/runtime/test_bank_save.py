@@ -92,16 +92,30 @@ def test_with_only_the_old_half_left_it_is_put_back(tmp_path):
     assert (directory / BANK_JSON).is_file()
 
 
-def test_save_waits_for_the_writer_lock(tmp_path):
+def test_the_writer_lock_is_reentrant_in_a_thread_and_exclusive_between_threads(tmp_path):
+    """A writer holding the lock may load the bank, and a load may have to recover it (which takes
+    the lock): that must not deadlock; another thread waits until the writer is done."""
     import threading
 
     directory = tmp_path / "bank"
     one_bank(1).save(directory)
+    os.replace(directory, sibling(directory, ".old"))  # a crashed save to recover
     done = threading.Event()
     with bank_lock(directory):
-        thread = threading.Thread(target=lambda: (one_bank(2).save(directory), done.set()))
+        assert names(directory) == ["adapter1"]  # recovered inside the held lock
+        thread = threading.Thread(target=lambda: (bank_lock_and(directory), done.set()))
         thread.start()
-        assert not done.wait(0.3)  # held: the save waits
-        assert names(directory) == ["adapter1"]
+        assert not done.wait(0.3)  # held: the other thread waits
     thread.join(10)
-    assert done.is_set() and names(directory) == ["adapter2"]
+    assert done.is_set()
+
+
+def bank_lock_and(directory) -> None:
+    with bank_lock(directory):
+        one_bank(2).save(directory)
+
+
+def test_save_leaves_no_lock_file_beside_a_bank_it_writes(tmp_path):
+    """An exporter writing a model's banks/ must not add files the model's manifest would list."""
+    one_bank(1).save(tmp_path / "banks")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["banks"]

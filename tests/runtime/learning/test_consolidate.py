@@ -9,6 +9,7 @@ import pytest
 from runtime import artifact
 from runtime.banks import RETIRED, Bank
 from runtime.cpython_model import open_model
+from runtime.dgr import DgrConfig, vote
 from runtime.learning.config import LoopCConfig, parse_learning_config
 from runtime.learning.consolidate import consolidate
 from runtime.learning.ewc import components
@@ -85,6 +86,7 @@ def test_plain_consolidation_folds_the_micro_loras_into_their_group(learnt):
     bank = Bank.load(bank_dir)
     assert sorted(bank.adapters) == ["domain.c1", "slot0", "slot2"]  # the DGR slots are free
     assert bank.pattern_slots == [RETIRED] * 3  # ids kept, retrieval skips them
+    assert vote([(RETIRED, 0.99)], DgrConfig(), bank.groups, bank.slots) == [0.0, 0.0]
     # λ = 0: the best rank-r approximation of group adapter + MicroLoRAs, per layer and target
     old, m3, m4 = (deltas(before, n) for n in ("slot1", micro_name(GROUP, 3, 1), micro_name(GROUP, 4, 2)))
     new = deltas(bank, "domain.c1")
