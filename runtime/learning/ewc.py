@@ -24,9 +24,10 @@ directions gets their geometric mean, one that touches only new directions is fr
       = argmin_{rank X ≤ r}  Σ_ij ω_i ω_j (X_ij − C*_ij)²,   C*_ij = (C_new_ij + λF̃_ij C_old_ij) / (1 + λF̃_ij)
 
 (C* is the per-parameter closed form: a weighted average of old and new by the Fisher). Because the
-weights factor as ω_i ω_j, the rank-r minimiser is exact: the truncated SVD of
-diag(ω) C* diag(ω) = C_new + (ω ωᵀ − 1) ∘ C_old, scaled back by diag(1/ω) on both sides — the plain
-merge's SVD cut (federate's, ruvdllm/federate/bank_pairs.py) in the Fisher's metric. λ = 0 is the
+weights factor as ω_i ω_j = √ω_i √ω_j · √ω_i √ω_j, the weighted error is ‖diag(√ω)(X − C*)diag(√ω)‖²
+and the rank-r minimiser is exact: the truncated SVD of diag(√ω) C* diag(√ω), scaled back by
+diag(1/√ω) on both sides — the plain merge's SVD cut (federate's, ruvdllm/federate/bank_pairs.py) in
+the Fisher's metric. λ = 0 is the
 plain merge; as λ → ∞ every component with F_k > 0 is kept as it was.
 """
 
@@ -109,14 +110,16 @@ def ewc_merge(
     c_old[np.arange(r), np.arange(r)] = old.s
     c_new = c_old + (q_in.T @ a_add) @ (b_add @ q_out)  # the plain merge in the joint basis
     f = np.maximum(np.asarray(fisher, np.float64), 0.0)
-    w_in = np.ones(q_in.shape[1])
+    w_in = np.ones(q_in.shape[1])  # ω_i
     w_out = np.ones(q_out.shape[1])
     w_in[:r] = w_out[:r] = np.sqrt(1.0 + lam * f)
-    scaled = c_new + (np.outer(w_in, w_out) - 1.0) * c_old  # diag(ω) C* diag(ω)
-    p, sv, rt = np.linalg.svd(scaled, full_matrices=False)
+    weights = np.outer(w_in, w_out)  # ω_i ω_j = 1 + λF̃_ij
+    c_star = (c_new + (weights - 1.0) * c_old) / weights  # per parameter: the closed form
+    root_in, root_out = np.sqrt(w_in), np.sqrt(w_out)
+    p, sv, rt = np.linalg.svd(root_in[:, None] * c_star * root_out, full_matrices=False)
     k = min(rank, sv.size)
-    a = (q_in / w_in) @ (p[:, :k] * np.sqrt(sv[:k]))  # back through diag(1/ω), into the model's space
-    b = (np.sqrt(sv[:k])[:, None] * rt[:k]) @ (q_out / w_out).T
+    a = (q_in / root_in) @ (p[:, :k] * np.sqrt(sv[:k]))  # back through diag(1/√ω), into the model's space
+    b = (np.sqrt(sv[:k])[:, None] * rt[:k]) @ (q_out / root_out).T
     return components(*_pad(a, b, rank))
 
 
