@@ -138,7 +138,7 @@ class LoopBConfig:
 class LoopCConfig:
     enabled: bool = False  # consolidation rewrites the group adapters every prompt uses: opt in
     interval: float = 3600.0  # seconds between runs: several loop B runs' MicroLoRAs per fold
-    ewc_lambda: float = 3000.0  # EWC strength λ: tiny model, forgetting −30% at a third of the learning
+    ewc_lambda: float = 10000.0  # EWC strength λ: tiny model, forgetting −45% at a sixth of the learning
     decay: float = 0.7  # EWC++: weight of the running Fisher against a new measurement (0.7³ ≈ 0.34)
     weight: float = 1.0  # share of a MicroLoRA folded in: it was trained as an addition, so all of it
     min_micro: int = 1  # MicroLoRAs a group needs before it is consolidated
