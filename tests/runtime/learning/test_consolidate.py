@@ -199,3 +199,28 @@ def test_learn_consolidate_command(learnt, tmp_path, monkeypatch, capsys):
         main(["learn", "consolidate", "--bank", str(tmp_path / "none"), "--model", str(model.directory)]) == 1
     )
     assert "no learnt bank" in capsys.readouterr().err
+
+
+def test_serve_runs_loop_c_after_loop_b_once_its_interval_has_passed(learnt):
+    from runtime.learning.config import LoopBConfig
+    from runtime.learning.loop_c_service import consolidation
+
+    model, session, bank_dir, _ = learnt
+    now = [0.0]
+    installed = []
+    step = consolidation(
+        LoopCConfig(enabled=True, interval=60.0, fisher_blocks=1),
+        LoopBConfig(),
+        bank_dir,
+        model,
+        session,
+        lambda after, threshold, limit: [],  # an empty store: the Fisher is carried, not measured
+        lambda bank, directory: installed.append(sorted(bank.adapters)),
+        clock=lambda: now[0],
+    )
+    assert step() is None and installed == []  # not yet due
+    now[0] = 61.0
+    report = step()
+    assert [g.adapter for g in report.groups] == ["domain.c1"]
+    assert installed == [["domain.c1", "slot0", "slot2"]]  # the running models get the new bank
+    assert step() is None  # the next one waits another interval
