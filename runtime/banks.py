@@ -26,17 +26,28 @@ k·r .. (k+1)·r − 1, and adapter.{target}.b = [L, K·r, out] likewise in rows
 
 A bank inside a model directory (its banks/) is covered by the model's manifest: edit a copy and
 pass that with `--bank`, or re-run write_manifest after changing it.
+
+Writers of one bank (loop B, loop C, a federation merge) exclude each other with an exclusive lock
+on `<bank>.lock` beside the directory (`bank_lock`) and read the bank again once they hold it; `save`
+takes no lock of its own (an exporter writing a model's banks/ leaves no lock file in the model), so
+a writer that may meet another holds the lock around it. Readers take no lock: every writer switches from one whole bank to the next atomically.
+`save` replaces the whole directory (`<bank>.new` written and fsynced, the old one renamed aside to
+`<bank>.old`, the new one renamed in, the old one deleted); a crash between the two renames leaves no
+`<bank>` but both halves, and `recover` (called by `load` and `save`) finishes the switch.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import sys
+import threading
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +60,94 @@ BANKS_DIR = "banks"  # a model directory's own bank, loaded by default
 BANK_JSON = "bank.json"
 PATTERNS_F32 = "patterns.f32"
 PATTERNS_HNSW = "patterns.hnsw"
+RETIRED = -1  # the slot of a DGR key whose adapter loop C folded into its group: retrieval skips it
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def sibling(directory: Path, suffix: str) -> Path:
+    """`<bank><suffix>` beside the bank directory (its lock, its halves during `save`)."""
+    directory = Path(directory)
+    return directory.with_name(directory.name + suffix)
+
+
+_held: dict[str, list] = {}  # lock path -> [RLock, depth, open file]: re-entrant in a process
+_held_guard = threading.Lock()
+
+
+@contextmanager
+def bank_lock(directory: Path) -> Iterator[None]:
+    """Hold the bank's writer lock (blocking): a POSIX advisory lock on `<bank>.lock` beside it,
+    re-entrant within a thread (a writer that holds it may load, and so recover, the bank), and
+    exclusive between threads and processes. Where fcntl is missing (Windows, Pyodide) only the
+    threads of this process are excluded."""
+    path = os.path.abspath(sibling(directory, ".lock"))
+    with _held_guard:
+        entry = _held.setdefault(path, [threading.RLock(), 0, None])
+    with entry[0]:
+        if entry[1] == 0:
+            entry[2] = _lock_file(Path(path))
+        entry[1] += 1
+        try:
+            yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0 and entry[2] is not None:
+                import fcntl
+
+                fcntl.flock(entry[2], fcntl.LOCK_UN)
+                entry[2].close()
+                entry[2] = None
+
+
+def _lock_file(path: Path):
+    """The lock file, opened and flocked; None where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+b")  # noqa: SIM115 - held open until the outermost release
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file, or make renames inside a directory durable (no-op where a directory cannot be
+    opened, as on Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def recover(directory: Path) -> None:
+    """Finish or undo a `save` a crash interrupted (module docstring). Takes the writer lock only
+    when there is something to do, so that it never races a save in progress."""
+    directory = Path(directory)
+    new, old = sibling(directory, ".new"), sibling(directory, ".old")
+    if not (new.exists() or old.exists()):
+        return
+    with bank_lock(directory):
+        if (directory / BANK_JSON).is_file():  # the switch happened: what is left is garbage
+            shutil.rmtree(new, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        # No bank: the crash came between "old aside" and "new in". The new half is whole (its
+        # bank.json is written last and fsynced before either rename); else put the old one back.
+        half = new if (new / BANK_JSON).is_file() else old
+        if half.exists():
+            if directory.exists():
+                shutil.rmtree(directory)  # an empty or partial directory in the way
+            os.replace(half, directory)
+            fsync_path(directory.parent)
+        shutil.rmtree(new, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_f32(path: Path, count: int, prefix: bool = False) -> array:
@@ -215,25 +313,36 @@ class Bank:
     # --- persistence --------------------------------------------------------------------------
 
     def save(self, directory: Path, index=None) -> None:
-        """Write the bank (replacing the directory's previous contents); `index` (an HnswIndex
-        over the patterns) is saved beside it when given."""
+        """Write the bank, replacing the directory and everything in it, atomically (module
+        docstring); `index` (an HnswIndex over the patterns) is saved beside it when given."""
         directory = Path(directory)
-        staging = directory.with_name(directory.name + ".tmp")
+        recover(directory)
+        staging, aside = sibling(directory, ".new"), sibling(directory, ".old")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
+        written = []
         for adapter in self.adapters.values():
             folder = staging / "adapters" / adapter.name
             folder.mkdir(parents=True)
             for target, (a, b) in adapter.factors.items():
                 write_f32(folder / f"{target}.a.f32", a)
                 write_f32(folder / f"{target}.b.f32", b)
+                written += [folder / f"{target}.a.f32", folder / f"{target}.b.f32"]
         write_f32(staging / PATTERNS_F32, self.pattern_vectors)
         if index is not None and hasattr(index, "save"):
             index.save(staging / PATTERNS_HNSW)
-        (staging / BANK_JSON).write_text(json.dumps(self._meta(), indent=2))
+        (staging / BANK_JSON).write_text(json.dumps(self._meta(), indent=2))  # last: "whole"
+        for path in [*written, staging / PATTERNS_F32, staging / BANK_JSON]:
+            fsync_path(path)
+        for folder in [*{p.parent for p in written}, staging / "adapters", staging]:
+            fsync_path(folder)
         if directory.exists():
-            shutil.rmtree(directory)
-        staging.rename(directory)
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(directory, aside)
+            fsync_path(directory.parent)
+        os.replace(staging, directory)  # from here on the new bank
+        fsync_path(directory.parent)
+        shutil.rmtree(aside, ignore_errors=True)
 
     def _meta(self) -> dict:
         return {
@@ -258,6 +367,7 @@ class Bank:
     @classmethod
     def load(cls, directory: Path) -> Bank:
         directory = Path(directory)
+        recover(directory)
         meta_path = directory / BANK_JSON
         if not meta_path.is_file():
             raise RuvdllmError(f"{directory}: not an adapter bank (no {BANK_JSON})")

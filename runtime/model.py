@@ -22,6 +22,7 @@ Standard library only: the browser loads this module.
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -92,6 +93,37 @@ class DiffusionModel:
         self.record_query = False
         self.lock = threading.Lock()
         self._token_text: dict[int, str] = {}
+        self.bank_stamp = bank_stamp(bank_dir)  # what bank.json was when `bank` was read
+
+    # --- the bank on disk ------------------------------------------------------------------------
+
+    def use_bank(self, bank: Bank, bank_dir: Path, index: PatternIndex | None = None) -> None:
+        """Sample with `bank` from the next generation on: the index is built first (outside the
+        lock), then both are swapped in under the model's lock, between generations."""
+        index = index if index is not None else bank.build_index(bank_dir)
+        stamp = bank_stamp(bank_dir)
+        with self.lock:
+            if self.backend is not None:
+                self.backend.set_bank(bank)
+            self.bank, self.index, self.bank_dir = bank, index, Path(bank_dir)
+            self.bank_stamp = stamp
+            if self.scores is not None:  # loop A's usefulness scores: new keys start at 0
+                self.scores.patterns = len(bank.pattern_slots)
+
+    def refresh_bank(self) -> bool:
+        """Take the bank from disk if its bank.json changed since it was read (a federation merge,
+        loop C or loop B of another process switched it): one stat when nothing changed. A bank
+        that cannot be read or does not fit raises RuvdllmError once and the current one stays."""
+        if self.bank_dir is None:
+            return False
+        stamp = bank_stamp(self.bank_dir)
+        if stamp == self.bank_stamp or stamp is None:
+            return False
+        self.bank_stamp = stamp  # also when it fails below: say so once, not on every request
+        bank = Bank.load(self.bank_dir)
+        bank.check_model(self.config, str(self.bank_dir), getattr(self.backend, "adapter_shapes", None))
+        self.use_bank(bank, self.bank_dir)
+        return True
 
     # --- text ------------------------------------------------------------------------------------
 
@@ -120,7 +152,12 @@ class DiffusionModel:
     # --- generation ------------------------------------------------------------------------------
 
     def control(self, settings: GenerationSettings) -> AdapterControl:
-        """Adapter weights for one generation: TALoRA from the bank's groups, DGR over its index."""
+        """Adapter weights for one generation: TALoRA from the bank's groups, DGR over its index
+        (the bank on disk, if it changed since the last generation: `refresh_bank`)."""
+        try:
+            self.refresh_bank()
+        except RuvdllmError as exc:  # generation goes on with the bank it had
+            print(f"warning: {exc}; still sampling with the bank read before", file=sys.stderr)
         groups = len(self.config.timestep_groups) - 1
         talora = dgr = None
         if self.bank is not None:
@@ -167,6 +204,18 @@ class DiffusionModel:
         started = time.perf_counter()
         self.generate([self.config.bos_token_id or 0], replace(GenerationSettings(), length=1, dgr=False))
         return (time.perf_counter() - started) * 1e3
+
+
+def bank_stamp(bank_dir: Path | None) -> tuple[int, int, int] | None:
+    """(inode, size, mtime in ns) of a bank's bank.json: every writer replaces that file last, so a
+    new stamp is a new bank. None without one."""
+    if bank_dir is None:
+        return None
+    try:
+        found = (Path(bank_dir) / BANK_JSON).stat()
+    except OSError:
+        return None
+    return (found.st_ino, found.st_size, found.st_mtime_ns)
 
 
 def read_bank(directory: Path, bank: Path | str | None = None) -> tuple[Bank | None, Path]:

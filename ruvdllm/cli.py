@@ -36,6 +36,7 @@ SUBCOMMANDS = {
     ),
     "generate": ("runtime.generate_command", "generate text with a diffusion model"),
     "feedback": ("runtime.learning.feedback_command", "rate, thumb or correct an answer (learning loop A)"),
+    "learn": ("runtime.learning.learn_command", "run a learning step now (consolidate: loop C)"),
     "serve": ("runtime.server.command", "serve an OpenAI-compatible HTTP API"),
     "web": ("runtime.web_command", "serve the browser client and a model directory"),
     "hub": ("federation_hub.command", "run the federation hub"),
@@ -44,7 +45,12 @@ SUBCOMMANDS = {
         "share this device's adapters with a hub, merge what it releases",
     ),
 }
-MODEL_COMMANDS = {"generate", "serve", "web"}  # run(args, default_model=...): no model given -> the default
+MODEL_COMMANDS = {
+    "generate",
+    "serve",
+    "web",
+    "learn",
+}  # run(args, default_model=...): no model given -> the default
 
 
 def _load(name: str):

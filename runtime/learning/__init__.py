@@ -1,7 +1,8 @@
 """The learning loops (docs/learning.md). Loop A, on every request: record the trajectory (prompt,
 per-step uncertainty, adapters and patterns used, answer, timings) and the user's feedback, and
 move the usefulness scores of the DGR patterns the answer used. Loop B, in the background: train
-MicroLoRAs on the liked and corrected answers and add them, with their keys, to the bank.
+MicroLoRAs on the liked and corrected answers and add them, with their keys, to the bank. Loop C,
+rarely: fold them into the TALoRA group adapters with EWC++.
 
     config.py           the learning config file (TOML or JSON) and where learning data lives
     trajectory.py       what one request leaves behind, and feedback as a number (pure)
@@ -20,6 +21,12 @@ MicroLoRAs on the liked and corrected answers and add them, with their keys, to 
     bank_update.py      a bank rewritten in place, atomically (standard library)
     loop_b.py           loop B: select, group, cluster, train, keep, install; its background thread
     loop_b_service.py   loop B wired to running models and to loop A's store (CPython, `ruvdllm serve`)
+
+    ewc.py              loop C's math: the EWC-penalised low-rank merge, the Fisher carried and averaged
+    fisher.py           the Fisher over a group adapter's singular components: measured, saved beside the bank
+    consolidate.py      loop C: fold MicroLoRAs into their group adapters, free their slots, retire their keys
+    loop_c_service.py   loop C wired to a model and loop A's store (after loop B in `ruvdllm serve`; scripts)
+    learn_command.py    `ruvdllm learn consolidate`
 
 Loop A is standard library only, like the sampler core: the browser will run the same loop with
 its store backed by IndexedDB instead of SQLite. Loop B's core is numpy (in Pyodide too); its

@@ -8,6 +8,8 @@ keeps the old bank.json's view intact until bank.json itself is replaced — the
     1  adapters/<new name>/*.f32   new names only: the old bank.json never lists them
     2  patterns.f32                keys are only appended, and the loader reads the first
                                    `count` (bank.json's): the old bank sees its own keys
+                                   (a key is removed by retiring it: its slot in bank.json
+                                   becomes RETIRED, the vector stays, its id never changes)
     3  bank.json                   COMMIT: from here on the new bank
     4  patterns.hnsw               a cache; a stale one is detected by its count and rebuilt
     5  adapter folders bank.json no longer lists, leftover temporaries: removed
@@ -26,24 +28,9 @@ from array import array
 from dataclasses import replace
 from pathlib import Path
 
-from runtime.banks import BANK_JSON, PATTERNS_F32, PATTERNS_HNSW, Bank, as_f32
+from runtime.banks import BANK_JSON, PATTERNS_F32, PATTERNS_HNSW, RETIRED, Bank, as_f32, fsync_path
 
 TEMPORARY = ".partial"  # suffix of files being written; removed by `tidy`
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file, or make renames inside a directory durable (no-op where a directory cannot be
-    opened, as on Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -79,11 +66,12 @@ def copy_bank(bank: Bank) -> Bank:
 
 def commit_bank(directory: Path, bank: Bank, old: Bank, index=None) -> None:
     """Write `bank` over `old`, both of `directory`, atomically (module docstring). `bank` may only
-    have appended patterns to `old`'s and added or removed adapters; a changed adapter must have
+    have appended patterns to `old`'s or retired some, and added or removed adapters; a changed adapter must have
     a new name (its files are new files, never overwritten)."""
     directory = Path(directory)
-    if bank.pattern_slots[: len(old.pattern_slots)] != old.pattern_slots:
-        raise ValueError("patterns may only be appended")
+    kept = bank.pattern_slots[: len(old.pattern_slots)]
+    if any(s not in (o, RETIRED) for s, o in zip(kept, old.pattern_slots, strict=True)):
+        raise ValueError("patterns may only be appended or retired")
     for name, adapter in bank.adapters.items():  # 1
         if name in old.adapters:
             if adapter is not old.adapters[name]:

@@ -16,6 +16,11 @@ by `ruvdllm generate`, `ruvdllm serve` and `ruvdllm feedback` alike, and where l
     interval = 600            # seconds between runs
     ...                       # the knobs of LoopBConfig below
 
+    [loop_c]
+    enabled = false           # fold loop B's MicroLoRAs into the group adapters, with EWC++
+    interval = 3600           # seconds between consolidations (checked after each loop B run)
+    ...                       # the knobs of LoopCConfig below
+
 Looked for at --learning-config, else $RUVDLLM_LEARNING_CONFIG, else `learning.toml` in the data
 directory; none of them: the defaults below. A section or key this version does not know is an
 error (a misspelt key must not silently keep a loop on).
@@ -130,9 +135,46 @@ class LoopBConfig:
 
 
 @dataclass(frozen=True)
+class LoopCConfig:
+    enabled: bool = False  # consolidation rewrites the group adapters every prompt uses: opt in
+    interval: float = 3600.0  # seconds between runs: several loop B runs' MicroLoRAs per fold
+    ewc_lambda: float = 10000.0  # EWC strength λ: tiny model, forgetting −45% at a sixth of the learning
+    decay: float = 0.7  # EWC++: weight of the running Fisher against a new measurement (0.7³ ≈ 0.34)
+    weight: float = 1.0  # share of a MicroLoRA folded in: it was trained as an addition, so all of it
+    min_micro: int = 1  # MicroLoRAs a group needs before it is consolidated
+    fisher_blocks: int = 8  # noisy blocks per Fisher estimate (2 forwards per component each)
+    fisher_epsilon: float = 0.01  # finite-difference step on a singular value
+    seed: int = 0  # the Fisher's masks: same data, same Fisher
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, key: str, value, rule: str) -> None:
+            if not ok:
+                raise RuvdllmError(f"learning config: loop_c.{key} {value}: {rule}")
+
+        need(math.isfinite(self.interval) and self.interval > 0, "interval", self.interval, "must be > 0")
+        need(
+            math.isfinite(self.ewc_lambda) and self.ewc_lambda >= 0,
+            "ewc_lambda",
+            self.ewc_lambda,
+            "must be >= 0",
+        )
+        need(0.0 <= self.decay < 1.0, "decay", self.decay, "must be in [0, 1)")
+        need(0.0 < self.weight <= 1.0, "weight", self.weight, "must be in (0, 1]")
+        need(self.min_micro >= 1, "min_micro", self.min_micro, "must be at least 1")
+        need(self.fisher_blocks >= 1, "fisher_blocks", self.fisher_blocks, "must be at least 1")
+        need(
+            math.isfinite(self.fisher_epsilon) and self.fisher_epsilon > 0,
+            "fisher_epsilon",
+            self.fisher_epsilon,
+            "must be > 0",
+        )
+
+
+@dataclass(frozen=True)
 class LearningConfig:
     loop_a: LoopAConfig = field(default_factory=LoopAConfig)
     loop_b: LoopBConfig = field(default_factory=LoopBConfig)
+    loop_c: LoopCConfig = field(default_factory=LoopCConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     source: str = ""  # the file it was read from ("": the defaults)
 
@@ -173,7 +215,12 @@ def parse_learning_config(text: str, where: str, suffix: str = ".toml") -> Learn
         raise RuvdllmError(f"{where}: not valid {suffix.lstrip('.').upper()} ({exc})") from None
     if not isinstance(values, dict):
         raise RuvdllmError(f"{where}: must hold a table of sections")
-    sections = {"loop_a": LoopAConfig, "loop_b": LoopBConfig, "federation": FederationConfig}
+    sections = {
+        "loop_a": LoopAConfig,
+        "loop_b": LoopBConfig,
+        "loop_c": LoopCConfig,
+        "federation": FederationConfig,
+    }
     unknown = sorted(set(values) - set(sections))
     if unknown:
         raise RuvdllmError(f"{where}: unknown section {', '.join(unknown)} (known: {', '.join(sections)})")

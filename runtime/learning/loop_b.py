@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.banks import BANK_JSON, Bank
+from runtime.banks import BANK_JSON, Bank, bank_lock
 from runtime.learning.bank_update import commit_bank, copy_bank, tidy, write_atomic
 from runtime.learning.config import LoopBConfig
 from runtime.learning.kmeans import normalise_rows, spherical_kmeans
@@ -235,8 +235,10 @@ class LoopB:
         session,
         on_bank: Callable[[Bank, Path], None] | None = None,
         on_warning: Callable[[str], None] = warn,
+        after_run: Callable[[], None] | None = None,
     ):
         self.config = config
+        self.after_run = after_run  # on the same thread after each run (loop C, when it is due)
         self.bank_dir = Path(bank_dir)
         self.model_config = model_config
         self.encode = encode
@@ -260,10 +262,11 @@ class LoopB:
         """The learnt bank in `bank_dir`, created as a copy of `source` the first time; what an
         interrupted update left behind is removed."""
         bank_dir = Path(bank_dir)
-        if not (bank_dir / BANK_JSON).is_file():
-            source.save(bank_dir)
-        bank = Bank.load(bank_dir)
-        tidy(bank_dir, bank)
+        with bank_lock(bank_dir):
+            if not (bank_dir / BANK_JSON).is_file():
+                source.save(bank_dir)
+            bank = Bank.load(bank_dir)
+            tidy(bank_dir, bank)
         return bank
 
     def _load_state(self) -> dict:
@@ -396,14 +399,18 @@ class LoopB:
         ), bank
 
     def _install(self, bank: Bank, micro: MicroLora, name: str, cluster: Cluster) -> Bank:
-        new = copy_bank(bank)
-        new.add_adapter(name, micro.slot, micro.to_bank(bank.layers, bank.rank))
-        keys = slot_keys(bank, micro.slot)
-        duplicate = len(keys) and float(np.max(keys @ cluster.centroid)) >= DUPLICATE_KEY
-        if not duplicate and len(new.pattern_slots) < self.config.max_patterns:
-            new.add_patterns([cluster.centroid.astype(np.float32)], [micro.slot])
-        index = new.build_index()
-        commit_bank(self.bank_dir, new, bank, index)
+        # Under the writer lock, onto the bank as it is now: a federation merge or loop C may have
+        # changed it while this MicroLoRA trained, and committing over a stale copy would undo them.
+        with bank_lock(self.bank_dir):
+            bank = Bank.load(self.bank_dir)
+            new = copy_bank(bank)
+            new.add_adapter(name, micro.slot, micro.to_bank(bank.layers, bank.rank))
+            keys = slot_keys(bank, micro.slot)
+            duplicate = len(keys) and float(np.max(keys @ cluster.centroid)) >= DUPLICATE_KEY
+            if not duplicate and len(new.pattern_slots) < self.config.max_patterns:
+                new.add_patterns([cluster.centroid.astype(np.float32)], [micro.slot])
+            index = new.build_index()
+            commit_bank(self.bank_dir, new, bank, index)
         if self.on_bank is not None:
             self.on_bank(new, self.bank_dir)
         return new
@@ -429,6 +436,11 @@ class LoopB:
                 self.run_once()
             except Exception as exc:  # a damaged bank, a full disk: say so, try again next time
                 self.on_warning(f"loop B run failed ({type(exc).__name__}: {exc}); retrying later")
+            if self.after_run is not None and not self._stop.is_set():
+                try:
+                    self.after_run()
+                except Exception as exc:
+                    self.on_warning(f"loop C run failed ({type(exc).__name__}: {exc}); retrying later")
 
     def pause(self) -> None:
         """Hold training after its current SPSA step until `resume` (a burst of requests)."""

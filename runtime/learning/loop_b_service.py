@@ -1,6 +1,7 @@
 """Loop B wired to running models (CPython): the learnt bank installed in them, loop B reading loop
 A's store on its writer thread, and started in the background for `ruvdllm serve` when the
-learning config turns it on (docs/learning.md, "Loop B").
+learning config turns it on (docs/learning.md, "Loop B"); loop C, when on, runs on the same thread
+after a loop B run once its interval has passed ("Loop C").
 """
 
 from __future__ import annotations
@@ -9,21 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runtime.banks import Bank
-from runtime.learning.config import LoopBConfig
+from runtime.learning.config import LoopBConfig, LoopCConfig
 from runtime.learning.loop_b import LoopB
+from runtime.learning.loop_c_service import consolidation
 from runtime.learning.store import warn
 
 
 def install_bank(model, bank: Bank, bank_dir: Path) -> None:
-    """Let `model` (runtime.model.DiffusionModel) sample with `bank` from its next generation on:
-    the index is built first, then swapped in under the model's lock (between generations)."""
-    index = bank.build_index(bank_dir)
-    with model.lock:
-        if model.backend is not None:
-            model.backend.set_bank(bank)
-        model.bank, model.index, model.bank_dir = bank, index, Path(bank_dir)
-        if model.scores is not None:  # loop A's usefulness scores: the new keys start at 0
-            model.scores.patterns = len(bank.pattern_slots)
+    """Let `model` (runtime.model.DiffusionModel) sample with `bank` from its next generation on
+    (DiffusionModel.use_bank: swapped in under the model's lock, between generations)."""
+    model.use_bank(bank, Path(bank_dir))
 
 
 def for_model(
@@ -31,6 +27,7 @@ def for_model(
     config: LoopBConfig,
     read_good: Callable[[int, float, int], list],
     on_warning: Callable[[str], None] = warn,
+    loop_c: LoopCConfig | None = None,
 ) -> LoopB:
     """Loop B for a model opened on CPython, or for the replicas of one (a server's, all on the
     same directory): its learnt bank (created from the model's own bank the first time) is
@@ -51,6 +48,9 @@ def for_model(
 
     install_everywhere(bank, bank_dir)
     session = LogitsSession(Path(first.directory) / GRAPH_NAME, first.config)
+    after_run = None
+    if loop_c is not None and loop_c.enabled:
+        after_run = consolidation(loop_c, config, bank_dir, first, session, read_good, install_everywhere)
     return LoopB(
         config,
         bank_dir,
@@ -60,6 +60,7 @@ def for_model(
         session,
         on_bank=install_everywhere,
         on_warning=on_warning,
+        after_run=after_run,
     )
 
 
@@ -68,7 +69,8 @@ def background(config_path, models, loop_a, on_warning: Callable[[str], None] = 
     store it reads, is on); None otherwise. For `ruvdllm serve`."""
     from runtime.learning.config import load_learning_config
 
-    config = load_learning_config(config_path).loop_b
+    learning = load_learning_config(config_path)
+    config = learning.loop_b
     if not config.enabled or loop_a is None:
         return None
 
@@ -76,6 +78,6 @@ def background(config_path, models, loop_a, on_warning: Callable[[str], None] = 
         # on loop A's writer thread, which owns the store's connection
         return loop_a.recorder.call(lambda store: store.good_feedback(after, threshold, limit))
 
-    loop = for_model(models, config, read_good, on_warning)
+    loop = for_model(models, config, read_good, on_warning, loop_c=learning.loop_c)
     loop.start()
     return loop

@@ -1,8 +1,9 @@
 """Replace some adapters of a bank on disk atomically: a crash at any moment leaves either the old
 bank or the new one, each whole, and never a bank that half-merged a release.
 
-`Bank.save` rebuilds the whole directory and swaps it in with a delete and a rename, which leaves a
-moment with no bank at all. Here nothing the current `bank.json` refers to is touched:
+`Bank.save` rebuilds the whole directory and swaps it in (two renames, recovered on open), which
+also drops the files beside the bank (loop B's state, pattern scores, these merge records). Here
+nothing the current `bank.json` refers to is touched:
 
     1. each new adapter goes into a folder of a new name (`coarse` -> `coarse.fed1` -> `coarse.fed2`),
        with `merged.json` listing every release merged into it so far; files fsynced
@@ -15,8 +16,8 @@ Before step 2 the old bank.json names only old, untouched folders; after it, the
 complete folders. The releases merged are recorded inside the bank they changed, so "merged once"
 holds through a crash as well: there is no second file to fall out of step with the bank.
 
-Writers of one bank (a federation step, loop B adding adapters) exclude each other with an
-exclusive lock on `<bank>.lock` beside it (`bank_lock`), and read the bank again once they hold it.
+Writers of one bank (a federation step, loop B adding adapters, loop C consolidating) exclude each
+other with runtime.banks.bank_lock (`<bank>.lock` beside it), and read the bank again once they hold it.
 Readers (a model loading the bank) take no lock: they see one bank.json or the other.
 """
 
@@ -26,34 +27,13 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from runtime.banks import BANK_JSON, Bank, write_f32
-from runtime.learning.bank_update import fsync_path
+from runtime.banks import BANK_JSON, Bank, fsync_path, write_f32
 from ruvdllm.errors import RuvdllmError
 
 MERGED_JSON = "merged.json"  # in an adapter's folder: the release ids merged into it, oldest first
 _VERSION = re.compile(r"^(?P<base>.+?)\.fed(?P<n>[0-9]+)$")
-
-
-@contextmanager
-def bank_lock(directory: Path) -> Iterator[None]:
-    """Hold the bank's writer lock (blocking). POSIX advisory lock; where fcntl is missing
-    (Windows), no lock: one writer at a time is then the user's to keep."""
-    directory = Path(directory)
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(directory.with_name(directory.name + ".lock"), "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def merged_releases(directory: Path, bank: Bank) -> set[str]:

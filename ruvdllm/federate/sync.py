@@ -31,7 +31,7 @@ from federation_hub.client import ClientUpdate, GroupContribution, HubClient
 from federation_hub.tiers import Tier
 from federation_hub.validation import check_deltas
 from runtime.artifact import MANIFEST_NAME
-from runtime.banks import Bank
+from runtime.banks import Bank, bank_lock
 from runtime.learning.federation_config import SHARED_TIERS, FederationConfig
 from ruvdllm.errors import RuvdllmError
 from ruvdllm.federate.bank_pairs import (
@@ -45,7 +45,6 @@ from ruvdllm.federate.bank_pairs import (
 )
 from ruvdllm.federate.bank_write import (
     MERGED_JSON,
-    bank_lock,
     merged_releases,
     remove_unreferenced,
     replace_adapters,

@@ -48,7 +48,7 @@ def test_the_data_dir_file_and_the_environment_are_found(tmp_path, monkeypatch):
     "text, message",
     [
         ("[loop_a]\nenabeld = true\n", r"\[loop_a\] has unknown enabeld"),
-        ("[loop_c]\nenabled = true\n", "unknown section loop_c"),
+        ("[loop_d]\nenabled = true\n", "unknown section loop_d"),
         ("[loop_a]\nenabled = 1\n", r"loop_a.enabled = 1: expected bool"),
         ("[loop_a]\nqueue_size = true\n", r"loop_a.queue_size = True: expected int"),
         ("[loop_a]\nqueue_size = 0\n", "queue_size 0: must be at least 1"),

@@ -107,3 +107,35 @@ def test_a_device_without_an_adapter_takes_the_release_zero_padded_to_its_rank()
 def test_an_empty_bank_slot_has_no_adapter():
     bank = Bank(layers=1, hidden_size=16, rank=4, slots=5, targets={"q_proj": Features(16, 16)})
     assert adapter_in_slot(bank, 0) is None
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=seeds, weight=st.floats(0.1, 1.0))
+def test_loop_c_at_lambda_zero_merges_as_federation_does(seed, weight):
+    """Two implementations of one cut (the hub's LowRankSum, which the runtime may not import, and
+    loop C's ewc_merge): blending an adapter toward a release is folding in release − adapter."""
+    from runtime.learning.ewc import components, ewc_merge
+
+    rng = np.random.default_rng(seed)
+    rank, fan_in, fan_out = 4, 16, 8
+    a, b = rng.standard_normal((fan_in, rank)), rng.standard_normal((rank, fan_out))
+    ma, mb = rng.standard_normal((fan_in, 2)), rng.standard_normal((2, fan_out))
+    local = {"x": LoraPair(a=a.T.astype(np.float32), b=b.T.astype(np.float32))}
+    # the release: the adapter plus the MicroLoRA, as one pair of rank 6
+    release = {
+        "x": LoraPair(
+            a=np.concatenate([a, ma], axis=1).T.astype(np.float32),
+            b=np.concatenate([b, mb], axis=0).T.astype(np.float32),
+        )
+    }
+    federated = merge_pairs(local, release, weight, rank)["x"].product().T  # [in, out]
+    local_a, local_b = local["x"].a.T.astype(np.float64), local["x"].b.T.astype(np.float64)
+    folded = ewc_merge(
+        components(local_a, local_b),
+        [(ma.astype(np.float32), mb.astype(np.float32))],
+        np.ones(rank),
+        0.0,
+        rank,
+        weight,
+    ).delta()
+    np.testing.assert_allclose(folded, federated, atol=1e-4 * max(1.0, np.abs(federated).max()))

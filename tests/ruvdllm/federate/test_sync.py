@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from federation_hub.privacy.sealing import generate_group_key
-from runtime.banks import Bank
+from runtime.banks import Bank, bank_lock
 from runtime.learning.config import load_learning_config
 from ruvdllm.cli import main
 from ruvdllm.federate import bank_write
 from ruvdllm.federate.bank_pairs import adapter_in_slot, adapter_pairs
-from ruvdllm.federate.bank_write import bank_lock, merged_releases
+from ruvdllm.federate.bank_write import merged_releases
 from ruvdllm.federate.sync import STATE_NAME, StepReport, federate_once, merge_releases
 from tests.federation_hub.hubs import SMALL_SHAPES, HubProcess, free_port
 from tests.ruvdllm.federate.banks import random_factors, small_bank
