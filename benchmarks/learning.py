@@ -99,15 +99,19 @@ def domain_split(path: Path) -> tuple[list[str], list[str]]:
 
 
 def passages(model, texts: list[str], count: int, prompt_len: int, answer_len: int, rng) -> list[Passage]:
-    """`count` passages (prompt, true continuation) at random places in random texts; texts too
-    short for one are skipped."""
-    windows = []
-    for text in texts:
-        ids = model.encode(text)
-        for start in range(0, len(ids) - prompt_len - answer_len + 1, prompt_len + answer_len):
-            windows.append(ids[start : start + prompt_len + answer_len])
+    """`count` passages (prompt, true continuation): at most two random windows per text, texts
+    taken in random order until there are twice `count` windows (a long licence must not supply
+    them all, and the corpus need not be tokenized whole); texts too short for one are skipped."""
+    windows, width = [], prompt_len + answer_len
+    for i in rng.permutation(len(texts)):
+        ids = model.encode(texts[i])
+        starts = range(0, len(ids) - width + 1, width)
+        for s in rng.permutation(len(starts))[:2]:
+            windows.append(ids[starts[s] : starts[s] + width])
+        if len(windows) >= 2 * count:
+            break
     if not windows:
-        raise SystemExit(f"no text holds a passage of {prompt_len + answer_len} tokens")
+        raise SystemExit(f"no text holds a passage of {width} tokens")
     picks = rng.choice(len(windows), size=min(count, len(windows)), replace=False)
     return [Passage(tuple(windows[i][:prompt_len]), tuple(windows[i][prompt_len:])) for i in sorted(picks)]
 
