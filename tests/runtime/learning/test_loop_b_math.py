@@ -117,11 +117,11 @@ def test_a_new_microlora_changes_nothing_and_names_round_trip():
 @settings(max_examples=50, deadline=None)
 @given(ids=st.lists(st.integers(0, 10_000), min_size=1, max_size=40, unique=True))
 def test_the_keep_check_uses_examples_training_never_saw(ids):
-    from runtime.learning.loop_b import VALIDATION_EVERY, Example, validation_split
+    from runtime.learning.loop_b import VALIDATION_EVERY, VALIDATION_MIN, Example, validation_split
 
     members = [Example(i, (1,), (2,), np.ones(4) / 2, 0) for i in ids]
     train, check = validation_split(members)
-    if len(ids) < VALIDATION_EVERY:  # too few to spare any: all of them, under other masks
+    if len(ids) < VALIDATION_MIN:  # too few to spare any: all of them, under other masks
         assert [e.feedback_id for e in train] == [e.feedback_id for e in check] == sorted(ids)
         return
     held = {e.feedback_id for e in check}
