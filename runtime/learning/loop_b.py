@@ -12,8 +12,9 @@ One run (`LoopB.run_once`):
                 the last `layers` layers, by SPSA on the masked-token NLL of the cluster's
                 targets at that group's t (spsa.py, masked_nll.py), in a free DGR slot, or warm-
                 started in the slot of the MicroLoRA of the same group whose key is closest
-    5  keep     only if it lowers the NLL of the cluster's own examples under masks it never
-                trained on (so a run never installs a MicroLoRA that is worse there)
+    5  keep     only if it lowers the NLL of examples of the cluster it never trained on (every
+                4th of a cluster of 4 or more; a smaller cluster's own, under masks it never
+                trained on), so a run never installs a MicroLoRA that is worse there
     6  install  the MicroLoRA in its slot and the cluster's centroid as a DGR key pointing at it,
                 committed atomically (bank_update.py); a running model gets the new bank
 
@@ -57,6 +58,8 @@ from runtime.talora import group_of
 STATE_NAME = "loop_b.json"  # beside the learnt bank: what the runs have consumed and done
 STATE_FORMAT = 1
 VALIDATION_BLOCKS = 4  # noisy blocks per example in the keep-or-drop check
+VALIDATION_EVERY = 4  # every 4th example of a large cluster is kept out of training, for the check
+VALIDATION_MIN = 4  # from this size on; below it every example is needed for training
 DUPLICATE_KEY = 0.99  # a new key this close to one its slot has adds nothing
 
 
@@ -171,6 +174,23 @@ def merge_close(clusters: list[list[Example]], similarity: float) -> list[list[E
             break
         clusters[min(i, j)].extend(clusters.pop(max(i, j)))
     return clusters
+
+
+def validation_split(members: Sequence[Example]) -> tuple[list[Example], list[Example]]:
+    """(training examples, check examples) of a cluster. With VALIDATION_MIN or more, every
+    VALIDATION_EVERY-th (by feedback id, so a run is reproducible) is kept out of training: the
+    keep-or-drop check then asks whether the MicroLoRA helps sentences it never saw, not only its
+    own sentences under new masks (which it can fit without learning anything that carries over).
+    Smaller clusters train and check on all their examples (under different masks). Measured with
+    benchmarks/learning.py (docs/learning.md): both devices' own domains did better than with the
+    old check, through the smaller training sets as much as through the decisions; and with one
+    check sentence the judge is noisy."""
+    ordered = sorted(members, key=lambda e: e.feedback_id)
+    if len(ordered) < VALIDATION_MIN:
+        return ordered, list(ordered)
+    check = ordered[VALIDATION_EVERY - 1 :: VALIDATION_EVERY]
+    kept_out = {e.feedback_id for e in check}  # one example per feedback row
+    return [e for e in ordered if e.feedback_id not in kept_out], check
 
 
 # --- step 4: where a cluster's MicroLoRA goes ----------------------------------------------------
@@ -338,12 +358,11 @@ class LoopB:
         block = config.block_size
         talora = bank.talora_config()
 
+        train, check = validation_split(cluster.members)
+
         def blocks(n: int, draw: np.random.Generator) -> list[NoisyBlock]:
-            picks = draw.integers(len(cluster.members), size=n)
-            return [
-                noisy_block(cluster.members[i].prompt, cluster.members[i].target, block, t_range, draw)
-                for i in picks
-            ]
+            picks = draw.integers(len(train), size=n)
+            return [noisy_block(train[i].prompt, train[i].target, block, t_range, draw) for i in picks]
 
         def loss(vector: np.ndarray, data: list[NoisyBlock]) -> float:
             factors = micro.with_b(vector).to_bank(bank.layers, bank.rank)
@@ -358,9 +377,9 @@ class LoopB:
             )
 
         validation_rng = np.random.default_rng([c.seed, 7919, self.state["version"], slot])
-        validation = [  # every example, VALIDATION_BLOCKS times, under masks of their own
+        validation = [  # the check examples, VALIDATION_BLOCKS times, under masks of their own
             noisy_block(e.prompt, e.target, block, t_range, validation_rng)
-            for e in cluster.members
+            for e in check
             for _ in range(VALIDATION_BLOCKS)
         ]
         start = micro.b_vector()

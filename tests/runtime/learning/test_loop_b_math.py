@@ -112,3 +112,23 @@ def test_a_new_microlora_changes_nothing_and_names_round_trip():
     assert not micro.b_vector().any()
     assert parse_micro_name(micro_name(2, 5, 17)) == (2, 5, 17)
     assert parse_micro_name("fine") is None and parse_micro_name("micro-g1-s2") is None
+
+
+@settings(max_examples=50, deadline=None)
+@given(ids=st.lists(st.integers(0, 10_000), min_size=1, max_size=40, unique=True))
+def test_the_keep_check_uses_examples_training_never_saw(ids):
+    from runtime.learning.loop_b import VALIDATION_EVERY, VALIDATION_MIN, Example, validation_split
+
+    members = [Example(i, (1,), (2,), np.ones(4) / 2, 0) for i in ids]
+    train, check = validation_split(members)
+    if len(ids) < VALIDATION_MIN:  # too few to spare any: all of them, under other masks
+        assert [e.feedback_id for e in train] == [e.feedback_id for e in check] == sorted(ids)
+        return
+    held = {e.feedback_id for e in check}
+    assert len(check) == len(ids) // VALIDATION_EVERY  # one in VALIDATION_EVERY
+    assert held.isdisjoint(e.feedback_id for e in train)  # never trained on
+    assert sorted(held | {e.feedback_id for e in train}) == sorted(ids)  # nothing lost
+    again = validation_split(list(reversed(members)))  # by id, not by arrival order
+    assert [[e.feedback_id for e in part] for part in again] == [
+        [e.feedback_id for e in part] for part in (train, check)
+    ]
