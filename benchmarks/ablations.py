@@ -63,7 +63,7 @@ def default_domains() -> list[Path]:
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise RuvdllmError(
-            f"ablations: {', '.join(missing)} missing; give --data DOMAIN ... (ruvdllm corpus fetches the corpus)"
+            f"ablations: {', '.join(missing)} missing; give --data DOMAIN ... (python -m ruvdllm_export.convert.corpus <cache>/corpus collects the corpus)"
         )
     return paths
 
