@@ -176,7 +176,8 @@ def test_train_banks_continues_from_given_banks_and_fedprox_keeps_them_closer():
         config = BankTrainConfig(steps=8, batch_size=4, curriculum=(), lr=5e-2, seed=3, proximal_mu=mu)
         trained, _ = train_banks(m, train, OBJECTIVE, config, start=start)
         return sum(
-            float((p - q).detach().pow(2).sum()) for p, q in zip(trained.parameters(), start.parameters(), strict=True)
+            float((p - q).detach().pow(2).sum())
+            for p, q in zip(trained.parameters(), start.parameters(), strict=True)
         )
 
     assert drift(50.0) < drift(0.0)
