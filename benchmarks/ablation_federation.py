@@ -35,6 +35,7 @@ from runtime.talora import group_names
 from ruvdllm_export.convert.evaluation import evaluate
 from ruvdllm_export.convert.objectives import ObjectiveConfig
 from ruvdllm_export.convert.talora_training import BankTrainConfig, TaloraBanks, train_banks
+from ruvdllm_export.convert.trainer import precision_autocast
 
 STRATEGIES = ("fedavg", "fedprox", "daf")
 VALIDATION_ROWS = 4  # per device, never trained on: the perplexities its update reports
@@ -91,9 +92,10 @@ def set_group(banks: TaloraBanks, group: int, factors: dict) -> None:
                 )
 
 
-def _nll(model, rows, plain, count, banks: TaloraBanks | None) -> float:
-    bank = () if banks is None else (banks.bank(), banks.slot_weights)
-    with torch.no_grad():
+def _nll(model, rows, plain, count, banks: TaloraBanks) -> float:
+    """Under the banks' training precision: a bf16 run caches the model's weights in bf16."""
+    bank = (banks.bank(), banks.slot_weights)
+    with torch.no_grad(), precision_autocast(banks.config.precision):
         return evaluate(model, rows, plain, count, *bank)["masked_nll"]
 
 
