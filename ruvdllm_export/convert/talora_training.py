@@ -52,11 +52,15 @@ class BankTrainConfig:
     batch_size: int = 4  # rows per step; small banks learn from few rows
     seed: int = 0  # data order, masks and bank init: same seed, same banks
     precision: str = "fp32"  # "bf16": the forward under bfloat16 autocast (weights cached to match)
+    # FedProx's mu: mu/2 ||w - w_start||^2 keeps a device's banks near the round's start (0: off)
+    proximal_mu: float = 0.0
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
         if any(f < 0 for f in self.curriculum) or sum(self.curriculum) > 1 + 1e-9:
             raise ValueError(f"curriculum {self.curriculum}: step shares must be >= 0 and sum to at most 1")
+        if self.proximal_mu < 0:
+            raise ValueError(f"proximal_mu {self.proximal_mu}: must be >= 0")
         if len(self.curriculum) > self.groups:
             raise ValueError(f"curriculum {self.curriculum}: at most one stage per group ({self.groups})")
 
@@ -166,9 +170,14 @@ def train_banks(
     objective: ObjectiveConfig,
     config: BankTrainConfig,
     on_step: OnStep | None = None,
+    start: TaloraBanks | None = None,
 ) -> tuple[TaloraBanks, list[dict]]:
-    """Train TALoRA banks over the (frozen) model; returns the banks and a per-step log."""
+    """Train TALoRA banks over the (frozen) model; returns the banks and a per-step log.
+    `start`: banks to continue from (a federation round's release) instead of fresh ones."""
     banks = TaloraBanks(model, config)
+    if start is not None:
+        banks.load_state_dict(start.state_dict())
+    anchor = [p.detach().clone() for p in banks.parameters()] if config.proximal_mu > 0 else None
     optimizers = [torch.optim.AdamW(banks.group_parameters(g), lr=config.lr) for g in range(config.groups)]
     log = []
     for step in range(config.steps):
@@ -186,6 +195,10 @@ def train_banks(
                 banks.slot_weights,
             )
         result.loss.backward()
+        if anchor is not None:  # FedProx's term, only where the loss gave a gradient (see below)
+            for p, p0 in zip(banks.parameters(), anchor, strict=True):
+                if p.grad is not None and bool(p.grad.abs().sum() > 0):
+                    p.grad.add_(p.detach() - p0, alpha=config.proximal_mu)
         stepped = []
         for g, optimizer in enumerate(optimizers):
             grads = [p.grad for p in banks.group_parameters(g)]

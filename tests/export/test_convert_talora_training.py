@@ -159,3 +159,30 @@ def test_a_saved_bank_scores_in_the_reference_as_it_trained(tmp_path):
     trained = evaluate(net, held["a"], OBJECTIVE, 4, banks.bank(), banks.slot_weights)["masked_nll"]
     loaded = evaluate(net, held["a"], OBJECTIVE, 4, adapters.bank, adapters.slot_weights)["masked_nll"]
     assert loaded == pytest.approx(trained, rel=1e-5)
+
+
+def test_train_banks_continues_from_given_banks_and_fedprox_keeps_them_closer():
+    """A federation round: devices start from the released banks (zero steps leave them as they
+    are), and FedProx's term keeps the trained banks nearer that start than plain training."""
+    train, _ = data()
+    m = model()
+    short = BankTrainConfig(steps=8, batch_size=4, curriculum=(), lr=5e-2)
+    start, _ = train_banks(m, train, OBJECTIVE, short)
+    same, _ = train_banks(m, train, OBJECTIVE, BankTrainConfig(steps=0, curriculum=()), start=start)
+    for name, value in start.state_dict().items():
+        assert torch.equal(same.state_dict()[name], value)
+
+    def drift(mu: float) -> float:
+        config = BankTrainConfig(steps=8, batch_size=4, curriculum=(), lr=5e-2, seed=3, proximal_mu=mu)
+        trained, _ = train_banks(m, train, OBJECTIVE, config, start=start)
+        return sum(
+            float((p - q).detach().pow(2).sum())
+            for p, q in zip(trained.parameters(), start.parameters(), strict=True)
+        )
+
+    assert drift(50.0) < drift(0.0)
+
+
+def test_proximal_mu_must_not_be_negative():
+    with pytest.raises(ValueError, match="proximal_mu"):
+        BankTrainConfig(proximal_mu=-0.1)
