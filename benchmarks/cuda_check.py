@@ -124,7 +124,7 @@ def measure(directory: Path, device: str, threads: int, length: int, repeats: in
     text = chat_prompt(model, [{"role": "user", "content": PROMPT}]) if model.config.chat_template else PROMPT
     ids = model.encode(text)[:60] or [1]
     model.warm_up()
-    base = GenerationSettings(length=length, stop_at_eos=False, talora=False, dgr=False)
+    base = GenerationSettings(sampler="bd3lm", length=length, stop_at_eos=False, talora=False, dgr=False)
     figures = {"device": model.backend.device, "prompt_tokens": len(ids)}
     forward = one_row_forward_ms(model, ids, 1, 5)  # warm the one-row shape
     forward = [t for _ in range(repeats) for t in one_row_forward_ms(model, ids, 1, 10)]

@@ -94,7 +94,7 @@ def adapters_section(model: DiffusionModel, ids, length, patterns, repeats) -> N
     model.bank, model.index = bank, bank.build_index()
     print(f"index build: {time.perf_counter() - started:.1f} s")
     model.backend.set_bank(bank)
-    base = GenerationSettings(length=length, block_size=8, stop_at_eos=False)
+    base = GenerationSettings(sampler="bd3lm", length=length, block_size=8, stop_at_eos=False)
     configs = {
         "off (bank bound, weights zero)": replace(base, talora=False, dgr=False),
         "on: TALoRA linear + DGR hybrid": replace(base, dgr_config=DgrConfig(strategy="hybrid")),
@@ -125,7 +125,7 @@ def graph_branch_section(directory: Path, ids, length, threads, repeats, with_ba
     """The bank branch inside the graph costs even with zero weights: compare against the same
     model exported with adapter_slots=0 (median forward per step, best of the repeats)."""
     plain = open_model(directory, options=OrtOptions(intra_op_threads=threads))
-    settings = GenerationSettings(length=length, block_size=8, stop_at_eos=False)
+    settings = GenerationSettings(sampler="bd3lm", length=length, block_size=8, stop_at_eos=False)
     runs = [plain.generate(ids, settings, seed=0).result for _ in range(max(repeats, 2))]
     ms = min(statistics.median(e.forward_ms for e in r.trace) for r in runs)
     print(row("graph without adapter inputs", "", runs[0].steps, f"{ms:.2f}", ""))
@@ -227,7 +227,7 @@ def reference_section(model: DiffusionModel, directory: Path, gguf: Path, ids, l
         reference, ids, config, random.Random(0), eos_token_ids=model.config.eos_token_ids
     )
     ref_ms = (time.perf_counter() - started) * 1e3
-    settings = GenerationSettings(length=length, block_size=8, talora=False, dgr=False)
+    settings = GenerationSettings(sampler="bd3lm", length=length, block_size=8, talora=False, dgr=False)
     ours = model.generate(ids, settings, seed=0)
     ours_per_step = ours.result.wall_ms / ours.result.steps
     ref_per_step = ref_ms / len(ref.steps)

@@ -45,6 +45,18 @@ class StepOutput:
     query: Callable[[int], Sequence[float]]  # row -> L2-normalised hidden state [hidden]
 
 
+def rows_from(output: StepOutput, first: int) -> StepOutput:
+    """`output` from row `first` on (row r is output's row first + r): a chunk's tail read as if
+    its outputs started there."""
+    return StepOutput(
+        output.topk_ids[first:],
+        output.topk_logits[first:],
+        output.logsumexp[first:],
+        output.entropy[first:],
+        lambda row: output.query(first + row),
+    )
+
+
 class Backend(Protocol):
     """An inference engine holding one sequence's key/value cache. Not thread-safe: one
     generation at a time per backend (servers serialise with a lock or keep one per worker)."""

@@ -58,6 +58,7 @@ from ruvdllm.errors import RuvdllmError
 BANK_FORMAT = 1
 BANKS_DIR = "banks"  # a model directory's own bank, loaded by default
 BANK_JSON = "bank.json"
+TRAINING_JSON = "training.json"  # beside bank.json: how the bank was trained (`ruvdllm train-banks`)
 PATTERNS_F32 = "patterns.f32"
 PATTERNS_HNSW = "patterns.hnsw"
 RETIRED = -1  # the slot of a DGR key whose adapter loop C folded into its group: retrieval skips it

@@ -43,6 +43,9 @@ class StepEvent:
     entropy: float = 0.0  # mean entropy, nats
     confidence: float = 1.0  # mean confidence of the proposed tokens
     patterns: tuple = ()  # (pattern, similarity) DGR retrieved after this step
+    # The span's (verified: the drafted block's) first position in the generated text: the
+    # control's retrieved weights are keyed by position relative to it
+    offset: int = 0
 
 
 def propose(
@@ -153,6 +156,7 @@ def denoise_span(
                 entropy=sum(p.entropy for p in proposals) / len(proposals),
                 confidence=sum(p.confidence for p in proposals) / len(proposals),
                 patterns=control.step_patterns,
+                offset=offset,
             )
         )
         step += 1

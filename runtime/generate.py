@@ -14,7 +14,7 @@ from runtime.bd3lm import sample_bd3lm
 from runtime.control import AdapterControl
 from runtime.denoise import StepEvent
 from runtime.mdlm import sample_mdlm
-from runtime.settings import GenerationSettings, resolve
+from runtime.settings import GenerationSettings, concrete, resolve
 from runtime.talora import TaloraConfig
 from runtime.verified import sample_verified
 
@@ -29,6 +29,7 @@ class GenerationResult:
     prompt_tokens: int = 0
     wall_ms: float = 0.0  # whole generation
     forward_ms: float = 0.0  # sum of the forwards
+    sampler: str = ""  # the sampler that ran (sampler auto resolved for the model)
 
     @property
     def steps(self) -> int:
@@ -73,6 +74,7 @@ def generate(
     """Generate after `prompt` (token ids). `rng` is consumed only at temperature > 0;
     `on_step` sees every step's partially unmasked text. Raises RuvdllmError on bad settings."""
     plan = resolve(settings, backend.config, len(prompt))
+    settings = concrete(settings, backend.config)
     control = control or default_control(backend)
     control.start()
     trace: list[StepEvent] = []
@@ -83,7 +85,7 @@ def generate(
             on_step(event)
 
     started = time.perf_counter()
-    sampler = SAMPLER_FUNCTIONS[settings.sampler]
+    sampler = SAMPLER_FUNCTIONS[plan.sampler]
     generated = sampler(backend, list(prompt), settings, plan, rng, control, record)
     wall_ms = (time.perf_counter() - started) * 1e3
     tokens, finish = generated, "length"
@@ -96,4 +98,5 @@ def generate(
         prompt_tokens=len(prompt),
         wall_ms=wall_ms,
         forward_ms=sum(e.forward_ms for e in trace),
+        sampler=plan.sampler,
     )

@@ -22,6 +22,7 @@ from runtime.settings import (
     SAMPLERS,
     GenerationSettings,
     check_settings,
+    concrete,
     inputs_of,
     settings_from,
 )
@@ -48,7 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="BD3LM block size, or the verified sampler's draft block (default: the model's)",
     )
     parser.add_argument(
-        "--sampler", default=DEFAULTS.sampler, help=f"{' | '.join(SAMPLERS)} (default {DEFAULTS.sampler})"
+        "--sampler",
+        default=DEFAULTS.sampler,
+        help=f"{' | '.join(SAMPLERS)} (default {DEFAULTS.sampler}: verified — the AR model's own text, "
+        "drafted by the diffusion model — where the model has the adapter switch, else its diffusion "
+        "sampler, which --steps, --decoding, --threshold, --entropy-bound, --order or --schedule also choose)",
     )
     parser.add_argument(
         "--decoding", default=DEFAULTS.decoding, help=f"{' | '.join(DECODINGS)} (default {DEFAULTS.decoding})"
@@ -127,6 +132,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = one per core)"
     )
     parser.add_argument("--verify", default="cached", help="manifest check: cached (default) | full | sizes")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print the summary line (the sampler that ran, tokens per forward, speed) to stderr "
+        "also when the output is not a terminal",
+    )
     add_learning_arguments(parser)
 
 
@@ -165,6 +176,7 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
     )
     ids = model.encode(text)
     model.check(len(ids), settings)
+    settings = concrete(settings, model.config)  # sampler auto -> the one that runs, reported below
     # Allowed (a comparison may want it), but said: the text will be poor (config `samplers`).
     warnings = [w for w in (sampler_warning(model.config, settings.sampler),) if w]
     for warning in warnings:
@@ -189,6 +201,8 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
         printer = StreamPrinter(model.decode, sys.stdout, set(model.config.eos_token_ids))
         done = model.generate(ids, settings, seed=args.seed, on_step=printer, control=control)
         printer.finish(done.text)
+        if args.verbose:
+            print(summary(done), file=sys.stderr)
     completion_id = record(loop, model, ids, settings, done, control, text)
     if completion_id is not None:
         print(
@@ -213,7 +227,7 @@ def summary(done) -> str:
     kept, checked = result.drafts
     drafts = f" · drafts kept {kept}/{checked}" if checked else ""
     return (
-        f"{len(done.tokens)} tokens in {result.steps} steps · {result.tokens_per_forward:.2f} tokens/step"
+        f"{result.sampler} · {len(done.tokens)} tokens in {result.steps} steps · {result.tokens_per_forward:.2f} tokens/step"
         f"{drafts} · {result.wall_ms / 1e3:.2f} s · {rate:.1f} tokens/s · "
         f"{result.forward_ms / max(result.steps, 1):.1f} ms/step · {done.finish_reason}"
     )

@@ -145,12 +145,14 @@ def bounding_forwards(
 ) -> list[tuple[int, int]]:
     """(rows, cached positions) of the forwards that bound a generation's memory: MDLM reads
     prompt + span in every step; BD3LM reads the prompt in pieces of `rows` (the last one with
-    the first block) and ends with its last block after everything else."""
+    the first block) and ends with its last block after everything else; the verified sampler's
+    last forwards carry up to span - 1 drafts and the AR row before its span of masks."""
     if sampler == "mdlm":
         return [(prompt_tokens + length, 0)]
+    last = 2 * span if sampler == "verified" else 1 + span
     return [
         (min(rows, prompt_tokens) + span, max(prompt_tokens - rows, 0)),
-        (1 + span, prompt_tokens + length - span - 1),
+        (last, max(prompt_tokens + length - last, 0)),
     ]
 
 

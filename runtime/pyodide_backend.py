@@ -226,14 +226,14 @@ class WebSession:
         model, backend = self.model, self.model.backend
         settings = settings_from(options)
         ids = model.prompt_ids(prompt)
-        span_length = model.check(len(ids), settings).span
+        plan = model.check(len(ids), settings)
         if self.limits is not None:  # refused now, in one line, rather than by the engine minutes later
-            check_fits(self.config, self.limits, settings.sampler, len(ids), settings.length, span_length)
+            check_fits(self.config, self.limits, plan.sampler, len(ids), settings.length, plan.span)
         control = model.control(settings)  # kept, so that each step can name what DGR retrieved
         ms_before, n_before = backend.forward_ms, backend.forwards
 
         def to_page(event):
-            on_step(step_event(event, control, span_length))
+            on_step(step_event(event, control))
 
         done = model.generate(
             ids, settings, seed, on_step=to_page if on_step is not None else None, control=control
@@ -256,10 +256,10 @@ class WebSession:
         )
 
 
-def step_event(event, control: AdapterControl, span_length: int) -> dict:
+def step_event(event, control: AdapterControl) -> dict:
     """One step for the page: O(L + retrieved·slots) numbers. Masked positions are -1; `retrieved`
     pairs a generated position with its DGR slot weights (slots [G, K))."""
-    offset = event.span * span_length  # every span but the last is full
+    offset = event.offset  # control.retrieved's keys are relative to it
     groups = control.groups
     talora = (
         talora_weights(event.t, control.talora)[:groups] if control.talora is not None else [0.0] * groups
@@ -292,4 +292,5 @@ def result_summary(result: GenerationResult, bridge_ms: float, forwards: int) ->
         "bridge_forward_ms": bridge_ms,
         "forwards": forwards,
         "tokens_per_forward": result.tokens_per_forward,  # the verified sampler's mean accepted length
+        "sampler": result.sampler,  # the sampler that ran (the form's "auto" resolved for the model)
     }

@@ -12,16 +12,21 @@ from runtime.drafting import Drafting
 from runtime.schedules import SCHEDULES
 from ruvdllm.errors import RuvdllmError
 
-# verified: the diffusion model drafts blocks, the AR model it came from checks them (the AR's output);
-# ar: that AR model alone, one token per forward through the same graph (the lossless baseline)
-SAMPLERS = ("bd3lm", "mdlm", "verified", "ar")
+# auto: chosen per model and request (sampler_for); verified: the diffusion model drafts blocks, the
+# AR model it came from checks them (the AR's output); ar: that AR model alone, one token per forward
+# through the same graph (the lossless baseline)
+AUTO = "auto"
+SAMPLERS = (AUTO, "bd3lm", "mdlm", "verified", "ar")
+DIFFUSION_SAMPLERS = ("bd3lm", "mdlm")  # the ones that denoise (and read the settings below)
 DECODINGS = ("low-confidence", "threshold", "entropy-bounded")
 ORDERS = ("confidence", "left-to-right")  # which masked positions a step commits first
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    sampler: str = "bd3lm"  # small converted models denoise far better block by block
+    # verified where the model can run it (the AR model's own text, 1.2 tokens per forward on the
+    # default model), else the model's diffusion sampler: sampler_for (docs/sampling.md §12)
+    sampler: str = AUTO
     length: int = 64  # new tokens: a short answer
     # None: the model's config.block_size (what it was trained with); verified: masks drafted per forward
     block_size: int | None = None
@@ -74,12 +79,48 @@ def settings_from(values: Mapping[str, object], base: GenerationSettings | None 
     return replace(base, **given)
 
 
+# Settings only the diffusion samplers read. Under sampler auto, one away from its default asks for
+# denoising, so auto picks the diffusion sampler rather than ignore it (or refuse it, as an
+# explicit verified sampler refuses steps).
+DIFFUSION_ONLY = ("steps", "schedule", "decoding", "threshold", "entropy_bound", "order")
+
+
+def diffusion_only(settings: GenerationSettings) -> list[str]:
+    """The DIFFUSION_ONLY settings that differ from their defaults."""
+    defaults = GenerationSettings()
+    return [name for name in DIFFUSION_ONLY if getattr(settings, name) != getattr(defaults, name)]
+
+
+def diffusion_sampler(config: ArtifactConfig) -> str:
+    """The diffusion sampler the model was converted for (config `samplers`), else bd3lm."""
+    trained = [s for s in config.samplers if s in DIFFUSION_SAMPLERS]
+    return trained[0] if trained else "bd3lm"
+
+
+def sampler_for(settings: GenerationSettings, config: ArtifactConfig) -> str:
+    """The sampler that runs: the one asked for, or for auto the fastest that meets the quality
+    goal — verified (lossless: the AR model's own output) when the model's conversion adapter has
+    the per-row switch and no diffusion-only setting is given, else the model's diffusion sampler."""
+    if settings.sampler != AUTO:
+        return settings.sampler
+    if config.adapter_gate and not diffusion_only(settings):
+        return "verified"
+    return diffusion_sampler(config)
+
+
+def concrete(settings: GenerationSettings, config: ArtifactConfig) -> GenerationSettings:
+    """`settings` with sampler auto replaced by the sampler that runs on this model."""
+    sampler = sampler_for(settings, config)
+    return settings if sampler == settings.sampler else replace(settings, sampler=sampler)
+
+
 @dataclass(frozen=True)
 class Plan:
     """Settings resolved against a model and a prompt."""
 
     span: int  # positions denoised together: block size (BD3LM) or length (MDLM)
     steps: int  # steps per full span
+    sampler: str = "bd3lm"  # the sampler that runs (auto resolved: sampler_for)
 
 
 def check_settings(settings: GenerationSettings) -> None:
@@ -118,10 +159,10 @@ def check_settings(settings: GenerationSettings) -> None:
 
 
 def resolve(settings: GenerationSettings, config: ArtifactConfig, prompt_tokens: int) -> Plan:
-    """Check the settings against the model and prompt; raise RuvdllmError naming the first
-    problem."""
-    s = settings
-    check_settings(s)
+    """Check the settings against the model and prompt (sampler auto resolved for this model);
+    raise RuvdllmError naming the first problem."""
+    check_settings(settings)
+    s = concrete(settings, config)
     if prompt_tokens < 1:
         raise RuvdllmError("prompt: empty (give at least one token)")
     if prompt_tokens + s.length > config.max_position:
@@ -138,7 +179,7 @@ def resolve(settings: GenerationSettings, config: ArtifactConfig, prompt_tokens:
     if not 1 <= steps <= span:
         what = "the length" if s.sampler == "mdlm" else "the block size"
         raise RuvdllmError(f"steps {steps}: out of range 1..{span} (steps per span, at most {what})")
-    return Plan(span=span, steps=steps)
+    return Plan(span=span, steps=steps, sampler=s.sampler)
 
 
 def base_model_plan(settings: GenerationSettings, config: ArtifactConfig, block: int) -> Plan:
@@ -154,4 +195,4 @@ def base_model_plan(settings: GenerationSettings, config: ArtifactConfig, block:
             f"sampler {settings.sampler}: this model's conversion adapter has no per-row switch "
             "(re-export it without --no-adapter-switch, or choose the bd3lm sampler)"
         )
-    return Plan(span=block, steps=1)
+    return Plan(span=block, steps=1, sampler=settings.sampler)

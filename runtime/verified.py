@@ -23,6 +23,14 @@ them). With no drafts pending (after a rejection) the forward is the AR step plu
 The mask block is sized per forward by `settings.drafting` (runtime/drafting.py): as many masks as
 recent forwards' kept drafts justify, so that a drafter that is seldom right costs little more
 than the one-row AR forward; and drafts stop at the first row the drafter is unsure of.
+
+The drafter is the diffusion model with its adapters, as in the diffusion samplers: every forward
+drafts one step of a fresh, all-masked block (t = 1), so its rows get TALoRA's weights of t = 1,
+and DGR reads the drafter rows' uncertainty after the forward and retrieves adapters for the
+next forward's block — AdapterControl.after_step over the block, laid out as a span (row i
+predicts block position i; row 0 is the AR row, which drafts nothing). The verifier rows carry no
+adapter and cannot see the block, so neither changes the output. Each StepEvent carries the
+drafts' uncertainty and the patterns retrieved, for the learning loops' trajectories.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from dataclasses import dataclass
 
 from runtime import speculative
 from runtime.autoregressive import ar_distribution, ar_token
-from runtime.backend import Backend, Chunk, StepOutput
+from runtime.backend import Backend, Chunk, StepOutput, rows_from
 from runtime.control import AdapterControl
 from runtime.denoise import StepEvent
 from runtime.drafting import confident_prefix, draft_count, row_confidence
@@ -116,6 +124,28 @@ def new_drafts(
     return drafts
 
 
+def draft_uncertainty(output: StepOutput, rows: range, mask_id: int) -> tuple[float, float]:
+    """(mean entropy in nats, mean top-candidate probability) of the drafter rows `rows`, whatever
+    was drawn from them (the probability of the greedy draft); (0, 1) when there are none."""
+    if not rows:
+        return 0.0, 1.0
+    entropy = sum(output.entropy[r] for r in rows) / len(rows)
+    sure = [
+        row_confidence(output.topk_ids[r], output.topk_logits[r], output.logsumexp[r], mask_id) for r in rows
+    ]
+    return entropy, sum(sure) / len(sure)
+
+
+def retrieve_for_next_block(
+    control: AdapterControl, output: StepOutput, checked: int, masks: int, index: int
+) -> list[int]:
+    """DGR after a forward whose block drafted (the control's span emptied): the block as a span whose row i (output row
+    checked + i) predicts block position i, all masked (t = 1), scored at the drafted positions
+    1 .. masks - 1; what it retrieves weighs the next forward's block rows by position (as a
+    diffusion span's next step). Returns the block positions retrieved for."""
+    return control.after_step(rows_from(output, checked), list(range(1, masks)), 1.0, index)
+
+
 def sample_verified(
     backend: Backend,
     prompt: list[int],
@@ -137,8 +167,11 @@ def sample_verified(
         rng: the generation's random.Random; consumed only when temperature > 0, per forward:
             the drafts' accept draws in order (and one residual draw at a rejection, or the bonus
             draw), then one draw per new draft, left to right.
-        control: TALoRA weights for the drafter rows (t = 1: the block is all masked).
-        on_step: receives one StepEvent per forward; `drafted` counts the drafts it checked.
+        control: TALoRA weights for the drafter rows (t = 1: the block is all masked) and DGR's
+            retrievals after each forward that drafted (module docstring).
+        on_step: receives one StepEvent per forward; `drafted` counts the drafts it checked, its
+            entropy / confidence are the new drafts' rows', `retrieved` the generated positions
+            DGR retrieved for.
     """
     mask_id = backend.config.mask_token_id
     eos = set(backend.config.eos_token_ids)
@@ -169,8 +202,21 @@ def sample_verified(
         if checked:
             recent_kept = [*recent_kept, kept][-max(1, settings.drafting.window) :]
         drafts = []
-        if kept == checked:  # the mask block saw exactly the text now committed
-            drafts = new_drafts(output, range(checked + 1, checked + masks), mask_id, settings, rng)
+        control.start_span()  # the block just drafted used its retrievals; the next one is new
+        entropy, confidence, retrieved, patterns = 0.0, 1.0, [], ()
+        block_start = first_mask - len(prompt)  # the block's first position in the generated text
+        if kept == checked and masks > 1:  # the mask block saw exactly the text now committed
+            drafter = range(checked + 1, checked + masks)
+            if control.record_query and control.embedding is None:
+                # the prompt's key in the drafter's space (its first row sees the whole prompt),
+                # where DGR's patterns live; after_step would take the AR row's instead
+                control.embedding = output.query(checked + 1)
+            drafts = new_drafts(output, drafter, mask_id, settings, rng)
+            entropy, confidence = draft_uncertainty(output, drafter, mask_id)
+            retrieved = [
+                block_start + i for i in retrieve_for_next_block(control, output, checked, masks, index)
+            ]
+            patterns = control.step_patterns
         idle = 0 if masks else idle + 1
         offset = len(generated)
         tokens += committed
@@ -182,9 +228,13 @@ def sample_verified(
                 t=1.0,
                 committed={offset + i: t for i, t in enumerate(committed)},
                 tokens=[*generated, *([None] * len(drafts))],
-                retrieved=[],
+                retrieved=retrieved,
                 forward_ms=forward_ms,
                 drafted=checked,
+                entropy=entropy,
+                confidence=confidence,
+                patterns=patterns,
+                offset=block_start,
             )
         )
         index += 1

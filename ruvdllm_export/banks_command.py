@@ -22,15 +22,13 @@ import time
 from pathlib import Path
 
 from runtime.artifact import sha256_file
+from runtime.banks import TRAINING_JSON
 from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.convert.data import HELD_OUT
 from ruvdllm_export.convert.objectives import ObjectiveConfig
 from ruvdllm_export.convert.talora_training import BankTrainConfig
 from ruvdllm_export.convert.trainer import PRECISIONS, TrainConfig
 from ruvdllm_export.flags import Flag, add_flags, resolve
-
-TRAINING_JSON = "training.json"  # beside bank.json: how the bank was trained and what it measured
-
 
 FLAGS = (
     Flag("steps", "optimizer steps (each bank steps only when its group had weight)", BankTrainConfig),

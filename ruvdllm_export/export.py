@@ -23,9 +23,8 @@ import numpy as np
 import onnx
 
 from runtime import artifact
-from runtime.artifact import BASE_MODEL_SAMPLERS
-from runtime.banks import BANKS_DIR, PATTERNS_HNSW, Bank
-from runtime.settings import SAMPLERS
+from runtime.banks import BANKS_DIR, PATTERNS_HNSW, TRAINING_JSON, Bank
+from runtime.settings import DIFFUSION_SAMPLERS
 from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.checkpoints import LoadedCheckpoint, load_checkpoint
 from ruvdllm_export.memory import PhaseMemory, peak_rss_mb
@@ -175,7 +174,7 @@ def export_model(
         )
         (staging / artifact.CONFIG_NAME).write_text(config.to_json())
         if banks is not None:
-            _copy_banks(Path(banks), config, staging / BANKS_DIR)
+            _copy_banks(Path(banks), config, staging / BANKS_DIR, say)
         artifact.write_manifest(staging)
         if target == "webgpu":  # the browser's graph, fetched over HTTP: gzip copies cut ~20% of it
             artifact.write_gzip_copies(staging)
@@ -208,11 +207,43 @@ def _window_size(asked: int | None, spec, data_file: Path) -> int:
     return WINDOW_LAYERS if big and spec.num_layers > WINDOW_LAYERS else 0
 
 
-def _copy_banks(source: Path, config, destination: Path) -> None:
+def _copy_banks(source: Path, config, destination: Path, say=_stderr) -> None:
     """Copy a bank directory into the model after checking it fits the graph (a bank of another
-    model or slot layout is refused here, not at the user's first generate)."""
+    model, slot layout or conversion adapter is refused here, not at the user's first generate)."""
     Bank.load(source).check_model(config, str(source))
+    warning = check_bank_adapter(source, config)
+    if warning:
+        say(f"warning: {warning}")
     shutil.copytree(source, destination, ignore=shutil.ignore_patterns(PATTERNS_HNSW))
+
+
+def check_bank_adapter(bank_dir: Path, config) -> str | None:
+    """Refuse a bank trained over another conversion adapter than the one the model bakes in:
+    its adapters learnt what that adapter left to learn, and over another one they are noise.
+    `ruvdllm train-banks` records the adapter's sha256 in the bank's training.json (null: trained
+    over none). A bank that records nothing is accepted; the returned line says so."""
+    path = Path(bank_dir) / TRAINING_JSON
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        report = {}
+    except (OSError, ValueError) as exc:
+        raise RuvdllmError(f"{path}: unreadable ({getattr(exc, 'strerror', None) or exc})") from None
+    if not isinstance(report, dict) or "adapter_sha256" not in report:
+        return (
+            f"{path}: records no adapter_sha256, so the bank cannot be checked against this "
+            "model's conversion adapter (retrain it with `ruvdllm train-banks` to record one)"
+        )
+    recorded = report["adapter_sha256"]
+    baked = (config.source.get("static_adapter") or {}).get("sha256")
+    if recorded != baked:
+        trained = f"conversion adapter {str(recorded)[:12]}" if recorded else "no conversion adapter"
+        have = f"conversion adapter {baked[:12]}" if baked else "none"
+        raise RuvdllmError(
+            f"{path}: the bank was trained over {trained}, this model bakes in {have} "
+            "(retrain the bank over it with `ruvdllm train-banks --adapter`)"
+        )
+    return None
 
 
 def _validate(model_path, loaded, prepared, options, lora, min_agreement, target, window=0) -> dict:
@@ -305,8 +336,7 @@ def trained_samplers(adapter: Path) -> tuple[str, ...]:
     from ruvdllm_export.convert.adapter_file import read_adapter
 
     objective = read_adapter(adapter).training.get("objective")
-    trainable = [s for s in SAMPLERS if s not in BASE_MODEL_SAMPLERS]  # verified / ar run the base model
-    return (objective,) if objective in trainable else ()
+    return (objective,) if objective in DIFFUSION_SAMPLERS else ()  # verified / ar run the base model
 
 
 def _artifact_config(

@@ -126,7 +126,7 @@ def examples_from(
     boundaries: Sequence[float],
 ) -> list[Example]:
     """Examples from the store's (feedback id, trajectory, correction) rows; trajectories without
-    a prompt embedding (the verified and AR samplers) or an empty target are left out."""
+    a prompt embedding (the AR sampler's) or an empty target are left out."""
     out = []
     for feedback_id, trajectory, correction in rows:
         if trajectory.embedding is None:

@@ -11,7 +11,7 @@ from runtime.chat_template import chat_prompt
 from runtime.server.engine import Job
 from runtime.server.errors import ApiError, from_runtime
 from runtime.server.schemas import ChatCompletionRequest, CompletionRequest, GenerationRequest
-from runtime.settings import GenerationSettings, inputs_of, settings_from
+from runtime.settings import GenerationSettings, concrete, inputs_of, settings_from
 from ruvdllm.errors import RuvdllmError
 
 DEFAULTS = GenerationSettings()
@@ -51,6 +51,7 @@ def _checked(
         model.check(len(prompt), settings)
     except RuvdllmError as exc:
         raise from_runtime(exc, prompt_param) from None
+    settings = concrete(settings, model.config)  # sampler auto -> the one that runs (in `diffusion`)
     seed = request.seed if request.seed is not None else new_seed()
     # A sampler the model was not trained for runs (a comparison may want it), with a warning.
     warnings = tuple(w for w in (sampler_warning(model.config, settings.sampler),) if w)

@@ -48,6 +48,7 @@ def info_of(job: Job, outcome: Outcome, queued_ms: float) -> DiffusionInfo:
         generation_ms=round(outcome.generation_ms, 3),
         forward_ms=round(outcome.forward_ms, 3),
         warnings=list(job.warnings),
+        sampler=job.settings.sampler,
     )
 
 

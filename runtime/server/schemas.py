@@ -68,7 +68,7 @@ class GenerationRequest(_Strict):
     # Diffusion knobs (extra body fields); None: the runtime's defaults (runtime/settings.py).
     steps: PositiveInt | None = None  # denoising steps per span (block for BD3LM, whole length for MDLM)
     block_size: PositiveInt | None = None  # BD3LM block; None: the model's
-    sampler: Sampler | None = None
+    sampler: Sampler | None = None  # None or "auto": verified where the model can, else diffusion
     decoding: Decoding | None = None  # scheduled count, Fast-dLLM "threshold" or "entropy-bounded"
     threshold: float | None = Field(None, gt=0.0, le=1.0)  # confidence threshold for "threshold"
     entropy_bound: float | None = Field(None, ge=0.0, allow_inf_nan=False)  # nats, for "entropy-bounded"
@@ -204,6 +204,7 @@ class DiffusionInfo(BaseModel):
     where the time went. `seed` replays the request."""
 
     seed: int
+    sampler: str  # the sampler that ran (a request's "auto", the default, resolved for the model)
     steps: int  # denoising steps (forwards)
     queued_ms: float  # waiting for a free model
     generation_ms: float

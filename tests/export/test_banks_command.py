@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from runtime.artifact import sha256_file
 from runtime.banks import BANK_JSON, BANKS_DIR, Bank
 from runtime.settings import GenerationSettings
 from runtime.talora import group_names
@@ -101,7 +102,8 @@ def test_banks_train_over_the_converted_model_and_ship_in_the_export(workspace, 
     opened = open_model(model_dir)
     assert opened.bank is not None and opened.bank.groups == 3
     steps = []
-    result = opened.generate("Permission is", GenerationSettings(length=8), on_step=steps.append)
+    settings = GenerationSettings(sampler="bd3lm", length=8)  # the banks' timestep groups at work
+    result = opened.generate("Permission is", settings, on_step=steps.append)
     assert len(result.tokens) == 8 and {round(e.t, 3) for e in steps} >= {1.0, 0.125}  # coarse .. fine groups
 
 
@@ -129,6 +131,33 @@ def test_a_bank_of_another_model_is_refused_at_export(workspace, tmp_path):
     assert _train(workspace, bank_dir) == 0
     with pytest.raises(RuvdllmError, match="does not match"):
         export_model(gguf, tmp_path / "model", adapter=adapter, banks=bank_dir, adapter_rank=2, log=None)
+
+
+def test_a_bank_trained_over_another_conversion_adapter_is_refused_at_export(workspace, tmp_path):
+    """training.json records the adapter the bank sits on; export compares it with the one it
+    bakes in, and takes a bank that records none with a warning."""
+    root, gguf, adapter = workspace
+    bank_dir = tmp_path / "bank"
+    assert _train(workspace, bank_dir) == 0
+    training = bank_dir / TRAINING_JSON
+    report = json.loads(training.read_text())
+    assert report["adapter_sha256"] == sha256_file(adapter)
+    training.write_text(json.dumps({**report, "adapter_sha256": "0" * 64}))
+    with pytest.raises(
+        RuvdllmError, match="training.json: the bank was trained over conversion adapter 000000000000"
+    ) as refused:
+        export_model(gguf, tmp_path / "other", adapter=adapter, banks=bank_dir, log=None)
+    assert "\n" not in str(refused.value) and str(training) in str(refused.value)
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(RuvdllmError, match="this model bakes in none"):
+        export_model(gguf, tmp_path / "other", banks=bank_dir, log=None)
+    training.write_text(json.dumps({k: v for k, v in report.items() if k != "adapter_sha256"}))
+    lines = []
+    export_model(gguf, tmp_path / "unchecked", adapter=adapter, banks=bank_dir, log=lines.append)
+    assert [line for line in lines if line.startswith("warning:")] == [
+        f"warning: {training}: records no adapter_sha256, so the bank cannot be checked against this "
+        "model's conversion adapter (retrain it with `ruvdllm train-banks` to record one)"
+    ]
 
 
 def test_one_domain_is_refused(workspace, tmp_path, capsys):

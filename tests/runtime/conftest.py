@@ -17,6 +17,14 @@ def tiny_switch_model_dir(tmp_path_factory):
     return make_tiny_artifact(tmp_path_factory.mktemp("tiny-switch") / "model", conversion_adapter=True)
 
 
+@pytest.fixture(scope="session")
+def tiny_switchless_model_dir(tmp_path_factory):
+    """The tiny model with a conversion adapter folded in without the switch (--no-adapter-switch)."""
+    return make_tiny_artifact(
+        tmp_path_factory.mktemp("tiny-switchless") / "model", conversion_adapter=True, adapter_switch=False
+    )
+
+
 @pytest.fixture
 def tiny_model_copy(tiny_model_dir, tmp_path):
     target = tmp_path / "model"

@@ -58,6 +58,34 @@ def test_verified_equals_ar_and_reports_its_drafts(tiny_switch_model_dir, tmp_pa
     assert ar["timings"]["tokens_per_forward"] == 1.0 and ar["timings"]["drafts_checked"] == 0
 
 
+def test_auto_verifies_where_it_can_and_denoises_where_asked_or_it_cannot(
+    tiny_switch_model_dir, tiny_switchless_model_dir, tmp_path
+):
+    """The default sampler, auto: verified on a model with the adapter switch (the AR model's
+    tokens), the diffusion sampler when --steps is given or the model has no switch; the sampler
+    that ran is in the JSON report and first on the --verbose summary line."""
+    args = ("Hello there", "--length", "8", "--no-eos-stop")
+
+    def sampler_of(model, *extra):
+        run = cli(*args, "--model", model, "--json", *extra, cache=tmp_path)
+        assert run.returncode == 0, run.stderr
+        report = json.loads(run.stdout)
+        return report["settings"]["sampler"], report["tokens"]
+
+    auto = sampler_of(tiny_switch_model_dir)
+    assert auto == ("verified", sampler_of(tiny_switch_model_dir, "--sampler", "ar")[1])
+    assert sampler_of(tiny_switch_model_dir, "--steps", "2")[0] == "bd3lm"
+    assert sampler_of(tiny_switch_model_dir, "--decoding", "threshold")[0] == "bd3lm"
+    assert sampler_of(tiny_switchless_model_dir)[0] == "bd3lm"
+    one_line_error(
+        cli(*args, "--model", tiny_switchless_model_dir, "--sampler", "verified", cache=tmp_path),
+        "no per-row switch",
+    )
+    verbose = cli(*args, "--model", tiny_switch_model_dir, "--verbose", cache=tmp_path)
+    assert verbose.returncode == 0
+    assert any(line.startswith("verified · 8 tokens in ") for line in verbose.stderr.splitlines())
+
+
 def test_same_seed_same_tokens_and_stdin_prompt(tiny_model_dir, tmp_path):
     args = ("--model", tiny_model_dir, "--length", "8", "--temperature", "1.5", "--json", "--sampler", "mdlm")
     a = json.loads(cli("-", *args, "--seed", "1", cache=tmp_path, stdin="Hello").stdout)["tokens"]

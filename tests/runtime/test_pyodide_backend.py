@@ -5,6 +5,7 @@ retrieved. The browser itself runs it in tests/web/test_app.py."""
 
 from __future__ import annotations
 
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -140,6 +141,7 @@ def test_the_session_generates_what_cpython_generates(session, tiny_model_copy):
     dgr_slots = session.config.adapter_slots - 3  # slots [G, K) after the 3 TALoRA groups
     assert retrieved and all(len(w) == dgr_slots and any(w) for w in retrieved)
     assert all(len(e["talora"]) == 3 for e in events)
+    assert done["sampler"] == "bd3lm"  # auto, on a model without a conversion adapter
 
 
 def test_the_page_runs_the_verified_sampler(tiny_switch_model_dir, monkeypatch):
@@ -159,6 +161,36 @@ def test_the_page_runs_the_verified_sampler(tiny_switch_model_dir, monkeypatch):
     assert done["tokens"] == cpython.generate("Hello", settings_from(page_settings)).tokens
     ar = cpython.generate("Hello", settings_from({**page_settings, "sampler": "ar"}))
     assert done["tokens"] == ar.tokens
+
+
+def test_the_pages_auto_verifies_with_dgr_like_cpython(tiny_switch_model_dir, tmp_path, monkeypatch):
+    """The page's default sampler resolves as on CPython (runtime/settings.py is shared): verified on
+    a model with the switch, its drafter rows retrieving from the bank, each retrieval shown with
+    its slot weights; --steps-like settings choose BD3LM."""
+    ffi = SimpleNamespace(run_sync=lambda value: value, to_js=lambda value, **_: value)
+    monkeypatch.setattr(pyodide_backend, "_ffi", lambda: ffi)
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_switch_model_dir, model_dir)
+    config = artifact.load_config(model_dir)
+    random_bank(config, seed=5).save(model_dir / "banks")
+    artifact.write_manifest(model_dir)
+    tokenizer = load_tokenizer(model_dir / artifact.TOKENIZER_NAME, config)
+    web = pyodide_backend.WebSession(str(model_dir), Tokenizer(tokenizer), PatternIndex(config.hidden_size))
+    backend = OrtBackend(model_dir / artifact.GRAPH_NAME, config, ONE_THREAD)
+    backend.set_bank(web.model.bank)
+    web.attach(Runner(backend))
+    page_settings = {"length": 12, "block_size": 4, "stop_at_eos": False, "dgr_strategy": "entropy"}
+    events = []
+    done = web.generate("Hello", page_settings, seed=0, on_step=events.append)
+    cpython = open_model(model_dir, options=ONE_THREAD)
+    expected = cpython.generate("Hello", settings_from(page_settings))
+    ar = cpython.generate("Hello", settings_from({**page_settings, "sampler": "ar"}))
+    assert done["sampler"] == expected.result.sampler == "verified"
+    assert done["tokens"] == expected.tokens == ar.tokens
+    assert [[p for p, _ in e["retrieved"]] for e in events] == [e.retrieved for e in expected.trace]
+    retrieved = [weights for e in events for _, weights in e["retrieved"]]
+    assert retrieved and all(len(w) == config.adapter_slots - 3 and any(w) for w in retrieved)
+    assert web.generate("Hello", {**page_settings, "steps": 2}, seed=0)["sampler"] == "bd3lm"
 
 
 def test_bank_info_and_tensors_for_the_page(session):

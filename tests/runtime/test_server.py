@@ -137,6 +137,8 @@ def test_completion_matches_the_runtime(client, server, model, knobs):
     assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
     assert response.model == server.name and response.object == "text_completion"
     assert response.model_extra["diffusion"]["seed"] == 11
+    # the sampler that ran: auto (the default) is bd3lm on a model without a conversion adapter
+    assert response.model_extra["diffusion"]["sampler"] == knobs.get("sampler", "bd3lm")
 
 
 def test_completion_takes_token_ids_and_echoes(client, server, model):

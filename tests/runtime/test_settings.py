@@ -1,9 +1,22 @@
-from dataclasses import fields
+from contextlib import nullcontext
+from dataclasses import fields, replace
 
 import pytest
 
 from runtime.dgr import DgrConfig
-from runtime.settings import INPUTS, GenerationSettings, inputs_of, resolve, settings_from
+from runtime.settings import (
+    AUTO,
+    DIFFUSION_ONLY,
+    INPUTS,
+    SAMPLERS,
+    GenerationSettings,
+    concrete,
+    diffusion_only,
+    inputs_of,
+    resolve,
+    sampler_for,
+    settings_from,
+)
 from ruvdllm.errors import RuvdllmError
 from tests.runtime.toy_backend import TOY_CONFIG
 
@@ -68,3 +81,67 @@ def test_user_input_maps_onto_the_fields_by_name():
 def test_bad_input_is_named(values, message):
     with pytest.raises(RuvdllmError, match=message):
         settings_from(values)
+
+
+# --- sampler auto ---------------------------------------------------------------------------------
+
+SWITCHED = replace(
+    TOY_CONFIG, adapter_gate=True, samplers=("bd3lm",), source={"static_adapter": {"linears": 7}}
+)
+SWITCHLESS = replace(SWITCHED, adapter_gate=False)  # exported with --no-adapter-switch
+
+
+def test_auto_is_the_default_and_verifies_where_the_model_has_the_adapter_switch():
+    assert GenerationSettings().sampler == AUTO
+    plan = resolve(GenerationSettings(length=10), SWITCHED, 3)
+    assert (plan.sampler, plan.span, plan.steps) == ("verified", SWITCHED.block_size, 1)
+    assert concrete(GenerationSettings(length=10), SWITCHED).sampler == "verified"
+    # block size is the verified sampler's draft block too: still verified
+    assert resolve(GenerationSettings(length=10, block_size=3), SWITCHED, 3).sampler == "verified"
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        (SWITCHLESS, "bd3lm"),  # no per-row switch: the AR model cannot check drafts
+        (replace(SWITCHLESS, samplers=("mdlm",)), "mdlm"),  # the model's own objective
+        (replace(SWITCHLESS, samplers=()), "bd3lm"),  # unknown objective
+        (TOY_CONFIG, "bd3lm"),  # no conversion adapter at all
+    ],
+)
+def test_auto_falls_back_to_the_models_diffusion_sampler(config, expected):
+    plan = resolve(GenerationSettings(length=10), config, 3)
+    assert plan.sampler == expected and plan.steps == (10 if expected == "mdlm" else config.block_size)
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"steps": 2},
+        {"steps": 1},
+        {"decoding": "threshold"},
+        {"decoding": "entropy-bounded", "entropy_bound": 1.0},
+        {"threshold": 0.7},
+        {"order": "confidence"},
+        {"schedule": "cosine"},
+    ],
+)
+def test_a_diffusion_only_setting_under_auto_chooses_diffusion_instead_of_an_error(given):
+    settings = GenerationSettings(length=8, **given)
+    assert diffusion_only(settings) == sorted(given, key=DIFFUSION_ONLY.index)
+    plan = resolve(settings, SWITCHED, 3)
+    assert plan.sampler == "bd3lm" and plan.steps == given.get("steps", SWITCHED.block_size)
+    with (
+        pytest.raises(RuvdllmError, match="the verified sampler takes no steps")
+        if given.get("steps", 1) != 1
+        else nullcontext()
+    ):
+        resolve(replace(settings, sampler="verified"), SWITCHED, 3)  # explicit: still refused
+
+
+def test_an_explicit_sampler_is_never_replaced():
+    for sampler in ("bd3lm", "mdlm", "verified", "ar"):
+        assert sampler_for(GenerationSettings(sampler=sampler), SWITCHED) == sampler
+    with pytest.raises(RuvdllmError, match="no per-row switch"):
+        resolve(GenerationSettings(sampler="verified", length=8), SWITCHLESS, 3)
+    assert "auto" in SAMPLERS and settings_from({"sampler": "auto"}).sampler == AUTO

@@ -22,14 +22,18 @@ SLOTS, RANK, TOP_K = 5, 2, 16
 
 
 def make_tiny_artifact(
-    directory: Path, arch: str = "llama", seed: int = 0, conversion_adapter: bool = False
+    directory: Path,
+    arch: str = "llama",
+    seed: int = 0,
+    conversion_adapter: bool = False,
+    adapter_switch: bool = True,
 ) -> Path:
-    """`conversion_adapter`: bake in a random conversion adapter with its per-row switch (what the
-    verified and AR samplers need)."""
+    """`conversion_adapter`: bake in a random conversion adapter, with its per-row switch (what the
+    verified and AR samplers need) unless not `adapter_switch` (`--no-adapter-switch`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     spec = tiny_spec(arch, tied=False)
-    options = GraphOptions(top_k=TOP_K, adapter_slots=SLOTS, adapter_rank=RANK)
+    options = GraphOptions(top_k=TOP_K, adapter_slots=SLOTS, adapter_rank=RANK, adapter_switch=adapter_switch)
     lora = None
     if conversion_adapter:
         lora = {name: StaticLora(a=a, b=b) for name, (a, b) in random_conversion_adapter(spec).items()}
@@ -58,7 +62,7 @@ def make_tiny_artifact(
         adapter_slots=SLOTS,
         adapter_rank=RANK,
         chat_template=CHATML_TEMPLATE,
-        adapter_gate=conversion_adapter,
+        adapter_gate=conversion_adapter and adapter_switch,
         source={"static_adapter": {"linears": len(lora)}} if lora else {},
     )
     (directory / artifact.CONFIG_NAME).write_text(config.to_json())

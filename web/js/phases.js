@@ -52,7 +52,8 @@ export const WHY = {
 export function controlsFor(phase, form, caps, { redownload = false } = {}) {
   const ready = phase === PHASE.READY;
   const sampling = ready && Number(form.temperature) > 0;
-  const diffusion = ready && form.sampler !== 'verified' && form.sampler !== 'ar'; // the others take no steps
+  // the others take no steps; auto denoises when given a step count, a decoding rule or an order
+  const diffusion = ready && form.sampler !== 'verified' && form.sampler !== 'ar';
   return {
     generate: ready && form.prompt.trim() !== '',
     stop: phase === PHASE.GENERATING,
@@ -63,7 +64,7 @@ export function controlsFor(phase, form, caps, { redownload = false } = {}) {
     // settings are read when Generate is pressed; a run keeps the ones it started with
     sampler: ready,
     length: ready,
-    block_size: ready && (form.sampler === 'bd3lm' || form.sampler === 'verified'),
+    block_size: ready && ['auto', 'bd3lm', 'verified'].includes(form.sampler),
     steps: diffusion,
     decoding: diffusion,
     order: diffusion,
@@ -88,6 +89,7 @@ export function controlsFor(phase, form, caps, { redownload = false } = {}) {
 export const BASE_MODEL_SAMPLERS = ['verified', 'ar'];
 
 export function samplerAllowed(caps, sampler) {
+  if (sampler === 'auto') return true; // resolved per model (runtime.settings.sampler_for)
   if (BASE_MODEL_SAMPLERS.includes(sampler)) return caps.baseModel !== false;
   return !caps.samplers || caps.samplers.includes(sampler);
 }

@@ -22,6 +22,7 @@
 //   {type: 'prefill', id, done, total}   a long prompt read in pieces: rows done of the first chunk
 //   {type: 'step', id, step: StepView}
 //   {type: 'complete', id, text, tokens, promptIds, stats, interrupted, trajectory}
+//        stats: {..., sampler: the one that ran (the form's "auto" resolved for the model), ...}
 //        trajectory: the answer's record for learning (trajectory_store.js), null when stopped
 //   {type: 'error', id?, code, message, recover?: 'redownload' | null}
 //

@@ -126,8 +126,9 @@ export function renderRetrievals(bank, retrieved) {
   $('retrievals').replaceChildren(...items);
 }
 
-export function renderStats({ tokensPerSecond, steps, forwardMs, bridgeMs }) {
+export function renderStats({ tokensPerSecond, steps, forwardMs, bridgeMs, sampler }) {
   $('stat-tps').textContent = tokensPerSecond.toFixed(1);
+  if (sampler !== undefined) $('stat-sampler').textContent = sampler ?? '—';
   $('stat-steps').textContent = String(steps);
   $('stat-forward').textContent = `${forwardMs.toFixed(0)} ms`;
   if (bridgeMs !== undefined) $('stat-bridge').textContent = bridgeMs == null ? '—' : `${bridgeMs.toFixed(1)} ms`;

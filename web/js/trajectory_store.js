@@ -111,7 +111,7 @@ export function stepSummary(event, taloraOn) {
 
 // The Trajectory record of one finished generation (trajectory.py trajectory_of). The browser has
 // no prompt embedding to give (the graph's query vector stays in the engine), hence null, as for
-// the samplers that do not denoise spans on CPython.
+// the AR sampler on CPython.
 export function trajectoryRecord({ id, model, bank, prompt, promptTokens, settings, steps, answer, answerTokens, finishReason, wallMs }) {
   const patterns = [...new Set(steps.flatMap((s) => s.patterns.map(([p]) => p)))].sort((a, b) => a - b);
   return {

@@ -335,6 +335,7 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
     promptTokens: summary?.prompt_tokens ?? null,
     generatedTokens: tokens.length,
     steps: summary?.steps ?? state.steps,
+    sampler: summary?.sampler ?? null, // the one that ran: the form's "auto" resolved for the model
     wallMs,
     tokensPerSecond: tokens.length / (wallMs / 1000),
     forwardMs: runMs / Math.max(runs, 1), // onnxruntime-web session.run per step
@@ -364,7 +365,7 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
         bank: engine.info.bank.present ? new URL('banks/', new URL(lastLoad.modelUrl, self.location.href)).href : null,
         prompt: text,
         promptTokens: summary.prompt_ids,
-        settings: { ...definedOnly(settings), seed, chat },
+        settings: { ...definedOnly(settings), sampler: summary.sampler, seed, chat },
         steps: trajectorySteps,
         answer: summary.text,
         answerTokens: tokens,
