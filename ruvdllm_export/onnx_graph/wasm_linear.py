@@ -34,6 +34,9 @@ import numpy as np
 from ruvdllm_export.onnx_graph.graph import GraphBuilder
 
 INT8_MAX = 127
+# Rows whose largest |w| is below this are scaled as if it were this (127 / it stays finite in
+# float32; a zero row gets codes 0)
+AMAX_FLOOR = np.float32(1e-30)
 INT8 = 3  # onnx TensorProto.INT8
 FLOAT = 1
 
@@ -75,11 +78,10 @@ def make_int8_linear(g: GraphBuilder, scope: str, name: str, x: str, weight) -> 
 
 def quantize_per_row(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The numpy twin of the load-time int8 nodes: W [N, K] → (codes int8 [N, K], scales float32
-    [N]) with W ≈ codes · scales[:, None], symmetric, |error| ≤ scale / 2. A zero row gets scale 0."""
+    [N]) with W ≈ codes · scales[:, None], symmetric, |error| ≤ scale / 2."""
     w = np.asarray(w, np.float32)
-    amax = np.abs(w).max(axis=1, keepdims=True)
-    inv = np.divide(np.float32(INT8_MAX), amax, out=np.zeros_like(amax), where=amax > 0)
-    codes = np.clip(np.rint(w * inv), -INT8_MAX, INT8_MAX).astype(np.int8)
+    amax = np.maximum(np.abs(w).max(axis=1, keepdims=True), AMAX_FLOOR)
+    codes = np.clip(np.rint(w * (np.float32(INT8_MAX) / amax)), -INT8_MAX, INT8_MAX).astype(np.int8)
     return codes, (amax[:, 0] / np.float32(INT8_MAX)).astype(np.float32)
 
 
@@ -90,9 +92,8 @@ def make_int8_weights(g: GraphBuilder, name: str, w: str, n: int) -> tuple[str, 
     amax = g.op(
         "ReduceMax", [g.op("Abs", [w], f"{scope}/Abs"), g.const([1])], f"{scope}/ReduceMax", keepdims=1
     )
-    # 127 / amax with a zero row kept at 0 (its codes are 0 whatever the factor): max(amax, tiny)
-    safe = g.op("Max", [amax, g.const(np.finfo(np.float32).tiny, np.float32)], f"{scope}/Max_tiny")
-    inv = g.op("Div", [g.const(float(INT8_MAX), np.float32), safe], f"{scope}/Div")
+    amax = g.op("Max", [amax, g.const(AMAX_FLOOR, np.float32)], f"{scope}/Max_floor")
+    inv = g.op("Div", [g.const(float(INT8_MAX), np.float32), amax], f"{scope}/Div")
     codes = g.op("Round", [g.op("Mul", [w, inv], f"{scope}/Mul")], f"{scope}/Round")
     limit = (g.const(-float(INT8_MAX), np.float32), g.const(float(INT8_MAX), np.float32))
     codes = g.op("Clip", [codes, *limit], f"{scope}/Clip")
