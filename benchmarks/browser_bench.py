@@ -2,9 +2,9 @@
 prompt and settings, measured in this same run.
 
     python benchmarks/browser_bench.py --model DIR [--length 32] [--threads 1 2] [--webgpu] [--rounds 2]
-    python benchmarks/browser_bench.py --default ...   (the default model, exported for WebGPU and wasm once)
+    python benchmarks/browser_bench.py --default ...   (the default model, exported for WebGPU once)
 
-With a wasm variant (`--wasm-model DIR`, or --default) the wasm rows come twice, in the same run:
+With a wasm variant (`--wasm-model DIR`) the wasm rows come twice, in the same run:
 "webgpu graph" is the WebGPU target's graph on the wasm EP (what the page ran before the wasm
 target: MatMulNBits), "wasm graph" the wasm target's (int8 linears), which the page now loads.
 
@@ -46,13 +46,7 @@ from runtime.chat_template import chat_prompt  # noqa: E402
 from runtime.cpython_model import open_model  # noqa: E402
 from runtime.ort_backend import OrtOptions  # noqa: E402
 from runtime.settings import GenerationSettings  # noqa: E402
-from runtime.web_command import (  # noqa: E402
-    DEFAULT_MODEL_TARGET,
-    DEFAULT_WASM_TARGET,
-    WebServer,
-    build_site,
-    default_web_dir,
-)
+from runtime.web_command import DEFAULT_MODEL_TARGET, WebServer, build_site, default_web_dir  # noqa: E402
 from ruvdllm.default_artifact import default_model_dir  # noqa: E402
 
 PROMPT = "Explain what a diffusion language model is, in a few sentences."
@@ -188,7 +182,7 @@ def main(argv=None) -> int:
     parser.add_argument("--kernels", action="store_true", help="also time one linear layer, wasm vs native")
     args = parser.parse_args(argv)
     model_dir = default_model_dir(DEFAULT_MODEL_TARGET) if args.default else args.model
-    wasm_dir = default_model_dir(DEFAULT_WASM_TARGET) if args.default else args.wasm_model
+    wasm_dir = args.wasm_model
     from playwright.sync_api import sync_playwright
 
     page_settings = {"length": args.length, "stop_at_eos": False}

@@ -3,7 +3,6 @@ graph in one headless Chromium, rounds interleaved so that every graph sees the 
 the memory each page's process held at its peak.
 
     python benchmarks/browser_forward.py DIR [DIR ...] [--threads 2] [--rounds 4] [--reps 3]
-    python benchmarks/browser_forward.py --default ...   (the default model's webgpu and wasm exports)
 
 Prints per graph (its config's target and quantization): ms per forward (min, median), ÷ the first
 graph, the session's load time, and the peak resident memory of the renderer process that ran it
@@ -27,9 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser_bench import ARGS, CHROMIUM, CountingServer  # noqa: E402
 from browser_threads import PAGE, WORKER  # noqa: E402
 
-from runtime.web_command import DEFAULT_MODEL_TARGET, DEFAULT_WASM_TARGET  # noqa: E402
-from ruvdllm.default_artifact import default_model_dir  # noqa: E402
-
 
 def renderer_peaks() -> dict[int, int]:
     """pid -> VmHWM (bytes) of every Chromium renderer process."""
@@ -50,8 +46,7 @@ def renderer_peaks() -> dict[int, int]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("models", nargs="*", type=Path, help="exported model directories (same model)")
-    parser.add_argument("--default", action="store_true", help="the default model's webgpu and wasm exports")
+    parser.add_argument("models", nargs="+", type=Path, help="exported model directories (same model)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds")
     parser.add_argument("--reps", type=int, default=3, help="forwards per page per round")
@@ -59,10 +54,8 @@ def main(argv=None) -> int:
     parser.add_argument("--past", type=int, default=32, help="cached positions")
     args = parser.parse_args(argv)
     models = list(args.models)
-    if args.default:
-        models = [default_model_dir(DEFAULT_MODEL_TARGET), default_model_dir(DEFAULT_WASM_TARGET)]
     if not models:
-        parser.error("give model directories or --default")
+        parser.error("give model directories")
     from playwright.sync_api import sync_playwright
 
     print(
