@@ -25,6 +25,11 @@ int8 is the faster kernel, but one activation scale per tensor is too coarse for
 channels: top-1 agreement with the reference fell to 64.7% on the validation paragraph (accuracy
 level 4's per-block int8 keeps 96.8%), and the export's validation refuses it. Hence "widened" for
 the target; "int8" stays selectable (`--quantization int8`) for models without such outliers.
+
+Memory at load is the open problem: onnxruntime keeps every intermediate of its constant folding
+until the pass ends, so this chain holds ~12 float copies of the weights at once (5.8 GB for
+SmolLM2 on CPython; onnxruntime-web fails with bad_alloc). Widening outside the graph, before the
+session is created, is the way out (docs/web.md, "The wasm target").
 """
 
 from __future__ import annotations
