@@ -4,6 +4,10 @@ prompt and settings, measured in this same run.
     python benchmarks/browser_bench.py --model DIR [--length 32] [--threads 1 2] [--webgpu] [--rounds 2]
     python benchmarks/browser_bench.py --default ...   (the default model, exported for WebGPU once)
 
+With a wasm variant (`--wasm-model DIR`) the wasm rows come twice, in the same run:
+"webgpu graph" is the WebGPU target's graph on the wasm EP (what the page ran before the wasm
+target: MatMulNBits), "wasm graph" the wasm target's (int8 linears), which the page now loads.
+
 Sections:
 
   load        page load to "ready" (Pyodide, runtime wheel, model download and verification,
@@ -18,8 +22,8 @@ Sections:
               WebGPU, what the device itself read back and was written (onnxruntime's own copies
               included)
 
-  kernels     (--kernels) one linear layer as MatMulNBits and as float32 MatMul, onnxruntime-web
-              wasm vs CPython onnxruntime, one thread: where the wasm time goes
+  kernels     (--kernels) one linear layer as MatMulNBits, int8 and float32 MatMul, onnxruntime-web
+              wasm vs CPython onnxruntime, one thread: where the wasm time goes (browser_ops.py)
 
 Every generation runs `length` tokens (no EOS stop), TALoRA and DGR as the model's bank allows,
 temperature 0, seed 0; both sides get the same chat-formatted prompt. Figures are the best of
@@ -55,9 +59,9 @@ class CountingServer:
     """`ruvdllm web`'s server with a byte counter: the body bytes of 200 responses (what a user would
     download, compressed where the server compresses)."""
 
-    def __init__(self, model: Path):
+    def __init__(self, model: Path | None, wasm_model: Path | None = None):
         self.sent = 0
-        self.site = build_site(default_web_dir(), model)
+        self.site = build_site(default_web_dir(), model, wasm_model_dir=wasm_model)
         app = self.site.app
 
         async def counting(scope, receive, send):
@@ -151,127 +155,14 @@ def row(*cells, widths=(26, 9, 7, 9, 9, 8, 8, 8)) -> str:
     )
 
 
-KERNEL_PAGE = """<!doctype html><script type="module">
-window.timeGraphs = (names, m, threads) => new Promise((resolve, reject) => {
-  const worker = new Worker('kernel_worker.js', { type: 'module' });
-  worker.onmessage = ({ data }) => (data.error ? reject(new Error(data.error)) : resolve(data));
-  worker.postMessage({ names, m, threads });
-});
-</script>"""
-KERNEL_WORKER = """
-self.onmessage = async ({ data: { names, m, threads } }) => {
-  try {
-    const ort = await import('/vendor/ort/ort.wasm.min.mjs');
-    ort.env.wasm.wasmPaths = new URL('/vendor/ort/', location.href).href;
-    ort.env.wasm.numThreads = threads;
-    const out = {};
-    for (const name of names) {
-      const bytes = new Uint8Array(await (await fetch(name + '.onnx')).arrayBuffer());
-      const session = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'] });
-      const k = session.inputMetadata[0].shape[1];
-      const x = new ort.Tensor('float32', new Float32Array(m * k).fill(0.1), [m, k]);
-      await session.run({ x });
-      let best = Infinity;
-      for (let round = 0; round < 5; round++) {
-        const started = performance.now();
-        for (let i = 0; i < 20; i++) await session.run({ x });
-        best = Math.min(best, (performance.now() - started) / 20);
-      }
-      out[name] = best;
-    }
-    self.postMessage(out);
-  } catch (e) { self.postMessage({ error: String(e) }); }
-};
-"""
+def kernels_section(driver, server: CountingServer) -> None:
+    """Why wasm is slower: one linear in every form, onnxruntime-web wasm vs CPython onnxruntime
+    (benchmarks/browser_ops.py has the full per-op table)."""
+    from browser_ops import measure, report
 
-
-def kernel_graphs(directory: Path, k: int = 576, n: int = 1536) -> dict[str, Path]:
-    """One linear of the default model's MLP, [M, 576] x [576, 1536]: as MatMulNBits (4-bit, float
-    activations, as the WebGPU-target graph has it) and as a plain float32 MatMul."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper, save
-
-    from ruvdllm_export.quant.q4 import pack_zero_points, quantize_q4
-
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((n, k)).astype(np.float32)
-    q = quantize_q4(w)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])
-    graphs = {
-        "matmulnbits": (
-            [
-                helper.make_node(
-                    "MatMulNBits",
-                    ["x", "B", "s", "z"],
-                    ["y"],
-                    domain="com.microsoft",
-                    K=k,
-                    N=n,
-                    bits=4,
-                    block_size=32,
-                    accuracy_level=0,
-                )
-            ],
-            [
-                numpy_helper.from_array(q.packed, "B"),
-                numpy_helper.from_array(q.scales.reshape(-1), "s"),
-                numpy_helper.from_array(pack_zero_points(q.zero_points).reshape(-1), "z"),
-            ],
-        ),
-        "matmul_fp32": (
-            [helper.make_node("MatMul", ["x", "W"], ["y"])],
-            [numpy_helper.from_array(w.T.copy(), "W")],
-        ),
-    }
-    paths = {}
-    for name, (nodes, inits) in graphs.items():
-        model = helper.make_model(
-            helper.make_graph(nodes, name, [x], [y], inits),
-            opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
-        )
-        model.ir_version = 10
-        paths[name] = directory / f"{name}.onnx"
-        save(model, str(paths[name]))
-    return paths
-
-
-def kernels_section(driver, server: CountingServer, m: int = 9) -> None:
-    """Why wasm is slower: one linear layer timed in onnxruntime-web (wasm, one thread) and in
-    CPython onnxruntime (one thread)."""
-    import numpy as np
-    import onnxruntime
-
-    print(f"\n== kernels: [{m}, 576] x [576, 1536], one thread, best of 5x20 runs (ms) ==")
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        (directory / "index.html").write_text(KERNEL_PAGE)
-        (directory / "kernel_worker.js").write_text(KERNEL_WORKER)
-        paths = kernel_graphs(directory)
-        server.site.mount("/bench/", directory)
-        browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        page = browser.new_page()
-        page.goto(server.url + "bench/index.html")
-        wasm = page.evaluate("([n, m]) => window.timeGraphs(n, m, 1)", [list(paths), m])
-        browser.close()
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1
-        print(row("op", "wasm", "native", "÷", widths=(26, 9, 9, 7)))
-        for name, path in paths.items():
-            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            x = np.full((m, 576), 0.1, np.float32)
-            session.run(None, {"x": x})
-            best = float("inf")
-            for _ in range(5):
-                started = time.perf_counter()
-                for _ in range(20):
-                    session.run(None, {"x": x})
-                best = min(best, (time.perf_counter() - started) / 20 * 1e3)
-            print(
-                row(
-                    name, f"{wasm[name]:.3f}", f"{best:.3f}", f"{wasm[name] / best:.1f}", widths=(26, 9, 9, 7)
-                )
-            )
+    print("\n== kernels: one linear per form, wasm vs native (browser_ops.py) ==")
+    results = measure(driver, server, ["gate_up"], [1], [9], reps=10)
+    report(results, ["gate_up"], [1], [9])
 
 
 def main(argv=None) -> int:
@@ -279,6 +170,7 @@ def main(argv=None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, help="exported model directory (target webgpu)")
     source.add_argument("--default", action="store_true", help="the default model, exported for WebGPU once")
+    parser.add_argument("--wasm-model", type=Path, help="the same model exported with --target wasm")
     parser.add_argument("--length", type=int, default=32, help="tokens per generation (no EOS stop)")
     parser.add_argument(
         "--threads", type=int, nargs="+", default=[1, 2], help="wasm / onnxruntime thread counts"
@@ -290,6 +182,7 @@ def main(argv=None) -> int:
     parser.add_argument("--kernels", action="store_true", help="also time one linear layer, wasm vs native")
     args = parser.parse_args(argv)
     model_dir = default_model_dir(DEFAULT_MODEL_TARGET) if args.default else args.model
+    wasm_dir = args.wasm_model
     from playwright.sync_api import sync_playwright
 
     page_settings = {"length": args.length, "stop_at_eos": False}
@@ -298,7 +191,9 @@ def main(argv=None) -> int:
         f"model {model_dir}  ·  {args.length} tokens, BD3LM default block, temperature 0  ·  load average {os.getloadavg()[0]:.1f}"
     )
 
-    server = CountingServer(model_dir)
+    server = CountingServer(model_dir, wasm_dir)
+    if wasm_dir:
+        print(f"wasm variant {wasm_dir}")
     with sync_playwright() as driver, tempfile.TemporaryDirectory() as profiles:
         print("\n== load (page open to ready) ==")
         print(row("", "seconds", "MB sent"))
@@ -344,11 +239,15 @@ def main(argv=None) -> int:
                     f"{c_run:.1f}",
                 )
             )
-            page.goto(f"{server.url}?ep=wasm&threads={threads}")
-            wait_ready(page, args.timeout)
-            done = browser_generate(page, page_settings, args.rounds)
-            print(row(f"browser wasm, {threads} thread(s)", *breakdown(done["stats"], c_rate)))
-            moved.append(moved_row(f"browser wasm, {threads} thread(s)", done["stats"]))
+            # ?model= alone: the page has no wasm variant and runs the WebGPU graph on wasm (before)
+            graphs = [("webgpu graph", "&model=model/")] + ([("wasm graph", "")] if wasm_dir else [])
+            for graph, query in graphs:
+                page.goto(f"{server.url}?ep=wasm&threads={threads}{query}")
+                wait_ready(page, args.timeout)
+                done = browser_generate(page, page_settings, args.rounds)
+                label = f"wasm {threads}t, {graph}" if wasm_dir else f"browser wasm, {threads} thread(s)"
+                print(row(label, *breakdown(done["stats"], c_rate)))
+                moved.append(moved_row(label, done["stats"]))
         context.close()
 
         if args.webgpu:

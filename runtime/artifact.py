@@ -154,7 +154,7 @@ class ArtifactConfig:
     timestep_groups: tuple[float, ...] = (0.0, 1 / 3, 2 / 3, 1.0)  # coarse / domain / fine boundaries in t
     targets: tuple[str, ...] = ("cpu",)  # execution providers built for (validated: source["validated_on"])
     attention: str = "mha"  # attention formulation in the graph: "attention23", "gqa", "mha", "matmul"
-    quantization: str = "q4"  # "q4" (MatMulNBits, block 32) or "fp32"
+    quantization: str = "q4"  # "q4" (MatMulNBits, block 32), "widened"/"int8" (the wasm target) or "fp32"
     accuracy_level: int = 4
     requires_onnxruntime: str = ""  # the oldest onnxruntime that runs the graph's ops ("": not recorded)
     chat_template: str | None = None

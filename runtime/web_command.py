@@ -20,6 +20,8 @@ URL layout (the client only uses relative URLs, so it also works below a path pr
     /vendor/jinja/         web/node_modules/@huggingface/jinja/dist/   (chat templates)
     /wheels/<wheel>        the runtime modules the browser runs, as a wheel (runtime/web_wheel.py)
     /model/                the exported model directory (manifest.json, model.onnx, ...)
+    /model-wasm/           the same model exported for the wasm target, when given (the page loads
+                           it instead on WebAssembly)
     /app-config.json       what the client needs to find the above
 
 Compression, for clients that accept gzip: the client's scripts and wasm are gzipped per response
@@ -50,7 +52,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import NotModifiedResponse, StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runtime.artifact import GZIP_SUFFIX, verify_manifest
+from runtime.artifact import GZIP_SUFFIX, load_config, verify_manifest
 from runtime.web_wheel import build_wheel, cached_wheel
 from ruvdllm.errors import RuvdllmError
 
@@ -191,10 +193,15 @@ class Site:
 
 
 def build_site(
-    web_dir: Path, model_dir: Path | None, node_modules: Path | None = None, wheel: Path | None = None
+    web_dir: Path,
+    model_dir: Path | None,
+    node_modules: Path | None = None,
+    wheel: Path | None = None,
+    wasm_model_dir: Path | None = None,
 ) -> Site:
     """The site for `web_dir` and `model_dir` (None: no model); `wheel` defaults to the runtime wheel
-    of these sources, built once into the user cache."""
+    of these sources, built once into the user cache. `wasm_model_dir`: the same model exported for
+    the wasm target, which the page loads instead when it runs on WebAssembly."""
     web_dir = Path(web_dir)
     node_modules = Path(node_modules or web_dir / "node_modules")
     if not (web_dir / "index.html").is_file():
@@ -210,14 +217,25 @@ def build_site(
         vendor[prefix] = node_modules / rel
     if model_dir is not None:
         verify_manifest(Path(model_dir), full_hash=False)
+    config = {"wheel": None, "model": "model/" if model_dir else None}
+    if wasm_model_dir is not None:
+        verify_manifest(Path(wasm_model_dir), full_hash=False)
+        targets = load_config(Path(wasm_model_dir)).targets
+        if "wasm" not in targets:
+            raise RuvdllmError(
+                f"{wasm_model_dir}: built for target {'/'.join(targets)}, not wasm (export it with --target wasm)"
+            )
+        config["wasmModel"] = "model-wasm/"
     wheel = Path(wheel or cached_wheel())
-    site = Site({"wheel": f"wheels/{wheel.name}", "model": "model/" if model_dir else None})
+    site = Site({**config, "wheel": f"wheels/{wheel.name}"})
     site.mount("/", web_dir)
     for prefix, directory in vendor.items():
         site.mount(prefix, directory)
     site.mount("/wheels/", wheel.parent)
     if model_dir is not None:
         site.mount("/model/", Path(model_dir))
+    if wasm_model_dir is not None:
+        site.mount("/model-wasm/", Path(wasm_model_dir))
     return site
 
 
@@ -274,7 +292,10 @@ def make_server(site: Site, host: str = "127.0.0.1", port: int = 8000, quiet: bo
     return WebServer(site.app, host, port, quiet)
 
 
-# The default model's graph for the browser: the WebGPU target runs on both of the page's EPs.
+# The default model's graph for the browser: the WebGPU target runs on both of the page's EPs. Its
+# wasm-target export is not served by default: onnxruntime keeps every intermediate of the load-time
+# widening until folding ends, and SmolLM2's widened graph ran out of the 4 GiB wasm heap at session
+# creation (docs/web.md, "The wasm target").
 DEFAULT_MODEL_TARGET = "webgpu"
 
 
@@ -284,6 +305,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="?",
         type=Path,
         help="exported model directory (`ruvdllm export --target webgpu`; default: SmolLM2-135M-Instruct, exported once)",
+    )
+    parser.add_argument(
+        "--wasm-model",
+        type=Path,
+        help="the same model exported with --target wasm: what the page loads on WebAssembly "
+        "(default: none, the page runs MODEL's graph there too)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
@@ -306,7 +333,7 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
         print(build_wheel(args.build_wheel))
         return 0
     model = args.model if args.model is not None else default_model(DEFAULT_MODEL_TARGET)
-    site = build_site(args.web_dir or default_web_dir(), model)
+    site = build_site(args.web_dir or default_web_dir(), model, wasm_model_dir=args.wasm_model)
     server = make_server(site, args.host, args.port, quiet=not args.verbose)
     print(
         f"serving the browser client and {model} on {listening_at(*server.server_address[:2])}  (Ctrl-C stops)",

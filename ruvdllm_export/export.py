@@ -52,6 +52,7 @@ PARAGRAPH_TOKENS = 256  # validation length: long enough for real attention patt
 NOT_VALIDATED_HERE = {  # the CPU parity check runs the graph's ops on the CPU EP, not on these
     "cuda": "on the CUDA EP only where a GPU and onnxruntime-gpu are at hand (tests marked gpu)",
     "webgpu": "on the WebGPU EP in the browser (tests marked browser)",
+    "wasm": "on onnxruntime-web's WebAssembly build in the browser (tests marked browser)",
 }
 
 
@@ -176,7 +177,7 @@ def export_model(
         if banks is not None:
             _copy_banks(Path(banks), config, staging / BANKS_DIR, say)
         artifact.write_manifest(staging)
-        if target == "webgpu":  # the browser's graph, fetched over HTTP: gzip copies cut ~20% of it
+        if target in ("webgpu", "wasm"):  # the browser's graphs, fetched over HTTP: gzip cuts ~20%
             artifact.write_gzip_copies(staging)
         _move_into_place(staging, out_dir)
     except OSError as exc:

@@ -62,7 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--attention", choices=ATTENTION_FORMULATIONS, help="attention formulation (default: per target)"
     )
     parser.add_argument(
-        "--quantization", choices=QUANTIZATIONS, help="q4 (default) or fp32 (for comparisons)"
+        "--quantization",
+        choices=QUANTIZATIONS,
+        help="q4 (default), widened or int8 (the wasm target's linears), or fp32",
     )
     parser.add_argument(
         "--table-bits", type=int, choices=(4, 8), help="token table bits (default: 4 if exact, else 8)"

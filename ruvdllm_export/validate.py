@@ -71,7 +71,8 @@ TOLERANCES: dict[str, dict[int, Tolerance]] = {
 
 
 def tolerance_for(architecture: str, options: GraphOptions) -> Tolerance:
-    level = 0 if options.quantization == "fp32" else options.accuracy_level
+    # widened linears compute in float32 (level 0); int8 ones quantize activations (level 4's kind)
+    level = {"fp32": 0, "widened": 0, "int8": 4}.get(options.quantization, options.accuracy_level)
     per_level = TOLERANCES.get(architecture, TOLERANCES["llama"])
     return per_level[0] if level == 0 else per_level.get(level, per_level[4])
 

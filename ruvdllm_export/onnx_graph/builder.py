@@ -103,7 +103,8 @@ def prepare_weights(spec: ModelSpec, weights: dict[str, Weight], options: GraphO
         elif name in linears:
             prepared[name] = as_q4(weight)
         else:
-            prepared[name] = _as_table(weight, options.table_bits, options.accuracy_level)
+            split = options.quantization == "q4" and options.accuracy_level != 4
+            prepared[name] = _as_table(weight, options.table_bits, split)
     return prepared
 
 
@@ -113,11 +114,11 @@ def _prepared_for(weights) -> GraphOptions | None:
     return getattr(weights, "prepared_for", None)
 
 
-def _as_table(weight: Weight, bits: int | None, accuracy_level: int) -> Q4Tensor | Q8Tensor | SplitQ8Tensor:
+def _as_table(weight: Weight, bits: int | None, split: bool) -> Q4Tensor | Q8Tensor | SplitQ8Tensor:
     """Exact 4-bit tables stay 4-bit; anything else goes to 8 bits unless 4 is asked for (the table
     feeds the head, the most quantization-sensitive matmul). 8-bit codes run as MatMulNBits bits=8
-    with int8 activations (accuracy_level 4), and as two exact 4-bit halves in float (level 0),
-    where bits=8 has no fast kernel."""
+    with int8 activations (accuracy_level 4), and as two exact 4-bit halves (`split`) in float
+    (level 0), where bits=8 has no fast kernel; the int8 linears read 8-bit codes directly."""
     if bits is None:
         bits = 4 if isinstance(weight, Q4Tensor) else 8
     if bits == 4:
@@ -125,7 +126,7 @@ def _as_table(weight: Weight, bits: int | None, accuracy_level: int) -> Q4Tensor
     if isinstance(weight, SplitQ8Tensor):
         return weight
     q8 = weight if isinstance(weight, Q8Tensor) else quantize_q8(as_float(weight))
-    return q8 if accuracy_level == 4 else split_q8(q8)
+    return split_q8(q8) if split else q8
 
 
 def check_weights(spec: ModelSpec, weights: dict[str, Weight]) -> None:

@@ -43,13 +43,15 @@ from ruvdllm_export.quant.q4 import (
 )
 
 Weight = np.ndarray | Q4Tensor | Q8Tensor | SplitQ8Tensor
+# Linears stored as 4-bit blocks whose dense weights the session makes at load (the wasm target)
+WEIGHTS_MADE_AT_LOAD = ("widened", "int8")
 
 
 @dataclass(frozen=True)
 class LinearFormat:
     """How linears are written into the graph."""
 
-    quantization: str = "q4"  # "q4": MatMulNBits; "fp32": plain MatMul (tests, size baseline)
+    quantization: str = "q4"  # "q4": MatMulNBits; "widened" / "int8": wasm_linear.py; "fp32": MatMul
     accuracy_level: int = 4  # MatMulNBits int8 activations: ~2.4x faster at M=1 on CPU (DESIGN.md)
 
 
@@ -150,12 +152,12 @@ def make_packed_linear(
     """
     if len(parts) > 1 and any(isinstance(p.weight, Q8Tensor | SplitQ8Tensor) for p in parts):
         raise ValueError(f"{scope}: only 4-bit or float linears can be packed")
-    if fmt.quantization not in ("q4", "fp32"):
+    if fmt.quantization not in ("q4", "fp32", *WEIGHTS_MADE_AT_LOAD):
         raise ValueError(f"unknown quantization {fmt.quantization!r}")
     bias = _packed_bias(parts)
     base, q = _packed_base(g, scope, name, parts, x, fmt, bias)
     y = _add_all(g, scope, [base, *make_side_branch(g, scope, name, x, parts, q)])
-    if fmt.quantization == "fp32" and bias is not None:
+    if fmt.quantization != "q4" and bias is not None:  # MatMulNBits adds it in the kernel
         b = g.initializer(name.removesuffix(".weight") + ".bias", bias)
         y = g.op("Add", [y, b], f"{scope}/Add_bias")
     banks = [make_adapter_bank_delta(g, p.scope, x, p.bank) if p.bank else None for p in parts]
@@ -176,6 +178,15 @@ def _packed_base(g, scope, name, parts, x, fmt, bias) -> tuple[str, QuantizedNam
     if fmt.quantization == "fp32":
         w_t = np.concatenate([as_float(p.weight) for p in parts]).T  # [in, ΣN]: MatMul's B
         return g.op("MatMul", [x, g.initializer(f"{name}.T", w_t.copy())], f"{scope}/MatMul"), None
+    if fmt.quantization in WEIGHTS_MADE_AT_LOAD:  # the wasm target's: block mins folded in at load
+        from ruvdllm_export.onnx_graph import wasm_linear  # it reuses the embedding's gather (imports us)
+
+        w = parts[0].weight if len(parts) == 1 else concat_rows([as_q4(p.weight) for p in parts])
+        w = w if isinstance(w, Q4Tensor | Q8Tensor) else as_q4(w)
+        make = (
+            wasm_linear.make_widened_linear if fmt.quantization == "widened" else wasm_linear.make_int8_linear
+        )
+        return make(g, scope, name, x, w), None
     weight = parts[0].weight
     if isinstance(weight, SplitQ8Tensor):
         doubled = make_doubled_input(g, scope, x, weight)

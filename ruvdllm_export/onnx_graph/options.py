@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 ATTENTION_FORMULATIONS = ("gqa", "mha", "attention23", "matmul")
-QUANTIZATIONS = ("q4", "fp32")
-TARGETS = ("cpu", "cuda", "webgpu")
+QUANTIZATIONS = ("q4", "widened", "int8", "fp32")
+TARGETS = ("cpu", "cuda", "webgpu", "wasm")
 
 # Per execution provider: the attention formulation and MatMulNBits accuracy level.
 # cpu: opset-23 Attention (onnxruntime >= 1.23): all formulations pass parity; it was the fastest
@@ -18,6 +18,11 @@ TARGETS = ("cpu", "cuda", "webgpu")
 # webgpu: MultiHeadAttention was wrong for sequence >= 16 on Dawn and opset-23 Attention had no kernel
 #   (DESIGN.md), so plain MatMul + Softmax until the browser proves otherwise; accuracy_level is
 #   ignored there, 0 states that honestly.
+# wasm: the browser's WebAssembly build, where MatMulNBits is ~17x slower than native: the same 4-bit
+#   blocks on disk, widened to float32 when the session loads (onnx_graph/wasm_linear.py; 6-10x
+#   faster per linear there, benchmarks/browser_ops.py), exact; its load-time folding does not fit
+#   the browser's memory for SmolLM2 yet (docs/web.md). Attention as on webgpu, the formulation the
+#   browser has proven.
 # cuda: MultiHeadAttention, the fused op with mature CUDA kernels (opset-23 Attention had none before
 #   onnxruntime 1.25); CUDA's MatMulNBits ignores the accuracy level. Not validated here (no GPU),
 #   recorded as such in config.json.
@@ -25,12 +30,13 @@ TARGET_DEFAULTS = {
     "cpu": {"attention": "attention23", "accuracy_level": 4},
     "cuda": {"attention": "mha", "accuracy_level": 0},
     "webgpu": {"attention": "matmul", "accuracy_level": 0},
+    "wasm": {"attention": "matmul", "accuracy_level": 0, "quantization": "widened"},
 }
 
 
 @dataclass(frozen=True)
 class GraphOptions:
-    quantization: str = "q4"  # every linear MatMulNBits 4-bit; "fp32" only for tests and size baselines
+    quantization: str = "q4"  # MatMulNBits 4-bit; "widened"/"int8": wasm (wasm_linear.py); "fp32": tests
     attention: str = "attention23"  # the cpu default (see TARGET_DEFAULTS)
     accuracy_level: int = 0  # float activations (exact); targets choose theirs (TARGET_DEFAULTS: cpu 4)
     pack_linears: bool = True  # q/k/v and gate/up as one MatMulNBits each (fewer, larger kernels)

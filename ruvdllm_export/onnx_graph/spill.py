@@ -111,7 +111,9 @@ def _table_by_rows(weights, name: str, options: GraphOptions) -> Q4Tensor | Q8Te
     rows = weight_shape(weights, name)[0]
     parts = [
         _as_table(
-            weights.rows(name, start, start + ROWS_PER_CHUNK), options.table_bits, options.accuracy_level
+            weights.rows(name, start, start + ROWS_PER_CHUNK),
+            options.table_bits,
+            options.quantization == "q4" and options.accuracy_level != 4,
         )
         for start in range(0, rows, ROWS_PER_CHUNK)
     ]

@@ -244,3 +244,53 @@ def test_the_address_printed_is_the_one_bound():
         listening_at("0.0.0.0", 80)
         == "http://0.0.0.0:80/ (every interface; on this machine http://127.0.0.1:80/)"
     )
+
+
+def _browser_model(directory, target: str):
+    from runtime.artifact import CONFIG_NAME, ArtifactConfig
+
+    directory.mkdir()
+    config = ArtifactConfig(
+        architecture="llama",
+        vocab_size=8,
+        hidden_size=4,
+        num_layers=1,
+        num_heads=1,
+        num_kv_heads=1,
+        head_dim=4,
+        max_position=16,
+        mask_token_id=7,
+        targets=(target,),
+    )
+    (directory / CONFIG_NAME).write_text(config.to_json())
+    (directory / "model.onnx").write_bytes(target.encode())
+    write_manifest(directory)
+    return directory
+
+
+def test_a_wasm_variant_is_served_beside_the_model_and_named_in_the_config(
+    web_dir, model_dir, wheel, tmp_path
+):
+    wasm = _browser_model(tmp_path / "wasm", "wasm")
+    server = make_server(build_site(web_dir, model_dir, wheel=wheel, wasm_model_dir=wasm), "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/"
+        config = json.loads(get(base + "app-config.json")[2])
+        assert config["model"] == "model/" and config["wasmModel"] == "model-wasm/"
+        assert get(base + "model-wasm/model.onnx")[2] == b"wasm"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_wasm_variant_of_another_target_is_refused_in_one_line(web_dir, model_dir, wheel, tmp_path):
+    webgpu = _browser_model(tmp_path / "webgpu", "webgpu")
+    with pytest.raises(
+        RuvdllmError, match=r"built for target webgpu, not wasm \(export it with --target wasm\)"
+    ):
+        build_site(web_dir, model_dir, wheel=wheel, wasm_model_dir=webgpu)
+
+
+def test_without_a_wasm_variant_the_config_names_none(serve):
+    assert "wasmModel" not in json.loads(get(serve() + "app-config.json")[2])

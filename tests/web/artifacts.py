@@ -37,9 +37,12 @@ def add_bank(model_dir: Path, seed: int = 0, patterns: int = 8) -> None:
     write_manifest(model_dir)
 
 
-def tiny_web_model(directory: Path, arch: str = "llama", conversion_adapter: bool = False) -> Path:
-    """checkpoint -> `export_model(target="webgpu")` -> + bank. Returns the model directory.
-    `conversion_adapter`: bake in a random one, with its per-row switch (adapter_gate)."""
+def tiny_web_model(
+    directory: Path, arch: str = "llama", conversion_adapter: bool = False, target: str = "webgpu"
+) -> Path:
+    """checkpoint -> `export_model(target)` -> + bank. Returns the model directory.
+    `conversion_adapter`: bake in a random one, with its per-row switch (adapter_gate); `target`
+    "wasm": the graph the page loads on WebAssembly when the server offers it."""
     from ruvdllm_export.checkpoints import load_checkpoint
     from ruvdllm_export.export import export_model
     from tests.fixtures.tiny_models import make_hf_checkpoint, write_conversion_adapter
@@ -48,8 +51,8 @@ def tiny_web_model(directory: Path, arch: str = "llama", conversion_adapter: boo
     adapter = None
     if conversion_adapter:
         adapter = write_conversion_adapter(directory / f"{arch}-adapter.safetensors", checkpoint)
-    name = f"{arch}-webgpu" + ("-adapter" if conversion_adapter else "")
-    model = export_model(checkpoint, directory / name, target="webgpu", adapter=adapter, log=None)
+    name = f"{arch}-{target}" + ("-adapter" if conversion_adapter else "")
+    model = export_model(checkpoint, directory / name, target=target, adapter=adapter, log=None)
     add_bank(model)
     return model
 

@@ -392,8 +392,12 @@ async function main() {
   $('ep').value = ep;
   // Absolute URLs: the worker resolves relative ones against its own script's location.
   const absolute = (url) => new URL(url, location.href).href;
+  // The wasm-target variant of the served model (app-config.json `wasmModel`), or `?wasm-model=`;
+  // a model named by `?model=` has none unless given too.
+  const wasmModelUrl = params.get('wasm-model') || (params.get('model') ? null : config.wasmModel);
   loadMessage = {
     modelUrl: absolute(modelUrl),
+    wasmModelUrl: wasmModelUrl ? absolute(wasmModelUrl) : null,
     wheelUrl: absolute(config.wheel),
     numThreads: Number(params.get('threads')) || defaultThreads(), // the page's view of the cores
     interruptBuffer,

@@ -99,7 +99,10 @@ function yieldToEventLoop() {
   });
 }
 
-async function chooseEp(requested, config) {
+// The execution provider before the model is read (which graph to download depends on it: a model
+// may come with a variant built for the wasm target, whose widened float32 linears are many times
+// faster there than the WebGPU graph's MatMulNBits; docs/web.md "Model loading").
+async function chooseEp(requested) {
   if (requested === 'wasm') return 'wasm';
   const gpu = await probeWebGPU();
   if (!gpu.ok) {
@@ -111,11 +114,25 @@ async function chooseEp(requested, config) {
     notice(`The WebGPU adapter is a software one (${gpu.adapter}): running on WebAssembly, which is faster on the CPU.`, 'info');
     return 'wasm';
   }
-  if (!(config.targets || []).includes('webgpu')) {
-    notice('This model was not exported for WebGPU (its config lists no "webgpu" target): running on WebAssembly.', 'warning');
+  return 'webgpu';
+}
+
+// The graph must have been built for the browser EP it runs on (config.json `targets`, written by
+// the exporter): the wasm target's graph was never validated on WebGPU, and a cpu or cuda graph was
+// never validated in the browser. Asked for by name, a mismatch is a one-line error naming the
+// target; under 'auto' a graph without the webgpu target runs on WebAssembly.
+function checkTarget(chosen, requested, config) {
+  const targets = config.targets || [];
+  const built = `model.onnx: built for target ${targets.join('/') || 'unknown'}`;
+  if (chosen === 'webgpu' && !targets.includes('webgpu')) {
+    if (requested === 'webgpu') throw new ModelError('wrong-target', `${built}, not webgpu: export it with --target webgpu (or open the page with ?ep=wasm)`, 'model.onnx');
+    notice(`This model was not exported for WebGPU (its config lists ${targets.join('/') || 'no'} target): running on WebAssembly.`, 'warning');
     return 'wasm';
   }
-  return 'webgpu';
+  if (chosen === 'wasm' && !targets.some((t) => t === 'wasm' || t === 'webgpu')) {
+    throw new ModelError('wrong-target', `${built}, not the browser: export it with --target wasm (or webgpu)`, 'model.onnx');
+  }
+  return chosen;
 }
 
 // A graph whose ops need a newer onnxruntime than this page's fails here in one line naming its
@@ -188,9 +205,9 @@ function bankInputsFrom(pySession) {
   return out;
 }
 
-async function load({ modelUrl, wheelUrl, ep = 'auto', numThreads, interruptBuffer, forget = false, memoryMB = null, pieceRows = null }) {
+async function load({ modelUrl, wasmModelUrl = null, wheelUrl, ep = 'auto', numThreads, interruptBuffer, forget = false, memoryMB = null, pieceRows = null }) {
   const started = performance.now();
-  lastLoad = { modelUrl, wheelUrl, ep, numThreads, interruptBuffer };
+  lastLoad = { modelUrl, wasmModelUrl, wheelUrl, ep, numThreads, interruptBuffer };
   if (!canBlockOnPromises()) {
     throw new ModelError('unsupported', 'This browser lacks JavaScript Promise Integration (WebAssembly.Suspending), which the Python sampler needs to await onnxruntime-web: use Chromium 137 or newer.');
   }
@@ -203,7 +220,11 @@ async function load({ modelUrl, wheelUrl, ep = 'auto', numThreads, interruptBuff
     engine = null;
   }
   const pythonReady = startPython(wheelUrl);
-  const base = new URL(modelUrl, self.location.href).href;
+  let chosen = await chooseEp(ep);
+  // On WebAssembly the model's wasm-target variant, where the server offers one.
+  const url = chosen === 'wasm' && wasmModelUrl ? wasmModelUrl : modelUrl;
+  const base = new URL(url, self.location.href).href;
+  lastLoad.loadedUrl = base;
   const store = new ModelStore(base, {
     onProgress: ({ file, loaded, total, source }) =>
       source === 'cache'
@@ -214,6 +235,7 @@ async function load({ modelUrl, wheelUrl, ep = 'auto', numThreads, interruptBuff
   if (forget) await store.forget(); // the page's "download again"
   const { manifest, files } = await store.load();
   const config = JSON.parse(textOf(files['config.json']));
+  chosen = checkTarget(chosen, ep, config);
   const tokenizer = new ModelTokenizer(JSON.parse(textOf(files['tokenizer.json'])));
 
   pythonStatus.shown = true;
@@ -227,7 +249,6 @@ async function load({ modelUrl, wheelUrl, ep = 'auto', numThreads, interruptBuff
   const session = WebSession(root, tokenizer, new PatternIndex(config.hidden_size));
   const bankInputs = bankInputsFrom(session);
 
-  let chosen = await chooseEp(ep, config);
   const modelBytes = Object.values(manifest.files).reduce((s, e) => s + e.bytes, 0);
   let runner = null;
   let gpu = null;
@@ -362,7 +383,7 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
         id: newCompletionId(),
         model: engine.info.model.name,
         // the bank the pattern ids refer to, by its address (the CPython store keeps its directory)
-        bank: engine.info.bank.present ? new URL('banks/', new URL(lastLoad.modelUrl, self.location.href)).href : null,
+        bank: engine.info.bank.present ? new URL('banks/', lastLoad.loadedUrl).href : null,
         prompt: text,
         promptTokens: summary.prompt_ids,
         settings: { ...definedOnly(settings), sampler: summary.sampler, seed, chat },
@@ -385,7 +406,7 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
 }
 
 async function forget() {
-  if (lastLoad) await new ModelStore(new URL(lastLoad.modelUrl, self.location.href).href).forget();
+  if (lastLoad?.loadedUrl) await new ModelStore(lastLoad.loadedUrl).forget();
 }
 
 self.onmessage = async ({ data }) => {
