@@ -216,6 +216,16 @@ def top1_agreement(out: Outputs, ref: Outputs) -> float:
     return float((out[artifact.TOPK_IDS][..., 0] == ref[artifact.TOPK_IDS][..., 0]).mean())
 
 
+def check_graph(model_path: Path) -> None:
+    """onnx.checker over the whole file (external data included by path), as one line on failure."""
+    try:
+        onnx.checker.check_model(str(model_path))
+    except onnx.checker.ValidationError as exc:
+        raise RuvdllmError(
+            f"{model_path}: onnx.checker rejects the graph: {str(exc).splitlines()[0]}"
+        ) from None
+
+
 def validate_export(
     model_path: Path,
     spec: ModelSpec,
@@ -238,12 +248,7 @@ def validate_export(
     `base_weights` (a graph with the adapter switch): the held weights without the conversion
     adapter, which rows with adapter_gate 0 must compute."""
     model_path = Path(model_path)
-    try:
-        onnx.checker.check_model(str(model_path))
-    except onnx.checker.ValidationError as exc:
-        raise RuvdllmError(
-            f"{model_path}: onnx.checker rejects the graph: {str(exc).splitlines()[0]}"
-        ) from None
+    check_graph(model_path)
     if torch_available():
         kind = "torch reference model (ruvdllm_export.reference)"
 

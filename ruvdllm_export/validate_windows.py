@@ -29,7 +29,7 @@ import onnx
 from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.onnx_graph import GraphOptions, build_graph
 from ruvdllm_export.spec import ModelSpec, weight_shape
-from ruvdllm_export.validate import validate_export
+from ruvdllm_export.validate import check_graph, validate_export
 
 WINDOW_NAME = ".window.onnx"  # beside the shipped graph, so both data locations resolve
 _LAYER = re.compile(r"layers\.(\d+)(?=[./])")
@@ -131,12 +131,7 @@ def validate_by_windows(
     """validate_export's checks on each window of `size` layers over the shipped file; the report
     keeps each window's and the worst of each measure (config.json source.validation)."""
     model_path = Path(model_path)
-    try:
-        onnx.checker.check_model(str(model_path))
-    except onnx.checker.ValidationError as exc:
-        raise RuvdllmError(
-            f"{model_path}: onnx.checker rejects the graph: {str(exc).splitlines()[0]}"
-        ) from None
+    check_graph(model_path)
     shipped_proto = onnx.load(str(model_path), load_external_data=False)
     shipped = {
         t.name: {e.key: e.value for e in t.external_data}
