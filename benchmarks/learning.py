@@ -16,7 +16,8 @@ at least half of its tokens with the passage's true continuation (unigram F1 >= 
 correction whose text is that true continuation — training text only, never a held-out document.
 Loop B then runs once as `ruvdllm serve`'s background service does (loop_b_service.for_model: the
 learnt bank copied from the model's, loop A's store read on its writer thread), then loop C's
-consolidation if this build has one (runtime.learning.loop_c.consolidate(bank_dir)), else a note.
+consolidation as the same thread runs it (loop C: the MicroLoRAs folded into their TALoRA group
+adapters under EWC++, `--ewc-lambda`; `--no-consolidate` stops after loop B).
 
 Held-out NLL: per domain, passages of documents the split (ruvdllm_export.convert.data, the same
 hash rule and fraction as `ruvdllm train-banks`) holds out, one noisy BD3LM block each at t drawn
@@ -55,9 +56,10 @@ from runtime.banks import Bank  # noqa: E402
 from runtime.bd3lm import bd3lm_chunk  # noqa: E402
 from runtime.cpython_model import open_model  # noqa: E402
 from runtime.dgr import DgrConfig, vote  # noqa: E402
-from runtime.learning.config import LoopAConfig, LoopBConfig  # noqa: E402
+from runtime.learning.config import LoopAConfig, LoopBConfig, LoopCConfig  # noqa: E402
+from runtime.learning.consolidate import consolidate, good_examples  # noqa: E402
 from runtime.learning.loop_a import LoopA  # noqa: E402
-from runtime.learning.loop_b_service import for_model  # noqa: E402
+from runtime.learning.loop_b_service import for_model, install_bank  # noqa: E402
 from runtime.learning.masked_nll import NoisyBlock, block_nll, noisy_block  # noqa: E402
 from runtime.learning.trajectory import make_feedback  # noqa: E402
 from runtime.settings import GenerationSettings  # noqa: E402
@@ -145,21 +147,31 @@ def simulate_user(model, loop_a: LoopA, work: list[Passage], length: int) -> dic
     return {"requests": len(work), "liked": liked, "corrected": corrected}
 
 
-def consolidate(bank_dir: Path) -> str:
-    """Loop C's consolidation when this build has it (runtime.learning.loop_c.consolidate(bank
-    dir)); its one-line report, or why it did not run."""
-    try:
-        from runtime.learning import loop_c
-    except ImportError:
-        return "loop C: no consolidation in this build (runtime.learning.loop_c); skipped"
-    run = getattr(loop_c, "consolidate", None)
-    if run is None:
-        return "loop C: runtime.learning.loop_c has no consolidate(bank_dir); skipped"
-    return f"loop C: {run(Path(bank_dir))}"
+def consolidate_learnt(
+    model, bank_dir: Path, session, read_good, config: LoopBConfig, loop_c: LoopCConfig
+) -> list[str]:
+    """Loop C once on the device's learnt bank, as serve's background thread runs it after loop B
+    (runtime/learning/loop_c_service.py): loop B's MicroLoRAs folded into their group adapters under
+    EWC++, the Fisher measured on the same good answers loop B trained on; the model samples with the
+    consolidated bank from here on. Its report, one line per group."""
+    bank = Bank.load(bank_dir)
+    examples = good_examples(read_good, model.encode, bank, config.threshold, config.max_trajectories)
+    report = consolidate(
+        bank_dir,
+        loop_c,
+        session,
+        model.config.mask_token_id,
+        model.config.block_size,
+        examples,
+        on_bank=lambda new, directory: install_bank(model, new, directory),
+    )
+    return [line if line.startswith("loop C") else f"loop C: {line}" for line in report.lines]
 
 
-def learn(model, root: Path, work: list[Passage], config: LoopBConfig, length: int) -> dict:
-    """Loops A, B (and C when present) on one device whose data lives in `root`; the model samples
+def learn(
+    model, root: Path, work: list[Passage], config: LoopBConfig, loop_c: LoopCConfig | None, length: int
+) -> dict:
+    """Loops A, B and C (when `loop_c`) on one device whose data lives in `root`; the model samples
     with the learnt bank (root/bank) from here on."""
     loop_a = LoopA(LoopAConfig(store=str(root / "trajectories.db")))
     try:
@@ -173,6 +185,9 @@ def learn(model, root: Path, work: list[Passage], config: LoopBConfig, length: i
         started = time.perf_counter()
         report = loop_b.run_once()
         seconds = time.perf_counter() - started
+        consolidated = ["loop C: off (--no-consolidate)"]
+        if loop_c is not None:
+            consolidated = consolidate_learnt(model, root / "bank", loop_b.session, read_good, config, loop_c)
     finally:
         loop_a.close()
     trained = [
@@ -189,7 +204,7 @@ def learn(model, root: Path, work: list[Passage], config: LoopBConfig, length: i
             "skipped": report.skipped,
             "seconds": round(seconds, 1),
         },
-        "loop_c": consolidate(root / "bank"),
+        "loop_c": consolidated,
         "session": loop_b.session,
     }
 
@@ -366,6 +381,7 @@ class Demo:
     work: dict[str, list[Passage]]  # per domain: the user's requests (training text)
     held: dict[str, list[Probe]]  # per domain: the held-out probes
     config: LoopBConfig
+    loop_c: LoopCConfig | None  # None: --no-consolidate
     answer_tokens: int
     scratch: Path
 
@@ -380,13 +396,14 @@ class Demo:
 def one_user(demo: Demo, domain: str) -> dict:
     """(a): loops A, B (C) for one user in `domain`; every domain's held-out NLL before/after."""
     root, model = demo.device("user")
-    learnt = learn(model, root, demo.work[domain], demo.config, demo.answer_tokens)
+    learnt = learn(model, root, demo.work[domain], demo.config, demo.loop_c, demo.answer_tokens)
     session = learnt.pop("session")
     before = score_all(session, model, root / "start", demo.held)
     after = score_all(session, model, root / "bank", demo.held)
     print(f"\n(a) one user in '{domain}': {learnt['user']}")
     print(f"loop B: {json.dumps(learnt['loop_b'])}")
-    print(learnt["loop_c"])
+    for line in learnt["loop_c"]:
+        print(line)
     print("held-out masked NLL per domain, start -> after loops A/B/C:")
     for line in goal_lines(domain, before, after):
         print(line)
@@ -399,12 +416,13 @@ def devices_through_a_hub(demo: Demo, domains: list[str]) -> dict:
     roots, scores = {}, {}
     for name in domains:
         root, model = demo.device(f"device-{name}")
-        report = learn(model, root, demo.work[name], demo.config, demo.answer_tokens)
+        report = learn(model, root, demo.work[name], demo.config, demo.loop_c, demo.answer_tokens)
         session = report.pop("session")
         trained = report["loop_b"]["trained"]
         kept = sum(t["kept"] for t in trained)
         print(f"\n(b) device '{name}': {report['user']}; loop B kept {kept} of {len(trained)} MicroLoRAs")
-        print(f"  {report['loop_c']}")
+        for line in report["loop_c"]:
+            print(f"  {line}")
         scores[name] = {
             "start": score_all(session, model, root / "start", demo.held),
             "learnt": score_all(session, model, root / "bank", demo.held),
@@ -468,6 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--clusters", type=int, default=LoopBConfig.clusters, help="topics per timestep group"
     )
+    parser.add_argument(
+        "--ewc-lambda", type=float, default=LoopCConfig.ewc_lambda, help="loop C's EWC strength"
+    )
+    parser.add_argument("--no-consolidate", action="store_true", help="stop after loop B (no loop C)")
     parser.add_argument("--devices", nargs="*", help="part (b)'s domains, one device each (default: all)")
     parser.add_argument("--no-federate", action="store_true", help="part (a) only")
     parser.add_argument("--seed", type=int, default=0)
@@ -519,7 +541,10 @@ def main(argv: list[str] | None = None) -> int:
         "domains": names,
         "args": {k: str(v) for k, v in vars(args).items()},
     }
-    demo = Demo(directory, start, work, held, config, alen, scratch)
+    loop_c = (
+        None if args.no_consolidate else LoopCConfig(enabled=True, ewc_lambda=args.ewc_lambda, seed=args.seed)
+    )
+    demo = Demo(directory, start, work, held, config, loop_c, alen, scratch)
     figures["single"] = one_user(demo, args.domain)
     if not args.no_federate:
         figures["federation"] = devices_through_a_hub(demo, args.devices or names)
