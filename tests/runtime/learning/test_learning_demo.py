@@ -79,10 +79,11 @@ def test_the_demonstration_runs_the_loops_and_the_hub_round_trip(tiny_model_dir,
     assert consolidated and all(line.startswith("loop C: ") for line in consolidated)
     if any(t["kept"] for t in single["loop_b"]["trained"]):
         assert any("folded into" in line for line in consolidated)  # a kept MicroLoRA is folded
-    for when in ("before", "after"):
+    for when in ("before", "after_b", "after"):  # after_b: loop B's bank, scored before loop C
         assert set(single[when]) == {"docs", "licences"}
         assert all(v > 0 for v in single[when].values())
-    assert "held-out masked NLL per domain" in out
+    assert "held-out masked NLL per domain, start -> after loops A/B (before loop C)" in out
+    assert "held-out masked NLL per domain, start -> after loops A/B/C" in out
     assert "(goal <= -5%: " in out and "(goal <= +1%: " in out and "all goals: " in out
 
     federation = result["federation"]
