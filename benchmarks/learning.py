@@ -17,7 +17,9 @@ correction whose text is that true continuation — training text only, never a 
 Loop B then runs once as `ruvdllm serve`'s background service does (loop_b_service.for_model: the
 learnt bank copied from the model's, loop A's store read on its writer thread), then loop C's
 consolidation as the same thread runs it (loop C: the MicroLoRAs folded into their TALoRA group
-adapters under EWC++, `--ewc-lambda`; `--no-consolidate` stops after loop B).
+adapters under EWC++, `--ewc-lambda`; `--no-consolidate` stops after loop B; `--no-fisher` skips
+the Fisher loop C measures for its next run, which this one-shot run never has). With loop C on,
+loop B's bank is scored too: one run gives loop B alone and loops B + C.
 
 Held-out NLL: per domain, passages of documents the split (ruvdllm_export.convert.data, the same
 hash rule and fraction as `ruvdllm train-banks`) holds out, one noisy BD3LM block each at t drawn
