@@ -4,12 +4,14 @@ held-out rows no training saw, with the seeds' predictions beside what was measu
     python benchmarks/ablations.py                        # the default model (SmolLM2-135M, converted)
     python benchmarks/ablations.py --tiny                 # the suite's tiny model: mechanics, seconds
     python benchmarks/ablations.py --only talora dgr --steps 40 --json ablations.json
+    python benchmarks/ablations.py --only dgr --bank ruvdllm_export/adapters/smollm2-135m-talora
 
     talora      `ruvdllm train-banks --compare` itself: the banks, a static LoRA of the same
                 parameter count and no adapter, per domain (--groups adds 1, 2, 4, 6 ... banks at
                 the same parameter count, trained by the same train_banks)
     dgr         over those banks: retrieval off, from the prompt only, uncertainty-guided (the
-                runtime's rule), and the own domain's adapter always on (benchmarks/ablation_dgr.py)
+                runtime's rule), and the own domain's adapter always on (benchmarks/ablation_dgr.py);
+                --bank DIR: over an existing TALoRA bank instead, without training one
     federation  DAF, FedAvg and FedProx with the hub's strategy code on non-IID devices
                 (benchmarks/ablation_federation.py)
 
@@ -208,10 +210,10 @@ def measure(args) -> dict:
             model_flags += ["--model", str(args.model)]
         if args.adapter:
             model_flags += ["--adapter", str(args.adapter)]
-        bank_dir = scratch / "banks"
+        bank_dir = args.bank or scratch / "banks"
         started = time.monotonic()
-        if "talora" in args.only or "dgr" in args.only:  # DGR retrieves over these banks
-            results["talora"] = run_talora(args, model_flags, bank_dir)
+        if "talora" in args.only or ("dgr" in args.only and not args.bank):  # DGR retrieves over these
+            results["talora"] = run_talora(args, model_flags, scratch / "banks")
         loaded = SimpleNamespace(
             model=args.model, adapter=args.adapter, no_adapter=False, quiet=True, precision=args.precision
         )
@@ -377,8 +379,17 @@ def parse_args(argv=None):
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument(
+        "--bank",
+        type=Path,
+        help="DGR over this TALoRA bank (e.g. the shipped one) instead of the one --only talora trains",
+    )
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args(argv)
+    if args.bank and "talora" in args.only:
+        parser.error(
+            "--bank replaces the banks the talora ablation trains: use it with --only dgr / federation"
+        )
     for key, value in (TINY if args.tiny else DEFAULT).items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -17,7 +17,9 @@ correction whose text is that true continuation — training text only, never a 
 Loop B then runs once as `ruvdllm serve`'s background service does (loop_b_service.for_model: the
 learnt bank copied from the model's, loop A's store read on its writer thread), then loop C's
 consolidation as the same thread runs it (loop C: the MicroLoRAs folded into their TALoRA group
-adapters under EWC++, `--ewc-lambda`; `--no-consolidate` stops after loop B).
+adapters under EWC++, `--ewc-lambda`; `--no-consolidate` stops after loop B; `--no-fisher` skips
+the Fisher loop C measures for its next run, which this one-shot run never has). With loop C on,
+loop B's bank is scored too: one run gives loop B alone and loops B + C.
 
 Held-out NLL: per domain, passages of documents the split (ruvdllm_export.convert.data, the same
 hash rule and fraction as `ruvdllm train-banks`) holds out, one noisy BD3LM block each at t drawn
@@ -41,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -148,14 +151,21 @@ def simulate_user(model, loop_a: LoopA, work: list[Passage], length: int) -> dic
 
 
 def consolidate_learnt(
-    model, bank_dir: Path, session, read_good, config: LoopBConfig, loop_c: LoopCConfig
+    model, bank_dir: Path, session, read_good, config: LoopBConfig, loop_c: LoopCConfig, fisher: bool = True
 ) -> list[str]:
     """Loop C once on the device's learnt bank, as serve's background thread runs it after loop B
     (runtime/learning/loop_c_service.py): loop B's MicroLoRAs folded into their group adapters under
     EWC++, the Fisher measured on the same good answers loop B trained on; the model samples with the
-    consolidated bank from here on. Its report, one line per group."""
+    consolidated bank from here on. Its report, one line per group.
+
+    `fisher` False: no Fisher measured after the merge. A first consolidation has no Fisher yet (λ
+    weighs nothing: the plain SVD merge), and the one it measures afterwards serves only the next
+    consolidation, which a one-shot demonstration never runs; on the default model it costs 2
+    forwards per component (480 a group) per block, hours on a loaded CPU."""
     bank = Bank.load(bank_dir)
     examples = good_examples(read_good, model.encode, bank, config.threshold, config.max_trajectories)
+    if not fisher:
+        examples = {}  # consolidate() keeps the carried Fisher of a group without examples
     report = consolidate(
         bank_dir,
         loop_c,
@@ -169,7 +179,13 @@ def consolidate_learnt(
 
 
 def learn(
-    model, root: Path, work: list[Passage], config: LoopBConfig, loop_c: LoopCConfig | None, length: int
+    model,
+    root: Path,
+    work: list[Passage],
+    config: LoopBConfig,
+    loop_c: LoopCConfig | None,
+    length: int,
+    fisher: bool = True,
 ) -> dict:
     """Loops A, B and C (when `loop_c`) on one device whose data lives in `root`; the model samples
     with the learnt bank (root/bank) from here on."""
@@ -187,7 +203,11 @@ def learn(
         seconds = time.perf_counter() - started
         consolidated = ["loop C: off (--no-consolidate)"]
         if loop_c is not None:
-            consolidated = consolidate_learnt(model, root / "bank", loop_b.session, read_good, config, loop_c)
+            # loop B's bank as it stood, so one run scores loop B alone and loops B + C
+            shutil.copytree(root / "bank", root / "after-b", dirs_exist_ok=True)
+            consolidated = consolidate_learnt(
+                model, root / "bank", loop_b.session, read_good, config, loop_c, fisher
+            )
     finally:
         loop_a.close()
     trained = [
@@ -384,6 +404,7 @@ class Demo:
     loop_c: LoopCConfig | None  # None: --no-consolidate
     answer_tokens: int
     scratch: Path
+    fisher: bool = True  # loop C measures its Fisher after the merge (--no-fisher: it does not)
 
     def device(self, name: str):
         """A device's data directory with the starting bank, and the model opened on it."""
@@ -396,7 +417,7 @@ class Demo:
 def one_user(demo: Demo, domain: str) -> dict:
     """(a): loops A, B (C) for one user in `domain`; every domain's held-out NLL before/after."""
     root, model = demo.device("user")
-    learnt = learn(model, root, demo.work[domain], demo.config, demo.loop_c, demo.answer_tokens)
+    learnt = learn(model, root, demo.work[domain], demo.config, demo.loop_c, demo.answer_tokens, demo.fisher)
     session = learnt.pop("session")
     before = score_all(session, model, root / "start", demo.held)
     after = score_all(session, model, root / "bank", demo.held)
@@ -404,10 +425,16 @@ def one_user(demo: Demo, domain: str) -> dict:
     print(f"loop B: {json.dumps(learnt['loop_b'])}")
     for line in learnt["loop_c"]:
         print(line)
+    figures = {**learnt, "before": before, "after": after}
+    if (root / "after-b").is_dir():  # loop C ran: loop B's own effect too, from the same run
+        figures["after_b"] = score_all(session, model, root / "after-b", demo.held)
+        print("held-out masked NLL per domain, start -> after loops A/B (before loop C):")
+        for line in goal_lines(domain, before, figures["after_b"]):
+            print(line)
     print("held-out masked NLL per domain, start -> after loops A/B/C:")
     for line in goal_lines(domain, before, after):
         print(line)
-    return {**learnt, "before": before, "after": after}
+    return figures
 
 
 def devices_through_a_hub(demo: Demo, domains: list[str]) -> dict:
@@ -416,7 +443,9 @@ def devices_through_a_hub(demo: Demo, domains: list[str]) -> dict:
     roots, scores = {}, {}
     for name in domains:
         root, model = demo.device(f"device-{name}")
-        report = learn(model, root, demo.work[name], demo.config, demo.loop_c, demo.answer_tokens)
+        report = learn(
+            model, root, demo.work[name], demo.config, demo.loop_c, demo.answer_tokens, demo.fisher
+        )
         session = report.pop("session")
         trained = report["loop_b"]["trained"]
         kept = sum(t["kept"] for t in trained)
@@ -490,6 +519,11 @@ def main(argv: list[str] | None = None) -> int:
         "--ewc-lambda", type=float, default=LoopCConfig.ewc_lambda, help="loop C's EWC strength"
     )
     parser.add_argument("--no-consolidate", action="store_true", help="stop after loop B (no loop C)")
+    parser.add_argument(
+        "--no-fisher",
+        action="store_true",
+        help="loop C skips the Fisher it measures after merging (used only by a next consolidation)",
+    )
     parser.add_argument("--devices", nargs="*", help="part (b)'s domains, one device each (default: all)")
     parser.add_argument("--no-federate", action="store_true", help="part (a) only")
     parser.add_argument("--seed", type=int, default=0)
@@ -544,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     loop_c = (
         None if args.no_consolidate else LoopCConfig(enabled=True, ewc_lambda=args.ewc_lambda, seed=args.seed)
     )
-    demo = Demo(directory, start, work, held, config, loop_c, alen, scratch)
+    demo = Demo(directory, start, work, held, config, loop_c, alen, scratch, not args.no_fisher)
     figures["single"] = one_user(demo, args.domain)
     if not args.no_federate:
         figures["federation"] = devices_through_a_hub(demo, args.devices or names)

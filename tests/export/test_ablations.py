@@ -86,3 +86,27 @@ def test_tiny_runs_every_ablation(tmp_path):
     fed = results["federation"]
     assert len(fed["local"]) == 4 and {"fedavg", "fedprox", "daf"} <= set(fed)
     assert set(results["groups"]) == {"1", "3"}
+
+
+def test_dgr_over_a_given_bank_trains_no_talora_banks(tmp_path):
+    """--bank: the DGR ablation retrieves over an existing bank (the shipped one on the default
+    model) and the TALoRA comparison, a long torch training run, is not run for it."""
+    ablations = _load("ablations")
+    from ruvdllm.cli import main as cli
+
+    gguf, adapter, domains = ablations.tiny_workspace(tmp_path)  # the same tiny model --tiny builds
+    bank = tmp_path / "bank"
+    command = ["train-banks", "--model", str(gguf), "--adapter", str(adapter), "--data", *map(str, domains)]
+    command += ["--output", str(bank), "--steps", "2", "--seq-len", "32", "--precision", "fp32", "--quiet"]
+    assert cli(command + ["--threads", "1"]) == 0
+    out = tmp_path / "dgr.json"
+    argv = ["--tiny", "--threads", "1", "--only", "dgr", "--bank", str(bank), "--json", str(out)]
+    assert ablations.main(argv) == 0
+    results = json.loads(out.read_text())
+    assert "talora" not in results
+    assert [r["ablation"] for r in results["summary"]] == ["dgr"]
+    assert len(results["dgr"]) == 3 and all(
+        math.isfinite(m["masked_nll"]) for modes in results["dgr"].values() for m in modes.values()
+    )
+    with pytest.raises(SystemExit):  # the bank replaces what the talora ablation measures
+        ablations.parse_args(["--tiny", "--bank", str(bank)])

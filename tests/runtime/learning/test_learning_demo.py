@@ -79,10 +79,11 @@ def test_the_demonstration_runs_the_loops_and_the_hub_round_trip(tiny_model_dir,
     assert consolidated and all(line.startswith("loop C: ") for line in consolidated)
     if any(t["kept"] for t in single["loop_b"]["trained"]):
         assert any("folded into" in line for line in consolidated)  # a kept MicroLoRA is folded
-    for when in ("before", "after"):
+    for when in ("before", "after_b", "after"):  # after_b: loop B's bank, scored before loop C
         assert set(single[when]) == {"docs", "licences"}
         assert all(v > 0 for v in single[when].values())
-    assert "held-out masked NLL per domain" in out
+    assert "held-out masked NLL per domain, start -> after loops A/B (before loop C)" in out
+    assert "held-out masked NLL per domain, start -> after loops A/B/C" in out
     assert "(goal <= -5%: " in out and "(goal <= +1%: " in out and "all goals: " in out
 
     federation = result["federation"]
@@ -100,3 +101,52 @@ def test_the_feedback_rule_is_token_overlap():
     assert demo.unigram_f1([1, 2, 3, 4], [1, 2, 3, 4]) == 1.0
     assert demo.unigram_f1([1, 2], [3, 4]) == 0.0
     assert demo.unigram_f1([1, 1, 2], [1, 2, 2]) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("fisher", [True, False])
+def test_loop_c_in_the_demo_measures_its_fisher_unless_told_not_to(tiny_model_dir, tmp_path, fisher):
+    """--no-fisher: loop C still folds the MicroLoRAs in (the figures the demo prints), but skips
+    the Fisher it would measure afterwards for a next consolidation (hours on the default model)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from runtime import artifact
+    from runtime.banks import Bank
+    from runtime.cpython_model import open_model
+    from runtime.learning.config import LoopBConfig, LoopCConfig
+    from runtime.learning.logits_session import LogitsSession
+    from runtime.learning.microlora import micro_name
+    from tests.runtime.learning.test_consolidate import GROUP, micro_factors
+    from tests.runtime.tiny_artifact import random_bank
+
+    demo = load_script()
+    model = open_model(tiny_model_dir, verify="sizes")
+    bank = random_bank(model.config, seed=1, patterns=0)
+    for slot in range(bank.groups, bank.slots):
+        bank.remove_adapter(f"slot{slot}")
+    rng = np.random.default_rng(3)
+    bank.add_adapter(micro_name(GROUP, 3, 1), 3, micro_factors(bank, rng))
+    bank.add_patterns(rng.standard_normal((1, bank.hidden_size)).astype(np.float32), [3])
+    bank_dir = tmp_path / "bank"
+    bank.save(bank_dir)
+    middle = (bank.timestep_groups[GROUP] + bank.timestep_groups[GROUP + 1]) / 2
+    liked = SimpleNamespace(  # a liked answer whose steps were most uncertain in GROUP
+        embedding=[1.0] * bank.hidden_size,
+        prompt_tokens=model.encode("Tell me about the licence:"),
+        answer_tokens=model.encode(" the licence grants permission to copy"),
+        steps=[{"t": middle, "entropy": 1.0}],
+    )
+    session = LogitsSession(tiny_model_dir / artifact.GRAPH_NAME, model.config)
+    lines = demo.consolidate_learnt(
+        model,
+        bank_dir,
+        session,
+        lambda after, threshold, limit: [(1, liked, None)],
+        LoopBConfig(),
+        LoopCConfig(fisher_blocks=2),
+        fisher,
+    )
+    assert any("1 MicroLoRA(s) folded into" in line for line in lines)  # folded either way
+    assert any(f"Fisher from {2 if fisher else 0} block(s)" in line for line in lines)
+    assert not any(a.slot == 3 for a in Bank.load(bank_dir).adapters.values())  # its DGR slot freed
