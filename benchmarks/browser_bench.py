@@ -6,7 +6,8 @@ prompt and settings, measured in this same run.
 
 With a wasm variant (`--wasm-model DIR`) the wasm rows come twice, in the same run:
 "webgpu graph" is the WebGPU target's graph on the wasm EP (what the page ran before the wasm
-target: MatMulNBits), "wasm graph" the wasm target's (int8 linears), which the page now loads.
+target: MatMulNBits), "wasm graph" the wasm target's (float32 MatMuls over weights widened at
+load), which the page now loads.
 
 Sections:
 

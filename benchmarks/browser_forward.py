@@ -2,11 +2,13 @@
 graph in one headless Chromium, rounds interleaved so that every graph sees the same machine, and
 the memory each page's process held at its peak.
 
-    python benchmarks/browser_forward.py DIR [DIR ...] [--threads 2] [--rounds 4] [--reps 3]
+    python benchmarks/browser_forward.py DIR [DIR ...] [--threads 2] [--rounds 4] [--reps 3] [--cpython]
 
 Prints per graph (its config's target and quantization): ms per forward (min, median), ÷ the first
 graph, the session's load time, and the peak resident memory of the renderer process that ran it
 (VmHWM: the weights as the page holds them, onnxruntime-web's copy, and what folding at load made).
+`--cpython` adds the first graph on CPython onnxruntime (same threads, same feeds) to every round,
+so the browser ÷ CPython ratio is measured interleaved, on the machine as loaded at that moment.
 """
 
 from __future__ import annotations
@@ -44,6 +46,42 @@ def renderer_peaks() -> dict[int, int]:
     return peaks
 
 
+def cpython_forward(model: Path, threads: int, past: int, rows: int):
+    """() -> ms of one forward of `model` on CPython onnxruntime with the worker's feeds."""
+    import numpy as np
+
+    from runtime.ort_backend import OrtOptions, make_session
+
+    session, _ = make_session(model / "model.onnx", OrtOptions(device="cpu", intra_op_threads=threads))
+    ints = {
+        "input_ids": [[5] * rows],
+        "position_ids": [list(range(past, past + rows))],
+        "block_ids": [[0] + [1] * (rows - 1)],
+        "output_offset": [0],
+    }
+    feeds = {}
+    for meta in session.get_inputs():
+        if meta.name in ints:
+            feeds[meta.name] = np.array(ints[meta.name], np.int64)
+            continue
+        dims = [d if isinstance(d, int) else 0 for d in meta.shape]
+        if meta.name.startswith("past_"):
+            dims = [1, dims[1], past, dims[3]]
+        elif meta.name == "adapter_weights":
+            dims = [1, rows, dims[2]]
+        elif meta.name == "adapter_gate":  # the conversion adapter's switch: on
+            dims = [1, rows]
+        feeds[meta.name] = np.full(dims, 1.0 if meta.name == "adapter_gate" else 0.0, np.float32)
+    session.run(None, feeds)  # warm-up
+
+    def forward() -> float:
+        started = time.perf_counter()
+        session.run(None, feeds)
+        return (time.perf_counter() - started) * 1e3
+
+    return forward
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", type=Path, help="exported model directories (same model)")
@@ -52,6 +90,7 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="forwards per page per round")
     parser.add_argument("--rows", type=int, default=9, help="chunk rows (a block of 8 and its lead token)")
     parser.add_argument("--past", type=int, default=32, help="cached positions")
+    parser.add_argument("--cpython", action="store_true", help="also the first graph on CPython onnxruntime")
     args = parser.parse_args(argv)
     models = list(args.models)
     if not models:
@@ -90,10 +129,14 @@ def main(argv=None) -> int:
             assert got == args.threads, f"asked for {args.threads} threads, onnxruntime-web has {got}"
             pages.append((page, set(renderer_peaks()) - before))
         times = [[] for _ in models]
+        native = cpython_forward(models[0], args.threads, args.past, args.rows) if args.cpython else None
+        native_times = []
         for r in range(args.rounds):
             order = range(len(models)) if r % 2 == 0 else reversed(range(len(models)))
             for i in order:
                 times[i] += pages[i][0].evaluate("(a) => rpc('run', a)", {"reps": args.reps})
+            if native:
+                native_times += [native() for _ in range(args.reps)]
         now = renderer_peaks()
         peaks = [max((now.get(pid, 0) for pid in pids), default=0) for _, pids in pages]
         browser.close()
@@ -106,6 +149,11 @@ def main(argv=None) -> int:
         print(
             f"{label:<22}  {min(t):8.1f}  {median:9.1f}  {median / first:7.2f}  {load:7.1f}  {peak / 1e6:8.0f}"
         )
+    if native_times:
+        median = statistics.median(native_times)
+        print(f"{'CPython ORT, first':<22}  {min(native_times):8.1f}  {median:9.1f}  {median / first:7.2f}")
+        for label, t in zip(labels, times, strict=True):
+            print(f"browser ÷ CPython, {label}: median {median / statistics.median(t):.2f}x the speed")
     return 0
 
 

@@ -37,12 +37,20 @@ window.ready = true;
 # One forward as the sampler's block steps run it: `rows` chunk rows after `past` cached positions.
 WORKER = """
 import { loadOrt, createSession } from '/js/ort_engine.js';
+import { INDEX_SUFFIX, widenAll } from '/js/widen.js';
 let session, feeds;
 const ops = {
   async load({ modelUrl, threads, past, rows }) {
     const ort = await loadOrt('wasm', { numThreads: threads });
     const bytes = async (u) => new Uint8Array(await (await fetch(u)).arrayBuffer());
     const data = [{ path: 'model.onnx.data', data: await bytes(modelUrl + 'model.onnx.data') }];
+    const index = await fetch(modelUrl + 'model.onnx' + INDEX_SUFFIX);
+    if (index.ok) {  // the wasm target: its weights widened from the shipped blocks, as the page does
+      const parsed = await index.json();
+      const started = performance.now();
+      data.push(await widenAll(parsed, await bytes(modelUrl + parsed.blocks)));
+      self.widenMs = performance.now() - started;
+    }
     session = await createSession(ort, await bytes(modelUrl + 'model.onnx'), { ep: 'wasm', externalData: data });
     const ints = (a, dims) => new ort.Tensor('int64', BigInt64Array.from(a, BigInt), dims);
     feeds = {

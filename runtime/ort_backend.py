@@ -26,6 +26,7 @@ from runtime.artifact import ArtifactConfig
 from runtime.backend import Chunk, StepOutput
 from runtime.banks import Bank
 from runtime.resident import release_load_memory
+from runtime.widening import add_widened_initializers
 from ruvdllm.errors import RuvdllmError
 
 OPTIMIZATION_LEVELS = {
@@ -123,8 +124,11 @@ def make_session(graph: Path, options: OrtOptions) -> tuple[ort.InferenceSession
     providers: list = ["CPUExecutionProvider"]
     if device == "cuda":
         providers = [("CUDAExecutionProvider", {"device_id": options.device_id}), "CPUExecutionProvider"]
+    # the wasm target's weights, widened from their blocks (none for other targets)
+    widened = add_widened_initializers(so, Path(graph))
     try:
         session = ort.InferenceSession(os.fspath(graph), so, providers=providers)
+        session.widened_weights = widened  # onnxruntime reads them in place: they live with it
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RuvdllmError(f"{graph}: onnxruntime cannot load the graph ({first_line})") from None

@@ -20,8 +20,9 @@ URL layout (the client only uses relative URLs, so it also works below a path pr
     /vendor/jinja/         web/node_modules/@huggingface/jinja/dist/   (chat templates)
     /wheels/<wheel>        the runtime modules the browser runs, as a wheel (runtime/web_wheel.py)
     /model/                the exported model directory (manifest.json, model.onnx, ...)
-    /model-wasm/           the same model exported for the wasm target, when given (the page loads
-                           it instead on WebAssembly)
+    /model-wasm/           the same model exported for the wasm target (the default model's, or
+                           --wasm-model's; none for a given model without it): the page loads
+                           it instead on WebAssembly
     /app-config.json       what the client needs to find the above
 
 Compression, for clients that accept gzip: the client's scripts and wasm are gzipped per response
@@ -297,6 +298,7 @@ def make_server(site: Site, host: str = "127.0.0.1", port: int = 8000, quiet: bo
 # widening until folding ends, and SmolLM2's widened graph ran out of the 4 GiB wasm heap at session
 # creation (docs/web.md, "The wasm target").
 DEFAULT_MODEL_TARGET = "webgpu"
+WASM_MODEL_TARGET = "wasm"  # the default model's variant for the page on WebAssembly
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -310,7 +312,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--wasm-model",
         type=Path,
         help="the same model exported with --target wasm: what the page loads on WebAssembly "
-        "(default: none, the page runs MODEL's graph there too)",
+        "(default: the default model's, exported once, when MODEL is not given; else none, and the "
+        "page runs MODEL's graph there too)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
@@ -326,14 +329,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="log every request")
 
 
+def models_to_serve(args: argparse.Namespace, default_model: Callable[..., Path]) -> tuple[Path, Path | None]:
+    """(the model, its wasm variant or None). Without MODEL: the default model for WebGPU, and its
+    wasm-target export for the page on WebAssembly, unless --wasm-model names another: the wasm
+    target's float32 MatMuls run 5-6x faster there than the WebGPU graph's MatMulNBits, and
+    WebAssembly is where a device without a hardware GPU runs (docs/web.md, "The wasm target")."""
+    if args.model is not None:
+        return args.model, args.wasm_model
+    return default_model(DEFAULT_MODEL_TARGET), args.wasm_model or default_model(WASM_MODEL_TARGET)
+
+
 def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
     """`default_model(target)` finds or exports the default model (ruvdllm.default_artifact, handed in
     by the command layer: runtime cannot reach the exporter)."""
     if args.build_wheel:
         print(build_wheel(args.build_wheel))
         return 0
-    model = args.model if args.model is not None else default_model(DEFAULT_MODEL_TARGET)
-    site = build_site(args.web_dir or default_web_dir(), model, wasm_model_dir=args.wasm_model)
+    model, wasm_model = models_to_serve(args, default_model)
+    site = build_site(args.web_dir or default_web_dir(), model, wasm_model_dir=wasm_model)
     server = make_server(site, args.host, args.port, quiet=not args.verbose)
     print(
         f"serving the browser client and {model} on {listening_at(*server.server_address[:2])}  (Ctrl-C stops)",

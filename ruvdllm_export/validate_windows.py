@@ -26,6 +26,7 @@ from pathlib import Path
 
 import onnx
 
+from runtime.widening import FLOATS_SUFFIX
 from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.onnx_graph import GraphOptions, build_graph
 from ruvdllm_export.spec import ModelSpec, weight_shape
@@ -100,6 +101,8 @@ def _point_at_shipped(window_model: onnx.ModelProto, shipped: dict, start: int) 
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         info = {entry.key: entry.value for entry in tensor.external_data}
+        if info["location"].endswith(FLOATS_SUFFIX):  # widened from the window's own blocks
+            continue
         length = int(info["length"])
         twin = shipped.get(_shift(tensor.name, start))
         if twin is None:

@@ -39,6 +39,7 @@ from ruvdllm_export.onnx_graph.norms import make_rms_norm, make_skip_rms_norm
 from ruvdllm_export.onnx_graph.options import GraphOptions
 from ruvdllm_export.onnx_graph.q8 import Q8Tensor, SplitQ8Tensor, quantize_q8, split_q8
 from ruvdllm_export.onnx_graph.rope import make_rope_caches
+from ruvdllm_export.onnx_graph.wasm_linear import WidenedBlocks, make_widened_gather
 from ruvdllm_export.quant.q4 import Q4Tensor
 from ruvdllm_export.spec import (
     EMBED,
@@ -69,8 +70,12 @@ def build_graph(
     check_lora(spec, lora or {})
     opset = 23 if options.attention == "attention23" else 21  # 21: what every EP's kernels are registered for
     external = ExternalData(external_data) if external_data is not None else None
+    g = GraphBuilder("ruvdllm", opset, external)
+    if options.quantization == "widened" and external_data is not None:
+        # beside the data file, named after the graph (model.onnx.data -> model.onnx.widened.*)
+        g.shared["widened_blocks"] = WidenedBlocks(Path(external_data).with_suffix(""))
     ctx = BuildContext(
-        g=GraphBuilder("ruvdllm", opset, external),
+        g=g,
         spec=spec,
         weights=weights if _prepared_for(weights) == options else prepare_weights(spec, weights, options),
         options=options,
@@ -82,6 +87,8 @@ def build_graph(
     finally:
         if external is not None:
             external.close()
+        if "widened_blocks" in g.shared:
+            g.shared["widened_blocks"].close()
     metadata = {
         "architecture": spec.architecture,
         "attention": options.attention,
@@ -217,7 +224,16 @@ def make_rope_tables(ctx: BuildContext) -> None:
 
 
 def make_embedding_step(ctx: BuildContext) -> None:
-    ctx.hidden = make_embedding(ctx.g, EMBED, ctx.input_ids, ctx.weights[EMBED])
+    table = ctx.weights[EMBED]
+    if (
+        ctx.options.quantization == "widened"
+        and ctx.spec.tie_word_embeddings
+        and isinstance(table, Q4Tensor | Q8Tensor)
+    ):
+        # the head widens this table anyway: read its rows there, and ship its blocks once
+        ctx.hidden = make_widened_gather(ctx.g, "/model/embed_tokens", EMBED, ctx.input_ids, table)
+    else:
+        ctx.hidden = make_embedding(ctx.g, EMBED, ctx.input_ids, table)
     if EMBED in ctx.lora:
         ctx.hidden = make_embedding_lora(
             ctx.g, ctx.input_ids, ctx.hidden, ctx.lora[EMBED], ctx.lora_gate or None

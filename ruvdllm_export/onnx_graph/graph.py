@@ -81,6 +81,22 @@ class GraphBuilder:
         self.initializers.append(tensor)
         return name
 
+    def external_initializer(
+        self, name: str, elem_type: int, shape: Sequence[int], location: str, offset: int, length: int
+    ) -> str:
+        """An initializer whose bytes the graph does not carry: external data at `location`, which
+        the runtime supplies when it creates the session (the wasm target's widened weights)."""
+        if name in self._initializer_names:
+            raise ValueError(f"initializer {name!r} added twice")
+        self._initializer_names.add(name)
+        tensor = onnx.TensorProto(name=name, data_type=elem_type, dims=list(shape))
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", offset), ("length", length)):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, str(value)
+        self.initializers.append(tensor)
+        return name
+
     def float_initializer(self, name: str, array: np.ndarray) -> str:
         """A float32 weight named `name`, stored as float16 when that round-trips exactly.
 

@@ -178,7 +178,7 @@ def _packed_base(g, scope, name, parts, x, fmt, bias) -> tuple[str, QuantizedNam
     if fmt.quantization == "fp32":
         w_t = np.concatenate([as_float(p.weight) for p in parts]).T  # [in, ΣN]: MatMul's B
         return g.op("MatMul", [x, g.initializer(f"{name}.T", w_t.copy())], f"{scope}/MatMul"), None
-    if fmt.quantization in WEIGHTS_MADE_AT_LOAD:  # the wasm target's: block mins folded in at load
+    if fmt.quantization in WEIGHTS_MADE_AT_LOAD:  # the wasm target's: dense weights made at load
         from ruvdllm_export.onnx_graph import wasm_linear  # it reuses the embedding's gather (imports us)
 
         w = parts[0].weight if len(parts) == 1 else concat_rows([as_q4(p.weight) for p in parts])

@@ -19,10 +19,10 @@ TARGETS = ("cpu", "cuda", "webgpu", "wasm")
 #   (DESIGN.md), so plain MatMul + Softmax until the browser proves otherwise; accuracy_level is
 #   ignored there, 0 states that honestly.
 # wasm: the browser's WebAssembly build, where MatMulNBits is ~17x slower than native: the same 4-bit
-#   blocks on disk, widened to float32 when the session loads (onnx_graph/wasm_linear.py; 6-10x
-#   faster per linear there, benchmarks/browser_ops.py), exact; its load-time folding does not fit
-#   the browser's memory for SmolLM2 yet (docs/web.md). Attention as on webgpu, the formulation the
-#   browser has proven.
+#   blocks on disk, widened to float32 by the runtime before the session is created
+#   (onnx_graph/wasm_linear.py, runtime/widening.py, web/js/widen.js; 6-10x faster per linear
+#   there, benchmarks/browser_ops.py), exact. Attention as on webgpu, the formulation the browser
+#   has proven.
 # cuda: MultiHeadAttention, the fused op with mature CUDA kernels (opset-23 Attention had none before
 #   onnxruntime 1.25); CUDA's MatMulNBits ignores the accuracy level. Not validated here (no GPU),
 #   recorded as such in config.json.

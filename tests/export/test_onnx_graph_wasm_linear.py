@@ -1,6 +1,7 @@
 """The wasm target's linears (onnx_graph/wasm_linear.py): dense weights made at load from the stored
-4-bit blocks — float32 ("widened", the target's default: exactly the 4-bit graph's numbers) or int8
-(against their numpy twin, and within accuracy level 4's kind of error of the 4-bit graph)."""
+4-bit blocks — float32 ("widened", the target's default: exactly the 4-bit graph's numbers, widened
+by the runtime from the shipped blocks, runtime/widening.py) or int8 (folded at load; against their
+numpy twin, and within accuracy level 4's kind of error of the 4-bit graph)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from onnx import TensorProto, helper
 
-from runtime import artifact
+from runtime import artifact, widening
 from ruvdllm_export.checkpoints import load_checkpoint
 from ruvdllm_export.export import export_model
 from ruvdllm_export.onnx_graph import GraphOptions, build_graph, options_for_target
+from ruvdllm_export.onnx_graph.embedding import make_quantized_gather
 from ruvdllm_export.onnx_graph.graph import GraphBuilder
-from ruvdllm_export.onnx_graph.wasm_linear import make_int8_weights, quantize_per_row
+from ruvdllm_export.onnx_graph.q8 import Q8Tensor
+from ruvdllm_export.onnx_graph.wasm_linear import WidenedBlocks, make_int8_weights, quantize_per_row
+from ruvdllm_export.quant.q4 import Q4Tensor
 from tests.export.graph_harness import feeds, run, session, tiny_spec
 from tests.export.test_onnx_graph import SEQ
 from tests.fixtures.tiny_models import make_gguf_checkpoint, tiny_weights
@@ -55,6 +59,83 @@ def test_the_load_time_nodes_equal_the_numpy_twin():
     codes, want_scales = quantize_per_row(w)
     np.testing.assert_array_equal(got_codes, codes.T)
     np.testing.assert_array_equal(got_scales, want_scales)
+
+
+def random_blocks(rng, n: int, nb: int, k: int, kind: str) -> Q4Tensor | Q8Tensor:
+    """Blocks of every form the exporter holds: 4-bit with GGUF minimums (Q4_1), 4-bit with zero
+    points only, 8-bit (Q8_0 tables); float16-exact or float32 scales; K short of the last block."""
+    scales = rng.standard_normal((n, nb)).astype(np.float32) * np.float32(0.02)
+    if rng.random() < 0.5:
+        scales = scales.astype(np.float16).astype(np.float32)  # GGUF's are float16
+    if kind == "q8":
+        return Q8Tensor(rng.integers(0, 256, (n, nb, 32), dtype=np.uint8), scales, k)
+    mins = (rng.standard_normal((n, nb)) * 0.1).astype(np.float32) if kind == "q4_1" else None
+    zero_points = rng.integers(0, 16, (n, nb), dtype=np.uint8)
+    return Q4Tensor(rng.integers(0, 256, (n, nb, 16), dtype=np.uint8), scales, zero_points, mins, k)
+
+
+def graph_dequantized(weight) -> np.ndarray:
+    """W [N, K] as the graph's own dequantization makes it: the embedding's quantized gather over
+    every row (the nodes the widened target used to fold at load), on onnxruntime."""
+    g = GraphBuilder("dequantize", 21)
+    x = g.input("x", 1, [1])  # unused: a graph needs an input
+    rows = make_quantized_gather(g, "/w", "w", g.const(np.arange(weight.shape[0])[None]), weight)
+    model = g.to_model(doc="dequantize", metadata={})
+    model.graph.output.append(helper.make_tensor_value_info(rows, TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run([rows], {x: np.zeros(1, np.float32)})[0][0]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 9),
+    st.integers(1, 4),
+    st.integers(0, 31),
+    st.sampled_from(["q4_1", "q4", "q8"]),
+)
+def test_numpy_widening_is_bit_identical_to_the_graphs_dequantization(seed, n, nb, short, kind):
+    """The runtime's widening gives exactly the float32 weights the graph's dequantizing nodes give
+    (same operations, same order, each rounded to float32): the widened graph computes what the
+    load-time nodes computed, bit for bit."""
+    rng = np.random.default_rng(seed)
+    weight = random_blocks(rng, n, nb, max(1, nb * 32 - short), kind)
+    blocks = WidenedBlocks()
+    widened = blocks.widen(blocks.add("w.widened.T", weight))
+    np.testing.assert_array_equal(widened, graph_dequantized(weight).T)
+
+
+def test_the_shipped_layout_widens_to_the_in_memory_graphs_weights(tmp_path):
+    """Exported with a data file, the widened weights are external data in the never-written
+    `.widened.f32`; the shipped blocks are ~4-bit in size; the runtime's session over them gives the
+    in-memory graph's outputs exactly."""
+    from runtime.ort_backend import OrtOptions, make_session
+
+    spec = tiny_spec("llama", True)
+    weights = tiny_weights("llama", True, seed=3)
+    options = options_for_target("wasm")
+    in_memory = build_graph(spec, weights, options)
+    shipped = build_graph(spec, weights, options, external_data=tmp_path / "model.onnx.data")
+    onnx.save_model(shipped, str(tmp_path / "model.onnx"))
+    index = widening.read_index(tmp_path / "model.onnx")
+    assert not (tmp_path / index["floats"]).exists()
+    external = {
+        t.name: {e.key: e.value for e in t.external_data}
+        for t in shipped.graph.initializer
+        if t.data_location == TensorProto.EXTERNAL
+    }
+    assert {e["name"] for e in index["tensors"]} == {
+        n for n, e in external.items() if e["location"] == index["floats"]
+    }
+    assert len(index["tensors"]) == 4 * spec.num_layers + 1  # qkv, o, gate/up, down, the tied table
+    # 4-bit linears, an 8-bit table, float16 scales: under a byte per weight (float32 is 4)
+    assert index["blocks_bytes"] < index["floats_bytes"] / 4
+    ids = np.random.default_rng(2).integers(0, spec.vocab_size, SEQ)
+    want = run(session(in_memory), feeds(spec, options, ids, np.arange(SEQ)))
+    sess, _ = make_session(tmp_path / "model.onnx", OrtOptions())
+    got = run(sess, feeds(spec, options, ids, np.arange(SEQ)))
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
 def _compare_with_q4(spec, weights, seed, quantization):
@@ -104,8 +185,8 @@ def test_gguf_q4_1_blocks_with_a_q8_0_table(tmp_path, quantization):
     assert agreement >= 0.9 and rel <= limit, (agreement, lse, rel)
 
 
-@pytest.mark.parametrize("quantization", ["widened", "int8"])
-def test_no_matmulnbits_and_the_dense_weights_are_made_at_load(tmp_path, quantization):
+def test_no_matmulnbits_and_the_int8_weights_are_made_at_load(tmp_path):
+    quantization = "int8"
     spec = tiny_spec("llama", True)
     options = GraphOptions(quantization=quantization, attention="matmul", adapter_slots=0)
     model = build_graph(spec, tiny_weights("llama", True, seed=1), options)
@@ -119,7 +200,7 @@ def test_no_matmulnbits_and_the_dense_weights_are_made_at_load(tmp_path, quantiz
     ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     folded = onnx.load(str(path))
     assert not {n.op_type for n in folded.graph.node} & {"Round", "Clip", "ReduceMax", "Abs"}
-    dtype = TensorProto.FLOAT if quantization == "widened" else TensorProto.INT8
+    dtype = TensorProto.INT8
     dense = [
         i
         for i in folded.graph.initializer

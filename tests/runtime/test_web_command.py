@@ -8,6 +8,7 @@ import json
 import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -294,3 +295,26 @@ def test_a_wasm_variant_of_another_target_is_refused_in_one_line(web_dir, model_
 
 def test_without_a_wasm_variant_the_config_names_none(serve):
     assert "wasmModel" not in json.loads(get(serve() + "app-config.json")[2])
+
+
+def test_the_default_model_comes_with_its_wasm_variant_a_given_model_without():
+    """Without MODEL the page gets the default model for WebGPU and its wasm-target export for
+    WebAssembly; a given model is served as it is, with the variant only when named."""
+    import argparse
+
+    from runtime.web_command import models_to_serve
+
+    asked = []
+
+    def default_model(target):
+        asked.append(target)
+        return Path(f"default-{target}")
+
+    args = argparse.Namespace(model=None, wasm_model=None)
+    assert models_to_serve(args, default_model) == (Path("default-webgpu"), Path("default-wasm"))
+    assert models_to_serve(argparse.Namespace(model=None, wasm_model=Path("w")), default_model)[1] == Path(
+        "w"
+    )
+    given = argparse.Namespace(model=Path("m"), wasm_model=None)
+    asked.clear()
+    assert models_to_serve(given, default_model) == (Path("m"), None) and asked == []

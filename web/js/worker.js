@@ -7,6 +7,7 @@ import { bootPython, canBlockOnPromises } from './python.js';
 import { ModelError, ModelStore } from './model_store.js';
 import { ModelRunner, cacheOutputNames, createSession, deviceLimits, loadOrt, probeWebGPU } from './ort_engine.js';
 import { meterDevice, uploadToGpu } from './gpu_cache.js';
+import { INDEX_SUFFIX as WIDENED_INDEX, widenAll } from './widen.js';
 import { ModelTokenizer } from './tokenizer.js';
 import { PatternIndex } from './pattern_index.js';
 import { answerPrefix, stepView } from './views.js';
@@ -157,6 +158,18 @@ async function makeRunner(config, files, ep, numThreads, bankInputs) {
   const externalData = Object.entries(files)
     .filter(([name]) => name.endsWith('.data'))
     .map(([path, data]) => ({ path, data }));
+  const widened = widenedIndex(files, graphName);
+  if (widened) {
+    // The wasm target: its MatMul weights, widened from the shipped blocks (js/widen.js). This
+    // worker does it, so the page stays responsive; a turn of the event loop per tensor lets a
+    // message in.
+    externalData.push(
+      await widenAll(widened, files[widened.blocks], async (done, total) => {
+        progress('session', (0.5 * done) / total, `widening the weights to float32: ${done} / ${total}`);
+        await yieldToEventLoop();
+      }),
+    );
+  }
   const ort = await loadOrt(ep, { numThreads });
   checkOrtVersion(config, ort.env.versions?.web || ort.env.versions?.common);
   // On WebGPU the key/value cache stays in GPU buffers between forwards (js/gpu_cache.js).
@@ -188,6 +201,15 @@ async function makeRunner(config, files, ep, numThreads, bankInputs) {
       if (stopRequested()) throw new Error(INTERRUPTED);
     },
   });
+}
+
+// The wasm target's widened-weights index (js/widen.js), or null for a graph without one.
+function widenedIndex(files, graphName) {
+  const bytes = files[graphName + WIDENED_INDEX];
+  if (!bytes) return null;
+  const index = JSON.parse(textOf(bytes));
+  if (!files[index.blocks]) throw new ModelError('not-a-model', `${index.blocks}: not in the model directory`, index.blocks);
+  return index;
 }
 
 // Flat float32 bank tensors from Python (runtime.banks.Bank.assemble), copied out of wasm memory.
@@ -250,6 +272,9 @@ async function load({ modelUrl, wasmModelUrl = null, wheelUrl, ep = 'auto', numT
   const bankInputs = bankInputsFrom(session);
 
   const modelBytes = Object.values(manifest.files).reduce((s, e) => s + e.bytes, 0);
+  // What the weights take in onnxruntime-web's heap: the wasm target's blocks become float32 there.
+  const widened = widenedIndex(files, 'model.onnx');
+  const heapBytes = widened ? modelBytes - widened.blocks_bytes + widened.floats_bytes : modelBytes;
   let runner = null;
   let gpu = null;
   let limits = null;
@@ -258,7 +283,7 @@ async function load({ modelUrl, wasmModelUrl = null, wheelUrl, ep = 'auto', numT
     runner = await makeRunner(config, files, chosen, numThreads, bankInputs);
     progress('warmup', 0, 'warming up');
     gpu = chosen === 'webgpu' ? await probeWebGPU() : null;
-    const wanted = deviceLimits(chosen, { modelBytes, gpu, memoryMB, pieceRows });
+    const wanted = deviceLimits(chosen, { modelBytes: heapBytes, gpu, memoryMB, pieceRows });
     limits = session.attach(runner, pyodide.toPy(definedOnly(wanted))).toJs({ dict_converter: Object.fromEntries });
     await session.warm_up.callPromising();
   };
