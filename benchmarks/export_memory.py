@@ -71,6 +71,7 @@ LLAMA_32_1B = {  # Llama-3.2-1B's config.json, as published
     "torch_dtype": "bfloat16",
 }
 PHASES = ("load", "prepare", "graph", "save", "validate")
+VALIDATE_STEPS = ("checker", "window_graph", "reference", "onnxruntime")  # validate.<step>
 SHARD_BYTES = 1 << 30  # ~1 GB shards, as released checkpoints are cut
 
 
@@ -247,10 +248,13 @@ def main() -> None:
         f"bound       2 x layer {bound['layer_mib']:.0f} MiB + table {bound['table_mib']:.0f} MiB = {bound['bound_mib']:.0f} MiB"
     )
     print(f"baseline    imports alone {base:.0f} MiB")
-    print(f"{'phase':<10} {'peak MiB':>9} {'RSS after':>10}")
-    for phase in PHASES:  # config.json stores them sorted by name: print them in the order they ran
-        entry = memory["phases"].get(phase, {})
-        print(f"{phase:<10} {entry.get('peak_rss_mib', 0):>9.0f} {entry.get('rss_mib', 0):>10.0f}")
+    print(f"peaks       {memory.get('peaks', 'running maximum')} (validate: the largest of its steps)")
+    print(f"{'phase':<22} {'peak MiB':>9} {'RSS after':>10}")
+    names = [*PHASES[:-1], *(f"validate.{step}" for step in VALIDATE_STEPS), PHASES[-1]]
+    for phase in names:  # config.json stores them sorted by name: print them in the order they ran
+        entry = memory["phases"].get(phase)
+        if entry is not None:
+            print(f"{phase:<22} {entry.get('peak_rss_mib', 0):>9.0f} {entry.get('rss_mib', 0):>10.0f}")
     peak = memory["peak_rss_mib"]
     print(
         f"peak        {peak:.0f} MiB = {peak / bound['bound_mib']:.2f} x the bound, "

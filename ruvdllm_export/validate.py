@@ -238,6 +238,7 @@ def validate_export(
     also_on_cuda: bool = False,
     base_weights: dict[str, np.ndarray] | None = None,
     lora: dict | None = None,
+    mark: Callable[[str], None] | None = None,
 ) -> dict:
     """Check the saved graph; return the report for config.json, or raise RuvdllmError naming it.
 
@@ -246,9 +247,12 @@ def validate_export(
     factors the graph adds to both (never to `base_weights`). `also_on_cuda` repeats the
     parity on onnxruntime-gpu's CUDA EP when one is available (reported as skipped otherwise).
     `base_weights` (a graph with the adapter switch): the held weights without the conversion
-    adapter, which rows with adapter_gate 0 must compute."""
+    adapter, which rows with adapter_gate 0 must compute. `mark` (PhaseMemory.mark) closes the
+    memory phases validate.checker, validate.reference and validate.onnxruntime."""
+    mark = mark or (lambda _: None)
     model_path = Path(model_path)
     check_graph(model_path)
+    mark("validate.checker")
     if torch_available():
         kind = "torch reference model (ruvdllm_export.reference)"
 
@@ -271,10 +275,12 @@ def validate_export(
     if base_weights is not None:  # before the paragraph, which stays last (the agreement reads it)
         base_rows = graph_feeds(spec, options, ids, np.arange(len(ids)), gate=0.0)
         cases.insert(-1, ("base_rows", base_rows, reference_for(base_weights, with_lora=False)(base_rows)))
+    mark("validate.reference")
 
     parity, paragraph_out, failures = _check_provider(
         model_path, "CPUExecutionProvider", cases, spec, tolerance
     )
+    mark("validate.onnxruntime")
     report = {
         "onnx_checker": "passed",
         "onnxruntime": ort.__version__,
@@ -290,6 +296,7 @@ def validate_export(
     else:
         source_ref = reference_for(source_weights)(cases[-1][1])
         report["top1_agreement_vs_checkpoint"] = top1_agreement(paragraph_out, source_ref)
+        mark("validate.reference")
     if min_source_agreement is not None and report["top1_agreement_vs_checkpoint"] < min_source_agreement:
         failures.append(
             f"top-1 agreement with the checkpoint {report['top1_agreement_vs_checkpoint']:.3f} < {min_source_agreement}"
