@@ -96,3 +96,36 @@ def test_each_phase_reports_its_own_peak():
     assert first - second > 150  # the second phase does not inherit the first one's peak
     assert report["phases"]["second.step"]["peak_rss_mib"] <= second  # the parent folds its steps in
     assert report["peak_rss_mib"] == max(first, second)
+
+
+def test_a_paragraph_run_in_row_parts_gives_the_one_forward_outputs(monkeypatch):
+    """validate.py's paragraph in parts (the head sees a bounded number of rows per forward): the
+    joined rows and the last part's cache equal one forward over all the ids, on onnxruntime and
+    on the streamed reference alike."""
+    import numpy as np
+
+    from ruvdllm_export import validate
+    from ruvdllm_export.onnx_graph import GraphOptions, build_graph, prepare_weights
+    from tests.fixtures.tiny_models import tiny_spec, tiny_weights
+
+    spec = tiny_spec("llama", True)
+    options = GraphOptions(adapter_slots=2, adapter_rank=2)
+    held = prepare_weights(spec, tiny_weights("llama", True, seed=5), options)
+    session = validate._session(build_graph(spec, held, options).SerializeToString())
+    ids = np.random.default_rng(0).integers(0, spec.vocab_size, 40)
+    whole = validate.paragraph_feeds(spec, options, ids)
+    assert not isinstance(whole, validate.Parts)  # 40 x 384 logits: one forward
+    monkeypatch.setattr(validate, "HEAD_LOGITS_PER_RUN", 16 * spec.vocab_size)
+    parts = validate.paragraph_feeds(spec, options, ids)
+    assert [len(p["input_ids"][0]) for p in parts] == [16, 32, 40]
+    runs = {
+        "onnxruntime": lambda feeds: validate._run(session, feeds),
+        "reference": validate.torch_reference(spec, held, options.top_k),
+    }
+    for kind, run in runs.items():
+        one, joined = validate.run_case(run, whole), validate.run_case(run, parts)
+        assert joined.keys() == one.keys()
+        for name, value in one.items():
+            assert joined[name].shape == value.shape, (kind, name)
+            np.testing.assert_allclose(joined[name], value, rtol=1e-4, atol=1e-5, err_msg=f"{kind} {name}")
+        assert np.array_equal(joined["topk_ids"][..., 0], one["topk_ids"][..., 0]), kind
