@@ -10,9 +10,11 @@
                                                               # instead: its estimate vs its peak
 
 Each export runs in a fresh child process (`python -m ruvdllm export`, validation on), whose report
-(config.json source.memory) gives the peak after each phase: load, prepare (quantize), graph (built
-while streaming weights into model.onnx.data), save, validate (onnxruntime + the streamed torch
-reference). Printed beside it:
+(config.json source.memory) gives each phase's own peak (on Linux; the running maximum elsewhere):
+load, prepare (quantize), graph (built while streaming weights into model.onnx.data), save, and
+validate's steps (checker, window_graph, reference: the streamed torch reference's forwards,
+onnxruntime: the session and its runs). The progress lines' peak is the child's high-water mark
+since its last phase boundary. Printed beside it:
 
   bound     2 x the largest decoder layer + the token table, both in float32 (docs/checkpoints.md)
   baseline  a child that only imports what the exporter imports (torch, onnx, onnxruntime, ...)
