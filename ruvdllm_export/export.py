@@ -373,7 +373,7 @@ def _artifact_config(
     source["lossy"] = loaded.lossy
     source["graph_weights"] = dict(held_kinds)
     source["validation"] = validation
-    source["memory"] = memory.report()  # peak resident memory of the export, and after each phase
+    source["memory"] = memory.report()  # peak resident memory of the export and of each phase
     source["validated_on"] = [] if "skipped" in validation else ["cpu"]
     if isinstance(validation.get("cuda"), dict):
         source["validated_on"].append("cuda")
