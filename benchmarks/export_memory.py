@@ -10,9 +10,11 @@
                                                               # instead: its estimate vs its peak
 
 Each export runs in a fresh child process (`python -m ruvdllm export`, validation on), whose report
-(config.json source.memory) gives the peak after each phase: load, prepare (quantize), graph (built
-while streaming weights into model.onnx.data), save, validate (onnxruntime + the streamed torch
-reference). Printed beside it:
+(config.json source.memory) gives each phase's own peak (on Linux; the running maximum elsewhere):
+load, prepare (quantize), graph (built while streaming weights into model.onnx.data), save, and
+validate's steps (checker, window_graph, reference: the streamed torch reference's forwards,
+onnxruntime: the session and its runs). The progress lines' peak is the child's high-water mark
+since its last phase boundary. Printed beside it:
 
   bound     2 x the largest decoder layer + the token table, both in float32 (docs/checkpoints.md)
   baseline  a child that only imports what the exporter imports (torch, onnx, onnxruntime, ...)
@@ -71,6 +73,7 @@ LLAMA_32_1B = {  # Llama-3.2-1B's config.json, as published
     "torch_dtype": "bfloat16",
 }
 PHASES = ("load", "prepare", "graph", "save", "validate")
+VALIDATE_STEPS = ("checker", "window_graph", "reference", "onnxruntime")  # validate.<step>
 SHARD_BYTES = 1 << 30  # ~1 GB shards, as released checkpoints are cut
 
 
@@ -247,10 +250,13 @@ def main() -> None:
         f"bound       2 x layer {bound['layer_mib']:.0f} MiB + table {bound['table_mib']:.0f} MiB = {bound['bound_mib']:.0f} MiB"
     )
     print(f"baseline    imports alone {base:.0f} MiB")
-    print(f"{'phase':<10} {'peak MiB':>9} {'RSS after':>10}")
-    for phase in PHASES:  # config.json stores them sorted by name: print them in the order they ran
-        entry = memory["phases"].get(phase, {})
-        print(f"{phase:<10} {entry.get('peak_rss_mib', 0):>9.0f} {entry.get('rss_mib', 0):>10.0f}")
+    print(f"peaks       {memory.get('peaks', 'running maximum')} (validate: the largest of its steps)")
+    print(f"{'phase':<22} {'peak MiB':>9} {'RSS after':>10}")
+    names = [*PHASES[:-1], *(f"validate.{step}" for step in VALIDATE_STEPS), PHASES[-1]]
+    for phase in names:  # config.json stores them sorted by name: print them in the order they ran
+        entry = memory["phases"].get(phase)
+        if entry is not None:
+            print(f"{phase:<22} {entry.get('peak_rss_mib', 0):>9.0f} {entry.get('rss_mib', 0):>10.0f}")
     peak = memory["peak_rss_mib"]
     print(
         f"peak        {peak:.0f} MiB = {peak / bound['bound_mib']:.2f} x the bound, "

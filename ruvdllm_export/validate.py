@@ -253,6 +253,7 @@ def validate_export(
     also_on_cuda: bool = False,
     base_weights: dict[str, np.ndarray] | None = None,
     lora: dict | None = None,
+    mark: Callable[[str], None] | None = None,
 ) -> dict:
     """Check the saved graph; return the report for config.json, or raise RuvdllmError naming it.
 
@@ -261,9 +262,12 @@ def validate_export(
     factors the graph adds to both (never to `base_weights`). `also_on_cuda` repeats the
     parity on onnxruntime-gpu's CUDA EP when one is available (reported as skipped otherwise).
     `base_weights` (a graph with the adapter switch): the held weights without the conversion
-    adapter, which rows with adapter_gate 0 must compute."""
+    adapter, which rows with adapter_gate 0 must compute. `mark` (PhaseMemory.mark) closes the
+    memory phases validate.checker, validate.reference and validate.onnxruntime."""
+    mark = mark or (lambda _: None)
     model_path = Path(model_path)
     check_graph(model_path)
+    mark("validate.checker")
     if torch_available():
         kind = "torch reference model (ruvdllm_export.reference)"
 
@@ -284,12 +288,15 @@ def validate_export(
     tolerance = tolerance_for(spec.architecture, options)
     cases = validation_cases(reference, spec, options, ids, mask_token_id)
     if base_weights is not None:  # before the paragraph, which stays last (the agreement reads it)
-        base_rows = graph_feeds(spec, options, ids, np.arange(len(ids)), gate=0.0)
-        cases.insert(-1, ("base_rows", base_rows, reference_for(base_weights, with_lora=False)(base_rows)))
+        base_rows = paragraph_feeds(spec, options, ids, gate=0.0)
+        base_ref = run_case(reference_for(base_weights, with_lora=False), base_rows)
+        cases.insert(-1, ("base_rows", base_rows, base_ref))
+    mark("validate.reference")
 
     parity, paragraph_out, failures = _check_provider(
         model_path, "CPUExecutionProvider", cases, spec, tolerance
     )
+    mark("validate.onnxruntime")
     report = {
         "onnx_checker": "passed",
         "onnxruntime": ort.__version__,
@@ -303,8 +310,9 @@ def validate_export(
     if source_weights is None:  # the graph holds the checkpoint exactly
         report["top1_agreement_vs_checkpoint"] = report["top1_agreement"]
     else:
-        source_ref = reference_for(source_weights)(cases[-1][1])
+        source_ref = run_case(reference_for(source_weights), cases[-1][1])
         report["top1_agreement_vs_checkpoint"] = top1_agreement(paragraph_out, source_ref)
+        mark("validate.reference")
     if min_source_agreement is not None and report["top1_agreement_vs_checkpoint"] < min_source_agreement:
         failures.append(
             f"top-1 agreement with the checkpoint {report['top1_agreement_vs_checkpoint']:.3f} < {min_source_agreement}"
@@ -323,7 +331,7 @@ def validate_export(
     return report
 
 
-Case = tuple[str, Feeds, Outputs]  # name, graph feeds, the reference's outputs
+Case = tuple[str, Feeds, Outputs]  # name, graph feeds (or Parts), the reference's outputs
 
 
 def validation_cases(reference, spec, options, ids, mask_token_id) -> list[Case]:
@@ -349,12 +357,50 @@ def validation_cases(reference, spec, options, ids, mask_token_id) -> list[Case]
         mix=mix,
         banks=banks,
     )
-    whole = graph_feeds(spec, options, ids, np.arange(len(ids)))
+    whole = paragraph_feeds(spec, options, ids)
     return [
         ("prefix", first, ref_first),
         ("block_chunk", second, reference(second)),
-        ("paragraph", whole, reference(whole)),
+        ("paragraph", whole, run_case(reference, whole)),
     ]
+
+
+# The paragraph's rows reach the head in parts of at most this many logits (rows x vocabulary):
+# over 256 rows of a 128k vocabulary each of the head's activations (logits, softmax, entropy
+# terms) is 131 MB, several at once, in onnxruntime and in the reference alike. SmolLM2's 256 x 49k
+# paragraph is one part, as before.
+HEAD_LOGITS_PER_RUN = 1 << 24  # 64 MiB of float32 logits
+
+
+class Parts(list):
+    """The feeds of one case run as several forwards whose row outputs are joined (run_case)."""
+
+
+def paragraph_feeds(spec: ModelSpec, options: GraphOptions, ids: np.ndarray, gate: float = 1.0):
+    """Feeds for `ids` run causally (each token its own block), one forward or Parts. Row r of a
+    causal forward over ids[:n] (n > r) sees what it sees over all of them, so part k runs
+    ids[:stop] with output_offset = start and gives rows start..stop-1; the last part runs all
+    the ids (its KV outputs are the whole paragraph's)."""
+    rows = max(1, HEAD_LOGITS_PER_RUN // spec.vocab_size)
+    causal = np.arange(len(ids))
+    if len(ids) <= rows:
+        return graph_feeds(spec, options, ids, causal, gate=gate)
+    return Parts(
+        graph_feeds(spec, options, ids[:stop], causal[:stop], output_offset=start, gate=gate)
+        for start, stop in ((start, min(start + rows, len(ids))) for start in range(0, len(ids), rows))
+    )
+
+
+def run_case(run: Callable[[Feeds], Outputs], feeds) -> Outputs:
+    """run(feeds), or for Parts each part's run with the row outputs joined in order and the KV
+    outputs (present_*) of the last part, which ran every token."""
+    if not isinstance(feeds, Parts):
+        return run(feeds)
+    outs = [run(part) for part in feeds]
+    return {
+        name: value if name.startswith("present") else np.concatenate([o[name] for o in outs], axis=1)
+        for name, value in outs[-1].items()
+    }
 
 
 def _check_provider(model_path: Path, provider: str, cases: list[Case], spec, tolerance: Tolerance):
@@ -362,7 +408,7 @@ def _check_provider(model_path: Path, provider: str, cases: list[Case], spec, to
     sess = _session(str(model_path), provider)
     parity, out = {}, {}
     for name, feeds, ref in cases:
-        out = _run(sess, feeds)
+        out = run_case(lambda part: _run(sess, part), feeds)  # noqa: B023 (called at once)
         parity[name] = compare(out, ref, spec)
     failures = [
         f"{case} {key} {value:.3g} > {getattr(tolerance, key):.3g}"

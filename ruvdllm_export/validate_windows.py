@@ -130,9 +130,12 @@ def validate_by_windows(
     min_source_agreement: float | None = None,
     base_weights: Mapping | None = None,
     lora: dict | None = None,
+    mark=None,
 ) -> dict:
     """validate_export's checks on each window of `size` layers over the shipped file; the report
-    keeps each window's and the worst of each measure (config.json source.validation)."""
+    keeps each window's and the worst of each measure (config.json source.validation). `mark`:
+    validate_export's, plus validate.window_graph (each window's graph built and saved)."""
+    mark = mark or (lambda _: None)
     model_path = Path(model_path)
     check_graph(model_path)
     shipped_proto = onnx.load(str(model_path), load_external_data=False)
@@ -158,6 +161,7 @@ def validate_by_windows(
             served, own = served + bytes_served, own + bytes_own
             onnx.save_model(model, str(window_path))
             del model
+            mark("validate.window_graph")
             try:
                 report = validate_export(
                     window_path,
@@ -169,6 +173,7 @@ def validate_by_windows(
                     source_weights=None if source_weights is None else WindowWeights(source_weights, window),
                     base_weights=None if base_weights is None else WindowWeights(base_weights, window),
                     lora=window_lora,
+                    mark=mark,
                 )
             except RuvdllmError as exc:
                 failures.append(f"layers {window.start}-{window.stop - 1}: {str(exc).split(': ', 1)[-1]}")

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from onnx.external_data_helper import set_external_data
 
 MS_DOMAIN = "com.microsoft"
 
@@ -26,24 +25,46 @@ MS_DOMAIN = "com.microsoft"
 class ExternalData:
     """One external data file written as initializers are made, in the layout onnx.save_model's
     save_as_external_data writes (all tensors in one file, in initializer order, no padding, the
-    same size threshold), so the saved graph and data file are the ones it would write."""
+    same size threshold), so the saved graph and data file are the ones it would write.
+
+    A large array's bytes go from numpy straight to the file: the TensorProto only ever holds its
+    name, shape and location. Setting raw_data and clearing it does not free it: protobuf's upb
+    backend keeps a message's bytes in the message's arena until the message itself is freed, so a
+    graph of cleared tensors held every weight it had written (the 1B export's graph phase grew by
+    the whole packed model, 0.5 GB)."""
 
     def __init__(self, path: Path | str, size_threshold: int = 1024):
         self.path = Path(path)
         self.size_threshold = size_threshold
         self._file = open(self.path, "wb")  # noqa: SIM115 (closed by close(), after the last layer)
 
-    def store(self, tensor: onnx.TensorProto) -> None:
-        # onnx.save_model measures with sys.getsizeof (the bytes object, header included): same rule
-        if sys.getsizeof(tensor.raw_data) < self.size_threshold:
-            return
+    def tensor(self, name: str, array: np.ndarray) -> onnx.TensorProto | None:
+        """The initializer for `array` (C-contiguous) with its bytes appended to the file, or None
+        when it is under the threshold (it stays in the graph). onnx.save_model measures with
+        sys.getsizeof of the raw bytes object (header included): the same rule."""
+        if _BYTES_HEADER + array.nbytes < self.size_threshold:
+            return None
+        if array.dtype.isnative and array.dtype.kind in "fiu":
+            data_type, raw = helper.np_dtype_to_tensor_dtype(array.dtype), memoryview(array).cast("B")
+        else:  # what from_array converts (bool, byte order): its bytes, from a proto dropped at once
+            converted = numpy_helper.from_array(array, name)
+            data_type, raw = converted.data_type, converted.raw_data
+        tensor = TensorProto()
+        tensor.name, tensor.data_type = name, data_type
+        tensor.dims.extend(array.shape)
         offset = self._file.tell()
-        self._file.write(tensor.raw_data)
-        set_external_data(tensor, self.path.name, offset, len(tensor.raw_data))
-        tensor.ClearField("raw_data")
+        self._file.write(raw)
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", self.path.name), ("offset", offset), ("length", len(raw))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, str(value)
+        return tensor
 
     def close(self) -> None:
         self._file.close()
+
+
+_BYTES_HEADER = sys.getsizeof(b"")  # sys.getsizeof(bytes of n) == this + n
 
 
 class GraphBuilder:
@@ -75,9 +96,10 @@ class GraphBuilder:
         if name in self._initializer_names:
             raise ValueError(f"initializer {name!r} added twice")
         self._initializer_names.add(name)
-        tensor = numpy_helper.from_array(np.ascontiguousarray(array), name)
-        if self.external is not None:
-            self.external.store(tensor)
+        array = np.ascontiguousarray(array)
+        tensor = None if self.external is None else self.external.tensor(name, array)
+        if tensor is None:
+            tensor = numpy_helper.from_array(array, name)
         self.initializers.append(tensor)
         return name
 

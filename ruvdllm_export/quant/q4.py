@@ -24,6 +24,9 @@ BLOCK = 32
 # Rows quantized per step: the quantizer's float64 temporaries are ~6x the rows' float32 size, so a
 # large matrix (a 128k-row token table) is done in slices of this many rows (same result).
 ROWS_PER_CHUNK = 4096
+# quantize_q4 works in float64 with ~5 temporaries of the chunk's size (40 bytes per weight): by
+# rows alone a 2048 x 8192 down_proj was one 16M-weight chunk, 0.58 GB. 2M weights: ~80 MB.
+QUANTIZE_ELEMENTS = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,9 @@ def quantize_q4(w: np.ndarray) -> Q4Tensor:
     """
     if np.ndim(w) != 2:
         raise ValueError(f"quantize_q4: expected a 2-D weight, got shape {np.shape(w)}")
-    if len(w) > ROWS_PER_CHUNK:  # rows quantize independently: chunks bound the float64 temporaries
-        parts = [_quantize_q4_rows(w[i : i + ROWS_PER_CHUNK]) for i in range(0, len(w), ROWS_PER_CHUNK)]
+    rows = max(1, QUANTIZE_ELEMENTS // max(1, np.shape(w)[1]))
+    if len(w) > rows:  # rows quantize independently: chunks bound the float64 temporaries
+        parts = [_quantize_q4_rows(w[i : i + rows]) for i in range(0, len(w), rows)]
         return Q4Tensor(
             packed=np.concatenate([p.packed for p in parts]),
             scales=np.concatenate([p.scales for p in parts]),

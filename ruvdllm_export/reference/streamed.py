@@ -163,9 +163,10 @@ class StreamedReference:
                 del layer  # its weights go before the next layer's are read
             norm = torch.from_numpy(np.asarray(weights[FINAL_NORM], dtype=np.float32))
             hidden = rms_norm(x, norm, spec.rms_norm_eps)
-            outputs = graph_outputs(
-                self._head(hidden), hidden, int(feeds[artifact.OUTPUT_OFFSET][0]), self.top_k
-            )
+            offset = int(feeds[artifact.OUTPUT_OFFSET][0])
+            if weight_shape(weights, EMBED)[0] > TABLE_SLICE_ROWS:  # only the output rows: as the graph
+                hidden, offset = hidden[:, offset:], 0
+            outputs = graph_outputs(self._head(hidden), hidden, offset, self.top_k)
         for layer, (key, value) in enumerate(presents):
             outputs[artifact.present_key(layer)] = key
             outputs[artifact.present_value(layer)] = value

@@ -168,3 +168,22 @@ def test_mins_are_exact_as_zero_point_0_plus_block_sum_correction():
     block_sums = x.reshape(4, k // BLOCK, BLOCK).sum(-1)
     got = _matmulnbits(x, t, True) + block_sums @ t.mins.T
     np.testing.assert_allclose(got, x @ dequantize_q4(t).T, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=100, deadline=None)
+@given(w=weights, chunk=st.integers(1, 300))
+def test_quantizing_in_chunks_of_rows_gives_the_same_blocks(w, chunk):
+    """Rows quantize independently: the chunks that bound quantize_q4's float64 temporaries
+    (QUANTIZE_ELEMENTS weights at a time) give the whole matrix's bytes."""
+    from ruvdllm_export.quant import q4
+
+    whole = q4._quantize_q4_rows(w)
+    saved = q4.QUANTIZE_ELEMENTS
+    q4.QUANTIZE_ELEMENTS = chunk  # hypothesis runs many examples per test: no fixture here
+    try:
+        chunked = quantize_q4(w)
+    finally:
+        q4.QUANTIZE_ELEMENTS = saved
+    for field in ("packed", "scales", "zero_points"):
+        got, expected = getattr(chunked, field), getattr(whole, field)
+        assert got.dtype == expected.dtype and np.array_equal(got, expected), field

@@ -13,7 +13,7 @@ import pytest
 from ruvdllm_export.checkpoints.lazy import LazyWeights
 from ruvdllm_export.onnx_graph import GraphOptions, StaticLora, build_graph, prepare_weights
 from ruvdllm_export.onnx_graph import spill as spill_module
-from ruvdllm_export.onnx_graph.spill import spill_prepared
+from ruvdllm_export.onnx_graph.spill import spill_prepared, table_rows
 from ruvdllm_export.spec import EMBED, LM_HEAD, linear_weight
 from ruvdllm_export.validate import graph_feeds
 from tests.fixtures.tiny_models import tiny_spec, tiny_weights
@@ -60,6 +60,11 @@ def test_spilled_equals_prepared_and_builds_the_same_graph(tmp_path, monkeypatch
     for name, value in expected.items():
         assert same(spilled[name], value), name
         assert spilled.shapes[name] == tuple(value.shape)
+    table = EMBED if options.quantization != "fp32" else None
+    if table:  # spilled as 4 slices of 100 rows: any range reads across them, in the same form
+        assert spilled.reads_rows(table) and not spilled.reads_rows(linear_weight(0, "q_proj"))
+        for start, stop in ((0, 384), (90, 210), (100, 200), (383, 384), (5, 6)):
+            assert same(spilled.rows(table, start, stop), table_rows(expected[table], start, stop))
     lora = {
         linear_weight(1, "q_proj"): StaticLora(a=np.ones((2, 64), np.float32), b=np.ones((64, 2), np.float32))
     }
@@ -93,6 +98,7 @@ def test_sliced_table_reference_equals_the_whole_table(tmp_path, monkeypatch, pa
             b=rng.standard_normal((384, 3)).astype(np.float32),
         ),
     }
+    monkeypatch.setattr(spill_module, "ROWS_PER_CHUNK", 100)  # a packed table spilled in 4 slices
     held = (
         spill_prepared(spec, lazy_with_rows(weights), options, tmp_path / "s")
         if packed
@@ -103,7 +109,7 @@ def test_sliced_table_reference_equals_the_whole_table(tmp_path, monkeypatch, pa
     )
     whole = StreamedReference(spec, held, top_k=5, lora=lora)(feeds)
     monkeypatch.setattr(streamed_module, "TABLE_SLICE_ROWS", 64)
-    monkeypatch.setattr(streamed_module, "HEAD_SLICE_ROWS", 50)
+    monkeypatch.setattr(streamed_module, "HEAD_SLICE_ROWS", 70)  # slices across the spilled ones
     sliced = StreamedReference(spec, held, top_k=5, lora=lora)(feeds)
     assert sliced.keys() == whole.keys()
     for name, value in whole.items():
