@@ -26,23 +26,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from browser_bench import ARGS, CHROMIUM, CountingServer  # noqa: E402
-from browser_threads import PAGE, WORKER  # noqa: E402
+from browser_threads import PAGE, WORKER, processes_with  # noqa: E402
 
 
 def renderer_peaks() -> dict[int, int]:
     """pid -> VmHWM (bytes) of every Chromium renderer process."""
     peaks = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+    for proc in processes_with("cmdline", "--type=renderer"):
         try:
-            if "--type=renderer" not in (proc / "cmdline").read_text():
-                continue
-            for line in (proc / "status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peaks[int(proc.name)] = int(line.split()[1]) * 1024
+            status = (proc / "status").read_text()
         except OSError:
             continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peaks[int(proc.name)] = int(line.split()[1]) * 1024
     return peaks
 
 

@@ -83,19 +83,28 @@ self.onmessage = async ({ data: { id, op, args } }) => {
 """
 
 
-def chromium_cpu_s() -> float:
-    """utime + stime of every Chromium process (the page's worker and onnxruntime-web's threads)."""
-    total = 0
+def processes_with(file: str, marker: str):
+    """/proc/PID of every process whose /proc/PID/`file` contains `marker` (one that ends while
+    being read is skipped; its other files may vanish too, so callers catch OSError)."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            if "chromium" not in (proc / "comm").read_text():
-                continue
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            if marker in (proc / file).read_text():
+                yield proc
         except OSError:
             continue
+
+
+def chromium_cpu_s() -> float:
+    """utime + stime of every Chromium process (the page's worker and onnxruntime-web's threads)."""
+    total = 0
+    for proc in processes_with("comm", "chromium"):
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
 
 

@@ -41,6 +41,7 @@ Absolute times on a shared machine are noisy; the figures here are NLLs, which a
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shutil
@@ -60,9 +61,9 @@ from runtime.bd3lm import bd3lm_chunk  # noqa: E402
 from runtime.cpython_model import open_model  # noqa: E402
 from runtime.dgr import DgrConfig, vote  # noqa: E402
 from runtime.learning.config import LoopAConfig, LoopBConfig, LoopCConfig  # noqa: E402
-from runtime.learning.consolidate import consolidate, good_examples  # noqa: E402
 from runtime.learning.loop_a import LoopA  # noqa: E402
 from runtime.learning.loop_b_service import for_model, install_bank  # noqa: E402
+from runtime.learning.loop_c_service import consolidate_now  # noqa: E402
 from runtime.learning.masked_nll import NoisyBlock, block_nll, noisy_block  # noqa: E402
 from runtime.learning.trajectory import make_feedback  # noqa: E402
 from runtime.settings import GenerationSettings  # noqa: E402
@@ -150,6 +151,11 @@ def simulate_user(model, loop_a: LoopA, work: list[Passage], length: int) -> dic
     return {"requests": len(work), "liked": liked, "corrected": corrected}
 
 
+def no_rows(after: int, threshold: float, limit: int) -> list:
+    """A store reader that finds nothing (loop C then measures no Fisher)."""
+    return []
+
+
 def consolidate_learnt(
     model, bank_dir: Path, session, read_good, config: LoopBConfig, loop_c: LoopCConfig, fisher: bool = True
 ) -> list[str]:
@@ -162,19 +168,10 @@ def consolidate_learnt(
     weighs nothing: the plain SVD merge), and the one it measures afterwards serves only the next
     consolidation, which a one-shot demonstration never runs; on the default model it costs 2
     forwards per component (480 a group) per block, hours on a loaded CPU."""
-    bank = Bank.load(bank_dir)
-    examples = good_examples(read_good, model.encode, bank, config.threshold, config.max_trajectories)
     if not fisher:
-        examples = {}  # consolidate() keeps the carried Fisher of a group without examples
-    report = consolidate(
-        bank_dir,
-        loop_c,
-        session,
-        model.config.mask_token_id,
-        model.config.block_size,
-        examples,
-        on_bank=lambda new, directory: install_bank(model, new, directory),
-    )
+        read_good = no_rows  # no examples: consolidate() keeps the carried Fisher of every group
+    install = functools.partial(install_bank, model)
+    report = consolidate_now(loop_c, config, bank_dir, model, session, read_good, on_bank=install)
     return [line if line.startswith("loop C") else f"loop C: {line}" for line in report.lines]
 
 

@@ -32,14 +32,28 @@ def consolidation(
         if clock() - last[0] < loop_c.interval:
             return None
         last[0] = clock()
-        bank = Bank.load(bank_dir)
-        examples = good_examples(read_good, model.encode, bank, loop_b.threshold, loop_b.max_trajectories)
-        config = model.config
-        return consolidate(
-            bank_dir, loop_c, session, config.mask_token_id, config.block_size, examples, on_bank=on_bank
-        )
+        return consolidate_now(loop_c, loop_b, bank_dir, model, session, read_good, on_bank)
 
     return maybe
+
+
+def consolidate_now(
+    loop_c: LoopCConfig,
+    loop_b: LoopBConfig,
+    bank_dir: Path,
+    model,
+    session,
+    read_good: Callable[[int, float, int], list],
+    on_bank: Callable[[Bank, Path], None] | None = None,
+) -> ConsolidationReport:
+    """One run of loop C on `bank_dir` now, its Fisher measured on the good answers loop B selects
+    (`read_good` returning no rows: no Fisher measured, the carried one kept)."""
+    bank = Bank.load(bank_dir)
+    examples = good_examples(read_good, model.encode, bank, loop_b.threshold, loop_b.max_trajectories)
+    config = model.config
+    return consolidate(
+        bank_dir, loop_c, session, config.mask_token_id, config.block_size, examples, on_bank=on_bank
+    )
 
 
 def consolidate_bank(
