@@ -14,7 +14,7 @@ issued the same way, in the worker (POST /v1/admin/tokens does nothing more than
 10,000 of them over HTTP took longer than the round on a loaded machine).
 
 Each worker folds only what it accepted (no adoption of other workers' contributions, as
-`fold_adopt_s` would allow a hub after 30 s) and saves everything before it returns.
+`fold_adopt_s` would allow a hub after 120 s) and saves everything before it returns.
 """
 
 from __future__ import annotations

@@ -33,5 +33,8 @@ class HubSettings:
     fold_idle_s: float = 1.0  # …and once a round has had nothing new for this long (a burst ended)
     fold_idle_min: int = 32  # …with at least this many waiting: a trickle must not save ~100 MB per update
     fold_forget_s: float = 30.0  # quiet this long: save what waits, then free the sum's memory
-    fold_adopt_s: float = 30.0  # fold what another process accepted this long ago and never folded
+    # fold what another process accepted this long ago and never folded: meant for a replica that
+    # stopped, so well past a live one's own save of a trickle at fold_forget_s (at equal values
+    # the two raced, and the live replica's sum was thrown away)
+    fold_adopt_s: float = 120.0
     log_level: str = "info"

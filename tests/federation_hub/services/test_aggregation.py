@@ -256,6 +256,14 @@ def test_a_trickle_is_not_saved_per_update_and_a_burst_is_saved_when_it_ends(hub
     assert folded_rows() == 4 and round_.id not in a.folder.rounds
 
 
+def test_a_live_replica_saves_its_own_trickle_before_anyone_adopts_it():
+    """Adoption is for a replica that stopped: with the defaults, a live replica's trickle is saved
+    by itself (after fold_forget_s, plus a few passes) well before another process may adopt it.
+    At equal values the two raced and the live replica's folded sum was discarded."""
+    settings = HubSettings(database_url="sqlite://", admin_token_hash="-")
+    assert settings.fold_adopt_s >= 2 * settings.fold_forget_s + 10 * settings.fold_interval_s
+
+
 def test_a_flush_saves_every_sum_whatever_the_schedule(hubs):
     """Processes about to stop (the load benchmark's seeding workers) flush: each folds what it
     accepted and saves it as its partial, though no checkpoint was due. Every contribution is
