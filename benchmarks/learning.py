@@ -60,7 +60,7 @@ from runtime.banks import Bank  # noqa: E402
 from runtime.bd3lm import bd3lm_chunk  # noqa: E402
 from runtime.cpython_model import open_model  # noqa: E402
 from runtime.dgr import DgrConfig, vote  # noqa: E402
-from runtime.learning.config import LoopAConfig, LoopBConfig, LoopCConfig  # noqa: E402
+from runtime.learning.config import TRAINERS, LoopAConfig, LoopBConfig, LoopCConfig  # noqa: E402
 from runtime.learning.loop_a import LoopA  # noqa: E402
 from runtime.learning.loop_b_service import for_model, install_bank  # noqa: E402
 from runtime.learning.loop_c_service import consolidate_now  # noqa: E402
@@ -183,16 +183,20 @@ def learn(
     loop_c: LoopCConfig | None,
     length: int,
     fisher: bool = True,
+    trainer=None,
 ) -> dict:
     """Loops A, B and C (when `loop_c`) on one device whose data lives in `root`; the model samples
-    with the learnt bank (root/bank) from here on."""
+    with the learnt bank (root/bank) from here on. `trainer`: loop B's MicroLoRA trainer (None:
+    SPSA)."""
     loop_a = LoopA(LoopAConfig(store=str(root / "trajectories.db")))
     try:
 
         def read_good(after: int, threshold: float, limit: int) -> list:
             return loop_a.recorder.call(lambda store: store.good_feedback(after, threshold, limit))
 
-        loop_b = for_model(model, replace(config, bank=str(root / "bank")), read_good)
+        loop_b = for_model(
+            model, replace(config, bank=str(root / "bank")), read_good, trainer_for=lambda *_: trainer
+        )
         loop_a.attach(model)
         user = simulate_user(model, loop_a, work, length)
         started = time.perf_counter()
@@ -208,8 +212,9 @@ def learn(
     finally:
         loop_a.close()
     trained = [
-        {k: v for k, v in asdict(t).items() if k in ("name", "group", "examples", "steps", "kept")}
+        {k: v for k, v in asdict(t).items() if k in ("name", "group", "examples", "steps", "kept", "trainer")}
         | {"nll_before": round(t.nll_before, 4), "nll_after": round(t.nll_after, 4)}
+        | {"train_loss": [round(t.loss_first, 4), round(t.loss_last, 4)], "seconds": round(t.seconds, 1)}
         for t in report.trained
     ]
     return {
@@ -402,6 +407,7 @@ class Demo:
     answer_tokens: int
     scratch: Path
     fisher: bool = True  # loop C measures its Fisher after the merge (--no-fisher: it does not)
+    trainer: object = None  # loop B's MicroLoRA trainer (ruvdllm.loop_b_trainer); None: SPSA
 
     def device(self, name: str):
         """A device's data directory with the starting bank, and the model opened on it."""
@@ -414,7 +420,16 @@ class Demo:
 def one_user(demo: Demo, domain: str) -> dict:
     """(a): loops A, B (C) for one user in `domain`; every domain's held-out NLL before/after."""
     root, model = demo.device("user")
-    learnt = learn(model, root, demo.work[domain], demo.config, demo.loop_c, demo.answer_tokens, demo.fisher)
+    learnt = learn(
+        model,
+        root,
+        demo.work[domain],
+        demo.config,
+        demo.loop_c,
+        demo.answer_tokens,
+        demo.fisher,
+        demo.trainer,
+    )
     session = learnt.pop("session")
     before = score_all(session, model, root / "start", demo.held)
     after = score_all(session, model, root / "bank", demo.held)
@@ -441,7 +456,14 @@ def devices_through_a_hub(demo: Demo, domains: list[str]) -> dict:
     for name in domains:
         root, model = demo.device(f"device-{name}")
         report = learn(
-            model, root, demo.work[name], demo.config, demo.loop_c, demo.answer_tokens, demo.fisher
+            model,
+            root,
+            demo.work[name],
+            demo.config,
+            demo.loop_c,
+            demo.answer_tokens,
+            demo.fisher,
+            demo.trainer,
         )
         session = report.pop("session")
         trained = report["loop_b"]["trained"]
@@ -503,8 +525,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=32, help="tokens of a passage's prompt")
     parser.add_argument("--answer-tokens", type=int, default=32, help="tokens answered / corrected")
     parser.add_argument("--held-out", type=int, default=24, help="held-out passages per domain")
+    parser.add_argument(
+        "--trainer",
+        choices=TRAINERS,
+        default=LoopBConfig.trainer,
+        help="loop B's trainer: auto = Adam through torch where torch and the model's reference load, else SPSA",
+    )
     parser.add_argument("--steps", type=int, default=LoopBConfig.steps, help="loop B's SPSA steps")
     parser.add_argument("--lr", type=float, default=LoopBConfig.lr, help="loop B's SPSA step length")
+    parser.add_argument("--adam-steps", type=int, default=LoopBConfig.adam_steps, help="loop B's Adam steps")
+    parser.add_argument(
+        "--adam-lr", type=float, default=LoopBConfig.adam_lr, help="loop B's Adam learning rate"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=LoopBConfig.threads, help="torch threads of the Adam trainer"
+    )
     parser.add_argument("--epsilon", type=float, default=LoopBConfig.epsilon, help="loop B's perturbation")
     parser.add_argument("--rank", type=int, default=LoopBConfig.rank, help="MicroLoRA rank (1 or 2)")
     parser.add_argument("--layers", type=int, default=LoopBConfig.layers, help="last layers trained (0: all)")
@@ -547,7 +582,14 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         duty=1.0,  # a demonstration: train flat out (serve's default leaves generation half the CPU)
         min_cluster=2,
+        trainer=args.trainer,
+        adam_steps=args.adam_steps,
+        adam_lr=args.adam_lr,
+        threads=args.threads,
     )
+    from ruvdllm.loop_b_trainer import trainer_for
+
+    trainer = trainer_for(directory, config, say=print)
 
     model = open_model(directory, verify="sizes")
     start = starting_bank(model, args.bank, args.seed)
@@ -563,9 +605,14 @@ def main(argv: list[str] | None = None) -> int:
         f"model {directory.name}; domains {names} ({', '.join(f'{n}: {len(split[n][0])} train / {len(split[n][1])} held-out texts' for n in names)}); "
         f"{args.prompts} requests of {plen} + {alen} tokens; {args.held_out} held-out passages per domain"
     )
+    steps = (
+        f"Adam steps {config.adam_steps}, lr {config.adam_lr:g}"
+        if trainer is not None
+        else f"SPSA steps {config.steps}, lr {config.lr}, epsilon {config.epsilon}"
+    )
     print(
-        f"loop B: steps {config.steps}, lr {config.lr}, epsilon {config.epsilon}, rank {config.rank}, "
-        f"layers {config.layers or 'all'}, batch {config.batch}, clusters {config.clusters}"
+        f"loop B: {steps}, rank {config.rank}, layers {config.layers or 'all'}, batch {config.batch}, "
+        f"clusters {config.clusters}"
     )
     figures: dict = {
         "model": directory.name,
@@ -575,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     loop_c = (
         None if args.no_consolidate else LoopCConfig(enabled=True, ewc_lambda=args.ewc_lambda, seed=args.seed)
     )
-    demo = Demo(directory, start, work, held, config, loop_c, alen, scratch, not args.no_fisher)
+    demo = Demo(directory, start, work, held, config, loop_c, alen, scratch, not args.no_fisher, trainer)
     figures["single"] = one_user(demo, args.domain)
     if not args.no_federate:
         figures["federation"] = devices_through_a_hub(demo, args.devices or names)

@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in MODEL_COMMANDS:
             from ruvdllm.default_artifact import default_model_dir
 
+            if args.command == "serve":  # its background loop B: first order where torch is
+                from ruvdllm.loop_b_trainer import trainer_for
+
+                return int(module.run(args, default_model=default_model_dir, loop_b_trainer=trainer_for) or 0)
             return int(module.run(args, default_model=default_model_dir) or 0)
         return int(module.run(args) or 0)
     except RuvdllmError as exc:

@@ -41,6 +41,7 @@ CONFIG_ENV = "RUVDLLM_LEARNING_CONFIG"
 DATA_ENV = "RUVDLLM_DATA"
 CONFIG_NAME = "learning.toml"
 STORE_NAME = "trajectories.db"
+TRAINERS = ("auto", "spsa", "adam")  # loop B's MicroLoRA trainer (runtime/learning/trainer.py)
 
 
 def data_root() -> Path:
@@ -100,6 +101,12 @@ class LoopBConfig:
     epsilon: float = 0.05  # SPSA perturbation of each b entry: the loss difference must beat float noise
     seed: int = 0  # masks, clustering and initialisation: same data, same MicroLoRAs
     duty: float = 0.5  # share of wall time training may compute: it rests between SPSA steps
+    # "auto": first order (Adam through the model's torch reference) where torch is installed and the
+    # reference can be built, else SPSA; "spsa": always SPSA; "adam": first order or an error
+    trainer: str = "auto"
+    adam_steps: int = 100  # Adam steps per MicroLoRA: exact gradients, far fewer than SPSA needs
+    adam_lr: float = 1e-3  # Adam's step per parameter: b moves ~0.1 in 100 steps, a LoRA-sized change
+    threads: int = 1  # torch threads of the first-order trainer: one core, like SPSA's session
 
     def __post_init__(self) -> None:
         def need(ok: bool, key: str, value, rule: str) -> None:
@@ -116,6 +123,8 @@ class LoopBConfig:
             "min_cluster",
             "steps",
             "batch",
+            "adam_steps",
+            "threads",
         ):
             need(getattr(self, key) >= 1, key, getattr(self, key), "must be at least 1")
         need(
@@ -129,6 +138,8 @@ class LoopBConfig:
         need(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "must be > 0")
         need(math.isfinite(self.epsilon) and self.epsilon > 0, "epsilon", self.epsilon, "must be > 0")
         need(0.0 < self.duty <= 1.0, "duty", self.duty, "must be in (0, 1]")
+        need(self.trainer in TRAINERS, "trainer", self.trainer, f"must be one of {', '.join(TRAINERS)}")
+        need(math.isfinite(self.adam_lr) and self.adam_lr > 0, "adam_lr", self.adam_lr, "must be > 0")
 
     def bank_path(self, model_name: str) -> Path:
         return Path(self.bank).expanduser() if self.bank else data_root() / "banks" / model_name

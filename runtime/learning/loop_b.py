@@ -9,9 +9,10 @@ One run (`LoopB.run_once`):
                 steps' entropy, normalised by t as DGR does): where help pays
     3  cluster  within a group, spherical k-means over the prompt embeddings (the DGR key space)
     4  train    per cluster of at least `min_cluster`, a rank-1/2 MicroLoRA on q_proj/v_proj of
-                the last `layers` layers, by SPSA on the masked-token NLL of the cluster's
-                targets at that group's t (spsa.py, masked_nll.py), in a free DGR slot, or warm-
-                started in the slot of the MicroLoRA of the same group whose key is closest
+                the last `layers` layers, on the masked-token NLL of the cluster's targets at that
+                group's t (masked_nll.py), by the injected trainer (trainer.py: SPSA by default,
+                first order through torch where the command layer finds it), in a free DGR slot,
+                or warm-started in the slot of the MicroLoRA of the same group whose key is closest
     5  keep     only if it lowers the NLL of examples of the cluster it never trained on (every
                 4th of a cluster of 4 or more; a smaller cluster's own, under masks it never
                 trained on), so a run never installs a MicroLoRA that is worse there
@@ -51,8 +52,8 @@ from runtime.learning.microlora import (
     parse_micro_name,
     trained_layers,
 )
-from runtime.learning.spsa import spsa_minimise
 from runtime.learning.store import warn
+from runtime.learning.trainer import MicroTrainer, SpsaTrainer, TrainJob
 from runtime.talora import group_of
 
 STATE_NAME = "loop_b.json"  # beside the learnt bank: what the runs have consumed and done
@@ -91,7 +92,10 @@ class Trained:
     nll_before: float  # the cluster's own examples, validation masks
     nll_after: float
     kept: bool
-    seconds: float
+    seconds: float = 0.0
+    trainer: str = ""  # which trainer (trainer.py): "spsa", "adam (torch)"
+    loss_first: float = math.nan  # its training loss over the first and last steps (nan: not seen)
+    loss_last: float = math.nan
 
 
 @dataclass
@@ -243,7 +247,8 @@ def choose_slot(cluster: Cluster, bank: Bank, config: LoopBConfig) -> tuple[int,
 class LoopB:
     """Loop B over one learnt bank. `read_good(after, threshold, limit)` is the trajectory store's
     good_feedback (run on the store's own thread when loop A owns it); `forward(chunk, slot,
-    micro)` returns logits (LogitsSession.forward), and `set_bank(bank)` gives it the bank."""
+    micro)` returns logits (LogitsSession.forward), and `set_bank(bank)` gives it the bank; it is
+    the keep-or-drop check's forward whatever `trainer` (trainer.py; default SPSA through it) is."""
 
     def __init__(
         self,
@@ -256,8 +261,12 @@ class LoopB:
         on_bank: Callable[[Bank, Path], None] | None = None,
         on_warning: Callable[[str], None] = warn,
         after_run: Callable[[], None] | None = None,
+        trainer: MicroTrainer | None = None,
     ):
         self.config = config
+        # SPSA through `session` unless another trainer is given (the command layer gives the
+        # torch one where torch and the model's reference load: trainer.py)
+        self.trainer = trainer or SpsaTrainer(session, config.steps, config.batch, config.lr, config.epsilon)
         self.after_run = after_run  # on the same thread after each run (loop C, when it is due)
         self.bank_dir = Path(bank_dir)
         self.model_config = model_config
@@ -360,12 +369,8 @@ class LoopB:
 
         train, check = validation_split(cluster.members)
 
-        def blocks(n: int, draw: np.random.Generator) -> list[NoisyBlock]:
-            picks = draw.integers(len(train), size=n)
-            return [noisy_block(train[i].prompt, train[i].target, block, t_range, draw) for i in picks]
-
-        def loss(vector: np.ndarray, data: list[NoisyBlock]) -> float:
-            factors = micro.with_b(vector).to_bank(bank.layers, bank.rank)
+        def loss(trained: MicroLora, data: list[NoisyBlock]) -> float:
+            factors = trained.to_bank(bank.layers, bank.rank)
             return masked_nll(
                 lambda chunk: self.session.forward(chunk, slot, factors),
                 data,
@@ -382,40 +387,36 @@ class LoopB:
             for e in check
             for _ in range(VALIDATION_BLOCKS)
         ]
-        start = micro.b_vector()
-        before = loss(start, validation)
-
-        def loss_at(step: int):  # fresh masks per step, the same for both of its evaluations
-            data = blocks(c.batch, rng)
-            return lambda vector: loss(vector, data)
+        before = loss(micro, validation)
 
         self._step_started = None
-        theta, steps = spsa_minimise(
-            loss_at,
-            start,
-            c.steps,
+        job = TrainJob(
+            micro,
+            [(e.prompt, e.target) for e in train],
+            bank,
+            t_range,
+            block,
+            config.mask_token_id,
             rng,
-            c.epsilon,
-            c.lr,
             self._should_stop,
         )
+        result = self.trainer.train(job)
         version = int(self.state["version"]) + 1
-        if self._stop.is_set():  # shutting down: no validation, nothing installed
-            seconds = time.perf_counter() - started
-            name = micro_name(cluster.group, slot, version)
-            return Trained(
-                name, cluster.group, slot, len(cluster.members), steps, before, math.nan, False, seconds
-            ), bank
-        after = loss(theta, validation)
-        self.state["version"] = version
         name = micro_name(cluster.group, slot, version)
-        kept = bool(after < before)
-        if kept:
-            bank = self._install(bank, micro.with_b(theta), name, cluster)
+        after, kept = math.nan, False
+        if not self._stop.is_set():  # shutting down: no validation, nothing installed
+            # The check runs the real forward whatever computed the gradient (a trainer may train on
+            # a float reference of the model): nothing worse on the graph the runtime runs goes in.
+            after = loss(result.micro, validation)
+            self.state["version"] = version
+            kept = bool(after < before)
+            if kept:
+                bank = self._install(bank, result.micro, name, cluster)
         seconds = time.perf_counter() - started
-        return Trained(
-            name, cluster.group, slot, len(cluster.members), steps, before, after, kept, seconds
-        ), bank
+        trained = Trained(name, cluster.group, slot, len(cluster.members), result.steps, before, after, kept)
+        trained.seconds, trained.trainer = seconds, self.trainer.name
+        trained.loss_first, trained.loss_last = result.loss_first, result.loss_last
+        return trained, bank
 
     def _install(self, bank: Bank, micro: MicroLora, name: str, cluster: Cluster) -> Bank:
         # Under the writer lock, onto the bank as it is now: a federation merge or loop C may have

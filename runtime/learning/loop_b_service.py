@@ -14,6 +14,10 @@ from runtime.learning.config import LoopBConfig, LoopCConfig
 from runtime.learning.loop_b import LoopB
 from runtime.learning.loop_c_service import consolidation
 from runtime.learning.store import warn
+from runtime.learning.trainer import MicroTrainer
+
+# (model directory, loop B's config) -> a MicroLoRA trainer, or None for SPSA
+TrainerFor = Callable[[Path, LoopBConfig], MicroTrainer | None]
 
 
 def install_bank(model, bank: Bank, bank_dir: Path) -> None:
@@ -28,11 +32,13 @@ def for_model(
     read_good: Callable[[int, float, int], list],
     on_warning: Callable[[str], None] = warn,
     loop_c: LoopCConfig | None = None,
+    trainer_for: TrainerFor | None = None,
 ) -> LoopB:
     """Loop B for a model opened on CPython, or for the replicas of one (a server's, all on the
     same directory): its learnt bank (created from the model's own bank the first time) is
     installed in them now and after every run that changes it. Attach loop A after this, so that
-    its scores are the learnt bank's."""
+    its scores are the learnt bank's. `trainer_for(model directory, config)`: the MicroLoRA
+    trainer (the command layer's ruvdllm.loop_b_trainer.trainer_for), None: SPSA."""
     from runtime.artifact import GRAPH_NAME
     from runtime.learning.logits_session import LogitsSession
 
@@ -61,12 +67,19 @@ def for_model(
         on_bank=install_everywhere,
         on_warning=on_warning,
         after_run=after_run,
+        trainer=trainer_for(Path(first.directory), config) if trainer_for is not None else None,
     )
 
 
-def background(config_path, models, loop_a, on_warning: Callable[[str], None] = warn) -> LoopB | None:
+def background(
+    config_path,
+    models,
+    loop_a,
+    on_warning: Callable[[str], None] = warn,
+    trainer_for: TrainerFor | None = None,
+) -> LoopB | None:
     """Loop B started on a daemon thread when the learning config turns it on (and loop A, whose
-    store it reads, is on); None otherwise. For `ruvdllm serve`."""
+    store it reads, is on); None otherwise. For `ruvdllm serve` (`trainer_for` as in for_model)."""
     from runtime.learning.config import load_learning_config
 
     learning = load_learning_config(config_path)
@@ -78,6 +91,6 @@ def background(config_path, models, loop_a, on_warning: Callable[[str], None] = 
         # on loop A's writer thread, which owns the store's connection
         return loop_a.recorder.call(lambda store: store.good_feedback(after, threshold, limit))
 
-    loop = for_model(models, config, read_good, on_warning, loop_c=learning.loop_c)
+    loop = for_model(models, config, read_good, on_warning, loop_c=learning.loop_c, trainer_for=trainer_for)
     loop.start()
     return loop

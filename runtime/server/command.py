@@ -133,9 +133,12 @@ def open_engine(args: argparse.Namespace, default_model: Callable[..., Path]):
     return Engine(models), args.model_name or Path(directory).resolve().name
 
 
-def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
+def run(
+    args: argparse.Namespace, default_model: Callable[..., Path], loop_b_trainer: Callable | None = None
+) -> int:
     """`default_model` is handed in by the command layer (ruvdllm.default_artifact): exporting the
-    default model needs the exporter, which runtime cannot reach."""
+    default model needs the exporter, which runtime cannot reach. So is `loop_b_trainer`
+    (ruvdllm.loop_b_trainer.trainer_for: loop B's first-order trainer where torch is; None: SPSA)."""
     import uvicorn
 
     from runtime.server.app import create_app
@@ -148,7 +151,8 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
         if loop is not None:
             from runtime.learning.loop_b_service import background as loop_b  # numpy: CPython only
 
-            background = loop_b(args.learning_config, engine.models, loop)  # the learnt bank, if on
+            # the learnt bank, if on
+            background = loop_b(args.learning_config, engine.models, loop, trainer_for=loop_b_trainer)
             for model in engine.models:
                 loop.attach(model)
         limits = ServerLimits(queue_size=args.queue_size, max_request_bytes=args.max_request_bytes)
@@ -160,7 +164,7 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
             server.run(sockets=[sock])
         finally:
             if background is not None:
-                background.stop()  # after its current SPSA step; what it committed stays
+                background.stop()  # after its current training step; what it committed stays
             engine.close()
             if loop is not None:
                 loop.close()  # everything recorded is written before the process ends

@@ -45,8 +45,8 @@ from ruvdllm_export.spec import (
 
 Past = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (key after RoPE, value), [B, KV, P, D]
 # target linear name -> (a [layers, in, slots·rank], b [layers, slots·rank, out]), LoRA scale folded
-# in: the bank layout of runtime/artifact.py
-AdapterBank = dict[str, tuple[torch.Tensor, torch.Tensor]]
+# in: the bank layout of runtime/artifact.py (or a and b as lists of one tensor per layer)
+AdapterBank = dict[str, tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | list[torch.Tensor]]]
 
 
 def _norm_buffer(module: nn.Module, name: str, weights: dict, key: str) -> None:
@@ -236,17 +236,22 @@ def _bank_calls(
     for target, (a, b) in adapter_bank.items():
         if target not in LINEARS:
             raise ValueError(f"adapter bank target {target!r}: not one of {', '.join(LINEARS)}")
+        # a and b may also be per-layer sequences of [in, slots·rank] / [slots·rank, out]: then only
+        # the layers whose factors require grad are recorded by autograd (loop B's trainer trains
+        # the last layers, and backpropagation stops there)
+        a_shape = (len(a), *a[0].shape) if isinstance(a, list | tuple) else tuple(a.shape)
+        b_shape = (len(b), *b[0].shape) if isinstance(b, list | tuple) else tuple(b.shape)
         if (
-            a.shape[0] != num_layers
-            or b.shape[0] != num_layers
-            or a.shape[2] != b.shape[1]
-            or a.shape[2] % slots
+            a_shape[0] != num_layers
+            or b_shape[0] != num_layers
+            or a_shape[2] != b_shape[1]
+            or a_shape[2] % slots
         ):
             raise ValueError(
-                f"adapter bank {target}: a {tuple(a.shape)} / b {tuple(b.shape)} do not fit "
+                f"adapter bank {target}: a {a_shape} / b {b_shape} do not fit "
                 f"{num_layers} layers and {slots} slots"
             )
-        w = adapter_weights.repeat_interleave(a.shape[2] // slots, dim=-1)  # [B, S, slots·rank]
+        w = adapter_weights.repeat_interleave(a_shape[2] // slots, dim=-1)  # [B, S, slots·rank]
         for layer in range(num_layers):
             calls[layer][target] = (a[layer], b[layer], w)
     return calls
