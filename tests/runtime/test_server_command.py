@@ -74,6 +74,17 @@ def test_threads_are_shared_among_models():
     assert threads_per_model(0, 64) == 1  # never below one
 
 
+def test_the_command_layer_hands_serve_loop_b_trainer_choice(monkeypatch, tiny_model_dir):
+    """runtime cannot import the torch trainer: `ruvdllm serve` gets the choice from ruvdllm.cli."""
+    import runtime.server.command
+    from ruvdllm.loop_b_trainer import trainer_for
+
+    seen = {}
+    monkeypatch.setattr(runtime.server.command, "run", lambda args, **kwargs: seen.update(kwargs) or 0)
+    assert main(["serve", "--model", str(tiny_model_dir)]) == 0
+    assert seen["loop_b_trainer"] is trainer_for and callable(seen["default_model"])
+
+
 def test_serve_is_listed_in_the_cli_help():
     out = subprocess.run(
         [sys.executable, "-m", "ruvdllm.cli", "serve", "--help"],
