@@ -137,6 +137,7 @@ def test_loop_b_lowers_the_held_out_nll_of_the_topic(store_with_feedback, tmp_pa
     assert report.read == 6 and report.clusters == 1  # one topic, one cluster
     (trained,) = report.trained
     assert trained.kept and trained.nll_after < trained.nll_before and trained.group == 1
+    assert trained.trainer == "spsa" and np.isnan(trained.loss_first)  # the default: SPSA, as before
     bank = Bank.load(bank_dir)
     assert list(bank.adapters) == [trained.name] and bank.adapters[trained.name].slot == trained.slot
     assert bank.groups <= trained.slot < bank.slots  # a DGR slot
