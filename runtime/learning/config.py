@@ -105,7 +105,7 @@ class LoopBConfig:
     # reference can be built, else SPSA; "spsa": always SPSA; "adam": first order or an error
     trainer: str = "auto"
     adam_steps: int = 100  # Adam steps per MicroLoRA: exact gradients, far fewer than SPSA needs
-    adam_lr: float = 1e-3  # Adam's step per parameter: b moves ~0.1 in 100 steps, a LoRA-sized change
+    adam_lr: float = 1e-3  # the default model's best of 1e-3/2e-3/5e-3; larger over-fit (docs/learning.md)
     threads: int = 1  # torch threads of the first-order trainer: one core, like SPSA's session
 
     def __post_init__(self) -> None:
