@@ -243,6 +243,8 @@ def test_bad_input_is_one_line_naming_the_thing(workspace, tmp_path, capsys):
     for expected, argv in cases.items():
         message = _error(capsys, argv)
         assert expected in message and "\n" not in message, (expected, message)
+    for refused in ("r3", "r5"):  # a bad checkpoint, a run over the budget: no run directory left
+        assert not (tmp_path / refused).exists(), refused
 
 
 SMOLLM2 = ModelSpec(
