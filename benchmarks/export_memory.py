@@ -8,6 +8,10 @@
                                                               # same bound, a fraction of the time
     python benchmarks/export_memory.py --synthetic DIR --convert    # `ruvdllm convert` a few steps
                                                               # instead: its estimate vs its peak
+    python benchmarks/export_memory.py --adapter shipped      # the default model with its conversion
+                                                              # adapter baked in (as `ruvdllm` ships it)
+    python benchmarks/export_memory.py --synthetic DIR --adapter synthetic   # a random adapter of the
+                                                              # shipped one's layout (rank 8, 7 linears)
 
 Each export runs in a fresh child process (`python -m ruvdllm export`, validation on), whose report
 (config.json source.memory) gives each phase's own peak (on Linux; the running maximum elsewhere):
@@ -26,6 +30,12 @@ tokenizer's). Building it needs ~2.5 GB of disk and ~1 GB of memory. The bound
 depends on the largest layer and the table only, so a shallower copy (--layers) has the same
 bound: a streamed export's peak must not depend on the depth. Absolute times on a shared machine
 are noisy; memory figures are not.
+
+--adapter bakes a conversion adapter in (`ruvdllm export --adapter`): PATH, `shipped` (the default
+model's, ruvdllm_export/adapters/), or `synthetic`: random factors of the shipped adapter's layout
+(rank 8, alpha 16, every linear of every layer) for the checkpoint, written for the run. The
+graph then carries float LoRA side branches and the adapter switch, and validation also runs the
+gate-0 rows against the base weights.
 
 --convert runs `ruvdllm convert` (seq-len 64, batch 1, gradient checkpointing, 2 optimizer
 steps) on the checkpoint and prints the memory estimate it printed before training against the
@@ -73,7 +83,7 @@ LLAMA_32_1B = {  # Llama-3.2-1B's config.json, as published
     "torch_dtype": "bfloat16",
 }
 PHASES = ("load", "prepare", "graph", "save", "validate")
-VALIDATE_STEPS = ("checker", "window_graph", "reference", "onnxruntime")  # validate.<step>
+VALIDATE_STEPS = ("checker", "window_graph", "reference", "session", "onnxruntime")  # validate.<step>
 SHARD_BYTES = 1 << 30  # ~1 GB shards, as released checkpoints are cut
 
 
@@ -122,6 +132,29 @@ def build_synthetic(directory: Path, config: dict = LLAMA_32_1B, seed: int = 0) 
     tokenizer.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(tokenizer), indent=2))
     return directory
+
+
+def build_synthetic_adapter(checkpoint: Path, path: Path, seed: int = 0) -> Path:
+    """Random LoRA factors of the shipped adapter's layout (rank 8, alpha 16, all seven linears of
+    every layer) for `checkpoint`, written to `path` as `ruvdllm convert` writes them."""
+    from ruvdllm_export.adapters import DEFAULT_ADAPTER
+    from ruvdllm_export.checkpoints import load_checkpoint
+    from ruvdllm_export.convert.adapter_file import base_identity, read_adapter, write_adapter
+
+    loaded = load_checkpoint(checkpoint)
+    lora = read_adapter(DEFAULT_ADAPTER).lora
+    rank, rng, factors = int(lora["rank"]), np.random.default_rng(seed), {}
+    for layer in range(loaded.spec.num_layers):
+        for proj, features in loaded.spec.linear_features().items():
+            group = "self_attn" if proj.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else "mlp"
+            stem = f"model.layers.{layer}.{group}.{proj}"
+            a = rng.standard_normal((rank, features.in_features)) / np.sqrt(features.in_features)
+            factors[stem + ".lora_A.weight"] = a.astype(np.float32)
+            factors[stem + ".lora_B.weight"] = (
+                rng.standard_normal((features.out_features, rank)) * 0.01
+            ).astype(np.float32)
+    write_adapter(path, factors, lora, {"objective": "bd3lm", "block_size": 8}, base_identity(loaded))
+    return path
 
 
 def bound_mib(spec) -> dict[str, float]:
@@ -177,12 +210,14 @@ def convert_child(checkpoint: Path, run_dir: Path, steps: int = 2) -> tuple[floa
     return time.perf_counter() - started, estimate, peak
 
 
-def export_child(checkpoint: Path | None, out: Path) -> tuple[float, dict]:
+def export_child(checkpoint: Path | None, out: Path, adapter: Path | None = None) -> tuple[float, dict]:
     """`ruvdllm export` in a child; each progress line is echoed with the time and the child's
     peak so far, so a run stopped early still shows where its memory went."""
     command = [sys.executable, "-m", "ruvdllm", "export", "--out", str(out), "--force"]
     if checkpoint is not None:
         command += ["--checkpoint", str(checkpoint)]
+    if adapter is not None:
+        command += ["--adapter", str(adapter)]
     started = time.perf_counter()
     child = subprocess.Popen(
         command, cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE, text=True
@@ -207,6 +242,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="model directory (default: a temporary one)")
     parser.add_argument("--layers", type=int, help="with --synthetic: build this many layers (default 16)")
     parser.add_argument("--convert", action="store_true", help="run convert a few steps instead of export")
+    parser.add_argument("--adapter", help="conversion adapter to bake in: PATH, shipped or synthetic")
     args = parser.parse_args()
 
     from ruvdllm_export.checkpoints import load_checkpoint
@@ -221,6 +257,18 @@ def main() -> None:
             build_synthetic(args.synthetic, config)
             print(f"built {args.synthetic} in {time.perf_counter() - started:.0f}s")
         checkpoint = args.synthetic
+    adapter = None
+    if args.adapter == "shipped":
+        from ruvdllm_export.adapters import DEFAULT_ADAPTER
+
+        adapter = DEFAULT_ADAPTER
+    elif args.adapter == "synthetic":
+        scratch = tempfile.TemporaryDirectory()  # removed when the benchmark exits
+        adapter = build_synthetic_adapter(
+            checkpoint or default_gguf_path(), Path(scratch.name) / "adapter-r8.safetensors"
+        )
+    elif args.adapter is not None:
+        adapter = Path(args.adapter)
     spec = load_checkpoint(checkpoint or default_gguf_path()).spec
     params = sum(int(np.prod(s)) for s in expected_shapes(spec).values())
     bound = bound_mib(spec)
@@ -235,12 +283,13 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "model"
-        seconds, source = export_child(checkpoint, out)
+        seconds, source = export_child(checkpoint, out, adapter)
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
     memory = source["memory"]
     validation = source["validation"]
     print(
         f"\ncheckpoint  {checkpoint or 'default model'}: {spec.architecture}, {params / 1e9:.3f}B parameters"
+        + (f", adapter {adapter.name}" if adapter else "")
     )
     print(
         f"export      {seconds:.0f}s wall, artifact {size:.0f} MiB, top-1 vs checkpoint "

@@ -256,14 +256,13 @@ def run(args) -> int:
     config, objective, lora = _configs(args)  # a bad value fails here, before anything is written
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not args.resume:
-        _save_args(args)
-
     checkpoint = load_checkpoint(
         args.model if args.model is not None else default_gguf_path(progress=not args.quiet)
     )  # headers only: the spec sizes the estimate before any weight is read
     estimate = memory_estimate(checkpoint.spec, config, objective, lora)
     check_memory(estimate, config, pick_device())  # before any weight or data is read
+    if not args.resume:  # only now: a refused checkpoint or budget leaves no run directory behind
+        _save_args(args)
     checkpoint, model = load_model(checkpoint, progress=not args.quiet)
     data = list(args.data)
     if args.distill is not None:

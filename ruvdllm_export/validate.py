@@ -28,6 +28,7 @@ import onnxruntime as ort
 
 from runtime import artifact
 from runtime.artifact import bank_factor_shapes
+from runtime.resident import release_load_memory
 from runtime.widening import add_widened_initializers, has_widened, read_index
 from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.onnx_graph import GraphOptions, build_graph
@@ -124,6 +125,8 @@ def _session(model: str | bytes, provider: str = "CPUExecutionProvider") -> ort.
     widened = add_widened_initializers(opts, Path(model)) if isinstance(model, str) else []
     sess = ort.InferenceSession(model, opts, providers=[provider])
     sess.widened_weights = widened  # the wasm target's, widened as the runtime widens them: kept alive
+    if isinstance(model, str):  # as the runtime does once it has loaded (runtime/resident.py)
+        release_load_memory([p for p in Path(model).parent.iterdir() if p.is_file()])
     return sess
 
 
@@ -263,7 +266,8 @@ def validate_export(
     parity on onnxruntime-gpu's CUDA EP when one is available (reported as skipped otherwise).
     `base_weights` (a graph with the adapter switch): the held weights without the conversion
     adapter, which rows with adapter_gate 0 must compute. `mark` (PhaseMemory.mark) closes the
-    memory phases validate.checker, validate.reference and validate.onnxruntime."""
+    memory phases validate.checker, validate.reference, validate.session (onnxruntime's session
+    made) and validate.onnxruntime (its runs)."""
     mark = mark or (lambda _: None)
     model_path = Path(model_path)
     check_graph(model_path)
@@ -294,7 +298,7 @@ def validate_export(
     mark("validate.reference")
 
     parity, paragraph_out, failures = _check_provider(
-        model_path, "CPUExecutionProvider", cases, spec, tolerance
+        model_path, "CPUExecutionProvider", cases, spec, tolerance, mark
     )
     mark("validate.onnxruntime")
     report = {
@@ -372,40 +376,65 @@ def validation_cases(reference, spec, options, ids, mask_token_id) -> list[Case]
 HEAD_LOGITS_PER_RUN = 1 << 24  # 64 MiB of float32 logits
 
 
-class Parts(list):
-    """The feeds of one case run as several forwards whose row outputs are joined (run_case)."""
+@dataclass(frozen=True)
+class Parts:
+    """One causal run of `ids` as forwards of at most `rows` tokens each, every part over the KV
+    cache that the same runner returned for the tokens before it (run_case): each token is run
+    once, and the head sees at most `rows` rows per forward. Row r over the cache of rows < r
+    sees what it sees in one causal forward over all the ids."""
+
+    spec: ModelSpec
+    options: GraphOptions
+    ids: np.ndarray
+    rows: int
+    gate: float = 1.0
+
+    def bounds(self) -> list[tuple[int, int]]:
+        return [
+            (start, min(start + self.rows, len(self.ids))) for start in range(0, len(self.ids), self.rows)
+        ]
+
+    def feeds(self, start: int, stop: int, past: list | None) -> Feeds:
+        """Part start..stop, each token its own block (block ids count within the part: the
+        cache is visible to all of them)."""
+        causal = np.arange(stop - start)
+        return graph_feeds(self.spec, self.options, self.ids[start:stop], causal, past=past, gate=self.gate)
 
 
 def paragraph_feeds(spec: ModelSpec, options: GraphOptions, ids: np.ndarray, gate: float = 1.0):
-    """Feeds for `ids` run causally (each token its own block), one forward or Parts. Row r of a
-    causal forward over ids[:n] (n > r) sees what it sees over all of them, so part k runs
-    ids[:stop] with output_offset = start and gives rows start..stop-1; the last part runs all
-    the ids (its KV outputs are the whole paragraph's)."""
+    """Feeds for `ids` run causally (each token its own block): one forward, or Parts when the
+    rows times the vocabulary pass HEAD_LOGITS_PER_RUN."""
     rows = max(1, HEAD_LOGITS_PER_RUN // spec.vocab_size)
-    causal = np.arange(len(ids))
     if len(ids) <= rows:
-        return graph_feeds(spec, options, ids, causal, gate=gate)
-    return Parts(
-        graph_feeds(spec, options, ids[:stop], causal[:stop], output_offset=start, gate=gate)
-        for start, stop in ((start, min(start + rows, len(ids))) for start in range(0, len(ids), rows))
-    )
+        return graph_feeds(spec, options, ids, np.arange(len(ids)), gate=gate)
+    return Parts(spec, options, np.asarray(ids), rows, gate)
 
 
 def run_case(run: Callable[[Feeds], Outputs], feeds) -> Outputs:
-    """run(feeds), or for Parts each part's run with the row outputs joined in order and the KV
-    outputs (present_*) of the last part, which ran every token."""
+    """run(feeds), or for Parts each part's run over the cache of the parts before it (`run`'s own
+    presents), with the row outputs joined in order and the KV outputs (present_*) of the last
+    part, which hold every token's."""
     if not isinstance(feeds, Parts):
         return run(feeds)
-    outs = [run(part) for part in feeds]
+    rows, past, out = [], None, {}
+    for start, stop in feeds.bounds():
+        out = run(feeds.feeds(start, stop, past))
+        past = presents(feeds.spec, out)
+        rows.append({name: value for name, value in out.items() if not name.startswith("present")})
     return {
-        name: value if name.startswith("present") else np.concatenate([o[name] for o in outs], axis=1)
-        for name, value in outs[-1].items()
+        name: value if name.startswith("present") else np.concatenate([r[name] for r in rows], axis=1)
+        for name, value in out.items()
     }
 
 
-def _check_provider(model_path: Path, provider: str, cases: list[Case], spec, tolerance: Tolerance):
-    """(gaps per case, the paragraph's outputs, failures) of the graph on one execution provider."""
+def _check_provider(
+    model_path: Path, provider: str, cases: list[Case], spec, tolerance: Tolerance, mark=None
+):
+    """(gaps per case, the paragraph's outputs, failures) of the graph on one execution provider;
+    `mark` closes the memory phase validate.session once the session is made."""
     sess = _session(str(model_path), provider)
+    if mark is not None:
+        mark("validate.session")
     parity, out = {}, {}
     for name, feeds, ref in cases:
         out = run_case(lambda part: _run(sess, part), feeds)  # noqa: B023 (called at once)

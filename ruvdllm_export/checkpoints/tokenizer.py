@@ -34,22 +34,32 @@ GGUF_CONTROL, GGUF_USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values of ad
 
 _QWEN2 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 _LLAMA3 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+# llama.cpp's split for `default` (a BPE GGUF without a known pre-tokenizer): four regexes, each
+# splitting the pieces of the one before (llama-vocab.cpp), not GPT-2's single regex
+_LLAMA_CPP_DEFAULT = (
+    r"[\p{P}\$\+<=>\^~\|]+",
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
+    r"\p{N}+",
+    r"[0-9][0-9][0-9]",
+)
 
 
 def _byte_level(use_regex: bool):
     return pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=use_regex)
 
 
-def _split_then_bytes(pattern: str):
-    return pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False), _byte_level(False)]
-    )
+def _split_then_bytes(*patterns: str):
+    """Each regex splits the pieces of the one before (matches and the text between them kept),
+    then the bytes are mapped: llama.cpp's unicode_regex_split over a list of expressions."""
+    splits = [pre_tokenizers.Split(Regex(p), behavior="isolated", invert=False) for p in patterns]
+    return pre_tokenizers.Sequence([*splits, _byte_level(False)])
 
 
 # tokenizer.ggml.pre -> (normalizer or None, pre-tokenizer factory, ignore_merges)
 PRE_TOKENIZERS = {
-    "default": (None, lambda: _byte_level(True), False),  # GPT-2's own regex
-    "gpt2": (None, lambda: _byte_level(True), False),
+    "default": (None, lambda: _split_then_bytes(*_LLAMA_CPP_DEFAULT), False),
+    "gpt-2": (None, lambda: _byte_level(True), False),  # GPT-2's own regex
+    "gpt2": (None, lambda: _byte_level(True), False),  # the same, as some writers spell it
     "smollm": (  # SmolLM / StarCoder: every digit alone, then GPT-2's split
         None,
         lambda: pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), _byte_level(True)]),

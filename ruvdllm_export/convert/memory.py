@@ -45,12 +45,20 @@ class MemoryEstimate:
         )
 
 
-def activation_bytes(spec: ModelSpec, batch: int, positions: int, targets: int, checkpointing: bool) -> int:
+def activation_bytes(
+    spec: ModelSpec, batch: int, positions: int, targets: int, checkpointing: bool, cached_base: bool = False
+) -> int:
     """An upper estimate of what backward keeps per micro-batch: per layer and position about
     ten hidden-sized tensors (norms, q/k/v/o, residuals), four intermediate-sized ones (gate, up,
     silu, product) and one attention-probability row per head (the math kernel stores them);
     with gradient checkpointing only the layer inputs plus one layer. The head adds logits,
-    softmax and their gradient for every target row."""
+    softmax and their gradient for every target row.
+
+    Each 4-bit linear is dequantized for its forward and autograd keeps that float32 weight for
+    the backward (the input needs a gradient: LoRA branches upstream). One layer's worth is in
+    base_bytes (all a checkpointed run keeps: its recomputed layer); without checkpointing every
+    other layer's is kept too, unless the base is cached (`cached_base`: the kept weights are
+    the cache, counted in the base)."""
     per_position = 10 * spec.hidden_size + 4 * spec.intermediate_size + spec.num_heads * positions
     per_layer = batch * positions * per_position * FLOAT
     layers = (
@@ -58,6 +66,9 @@ def activation_bytes(spec: ModelSpec, batch: int, positions: int, targets: int, 
         if checkpointing
         else (spec.num_layers * per_layer)
     )
+    if not checkpointing and not cached_base:
+        layer_weights = sum(f.in_features * f.out_features for f in spec.linear_features().values())
+        layers += (spec.num_layers - 1) * layer_weights * FLOAT
     head = 3 * batch * targets * spec.vocab_size * FLOAT
     return layers + head
 
@@ -65,8 +76,9 @@ def activation_bytes(spec: ModelSpec, batch: int, positions: int, targets: int, 
 def base_bytes(spec: ModelSpec, cached_dtype_bytes: int = 0) -> int:
     """The frozen base: packed 4-bit linears (with the float32 copy of their scales the modules
     keep) and token table, the table widened to float32 twice (the embedding's and the head's:
-    the graph's split 8-bit table runs as float32 in the reference), one dequantized linear at a
-    time. `cached_dtype_bytes` (2 for --precision bf16) adds the dequantized copy of every linear
+    the graph's split 8-bit table runs as float32 in the reference), one layer's linears
+    dequantized (what its forward, and backward's recompute of it, hold). `cached_dtype_bytes`
+    (2 for --precision bf16) adds the dequantized copy of every linear
     and of the head the trainer then keeps."""
     linear = sum(f.in_features * f.out_features for f in spec.linear_features().values())
     table = spec.vocab_size * spec.hidden_size * (1 if spec.tie_word_embeddings else 2)
@@ -107,5 +119,5 @@ def estimate_memory(
         runtime=RUNTIME_BYTES,
         base=base_bytes(spec, 2 if precision == "bf16" else 0),
         lora=lora_bytes(spec, rank, lora_targets),
-        activations=activation_bytes(spec, batch, positions, targets, checkpointing),
+        activations=activation_bytes(spec, batch, positions, targets, checkpointing, precision == "bf16"),
     )

@@ -71,3 +71,33 @@ def test_vocabulary_check():
         RuvdllmError, match="t: the tokenizer has 4 tokens but the model's vocabulary has 3 rows"
     ):
         check_vocab(tokenizer, 3, "t")
+
+
+PRE_TOKENIZER_TEXTS = [
+    "Hello world! The quick brown fox jumps over the lazy dog.",
+    "  leading spaces, trailing spaces   ",
+    "runs     of      spaces and\ttabs\t\tand\nnewlines\n\n\nand blank lines",
+    "def f(x):\n    return {'a': [x ** 2 for x in range(10)]}  # code\n",
+    "Zahlen: 3.14159, 2024-01-31, 1,000,000 and 1234567 and 0x1F",
+    "naïve café, Straße, ÅNGSTRÖM, İstanbul",
+    "日本語のテキストと中文字符，한국어 텍스트 Ελληνικά русский",
+    "emoji 😀👍🏽 and ✨sparkles✨",
+    "it's we're they'll I'd you've CAN'T",
+    "<|im_start|>user\nHi<|im_end|>\n",
+]
+
+
+@pytest.mark.parametrize("pre", ["default", "gpt-2", "llama-bpe", "smollm", "qwen2"])
+def test_byte_level_gguf_pre_tokenizers_equal_llama_cpp(tmp_path, pre):
+    """A byte-level BPE GGUF under each pre-tokenizer name we rebuild (Llama 3's `llama-bpe` among
+    them): the ids equal llama.cpp's own tokenizer on the same file."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from ruvdllm_export.checkpoints.gguf_reader import open_gguf, read_metadata
+    from ruvdllm_export.checkpoints.tokenizer import tokenizer_from_gguf
+
+    path = make_gguf_checkpoint(tmp_path / "m.gguf", "llama", "F32", tokenizer_pre=pre)
+    ours = tokenizer_from_gguf(read_metadata(open_gguf(path)), str(path))
+    reference = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    for text in PRE_TOKENIZER_TEXTS:
+        expected = reference.tokenize(text.encode(), add_bos=False, special=True)
+        assert ours.encode(text, add_special_tokens=False).ids == expected, (pre, text)

@@ -243,6 +243,8 @@ def test_bad_input_is_one_line_naming_the_thing(workspace, tmp_path, capsys):
     for expected, argv in cases.items():
         message = _error(capsys, argv)
         assert expected in message and "\n" not in message, (expected, message)
+    for refused in ("r3", "r5"):  # a bad checkpoint, a run over the budget: no run directory left
+        assert not (tmp_path / refused).exists(), refused
 
 
 SMOLLM2 = ModelSpec(
@@ -286,17 +288,41 @@ def test_default_batch_fits_24_gb_and_a_huge_one_does_not():
 
 def test_estimate_parts_count_what_they_name():
     """LoRA and AdamW: 4 float32 copies of r x (in + out) per targeted linear and layer; bf16
-    adds the cached base; checkpointing only shrinks activations."""
+    adds the cached base (whose weights are then what backward keeps); checkpointing only
+    shrinks activations."""
     one = _estimate(SMOLLM2, 1, 192, False, rank=8, targets=("q_proj",))
     features = SMOLLM2.linear_features()["q_proj"]
     assert one.lora == 4 * 4 * SMOLLM2.num_layers * 8 * (features.in_features + features.out_features)
     assert _estimate(SMOLLM2, 1, 192, False, rank=16, targets=("q_proj",)).lora == 2 * one.lora
     bf16 = _estimate(SMOLLM2, 1, 192, False, rank=8, targets=("q_proj",), precision="bf16")
-    assert bf16.base > one.base and bf16.activations == one.activations
+    assert bf16.base > one.base and bf16.activations < one.activations
     checkpointed = _estimate(SMOLLM2, 1, 192, True, rank=8, targets=("q_proj",))
     assert checkpointed.activations < one.activations and checkpointed.base == one.base
     assert one.total == one.runtime + one.base + one.lora + one.activations
     assert "memory estimate" in one.describe() and "\n" not in one.describe()
+
+
+def test_estimate_counts_the_dequantized_weights_autograd_keeps():
+    """A 4-bit linear's forward dequantizes its weight and autograd keeps that float32 tensor for
+    the backward (the input needs a gradient): without checkpointing every layer's, which the
+    estimate counts beyond the one layer in the base (not when bf16 caches the base)."""
+    from ruvdllm_export.quant.q4 import quantize_q4
+    from ruvdllm_export.reference.linear import FrozenLinear
+
+    linear = FrozenLinear(quantize_q4(np.random.default_rng(0).standard_normal((48, 64), np.float32)))
+    x = torch.randn(2, 64, requires_grad=True)
+    kept, fn = [], linear(x).grad_fn
+    while fn is not None:  # the saved tensors along the output's graph
+        kept += [
+            getattr(fn, a) for a in dir(fn) if a.startswith("_saved") and torch.is_tensor(getattr(fn, a))
+        ]
+        fn = fn.next_functions[0][0] if fn.next_functions else None
+    assert any(t.shape in ((48, 64), (64, 48)) for t in kept)  # the dequantized weight itself
+    layer = sum(f.in_features * f.out_features for f in SMOLLM2.linear_features().values()) * 4
+    fp32, bf16 = (_estimate(SMOLLM2, 1, 192, False, precision=p) for p in ("fp32", "bf16"))
+    assert fp32.activations - bf16.activations == (SMOLLM2.num_layers - 1) * layer
+    checkpointed = (_estimate(SMOLLM2, 1, 192, True, precision=p) for p in ("fp32", "bf16"))
+    assert len({e.activations for e in checkpointed}) == 1  # the recomputed layer: in the base
 
 
 def test_convert_with_self_distillation(workspace, tmp_path):

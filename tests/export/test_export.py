@@ -66,7 +66,7 @@ def test_the_report_records_peak_memory_per_phase(qwen3_dir, tmp_path):
 
 def test_validation_reports_the_peak_of_each_of_its_steps(qwen3_dir, tmp_path, monkeypatch):
     """Windowed validation closes a memory phase per step (each window's graph, the reference's
-    forwards, onnxruntime's session); "validate" is the largest of them. The paragraph runs in
+    forwards, onnxruntime's session and its runs); "validate" is the largest of them. The paragraph runs in
     row parts here (as a 128k vocabulary's does) and passes the same checks."""
     from ruvdllm_export import validate
 
@@ -75,7 +75,7 @@ def test_validation_reports_the_peak_of_each_of_its_steps(qwen3_dir, tmp_path, m
     report = artifact.load_config(out).source["validation"]
     assert report["paragraph_tokens"] > 100 and report["top1_agreement"] >= report["tolerance"]["top1"]
     phases = artifact.load_config(out).source["memory"]["phases"]
-    steps = ("checker", "window_graph", "reference", "onnxruntime")
+    steps = ("checker", "window_graph", "reference", "session", "onnxruntime")
     assert {f"validate.{step}" for step in steps} <= set(phases)
     assert phases["validate"]["peak_rss_mib"] == max(
         phases[f"validate.{step}"]["peak_rss_mib"] for step in steps

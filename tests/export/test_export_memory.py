@@ -99,9 +99,10 @@ def test_each_phase_reports_its_own_peak():
 
 
 def test_a_paragraph_run_in_row_parts_gives_the_one_forward_outputs(monkeypatch):
-    """validate.py's paragraph in parts (the head sees a bounded number of rows per forward): the
-    joined rows and the last part's cache equal one forward over all the ids, on onnxruntime and
-    on the streamed reference alike."""
+    """validate.py's paragraph in parts (the head sees a bounded number of rows per forward, each
+    part over the cache its runner returned for the parts before it): the joined rows and the
+    last part's cache equal one forward over all the ids, on onnxruntime and on the streamed
+    reference alike."""
     import numpy as np
 
     from ruvdllm_export import validate
@@ -117,7 +118,7 @@ def test_a_paragraph_run_in_row_parts_gives_the_one_forward_outputs(monkeypatch)
     assert not isinstance(whole, validate.Parts)  # 40 x 384 logits: one forward
     monkeypatch.setattr(validate, "HEAD_LOGITS_PER_RUN", 16 * spec.vocab_size)
     parts = validate.paragraph_feeds(spec, options, ids)
-    assert [len(p["input_ids"][0]) for p in parts] == [16, 32, 40]
+    assert parts.bounds() == [(0, 16), (16, 32), (32, 40)]  # each token run once
     runs = {
         "onnxruntime": lambda feeds: validate._run(session, feeds),
         "reference": validate.torch_reference(spec, held, options.top_k),
