@@ -243,7 +243,8 @@ def run(args) -> int:
 
     from ruvdllm_export.checkpoints import load_checkpoint
     from ruvdllm_export.convert.adapter_file import base_identity
-    from ruvdllm_export.convert.data import build_sequences
+    from ruvdllm_export.convert.data import build_sequences, read_training_documents
+    from ruvdllm_export.convert.distill import read_prompts
     from ruvdllm_export.convert.trainer import BEST, Trainer, check_memory, memory_estimate, pick_device
     from ruvdllm_export.default_model import default_gguf_path
     from ruvdllm_export.reference import apply_lora
@@ -261,21 +262,27 @@ def run(args) -> int:
     )  # headers only: the spec sizes the estimate before any weight is read
     estimate = memory_estimate(checkpoint.spec, config, objective, lora)
     check_memory(estimate, config, pick_device())  # before any weight or data is read
-    if not args.resume:  # only now: a refused checkpoint or budget leaves no run directory behind
+    # The inputs next, all cheap to read: a missing or malformed one stops the run here, before
+    # the model loads, and leaves no run directory behind.
+    chat = (checkpoint.spec.chat_template, checkpoint.spec.bos_token_id)
+    eos = checkpoint.spec.eos_token_ids[0]
+    documents = read_training_documents(args.data, checkpoint.tokenizer, eos, *chat) if args.data else []
+    prompts = read_prompts(args.distill) if args.distill is not None else None
+    if not args.resume and args.init_adapter is not None and not args.init_adapter.is_file():
+        raise RuvdllmError(f"{args.init_adapter}: no such adapter file (--init-adapter)")
+    if not args.resume:  # only now: a refused checkpoint, budget or input leaves no run directory
         _save_args(args)
     checkpoint, model = load_model(checkpoint, progress=not args.quiet)
-    data = list(args.data)
-    if args.distill is not None:
-        data.append(_distill(args, checkpoint))
+    if prompts is not None:
+        distilled = _distill(args, checkpoint, prompts)
+        documents += read_training_documents([distilled], checkpoint.tokenizer, eos, *chat)
     train, held_out = build_sequences(
-        data,
+        documents,
         checkpoint.tokenizer,
         args.seq_len,
         checkpoint.spec.eos_token_ids[0],
         args.held_out,
         args.seed,
-        checkpoint.spec.chat_template,
-        checkpoint.spec.bos_token_id,  # the template's bos_token, as the runtime renders it
     )
     try:
         apply_lora(model, lora)
@@ -327,14 +334,13 @@ def _configs(args) -> tuple[TrainConfig, ObjectiveConfig, LoraConfig]:
         raise RuvdllmError(f"convert: {exc}") from None
 
 
-def _distill(args, checkpoint) -> Path:
+def _distill(args, checkpoint, prompts: list[str]) -> Path:
     """Self-distilled answers (generated once, kept in the run directory, resumed if cut short)."""
-    from ruvdllm_export.convert.distill import distill, read_prompts
+    from ruvdllm_export.convert.distill import distill
     from ruvdllm_export.onnx_graph.builder import graph_weights_as_float, prepare_weights
     from ruvdllm_export.onnx_graph.options import GraphOptions
     from ruvdllm_export.reference import DiffusionLM
 
-    prompts = read_prompts(args.distill)
     # Float copies of the graph's weights: the same numbers, dequantized once instead of per token.
     weights = graph_weights_as_float(prepare_weights(checkpoint.spec, checkpoint.weights, GraphOptions()))
     ar = DiffusionLM(checkpoint.spec, weights, checkpoint.mask_token_id).eval()

@@ -134,8 +134,22 @@ def tokenize(documents: list[Document], tokenizer) -> list[list[int]]:
     ]
 
 
-def build_sequences(
+def read_training_documents(
     paths: list[Path],
+    tokenizer,
+    eos_token_id: int,
+    chat_template: str | None = None,
+    bos_token_id: int | None = None,
+) -> list[Document]:
+    """Every document of the data files, chat records rendered as `build_sequences` trains on
+    them. Cheap next to loading a model: the convert command reads its data first, so a missing or
+    malformed file stops it before any long work starts."""
+    specials = special_tokens(tokenizer.id_to_token, bos_token_id, [eos_token_id])
+    return read_documents(paths, chat_template, specials)
+
+
+def build_sequences(
+    data: list[Path] | list[Document],
     tokenizer,
     seq_len: int,
     eos_token_id: int,
@@ -144,10 +158,13 @@ def build_sequences(
     chat_template: str | None = None,
     bos_token_id: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(train [N, seq_len], held-out [M, seq_len] or None) from data files. `bos_token_id` names
-    the template's bos_token (its eos_token is `eos_token_id`'s)."""
-    specials = special_tokens(tokenizer.id_to_token, bos_token_id, [eos_token_id])
-    documents = read_documents(paths, chat_template, specials)
+    """(train [N, seq_len], held-out [M, seq_len] or None) from data files, or from the documents
+    `read_training_documents` read from them. `bos_token_id` names the template's bos_token (its
+    eos_token is `eos_token_id`'s)."""
+    if data and all(isinstance(d, Document) for d in data):
+        documents = list(data)
+    else:
+        documents = read_training_documents(data, tokenizer, eos_token_id, chat_template, bos_token_id)
     train, held = split_documents(documents, held_out, seed)
     train_rows = pack(tokenize(train, tokenizer), seq_len, eos_token_id)
     held_rows = None

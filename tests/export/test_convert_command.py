@@ -240,10 +240,38 @@ def test_bad_input_is_one_line_naming_the_thing(workspace, tmp_path, capsys):
             "q_proj,wq",
         ],
     }
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{not json\n')
+    cases |= {
+        "bad.jsonl:2: not valid JSON": [
+            *base[:-3],
+            "--run-dir",
+            str(tmp_path / "r7"),
+            "--data",
+            str(tmp_path / "bad.jsonl"),
+        ],
+        "prompts.jsonl: no such prompt file": [
+            *base[:-3],
+            "--run-dir",
+            str(tmp_path / "r8"),
+            "--distill",
+            str(tmp_path / "prompts.jsonl"),
+        ],
+        "warm.safetensors: no such adapter file": [
+            *base[:-3],
+            "--run-dir",
+            str(tmp_path / "r9"),
+            "--data",
+            str(data),
+            "--init-adapter",
+            str(tmp_path / "warm.safetensors"),
+        ],
+    }
     for expected, argv in cases.items():
         message = _error(capsys, argv)
         assert expected in message and "\n" not in message, (expected, message)
-    for refused in ("r3", "r5"):  # a bad checkpoint, a run over the budget: no run directory left
+    # Refused before the model loads (a bad checkpoint, a run over the budget, missing or malformed
+    # inputs): no run directory is left behind.
+    for refused in ("r1", "r2", "r3", "r5", "r7", "r8", "r9"):
         assert not (tmp_path / refused).exists(), refused
 
 
