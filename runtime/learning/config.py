@@ -95,6 +95,11 @@ class LoopBConfig:
     merge_similarity: float = 0.8  # a cluster this close (cosine) to a MicroLoRA's key trains that one
     rank: int = 2  # MicroLoRA rank: 1 or 2 (DESIGN.md); padded with zeros into the bank's rank
     layers: int = 0  # the last n layers get a MicroLoRA (0: all): fewer parameters, faster learning
+    # the prompts train too, each after its first block (kept as context): the user's own words are
+    # text of their domain, twice the answer's length in the demonstration, and they stay on the
+    # device as everything loop B reads does. Under a chat template the template's tokens train too;
+    # the model predicts those well already, so they cost steps more than they teach.
+    train_prompts: bool = True
     steps: int = 300  # SPSA steps per MicroLoRA: two forwards per step and example
     batch: int = 4  # examples per SPSA step (one noisy block each)
     lr: float = 2.0  # SPSA step length per unit of directional derivative (spsa.py); tiny model: 2-5

@@ -9,8 +9,9 @@ One run (`LoopB.run_once`):
                 steps' entropy, normalised by t as DGR does): where help pays
     3  cluster  within a group, spherical k-means over the prompt embeddings (the DGR key space)
     4  train    per cluster of at least `min_cluster`, a rank-1/2 MicroLoRA on q_proj/v_proj of
-                the last `layers` layers, on the masked-token NLL of the cluster's targets at that
-                group's t (masked_nll.py), by the injected trainer (trainer.py: SPSA by default,
+                the last `layers` layers, on the masked-token NLL of the cluster's targets (and,
+                with `train_prompts`, of its prompts after their first block) at that group's t
+                (masked_nll.py), by the injected trainer (trainer.py: SPSA by default,
                 first order through torch where the command layer finds it), in a free DGR slot,
                 or warm-started in the slot of the MicroLoRA of the same group whose key is closest
     5  keep     only if it lowers the NLL of examples of the cluster it never trained on (every
@@ -53,7 +54,7 @@ from runtime.learning.microlora import (
     trained_layers,
 )
 from runtime.learning.store import warn
-from runtime.learning.trainer import MicroTrainer, SpsaTrainer, TrainJob
+from runtime.learning.trainer import MicroTrainer, Pair, SpsaTrainer, TrainJob
 from runtime.talora import group_of
 
 STATE_NAME = "loop_b.json"  # beside the learnt bank: what the runs have consumed and done
@@ -195,6 +196,21 @@ def validation_split(members: Sequence[Example]) -> tuple[list[Example], list[Ex
     check = ordered[VALIDATION_EVERY - 1 :: VALIDATION_EVERY]
     kept_out = {e.feedback_id for e in check}  # one example per feedback row
     return [e for e in ordered if e.feedback_id not in kept_out], check
+
+
+def training_pairs(train: Sequence[Example], block_size: int, prompts: bool) -> list[Pair]:
+    """The (context, target) pairs a cluster's MicroLoRA trains on: each training example's answer
+    after its prompt, and with `prompts` (LoopBConfig.train_prompts) each prompt after its first
+    block as well. A prompt window is laid out as an answer is (masked_nll.py: blocks from where
+    its target starts, the context clean), so both trainers and the golden loss treat it alike. A
+    prompt of one block or less has nothing left to train on after its context. Only `train`'s
+    prompts: the check examples' prompts stay unseen, like their answers."""
+    pairs = [(e.prompt, e.target) for e in train]
+    if prompts:
+        for e in train:
+            if len(e.prompt) > block_size:
+                pairs.append((e.prompt[:block_size], e.prompt[block_size:]))
+    return pairs
 
 
 # --- step 4: where a cluster's MicroLoRA goes ----------------------------------------------------
@@ -392,7 +408,7 @@ class LoopB:
         self._step_started = None
         job = TrainJob(
             micro,
-            [(e.prompt, e.target) for e in train],
+            training_pairs(train, block, c.train_prompts),
             bank,
             t_range,
             block,

@@ -29,7 +29,7 @@ from runtime.learning.masked_nll import NoisyBlock, masked_nll, noisy_block
 from runtime.learning.microlora import MicroLora
 from runtime.learning.spsa import spsa_minimise
 
-Pair = tuple[Sequence[int], Sequence[int]]  # (prompt, target) tokens of one training example
+Pair = tuple[Sequence[int], Sequence[int]]  # (context, target) tokens of one training example
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,9 @@ class TrainJob:
     """One cluster's training, as loop B asks for it."""
 
     micro: MicroLora  # where training starts: b = 0 (a new one) or a bank slot's (a warm start)
-    examples: Sequence[Pair]  # the cluster's training examples (never its check examples)
+    # the cluster's training pairs: answers after their prompts, prompts after their first block
+    # (loop_b.training_pairs); never its check examples
+    examples: Sequence[Pair]
     bank: Bank  # the bank the forward mixes: TALoRA's groups at t, the MicroLoRA's slot at 1
     t_range: tuple[float, float]  # the cluster's timestep group: masks are drawn at t in it
     block_size: int  # the model's BD3LM block (the sampler's grid)

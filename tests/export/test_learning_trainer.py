@@ -20,6 +20,7 @@ from runtime.banks import Bank  # noqa: E402
 from runtime.cpython_model import open_model  # noqa: E402
 from runtime.learning.config import LoopBConfig  # noqa: E402
 from runtime.learning.logits_session import LogitsSession  # noqa: E402
+from runtime.learning.loop_b import Example, training_pairs  # noqa: E402
 from runtime.learning.loop_b_service import for_model  # noqa: E402
 from runtime.learning.masked_nll import masked_nll, noisy_block  # noqa: E402
 from runtime.learning.microlora import new_micro, trained_layers  # noqa: E402
@@ -72,7 +73,7 @@ def a_job(model_dir, seed: int, examples: int = 3, scale: float = 0.3) -> tuple[
     for t in micro.b:
         micro.b[t] = (rng.standard_normal(micro.b[t].shape) * scale).astype(np.float32)
     pairs = [
-        (list(rng.integers(10, 200, rng.integers(2, 12))), list(rng.integers(10, 200, rng.integers(1, 14))))
+        (list(rng.integers(10, 200, rng.integers(5, 14))), list(rng.integers(10, 200, rng.integers(1, 14))))
         for _ in range(examples)
     ]
     job = TrainJob(micro, pairs, bank, GROUP_T, config.block_size, config.mask_token_id, rng)
@@ -100,9 +101,11 @@ def graph_nll(session, job: TrainJob, blocks, micro) -> float:
 def test_the_reference_loss_is_loop_b_masked_nll_through_the_graph(exported, seed):
     model_dir, reference = exported
     job, session = a_job(model_dir, seed)
-    blocks = [
-        noisy_block(p, a, job.block_size, job.t_range, job.rng) for p, a in job.examples for _ in range(2)
-    ]
+    # the answers and the prompt windows loop B trains on (training_pairs): the same layout either way
+    examples = [Example(i, tuple(p), tuple(a), np.ones(1), 1) for i, (p, a) in enumerate(job.examples)]
+    pairs = training_pairs(examples, job.block_size, prompts=True)
+    assert len(pairs) > len(examples)  # prompt windows among them
+    blocks = [noisy_block(p, a, job.block_size, job.t_range, job.rng) for p, a in pairs for _ in range(2)]
     want = graph_nll(session, job, blocks, job.micro)
     got = BankedLoss(reference, job).mean_nll(blocks, job.micro)
     assert got == pytest.approx(want, rel=1e-5, abs=1e-5)
