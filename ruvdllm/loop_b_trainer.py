@@ -44,7 +44,18 @@ def trainer_for(model_dir: Path, config, say: Callable[[str], None] = _stderr):
         say(f"loop B trains MicroLoRAs by SPSA: no torch reference of the model ({exc})")
         return None
     say(
-        f"loop B trains MicroLoRAs by Adam through the model's torch reference "
-        f"({config.adam_steps} steps x {config.batch} blocks, lr {config.adam_lr:g}, {config.threads} thread(s))"
+        f"loop B trains MicroLoRAs by Adam through the model's torch reference ({config.adam_epochs:g} "
+        f"epochs, at most {config.adam_steps} steps x {config.batch} blocks, lr {config.adam_lr:g}, "
+        f"early stopping every {config.adam_eval_every} steps, patience {config.adam_patience}, "
+        f"{config.threads} thread(s))"
     )
-    return AdamMicroTrainer(reference, config.adam_steps, config.adam_lr, config.batch, config.threads)
+    return AdamMicroTrainer(
+        reference,
+        config.adam_steps,
+        config.adam_lr,
+        config.batch,
+        config.threads,
+        config.adam_epochs,
+        config.adam_eval_every,
+        config.adam_patience,
+    )

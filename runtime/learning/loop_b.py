@@ -62,6 +62,7 @@ STATE_FORMAT = 1
 VALIDATION_BLOCKS = 4  # noisy blocks per example in the keep-or-drop check
 VALIDATION_EVERY = 4  # every 4th example of a large cluster is kept out of training, for the check
 VALIDATION_MIN = 4  # from this size on; below it every example is needed for training
+EARLY_STOP_BLOCKS = 2  # noisy blocks per check example for a trainer's early stopping: half the check's cost
 DUPLICATE_KEY = 0.99  # a new key this close to one its slot has adds nothing
 
 
@@ -97,6 +98,7 @@ class Trained:
     trainer: str = ""  # which trainer (trainer.py): "spsa", "adam (torch)"
     loss_first: float = math.nan  # its training loss over the first and last steps (nan: not seen)
     loss_last: float = math.nan
+    notes: list[str] = field(default_factory=list)  # the trainer's: steps taken, early stopping
 
 
 @dataclass
@@ -404,6 +406,14 @@ class LoopB:
             for _ in range(VALIDATION_BLOCKS)
         ]
         before = loss(micro, validation)
+        # the same sentences under masks of their own, for a trainer that stops early (the Adam one):
+        # it picks its best state on these, and the keep-or-drop check judges it under other masks
+        stopping_rng = np.random.default_rng([c.seed, 104729, self.state["version"], slot])
+        stopping = [
+            noisy_block(e.prompt, e.target, block, t_range, stopping_rng)
+            for e in check
+            for _ in range(EARLY_STOP_BLOCKS)
+        ]
 
         self._step_started = None
         job = TrainJob(
@@ -415,6 +425,7 @@ class LoopB:
             config.mask_token_id,
             rng,
             self._should_stop,
+            stopping,
         )
         result = self.trainer.train(job)
         version = int(self.state["version"]) + 1
@@ -432,6 +443,7 @@ class LoopB:
         trained = Trained(name, cluster.group, slot, len(cluster.members), result.steps, before, after, kept)
         trained.seconds, trained.trainer = seconds, self.trainer.name
         trained.loss_first, trained.loss_last = result.loss_first, result.loss_last
+        trained.notes = list(result.notes)
         return trained, bank
 
     def _install(self, bank: Bank, micro: MicroLora, name: str, cluster: Cluster) -> Bank:

@@ -46,6 +46,9 @@ class TrainJob:
     mask_id: int
     rng: np.random.Generator  # masks (and SPSA's directions): same seed, same MicroLoRA
     should_stop: Callable[[], bool] = lambda: False  # between steps: loop B's stop / pause / duty
+    # the cluster's check examples under masks of their own, for a trainer's early stopping; empty:
+    # none. Never trained on; the keep-or-drop check judges the same sentences under other masks
+    validation: Sequence[NoisyBlock] = ()
 
 
 @dataclass
@@ -63,6 +66,14 @@ class MicroTrainer(Protocol):
     name: str  # "spsa", "adam (torch)": printed in loop B's report
 
     def train(self, job: TrainJob) -> TrainResult: ...
+
+
+def epoch_steps(examples: Sequence[Pair], block_size: int, batch: int, epochs: float, cap: int) -> int:
+    """Steps of `batch` blocks that draw `epochs` times as many blocks as the examples' targets hold
+    (masked_nll.py's grid: a started block counts), at least 1, at most `cap`."""
+    blocks = sum(max(1, -(-len(target) // block_size)) for _, target in examples)
+    wanted = epochs * blocks / batch  # epochs = inf: the cap
+    return cap if wanted >= cap else max(1, math.ceil(wanted))
 
 
 def training_blocks(

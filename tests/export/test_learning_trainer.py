@@ -219,3 +219,35 @@ def test_a_changed_conversion_adapter_is_refused(exported, tmp_path):
     (copy / CONFIG_NAME).write_text(json.dumps(config))
     with pytest.raises(RuvdllmError, match="conversion adapter .* gone or changed"):
         reference_for_artifact(copy)
+
+
+def test_early_stopping_keeps_the_best_state_on_the_held_back_blocks(exported):
+    """A learning rate far too high for random text: the held-back blocks' NLL rises, training
+    stops before its planned steps, and what comes back is the best state seen, not the last."""
+    model_dir, reference = exported
+    job, _ = a_job(model_dir, seed=3, examples=4, scale=0.0)
+    held_back = np.random.default_rng(30)
+    pairs = [(list(held_back.integers(10, 200, 8)), list(held_back.integers(10, 200, 8))) for _ in range(3)]
+    validation = [
+        noisy_block(p, a, job.block_size, job.t_range, held_back) for p, a in pairs for _ in range(2)
+    ]
+    job = replace(job, validation=validation)
+    trainer = AdamMicroTrainer(reference, steps=200, lr=0.3, batch=2, eval_every=2, patience=2)
+
+    result = trainer.train(job)
+
+    assert result.steps < 200  # stopped early
+    (stopped,) = [n for n in result.notes if n.startswith("early stopping")]
+    start, best = (float(x) for x in stopped.split("check NLL ")[1].split(" at step")[0].split(" -> best "))
+    loss = BankedLoss(reference, job)
+    assert loss.mean_nll(validation, result.micro) == pytest.approx(best, rel=1e-5)  # the best state
+    assert best <= start and loss.mean_nll(validation, job.micro) == pytest.approx(start, rel=1e-5)
+
+
+def test_without_held_back_blocks_the_steps_follow_the_data(exported):
+    model_dir, reference = exported
+    job, _ = a_job(model_dir, seed=4, examples=3)
+    blocks = sum(-(-len(target) // job.block_size) for _, target in job.examples)
+    result = AdamMicroTrainer(reference, steps=1000, lr=1e-3, batch=2, epochs=2.0).train(job)
+    assert result.steps == -(-2 * blocks // 2)  # two passes over the blocks, two blocks a step
+    assert not any(n.startswith("early stopping") for n in result.notes)

@@ -166,3 +166,24 @@ def test_training_pairs_are_the_answers_and_the_prompts_after_their_first_block(
     if len(check) < len(members):  # check examples kept out: none of their text trains
         unseen = {tok for e in check for tok in e.prompt + e.target}
         assert unseen.isdisjoint(tok for c, t in pairs for tok in c + t)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    targets=st.lists(st.integers(1, 40), min_size=1, max_size=20),
+    block=st.integers(1, 16),
+    batch=st.integers(1, 8),
+    epochs=st.floats(0.01, 20),
+    cap=st.integers(1, 500),
+)
+def test_epoch_steps_scale_with_the_data_up_to_the_cap(targets, block, batch, epochs, cap):
+    from runtime.learning.trainer import epoch_steps
+
+    pairs = [((1,), tuple(range(n))) for n in targets]
+    steps = epoch_steps(pairs, block, batch, epochs, cap)
+    blocks = sum(-(-n // block) for n in targets)
+    assert 1 <= steps <= cap
+    if 1 < steps < cap:  # neither bound binds: just enough steps for `epochs` passes
+        assert (steps - 1) * batch < epochs * blocks <= steps * batch
+    more = epoch_steps(pairs + pairs, block, batch, epochs, cap)  # twice the data: at least as many
+    assert steps <= more <= cap
