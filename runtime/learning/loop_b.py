@@ -54,8 +54,9 @@ from runtime.learning.microlora import (
     trained_layers,
 )
 from runtime.learning.store import warn
-from runtime.learning.trainer import MicroTrainer, Pair, SpsaTrainer, TrainJob
+from runtime.learning.trainer import MicroTrainer, Pair, SpsaTrainer, TrainerUnavailable, TrainJob
 from runtime.talora import group_of
+from ruvdllm.errors import RuvdllmError
 
 STATE_NAME = "loop_b.json"  # beside the learnt bank: what the runs have consumed and done
 STATE_FORMAT = 1
@@ -427,7 +428,15 @@ class LoopB:
             self._should_stop,
             stopping,
         )
-        result = self.trainer.train(job)
+        try:
+            result = self.trainer.train(job)
+        except TrainerUnavailable as exc:  # the first-order trainer's reference did not build
+            if self.config.trainer == "adam":  # asked for by name: no quiet fallback
+                raise RuvdllmError(f"loop_b.trainer = adam: {exc}") from None
+            self.on_warning(f"loop B trains MicroLoRAs by SPSA from now on: {exc}")
+            c = self.config
+            self.trainer = SpsaTrainer(self.session, c.steps, c.batch, c.lr, c.epsilon)
+            result = self.trainer.train(job)
         version = int(self.state["version"]) + 1
         name = micro_name(cluster.group, slot, version)
         after, kept = math.nan, False

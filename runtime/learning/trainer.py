@@ -62,6 +62,12 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
 
 
+class TrainerUnavailable(Exception):
+    """A trainer cannot train here after all (the first-order one: its torch reference failed to
+    build when first needed). Loop B falls back to SPSA and says why, unless the config asked for
+    that trainer by name."""
+
+
 class MicroTrainer(Protocol):
     name: str  # "spsa", "adam (torch)": printed in loop B's report
 

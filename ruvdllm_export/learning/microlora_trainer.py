@@ -23,14 +23,16 @@ default, and nothing the check finds worse there is installed.
                without a new best end training (early stopping)
     steps:     `epochs` passes over the training pairs' blocks, at most `steps`
 
-Bounded memory: the reference's float weights (4 bytes a parameter; built once per process) plus
-one block's activations of the trained layers. Interruptible between steps (the job's
-should_stop: loop B's stop, pause and duty cycle). `threads` torch threads while it trains.
+Bounded memory: the reference's float weights (4 bytes a parameter; built once, when the first
+cluster trains) plus one block's activations of the trained layers. Interruptible between steps
+(the job's should_stop: loop B's stop, pause and duty cycle). `threads` torch threads while it
+trains.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -38,8 +40,9 @@ import torch
 from runtime.bd3lm import bd3lm_chunk
 from runtime.learning.masked_nll import NoisyBlock, adapter_rows
 from runtime.learning.microlora import MicroLora
-from runtime.learning.trainer import TrainJob, TrainResult, epoch_steps, training_blocks
+from runtime.learning.trainer import TrainerUnavailable, TrainJob, TrainResult, epoch_steps, training_blocks
 from runtime.ort_backend import assemble_numpy
+from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.reference import DiffusionLM
 
 REPORTED_STEPS = 10  # steps averaged for the first and last training loss in the report
@@ -54,7 +57,7 @@ class AdamMicroTrainer:
 
     def __init__(
         self,
-        reference: DiffusionLM,
+        reference: DiffusionLM | Callable[[], DiffusionLM],
         steps: int,
         lr: float,
         batch: int,
@@ -63,9 +66,26 @@ class AdamMicroTrainer:
         eval_every: int = 10,
         patience: int = 3,
     ):
-        self.reference = reference.eval()
+        # a callable builds the reference when the first job comes (hundreds of MB of float weights,
+        # seconds to build): a loop B that never trains a cluster never pays for it
+        self._reference = reference.eval() if isinstance(reference, torch.nn.Module) else None
+        self._build = None if self._reference is not None else reference
         self.steps, self.lr, self.batch, self.threads = steps, lr, batch, threads
         self.epochs, self.eval_every, self.patience = epochs, eval_every, patience
+
+    @property
+    def built(self) -> bool:
+        return self._reference is not None
+
+    @property
+    def reference(self) -> DiffusionLM:
+        """The reference, built on first use; TrainerUnavailable (with the reason) if it cannot be."""
+        if self._reference is None:
+            try:
+                self._reference = self._build().eval()
+            except (RuvdllmError, OSError, ValueError) as exc:
+                raise TrainerUnavailable(f"no torch reference of the model ({exc})") from exc
+        return self._reference
 
     def train(self, job: TrainJob) -> TrainResult:
         previous = torch.get_num_threads()

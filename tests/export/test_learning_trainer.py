@@ -172,10 +172,12 @@ def test_loop_b_with_the_adam_trainer_installs_a_microlora_that_lowers_held_out_
         model, config, store.good_feedback, trainer_for=lambda d, c: trainer_for(d, c, said.append)
     )
     assert said and said[0].startswith("loop B trains MicroLoRAs by Adam")
+    assert not loop.trainer.built  # built when a cluster first trains, not when loop B starts
     start = Bank.load(tmp_path / "learnt")
     before = held_out_nll(loop.session, model, start, None)
 
     report = loop.run_once()
+    assert loop.trainer.built
 
     (trained,) = report.trained
     assert trained.trainer == "adam (torch)" and trained.steps == 60
@@ -191,7 +193,8 @@ def test_the_choice_of_trainer_is_said_in_one_line(exported, tmp_path):
     model_dir, _ = exported
     said = []
     assert trainer_for(model_dir, LoopBConfig(trainer="spsa"), said.append) is None
-    assert isinstance(trainer_for(model_dir, LoopBConfig(threads=1), said.append), AdamMicroTrainer)
+    chosen = trainer_for(model_dir, LoopBConfig(threads=1), said.append)
+    assert isinstance(chosen, AdamMicroTrainer) and not chosen.built  # built when first needed
     # a model directory whose config names no checkpoint (the suite's tiny artifact): SPSA, and why
     bare = make_tiny_artifact(tmp_path / "bare")
     assert trainer_for(bare, LoopBConfig(), said.append) is None
@@ -251,3 +254,52 @@ def test_without_held_back_blocks_the_steps_follow_the_data(exported):
     result = AdamMicroTrainer(reference, steps=1000, lr=1e-3, batch=2, epochs=2.0).train(job)
     assert result.steps == -(-2 * blocks // 2)  # two passes over the blocks, two blocks a step
     assert not any(n.startswith("early stopping") for n in result.notes)
+
+
+def test_loop_b_that_trains_nothing_never_builds_the_reference(exported, tmp_path):
+    model = open_model(exported[0], verify="sizes")
+    store = SqliteStore(tmp_path / "trajectories.db")  # no feedback yet
+    config = LoopBConfig(bank=str(tmp_path / "learnt"), trainer="adam")
+    loop = for_model(model, config, store.good_feedback, trainer_for=lambda d, c: trainer_for(d, c, print))
+    report = loop.run_once()
+    assert report.read == 0 and not loop.trainer.built
+    store.close()
+
+
+@pytest.mark.parametrize("asked", ["auto", "adam"])
+def test_a_reference_that_fails_to_build_when_first_needed(store_with_feedback, exported, tmp_path, asked):
+    """The adapter changed after loop B started: "auto" trains by SPSA from then on and says why;
+    "adam" fails the run with a one-line reason (serve's loop B warns and retries later)."""
+    import json
+    import shutil
+
+    from runtime.artifact import CONFIG_NAME
+
+    model, store = store_with_feedback
+    copy = tmp_path / "model"
+    shutil.copytree(exported[0], copy)
+    config = LoopBConfig(bank=str(tmp_path / "learnt"), trainer=asked, steps=4, adam_steps=4)
+    warnings = []
+    loop = for_model(
+        model,
+        config,
+        store.good_feedback,
+        warnings.append,
+        trainer_for=lambda d, c: trainer_for(copy, c, print),
+    )
+    assert isinstance(loop.trainer, AdamMicroTrainer)
+    values = json.loads((copy / CONFIG_NAME).read_text())
+    values["source"]["static_adapter"]["sha256"] = "0" * 64
+    (copy / CONFIG_NAME).write_text(json.dumps(values))
+
+    if asked == "adam":
+        with pytest.raises(
+            RuvdllmError, match="loop_b.trainer = adam: no torch reference .* gone or changed"
+        ):
+            loop.run_once()
+        return
+    (trained,) = loop.run_once().trained
+    assert trained.trainer == "spsa" and trained.steps == 4
+    (warning,) = warnings
+    assert warning.startswith("loop B trains MicroLoRAs by SPSA from now on: no torch reference")
+    assert "\n" not in warning
