@@ -215,6 +215,7 @@ def learn(
         {k: v for k, v in asdict(t).items() if k in ("name", "group", "examples", "steps", "kept", "trainer")}
         | {"nll_before": round(t.nll_before, 4), "nll_after": round(t.nll_after, 4)}
         | {"train_loss": [round(t.loss_first, 4), round(t.loss_last, 4)], "seconds": round(t.seconds, 1)}
+        | {"notes": t.notes}
         for t in report.trained
     ]
     return {
@@ -533,7 +534,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=int, default=LoopBConfig.steps, help="loop B's SPSA steps")
     parser.add_argument("--lr", type=float, default=LoopBConfig.lr, help="loop B's SPSA step length")
-    parser.add_argument("--adam-steps", type=int, default=LoopBConfig.adam_steps, help="loop B's Adam steps")
+    parser.add_argument(
+        "--adam-steps", type=int, default=LoopBConfig.adam_steps, help="loop B's Adam steps, at most"
+    )
+    parser.add_argument(
+        "--adam-epochs",
+        type=float,
+        default=LoopBConfig.adam_epochs,
+        help="passes over the training blocks (the Adam steps, up to --adam-steps)",
+    )
+    parser.add_argument(
+        "--adam-eval-every",
+        type=int,
+        default=LoopBConfig.adam_eval_every,
+        help="Adam's early stopping: steps between evaluations on the held-back examples",
+    )
+    parser.add_argument(
+        "--adam-patience",
+        type=int,
+        default=LoopBConfig.adam_patience,
+        help="Adam's early stopping: evaluations without a new best before it stops",
+    )
+    parser.add_argument(
+        "--no-train-prompts",
+        action="store_true",
+        help="loop B trains on the answers only, not on the prompts too (loop_b.train_prompts)",
+    )
     parser.add_argument(
         "--adam-lr", type=float, default=LoopBConfig.adam_lr, help="loop B's Adam learning rate"
     )
@@ -584,7 +610,11 @@ def main(argv: list[str] | None = None) -> int:
         min_cluster=2,
         trainer=args.trainer,
         adam_steps=args.adam_steps,
+        adam_epochs=args.adam_epochs,
+        adam_eval_every=args.adam_eval_every,
+        adam_patience=args.adam_patience,
         adam_lr=args.adam_lr,
+        train_prompts=not args.no_train_prompts,
         threads=args.threads,
     )
     from ruvdllm.loop_b_trainer import trainer_for
@@ -606,13 +636,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.prompts} requests of {plen} + {alen} tokens; {args.held_out} held-out passages per domain"
     )
     steps = (
-        f"Adam steps {config.adam_steps}, lr {config.adam_lr:g}"
+        f"Adam {config.adam_epochs:g} epochs (at most {config.adam_steps} steps), lr {config.adam_lr:g}, "
+        f"early stopping every {config.adam_eval_every} steps (patience {config.adam_patience})"
         if trainer is not None
         else f"SPSA steps {config.steps}, lr {config.lr}, epsilon {config.epsilon}"
     )
     print(
         f"loop B: {steps}, rank {config.rank}, layers {config.layers or 'all'}, batch {config.batch}, "
-        f"clusters {config.clusters}"
+        f"clusters {config.clusters}, prompts {'trained too' if config.train_prompts else 'not trained'}"
     )
     figures: dict = {
         "model": directory.name,

@@ -9,6 +9,7 @@ demonstration get it handed in, as they get `default_model`.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -35,16 +36,30 @@ def trainer_for(model_dir: Path, config, say: Callable[[str], None] = _stderr):
         return None
     try:
         from ruvdllm_export.learning.microlora_trainer import AdamMicroTrainer
-        from ruvdllm_export.learning.reference_model import reference_for_artifact
+        from ruvdllm_export.learning.reference_model import reference_for_artifact, reference_sources
 
-        reference = reference_for_artifact(Path(model_dir))
+        # only whether the checkpoint and adapter are there: the reference itself (hundreds of MB,
+        # seconds) is built when loop B first trains a cluster, and where that fails after all
+        # (a file changed since the export) loop B falls back to SPSA then, saying why
+        reference_sources(Path(model_dir))
     except (RuvdllmError, ImportError) as exc:
         if forced:
             raise RuvdllmError(f"loop_b.trainer = adam: no torch reference of the model ({exc})") from None
         say(f"loop B trains MicroLoRAs by SPSA: no torch reference of the model ({exc})")
         return None
     say(
-        f"loop B trains MicroLoRAs by Adam through the model's torch reference "
-        f"({config.adam_steps} steps x {config.batch} blocks, lr {config.adam_lr:g}, {config.threads} thread(s))"
+        f"loop B trains MicroLoRAs by Adam through the model's torch reference ({config.adam_epochs:g} "
+        f"epochs, at most {config.adam_steps} steps x {config.batch} blocks, lr {config.adam_lr:g}, "
+        f"early stopping every {config.adam_eval_every} steps, patience {config.adam_patience}, "
+        f"{config.threads} thread(s); the reference is built when a cluster first trains)"
     )
-    return AdamMicroTrainer(reference, config.adam_steps, config.adam_lr, config.batch, config.threads)
+    return AdamMicroTrainer(
+        functools.partial(reference_for_artifact, Path(model_dir)),
+        config.adam_steps,
+        config.adam_lr,
+        config.batch,
+        config.threads,
+        config.adam_epochs,
+        config.adam_eval_every,
+        config.adam_patience,
+    )

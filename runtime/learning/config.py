@@ -95,6 +95,11 @@ class LoopBConfig:
     merge_similarity: float = 0.8  # a cluster this close (cosine) to a MicroLoRA's key trains that one
     rank: int = 2  # MicroLoRA rank: 1 or 2 (DESIGN.md); padded with zeros into the bank's rank
     layers: int = 0  # the last n layers get a MicroLoRA (0: all): fewer parameters, faster learning
+    # the prompts train too, each after its first block (kept as context): the user's own words are
+    # text of their domain, twice the answer's length in the demonstration, and they stay on the
+    # device as everything loop B reads does. Under a chat template the template's tokens train too;
+    # the model predicts those well already, so they cost steps more than they teach.
+    train_prompts: bool = True
     steps: int = 300  # SPSA steps per MicroLoRA: two forwards per step and example
     batch: int = 4  # examples per SPSA step (one noisy block each)
     lr: float = 2.0  # SPSA step length per unit of directional derivative (spsa.py); tiny model: 2-5
@@ -104,7 +109,16 @@ class LoopBConfig:
     # "auto": first order (Adam through the model's torch reference) where torch is installed and the
     # reference can be built, else SPSA; "spsa": always SPSA; "adam": first order or an error
     trainer: str = "auto"
-    adam_steps: int = 100  # Adam steps per MicroLoRA: exact gradients, far fewer than SPSA needs
+    # Adam steps per MicroLoRA: `adam_epochs` passes over the training pairs' blocks (a cluster of 3
+    # answers does not take the steps one of 200 needs), at most `adam_steps`; exact gradients need
+    # far fewer than SPSA. Early stopping usually ends it sooner (adam_eval_every).
+    adam_epochs: float = 8.0
+    adam_steps: int = 400
+    # early stopping: every n steps the held-back check examples' NLL through the reference (masks of
+    # their own, not the keep-or-drop check's); the best state is kept, and training stops after
+    # `adam_patience` evaluations without a new best, so a high learning rate cannot over-fit silently
+    adam_eval_every: int = 10
+    adam_patience: int = 3
     adam_lr: float = 1e-3  # the default model's best of 1e-3/2e-3/5e-3; larger over-fit (docs/learning.md)
     threads: int = 1  # torch threads of the first-order trainer: one core, like SPSA's session
 
@@ -124,6 +138,8 @@ class LoopBConfig:
             "steps",
             "batch",
             "adam_steps",
+            "adam_eval_every",
+            "adam_patience",
             "threads",
         ):
             need(getattr(self, key) >= 1, key, getattr(self, key), "must be at least 1")
@@ -140,6 +156,12 @@ class LoopBConfig:
         need(0.0 < self.duty <= 1.0, "duty", self.duty, "must be in (0, 1]")
         need(self.trainer in TRAINERS, "trainer", self.trainer, f"must be one of {', '.join(TRAINERS)}")
         need(math.isfinite(self.adam_lr) and self.adam_lr > 0, "adam_lr", self.adam_lr, "must be > 0")
+        need(
+            math.isfinite(self.adam_epochs) and self.adam_epochs > 0,
+            "adam_epochs",
+            self.adam_epochs,
+            "must be > 0",
+        )
 
     def bank_path(self, model_name: str) -> Path:
         return Path(self.bank).expanduser() if self.bank else data_root() / "banks" / model_name

@@ -9,8 +9,9 @@ One run (`LoopB.run_once`):
                 steps' entropy, normalised by t as DGR does): where help pays
     3  cluster  within a group, spherical k-means over the prompt embeddings (the DGR key space)
     4  train    per cluster of at least `min_cluster`, a rank-1/2 MicroLoRA on q_proj/v_proj of
-                the last `layers` layers, on the masked-token NLL of the cluster's targets at that
-                group's t (masked_nll.py), by the injected trainer (trainer.py: SPSA by default,
+                the last `layers` layers, on the masked-token NLL of the cluster's targets (and,
+                with `train_prompts`, of its prompts after their first block) at that group's t
+                (masked_nll.py), by the injected trainer (trainer.py: SPSA by default,
                 first order through torch where the command layer finds it), in a free DGR slot,
                 or warm-started in the slot of the MicroLoRA of the same group whose key is closest
     5  keep     only if it lowers the NLL of examples of the cluster it never trained on (every
@@ -53,14 +54,16 @@ from runtime.learning.microlora import (
     trained_layers,
 )
 from runtime.learning.store import warn
-from runtime.learning.trainer import MicroTrainer, SpsaTrainer, TrainJob
+from runtime.learning.trainer import MicroTrainer, Pair, SpsaTrainer, TrainerUnavailable, TrainJob
 from runtime.talora import group_of
+from ruvdllm.errors import RuvdllmError
 
 STATE_NAME = "loop_b.json"  # beside the learnt bank: what the runs have consumed and done
 STATE_FORMAT = 1
 VALIDATION_BLOCKS = 4  # noisy blocks per example in the keep-or-drop check
 VALIDATION_EVERY = 4  # every 4th example of a large cluster is kept out of training, for the check
 VALIDATION_MIN = 4  # from this size on; below it every example is needed for training
+EARLY_STOP_BLOCKS = 2  # noisy blocks per check example for a trainer's early stopping: half the check's cost
 DUPLICATE_KEY = 0.99  # a new key this close to one its slot has adds nothing
 
 
@@ -96,6 +99,7 @@ class Trained:
     trainer: str = ""  # which trainer (trainer.py): "spsa", "adam (torch)"
     loss_first: float = math.nan  # its training loss over the first and last steps (nan: not seen)
     loss_last: float = math.nan
+    notes: list[str] = field(default_factory=list)  # the trainer's: steps taken, early stopping
 
 
 @dataclass
@@ -195,6 +199,21 @@ def validation_split(members: Sequence[Example]) -> tuple[list[Example], list[Ex
     check = ordered[VALIDATION_EVERY - 1 :: VALIDATION_EVERY]
     kept_out = {e.feedback_id for e in check}  # one example per feedback row
     return [e for e in ordered if e.feedback_id not in kept_out], check
+
+
+def training_pairs(train: Sequence[Example], block_size: int, prompts: bool) -> list[Pair]:
+    """The (context, target) pairs a cluster's MicroLoRA trains on: each training example's answer
+    after its prompt, and with `prompts` (LoopBConfig.train_prompts) each prompt after its first
+    block as well. A prompt window is laid out as an answer is (masked_nll.py: blocks from where
+    its target starts, the context clean), so both trainers and the golden loss treat it alike. A
+    prompt of one block or less has nothing left to train on after its context. Only `train`'s
+    prompts: the check examples' prompts stay unseen, like their answers."""
+    pairs = [(e.prompt, e.target) for e in train]
+    if prompts:
+        for e in train:
+            if len(e.prompt) > block_size:
+                pairs.append((e.prompt[:block_size], e.prompt[block_size:]))
+    return pairs
 
 
 # --- step 4: where a cluster's MicroLoRA goes ----------------------------------------------------
@@ -388,19 +407,36 @@ class LoopB:
             for _ in range(VALIDATION_BLOCKS)
         ]
         before = loss(micro, validation)
+        # the same sentences under masks of their own, for a trainer that stops early (the Adam one):
+        # it picks its best state on these, and the keep-or-drop check judges it under other masks
+        stopping_rng = np.random.default_rng([c.seed, 104729, self.state["version"], slot])
+        stopping = [
+            noisy_block(e.prompt, e.target, block, t_range, stopping_rng)
+            for e in check
+            for _ in range(EARLY_STOP_BLOCKS)
+        ]
 
         self._step_started = None
         job = TrainJob(
             micro,
-            [(e.prompt, e.target) for e in train],
+            training_pairs(train, block, c.train_prompts),
             bank,
             t_range,
             block,
             config.mask_token_id,
             rng,
             self._should_stop,
+            stopping,
         )
-        result = self.trainer.train(job)
+        try:
+            result = self.trainer.train(job)
+        except TrainerUnavailable as exc:  # the first-order trainer's reference did not build
+            if self.config.trainer == "adam":  # asked for by name: no quiet fallback
+                raise RuvdllmError(f"loop_b.trainer = adam: {exc}") from None
+            self.on_warning(f"loop B trains MicroLoRAs by SPSA from now on: {exc}")
+            c = self.config
+            self.trainer = SpsaTrainer(self.session, c.steps, c.batch, c.lr, c.epsilon)
+            result = self.trainer.train(job)
         version = int(self.state["version"]) + 1
         name = micro_name(cluster.group, slot, version)
         after, kept = math.nan, False
@@ -416,6 +452,7 @@ class LoopB:
         trained = Trained(name, cluster.group, slot, len(cluster.members), result.steps, before, after, kept)
         trained.seconds, trained.trainer = seconds, self.trainer.name
         trained.loss_first, trained.loss_last = result.loss_first, result.loss_last
+        trained.notes = list(result.notes)
         return trained, bank
 
     def _install(self, bank: Bank, micro: MicroLora, name: str, cluster: Cluster) -> Bank:

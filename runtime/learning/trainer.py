@@ -29,7 +29,7 @@ from runtime.learning.masked_nll import NoisyBlock, masked_nll, noisy_block
 from runtime.learning.microlora import MicroLora
 from runtime.learning.spsa import spsa_minimise
 
-Pair = tuple[Sequence[int], Sequence[int]]  # (prompt, target) tokens of one training example
+Pair = tuple[Sequence[int], Sequence[int]]  # (context, target) tokens of one training example
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,18 @@ class TrainJob:
     """One cluster's training, as loop B asks for it."""
 
     micro: MicroLora  # where training starts: b = 0 (a new one) or a bank slot's (a warm start)
-    examples: Sequence[Pair]  # the cluster's training examples (never its check examples)
+    # the cluster's training pairs: answers after their prompts, prompts after their first block
+    # (loop_b.training_pairs); never its check examples
+    examples: Sequence[Pair]
     bank: Bank  # the bank the forward mixes: TALoRA's groups at t, the MicroLoRA's slot at 1
     t_range: tuple[float, float]  # the cluster's timestep group: masks are drawn at t in it
     block_size: int  # the model's BD3LM block (the sampler's grid)
     mask_id: int
     rng: np.random.Generator  # masks (and SPSA's directions): same seed, same MicroLoRA
     should_stop: Callable[[], bool] = lambda: False  # between steps: loop B's stop / pause / duty
+    # the cluster's check examples under masks of their own, for a trainer's early stopping; empty:
+    # none. Never trained on; the keep-or-drop check judges the same sentences under other masks
+    validation: Sequence[NoisyBlock] = ()
 
 
 @dataclass
@@ -57,10 +62,24 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
 
 
+class TrainerUnavailable(Exception):
+    """A trainer cannot train here after all (the first-order one: its torch reference failed to
+    build when first needed). Loop B falls back to SPSA and says why, unless the config asked for
+    that trainer by name."""
+
+
 class MicroTrainer(Protocol):
     name: str  # "spsa", "adam (torch)": printed in loop B's report
 
     def train(self, job: TrainJob) -> TrainResult: ...
+
+
+def epoch_steps(examples: Sequence[Pair], block_size: int, batch: int, epochs: float, cap: int) -> int:
+    """Steps of `batch` blocks that draw `epochs` times as many blocks as the examples' targets hold
+    (masked_nll.py's grid: a started block counts), at least 1, at most `cap`."""
+    blocks = sum(max(1, -(-len(target) // block_size)) for _, target in examples)
+    wanted = epochs * blocks / batch  # epochs = inf: the cap
+    return cap if wanted >= cap else max(1, math.ceil(wanted))
 
 
 def training_blocks(

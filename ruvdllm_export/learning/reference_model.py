@@ -56,27 +56,38 @@ def reference_from_weights(
     return model.set_rope_context(options.max_position or spec.max_position).eval()
 
 
-def reference_for_artifact(model_dir: Path) -> DiffusionLM:
-    """The reference of an exported model directory, from the checkpoint and conversion adapter its
-    config.json names; RuvdllmError when either is gone or no longer the file that was exported."""
-    from ruvdllm_export.checkpoints import load_checkpoint
-    from ruvdllm_export.export import load_static_adapter
-
+def reference_sources(model_dir: Path) -> tuple[ArtifactConfig, Path, Path | None]:
+    """(the model's config, its checkpoint, its conversion adapter or None) as config.json names
+    them, checked to be on this machine: what building the reference needs, found without loading or
+    hashing anything (a command deciding whether it could train first order); RuvdllmError if not."""
     model_dir = Path(model_dir)
     config = load_config(model_dir)
     source = config.source or {}
     path = source.get("path")
     if not path or not Path(path).exists():
         raise RuvdllmError(f"{model_dir}: its checkpoint {path or '(not recorded)'} is not on this machine")
+    adapter = source.get("static_adapter")
+    adapter_path = Path(adapter.get("path", "")) if adapter else None
+    if adapter_path is not None and not adapter_path.is_file():
+        raise RuvdllmError(f"{model_dir}: its conversion adapter {adapter_path} is gone or changed")
+    return config, Path(path), adapter_path
+
+
+def reference_for_artifact(model_dir: Path) -> DiffusionLM:
+    """The reference of an exported model directory, from the checkpoint and conversion adapter its
+    config.json names; RuvdllmError when either is gone or no longer the file that was exported."""
+    from ruvdllm_export.checkpoints import load_checkpoint
+    from ruvdllm_export.export import load_static_adapter
+
+    config, path, adapter_path = reference_sources(model_dir)
+    source = config.source or {}
     loaded = load_checkpoint(path)
     for key in ("sha256", "files"):
         if key in source and loaded.source.get(key) != source[key]:
             raise RuvdllmError(f"{model_dir}: the checkpoint at {path} changed since the export")
     lora = None
-    adapter = source.get("static_adapter")
-    if adapter:
-        adapter_path = Path(adapter.get("path", ""))
-        if not adapter_path.is_file() or sha256_file(adapter_path) != adapter.get("sha256"):
+    if adapter_path is not None:
+        if sha256_file(adapter_path) != source["static_adapter"].get("sha256"):
             raise RuvdllmError(f"{model_dir}: its conversion adapter {adapter_path} is gone or changed")
         lora = load_static_adapter(adapter_path, loaded)
     return reference_from_weights(

@@ -20,6 +20,7 @@ from runtime.banks import Bank  # noqa: E402
 from runtime.cpython_model import open_model  # noqa: E402
 from runtime.learning.config import LoopBConfig  # noqa: E402
 from runtime.learning.logits_session import LogitsSession  # noqa: E402
+from runtime.learning.loop_b import Example, training_pairs  # noqa: E402
 from runtime.learning.loop_b_service import for_model  # noqa: E402
 from runtime.learning.masked_nll import masked_nll, noisy_block  # noqa: E402
 from runtime.learning.microlora import new_micro, trained_layers  # noqa: E402
@@ -72,7 +73,7 @@ def a_job(model_dir, seed: int, examples: int = 3, scale: float = 0.3) -> tuple[
     for t in micro.b:
         micro.b[t] = (rng.standard_normal(micro.b[t].shape) * scale).astype(np.float32)
     pairs = [
-        (list(rng.integers(10, 200, rng.integers(2, 12))), list(rng.integers(10, 200, rng.integers(1, 14))))
+        (list(rng.integers(10, 200, rng.integers(5, 14))), list(rng.integers(10, 200, rng.integers(1, 14))))
         for _ in range(examples)
     ]
     job = TrainJob(micro, pairs, bank, GROUP_T, config.block_size, config.mask_token_id, rng)
@@ -100,9 +101,11 @@ def graph_nll(session, job: TrainJob, blocks, micro) -> float:
 def test_the_reference_loss_is_loop_b_masked_nll_through_the_graph(exported, seed):
     model_dir, reference = exported
     job, session = a_job(model_dir, seed)
-    blocks = [
-        noisy_block(p, a, job.block_size, job.t_range, job.rng) for p, a in job.examples for _ in range(2)
-    ]
+    # the answers and the prompt windows loop B trains on (training_pairs): the same layout either way
+    examples = [Example(i, tuple(p), tuple(a), np.ones(1), 1) for i, (p, a) in enumerate(job.examples)]
+    pairs = training_pairs(examples, job.block_size, prompts=True)
+    assert len(pairs) > len(examples)  # prompt windows among them
+    blocks = [noisy_block(p, a, job.block_size, job.t_range, job.rng) for p, a in pairs for _ in range(2)]
     want = graph_nll(session, job, blocks, job.micro)
     got = BankedLoss(reference, job).mean_nll(blocks, job.micro)
     assert got == pytest.approx(want, rel=1e-5, abs=1e-5)
@@ -169,10 +172,12 @@ def test_loop_b_with_the_adam_trainer_installs_a_microlora_that_lowers_held_out_
         model, config, store.good_feedback, trainer_for=lambda d, c: trainer_for(d, c, said.append)
     )
     assert said and said[0].startswith("loop B trains MicroLoRAs by Adam")
+    assert not loop.trainer.built  # built when a cluster first trains, not when loop B starts
     start = Bank.load(tmp_path / "learnt")
     before = held_out_nll(loop.session, model, start, None)
 
     report = loop.run_once()
+    assert loop.trainer.built
 
     (trained,) = report.trained
     assert trained.trainer == "adam (torch)" and trained.steps == 60
@@ -188,7 +193,8 @@ def test_the_choice_of_trainer_is_said_in_one_line(exported, tmp_path):
     model_dir, _ = exported
     said = []
     assert trainer_for(model_dir, LoopBConfig(trainer="spsa"), said.append) is None
-    assert isinstance(trainer_for(model_dir, LoopBConfig(threads=1), said.append), AdamMicroTrainer)
+    chosen = trainer_for(model_dir, LoopBConfig(threads=1), said.append)
+    assert isinstance(chosen, AdamMicroTrainer) and not chosen.built  # built when first needed
     # a model directory whose config names no checkpoint (the suite's tiny artifact): SPSA, and why
     bare = make_tiny_artifact(tmp_path / "bare")
     assert trainer_for(bare, LoopBConfig(), said.append) is None
@@ -216,3 +222,84 @@ def test_a_changed_conversion_adapter_is_refused(exported, tmp_path):
     (copy / CONFIG_NAME).write_text(json.dumps(config))
     with pytest.raises(RuvdllmError, match="conversion adapter .* gone or changed"):
         reference_for_artifact(copy)
+
+
+def test_early_stopping_keeps_the_best_state_on_the_held_back_blocks(exported):
+    """A learning rate far too high for random text: the held-back blocks' NLL rises, training
+    stops before its planned steps, and what comes back is the best state seen, not the last."""
+    model_dir, reference = exported
+    job, _ = a_job(model_dir, seed=3, examples=4, scale=0.0)
+    held_back = np.random.default_rng(30)
+    pairs = [(list(held_back.integers(10, 200, 8)), list(held_back.integers(10, 200, 8))) for _ in range(3)]
+    validation = [
+        noisy_block(p, a, job.block_size, job.t_range, held_back) for p, a in pairs for _ in range(2)
+    ]
+    job = replace(job, validation=validation)
+    trainer = AdamMicroTrainer(reference, steps=200, lr=0.3, batch=2, eval_every=2, patience=2)
+
+    result = trainer.train(job)
+
+    assert result.steps < 200  # stopped early
+    (stopped,) = [n for n in result.notes if n.startswith("early stopping")]
+    start, best = (float(x) for x in stopped.split("check NLL ")[1].split(" at step")[0].split(" -> best "))
+    loss = BankedLoss(reference, job)
+    assert loss.mean_nll(validation, result.micro) == pytest.approx(best, rel=1e-5)  # the best state
+    assert best <= start and loss.mean_nll(validation, job.micro) == pytest.approx(start, rel=1e-5)
+
+
+def test_without_held_back_blocks_the_steps_follow_the_data(exported):
+    model_dir, reference = exported
+    job, _ = a_job(model_dir, seed=4, examples=3)
+    blocks = sum(-(-len(target) // job.block_size) for _, target in job.examples)
+    result = AdamMicroTrainer(reference, steps=1000, lr=1e-3, batch=2, epochs=2.0).train(job)
+    assert result.steps == -(-2 * blocks // 2)  # two passes over the blocks, two blocks a step
+    assert not any(n.startswith("early stopping") for n in result.notes)
+
+
+def test_loop_b_that_trains_nothing_never_builds_the_reference(exported, tmp_path):
+    model = open_model(exported[0], verify="sizes")
+    store = SqliteStore(tmp_path / "trajectories.db")  # no feedback yet
+    config = LoopBConfig(bank=str(tmp_path / "learnt"), trainer="adam")
+    loop = for_model(model, config, store.good_feedback, trainer_for=lambda d, c: trainer_for(d, c, print))
+    report = loop.run_once()
+    assert report.read == 0 and not loop.trainer.built
+    store.close()
+
+
+@pytest.mark.parametrize("asked", ["auto", "adam"])
+def test_a_reference_that_fails_to_build_when_first_needed(store_with_feedback, exported, tmp_path, asked):
+    """The adapter changed after loop B started: "auto" trains by SPSA from then on and says why;
+    "adam" fails the run with a one-line reason (serve's loop B warns and retries later)."""
+    import json
+    import shutil
+
+    from runtime.artifact import CONFIG_NAME
+
+    model, store = store_with_feedback
+    copy = tmp_path / "model"
+    shutil.copytree(exported[0], copy)
+    config = LoopBConfig(bank=str(tmp_path / "learnt"), trainer=asked, steps=4, adam_steps=4)
+    warnings = []
+    loop = for_model(
+        model,
+        config,
+        store.good_feedback,
+        warnings.append,
+        trainer_for=lambda d, c: trainer_for(copy, c, print),
+    )
+    assert isinstance(loop.trainer, AdamMicroTrainer)
+    values = json.loads((copy / CONFIG_NAME).read_text())
+    values["source"]["static_adapter"]["sha256"] = "0" * 64
+    (copy / CONFIG_NAME).write_text(json.dumps(values))
+
+    if asked == "adam":
+        with pytest.raises(
+            RuvdllmError, match="loop_b.trainer = adam: no torch reference .* gone or changed"
+        ):
+            loop.run_once()
+        return
+    (trained,) = loop.run_once().trained
+    assert trained.trainer == "spsa" and trained.steps == 4
+    (warning,) = warnings
+    assert warning.startswith("loop B trains MicroLoRAs by SPSA from now on: no torch reference")
+    assert "\n" not in warning

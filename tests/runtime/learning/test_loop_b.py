@@ -12,7 +12,7 @@ from runtime.banks import Bank
 from runtime.cpython_model import open_model
 from runtime.learning.config import LoopBConfig
 from runtime.learning.logits_session import LogitsSession
-from runtime.learning.loop_b import LoopB, examples_from, uncertain_group
+from runtime.learning.loop_b import LoopB, examples_from, uncertain_group, validation_split
 from runtime.learning.loop_b_service import for_model
 from runtime.learning.masked_nll import masked_nll, noisy_block
 from runtime.learning.sqlite_store import SqliteStore
@@ -229,3 +229,42 @@ def test_adapter_names_stay_new_when_the_state_file_is_lost(store_with_feedback,
     if first.trained[0].kept:
         assert second.trained[0].name != first.trained[0].name
     Bank.load(bank_dir)  # and the bank is whole
+
+
+@pytest.mark.parametrize("prompts", [True, False])
+def test_loop_b_trains_on_the_prompts_too_never_on_the_check_examples(store_with_feedback, tmp_path, prompts):
+    """Whatever the trainer, its job holds the training answers and (train_prompts) the prompts
+    after their first block; the check example's answer is in neither."""
+    from dataclasses import replace
+
+    from runtime.learning.trainer import SpsaTrainer
+
+    model, store = store_with_feedback
+    jobs = []
+
+    class Recording(SpsaTrainer):
+        def train(self, job):
+            jobs.append(job)
+            return super().train(job)
+
+    bank_dir = tmp_path / "learnt"
+    LoopB.prepare_bank(bank_dir, Bank.for_model(model.config))
+    session = LogitsSession(tiny_model_dir_graph(model), model.config)
+    config = replace(FAST, steps=2, train_prompts=prompts)
+    trainer = Recording(session, config.steps, config.batch, config.lr, config.epsilon)
+    LoopB(
+        config, bank_dir, model.config, model.encode, store.good_feedback, session, trainer=trainer
+    ).run_once()
+
+    (job,) = jobs
+    prompt, block = tuple(model.encode(PROMPT)), model.config.block_size
+    assert len(prompt) > block  # the tiny tokenizer leaves a window after the first block
+    answers = [(c, t) for c, t in job.examples if c == prompt]
+    windows = [(c, t) for c, t in job.examples if c != prompt]
+    assert len(answers) == 5  # six examples, every 4th kept out for the check
+    assert windows == ([(prompt[:block], prompt[block:])] * 5 if prompts else [])
+    examples = examples_from(
+        store.good_feedback(0, 0.5, 100), model.encode, Bank.load(bank_dir).timestep_groups
+    )
+    (check,) = validation_split(examples)[1]
+    assert check.target not in {tuple(t) for _, t in answers}

@@ -132,3 +132,58 @@ def test_the_keep_check_uses_examples_training_never_saw(ids):
     assert [[e.feedback_id for e in part] for part in again] == [
         [e.feedback_id for e in part] for part in (train, check)
     ]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    lengths=st.lists(st.tuples(st.integers(1, 20), st.integers(1, 12)), min_size=1, max_size=12),
+    block=st.integers(1, 8),
+    prompts=st.booleans(),
+)
+def test_training_pairs_are_the_answers_and_the_prompts_after_their_first_block(lengths, block, prompts):
+    from runtime.learning.loop_b import Example, training_pairs, validation_split
+
+    # every example's tokens are its own (1000·i + position), so a pair shows whose text it holds
+    members = [
+        Example(
+            i,
+            tuple(range(1000 * i, 1000 * i + p)),
+            tuple(range(1000 * i + 500, 1000 * i + 500 + a)),
+            np.ones(4) / 2,
+            0,
+        )
+        for i, (p, a) in enumerate(lengths)
+    ]
+    train, check = validation_split(members)
+    pairs = training_pairs(train, block, prompts)
+
+    assert pairs[: len(train)] == [(e.prompt, e.target) for e in train]  # the answers, as before
+    windows = pairs[len(train) :]
+    expected = [e for e in train if len(e.prompt) > block] if prompts else []
+    assert len(windows) == len(expected)
+    for (context, target), e in zip(windows, expected, strict=True):
+        assert len(context) == block and target and context + target == e.prompt
+    if len(check) < len(members):  # check examples kept out: none of their text trains
+        unseen = {tok for e in check for tok in e.prompt + e.target}
+        assert unseen.isdisjoint(tok for c, t in pairs for tok in c + t)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    targets=st.lists(st.integers(1, 40), min_size=1, max_size=20),
+    block=st.integers(1, 16),
+    batch=st.integers(1, 8),
+    epochs=st.floats(0.01, 20),
+    cap=st.integers(1, 500),
+)
+def test_epoch_steps_scale_with_the_data_up_to_the_cap(targets, block, batch, epochs, cap):
+    from runtime.learning.trainer import epoch_steps
+
+    pairs = [((1,), tuple(range(n))) for n in targets]
+    steps = epoch_steps(pairs, block, batch, epochs, cap)
+    blocks = sum(-(-n // block) for n in targets)
+    assert 1 <= steps <= cap
+    if 1 < steps < cap:  # neither bound binds: just enough steps for `epochs` passes
+        assert (steps - 1) * batch < epochs * blocks <= steps * batch
+    more = epoch_steps(pairs + pairs, block, batch, epochs, cap)  # twice the data: at least as many
+    assert steps <= more <= cap
