@@ -25,6 +25,9 @@ from ruvdllm.errors import RuvdllmError
 
 DEFAULT_MODEL_STEM = "smollm2-135m-instruct"
 SHIPPED_SUFFIXES = (".py", ".safetensors")  # what the default export reads: source and the conversion adapter
+# Subpackages the export never imports (loop B's first-order trainer): a change there must not
+# re-export the default model (110 MB and a minute or more each time).
+NOT_READ_BY_EXPORT = ("learning",)
 
 
 def exporter_fingerprint() -> str | None:
@@ -33,11 +36,18 @@ def exporter_fingerprint() -> str | None:
     spec = importlib.util.find_spec("ruvdllm_export")
     if spec is None or not spec.submodule_search_locations:
         return None
-    root = Path(next(iter(spec.submodule_search_locations)))
+    return source_fingerprint(Path(next(iter(spec.submodule_search_locations))))
+
+
+def source_fingerprint(root: Path) -> str:
+    """12 hex digits of sha256 over the names and bytes of the files under `root` the export reads."""
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*")):
-        if path.is_file() and path.suffix in SHIPPED_SUFFIXES and "__pycache__" not in path.parts:
-            digest.update(path.relative_to(root).as_posix().encode())
+        relative = path.relative_to(root)
+        if relative.parts[0] in NOT_READ_BY_EXPORT or "__pycache__" in relative.parts:
+            continue
+        if path.is_file() and path.suffix in SHIPPED_SUFFIXES:
+            digest.update(relative.as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
