@@ -19,7 +19,7 @@ prompt, and the table shows the fastest repeat):
              default (the block sized by recent acceptance, runtime/drafting.py) and under each
              drafting rule of `--rules`. Per configuration: forwards,
              tokens, tokens per forward (= mean accepted length: kept drafts + the AR token),
-             draft acceptance, ms per forward, tokens/s and its ratio to `ar`; and whether the
+             draft acceptance (and of it, the drafts prompt lookup copied: kept/checked), ms per forward, tokens/s and its ratio to `ar`; and whether the
              verified tokens equal the AR tokens on every prompt (they must)
 """
 
@@ -92,8 +92,9 @@ def switch_section(model_dir: Path, plain_dir: Path | None, threads: int, repeat
 
 
 def parse_rule(spec: str) -> Drafting:
-    """ "min_confidence=0.2,pause_below=0.5" over Drafting's fields ("default": Drafting())."""
-    types = {f.name: f.type for f in fields(Drafting)}
+    """ "min_confidence=0.2,lookup=first" over Drafting's fields, each typed as its default
+    ("default": Drafting())."""
+    types = {f.name: type(f.default) for f in fields(Drafting)}
     values = {}
     for item in filter(None, spec.split(",")):
         key, _, value = item.partition("=")
@@ -101,9 +102,8 @@ def parse_rule(spec: str) -> Drafting:
             continue
         if key not in types:
             raise SystemExit(f"rule {spec!r}: {key!r} is not one of {', '.join(types)}")
-        values[key] = value.lower() in ("1", "true") if types[key] == "bool" else float(value)
-        if types[key] == "int":
-            values[key] = int(values[key])
+        kind = types[key]
+        values[key] = value.lower() in ("1", "true") if kind is bool else kind(value)
     return Drafting(**values)
 
 
@@ -139,9 +139,10 @@ def decoding_section(
     print(f"\n## decoding: {len(ids)} held-out prompts, greedy, length {length}, {threads} threads")
     print(f"(fastest of {repeats} repeats per configuration, interleaved per prompt)\n")
     print(
-        "| configuration | forwards | tokens | tokens/forward | drafts kept | ms/forward | tokens/s | × ar |"
+        "| configuration | forwards | tokens | tokens/forward | drafts kept | of them copied | ms/forward "
+        "| tokens/s | × ar |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     summary, ar_rate = {}, None
     for name, repeat in runs.items():
         done = min(repeat, key=lambda r: sum(c.result.wall_ms for c in r))
@@ -155,8 +156,11 @@ def decoding_section(
         ar_rate = ar_rate or rate
         ms = sum(c.result.forward_ms for c in done) / forwards
         accepted = f"{kept}/{drafted} ({kept / drafted:.0%})" if drafted else "-"
+        copied_kept = sum(c.result.looked_up[0] for c in done)
+        copied = sum(c.result.looked_up[1] for c in done)
+        from_lookup = f"{copied_kept}/{copied}" if copied else "-"
         print(
-            f"| {name} | {forwards} | {tokens} | {committed / forwards:.2f} | {accepted} | {ms:.1f} | "
+            f"| {name} | {forwards} | {tokens} | {committed / forwards:.2f} | {accepted} | {from_lookup} | {ms:.1f} | "
             f"{rate:.1f} | {rate / ar_rate:.2f} |"
         )
         summary[name] = {"tokens": [c.tokens for c in done], "tokens_per_forward": committed / forwards}

@@ -38,7 +38,19 @@ class Drafting:
     # which lets a drafter that turns good win its block back. 0: never pause.
     pause_below: float = 0.0
     probe_every: int = 4
+    # Prompt lookup (runtime/lookup.py): drafts copied from the committed text after the last
+    # earlier occurrence of its newest `lookup_longest` .. `lookup_shortest` tokens. They see the
+    # newest token, which the mask block cannot, and cost verifier rows only. One of LOOKUP_MODES.
+    lookup: str = "off"
+    lookup_longest: int = 3
+    lookup_shortest: int = 1
+    lookup_drafts: int = 4  # the most copied tokens one forward checks
 
+
+# When a forward checks copied drafts instead of the diffusion model's: never; "fallback" when no
+# diffusion drafts are pending (after a rejection, or a block that drafted nothing); "first" whenever
+# the lookup finds a match, the diffusion drafts otherwise. A forward's drafts come from one drafter.
+LOOKUP_MODES = ("off", "fallback", "first")
 
 FULL_BLOCK = Drafting(adaptive=False)  # the sampler before adaptive sizing: b - 1 drafts every forward
 

@@ -46,6 +46,7 @@ from runtime.backend import Backend, Chunk, StepOutput, rows_from
 from runtime.control import AdapterControl
 from runtime.denoise import StepEvent
 from runtime.drafting import confident_prefix, draft_count, row_confidence
+from runtime.lookup import lookup
 from runtime.settings import GenerationSettings, Plan
 from runtime.speculative import Candidates
 
@@ -124,6 +125,17 @@ def new_drafts(
     return drafts
 
 
+def copied_drafts(tokens: list[int], room: int, settings: GenerationSettings) -> list[Draft]:
+    """Prompt-lookup drafts after `tokens` (runtime/lookup.py), at most `room`. Each is a point
+    mass: the rule keeps it with probability p_AR(token) and on rejection draws from p_AR without
+    it, so the output stays the AR model's (docs/sampling.md §11)."""
+    d = settings.drafting
+    copied = lookup(tokens, d.lookup_longest, d.lookup_shortest, min(d.lookup_drafts, room))
+    if settings.temperature <= 0.0:
+        return [Draft(t, None) for t in copied]
+    return [Draft(t, Candidates((t,), (1.0,))) for t in copied]
+
+
 def draft_uncertainty(output: StepOutput, rows: range, mask_id: int) -> tuple[float, float]:
     """(mean entropy in nats, mean top-candidate probability) of the drafter rows `rows`, whatever
     was drawn from them (the probability of the greedy draft); (0, 1) when there are none."""
@@ -183,8 +195,16 @@ def sample_verified(
     drafts: list[Draft] = []
     recent_kept: list[int] = []  # drafts kept by the forwards that checked any, latest last
     idle = 0  # forwards since the last one that drafted
+    lookup_mode = settings.drafting.lookup
     index = 0
     while len(generated) < settings.length:
+        looked_up = 0
+        if lookup_mode != "off" and (lookup_mode == "first" or not drafts):
+            # the diffusion drafts pending, if any, give way to copied ones; the AR row after the
+            # drafts always adds a token, so more than `end - len(tokens) - 1` would be cut off
+            copied = copied_drafts(tokens, end - len(tokens) - 1, settings)
+            if copied:
+                drafts, looked_up = copied, len(copied)
         cached = backend.cached()
         first_mask = len(tokens) + len(drafts)  # the position the AR row after the drafts predicts
         wanted = draft_count(recent_kept, plan.span, settings.drafting, idle)
@@ -199,7 +219,7 @@ def sample_verified(
         backend.commit(len(tokens) + kept)
         committed = [d.token for d in drafts[:kept]] + [token]
         checked = len(drafts)
-        if checked:
+        if checked and not looked_up:  # the block is sized by what the diffusion drafts keep
             recent_kept = [*recent_kept, kept][-max(1, settings.drafting.window) :]
         drafts = []
         control.start_span()  # the block just drafted used its retrievals; the next one is new
@@ -231,6 +251,7 @@ def sample_verified(
                 retrieved=retrieved,
                 forward_ms=forward_ms,
                 drafted=checked,
+                looked_up=looked_up,
                 entropy=entropy,
                 confidence=confidence,
                 patterns=patterns,
