@@ -24,6 +24,13 @@ The mask block is sized per forward by `settings.drafting` (runtime/drafting.py)
 recent forwards' kept drafts justify, so that a drafter that is seldom right costs little more
 than the one-row AR forward; and drafts stop at the first row the drafter is unsure of.
 
+A second drafter is free: prompt lookup (runtime/lookup.py, `settings.drafting.lookup`) copies the
+tokens that followed the last earlier occurrence of the committed text's newest few tokens. It
+sees the newest token, which the mask block cannot (its first mask sits at that token's
+position), and it drafts after a rejection too. Its drafts are checked by the same rule as point
+masses (kept with probability p_AR(token) when sampling), and the mask block follows them. A
+forward's drafts come from one drafter; which one is a function of committed tokens only.
+
 The drafter is the diffusion model with its adapters, as in the diffusion samplers: every forward
 drafts one step of a fresh, all-masked block (t = 1), so its rows get TALoRA's weights of t = 1,
 and DGR reads the drafter rows' uncertainty after the forward and retrieves adapters for the
@@ -168,7 +175,8 @@ def sample_verified(
     on_step: Callable[[StepEvent], None],
 ) -> list[int]:
     """Generate up to `settings.length` tokens after `prompt`: the AR model's tokens, drafted in
-    blocks of at most `plan.span` masks by the diffusion model.
+    blocks of at most `plan.span` masks by the diffusion model (and copied from the text, as
+    `settings.drafting.lookup` says).
 
     Args:
         backend: runs the graph (with the adapter switch) and holds the AR cache.
@@ -178,10 +186,11 @@ def sample_verified(
             sizes it), already checked.
         rng: the generation's random.Random; consumed only when temperature > 0, per forward:
             the drafts' accept draws in order (and one residual draw at a rejection, or the bonus
-            draw), then one draw per new draft, left to right.
+            draw), then one draw per new diffusion draft, left to right (copied drafts draw none).
         control: TALoRA weights for the drafter rows (t = 1: the block is all masked) and DGR's
             retrievals after each forward that drafted (module docstring).
-        on_step: receives one StepEvent per forward; `drafted` counts the drafts it checked, its
+        on_step: receives one StepEvent per forward; `drafted` counts the drafts it checked
+            (`looked_up`: how many of them prompt lookup copied, all or none), its
             entropy / confidence are the new drafts' rows', `retrieved` the generated positions
             DGR retrieved for.
     """

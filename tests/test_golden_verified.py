@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from runtime.artifact import GRAPH_NAME, load_config  # noqa: E402
+from runtime.drafting import Drafting  # noqa: E402
 from runtime.generate import generate  # noqa: E402
 from runtime.ort_backend import OrtBackend, OrtOptions  # noqa: E402
 from runtime.settings import GenerationSettings  # noqa: E402
@@ -72,6 +73,23 @@ def test_greedy_verified_equals_the_torch_ar_model(model, block):
     result = runtime_tokens(model, sampler="verified", block_size=block, stop_at_eos=False)
     assert result.tokens == want
     assert sum(e.drafted for e in result.trace) > 0
+
+
+@pytest.mark.parametrize("mode", ["fallback", "first"])
+def test_greedy_verified_with_copied_drafts_equals_the_torch_ar_model(model, mode):
+    """A prompt that says the same thing twice, so prompt lookup proposes from the first forward
+    on (and the tiny random models' greedy text repeats itself, which it copies as well)."""
+    config, graph, base, _ = model
+    prompt = PROMPT + PROMPT
+    want = greedy(base, prompt, LENGTH)
+    backend = OrtBackend(graph, config, OrtOptions(device="cpu", intra_op_threads=1))
+    drafting = Drafting(lookup=mode, lookup_shortest=1)
+    settings = GenerationSettings(
+        sampler="verified", length=LENGTH, block_size=4, stop_at_eos=False, drafting=drafting
+    )
+    result = generate(backend, prompt, settings, random.Random(3))
+    assert result.tokens == want
+    assert result.looked_up[1] > 0
 
 
 def test_greedy_ar_sampler_equals_the_torch_ar_model_and_stops_at_eos(model):
