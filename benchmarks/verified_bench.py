@@ -3,7 +3,7 @@ model drafts and the AR model checks, and what that buys against plain diffusion
 against the AR model decoded through the same graph — all in one run, on the same threads.
 
     python benchmarks/verified_bench.py [--model DIR] [--plain DIR] [--threads 2] [--blocks 8]
-        [--rules "min_confidence=0.2" ...] [--prompts 16] [--repeats 2]
+        [--rules "min_confidence=0.2" ...] [--lean] [--prompts 16] [--repeats 2]
 
 Two tables (ratios compare numbers measured in this run; absolute times on a shared machine are
 noisy, so each configuration runs `--repeats` times over all prompts, interleaved prompt by
@@ -107,14 +107,14 @@ def parse_rule(spec: str) -> Drafting:
     return Drafting(**values)
 
 
-def decoding_configs(blocks, rules, length: int) -> dict[str, GenerationSettings]:
-    configs = {
-        "ar": GenerationSettings(sampler="ar", length=length),
-        "ltr-1": GenerationSettings(sampler="bd3lm", order="left-to-right", length=length),
-    }
+def decoding_configs(blocks, rules, length: int, lean: bool = False) -> dict[str, GenerationSettings]:
+    configs = {"ar": GenerationSettings(sampler="ar", length=length)}
+    if not lean:
+        configs["ltr-1"] = GenerationSettings(sampler="bd3lm", order="left-to-right", length=length)
     for block in blocks:
         verified = GenerationSettings(sampler="verified", length=length, block_size=block)
-        configs[f"verified, full block {block}"] = replace(verified, drafting=FULL_BLOCK)
+        if not lean:
+            configs[f"verified, full block {block}"] = replace(verified, drafting=FULL_BLOCK)
         configs[f"verified {block}, default rule"] = verified
         for spec in rules:
             configs[f"verified {block}, {spec}"] = replace(verified, drafting=parse_rule(spec))
@@ -188,6 +188,9 @@ def main() -> int:
         default=[],
         help='drafting rules to try beside the default, as "min_confidence=0.2,pause_below=0.5"',
     )
+    parser.add_argument(
+        "--lean", action="store_true", help="only ar, the default rule and --rules (no ltr-1, no full block)"
+    )
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
@@ -200,7 +203,7 @@ def main() -> int:
         model_dir = default_model_dir("cpu")
     if args.switch_repeats > 0:
         switch_section(model_dir, args.plain, args.threads, args.switch_repeats)
-    configs = decoding_configs(args.blocks, args.rules, args.length)
+    configs = decoding_configs(args.blocks, args.rules, args.length, args.lean)
     decoding_section(model_dir, args.threads, configs, args.length, args.prompts, args.repeats)
     return 0
 
