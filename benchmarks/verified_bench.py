@@ -16,8 +16,8 @@ prompt, and the table shows the fastest repeat):
              template, stop at EOS): `ar` (the AR model, one token per forward), `ltr-1` (BD3LM,
              one token per step, left to right), and per draft block `verified` drafting the full
              block every forward (the sampler before adaptive sizing), `verified` as it runs by
-             default (the block sized by recent acceptance, runtime/drafting.py) and under each
-             drafting rule of `--rules`. Per configuration: forwards,
+             default (the block sized by recent acceptance, prompt lookup beside it:
+             runtime/drafting.py) and under each drafting rule of `--rules`. Per configuration: forwards,
              tokens, tokens per forward (= mean accepted length: kept drafts + the AR token),
              draft acceptance (and of it, the drafts prompt lookup copied: kept/checked), ms per forward, tokens/s and its ratio to `ar`; and whether the
              verified tokens equal the AR tokens on every prompt (they must)

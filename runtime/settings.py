@@ -24,7 +24,7 @@ ORDERS = ("confidence", "left-to-right")  # which masked positions a step commit
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    # verified where the model can run it (the AR model's own text, 1.2 tokens per forward on the
+    # verified where the model can run it (the AR model's own text, 1.27 tokens per forward on the
     # default model), else the model's diffusion sampler: sampler_for (docs/sampling.md §12)
     sampler: str = AUTO
     length: int = 64  # new tokens: a short answer

@@ -29,7 +29,8 @@ SMALL = replace(TOY_CONFIG, vocab_size=5, top_k=5, mask_token_id=4, eos_token_id
 # The block-sizing rules the output must not depend on: the default (adaptive), the full block
 # every forward, a one-forward window, and a confidence cut that drops many of the toy's drafts.
 RULES = {
-    "adaptive": Drafting(),
+    "default": Drafting(),
+    "adaptive": Drafting(lookup="off"),
     "full-block": FULL_BLOCK,
     "window-1": Drafting(window=1),
     "confident": Drafting(min_confidence=0.4),
