@@ -136,7 +136,7 @@ def exact_ar_distribution(prompt: list[int], length: int, temperature: float) ->
     "rule",
     [
         FULL_BLOCK,
-        Drafting(window=1, min_confidence=0.4),
+        Drafting(window=1, min_confidence=0.4, lookup="off"),
         Drafting(lookup="first", lookup_shortest=1),
         Drafting(lookup="fallback", lookup_shortest=1),
     ],
