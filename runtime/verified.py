@@ -202,7 +202,7 @@ def sample_verified(
     end = len(prompt) + settings.length
     generated: list[int] = []
     drafts: list[Draft] = []
-    recent_kept: list[int] = []  # drafts kept by the forwards that checked any, latest last
+    recent_kept: list[int] = []  # drafts kept by the forwards that checked diffusion drafts, latest last
     idle = 0  # forwards since the last one that drafted
     lookup_mode = settings.drafting.lookup
     index = 0
