@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runtime, not an installed one
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: the metrics, the baselines
 from conversion_quality import distinct_n  # noqa: E402
 
