@@ -109,7 +109,8 @@ def test_sampling_runs_seeded(model):
 def test_default_model_verified_equals_its_ar_model(tmp_path):
     """SmolLM2-135M-Instruct + the shipped adapter, exported with float activations (level 0, the
     graph computes the checkpoint's numbers): the verified sampler's greedy tokens are the torch
-    reference's AR greedy tokens of the GGUF checkpoint, on a chat prompt. (At the cpu default,
+    reference's AR greedy tokens of the GGUF checkpoint, on a chat prompt and on one whose answer
+    copies it (prompt lookup's drafts kept). (At the cpu default,
     int8 activations as llama.cpp's, greedy text leaves the float model's after some tokens, as
     llama.cpp's does: benchmarks/README.md, "Accuracy level 0 vs 4".)"""
     from runtime.chat_template import chat_prompt
@@ -130,3 +131,9 @@ def test_default_model_verified_equals_its_ar_model(tmp_path):
     assert sum(e.drafted for e in done.trace) > 0
     # at any level the verified sampler writes what the graph's own AR model writes
     assert done.tokens == model.generate(ids, GenerationSettings(sampler="ar", length=48)).tokens
+    # an answer that copies its prompt: prompt lookup (on by default) drafts and is kept
+    ask = "Repeat this sentence exactly: The quick brown fox jumps over the lazy dog near the river bank."
+    ids = model.encode(chat_prompt(model, [{"role": "user", "content": ask}]))
+    done = model.generate(ids, settings)
+    assert done.tokens == greedy(reference, ids, 48, model.config.eos_token_ids)
+    assert done.result.looked_up[0] > 0
