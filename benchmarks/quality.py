@@ -21,7 +21,8 @@ What runs where:
   that a shared machine's drifting load falls on all of them alike.
 
 Configurations are named (CONFIGS; `--configs` picks some) or written as settings,
-"decoding=entropy-bounded,entropy_bound=1.5" (the names of runtime.settings.INPUTS). A decoding
+"decoding=entropy-bounded,entropy_bound=1.5" (the names of runtime.settings.INPUTS; the verified
+sampler's drafting rule as "sampler=verified,drafting.lookup=first"). A decoding
 the runtime gains later (runtime.settings.DECODINGS) gets a row with its defaults. Everything is
 seeded: the same command gives the same samples.
 
@@ -43,9 +44,11 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's runtime, not an installed one
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: the metrics, the baselines
 from conversion_quality import distinct_n  # noqa: E402
 
+from runtime.drafting import Drafting  # noqa: E402
 from runtime.settings import DECODINGS, GenerationSettings, check_settings, settings_from  # noqa: E402
 from ruvdllm.errors import RuvdllmError  # noqa: E402
 
@@ -84,19 +87,35 @@ def configurations(block: int, decodings: tuple[str, ...] = DECODINGS) -> dict[s
 
 
 def parse_spec(spec: str) -> dict:
-    """ "key=value,key=value" over the settings' names, each value typed as its field."""
-    types = {f.name: type(f.default) for f in fields(GenerationSettings) if f.name != "dgr_config"}
-    overrides = {}
+    """ "key=value,key=value" over the settings' names, each value typed as its field; the
+    verified sampler's drafting rule as "drafting.NAME=value" over Drafting's fields (collected
+    under "drafting")."""
+    skip = ("dgr_config", "drafting")
+    types = {f.name: type(f.default) for f in fields(GenerationSettings) if f.name not in skip}
+    types |= {f"drafting.{f.name}": type(f.default) for f in fields(Drafting)}
+    overrides: dict = {}
     for item in filter(None, spec.split(",")):
         key, _, value = item.partition("=")
         if key not in types or not value:
             raise RuvdllmError(f"configuration {spec!r}: {item!r} is not name=value over {', '.join(types)}")
         kind = int if key in ("steps", "block_size") else types[key]
         try:
-            overrides[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+            typed = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
         except ValueError:
             raise RuvdllmError(f"configuration {spec!r}: {key} {value!r} is not a {kind.__name__}") from None
+        group, _, name = key.rpartition(".")
+        if group:
+            overrides.setdefault(group, {})[name] = typed
+        else:
+            overrides[key] = typed
     return overrides
+
+
+def settings_of(overrides: dict, base: dict) -> GenerationSettings:
+    """GenerationSettings from a configuration's overrides (parse_spec's or CONFIGS') and `base`."""
+    inputs = {k: v for k, v in overrides.items() if k != "drafting"} | base
+    settings = settings_from(inputs)
+    return replace(settings, drafting=replace(settings.drafting, **overrides.get("drafting", {})))
 
 
 def read_prompts(path: Path, split: str, count: int) -> list[str]:
@@ -364,14 +383,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def settings_for(name: str, temperature: float) -> GenerationSettings:
         top_p = args.top_p if temperature > 0 else 1.0
-        settings = settings_from(
-            {**overrides[name], "length": args.length, "temperature": temperature, "top_p": top_p}
+        settings = settings_of(
+            overrides[name], {"length": args.length, "temperature": temperature, "top_p": top_p}
         )
         check_settings(settings)
         return settings
 
     def describe(name: str) -> str:
-        return ", ".join(f"{k}={v}" for k, v in overrides[name].items()) or "defaults"
+        flat = {k: v for k, v in overrides[name].items() if k != "drafting"}
+        flat |= {f"drafting.{k}": v for k, v in overrides[name].get("drafting", {}).items()}
+        return ", ".join(f"{k}={v}" for k, v in flat.items()) or "defaults"
 
     run = {
         "model": str(args.model),

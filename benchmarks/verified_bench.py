@@ -3,7 +3,7 @@ model drafts and the AR model checks, and what that buys against plain diffusion
 against the AR model decoded through the same graph — all in one run, on the same threads.
 
     python benchmarks/verified_bench.py [--model DIR] [--plain DIR] [--threads 2] [--blocks 8]
-        [--rules "min_confidence=0.2" ...] [--prompts 16] [--repeats 2]
+        [--rules "min_confidence=0.2" ...] [--lean] [--prompts 16] [--repeats 2]
 
 Two tables (ratios compare numbers measured in this run; absolute times on a shared machine are
 noisy, so each configuration runs `--repeats` times over all prompts, interleaved prompt by
@@ -16,10 +16,10 @@ prompt, and the table shows the fastest repeat):
              template, stop at EOS): `ar` (the AR model, one token per forward), `ltr-1` (BD3LM,
              one token per step, left to right), and per draft block `verified` drafting the full
              block every forward (the sampler before adaptive sizing), `verified` as it runs by
-             default (the block sized by recent acceptance, runtime/drafting.py) and under each
-             drafting rule of `--rules`. Per configuration: forwards,
+             default (the block sized by recent acceptance, prompt lookup beside it:
+             runtime/drafting.py) and under each drafting rule of `--rules`. Per configuration: forwards,
              tokens, tokens per forward (= mean accepted length: kept drafts + the AR token),
-             draft acceptance, ms per forward, tokens/s and its ratio to `ar`; and whether the
+             draft acceptance (and of it, the drafts prompt lookup copied: kept/checked), ms per forward, tokens/s and its ratio to `ar`; and whether the
              verified tokens equal the AR tokens on every prompt (they must)
 """
 
@@ -92,8 +92,9 @@ def switch_section(model_dir: Path, plain_dir: Path | None, threads: int, repeat
 
 
 def parse_rule(spec: str) -> Drafting:
-    """ "min_confidence=0.2,pause_below=0.5" over Drafting's fields ("default": Drafting())."""
-    types = {f.name: f.type for f in fields(Drafting)}
+    """ "min_confidence=0.2,lookup=first" over Drafting's fields, each typed as its default
+    ("default": Drafting())."""
+    types = {f.name: type(f.default) for f in fields(Drafting)}
     values = {}
     for item in filter(None, spec.split(",")):
         key, _, value = item.partition("=")
@@ -101,20 +102,19 @@ def parse_rule(spec: str) -> Drafting:
             continue
         if key not in types:
             raise SystemExit(f"rule {spec!r}: {key!r} is not one of {', '.join(types)}")
-        values[key] = value.lower() in ("1", "true") if types[key] == "bool" else float(value)
-        if types[key] == "int":
-            values[key] = int(values[key])
+        kind = types[key]
+        values[key] = value.lower() in ("1", "true") if kind is bool else kind(value)
     return Drafting(**values)
 
 
-def decoding_configs(blocks, rules, length: int) -> dict[str, GenerationSettings]:
-    configs = {
-        "ar": GenerationSettings(sampler="ar", length=length),
-        "ltr-1": GenerationSettings(sampler="bd3lm", order="left-to-right", length=length),
-    }
+def decoding_configs(blocks, rules, length: int, lean: bool = False) -> dict[str, GenerationSettings]:
+    configs = {"ar": GenerationSettings(sampler="ar", length=length)}
+    if not lean:
+        configs["ltr-1"] = GenerationSettings(sampler="bd3lm", order="left-to-right", length=length)
     for block in blocks:
         verified = GenerationSettings(sampler="verified", length=length, block_size=block)
-        configs[f"verified, full block {block}"] = replace(verified, drafting=FULL_BLOCK)
+        if not lean:
+            configs[f"verified, full block {block}"] = replace(verified, drafting=FULL_BLOCK)
         configs[f"verified {block}, default rule"] = verified
         for spec in rules:
             configs[f"verified {block}, {spec}"] = replace(verified, drafting=parse_rule(spec))
@@ -139,9 +139,10 @@ def decoding_section(
     print(f"\n## decoding: {len(ids)} held-out prompts, greedy, length {length}, {threads} threads")
     print(f"(fastest of {repeats} repeats per configuration, interleaved per prompt)\n")
     print(
-        "| configuration | forwards | tokens | tokens/forward | drafts kept | ms/forward | tokens/s | × ar |"
+        "| configuration | forwards | tokens | tokens/forward | drafts kept | of them copied | ms/forward "
+        "| tokens/s | × ar |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     summary, ar_rate = {}, None
     for name, repeat in runs.items():
         done = min(repeat, key=lambda r: sum(c.result.wall_ms for c in r))
@@ -155,8 +156,11 @@ def decoding_section(
         ar_rate = ar_rate or rate
         ms = sum(c.result.forward_ms for c in done) / forwards
         accepted = f"{kept}/{drafted} ({kept / drafted:.0%})" if drafted else "-"
+        copied_kept = sum(c.result.looked_up[0] for c in done)
+        copied = sum(c.result.looked_up[1] for c in done)
+        from_lookup = f"{copied_kept}/{copied}" if copied else "-"
         print(
-            f"| {name} | {forwards} | {tokens} | {committed / forwards:.2f} | {accepted} | {ms:.1f} | "
+            f"| {name} | {forwards} | {tokens} | {committed / forwards:.2f} | {accepted} | {from_lookup} | {ms:.1f} | "
             f"{rate:.1f} | {rate / ar_rate:.2f} |"
         )
         summary[name] = {"tokens": [c.tokens for c in done], "tokens_per_forward": committed / forwards}
@@ -184,6 +188,9 @@ def main() -> int:
         default=[],
         help='drafting rules to try beside the default, as "min_confidence=0.2,pause_below=0.5"',
     )
+    parser.add_argument(
+        "--lean", action="store_true", help="only ar, the default rule and --rules (no ltr-1, no full block)"
+    )
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
@@ -196,7 +203,7 @@ def main() -> int:
         model_dir = default_model_dir("cpu")
     if args.switch_repeats > 0:
         switch_section(model_dir, args.plain, args.threads, args.switch_repeats)
-    configs = decoding_configs(args.blocks, args.rules, args.length)
+    configs = decoding_configs(args.blocks, args.rules, args.length, args.lean)
     decoding_section(model_dir, args.threads, configs, args.length, args.prompts, args.repeats)
     return 0
 

@@ -39,6 +39,8 @@ class StepEvent:
     retrieved: list[int]  # generated positions DGR retrieved adapters for after this step
     forward_ms: float  # time of this step's forward
     drafted: int = 0  # drafts this forward checked against the AR model (verified sampler only)
+    # of those, the ones prompt lookup copied (all or none); the rest are the diffusion model's
+    looked_up: int = 0
     # The step's uncertainty over the positions it proposed for (the learning loops record it):
     entropy: float = 0.0  # mean entropy, nats
     confidence: float = 1.0  # mean confidence of the proposed tokens

@@ -47,6 +47,12 @@ class GenerationResult:
         checking = [e for e in self.trace if e.drafted]
         return sum(len(e.committed) - 1 for e in checking), sum(e.drafted for e in checking)
 
+    @property
+    def looked_up(self) -> tuple[int, int]:
+        """(kept, checked): the part of `drafts` that prompt lookup copied (runtime/lookup.py)."""
+        copying = [e for e in self.trace if e.looked_up]
+        return sum(len(e.committed) - 1 for e in copying), sum(e.looked_up for e in copying)
+
 
 def truncate_at_eos(tokens: list[int], eos: set[int]) -> tuple[list[int], str]:
     for i, token in enumerate(tokens):

@@ -270,6 +270,7 @@ def report(
                 "committed": {str(k): v for k, v in e.committed.items()},
                 "retrieved": e.retrieved,
                 "drafted": e.drafted,
+                "looked_up": e.looked_up,  # of `drafted`, the ones prompt lookup copied
                 "forward_ms": round(e.forward_ms, 3),
             }
             for e in result.trace
@@ -285,5 +286,8 @@ def report(
             "tokens_per_forward": round(result.tokens_per_forward, 3),
             "drafts_kept": result.drafts[0],
             "drafts_checked": result.drafts[1],
+            # of those, the drafts prompt lookup copied (the rest are the diffusion model's)
+            "copied_drafts_kept": result.looked_up[0],
+            "copied_drafts_checked": result.looked_up[1],
         },
     }

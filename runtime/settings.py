@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from runtime.artifact import BASE_MODEL_SAMPLERS, ArtifactConfig
 from runtime.dgr import DgrConfig
-from runtime.drafting import Drafting
+from runtime.drafting import LOOKUP_MODES, Drafting
 from runtime.schedules import SCHEDULES
 from ruvdllm.errors import RuvdllmError
 
@@ -24,7 +24,7 @@ ORDERS = ("confidence", "left-to-right")  # which masked positions a step commit
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    # verified where the model can run it (the AR model's own text, 1.2 tokens per forward on the
+    # verified where the model can run it (the AR model's own text, 1.27 tokens per forward on the
     # default model), else the model's diffusion sampler: sampler_for (docs/sampling.md §12)
     sampler: str = AUTO
     length: int = 64  # new tokens: a short answer
@@ -156,6 +156,19 @@ def check_settings(settings: GenerationSettings) -> None:
         raise RuvdllmError(f"drafting probe_every {s.drafting.probe_every}: must be at least 1")
     if not 0.0 <= s.drafting.min_confidence <= 1.0:
         raise RuvdllmError(f"drafting min_confidence {s.drafting.min_confidence}: must be in [0, 1]")
+    check_lookup(s.drafting)
+
+
+def check_lookup(drafting: Drafting) -> None:
+    d = drafting
+    if d.lookup not in LOOKUP_MODES:
+        raise RuvdllmError(f"drafting lookup {d.lookup!r}: unknown (choose from {', '.join(LOOKUP_MODES)})")
+    if not 1 <= d.lookup_shortest <= d.lookup_longest:
+        raise RuvdllmError(
+            f"drafting lookup n-grams {d.lookup_shortest}..{d.lookup_longest}: need 1 <= shortest <= longest"
+        )
+    if d.lookup_drafts < 1:
+        raise RuvdllmError(f"drafting lookup_drafts {d.lookup_drafts}: must be at least 1")
 
 
 def resolve(settings: GenerationSettings, config: ArtifactConfig, prompt_tokens: int) -> Plan:

@@ -24,6 +24,13 @@ The mask block is sized per forward by `settings.drafting` (runtime/drafting.py)
 recent forwards' kept drafts justify, so that a drafter that is seldom right costs little more
 than the one-row AR forward; and drafts stop at the first row the drafter is unsure of.
 
+A second drafter is free: prompt lookup (runtime/lookup.py, `settings.drafting.lookup`) copies the
+tokens that followed the last earlier occurrence of the committed text's newest few tokens. It
+sees the newest token, which the mask block cannot (its first mask sits at that token's
+position), and it drafts after a rejection too. Its drafts are checked by the same rule as point
+masses (kept with probability p_AR(token) when sampling), and the mask block follows them. A
+forward's drafts come from one drafter; which one is a function of committed tokens only.
+
 The drafter is the diffusion model with its adapters, as in the diffusion samplers: every forward
 drafts one step of a fresh, all-masked block (t = 1), so its rows get TALoRA's weights of t = 1,
 and DGR reads the drafter rows' uncertainty after the forward and retrieves adapters for the
@@ -46,6 +53,7 @@ from runtime.backend import Backend, Chunk, StepOutput, rows_from
 from runtime.control import AdapterControl
 from runtime.denoise import StepEvent
 from runtime.drafting import confident_prefix, draft_count, row_confidence
+from runtime.lookup import lookup
 from runtime.settings import GenerationSettings, Plan
 from runtime.speculative import Candidates
 
@@ -124,6 +132,17 @@ def new_drafts(
     return drafts
 
 
+def copied_drafts(tokens: list[int], room: int, settings: GenerationSettings) -> list[Draft]:
+    """Prompt-lookup drafts after `tokens` (runtime/lookup.py), at most `room`. Each is a point
+    mass: the rule keeps it with probability p_AR(token) and on rejection draws from p_AR without
+    it, so the output stays the AR model's (docs/sampling.md §11)."""
+    d = settings.drafting
+    copied = lookup(tokens, d.lookup_longest, d.lookup_shortest, min(d.lookup_drafts, room))
+    if settings.temperature <= 0.0:
+        return [Draft(t, None) for t in copied]
+    return [Draft(t, Candidates((t,), (1.0,))) for t in copied]
+
+
 def draft_uncertainty(output: StepOutput, rows: range, mask_id: int) -> tuple[float, float]:
     """(mean entropy in nats, mean top-candidate probability) of the drafter rows `rows`, whatever
     was drawn from them (the probability of the greedy draft); (0, 1) when there are none."""
@@ -156,7 +175,8 @@ def sample_verified(
     on_step: Callable[[StepEvent], None],
 ) -> list[int]:
     """Generate up to `settings.length` tokens after `prompt`: the AR model's tokens, drafted in
-    blocks of at most `plan.span` masks by the diffusion model.
+    blocks of at most `plan.span` masks by the diffusion model (and copied from the text, as
+    `settings.drafting.lookup` says).
 
     Args:
         backend: runs the graph (with the adapter switch) and holds the AR cache.
@@ -166,10 +186,11 @@ def sample_verified(
             sizes it), already checked.
         rng: the generation's random.Random; consumed only when temperature > 0, per forward:
             the drafts' accept draws in order (and one residual draw at a rejection, or the bonus
-            draw), then one draw per new draft, left to right.
+            draw), then one draw per new diffusion draft, left to right (copied drafts draw none).
         control: TALoRA weights for the drafter rows (t = 1: the block is all masked) and DGR's
             retrievals after each forward that drafted (module docstring).
-        on_step: receives one StepEvent per forward; `drafted` counts the drafts it checked, its
+        on_step: receives one StepEvent per forward; `drafted` counts the drafts it checked
+            (`looked_up`: how many of them prompt lookup copied, all or none), its
             entropy / confidence are the new drafts' rows', `retrieved` the generated positions
             DGR retrieved for.
     """
@@ -181,10 +202,18 @@ def sample_verified(
     end = len(prompt) + settings.length
     generated: list[int] = []
     drafts: list[Draft] = []
-    recent_kept: list[int] = []  # drafts kept by the forwards that checked any, latest last
+    recent_kept: list[int] = []  # drafts kept by the forwards that checked diffusion drafts, latest last
     idle = 0  # forwards since the last one that drafted
+    lookup_mode = settings.drafting.lookup
     index = 0
     while len(generated) < settings.length:
+        looked_up = 0
+        if lookup_mode != "off" and (lookup_mode == "first" or not drafts):
+            # the diffusion drafts pending, if any, give way to copied ones; the AR row after the
+            # drafts always adds a token, so more than `end - len(tokens) - 1` would be cut off
+            copied = copied_drafts(tokens, end - len(tokens) - 1, settings)
+            if copied:
+                drafts, looked_up = copied, len(copied)
         cached = backend.cached()
         first_mask = len(tokens) + len(drafts)  # the position the AR row after the drafts predicts
         wanted = draft_count(recent_kept, plan.span, settings.drafting, idle)
@@ -199,7 +228,7 @@ def sample_verified(
         backend.commit(len(tokens) + kept)
         committed = [d.token for d in drafts[:kept]] + [token]
         checked = len(drafts)
-        if checked:
+        if checked and not looked_up:  # the block is sized by what the diffusion drafts keep
             recent_kept = [*recent_kept, kept][-max(1, settings.drafting.window) :]
         drafts = []
         control.start_span()  # the block just drafted used its retrievals; the next one is new
@@ -231,6 +260,7 @@ def sample_verified(
                 retrieved=retrieved,
                 forward_ms=forward_ms,
                 drafted=checked,
+                looked_up=looked_up,
                 entropy=entropy,
                 confidence=confidence,
                 patterns=patterns,

@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from runtime.artifact import GRAPH_NAME, load_config  # noqa: E402
+from runtime.drafting import Drafting  # noqa: E402
 from runtime.generate import generate  # noqa: E402
 from runtime.ort_backend import OrtBackend, OrtOptions  # noqa: E402
 from runtime.settings import GenerationSettings  # noqa: E402
@@ -74,6 +75,23 @@ def test_greedy_verified_equals_the_torch_ar_model(model, block):
     assert sum(e.drafted for e in result.trace) > 0
 
 
+@pytest.mark.parametrize("mode", ["fallback", "first"])
+def test_greedy_verified_with_copied_drafts_equals_the_torch_ar_model(model, mode):
+    """A prompt that says the same thing twice, so prompt lookup proposes from the first forward
+    on (and the tiny random models' greedy text repeats itself, which it copies as well)."""
+    config, graph, base, _ = model
+    prompt = PROMPT + PROMPT
+    want = greedy(base, prompt, LENGTH)
+    backend = OrtBackend(graph, config, OrtOptions(device="cpu", intra_op_threads=1))
+    drafting = Drafting(lookup=mode, lookup_shortest=1)
+    settings = GenerationSettings(
+        sampler="verified", length=LENGTH, block_size=4, stop_at_eos=False, drafting=drafting
+    )
+    result = generate(backend, prompt, settings, random.Random(3))
+    assert result.tokens == want
+    assert result.looked_up[1] > 0
+
+
 def test_greedy_ar_sampler_equals_the_torch_ar_model_and_stops_at_eos(model):
     config, _, base, _ = model
     assert runtime_tokens(model, sampler="ar", stop_at_eos=False).tokens == greedy(base, PROMPT, LENGTH)
@@ -91,7 +109,8 @@ def test_sampling_runs_seeded(model):
 def test_default_model_verified_equals_its_ar_model(tmp_path):
     """SmolLM2-135M-Instruct + the shipped adapter, exported with float activations (level 0, the
     graph computes the checkpoint's numbers): the verified sampler's greedy tokens are the torch
-    reference's AR greedy tokens of the GGUF checkpoint, on a chat prompt. (At the cpu default,
+    reference's AR greedy tokens of the GGUF checkpoint, on a chat prompt and on one whose answer
+    copies it (prompt lookup's drafts kept). (At the cpu default,
     int8 activations as llama.cpp's, greedy text leaves the float model's after some tokens, as
     llama.cpp's does: benchmarks/README.md, "Accuracy level 0 vs 4".)"""
     from runtime.chat_template import chat_prompt
@@ -113,3 +132,9 @@ def test_default_model_verified_equals_its_ar_model(tmp_path):
     # at level 0 the verified sampler also writes what the graph's own AR model writes (at level 4
     # int8 activations round differently for one row than for several: docs/sampling.md §11)
     assert done.tokens == model.generate(ids, GenerationSettings(sampler="ar", length=48)).tokens
+    # an answer that copies its prompt: prompt lookup (on by default) drafts and is kept
+    ask = "Repeat this sentence exactly: The quick brown fox jumps over the lazy dog near the river bank."
+    ids = model.encode(chat_prompt(model, [{"role": "user", "content": ask}]))
+    done = model.generate(ids, settings)
+    assert done.tokens == greedy(reference, ids, 48, model.config.eos_token_ids)
+    assert done.result.looked_up[0] > 0

@@ -55,6 +55,10 @@ def test_verified_equals_ar_and_reports_its_drafts(tiny_switch_model_dir, tmp_pa
     assert timings["drafts_checked"] == sum(s["drafted"] for s in steps) > 0
     assert timings["drafts_kept"] == sum(len(s["committed"]) - 1 for s in steps if s["drafted"])
     assert timings["tokens_per_forward"] == round(sum(len(s["committed"]) for s in steps) / len(steps), 3)
+    copying = [s for s in steps if s["looked_up"]]  # each forward's drafts come from one drafter
+    assert all(s["looked_up"] == s["drafted"] for s in copying)
+    assert timings["copied_drafts_checked"] == sum(s["looked_up"] for s in copying)
+    assert timings["copied_drafts_kept"] == sum(len(s["committed"]) - 1 for s in copying)
     assert ar["timings"]["tokens_per_forward"] == 1.0 and ar["timings"]["drafts_checked"] == 0
 
 

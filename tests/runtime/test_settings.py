@@ -4,6 +4,7 @@ from dataclasses import fields, replace
 import pytest
 
 from runtime.dgr import DgrConfig
+from runtime.drafting import Drafting
 from runtime.settings import (
     AUTO,
     DIFFUSION_ONLY,
@@ -50,6 +51,10 @@ def test_defaults_resolve_to_one_token_per_step():
         (GenerationSettings(temperature=-1), 3, "temperature"),
         (GenerationSettings(top_k=-1), 3, "top-k"),
         (GenerationSettings(top_p=0.0), 3, "top-p"),
+        (GenerationSettings(drafting=Drafting(lookup="ngram")), 3, "drafting lookup 'ngram': unknown"),
+        (GenerationSettings(drafting=Drafting(lookup_shortest=0)), 3, r"n-grams 0\.\.3"),
+        (GenerationSettings(drafting=Drafting(lookup_shortest=4)), 3, r"n-grams 4\.\.3"),
+        (GenerationSettings(drafting=Drafting(lookup_drafts=0)), 3, "lookup_drafts 0"),
     ],
 )
 def test_bad_settings_name_the_problem(settings, prompt, message):

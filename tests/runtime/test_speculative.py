@@ -96,3 +96,38 @@ def test_row_distribution_is_choose_tokens_and_drops_the_mask_only_when_asked():
     assert math.isclose(full.probs[0], math.exp(2) / (math.exp(2) + math.exp(1) + 1))
     assert row_distribution(ids, logits, 1.0, 0, 1.0, drop=7).ids == (5, 9)
     assert row_distribution(ids, logits, 0.5, 2, 1.0).ids == (5, 7)
+
+
+@given(target=distributions(), token=st.integers(0, VOCAB - 1))
+def test_a_point_mass_draft_is_kept_with_the_targets_probability(target, token):
+    """Prompt lookup's drafts (runtime/lookup.py) are point masses: kept with probability p(x);
+    a rejection draws from p without x — and one check still outputs p exactly."""
+    draft = Candidates((token,), (1.0,))
+    assert acceptance(target.prob(token), 1.0) == target.prob(token)
+    rest = residual(target, draft)
+    if target.prob(token) < 1.0:
+        assert rest.prob(token) == 0.0
+        others = 1.0 - target.prob(token)
+        assert all(
+            math.isclose(rest.prob(i), target.prob(i) / others, abs_tol=1e-9)
+            for i in target.ids
+            if i != token
+        )
+    out = output_distribution(target, draft)
+    assert all(math.isclose(out[y], target.prob(y), abs_tol=1e-9) for y in range(VOCAB))
+
+
+def test_point_mass_checks_sample_the_target():
+    """Chi-square of many seeded checks of one copied draft against the target (1e-4 quantile of
+    3 degrees of freedom: 21.1)."""
+    target = Candidates((2, 0, 5, 1), (0.4, 0.3, 0.2, 0.1))
+    rng, n = random.Random(7), 20000
+    counts = dict.fromkeys(target.ids, 0)
+    kept = 0
+    for _ in range(n):
+        was_kept, token = verify_token(0, target, Candidates((0,), (1.0,)), rng)
+        counts[token] += 1
+        kept += was_kept
+    assert abs(kept / n - 0.3) < 0.02
+    chi2 = sum((counts[i] - n * p) ** 2 / (n * p) for i, p in zip(target.ids, target.probs, strict=True))
+    assert chi2 < 21.1, chi2

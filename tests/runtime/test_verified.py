@@ -15,6 +15,7 @@ import pytest
 from runtime.backend import Chunk
 from runtime.drafting import FULL_BLOCK, Drafting, draft_count
 from runtime.generate import generate
+from runtime.lookup import lookup
 from runtime.sampling import candidate_probs
 from runtime.settings import GenerationSettings
 from runtime.verified import verified_chunk
@@ -28,11 +29,15 @@ SMALL = replace(TOY_CONFIG, vocab_size=5, top_k=5, mask_token_id=4, eos_token_id
 # The block-sizing rules the output must not depend on: the default (adaptive), the full block
 # every forward, a one-forward window, and a confidence cut that drops many of the toy's drafts.
 RULES = {
-    "adaptive": Drafting(),
+    "default": Drafting(),
+    "adaptive": Drafting(lookup="off"),
     "full-block": FULL_BLOCK,
     "window-1": Drafting(window=1),
     "confident": Drafting(min_confidence=0.4),
     "paused": Drafting(pause_below=0.8, probe_every=3),
+    "lookup-fallback": Drafting(lookup="fallback"),
+    "lookup-first": Drafting(lookup="first", lookup_longest=4, lookup_shortest=2, lookup_drafts=6),
+    "lookup-paused": Drafting(lookup="first", pause_below=0.8, probe_every=3),
 }
 
 
@@ -127,11 +132,22 @@ def exact_ar_distribution(prompt: list[int], length: int, temperature: float) ->
 
 
 @pytest.mark.parametrize(("length", "block", "samples"), [(2, 2, 4000), (3, 3, 6000)])
-@pytest.mark.parametrize("rule", [FULL_BLOCK, Drafting(window=1, min_confidence=0.4)], ids=["full", "cut"])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        FULL_BLOCK,
+        Drafting(window=1, min_confidence=0.4, lookup="off"),
+        Drafting(lookup="first", lookup_shortest=1),
+        Drafting(lookup="fallback", lookup_shortest=1),
+    ],
+    ids=["full", "cut", "lookup-first", "lookup-fallback"],
+)
 def test_sampling_keeps_the_ar_distribution(length, block, samples, rule):
     """Chi-square of the verified sampler's first tokens against the exact AR distribution: the
-    critical values are the 1e-4 quantiles (24 and 124 degrees of freedom); seeded, so stable."""
-    prompt, temperature = [1, 3], 1.0
+    critical values are the 1e-4 quantiles (24 and 124 degrees of freedom); seeded, so stable.
+    Under prompt lookup the prompt repeats a token, so copied drafts come from the first forward
+    on (point masses: kept with probability p_AR(token), else a draw from p_AR without it)."""
+    prompt, temperature = ([1, 3] if rule.lookup == "off" else [1, 3, 1]), 1.0
     exact = exact_ar_distribution(prompt, length, temperature)
     backend = ToyBackend(SMALL)
     settings = GenerationSettings(
@@ -143,13 +159,16 @@ def test_sampling_keeps_the_ar_distribution(length, block, samples, rule):
         drafting=rule,
     )
     counts = dict.fromkeys(exact, 0)
-    drafted = kept = 0
+    drafted = kept = copied = copied_kept = 0
     for seed in range(samples):
         result = generate(backend, prompt, settings, random.Random(seed))
         counts[tuple(result.tokens)] += 1
         drafted += sum(e.drafted for e in result.trace)
         kept += sum(len(e.committed) - 1 for e in result.trace)
+        copied_kept, copied = copied_kept + result.looked_up[0], copied + result.looked_up[1]
     assert 0 < kept < drafted  # both halves of the rule ran
+    if rule.lookup != "off":
+        assert 0 < copied_kept < copied  # ... on copied drafts too
     chi2 = sum((counts[s] - samples * p) ** 2 / (samples * p) for s, p in exact.items() if p > 0)
     critical = {2: 56.4, 3: 183.0}[length]
     assert chi2 < critical, chi2
@@ -170,13 +189,21 @@ class CountingBackend(ToyBackend):
 @pytest.mark.parametrize("block", [2, 4, 8])
 @pytest.mark.parametrize(
     "rule",
-    [Drafting(), Drafting(window=2), FULL_BLOCK, Drafting(pause_below=0.8, probe_every=3)],
-    ids=["w4", "w2", "full", "paused"],
+    [
+        Drafting(),
+        Drafting(window=2),
+        FULL_BLOCK,
+        Drafting(pause_below=0.8, probe_every=3),
+        Drafting(lookup="first"),
+        Drafting(lookup="fallback", pause_below=0.8, probe_every=3),
+    ],
+    ids=["w4", "w2", "full", "paused", "lookup-first", "lookup-fallback-paused"],
 )
 def test_each_forward_drafts_what_the_rule_says(block, rule):
     """Golden against the rule: forward i carries draft_count(kept so far, idle) + 1 masks, none
     when that is 0 (and fewer at the end of the answer), where `kept so far` lists the forwards
-    before i that checked drafts and `idle` counts the forwards since the last with masks."""
+    before i that checked the diffusion model's drafts (copied ones say nothing about the block)
+    and `idle` counts the forwards since the last with masks."""
     backend = CountingBackend(SMALL)
     length, prompt = 80, [1, 2]
     settings = GenerationSettings(
@@ -188,12 +215,36 @@ def test_each_forward_drafts_what_the_rule_says(block, rule):
         wanted = draft_count(recent, block, rule, idle)
         room = length - committed - event.drafted  # positions left from the first mask on
         assert masks == min(wanted + 1 if wanted else 0, room), (recent, masks)
-        if event.drafted:
+        if event.drafted and not event.looked_up:
             recent.append(len(event.committed) - 1)
         committed += len(event.committed)
         idle = 0 if masks else idle + 1
     if rule.pause_below:
         assert 0 in backend.masks  # the toy drafter is poor enough to pause it
+    if rule.lookup != "off":
+        assert any(e.looked_up for e in result.trace)
+
+
+@pytest.mark.parametrize("mode", ["fallback", "first"])
+def test_copied_drafts_are_checked_like_the_diffusion_drafts(mode):
+    """A forward's drafts come from one drafter; copied ones are at most `lookup_drafts`, come
+    from the committed text (runtime/lookup.py) and are replaced by the AR token where wrong."""
+    rule = Drafting(lookup=mode, lookup_drafts=3)
+    prompt = [1, 2]
+    result = run(SMALL, prompt, sampler="verified", length=120, block_size=4, drafting=rule)
+    assert result.tokens == oracle_greedy(SMALL, prompt, 120, stop_at_eos=False)
+    kept, copied = result.looked_up
+    assert 0 < kept < copied
+    text = list(prompt)
+    for event in result.trace:
+        assert event.looked_up in (0, event.drafted) and event.looked_up <= 3
+        if event.looked_up:  # the copied drafts are lookup's, and the kept ones lead the commit
+            room = len(prompt) + 120 - len(text) - 1
+            proposed = lookup(text, rule.lookup_longest, rule.lookup_shortest, min(3, room))
+            committed = [event.committed[k] for k in sorted(event.committed)]
+            assert len(proposed) == event.looked_up
+            assert proposed[: len(committed) - 1] == committed[:-1]
+        text += [event.committed[k] for k in sorted(event.committed)]
 
 
 def test_a_drafter_that_is_seldom_right_drafts_one_token():
