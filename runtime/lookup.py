@@ -17,10 +17,11 @@ def lookup(tokens: Sequence[int], longest: int, shortest: int, count: int) -> li
     tokens, for the largest n from `longest` down to `shortest` that occurs earlier (with at least
     one token after it); [] when none does. The occurrence may overlap the suffix itself (a token
     repeated three times proposes a fourth), and the proposal stops at the end of `tokens`."""
-    end = len(tokens)
+    text = list(tokens)  # once, so each try compares plain list slices without a second copy
+    end = len(text)
     for n in range(min(longest, end - 1), max(shortest, 1) - 1, -1):
-        suffix = list(tokens[end - n :])
+        suffix = text[end - n :]
         for start in range(end - n - 1, -1, -1):  # most recent first; ends before the suffix does
-            if list(tokens[start : start + n]) == suffix:
-                return list(tokens[start + n : min(start + n + count, end)])
+            if text[start : start + n] == suffix:
+                return text[start + n : min(start + n + count, end)]
     return []
