@@ -8,6 +8,8 @@ Layout of an artifact directory (see docs/artifact.md for the full contract):
     tokenizer.json        Hugging Face tokenizers format
     manifest.json         {"files": {name: {"sha256": ..., "bytes": ...}}, "format": 1}
     banks/                TALoRA / DGR adapter banks (runtime issue)
+    answers.ngrams        optional: the answer store, drafts from the model's own answers
+                          (runtime/answer_store.py), read by the verified sampler
     <file>.gz             gzip copies for HTTP delivery (browser exports); not in the manifest
 """
 
@@ -27,6 +29,7 @@ CONFIG_NAME = "config.json"
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"
 GRAPH_NAME = "model.onnx"
+ANSWER_STORE_NAME = "answers.ngrams"
 GZIP_SUFFIX = ".gz"  # `name.gz` beside `name`: the same bytes gzipped, for servers to send as they are
 GZIP_LEVEL = 6  # zlib's default: the 4-bit weights shrink ~20% at level 6, ~18% at level 1
 GZIP_MIN_SAVING = 0.10  # a copy that saves less is not worth its disk space

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runtime import artifact
+from runtime.answer_store import AnswerStore
 from runtime.artifact import ArtifactConfig
 from runtime.model import DiffusionModel, read_bank
 from runtime.ort_backend import OrtBackend, OrtOptions
@@ -25,7 +26,8 @@ def open_model(
     verify: str = "cached",
 ) -> DiffusionModel:
     """Verify and load a model directory. `bank`: an adapter bank directory (default: the
-    model's banks/ when it holds one). `verify`: the manifest check (runtime/verify.py)."""
+    model's banks/ when it holds one). `verify`: the manifest check (runtime/verify.py). The
+    model's answer store (answers.ngrams) is read when it has one."""
     directory = Path(directory)
     if not directory.is_dir():
         raise RuvdllmError(f"{directory}: no such model directory")
@@ -38,7 +40,13 @@ def open_model(
         loaded.check_model(config, f"{bank_dir}", backend.adapter_shapes)
         backend.set_bank(loaded)
     index = loaded.build_index(bank_dir) if loaded is not None and loaded.pattern_slots else None
-    return DiffusionModel(directory, config, tokenizer, backend, loaded, index, bank_dir if loaded else None)
+    store = directory / artifact.ANSWER_STORE_NAME
+    answers = AnswerStore.read(store) if store.is_file() else None
+    if answers is not None:
+        answers.check_model(config.vocab_size, str(store))
+    return DiffusionModel(
+        directory, config, tokenizer, backend, loaded, index, bank_dir if loaded else None, answers
+    )
 
 
 def load_tokenizer(path: Path, config: ArtifactConfig):

@@ -18,6 +18,9 @@ drawn tokens, so the output stays exactly the AR model's (docs/sampling.md §11)
 Prompt lookup (runtime/lookup.py) is the second drafter: `lookup` says when a forward checks
 copied drafts instead of the diffusion model's. Copied drafts need no mask rows, only verifier
 rows, and say nothing about the diffusion drafter, so the block's running mean leaves them out.
+The model's answer store (runtime/answer_store.py), when it has one, is the third: where lookup
+finds nothing in the text, it drafts what the model's past answers most often went on with, up
+to the first token that followed its context less often than `answers_floor` of the time.
 
 Pure standard library, so it runs unchanged in the browser.
 """
@@ -54,6 +57,11 @@ class Drafting:
     lookup_longest: int = 3
     lookup_shortest: int = 2
     lookup_drafts: int = 4  # the most copied tokens one forward checks: 2 committed ~1% less
+    # The answer store (runtime/answer_store.py) drafts, as lookup's fallback, when the model has
+    # one. A chained draft stops at a token that followed its context less than `answers_floor`
+    # of the time: a doubtful draft costs a verifier row for little (benchmarks/README.md).
+    answers: bool = True
+    answers_floor: float = 0.35
 
 
 # When a forward checks copied drafts instead of the diffusion model's: never; "fallback" when no

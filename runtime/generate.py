@@ -7,7 +7,9 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
+from runtime.answer_store import AnswerStore
 from runtime.autoregressive import sample_ar
 from runtime.backend import Backend
 from runtime.bd3lm import sample_bd3lm
@@ -49,7 +51,8 @@ class GenerationResult:
 
     @property
     def looked_up(self) -> tuple[int, int]:
-        """(kept, checked): the part of `drafts` that prompt lookup copied (runtime/lookup.py)."""
+        """(kept, checked): the part of `drafts` that was copied (runtime/lookup.py, and the
+        answer store's, runtime/answer_store.py)."""
         copying = [e for e in self.trace if e.looked_up]
         return sum(len(e.committed) - 1 for e in copying), sum(e.looked_up for e in copying)
 
@@ -76,9 +79,11 @@ def generate(
     rng: random.Random,
     control: AdapterControl | None = None,
     on_step: Callable[[StepEvent], None] | None = None,
+    answers: AnswerStore | None = None,
 ) -> GenerationResult:
     """Generate after `prompt` (token ids). `rng` is consumed only at temperature > 0;
-    `on_step` sees every step's partially unmasked text. Raises RuvdllmError on bad settings."""
+    `on_step` sees every step's partially unmasked text; `answers`: the model's answer store,
+    which the verified sampler drafts from. Raises RuvdllmError on bad settings."""
     plan = resolve(settings, backend.config, len(prompt))
     settings = concrete(settings, backend.config)
     control = control or default_control(backend)
@@ -92,6 +97,8 @@ def generate(
 
     started = time.perf_counter()
     sampler = SAMPLER_FUNCTIONS[plan.sampler]
+    if plan.sampler == "verified":
+        sampler = partial(sampler, answers=answers)
     generated = sampler(backend, list(prompt), settings, plan, rng, control, record)
     wall_ms = (time.perf_counter() - started) * 1e3
     tokens, finish = generated, "length"

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from runtime.answer_store import AnswerStore
 from runtime.artifact import ArtifactConfig
 from runtime.backend import Backend
 from runtime.banks import BANK_JSON, BANKS_DIR, Bank
@@ -76,10 +77,12 @@ class DiffusionModel:
         bank: Bank | None = None,
         index: PatternIndex | None = None,
         bank_dir: Path | None = None,
+        answers: AnswerStore | None = None,
     ):
         """`backend` may be attached later (the browser creates its onnxruntime-web session after
         reading the bank, whose tensors the session binds once). `bank_dir`: where `bank` was read
-        from (its learnt pattern scores live beside it)."""
+        from (its learnt pattern scores live beside it). `answers`: the model's answer store, the
+        verified sampler's third drafter (runtime/answer_store.py)."""
         self.directory = directory
         self.config = config
         self.tokenizer = tokenizer
@@ -87,6 +90,7 @@ class DiffusionModel:
         self.bank = bank
         self.index = index
         self.bank_dir = bank_dir
+        self.answers = answers
         # Set by the learning loop (runtime/learning/loop_a.py): pattern usefulness for retrieval,
         # and whether generations keep their prompt embedding for the trajectory.
         self.scores = None
@@ -195,7 +199,9 @@ class DiffusionModel:
         self.check(len(ids), settings)
         control = control or self.control(settings)
         with self.lock:
-            result = generate(self.backend, ids, settings, rng or random.Random(seed), control, on_step)
+            result = generate(
+                self.backend, ids, settings, rng or random.Random(seed), control, on_step, self.answers
+            )
         return Completion(self.decode(result.tokens), result.tokens, result.finish_reason, len(ids), result)
 
     def warm_up(self) -> float:

@@ -169,6 +169,8 @@ def check_lookup(drafting: Drafting) -> None:
         )
     if d.lookup_drafts < 1:
         raise RuvdllmError(f"drafting lookup_drafts {d.lookup_drafts}: must be at least 1")
+    if not 0.0 <= d.answers_floor <= 1.0:
+        raise RuvdllmError(f"drafting answers_floor {d.answers_floor}: must be in [0, 1]")
 
 
 def resolve(settings: GenerationSettings, config: ArtifactConfig, prompt_tokens: int) -> Plan:

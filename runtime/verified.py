@@ -27,7 +27,9 @@ than the one-row AR forward; and drafts stop at the first row the drafter is uns
 A second drafter is free: prompt lookup (runtime/lookup.py, `settings.drafting.lookup`) copies the
 tokens that followed the last earlier occurrence of the committed text's newest few tokens. It
 sees the newest token, which the mask block cannot (its first mask sits at that token's
-position), and it drafts after a rejection too. Its drafts are checked by the same rule as point
+position), and it drafts after a rejection too. Where it finds nothing, the model's answer store
+(runtime/answer_store.py), when there is one, drafts what the model's past answers went on with;
+its drafts are copied drafts in every respect below. Its drafts are checked by the same rule as point
 masses (kept with probability p_AR(token) when sampling), and the mask block follows them. A
 forward's drafts come from one drafter; which one is a function of committed tokens only.
 
@@ -48,6 +50,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from runtime import speculative
+from runtime.answer_store import AnswerStore
 from runtime.autoregressive import ar_distribution, ar_token
 from runtime.backend import Backend, Chunk, StepOutput, rows_from
 from runtime.control import AdapterControl
@@ -132,12 +135,18 @@ def new_drafts(
     return drafts
 
 
-def copied_drafts(tokens: list[int], room: int, settings: GenerationSettings) -> list[Draft]:
-    """Prompt-lookup drafts after `tokens` (runtime/lookup.py), at most `room`. Each is a point
-    mass: the rule keeps it with probability p_AR(token) and on rejection draws from p_AR without
-    it, so the output stays the AR model's (docs/sampling.md §11)."""
+def copied_drafts(
+    tokens: list[int], room: int, settings: GenerationSettings, answers: AnswerStore | None = None
+) -> list[Draft]:
+    """Prompt-lookup drafts after `tokens` (runtime/lookup.py), at most `room`; where lookup finds
+    none, the answer store's (when given and `settings.drafting.answers`). Each is a point mass:
+    the rule keeps it with probability p_AR(token) and on rejection draws from p_AR without it, so
+    the output stays the AR model's (docs/sampling.md §11)."""
     d = settings.drafting
-    copied = lookup(tokens, d.lookup_longest, d.lookup_shortest, min(d.lookup_drafts, room))
+    count = min(d.lookup_drafts, room)
+    copied = lookup(tokens, d.lookup_longest, d.lookup_shortest, count)
+    if not copied and answers is not None and d.answers and count > 0:
+        copied = answers.draft(tokens, count, d.answers_floor)
     if settings.temperature <= 0.0:
         return [Draft(t, None) for t in copied]
     return [Draft(t, Candidates((t,), (1.0,))) for t in copied]
@@ -173,10 +182,11 @@ def sample_verified(
     rng: random.Random,
     control: AdapterControl,
     on_step: Callable[[StepEvent], None],
+    answers: AnswerStore | None = None,
 ) -> list[int]:
     """Generate up to `settings.length` tokens after `prompt`: the AR model's tokens, drafted in
-    blocks of at most `plan.span` masks by the diffusion model (and copied from the text, as
-    `settings.drafting.lookup` says).
+    blocks of at most `plan.span` masks by the diffusion model (and copied from the text or the
+    answer store, as `settings.drafting` says).
 
     Args:
         backend: runs the graph (with the adapter switch) and holds the AR cache.
@@ -190,9 +200,10 @@ def sample_verified(
         control: TALoRA weights for the drafter rows (t = 1: the block is all masked) and DGR's
             retrievals after each forward that drafted (module docstring).
         on_step: receives one StepEvent per forward; `drafted` counts the drafts it checked
-            (`looked_up`: how many of them prompt lookup copied, all or none), its
+            (`looked_up`: how many of them were copied, by lookup or from `answers`, all or none), its
             entropy / confidence are the new drafts' rows', `retrieved` the generated positions
             DGR retrieved for.
+        answers: the model's answer store, lookup's fallback drafter (None: lookup alone).
     """
     mask_id = backend.config.mask_token_id
     eos = set(backend.config.eos_token_ids)
@@ -211,7 +222,7 @@ def sample_verified(
         if lookup_mode != "off" and (lookup_mode == "first" or not drafts):
             # the diffusion drafts pending, if any, give way to copied ones; the AR row after the
             # drafts always adds a token, so more than `end - len(tokens) - 1` would be cut off
-            copied = copied_drafts(tokens, end - len(tokens) - 1, settings)
+            copied = copied_drafts(tokens, end - len(tokens) - 1, settings, answers)
             if copied:
                 drafts, looked_up = copied, len(copied)
         cached = backend.cached()

@@ -24,7 +24,8 @@ from runtime.verify import cache_root
 from ruvdllm.errors import RuvdllmError
 
 DEFAULT_MODEL_STEM = "smollm2-135m-instruct"
-SHIPPED_SUFFIXES = (".py", ".safetensors")  # what the default export reads: source and the conversion adapter
+# what the default export reads: source, the conversion adapter and the answer store
+SHIPPED_SUFFIXES = (".py", ".safetensors", ".ngrams")
 # Subpackages the export never imports (loop B's first-order trainer): a change there must not
 # re-export the default model (110 MB and a minute or more each time).
 NOT_READ_BY_EXPORT = ("learning",)
@@ -80,7 +81,7 @@ def default_model_dir(target: str = "cpu", progress: bool = True) -> Path:
     directory = artifacts / name
     if (directory / MANIFEST_NAME).is_file():
         return directory
-    from ruvdllm_export.adapters import DEFAULT_ADAPTER
+    from ruvdllm_export.adapters import DEFAULT_ADAPTER, DEFAULT_ANSWER_STORE
     from ruvdllm_export.default_model import default_gguf_path
     from ruvdllm_export.export import export_model
 
@@ -93,6 +94,7 @@ def default_model_dir(target: str = "cpu", progress: bool = True) -> Path:
         directory,
         target=target,
         adapter=DEFAULT_ADAPTER,
+        answer_store=DEFAULT_ANSWER_STORE,
         # The shipped TALoRA banks (adapters.DEFAULT_BANKS) are left out on purpose: they lower
         # held-out NLL slightly but measured worse generative perplexity (docs/conversion.md).
         log=log,

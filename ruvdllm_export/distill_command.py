@@ -4,10 +4,13 @@ machine, and the AR model's own sampled answers to them.
     ruvdllm distill prompts [--out data/distill_prompts_wordnet.jsonl]     WordNet + package summaries
     ruvdllm distill answers --out answers.jsonl [--split train] [--batch 64]   resumable, tokens/s bar
     ruvdllm distill answers --out answers.jsonl --device cuda --batch 512 --max-minutes 3   on a GPU
+    ruvdllm distill store --answers answers.jsonl --out answers.ngrams    the answer store of them
 
 `prompts` writes the prompt file and a manifest beside it (sha256, counts by source and split).
 `answers` samples the AR model (the checkpoint's own 4-bit weights, dequantized; temperature 0.7 and
 top-p 0.9 as the quality benchmark samples) for every prompt of the chosen split not yet answered.
+`store` turns the train split's answers into an answer store (runtime/answer_store.py), the
+verified sampler's drafts from the model's own answers; `ruvdllm export --answer-store` ships it.
 """
 
 from __future__ import annotations
@@ -57,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         help="start no batch after this many minutes; a rerun answers the rest (default: 0, no limit)",
+    )
+    s = sub.add_parser("store", help="build the answer store (drafts for the verified sampler) from answers")
+    s.add_argument("--answers", type=Path, nargs="+", required=True, help="answers JSONL (.gz too)")
+    s.add_argument("--out", type=Path, required=True, help="the store file to write")
+    s.add_argument("--model", type=Path, help="HF directory or GGUF (default: SmolLM2-135M-Instruct)")
+    s.add_argument(
+        "--min-count", type=int, default=2, help="keep n-grams whose best next token was seen this often"
     )
 
 
@@ -169,5 +179,25 @@ def _answers(args) -> int:
     return 0
 
 
+def _store(args) -> int:
+    from ruvdllm_export.answer_store_build import build_answer_store
+    from ruvdllm_export.checkpoints import load_checkpoint
+    from ruvdllm_export.default_model import default_gguf_path
+
+    if args.min_count < 1:
+        raise RuvdllmError("--min-count must be at least 1")
+    for path in args.answers:
+        if not path.is_file():
+            raise RuvdllmError(f"{path}: no such answers file")
+    checkpoint = load_checkpoint(args.model if args.model is not None else default_gguf_path())
+    store = build_answer_store(
+        args.answers, checkpoint, args.min_count, log=lambda m: print(m, file=sys.stderr)
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    store.write(args.out)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+    return 0
+
+
 def run(args) -> int:
-    return _prompts(args) if args.action == "prompts" else _answers(args)
+    return {"prompts": _prompts, "answers": _answers, "store": _store}[args.action](args)

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from runtime import artifact
+from runtime.answer_store import AnswerStore
 from runtime.banks import BANKS_DIR, PATTERNS_HNSW, TRAINING_JSON, Bank
 from runtime.settings import DIFFUSION_SAMPLERS
 from ruvdllm.errors import RuvdllmError
@@ -69,6 +70,7 @@ def export_model(
     validate: bool = True,
     adapter: Path | str | None = None,
     banks: Path | str | None = None,
+    answer_store: Path | str | None = None,
     block_size: int = artifact.ArtifactConfig.block_size,
     min_agreement: float | None = None,
     quantization: str | None = None,
@@ -91,6 +93,8 @@ def export_model(
         adapter: a static LoRA file (safetensors, docs/artifact.md) baked in as float side branches.
         banks: an adapter bank directory (`ruvdllm train-banks`) copied into the model's banks/,
             where the runtime loads it; its shapes must be the graph's adapter slots.
+        answer_store: an answer store (`ruvdllm distill store`) copied in as answers.ngrams, the
+            verified sampler's drafts from the model's own answers; checked against the vocabulary.
         min_agreement: fail unless top-1 agreement with the checkpoint on the paragraph reaches it.
         quantization .. adapter_switch: GraphOptions overrides; None keeps the target's default.
         validate_window: layers per validation window over the shipped file (validate_windows.py);
@@ -125,6 +129,8 @@ def export_model(
         raise RuvdllmError(f"export options: validation window must be >= 0 layers, not {validate_window}")
     spec = loaded.spec
     lora = load_static_adapter(Path(adapter), loaded) if adapter else {}
+    if answer_store is not None:  # before minutes of graph building
+        AnswerStore.read(Path(answer_store)).check_model(spec.vocab_size, str(answer_store))
 
     rope = f", rope scaling {spec.rope_scaling.kind}" if spec.rope_scaling else ""
     say(
@@ -178,6 +184,8 @@ def export_model(
         (staging / artifact.CONFIG_NAME).write_text(config.to_json())
         if banks is not None:
             _copy_banks(Path(banks), config, staging / BANKS_DIR, say)
+        if answer_store is not None:
+            shutil.copyfile(answer_store, staging / artifact.ANSWER_STORE_NAME)
         artifact.write_manifest(staging)
         if target in ("webgpu", "wasm"):  # the browser's graphs, fetched over HTTP: gzip cuts ~20%
             artifact.write_gzip_copies(staging)

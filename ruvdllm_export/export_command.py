@@ -51,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="TALoRA/DGR adapter bank (`ruvdllm train-banks`) to ship in the model's banks/",
     )
+    parser.add_argument(
+        "--answer-store",
+        type=Path,
+        help="answer store (`ruvdllm distill store`): the verified sampler's drafts from the model's own answers",
+    )
     add_flags(parser, GRAPH)
     parser.add_argument(
         "--accuracy-level",
@@ -109,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         validate=not args.no_validate,
         adapter=args.adapter,
         banks=args.banks,
+        answer_store=args.answer_store,
         block_size=args.block_size,
         min_agreement=min_agreement,
         quantization=args.quantization,

@@ -10,9 +10,14 @@ user's machine.
                       the runtime's bank format: `ruvdllm generate --bank DEFAULT_BANKS` or
                       `ruvdllm export --banks DEFAULT_BANKS`. Not in the default model: they
                       measured worse in generation than the adapter alone (docs/conversion.md).
+    DEFAULT_ANSWER_STORE  smollm2-135m-answers.ngrams: the answer store (runtime/answer_store.py)
+                      of SmolLM2-135M-Instruct's own answers to the train split of the distillation
+                      prompts (`ruvdllm distill store`; docs/conversion.md). The default model ships
+                      it: the verified sampler drafts from it where prompt lookup finds nothing.
 """
 
 from pathlib import Path
 
 DEFAULT_ADAPTER = Path(__file__).with_name("smollm2-135m-bd3lm.safetensors")
 DEFAULT_BANKS = Path(__file__).with_name("smollm2-135m-talora")
+DEFAULT_ANSWER_STORE = Path(__file__).with_name("smollm2-135m-answers.ngrams")

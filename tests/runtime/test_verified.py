@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import pytest
 
+from runtime.answer_store import AnswerStore
 from runtime.backend import Chunk
 from runtime.drafting import FULL_BLOCK, Drafting, draft_count
 from runtime.generate import generate
@@ -296,3 +297,86 @@ def test_the_result_reports_the_mean_accepted_length():
     assert result.tokens_per_forward > 1
     ar = run(SMALL, [1, 2], sampler="ar", length=20)
     assert ar.tokens_per_forward == 1.0 and ar.drafts == (0, 0)
+
+
+def toy_answer_store(config, prompts=([1], [2, 3], [3, 1])) -> AnswerStore:
+    """The toy AR model's own greedy answers to `prompts` (what the store is built from in
+    earnest), and as many random answers, so that some of its drafts are wrong."""
+    rng = random.Random(0)
+    pairs = [(p, oracle_greedy(config, p, 30, stop_at_eos=False)) for p in prompts]
+    pairs += [([], [rng.randrange(config.vocab_size) for _ in range(30)]) for _ in range(3)]
+    return AnswerStore.build(pairs, config.vocab_size, longest=3, shortest=1, min_count=1)
+
+
+# lookup asks for 6-grams, which the toy's text seldom repeats: the store drafts most forwards
+STORE_FIRST = Drafting(lookup="first", lookup_longest=6, lookup_shortest=6, answers_floor=0.0)
+
+
+@pytest.mark.parametrize("config", [TOY_CONFIG, SMALL], ids=["vocab40", "vocab5"])
+@pytest.mark.parametrize("block", [1, 2, 4, 8])
+@pytest.mark.parametrize("prompt", [[1], [3, 1, 2, 9, 11]])
+def test_greedy_verified_with_an_answer_store_equals_the_ar_model(config, block, prompt):
+    prompt = [t % config.vocab_size for t in prompt]
+    store = toy_answer_store(config, [prompt, [2, 3]])
+    settings = GenerationSettings(
+        sampler="verified", length=40, block_size=block, drafting=STORE_FIRST, stop_at_eos=False
+    )
+    result = generate(ToyBackend(config), prompt, settings, random.Random(0), answers=store)
+    assert result.tokens == oracle_greedy(config, prompt, 40, stop_at_eos=False)
+    kept, copied = result.looked_up
+    assert copied > 0 and kept > 0  # the store drafted, and some of its drafts held
+    without = generate(
+        ToyBackend(config),
+        prompt,
+        replace(settings, drafting=replace(STORE_FIRST, answers=False)),
+        random.Random(0),
+        answers=store,
+    )
+    assert without.tokens == result.tokens and without.looked_up[1] < copied
+
+
+def test_the_store_drafts_only_where_lookup_finds_nothing():
+    """Each copied draft is lookup's when lookup finds a match, else the store's chain, at most
+    `lookup_drafts` of them; the kept ones lead the commit."""
+    rule = Drafting(lookup="first", lookup_drafts=3, answers_floor=0.0)
+    store = toy_answer_store(SMALL)
+    prompt = [1, 2]
+    settings = GenerationSettings(
+        sampler="verified", length=80, block_size=4, drafting=rule, stop_at_eos=False
+    )
+    result = generate(ToyBackend(SMALL), prompt, settings, random.Random(0), answers=store)
+    text = list(prompt)
+    for event in result.trace:
+        if event.looked_up:
+            room = min(3, len(prompt) + 80 - len(text) - 1)
+            proposed = lookup(text, rule.lookup_longest, rule.lookup_shortest, room) or store.draft(
+                text, room
+            )
+            committed = [event.committed[k] for k in sorted(event.committed)]
+            assert len(proposed) == event.looked_up
+            assert proposed[: len(committed) - 1] == committed[:-1]
+        text += [event.committed[k] for k in sorted(event.committed)]
+
+
+def test_sampling_with_an_answer_store_keeps_the_ar_distribution():
+    """As test_sampling_keeps_the_ar_distribution, the drafts from the store (point masses)."""
+    prompt, length, samples, temperature = [1, 3], 2, 4000, 1.0
+    exact = exact_ar_distribution(prompt, length, temperature)
+    store = toy_answer_store(SMALL)
+    settings = GenerationSettings(
+        sampler="verified",
+        length=length,
+        block_size=2,
+        temperature=temperature,
+        stop_at_eos=False,
+        drafting=STORE_FIRST,
+    )
+    counts = dict.fromkeys(exact, 0)
+    copied = copied_kept = 0
+    for seed in range(samples):
+        result = generate(ToyBackend(SMALL), prompt, settings, random.Random(seed), answers=store)
+        counts[tuple(result.tokens)] += 1
+        copied_kept, copied = copied_kept + result.looked_up[0], copied + result.looked_up[1]
+    assert 0 < copied_kept < copied
+    chi2 = sum((counts[s] - samples * p) ** 2 / (samples * p) for s, p in exact.items() if p > 0)
+    assert chi2 < 56.4, chi2  # the 1e-4 quantile at 24 degrees of freedom
