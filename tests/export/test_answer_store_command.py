@@ -101,3 +101,13 @@ def test_bad_answer_files_are_one_line_errors(tiny, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
         assert not out.exists()
+
+
+def test_the_shipped_store_is_readable_and_fits_smollm2():
+    """The default model ships it: SmolLM2's 49,152 tokens, built from the committed answers."""
+    from ruvdllm_export.adapters import DEFAULT_ANSWER_STORE
+
+    store = AnswerStore.read(DEFAULT_ANSWER_STORE)
+    store.check_model(49_152, str(DEFAULT_ANSWER_STORE))
+    assert [t.n for t in store.tables] == [4, 3, 2] and store.entries > 100_000
+    assert store.meta["sources"] == ["distill_answers_partial.jsonl.gz"] and store.meta["min_count"] == 2
