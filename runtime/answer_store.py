@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
 
+from runtime.artifact import ANSWER_STORE_NAME
 from ruvdllm.errors import RuvdllmError
 
 MAGIC = b"RVAS"
@@ -217,6 +218,17 @@ class AnswerStore:
         except OSError as exc:
             raise RuvdllmError(f"{path}: cannot read the answer store ({exc.strerror})") from None
         return cls.from_bytes(data, str(path))
+
+
+def model_answer_store(directory: Path, vocab_size: int) -> AnswerStore | None:
+    """The model directory's answer store (answers.ngrams), checked against its vocabulary; None
+    when it has none. CPython and the browser open models through this."""
+    path = Path(directory) / ANSWER_STORE_NAME
+    if not path.is_file():
+        return None
+    store = AnswerStore.read(path)
+    store.check_model(vocab_size, str(path))
+    return store
 
 
 def _pairs(rows: list[tuple[array, int]], n: int, bits: int) -> list[int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runtime import artifact
-from runtime.answer_store import AnswerStore
+from runtime.answer_store import model_answer_store
 from runtime.artifact import ArtifactConfig
 from runtime.model import DiffusionModel, read_bank
 from runtime.ort_backend import OrtBackend, OrtOptions
@@ -40,10 +40,7 @@ def open_model(
         loaded.check_model(config, f"{bank_dir}", backend.adapter_shapes)
         backend.set_bank(loaded)
     index = loaded.build_index(bank_dir) if loaded is not None and loaded.pattern_slots else None
-    store = directory / artifact.ANSWER_STORE_NAME
-    answers = AnswerStore.read(store) if store.is_file() else None
-    if answers is not None:
-        answers.check_model(config.vocab_size, str(store))
+    answers = model_answer_store(directory, config.vocab_size)
     return DiffusionModel(
         directory, config, tokenizer, backend, loaded, index, bank_dir if loaded else None, answers
     )

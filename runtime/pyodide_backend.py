@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
+from runtime.answer_store import model_answer_store
 from runtime.artifact import ArtifactConfig, adapter_a, adapter_b, load_config
 from runtime.backend import Chunk, StepOutput
 from runtime.control import AdapterControl
@@ -154,7 +155,7 @@ class JsTokenizer:
 def open_web_model(directory: str, js_tokenizer, js_index=None) -> DiffusionModel:
     """The runtime's model facade over the page's JavaScript: its tokenizer and pattern index
     here, the onnxruntime-web backend attached later (`WebSession.attach`). The config and the bank
-    are read from Pyodide's file system."""
+    are read from Pyodide's file system, and the answer store when the model has one."""
     directory = Path(directory)
     config = load_config(directory)
     bank, bank_dir = read_bank(directory)
@@ -164,7 +165,8 @@ def open_web_model(directory: str, js_tokenizer, js_index=None) -> DiffusionMode
     if bank is not None and bank.pattern_slots and js_index is not None:
         index = JsPatternIndex(js_index, bank.hidden_size)
         index.add([bank.pattern(i) for i in range(len(bank.pattern_slots))], bank.pattern_slots)
-    return DiffusionModel(directory, config, JsTokenizer(js_tokenizer), None, bank, index)
+    answers = model_answer_store(directory, config.vocab_size)
+    return DiffusionModel(directory, config, JsTokenizer(js_tokenizer), None, bank, index, answers=answers)
 
 
 class WebSession:

@@ -265,8 +265,9 @@ async function load({ modelUrl, wasmModelUrl = null, wheelUrl, ep = 'auto', numT
   const pyodide = await pythonReady;
   const root = '/model';
   pyodide.FS.mkdirTree(root);
-  // Python reads the config and the adapter bank from its own file system; the graph stays here.
-  writeFiles(pyodide, root, Object.fromEntries(Object.entries(files).filter(([n]) => n === 'config.json' || n.startsWith('banks/'))));
+  // Python reads the config, the adapter bank and the answer store from its own file system; the graph stays here.
+  const forPython = (n) => n === 'config.json' || n === 'answers.ngrams' || n.startsWith('banks/');
+  writeFiles(pyodide, root, Object.fromEntries(Object.entries(files).filter(([n]) => forPython(n))));
   const { WebSession } = pyodide.pyimport('runtime.pyodide_backend');
   const session = WebSession(root, tokenizer, new PatternIndex(config.hidden_size));
   const bankInputs = bankInputsFrom(session);
