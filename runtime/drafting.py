@@ -41,9 +41,11 @@ class Drafting:
     min_confidence: float = 0.0
     # Below this mean kept per checking forward, drafting costs more than it commits (on two CPU
     # cores one draft adds ~50-70% to two forwards for the fraction of a token it keeps), so the
-    # sampler drafts nothing (one-row AR forwards) except one probe every `probe_every` forwards,
-    # which lets a drafter that turns good win its block back. 0: never pause.
-    pause_below: float = 0.0
+    # sampler drafts no mask block (one-row AR forwards, with copied drafts where there are some)
+    # except one probe every `probe_every` forwards, which lets a drafter that turns good win its
+    # block back. 0: never pause. 0.5 by measurement, once the answer store drafts most forwards:
+    # 0.99-1.02x the `ar` sampler's tokens/s against 0.85-0.89x unpaused (benchmarks/README.md)
+    pause_below: float = 0.5
     probe_every: int = 4
     # Prompt lookup (runtime/lookup.py): drafts copied from the committed text after the last
     # earlier occurrence of its newest `lookup_longest` .. `lookup_shortest` tokens. They see the

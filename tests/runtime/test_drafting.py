@@ -41,7 +41,7 @@ def test_only_the_window_counts(recent, block, window):
 
 
 def test_golden_counts():
-    rule = Drafting(window=4)
+    rule = Drafting(window=4, pause_below=0.0)  # the sizing alone (the pause: below)
     assert draft_count([0, 0, 0, 0], 8, rule) == 1  # a drafter that is never right: one draft
     assert draft_count([0, 1, 0, 0], 8, rule) == 1  # mean 0.25
     assert draft_count([1, 1, 1, 1], 8, rule) == 2  # whole blocks of one kept: try two
@@ -89,7 +89,9 @@ def test_the_pause_drafts_nothing_only_between_probes_of_a_poor_drafter(recent, 
     poor = bool(window) and sum(window) / len(window) < below
     assert (count == 0) == (poor and idle < every)
     if count:
-        assert count == draft_count(recent, block, Drafting(), idle)  # otherwise the rule as before
+        assert count == draft_count(
+            recent, block, Drafting(pause_below=0.0), idle
+        )  # otherwise the rule as before
 
 
 def test_golden_pause():

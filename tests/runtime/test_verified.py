@@ -252,10 +252,11 @@ def test_a_drafter_that_is_seldom_right_drafts_one_token():
     """The default model's case: with the block sized by acceptance, the forwards after the first
     few carry two masks, not the full block (so they cost about as much as a one-row forward)."""
     backend = CountingBackend(TOY_CONFIG)  # 40 tokens: the toy drafter is almost never right
+    unpaused = Drafting(pause_below=0.0)
     generate(
         backend,
         [3],
-        GenerationSettings(sampler="verified", length=60, block_size=8, stop_at_eos=False),
+        GenerationSettings(sampler="verified", length=60, block_size=8, stop_at_eos=False, drafting=unpaused),
         random.Random(0),
     )
     assert backend.masks[0] == 8  # the first forward gives the drafter the benefit of the doubt
