@@ -4,13 +4,16 @@
 runs them (benchmarks/quality.py, benchmarks/verified_bench.py).
 
     python benchmarks/lookup_replay.py [--model DIR] [--prompts 64] [--length 64] [--answers FILE]
+    python benchmarks/lookup_replay.py --answers FILE --answer-store STORE --floors 0 0.2 0.35 0.5
 
 The answers are the `ar` sampler's greedy tokens on the first held-out prompts of
 data/distill_prompts_wordnet.jsonl (chat template, stop at EOS); `--answers FILE` keeps them (read
 when the file exists, else written). Each forward of the replay checks lookup(prompt + answer so
 far) against the answer, commits the agreeing prefix and the AR token, as the verified sampler
 does at temperature 0. Per setting: tokens per forward, the forwards with a match, the copied
-drafts kept / checked, and verifier rows per forward (1 + the drafts checked).
+drafts kept / checked, and verifier rows per forward (1 + the drafts checked). With
+`--answer-store`, the verified sampler's default rule (lookup from bigrams to trigrams, 4 drafts)
+with the store's chained drafts where lookup finds nothing (runtime/answer_store.py), per floor.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from runtime.answer_store import AnswerStore  # noqa: E402
+from runtime.drafting import Drafting  # noqa: E402
 from runtime.lookup import lookup  # noqa: E402
 
 PROMPTS = Path(__file__).resolve().parents[1] / "data" / "distill_prompts_wordnet.jsonl"
@@ -50,14 +55,24 @@ def ar_answers(model_dir: Path | None, count: int, length: int, threads: int) ->
     return answers
 
 
-def replay(answers: list[dict], longest: int, shortest: int, drafts: int) -> dict:
+def replay(
+    answers: list[dict],
+    longest: int,
+    shortest: int,
+    drafts: int,
+    store: AnswerStore | None = None,
+    floor: float = 0.0,
+) -> dict:
     forwards = matched = checked = kept = tokens = 0
     for record in answers:
         prompt, answer = record["prompt"], record["answer"]
         done = 0
         while done < len(answer):
             room = len(answer) - done - 1  # the AR token always comes on top
-            copied = lookup(prompt + answer[:done], longest, shortest, min(drafts, room)) if room else []
+            text = prompt + answer[:done]
+            copied = lookup(text, longest, shortest, min(drafts, room)) if room else []
+            if room and not copied and store is not None:
+                copied = store.draft(text, min(drafts, room), floor)
             agree = 0
             while agree < len(copied) and copied[agree] == answer[done + agree]:
                 agree += 1
@@ -78,6 +93,8 @@ def main() -> int:
     parser.add_argument("--longest", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--shortest", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--drafts", type=int, nargs="+", default=[1, 2, 4, 7])
+    parser.add_argument("--answer-store", type=Path, help="an answer store: replay it behind lookup")
+    parser.add_argument("--floors", type=float, nargs="+", default=[0.0, 0.2, 0.35, 0.5])
     args = parser.parse_args()
     if args.answers and args.answers.exists():
         answers = json.loads(args.answers.read_text())
@@ -87,6 +104,8 @@ def main() -> int:
             args.answers.write_text(json.dumps(answers))
     total = sum(len(r["answer"]) for r in answers)
     print(f"\n{len(answers)} AR answers, {total} tokens\n")
+    if args.answer_store:
+        return replay_store(answers, AnswerStore.read(args.answer_store), args.floors)
     print(
         "| longest | shortest | drafts | tokens/forward | forwards with a match | kept / checked | rows/forward |"
     )
@@ -99,6 +118,27 @@ def main() -> int:
             f"| {longest} | {shortest} | {drafts} | {r['tokens'] / r['forwards']:.3f} | "
             f"{r['matched'] / r['forwards']:.0%} | {r['kept']}/{r['checked']} "
             f"({r['kept'] / max(r['checked'], 1):.0%}) | {(r['forwards'] + r['checked']) / r['forwards']:.2f} |"
+        )
+    return 0
+
+
+def replay_store(answers: list[dict], store: AnswerStore, floors: list[float]) -> int:
+    rule = Drafting()
+    print(f"answer store: {store.entries} n-grams of {store.meta.get('answers', '?')} answers\n")
+    print("| floor | tokens/forward | kept / checked | checked/forward |")
+    print("|---|---|---|---|")
+    plain = replay(answers, rule.lookup_longest, rule.lookup_shortest, rule.lookup_drafts)
+    rows = [("(lookup alone)", plain)] + [
+        (
+            f"{floor:g}",
+            replay(answers, rule.lookup_longest, rule.lookup_shortest, rule.lookup_drafts, store, floor),
+        )
+        for floor in floors
+    ]
+    for name, r in rows:
+        print(
+            f"| {name} | {r['tokens'] / r['forwards']:.3f} | {r['kept']}/{r['checked']} | "
+            f"{r['checked'] / r['forwards']:.2f} |"
         )
     return 0
 
