@@ -28,10 +28,10 @@ A second drafter is free: prompt lookup (runtime/lookup.py, `settings.drafting.l
 tokens that followed the last earlier occurrence of the committed text's newest few tokens. It
 sees the newest token, which the mask block cannot (its first mask sits at that token's
 position), and it drafts after a rejection too. Where it finds nothing, the model's answer store
-(runtime/answer_store.py), when there is one, drafts what the model's past answers went on with;
-its drafts are copied drafts in every respect below. Its drafts are checked by the same rule as point
-masses (kept with probability p_AR(token) when sampling), and the mask block follows them. A
-forward's drafts come from one drafter; which one is a function of committed tokens only.
+(runtime/answer_store.py), when there is one, drafts what the model's past answers went on with.
+Copied drafts, lookup's or the store's, are checked by the same rule as point masses (kept with
+probability p_AR(token) when sampling), and the mask block follows them. A forward's drafts come
+from one drafter; which one is a function of committed tokens only.
 
 The drafter is the diffusion model with its adapters, as in the diffusion samplers: every forward
 drafts one step of a fresh, all-masked block (t = 1), so its rows get TALoRA's weights of t = 1,
