@@ -114,7 +114,7 @@ class AnswerStore:
             if found is None or found[1] < floor:
                 break
             drafted.append(found[0])
-            context = context[1:] + [found[0]] if len(context) >= longest else context + [found[0]]
+            context = [*context, found[0]][-longest:]
         return drafted
 
     # --- building ---------------------------------------------------------------------------
