@@ -157,8 +157,8 @@ function showError({ code, message, recover, during }) {
   }
 }
 
-function showPrefill({ done, total }) {
-  state.prefill.push({ done, total, at: performance.timeOrigin + performance.now() });
+function showPrefill({ done, total, at }) {
+  state.prefill.push({ done, total, at });
   if (state.phase === PHASE.GENERATING) $('step-label').textContent = `reading the prompt · ${done.toLocaleString()} / ${total.toLocaleString()} tokens`;
 }
 

@@ -19,7 +19,7 @@
 //        Storage) -> 'runtime' (Python) -> 'session' -> 'warmup'; progress in [0, 1] within the phase
 //   {type: 'notice', level: 'info'|'warning', text}
 //   {type: 'ready', info: ReadyInfo}
-//   {type: 'prefill', id, done, total}   a long prompt read in pieces: rows done of the first chunk
+//   {type: 'prefill', id, done, total, at}   a long prompt read in pieces: rows done of the first chunk
 //   {type: 'step', id, step: StepView}
 //   {type: 'complete', id, text, tokens, promptIds, stats, interrupted, trajectory}
 //        stats: {..., sampler: the one that ran (the form's "auto" resolved for the model), ...}

@@ -349,7 +349,9 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
   const meter = runner.device?.meter;
   const meteredBefore = meter ? { ...meter } : null;
   const state = { uncertainty: new Map(), tokens: [], steps: 0, viewMs: 0, stopAtEos: settings.stop_at_eos !== false };
-  runner.onPrefill = (done, total) => post({ type: OUT.PREFILL, id, done, total });
+  // stamped here, as steps are, so that the page orders pieces and steps by when they happened, not
+  // by when their messages arrived
+  runner.onPrefill = (done, total) => post({ type: OUT.PREFILL, id, done, total, at: performance.timeOrigin + performance.now() });
   const trajectorySteps = []; // the trajectory record's steps (learning loop A)
   const onStep = (event) => {
     const viewStarted = performance.now();
