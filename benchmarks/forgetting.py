@@ -35,10 +35,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import runtime.learning.loop_b as loop_b_module  # noqa: E402
 from runtime import artifact  # noqa: E402
 from runtime.banks import Bank  # noqa: E402
 from runtime.cpython_model import open_model  # noqa: E402
-from runtime.learning.config import LoopBConfig, LoopCConfig  # noqa: E402
+from runtime.learning.config import FOLD_INTO, TRAINERS, LoopBConfig, LoopCConfig  # noqa: E402
 from runtime.learning.consolidate import consolidate, good_examples  # noqa: E402
 from runtime.learning.fisher import FisherState  # noqa: E402
 from runtime.learning.logits_session import LogitsSession  # noqa: E402
@@ -139,6 +140,18 @@ def main() -> int:
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 1000.0, 3000.0, 10000.0, 1e6])
     parser.add_argument("--steps", type=int, default=1000, help="loop B's SPSA steps per MicroLoRA")
     parser.add_argument("--lr", type=float, default=5.0, help="loop B's SPSA step length")
+    parser.add_argument(
+        "--trainer",
+        choices=TRAINERS,
+        default="auto",
+        help="loop B's trainer: auto = Adam through torch where the model's reference loads, else SPSA",
+    )
+    parser.add_argument(
+        "--fold-into",
+        choices=FOLD_INTO,
+        default=LoopCConfig.fold_into,
+        help="loop C: the group adapters a MicroLoRA goes into (every, or its own group's)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -153,13 +166,25 @@ def main() -> int:
         model = open_model(directory, verify="sizes")
         config = model.config
         session = LogitsSession(directory / artifact.GRAPH_NAME, config)
-        loop_b_config = LoopBConfig(steps=args.steps, lr=args.lr, epsilon=0.05, batch=4, seed=args.seed)
+        loop_b_config = LoopBConfig(
+            steps=args.steps, lr=args.lr, epsilon=0.05, batch=4, seed=args.seed, trainer=args.trainer
+        )
+        from ruvdllm.loop_b_trainer import trainer_for
+
+        trainer = trainer_for(directory, loop_b_config, say=print)
+        # Six answers per domain would keep one out of training for loop B's keep-or-drop check, and
+        # the tiny random model learns nothing that carries to one unseen sentence, so every
+        # MicroLoRA would be dropped: the check runs on all six under other masks here (as the
+        # suite's loop B tests do). This benchmark measures forgetting, not generalisation.
+        loop_b_module.VALIDATION_MIN = 1000
         store = SqliteStore(scratch / "trajectories.db")
         rng = np.random.default_rng(args.seed)
         bank_dir = scratch / "bank"
         LoopB.prepare_bank(bank_dir, Bank.for_model(config))
-        loop_b = LoopB(loop_b_config, bank_dir, config, model.encode, store.good_feedback, session)
-        loop_c = LoopCConfig(seed=args.seed)
+        loop_b = LoopB(
+            loop_b_config, bank_dir, config, model.encode, store.good_feedback, session, trainer=trainer
+        )
+        loop_c = LoopCConfig(seed=args.seed, fold_into=args.fold_into)
 
         def learn(domain: str) -> None:
             like(store, model, domain, rng)
@@ -170,6 +195,10 @@ def main() -> int:
                 f"loop B on {domain}: {len(report.trained)} MicroLoRA(s) trained, {len(kept)} kept "
                 f"({time.perf_counter() - started:.0f}s)"
             )
+            for t in report.trained:  # the keep-or-drop check, so that a run that learnt nothing says so
+                print(f"  {t.name} ({t.trainer}): check NLL {t.nll_before:.4f} -> {t.nll_after:.4f}")
+            if not kept:
+                raise SystemExit(f"loop B kept no MicroLoRA for {domain}: nothing to measure forgetting of")
 
         def fold(directory: Path, lam: float, uniform: bool = False):
             bank = Bank.load(directory)

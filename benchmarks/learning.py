@@ -60,7 +60,7 @@ from runtime.banks import Bank  # noqa: E402
 from runtime.bd3lm import bd3lm_chunk  # noqa: E402
 from runtime.cpython_model import open_model  # noqa: E402
 from runtime.dgr import DgrConfig, vote  # noqa: E402
-from runtime.learning.config import TRAINERS, LoopAConfig, LoopBConfig, LoopCConfig  # noqa: E402
+from runtime.learning.config import FOLD_INTO, TRAINERS, LoopAConfig, LoopBConfig, LoopCConfig  # noqa: E402
 from runtime.learning.loop_a import LoopA  # noqa: E402
 from runtime.learning.loop_b_service import for_model, install_bank  # noqa: E402
 from runtime.learning.loop_c_service import consolidate_now  # noqa: E402
@@ -584,6 +584,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--devices", nargs="*", help="part (b)'s domains, one device each (default: all)")
     parser.add_argument("--no-federate", action="store_true", help="part (a) only")
+    parser.add_argument(
+        "--fold-into",
+        choices=FOLD_INTO,
+        default=LoopCConfig.fold_into,
+        help="loop C: the group adapters a MicroLoRA goes into (every, or its own group's)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--scratch", type=Path, help="where devices keep their data (default: a temp dir)")
@@ -651,7 +657,9 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: str(v) for k, v in vars(args).items()},
     }
     loop_c = (
-        None if args.no_consolidate else LoopCConfig(enabled=True, ewc_lambda=args.ewc_lambda, seed=args.seed)
+        None
+        if args.no_consolidate
+        else LoopCConfig(enabled=True, ewc_lambda=args.ewc_lambda, seed=args.seed, fold_into=args.fold_into)
     )
     demo = Demo(directory, start, work, held, config, loop_c, alen, scratch, not args.no_fisher, trainer)
     figures["single"] = one_user(demo, args.domain)

@@ -42,6 +42,7 @@ DATA_ENV = "RUVDLLM_DATA"
 CONFIG_NAME = "learning.toml"
 STORE_NAME = "trajectories.db"
 TRAINERS = ("auto", "spsa", "adam")  # loop B's MicroLoRA trainer (runtime/learning/trainer.py)
+FOLD_INTO = ("every", "own")  # loop C: which group adapters take a MicroLoRA (consolidate.py)
 
 
 def data_root() -> Path:
@@ -175,6 +176,9 @@ class LoopCConfig:
     decay: float = 0.7  # EWC++: weight of the running Fisher against a new measurement (0.7³ ≈ 0.34)
     weight: float = 1.0  # share of a MicroLoRA folded in: it was trained as an addition, so all of it
     min_micro: int = 1  # MicroLoRAs a group needs before it is consolidated
+    # which group adapters take a MicroLoRA: "every" (DGR applied it at every timestep: folding it
+    # into all keeps that; measured in docs/learning.md) or "own" (the group it was trained for)
+    fold_into: str = "every"
     fisher_blocks: int = 8  # noisy blocks per Fisher estimate (2 forwards per component each)
     fisher_epsilon: float = 0.01  # finite-difference step on a singular value
     seed: int = 0  # the Fisher's masks: same data, same Fisher
@@ -194,6 +198,12 @@ class LoopCConfig:
         need(0.0 <= self.decay < 1.0, "decay", self.decay, "must be in [0, 1)")
         need(0.0 < self.weight <= 1.0, "weight", self.weight, "must be in (0, 1]")
         need(self.min_micro >= 1, "min_micro", self.min_micro, "must be at least 1")
+        need(
+            self.fold_into in FOLD_INTO,
+            "fold_into",
+            repr(self.fold_into),
+            f"must be one of {', '.join(FOLD_INTO)}",
+        )
         need(self.fisher_blocks >= 1, "fisher_blocks", self.fisher_blocks, "must be at least 1")
         need(
             math.isfinite(self.fisher_epsilon) and self.fisher_epsilon > 0,

@@ -3,8 +3,11 @@ adapters of their timestep groups, with EWC++ so that what the adapters knew is 
 
 One run (`consolidate`):
 
-    1  find     the MicroLoRAs in the bank (micro-g<group>-s<slot>-v<n>), per group; a group with
-                fewer than `min_micro` waits
+    1  find     the MicroLoRAs in the bank (micro-g<group>-s<slot>-v<n>) and the group adapters
+                each goes into (`fold_into`): every group's (the default: DGR applied the MicroLoRA
+                at every timestep, and TALoRA's group weights sum to 1 at every t, so adding it to
+                every group adapter keeps what it did) or only the group's it was trained for; a
+                group with fewer than `min_micro` waits
     2  merge    per group, layer and target: the group adapter plus its MicroLoRAs (at `weight`),
                 cut back to the bank's rank in the metric of the running Fisher (ewc.py: the
                 closed form of the EWC-penalised merge; λ = 0 is the plain SVD merge)
@@ -13,7 +16,8 @@ One run (`consolidate`):
                 (slot RETIRED: the ids stay, retrieval skips them), in one atomic switch of bank.json
                 (bank_update.py); their DGR slots are free for loop B again
     4  Fisher   the old Fisher carried onto the new components, then EWC++'s moving average with a
-                fresh measurement on the group's good answers at the new adapter (fisher.py),
+                fresh measurement on the good answers of the MicroLoRAs folded into the group (at
+                the group's timesteps), at the new adapter (fisher.py),
                 saved atomically beside the bank (fisher.json)
 
 Numpy and the standard library; the forward (a LogitsSession on CPython) and the examples are
@@ -51,7 +55,6 @@ class GroupReport:
     group_name: str  # fine, domain, coarse
     adapter: str  # the new group adapter's name
     micros: list[str]  # the MicroLoRAs folded into it
-    retired_keys: int
     fisher_blocks: int  # blocks the new Fisher was measured on (0: none, the carried one is kept)
     fisher_mean: float  # mean of the group's running Fisher after this run
 
@@ -60,17 +63,34 @@ class GroupReport:
 class ConsolidationReport:
     groups: list[GroupReport] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # one line per group not consolidated, and why
+    removed: list[str] = field(default_factory=list)  # the MicroLoRAs folded and taken out of the bank
+    retired_keys: int = 0  # their DGR keys
     seconds: float = 0.0
 
     @property
     def lines(self) -> list[str]:
         out = [
             f"{g.group_name}: {len(g.micros)} MicroLoRA(s) folded into {g.adapter}, "
-            f"{g.retired_keys} DGR key(s) retired, Fisher from {g.fisher_blocks} block(s) "
-            f"(mean {g.fisher_mean:.3g})"
+            f"Fisher from {g.fisher_blocks} block(s) (mean {g.fisher_mean:.3g})"
             for g in self.groups
         ]
+        if self.removed:
+            out.append(f"{len(self.removed)} MicroLoRA(s) removed, {self.retired_keys} DGR key(s) retired")
         return out + self.skipped or ["loop C: no MicroLoRA to consolidate"]
+
+
+def fold_plan(
+    micros: Mapping[int, tuple[str, int, int]], groups: int, fold_into: str
+) -> dict[int, list[tuple[int, str]]]:
+    """group -> the (slot, name) of the MicroLoRAs folded into its adapter, from micro_slots' slot
+    -> (name, group, version): all of them into every group ("every") or each into its own."""
+    found = [(slot, name, group) for slot, (name, group, _) in sorted(micros.items()) if group < groups]
+    if fold_into == "every":
+        return {g: [(slot, name) for slot, name, _ in found] for g in range(groups)} if found else {}
+    plan: dict[int, list[tuple[int, str]]] = {}
+    for slot, name, group in found:
+        plan.setdefault(group, []).append((slot, name))
+    return plan
 
 
 def next_adapter_name(bank: Bank, directory: Path, slot: int) -> str:
@@ -138,14 +158,13 @@ def consolidate(
     report = ConsolidationReport()
     with bank_lock(bank_dir):
         bank = Bank.load(bank_dir)
-        by_group: dict[int, list[tuple[int, str]]] = {}
-        for slot, (name, group, _) in sorted(micro_slots(bank).items()):
-            if group < bank.groups:
-                by_group.setdefault(group, []).append((slot, name))
+        micros = micro_slots(bank)
+        plan = fold_plan(micros, bank.groups, config.fold_into)
         state = FisherState.load(bank_dir)
         new = copy_bank(bank)
-        done: list[tuple[int, str, list[str], int, dict]] = []
-        for group, found in sorted(by_group.items()):
+        done: list[tuple[int, str, list[str], dict]] = []
+        folded: dict[int, str] = {}  # slot -> MicroLoRA, each taken out once however many groups took it
+        for group, found in sorted(plan.items()):
             if len(found) < config.min_micro:
                 report.skipped.append(
                     f"{group_names(bank.groups)[group]}: {len(found)} MicroLoRA(s), "
@@ -155,25 +174,28 @@ def consolidate(
             names = [name for _, name in found]
             factors, carried = merged_group(bank, group, names, state, config)
             old = next((a for a in bank.adapters.values() if a.slot == group), None)
-            name = next_adapter_name(new, bank_dir, group)
+            name = next_adapter_name(bank, bank_dir, group)  # one run: one number for every group
             _carry_side_files(bank_dir, old.name if old is not None else None, name)
             new.add_adapter(name, group, factors)  # replaces the old group adapter in its slot
-            freed = {slot for slot, _ in found}
-            for micro in names:
-                new.remove_adapter(micro)
-            retired = sum(1 for s in new.pattern_slots if s in freed)
-            new.pattern_slots = [RETIRED if s in freed else s for s in new.pattern_slots]
-            done.append((group, name, names, retired, carried))
+            folded.update(found)
+            done.append((group, name, names, carried))
         if not done:
             report.seconds = time.perf_counter() - started
             return report
+        for micro in folded.values():
+            new.remove_adapter(micro)
+        report.removed = sorted(folded.values())
+        report.retired_keys = sum(1 for s in new.pattern_slots if s in folded)
+        new.pattern_slots = [RETIRED if s in folded else s for s in new.pattern_slots]
         commit_bank(bank_dir, new, bank, new.build_index())
     if on_bank is not None:
         on_bank(new, bank_dir)
     rng = np.random.default_rng([config.seed, len(state.groups), *[g for g, *_ in done]])
-    for group, name, names, retired, carried in done:
+    trained_for = {name: group for name, group, _ in micros.values()}
+    for group, name, names, carried in done:
         t_range = (new.timestep_groups[group], new.timestep_groups[group + 1])
-        data = list(examples.get(group, ()))
+        # the answers its MicroLoRAs learnt from, at this group's timesteps
+        data = [e for g in sorted({trained_for[n] for n in names}) for e in examples.get(g, ())]
         blocks = (
             [
                 noisy_block(prompt, target, block_size, t_range, rng)
@@ -197,7 +219,7 @@ def consolidate(
         state.groups[group] = GroupFisher(name, fisher)
         mean = float(np.mean([f.mean() for f in fisher.values()]))
         report.groups.append(
-            GroupReport(group, group_names(new.groups)[group], name, names, retired, len(blocks), mean)
+            GroupReport(group, group_names(new.groups)[group], name, names, len(blocks), mean)
         )
     state.save(bank_dir)
     report.seconds = time.perf_counter() - started

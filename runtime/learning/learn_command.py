@@ -56,6 +56,8 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
         body = {
             "groups": [asdict(g) for g in report.groups],
             "skipped": report.skipped,
+            "removed": report.removed,
+            "retired_keys": report.retired_keys,
             "seconds": report.seconds,
         }
         print(json.dumps(body))

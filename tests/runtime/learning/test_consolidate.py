@@ -78,11 +78,12 @@ def run(learnt, **knobs):
 def test_plain_consolidation_folds_the_micro_loras_into_their_group(learnt):
     model, _, bank_dir, _ = learnt
     before = Bank.load(bank_dir)
-    report = run(learnt, ewc_lambda=0.0)
+    report = run(learnt, ewc_lambda=0.0, fold_into="own")
 
     (group,) = report.groups
-    assert group.group == GROUP and group.adapter == "domain.c1" and group.retired_keys == 3
+    assert group.group == GROUP and group.adapter == "domain.c1" and report.retired_keys == 3
     assert sorted(group.micros) == [micro_name(GROUP, 3, 1), micro_name(GROUP, 4, 2)]
+    assert report.removed == sorted(group.micros)
     bank = Bank.load(bank_dir)
     assert sorted(bank.adapters) == ["domain.c1", "slot0", "slot2"]  # the DGR slots are free
     assert bank.pattern_slots == [RETIRED] * 3  # ids kept, retrieval skips them
@@ -108,11 +109,42 @@ def test_plain_consolidation_folds_the_micro_loras_into_their_group(learnt):
         fisher = state.groups[GROUP].fisher[target]
         assert fisher.shape == (bank.layers, bank.rank) and np.all(fisher >= 0) and fisher.sum() > 0
     # nothing left to fold: the next run changes nothing
-    again = run(learnt, ewc_lambda=0.0)
+    again = run(learnt, ewc_lambda=0.0, fold_into="own")
     assert again.groups == [] and Bank.load(bank_dir)._meta() == bank._meta()
     # and a model samples with it: retired keys are searched but never vote
     learnt_model = open_model(model.directory, bank=bank_dir, verify="sizes")
     learnt_model.generate("Tell me about the licence:", GenerationSettings(length=8))
+
+
+def test_by_default_every_group_adapter_takes_the_micro_loras(learnt):
+    """DGR applied a MicroLoRA at every timestep, and TALoRA's group weights sum to 1 at every t, so
+    adding it to every group adapter keeps what it did: at rank large enough to hold the sum, each
+    group's new delta is its old one plus the MicroLoRAs', and the mixture at any t gains exactly
+    their sum. Each MicroLoRA is removed once and its keys retired once."""
+    model, _, bank_dir, examples = learnt
+    before = Bank.load(bank_dir)
+    micros = [micro_name(GROUP, 3, 1), micro_name(GROUP, 4, 2)]
+    report = run(learnt, ewc_lambda=0.0)
+
+    assert [g.group for g in report.groups] == [0, 1, 2]
+    assert all(sorted(g.micros) == micros for g in report.groups)
+    assert report.removed == micros and report.retired_keys == 3
+    bank = Bank.load(bank_dir)
+    assert sorted(bank.adapters) == ["coarse.c1", "domain.c1", "fine.c1"]
+    assert bank.pattern_slots == [RETIRED] * 3
+    added = {t: deltas(before, micros[0])[t] + deltas(before, micros[1])[t] for t in bank.targets}
+    for old, new in (("slot0", "fine.c1"), ("slot1", "domain.c1"), ("slot2", "coarse.c1")):
+        old_delta, new_delta = deltas(before, old), deltas(bank, new)
+        for target in bank.targets:
+            for layer in range(bank.layers):
+                # λ = 0: the best rank-r approximation of the group's adapter plus both MicroLoRAs
+                u, s, vt = np.linalg.svd(old_delta[target][layer] + added[target][layer])
+                best = (u[:, : bank.rank] * s[: bank.rank]) @ vt[: bank.rank]
+                np.testing.assert_allclose(new_delta[target][layer], best, atol=1e-4)
+    # every group's Fisher is measured, on the answers the MicroLoRAs learnt from
+    state = FisherState.load(bank_dir)
+    assert sorted(state.groups) == [0, 1, 2] and all(g.fisher_blocks == 2 for g in report.groups)
+    assert len(report.lines) == 4 and "2 MicroLoRA(s) removed, 3 DGR key(s) retired" in report.lines[-1]
 
 
 def test_a_strong_fisher_keeps_the_group_adapter_as_it_was(learnt):
@@ -122,7 +154,7 @@ def test_a_strong_fisher_keeps_the_group_adapter_as_it_was(learnt):
     state = FisherState.load(bank_dir)
     state.groups[GROUP] = GroupFisher("slot1", {t: np.ones((bank.layers, bank.rank)) for t in bank.targets})
     state.save(bank_dir)
-    run(learnt, ewc_lambda=1e9)
+    run(learnt, ewc_lambda=1e9, fold_into="own")
     new = deltas(Bank.load(bank_dir), "domain.c1")
     for target in bank.targets:
         np.testing.assert_allclose(new[target], old[target], atol=1e-3 * np.abs(old[target]).max())
@@ -150,6 +182,7 @@ def test_the_config_section_and_its_one_line_errors():
         ("ewc_lambda = -1", "ewc_lambda -1.0: must be >= 0"),
         ("decay = 1", "decay 1.0: must be in [0, 1)"),
         ("weight = 0", "weight 0.0: must be in (0, 1]"),
+        ('fold_into = "all"', "fold_into 'all': must be one of every, own"),
         ("lambda = 3", "unknown lambda"),
     ):
         with pytest.raises(
@@ -193,8 +226,8 @@ def test_learn_consolidate_command(learnt, tmp_path, monkeypatch, capsys):
     code = main(["learn", "consolidate", "--bank", str(bank_dir), "--model", str(model.directory), "--json"])
     assert code == 0
     body = json.loads(capsys.readouterr().out)
-    (group,) = body["groups"]
-    assert group["adapter"] == "domain.c1" and group["fisher_blocks"] == 0
+    assert [g["adapter"] for g in body["groups"]] == ["fine.c1", "domain.c1", "coarse.c1"]
+    assert all(g["fisher_blocks"] == 0 for g in body["groups"]) and body["retired_keys"] == 3
     assert (
         main(["learn", "consolidate", "--bank", str(tmp_path / "none"), "--model", str(model.directory)]) == 1
     )
@@ -221,6 +254,6 @@ def test_serve_runs_loop_c_after_loop_b_once_its_interval_has_passed(learnt):
     assert step() is None and installed == []  # not yet due
     now[0] = 61.0
     report = step()
-    assert [g.adapter for g in report.groups] == ["domain.c1"]
-    assert installed == [["domain.c1", "slot0", "slot2"]]  # the running models get the new bank
+    assert [g.adapter for g in report.groups] == ["fine.c1", "domain.c1", "coarse.c1"]
+    assert installed == [["coarse.c1", "domain.c1", "fine.c1"]]  # the running models get the new bank
     assert step() is None  # the next one waits another interval
