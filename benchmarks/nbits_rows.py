@@ -1,0 +1,94 @@
+"""What one more row costs a 4-bit linear: onnxruntime's MatMulNBits at 1-9 rows, accuracy levels 0
+and 4, on the default model's packed shapes (q/k/v, o, gate/up, down), random weights, block 32.
+
+    python benchmarks/nbits_rows.py                 # one thread
+    python benchmarks/nbits_rows.py --threads 2
+
+A verified forward runs 1 + drafted rows and a block-8 step 9; if a linear cost the same at 1 and
+9 rows, extra rows would be nearly free on the CPU. Microseconds per run, best of `--rounds` rounds
+of `--runs` runs (spinning off, so that a loaded machine's figures are the kernel's, not a spin's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization.matmul_nbits_quantizer import (
+    DefaultWeightOnlyQuantConfig,
+    MatMulNBitsQuantizer,
+)
+
+SHAPES = {"qkv": (576, 960), "o": (576, 576), "gate_up": (576, 3072), "down": (1536, 576)}  # [in, out]
+ROWS = (1, 2, 3, 5, 8, 9)
+
+
+def nbits_graph(fan_in: int, fan_out: int, level: int) -> bytes:
+    """One MatMul [M, fan_in] x [fan_in, fan_out], quantized by onnxruntime's own 4-bit quantizer."""
+    weight = np.random.default_rng(0).standard_normal((fan_in, fan_out)).astype(np.float32) * 0.05
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["M", fan_in])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", fan_out])
+    node = helper.make_node("MatMul", ["X", "W"], ["Y"])
+    graph = helper.make_graph([node], "linear", [x], [y], [numpy_helper.from_array(weight, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=False, accuracy_level=level)
+    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+    quantizer.process()
+    return quantizer.model.model.SerializeToString()
+
+
+def microseconds(session: ort.InferenceSession, x: np.ndarray, runs: int, rounds: int) -> float:
+    for _ in range(runs // 4):
+        session.run(None, {"X": x})
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(runs):
+            session.run(None, {"X": x})
+        best = min(best, (time.perf_counter() - started) / runs * 1e6)
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    print(
+        f"onnxruntime {ort.__version__}, {args.threads} thread(s); microseconds per run, best of {args.rounds}"
+    )
+    print(
+        f"{'linear':8} {'shape':>9} level " + "".join(f"{f'M={m}':>9}" for m in ROWS) + "   M=5÷M=1  M=9÷M=1"
+    )
+    for name, (fan_in, fan_out) in SHAPES.items():
+        for level in (0, 4):
+            session = ort.InferenceSession(
+                nbits_graph(fan_in, fan_out, level), options, providers=["CPUExecutionProvider"]
+            )
+            rng = np.random.default_rng(1)
+            times = [
+                microseconds(
+                    session, rng.standard_normal((m, fan_in)).astype(np.float32), args.runs, args.rounds
+                )
+                for m in ROWS
+            ]
+            ratios = f"{times[ROWS.index(5)] / times[0]:9.2f}{times[-1] / times[0]:9.2f}"
+            print(
+                f"{name:8} {fan_in:>4}x{fan_out:<4} {level:>5} "
+                + "".join(f"{t:9.1f}" for t in times)
+                + "  "
+                + ratios
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
