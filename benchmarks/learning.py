@@ -263,11 +263,20 @@ def prompt_key(model, block: NoisyBlock) -> np.ndarray | None:
     return None if control.embedding is None else np.asarray(control.embedding, np.float64)
 
 
-def held_out_nll(session, model, bank: Bank, scored: list[Probe]) -> float:
+# The system with one component taken out (the issue's "full system against each component
+# removed"): the same bank, probes and masks, scored with
+REMOVED = {
+    "dgr": "no DGR retrieval (the DGR slots' weights zero)",
+    "talora": "no timestep routing (every group adapter at 1/G at every t: a static mix of them)",
+    "adapters": "no bank at all (the converted model alone)",
+}
+
+
+def held_out_nll(session, model, bank: Bank, scored: list[Probe], removed: str | None = None) -> float:
     """Mean NLL per masked token over the probes, with `bank`'s TALoRA at t and DGR's vote for each
-    probe's key over `bank`'s index on the block rows."""
+    probe's key over `bank`'s index on the block rows; `removed`: one of REMOVED taken out."""
     session.set_bank(bank)
-    index = bank.build_index() if bank.pattern_slots else None
+    index = bank.build_index() if bank.pattern_slots and removed not in ("dgr", "adapters") else None
     talora = bank.talora_config()
     dgr = DgrConfig()
     total = count = 0.0
@@ -280,6 +289,10 @@ def held_out_nll(session, model, bank: Bank, scored: list[Probe]) -> float:
             retrieved = vote(found, dgr, bank.groups, bank.slots)
 
         def at(t: float) -> list[float]:
+            if removed == "adapters":
+                return [0.0] * bank.groups
+            if removed == "talora":
+                return [1.0 / bank.groups] * bank.groups
             return talora_weights(t, talora)[: bank.groups]
 
         clean = at(0.0) + [0.0] * (bank.slots - bank.groups)
@@ -291,9 +304,40 @@ def held_out_nll(session, model, bank: Bank, scored: list[Probe]) -> float:
     return total / max(count, 1)
 
 
-def score_all(session, model, bank_dir: Path, held: dict[str, list[Probe]]) -> dict[str, float]:
+def score_all(
+    session, model, bank_dir: Path, held: dict[str, list[Probe]], removed: str | None = None
+) -> dict[str, float]:
     bank = Bank.load(bank_dir)
-    return {name: held_out_nll(session, model, bank, scored) for name, scored in held.items()}
+    return {name: held_out_nll(session, model, bank, scored, removed) for name, scored in held.items()}
+
+
+def component_lines(
+    session, model, root: Path, held: dict[str, list[Probe]], domain: str
+) -> tuple[dict, list[str]]:
+    """The learnt banks (after loop B, and after B + C when loop C ran) with each component of
+    REMOVED taken out, and the start bank (no learning): held-out NLL per domain, and the change
+    of the user's domain against the full system."""
+    figures: dict = {}
+    lines = ["held-out masked NLL per domain, the full system and each component removed:"]
+    banks = [("after B", root / "after-b"), ("after B + C", root / "bank")]
+    if not (root / "after-b").is_dir():
+        banks = [("after B", root / "bank")]
+    for label, bank_dir in banks:
+        full = score_all(session, model, bank_dir, held)
+        figures[label] = {"full": full}
+        lines.append(f"  {label}: full system  " + "  ".join(f"{d} {v:.4f}" for d, v in full.items()))
+        for removed, what in REMOVED.items():
+            scores = score_all(session, model, bank_dir, held, removed)
+            figures[label][removed] = scores
+            lines.append(
+                f"  {label}: {what}  "
+                + "  ".join(f"{d} {v:.4f}" for d, v in scores.items())
+                + f"  ({domain} {change(full[domain], scores[domain]):+.2%} against the full system)"
+            )
+    start = score_all(session, model, root / "start", held)
+    figures["no learning"] = start
+    lines.append("  no learning (the start bank): " + "  ".join(f"{d} {v:.4f}" for d, v in start.items()))
+    return figures, lines
 
 
 def change(before: float, after: float) -> float:
@@ -446,6 +490,9 @@ def one_user(demo: Demo, domain: str) -> dict:
             print(line)
     print("held-out masked NLL per domain, start -> after loops A/B/C:")
     for line in goal_lines(domain, before, after):
+        print(line)
+    figures["components"], lines = component_lines(session, model, root, demo.held, domain)
+    for line in lines:
         print(line)
     return figures
 
