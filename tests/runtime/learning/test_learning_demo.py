@@ -85,6 +85,17 @@ def test_the_demonstration_runs_the_loops_and_the_hub_round_trip(tiny_model_dir,
     assert "held-out masked NLL per domain, start -> after loops A/B (before loop C)" in out
     assert "held-out masked NLL per domain, start -> after loops A/B/C" in out
     assert "(goal <= -5%: " in out and "(goal <= +1%: " in out and "all goals: " in out
+    # the full system against each component removed, on the same probes and masks
+    components = single["components"]
+    assert set(components) == {"after B", "after B + C", "no learning"}
+    for label in ("after B", "after B + C"):
+        assert set(components[label]) == {"full", "dgr", "talora", "adapters"}
+    # loop B only added DGR slots: without retrieval its bank is the start bank
+    assert components["after B"]["dgr"] == pytest.approx(components["no learning"])
+    assert components["after B"]["full"] == pytest.approx(single["after_b"])
+    # no bank at all is the converted model whatever the bank held
+    assert components["after B"]["adapters"] == pytest.approx(components["after B + C"]["adapters"])
+    assert "each component removed" in out
 
     federation = result["federation"]
     lines = federation["lines"]
