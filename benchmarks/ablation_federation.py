@@ -133,11 +133,16 @@ def federate(
     rounds: int = 1,
     strategies=STRATEGIES,
 ) -> dict:
-    """{"local": per-device NLL per domain alone, strategy: {per-device merged NLL, benefit, rounds}}."""
+    """{"local": per-device NLL per domain alone, strategy: {per-device merged NLL, benefit, rounds}}.
+    Local-only trains as many rounds as the federated runs, each from where its last ended, so
+    that every column has had the same local steps."""
     plain = ObjectiveConfig(objective.objective, objective.block_size, complementary=False)
     fresh = TaloraBanks(model, config)  # every device starts from the same banks (same seed)
     alone = _local_round(model, devices, objective, plain, config, 0.0, [fresh] * len(devices), 0)
-    scores = _score_all(model, held, plain, eval_rows, alone[0])
+    local_only = alone[0]
+    for r in range(1, rounds):
+        local_only, _ = _local_round(model, devices, objective, plain, config, 0.0, local_only, r)
+    scores = _score_all(model, held, plain, eval_rows, local_only)
     local_mean = [float(np.mean(list(s.values()))) for s in scores]
     out = {"local": {d.name: {"domain": d.domain, "nll": s} for d, s in zip(devices, scores, strict=True)}}
     for name in strategies:
