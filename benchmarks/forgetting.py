@@ -143,7 +143,7 @@ def main() -> int:
     parser.add_argument(
         "--trainer",
         choices=TRAINERS,
-        default="auto",
+        default=LoopBConfig.trainer,
         help="loop B's trainer: auto = Adam through torch where the model's reference loads, else SPSA",
     )
     parser.add_argument(
