@@ -24,7 +24,7 @@ rarely: fold them into the TALoRA group adapters with EWC++.
 
     ewc.py              loop C's math: the EWC-penalised low-rank merge, the Fisher carried and averaged
     fisher.py           the Fisher over a group adapter's singular components: measured, saved beside the bank
-    consolidate.py      loop C: fold MicroLoRAs into their group adapters, free their slots, retire their keys
+    consolidate.py      loop C: fold MicroLoRAs into the group adapters, free their slots, retire their keys
     loop_c_service.py   loop C wired to a model and loop A's store (after loop B in `ruvdllm serve`; scripts)
     learn_command.py    `ruvdllm learn consolidate`
 
