@@ -45,14 +45,30 @@ class MemoryEstimate:
         )
 
 
+def head_copies(certainty: bool) -> int:
+    """[target rows, vocab] float32 tensors alive at once in the loss (objectives.py): at the end
+    of the forward the logits, their log-softmax (kept for backward) and the certainty measure's
+    probabilities and p·log p (measured on every step, trained on or not) — four; when certainty
+    forcing is trained, autograd keeps the probabilities too and the backward adds the gradients
+    of p·log p, p and log p beside them — six. (Three, the logits, softmax and one gradient, left
+    the 1B conversion's measured peak above its estimate.)"""
+    return 6 if certainty else 4
+
+
 def activation_bytes(
-    spec: ModelSpec, batch: int, positions: int, targets: int, checkpointing: bool, cached_base: bool = False
+    spec: ModelSpec,
+    batch: int,
+    positions: int,
+    targets: int,
+    checkpointing: bool,
+    cached_base: bool = False,
+    certainty: bool = False,
 ) -> int:
     """An upper estimate of what backward keeps per micro-batch: per layer and position about
     ten hidden-sized tensors (norms, q/k/v/o, residuals), four intermediate-sized ones (gate, up,
     silu, product) and one attention-probability row per head (the math kernel stores them);
-    with gradient checkpointing only the layer inputs plus one layer. The head adds logits,
-    softmax and their gradient for every target row.
+    with gradient checkpointing only the layer inputs plus one layer. The head adds
+    `head_copies` vocabulary-wide rows per target row.
 
     Each 4-bit linear is dequantized for its forward and autograd keeps that float32 weight for
     the backward (the input needs a gradient: LoRA branches upstream). One layer's worth is in
@@ -69,7 +85,7 @@ def activation_bytes(
     if not checkpointing and not cached_base:
         layer_weights = sum(f.in_features * f.out_features for f in spec.linear_features().values())
         layers += (spec.num_layers - 1) * layer_weights * FLOAT
-    head = 3 * batch * targets * spec.vocab_size * FLOAT
+    head = head_copies(certainty) * batch * targets * spec.vocab_size * FLOAT
     return layers + head
 
 
@@ -112,12 +128,16 @@ def estimate_memory(
     rank: int,
     lora_targets: tuple[str, ...],
     precision: str = "fp32",
+    certainty: bool = False,
 ) -> MemoryEstimate:
     """The whole process for one micro-batch of `batch` rows of `positions` tokens (the objective's
-    copies included) with `targets` supervised rows per batch row."""
+    copies included) with `targets` supervised rows per batch row; `certainty`: certainty forcing
+    trained (its weight > 0)."""
     return MemoryEstimate(
         runtime=RUNTIME_BYTES,
         base=base_bytes(spec, 2 if precision == "bf16" else 0),
         lora=lora_bytes(spec, rank, lora_targets),
-        activations=activation_bytes(spec, batch, positions, targets, checkpointing, precision == "bf16"),
+        activations=activation_bytes(
+            spec, batch, positions, targets, checkpointing, precision == "bf16", certainty
+        ),
     )

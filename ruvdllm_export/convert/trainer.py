@@ -151,6 +151,7 @@ def memory_estimate(
         rank=lora.rank,
         lora_targets=tuple(lora.targets),
         precision=config.precision,
+        certainty=config.certainty_weight > 0,
     )
 
 

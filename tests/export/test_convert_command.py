@@ -328,6 +328,19 @@ def test_estimate_parts_count_what_they_name():
     assert checkpointed.activations < one.activations and checkpointed.base == one.base
     assert one.total == one.runtime + one.base + one.lora + one.activations
     assert "memory estimate" in one.describe() and "\n" not in one.describe()
+    # trained certainty forcing keeps two more vocabulary-wide rows per target (memory.head_copies)
+    forced = estimate_memory(
+        SMOLLM2,
+        batch=1,
+        positions=192,
+        targets=128,
+        checkpointing=False,
+        rank=8,
+        lora_targets=("q_proj",),
+        certainty=True,
+    )
+    plain = _estimate(SMOLLM2, 1, 192, False, rank=8, targets=("q_proj",))
+    assert forced.activations - plain.activations == 2 * 128 * SMOLLM2.vocab_size * 4
 
 
 def test_estimate_counts_the_dequantized_weights_autograd_keeps():
