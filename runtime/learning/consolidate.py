@@ -1,5 +1,6 @@
 """Loop C, deep and rare: consolidate the MicroLoRAs loop B put in DGR slots into the TALoRA group
-adapters of their timestep groups, with EWC++ so that what the adapters knew is not erased.
+adapters (every group's, or each into its own timestep group's: `fold_into`), with EWC++ so that
+what the adapters knew is not erased.
 
 One run (`consolidate`):
 
