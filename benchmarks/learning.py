@@ -312,18 +312,20 @@ def score_all(
 
 
 def component_lines(
-    session, model, root: Path, held: dict[str, list[Probe]], domain: str
+    session, model, root: Path, held: dict[str, list[Probe]], domain: str, scored: dict[str, dict]
 ) -> tuple[dict, list[str]]:
     """The learnt banks (after loop B, and after B + C when loop C ran) with each component of
     REMOVED taken out, and the start bank (no learning): held-out NLL per domain, and the change
-    of the user's domain against the full system."""
+    of the user's domain against the full system. `scored`: the full system's scores already
+    taken, by bank directory name ("start", "after-b", "bank"), not scored again."""
     figures: dict = {}
     lines = ["held-out masked NLL per domain, the full system and each component removed:"]
-    banks = [("after B", root / "after-b"), ("after B + C", root / "bank")]
+    banks = [("after B", "after-b"), ("after B + C", "bank")]
     if not (root / "after-b").is_dir():
-        banks = [("after B", root / "bank")]
-    for label, bank_dir in banks:
-        full = score_all(session, model, bank_dir, held)
+        banks = [("after B", "bank")]
+    for label, name in banks:
+        bank_dir = root / name
+        full = scored[name]
         figures[label] = {"full": full}
         lines.append(f"  {label}: full system  " + "  ".join(f"{d} {v:.4f}" for d, v in full.items()))
         for removed, what in REMOVED.items():
@@ -334,7 +336,7 @@ def component_lines(
                 + "  ".join(f"{d} {v:.4f}" for d, v in scores.items())
                 + f"  ({domain} {change(full[domain], scores[domain]):+.2%} against the full system)"
             )
-    start = score_all(session, model, root / "start", held)
+    start = scored["start"]
     figures["no learning"] = start
     lines.append("  no learning (the start bank): " + "  ".join(f"{d} {v:.4f}" for d, v in start.items()))
     return figures, lines
@@ -491,7 +493,10 @@ def one_user(demo: Demo, domain: str) -> dict:
     print("held-out masked NLL per domain, start -> after loops A/B/C:")
     for line in goal_lines(domain, before, after):
         print(line)
-    figures["components"], lines = component_lines(session, model, root, demo.held, domain)
+    scored = {"start": before, "bank": after} | (
+        {"after-b": figures["after_b"]} if "after_b" in figures else {}
+    )
+    figures["components"], lines = component_lines(session, model, root, demo.held, domain, scored)
     for line in lines:
         print(line)
     return figures
