@@ -12,32 +12,52 @@ of `--runs` runs (spinning off, so that a loaded machine's figures are the kerne
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
-from onnxruntime.quantization.matmul_nbits_quantizer import (
-    DefaultWeightOnlyQuantConfig,
-    MatMulNBitsQuantizer,
-)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ruvdllm_export.quant.q4 import pack_zero_points, quantize_q4  # noqa: E402
 
 SHAPES = {"qkv": (576, 960), "o": (576, 576), "gate_up": (576, 3072), "down": (1536, 576)}  # [in, out]
 ROWS = (1, 2, 3, 5, 8, 9)
 
 
 def nbits_graph(fan_in: int, fan_out: int, level: int) -> bytes:
-    """One MatMul [M, fan_in] x [fan_in, fan_out], quantized by onnxruntime's own 4-bit quantizer."""
-    weight = np.random.default_rng(0).standard_normal((fan_in, fan_out)).astype(np.float32) * 0.05
+    """One MatMulNBits [M, fan_in] x [fan_in, fan_out] in the exported graph's form: the project's
+    own 4-bit quantizer (block 32, integer zero points), as the exporter writes its linears."""
+    weight = np.random.default_rng(0).standard_normal((fan_out, fan_in)).astype(np.float32) * 0.05
+    q4 = quantize_q4(weight)
+    init = numpy_helper.from_array
+    node = helper.make_node(
+        "MatMulNBits",
+        ["X", "B", "scales", "zero_points"],
+        ["Y"],
+        domain="com.microsoft",
+        K=fan_in,
+        N=fan_out,
+        bits=4,
+        block_size=32,
+        accuracy_level=level,
+    )
+    weights = [
+        init(q4.packed, "B"),
+        init(q4.scales.reshape(-1), "scales"),
+        init(pack_zero_points(q4.zero_points).reshape(-1), "zero_points"),
+    ]
     x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["M", fan_in])
     y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", fan_out])
-    node = helper.make_node("MatMul", ["X", "W"], ["Y"])
-    graph = helper.make_graph([node], "linear", [x], [y], [numpy_helper.from_array(weight, "W")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=False, accuracy_level=level)
-    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
-    quantizer.process()
-    return quantizer.model.model.SerializeToString()
+    model = helper.make_model(
+        helper.make_graph([node], "linear", [x], [y], weights),
+        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
+    )
+    model.ir_version = 10
+    return model.SerializeToString()
 
 
 def microseconds(session: ort.InferenceSession, x: np.ndarray, runs: int, rounds: int) -> float:
