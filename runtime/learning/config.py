@@ -43,6 +43,7 @@ CONFIG_NAME = "learning.toml"
 STORE_NAME = "trajectories.db"
 TRAINERS = ("auto", "spsa", "adam")  # loop B's MicroLoRA trainer (runtime/learning/trainer.py)
 FOLD_INTO = ("every", "own")  # loop C: which group adapters take a MicroLoRA (consolidate.py)
+GROUP_BY = ("uncertainty", "every")  # loop B: the timestep groups a good trajectory trains (loop_b.py)
 
 
 def data_root() -> Path:
@@ -94,6 +95,11 @@ class LoopBConfig:
     clusters: int = 4  # topics per timestep group (k of k-means; fewer when there is less data)
     min_cluster: int = 2  # trajectories a cluster needs to train a MicroLoRA: one answer is noise
     merge_similarity: float = 0.8  # a cluster this close (cosine) to a MicroLoRA's key trains that one
+    # "uncertainty": a trajectory trains the one timestep group where its generation was least sure
+    # (where help pays); "every": it trains a MicroLoRA in every group, each at its own group's t
+    # (every group specialises on the same answers: G times the training, and the way to compare
+    # timestep groups at equal data, benchmarks/talora_loops.py)
+    group_by: str = "uncertainty"
     rank: int = 2  # MicroLoRA rank: 1 or 2 (DESIGN.md); padded with zeros into the bank's rank
     layers: int = 0  # the last n layers get a MicroLoRA (0: all): fewer parameters, faster learning
     # the prompts train too, each after its first block (kept as context): the user's own words are
@@ -151,6 +157,12 @@ class LoopBConfig:
             "must be in [-1, 1]",
         )
         need(self.rank in (1, 2), "rank", self.rank, "must be 1 or 2 (a MicroLoRA)")
+        need(
+            self.group_by in GROUP_BY,
+            "group_by",
+            repr(self.group_by),
+            f"must be one of {', '.join(GROUP_BY)}",
+        )
         need(self.layers >= 0, "layers", self.layers, "must be >= 0")
         need(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "must be > 0")
         need(math.isfinite(self.epsilon) and self.epsilon > 0, "epsilon", self.epsilon, "must be > 0")

@@ -6,7 +6,8 @@ One run (`LoopB.run_once`):
                 at least `threshold`), newest first, at most `max_trajectories`; a corrected
                 answer's target is the correction, a liked one's is the answer itself
     2  group    each goes to the timestep group where its generation was most uncertain (the
-                steps' entropy, normalised by t as DGR does): where help pays
+                steps' entropy, normalised by t as DGR does): where help pays; or, with
+                `group_by = "every"`, to every group
     3  cluster  within a group, spherical k-means over the prompt embeddings (the DGR key space)
     4  train    per cluster of at least `min_cluster`, a rank-1/2 MicroLoRA on q_proj/v_proj of
                 the last `layers` layers, on the masked-token NLL of the cluster's targets (and,
@@ -132,9 +133,11 @@ def examples_from(
     rows: Sequence[tuple[int, object, str | None]],
     encode: Callable[[str], list[int]],
     boundaries: Sequence[float],
+    group_by: str = "uncertainty",
 ) -> list[Example]:
     """Examples from the store's (feedback id, trajectory, correction) rows; trajectories without
-    a prompt embedding (the AR sampler's) or an empty target are left out."""
+    a prompt embedding (the AR sampler's) or an empty target are left out. Each is in the group
+    where it was most uncertain, or (`group_by` "every") once in every group."""
     out = []
     for feedback_id, trajectory, correction in rows:
         if trajectory.embedding is None:
@@ -143,8 +146,13 @@ def examples_from(
         if not target or not trajectory.prompt_tokens:
             continue
         key = normalise_rows(np.asarray([trajectory.embedding], np.float64))[0]
-        group = uncertain_group(trajectory.steps, boundaries)
-        out.append(Example(feedback_id, tuple(trajectory.prompt_tokens), tuple(target), key, group))
+        groups = (
+            range(len(boundaries) - 1)
+            if group_by == "every"
+            else [uncertain_group(trajectory.steps, boundaries)]
+        )
+        for group in groups:
+            out.append(Example(feedback_id, tuple(trajectory.prompt_tokens), tuple(target), key, group))
     return out
 
 
@@ -341,7 +349,7 @@ class LoopB:
         self.state["version"] = max([int(self.state["version"]), *versions])
         rows = self.read_good(int(self.state["after"]), c.threshold, c.max_trajectories)
         report.read = len(rows)
-        examples = examples_from(rows, self.encode, bank.timestep_groups)
+        examples = examples_from(rows, self.encode, bank.timestep_groups, c.group_by)
         rng = np.random.default_rng([c.seed, self.state["version"]])
         clusters = clusters_of(examples, c, rng) if examples else []
         report.clusters = len(clusters)

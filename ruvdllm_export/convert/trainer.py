@@ -21,13 +21,16 @@ adapter files, so the curve continues where the adapter's own left off.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import math
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -416,9 +419,9 @@ class Trainer:
         return bool(late)
 
     def fit(self, on_step: Callable[[int], None] | None = None) -> TrainState:
-        """Train to max_steps, or until max_minutes have passed. Ctrl-C saves a checkpoint before
-        leaving; a harder stop loses at most one checkpoint interval. `on_step(step)` runs after
-        every optimizer step."""
+        """Train to max_steps, or until max_minutes have passed. Ctrl-C or SIGTERM saves a checkpoint
+        before leaving; a harder stop loses at most one checkpoint interval. `on_step(step)` runs
+        after every optimizer step."""
         from tqdm import tqdm
 
         c = self.config
@@ -432,41 +435,62 @@ class Trainer:
         if self.state.step == 0 and not self.state.history:
             self.evaluate()  # the unconverted model: the baseline every later evaluation is read against
         last_save, started, start_tokens = time.monotonic(), time.monotonic(), self.state.tokens
-        try:
-            while self.state.step < c.max_steps:
-                metrics = self.step()
-                rate = (self.state.tokens - start_tokens) / max(time.monotonic() - started, 1e-9)
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{metrics['loss']:.3f}", nll=f"{metrics['masked_nll']:.3f}", tok_s=f"{rate:.0f}"
-                )
-                if self.state.step % c.log_every == 0:
-                    self._log(
-                        {
-                            "step": self.state.step,
-                            "tokens": self.state.tokens,
-                            "time": time.time(),
-                            "tokens_per_s": rate,
-                            **metrics,
-                        }
+        with terminate_as_interrupt():
+            try:
+                while self.state.step < c.max_steps:
+                    metrics = self.step()
+                    rate = (self.state.tokens - start_tokens) / max(time.monotonic() - started, 1e-9)
+                    bar.update(1)
+                    bar.set_postfix(
+                        loss=f"{metrics['loss']:.3f}", nll=f"{metrics['masked_nll']:.3f}", tok_s=f"{rate:.0f}"
                     )
-                if c.eval_every and self.state.step % c.eval_every == 0:
-                    self.evaluate()
-                due = (time.monotonic() - last_save) / 60 >= c.checkpoint_minutes
-                if due or (c.checkpoint_steps and self.state.step % c.checkpoint_steps == 0):
-                    self.save()
-                    last_save = time.monotonic()
-                if on_step is not None:
-                    on_step(self.state.step)
-                if self._out_of_time(started):
-                    break
-        except KeyboardInterrupt:
-            self.save()
-            bar.close()
-            raise
+                    if self.state.step % c.log_every == 0:
+                        self._log(
+                            {
+                                "step": self.state.step,
+                                "tokens": self.state.tokens,
+                                "time": time.time(),
+                                "tokens_per_s": rate,
+                                **metrics,
+                            }
+                        )
+                    if c.eval_every and self.state.step % c.eval_every == 0:
+                        self.evaluate()
+                    due = (time.monotonic() - last_save) / 60 >= c.checkpoint_minutes
+                    if due or (c.checkpoint_steps and self.state.step % c.checkpoint_steps == 0):
+                        self.save()
+                        last_save = time.monotonic()
+                    if on_step is not None:
+                        on_step(self.state.step)
+                    if self._out_of_time(started):
+                        break
+            except KeyboardInterrupt:
+                self.save()
+                bar.close()
+                raise
         bar.close()
         last_eval = next((r["step"] for r in reversed(self.state.history) if "eval" in r), None)
         if self.held_out is not None and last_eval != self.state.step:  # once per step, resumed or not
             self.evaluate()
         self.save()
         return self.state
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt while training, so `kill` (and a scheduler's stop) saves a
+    checkpoint as Ctrl-C does: a job started in the background by a non-interactive shell ignores
+    SIGINT, and SIGTERM would otherwise end it without a save. Only the main thread can set a
+    handler; elsewhere (a test's thread, a notebook's worker) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

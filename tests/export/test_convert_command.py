@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -153,6 +155,37 @@ def test_resume_after_a_crash_gives_the_uninterrupted_adapter(workspace, tmp_pat
         ]
 
     assert curve("crashed") == curve("whole")  # step 5 once, not twice
+
+
+def test_sigterm_saves_a_checkpoint_as_ctrl_c_does(workspace, tmp_path):
+    """A background job ignores SIGINT; `kill` (SIGTERM) must not lose the steps since the last
+    checkpoint: it saves where it stopped, and the handler it set is gone after training."""
+    _, gguf, data = workspace
+    from ruvdllm_export.convert.data import build_sequences
+
+    checkpoint = load_checkpoint(gguf)
+    train, held = build_sequences([data], checkpoint.tokenizer, 32, 2, 0.1, 0)
+    config = TrainConfig(seq_len=32, grad_accum=1, max_steps=8, checkpoint_minutes=1e9, checkpoint_steps=2)
+    lora = LoraConfig(rank=2)
+    _, model = load_model(gguf)
+    apply_lora(model, lora)
+    trainer = Trainer(
+        model, lora, ObjectiveConfig(), config, train, held, tmp_path / "run", {}, progress=False
+    )
+
+    def terminate_at_3(step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(on_step=terminate_at_3)
+    assert signal.getsignal(signal.SIGTERM) == before
+    resumed = Trainer(
+        model, lora, ObjectiveConfig(), config, train, held, tmp_path / "run", {}, progress=False
+    )
+    resumed.resume()
+    assert resumed.state.step == 3  # saved at the signal, not at the step-2 checkpoint
 
 
 def test_cli_resume_continues_the_saved_run(workspace, tmp_path):

@@ -27,13 +27,16 @@ def make_tiny_artifact(
     seed: int = 0,
     conversion_adapter: bool = False,
     adapter_switch: bool = True,
+    adapter_slots: int = SLOTS,
 ) -> Path:
     """`conversion_adapter`: bake in a random conversion adapter, with its per-row switch (what the
     verified and AR samplers need) unless not `adapter_switch` (`--no-adapter-switch`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     spec = tiny_spec(arch, tied=False)
-    options = GraphOptions(top_k=TOP_K, adapter_slots=SLOTS, adapter_rank=RANK, adapter_switch=adapter_switch)
+    options = GraphOptions(
+        top_k=TOP_K, adapter_slots=adapter_slots, adapter_rank=RANK, adapter_switch=adapter_switch
+    )
     lora = None
     if conversion_adapter:
         lora = {name: StaticLora(a=a, b=b) for name, (a, b) in random_conversion_adapter(spec).items()}
@@ -59,7 +62,7 @@ def make_tiny_artifact(
         pad_token_id=spec.pad_token_id,
         block_size=4,
         top_k=TOP_K,
-        adapter_slots=SLOTS,
+        adapter_slots=adapter_slots,
         adapter_rank=RANK,
         chat_template=CHATML_TEMPLATE,
         adapter_gate=conversion_adapter and adapter_switch,

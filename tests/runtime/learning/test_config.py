@@ -57,6 +57,7 @@ def test_the_data_dir_file_and_the_environment_are_found(tmp_path, monkeypatch):
         ("[loop_a]\nscore_weight = nan\n", "score_weight nan: must be >= 0"),
         ('[loop_b]\ntrainer = "sgd"\n', "loop_b.trainer sgd: must be one of auto, spsa, adam"),
         ("[loop_b]\nadam_lr = 0\n", "loop_b.adam_lr 0.0: must be > 0"),
+        ('[loop_b]\ngroup_by = "topic"\n', "loop_b.group_by 'topic': must be one of uncertainty, every"),
         ("[loop_b]\nthreads = 0\n", "loop_b.threads 0: must be at least 1"),
         ("loop_a = 3\n", r"\[loop_a\] must be a table"),
         ("[loop_a\n", "not valid TOML"),

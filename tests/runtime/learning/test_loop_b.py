@@ -107,6 +107,13 @@ def test_the_store_gives_loop_b_the_good_and_corrected_answers(store_with_feedba
     first = next(fid for fid, t, _ in rows if t.id == "cmpl-0")
     assert list(by_id[first].target) == model.encode(TRAIN[0])  # the correction is the target
     assert {e.group for e in examples} == {1}  # most uncertain at t = 0.5: the domain group
+    # group_by "every": each trajectory once in every group, the same target and key
+    everywhere = examples_from(rows, model.encode, (0.0, 0.25, 0.5, 0.75, 1.0), "every")
+    assert len(everywhere) == 4 * len(examples)
+    for e in examples:
+        copies = [x for x in everywhere if x.feedback_id == e.feedback_id]
+        assert sorted(x.group for x in copies) == [0, 1, 2, 3]
+        assert all(x.target == e.target and np.array_equal(x.embedding, e.embedding) for x in copies)
     assert len(store.good_feedback(max(fid for fid, _, _ in rows), 0.5, 100)) == 0
     assert len(store.good_feedback(0, 0.5, 2)) == 2  # bounded
 
