@@ -15,8 +15,9 @@ group count learns from the very same trajectories. Then, for each group count G
     loop C  `fold_into = "own"`: each MicroLoRA becomes its group's adapter, applied by TALoRA's
             routing at the group's t only (DGR keys retired)
 
-and the held-out masked NLL of every domain (learning.py's probes: one noisy BD3LM block per
-held-out passage, t uniform in (0, 1), the same masks for every G) with the consolidated bank.
+and the held-out masked NLL of every domain with the consolidated bank: every block of every
+held-out passage, noised once in each fifth of t (stratified, the same masks for every G; scored
+as learning.py scores, TALoRA's weights at each probe's t), and the user's domain per fifth of t.
 Parameters are equal by the number of layers: the MicroLoRA rank is 1 or 2 by design, so a rank
 split (rank 30 static against 5 x rank 6) is not available to loop B. The confound, said plainly:
 more groups means each adapter covers fewer (the last) layers.
@@ -48,8 +49,10 @@ from runtime.cpython_model import open_model  # noqa: E402
 from runtime.learning.config import TRAINERS, LoopAConfig, LoopBConfig, LoopCConfig  # noqa: E402
 from runtime.learning.loop_a import LoopA  # noqa: E402
 from runtime.learning.loop_b_service import for_model  # noqa: E402
+from runtime.learning.masked_nll import noisy_block  # noqa: E402
 
 PREDICTED = (-0.12, -0.08)  # the seeds: TALoRA −8 to −12% perplexity against a static LoRA
+T_BINS = 5  # the user's domain is also scored per fifth of t: where each group count helps or harms
 
 
 def equal_groups(groups: int) -> tuple[float, ...]:
@@ -121,6 +124,10 @@ def one_group_count(demo: dict, groups: int, loop_a: LoopA) -> dict:
     seconds = time.perf_counter() - started
     scores = learning.score_all(loop_b.session, model, root / "bank", demo["held"])
     start_scores = learning.score_all(loop_b.session, model, root / "start", demo["held"])
+    domain = demo["held"][demo["domain"]]
+    by_t = {
+        which: by_t_bin(loop_b.session, model, Bank.load(root / which), domain) for which in ("start", "bank")
+    }
     return {
         "groups": groups,
         "layers": layers,
@@ -132,7 +139,35 @@ def one_group_count(demo: dict, groups: int, loop_a: LoopA) -> dict:
         "seconds": round(seconds, 1),
         "start": start_scores,
         "after": scores,
+        "by_t": by_t,
     }
+
+
+def stratified_probes(model, passages, seed: int) -> list:
+    """Every block of every held-out passage, once in each of the T_BINS bins of t: the group
+    counts are compared at every noise level on all the passages (one random block at one random
+    t per passage, as learning.py scores, leaves 5-10 passages per fifth of t)."""
+    rng = np.random.default_rng(seed)
+    size = model.config.block_size
+    out = []
+    for passage in passages:
+        blocks = max(1, -(-len(passage.continuation) // size))
+        for index in range(blocks):
+            for k in range(T_BINS):
+                t_range = (k / T_BINS, (k + 1) / T_BINS)
+                block = noisy_block(passage.prompt, passage.continuation, size, t_range, rng, index)
+                out.append(learning.Probe(block, None))
+    return out
+
+
+def by_t_bin(session, model, bank: Bank, probes) -> list[float | None]:
+    """The held-out NLL of the probes whose noise level t falls in each of T_BINS equal bins."""
+    out = []
+    for k in range(T_BINS):
+        low, high = k / T_BINS, (k + 1) / T_BINS
+        chosen = [p for p in probes if low <= p.block.t < high or (k == T_BINS - 1 and p.block.t == 1.0)]
+        out.append(learning.held_out_nll(session, model, bank, chosen) if chosen else None)
+    return out
 
 
 def parameter_count(model, groups: int, layers: int, rank: int) -> int:
@@ -163,6 +198,15 @@ def print_table(results: list[dict], domain: str) -> None:
         )
     low, high = PREDICTED
     print(f"predicted (the seeds): TALoRA {high:+.0%} to {low:+.0%} perplexity against the static LoRA")
+    bins = " ".join(f"{f't {k / T_BINS:.1f}-{(k + 1) / T_BINS:.1f}':>15}" for k in range(T_BINS))
+    print(f"\n{domain}, held-out NLL change by the probes' noise level t (start -> after loops B/C)")
+    print(f"{'groups':>6} {bins}")
+    for r in results:
+        cells = [
+            f"{'-':>15}" if a is None else f"{a:7.3f} ({learning.change(b, a):+5.1%})"
+            for b, a in zip(r["by_t"]["start"], r["by_t"]["bank"], strict=True)
+        ]
+        print(f"{r['groups']:>6} " + " ".join(f"{c:>15}" for c in cells))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     plen, alen = args.prompt_tokens, args.answer_tokens
     work = learning.passages(model, split[args.domain][0], args.prompts, plen, alen, rng)
     held = {
-        name: learning.probes(
+        name: stratified_probes(
             model, learning.passages(model, ho, args.held_out, plen, alen, rng), args.seed + 1
         )
         for name, (_, ho) in split.items()
@@ -258,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         "held": held,
         "layers": total_layers,
         "seed": args.seed,
+        "domain": args.domain,
     }
     results = []
     try:

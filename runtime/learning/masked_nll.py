@@ -42,10 +42,12 @@ def noisy_block(
     block_size: int,
     t_range: tuple[float, float],
     rng: np.random.Generator,
+    index: int | None = None,
 ) -> NoisyBlock:
-    """One random block of `answer` masked at a random t in `t_range` (at least one position)."""
+    """One block of `answer` (a random one, or block `index`) masked at a random t in `t_range`
+    (at least one position)."""
     blocks = max(1, -(-len(answer) // block_size))
-    b = int(rng.integers(blocks))
+    b = int(rng.integers(blocks)) if index is None else index
     tokens = list(answer[b * block_size : (b + 1) * block_size])
     t = float(rng.uniform(*t_range))
     masked = rng.random(len(tokens)) < t

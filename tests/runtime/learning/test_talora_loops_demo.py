@@ -44,8 +44,10 @@ def test_every_group_count_learns_from_the_same_session_at_equal_parameters(corp
         assert {a.slot for a in bank.adapters.values()} == kept
         assert not any(parse_micro_name(name) for name in bank.adapters)
         assert set(r["after"]) == {"docs", "licences"} and all(v > 0 for v in r["after"].values())
+        assert len(r["by_t"]["start"]) == len(r["by_t"]["bank"]) == demo.T_BINS
     out = capsys.readouterr().out
     assert "vs static (licences)" in out and "predicted (the seeds)" in out
+    assert "by the probes' noise level t" in out
 
 
 def test_group_counts_that_do_not_split_the_layers_are_refused(corpus, tmp_path):
