@@ -96,6 +96,16 @@ def default_corpus() -> Path:
     return corpus
 
 
+def corpus_domains(corpus: Path | None, domain: str) -> list[Path]:
+    """The corpus's domain directories (default: the package-text corpus); the user's `domain`
+    must be one of them."""
+    corpus = corpus or default_corpus()
+    paths = sorted(p for p in corpus.iterdir() if p.is_dir())
+    if domain not in [p.name for p in paths]:
+        raise SystemExit(f"--domain {domain}: not among the corpus's domains {[p.name for p in paths]}")
+    return paths
+
+
 def domain_split(path: Path) -> tuple[list[str], list[str]]:
     """(training texts, held-out texts) of one domain, split as `ruvdllm train-banks` splits it."""
     from ruvdllm_export.convert.data import HELD_OUT, read_documents, split_documents
@@ -650,11 +660,8 @@ def main(argv: list[str] | None = None) -> int:
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="ruvdllm-learning-"))
     scratch.mkdir(parents=True, exist_ok=True)
     directory = open_the_model(args, scratch)
-    corpus = args.corpus or default_corpus()
-    domain_paths = sorted(p for p in corpus.iterdir() if p.is_dir())
+    domain_paths = corpus_domains(args.corpus, args.domain)
     names = [p.name for p in domain_paths]
-    if args.domain not in names:
-        raise SystemExit(f"--domain {args.domain}: not among the corpus's domains {names}")
     config = LoopBConfig(
         steps=args.steps,
         lr=args.lr,

@@ -122,11 +122,15 @@ def one_group_count(demo: dict, groups: int, loop_a: LoopA) -> dict:
         model, root / "bank", loop_b.session, read_good, config, loop_c, fisher=False
     )
     seconds = time.perf_counter() - started
-    scores = learning.score_all(loop_b.session, model, root / "bank", demo["held"])
-    start_scores = learning.score_all(loop_b.session, model, root / "start", demo["held"])
     domain = demo["held"][demo["domain"]]
+    if "start" not in demo:  # no adapter scores alike whatever the groups: scored once, for the first G
+        empty = demo["scratch"] / "empty"
+        demo["start"] = learning.score_all(loop_b.session, model, empty, demo["held"])
+        demo["start_by_t"] = by_t_bin(loop_b.session, model, Bank.load(empty), domain)
+    scores = learning.score_all(loop_b.session, model, root / "bank", demo["held"])
     by_t = {
-        which: by_t_bin(loop_b.session, model, Bank.load(root / which), domain) for which in ("start", "bank")
+        "start": demo["start_by_t"],
+        "bank": by_t_bin(loop_b.session, model, Bank.load(root / "bank"), domain),
     }
     return {
         "groups": groups,
@@ -137,7 +141,7 @@ def one_group_count(demo: dict, groups: int, loop_a: LoopA) -> dict:
         "kept": sum(t["kept"] for t in trained),
         "loop_c": consolidated,
         "seconds": round(seconds, 1),
-        "start": start_scores,
+        "start": demo["start"],
         "after": scores,
         "by_t": by_t,
     }
@@ -256,11 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     uneven = [g for g in args.groups if total_layers % g]
     if uneven:
         raise SystemExit(f"--layers {total_layers} does not split evenly into {uneven} groups")
-    corpus = args.corpus or learning.default_corpus()
-    domain_paths = sorted(p for p in corpus.iterdir() if p.is_dir())
+    domain_paths = learning.corpus_domains(args.corpus, args.domain)
     names = [p.name for p in domain_paths]
-    if args.domain not in names:
-        raise SystemExit(f"--domain {args.domain}: not among the corpus's domains {names}")
     rng = np.random.default_rng(args.seed)
     split = {name: learning.domain_split(path) for name, path in zip(names, domain_paths, strict=True)}
     plen, alen = args.prompt_tokens, args.answer_tokens
