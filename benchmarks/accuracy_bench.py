@@ -2,13 +2,15 @@
 against llama.cpp's own numerics on the same GGUF, not against perfection.
 
     python benchmarks/accuracy_bench.py [--gguf FILE] [--tokens 2048] [--num-prompts 16 --length 32]
+                                        [--variants "level 0" "level 4" "level 4, 4-bit head"]
 
 Everything runs the base model (no conversion adapter, causal), the model llama.cpp runs:
 
   teacher-forced top-1   real text in chunks of <= 256 tokens; at every position the argmax of
                          the float reference (the GGUF's blocks dequantized, float32, transformers)
                          against llama.cpp (the GGUF itself, Q8_1 activations in its dot products)
-                         and our graph at accuracy level 0 and 4
+                         and our graph at accuracy level 0 and 4 (`--variants`: also with a
+                         4-bit head)
   greedy generation      chat prompts (data/quality_prompts.jsonl), `length` tokens greedy by each
                          of them (ours: BD3LM block 1 through the graph, i.e. AR decoding); tokens
                          equal to the float reference's own greedy text before the first difference,
@@ -81,12 +83,18 @@ def graph_argmax(session, spec, chunk: list[int]) -> np.ndarray:
     return ids[0, :, 0]
 
 
-def export(gguf: Path, out: Path, level: int) -> Path:
+# Our graph's variants: the export options each is built with (the base model, no adapter slots).
+VARIANTS = {
+    "level 0": {"accuracy_level": 0},
+    "level 4": {"accuracy_level": 4},
+    "level 4, 4-bit head": {"accuracy_level": 4, "table_bits": 4},
+}
+
+
+def export(gguf: Path, out: Path, options: dict) -> Path:
     from ruvdllm_export.export import export_model
 
-    return export_model(
-        gguf, out, "cpu", accuracy_level=level, adapter_slots=0, validate=False, force=True, log=None
-    )
+    return export_model(gguf, out, "cpu", adapter_slots=0, validate=False, force=True, log=None, **options)
 
 
 def greedy_float(model, prompt: list[int], length: int) -> list[int]:
@@ -144,6 +152,9 @@ def main() -> int:
     parser.add_argument("--num-prompts", type=int, default=16)
     parser.add_argument("--length", type=int, default=32, help="greedy tokens per prompt (0: skip)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), default=["level 0", "level 4"], help="our graphs"
+    )
     args = parser.parse_args()
 
     import onnxruntime as ort
@@ -176,37 +187,36 @@ def main() -> int:
         print(f"llama.cpp skipped: {exc}")
 
     with tempfile.TemporaryDirectory() as scratch:
-        dirs = {level: export(gguf, Path(scratch) / f"level{level}", level) for level in (0, 4)}
+        dirs = {
+            name: export(gguf, Path(scratch) / f"variant{i}", VARIANTS[name])
+            for i, name in enumerate(args.variants)
+        }
         so = ort.SessionOptions()
         so.intra_op_num_threads = args.threads
         sessions = {
-            level: ort.InferenceSession(str(d / artifact.GRAPH_NAME), so, providers=["CPUExecutionProvider"])
-            for level, d in dirs.items()
+            name: ort.InferenceSession(str(d / artifact.GRAPH_NAME), so, providers=["CPUExecutionProvider"])
+            for name, d in dirs.items()
         }
 
         chunks = text_chunks(tokenizer, args.tokens)
-        agree: dict[str, list[bool]] = {
-            "llama.cpp": [],
-            "level 0": [],
-            "level 4": [],
-            "level 4 vs llama.cpp": [],
-        }
+        agree: dict[str, list[bool]] = {"llama.cpp": []}
         for chunk in chunks:
             ref = float_argmax(reference, chunk)
-            ours = {level: graph_argmax(s, spec, chunk) for level, s in sessions.items()}
-            agree["level 0"] += (ours[0] == ref).tolist()
-            agree["level 4"] += (ours[4] == ref).tolist()
-            if llm is not None:
-                theirs = llama_argmax(llm, chunk)
+            theirs = llama_argmax(llm, chunk) if llm is not None else None
+            if theirs is not None:
                 agree["llama.cpp"] += (theirs == ref).tolist()
-                agree["level 4 vs llama.cpp"] += (ours[4] == theirs).tolist()
+            for name, session in sessions.items():
+                ours = graph_argmax(session, spec, chunk)
+                agree.setdefault(name, []).extend((ours == ref).tolist())
+                if theirs is not None and name != "level 0":
+                    agree.setdefault(f"{name} vs llama.cpp", []).extend((ours == theirs).tolist())
         n = sum(len(c) for c in chunks)
         print(
             f"\n== teacher-forced top-1 agreement with the float reference ({n} tokens, {len(chunks)} chunks) =="
         )
         for name, hits in agree.items():
             if hits:
-                print(f"{name:24s} {np.mean(hits) * 100:6.2f}%")
+                print(f"{name:34s} {np.mean(hits) * 100:6.2f}%")
 
         if args.length <= 0:
             return 0
@@ -222,7 +232,7 @@ def main() -> int:
             ).ids
             for p in prompts
         ]
-        models = {level: open_model(d) for level, d in dirs.items()}
+        models = {name: open_model(d) for name, d in dirs.items()}
         settings = GenerationSettings(
             sampler="bd3lm", block_size=1, length=args.length, stop_at_eos=False, talora=False, dgr=False
         )
@@ -232,8 +242,8 @@ def main() -> int:
             outputs = {"float reference": float_tokens}
             if llm is not None:
                 outputs["llama.cpp"] = greedy_llama(llm, prompt, args.length)
-            for level, model in models.items():
-                outputs[f"level {level}"] = model.generate(prompt, settings, seed=0).tokens
+            for name, model in models.items():
+                outputs[name] = model.generate(prompt, settings, seed=0).tokens
             for name, tokens in outputs.items():
                 rows.setdefault(name, []).append(
                     (common_prefix(tokens, float_tokens), judge_nll(reference, prompt, tokens))
@@ -247,7 +257,7 @@ def main() -> int:
             identical = np.mean([v[0] == args.length for v in values])
             ppl = math.exp(np.mean([v[1] for v in values]))
             print(
-                f"{name:24s} prefix {prefix:5.1f} / {args.length}   identical {identical * 100:5.1f}%   gen. ppl {ppl:6.3f}"
+                f"{name:34s} prefix {prefix:5.1f} / {args.length}   identical {identical * 100:5.1f}%   gen. ppl {ppl:6.3f}"
             )
     return 0
 
