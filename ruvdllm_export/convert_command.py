@@ -154,7 +154,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--init-adapter",
         type=Path,
-        help="start from this adapter file's factors (same base, rank, alpha and targets), fresh optimizer",
+        help="start from this adapter file's factors (same base and targets, rank up to --rank), fresh optimizer",
     )
     o = parser.add_argument_group("objective and adapter")
     add_flags(o, ADAPTER)

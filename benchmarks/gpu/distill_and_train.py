@@ -140,11 +140,14 @@ def distill(args, plan: Plan, answers: Path) -> dict:
 
 
 def adapter_shape(args) -> list[str]:
-    """--rank/--alpha/--targets: as given, else a warm start's own (they must match), else rank 16."""
+    """--rank/--alpha/--targets: as given, else a warm start's own, else rank 16. A warm start
+    widened to a larger --rank keeps its scale alpha/rank unless --alpha is given."""
     given = {"rank": args.rank, "alpha": args.alpha, "targets": args.targets}
     if args.init_adapter is not None:
         lora = read_adapter(args.init_adapter).lora
         theirs = {"rank": lora["rank"], "alpha": lora["alpha"], "targets": ",".join(lora["targets"])}
+        if args.rank is not None and args.alpha is None:
+            theirs["alpha"] = float(lora["alpha"]) / int(lora["rank"]) * args.rank
         given = {k: theirs[k] if v is None else v for k, v in given.items()}
     flags = []
     for key, value in given.items():

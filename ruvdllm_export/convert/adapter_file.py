@@ -124,18 +124,21 @@ def check_base(path: Path, got: dict, expected: dict, keys=BASE_KEYS) -> None:
 
 
 def check_warm_start(path: Path, adapter: AdapterFile, lora: dict, base: dict) -> None:
-    """A run may start from `adapter` only when its factors fit this run's LoRA as they are: the
-    same base (its source file too: the factors corrected that file's quantization) and the same
-    rank, alpha and targets."""
+    """A run may start from `adapter` only when its factors fit inside this run's LoRA: the same
+    base (its source file too: the factors corrected that file's quantization), the same targets
+    and at most this run's rank. A lower rank or another alpha is fine: the factors are widened
+    and rescaled to the same update (reference/lora.py `widened_lora_state`)."""
     check_base(path, adapter.base, base, (*BASE_KEYS, "source_sha256"))
-    theirs = (int(adapter.lora["rank"]), float(adapter.lora["alpha"]), tuple(adapter.lora["targets"]))
-    ours = (int(lora["rank"]), float(lora["alpha"]), tuple(lora["targets"]))
-    if theirs != ours:
-        rank, alpha, targets = theirs
+    rank, alpha, targets = (
+        int(adapter.lora["rank"]),
+        float(adapter.lora["alpha"]),
+        tuple(adapter.lora["targets"]),
+    )
+    if targets != tuple(lora["targets"]) or rank > int(lora["rank"]):
         raise RuvdllmError(
-            f"{path}: rank {rank}, alpha {alpha:g}, targets {','.join(targets)}; this run has rank {ours[0]}, "
-            f"alpha {ours[1]:g}, targets {','.join(ours[2])} (give --rank {rank} --alpha {alpha:g} "
-            f"--targets {','.join(targets)} to warm-start from it)"
+            f"{path}: rank {rank}, alpha {alpha:g}, targets {','.join(targets)}; this run has rank {lora['rank']}, "
+            f"alpha {float(lora['alpha']):g}, targets {','.join(lora['targets'])} (a warm start needs the same "
+            f"targets and a rank of at least {rank}: give --rank {rank} --targets {','.join(targets)})"
         )
 
 

@@ -50,7 +50,13 @@ from ruvdllm_export.convert.objectives import (
     check_teacher_weight,
     diffusion_loss,
 )
-from ruvdllm_export.reference import LoraConfig, load_lora_state_dict, lora_parameters, lora_state_dict
+from ruvdllm_export.reference import (
+    LoraConfig,
+    load_lora_state_dict,
+    lora_parameters,
+    lora_state_dict,
+    widened_lora_state,
+)
 from ruvdllm_export.reference.model import DiffusionLM
 
 CHECKPOINT = "checkpoint.pt"
@@ -293,18 +299,25 @@ class Trainer:
 
     def warm_start(self, path: Path) -> None:
         """Start a new run from an adapter file's factors (a fresh optimizer and schedule): the
-        file must be for this base and have this run's rank, alpha and targets."""
+        file must be for this base and these targets, at this run's rank or lower (widened: the
+        same update, with room to learn more)."""
         if self.state.step:
             raise RuvdllmError(
                 f"{path}: a warm start begins a new run; this one is at step {self.state.step}"
             )
         adapter = read_adapter(path)
         check_warm_start(path, adapter, self.lora.to_dict(), self.base)
-        load_lora_state_dict(self.model, {k: torch.from_numpy(v) for k, v in adapter.factors.items()})
+        factors = {k: torch.from_numpy(v) for k, v in adapter.factors.items()}
+        rank = int(adapter.lora["rank"])
+        if (rank, float(adapter.lora["alpha"])) != (self.lora.rank, self.lora.alpha):
+            rescale = adapter.scaling / (self.lora.alpha / self.lora.rank)
+            factors = widened_lora_state(factors, lora_state_dict(self.model), rescale)
+        load_lora_state_dict(self.model, factors)
         self.state.warm_start = {
             "file": Path(path).name,
             "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
             "tokens": int(adapter.training.get("tokens", 0)),
+            **({"rank": rank} if rank != self.lora.rank else {}),
         }
 
     def resume(self) -> None:

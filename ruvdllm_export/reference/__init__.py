@@ -14,6 +14,7 @@ from ruvdllm_export.reference.lora import (
     lora_parameters,
     lora_state_dict,
     merge_lora,
+    widened_lora_state,
 )
 from ruvdllm_export.reference.masks import (
     annealed_visibility,
@@ -47,4 +48,5 @@ __all__ = [
     "merge_lora",
     "visibility",
     "weights_from_state_dict",
+    "widened_lora_state",
 ]

@@ -156,6 +156,30 @@ def load_lora_state_dict(model: DiffusionLM, state: dict[str, torch.Tensor]) -> 
                 target.copy_(source)
 
 
+def widened_lora_state(
+    state: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor], rescale: float
+) -> dict[str, torch.Tensor]:
+    """Factors of a lower-rank adapter placed in a fresh wider one, so that the wider adapter
+    makes the same update: the old directions fill A's first rows and B's first columns (B times
+    `rescale`, the old alpha/rank over the new), and the new directions keep the fresh
+    initialisation, in which one factor is zero (B for a linear, A for the embedding), so they
+    add nothing until trained. `rescale` alone (equal ranks) carries an adapter to another alpha."""
+    widened = {}
+    for name, init in fresh.items():
+        old = torch.as_tensor(state[name]).to(init.dtype)
+        out = init.detach().clone()
+        if name.endswith(".lora_A.weight"):
+            if old.shape[1:] != out.shape[1:] or old.shape[0] > out.shape[0]:
+                raise ValueError(f"LoRA {name}: shape {tuple(old.shape)} does not fit {tuple(out.shape)}")
+            out[: old.shape[0]] = old
+        else:
+            if old.shape[:1] != out.shape[:1] or old.shape[1] > out.shape[1]:
+                raise ValueError(f"LoRA {name}: shape {tuple(old.shape)} does not fit {tuple(out.shape)}")
+            out[:, : old.shape[1]] = old * rescale
+        widened[name] = out
+    return widened
+
+
 def lora_deltas(model: DiffusionLM) -> dict[str, np.ndarray]:
     """Canonical weight name -> merged float32 update (alpha / rank) · B A, shaped like the
     weight ([out, in]; [vocab, hidden] for the embedding): `W + delta` is the adapted weight."""

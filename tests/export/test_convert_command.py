@@ -442,11 +442,14 @@ def test_warm_start_begins_from_the_adapter_and_counts_its_tokens(workspace, tmp
         np.testing.assert_array_equal(warm.factors[name], factor)
     assert warm.training["warm_start"]["tokens"] == seen
     assert warm.training["tokens"] == seen + warm.training["run_tokens"] > seen
-    with pytest.raises(RuvdllmError, match="rank 2, alpha 32, .*this run has rank 4"):
-        from ruvdllm.cli import build_parser
-        from ruvdllm_export.convert_command import run
+    from ruvdllm.cli import build_parser
+    from ruvdllm_export.convert_command import run
 
-        argv = _args(workspace, tmp_path / "c", "--rank", "4", "--init-adapter", str(first))
+    with pytest.raises(RuvdllmError, match="rank 2, alpha 32, .*this run has rank 1.*rank of at least 2"):
+        argv = _args(workspace, tmp_path / "c", "--rank", "1", "--init-adapter", str(first))
+        run(build_parser(argv).parse_args(argv))
+    with pytest.raises(RuvdllmError, match="targets q_proj.*the same targets"):
+        argv = _args(workspace, tmp_path / "c2", "--targets", "q_proj", "--init-adapter", str(first))
         run(build_parser(argv).parse_args(argv))
     adapter = read_adapter(first)
     other = tmp_path / "other.safetensors"
@@ -456,6 +459,39 @@ def test_warm_start_begins_from_the_adapter_and_counts_its_tokens(workspace, tmp
     with pytest.raises(RuvdllmError, match="other.safetensors: trained for hidden_size 999"):
         argv = _args(workspace, tmp_path / "d", "--init-adapter", str(other))
         run(build_parser(argv).parse_args(argv))
+
+
+def test_warm_start_widens_a_lower_rank_to_the_same_update(workspace, tmp_path):
+    """--init-adapter of rank 2 into a rank-4 run with another alpha: every merged update
+    (alpha/rank)·B A is the file's, the new directions are A's fresh rows beside zero columns of
+    B, and training then moves them (lr 0 keeps the start as it is)."""
+    first = tmp_path / "first.safetensors"
+    assert main(_args(workspace, tmp_path / "a", "--max-steps", "2", "--output", str(first))) == 0
+    narrow = read_adapter(first)
+    assert narrow.lora["rank"] == 2
+
+    def merged(adapter) -> dict[str, np.ndarray]:
+        f = adapter.factors
+        return {
+            stem: adapter.scaling * f[stem + ".lora_B.weight"].astype(np.float64) @ f[stem + ".lora_A.weight"]
+            for stem in (n.removesuffix(".lora_A.weight") for n in f if n.endswith(".lora_A.weight"))
+        }
+
+    wide_args = ("--rank", "4", "--alpha", "16", "--init-adapter", str(first))
+    assert main(_args(workspace, tmp_path / "b", "--max-steps", "1", "--lr", "0", *wide_args)) == 0
+    wide = read_adapter(tmp_path / "b" / "adapter.safetensors")
+    assert wide.lora["rank"] == 4 and wide.training["warm_start"]["rank"] == 2
+    before, after = merged(narrow), merged(wide)
+    assert set(before) == set(after)
+    for stem, delta in before.items():
+        np.testing.assert_allclose(after[stem], delta, rtol=1e-5, atol=1e-7 * np.abs(delta).max())
+        a, b = wide.factors[stem + ".lora_A.weight"], wide.factors[stem + ".lora_B.weight"]
+        np.testing.assert_array_equal(a[:2], narrow.factors[stem + ".lora_A.weight"])
+        assert np.abs(a[2:]).max() > 0 and not b[:, 2:].any()  # fresh directions: A random, B zero
+
+    assert main(_args(workspace, tmp_path / "c", "--max-steps", "2", *wide_args)) == 0
+    trained = read_adapter(tmp_path / "c" / "adapter.safetensors")
+    assert any(trained.factors[n][:, 2:].any() for n in trained.factors if n.endswith(".lora_B.weight"))
 
 
 def test_max_minutes_stops_early_and_saves(workspace, tmp_path):

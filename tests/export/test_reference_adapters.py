@@ -25,6 +25,7 @@ from ruvdllm_export.reference import (
     lora_factors,
     lora_parameters,
     lora_state_dict,
+    widened_lora_state,
 )
 from ruvdllm_export.reference.linear import FrozenLinear
 from ruvdllm_export.spec import EMBED, LINEARS, LM_HEAD, linear_weight
@@ -281,6 +282,40 @@ def test_lora_state_dict_round_trip_and_mismatch():
         load_lora_state_dict(other, state)
     with pytest.raises(ValueError, match="not among"):
         apply_lora(_model(), LoraConfig(targets=("qkv",)))
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    rank=st.integers(1, 4),
+    extra=st.integers(0, 4),
+    alphas=st.tuples(st.sampled_from([1.0, 8.0, 32.0]), st.sampled_from([1.0, 8.0, 32.0])),
+    seed=st.integers(0, 99),
+)
+def test_a_widened_adapter_is_the_same_model(rank, extra, alphas, seed):
+    """A trained adapter widened to a higher rank and another alpha (linears, the head and the
+    embedding, whose fresh zero factor is A) computes the same logits; its new directions are
+    the fresh adapter's."""
+    spec, _ = tiny()
+    targets = ("q_proj", "down_proj", "lm_head", "embed_tokens")
+    narrow = _model()
+    apply_lora(narrow, LoraConfig(rank=rank, alpha=alphas[0], targets=targets))
+    _randomise(narrow, seed)
+    wide = _model()
+    apply_lora(wide, LoraConfig(rank=rank + extra, alpha=alphas[1], targets=targets, seed=seed))
+    fresh = lora_state_dict(wide)
+    rescale = (alphas[0] / rank) / (alphas[1] / (rank + extra))
+    load_lora_state_dict(wide, widened_lora_state(lora_state_dict(narrow), fresh, rescale))
+    ids = _ids(6, spec.vocab_size, seed=seed)
+    torch.testing.assert_close(
+        _run(wide, ids, causal_block_ids(6)), _run(narrow, ids, causal_block_ids(6)), atol=1e-4, rtol=1e-4
+    )
+    for name, factor in lora_state_dict(wide).items():
+        new = factor[rank:] if name.endswith("lora_A.weight") else factor[:, rank:]
+        old = fresh[name][rank:] if name.endswith("lora_A.weight") else fresh[name][:, rank:]
+        assert torch.equal(new, old), name
+    if extra:  # narrowing is no warm start
+        with pytest.raises(ValueError, match="does not fit"):
+            widened_lora_state(fresh, lora_state_dict(narrow), 1.0)
 
 
 def test_lora_init_is_seeded():
