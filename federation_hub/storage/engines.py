@@ -7,6 +7,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from federation_hub.storage.base import Store
 from federation_hub.storage.sql import SqlStore
+from federation_hub.storage.writer_queue import WriterQueue
 from ruvdllm.errors import RuvdllmError
 
 
@@ -38,7 +39,11 @@ class SqliteStore(SqlStore):
                 "BEGIN IMMEDIATE" if conn.get_execution_options().get("hub_write") else "BEGIN"
             )
 
+        self._writers = WriterQueue()
         super().__init__(engine)
+
+    def _writer_turn(self):
+        return self._writers.turn()
 
     def _insert_ignore(self, conn, table, values) -> bool:
         statement = sqlite.insert(table).values(**values).on_conflict_do_nothing()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
@@ -81,10 +81,15 @@ class SqlStore(ContributionQueries, ReleaseQueries, Store):
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """A write transaction (SQLite: BEGIN IMMEDIATE; reads stay deferred and never block)."""
-        with self.engine.connect() as conn:
+        with self._writer_turn(), self.engine.connect() as conn:
             conn.execution_options(hub_write=True)
             with conn.begin():
                 yield conn
+
+    def _writer_turn(self) -> AbstractContextManager:
+        """Whatever this process's writers must take before the database's own write lock
+        (SQLite: a FIFO turn, storage/writer_queue.py; PostgreSQL: nothing, rows lock)."""
+        return nullcontext()
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:

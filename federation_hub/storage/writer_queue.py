@@ -1,0 +1,66 @@
+"""First come, first served for a process's SQLite writers.
+
+SQLite admits one writer at a time, and a writer that finds the database locked does not wait
+to be woken: its busy handler sleeps and retries, backing off to 100 ms between tries. Under a
+steady stream of writes a writer that has backed off keeps losing the lock to fresh ones that
+try sooner, so a few requests waited seconds while the median waited 10 ms (the latency's tail of
+`benchmarks/hub_load.py`: p99 ~1.5 s, 15-20× p50, all of it waiting for the write lock). Taking
+turns in the process first, in arrival order, leaves at most one of its writers at the database's
+lock; the busy handler then only arbitrates between processes (a seeding worker, a CLI).
+
+The standard library's locks promise no order of wake-up, hence this queue of handed-over turns.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+HANDED_OVER = -1  # no thread's ident: the turn is on its way to the next waiter
+
+
+class WriterQueue:
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._waiting: deque[threading.Event] = deque()
+        self._holder: int | None = None  # the thread whose turn it is
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """Wait for this thread's turn (FIFO), hold it for the block, pass it to the next."""
+        me = threading.get_ident()
+        with self._guard:
+            if self._holder == me:  # SQLite would wait on itself for its whole busy timeout
+                raise RuntimeError("a write transaction inside a write transaction on one thread")
+            if self._holder is None:
+                self._holder = me
+                event = None
+            else:
+                event = threading.Event()
+                self._waiting.append(event)
+        if event is not None:
+            try:
+                event.wait()  # the previous holder handed the turn over to us
+            except BaseException:  # interrupted while queued: the turn must not be lost
+                with self._guard:
+                    if event in self._waiting:
+                        self._waiting.remove(event)
+                        raise
+                self._pass_on()
+                raise
+            with self._guard:
+                self._holder = me
+        try:
+            yield
+        finally:
+            self._pass_on()
+
+    def _pass_on(self) -> None:
+        with self._guard:
+            if self._waiting:
+                self._holder = HANDED_OVER  # the next thread names itself when it wakes
+                self._waiting.popleft().set()
+            else:
+                self._holder = None
