@@ -19,13 +19,27 @@ from ruvdllm.errors import RuvdllmError
 PAYLOAD_CHUNK = 32  # payloads per query: a few tens of megabytes of rank-8 updates at a time
 
 
+def blob_rows(conn: Connection, query: sa.Select) -> list[tuple]:
+    """The rows of a query that reads payloads. On PostgreSQL in the binary wire format: psycopg
+    (through SQLAlchemy) asks for text, in which the server sends `bytea` as hex — twice the bytes,
+    encoded and decoded again — and a 106 MB partial sum then took 1.4 s to read instead of 0.23 s
+    (measured on a local server). The statement is SQLAlchemy's own, compiled for the dialect and
+    run on the same connection, so in the same transaction and snapshot."""
+    if conn.dialect.name != "postgresql":
+        return [tuple(row) for row in conn.execute(query)]
+    compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    with conn.connection.driver_connection.cursor(binary=True) as cursor:
+        cursor.execute(str(compiled), compiled.params)
+        return cursor.fetchall()
+
+
 def payloads_of(conn: Connection, ids: Sequence[int], chunk: int) -> Iterator[bytes]:
     """Payloads in the order asked, one query per `chunk` of them."""
     ids = list(ids)
     c = t.contributions.c
     for start in range(0, len(ids), chunk):
         wanted = ids[start : start + chunk]
-        rows = dict(conn.execute(sa.select(c.id, c.payload).where(c.id.in_(wanted))).all())
+        rows = dict(blob_rows(conn, sa.select(c.id, c.payload).where(c.id.in_(wanted))))
         for cid in wanted:
             if rows.get(cid) is None:
                 raise RuvdllmError(f"contribution {cid}: its payload is no longer stored")
@@ -124,10 +138,8 @@ class ContributionQueries:
     def partial(self, round_id: int, owner: str) -> bytes | None:
         p = t.partials.c
         with self.engine.connect() as conn:
-            found = conn.execute(
-                sa.select(p.payload).where(p.round_id == round_id, p.owner == owner)
-            ).scalar()
-        return None if found is None else bytes(found)
+            found = blob_rows(conn, sa.select(p.payload).where(p.round_id == round_id, p.owner == owner))
+        return bytes(found[0][0]) if found else None
 
 
 class RunningSumWrites:
@@ -181,7 +193,8 @@ class SqlSnapshot(Snapshot):
             sa.select(p.id, p.owner).where(p.round_id == round_id).order_by(p.id)
         ).all()
         for pid, owner in owners:  # one at a time: each can be a dense sum of every linear
-            yield owner, bytes(self._conn.execute(sa.select(p.payload).where(p.id == pid)).scalar_one())
+            (payload,) = blob_rows(self._conn, sa.select(p.payload).where(p.id == pid))[0]
+            yield owner, bytes(payload)
 
     def payloads(self, contribution_ids: Sequence[int]) -> Iterator[bytes]:
         return payloads_of(self._conn, contribution_ids, PAYLOAD_CHUNK)
