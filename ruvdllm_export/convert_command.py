@@ -72,6 +72,12 @@ TRAINING = (  # every TrainConfig field, in its order
     Flag("seed", "data order, masks, annealing and LoRA init", TrainConfig),
     Flag("gradient_checkpointing", "recompute layers in backward: less memory, ~30% more time", TrainConfig),
     Flag("memory_gb", "CPU memory budget for the batch check", TrainConfig),
+    Flag(
+        "lean_memory",
+        "return freed tensors' memory at once (~15% lower peak, ~25% slower steps; on by itself "
+        "when the run fits --memory-gb only so)",
+        TrainConfig,
+    ),
     Flag("log_every", "steps between log lines", TrainConfig),
     Flag(
         "precision",
@@ -127,7 +133,15 @@ PRESETS = {
     },
 }
 # What a resumed run may change; everything else is the run's own (its args.json).
-RESUMABLE = ("max_steps", "eval_every", "checkpoint_minutes", "max_minutes", "threads", "output")
+RESUMABLE = (
+    "max_steps",
+    "eval_every",
+    "checkpoint_minutes",
+    "max_minutes",
+    "threads",
+    "output",
+    "lean_memory",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -245,7 +259,7 @@ def run(args) -> int:
     from ruvdllm_export.convert.adapter_file import base_identity
     from ruvdllm_export.convert.data import build_sequences, read_training_documents
     from ruvdllm_export.convert.distill import read_prompts
-    from ruvdllm_export.convert.trainer import BEST, Trainer, check_memory, memory_estimate, pick_device
+    from ruvdllm_export.convert.trainer import BEST, Trainer, apply_memory_plan, memory_estimate, pick_device
     from ruvdllm_export.default_model import default_gguf_path
     from ruvdllm_export.reference import apply_lora
 
@@ -261,7 +275,8 @@ def run(args) -> int:
         args.model if args.model is not None else default_gguf_path(progress=not args.quiet)
     )  # headers only: the spec sizes the estimate before any weight is read
     estimate = memory_estimate(checkpoint.spec, config, objective, lora)
-    check_memory(estimate, config, pick_device())  # before any weight or data is read
+    # before any weight or data is read: refused here if it cannot fit, lean if it needs to be
+    memory_note = apply_memory_plan(estimate, config, pick_device())
     # The inputs next, all cheap to read: a missing or malformed one stops the run here, before
     # the model loads, and leaves no run directory behind.
     chat = (checkpoint.spec.chat_template, checkpoint.spec.bos_token_id)
@@ -304,6 +319,8 @@ def run(args) -> int:
     elif args.init_adapter is not None:
         trainer.warm_start(args.init_adapter)
     print(f"{args.run_dir}: {estimate.describe()}", file=sys.stderr)  # checked before the load
+    if memory_note:
+        print(f"{args.run_dir}: {memory_note}", file=sys.stderr)
     print(
         f"{args.run_dir}: {train.shape[0]} training rows of {args.seq_len} tokens"
         f"{f', {held_out.shape[0]} held out' if held_out is not None else ''}; step {trainer.state.step}",

@@ -359,7 +359,9 @@ def test_estimate_parts_count_what_they_name():
     assert bf16.base > one.base and bf16.activations < one.activations
     checkpointed = _estimate(SMOLLM2, 1, 192, True, rank=8, targets=("q_proj",))
     assert checkpointed.activations < one.activations and checkpointed.base == one.base
-    assert one.total == one.runtime + one.base + one.lora + one.activations
+    assert one.lean_total == one.runtime + one.base + one.lora + one.activations
+    assert one.total == one.lean_total + one.heap
+    assert one.heap == int(0.05 * (one.base + one.lora + one.activations))
     assert "memory estimate" in one.describe() and "\n" not in one.describe()
     # trained certainty forcing keeps two more vocabulary-wide rows per target (memory.head_copies)
     forced = estimate_memory(
@@ -374,6 +376,27 @@ def test_estimate_parts_count_what_they_name():
     )
     plain = _estimate(SMOLLM2, 1, 192, False, rank=8, targets=("q_proj",))
     assert forced.activations - plain.activations == 2 * 128 * SMOLLM2.vocab_size * 4
+
+
+def test_memory_plan_goes_lean_only_when_it_must():
+    """Within --memory-gb the default allocator; between the lean bound and the estimate the lean
+    one; below the lean bound a one-line refusal naming the estimate; --lean-memory forces it."""
+    from ruvdllm_export.convert.trainer import TrainConfig, memory_plan
+
+    estimate = _estimate(SMOLLM2, 1, 3 * 128, False)
+    cpu = torch.device("cpu")
+
+    def plan(gb: float, lean: bool = False) -> bool:
+        return memory_plan(estimate, TrainConfig(memory_gb=gb, lean_memory=lean), cpu)
+
+    gb = 2**30
+    assert plan(estimate.total / gb + 0.01) is False
+    assert plan(estimate.total / gb + 0.01, lean=True) is True
+    assert plan((estimate.lean_total + estimate.total) / 2 / gb) is True
+    with pytest.raises(
+        RuvdllmError, match=r"needs about .* GB \(memory estimate .*\), more than .*--memory-gb"
+    ):
+        plan(estimate.lean_total / gb - 0.01)
 
 
 def test_estimate_counts_the_dequantized_weights_autograd_keeps():
