@@ -7,7 +7,7 @@ and memory freed there stays with the process, fragmented, for later allocations
 step's peak then holds what the step uses plus what earlier steps left behind: measured on the
 Llama-3.2-1B-shaped checkpoint, 4,199-4,237 MiB at the default against 3,592 MiB with a fixed
 1 MiB threshold (every tensor of a megabyte or more mapped, and unmapped when freed); on SmolLM2,
-2.71-2.78 GB against 2.29-2.31 GB. The price is a fresh mapping, and page faults, for every large
+2,711-2,775 MiB against 2,275-2,308 MiB. The price is a fresh mapping, and page faults, for every large
 tensor: steps took ~25% longer (5.3 → 6.8 s on SmolLM2, bf16, two threads). Hence a mode the
 trainer turns on only when the run would not fit its budget otherwise (trainer.py `memory_plan`),
 or when asked (`--lean-memory`).
