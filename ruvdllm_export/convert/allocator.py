@@ -5,12 +5,12 @@ above it, and it raises that threshold (up to 32 MiB) each time a mapped block i
 a few steps the tensors of a training step — tens of megabytes each — all come from the heap,
 and memory freed there stays with the process, fragmented, for later allocations. A conversion
 step's peak then holds what the step uses plus what earlier steps left behind: measured on the
-Llama-3.2-1B-shaped checkpoint, 4,199-4,237 MiB at the default against 3,592 MiB with a fixed
-1 MiB threshold (every tensor of a megabyte or more mapped, and unmapped when freed); on SmolLM2,
-2,711-2,775 MiB against 2,275-2,308 MiB. The price is a fresh mapping, and page faults, for every large
-tensor: steps took ~25% longer (5.3 → 6.8 s on SmolLM2, bf16, two threads). Hence a mode the
-trainer turns on only when the run would not fit its budget otherwise (trainer.py `memory_plan`),
-or when asked (`--lean-memory`).
+Llama-3.2-1B-shaped checkpoint, 4,087-4,237 MiB at the default against 3,592-3,597 MiB with a
+fixed 1 MiB threshold (every tensor of a megabyte or more mapped, and unmapped when freed); on
+SmolLM2 at the stage-4 settings only 2,294-2,316 against 2,253-2,263 MiB. The price is a fresh
+mapping, and page faults, for every large tensor: 25.4 → 29.7 s per step at 1B (+17%), within
+the noise on SmolLM2. Hence a mode the trainer turns on only when the run would not fit its
+budget otherwise (trainer.py `memory_plan`), or when asked (`--lean-memory`).
 
 mallopt is glibc's own interface; no Python library wraps it (ctypes is the standard way in).
 """

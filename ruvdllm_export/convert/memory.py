@@ -24,10 +24,10 @@ Q4_BYTES_PER_WEIGHT = 0.5 + 4 / 32 + 0.5 / 32  # nibbles, a float32 scale and a 
 TABLE_PACKED_BYTES = 1 + 2 * (4 + 0.5) / 32  # the 8-bit table as two 4-bit halves (onnx_graph/q8.py)
 LORA_COPIES = 4  # the factor, its gradient, AdamW's exp_avg and exp_avg_sq (all float32)
 EMBED_TARGET, HEAD_TARGET = "embed_tokens", "lm_head"
-# Freed memory glibc's heap keeps (allocator.py): the measured peaks stood 1-2% above the sum of
-# the other parts on the 1B-shaped checkpoint (4,199-4,237 MiB against 4,157) and within ±1% on
-# SmolLM2 (2,711-2,775 MiB against 2,765), so 5% of those parts covers both; with the lean
-# allocator the peaks fell to 0.83-0.86 of the sum, and no slack is counted
+# Freed memory glibc's heap keeps (allocator.py): the measured peaks stood up to 2% above the sum
+# of the other parts on the 1B-shaped checkpoint (4,087-4,237 MiB against 4,157) and well under it
+# on SmolLM2 (2,294-2,316 MiB against 2,765), so 5% of those parts covers both; with the lean
+# allocator the 1B peak fell to 0.86 of the sum, and no slack is counted
 HEAP_SLACK = 0.05
 
 

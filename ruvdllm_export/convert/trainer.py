@@ -205,7 +205,7 @@ def apply_memory_plan(estimate: MemoryEstimate, config: TrainConfig, device: tor
     gb = 2**30
     return (
         f"memory: lean allocator (freed tensors unmapped at once: bound {estimate.lean_total / gb:.2f} GB "
-        f"instead of {estimate.total / gb:.2f}, steps ~25% slower)"
+        f"instead of {estimate.total / gb:.2f}; steps up to ~20% slower)"
     )
 
 
