@@ -92,12 +92,12 @@ class TrainConfig:
     seed: int = 0  # data order, masks, annealing, LoRA init
     gradient_checkpointing: bool = False  # recompute layers in backward: ~1/layers the memory, ~+30% time
     memory_gb: float = DEFAULT_BUDGET_GB  # refuse a micro-batch whose estimate exceeds this (CPU)
+    lean_memory: bool = False  # the lean allocator even when the run fits without it (allocator.py)
     log_every: int = 1  # steps between log lines: every step, the log is the training curve
     precision: str = "fp32"  # the exact 4-bit base; "bf16" caches it in bfloat16 (~4x on CPU, within 2^-9)
     teacher_weight: float = 0.0  # AR soft targets' share of the loss (objectives.py); 0: labels only
     certainty_weight: float = 0.0  # dParallel's entropy on correct targets; 0 until it measures better
     max_minutes: float = 0.0  # stop (evaluate, save) after this long in one process; 0: no limit
-    lean_memory: bool = False  # the lean allocator even when the run fits without it (allocator.py)
 
     def __post_init__(self) -> None:
         if self.seq_len < 2 or min(self.batch_size, self.grad_accum, self.max_steps) < 1:
