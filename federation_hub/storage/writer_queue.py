@@ -18,13 +18,11 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-HANDED_OVER = -1  # no thread's ident: the turn is on its way to the next waiter
-
 
 class WriterQueue:
     def __init__(self) -> None:
         self._guard = threading.Lock()
-        self._waiting: deque[threading.Event] = deque()
+        self._waiting: deque[tuple[int, threading.Event]] = deque()  # (thread ident, its wake-up)
         self._holder: int | None = None  # the thread whose turn it is
 
     @contextmanager
@@ -34,24 +32,22 @@ class WriterQueue:
         with self._guard:
             if self._holder == me:  # SQLite would wait on itself for its whole busy timeout
                 raise RuntimeError("a write transaction inside a write transaction on one thread")
+            waiter = None
             if self._holder is None:
                 self._holder = me
-                event = None
             else:
-                event = threading.Event()
-                self._waiting.append(event)
-        if event is not None:
+                waiter = (me, threading.Event())
+                self._waiting.append(waiter)
+        if waiter is not None:
             try:
-                event.wait()  # the previous holder handed the turn over to us
+                waiter[1].wait()  # the previous holder made this thread the holder, then woke it
             except BaseException:  # interrupted while queued: the turn must not be lost
                 with self._guard:
-                    if event in self._waiting:
-                        self._waiting.remove(event)
+                    if waiter in self._waiting:
+                        self._waiting.remove(waiter)
                         raise
                 self._pass_on()
                 raise
-            with self._guard:
-                self._holder = me
         try:
             yield
         finally:
@@ -60,7 +56,7 @@ class WriterQueue:
     def _pass_on(self) -> None:
         with self._guard:
             if self._waiting:
-                self._holder = HANDED_OVER  # the next thread names itself when it wakes
-                self._waiting.popleft().set()
+                self._holder, wake = self._waiting.popleft()
+                wake.set()
             else:
                 self._holder = None

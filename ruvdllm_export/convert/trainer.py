@@ -174,22 +174,23 @@ def memory_plan(estimate: MemoryEstimate, config: TrainConfig, device: torch.dev
         budget = torch.cuda.get_device_properties(device).total_memory
         where = f"{torch.cuda.get_device_name(device)}"
         if estimate.total > budget:  # device memory: torch's caching allocator, not malloc
-            _refuse(estimate, config, estimate.total, budget, where)
+            raise _refusal(estimate, config, estimate.total, budget, where)
         return config.lean_memory
     budget, where = int(config.memory_gb * 2**30), f"--memory-gb {config.memory_gb:g}"
     if estimate.total <= budget:
         return config.lean_memory
     if estimate.lean_total <= budget:
         return True
-    _refuse(estimate, config, estimate.lean_total, budget, where)
-    return True  # not reached
+    raise _refusal(estimate, config, estimate.lean_total, budget, where)
 
 
-def _refuse(estimate: MemoryEstimate, config: TrainConfig, need: int, budget: int, where: str) -> None:
+def _refusal(
+    estimate: MemoryEstimate, config: TrainConfig, need: int, budget: int, where: str
+) -> RuvdllmError:
     hint = "lower --batch-size and raise --grad-accum"
     if not config.gradient_checkpointing:
         hint += ", or add --gradient-checkpointing"
-    raise RuvdllmError(
+    return RuvdllmError(
         f"batch {config.batch_size} x {config.seq_len} tokens: needs about {need / 2**30:.1f} GB "
         f"({estimate.describe()}), more than {budget / 2**30:.1f} GB ({where}); {hint}"
     )
@@ -334,11 +335,9 @@ class Trainer:
         adapter = read_adapter(path)
         check_warm_start(path, adapter, self.lora.to_dict(), self.base)
         factors = {k: torch.from_numpy(v) for k, v in adapter.factors.items()}
+        rescale = adapter.scaling / (self.lora.alpha / self.lora.rank)  # 1 at equal rank and alpha
+        load_lora_state_dict(self.model, widened_lora_state(factors, lora_state_dict(self.model), rescale))
         rank = int(adapter.lora["rank"])
-        if (rank, float(adapter.lora["alpha"])) != (self.lora.rank, self.lora.alpha):
-            rescale = adapter.scaling / (self.lora.alpha / self.lora.rank)
-            factors = widened_lora_state(factors, lora_state_dict(self.model), rescale)
-        load_lora_state_dict(self.model, factors)
         self.state.warm_start = {
             "file": Path(path).name,
             "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),

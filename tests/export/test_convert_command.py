@@ -493,21 +493,18 @@ def test_warm_start_widens_a_lower_rank_to_the_same_update(workspace, tmp_path):
     narrow = read_adapter(first)
     assert narrow.lora["rank"] == 2
 
-    def merged(adapter) -> dict[str, np.ndarray]:
-        f = adapter.factors
-        return {
-            stem: adapter.scaling * f[stem + ".lora_B.weight"].astype(np.float64) @ f[stem + ".lora_A.weight"]
-            for stem in (n.removesuffix(".lora_A.weight") for n in f if n.endswith(".lora_A.weight"))
-        }
+    def merged(path) -> dict[str, np.ndarray]:  # (alpha/rank)·B A per weight, as the exporter reads it
+        return {name: b.astype(np.float64) @ a for name, (a, b) in read_static_lora(path).items()}
 
     wide_args = ("--rank", "4", "--alpha", "16", "--init-adapter", str(first))
     assert main(_args(workspace, tmp_path / "b", "--max-steps", "1", "--lr", "0", *wide_args)) == 0
     wide = read_adapter(tmp_path / "b" / "adapter.safetensors")
     assert wide.lora["rank"] == 4 and wide.training["warm_start"]["rank"] == 2
-    before, after = merged(narrow), merged(wide)
+    before, after = merged(first), merged(tmp_path / "b" / "adapter.safetensors")
     assert set(before) == set(after)
-    for stem, delta in before.items():
-        np.testing.assert_allclose(after[stem], delta, rtol=1e-5, atol=1e-7 * np.abs(delta).max())
+    for name, delta in before.items():
+        np.testing.assert_allclose(after[name], delta, rtol=1e-5, atol=1e-7 * np.abs(delta).max())
+        stem = name.removesuffix(".weight")
         a, b = wide.factors[stem + ".lora_A.weight"], wide.factors[stem + ".lora_B.weight"]
         np.testing.assert_array_equal(a[:2], narrow.factors[stem + ".lora_A.weight"])
         assert np.abs(a[2:]).max() > 0 and not b[:, 2:].any()  # fresh directions: A random, B zero
