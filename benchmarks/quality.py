@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts: the metrics, the baselines
 from conversion_quality import distinct_n  # noqa: E402
 
-from runtime.drafting import Drafting  # noqa: E402
+from runtime.drafting import LENIENT, Drafting  # noqa: E402
 from runtime.settings import DECODINGS, GenerationSettings, check_settings, settings_from  # noqa: E402
 from ruvdllm.errors import RuvdllmError  # noqa: E402
 
@@ -75,7 +75,19 @@ CONFIGS = {
     ),
     # the diffusion model drafts a block, the AR model keeps what it would have written (lossless)
     "verified": lambda block: {"sampler": "verified"},
+    # the same, keeping drafts the AR model finds nearly as likely as its own token (lossy)
+    "verified-lenient": lambda block: {"sampler": "verified", "drafting": drafting_overrides(LENIENT)},
 }
+
+
+def drafting_overrides(drafting: Drafting) -> dict:
+    """The fields of `drafting` that differ from the default rule's."""
+    default = Drafting()
+    return {
+        f.name: getattr(drafting, f.name)
+        for f in fields(Drafting)
+        if getattr(drafting, f.name) != getattr(default, f.name)
+    }
 
 
 def configurations(block: int, decodings: tuple[str, ...] = DECODINGS) -> dict[str, dict]:

@@ -64,15 +64,46 @@ class Drafting:
     # of the time: a doubtful draft costs a verifier row for little (benchmarks/README.md).
     answers: bool = True
     answers_floor: float = 0.35
+    # Which drafts a forward keeps (one of ACCEPTANCES). "exact": those the AR model would have
+    # produced itself (its greedy token; its distribution when sampling), so the output is the AR
+    # model's. "lenient" also keeps a draft the AR model finds nearly as likely as its own choice:
+    # p_AR(draft) >= lenient_ratio · max p_AR, at its row, in context. Lossy, and bounded by the
+    # verifier's own judgement: a kept draft is never far from a near-tie for the AR model. Two
+    # kinds of draft are still checked exactly, since a lenient check would feed repetition:
+    # prompt lookup's copies of the text, and any draft that repeats a bigram of the answer so far
+    # (lenient_check). Measured on 64 held-out prompts (benchmarks/README.md, "Decoding quality"),
+    # greedy: ratio 0.2 gave 2.04 tokens per forward at 1.11x the AR perplexity, against Medusa's
+    # typical acceptance (Cai et al. 2024), which at 2.05 tokens per forward lost twice the
+    # distinct-2 (common phrases of the answer store kept at the AR model's uncertain rows).
+    acceptance: str = "exact"
+    lenient_ratio: float = 0.2
 
 
 # When a forward checks copied drafts instead of the diffusion model's: never; "fallback" when no
 # diffusion drafts are pending (after a rejection, or a block that drafted nothing); "first" whenever
 # the lookup finds a match, the diffusion drafts otherwise. A forward's drafts come from one drafter.
 LOOKUP_MODES = ("off", "fallback", "first")
+ACCEPTANCES = ("exact", "lenient")
 
 # the sampler before adaptive sizing and prompt lookup: b - 1 diffusion drafts every forward
 FULL_BLOCK = Drafting(adaptive=False, lookup="off")
+# Lenient acceptance as measured (benchmarks/README.md, "Decoding quality"): with drafts kept
+# more often the mask block pays for itself (no pause), and deeper copied drafts are worth checking.
+LENIENT = Drafting(acceptance="lenient", pause_below=0.0, lookup_drafts=6, answers_floor=0.2)
+
+# `ruvdllm generate --acceptance`: "auto" is lenient when greedy — the one configuration that meets
+# the parallel-decoding goal (>= 2 tokens per forward at <= 1.5x the AR perplexity, distinct-2
+# within 0.05) at temperature 0, as fast as the exact rule there — and exact when sampling, where
+# lenient acceptance lost 0.09 of distinct-2 (benchmarks/README.md, "Decoding quality").
+ACCEPTANCE_CHOICES = ("auto", *ACCEPTANCES)
+
+
+def drafting_for(acceptance: str, temperature: float) -> Drafting:
+    """The verified sampler's drafting rule for an `--acceptance` choice at `temperature`."""
+    if acceptance not in ACCEPTANCE_CHOICES:
+        raise ValueError(f"acceptance {acceptance!r}: choose from {', '.join(ACCEPTANCE_CHOICES)}")
+    lenient = acceptance == "lenient" or (acceptance == "auto" and temperature <= 0.0)
+    return LENIENT if lenient else Drafting()
 
 
 def draft_count(recent_kept: Sequence[int], block: int, drafting: Drafting, idle: int = 0) -> int:

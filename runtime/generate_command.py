@@ -9,11 +9,13 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from runtime.artifact import sampler_warning
 from runtime.dgr import STRATEGIES
 from runtime.display import LiveView, StreamPrinter
+from runtime.drafting import ACCEPTANCE_CHOICES, drafting_for
 from runtime.learning.feedback_command import add_learning_arguments, learning_loop
 from runtime.schedules import SCHEDULES
 from runtime.settings import (
@@ -54,6 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"{' | '.join(SAMPLERS)} (default {DEFAULTS.sampler}: verified — the AR model's own text, "
         "drafted by the diffusion model — where the model has the adapter switch, else its diffusion "
         "sampler, which --steps, --decoding, --threshold, --entropy-bound, --order or --schedule also choose)",
+    )
+    parser.add_argument(
+        "--acceptance",
+        choices=ACCEPTANCE_CHOICES,
+        default="auto",
+        help="the verified sampler's check of drafts: exact (the AR model's own text), lenient (also "
+        "keeps a draft the AR model finds at least 0.2x as likely as its own token: more tokens per "
+        "forward, a little further from its text), auto (default: lenient when greedy, exact when sampling)",
     )
     parser.add_argument(
         "--decoding", default=DEFAULTS.decoding, help=f"{' | '.join(DECODINGS)} (default {DEFAULTS.decoding})"
@@ -177,6 +187,7 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
     ids = model.encode(text)
     model.check(len(ids), settings)
     settings = concrete(settings, model.config)  # sampler auto -> the one that runs, reported below
+    settings = with_acceptance(settings, args.acceptance)
     # Allowed (a comparison may want it), but said: the text will be poor (config `samplers`).
     warnings = [w for w in (sampler_warning(model.config, settings.sampler),) if w]
     for warning in warnings:
@@ -196,13 +207,13 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
         with LiveView(model.token_text) as view:
             done = model.generate(ids, settings, seed=args.seed, on_step=view, control=control)
         print(f"\n{done.text}")
-        print(summary(done), file=sys.stderr)
+        print(summary(done, settings), file=sys.stderr)
     else:
         printer = StreamPrinter(model.decode, sys.stdout, set(model.config.eos_token_ids))
         done = model.generate(ids, settings, seed=args.seed, on_step=printer, control=control)
         printer.finish(done.text)
         if args.verbose:
-            print(summary(done), file=sys.stderr)
+            print(summary(done, settings), file=sys.stderr)
     completion_id = record(loop, model, ids, settings, done, control, text)
     if completion_id is not None:
         print(
@@ -221,13 +232,31 @@ def record(loop, model, ids, settings, done, control, prompt: str) -> str | None
     return None if loop.recorder.failed or loop.recorder.dropped else completion_id
 
 
-def summary(done) -> str:
+def with_acceptance(settings: GenerationSettings, acceptance: str) -> GenerationSettings:
+    """The verified sampler's drafting rule for `--acceptance` (runtime/drafting.py); a choice
+    other than auto for another sampler is an error, not ignored."""
+    if settings.sampler != "verified":
+        if acceptance != "auto":
+            raise RuvdllmError(f"--acceptance {acceptance}: only the verified sampler checks drafts")
+        return settings
+    return replace(settings, drafting=drafting_for(acceptance, settings.temperature))
+
+
+def sampler_name(settings: GenerationSettings) -> str:
+    """The sampler that ran, as the summary and the JSON report name it."""
+    if settings.sampler == "verified" and settings.drafting.acceptance != "exact":
+        return f"verified ({settings.drafting.acceptance})"
+    return settings.sampler
+
+
+def summary(done, settings: GenerationSettings) -> str:
     result = done.result
+    sampler = sampler_name(settings) if result.sampler == settings.sampler else result.sampler
     rate = len(done.tokens) / (result.wall_ms / 1e3) if result.wall_ms else 0.0
     kept, checked = result.drafts
     drafts = f" · drafts kept {kept}/{checked}" if checked else ""
     return (
-        f"{result.sampler} · {len(done.tokens)} tokens in {result.steps} steps · {result.tokens_per_forward:.2f} tokens/step"
+        f"{sampler} · {len(done.tokens)} tokens in {result.steps} steps · {result.tokens_per_forward:.2f} tokens/step"
         f"{drafts} · {result.wall_ms / 1e3:.2f} s · {rate:.1f} tokens/s · "
         f"{result.forward_ms / max(result.steps, 1):.1f} ms/step · {done.finish_reason}"
     )
@@ -248,6 +277,7 @@ def report(
         "seed": seed,
         "settings": {
             "sampler": settings.sampler,
+            "acceptance": settings.drafting.acceptance if settings.sampler == "verified" else None,
             "length": settings.length,
             "block_size": settings.block_size,
             "steps": settings.steps,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from runtime.artifact import BASE_MODEL_SAMPLERS, ArtifactConfig
 from runtime.dgr import DgrConfig
-from runtime.drafting import LOOKUP_MODES, Drafting
+from runtime.drafting import ACCEPTANCES, LOOKUP_MODES, Drafting
 from runtime.schedules import SCHEDULES
 from ruvdllm.errors import RuvdllmError
 
@@ -157,6 +157,12 @@ def check_settings(settings: GenerationSettings) -> None:
     if not 0.0 <= s.drafting.min_confidence <= 1.0:
         raise RuvdllmError(f"drafting min_confidence {s.drafting.min_confidence}: must be in [0, 1]")
     check_lookup(s.drafting)
+    if s.drafting.acceptance not in ACCEPTANCES:
+        raise RuvdllmError(
+            f"drafting acceptance {s.drafting.acceptance!r}: unknown (choose from {', '.join(ACCEPTANCES)})"
+        )
+    if not 0.0 < s.drafting.lenient_ratio <= 1.0:
+        raise RuvdllmError(f"drafting lenient_ratio {s.drafting.lenient_ratio}: must be in (0, 1]")
 
 
 def check_lookup(drafting: Drafting) -> None:

@@ -16,8 +16,10 @@ windows = st.integers(1, 6)
 
 @given(kept_lists, blocks, windows)
 def test_the_count_stays_in_the_block(recent, block, window):
-    count = draft_count(recent, block, Drafting(window=window))
+    count = draft_count(recent, block, Drafting(window=window, pause_below=0.0))
     assert count == 0 if block < 2 else 1 <= count <= block - 1
+    paused = draft_count(recent, block, Drafting(window=window))  # 0 too while the pause holds
+    assert paused == 0 if block < 2 else 0 <= paused <= block - 1
 
 
 @given(kept_lists, blocks)

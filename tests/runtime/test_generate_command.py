@@ -47,9 +47,14 @@ def test_plain_stream_and_json(tiny_model_dir, tmp_path):
 
 def test_verified_equals_ar_and_reports_its_drafts(tiny_switch_model_dir, tmp_path):
     args = ("Hello there", "--model", tiny_switch_model_dir, "--length", "12", "--no-eos-stop", "--json")
-    verified = json.loads(cli(*args, "--sampler", "verified", "--block-size", "3", cache=tmp_path).stdout)
+    verified = json.loads(
+        cli(
+            *args, "--sampler", "verified", "--acceptance", "exact", "--block-size", "3", cache=tmp_path
+        ).stdout
+    )
     ar = json.loads(cli(*args, "--sampler", "ar", cache=tmp_path).stdout)
     assert verified["tokens"] == ar["tokens"] and len(ar["steps"]) == 12
+    assert verified["settings"]["acceptance"] == "exact" and ar["settings"]["acceptance"] is None
     assert sum(s["drafted"] for s in verified["steps"]) > 0 and verified["settings"]["sampler"] == "verified"
     timings, steps = verified["timings"], verified["steps"]
     assert timings["drafts_checked"] == sum(s["drafted"] for s in steps) > 0
@@ -65,19 +70,33 @@ def test_verified_equals_ar_and_reports_its_drafts(tiny_switch_model_dir, tmp_pa
 def test_auto_verifies_where_it_can_and_denoises_where_asked_or_it_cannot(
     tiny_switch_model_dir, tiny_switchless_model_dir, tmp_path
 ):
-    """The default sampler, auto: verified on a model with the adapter switch (the AR model's
-    tokens), the diffusion sampler when --steps is given or the model has no switch; the sampler
-    that ran is in the JSON report and first on the --verbose summary line."""
+    """The default sampler, auto: verified on a model with the adapter switch (lenient acceptance
+    when greedy, exact — the AR model's tokens — when asked or sampling), the diffusion sampler when
+    --steps is given or the model has no switch; the sampler that ran is in the JSON report and
+    first on the --verbose summary line."""
     args = ("Hello there", "--length", "8", "--no-eos-stop")
 
-    def sampler_of(model, *extra):
+    def sampler_of(model, *extra, acceptance=False):
         run = cli(*args, "--model", model, "--json", *extra, cache=tmp_path)
         assert run.returncode == 0, run.stderr
         report = json.loads(run.stdout)
+        if acceptance:
+            return report["settings"]["sampler"], report["settings"]["acceptance"]
         return report["settings"]["sampler"], report["tokens"]
 
-    auto = sampler_of(tiny_switch_model_dir)
-    assert auto == ("verified", sampler_of(tiny_switch_model_dir, "--sampler", "ar")[1])
+    ar_tokens = sampler_of(tiny_switch_model_dir, "--sampler", "ar")[1]
+    assert sampler_of(tiny_switch_model_dir, "--acceptance", "exact") == ("verified", ar_tokens)
+    assert sampler_of(tiny_switch_model_dir, acceptance=True) == ("verified", "lenient")
+    sampling = ("--temperature", "0.8", "--seed", "3")
+    assert sampler_of(tiny_switch_model_dir, *sampling, acceptance=True) == ("verified", "exact")
+    assert sampler_of(tiny_switch_model_dir, *sampling, "--acceptance", "lenient", acceptance=True) == (
+        "verified",
+        "lenient",
+    )
+    one_line_error(
+        cli(*args, "--model", tiny_switch_model_dir, "--steps", "2", "--acceptance", "exact", cache=tmp_path),
+        "--acceptance exact: only the verified sampler checks drafts",
+    )
     assert sampler_of(tiny_switch_model_dir, "--steps", "2")[0] == "bd3lm"
     assert sampler_of(tiny_switch_model_dir, "--decoding", "threshold")[0] == "bd3lm"
     assert sampler_of(tiny_switchless_model_dir)[0] == "bd3lm"
@@ -87,7 +106,7 @@ def test_auto_verifies_where_it_can_and_denoises_where_asked_or_it_cannot(
     )
     verbose = cli(*args, "--model", tiny_switch_model_dir, "--verbose", cache=tmp_path)
     assert verbose.returncode == 0
-    assert any(line.startswith("verified · 8 tokens in ") for line in verbose.stderr.splitlines())
+    assert any(line.startswith("verified (lenient) · 8 tokens in ") for line in verbose.stderr.splitlines())
 
 
 def test_same_seed_same_tokens_and_stdin_prompt(tiny_model_dir, tmp_path):
