@@ -59,7 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--acceptance",
-        choices=ACCEPTANCE_CHOICES,
         default="auto",
         help="the verified sampler's check of drafts: exact (the AR model's own text), lenient (also "
         "keeps a draft the AR model finds at least 0.2x as likely as its own token: more tokens per "
@@ -174,6 +173,10 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
 
     prompt = read_prompt(args)
     settings = generation_settings(args)
+    if args.acceptance not in ACCEPTANCE_CHOICES:  # before the model loads, as the settings are
+        raise RuvdllmError(
+            f"acceptance {args.acceptance!r}: unknown (choose from {', '.join(ACCEPTANCE_CHOICES)})"
+        )
     loop = learning_loop(args)
     started = time.perf_counter()
     directory = args.model if args.model is not None else default_model("cpu", progress=not args.json)

@@ -142,6 +142,7 @@ def one_line_error(run, fragment):
         (("hi", "--block-size", "0"), "block size 0: out of range"),
         (("hi", "--block-size", "1000"), "block size 1000: out of range 1..256"),
         (("hi", "--sampler", "gibbs"), "sampler 'gibbs': unknown"),
+        (("hi", "--acceptance", "loose"), "acceptance 'loose': unknown"),
         (("hi", "--sampler", "verified", "--steps", "2"), "steps 2: the verified sampler takes no steps"),
         (("hi", "--decoding", "beam"), "decoding 'beam': unknown"),
         (("hi", "--threshold", "0"), "threshold 0.0"),
