@@ -99,9 +99,8 @@ ACCEPTANCE_CHOICES = ("auto", *ACCEPTANCES)
 
 
 def drafting_for(acceptance: str, temperature: float) -> Drafting:
-    """The verified sampler's drafting rule for an `--acceptance` choice at `temperature`."""
-    if acceptance not in ACCEPTANCE_CHOICES:
-        raise ValueError(f"acceptance {acceptance!r}: choose from {', '.join(ACCEPTANCE_CHOICES)}")
+    """The verified sampler's drafting rule for an `--acceptance` choice (one of
+    ACCEPTANCE_CHOICES) at `temperature`."""
     lenient = acceptance == "lenient" or (acceptance == "auto" and temperature <= 0.0)
     return LENIENT if lenient else Drafting()
 
