@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from runtime.backend import StepOutput
 from runtime.drafting import LENIENT, Drafting
 from runtime.settings import GenerationSettings
-from runtime.verified import Draft, check_drafts
+from runtime.verified import AnswerBigrams, Draft, check_drafts
 from ruvdllm.errors import RuvdllmError
 from tests.runtime.test_verified import SMALL, oracle_greedy, oracle_row, run
 from tests.runtime.toy_backend import TOY_CONFIG, ToyBackend
@@ -85,11 +85,15 @@ def test_copies_of_the_text_and_repeated_bigrams_are_checked_exactly():
     copied = [Draft(6, None, copied_from_text=True), Draft(8, None, copied_from_text=True)]
     assert check_drafts(copied, out, GREEDY, random.Random(0)) == (0, 5)
     # the answer ends with 2 and already holds the bigram (2, 6): 6 would repeat it
-    assert check_drafts([Draft(6, None), Draft(8, None)], out, GREEDY, random.Random(0), [2, 6, 1, 2]) == (
+    assert check_drafts(
+        [Draft(6, None), Draft(8, None)], out, GREEDY, random.Random(0), AnswerBigrams([2, 6, 1, 2])
+    ) == (
         0,
         5,
     )
-    assert check_drafts([Draft(6, None), Draft(8, None)], out, GREEDY, random.Random(0), [2, 6, 1, 4]) == (
+    assert check_drafts(
+        [Draft(6, None), Draft(8, None)], out, GREEDY, random.Random(0), AnswerBigrams([2, 6, 1, 4])
+    ) == (
         2,
         3,
     )
