@@ -8,9 +8,10 @@ Everything runs the base model (no conversion adapter, causal), the model llama.
 
   teacher-forced top-1   real text in chunks of <= 256 tokens; at every position the argmax of
                          the float reference (the GGUF's blocks dequantized, float32, transformers)
-                         against llama.cpp (the GGUF itself, Q8_1 activations in its dot products)
-                         and our graph at accuracy level 0 and 4 (`--variants`: also with a
-                         4-bit head)
+                         against llama.cpp (the GGUF itself, Q8_1 activations in its dot products),
+                         onnxruntime-genai's own graph of the GGUF (benchmarks/baselines.py; the
+                         one runtime_bench races; `--no-genai` skips it) and our graph at accuracy
+                         level 0 and 4 (`--variants`: also with a 4-bit head)
   greedy generation      chat prompts (data/quality_prompts.jsonl), `length` tokens greedy by each
                          of them (ours: BD3LM block 1 through the graph, i.e. AR decoding); tokens
                          equal to the float reference's own greedy text before the first difference,
@@ -70,6 +71,42 @@ def llama_argmax(llm, chunk: list[int]) -> np.ndarray:
     llm.reset()
     llm.eval(chunk)
     return np.asarray(llm.scores[: len(chunk)]).argmax(-1)
+
+
+class GenaiGraph:
+    """onnxruntime-genai's own graph of the same GGUF (its builder requantizes the dequantized
+    weights to int4, symmetric, block 32), run by onnxruntime directly so that every position's
+    logits come back: the numerics behind genai's speed in runtime_bench."""
+
+    def __init__(self, session, head_dim: int):
+        self.session, self.head_dim = session, head_dim
+        self.outputs = [o.name for o in session.get_outputs()]
+
+    def _feeds(self, ids: list[int], past: dict | None, total: int) -> dict:
+        feeds = {
+            "input_ids": np.asarray([ids], dtype=np.int64),
+            "attention_mask": np.ones((1, total), dtype=np.int64),
+        }
+        for item in self.session.get_inputs():
+            if item.name.startswith("past_key_values."):
+                present = item.name.replace("past_key_values.", "present.")
+                empty = np.zeros((1, item.shape[1], 0, self.head_dim), dtype=np.float32)
+                feeds[item.name] = past[present] if past else empty
+        return feeds
+
+    def argmax(self, chunk: list[int]) -> np.ndarray:
+        (logits,) = self.session.run(["logits"], self._feeds(chunk, None, len(chunk)))
+        return logits[0].argmax(-1)
+
+    def greedy(self, prompt: list[int], length: int) -> list[int]:
+        past, ids, out, total = None, list(prompt), [], 0
+        for _ in range(length):
+            total += len(ids)
+            outputs = self.session.run(self.outputs, self._feeds(ids, past, total))
+            values = dict(zip(self.outputs, outputs, strict=True))
+            out.append(int(values["logits"][0, -1].argmax()))
+            past, ids = values, [out[-1]]
+        return out
 
 
 def graph_argmax(session, spec, chunk: list[int]) -> np.ndarray:
@@ -152,6 +189,7 @@ def main() -> int:
     parser.add_argument("--num-prompts", type=int, default=16)
     parser.add_argument("--length", type=int, default=32, help="greedy tokens per prompt (0: skip)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-genai", action="store_true", help="skip onnxruntime-genai's graph")
     parser.add_argument(
         "--variants", nargs="+", choices=list(VARIANTS), default=["level 0", "level 4"], help="our graphs"
     )
@@ -185,6 +223,18 @@ def main() -> int:
     except ImportError as exc:
         llm = None
         print(f"llama.cpp skipped: {exc}")
+    genai = None
+    if not args.no_genai:
+        from baselines import genai_model_dir
+
+        try:
+            genai_graph = genai_model_dir(gguf) / "model.onnx"
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = args.threads
+            session = ort.InferenceSession(str(genai_graph), so, providers=["CPUExecutionProvider"])
+            genai = GenaiGraph(session, spec.head_dim)
+        except (RuntimeError, OSError, ImportError) as exc:
+            print(f"onnxruntime-genai's graph skipped: {exc}")
 
     with tempfile.TemporaryDirectory() as scratch:
         dirs = {
@@ -205,6 +255,10 @@ def main() -> int:
             theirs = llama_argmax(llm, chunk) if llm is not None else None
             if theirs is not None:
                 agree["llama.cpp"] += (theirs == ref).tolist()
+            if genai is not None:
+                agree.setdefault("onnxruntime-genai's graph", []).extend(
+                    (genai.argmax(chunk) == ref).tolist()
+                )
             for name, session in sessions.items():
                 ours = graph_argmax(session, spec, chunk)
                 agree.setdefault(name, []).extend((ours == ref).tolist())
@@ -242,6 +296,8 @@ def main() -> int:
             outputs = {"float reference": float_tokens}
             if llm is not None:
                 outputs["llama.cpp"] = greedy_llama(llm, prompt, args.length)
+            if genai is not None:
+                outputs["onnxruntime-genai's graph"] = genai.greedy(prompt, args.length)
             for name, model in models.items():
                 outputs[name] = model.generate(prompt, settings, seed=0).tokens
             for name, tokens in outputs.items():
