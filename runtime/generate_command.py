@@ -9,20 +9,21 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 from runtime.artifact import sampler_warning
 from runtime.dgr import STRATEGIES
 from runtime.display import LiveView, StreamPrinter
-from runtime.drafting import ACCEPTANCE_CHOICES, drafting_for
 from runtime.learning.feedback_command import add_learning_arguments, learning_loop
 from runtime.schedules import SCHEDULES
 from runtime.settings import (
     DECODINGS,
     ORDERS,
     SAMPLERS,
+    USER_ACCEPTANCE,
     GenerationSettings,
+    acceptance_that_runs,
+    check_acceptance,
     check_settings,
     concrete,
     inputs_of,
@@ -59,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--acceptance",
-        default="auto",
+        default=USER_ACCEPTANCE,
         help="the verified sampler's check of drafts: exact (the AR model's own text), lenient (also "
         "keeps a draft the AR model finds at least 0.2x as likely as its own token: more tokens per "
         "forward, a little further from its text), auto (default: lenient when greedy, exact when sampling)",
@@ -173,10 +174,6 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
 
     prompt = read_prompt(args)
     settings = generation_settings(args)
-    if args.acceptance not in ACCEPTANCE_CHOICES:  # before the model loads, as the settings are
-        raise RuvdllmError(
-            f"acceptance {args.acceptance!r}: unknown (choose from {', '.join(ACCEPTANCE_CHOICES)})"
-        )
     loop = learning_loop(args)
     started = time.perf_counter()
     directory = args.model if args.model is not None else default_model("cpu", progress=not args.json)
@@ -190,7 +187,7 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
     ids = model.encode(text)
     model.check(len(ids), settings)
     settings = concrete(settings, model.config)  # sampler auto -> the one that runs, reported below
-    settings = with_acceptance(settings, args.acceptance)
+    check_acceptance(args.acceptance, settings.sampler)
     # Allowed (a comparison may want it), but said: the text will be poor (config `samplers`).
     warnings = [w for w in (sampler_warning(model.config, settings.sampler),) if w]
     for warning in warnings:
@@ -235,20 +232,11 @@ def record(loop, model, ids, settings, done, control, prompt: str) -> str | None
     return None if loop.recorder.failed or loop.recorder.dropped else completion_id
 
 
-def with_acceptance(settings: GenerationSettings, acceptance: str) -> GenerationSettings:
-    """The verified sampler's drafting rule for `--acceptance` (runtime/drafting.py); a choice
-    other than auto for another sampler is an error, not ignored."""
-    if settings.sampler != "verified":
-        if acceptance != "auto":
-            raise RuvdllmError(f"--acceptance {acceptance}: only the verified sampler checks drafts")
-        return settings
-    return replace(settings, drafting=drafting_for(acceptance, settings.temperature))
-
-
 def sampler_name(settings: GenerationSettings) -> str:
     """The sampler that ran, as the summary and the JSON report name it."""
-    if settings.sampler == "verified" and settings.drafting.acceptance != "exact":
-        return f"verified ({settings.drafting.acceptance})"
+    acceptance = acceptance_that_runs(settings)
+    if acceptance not in (None, "exact"):
+        return f"verified ({acceptance})"
     return settings.sampler
 
 
@@ -280,7 +268,7 @@ def report(
         "seed": seed,
         "settings": {
             "sampler": settings.sampler,
-            "acceptance": settings.drafting.acceptance if settings.sampler == "verified" else None,
+            "acceptance": acceptance_that_runs(settings),
             "length": settings.length,
             "block_size": settings.block_size,
             "steps": settings.steps,

@@ -31,7 +31,7 @@ from runtime.control import AdapterControl
 from runtime.generate import GenerationResult
 from runtime.memory_plan import DeviceLimits, check_fits, forward_in_pieces, piece_rows
 from runtime.model import DiffusionModel, read_bank
-from runtime.settings import settings_from
+from runtime.settings import acceptance_that_runs, check_acceptance, concrete, settings_from
 from runtime.talora import group_names, talora_weights
 
 
@@ -229,6 +229,7 @@ class WebSession:
         settings = settings_from(options)
         ids = model.prompt_ids(prompt)
         plan = model.check(len(ids), settings)
+        check_acceptance(options.get("acceptance"), plan.sampler)
         if self.limits is not None:  # refused now, in one line, rather than by the engine minutes later
             check_fits(self.config, self.limits, plan.sampler, len(ids), settings.length, plan.span)
         control = model.control(settings)  # kept, so that each step can name what DGR retrieved
@@ -241,7 +242,8 @@ class WebSession:
             ids, settings, seed, on_step=to_page if on_step is not None else None, control=control
         )
         summary = result_summary(done.result, backend.forward_ms - ms_before, backend.forwards - n_before)
-        return {**summary, "prompt_ids": ids, "text": done.text}
+        acceptance = acceptance_that_runs(concrete(settings, model.config))  # said beside the sampler
+        return {**summary, "acceptance": acceptance, "prompt_ids": ids, "text": done.text}
 
     def generate_js(self, prompt: str, options, seed: int, on_step):
         """`generate` for a JavaScript caller: converts the arguments in and the dicts out."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from runtime.artifact import BASE_MODEL_SAMPLERS, ArtifactConfig
 from runtime.dgr import DgrConfig
-from runtime.drafting import ACCEPTANCES, LOOKUP_MODES, Drafting
+from runtime.drafting import ACCEPTANCE_CHOICES, ACCEPTANCES, LOOKUP_MODES, Drafting, drafting_for
 from runtime.schedules import SCHEDULES
 from ruvdllm.errors import RuvdllmError
 
@@ -53,10 +53,18 @@ class GenerationSettings:
 
 # The names a user sets a generation by (a command's flags, a request's fields, the page's form):
 # GenerationSettings' own fields, with DgrConfig's strategy flattened to `dgr_strategy` — the one
-# DGR knob exposed; the rest of DgrConfig, and the verified sampler's drafting rule, stay at their
-# measured defaults.
+# DGR knob exposed — and the verified sampler's drafting rule to `acceptance` (one of
+# ACCEPTANCE_CHOICES: drafting_for). The rest of DgrConfig and Drafting stay at their measured
+# defaults.
 INTERNAL = ("dgr_config", "drafting")
-INPUTS = tuple(f.name for f in fields(GenerationSettings) if f.name not in INTERNAL) + ("dgr_strategy",)
+INPUTS = tuple(f.name for f in fields(GenerationSettings) if f.name not in INTERNAL) + (
+    "dgr_strategy",
+    "acceptance",
+)
+# What the user-facing surfaces (`ruvdllm generate`, the server, the page) take when the user says
+# nothing: lenient when greedy, exact when sampling (runtime/drafting.py). The library's own default
+# (GenerationSettings().drafting) stays exact, the AR model's text.
+USER_ACCEPTANCE = AUTO
 
 
 def inputs_of(values: Mapping[str, object]) -> dict[str, object]:
@@ -73,10 +81,33 @@ def settings_from(values: Mapping[str, object], base: GenerationSettings | None 
     unknown = sorted(set(values) - set(INPUTS))
     if unknown:
         raise RuvdllmError(f"settings: unknown {', '.join(unknown)}")
-    given = {k: v for k, v in values.items() if k != "dgr_strategy" and v is not None}
+    flattened = ("dgr_strategy", "acceptance")
+    given = {k: v for k, v in values.items() if k not in flattened and v is not None}
     if values.get("dgr_strategy"):
         given["dgr_config"] = replace(base.dgr_config, strategy=values["dgr_strategy"])
+    acceptance = values.get("acceptance")
+    if acceptance is not None:
+        if acceptance not in ACCEPTANCE_CHOICES:
+            raise RuvdllmError(
+                f"acceptance {acceptance!r}: unknown (choose from {', '.join(ACCEPTANCE_CHOICES)})"
+            )
+        given["drafting"] = drafting_for(acceptance, given.get("temperature", base.temperature))
     return replace(base, **given)
+
+
+def acceptance_that_runs(settings: GenerationSettings) -> str | None:
+    """The verified sampler's acceptance rule ("exact" or "lenient") in `settings` (sampler
+    resolved: concrete), None for a sampler that checks no drafts: what a report names."""
+    return settings.drafting.acceptance if settings.sampler == "verified" else None
+
+
+def check_acceptance(acceptance: str | None, sampler: str) -> None:
+    """An acceptance rule named explicitly (not auto, not absent) for a sampler that checks no
+    drafts (`sampler`: the one that runs) is an error, not ignored."""
+    if acceptance not in (None, AUTO) and sampler != "verified":
+        raise RuvdllmError(
+            f"acceptance {acceptance}: only the verified sampler checks drafts (this runs {sampler})"
+        )
 
 
 # Settings only the diffusion samplers read. Under sampler auto, one away from its default asks for

@@ -39,6 +39,7 @@ TYPES = {
 # Leading words of the runtime's RuvdllmError messages (runtime/settings.py) -> the request field.
 PARAM_OF_MESSAGE = {
     "sampler": "sampler",
+    "acceptance": "acceptance",
     "decoding": "decoding",
     "schedule": "schedule",
     "prompt": "prompt",

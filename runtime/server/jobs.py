@@ -11,7 +11,14 @@ from runtime.chat_template import chat_prompt
 from runtime.server.engine import Job
 from runtime.server.errors import ApiError, from_runtime
 from runtime.server.schemas import ChatCompletionRequest, CompletionRequest, GenerationRequest
-from runtime.settings import GenerationSettings, concrete, inputs_of, settings_from
+from runtime.settings import (
+    USER_ACCEPTANCE,
+    GenerationSettings,
+    check_acceptance,
+    concrete,
+    inputs_of,
+    settings_from,
+)
 from ruvdllm.errors import RuvdllmError
 
 DEFAULTS = GenerationSettings()
@@ -36,6 +43,7 @@ def settings_for(
     if length is None:
         length = max(1, min(DEFAULTS.length, context - prompt_tokens))
     given = inputs_of(dict(request))  # the fields as they are (no serialisation)
+    given["acceptance"] = request.acceptance or USER_ACCEPTANCE
     return settings_from({**given, "length": length, "stop_at_eos": not request.ignore_eos}, DEFAULTS)
 
 
@@ -52,6 +60,10 @@ def _checked(
     except RuvdllmError as exc:
         raise from_runtime(exc, prompt_param) from None
     settings = concrete(settings, model.config)  # sampler auto -> the one that runs (in `diffusion`)
+    try:
+        check_acceptance(request.acceptance, settings.sampler)
+    except RuvdllmError as exc:
+        raise from_runtime(exc) from None
     seed = request.seed if request.seed is not None else new_seed()
     # A sampler the model was not trained for runs (a comparison may want it), with a warning.
     warnings = tuple(w for w in (sampler_warning(model.config, settings.sampler),) if w)

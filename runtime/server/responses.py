@@ -24,6 +24,7 @@ from runtime.server.schemas import (
     DiffusionInfo,
     Usage,
 )
+from runtime.settings import acceptance_that_runs
 
 DONE = "data: [DONE]\n\n"
 
@@ -49,6 +50,7 @@ def info_of(job: Job, outcome: Outcome, queued_ms: float) -> DiffusionInfo:
         forward_ms=round(outcome.forward_ms, 3),
         warnings=list(job.warnings),
         sampler=job.settings.sampler,
+        acceptance=acceptance_that_runs(job.settings),
     )
 
 

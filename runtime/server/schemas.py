@@ -14,11 +14,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runtime.dgr import STRATEGIES as DGR_STRATEGIES
+from runtime.drafting import ACCEPTANCE_CHOICES
 from runtime.learning.trajectory import RATING_RANGE
 from runtime.schedules import SCHEDULES
 from runtime.settings import DECODINGS, ORDERS, SAMPLERS
 
 Sampler = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
+Acceptance = Literal[tuple(ACCEPTANCE_CHOICES)]  # type: ignore[valid-type]
 Decoding = Literal[tuple(DECODINGS)]  # type: ignore[valid-type]
 Order = Literal[tuple(ORDERS)]  # type: ignore[valid-type]
 ScheduleName = Literal[tuple(SCHEDULES)]  # type: ignore[valid-type]
@@ -69,6 +71,9 @@ class GenerationRequest(_Strict):
     steps: PositiveInt | None = None  # denoising steps per span (block for BD3LM, whole length for MDLM)
     block_size: PositiveInt | None = None  # BD3LM block; None: the model's
     sampler: Sampler | None = None  # None or "auto": verified where the model can, else diffusion
+    # the verified sampler's check of drafts; None or "auto" (as `ruvdllm generate`): lenient when
+    # greedy, exact when sampling (runtime/drafting.py). Named for another sampler: a 400
+    acceptance: Acceptance | None = None
     decoding: Decoding | None = None  # scheduled count, Fast-dLLM "threshold" or "entropy-bounded"
     threshold: float | None = Field(None, gt=0.0, le=1.0)  # confidence threshold for "threshold"
     entropy_bound: float | None = Field(None, ge=0.0, allow_inf_nan=False)  # nats, for "entropy-bounded"
@@ -205,6 +210,7 @@ class DiffusionInfo(BaseModel):
 
     seed: int
     sampler: str  # the sampler that ran (a request's "auto", the default, resolved for the model)
+    acceptance: str | None = None  # the verified sampler's rule that ran ("exact", "lenient"); else None
     steps: int  # denoising steps (forwards)
     queued_ms: float  # waiting for a free model
     generation_ms: float

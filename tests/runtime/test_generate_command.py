@@ -95,7 +95,7 @@ def test_auto_verifies_where_it_can_and_denoises_where_asked_or_it_cannot(
     )
     one_line_error(
         cli(*args, "--model", tiny_switch_model_dir, "--steps", "2", "--acceptance", "exact", cache=tmp_path),
-        "--acceptance exact: only the verified sampler checks drafts",
+        "acceptance exact: only the verified sampler checks drafts (this runs bd3lm)",
     )
     assert sampler_of(tiny_switch_model_dir, "--steps", "2")[0] == "bd3lm"
     assert sampler_of(tiny_switch_model_dir, "--decoding", "threshold")[0] == "bd3lm"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 import httpx
 import openai
@@ -17,9 +16,8 @@ import pytest
 from runtime import artifact
 from runtime.chat_template import chat_prompt
 from runtime.cpython_model import open_model
-from runtime.dgr import DgrConfig
 from runtime.ort_backend import OrtOptions
-from runtime.settings import GenerationSettings
+from runtime.settings import USER_ACCEPTANCE, settings_from
 from ruvdllm_export.export import export_model
 from tests.fixtures.tiny_models import make_gguf_checkpoint
 from tests.runtime.server_process import serve
@@ -54,8 +52,10 @@ def model(exported_dir):
 
 
 def runtime_text(model, prompt: str | list[int], seed: int, length: int, **knobs) -> str:
+    """The runtime's text for a request's knobs, with the acceptance the server takes when a
+    request names none (USER_ACCEPTANCE, as `ruvdllm generate`)."""
     ids = model.encode(prompt) if isinstance(prompt, str) else prompt
-    settings = replace(GenerationSettings(), length=length, **knobs)
+    settings = settings_from({"acceptance": USER_ACCEPTANCE, **knobs, "length": length})
     return model.generate(ids, settings, seed=seed).text
 
 
@@ -111,6 +111,8 @@ def test_health_reports_the_load(server):
         {"temperature": 0.9, "top_k": 5, "top_p": 0.9, "schedule": "cosine"},
         {"talora": False, "dgr": False},
         {"sampler": "verified", "block_size": 4},
+        {"sampler": "verified", "block_size": 4, "acceptance": "exact"},
+        {"sampler": "verified", "block_size": 4, "temperature": 0.8},
         {"sampler": "ar", "temperature": 0.7},
     ],
     ids=[
@@ -122,6 +124,8 @@ def test_health_reports_the_load(server):
         "sampled",
         "no-adapters",
         "verified",
+        "verified-exact",
+        "verified-sampled",
         "ar",
     ],
 )
@@ -138,7 +142,14 @@ def test_completion_matches_the_runtime(client, server, model, knobs):
     assert response.model == server.name and response.object == "text_completion"
     assert response.model_extra["diffusion"]["seed"] == 11
     # the sampler that ran: auto (the default) is bd3lm on a model without a conversion adapter
-    assert response.model_extra["diffusion"]["sampler"] == knobs.get("sampler", "bd3lm")
+    info = response.model_extra["diffusion"]
+    assert info["sampler"] == knobs.get("sampler", "bd3lm")
+    # and the verified sampler's acceptance: auto is lenient when greedy, exact when sampling
+    if info["sampler"] == "verified":
+        greedy = knobs.get("temperature", 0) == 0
+        assert info["acceptance"] == knobs.get("acceptance", "lenient" if greedy else "exact")
+    else:
+        assert info["acceptance"] is None
 
 
 def test_completion_takes_token_ids_and_echoes(client, server, model):
@@ -354,10 +365,7 @@ def test_the_bank_and_adapter_knobs_reach_the_runtime(bank_server, tiny_model_di
             extra_body={"ignore_eos": True, **knobs},
         )
         texts[name] = response.choices[0].text
-        settings = {k: v for k, v in knobs.items() if k != "dgr_strategy"}
-        if "dgr_strategy" in knobs:
-            settings["dgr_config"] = DgrConfig(strategy=knobs["dgr_strategy"])
-        assert texts[name] == runtime_text(model, "Adapt", 0, 16, stop_at_eos=False, **settings)
+        assert texts[name] == runtime_text(model, "Adapt", 0, 16, stop_at_eos=False, **knobs)
     assert texts["on"] != texts["off"], "the adapters change nothing: the bank did not reach the model"
 
 

@@ -102,6 +102,12 @@ COMPLETION_CASES = {
     ),
     "seed string": ({"prompt": "x", "seed": "abc"}, "seed", None),
     "unknown DGR strategy": ({"prompt": "x", "dgr_strategy": "always"}, "dgr_strategy", None),
+    "unknown acceptance": ({"prompt": "x", "acceptance": "loose"}, "acceptance", None),
+    "acceptance for a diffusion sampler": (
+        {"prompt": "x", "sampler": "bd3lm", "acceptance": "lenient"},
+        "acceptance",
+        None,
+    ),
     "misspelt knob": ({"prompt": "x", "stepz": 4}, "stepz", None),
 }
 

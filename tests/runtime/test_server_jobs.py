@@ -7,6 +7,7 @@ import pytest
 
 from runtime.chat_template import chat_prompt
 from runtime.cpython_model import open_model
+from runtime.drafting import LENIENT
 from runtime.ort_backend import OrtOptions
 from runtime.server.errors import ApiError
 from runtime.server.jobs import DEFAULTS, chat_job, check_model_name, completion_job, settings_for
@@ -48,7 +49,14 @@ def test_every_knob_reaches_the_settings():
 
 def test_unset_knobs_keep_the_runtime_defaults_and_the_length_fits_the_context():
     settings = settings_for(CompletionRequest(prompt="x"), None, prompt_tokens=3, context=256)
-    assert settings == DEFAULTS.__class__(length=DEFAULTS.length)
+    # the runtime's defaults, with the acceptance `ruvdllm generate` takes: auto (lenient when greedy)
+    assert settings == DEFAULTS.__class__(length=DEFAULTS.length, drafting=LENIENT)
+    sampled = settings_for(CompletionRequest(prompt="x", temperature=0.7), None, prompt_tokens=3, context=256)
+    assert sampled.drafting == DEFAULTS.drafting
+    exact = settings_for(
+        CompletionRequest(prompt="x", acceptance="exact"), None, prompt_tokens=3, context=256
+    )
+    assert exact.drafting == DEFAULTS.drafting
     assert settings_for(CompletionRequest(prompt="x"), None, prompt_tokens=250, context=256).length == 6
 
 

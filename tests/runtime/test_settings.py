@@ -4,13 +4,16 @@ from dataclasses import fields, replace
 import pytest
 
 from runtime.dgr import DgrConfig
-from runtime.drafting import Drafting
+from runtime.drafting import LENIENT, Drafting
 from runtime.settings import (
     AUTO,
     DIFFUSION_ONLY,
     INPUTS,
     SAMPLERS,
+    USER_ACCEPTANCE,
     GenerationSettings,
+    acceptance_that_runs,
+    check_acceptance,
     concrete,
     diffusion_only,
     inputs_of,
@@ -64,7 +67,8 @@ def test_bad_settings_name_the_problem(settings, prompt, message):
 
 def test_user_input_maps_onto_the_fields_by_name():
     assert set(INPUTS) == {f.name for f in fields(GenerationSettings)} - {"dgr_config", "drafting"} | {
-        "dgr_strategy"
+        "dgr_strategy",
+        "acceptance",
     }
     settings = settings_from({"length": 12, "steps": None, "talora": False, "dgr_strategy": "entropy"})
     assert settings == GenerationSettings(length=12, talora=False, dgr_config=DgrConfig(strategy="entropy"))
@@ -81,11 +85,39 @@ def test_user_input_maps_onto_the_fields_by_name():
         ({"colour": "blue", "length": 3}, "settings: unknown colour"),
         ({"dgr_config": DgrConfig()}, "settings: unknown dgr_config"),
         ({"dgr_strategy": "always"}, "DGR strategy 'always': unknown"),
+        ({"acceptance": "loose"}, r"acceptance 'loose': unknown \(choose from auto, exact, lenient\)"),
     ],
 )
 def test_bad_input_is_named(values, message):
     with pytest.raises(RuvdllmError, match=message):
         settings_from(values)
+
+
+def test_acceptance_sets_the_verified_samplers_drafting_rule():
+    """`acceptance` is Drafting flattened to one choice: auto is lenient when greedy and exact when
+    sampling, whichever order the temperature arrives in; absent, the library's exact rule stays."""
+    assert settings_from({}).drafting == Drafting() and Drafting().acceptance == "exact"
+    assert settings_from({"acceptance": "auto"}).drafting == LENIENT
+    assert settings_from({"acceptance": "auto", "temperature": 0.7}).drafting == Drafting()
+    assert settings_from({"acceptance": "auto"}, GenerationSettings(temperature=0.7)).drafting == Drafting()
+    assert settings_from({"acceptance": "lenient", "temperature": 0.7}).drafting == LENIENT
+    assert settings_from({"acceptance": "exact"}).drafting == Drafting()
+    assert settings_from({"acceptance": None}).drafting == Drafting()
+    assert USER_ACCEPTANCE == "auto"
+
+
+def test_an_acceptance_rule_named_for_a_sampler_without_drafts_is_an_error():
+    for sampler in ("bd3lm", "mdlm", "ar"):
+        check_acceptance(None, sampler)
+        check_acceptance("auto", sampler)
+        with pytest.raises(
+            RuvdllmError,
+            match=f"acceptance lenient: only the verified sampler checks drafts \\(this runs {sampler}\\)",
+        ):
+            check_acceptance("lenient", sampler)
+    check_acceptance("exact", "verified")
+    assert acceptance_that_runs(GenerationSettings(sampler="verified", drafting=LENIENT)) == "lenient"
+    assert acceptance_that_runs(GenerationSettings(sampler="bd3lm", drafting=LENIENT)) is None
 
 
 # --- sampler auto ---------------------------------------------------------------------------------

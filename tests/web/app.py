@@ -8,7 +8,7 @@ from pathlib import Path
 
 from runtime.chat_template import chat_prompt
 from runtime.cpython_model import open_model
-from runtime.settings import GenerationSettings, inputs_of, settings_from
+from runtime.settings import USER_ACCEPTANCE, GenerationSettings, inputs_of, settings_from
 
 LOAD_TIMEOUT_MS = 180_000  # Pyodide + onnxruntime-web start-up on two busy cores
 RUN_TIMEOUT_MS = 300_000  # WebGPU on SwiftShader is slow
@@ -34,7 +34,7 @@ def state(page) -> dict:
 
 
 def set_settings(page, settings: dict) -> None:
-    """Fill the settings form: keys are element ids (sampler, length, block_size, steps, decoding,
+    """Fill the settings form: keys are element ids (sampler, acceptance, length, block_size, steps, decoding,
     order, threshold, entropy_bound, temperature, top_p, seed, talora, dgr, chat), in the order
     given (a setting can enable another: the threshold needs threshold decoding, top-p and the
     seed a temperature). A disabled setting can only be "set" to the value it has: it does
@@ -87,5 +87,6 @@ def cpython_reference(model_dir: Path, prompt: str, settings: dict, seed: int, c
 
 def generation_settings(page_settings: dict) -> GenerationSettings:
     """The page's form values as GenerationSettings (form-only keys such as seed and chat dropped),
-    through the mapping the page's own settings take (runtime.settings.settings_from)."""
-    return settings_from(inputs_of(page_settings))
+    through the mapping the page's own settings take (runtime.settings.settings_from). The form's
+    Acceptance control starts at auto (USER_ACCEPTANCE); where it is off, the sampler checks no drafts."""
+    return settings_from({"acceptance": USER_ACCEPTANCE, **inputs_of(page_settings)})

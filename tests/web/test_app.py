@@ -101,7 +101,14 @@ def test_wasm_verified_sampler_matches_cpython(browser, web_server, tmp_path_fac
         "chat": True,
     }
     result = generate(page, PROMPT, {**settings, "seed": 0})
-    assert_same_as_cpython(result, model, settings, seed=0)
+    assert_same_as_cpython(result, model, settings, seed=0)  # the form's Acceptance: auto, lenient here
+    assert result["complete"]["stats"]["acceptance"] == "lenient"
+    assert page.locator("#stat-sampler").inner_text() == "verified (lenient)"
+    # named exactly, the AR model's own check, as CPython runs it
+    exact = {**settings, "acceptance": "exact"}
+    result = generate(page, PROMPT, {**exact, "seed": 0})
+    assert_same_as_cpython(result, model, exact, seed=0)
+    assert page.locator("#stat-sampler").inner_text() == "verified"
 
 
 def test_wasm_entropy_bounded_left_to_right_matches_cpython(browser, web_server, tiny_model, model_url):

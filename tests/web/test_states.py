@@ -14,6 +14,7 @@ pytestmark = pytest.mark.browser
 
 SETTINGS = {
     "sampler",
+    "acceptance",
     "length",
     "block_size",
     "steps",

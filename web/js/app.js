@@ -64,7 +64,7 @@ async function installServiceWorker() {
 
 // --- the page's state ------------------------------------------------------------------------
 
-const CONTROL_IDS = ['generate', 'stop', 'ep', 'reload', 'redownload', 'sampler', 'length', 'block_size', 'steps', 'decoding', 'order', 'threshold', 'entropy_bound', 'temperature', 'top_p', 'seed', 'talora', 'dgr', 'chat', 'thumb_up', 'thumb_down', 'correction', 'save_correction'];
+const CONTROL_IDS = ['generate', 'stop', 'ep', 'reload', 'redownload', 'sampler', 'acceptance', 'length', 'block_size', 'steps', 'decoding', 'order', 'threshold', 'entropy_bound', 'temperature', 'top_p', 'seed', 'talora', 'dgr', 'chat', 'thumb_up', 'thumb_down', 'correction', 'save_correction'];
 const REASONS = {
   talora: () => WHY.talora,
   dgr: () => (state.info?.bank?.present ? WHY.dgrPatterns : WHY.dgrBank),
@@ -75,6 +75,7 @@ const REASONS = {
   decoding: () => WHY.diffusionOnly,
   order: () => WHY.diffusionOnly,
   block_size: () => WHY.blockSize,
+  acceptance: () => WHY.acceptance,
   top_p: () => WHY.temperature0,
   seed: () => WHY.temperature0,
 };
@@ -255,6 +256,7 @@ function readSettings() {
   const when = (id, value) => (enabled[id] ? value : null); // what does nothing is not sent
   return {
     sampler: $('sampler').value,
+    acceptance: when('acceptance', $('acceptance').value),
     length: num('length'),
     block_size: when('block_size', num('block_size')),
     steps: when('steps', num('steps')),

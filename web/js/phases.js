@@ -40,6 +40,7 @@ export const WHY = {
   threshold: 'Used by confidence-threshold decoding only.',
   entropyBound: 'Used by entropy-bounded decoding only.',
   blockSize: 'Used by BD3LM and the verified sampler only: MDLM denoises the whole length as one span, AR writes one token at a time.',
+  acceptance: 'Used by the verified sampler only (Auto runs it where the model has the per-row switch).',
   diffusionOnly: 'The verified and AR samplers write what the AR model would: they take no steps, decoding or order.',
   temperature0: 'Used only when the temperature is above 0 (greedy decoding takes the best token).',
   sampler: (trained) => `This model was converted for ${trained.join(', ')} only: other samplers denoise it poorly.`,
@@ -65,6 +66,8 @@ export function controlsFor(phase, form, caps, { redownload = false } = {}) {
     sampler: ready,
     length: ready,
     block_size: ready && ['auto', 'bd3lm', 'verified'].includes(form.sampler),
+    // the verified sampler's check of drafts (runtime/drafting.py): auto may run it where the model can
+    acceptance: ready && ['auto', 'verified'].includes(form.sampler) && caps.baseModel !== false,
     steps: diffusion,
     decoding: diffusion,
     order: diffusion,

@@ -5,9 +5,9 @@
 //    forget?, memoryMB?, pieceRows?}   forget: drop the cached model files first (the page's
 //    "download again"); memoryMB, pieceRows: override the device's limits (ort_engine.js deviceLimits)
 //   {type: 'generate', id, prompt, chat, seed, settings}
-//       settings: GenerationSettings fields (runtime/settings.py): sampler, length, block_size,
-//       steps, schedule, decoding, threshold, entropy_bound, order, temperature, top_k, top_p,
-//       talora, dgr, dgr_strategy
+//       settings: GenerationSettings fields (runtime/settings.py INPUTS): sampler, acceptance,
+//       length, block_size, steps, schedule, decoding, threshold, entropy_bound, order,
+//       temperature, top_k, top_p, talora, dgr, dgr_strategy
 //   {type: 'interrupt'}      also signalled through interruptBuffer (a SharedArrayBuffer, written
 //                            by the page) which the worker reads before every forward: a message
 //                            waits for the worker's event loop, the shared flag does not
@@ -22,7 +22,8 @@
 //   {type: 'prefill', id, done, total, at}   a long prompt read in pieces: rows done of the first chunk
 //   {type: 'step', id, step: StepView}
 //   {type: 'complete', id, text, tokens, promptIds, stats, interrupted, trajectory}
-//        stats: {..., sampler: the one that ran (the form's "auto" resolved for the model), ...}
+//        stats: {..., sampler: the one that ran (the form's "auto" resolved for the model),
+//                acceptance: the verified sampler's check that ran ('exact', 'lenient'; else null), ...}
 //        trajectory: the answer's record for learning (trajectory_store.js), null when stopped
 //   {type: 'error', id?, code, message, recover?: 'redownload' | null}
 //

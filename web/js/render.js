@@ -126,9 +126,11 @@ export function renderRetrievals(bank, retrieved) {
   $('retrievals').replaceChildren(...items);
 }
 
-export function renderStats({ tokensPerSecond, steps, forwardMs, bridgeMs, sampler }) {
+export function renderStats({ tokensPerSecond, steps, forwardMs, bridgeMs, sampler, acceptance }) {
   $('stat-tps').textContent = tokensPerSecond.toFixed(1);
-  if (sampler !== undefined) $('stat-sampler').textContent = sampler ?? '—';
+  // the verified sampler's lenient check is said, as `ruvdllm generate` names it: "verified (lenient)"
+  const rule = acceptance && acceptance !== 'exact' ? ` (${acceptance})` : '';
+  if (sampler !== undefined) $('stat-sampler').textContent = sampler ? `${sampler}${rule}` : '—';
   $('stat-steps').textContent = String(steps);
   $('stat-forward').textContent = `${forwardMs.toFixed(0)} ms`;
   if (bridgeMs !== undefined) $('stat-bridge').textContent = bridgeMs == null ? '—' : `${bridgeMs.toFixed(1)} ms`;

@@ -385,6 +385,7 @@ async function generate({ id, prompt, chat = true, seed = 0, settings = {} }) {
     generatedTokens: tokens.length,
     steps: summary?.steps ?? state.steps,
     sampler: summary?.sampler ?? null, // the one that ran: the form's "auto" resolved for the model
+    acceptance: summary?.acceptance ?? null, // the verified sampler's check that ran
     wallMs,
     tokensPerSecond: tokens.length / (wallMs / 1000),
     forwardMs: runMs / Math.max(runs, 1), // onnxruntime-web session.run per step
