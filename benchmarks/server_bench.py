@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtime.cpython_model import open_model  # noqa: E402
 from runtime.ort_backend import OrtOptions  # noqa: E402
-from runtime.settings import GenerationSettings  # noqa: E402
+from runtime.settings import USER_ACCEPTANCE, settings_from  # noqa: E402
 from tests.runtime.server_process import serve  # noqa: E402
 
 
@@ -117,8 +117,11 @@ def in_process_baseline(
     CPU s per request)."""
     model = open_model(model_dir, options=OrtOptions(intra_op_threads=threads), verify="sizes")
     model.warm_up()
-    settings = replace(GenerationSettings(), length=knobs["max_tokens"], stop_at_eos=False)
-    settings = replace(settings, **{k: v for k, v in knobs.items() if k != "max_tokens"})
+    # as the server maps a request: its knobs by name, and the acceptance a request names none of
+    other = {k: v for k, v in knobs.items() if k != "max_tokens"}
+    settings = settings_from(
+        {"acceptance": USER_ACCEPTANCE, **other, "length": knobs["max_tokens"], "stop_at_eos": False}
+    )
     best = (0.0, 0.0, 0.0)
     for _ in range(rounds):
         latencies = []
