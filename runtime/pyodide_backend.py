@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,7 +32,7 @@ from runtime.control import AdapterControl
 from runtime.generate import GenerationResult
 from runtime.memory_plan import DeviceLimits, check_fits, forward_in_pieces, piece_rows
 from runtime.model import DiffusionModel, read_bank
-from runtime.settings import acceptance_that_runs, check_acceptance, concrete, settings_from
+from runtime.settings import acceptance_that_runs, check_acceptance, settings_from
 from runtime.talora import group_names, talora_weights
 
 
@@ -242,7 +243,8 @@ class WebSession:
             ids, settings, seed, on_step=to_page if on_step is not None else None, control=control
         )
         summary = result_summary(done.result, backend.forward_ms - ms_before, backend.forwards - n_before)
-        acceptance = acceptance_that_runs(concrete(settings, model.config))  # said beside the sampler
+        # said beside the sampler; the plan already holds the sampler that ran (auto resolved)
+        acceptance = acceptance_that_runs(replace(settings, sampler=plan.sampler))
         return {**summary, "acceptance": acceptance, "prompt_ids": ids, "text": done.text}
 
     def generate_js(self, prompt: str, options, seed: int, on_step):
