@@ -30,8 +30,9 @@ sees the newest token, which the mask block cannot (its first mask sits at that 
 position), and it drafts after a rejection too. Where it finds nothing, the model's answer store
 (runtime/answer_store.py), when there is one, drafts what the model's past answers went on with.
 Copied drafts, lookup's or the store's, are checked by the same rule as point masses (kept with
-probability p_AR(token) when sampling), and the mask block follows them. A forward's drafts come
-from one drafter; which one is a function of committed tokens only.
+probability p_AR(token) when sampling); a forward that checks them drafts no mask block (by
+default: `settings.drafting.block_beside_copies`). A forward's drafts come from one drafter; which
+one is a function of committed tokens only.
 
 The drafter is the diffusion model with its adapters, as in the diffusion samplers: every forward
 drafts one step of a fresh, all-masked block (t = 1), so its rows get TALoRA's weights of t = 1,
@@ -278,6 +279,8 @@ def sample_verified(
         cached = backend.cached()
         first_mask = len(tokens) + len(drafts)  # the position the AR row after the drafts predicts
         wanted = draft_count(recent_kept, plan.span, settings.drafting, idle)
+        if looked_up and not settings.drafting.block_beside_copies:
+            wanted = 0  # the next forward's drafts are most often copied again (runtime/drafting.py)
         masks = max(0, min(wanted + 1 if wanted else 0, end - first_mask))
         rows = control.rows(0, masks, 1.0)
         chunk = verified_chunk(tokens, cached, [d.token for d in drafts], masks, mask_id, rows, control.slots)

@@ -196,9 +196,10 @@ class CountingBackend(ToyBackend):
         FULL_BLOCK,
         Drafting(pause_below=0.8, probe_every=3),
         Drafting(lookup="first"),
+        Drafting(lookup="first", block_beside_copies=True),
         Drafting(lookup="fallback", pause_below=0.8, probe_every=3),
     ],
-    ids=["w4", "w2", "full", "paused", "lookup-first", "lookup-fallback-paused"],
+    ids=["w4", "w2", "full", "paused", "lookup-first", "lookup-first-block-beside", "lookup-fallback-paused"],
 )
 def test_each_forward_drafts_what_the_rule_says(block, rule):
     """Golden against the rule: forward i carries draft_count(kept so far, idle) + 1 masks, none
@@ -214,6 +215,8 @@ def test_each_forward_drafts_what_the_rule_says(block, rule):
     recent, committed, idle = [], 0, 0
     for event, masks in zip(result.trace, backend.masks, strict=True):
         wanted = draft_count(recent, block, rule, idle)
+        if event.looked_up and not rule.block_beside_copies:
+            wanted = 0  # no mask block beside copied drafts
         room = length - committed - event.drafted  # positions left from the first mask on
         assert masks == min(wanted + 1 if wanted else 0, room), (recent, masks)
         if event.drafted and not event.looked_up:
@@ -224,6 +227,8 @@ def test_each_forward_drafts_what_the_rule_says(block, rule):
         assert 0 in backend.masks  # the toy drafter is poor enough to pause it
     if rule.lookup != "off":
         assert any(e.looked_up for e in result.trace)
+        beside = [masks for e, masks in zip(result.trace, backend.masks, strict=True) if e.looked_up]
+        assert any(beside) == rule.block_beside_copies  # the rule above, not vacuous either way
 
 
 @pytest.mark.parametrize("mode", ["fallback", "first"])
