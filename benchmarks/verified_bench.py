@@ -11,7 +11,8 @@ prompt, and the table shows the fastest repeat):
 
   switch     ms per forward of the graph with the adapter switch (gate all 1, and half 0 / half 1)
              against the same model exported with --no-adapter-switch (`--plain DIR`), for chunks
-             of 1, 9 and 17 rows after a 64-token cache: what the per-row switch costs
+             of `--switch-rows` rows (1, 9 and 17) after a 64-token cache: what the per-row switch
+             costs, and what one more row does (`--prompts 0` prints this table alone)
   decoding   greedy, on the first held-out prompts of data/distill_prompts_wordnet.jsonl (chat
              template, stop at EOS): `ar` (the AR model, one token per forward), `ltr-1` (BD3LM,
              one token per step, left to right), and per draft block `verified` drafting the full
@@ -47,7 +48,9 @@ PROMPTS = Path(__file__).resolve().parents[1] / "data" / "distill_prompts_wordne
 SPLIT = "held-out"  # no training step saw these
 
 
-def switch_section(model_dir: Path, plain_dir: Path | None, threads: int, repeats: int) -> None:
+def switch_section(
+    model_dir: Path, plain_dir: Path | None, threads: int, repeats: int, row_counts=(1, 9, 17)
+) -> None:
     options = OrtOptions(device="cpu", intra_op_threads=threads)
     config = artifact.load_config(model_dir)
     graphs = {"switch, gate 1": model_dir, "switch, gate 0|1": model_dir}
@@ -63,7 +66,7 @@ def switch_section(model_dir: Path, plain_dir: Path | None, threads: int, repeat
     )
     print("| rows | " + " | ".join(graphs) + " | switch / no switch |")
     print("|---|" + "---|" * (len(graphs) + 1))
-    for rows in (1, 9, 17):
+    for rows in row_counts:
         times: dict[str, list[float]] = {name: [] for name in graphs}
         for _ in range(repeats):
             for name, backend in backends.items():  # interleaved: load changes hit every graph alike
@@ -195,6 +198,9 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--switch-repeats", type=int, default=20, help="0 skips the switch table")
+    parser.add_argument(
+        "--switch-rows", type=int, nargs="+", default=[1, 9, 17], help="chunk sizes the switch table times"
+    )
     args = parser.parse_args()
     model_dir = args.model
     if model_dir is None:
@@ -202,7 +208,9 @@ def main() -> int:
 
         model_dir = default_model_dir("cpu")
     if args.switch_repeats > 0:
-        switch_section(model_dir, args.plain, args.threads, args.switch_repeats)
+        switch_section(model_dir, args.plain, args.threads, args.switch_repeats, args.switch_rows)
+    if args.prompts < 1:
+        return 0
     configs = decoding_configs(args.blocks, args.rules, args.length, args.lean)
     decoding_section(model_dir, args.threads, configs, args.length, args.prompts, args.repeats)
     return 0
