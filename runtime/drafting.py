@@ -17,8 +17,9 @@ drawn tokens, so the output stays exactly the AR model's (docs/sampling.md §11)
 
 Prompt lookup (runtime/lookup.py) is the second drafter: `lookup` says when a forward checks
 copied drafts instead of the diffusion model's. Copied drafts need no mask rows, only verifier
-rows, and say nothing about the diffusion drafter, so the block's running mean leaves them out;
-a forward that checks them drafts no mask block (`block_beside_copies`).
+rows, and say nothing about the diffusion drafter, so the block's running mean leaves them out.
+A forward that checks drafts, copied or the diffusion model's, drafts no mask block
+(`block_beside_drafts`): the block is drafted by the forwards that check nothing.
 The model's answer store (runtime/answer_store.py), when it has one, is the third: where lookup
 finds nothing in the text, it drafts what the model's past answers most often went on with, up
 to the first token that followed its context less often than `answers_floor` of the time.
@@ -48,13 +49,15 @@ class Drafting:
     # 0.99-1.02x the `ar` sampler's tokens/s against 0.85-0.89x unpaused (benchmarks/README.md)
     pause_below: float = 0.5
     probe_every: int = 4
-    # A forward that checks copied drafts drafts no mask block beside them. Its block would be kept
-    # only if every copied draft held, and even then the next forward's drafts are copied again
-    # wherever lookup or the answer store finds a match ("first"), so its rows were mostly paid for
-    # nothing: on 32 held-out prompts (greedy, two threads, one run) lenient acceptance went from
-    # 0.85x to 1.05x the `ar` sampler's tokens/s at 2.01 -> 2.03 tokens per forward, exact from
-    # 0.91x to 0.97x at 1.55 (benchmarks/README.md, "No mask block beside copied drafts").
-    block_beside_copies: bool = False
+    # A forward that checks drafts drafts no mask block beside them; only a forward that checks
+    # none does. Beside copied drafts the block is kept only if every copied draft holds, and even
+    # then the next forward checks copied drafts again wherever lookup or the answer store finds a
+    # match ("first"); beside diffusion drafts it is kept only if all of them hold (~18% of the
+    # time for the default model). Either way its rows were mostly paid for nothing: on 32 held-out
+    # prompts (greedy, two threads) lenient acceptance went from 1.00x to 1.2-1.3x the `ar`
+    # sampler's tokens/s at 2.01 -> 2.03 tokens per forward, exact from 1.02x to 1.07-1.15x at 1.55
+    # (benchmarks/README.md, "No mask block beside drafts").
+    block_beside_drafts: bool = False
     # Prompt lookup (runtime/lookup.py): drafts copied from the committed text after the last
     # earlier occurrence of its newest `lookup_longest` .. `lookup_shortest` tokens. They see the
     # newest token, which the mask block cannot, and cost verifier rows only. One of LOOKUP_MODES.
@@ -94,7 +97,7 @@ LOOKUP_MODES = ("off", "fallback", "first")
 ACCEPTANCES = ("exact", "lenient")
 
 # the sampler before adaptive sizing and prompt lookup: b - 1 diffusion drafts every forward
-FULL_BLOCK = Drafting(adaptive=False, lookup="off")
+FULL_BLOCK = Drafting(adaptive=False, lookup="off", block_beside_drafts=True)
 # Lenient acceptance as measured (benchmarks/README.md, "Decoding quality"): with drafts kept
 # more often the mask block pays for itself (no pause), and deeper copied drafts are worth checking.
 LENIENT = Drafting(acceptance="lenient", pause_below=0.0, lookup_drafts=6, answers_floor=0.2)

@@ -18,7 +18,8 @@ before each (greedy: equal to its argmax; sampling: the accept/reject rule); the
 draft is replaced by the AR model's own token, and when every draft holds, the AR row after the
 last one adds a bonus token. So every forward commits at least one token, the AR model's, and up
 to m + 1. The mask block's rows are the next drafts, kept only when all drafts held (they saw
-them). With no drafts pending (after a rejection) the forward is the AR step plus a fresh draft.
+them). So by default only a forward that checks no drafts carries a mask block — the AR step
+plus a fresh draft — since beside drafts the block was seldom kept (`block_beside_drafts`).
 
 The mask block is sized per forward by `settings.drafting` (runtime/drafting.py): as many masks as
 recent forwards' kept drafts justify, so that a drafter that is seldom right costs little more
@@ -30,14 +31,13 @@ sees the newest token, which the mask block cannot (its first mask sits at that 
 position), and it drafts after a rejection too. Where it finds nothing, the model's answer store
 (runtime/answer_store.py), when there is one, drafts what the model's past answers went on with.
 Copied drafts, lookup's or the store's, are checked by the same rule as point masses (kept with
-probability p_AR(token) when sampling); a forward that checks them drafts no mask block (by
-default: `settings.drafting.block_beside_copies`). A forward's drafts come from one drafter; which
-one is a function of committed tokens only.
+probability p_AR(token) when sampling). A forward's drafts come from one drafter; which one is a
+function of committed tokens only.
 
-The drafter is the diffusion model with its adapters, as in the diffusion samplers: every forward
-drafts one step of a fresh, all-masked block (t = 1), so its rows get TALoRA's weights of t = 1,
+The drafter is the diffusion model with its adapters, as in the diffusion samplers: every block
+is one step of a fresh, all-masked block (t = 1), so its rows get TALoRA's weights of t = 1,
 and DGR reads the drafter rows' uncertainty after the forward and retrieves adapters for the
-next forward's block — AdapterControl.after_step over the block, laid out as a span (row i
+next block (the next forward that drafts one) — AdapterControl.after_step over the block, laid out as a span (row i
 predicts block position i; row 0 is the AR row, which drafts nothing). The verifier rows carry no
 adapter and cannot see the block, so neither changes the output. Each StepEvent carries the
 drafts' uncertainty and the patterns retrieved, for the learning loops' trajectories.
@@ -219,8 +219,8 @@ def retrieve_for_next_block(
 ) -> list[int]:
     """DGR after a forward whose block drafted (the control's span emptied): the block as a span whose row i (output row
     checked + i) predicts block position i, all masked (t = 1), scored at the drafted positions
-    1 .. masks - 1; what it retrieves weighs the next forward's block rows by position (as a
-    diffusion span's next step). Returns the block positions retrieved for."""
+    1 .. masks - 1; what it retrieves weighs the next block's rows by position (as a diffusion
+    span's next step), whichever forward drafts it. Returns the block positions retrieved for."""
     return control.after_step(rows_from(output, checked), list(range(1, masks)), 1.0, index)
 
 
@@ -279,8 +279,8 @@ def sample_verified(
         cached = backend.cached()
         first_mask = len(tokens) + len(drafts)  # the position the AR row after the drafts predicts
         wanted = draft_count(recent_kept, plan.span, settings.drafting, idle)
-        if looked_up and not settings.drafting.block_beside_copies:
-            wanted = 0  # the next forward's drafts are most often copied again (runtime/drafting.py)
+        if drafts and not settings.drafting.block_beside_drafts:
+            wanted = 0  # a block beside drafts is seldom used (runtime/drafting.py)
         masks = max(0, min(wanted + 1 if wanted else 0, end - first_mask))
         rows = control.rows(0, masks, 1.0)
         chunk = verified_chunk(tokens, cached, [d.token for d in drafts], masks, mask_id, rows, control.slots)
@@ -295,7 +295,8 @@ def sample_verified(
         if checked and not looked_up:  # the block is sized by what the diffusion drafts keep
             recent_kept = [*recent_kept, kept][-max(1, settings.drafting.window) :]
         drafts = []
-        control.start_span()  # the block just drafted used its retrievals; the next one is new
+        if masks:  # the block just drafted used its retrievals; the next one is new
+            control.start_span()  # (a forward without a block leaves them to the next block)
         entropy, confidence, retrieved, patterns = 0.0, 1.0, [], ()
         block_start = first_mask - len(prompt)  # the block's first position in the generated text
         if kept == checked and masks > 1:  # the mask block saw exactly the text now committed

@@ -196,7 +196,7 @@ class CountingBackend(ToyBackend):
         FULL_BLOCK,
         Drafting(pause_below=0.8, probe_every=3),
         Drafting(lookup="first"),
-        Drafting(lookup="first", block_beside_copies=True),
+        Drafting(lookup="first", block_beside_drafts=True),
         Drafting(lookup="fallback", pause_below=0.8, probe_every=3),
     ],
     ids=["w4", "w2", "full", "paused", "lookup-first", "lookup-first-block-beside", "lookup-fallback-paused"],
@@ -215,8 +215,8 @@ def test_each_forward_drafts_what_the_rule_says(block, rule):
     recent, committed, idle = [], 0, 0
     for event, masks in zip(result.trace, backend.masks, strict=True):
         wanted = draft_count(recent, block, rule, idle)
-        if event.looked_up and not rule.block_beside_copies:
-            wanted = 0  # no mask block beside copied drafts
+        if event.drafted and not rule.block_beside_drafts:
+            wanted = 0  # no mask block beside drafts
         room = length - committed - event.drafted  # positions left from the first mask on
         assert masks == min(wanted + 1 if wanted else 0, room), (recent, masks)
         if event.drafted and not event.looked_up:
@@ -227,8 +227,8 @@ def test_each_forward_drafts_what_the_rule_says(block, rule):
         assert 0 in backend.masks  # the toy drafter is poor enough to pause it
     if rule.lookup != "off":
         assert any(e.looked_up for e in result.trace)
-        beside = [masks for e, masks in zip(result.trace, backend.masks, strict=True) if e.looked_up]
-        assert any(beside) == rule.block_beside_copies  # the rule above, not vacuous either way
+    beside = [masks for e, masks in zip(result.trace, backend.masks, strict=True) if e.drafted]
+    assert any(beside) == rule.block_beside_drafts  # the rule above, not vacuous either way
 
 
 @pytest.mark.parametrize("mode", ["fallback", "first"])
@@ -257,7 +257,7 @@ def test_a_drafter_that_is_seldom_right_drafts_one_token():
     """The default model's case: with the block sized by acceptance, the forwards after the first
     few carry two masks, not the full block (so they cost about as much as a one-row forward)."""
     backend = CountingBackend(TOY_CONFIG)  # 40 tokens: the toy drafter is almost never right
-    unpaused = Drafting(pause_below=0.0)
+    unpaused = Drafting(pause_below=0.0, block_beside_drafts=True)  # a block every forward: the sizing alone
     generate(
         backend,
         [3],

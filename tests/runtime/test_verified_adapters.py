@@ -5,6 +5,7 @@ model's), and each forward's uncertainty and patterns in the trace that loop A r
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 
 import pytest
 
@@ -60,7 +61,11 @@ def test_what_a_forward_retrieves_weighs_the_next_blocks_rows_by_position():
     dgr = DgrConfig(strategy="entropy", threshold=0.0, budget=2)
     result, backend, _ = run(dgr)
     checked = 0
-    for event, after in zip(result.trace[:-1], backend.chunks[1:], strict=True):  # forward k, then k + 1
+    # a forward that drafts a block, then the next one that does (forwards checking drafts draft none)
+    blocks = [i for i, chunk in enumerate(backend.chunks) if any(chunk.adapter_gate)]
+    assert any(j - k > 1 for k, j in pairwise(blocks))  # retrievals outlive a forward without a block
+    for k, j in pairwise(blocks):
+        event, after = result.trace[k], backend.chunks[j]
         drafter = [row for gate, row in zip(after.adapter_gate, after.adapter_weights, strict=True) if gate]
         talora_t1 = drafter[0][:GROUPS] if drafter else None
         retrieved = {p - event.offset for p in event.retrieved}
