@@ -66,7 +66,7 @@ from runtime.chat_template import chat_prompt  # noqa: E402
 from runtime.cpython_model import open_model  # noqa: E402
 from runtime.model import DiffusionModel  # noqa: E402
 from runtime.ort_backend import OrtOptions  # noqa: E402
-from runtime.settings import GenerationSettings  # noqa: E402
+from runtime.settings import USER_ACCEPTANCE, GenerationSettings, settings_from  # noqa: E402
 
 PROMPT = "Explain what a diffusion language model is, in a few sentences."
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +136,8 @@ def speed_section(model: DiffusionModel, directory: Path, gguf: Path | None, ids
     ours = {
         "block 1": replace(base, sampler="bd3lm", block_size=1),
         "block 8": replace(base, sampler="bd3lm", block_size=8),
-        "default": GenerationSettings(length=length, stop_at_eos=False),
+        # `ruvdllm generate`'s defaults: the user-facing acceptance (lenient when greedy), not the library's
+        "default": settings_from({"length": length, "stop_at_eos": False, "acceptance": USER_ACCEPTANCE}),
     }
     runs: dict[str, list] = {name: [] for name in ours}
     baselines: dict[str, list[BaselineResult]] = {"llama.cpp": [], "onnxruntime-genai": []}
