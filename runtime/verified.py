@@ -34,11 +34,11 @@ Copied drafts, lookup's or the store's, are checked by the same rule as point ma
 probability p_AR(token) when sampling). A forward's drafts come from one drafter; which one is a
 function of committed tokens only.
 
-The drafter is the diffusion model with its adapters, as in the diffusion samplers: every block
-is one step of a fresh, all-masked block (t = 1), so its rows get TALoRA's weights of t = 1,
-and DGR reads the drafter rows' uncertainty after the forward and retrieves adapters for the
-next block (the next forward that drafts one) — AdapterControl.after_step over the block, laid out as a span (row i
-predicts block position i; row 0 is the AR row, which drafts nothing). The verifier rows carry no
+The drafter is the diffusion model with its adapters, as in the diffusion samplers: each block
+it drafts is one step of a fresh, all-masked block (t = 1), so its rows get TALoRA's weights of
+t = 1, and DGR reads the drafter rows' uncertainty after the forward and retrieves adapters for
+the next block, whichever forward drafts it — AdapterControl.after_step over the block, laid out
+as a span (row i predicts block position i; row 0 is the AR row, which drafts nothing). The verifier rows carry no
 adapter and cannot see the block, so neither changes the output. Each StepEvent carries the
 drafts' uncertainty and the patterns retrieved, for the learning loops' trajectories.
 """
