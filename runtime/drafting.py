@@ -116,14 +116,17 @@ def drafting_for(acceptance: str, temperature: float) -> Drafting:
     return LENIENT if lenient else Drafting()
 
 
-def draft_count(recent_kept: Sequence[int], block: int, drafting: Drafting, idle: int = 0) -> int:
+def draft_count(
+    recent_kept: Sequence[int], block: int, drafting: Drafting, idle: int = 0, checking: int = 0
+) -> int:
     """Drafts to propose next from a block of at most `block` masks: block - 1 when not adaptive
     or before any forward checked a draft, else floor(mean of `recent_kept`'s last
     `drafting.window`) + 1, within 1 .. block - 1 (0 when block < 2: no mask drafts anything).
     Paused — 0 — when that mean is below `drafting.pause_below` and fewer than
-    `drafting.probe_every` forwards (`idle`) have passed since the last one that drafted."""
+    `drafting.probe_every` forwards (`idle`) have passed since the last one that drafted. 0 in a
+    forward that checks `checking` > 0 drafts, unless `drafting.block_beside_drafts`."""
     most = block - 1
-    if most < 1:
+    if most < 1 or (checking and not drafting.block_beside_drafts):
         return 0
     recent = list(recent_kept)[-drafting.window :]
     if not drafting.adaptive or not recent:

@@ -38,8 +38,8 @@ The drafter is the diffusion model with its adapters, as in the diffusion sample
 it drafts is one step of a fresh, all-masked block (t = 1), so its rows get TALoRA's weights of
 t = 1, and DGR reads the drafter rows' uncertainty after the forward and retrieves adapters for
 the next block, whichever forward drafts it — AdapterControl.after_step over the block, laid out
-as a span (row i predicts block position i; row 0 is the AR row, which drafts nothing). The verifier rows carry no
-adapter and cannot see the block, so neither changes the output. Each StepEvent carries the
+as a span (row i predicts block position i; row 0 is the AR row, which drafts nothing). The
+verifier rows carry no adapter and cannot see the block, so neither changes the output. Each StepEvent carries the
 drafts' uncertainty and the patterns retrieved, for the learning loops' trajectories.
 """
 
@@ -278,9 +278,7 @@ def sample_verified(
                 drafts, looked_up = copied, len(copied)
         cached = backend.cached()
         first_mask = len(tokens) + len(drafts)  # the position the AR row after the drafts predicts
-        wanted = draft_count(recent_kept, plan.span, settings.drafting, idle)
-        if drafts and not settings.drafting.block_beside_drafts:
-            wanted = 0  # a block beside drafts is seldom used (runtime/drafting.py)
+        wanted = draft_count(recent_kept, plan.span, settings.drafting, idle, checking=len(drafts))
         masks = max(0, min(wanted + 1 if wanted else 0, end - first_mask))
         rows = control.rows(0, masks, 1.0)
         chunk = verified_chunk(tokens, cached, [d.token for d in drafts], masks, mask_id, rows, control.slots)

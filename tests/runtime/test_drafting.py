@@ -102,3 +102,11 @@ def test_golden_pause():
     assert draft_count([0, 0, 1, 0], 8, rule, idle=4) == 1  # a probe
     assert draft_count([0, 1, 1, 0], 8, rule, idle=0) == 1  # mean 0.5: drafting
     assert draft_count([], 8, rule, idle=0) == 7  # nothing measured yet
+
+
+def test_golden_no_block_beside_drafts():
+    rule = Drafting(pause_below=0.0)
+    assert draft_count([2, 2, 2, 2], 8, rule, checking=3) == 0  # a forward checking drafts: no block
+    assert draft_count([2, 2, 2, 2], 8, rule, checking=0) == 3
+    beside = Drafting(pause_below=0.0, block_beside_drafts=True)
+    assert draft_count([2, 2, 2, 2], 8, beside, checking=3) == 3

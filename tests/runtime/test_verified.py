@@ -214,9 +214,7 @@ def test_each_forward_drafts_what_the_rule_says(block, rule):
     result = generate(backend, prompt, settings, random.Random(0))
     recent, committed, idle = [], 0, 0
     for event, masks in zip(result.trace, backend.masks, strict=True):
-        wanted = draft_count(recent, block, rule, idle)
-        if event.drafted and not rule.block_beside_drafts:
-            wanted = 0  # no mask block beside drafts
+        wanted = draft_count(recent, block, rule, idle, checking=event.drafted)
         room = length - committed - event.drafted  # positions left from the first mask on
         assert masks == min(wanted + 1 if wanted else 0, room), (recent, masks)
         if event.drafted and not event.looked_up:
