@@ -11,8 +11,12 @@ median over `repeats` runs after one warm-up:
                    user waits for; our runtime's tokens/s are measured the same way)
     ms_per_token   decode time per generated token, prompt processing excluded (the forward's speed)
 
-A baseline that cannot run here (package missing, build failure) comes back with tokens_per_s None
-and the reason, so a benchmark prints the reason and goes on.
+A baseline that cannot run here (package missing, build failure, a llama.cpp build for another CPU)
+comes back with tokens_per_s None and the reason, so a benchmark prints the reason and goes on.
+llama.cpp is first tried in a child process on a batched prompt: a build whose instructions this
+CPU lacks (illegal instruction) or that trips over AMX (a protection fault on the first batch)
+kills its process, and that must not be the benchmark's (benchmarks/llama_cpp_flags.py builds one
+that fits).
 
 onnxruntime-genai's graph: the GGUF's blocks dequantized into transformers (the same float numbers
 our graph holds), saved as a Hugging Face checkpoint with the tokenizer, then
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -73,6 +78,9 @@ def llama_cpp_ar(
         from llama_cpp import Llama
     except ImportError as exc:
         return BaselineResult(name, None, None, f"llama-cpp-python is not installed ({exc})")
+    crashed = llama_cpp_crash(gguf, threads)
+    if crashed:
+        return BaselineResult(name, None, None, crashed)
     llm = Llama(
         model_path=str(gguf),
         n_ctx=len(prompt_ids) + new_tokens + 8,
@@ -97,6 +105,36 @@ def llama_cpp_ar(
 
     run(min(4, new_tokens))  # warm-up: page in the weights, build the thread pool
     return _summarise(name, [run(new_tokens) for _ in range(repeats)], new_tokens)
+
+
+LLAMA_CPP_PROBE = """
+import sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=64, n_threads=int(sys.argv[2]), verbose=False)
+for _ in llm.generate(llm.tokenize(b"A batched prompt of several tokens."), temp=0.0):
+    break
+"""
+
+
+def llama_cpp_crash(gguf: Path, threads: int) -> str:
+    """Why llama.cpp cannot run here ('' when it can): a batched prompt in a child process."""
+    done = subprocess.run(
+        [sys.executable, "-c", LLAMA_CPP_PROBE, str(gguf), str(threads)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode == 0:
+        return ""
+    if done.returncode < 0:
+        cause = signal.Signals(-done.returncode).name
+    else:
+        cause = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    return (
+        f"llama.cpp failed on a batched prompt ({cause}): rebuild llama-cpp-python for this CPU, "
+        'CMAKE_ARGS="$(python benchmarks/llama_cpp_flags.py)" pip install --force-reinstall '
+        "--no-deps --no-cache-dir llama-cpp-python==0.3.36"
+    )
 
 
 # --- onnxruntime-genai -----------------------------------------------------------------------------
