@@ -5,6 +5,8 @@ numpy twin, and within accuracy level 4's kind of error of the 4-bit graph)."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -159,6 +161,34 @@ def _compare_with_q4(spec, weights, seed, quantization):
 CASES = [("llama", False), ("llama", True), ("qwen2", False)]
 
 
+@functools.cache
+def int8_gemm_saturates() -> bool:
+    """Whether onnxruntime's CPU MatMulInteger (uint8 x int8) saturates here: on x86 CPUs without
+    VNNI, MLAS adds each pair of byte products in int16 (vpmaddubsw), so 255 x 127 x 2 clips at
+    32,767. There the int8 graph's CPU numbers are not the browser's (wasm) or a VNNI CPU's, and
+    its closeness bounds do not apply; the graph's structure is still tested."""
+    k = 64
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
+        "saturation_probe",
+        [
+            helper.make_tensor_value_info("a", TensorProto.UINT8, [1, k]),
+            helper.make_tensor_value_info("b", TensorProto.INT8, [k, 1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    probe = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {"a": np.full((1, k), 255, np.uint8), "b": np.full((k, 1), 127, np.int8)}
+    (y,) = probe.run(None, feeds)
+    return int(y[0, 0]) != 255 * 127 * k
+
+
+def skip_where_int8_saturates(quantization: str = "int8") -> None:
+    if quantization == "int8" and int8_gemm_saturates():
+        pytest.skip("onnxruntime's int8 GEMM saturates on this CPU (x86 without VNNI)")
+
+
 @pytest.mark.parametrize(("arch", "tied"), CASES)
 def test_widened_graph_computes_the_4bit_graphs_numbers(arch, tied):
     agreement, lse, rel = _compare_with_q4(
@@ -169,6 +199,7 @@ def test_widened_graph_computes_the_4bit_graphs_numbers(arch, tied):
 
 @pytest.mark.parametrize(("arch", "tied"), CASES)
 def test_int8_graph_stays_close_to_the_4bit_graph(arch, tied):
+    skip_where_int8_saturates()
     agreement, lse, rel = _compare_with_q4(tiny_spec(arch, tied), tiny_weights(arch, tied, seed=8), 4, "int8")
     # int8 activations per tensor: the tiny random models have no outlier channels (SmolLM2 has)
     assert agreement >= 0.9 and rel <= 0.05, (agreement, lse, rel)
@@ -178,6 +209,7 @@ def test_int8_graph_stays_close_to_the_4bit_graph(arch, tied):
 def test_gguf_q4_1_blocks_with_a_q8_0_table(tmp_path, quantization):
     """GGUF Q4_1's block minimums and a Q8_0 tied table decode in the load-time nodes (the
     embedding's own gather over every row)."""
+    skip_where_int8_saturates(quantization)
     path = make_gguf_checkpoint(tmp_path / "m.gguf", "llama", "Q4_1", tied=True, embed_qtype="Q8_0")
     loaded = load_checkpoint(path)
     agreement, lse, rel = _compare_with_q4(loaded.spec, dict(loaded.weights), 5, quantization)
