@@ -17,8 +17,8 @@ it computes the base model (the AR model the verified sampler checks drafts agai
 The block-min branch is exact: writing W[n,k] = s·(q − z) + m'[n, k//32] with integer z gives
 Σ_k W[n,k] x_k = MatMulNBits(x) + Σ_b m'[n,b] Σ_{k∈b} x_k. It keeps MatMulNBits on its fast
 integer kernels, where float zero points (the other exact mapping of GGUF Q4_1) are ~20× slower on
-CPU and have no WebGPU kernel (DESIGN.md). z is the integer nearest the block's zero, so m' is a
-small remainder (see `centre_block_offsets`).
+CPU and have no WebGPU kernel (DESIGN.md). z is MatMulNBits' default 8, so the node has no
+zero-points input (see `centre_block_offsets`).
 
 What a forward costs on the CPU is mostly the bytes it reads (a 135M model at one token per forward
 is memory-bound): the 4-bit weights with their scales, the float block mins, the LoRA factors and
@@ -45,6 +45,7 @@ from ruvdllm_export.quant.q4 import (
 Weight = np.ndarray | Q4Tensor | Q8Tensor | SplitQ8Tensor
 # Linears stored as 4-bit blocks whose dense weights the session makes at load (the wasm target)
 WEIGHTS_MADE_AT_LOAD = ("widened", "int8")
+DEFAULT_ZERO_POINT = 8  # MatMulNBits' zero point for 4 bits when the node has no zero_points input
 
 
 @dataclass(frozen=True)
@@ -353,7 +354,7 @@ def register_quantized(g: GraphBuilder, name: str, w: Q4Tensor | Q8Tensor) -> Qu
         zp, mins = w.zero_points, w.mins
         if mins is not None:
             zp, mins = centre_block_offsets(w.scales, zp, mins)
-        if not np.all(zp == 8):  # 8 is MatMulNBits' default for 4 bits: omit the input
+        if not np.all(zp == DEFAULT_ZERO_POINT):  # the default: omit the input
             zero_points = g.initializer(f"{name}.zero_points", pack_zero_points(zp))
     names = QuantizedNames(name, bits, n, k, w.n_blocks, packed, scales, zero_points, mins)
     g.shared[key] = names
@@ -376,19 +377,21 @@ def mins_t_initializer(g: GraphBuilder, q: QuantizedNames) -> str:
 def centre_block_offsets(
     scales: np.ndarray, zero_points: np.ndarray, mins: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rewrite W = s·(q − zp) + m as s·(q − z) + m' with the integer z = clip(round(zp − m/s), 0, 15)
-    nearest the block's true zero and m' = m + s·(z − zp), the small remainder (|m'| <= s/2 unless
-    the block lies entirely on one side of 0).
+    """Rewrite W = s·(q − zp) + m as s·(q − 8) + m' with m' = m + s·(8 − zp): the same weights,
+    centred on MatMulNBits' default zero point, so the linear needs no zero-points input.
 
-    Same weights, but MatMulNBits now sees ordinary centred 4-bit codes. With zero points 0 its part
-    would be the large Σ s·q·x that the min branch then almost cancels, and accuracy_level 4's int8
-    activations, whose error scales with that part, dropped SmolLM2's top-1 agreement to 86%."""
+    Why 8 and not zero points 0: with zero points 0 MatMulNBits' part would be the large Σ s·q·x
+    that the min branch then almost cancels, and accuracy_level 4's int8 activations, whose error
+    scales with that part, dropped SmolLM2's top-1 agreement to 86%. Codes centred on 8 keep
+    |q − 8| <= 8 in every block. Why 8 and not each block's nearest integer zero (what this did
+    before): the same top-1 agreement (96.83% both, `benchmarks/accuracy_bench.py`'s 2,048 tokens),
+    and onnxruntime's one-row kernels run 14-23% faster without zero points (benchmarks/README.md,
+    "Zero points")."""
     s64 = scales.astype(np.float64)
     zp64 = zero_points.astype(np.float64)
-    ratio = np.divide(mins, s64, out=np.zeros_like(s64), where=s64 > 0)
-    z = np.where(s64 > 0, np.clip(np.round(zp64 - ratio), 0, 15), zp64)
-    remainder = mins.astype(np.float64) + s64 * (z - zp64)
-    return z.astype(np.uint8), remainder.astype(np.float32)
+    z = np.full_like(zero_points, DEFAULT_ZERO_POINT, dtype=np.uint8)
+    remainder = mins.astype(np.float64) + s64 * (DEFAULT_ZERO_POINT - zp64)
+    return z, remainder.astype(np.float32)
 
 
 def make_matmul_nbits(

@@ -91,8 +91,11 @@ class WidenedBlocks:
     def add(self, name: str, weight: Q4Tensor | Q8Tensor) -> dict:
         """Write `weight`'s blocks; -> its index entry (Wᵀ [K, N] at `offset` of the float file).
         The stored zero points and minimums are those the graph's own dequantization reads
-        (linear.register_quantized: GGUF minimums centred onto integer zero points)."""
-        from ruvdllm_export.onnx_graph.linear import centre_block_offsets  # linear imports us
+        (linear.register_quantized: GGUF minimums centred onto the default zero point 8)."""
+        from ruvdllm_export.onnx_graph.linear import (  # linear imports us
+            DEFAULT_ZERO_POINT,
+            centre_block_offsets,
+        )
 
         n, k = weight.shape
         entry = {"name": name, "rows": n, "cols": k, "blocks": weight.n_blocks, "offset": self.floats_bytes}
@@ -109,8 +112,8 @@ class WidenedBlocks:
             if mins is not None:
                 zp, mins = centre_block_offsets(weight.scales, zp, mins)
                 entry["mins"] = self._put(np.asarray(mins, np.float32))
-            entry["bits"], entry["zero"] = 4, 8
-            if not np.all(zp == 8):  # 8: every block centred, as MatMulNBits' default
+            entry["bits"], entry["zero"] = 4, DEFAULT_ZERO_POINT
+            if not np.all(zp == DEFAULT_ZERO_POINT):
                 entry["zero_points"] = self._put(pack_zero_points(zp))
         self.tensors.append(entry)
         self.floats_bytes += n * k * 4
