@@ -385,8 +385,8 @@ def centre_block_offsets(
     scales with that part, dropped SmolLM2's top-1 agreement to 86%. Codes centred on 8 keep
     |q − 8| <= 8 in every block. Why 8 and not each block's nearest integer zero (what this did
     before): the same top-1 agreement (96.83% both, `benchmarks/accuracy_bench.py`'s 2,048 tokens),
-    and onnxruntime's one-row kernels run 14-23% faster without zero points (benchmarks/README.md,
-    "Zero points")."""
+    and onnxruntime's one-row kernels ran 14-23% faster without zero points on an AVX2 CPU
+    (benchmarks/README.md, "An AVX2 CPU without VNNI")."""
     s64 = scales.astype(np.float64)
     zp64 = zero_points.astype(np.float64)
     z = np.full_like(zero_points, DEFAULT_ZERO_POINT, dtype=np.uint8)
