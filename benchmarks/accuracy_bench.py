@@ -209,20 +209,26 @@ def main() -> int:
     checkpoint = load_checkpoint(gguf)
     spec, tokenizer = checkpoint.spec, checkpoint.tokenizer
     reference = causal_lm(checkpoint, torch.float32)
+    from baselines import llama_cpp_crash
+
+    llm = None
     try:
         from llama_cpp import Llama
-
-        llm = Llama(
-            model_path=str(gguf),
-            n_ctx=max(CHUNK, 512) + 64,
-            n_batch=512,
-            n_threads=args.threads,
-            logits_all=True,
-            verbose=False,
-        )
     except ImportError as exc:
-        llm = None
         print(f"llama.cpp skipped: {exc}")
+    else:
+        crashed = llama_cpp_crash(gguf, args.threads)  # a build for another CPU dies in-process
+        if crashed:
+            print(f"llama.cpp skipped: {crashed}")
+        else:
+            llm = Llama(
+                model_path=str(gguf),
+                n_ctx=max(CHUNK, 512) + 64,
+                n_batch=512,
+                n_threads=args.threads,
+                logits_all=True,
+                verbose=False,
+            )
     genai = None
     if not args.no_genai:
         from baselines import genai_model_dir

@@ -69,6 +69,36 @@ def _summarise(name: str, runs: list[_Run], new_tokens: int) -> BaselineResult:
 
 
 # --- llama.cpp -------------------------------------------------------------------------------------
+LLAMA_CPP_PROBE = """
+import sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=64, n_threads=int(sys.argv[2]), verbose=False)
+for _ in llm.generate(llm.tokenize(b"A batched prompt of several tokens."), temp=0.0):
+    break
+"""
+
+
+def llama_cpp_crash(gguf: Path, threads: int) -> str:
+    """Why llama.cpp cannot run here ('' when it can): a batched prompt in a child process."""
+    done = subprocess.run(
+        [sys.executable, "-c", LLAMA_CPP_PROBE, str(gguf), str(threads)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode == 0:
+        return ""
+    if done.returncode < 0:
+        cause = signal.Signals(-done.returncode).name
+    else:
+        cause = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    return (
+        f"llama.cpp failed on a batched prompt ({cause}): rebuild llama-cpp-python for this CPU, "
+        'CMAKE_ARGS="$(python benchmarks/llama_cpp_flags.py)" pip install --force-reinstall '
+        "--no-deps --no-cache-dir llama-cpp-python==0.3.36"
+    )
+
+
 def llama_cpp_ar(
     gguf: Path, prompt_ids: list[int], new_tokens: int, threads: int, repeats: int = 3
 ) -> BaselineResult:
@@ -105,36 +135,6 @@ def llama_cpp_ar(
 
     run(min(4, new_tokens))  # warm-up: page in the weights, build the thread pool
     return _summarise(name, [run(new_tokens) for _ in range(repeats)], new_tokens)
-
-
-LLAMA_CPP_PROBE = """
-import sys
-from llama_cpp import Llama
-llm = Llama(model_path=sys.argv[1], n_ctx=64, n_threads=int(sys.argv[2]), verbose=False)
-for _ in llm.generate(llm.tokenize(b"A batched prompt of several tokens."), temp=0.0):
-    break
-"""
-
-
-def llama_cpp_crash(gguf: Path, threads: int) -> str:
-    """Why llama.cpp cannot run here ('' when it can): a batched prompt in a child process."""
-    done = subprocess.run(
-        [sys.executable, "-c", LLAMA_CPP_PROBE, str(gguf), str(threads)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode == 0:
-        return ""
-    if done.returncode < 0:
-        cause = signal.Signals(-done.returncode).name
-    else:
-        cause = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-    return (
-        f"llama.cpp failed on a batched prompt ({cause}): rebuild llama-cpp-python for this CPU, "
-        'CMAKE_ARGS="$(python benchmarks/llama_cpp_flags.py)" pip install --force-reinstall '
-        "--no-deps --no-cache-dir llama-cpp-python==0.3.36"
-    )
 
 
 # --- onnxruntime-genai -----------------------------------------------------------------------------
