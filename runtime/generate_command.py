@@ -25,7 +25,6 @@ from runtime.settings import (
     acceptance_that_runs,
     check_acceptance,
     check_settings,
-    concrete,
     inputs_of,
     settings_from,
 )
@@ -186,7 +185,7 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
     )
     ids = model.encode(text)
     model.check(len(ids), settings)
-    settings = concrete(settings, model.config)  # sampler auto -> the one that runs, reported below
+    settings = model.concrete(settings, args.acceptance)  # sampler auto -> the one that runs, reported below
     check_acceptance(args.acceptance, settings.sampler)
     # Allowed (a comparison may want it), but said: the text will be poor (config `samplers`).
     warnings = [w for w in (sampler_warning(model.config, settings.sampler),) if w]

@@ -38,8 +38,10 @@ from runtime.control import AdapterControl
 from runtime.denoise import StepEvent
 from runtime.generate import GenerationResult, generate
 from runtime.index import PatternIndex
-from runtime.settings import GenerationSettings, Plan, resolve
+from runtime.settings import AUTO, GenerationSettings, Plan, concrete, resolve, sampler_for
 from ruvdllm.errors import RuvdllmError
+
+_NOT_ASKED = object()  # DiffusionModel's row cost before the first question
 
 
 class Tokenizer(Protocol):
@@ -98,6 +100,7 @@ class DiffusionModel:
         self.lock = threading.Lock()
         self._token_text: dict[int, str] = {}
         self.bank_stamp = bank_stamp(bank_dir)  # what bank.json was when `bank` was read
+        self._extra_row: float | None | object = _NOT_ASKED
 
     # --- the bank on disk ------------------------------------------------------------------------
 
@@ -174,6 +177,27 @@ class DiffusionModel:
         control.record_query = self.record_query
         return control
 
+    def extra_row_cost(self) -> float | None:
+        """What one more row costs a forward of this model here (runtime/row_cost.py): the
+        backend's record, read or measured at most once per process; None where the backend
+        cannot say (the browser's, a busy machine)."""
+        if self._extra_row is _NOT_ASKED:
+            row_cost = getattr(self.backend, "row_cost", None)
+            cost = None
+            if row_cost is not None:
+                with self.lock:  # it runs forwards: not beside a generation
+                    cost = row_cost()
+            self._extra_row = None if cost is None else cost.extra_row
+        return self._extra_row
+
+    def concrete(self, settings: GenerationSettings, acceptance: str | None = None) -> GenerationSettings:
+        """`settings` with sampler auto resolved for this model on this machine. An acceptance
+        rule the user named (`acceptance`, not auto) asks for the verified sampler's drafts, so
+        the machine's row cost is not consulted; nor is it where auto would not verify anyway."""
+        if sampler_for(settings, self.config) != "verified" or acceptance not in (None, AUTO):
+            return concrete(settings, self.config)
+        return concrete(settings, self.config, self.extra_row_cost())
+
     def check(self, prompt_tokens: int, settings: GenerationSettings) -> Plan:
         """Raise RuvdllmError for settings or a prompt this model cannot take (no forward);
         return the resolved plan (span length, steps per span)."""
@@ -194,7 +218,7 @@ class DiffusionModel:
         `control`: the generation's adapter control (default: a fresh `self.control(settings)`);
         pass one to read its per-step state (DGR's retrieved weights) from `on_step`.
         """
-        settings = settings or GenerationSettings()
+        settings = self.concrete(settings or GenerationSettings())
         ids = self.prompt_ids(prompt)
         self.check(len(ids), settings)
         control = control or self.control(settings)

@@ -15,6 +15,7 @@ One IOBinding is reused across steps. Not thread-safe: one sequence at a time (m
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from runtime.artifact import ArtifactConfig
 from runtime.backend import Chunk, StepOutput
 from runtime.banks import Bank
 from runtime.resident import release_load_memory
+from runtime.row_cost import RowCost, kept, measure
+from runtime.verify import cache_root
 from runtime.widening import add_widened_initializers
 from ruvdllm.errors import RuvdllmError
 
@@ -35,6 +38,7 @@ OPTIMIZATION_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+ROW_COST_FILE = "row_cost.json"  # in the cache directory, beside verified.json
 SMALL_OUTPUTS = (
     artifact.TOPK_IDS,
     artifact.TOPK_LOGITS,
@@ -71,6 +75,17 @@ def machine_is_idle() -> bool:
     except OSError:  # not available on this platform
         return True
     return load < (os.cpu_count() or 1) - 0.5
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def choose_device(requested: str) -> str:
@@ -146,6 +161,8 @@ class OrtBackend:
         bank: Bank | None = None,
     ):
         self.config = config
+        self.graph = Path(graph)
+        self.options = options
         check_onnxruntime(Path(graph), config)
         self.session, self.device = make_session(Path(graph), options)
         # The weights file's pages read while loading are not needed by forwards (runtime/resident.py)
@@ -162,6 +179,33 @@ class OrtBackend:
         self._binding = self.session.io_binding()
         self.set_bank(bank)
         self.reset()
+
+    # --- the machine ------------------------------------------------------------------------------
+
+    def row_cost(self) -> RowCost | None:
+        """What one more row costs a forward of this graph here (runtime/row_cost.py): as recorded
+        in the cache directory under `row_cost_key`, else measured and recorded. Measured only on
+        an otherwise idle machine: on a busy one a measurement would be mostly noise, so none is
+        made (None) until a run finds the machine idle."""
+        return kept(
+            cache_root() / ROW_COST_FILE,
+            self.row_cost_key(),
+            lambda: measure(self) if machine_is_idle() else None,
+        )
+
+    def row_cost_key(self) -> str:
+        """What decides the row cost: the graph file (path, size, time), the CPU, the device and
+        threads, onnxruntime's version."""
+        graph = self.graph.resolve()
+        stat = graph.stat()
+        return " | ".join(
+            (
+                f"{graph} {stat.st_size} {stat.st_mtime_ns}",
+                cpu_name(),
+                f"{self.device} {self.options.intra_op_threads} threads",
+                f"onnxruntime {ort.__version__}",
+            )
+        )
 
     # --- banks -----------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 from runtime.artifact import BASE_MODEL_SAMPLERS, ArtifactConfig
 from runtime.dgr import DgrConfig
 from runtime.drafting import ACCEPTANCE_CHOICES, ACCEPTANCES, LOOKUP_MODES, Drafting, drafting_for
+from runtime.row_cost import DRAFTING_PAYS_BELOW
 from runtime.schedules import SCHEDULES
 from ruvdllm.errors import RuvdllmError
 
@@ -25,7 +26,8 @@ ORDERS = ("confidence", "left-to-right")  # which masked positions a step commit
 @dataclass(frozen=True)
 class GenerationSettings:
     # verified where the model can run it (the AR model's own text, 1.27 tokens per forward on the
-    # default model), else the model's diffusion sampler: sampler_for (docs/sampling.md §12)
+    # default model) and its drafts pay on this machine (else `ar`: runtime/row_cost.py), else the
+    # model's diffusion sampler: sampler_for (docs/sampling.md §12)
     sampler: str = AUTO
     length: int = 64  # new tokens: a short answer
     # None: the model's config.block_size (what it was trained with); verified: masks drafted per forward
@@ -128,20 +130,26 @@ def diffusion_sampler(config: ArtifactConfig) -> str:
     return trained[0] if trained else "bd3lm"
 
 
-def sampler_for(settings: GenerationSettings, config: ArtifactConfig) -> str:
+def sampler_for(settings: GenerationSettings, config: ArtifactConfig, extra_row: float | None = None) -> str:
     """The sampler that runs: the one asked for, or for auto the fastest that meets the quality
     goal — verified (lossless: the AR model's own output) when the model's conversion adapter has
-    the per-row switch and no diffusion-only setting is given, else the model's diffusion sampler."""
+    the per-row switch and no diffusion-only setting is given, else the model's diffusion sampler.
+    `extra_row`: what one more row costs a forward on this machine (runtime/row_cost.py; None:
+    not known). Where it is at least DRAFTING_PAYS_BELOW, drafts cost more than they commit and
+    auto runs `ar` instead of verified: the same AR model, one token per forward."""
     if settings.sampler != AUTO:
         return settings.sampler
     if config.adapter_gate and not diffusion_only(settings):
-        return "verified"
+        return "ar" if extra_row is not None and extra_row >= DRAFTING_PAYS_BELOW else "verified"
     return diffusion_sampler(config)
 
 
-def concrete(settings: GenerationSettings, config: ArtifactConfig) -> GenerationSettings:
-    """`settings` with sampler auto replaced by the sampler that runs on this model."""
-    sampler = sampler_for(settings, config)
+def concrete(
+    settings: GenerationSettings, config: ArtifactConfig, extra_row: float | None = None
+) -> GenerationSettings:
+    """`settings` with sampler auto replaced by the sampler that runs on this model (and machine:
+    `extra_row`, as sampler_for)."""
+    sampler = sampler_for(settings, config, extra_row)
     return settings if sampler == settings.sampler else replace(settings, sampler=sampler)
 
 
@@ -210,11 +218,13 @@ def check_lookup(drafting: Drafting) -> None:
         raise RuvdllmError(f"drafting answers_floor {d.answers_floor}: must be in [0, 1]")
 
 
-def resolve(settings: GenerationSettings, config: ArtifactConfig, prompt_tokens: int) -> Plan:
-    """Check the settings against the model and prompt (sampler auto resolved for this model);
-    raise RuvdllmError naming the first problem."""
+def resolve(
+    settings: GenerationSettings, config: ArtifactConfig, prompt_tokens: int, extra_row: float | None = None
+) -> Plan:
+    """Check the settings against the model and prompt (sampler auto resolved for this model and
+    `extra_row`, as sampler_for); raise RuvdllmError naming the first problem."""
     check_settings(settings)
-    s = concrete(settings, config)
+    s = concrete(settings, config, extra_row)
     if prompt_tokens < 1:
         raise RuvdllmError("prompt: empty (give at least one token)")
     if prompt_tokens + s.length > config.max_position:

@@ -15,7 +15,6 @@ from runtime.settings import (
     USER_ACCEPTANCE,
     GenerationSettings,
     check_acceptance,
-    concrete,
     inputs_of,
     settings_from,
 )
@@ -59,7 +58,9 @@ def _checked(
         model.check(len(prompt), settings)
     except RuvdllmError as exc:
         raise from_runtime(exc, prompt_param) from None
-    settings = concrete(settings, model.config)  # sampler auto -> the one that runs (in `diffusion`)
+    settings = model.concrete(
+        settings, request.acceptance
+    )  # sampler auto -> the one that runs (in `diffusion`)
     try:
         check_acceptance(request.acceptance, settings.sampler)
     except RuvdllmError as exc:

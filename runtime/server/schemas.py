@@ -70,7 +70,8 @@ class GenerationRequest(_Strict):
     # Diffusion knobs (extra body fields); None: the runtime's defaults (runtime/settings.py).
     steps: PositiveInt | None = None  # denoising steps per span (block for BD3LM, whole length for MDLM)
     block_size: PositiveInt | None = None  # BD3LM block; None: the model's
-    sampler: Sampler | None = None  # None or "auto": verified where the model can, else diffusion
+    # None or "auto": verified where the model can (ar where rows are dear: row_cost.py), else diffusion
+    sampler: Sampler | None = None
     # the verified sampler's check of drafts; None or "auto" (as `ruvdllm generate`): lenient when
     # greedy, exact when sampling (runtime/drafting.py). Named for another sampler: a 400
     acceptance: Acceptance | None = None

@@ -109,6 +109,31 @@ def test_auto_verifies_where_it_can_and_denoises_where_asked_or_it_cannot(
     assert any(line.startswith("verified (lenient) · 8 tokens in ") for line in verbose.stderr.splitlines())
 
 
+def test_auto_runs_ar_on_a_machine_whose_rows_cost_too_much(tiny_switch_model_dir, tmp_path, monkeypatch):
+    """Where the recorded row cost says drafts do not pay (runtime/row_cost.py), auto runs the AR
+    model alone: its tokens, one per forward. An acceptance rule named on the command line still
+    gets the verified sampler."""
+    from runtime.ort_backend import OrtBackend, OrtOptions
+    from runtime.row_cost import RowCost, kept
+
+    monkeypatch.setenv("RUVDLLM_CACHE", str(tmp_path))
+    backend = OrtBackend(
+        tiny_switch_model_dir / artifact.GRAPH_NAME,
+        artifact.load_config(tiny_switch_model_dir),
+        OrtOptions(intra_op_threads=1),
+    )
+    kept(tmp_path / "row_cost.json", backend.row_cost_key(), lambda: RowCost(10.0, 5, 24.0))  # 0.35 per row
+    args = ("Hello there", "--length", "8", "--no-eos-stop", "--model", tiny_switch_model_dir, "--json")
+    runs = {
+        name: json.loads(cli(*args, *extra, cache=tmp_path).stdout)
+        for name, extra in (("auto", ()), ("ar", ("--sampler", "ar")), ("exact", ("--acceptance", "exact")))
+    }
+    assert (runs["auto"]["settings"]["sampler"], runs["auto"]["settings"]["acceptance"]) == ("ar", None)
+    assert runs["auto"]["tokens"] == runs["ar"]["tokens"] == runs["exact"]["tokens"]
+    assert runs["auto"]["timings"]["tokens_per_forward"] == 1.0
+    assert runs["exact"]["settings"]["sampler"] == "verified"
+
+
 def test_same_seed_same_tokens_and_stdin_prompt(tiny_model_dir, tmp_path):
     args = ("--model", tiny_model_dir, "--length", "8", "--temperature", "1.5", "--json", "--sampler", "mdlm")
     a = json.loads(cli("-", *args, "--seed", "1", cache=tmp_path, stdin="Hello").stdout)["tokens"]
