@@ -187,6 +187,16 @@ def speed_section(model: DiffusionModel, directory: Path, gguf: Path | None, ids
         cells = (f"{statistics.median(values):.1f}", f"{max(values):.1f}", f"{decode_ms[label]:.1f}")
         cells += (vs(label, "llama.cpp AR"), vs(label, "onnxruntime-genai AR"))
         print(row(label, *cells, widths=widths))
+    extra_row = model.extra_row_cost()
+    print(
+        f"default decoding ran the {runs['default'][0].sampler} sampler (one more row costs "
+        + (
+            "not measured: the machine was busy"
+            if extra_row is None
+            else f"{extra_row:.2f} of a one-row forward"
+        )
+        + " here: runtime/row_cost.py)"
+    )
     one_row = statistics.median(floor)
     reference = {name: statistics.median(rates[f"{name} AR"]) for name in baselines if f"{name} AR" in rates}
     print(

@@ -17,6 +17,7 @@ from runtime.display import LiveView, StreamPrinter
 from runtime.learning.feedback_command import add_learning_arguments, learning_loop
 from runtime.schedules import SCHEDULES
 from runtime.settings import (
+    AUTO,
     DECODINGS,
     ORDERS,
     SAMPLERS,
@@ -185,7 +186,10 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
     )
     ids = model.encode(text)
     model.check(len(ids), settings)
+    asked_auto = settings.sampler == AUTO
     settings = model.concrete(settings, args.acceptance)  # sampler auto -> the one that runs, reported below
+    # auto ran `ar` because drafts do not pay on this CPU: said with the sampler (runtime/row_cost.py)
+    extra_row = model.extra_row_cost() if asked_auto and settings.sampler == "ar" else None
     check_acceptance(args.acceptance, settings.sampler)
     # Allowed (a comparison may want it), but said: the text will be poor (config `samplers`).
     warnings = [w for w in (sampler_warning(model.config, settings.sampler),) if w]
@@ -199,20 +203,20 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
     if args.json:
         done = model.generate(ids, settings, seed=args.seed, control=control)
         completion_id = record(loop, model, ids, settings, done, control, text)
-        body = report(done, settings, load_ms, args.seed, str(directory), warnings)
+        body = report(done, settings, load_ms, args.seed, str(directory), warnings, extra_row)
         print(json.dumps({"completion_id": completion_id, **body}, indent=1))
         return 0
     if sys.stdout.isatty():
         with LiveView(model.token_text) as view:
             done = model.generate(ids, settings, seed=args.seed, on_step=view, control=control)
         print(f"\n{done.text}")
-        print(summary(done, settings), file=sys.stderr)
+        print(summary(done, settings, extra_row), file=sys.stderr)
     else:
         printer = StreamPrinter(model.decode, sys.stdout, set(model.config.eos_token_ids))
         done = model.generate(ids, settings, seed=args.seed, on_step=printer, control=control)
         printer.finish(done.text)
         if args.verbose:
-            print(summary(done, settings), file=sys.stderr)
+            print(summary(done, settings, extra_row), file=sys.stderr)
     completion_id = record(loop, model, ids, settings, done, control, text)
     if completion_id is not None:
         print(
@@ -239,9 +243,12 @@ def sampler_name(settings: GenerationSettings) -> str:
     return settings.sampler
 
 
-def summary(done, settings: GenerationSettings) -> str:
+def summary(done, settings: GenerationSettings, extra_row: float | None = None) -> str:
+    """The one-line summary; `extra_row`: the row cost for which sampler auto ran `ar`."""
     result = done.result
     sampler = sampler_name(settings) if result.sampler == settings.sampler else result.sampler
+    if extra_row is not None:
+        sampler += f" (auto: one more row costs {extra_row:.2f} of a forward on this CPU, drafts do not pay)"
     rate = len(done.tokens) / (result.wall_ms / 1e3) if result.wall_ms else 0.0
     kept, checked = result.drafts
     drafts = f" · drafts kept {kept}/{checked}" if checked else ""
@@ -253,13 +260,21 @@ def summary(done, settings: GenerationSettings) -> str:
 
 
 def report(
-    done, settings: GenerationSettings, load_ms: float, seed: int, model: str, warnings: list[str] = ()
+    done,
+    settings: GenerationSettings,
+    load_ms: float,
+    seed: int,
+    model: str,
+    warnings: list[str] = (),
+    extra_row: float | None = None,
 ) -> dict:
     result = done.result
     wall_s = result.wall_ms / 1e3
     return {
         "model": model,
         "warnings": list(warnings),
+        # set when sampler auto ran `ar` because one more row costs this much of a forward here
+        "extra_row_cost": None if extra_row is None else round(extra_row, 3),
         "text": done.text,
         "tokens": done.tokens,
         "prompt_tokens": done.prompt_tokens,

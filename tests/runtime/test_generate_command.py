@@ -131,7 +131,16 @@ def test_auto_runs_ar_on_a_machine_whose_rows_cost_too_much(tiny_switch_model_di
     assert (runs["auto"]["settings"]["sampler"], runs["auto"]["settings"]["acceptance"]) == ("ar", None)
     assert runs["auto"]["tokens"] == runs["ar"]["tokens"] == runs["exact"]["tokens"]
     assert runs["auto"]["timings"]["tokens_per_forward"] == 1.0
-    assert runs["exact"]["settings"]["sampler"] == "verified"
+    assert runs["auto"]["extra_row_cost"] == 0.35 and runs["ar"]["extra_row_cost"] is None
+    assert runs["exact"]["settings"]["sampler"] == "verified" and runs["exact"]["extra_row_cost"] is None
+    verbose = cli(*args[:-1], "--verbose", cache=tmp_path)
+    assert verbose.returncode == 0, verbose.stderr
+    assert any(
+        line.startswith(
+            "ar (auto: one more row costs 0.35 of a forward on this CPU, drafts do not pay) · 8 tokens"
+        )
+        for line in verbose.stderr.splitlines()
+    )
 
 
 def test_same_seed_same_tokens_and_stdin_prompt(tiny_model_dir, tmp_path):
