@@ -185,7 +185,9 @@ def export_model(
         if banks is not None:
             _copy_banks(Path(banks), config, staging / BANKS_DIR, say)
         if answer_store is not None:
-            shutil.copyfile(answer_store, staging / artifact.ANSWER_STORE_NAME)
+            # read again rather than held through the export; written in the runtime's current
+            # format (a store of an older format, such as the one shipped, is compressed on the way)
+            AnswerStore.read(Path(answer_store)).write(staging / artifact.ANSWER_STORE_NAME)
         artifact.write_manifest(staging)
         if target in ("webgpu", "wasm"):  # the browser's graphs, fetched over HTTP: gzip cuts ~20%
             artifact.write_gzip_copies(staging)

@@ -111,3 +111,7 @@ def test_the_shipped_store_is_readable_and_fits_smollm2():
     store.check_model(49_152, str(DEFAULT_ANSWER_STORE))
     assert [t.n for t in store.tables] == [4, 3, 2] and store.entries > 100_000
     assert store.meta["sources"] == ["distill_answers_partial.jsonl.gz"] and store.meta["min_count"] == 2
+    # shipped as format 1 (uncompressed); the export writes it compressed, at under half the size
+    compressed = store.to_bytes()
+    assert len(compressed) < 0.5 * DEFAULT_ANSWER_STORE.stat().st_size
+    assert AnswerStore.from_bytes(compressed).entries == store.entries

@@ -154,3 +154,34 @@ def test_a_store_of_another_vocabulary_is_refused():
         store.check_model(70_000, "answers.ngrams")
     with pytest.raises(RuvdllmError, match="another vocabulary"):
         store.check_model(5, "answers.ngrams")  # the same bit width, but token 6 is past its end
+
+
+def format_1(store: AnswerStore) -> bytes:
+    """The store as format 1 wrote it: the same header, the body uncompressed."""
+    import json
+    import struct
+
+    header = {
+        "format": 1,
+        "bits": store.bits,
+        "tables": [{"n": t.n, "entries": len(t.keys)} for t in store.tables],
+        "meta": store.meta,
+    }
+    raw = json.dumps(header, sort_keys=True).encode()
+    body = b"".join(values.tobytes() for t in store.tables for values in (t.keys, t.tokens, t.ratios))
+    return b"RVAS" + struct.pack("<I", len(raw)) + raw + body
+
+
+def test_a_format_1_store_reads_the_same_and_is_written_compressed():
+    answers = [([], [1, 2, 3, 1, 2, 4, 1, 2, 3] * 20), ([5], [6, 7, 6, 7, 1, 2, 3])]
+    store = AnswerStore.build(answers, vocab_size=8, min_count=1)
+    old = AnswerStore.from_bytes(format_1(store))
+    assert [(t.n, t.keys, t.tokens, t.ratios) for t in old.tables] == [
+        (t.n, t.keys, t.tokens, t.ratios) for t in store.tables
+    ]
+    assert old.draft([1, 2], 4) == store.draft([1, 2], 4)
+    assert old.to_bytes() == store.to_bytes() and len(store.to_bytes()) < len(format_1(store))
+    data = store.to_bytes()
+    body = 8 + int.from_bytes(data[4:8], "little")  # the compressed body's first byte
+    with pytest.raises(RuvdllmError, match="x: corrupt body"):
+        AnswerStore.from_bytes(data[:body] + b"\0\0" + data[body + 2 :], "x")
