@@ -39,6 +39,7 @@ OPTIMIZATION_LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 ROW_COST_FILE = "row_cost.json"  # in the cache directory, beside verified.json
+KEY_SEPARATOR = " | "  # between the parts of a row-cost record's key
 SMALL_OUTPUTS = (
     artifact.TOPK_IDS,
     artifact.TOPK_LOGITS,
@@ -191,6 +192,7 @@ class OrtBackend:
             cache_root() / ROW_COST_FILE,
             self.row_cost_key(),
             lambda: measure(self) if machine_is_idle() else None,
+            gone=lambda key: not Path(key.split(KEY_SEPARATOR, 1)[0].rsplit(" ", 2)[0]).exists(),
         )
 
     def row_cost_key(self) -> str:
@@ -198,9 +200,9 @@ class OrtBackend:
         threads, onnxruntime's version."""
         graph = self.graph.resolve()
         stat = graph.stat()
-        return " | ".join(
+        return KEY_SEPARATOR.join(
             (
-                f"{graph} {stat.st_size} {stat.st_mtime_ns}",
+                f"{graph} {stat.st_size} {stat.st_mtime_ns}",  # `row_cost`'s `gone` reads the path back
                 cpu_name(),
                 f"{self.device} {self.options.intra_op_threads} threads",
                 f"onnxruntime {ort.__version__}",

@@ -88,11 +88,17 @@ def _chunk(tokens: list[int], start: int, slots: int) -> Chunk:
     )
 
 
-def kept(path: Path, key: str, measure_now: Callable[[], RowCost | None]) -> RowCost | None:
+def kept(
+    path: Path,
+    key: str,
+    measure_now: Callable[[], RowCost | None],
+    gone: Callable[[str], bool] = lambda key: False,
+) -> RowCost | None:
     """The row cost recorded under `key` in the JSON file at `path`, else `measure_now()`'s,
     recorded (None: it could not measure, and nothing is recorded). A missing, unreadable or
     malformed file or entry is measured again, never an error: the record is a cache (a file that
-    cannot be written only costs the next run a measurement)."""
+    cannot be written only costs the next run a measurement). Writing drops the records whose
+    key `gone` says no longer names anything (a model directory since deleted)."""
     records = _read(path)
     entry = records.get(key)
     try:
@@ -102,6 +108,7 @@ def kept(path: Path, key: str, measure_now: Callable[[], RowCost | None]) -> Row
     cost = measure_now()
     if cost is None:
         return None
+    records = {k: v for k, v in records.items() if not gone(k)}
     records[key] = asdict(cost)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -170,3 +170,20 @@ def test_the_row_cost_is_asked_once_per_model_and_not_for_a_model_without_the_sw
     plain = open_model(tiny_switchless_model_dir, options=ONE_THREAD)
     plain.backend.row_cost = lambda: pytest.fail("no verified sampler to weigh")
     assert plain.concrete(GenerationSettings()).sampler == "bd3lm"
+
+
+def test_writing_drops_the_records_of_models_since_deleted(tiny_switch_model_dir, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(ort_backend, "machine_is_idle", lambda: True)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_switch_model_dir, copy)
+    config = artifact.load_config(copy)
+    doomed = OrtBackend(copy / artifact.GRAPH_NAME, config, ONE_THREAD)
+    doomed.row_cost()
+    kept_key = doomed.row_cost_key()
+    shutil.rmtree(copy)
+    assert list(json.loads((cache_root() / ROW_COST_FILE).read_text())) == [kept_key]
+    live = OrtBackend(tiny_switch_model_dir / artifact.GRAPH_NAME, config, ONE_THREAD)
+    live.row_cost()
+    assert list(json.loads((cache_root() / ROW_COST_FILE).read_text())) == [live.row_cost_key()]
