@@ -20,7 +20,7 @@ line the two samplers are within ~10% of each other.
 
 Measured on the model's own backend (its graph, threads and device): a short prompt, then one-row
 and five-row forwards interleaved, the fastest of each (the least disturbed by other work on a
-shared machine). About half a second on the slower CPU, so it is kept in a JSON file keyed by
+shared machine). 0.6-0.9 s on the AVX2 CPU, so it is kept in a JSON file keyed by
 what decides it (the graph file, the CPU, the threads, the engine's version) and measured again
 only when one of those changes: sampler auto then gives the same sampler run after run on a
 machine. Pure standard library (the browser has no cache directory and does not measure).
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from runtime.backend import Backend, Chunk
 
-# Above this extra-row cost sampler auto runs `ar` (see the module docstring for the two machines
+# From this extra-row cost up sampler auto runs `ar` (see the module docstring for the two machines
 # it is interpolated between): below it the verified sampler's drafts pay for their rows.
 DRAFTING_PAYS_BELOW = 0.18
 ROWS = 5  # the wider forward: about what a verified forward checks and drafts (1 + 2-6 rows)
@@ -58,15 +58,16 @@ class RowCost:
 
 
 def measure(backend: Backend, repeats: int = REPEATS, rows: int = ROWS) -> RowCost:
-    """Time one-row and `rows`-row forwards after a PROMPT-token cache on `backend`; the backend's
-    cache is empty afterwards."""
+    """Time one-row and `rows`-row forwards after a PROMPT-token cache (less where the model's
+    context is shorter) on `backend`; the backend's cache is empty afterwards."""
     config = backend.config
     slots = config.adapter_slots
     token = config.mask_token_id
+    prompt = max(1, min(PROMPT, config.max_position - rows))  # a short context still fits
     backend.reset()
-    backend.forward(_chunk([token] * PROMPT, 0, slots))
-    backend.commit(PROMPT)
-    one, wide = _chunk([token], PROMPT, slots), _chunk([token] * rows, PROMPT, slots)
+    backend.forward(_chunk([token] * prompt, 0, slots))
+    backend.commit(prompt)
+    one, wide = _chunk([token], prompt, slots), _chunk([token] * rows, prompt, slots)
     times: dict[int, list[float]] = {1: [], rows: []}
     for _ in range(repeats):
         for chunk in (one, wide):

@@ -218,13 +218,12 @@ def check_lookup(drafting: Drafting) -> None:
         raise RuvdllmError(f"drafting answers_floor {d.answers_floor}: must be in [0, 1]")
 
 
-def resolve(
-    settings: GenerationSettings, config: ArtifactConfig, prompt_tokens: int, extra_row: float | None = None
-) -> Plan:
-    """Check the settings against the model and prompt (sampler auto resolved for this model and
-    `extra_row`, as sampler_for); raise RuvdllmError naming the first problem."""
+def resolve(settings: GenerationSettings, config: ArtifactConfig, prompt_tokens: int) -> Plan:
+    """Check the settings against the model and prompt (sampler auto resolved for this model; the
+    machine's row cost is the caller's to weigh first: DiffusionModel.concrete); raise
+    RuvdllmError naming the first problem."""
     check_settings(settings)
-    s = concrete(settings, config, extra_row)
+    s = concrete(settings, config)
     if prompt_tokens < 1:
         raise RuvdllmError("prompt: empty (give at least one token)")
     if prompt_tokens + s.length > config.max_position:

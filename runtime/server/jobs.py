@@ -58,9 +58,8 @@ def _checked(
         model.check(len(prompt), settings)
     except RuvdllmError as exc:
         raise from_runtime(exc, prompt_param) from None
-    settings = model.concrete(
-        settings, request.acceptance
-    )  # sampler auto -> the one that runs (in `diffusion`)
+    # sampler auto -> the one that runs on this model and machine (reported in `diffusion`)
+    settings = model.concrete(settings, request.acceptance)
     try:
         check_acceptance(request.acceptance, settings.sampler)
     except RuvdllmError as exc:
