@@ -28,14 +28,13 @@ machine. Pure standard library (the browser has no cache directory and does not 
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from runtime.backend import Backend, Chunk
+from runtime.cache_record import read_record, write_record
 
 # From this extra-row cost up sampler auto runs `ar` (see the module docstring for the two machines
 # it is interpolated between): below it the verified sampler's drafts pay for their rows.
@@ -100,7 +99,7 @@ def kept(
     malformed file or entry is measured again, never an error: the record is a cache (a file that
     cannot be written only costs the next run a measurement). Writing drops the records whose
     key `gone` says no longer names anything (a model directory since deleted)."""
-    records = _read(path)
+    records = read_record(path)
     entry = records.get(key)
     try:
         return RowCost(float(entry["one_row_ms"]), int(entry["rows"]), float(entry["rows_ms"]))
@@ -111,19 +110,5 @@ def kept(
         return None
     records = {k: v for k, v in records.items() if not gone(k)}
     records[key] = asdict(cost)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        partial.write_text(json.dumps(records, indent=1, sort_keys=True))
-        partial.replace(path)  # atomic: a concurrent reader sees the old file or the new one
-    except OSError:
-        pass
+    write_record(path, records)
     return cost
-
-
-def _read(path: Path) -> dict:
-    try:
-        records = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return records if isinstance(records, dict) else {}

@@ -8,11 +8,11 @@ again; any write to it changes mtime and forces a re-hash. The record lives in t
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from runtime import artifact
+from runtime.cache_record import read_record, write_record
 from ruvdllm.errors import RuvdllmError
 
 MODES = ("cached", "full", "sizes")
@@ -42,10 +42,7 @@ def verify_artifact(directory: Path, mode: str = "cached") -> dict:
     if mode == "sizes":
         return manifest
     record_path = cache_root() / "verified.json"
-    try:
-        record = json.loads(record_path.read_text()) if mode == "cached" else {}
-    except (OSError, ValueError):
-        record = {}
+    record = read_record(record_path) if mode == "cached" else {}
     changed = False
     for rel, entry in manifest["files"].items():
         path = directory / rel
@@ -60,11 +57,5 @@ def verify_artifact(directory: Path, mode: str = "cached") -> dict:
         record[key] = {"stamp": stamp, "sha256": entry["sha256"]}
         changed = True
     if changed:
-        try:
-            record_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = record_path.with_name(f".verified.{os.getpid()}.json")
-            tmp.write_text(json.dumps(record))
-            os.replace(tmp, record_path)
-        except OSError:
-            pass  # a read-only cache only costs a re-hash next time
+        write_record(record_path, record)  # a read-only cache only costs a re-hash next time
     return manifest
