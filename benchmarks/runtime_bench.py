@@ -81,12 +81,14 @@ def one_row_forward_ms(model: DiffusionModel, ids: list[int], rows: int, repeats
     """Bare forwards of `rows` rows after the prompt in the cache (no sampler): the graph's own cost."""
     backend = model.backend
     backend.reset()
+    gate = 0.0 if getattr(backend, "ar_only", False) else None  # the AR graph's rows are gate-0 rows
     prompt = Chunk(
         input_ids=ids,
         position_ids=list(range(len(ids))),
         block_ids=list(range(len(ids))),
         output_offset=len(ids) - 1,
         adapter_weights=[[0.0] * model.config.adapter_slots for _ in ids],
+        adapter_gate=None if gate is None else [gate] * len(ids),
     )
     backend.forward(prompt)
     backend.commit(len(ids))
@@ -96,6 +98,7 @@ def one_row_forward_ms(model: DiffusionModel, ids: list[int], rows: int, repeats
         block_ids=[0] * rows,
         output_offset=0,
         adapter_weights=[[0.0] * model.config.adapter_slots for _ in range(rows)],
+        adapter_gate=None if gate is None else [gate] * rows,
     )
     times = []
     for _ in range(repeats):
@@ -141,11 +144,21 @@ def speed_section(model: DiffusionModel, directory: Path, gguf: Path | None, ids
     }
     runs: dict[str, list] = {name: [] for name in ours}
     baselines: dict[str, list[BaselineResult]] = {"llama.cpp": [], "onnxruntime-genai": []}
-    floor = []
+    # opened as `ruvdllm generate` opens it for its defaults: on the AR graph where only `ar` will run
+    # (which the row cost recorded for this machine decides: measured now if there is none yet)
+    model.extra_row_cost()
+    as_run = open_model(
+        directory, options=OrtOptions(intra_op_threads=threads), settings=ours["default"], verify="sizes"
+    )
+    as_run = model if as_run.backend.graph == model.backend.graph else as_run
+    as_run.warm_up()
+    floor, ar_graph_floor = [], []
     for _ in range(repeats):  # round-robin: a busy machine slows every contender alike
         for name, settings in ours.items():
-            runs[name].append(model.generate(ids, settings, seed=0).result)
+            runs[name].append((as_run if name == "default" else model).generate(ids, settings, seed=0).result)
         floor += one_row_forward_ms(model, ids, 1, 8)
+        if as_run is not model:
+            ar_graph_floor += one_row_forward_ms(as_run, ids, 1, 8)
         if gguf is not None and "llama" not in args.skip:
             baselines["llama.cpp"].append(llama_cpp_ar(gguf, ids, length, threads, repeats=1))
         if gguf is not None and "genai" not in args.skip:
@@ -189,7 +202,7 @@ def speed_section(model: DiffusionModel, directory: Path, gguf: Path | None, ids
         print(row(label, *cells, widths=widths))
     extra_row = model.extra_row_cost()
     print(
-        f"default decoding ran the {runs['default'][0].sampler} sampler (one more row costs "
+        f"default decoding ran the {runs['default'][0].sampler} sampler on {as_run.backend.graph.name} (one more row costs "
         + (
             "not measured: the machine was busy"
             if extra_row is None
@@ -209,6 +222,22 @@ def speed_section(model: DiffusionModel, directory: Path, gguf: Path | None, ids
             else ""
         )
     )
+    if ar_graph_floor:
+        ar_row = statistics.median(ar_graph_floor)
+        print(
+            f"one-row forward of the AR graph ({as_run.backend.graph.name}): median {ar_row:.2f} ms, "
+            f"min {min(ar_graph_floor):.2f} ms = {ar_row / one_row:.2f}x the full graph's"
+            + (
+                f" -> {1e3 / ar_row / reference['llama.cpp']:.2f}x llama.cpp"
+                if "llama.cpp" in reference
+                else ""
+            )
+            + (
+                f", {1e3 / ar_row / reference['onnxruntime-genai']:.2f}x genai"
+                if "onnxruntime-genai" in reference
+                else ""
+            )
+        )
     block1, block8 = step_ms(runs["block 1"]), step_ms(runs["block 8"])
     print(f"block-1 step {block1:.2f} ms = {block1 / one_row:.2f}x the one-row forward")
     print(f"block-8 step {block8:.2f} ms = {block8 / one_row:.2f}x the one-row forward (goal <= 1.5)")

@@ -29,6 +29,9 @@ CONFIG_NAME = "config.json"
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"
 GRAPH_NAME = "model.onnx"
+# The AR model's own graph beside a switchable model's: no conversion adapter, no adapter bank, its
+# weights in GRAPH_NAME's data file (config `ar_graph`; ruvdllm_export/onnx_graph/ar_graph.py)
+AR_GRAPH_NAME = "model_ar.onnx"
 ANSWER_STORE_NAME = "answers.ngrams"
 GZIP_SUFFIX = ".gz"  # `name.gz` beside `name`: the same bytes gzipped, for servers to send as they are
 GZIP_LEVEL = 6  # zlib's default: the 4-bit weights shrink ~20% at level 6, ~18% at level 1
@@ -154,6 +157,8 @@ class ArtifactConfig:
     # The graph takes adapter_gate: the conversion adapter is a per-row switch, so rows with gate 0
     # compute the base AR model exactly (the verified sampler's verifier rows).
     adapter_gate: bool = False
+    # The directory also ships AR_GRAPH_NAME: the rows with gate 0 alone, for runs of the `ar` sampler
+    ar_graph: bool = False
     timestep_groups: tuple[float, ...] = (0.0, 1 / 3, 2 / 3, 1.0)  # coarse / domain / fine boundaries in t
     targets: tuple[str, ...] = ("cpu",)  # execution providers built for (validated: source["validated_on"])
     attention: str = "mha"  # attention formulation in the graph: "attention23", "gqa", "mha", "matmul"

@@ -4,6 +4,9 @@ together as the runtime's one model facade (runtime/model.py).
 
     model = open_model("path/to/model")                  # or bank="my-bank/", options=OrtOptions(...)
     done = model.generate("Hello", GenerationSettings(length=32), seed=0)
+
+Given the settings it will generate with, a model that will only run the `ar` sampler is opened
+on its AR graph (config `ar_graph`): the same rows without the adapters' branches, faster.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from runtime import artifact
 from runtime.answer_store import model_answer_store
 from runtime.artifact import ArtifactConfig
 from runtime.model import DiffusionModel, read_bank
-from runtime.ort_backend import OrtBackend, OrtOptions
+from runtime.ort_backend import OrtBackend, OrtOptions, choose_device, recorded_row_cost
+from runtime.settings import AUTO, GenerationSettings, sampler_for
 from runtime.verify import verify_artifact
 from ruvdllm.errors import RuvdllmError
 
@@ -24,10 +28,15 @@ def open_model(
     bank: Path | str | None = None,
     options: OrtOptions | None = None,
     verify: str = "cached",
+    settings: GenerationSettings | None = None,
+    acceptance: str | None = None,
 ) -> DiffusionModel:
     """Verify and load a model directory. `bank`: an adapter bank directory (default: the
     model's banks/ when it holds one). `verify`: the manifest check (runtime/verify.py). The
-    model's answer store (answers.ngrams) is read when it has one."""
+    model's answer store (answers.ngrams) is read when it has one. `settings` (and the user's
+    `acceptance`): what every generation of this process will ask for, when known; where that
+    is the `ar` sampler alone (`runs_ar_only`), the model is opened on its AR graph and runs
+    nothing else."""
     directory = Path(directory)
     if not directory.is_dir():
         raise RuvdllmError(f"{directory}: no such model directory")
@@ -35,7 +44,10 @@ def open_model(
     config = artifact.load_config(directory)
     tokenizer = load_tokenizer(directory / artifact.TOKENIZER_NAME, config)
     loaded, bank_dir = read_bank(directory, bank)
-    backend = OrtBackend(directory / artifact.GRAPH_NAME, config, options or OrtOptions())
+    options = options or OrtOptions()
+    ar_only = runs_ar_only(directory, config, settings, acceptance, options)
+    graph = directory / (artifact.AR_GRAPH_NAME if ar_only else artifact.GRAPH_NAME)
+    backend = OrtBackend(graph, config, options, ar_only=ar_only)
     if loaded is not None:
         loaded.check_model(config, f"{bank_dir}", backend.adapter_shapes)
         backend.set_bank(loaded)
@@ -44,6 +56,29 @@ def open_model(
     return DiffusionModel(
         directory, config, tokenizer, backend, loaded, index, bank_dir if loaded else None, answers
     )
+
+
+def runs_ar_only(
+    directory: Path,
+    config: artifact.ArtifactConfig,
+    settings: GenerationSettings | None,
+    acceptance: str | None,
+    options: OrtOptions,
+) -> bool:
+    """Will generating with `settings` run the `ar` sampler alone, on a model that ships an AR
+    graph? The `ar` sampler asked for, or sampler auto where this machine's recorded row cost
+    resolves it to `ar` (runtime/row_cost.py). Nothing is measured here: without a record the
+    full graph is opened, measures, and records for the next run."""
+    if settings is None or not config.ar_graph:
+        return False
+    if settings.sampler == "ar":
+        return True
+    if sampler_for(settings, config) != "verified" or acceptance not in (None, AUTO):
+        return False
+    cost = recorded_row_cost(
+        directory / artifact.GRAPH_NAME, choose_device(options.device), options.intra_op_threads
+    )
+    return cost is not None and sampler_for(settings, config, cost.extra_row) == "ar"
 
 
 def load_tokenizer(path: Path, config: ArtifactConfig):

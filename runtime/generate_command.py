@@ -178,7 +178,14 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
     started = time.perf_counter()
     directory = args.model if args.model is not None else default_model("cpu", progress=not args.json)
     options = OrtOptions(device=args.device, intra_op_threads=args.threads)
-    model = open_model(directory, bank=args.bank, options=options, verify=args.verify)
+    model = open_model(
+        directory,
+        bank=args.bank,
+        options=options,
+        verify=args.verify,
+        settings=settings,  # they decide the graph: the AR graph where only `ar` will run
+        acceptance=args.acceptance,
+    )
     text = (
         prompt
         if args.raw or not model.config.chat_template
@@ -203,7 +210,10 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
     if args.json:
         done = model.generate(ids, settings, seed=args.seed, control=control)
         completion_id = record(loop, model, ids, settings, done, control, text)
-        body = report(done, settings, load_ms, args.seed, str(directory), warnings, extra_row)
+        graph = getattr(model.backend, "graph", None)
+        body = report(
+            done, settings, load_ms, args.seed, str(directory), warnings, extra_row, graph and graph.name
+        )
         print(json.dumps({"completion_id": completion_id, **body}, indent=1))
         return 0
     if sys.stdout.isatty():
@@ -267,11 +277,13 @@ def report(
     model: str,
     warnings: list[str] = (),
     extra_row: float | None = None,
+    graph: str | None = None,
 ) -> dict:
     result = done.result
     wall_s = result.wall_ms / 1e3
     return {
         "model": model,
+        "graph": graph,  # the graph file that ran: the model's, or its AR graph
         "warnings": list(warnings),
         # set when sampler auto ran `ar` because one more row costs this much of a forward here
         "extra_row_cost": None if extra_row is None else round(extra_row, 3),

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Protocol
 
 from runtime.answer_store import AnswerStore
-from runtime.artifact import ArtifactConfig
+from runtime.artifact import AR_GRAPH_NAME, ArtifactConfig
 from runtime.backend import Backend
 from runtime.banks import BANK_JSON, BANKS_DIR, Bank
 from runtime.control import AdapterControl
@@ -195,8 +195,17 @@ class DiffusionModel:
         rule the user named (`acceptance`, not auto) asks for the verified sampler's drafts, so
         the machine's row cost is not consulted; nor is it where auto would not verify anyway."""
         if sampler_for(settings, self.config) != "verified" or acceptance not in (None, AUTO):
-            return concrete(settings, self.config)
-        return concrete(settings, self.config, self.extra_row_cost())
+            resolved = concrete(settings, self.config)
+        else:
+            resolved = concrete(settings, self.config, self.extra_row_cost())
+        if getattr(self.backend, "ar_only", False) and resolved.sampler != "ar":
+            if settings.sampler != AUTO:
+                raise RuvdllmError(
+                    f"sampler {resolved.sampler}: this model was opened on its AR graph "
+                    f"({AR_GRAPH_NAME}), which runs the ar sampler only"
+                )
+            resolved = replace(resolved, sampler="ar")  # its record went missing since it was opened
+        return resolved
 
     def check(self, prompt_tokens: int, settings: GenerationSettings) -> Plan:
         """Raise RuvdllmError for settings or a prompt this model cannot take (no forward);

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,14 +161,20 @@ class OrtBackend:
         config: ArtifactConfig,
         options: OrtOptions = OrtOptions(),
         bank: Bank | None = None,
+        ar_only: bool = False,
     ):
+        """`ar_only`: `graph` is the model's AR graph (artifact.AR_GRAPH_NAME), which computes the
+        rows of the AR model only: adapter_gate 0 and every adapter weight 0."""
         self.config = config
         self.graph = Path(graph)
         self.options = options
+        self.ar_only = ar_only
         check_onnxruntime(Path(graph), config)
         self.session, self.device = make_session(Path(graph), options)
-        # The weights file's pages read while loading are not needed by forwards (runtime/resident.py)
-        release_load_memory([p for p in Path(graph).parent.glob(Path(graph).name + "*") if p.is_file()])
+        # The weights file's pages read while loading are not needed by forwards (runtime/resident.py);
+        # the AR graph's weights are its full graph's data file
+        names = {self.graph.name, self.full_graph.name}
+        release_load_memory([p for n in names for p in self.graph.parent.glob(n + "*") if p.is_file()])
         self._ort_device = ("cuda", options.device_id) if self.device == "cuda" else ("cpu", 0)
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -187,27 +194,23 @@ class OrtBackend:
         """What one more row costs a forward of this graph here (runtime/row_cost.py): as recorded
         in the cache directory under `row_cost_key`, else measured and recorded. Measured only on
         an otherwise idle machine: on a busy one a measurement would be mostly noise, so none is
-        made (None) until a run finds the machine idle."""
-        return kept(
-            cache_root() / ROW_COST_FILE,
-            self.row_cost_key(),
-            lambda: measure(self) if machine_is_idle() else None,
-            gone=lambda key: not Path(key.split(KEY_SEPARATOR, 1)[0].rsplit(" ", 2)[0]).exists(),
+        made (None) until a run finds the machine idle. The AR graph reads its full graph's record
+        and measures nothing."""
+        return recorded_row_cost(
+            self.full_graph,
+            self.device,
+            self.options.intra_op_threads,
+            # the AR graph's rows are all alike: what it would measure is not the drafts' cost
+            measure_now=None if self.ar_only else lambda: measure(self) if machine_is_idle() else None,
         )
 
+    @property
+    def full_graph(self) -> Path:
+        """The graph with every row kind: this one, or beside the AR graph."""
+        return self.graph.parent / artifact.GRAPH_NAME if self.ar_only else self.graph
+
     def row_cost_key(self) -> str:
-        """What decides the row cost: the graph file (path, size, time), the CPU, the device and
-        threads, onnxruntime's version."""
-        graph = self.graph.resolve()
-        stat = graph.stat()
-        return KEY_SEPARATOR.join(
-            (
-                f"{graph} {stat.st_size} {stat.st_mtime_ns}",  # `row_cost`'s `gone` reads the path back
-                cpu_name(),
-                f"{self.device} {self.options.intra_op_threads} threads",
-                f"onnxruntime {ort.__version__}",
-            )
-        )
+        return row_cost_key(self.full_graph, self.device, self.options.intra_op_threads)
 
     # --- banks -----------------------------------------------------------------------------------
 
@@ -234,7 +237,10 @@ class OrtBackend:
     def set_bank(self, bank: Bank | None) -> None:
         """Bind the bank's assembled A/B factors once. Without adapters (None, or an empty bank) the
         factors are bound zero-width where the graph allows it, so the bank branches read nothing;
-        older graphs get zeros of the full width (the base model either way)."""
+        older graphs get zeros of the full width (the base model either way). The AR graph takes
+        no bank: its rows carry no adapter."""
+        if self.ar_only:
+            return
         if not self.has_adapters:
             if bank is not None and bank.adapters:
                 raise RuvdllmError("bank: this graph was exported without adapter inputs")
@@ -286,6 +292,8 @@ class OrtBackend:
     # --- forward ---------------------------------------------------------------------------------
 
     def forward(self, chunk: Chunk) -> StepOutput:
+        if self.ar_only:
+            check_ar_rows(chunk)
         s = len(chunk)
         binding = self._binding
         binding.bind_cpu_input(artifact.INPUT_IDS, np.asarray(chunk.input_ids, np.int64).reshape(1, s))
@@ -298,7 +306,7 @@ class OrtBackend:
         if self.has_gate:
             gate = [1.0] * s if chunk.adapter_gate is None else chunk.adapter_gate
             binding.bind_cpu_input(artifact.ADAPTER_GATE, np.asarray(gate, np.float32).reshape(1, s))
-        elif chunk.adapter_gate is not None and self.config.source.get("static_adapter"):
+        elif not self.ar_only and chunk.adapter_gate is not None and self.config.source.get("static_adapter"):
             if min(chunk.adapter_gate, default=1.0) < 1.0:  # the adapter cannot be switched off
                 raise RuvdllmError(
                     "adapter gate: this graph's conversion adapter has no switch (re-export it)"
@@ -327,6 +335,46 @@ class OrtBackend:
             logsumexp=small[artifact.LOGSUMEXP][0].tolist(),
             entropy=small[artifact.ENTROPY][0].tolist(),
             query=lambda row: query[row],
+        )
+
+
+def row_cost_key(graph: Path, device: str, threads: int) -> str:
+    """What decides the row cost: the graph file (path, size, time), the CPU, the device and
+    threads, onnxruntime's version."""
+    graph = graph.resolve()
+    stat = graph.stat()
+    return KEY_SEPARATOR.join(
+        (
+            f"{graph} {stat.st_size} {stat.st_mtime_ns}",  # `gone` below reads the path back
+            cpu_name(),
+            f"{device} {threads} threads",
+            f"onnxruntime {ort.__version__}",
+        )
+    )
+
+
+def recorded_row_cost(
+    graph: Path, device: str, threads: int, measure_now: Callable[[], RowCost | None] | None = None
+) -> RowCost | None:
+    """The row cost of `graph` (a model's full graph) on `device` with `threads`, as recorded in
+    the cache directory, else `measure_now()`'s, recorded (runtime/row_cost.py `kept`); None when
+    there is no record and nothing measured. Needs no session: a model can be opened for the
+    sampler its record decides (runtime/cpython_model.py)."""
+    return kept(
+        cache_root() / ROW_COST_FILE,
+        row_cost_key(graph, device, threads),
+        measure_now or (lambda: None),
+        gone=lambda key: not Path(key.split(KEY_SEPARATOR, 1)[0].rsplit(" ", 2)[0]).exists(),
+    )
+
+
+def check_ar_rows(chunk: Chunk) -> None:
+    """The AR graph computes AR rows only: a row with the adapter on is a caller's mistake."""
+    gate_on = chunk.adapter_gate is None or any(chunk.adapter_gate)
+    if gate_on or any(any(weights) for weights in chunk.adapter_weights):
+        raise RuvdllmError(
+            f"{artifact.AR_GRAPH_NAME} runs the AR model only (adapter_gate 0, no adapter weights): "
+            "open the model without ar_only for the other samplers"
         )
 
 

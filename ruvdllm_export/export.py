@@ -35,6 +35,12 @@ from ruvdllm_export.onnx_graph import (
     build_graph,
     options_for_target,
 )
+from ruvdllm_export.onnx_graph.ar_graph import (
+    SharedExternalData,
+    build_ar_graph,
+    external_index,
+    wants_ar_graph,
+)
 from ruvdllm_export.onnx_graph.graph import forward_nodes
 from ruvdllm_export.onnx_graph.linear import as_float
 from ruvdllm_export.onnx_graph.options import required_onnxruntime
@@ -42,7 +48,7 @@ from ruvdllm_export.onnx_graph.q8 import Q8Tensor, SplitQ8Tensor
 from ruvdllm_export.onnx_graph.spill import spill_prepared, table_rows
 from ruvdllm_export.quant.q4 import QUANTIZE_ELEMENTS, Q4Tensor
 from ruvdllm_export.spec import EMBED, LM_HEAD
-from ruvdllm_export.validate import PARAGRAPH, validate_export
+from ruvdllm_export.validate import PARAGRAPH, check_ar_graph, validate_export
 from ruvdllm_export.validate_windows import validate_by_windows
 
 DATA_NAME = artifact.GRAPH_NAME + ".data"
@@ -162,6 +168,14 @@ def export_model(
             + (f", {folded} more folded at load" if folded else "")
         )
         onnx.save_model(model, str(model_path))  # the graph alone: its weights are in the data file
+        ar_nodes = None
+        if wants_ar_graph(options, bool(lora), target):  # gate-0 rows alone, on the data file just written
+            shared = SharedExternalData(staging / DATA_NAME, external_index(model))
+            ar_model = build_ar_graph(spec, prepared, options, shared)
+            ar_nodes = len(forward_nodes(ar_model))
+            say(f"AR graph: {ar_nodes} nodes per forward, the same weights")
+            onnx.save_model(ar_model, str(staging / artifact.AR_GRAPH_NAME))
+            del ar_model
         del model
         memory.mark("save")
         validation = {"skipped": "--no-validate"}
@@ -179,8 +193,13 @@ def export_model(
         prepared.close()  # the scratch file goes before the manifest lists the directory
         loaded.tokenizer.save(str(staging / artifact.TOKENIZER_NAME))
         config = _artifact_config(
-            loaded, options, target, block_size, validation, held_kinds, adapter, lora, ops, memory
+            loaded, options, target, block_size, validation, held_kinds, adapter, lora, ops, memory, ar_nodes
         )
+        if ar_nodes is not None and validate:
+            paragraph = loaded.tokenizer.encode(PARAGRAPH, add_special_tokens=False).ids
+            config.source["validation"]["ar_graph"] = check_ar_graph(
+                model_path, staging / artifact.AR_GRAPH_NAME, spec, options, paragraph
+            )
         (staging / artifact.CONFIG_NAME).write_text(config.to_json())
         if banks is not None:
             _copy_banks(Path(banks), config, staging / BANKS_DIR, say)
@@ -375,10 +394,13 @@ def _artifact_config(
     lora,
     ops: Counter,
     memory: PhaseMemory,
+    ar_nodes: int | None = None,
 ):
     spec = loaded.spec
     source = dict(loaded.source)
     source["graph"] = {"nodes": ops.total(), "ops": dict(ops.most_common())}  # the nodes run per forward
+    if ar_nodes is not None:
+        source["graph"]["ar_graph_nodes"] = ar_nodes
     source["exactness"] = dict(Counter(loaded.exactness.values()))
     source["lossy"] = loaded.lossy
     source["graph_weights"] = dict(held_kinds)
@@ -416,6 +438,7 @@ def _artifact_config(
         adapter_slots=options.adapter_slots if options.has_adapters else 0,
         adapter_rank=options.adapter_rank,
         adapter_gate=bool(lora) and options.adapter_switch,
+        ar_graph=ar_nodes is not None,
         targets=(target,),
         attention=options.attention,
         quantization=options.quantization,

@@ -401,6 +401,35 @@ class Parts:
         return graph_feeds(self.spec, self.options, self.ids[start:stop], causal, past=past, gate=self.gate)
 
 
+AR_GRAPH_TOKENS = 64  # of the paragraph, run causally through both graphs
+AR_GRAPH_MIN_AGREEMENT = 0.98  # the same model: only near-ties may break apart in the last bits
+
+
+def check_ar_graph(full: Path, ar: Path, spec: ModelSpec, options: GraphOptions, ids) -> dict:
+    """The AR graph (onnx_graph/ar_graph.py) against the full graph's gate-0 rows on the same
+    tokens: the same model, so the same top-1 tokens and top logits within rounding. One session
+    at a time."""
+    ids = np.asarray([i for i in ids if i < spec.vocab_size][: min(AR_GRAPH_TOKENS, spec.max_position)])
+    feeds = graph_feeds(spec, options, ids, np.arange(len(ids)), gate=0.0)
+    outputs = {}
+    for name, path in (("full", full), ("ar", ar)):
+        session = _session(str(path))
+        outputs[name] = _run(session, feeds)
+        del session
+    agreement = top1_agreement(outputs["ar"], outputs["full"])
+    top = [outputs[name][artifact.TOPK_LOGITS][..., 0] for name in ("ar", "full")]
+    report = {
+        "tokens": len(ids),
+        "top1_agreement": agreement,
+        "max_top1_logit_diff": float(np.max(np.abs(top[0] - top[1]))),
+    }
+    if agreement < AR_GRAPH_MIN_AGREEMENT:
+        raise RuvdllmError(
+            f"{ar.name}: top-1 agreement with {full.name}'s AR rows {agreement:.3f}, below {AR_GRAPH_MIN_AGREEMENT}"
+        )
+    return report
+
+
 def paragraph_feeds(spec: ModelSpec, options: GraphOptions, ids: np.ndarray, gate: float = 1.0):
     """Feeds for `ids` run causally (each token its own block): one forward, or Parts when the
     rows times the vocabulary pass HEAD_LOGITS_PER_RUN."""

@@ -3,7 +3,9 @@ random conversion adapter (on every projection, the head and the embedding), the
 verified sampler on onnxruntime — the diffusion model drafting, the same graph's gate-0 rows
 checking — produces exactly the greedy tokens of the AR model as the torch reference computes it
 (the base weights, causal, one token per forward). So does the runtime's AR sampler. The adapter
-changes the model's own greedy tokens, so the equality is the switch at work, not a no-op.
+changes the model's own greedy tokens, so the equality is the switch at work, not a no-op. The
+AR graph shipped beside the model (no adapter branches, the same weights file) decodes the same
+tokens.
 
 The slow test does the same on the default model (SmolLM2-135M-Instruct with the shipped adapter).
 """
@@ -17,7 +19,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from runtime.artifact import GRAPH_NAME, load_config  # noqa: E402
+import onnx  # noqa: E402
+
+from runtime.artifact import AR_GRAPH_NAME, GRAPH_NAME, load_config  # noqa: E402
 from runtime.drafting import Drafting  # noqa: E402
 from runtime.generate import generate  # noqa: E402
 from runtime.ort_backend import OrtBackend, OrtOptions  # noqa: E402
@@ -54,10 +58,10 @@ def model(request, tmp_path_factory):
     return config, out / GRAPH_NAME, base, adapted
 
 
-def runtime_tokens(model, **settings):
+def runtime_tokens(model, seed: int = 3, **settings):
     config, graph, _, _ = model
     backend = OrtBackend(graph, config, OrtOptions(device="cpu", intra_op_threads=1))
-    result = generate(backend, PROMPT, GenerationSettings(length=LENGTH, **settings), random.Random(3))
+    result = generate(backend, PROMPT, GenerationSettings(length=LENGTH, **settings), random.Random(seed))
     return result
 
 
@@ -97,6 +101,26 @@ def test_greedy_ar_sampler_equals_the_torch_ar_model_and_stops_at_eos(model):
     assert runtime_tokens(model, sampler="ar", stop_at_eos=False).tokens == greedy(base, PROMPT, LENGTH)
     want = greedy(base, PROMPT, LENGTH, config.eos_token_ids)
     assert runtime_tokens(model, sampler="verified").tokens == want
+
+
+def test_the_ar_graph_reads_the_same_weights_file_and_decodes_the_torch_ar_model(model):
+    config, graph, base, _ = model
+    ar_graph = graph.parent / AR_GRAPH_NAME
+    assert config.ar_graph and config.source["validation"]["ar_graph"]["top1_agreement"] == 1.0
+    proto = onnx.load(str(ar_graph), load_external_data=False)
+    places = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+    assert places == {GRAPH_NAME + ".data"} and sorted(p.name for p in graph.parent.glob("*.data")) == [
+        GRAPH_NAME + ".data"
+    ]
+    assert {i.name for i in proto.graph.input}.isdisjoint({"adapter_gate", "adapter_weights"})
+    backend = OrtBackend(ar_graph, config, OrtOptions(device="cpu", intra_op_threads=1), ar_only=True)
+    settings = GenerationSettings(length=LENGTH, sampler="ar", stop_at_eos=False)
+    assert generate(backend, PROMPT, settings, random.Random(3)).tokens == greedy(base, PROMPT, LENGTH)
+    sampled = GenerationSettings(length=LENGTH, sampler="ar", temperature=0.8, top_p=0.9, stop_at_eos=False)
+    assert (
+        generate(backend, PROMPT, sampled, random.Random(5)).tokens
+        == runtime_tokens(model, sampler="ar", temperature=0.8, top_p=0.9, stop_at_eos=False, seed=5).tokens
+    )
 
 
 def test_sampling_runs_seeded(model):

@@ -60,24 +60,27 @@ def build_graph(
     weights: dict[str, Weight],
     options: GraphOptions | None = None,
     lora: dict[str, StaticLora] | None = None,
-    external_data: Path | str | None = None,
+    external_data: Path | str | ExternalData | None = None,
 ) -> onnx.ModelProto:
-    """The whole model as a ModelProto. With `external_data` (a file path) every initializer of
-    1 KiB or more is streamed into that file as it is built and the proto only points at it
-    (save it beside the file, without save_as_external_data); otherwise all are held in memory."""
+    """The whole model as a ModelProto. With `external_data` (a file path, or an ExternalData
+    over one) every initializer of 1 KiB or more is streamed into that file as it is built and
+    the proto only points at it (save it beside the file, without save_as_external_data);
+    otherwise all are held in memory."""
     options = options or GraphOptions()
     check_weights(spec, weights)
     check_lora(spec, lora or {})
     opset = 23 if options.attention == "attention23" else 21  # 21: what every EP's kernels are registered for
-    external = ExternalData(external_data) if external_data is not None else None
+    external = external_data
+    if external_data is not None and not isinstance(external_data, ExternalData):
+        external = ExternalData(external_data)
     g = GraphBuilder("ruvdllm", opset, external)
-    if options.quantization == "widened" and external_data is not None:
+    if options.quantization == "widened" and external is not None:
         # beside the data file, named after the graph (model.onnx.data -> model.onnx.widened.*)
-        g.shared["widened_blocks"] = WidenedBlocks(Path(external_data).with_suffix(""))
+        g.shared["widened_blocks"] = WidenedBlocks(external.path.with_suffix(""))
     ctx = BuildContext(
         g=g,
         spec=spec,
-        weights=weights if _prepared_for(weights) == options else prepare_weights(spec, weights, options),
+        weights=weights if _prepared_for(weights, options) else prepare_weights(spec, weights, options),
         options=options,
         lora=dict(lora or {}),
     )
@@ -115,10 +118,14 @@ def prepare_weights(spec: ModelSpec, weights: dict[str, Weight], options: GraphO
     return prepared
 
 
-def _prepared_for(weights) -> GraphOptions | None:
-    """The options a mapping's forms were prepared for (onnx_graph/spill.py's SpilledWeights: read
-    one tensor per access, never all at once), None for plain weights."""
-    return getattr(weights, "prepared_for", None)
+def _prepared_for(weights, options: GraphOptions) -> bool:
+    """Were a mapping's forms prepared for graphs of `options` (onnx_graph/spill.py's
+    SpilledWeights: read one tensor per access, never all at once)? Only the options that decide
+    the forms count: the AR graph (ar_graph.py) reads the full graph's. False for plain weights."""
+    prepared = getattr(weights, "prepared_for", None)
+    return prepared is not None and all(
+        getattr(prepared, f) == getattr(options, f) for f in ("quantization", "accuracy_level", "table_bits")
+    )
 
 
 def _as_table(weight: Weight, bits: int | None, split: bool) -> Q4Tensor | Q8Tensor | SplitQ8Tensor:

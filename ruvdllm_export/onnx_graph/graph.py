@@ -49,22 +49,32 @@ class ExternalData:
         else:  # what from_array converts (bool, byte order): its bytes, from a proto dropped at once
             converted = numpy_helper.from_array(array, name)
             data_type, raw = converted.data_type, converted.raw_data
-        tensor = TensorProto()
-        tensor.name, tensor.data_type = name, data_type
-        tensor.dims.extend(array.shape)
+        offset = self._place(name, raw)
+        return external_tensor(name, data_type, array.shape, self.path.name, offset, len(raw))
+
+    def _place(self, name: str, raw) -> int:
+        """Where `raw` (the tensor `name`'s bytes) lies in the file: appended here."""
         offset = self._file.tell()
         self._file.write(raw)
-        tensor.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", self.path.name), ("offset", offset), ("length", len(raw))):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, str(value)
-        return tensor
+        return offset
 
     def close(self) -> None:
         self._file.close()
 
 
 _BYTES_HEADER = sys.getsizeof(b"")  # sys.getsizeof(bytes of n) == this + n
+
+
+def external_tensor(
+    name: str, data_type: int, shape: Sequence[int], location: str, offset: int, length: int
+) -> onnx.TensorProto:
+    """An initializer whose bytes are `length` bytes at `offset` of the file `location`."""
+    tensor = TensorProto(name=name, data_type=data_type, dims=list(shape))
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, str(value)
+    return tensor
 
 
 class GraphBuilder:
@@ -111,12 +121,7 @@ class GraphBuilder:
         if name in self._initializer_names:
             raise ValueError(f"initializer {name!r} added twice")
         self._initializer_names.add(name)
-        tensor = onnx.TensorProto(name=name, data_type=elem_type, dims=list(shape))
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-        for key, value in (("location", location), ("offset", offset), ("length", length)):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, str(value)
-        self.initializers.append(tensor)
+        self.initializers.append(external_tensor(name, elem_type, shape, location, offset, length))
         return name
 
     def float_initializer(self, name: str, array: np.ndarray) -> str:

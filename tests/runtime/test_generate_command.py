@@ -111,8 +111,8 @@ def test_auto_verifies_where_it_can_and_denoises_where_asked_or_it_cannot(
 
 def test_auto_runs_ar_on_a_machine_whose_rows_cost_too_much(tiny_switch_model_dir, tmp_path, monkeypatch):
     """Where the recorded row cost says drafts do not pay (runtime/row_cost.py), auto runs the AR
-    model alone: its tokens, one per forward. An acceptance rule named on the command line still
-    gets the verified sampler."""
+    model alone: its tokens, one per forward, on the model's AR graph. An acceptance rule named on
+    the command line still gets the verified sampler, on the full graph."""
     from runtime.ort_backend import OrtBackend, OrtOptions
     from runtime.row_cost import RowCost, kept
 
@@ -133,6 +133,9 @@ def test_auto_runs_ar_on_a_machine_whose_rows_cost_too_much(tiny_switch_model_di
     assert runs["auto"]["timings"]["tokens_per_forward"] == 1.0
     assert runs["auto"]["extra_row_cost"] == 0.35 and runs["ar"]["extra_row_cost"] is None
     assert runs["exact"]["settings"]["sampler"] == "verified" and runs["exact"]["extra_row_cost"] is None
+    # a run that will only run the AR model opens the model's AR graph, one that verifies the full one
+    assert runs["auto"]["graph"] == runs["ar"]["graph"] == artifact.AR_GRAPH_NAME
+    assert runs["exact"]["graph"] == artifact.GRAPH_NAME
     verbose = cli(*args[:-1], "--verbose", cache=tmp_path)
     assert verbose.returncode == 0, verbose.stderr
     assert any(

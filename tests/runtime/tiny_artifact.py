@@ -12,6 +12,7 @@ from runtime import artifact
 from runtime.artifact import ArtifactConfig
 from runtime.banks import Bank
 from ruvdllm_export.onnx_graph import GraphOptions, StaticLora
+from ruvdllm_export.onnx_graph.ar_graph import build_ar_graph, wants_ar_graph
 from ruvdllm_export.onnx_graph.builder import build_graph
 from tests.export.graph_harness import tiny_spec
 from tests.fixtures.tiny_models import ARCHS, TINY, random_conversion_adapter, tiny_weights
@@ -40,10 +41,14 @@ def make_tiny_artifact(
     lora = None
     if conversion_adapter:
         lora = {name: StaticLora(a=a, b=b) for name, (a, b) in random_conversion_adapter(spec).items()}
-    model = build_graph(spec, tiny_weights(arch, False, seed), options, lora=lora)
+    weights = tiny_weights(arch, False, seed)
+    model = build_graph(spec, weights, options, lora=lora)
     import onnx
 
     onnx.save(model, directory / artifact.GRAPH_NAME)
+    ar_graph = wants_ar_graph(options, bool(lora), "cpu")
+    if ar_graph:  # weights held in the proto here (the exporter's share the data file)
+        onnx.save(build_ar_graph(spec, weights, options), directory / artifact.AR_GRAPH_NAME)
     make_tokenizer(TINY.vocab_size, ARCHS[arch].tokenizer_style).save(
         str(directory / artifact.TOKENIZER_NAME)
     )
@@ -66,6 +71,7 @@ def make_tiny_artifact(
         adapter_rank=RANK,
         chat_template=CHATML_TEMPLATE,
         adapter_gate=conversion_adapter and adapter_switch,
+        ar_graph=ar_graph,
         source={"static_adapter": {"linears": len(lora)}} if lora else {},
     )
     (directory / artifact.CONFIG_NAME).write_text(config.to_json())

@@ -1,0 +1,51 @@
+"""The AR graph's build (ruvdllm_export/onnx_graph/ar_graph.py): it shares the full graph's data
+file byte for byte, or refuses, and only switchable models of shareable linears get one. (Its
+decoding is golden-tested against the torch AR model in tests/test_golden_verified.py.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from ruvdllm_export.onnx_graph import GraphOptions, StaticLora, build_graph, options_for_target
+from ruvdllm_export.onnx_graph.ar_graph import (
+    SharedExternalData,
+    build_ar_graph,
+    external_index,
+    wants_ar_graph,
+)
+from tests.export.graph_harness import tiny_spec
+from tests.fixtures.tiny_models import random_conversion_adapter, tiny_weights
+
+
+def test_only_switchable_models_of_shareable_linears_get_an_ar_graph():
+    for target in ("cpu", "cuda"):
+        assert wants_ar_graph(options_for_target(target), True, target)
+    assert not wants_ar_graph(options_for_target("cpu"), False, "cpu")
+    assert not wants_ar_graph(options_for_target("cpu", adapter_switch=False), True, "cpu")
+    for target in ("webgpu", "wasm"):  # the browser runs the full graph
+        assert not wants_ar_graph(options_for_target(target), True, target)
+
+
+def test_the_ar_graph_points_into_the_full_graphs_data_file_and_refuses_other_bytes(tmp_path):
+    spec, weights = tiny_spec("llama", False), tiny_weights("llama", False, seed=3)
+    options = GraphOptions(adapter_slots=2, adapter_rank=2)
+    lora = {n: StaticLora(a=a, b=b) for n, (a, b) in random_conversion_adapter(spec).items()}
+    data = tmp_path / "model.onnx.data"
+    full = build_graph(spec, weights, options, lora=lora, external_data=data)
+    size = data.stat().st_size
+    ar = build_ar_graph(spec, weights, options, SharedExternalData(data, external_index(full)))
+    assert data.stat().st_size == size  # nothing written
+    full_places = external_index(full)
+    ar_places = external_index(ar)
+    assert ar_places and all(full_places[name] == place for name, place in ar_places.items())
+    assert len(ar.graph.node) < len(full.graph.node)
+    # weights that are not the full graph's, byte for byte: refused, nothing shipped
+    changed = dict(weights)
+    name = next(n for n in weights if n.endswith("o_proj.weight"))
+    noise = np.random.default_rng(0).standard_normal(weights[name].shape).astype(np.float32)
+    changed[name] = np.asarray(weights[name], np.float32) + noise
+    with pytest.raises(ValueError, match="not in model.onnx.data with the same bytes"):
+        build_ar_graph(spec, changed, options, SharedExternalData(data, external_index(full)))
+    assert isinstance(ar, onnx.ModelProto)

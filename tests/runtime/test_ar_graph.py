@@ -1,0 +1,109 @@
+"""The AR graph (config `ar_graph`, artifact.AR_GRAPH_NAME): a model whose conversion adapter has
+the per-row switch ships the base model's own graph beside its full one. A process that will only
+run the `ar` sampler opens it (runtime/cpython_model.py `runs_ar_only`), decodes the same tokens
+as the full graph's gate-0 rows, and refuses anything but AR rows."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from runtime import artifact
+from runtime.autoregressive import ar_rows
+from runtime.backend import Chunk
+from runtime.cpython_model import open_model, runs_ar_only
+from runtime.ort_backend import OrtBackend, OrtOptions
+from runtime.row_cost import RowCost, kept
+from runtime.settings import GenerationSettings
+from runtime.verify import cache_root
+from ruvdllm.errors import RuvdllmError
+from tests.runtime.tiny_artifact import random_bank
+
+ONE_THREAD = OrtOptions(device="cpu", intra_op_threads=1)
+PROMPT = [5, 17, 42, 99, 7]
+
+
+def record_row_cost(directory, extra_row: float) -> None:
+    """A row-cost record for the model's full graph, as a measurement on this machine leaves it
+    (the only one: a record is kept until its key changes)."""
+    (cache_root() / "row_cost.json").unlink(missing_ok=True)
+    backend = OrtBackend(directory / artifact.GRAPH_NAME, artifact.load_config(directory), ONE_THREAD)
+    one_row = 10.0
+    kept(
+        cache_root() / "row_cost.json",
+        backend.row_cost_key(),
+        lambda: RowCost(one_row, 5, one_row * (1 + 4 * extra_row)),
+    )
+
+
+def test_the_ar_graph_is_opened_only_where_the_ar_sampler_alone_will_run(
+    tiny_switch_model_dir, tiny_model_dir
+):
+    config = artifact.load_config(tiny_switch_model_dir)
+    assert config.ar_graph and (tiny_switch_model_dir / artifact.AR_GRAPH_NAME).is_file()
+
+    def runs(settings, acceptance=None, directory=tiny_switch_model_dir):
+        return runs_ar_only(directory, artifact.load_config(directory), settings, acceptance, ONE_THREAD)
+
+    auto = GenerationSettings()
+    assert runs(replace(auto, sampler="ar"))
+    assert not runs(None) and not runs(auto)  # no settings; auto without a record: the full graph measures
+    record_row_cost(tiny_switch_model_dir, 0.35)
+    assert runs(auto)  # the record says drafts do not pay: auto is `ar`
+    assert not runs(auto, acceptance="exact")  # a named acceptance rule verifies
+    assert not runs(replace(auto, steps=2))  # diffusion-only settings: the diffusion sampler
+    assert not runs(replace(auto, sampler="verified"))
+    without_adapter = runs(replace(auto, sampler="ar"), directory=tiny_model_dir)
+    assert not without_adapter  # no conversion adapter, no AR graph: the one graph is the AR model
+    record_row_cost(tiny_switch_model_dir, 0.05)
+    assert not runs(auto)  # cheap rows: verified
+
+
+def test_the_ar_graph_decodes_the_full_graphs_ar_tokens(tiny_switch_model_dir):
+    full = open_model(tiny_switch_model_dir, options=ONE_THREAD)
+    ar_settings = GenerationSettings(sampler="ar", length=12, stop_at_eos=False)
+    lean = open_model(tiny_switch_model_dir, options=ONE_THREAD, settings=ar_settings)
+    assert lean.backend.ar_only and lean.backend.graph.name == artifact.AR_GRAPH_NAME
+    assert not full.backend.ar_only and full.backend.graph.name == artifact.GRAPH_NAME
+    assert len(lean.backend.input_names) < len(full.backend.input_names)  # no gate, no bank inputs
+    for settings in (ar_settings, replace(ar_settings, temperature=0.9, top_p=0.9)):
+        want = full.generate(PROMPT, settings, seed=4)
+        got = lean.generate(PROMPT, settings, seed=4)
+        assert got.tokens == want.tokens and len(got.tokens) == 12
+    # sampler auto on the AR graph is `ar`, whatever became of the record since it was opened
+    assert lean.concrete(GenerationSettings()).sampler == "ar"
+
+
+def test_the_ar_graph_refuses_what_only_the_full_graph_computes(tiny_switch_model_dir):
+    settings = GenerationSettings(sampler="ar", length=4)
+    model = open_model(tiny_switch_model_dir, options=ONE_THREAD, settings=settings)
+    with pytest.raises(RuvdllmError, match="opened on its AR graph"):
+        model.concrete(replace(settings, sampler="verified"))
+    with pytest.raises(RuvdllmError, match="opened on its AR graph"):
+        model.generate(PROMPT, replace(settings, sampler="bd3lm"))
+    rows = ar_rows(PROMPT, 0, model.config.adapter_slots)
+    for bad in (
+        replace(rows, adapter_gate=[0.0] * 4 + [1.0]),
+        replace(rows, adapter_gate=None),
+        replace(
+            rows,
+            adapter_weights=[[0.0] * model.config.adapter_slots] * 4 + [[1.0] * model.config.adapter_slots],
+        ),
+    ):
+        with pytest.raises(RuvdllmError, match="runs the AR model only"):
+            model.backend.forward(bad)
+    assert isinstance(rows, Chunk)
+    model.backend.forward(rows)  # the AR rows themselves run
+    # a bank is the adapters' business: the AR graph takes it and ignores it
+    model.backend.set_bank(random_bank(model.config))
+    assert model.generate(PROMPT, settings, rng=random.Random(0)).tokens
+
+
+def test_the_ar_graph_reads_its_full_graphs_row_cost_and_measures_nothing(tiny_switch_model_dir):
+    config = artifact.load_config(tiny_switch_model_dir)
+    lean = OrtBackend(tiny_switch_model_dir / artifact.AR_GRAPH_NAME, config, ONE_THREAD, ar_only=True)
+    assert lean.row_cost() is None and not (cache_root() / "row_cost.json").exists()
+    record_row_cost(tiny_switch_model_dir, 0.35)
+    assert lean.row_cost().extra_row == pytest.approx(0.35)
