@@ -188,6 +188,12 @@ def export_model(
             validation = _validate(
                 model_path, loaded, prepared, options, lora, min_agreement, target, window, memory.mark
             )
+            if ar_nodes is not None:  # its gate-0 rows, through both graphs
+                paragraph = loaded.tokenizer.encode(PARAGRAPH, add_special_tokens=False).ids
+                validation["ar_graph"] = check_ar_graph(
+                    model_path, staging / artifact.AR_GRAPH_NAME, spec, options, paragraph
+                )
+                memory.mark("validate.ar_graph")
             memory.mark("validate")
         held_kinds = Counter(_held_kind(prepared[name]) for name in prepared)
         prepared.close()  # the scratch file goes before the manifest lists the directory
@@ -195,11 +201,6 @@ def export_model(
         config = _artifact_config(
             loaded, options, target, block_size, validation, held_kinds, adapter, lora, ops, memory, ar_nodes
         )
-        if ar_nodes is not None and validate:
-            paragraph = loaded.tokenizer.encode(PARAGRAPH, add_special_tokens=False).ids
-            config.source["validation"]["ar_graph"] = check_ar_graph(
-                model_path, staging / artifact.AR_GRAPH_NAME, spec, options, paragraph
-            )
         (staging / artifact.CONFIG_NAME).write_text(config.to_json())
         if banks is not None:
             _copy_banks(Path(banks), config, staging / BANKS_DIR, say)
