@@ -72,8 +72,27 @@ META = {codec.UPDATE_KEY: '{"groups": {"coarse": {"metrics": {}}}}'}
             lambda t: t.update({"coarse/layers.0.q_proj/a": np.ones((3, 6), np.float32)}),
             "A is rank 3 but B is rank 4",
         ),
-        (lambda t: t["coarse/layers.0.q_proj/a"].__setitem__((0, 0), np.nan), "NaN or infinity"),
-        (lambda t: t["coarse/layers.0.q_proj/b"].__setitem__((0, 0), np.inf), "NaN or infinity"),
+        # all-float32 bodies are checked in one pass; the tensor at fault is still named
+        (
+            lambda t: t["coarse/layers.0.q_proj/a"].__setitem__((0, 0), np.nan),
+            "q_proj/a: contains NaN or infinity",
+        ),
+        (
+            lambda t: t["coarse/layers.0.q_proj/b"].__setitem__((0, 0), np.inf),
+            "q_proj/b: contains NaN or infinity",
+        ),
+        (
+            lambda t: t.update(
+                {"coarse/layers.0.q_proj/b": np.full_like(t["coarse/layers.0.q_proj/b"], -np.inf)}
+            ),
+            "q_proj/b: contains NaN or infinity",
+        ),
+        (  # a float16 factor beside float32 ones: each is checked on its own
+            lambda t: t.update(
+                {"coarse/layers.0.q_proj/a": np.full(t["coarse/layers.0.q_proj/a"].shape, np.nan, np.float16)}
+            ),
+            "q_proj/a: contains NaN or infinity",
+        ),
     ],
 )
 def test_damaged_contributions_are_refused_by_name(change, problem):
