@@ -34,9 +34,9 @@ def open_model(
     """Verify and load a model directory. `bank`: an adapter bank directory (default: the
     model's banks/ when it holds one). `verify`: the manifest check (runtime/verify.py). The
     model's answer store (answers.ngrams) is read when it has one. `settings` (and the user's
-    `acceptance`): what every generation of this process will ask for, when known; where that
-    is the `ar` sampler alone (`runs_ar_only`), the model is opened on its AR graph and runs
-    nothing else."""
+    `acceptance`): what the generations of this process will ask for by default, when known;
+    where that is the `ar` sampler alone (`runs_ar_only`), the model is opened on its AR graph,
+    and the first generation that asks for another sampler switches it to the full graph."""
     directory = Path(directory)
     if not directory.is_dir():
         raise RuvdllmError(f"{directory}: no such model directory")
@@ -45,16 +45,28 @@ def open_model(
     tokenizer = load_tokenizer(directory / artifact.TOKENIZER_NAME, config)
     loaded, bank_dir = read_bank(directory, bank)
     options = options or OrtOptions()
+    full_graph = directory / artifact.GRAPH_NAME
     ar_only = runs_ar_only(directory, config, settings, acceptance, options)
-    graph = directory / (artifact.AR_GRAPH_NAME if ar_only else artifact.GRAPH_NAME)
-    backend = OrtBackend(graph, config, options, ar_only=ar_only)
+    if ar_only:
+        backend = OrtBackend(directory / artifact.AR_GRAPH_NAME, config, options, ar_only=True)
+    else:
+        backend = OrtBackend(full_graph, config, options)
     if loaded is not None:
         loaded.check_model(config, f"{bank_dir}", backend.adapter_shapes)
         backend.set_bank(loaded)
     index = loaded.build_index(bank_dir) if loaded is not None and loaded.pattern_slots else None
     answers = model_answer_store(directory, config.vocab_size)
     return DiffusionModel(
-        directory, config, tokenizer, backend, loaded, index, bank_dir if loaded else None, answers
+        directory,
+        config,
+        tokenizer,
+        backend,
+        loaded,
+        index,
+        bank_dir if loaded else None,
+        answers,
+        # a request for another sampler opens the full graph (DiffusionModel.concrete)
+        full_backend=(lambda: OrtBackend(full_graph, config, options)) if ar_only else None,
     )
 
 

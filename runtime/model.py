@@ -80,11 +80,14 @@ class DiffusionModel:
         index: PatternIndex | None = None,
         bank_dir: Path | None = None,
         answers: AnswerStore | None = None,
+        full_backend: Callable[[], Backend] | None = None,
     ):
         """`backend` may be attached later (the browser creates its onnxruntime-web session after
         reading the bank, whose tensors the session binds once). `bank_dir`: where `bank` was read
         from (its learnt pattern scores live beside it). `answers`: the model's answer store, the
-        verified sampler's third drafter (runtime/answer_store.py)."""
+        verified sampler's third drafter (runtime/answer_store.py). `full_backend`: for a backend
+        on the model's AR graph (`ar_only`), how to open its full graph, which the first request
+        for another sampler switches to (`concrete`)."""
         self.directory = directory
         self.config = config
         self.tokenizer = tokenizer
@@ -93,6 +96,7 @@ class DiffusionModel:
         self.index = index
         self.bank_dir = bank_dir
         self.answers = answers
+        self._full_backend = full_backend
         # Set by the learning loop (runtime/learning/loop_a.py): pattern usefulness for retrieval,
         # and whether generations keep their prompt embedding for the trajectory.
         self.scores = None
@@ -199,13 +203,26 @@ class DiffusionModel:
         else:
             resolved = concrete(settings, self.config, self.extra_row_cost())
         if getattr(self.backend, "ar_only", False) and resolved.sampler != "ar":
-            if settings.sampler != AUTO:
-                raise RuvdllmError(
-                    f"sampler {resolved.sampler}: this model was opened on its AR graph "
-                    f"({AR_GRAPH_NAME}), which runs the ar sampler only"
-                )
-            resolved = replace(resolved, sampler="ar")  # its record went missing since it was opened
+            if resolved.sampler == "verified" and settings.sampler == AUTO and acceptance in (None, AUTO):
+                return replace(resolved, sampler="ar")  # the record went missing since it was opened
+            self._open_full_graph(resolved.sampler)
         return resolved
+
+    def _open_full_graph(self, sampler: str) -> None:
+        """Leave the AR graph for the full one, for good: `sampler` needs rows it cannot compute.
+        Under the lock, so never beside a generation; the new backend takes the model's bank."""
+        if self._full_backend is None:
+            raise RuvdllmError(
+                f"sampler {sampler}: this model was opened on its AR graph ({AR_GRAPH_NAME}), "
+                "which runs the ar sampler only"
+            )
+        with self.lock:
+            if not getattr(self.backend, "ar_only", False):  # another request switched it meanwhile
+                return
+            backend = self._full_backend()  # before the AR graph goes: a failure leaves it working
+            if self.bank is not None:
+                backend.set_bank(self.bank)
+            self.backend, self._full_backend = backend, None
 
     def check(self, prompt_tokens: int, settings: GenerationSettings) -> Plan:
         """Raise RuvdllmError for settings or a prompt this model cannot take (no forward);

@@ -120,12 +120,15 @@ def open_engine(args: argparse.Namespace, default_model: Callable[..., Path]):
     from runtime.cpython_model import open_model
     from runtime.ort_backend import OrtOptions
     from runtime.server.engine import Engine
+    from runtime.server.jobs import DEFAULTS
 
     directory = args.model if args.model is not None else default_model("cpu")
     threads = threads_per_model(args.threads, args.max_concurrency)
     options = OrtOptions(device=args.device, intra_op_threads=threads)
+    # on the AR graph where a request with the defaults runs `ar` on this machine; a request for
+    # another sampler switches the model that serves it to the full graph (DiffusionModel.concrete)
     models = [
-        open_model(directory, bank=args.bank, options=options, verify=args.verify)
+        open_model(directory, bank=args.bank, options=options, verify=args.verify, settings=DEFAULTS)
         for _ in range(args.max_concurrency)
     ]
     for model in models:

@@ -5,6 +5,7 @@ as the full graph's gate-0 rows, and refuses anything but AR rows."""
 
 from __future__ import annotations
 
+import argparse
 import random
 from dataclasses import replace
 
@@ -12,8 +13,8 @@ import pytest
 
 from runtime import artifact
 from runtime.autoregressive import ar_rows
-from runtime.backend import Chunk
-from runtime.cpython_model import open_model, runs_ar_only
+from runtime.cpython_model import load_tokenizer, open_model, runs_ar_only
+from runtime.model import DiffusionModel
 from runtime.ort_backend import OrtBackend, OrtOptions
 from runtime.row_cost import RowCost, kept
 from runtime.settings import GenerationSettings
@@ -76,29 +77,45 @@ def test_the_ar_graph_decodes_the_full_graphs_ar_tokens(tiny_switch_model_dir):
     assert lean.concrete(GenerationSettings()).sampler == "ar"
 
 
-def test_the_ar_graph_refuses_what_only_the_full_graph_computes(tiny_switch_model_dir):
-    settings = GenerationSettings(sampler="ar", length=4)
+def test_a_request_for_another_sampler_switches_the_model_to_its_full_graph(tiny_switch_model_dir):
+    settings = GenerationSettings(sampler="ar", length=4, stop_at_eos=False)
     model = open_model(tiny_switch_model_dir, options=ONE_THREAD, settings=settings)
-    with pytest.raises(RuvdllmError, match="opened on its AR graph"):
-        model.concrete(replace(settings, sampler="verified"))
-    with pytest.raises(RuvdllmError, match="opened on its AR graph"):
-        model.generate(PROMPT, replace(settings, sampler="bd3lm"))
+    model.use_bank(random_bank(model.config), tiny_switch_model_dir)  # ignored by the AR graph, kept
+    assert model.backend.ar_only
     rows = ar_rows(PROMPT, 0, model.config.adapter_slots)
+    slots = model.config.adapter_slots
     for bad in (
         replace(rows, adapter_gate=[0.0] * 4 + [1.0]),
         replace(rows, adapter_gate=None),
-        replace(
-            rows,
-            adapter_weights=[[0.0] * model.config.adapter_slots] * 4 + [[1.0] * model.config.adapter_slots],
-        ),
+        replace(rows, adapter_weights=[[0.0] * slots] * 4 + [[1.0] * slots]),
     ):
         with pytest.raises(RuvdllmError, match="runs the AR model only"):
             model.backend.forward(bad)
-    assert isinstance(rows, Chunk)
     model.backend.forward(rows)  # the AR rows themselves run
-    # a bank is the adapters' business: the AR graph takes it and ignores it
-    model.backend.set_bank(random_bank(model.config))
-    assert model.generate(PROMPT, settings, rng=random.Random(0)).tokens
+    # sampler auto stays `ar` (its row-cost record went missing since, or never was)
+    assert model.concrete(GenerationSettings()).sampler == "ar" and model.backend.ar_only
+    # a sampler the AR graph cannot run: the full graph from now on, with the model's bank bound
+    verified = replace(settings, sampler="verified")
+    done = model.generate(PROMPT, verified)
+    assert not model.backend.ar_only and model.backend.graph.name == artifact.GRAPH_NAME
+    full = open_model(tiny_switch_model_dir, options=ONE_THREAD)
+    full.use_bank(random_bank(model.config), tiny_switch_model_dir)
+    assert done.tokens == full.generate(PROMPT, verified).tokens
+    assert model.generate(PROMPT, replace(settings, sampler="bd3lm"), seed=1).tokens == (
+        full.generate(PROMPT, replace(settings, sampler="bd3lm"), seed=1).tokens
+    )
+
+
+def test_a_model_on_the_ar_graph_alone_names_what_it_cannot_run(tiny_switch_model_dir):
+    config = artifact.load_config(tiny_switch_model_dir)
+    backend = OrtBackend(tiny_switch_model_dir / artifact.AR_GRAPH_NAME, config, ONE_THREAD, ar_only=True)
+    tokenizer = load_tokenizer(tiny_switch_model_dir / artifact.TOKENIZER_NAME, config)
+    model = DiffusionModel(tiny_switch_model_dir, config, tokenizer, backend)  # no way to the full graph
+    with pytest.raises(RuvdllmError, match="opened on its AR graph"):
+        model.concrete(GenerationSettings(sampler="verified"))
+    with pytest.raises(RuvdllmError, match="opened on its AR graph"):
+        model.concrete(GenerationSettings(steps=2))  # diffusion-only settings: a diffusion sampler
+    assert model.generate(PROMPT, GenerationSettings(sampler="ar", length=3), rng=random.Random(0)).tokens
 
 
 def test_the_ar_graph_reads_its_full_graphs_row_cost_and_measures_nothing(tiny_switch_model_dir):
@@ -107,3 +124,25 @@ def test_the_ar_graph_reads_its_full_graphs_row_cost_and_measures_nothing(tiny_s
     assert lean.row_cost() is None and not (cache_root() / "row_cost.json").exists()
     record_row_cost(tiny_switch_model_dir, 0.35)
     assert lean.row_cost().extra_row == pytest.approx(0.35)
+
+
+def test_the_server_opens_its_models_on_the_ar_graph_where_its_defaults_run_ar(tiny_switch_model_dir):
+    from runtime.server.command import open_engine
+
+    args = argparse.Namespace(
+        model=tiny_switch_model_dir,
+        threads=1,
+        max_concurrency=2,
+        device="cpu",
+        bank=None,
+        verify="cached",
+        model_name=None,
+    )
+    engine, _ = open_engine(args, default_model=None)
+    assert not any(m.backend.ar_only for m in engine.models)  # no row cost recorded: the full graph
+    record_row_cost(tiny_switch_model_dir, 0.35)
+    engine, _ = open_engine(args, default_model=None)
+    assert all(m.backend.ar_only for m in engine.models)
+    first, second = engine.models
+    first.concrete(GenerationSettings(sampler="verified"))  # the model that serves such a request switches
+    assert not first.backend.ar_only and second.backend.ar_only
