@@ -197,7 +197,9 @@ class DiffusionModel:
     def concrete(self, settings: GenerationSettings, acceptance: str | None = None) -> GenerationSettings:
         """`settings` with sampler auto resolved for this model on this machine. An acceptance
         rule the user named (`acceptance`, not auto) asks for the verified sampler's drafts, so
-        the machine's row cost is not consulted; nor is it where auto would not verify anyway."""
+        the machine's row cost is not consulted; nor is it where auto would not verify anyway.
+        A model opened on its AR graph keeps auto at `ar`, and moves to its full graph for any
+        other sampler asked for (`_open_full_graph`)."""
         if sampler_for(settings, self.config) != "verified" or acceptance not in (None, AUTO):
             resolved = concrete(settings, self.config)
         else:
