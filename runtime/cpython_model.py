@@ -18,7 +18,7 @@ from runtime.answer_store import model_answer_store
 from runtime.artifact import ArtifactConfig
 from runtime.model import DiffusionModel, read_bank
 from runtime.ort_backend import OrtBackend, OrtOptions, choose_device, recorded_row_cost
-from runtime.settings import AUTO, GenerationSettings, sampler_for
+from runtime.settings import GenerationSettings, asks_row_cost, sampler_for
 from runtime.verify import verify_artifact
 from ruvdllm.errors import RuvdllmError
 
@@ -85,7 +85,7 @@ def runs_ar_only(
         return False
     if settings.sampler == "ar":
         return True
-    if sampler_for(settings, config) != "verified" or acceptance not in (None, AUTO):
+    if not asks_row_cost(settings, config, acceptance):
         return False
     cost = recorded_row_cost(
         directory / artifact.GRAPH_NAME, choose_device(options.device), options.intra_op_threads

@@ -38,7 +38,7 @@ from runtime.control import AdapterControl
 from runtime.denoise import StepEvent
 from runtime.generate import GenerationResult, generate
 from runtime.index import PatternIndex
-from runtime.settings import AUTO, GenerationSettings, Plan, concrete, resolve, sampler_for
+from runtime.settings import AUTO, GenerationSettings, Plan, asks_row_cost, concrete, resolve
 from ruvdllm.errors import RuvdllmError
 
 _NOT_ASKED = object()  # DiffusionModel's row cost before the first question
@@ -200,12 +200,10 @@ class DiffusionModel:
         the machine's row cost is not consulted; nor is it where auto would not verify anyway.
         A model opened on its AR graph keeps auto at `ar`, and moves to its full graph for any
         other sampler asked for (`_open_full_graph`)."""
-        if sampler_for(settings, self.config) != "verified" or acceptance not in (None, AUTO):
-            resolved = concrete(settings, self.config)
-        else:
-            resolved = concrete(settings, self.config, self.extra_row_cost())
+        asked = asks_row_cost(settings, self.config, acceptance)
+        resolved = concrete(settings, self.config, self.extra_row_cost() if asked else None)
         if getattr(self.backend, "ar_only", False) and resolved.sampler != "ar":
-            if resolved.sampler == "verified" and settings.sampler == AUTO and acceptance in (None, AUTO):
+            if asked and settings.sampler == AUTO:
                 return replace(resolved, sampler="ar")  # the record went missing since it was opened
             self._open_full_graph(resolved.sampler)
         return resolved

@@ -144,6 +144,13 @@ def sampler_for(settings: GenerationSettings, config: ArtifactConfig, extra_row:
     return diffusion_sampler(config)
 
 
+def asks_row_cost(settings: GenerationSettings, config: ArtifactConfig, acceptance: str | None) -> bool:
+    """Is this machine's row cost asked for the sampler? Where the sampler would be verified and no
+    acceptance rule other than auto was named (a named rule asks for the drafts): under auto it
+    decides between `ar` and verified."""
+    return sampler_for(settings, config) == "verified" and acceptance in (None, AUTO)
+
+
 def concrete(
     settings: GenerationSettings, config: ArtifactConfig, extra_row: float | None = None
 ) -> GenerationSettings:

@@ -189,9 +189,8 @@ def export_model(
                 model_path, loaded, prepared, options, lora, min_agreement, target, window, memory.mark
             )
             if ar_nodes is not None:  # its gate-0 rows, through both graphs
-                paragraph = loaded.tokenizer.encode(PARAGRAPH, add_special_tokens=False).ids
                 validation["ar_graph"] = check_ar_graph(
-                    model_path, staging / artifact.AR_GRAPH_NAME, spec, options, paragraph
+                    model_path, staging / artifact.AR_GRAPH_NAME, spec, options, paragraph_ids(loaded)
                 )
                 memory.mark("validate.ar_graph")
             memory.mark("validate")
@@ -289,9 +288,7 @@ def _validate(
     # tables last: a float checkpoint's first linear already answers, before a table is widened
     names = sorted(prepared, key=lambda name: name in (EMBED, LM_HEAD))
     exact = all(_held_exactly(loaded.weights[name], prepared[name]) for name in names)
-    paragraph = loaded.tokenizer.encode(PARAGRAPH, add_special_tokens=False).ids
-    paragraph = [i for i in paragraph if i < loaded.spec.vocab_size]
-    paragraph = paragraph[: min(PARAGRAPH_TOKENS, loaded.spec.max_position)]
+    paragraph = paragraph_ids(loaded)
     if window:
         report = validate_by_windows(
             model_path,
@@ -326,6 +323,12 @@ def _validate(
         lora=lora,
         mark=mark,
     )
+
+
+def paragraph_ids(loaded) -> list[int]:
+    """The validation paragraph's tokens, in the vocabulary and within the context."""
+    ids = loaded.tokenizer.encode(PARAGRAPH, add_special_tokens=False).ids
+    return [i for i in ids if i < loaded.spec.vocab_size][: min(PARAGRAPH_TOKENS, loaded.spec.max_position)]
 
 
 def _held_exactly(source, held) -> bool:

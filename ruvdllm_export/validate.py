@@ -406,10 +406,10 @@ AR_GRAPH_MIN_AGREEMENT = 0.98  # the same model: only near-ties may break apart 
 
 
 def check_ar_graph(full: Path, ar: Path, spec: ModelSpec, options: GraphOptions, ids) -> dict:
-    """The AR graph (onnx_graph/ar_graph.py) against the full graph's gate-0 rows on the same
-    tokens: the same model, so the same top-1 tokens and top logits within rounding. One session
+    """The AR graph (onnx_graph/ar_graph.py) against the full graph's gate-0 rows on the first
+    tokens of `ids` (in the vocabulary and the context): the same model, so the same top-1 tokens and top logits within rounding. One session
     at a time."""
-    ids = np.asarray([i for i in ids if i < spec.vocab_size][: min(AR_GRAPH_TOKENS, spec.max_position)])
+    ids = np.asarray(ids[:AR_GRAPH_TOKENS])
     feeds = graph_feeds(spec, options, ids, np.arange(len(ids)), gate=0.0)
     outputs = {}
     for name, path in (("full", full), ("ar", ar)):
