@@ -50,6 +50,10 @@ TOPK_LOGITS = "topk_logits"  # float32 [1, S', top_k]  descending
 LOGSUMEXP = "logsumexp"  # float32 [1, S']  over the whole vocabulary
 ENTROPY = "entropy"  # float32 [1, S']  nats, whole vocabulary, temperature 1
 QUERY = "query"  # float32 [1, S', hidden]  L2-normalised final hidden state, for DGR retrieval
+# A graph over a key/value buffer (the cpu AR graph; onnx_graph/attention.py) takes, instead of
+# block_ids, where its rows end: the past P is the buffer's first P positions, whatever its length.
+SEQLENS_K = "seqlens_k"  # int32 [1]  P + S - 1
+TOTAL_SEQUENCE_LENGTH = "total_sequence_length"  # int32 scalar  P + S
 
 
 def past_key(layer: int) -> str:
@@ -61,7 +65,7 @@ def past_value(layer: int) -> str:
 
 
 def present_key(layer: int) -> str:
-    return f"present_key.{layer}"  # float32 [1, kv_heads, P + S, head_dim]
+    return f"present_key.{layer}"  # float32 [1, kv_heads, P + S, head_dim] (a buffer graph: past's length)
 
 
 def present_value(layer: int) -> str:

@@ -5,9 +5,12 @@ provider keeps it:
 
     adapter banks     OrtValues on the device, bound once (rebound only by `set_bank`)
     key/value cache   the previous forward's present_* OrtValues, bound as past_* as they are;
-                      a commit that keeps fewer positions than present holds slices once per block
+                      a commit that keeps fewer positions than present holds slices once per block.
+                      A graph over a key/value buffer (the cpu AR graph) writes into one buffer
+                      per layer in place instead, bound once (runtime/kv_buffer.py)
     outputs           presents on the device; top-k ids/logits, logsumexp, entropy and the query
-                      rows come back to the host (O(S' · top_k + S' · hidden))
+                      rows come back to the host (O(S' · top_k + S' · hidden)); over a buffer,
+                      into host arrays bound once per output row count
 
 One IOBinding is reused across steps. Not thread-safe: one sequence at a time (model.py locks).
 """
@@ -27,6 +30,7 @@ from runtime import artifact
 from runtime.artifact import ArtifactConfig
 from runtime.backend import Chunk, StepOutput
 from runtime.banks import Bank
+from runtime.kv_buffer import KeyValueBuffer
 from runtime.resident import release_load_memory
 from runtime.row_cost import RowCost, kept, measure
 from runtime.verify import cache_root
@@ -185,6 +189,12 @@ class OrtBackend:
             )
         self.adapter_shapes = self._adapter_shapes()
         self._binding = self.session.io_binding()
+        self._buffer = None
+        if artifact.SEQLENS_K in self.input_names:  # the graph attends over a key/value buffer
+            self._buffer = KeyValueBuffer(
+                self.layers, config.num_kv_heads, config.head_dim, self._ort_device, config.max_position
+            )
+            self._outputs_rows = -1  # rows the bound output arrays hold (none bound yet)
         self.set_bank(bank)
         self.reset()
 
@@ -262,17 +272,27 @@ class OrtBackend:
     # --- cache -----------------------------------------------------------------------------------
 
     def reset(self) -> None:
+        self._cached = 0
+        self._present: list | None = None
+        self._written: int | None = None  # positions the last forward left in the buffer
+        if self._buffer is not None:  # the buffers stay, for the next sequence to fill
+            return
         empty = np.zeros((1, self.config.num_kv_heads, 0, self.config.head_dim), np.float32)
         self._past = [
             ort.OrtValue.ortvalue_from_numpy(empty, *self._ort_device) for _ in range(2 * self.layers)
         ]
-        self._cached = 0
-        self._present: list | None = None
 
     def cached(self) -> int:
         return self._cached
 
     def commit(self, keep: int) -> None:
+        if self._buffer is not None:
+            if self._written is None:
+                raise RuntimeError("commit without a forward")
+            if not 0 <= keep <= self._written:
+                raise ValueError(f"keep {keep} outside 0..{self._written}")
+            self._cached = keep
+            return
         if self._present is None:
             raise RuntimeError("commit without a forward")
         total = self._present[0].shape()[2]
@@ -298,8 +318,10 @@ class OrtBackend:
         binding = self._binding
         binding.bind_cpu_input(artifact.INPUT_IDS, np.asarray(chunk.input_ids, np.int64).reshape(1, s))
         binding.bind_cpu_input(artifact.POSITION_IDS, np.asarray(chunk.position_ids, np.int64).reshape(1, s))
-        binding.bind_cpu_input(artifact.BLOCK_IDS, np.asarray(chunk.block_ids, np.int64).reshape(1, s))
         binding.bind_cpu_input(artifact.OUTPUT_OFFSET, np.asarray([chunk.output_offset], np.int64))
+        if self._buffer is not None:
+            return self._forward_in_buffer(chunk)
+        binding.bind_cpu_input(artifact.BLOCK_IDS, np.asarray(chunk.block_ids, np.int64).reshape(1, s))
         if self.has_adapters:
             weights = np.asarray(chunk.adapter_weights, np.float32).reshape(1, s, self.config.adapter_slots)
             binding.bind_cpu_input(artifact.ADAPTER_WEIGHTS, weights)
@@ -327,15 +349,47 @@ class OrtBackend:
             for layer in range(self.layers)
             for name in (artifact.present_key, artifact.present_value)
         ]
-        small = {name: values[name].numpy() for name in SMALL_OUTPUTS}
-        query = small[artifact.QUERY][0]  # [S', hidden]
-        return StepOutput(
-            topk_ids=small[artifact.TOPK_IDS][0].tolist(),
-            topk_logits=small[artifact.TOPK_LOGITS][0].tolist(),
-            logsumexp=small[artifact.LOGSUMEXP][0].tolist(),
-            entropy=small[artifact.ENTROPY][0].tolist(),
-            query=lambda row: query[row],
-        )
+        return step_output({name: values[name].numpy() for name in SMALL_OUTPUTS})
+
+    def _forward_in_buffer(self, chunk: Chunk) -> StepOutput:
+        """A forward of a graph over a key/value buffer: its rows are causal (block ids unused), the
+        past is the buffer's first `cached` positions, the chunk's rows are written after them."""
+        s, binding = len(chunk), self._binding
+        total = self._cached + s
+        self._buffer.reserve(total, self._cached, binding)
+        binding.bind_cpu_input(artifact.SEQLENS_K, np.asarray([total - 1], np.int32))
+        binding.bind_cpu_input(artifact.TOTAL_SEQUENCE_LENGTH, np.asarray(total, np.int32))
+        outputs = self._bound_outputs(s - chunk.output_offset)
+        self.session.run_with_iobinding(binding)
+        self._written = total
+        # copies: the arrays are the next forward's outputs too
+        return step_output({name: array.copy() for name, array in outputs.items()})
+
+    def _bound_outputs(self, rows: int) -> dict[str, np.ndarray]:
+        """Host arrays for the small outputs of a forward with `rows` output rows, bound as its
+        outputs; bound again only when the row count changes (one row per AR step)."""
+        if rows != self._outputs_rows:
+            shapes = {o.name: o.shape for o in self.session.get_outputs()}
+            self._outputs = {}
+            for name in SMALL_OUTPUTS:
+                shape = [1, rows, *shapes[name][2:]]  # [1, S', ...]: the trailing sizes are fixed
+                array = np.empty(shape, np.int64 if name == artifact.TOPK_IDS else np.float32)
+                self._binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(array))
+                self._outputs[name] = array
+            self._outputs_rows = rows
+        return self._outputs
+
+
+def step_output(small: dict[str, np.ndarray]) -> StepOutput:
+    """The host copies of a forward's small outputs as the samplers read them."""
+    query = small[artifact.QUERY][0]  # [S', hidden]
+    return StepOutput(
+        topk_ids=small[artifact.TOPK_IDS][0].tolist(),
+        topk_logits=small[artifact.TOPK_LOGITS][0].tolist(),
+        logsumexp=small[artifact.LOGSUMEXP][0].tolist(),
+        entropy=small[artifact.ENTROPY][0].tolist(),
+        query=lambda row: query[row],
+    )
 
 
 def row_cost_key(graph: Path, device: str, threads: int) -> str:

@@ -171,7 +171,7 @@ def export_model(
         ar_nodes = None
         if wants_ar_graph(options, bool(lora), target):  # gate-0 rows alone, on the data file just written
             shared = SharedExternalData(staging / DATA_NAME, external_index(model))
-            ar_model = build_ar_graph(spec, prepared, options, shared)
+            ar_model = build_ar_graph(spec, prepared, options, target, shared)
             ar_nodes = len(forward_nodes(ar_model))
             say(f"AR graph: {ar_nodes} nodes per forward, the same weights")
             onnx.save_model(ar_model, str(staging / artifact.AR_GRAPH_NAME))
@@ -190,7 +190,12 @@ def export_model(
             )
             if ar_nodes is not None:  # its gate-0 rows, through both graphs
                 validation["ar_graph"] = check_ar_graph(
-                    model_path, staging / artifact.AR_GRAPH_NAME, spec, options, paragraph_ids(loaded)
+                    model_path,
+                    staging / artifact.AR_GRAPH_NAME,
+                    spec,
+                    options,
+                    paragraph_ids(loaded),
+                    prepared,
                 )
                 memory.mark("validate.ar_graph")
             memory.mark("validate")

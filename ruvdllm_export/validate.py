@@ -84,6 +84,20 @@ def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+REFERENCE_KINDS = {
+    True: "torch reference model (ruvdllm_export.reference)",
+    False: "onnxruntime fp32 MatMul graph (torch not installed)",
+}
+
+
+def reference_model(spec: ModelSpec, weights: dict, options: GraphOptions, lora: dict | None = None):
+    """The reference the graphs are checked against, as a function of feeds: the torch model where
+    torch is installed, else onnxruntime's fp32 MatMul graph of the same weights."""
+    if torch_available():
+        return torch_reference(spec, weights, options.top_k, options.max_position, lora)
+    return onnx_fp32_reference(spec, weights, options, lora)
+
+
 def torch_reference(
     spec: ModelSpec,
     weights: dict,
@@ -157,6 +171,9 @@ def graph_feeds(
         artifact.BLOCK_IDS: np.asarray(block_ids, np.int64)[None],
         artifact.OUTPUT_OFFSET: np.array([output_offset], np.int64),
         artifact.ADAPTER_GATE: np.full((1, s), gate, np.float32),
+        # a key/value buffer graph's (the cpu AR graph): the past fills its buffer here
+        artifact.SEQLENS_K: np.array([p + s - 1], np.int32),
+        artifact.TOTAL_SEQUENCE_LENGTH: np.array(p + s, np.int32),
     }
     empty = np.zeros((1, spec.num_kv_heads, 0, spec.head_dim), np.float32)
     for layer in range(spec.num_layers):
@@ -272,18 +289,10 @@ def validate_export(
     model_path = Path(model_path)
     check_graph(model_path)
     mark("validate.checker")
-    if torch_available():
-        kind = "torch reference model (ruvdllm_export.reference)"
+    kind = REFERENCE_KINDS[torch_available()]
 
-        def reference_for(weights, with_lora=True):
-            return torch_reference(
-                spec, weights, options.top_k, options.max_position, lora if with_lora else None
-            )
-    else:
-        kind = "onnxruntime fp32 MatMul graph (torch not installed)"
-
-        def reference_for(weights, with_lora=True):
-            return onnx_fp32_reference(spec, weights, options, lora if with_lora else None)
+    def reference_for(weights, with_lora=True):
+        return reference_model(spec, weights, options, lora if with_lora else None)
 
     reference = reference_for(held_weights)
     ids = np.asarray(paragraph_ids, np.int64)
@@ -401,31 +410,40 @@ class Parts:
         return graph_feeds(self.spec, self.options, self.ids[start:stop], causal, past=past, gate=self.gate)
 
 
-AR_GRAPH_TOKENS = 64  # of the paragraph, run causally through both graphs
-AR_GRAPH_MIN_AGREEMENT = 0.98  # the same model: only near-ties may break apart in the last bits
+AR_GRAPH_TOKENS = 64  # of the paragraph, run causally through both graphs and the reference
 
 
-def check_ar_graph(full: Path, ar: Path, spec: ModelSpec, options: GraphOptions, ids) -> dict:
-    """The AR graph (onnx_graph/ar_graph.py) against the full graph's gate-0 rows on the first
-    tokens of `ids` (in the vocabulary and the context): the same model, so the same top-1 tokens and top logits within rounding. One session
-    at a time."""
+def check_ar_graph(
+    full: Path, ar: Path, spec: ModelSpec, options: GraphOptions, ids, base_weights: dict
+) -> dict:
+    """The AR graph (onnx_graph/ar_graph.py) and the full graph's gate-0 rows against the reference
+    on `base_weights` (the held weights without the conversion adapter) over the first tokens of
+    `ids` (in the vocabulary and the context), one session at a time. The AR graph must reach the
+    top-1 agreement the accuracy level's tolerance asks of the full graph. At level 0 the two graphs
+    agree to float rounding; at level 4 (int8 activations) the cpu AR graph's attention (causal,
+    over a key/value buffer) rounds differently from the full graph's, so their tokens part where
+    each parts from the float model: ~90-95% agreement with each other, each as close to the
+    reference (benchmarks/README.md, "The AR graph")."""
     ids = np.asarray(ids[:AR_GRAPH_TOKENS])
     feeds = graph_feeds(spec, options, ids, np.arange(len(ids)), gate=0.0)
-    outputs = {}
+    outputs = {"reference": reference_model(spec, base_weights, options)(feeds)}
     for name, path in (("full", full), ("ar", ar)):
         session = _session(str(path))
         outputs[name] = _run(session, feeds)
         del session
-    agreement = top1_agreement(outputs["ar"], outputs["full"])
     top = [outputs[name][artifact.TOPK_LOGITS][..., 0] for name in ("ar", "full")]
     report = {
         "tokens": len(ids),
-        "top1_agreement": agreement,
-        "max_top1_logit_diff": float(np.max(np.abs(top[0] - top[1]))),
+        "top1_agreement": top1_agreement(outputs["ar"], outputs["reference"]),
+        "full_graph_top1_agreement": top1_agreement(outputs["full"], outputs["reference"]),
+        "top1_agreement_with_full_graph": top1_agreement(outputs["ar"], outputs["full"]),
+        "max_top1_logit_diff_with_full_graph": float(np.max(np.abs(top[0] - top[1]))),
     }
-    if agreement < AR_GRAPH_MIN_AGREEMENT:
+    least = tolerance_for(spec.architecture, options).top1
+    if report["top1_agreement"] < least:
         raise RuvdllmError(
-            f"{ar.name}: top-1 agreement with {full.name}'s AR rows {agreement:.3f}, below {AR_GRAPH_MIN_AGREEMENT}"
+            f"{ar.name}: top-1 agreement with the reference AR model {report['top1_agreement']:.3f}, "
+            f"below {least} ({full.name}'s gate-0 rows: {report['full_graph_top1_agreement']:.3f})"
         )
     return report
 

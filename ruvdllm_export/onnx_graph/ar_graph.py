@@ -8,6 +8,13 @@ runtime/row_cost.py), a graph without those branches computes the same rows for 
 builder with no static LoRA and no adapter slots, 0.84-0.89× the one-row forward's time on
 SmolLM2 (benchmarks/README.md, "The AR graph").
 
+On the cpu target its attention runs over a key/value buffer the runtime owns (GraphOptions.kv_buffer,
+onnx_graph/attention.py): rows of the AR model are causal, so GroupQueryAttention's own causal
+masking replaces the block visibility, and no forward copies the cache or rebinds it
+(0.68-0.87× the copying graph's one-row forward at 64-768 cached positions on SmolLM2,
+benchmarks/README.md, "The AR graph"). CUDA's GroupQueryAttention takes float16 only, so the cuda
+target's AR graph keeps the full graph's attention.
+
 It holds no weights of its own. Every initializer it has, the full graph has too, under the same
 name and with the same bytes (the same prepared weights through the same builder), so its
 TensorProtos point into the full graph's data file (`SharedExternalData`): a model directory
@@ -43,9 +50,13 @@ def wants_ar_graph(options: GraphOptions, has_static_lora: bool, target: str) ->
     )
 
 
-def ar_options(options: GraphOptions) -> GraphOptions:
-    """The full graph's options without the adapter bank (its prepared weights are the same)."""
-    return replace(options, adapter_slots=0)
+KV_BUFFER_TARGETS = ("cpu",)  # GroupQueryAttention in float32: onnxruntime's CPU kernels
+
+
+def ar_options(options: GraphOptions, target: str) -> GraphOptions:
+    """The full graph's options without the adapter bank (its prepared weights are the same), over
+    a key/value buffer where the target's kernels take one."""
+    return replace(options, adapter_slots=0, kv_buffer=target in KV_BUFFER_TARGETS)
 
 
 def external_index(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
@@ -80,9 +91,9 @@ class SharedExternalData(ExternalData):
 
 
 def build_ar_graph(
-    spec, weights, options: GraphOptions, shared: SharedExternalData | None = None
+    spec, weights, options: GraphOptions, target: str, shared: SharedExternalData | None = None
 ) -> onnx.ModelProto:
-    """The AR graph of the model `build_graph(spec, weights, options, lora=...)` built; with
-    `shared` (over that build's external data file) its weights point into that file, otherwise
-    they are held in the proto (the tests' tiny models)."""
-    return build_graph(spec, weights, ar_options(options), external_data=shared)
+    """The AR graph of the model `build_graph(spec, weights, options, lora=...)` built for
+    `target`; with `shared` (over that build's external data file) its weights point into that
+    file, otherwise they are held in the proto (the tests' tiny models)."""
+    return build_graph(spec, weights, ar_options(options, target), external_data=shared)

@@ -15,6 +15,13 @@ Formulations (GraphOptions.attention):
     "attention23"  ONNX opset-23 Attention: native GQA, past in, present out.
     "matmul"       MatMul + Softmax with the query heads of a KV group stacked as rows (no KV copy);
                    runs on every EP (the WebGPU fallback).
+
+With `GraphOptions.kv_buffer` (the cpu AR graph, causal rows only) every layer is one
+GroupQueryAttention over a key/value buffer the runtime owns instead: past_key/value.{layer} is
+bound to the same buffer as present_key/value.{layer}, the past is its first P positions (P + S
+given as seqlens_k / total_sequence_length), and the chunk's keys and values are written after them
+in place. No forward copies the cache (the formulations above concatenate past ++ chunk into a new
+present every forward: 12 MB at 128 positions on SmolLM2-135M), and nothing is rebound per step.
 """
 
 from __future__ import annotations
@@ -50,7 +57,10 @@ def make_visibility_bias(ctx: BuildContext) -> None:
                             └─Unsqueeze(2)─► queries [1,S,1] ┴─LessOrEqual─► [1,S,S] ─Where(0, NEG)─┐
         past_key.0 ─Shape[2]─► P ─ConstantOfShape(0)─► [1,S,P] ──────────────────────────────────Concat(-1)─Unsqueeze(1)─► bias
     Compared as float: block ids are small integers, and float compares run on every EP.
+    A key/value buffer graph has no blocks: its attention is causal.
     """
+    if ctx.options.kv_buffer:
+        return
     g, scope = ctx.g, "/model/attn_bias"
     ids = g.op("Cast", [ctx.block_ids], f"{scope}/Cast", to=FLOAT)
     keys = g.op("Unsqueeze", [ids, g.const([1])], f"{scope}/Unsqueeze_keys")
@@ -84,7 +94,7 @@ def make_attention_block(ctx: BuildContext, layer: int, x: str) -> str:
     """
     s, g = ctx.spec, ctx.g
     scope = f"/model/layers.{layer}/attn"
-    fused = ctx.options.attention == "gqa"
+    fused = ctx.options.attention == "gqa" or ctx.options.kv_buffer
     qkv = ctx.linears(layer, QKV, x, scope, "qkv_proj", split=not fused or s.qk_norm)
     if s.qk_norm:  # outside GroupQueryAttention too: its q/k norm inputs have no CPU kernel (1.32)
         q, k, v = qkv
@@ -114,10 +124,14 @@ def make_gqa_core(ctx: BuildContext, layer: int, scope: str, qkv: list[str]) -> 
         qkv ─┐
         past_key/value.{layer} ─ GroupQueryAttention(do_rotary, causal=0, attention_bias) ─► [1,S,H·D]
         seqlens_k, total_sequence_length ─┘                  └─► present_key/value.{layer}
+
+    Over a key/value buffer (options.kv_buffer): causal, no bias, and seqlens_k /
+    total_sequence_length are the graph's inputs, since the buffer's length is not the past's.
     """
     s, g = ctx.spec, ctx.g
     query, key, value = (qkv[0], "", "") if len(qkv) == 1 else qkv
-    seqlens_k, total = _gqa_lengths(ctx)
+    buffer = ctx.options.kv_buffer
+    seqlens_k, total = ctx.kv_lengths if buffer else _gqa_lengths(ctx)
     cos, sin = ctx.rope
     inputs = [
         query,
@@ -130,8 +144,11 @@ def make_gqa_core(ctx: BuildContext, layer: int, scope: str, qkv: list[str]) -> 
         cos,
         sin,
         ctx.position_ids,
-        ctx.attention_bias,
     ]
+    # causal over a buffer: GroupQueryAttention's own masking (its default); else the bias decides
+    visibility = {} if buffer else {"causal": 0}
+    if not buffer:
+        inputs.append(ctx.attention_bias)
     y, _, _ = g.op(
         "GroupQueryAttention",
         inputs,
@@ -146,8 +163,8 @@ def make_gqa_core(ctx: BuildContext, layer: int, scope: str, qkv: list[str]) -> 
         kv_num_heads=s.num_kv_heads,
         do_rotary=1,
         rotary_interleaved=0,
-        causal=0,
         scale=1.0 / math.sqrt(s.head_dim),
+        **visibility,
     )
     return y
 

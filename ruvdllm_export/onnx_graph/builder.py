@@ -24,7 +24,7 @@ from runtime.artifact import BANK_WIDTH, Features, bank_factor_shapes, static_lo
 from ruvdllm_export.onnx_graph.attention import make_attention_block, make_past_inputs, make_visibility_bias
 from ruvdllm_export.onnx_graph.context import BuildContext
 from ruvdllm_export.onnx_graph.embedding import make_embedding, make_embedding_lora
-from ruvdllm_export.onnx_graph.graph import FLOAT, INT64, ExternalData, GraphBuilder
+from ruvdllm_export.onnx_graph.graph import FLOAT, INT32, INT64, ExternalData, GraphBuilder
 from ruvdllm_export.onnx_graph.head import make_head_outputs, make_output_rows, make_query
 from ruvdllm_export.onnx_graph.linear import (
     StaticLora,
@@ -178,7 +178,13 @@ def make_inputs(ctx: BuildContext) -> None:
     g = ctx.g
     ctx.input_ids = g.input(artifact.INPUT_IDS, INT64, [1, "sequence"])
     ctx.position_ids = g.input(artifact.POSITION_IDS, INT64, [1, "sequence"])
-    ctx.block_ids = g.input(artifact.BLOCK_IDS, INT64, [1, "sequence"])
+    if ctx.options.kv_buffer:  # causal: where the rows end instead of which blocks see which
+        ctx.kv_lengths = (
+            g.input(artifact.SEQLENS_K, INT32, [1]),
+            g.input(artifact.TOTAL_SEQUENCE_LENGTH, INT32, []),
+        )
+    else:
+        ctx.block_ids = g.input(artifact.BLOCK_IDS, INT64, [1, "sequence"])
     ctx.output_offset = g.input(artifact.OUTPUT_OFFSET, INT64, [1])
     make_past_inputs(ctx)
 

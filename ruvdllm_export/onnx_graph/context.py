@@ -28,6 +28,7 @@ class BuildContext:
     input_ids: str = ""
     position_ids: str = ""
     block_ids: str = ""
+    kv_lengths: tuple[str, str] = ("", "")  # seqlens_k, total_sequence_length (options.kv_buffer)
     output_offset: str = ""
     rope: tuple[str, str] = ("", "")
     attention_bias: str = ""  # additive visibility bias [1, 1, S, P+S]

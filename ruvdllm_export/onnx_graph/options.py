@@ -50,6 +50,11 @@ class GraphOptions:
     # are the base AR model, which the verified sampler needs. One Mul on [1, S, rank] per branch:
     # measured within noise of the ungated graph (benchmarks/README.md), so on by default.
     adapter_switch: bool = True
+    # Causal rows only, attending over a key/value buffer the runtime owns: GroupQueryAttention
+    # reads the past from the buffer's first P positions and writes the chunk's keys and values
+    # after them in place (past and present bound to one buffer), so no forward copies the cache.
+    # No block visibility: for the AR graph alone (ar_graph.py), never a diffusion model's graph.
+    kv_buffer: bool = False
 
     def __post_init__(self):
         if self.quantization not in QUANTIZATIONS:

@@ -20,7 +20,7 @@ from runtime.row_cost import RowCost, kept
 from runtime.settings import GenerationSettings
 from runtime.verify import cache_root
 from ruvdllm.errors import RuvdllmError
-from tests.runtime.tiny_artifact import random_bank
+from tests.runtime.tiny_artifact import make_tiny_artifact, random_bank
 
 ONE_THREAD = OrtOptions(device="cpu", intra_op_threads=1)
 PROMPT = [5, 17, 42, 99, 7]
@@ -146,3 +146,36 @@ def test_the_server_opens_its_models_on_the_ar_graph_where_its_defaults_run_ar(t
     first, second = engine.models
     first.concrete(GenerationSettings(sampler="verified"))  # the model that serves such a request switches
     assert not first.backend.ar_only and second.backend.ar_only
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_the_ar_graphs_key_value_buffer_grows_and_rolls_back_as_the_copied_cache_does(
+    arch, tmp_path, monkeypatch
+):
+    """The cpu AR graph attends over a key/value buffer the backend owns (runtime/kv_buffer.py):
+    grown here from 2 positions by doubling, the cached positions carried along, and a commit of
+    fewer rows than a forward wrote is a rollback. Every step's outputs match the full graph's gate-0
+    rows over its copied cache, which slices on the same commits."""
+    monkeypatch.setattr("runtime.kv_buffer.INITIAL_POSITIONS", 2)
+    directory = make_tiny_artifact(tmp_path / "model", arch, conversion_adapter=True)
+    config = artifact.load_config(directory)
+    lean = OrtBackend(directory / artifact.AR_GRAPH_NAME, config, ONE_THREAD, ar_only=True)
+    full = OrtBackend(directory / artifact.GRAPH_NAME, config, ONE_THREAD)
+    assert artifact.SEQLENS_K in lean.input_names and artifact.BLOCK_IDS not in lean.input_names
+    sequence = []
+    # (the chunk's tokens, positions kept after it): a prompt, steps, and 3 rows of which 1 is kept
+    for chunk, keep in [(PROMPT, 5), ([3], 6), ([8, 9, 10], 7), ([11], 8), ([12, 13], 10), ([14], 11)]:
+        sequence = sequence[: lean.cached()] + chunk
+        outputs = [b.forward(ar_rows(sequence, b.cached(), b.config.adapter_slots)) for b in (lean, full)]
+        assert outputs[0].topk_ids == outputs[1].topk_ids
+        flat = [[x for row in o.topk_logits for x in row] for o in outputs]
+        assert flat[0] == pytest.approx(flat[1], abs=1e-4)
+        for b in (lean, full):
+            b.commit(keep)
+    assert lean._buffer.capacity == 16 and lean.cached() == full.cached() == 11
+    with pytest.raises(ValueError, match="outside"):
+        lean.commit(lean.cached() + 1)
+    lean.reset()  # a new sequence in the same buffers
+    again = lean.forward(ar_rows(PROMPT, 0, 0))
+    full.reset()
+    assert again.topk_ids == full.forward(ar_rows(PROMPT, 0, config.adapter_slots)).topk_ids

@@ -48,7 +48,7 @@ def make_tiny_artifact(
     onnx.save(model, directory / artifact.GRAPH_NAME)
     ar_graph = wants_ar_graph(options, bool(lora), "cpu")
     if ar_graph:  # weights held in the proto here (the exporter's share the data file)
-        onnx.save(build_ar_graph(spec, weights, options), directory / artifact.AR_GRAPH_NAME)
+        onnx.save(build_ar_graph(spec, weights, options, "cpu"), directory / artifact.AR_GRAPH_NAME)
     make_tokenizer(TINY.vocab_size, ARCHS[arch].tokenizer_style).save(
         str(directory / artifact.TOKENIZER_NAME)
     )
