@@ -50,8 +50,9 @@ TOPK_LOGITS = "topk_logits"  # float32 [1, S', top_k]  descending
 LOGSUMEXP = "logsumexp"  # float32 [1, S']  over the whole vocabulary
 ENTROPY = "entropy"  # float32 [1, S']  nats, whole vocabulary, temperature 1
 QUERY = "query"  # float32 [1, S', hidden]  L2-normalised final hidden state, for DGR retrieval
-# A graph over a key/value buffer (the cpu AR graph; onnx_graph/attention.py) takes, instead of
-# block_ids, where its rows end: the past P is the buffer's first P positions, whatever its length.
+# A graph over a key/value buffer (the cpu target's; onnx_graph/attention.py) takes where its rows
+# end: the past P is the buffer's first P positions, whatever its length. (Its causal-only AR graph
+# takes no block_ids.)
 SEQLENS_K = "seqlens_k"  # int32 [1]  P + S - 1
 TOTAL_SEQUENCE_LENGTH = "total_sequence_length"  # int32 scalar  P + S
 

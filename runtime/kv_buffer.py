@@ -1,4 +1,4 @@
-"""The key/value buffer a graph over one attends in place (the cpu AR graph; the exporter's
+"""The key/value buffer a graph over one attends in place (the cpu target's graphs; the exporter's
 GraphOptions.kv_buffer): one OrtValue per layer's keys and one per its values, each bound as both
 past_* and present_*. A forward reads the first P positions (the graph's seqlens_k input says
 how many) and writes its S rows after them, so no forward copies the cache and nothing is bound

@@ -6,7 +6,7 @@ provider keeps it:
     adapter banks     OrtValues on the device, bound once (rebound only by `set_bank`)
     key/value cache   the previous forward's present_* OrtValues, bound as past_* as they are;
                       a commit that keeps fewer positions than present holds slices once per block.
-                      A graph over a key/value buffer (the cpu AR graph) writes into one buffer
+                      A graph over a key/value buffer (the cpu target's) writes into one buffer
                       per layer in place instead, bound once (runtime/kv_buffer.py)
     outputs           presents on the device; top-k ids/logits, logsumexp, entropy and the query
                       rows come back to the host (O(S' · top_k + S' · hidden)); over a buffer,
@@ -319,9 +319,8 @@ class OrtBackend:
         binding.bind_cpu_input(artifact.INPUT_IDS, np.asarray(chunk.input_ids, np.int64).reshape(1, s))
         binding.bind_cpu_input(artifact.POSITION_IDS, np.asarray(chunk.position_ids, np.int64).reshape(1, s))
         binding.bind_cpu_input(artifact.OUTPUT_OFFSET, np.asarray([chunk.output_offset], np.int64))
-        if self._buffer is not None:
-            return self._forward_in_buffer(chunk)
-        binding.bind_cpu_input(artifact.BLOCK_IDS, np.asarray(chunk.block_ids, np.int64).reshape(1, s))
+        if artifact.BLOCK_IDS in self.input_names:  # not in a causal-only graph (the cpu AR graph)
+            binding.bind_cpu_input(artifact.BLOCK_IDS, np.asarray(chunk.block_ids, np.int64).reshape(1, s))
         if self.has_adapters:
             weights = np.asarray(chunk.adapter_weights, np.float32).reshape(1, s, self.config.adapter_slots)
             binding.bind_cpu_input(artifact.ADAPTER_WEIGHTS, weights)
@@ -333,6 +332,8 @@ class OrtBackend:
                 raise RuvdllmError(
                     "adapter gate: this graph's conversion adapter has no switch (re-export it)"
                 )
+        if self._buffer is not None:
+            return self._forward_in_buffer(chunk)
         for layer in range(self.layers):
             binding.bind_ortvalue_input(artifact.past_key(layer), self._past[2 * layer])
             binding.bind_ortvalue_input(artifact.past_value(layer), self._past[2 * layer + 1])
@@ -352,8 +353,8 @@ class OrtBackend:
         return step_output({name: values[name].numpy() for name in SMALL_OUTPUTS})
 
     def _forward_in_buffer(self, chunk: Chunk) -> StepOutput:
-        """A forward of a graph over a key/value buffer: its rows are causal (block ids unused), the
-        past is the buffer's first `cached` positions, the chunk's rows are written after them."""
+        """A forward of a graph over a key/value buffer: the past is the buffer's first `cached`
+        positions, the chunk's rows are written after them."""
         s, binding = len(chunk), self._binding
         total = self._cached + s
         self._buffer.reserve(total, self._cached, binding)

@@ -89,6 +89,9 @@ class LogitsSession:
             artifact.OUTPUT_OFFSET: np.asarray([chunk.output_offset], np.int64),
             **self._past,
         }
+        if artifact.SEQLENS_K in self.inputs:  # a graph over a key/value buffer: this one is empty
+            feed[artifact.SEQLENS_K] = np.asarray([s - 1], np.int32)
+            feed[artifact.TOTAL_SEQUENCE_LENGTH] = np.asarray(s, np.int32)
         if artifact.ADAPTER_WEIGHTS in self.inputs:
             feed[artifact.ADAPTER_WEIGHTS] = np.asarray(chunk.adapter_weights, np.float32).reshape(1, s, -1)
         if artifact.ADAPTER_GATE in self.inputs:

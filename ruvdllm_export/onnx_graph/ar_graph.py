@@ -54,9 +54,11 @@ KV_BUFFER_TARGETS = ("cpu",)  # GroupQueryAttention in float32: onnxruntime's CP
 
 
 def ar_options(options: GraphOptions, target: str) -> GraphOptions:
-    """The full graph's options without the adapter bank (its prepared weights are the same), over
-    a key/value buffer where the target's kernels take one."""
-    return replace(options, adapter_slots=0, kv_buffer=target in KV_BUFFER_TARGETS)
+    """The full graph's options without the adapter bank (its prepared weights are the same), with
+    causal rows over a key/value buffer where the target's kernels take one."""
+    if target not in KV_BUFFER_TARGETS:
+        return replace(options, adapter_slots=0)
+    return replace(options, adapter_slots=0, attention="gqa", kv_buffer=True, causal_only=True)
 
 
 def external_index(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:

@@ -16,12 +16,14 @@ Formulations (GraphOptions.attention):
     "matmul"       MatMul + Softmax with the query heads of a KV group stacked as rows (no KV copy);
                    runs on every EP (the WebGPU fallback).
 
-With `GraphOptions.kv_buffer` (the cpu AR graph, causal rows only) every layer is one
-GroupQueryAttention over a key/value buffer the runtime owns instead: past_key/value.{layer} is
-bound to the same buffer as present_key/value.{layer}, the past is its first P positions (P + S
-given as seqlens_k / total_sequence_length), and the chunk's keys and values are written after them
-in place. No forward copies the cache (the formulations above concatenate past ++ chunk into a new
-present every forward: 12 MB at 128 positions on SmolLM2-135M), and nothing is rebound per step.
+With `GraphOptions.kv_buffer` (the cpu target's graphs) "gqa" attends over a key/value buffer the
+runtime owns instead: past_key/value.{layer} is bound to the same buffer as
+present_key/value.{layer}, the past is its first P positions (P + S given as seqlens_k /
+total_sequence_length, since the buffer's length is not P), and the chunk's keys and values are
+written after them in place. No forward copies the cache (the formulations above concatenate
+past ++ chunk into a new present every forward: 12 MB at 128 positions on SmolLM2-135M), and
+nothing is rebound per step. With `causal_only` as well (the AR graph) there is no visibility
+bias: GroupQueryAttention's own causal masking.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from onnx import helper
 
 from runtime import artifact
 from ruvdllm_export.onnx_graph.context import BuildContext
-from ruvdllm_export.onnx_graph.graph import FLOAT, INT32, MS_DOMAIN
+from ruvdllm_export.onnx_graph.graph import FLOAT, INT32, INT64, MS_DOMAIN
 from ruvdllm_export.onnx_graph.norms import make_head_rms_norm
 from ruvdllm_export.onnx_graph.rope import make_rope
 from ruvdllm_export.spec import k_norm, q_norm
@@ -57,9 +59,10 @@ def make_visibility_bias(ctx: BuildContext) -> None:
                             └─Unsqueeze(2)─► queries [1,S,1] ┴─LessOrEqual─► [1,S,S] ─Where(0, NEG)─┐
         past_key.0 ─Shape[2]─► P ─ConstantOfShape(0)─► [1,S,P] ──────────────────────────────────Concat(-1)─Unsqueeze(1)─► bias
     Compared as float: block ids are small integers, and float compares run on every EP.
-    A key/value buffer graph has no blocks: its attention is causal.
+    Over a key/value buffer P is total_sequence_length − S (the buffer is longer than the past);
+    a causal-only graph has no blocks and no bias.
     """
-    if ctx.options.kv_buffer:
+    if ctx.options.causal_only:
         return
     g, scope = ctx.g, "/model/attn_bias"
     ids = g.op("Cast", [ctx.block_ids], f"{scope}/Cast", to=FLOAT)
@@ -67,8 +70,13 @@ def make_visibility_bias(ctx: BuildContext) -> None:
     queries = g.op("Unsqueeze", [ids, g.const([2])], f"{scope}/Unsqueeze_queries")
     visible = g.op("LessOrEqual", [keys, queries], f"{scope}/LessOrEqual")
     chunk = g.op("Where", [visible, g.const(0.0, np.float32), g.const(NEG, np.float32)], f"{scope}/Where")
-    past_len = g.op("Shape", [artifact.past_key(0)], f"{scope}/Shape_past", start=2, end=3)
     seq_len = g.op("Shape", [ctx.input_ids], f"{scope}/Shape_chunk", start=1, end=2)
+    if ctx.options.kv_buffer:
+        total = g.op("Cast", [ctx.kv_lengths[1]], f"{scope}/Cast_total", to=INT64)
+        total = g.op("Reshape", [total, g.const([1])], f"{scope}/Reshape_total")
+        past_len = g.op("Sub", [total, seq_len], f"{scope}/Sub_past")
+    else:
+        past_len = g.op("Shape", [artifact.past_key(0)], f"{scope}/Shape_past", start=2, end=3)
     past_shape = g.op("Concat", [g.const([1]), seq_len, past_len], f"{scope}/Concat_past_shape", axis=0)
     past = g.op(
         "ConstantOfShape",
@@ -94,7 +102,7 @@ def make_attention_block(ctx: BuildContext, layer: int, x: str) -> str:
     """
     s, g = ctx.spec, ctx.g
     scope = f"/model/layers.{layer}/attn"
-    fused = ctx.options.attention == "gqa" or ctx.options.kv_buffer
+    fused = ctx.options.attention == "gqa"
     qkv = ctx.linears(layer, QKV, x, scope, "qkv_proj", split=not fused or s.qk_norm)
     if s.qk_norm:  # outside GroupQueryAttention too: its q/k norm inputs have no CPU kernel (1.32)
         q, k, v = qkv
@@ -125,13 +133,13 @@ def make_gqa_core(ctx: BuildContext, layer: int, scope: str, qkv: list[str]) -> 
         past_key/value.{layer} ─ GroupQueryAttention(do_rotary, causal=0, attention_bias) ─► [1,S,H·D]
         seqlens_k, total_sequence_length ─┘                  └─► present_key/value.{layer}
 
-    Over a key/value buffer (options.kv_buffer): causal, no bias, and seqlens_k /
-    total_sequence_length are the graph's inputs, since the buffer's length is not the past's.
+    Over a key/value buffer (options.kv_buffer) seqlens_k / total_sequence_length are the graph's
+    inputs, since the buffer's length is not the past's; causal-only rows (the AR graph) need no
+    bias: GroupQueryAttention's own causal masking (its default).
     """
     s, g = ctx.spec, ctx.g
     query, key, value = (qkv[0], "", "") if len(qkv) == 1 else qkv
-    buffer = ctx.options.kv_buffer
-    seqlens_k, total = ctx.kv_lengths if buffer else _gqa_lengths(ctx)
+    seqlens_k, total = ctx.kv_lengths if ctx.options.kv_buffer else _gqa_lengths(ctx)
     cos, sin = ctx.rope
     inputs = [
         query,
@@ -145,9 +153,8 @@ def make_gqa_core(ctx: BuildContext, layer: int, scope: str, qkv: list[str]) -> 
         sin,
         ctx.position_ids,
     ]
-    # causal over a buffer: GroupQueryAttention's own masking (its default); else the bias decides
-    visibility = {} if buffer else {"causal": 0}
-    if not buffer:
+    visibility = {} if ctx.options.causal_only else {"causal": 0}  # else the bias decides
+    if not ctx.options.causal_only:
         inputs.append(ctx.attention_bias)
     y, _, _ = g.op(
         "GroupQueryAttention",

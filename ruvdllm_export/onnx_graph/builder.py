@@ -178,13 +178,13 @@ def make_inputs(ctx: BuildContext) -> None:
     g = ctx.g
     ctx.input_ids = g.input(artifact.INPUT_IDS, INT64, [1, "sequence"])
     ctx.position_ids = g.input(artifact.POSITION_IDS, INT64, [1, "sequence"])
-    if ctx.options.kv_buffer:  # causal: where the rows end instead of which blocks see which
+    if not ctx.options.causal_only:
+        ctx.block_ids = g.input(artifact.BLOCK_IDS, INT64, [1, "sequence"])
+    if ctx.options.kv_buffer:  # where the rows end: the buffer's length is not the past's
         ctx.kv_lengths = (
             g.input(artifact.SEQLENS_K, INT32, [1]),
             g.input(artifact.TOTAL_SEQUENCE_LENGTH, INT32, []),
         )
-    else:
-        ctx.block_ids = g.input(artifact.BLOCK_IDS, INT64, [1, "sequence"])
     ctx.output_offset = g.input(artifact.OUTPUT_OFFSET, INT64, [1])
     make_past_inputs(ctx)
 

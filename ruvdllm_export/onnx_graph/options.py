@@ -9,9 +9,11 @@ QUANTIZATIONS = ("q4", "widened", "int8", "fp32")
 TARGETS = ("cpu", "cuda", "webgpu", "wasm")
 
 # Per execution provider: the attention formulation and MatMulNBits accuracy level.
-# cpu: opset-23 Attention (onnxruntime >= 1.23): all formulations pass parity; it was the fastest
-#   on the CPU (benchmarks/README.md: 0.88-0.90x GroupQueryAttention's time per forward at 128 and
-#   512 cached positions, MultiHeadAttention up to 1.18x), and needs no copy of the KV heads.
+# cpu: GroupQueryAttention over a key/value buffer the runtime owns (kv_buffer, below): with the
+#   past concatenated into a new present each forward, opset-23 Attention was the fastest
+#   (0.88-0.90x GroupQueryAttention's time at 128 and 512 cached positions, MultiHeadAttention up
+#   to 1.18x), but over the buffer nothing is copied, which beats it from the shortest contexts
+#   on (benchmarks/README.md, "The full graph over a key/value buffer").
 #   Accuracy level 4: int8 activations, ~2x faster per forward, and on the same text its top-1
 #   agreement with the float reference equals llama.cpp's own on the same GGUF (96.8% vs 96.7%;
 #   greedy text as close to the float model's, benchmarks/accuracy_bench.py).
@@ -27,7 +29,7 @@ TARGETS = ("cpu", "cuda", "webgpu", "wasm")
 #   onnxruntime 1.25); CUDA's MatMulNBits ignores the accuracy level. Not validated here (no GPU),
 #   recorded as such in config.json.
 TARGET_DEFAULTS = {
-    "cpu": {"attention": "attention23", "accuracy_level": 4},
+    "cpu": {"attention": "gqa", "kv_buffer": True, "accuracy_level": 4},
     "cuda": {"attention": "mha", "accuracy_level": 0},
     "webgpu": {"attention": "matmul", "accuracy_level": 0},
     "wasm": {"attention": "matmul", "accuracy_level": 0, "quantization": "widened"},
@@ -37,7 +39,7 @@ TARGET_DEFAULTS = {
 @dataclass(frozen=True)
 class GraphOptions:
     quantization: str = "q4"  # MatMulNBits 4-bit; "widened"/"int8": wasm (wasm_linear.py); "fp32": tests
-    attention: str = "attention23"  # the cpu default (see TARGET_DEFAULTS)
+    attention: str = "attention23"  # the fastest that copies the cache (see TARGET_DEFAULTS)
     accuracy_level: int = 0  # float activations (exact); targets choose theirs (TARGET_DEFAULTS: cpu 4)
     pack_linears: bool = True  # q/k/v and gate/up as one MatMulNBits each (fewer, larger kernels)
     top_k: int = 32  # candidates per position: enough for top-k/top-p sampling at the usual k <= 20..40
@@ -50,17 +52,24 @@ class GraphOptions:
     # are the base AR model, which the verified sampler needs. One Mul on [1, S, rank] per branch:
     # measured within noise of the ungated graph (benchmarks/README.md), so on by default.
     adapter_switch: bool = True
-    # Causal rows only, attending over a key/value buffer the runtime owns: GroupQueryAttention
-    # reads the past from the buffer's first P positions and writes the chunk's keys and values
-    # after them in place (past and present bound to one buffer), so no forward copies the cache.
-    # No block visibility: for the AR graph alone (ar_graph.py), never a diffusion model's graph.
+    # GroupQueryAttention over a key/value buffer the runtime owns: it reads the past from the
+    # buffer's first P positions (seqlens_k / total_sequence_length inputs) and writes the chunk's
+    # keys and values after them in place (past and present bound to one buffer), so no forward
+    # copies the cache. Needs attention "gqa".
     kv_buffer: bool = False
+    # Causal rows only, no block visibility (no block_ids input): the AR graph (ar_graph.py) alone,
+    # never a diffusion model's graph. Needs kv_buffer.
+    causal_only: bool = False
 
     def __post_init__(self):
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {QUANTIZATIONS}, not {self.quantization!r}")
         if self.attention not in ATTENTION_FORMULATIONS:
             raise ValueError(f"attention must be one of {ATTENTION_FORMULATIONS}, not {self.attention!r}")
+        if self.kv_buffer and self.attention != "gqa":
+            raise ValueError(f"a key/value buffer needs attention 'gqa', not {self.attention!r}")
+        if self.causal_only and not self.kv_buffer:
+            raise ValueError("causal_only needs kv_buffer")
         if self.table_bits not in (None, 4, 8):
             raise ValueError(f"table_bits must be 4 or 8, not {self.table_bits!r}")
         if self.top_k < 1 or self.adapter_slots < 0 or self.adapter_rank < 1:
@@ -87,4 +96,7 @@ def options_for_target(target: str, **overrides) -> GraphOptions:
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
     chosen = {k: v for k, v in overrides.items() if v is not None}
-    return replace(GraphOptions(), **{**TARGET_DEFAULTS[target], **chosen})
+    defaults = dict(TARGET_DEFAULTS[target])
+    if chosen.get("attention", "gqa") != "gqa":  # another attention asked for: it copies the cache
+        defaults["kv_buffer"] = False
+    return replace(GraphOptions(), **{**defaults, **chosen})

@@ -54,8 +54,9 @@ def test_the_ar_graph_points_into_the_full_graphs_data_file_and_refuses_other_by
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_the_cpu_ar_graph_attends_over_a_key_value_buffer_and_the_cuda_one_keeps_its_attention(arch):
     """cpu: one causal GroupQueryAttention per layer over the buffer the runtime binds as past and
-    present (seqlens_k / total_sequence_length in, no block ids, no visibility bias); cuda, whose
-    GroupQueryAttention takes float16 only: the full graph's own attention."""
+    present (seqlens_k / total_sequence_length in, no block ids, no visibility bias), as the full
+    graph does with its bias; cuda, whose GroupQueryAttention takes float16 only: the full graph's
+    own attention."""
     spec, weights = tiny_spec(arch, False), tiny_weights(arch, False, seed=1)
     lora = {n: StaticLora(a=a, b=b) for n, (a, b) in random_conversion_adapter(spec).items()}
     for target in ("cpu", "cuda"):
@@ -65,6 +66,11 @@ def test_the_cpu_ar_graph_attends_over_a_key_value_buffer_and_the_cuda_one_keeps
         inputs = {i.name for i in ar.graph.input}
         ops = [n.op_type for n in ar.graph.node]
         if target == "cpu":
+            # the full graph attends over the buffer too, with its block visibility as a bias
+            full_inputs = {i.name for i in full.graph.input}
+            assert {"seqlens_k", "total_sequence_length", "block_ids"} <= full_inputs
+            full_gqa = [n for n in full.graph.node if n.op_type == "GroupQueryAttention"]
+            assert len(full_gqa) == spec.num_layers and all(len(n.input) == 11 for n in full_gqa)
             assert {"seqlens_k", "total_sequence_length"} <= inputs and "block_ids" not in inputs
             gqa = [n for n in ar.graph.node if n.op_type == "GroupQueryAttention"]
             assert len(gqa) == spec.num_layers

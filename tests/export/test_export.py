@@ -34,7 +34,7 @@ def test_exported_directory_holds_a_validated_graph(qwen3_dir, tmp_path):
     artifact.verify_manifest(out)
     config = artifact.load_config(out)
     assert (config.architecture, config.num_layers, config.targets) == ("qwen3", 2, ("cpu",))
-    assert (config.attention, config.quantization, config.accuracy_level) == ("attention23", "q4", 4)
+    assert (config.attention, config.quantization, config.accuracy_level) == ("gqa", "q4", 4)
     validation = config.source["validation"]
     assert validation["onnx_checker"] == "passed"
     # the cpu default, accuracy level 4 (int8 activations): within its tolerance, not float-exact

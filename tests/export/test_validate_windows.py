@@ -12,7 +12,7 @@ from runtime import artifact
 from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.checkpoints import load_checkpoint
 from ruvdllm_export.export import DATA_NAME, export_model
-from ruvdllm_export.onnx_graph import GraphOptions, prepare_weights
+from ruvdllm_export.onnx_graph import GraphOptions, options_for_target, prepare_weights
 from ruvdllm_export.validate import PARAGRAPH, validate_export
 from ruvdllm_export.validate_windows import WindowWeights, layer_windows, validate_by_windows
 from tests.fixtures.tiny_models import make_hf_checkpoint, tiny_spec, tiny_weights
@@ -83,7 +83,7 @@ def _corrupt(model_dir, name_part: str) -> None:
 def test_windowed_and_whole_validation_reach_the_same_verdict(checkpoint, tmp_path):
     out = export_model(checkpoint, tmp_path / "model", validate=False, log=None)
     loaded = load_checkpoint(checkpoint)
-    options = GraphOptions(attention="attention23", accuracy_level=4)  # the cpu target's graph
+    options = options_for_target("cpu")  # the graph export_model wrote
     held = prepare_weights(loaded.spec, loaded.weights, options)
     ids = loaded.tokenizer.encode(PARAGRAPH, add_special_tokens=False).ids[:64]
     path = out / artifact.GRAPH_NAME

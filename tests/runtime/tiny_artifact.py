@@ -35,8 +35,13 @@ def make_tiny_artifact(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     spec = tiny_spec(arch, tied=False)
-    options = GraphOptions(
-        top_k=TOP_K, adapter_slots=adapter_slots, adapter_rank=RANK, adapter_switch=adapter_switch
+    options = GraphOptions(  # the cpu target's attention (over a key/value buffer), float activations
+        top_k=TOP_K,
+        adapter_slots=adapter_slots,
+        adapter_rank=RANK,
+        adapter_switch=adapter_switch,
+        attention="gqa",
+        kv_buffer=True,
     )
     lora = None
     if conversion_adapter:
