@@ -363,8 +363,9 @@ class OrtBackend:
         outputs = self._bound_outputs(s - chunk.output_offset)
         self.session.run_with_iobinding(binding)
         self._written = total
-        # copies: the arrays are the next forward's outputs too
-        return step_output({name: array.copy() for name, array in outputs.items()})
+        # the arrays are the next forward's outputs too: the query rows, read later, are copied
+        # (step_output's lists are copies already)
+        return step_output({**outputs, artifact.QUERY: outputs[artifact.QUERY].copy()})
 
     def _bound_outputs(self, rows: int) -> dict[str, np.ndarray]:
         """Host arrays for the small outputs of a forward with `rows` output rows, bound as its

@@ -171,7 +171,7 @@ def graph_feeds(
         artifact.BLOCK_IDS: np.asarray(block_ids, np.int64)[None],
         artifact.OUTPUT_OFFSET: np.array([output_offset], np.int64),
         artifact.ADAPTER_GATE: np.full((1, s), gate, np.float32),
-        # a key/value buffer graph's (the cpu AR graph): the past fills its buffer here
+        # a graph over a key/value buffer (the cpu target's): here the past fills its buffer
         artifact.SEQLENS_K: np.array([p + s - 1], np.int32),
         artifact.TOTAL_SEQUENCE_LENGTH: np.array(p + s, np.int32),
     }

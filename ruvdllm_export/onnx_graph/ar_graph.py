@@ -8,12 +8,12 @@ runtime/row_cost.py), a graph without those branches computes the same rows for 
 builder with no static LoRA and no adapter slots, 0.84-0.89× the one-row forward's time on
 SmolLM2 (benchmarks/README.md, "The AR graph").
 
-On the cpu target its attention runs over a key/value buffer the runtime owns (GraphOptions.kv_buffer,
-onnx_graph/attention.py): rows of the AR model are causal, so GroupQueryAttention's own causal
-masking replaces the block visibility, and no forward copies the cache or rebinds it
-(0.68-0.87× the copying graph's one-row forward at 64-768 cached positions on SmolLM2,
-benchmarks/README.md, "The AR graph"). CUDA's GroupQueryAttention takes float16 only, so the cuda
-target's AR graph keeps the full graph's attention.
+Where the target's graphs attend over a key/value buffer the runtime owns (the cpu target's
+GraphOptions.kv_buffer, onnx_graph/attention.py), so does its AR graph, and since rows of the AR
+model are causal, GroupQueryAttention's own causal masking replaces the block visibility
+(0.64-0.91× the copying AR graph's one-row forward at 64-768 cached positions on SmolLM2,
+benchmarks/README.md, "The AR graph over a key/value buffer"). The cuda target's AR graph keeps
+the full graph's attention: CUDA's GroupQueryAttention takes float16 only.
 
 It holds no weights of its own. Every initializer it has, the full graph has too, under the same
 name and with the same bytes (the same prepared weights through the same builder), so its
@@ -33,7 +33,7 @@ from onnx import TensorProto
 
 from ruvdllm_export.onnx_graph.builder import build_graph
 from ruvdllm_export.onnx_graph.graph import ExternalData
-from ruvdllm_export.onnx_graph.options import GraphOptions
+from ruvdllm_export.onnx_graph.options import TARGET_DEFAULTS, GraphOptions
 
 # Where a process runs the `ar` sampler alone and can open a second graph: the native runtimes. (The
 # browser decides nothing by row cost, and its wasm target's linears are widened from files of
@@ -50,13 +50,10 @@ def wants_ar_graph(options: GraphOptions, has_static_lora: bool, target: str) ->
     )
 
 
-KV_BUFFER_TARGETS = ("cpu",)  # GroupQueryAttention in float32: onnxruntime's CPU kernels
-
-
 def ar_options(options: GraphOptions, target: str) -> GraphOptions:
     """The full graph's options without the adapter bank (its prepared weights are the same), with
-    causal rows over a key/value buffer where the target's kernels take one."""
-    if target not in KV_BUFFER_TARGETS:
+    causal rows over a key/value buffer where the target's graphs attend over one."""
+    if not TARGET_DEFAULTS[target].get("kv_buffer", False):
         return replace(options, adapter_slots=0)
     return replace(options, adapter_slots=0, attention="gqa", kv_buffer=True, causal_only=True)
 
