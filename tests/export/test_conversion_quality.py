@@ -3,24 +3,20 @@ wrote, it prints both tables with every configuration and finite numbers."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from ruvdllm.cli import main as cli
+from tests.fixtures.scripts import BENCHMARKS, load_script
 from tests.fixtures.tiny_models import make_gguf_checkpoint
 
-QUALITY = Path(__file__).resolve().parents[2] / "benchmarks" / "conversion_quality.py"
+QUALITY = BENCHMARKS / "conversion_quality.py"
 
 
 def _quality():
-    spec = importlib.util.spec_from_file_location("quality_benchmark", QUALITY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(QUALITY)
 
 
 @pytest.fixture(scope="module")

@@ -4,25 +4,13 @@ script (two variants, the same tokens, one table). Slow: each spawns `ruvdllm` p
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from ruvdllm_export.convert.adapter_file import read_adapter
+from tests.fixtures.scripts import BENCHMARKS, load_script
 from tests.fixtures.tiny_models import make_gguf_checkpoint
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _script(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +33,7 @@ def tiny(tmp_path_factory):
 @pytest.mark.slow  # two `ruvdllm` processes, twice: ~45 s on a loaded 2-core machine
 def test_gpu_script_dry_run_writes_adapter_and_curve_and_continues(tiny, capsys):
     root, gguf, prompts = tiny
-    script = _script(BENCHMARKS / "gpu" / "distill_and_train.py")
+    script = load_script(BENCHMARKS / "gpu" / "distill_and_train.py")
     out = root / "gpu"
     argv = ["--out", str(out), "--dry-run", "--model", str(gguf), "--prompts", str(prompts)]
     assert script.main(argv) == 0
@@ -71,7 +59,7 @@ def test_ablation_trains_each_variant_for_the_same_tokens_and_compares(tiny, cap
     data.mkdir()
     for i in range(16):
         (data / f"{i}.txt").write_text(f"Sentence {i} about compilers and licences. " * 8)
-    script = _script(BENCHMARKS / "convert_ablation.py")
+    script = load_script(BENCHMARKS / "convert_ablation.py")
     out = root / "ablation"
     argv = [
         "--out",

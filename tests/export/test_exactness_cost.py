@@ -4,7 +4,6 @@ table): without the minimum branches no Add reads a MatMulNBits and nothing unre
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +15,13 @@ from runtime.backend import Chunk
 from runtime.cpython_model import open_model
 from runtime.ort_backend import OrtOptions
 from ruvdllm_export.export import export_model
+from tests.fixtures.scripts import BENCHMARKS, load_script
 from tests.fixtures.tiny_models import make_gguf_checkpoint
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "exactness_cost.py"
 
 
 @pytest.fixture(scope="module")
 def exactness_cost():
-    spec = importlib.util.spec_from_file_location("exactness_cost_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCHMARKS / "exactness_cost.py")
 
 
 @pytest.fixture(scope="module")

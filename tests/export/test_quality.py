@@ -5,27 +5,23 @@ is one line naming the file."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.export import export_model
+from tests.fixtures.scripts import BENCHMARKS, load_script
 from tests.fixtures.tiny_models import make_gguf_checkpoint
 
-QUALITY = Path(__file__).resolve().parents[2] / "benchmarks" / "quality.py"
+QUALITY = BENCHMARKS / "quality.py"
 
 
 @pytest.fixture(scope="module")
 def quality():
-    spec = importlib.util.spec_from_file_location("quality_benchmark", QUALITY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(QUALITY)
 
 
 @pytest.fixture(scope="module")

@@ -3,26 +3,17 @@ A simulated user's requests go through the runtime and loop A, loop B trains and
 held-out NLLs are printed per domain with the goal lines, and two devices take their updates
 through a real hub process and merge its release."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "learning.py"
+from tests.fixtures.scripts import BENCHMARKS, load_script
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("learning_demo", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = BENCHMARKS / "learning.py"
 
 
 def test_the_demonstration_runs_the_loops_and_the_hub_round_trip(tiny_model_dir, corpus, tmp_path, capsys):
-    demo = load_script()
+    demo = load_script(SCRIPT, "learning_demo")
     figures = tmp_path / "figures.json"
     argv = ["--model", str(tiny_model_dir), "--corpus", str(corpus), "--domain", "licences"]
     argv += ["--prompts", "4", "--held-out", "2", "--prompt-tokens", "8", "--answer-tokens", "8"]
@@ -69,7 +60,7 @@ def test_the_demonstration_runs_the_loops_and_the_hub_round_trip(tiny_model_dir,
 
 
 def test_the_feedback_rule_is_token_overlap():
-    demo = load_script()
+    demo = load_script(SCRIPT, "learning_demo")
     assert demo.unigram_f1([1, 2, 3, 4], [1, 2, 3, 4]) == 1.0
     assert demo.unigram_f1([1, 2], [3, 4]) == 0.0
     assert demo.unigram_f1([1, 1, 2], [1, 2, 2]) == pytest.approx(2 / 3)
@@ -92,7 +83,7 @@ def test_loop_c_in_the_demo_measures_its_fisher_unless_told_not_to(tiny_model_di
     from tests.runtime.learning.test_consolidate import GROUP, micro_factors
     from tests.runtime.tiny_artifact import random_bank
 
-    demo = load_script()
+    demo = load_script(SCRIPT, "learning_demo")
     model = open_model(tiny_model_dir, verify="sizes")
     bank = random_bank(model.config, seed=1, patterns=0)
     for slot in range(bank.groups, bank.slots):

@@ -2,29 +2,19 @@
 not its figures. One recorded session; for each group count, loop B trains one MicroLoRA per group
 on the same answers (`group_by = "every"`) and loop C makes each its own group's adapter."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from runtime.banks import Bank
 from runtime.learning.microlora import parse_micro_name
+from tests.fixtures.scripts import BENCHMARKS, load_script
 
-SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "talora_loops.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("talora_loops_demo", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = BENCHMARKS / "talora_loops.py"
 
 
 def test_every_group_count_learns_from_the_same_session_at_equal_parameters(corpus, tmp_path, capsys):
-    demo = load_script()
+    demo = load_script(SCRIPT, "talora_loops_demo")
     figures, scratch = tmp_path / "figures.json", tmp_path / "scratch"
     argv = ["--tiny", "--groups", "1", "2", "--corpus", str(corpus), "--prompts", "4", "--held-out", "2"]
     argv += ["--prompt-tokens", "8", "--answer-tokens", "8", "--trainer", "spsa", "--steps", "3"]
@@ -51,6 +41,6 @@ def test_every_group_count_learns_from_the_same_session_at_equal_parameters(corp
 
 
 def test_group_counts_that_do_not_split_the_layers_are_refused(corpus, tmp_path):
-    demo = load_script()
+    demo = load_script(SCRIPT, "talora_loops_demo")
     with pytest.raises(SystemExit, match="does not split evenly"):
         demo.main(["--tiny", "--groups", "3", "--corpus", str(corpus), "--scratch", str(tmp_path)])
