@@ -80,14 +80,14 @@ class DiffusionModel:
         index: PatternIndex | None = None,
         bank_dir: Path | None = None,
         answers: AnswerStore | None = None,
-        full_backend: Callable[[], Backend] | None = None,
+        full_backend: Callable[[], tuple[Backend, AnswerStore | None]] | None = None,
     ):
         """`backend` may be attached later (the browser creates its onnxruntime-web session after
         reading the bank, whose tensors the session binds once). `bank_dir`: where `bank` was read
         from (its learnt pattern scores live beside it). `answers`: the model's answer store, the
         verified sampler's third drafter (runtime/answer_store.py). `full_backend`: for a backend
-        on the model's AR graph (`ar_only`), how to open its full graph, which the first request
-        for another sampler switches to (`concrete`)."""
+        on the model's AR graph (`ar_only`), how to open its full graph and read its answer store,
+        which the first request for another sampler switches to (`concrete`)."""
         self.directory = directory
         self.config = config
         self.tokenizer = tokenizer
@@ -219,10 +219,11 @@ class DiffusionModel:
         with self.lock:
             if not getattr(self.backend, "ar_only", False):  # another request switched it meanwhile
                 return
-            backend = self._full_backend()  # before the AR graph goes: a failure leaves it working
+            # both before the AR graph goes: a failure leaves it working
+            backend, answers = self._full_backend()
             if self.bank is not None:
                 backend.set_bank(self.bank)
-            self.backend, self._full_backend = backend, None
+            self.backend, self.answers, self._full_backend = backend, answers, None
 
     def check(self, prompt_tokens: int, settings: GenerationSettings) -> Plan:
         """Raise RuvdllmError for settings or a prompt this model cannot take (no forward);

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 from dataclasses import replace
 
 import pytest
 
 from runtime import artifact
+from runtime.answer_store import AnswerStore
 from runtime.autoregressive import ar_rows
 from runtime.cpython_model import load_tokenizer, open_model, runs_ar_only
 from runtime.model import DiffusionModel
@@ -104,6 +106,30 @@ def test_a_request_for_another_sampler_switches_the_model_to_its_full_graph(tiny
     assert model.generate(PROMPT, replace(settings, sampler="bd3lm"), seed=1).tokens == (
         full.generate(PROMPT, replace(settings, sampler="bd3lm"), seed=1).tokens
     )
+
+
+def test_a_model_on_the_ar_graph_reads_its_answer_store_only_when_it_leaves_it(
+    tiny_switch_model_dir, tmp_path
+):
+    directory = tmp_path / "model"
+    shutil.copytree(tiny_switch_model_dir, directory)
+    config = artifact.load_config(directory)
+    store = AnswerStore.build([([5, 17], [42, 99, 7, 42, 99, 7])], config.vocab_size, min_count=1)
+    store.write(directory / artifact.ANSWER_STORE_NAME)
+    artifact.write_manifest(directory)
+    ar = GenerationSettings(sampler="ar", length=4, stop_at_eos=False)
+    model = open_model(directory, options=ONE_THREAD, settings=ar)
+    assert model.backend.ar_only and model.answers is None  # the `ar` sampler never drafts
+    model.generate(PROMPT, replace(ar, sampler="verified"))
+    assert not model.backend.ar_only and model.answers.entries == store.entries
+    assert open_model(directory, options=ONE_THREAD).answers.entries == store.entries  # full graph: at once
+
+    (directory / artifact.ANSWER_STORE_NAME).write_bytes(b"RVAS" + bytes(12))  # damaged, manifest agrees
+    artifact.write_manifest(directory)
+    model = open_model(directory, options=ONE_THREAD, settings=ar)
+    with pytest.raises(RuvdllmError, match=artifact.ANSWER_STORE_NAME):
+        model.generate(PROMPT, replace(ar, sampler="verified"))
+    assert model.backend.ar_only and model.generate(PROMPT, ar).tokens  # the AR graph still serves
 
 
 def test_a_model_on_the_ar_graph_alone_names_what_it_cannot_run(tiny_switch_model_dir):
