@@ -73,42 +73,6 @@ def llama_argmax(llm, chunk: list[int]) -> np.ndarray:
     return np.asarray(llm.scores[: len(chunk)]).argmax(-1)
 
 
-class GenaiGraph:
-    """onnxruntime-genai's own graph of the same GGUF (its builder requantizes the dequantized
-    weights to int4, symmetric, block 32), run by onnxruntime directly so that every position's
-    logits come back: the numerics behind genai's speed in runtime_bench."""
-
-    def __init__(self, session, head_dim: int):
-        self.session, self.head_dim = session, head_dim
-        self.outputs = [o.name for o in session.get_outputs()]
-
-    def _feeds(self, ids: list[int], past: dict | None, total: int) -> dict:
-        feeds = {
-            "input_ids": np.asarray([ids], dtype=np.int64),
-            "attention_mask": np.ones((1, total), dtype=np.int64),
-        }
-        for item in self.session.get_inputs():
-            if item.name.startswith("past_key_values."):
-                present = item.name.replace("past_key_values.", "present.")
-                empty = np.zeros((1, item.shape[1], 0, self.head_dim), dtype=np.float32)
-                feeds[item.name] = past[present] if past else empty
-        return feeds
-
-    def argmax(self, chunk: list[int]) -> np.ndarray:
-        (logits,) = self.session.run(["logits"], self._feeds(chunk, None, len(chunk)))
-        return logits[0].argmax(-1)
-
-    def greedy(self, prompt: list[int], length: int) -> list[int]:
-        past, ids, out, total = None, list(prompt), [], 0
-        for _ in range(length):
-            total += len(ids)
-            outputs = self.session.run(self.outputs, self._feeds(ids, past, total))
-            values = dict(zip(self.outputs, outputs, strict=True))
-            out.append(int(values["logits"][0, -1].argmax()))
-            past, ids = values, [out[-1]]
-        return out
-
-
 def graph_argmax(session, spec, chunk: list[int]) -> np.ndarray:
     from ruvdllm_export.onnx_graph import GraphOptions
     from ruvdllm_export.validate import graph_feeds
@@ -231,14 +195,10 @@ def main() -> int:
             )
     genai = None
     if not args.no_genai:
-        from baselines import genai_model_dir
+        from baselines import GenaiGraph
 
         try:
-            genai_graph = genai_model_dir(gguf) / "model.onnx"
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = args.threads
-            session = ort.InferenceSession(str(genai_graph), so, providers=["CPUExecutionProvider"])
-            genai = GenaiGraph(session, spec.head_dim)
+            genai = GenaiGraph.open(gguf, args.threads)
         except (RuntimeError, OSError, ImportError) as exc:
             print(f"onnxruntime-genai's graph skipped: {exc}")
 

@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 GENAI_BLOCK_SIZE = 32  # the same block as our MatMulNBits and GGUF Q4
 GENAI_ACCURACY_LEVEL = 4  # int8 activations: what the builder's CPU int4 models use
 GENAI_CONFIG = "genai_config.json"
@@ -217,6 +219,78 @@ def genai_model_dir(gguf: Path, work_dir: Path | None = None) -> Path:
             raise RuntimeError(f"onnxruntime-genai's builder failed: {tail[0]}")
         os.replace(staging, out)
     return out
+
+
+class GenaiGraph:
+    """onnxruntime-genai's own graph of the same GGUF (its builder requantizes the dequantized
+    weights to int4, symmetric, block 32), run by onnxruntime directly so that every position's
+    logits come back (benchmarks/accuracy_bench.py: the numerics behind genai's speed) and one
+    forward can be timed alone (benchmarks/exactness_cost.py)."""
+
+    def __init__(self, session, head_dim: int):
+        self.session, self.head_dim = session, head_dim
+        self.outputs = [o.name for o in session.get_outputs()]
+
+    @classmethod
+    def open(cls, gguf: Path, threads: int) -> GenaiGraph:
+        """The builder's graph of `gguf` (built first if need be: genai_model_dir) on `threads`."""
+        import onnxruntime as ort
+
+        directory = genai_model_dir(gguf)
+        head_dim = json.loads((directory / GENAI_CONFIG).read_text())["model"]["decoder"]["head_size"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(
+            str(directory / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+        return cls(session, head_dim)
+
+    def feeds(self, ids: list[int], past: dict | None, total: int) -> dict:
+        """Inputs for `ids` after `past` (the previous run's outputs by name, or None: empty), with
+        `total` positions in all."""
+        feeds = {
+            "input_ids": np.asarray([ids], dtype=np.int64),
+            "attention_mask": np.ones((1, total), dtype=np.int64),
+        }
+        for item in self.session.get_inputs():
+            if item.name.startswith("past_key_values."):
+                present = item.name.replace("past_key_values.", "present.")
+                empty = np.zeros((1, item.shape[1], 0, self.head_dim), dtype=np.float32)
+                feeds[item.name] = past[present] if past else empty
+        return feeds
+
+    def argmax(self, chunk: list[int]) -> np.ndarray:
+        (logits,) = self.session.run(["logits"], self.feeds(chunk, None, len(chunk)))
+        return logits[0].argmax(-1)
+
+    def greedy(self, prompt: list[int], length: int) -> list[int]:
+        past, ids, out, total = None, list(prompt), [], 0
+        for _ in range(length):
+            total += len(ids)
+            outputs = self.session.run(self.outputs, self.feeds(ids, past, total))
+            values = dict(zip(self.outputs, outputs, strict=True))
+            out.append(int(values["logits"][0, -1].argmax()))
+            past, ids = values, [out[-1]]
+        return out
+
+    def one_token_ms(self, cached: int, repeats: int) -> list[float]:
+        """Milliseconds of one-token forwards after `cached` positions (random keys and values)."""
+        rng = np.random.default_rng(0)
+        past = {
+            item.name.replace("past_key_values.", "present."): rng.random(
+                (1, item.shape[1], cached, self.head_dim), dtype=np.float32
+            )
+            for item in self.session.get_inputs()
+            if item.name.startswith("past_key_values.")
+        }
+        feeds = self.feeds([1], past, cached + 1)
+        self.session.run(None, feeds)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            self.session.run(None, feeds)
+            times.append((time.perf_counter() - started) * 1e3)
+        return times
 
 
 def _write_hf_checkpoint(gguf: Path, directory: Path) -> None:

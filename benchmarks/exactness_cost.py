@@ -19,12 +19,10 @@ and "neither" is the price of the GGUF's numerics.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -110,43 +108,16 @@ def variant(source: Path, target: Path, minimums: bool, head_8bit: bool, graph: 
     return target
 
 
-def genai_forward_ms(session: ort.InferenceSession, head_size: int, cached: int, repeats: int) -> list[float]:
-    """One-token forwards of genai's graph after `cached` positions (random keys and values)."""
-    feeds = {}
-    for i in session.get_inputs():
-        if i.name == "input_ids":
-            feeds[i.name] = np.array([[1]], np.int64)
-        elif i.name == "attention_mask":
-            feeds[i.name] = np.ones((1, cached + 1), np.int64)
-        elif i.name == "position_ids":
-            feeds[i.name] = np.array([[cached]], np.int64)
-        elif "past" in i.name:
-            feeds[i.name] = np.random.rand(1, i.shape[1], cached, head_size).astype(np.float32)
-    session.run(None, feeds)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        session.run(None, feeds)
-        times.append((time.perf_counter() - started) * 1e3)
-    return times
-
-
-def genai_session(threads: int) -> tuple[ort.InferenceSession | None, int, str]:
-    """genai's graph of the default model (built once by its model builder, cached), and its head
-    size (symbolic in the graph's inputs)."""
+def open_genai(threads: int):
+    """genai's graph of the default model's GGUF (baselines.GenaiGraph), or None and why not."""
     try:
-        from baselines import genai_model_dir
+        from baselines import GenaiGraph
 
         from ruvdllm_export.default_model import default_gguf_path
 
-        directory = genai_model_dir(default_gguf_path())
+        return GenaiGraph.open(default_gguf_path(), threads), ""
     except Exception as exc:  # the `bench` extra (onnxruntime-genai's builder) is optional
-        return None, 0, f"not measured ({exc})"
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    head_size = json.loads((directory / "genai_config.json").read_text())["model"]["decoder"]["head_size"]
-    session = ort.InferenceSession(str(directory / "model.onnx"), options, providers=["CPUExecutionProvider"])
-    return session, head_size, ""
+        return None, f"not measured ({exc})"
 
 
 def main() -> int:
@@ -184,7 +155,7 @@ def main() -> int:
             )
             for name, directory in directories.items()
         }
-        genai, head_size, reason = (None, 0, "skipped") if args.no_genai else genai_session(args.threads)
+        genai, reason = (None, "skipped") if args.no_genai else open_genai(args.threads)
         times: dict[str, list[float]] = {name: [] for name in models}
         if genai is not None:
             times["onnxruntime-genai"] = []
@@ -193,7 +164,7 @@ def main() -> int:
                 times[name].append(statistics.median(one_row_forward_ms(model, ids, 1, args.forwards)))
             if genai is not None:
                 times["onnxruntime-genai"].append(
-                    statistics.median(genai_forward_ms(genai, head_size, CACHED, args.forwards))
+                    statistics.median(genai.one_token_ms(CACHED, args.forwards))
                 )
         nodes = {
             name: len(forward_nodes(onnx.load(str(d / AR_GRAPH), load_external_data=False)))

@@ -58,8 +58,11 @@ def open_model(
         backend.set_bank(loaded)
     index = loaded.build_index(bank_dir) if loaded is not None and loaded.pattern_slots else None
 
+    def answers():
+        return model_answer_store(directory, config.vocab_size)
+
     def full_graph_parts():  # what a request for another sampler opens (DiffusionModel.concrete)
-        return OrtBackend(full_graph, config, options), model_answer_store(directory, config.vocab_size)
+        return OrtBackend(full_graph, config, options), answers()
 
     return DiffusionModel(
         directory,
@@ -69,7 +72,7 @@ def open_model(
         loaded,
         index,
         bank_dir if loaded else None,
-        None if ar_only else model_answer_store(directory, config.vocab_size),
+        None if ar_only else answers(),
         full_backend=full_graph_parts if ar_only else None,
     )
 
