@@ -69,6 +69,25 @@ def cuda_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, which a container or `taskset` narrows),
+    not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on this platform (macOS, Windows)
+        return os.cpu_count() or 1
+
+
+def check_threads(threads: int) -> None:
+    """onnxruntime starts every intra-op thread it is asked for, and more of them than cores only
+    contend: 9,999 threads took a 2-core machine to a load of ~600 and never produced a token."""
+    cores = usable_cores()
+    if not 0 <= threads <= cores:
+        raise RuvdllmError(
+            f"threads {threads}: choose 0 (one per core) or 1..{cores} (the cores this process may use)"
+        )
+
+
 def machine_is_idle() -> bool:
     """True when the last minute's load leaves a core free for each of onnxruntime's workers.
 
@@ -133,6 +152,7 @@ def make_session(graph: Path, options: OrtOptions) -> tuple[ort.InferenceSession
         raise RuvdllmError(
             f"optimization {options.optimization!r}: choose from {', '.join(OPTIMIZATION_LEVELS)}"
         )
+    check_threads(options.intra_op_threads)
     device = choose_device(options.device)
     so = ort.SessionOptions()
     so.intra_op_num_threads = options.intra_op_threads

@@ -8,7 +8,7 @@ from runtime import artifact
 from runtime.backend import Chunk
 from runtime.banks import Bank
 from runtime.generate import default_control, generate
-from runtime.ort_backend import OrtBackend, OrtOptions, assemble_numpy, version_tuple
+from runtime.ort_backend import OrtBackend, OrtOptions, assemble_numpy, usable_cores, version_tuple
 from runtime.settings import GenerationSettings
 from ruvdllm.errors import RuvdllmError
 from tests.runtime.tiny_artifact import random_bank
@@ -134,6 +134,15 @@ def test_bank_dimension_mismatch_and_bad_options(tiny_model_dir, config):
         OrtBackend(tiny_model_dir / artifact.GRAPH_NAME, config, OrtOptions(device="tpu"))
     with pytest.raises(RuvdllmError, match="layers"):
         OrtBackend(tiny_model_dir / artifact.GRAPH_NAME, replace(config, num_layers=3), ONE_THREAD)
+
+
+@pytest.mark.parametrize("threads", [-1, "more than the cores"])
+def test_threads_beyond_the_usable_cores_are_refused_before_onnxruntime_starts_them(
+    tiny_model_dir, config, threads
+):
+    threads = usable_cores() + 1 if isinstance(threads, str) else threads
+    with pytest.raises(RuvdllmError, match=f"threads {threads}: choose 0 .* 1..{usable_cores()}"):
+        OrtBackend(tiny_model_dir / artifact.GRAPH_NAME, config, OrtOptions(intra_op_threads=threads))
 
 
 def test_empty_bank_binds_zero_width_factors_with_the_same_outputs(tiny_model_dir, config):
