@@ -194,28 +194,40 @@ class DiffusionModel:
             self._extra_row = None if cost is None else cost.extra_row
         return self._extra_row
 
-    def concrete(self, settings: GenerationSettings, acceptance: str | None = None) -> GenerationSettings:
+    def concrete(
+        self, settings: GenerationSettings, acceptance: str | None = None, switch: bool = True
+    ) -> GenerationSettings:
         """`settings` with sampler auto resolved for this model on this machine. An acceptance
         rule the user named (`acceptance`, not auto) asks for the verified sampler's drafts, so
         the machine's row cost is not consulted; nor is it where auto would not verify anyway.
         A model opened on its AR graph keeps auto at `ar`, and moves to its full graph for any
-        other sampler asked for (`_open_full_graph`)."""
+        other sampler asked for (`_open_full_graph`) — unless not `switch`: a check that must not
+        wait for the lock (the server's, while another request generates) only says whether it
+        could; `generate` switches the model that runs."""
         asked = asks_row_cost(settings, self.config, acceptance)
         resolved = concrete(settings, self.config, self.extra_row_cost() if asked else None)
         if getattr(self.backend, "ar_only", False) and resolved.sampler != "ar":
             if asked and settings.sampler == AUTO:
                 return replace(resolved, sampler="ar")  # the record went missing since it was opened
-            self._open_full_graph(resolved.sampler)
+            if switch:
+                self._open_full_graph(resolved.sampler)
+            # `_open_full_graph` replaces the backend before it drops `_full_backend`: read in the
+            # other order, a switch that lands in between is not mistaken for no way to the full graph
+            elif self._full_backend is None and getattr(self.backend, "ar_only", False):
+                raise self._no_full_graph(resolved.sampler)
         return resolved
+
+    def _no_full_graph(self, sampler: str) -> RuvdllmError:
+        return RuvdllmError(
+            f"sampler {sampler}: this model was opened on its AR graph ({AR_GRAPH_NAME}), "
+            "which runs the ar sampler only"
+        )
 
     def _open_full_graph(self, sampler: str) -> None:
         """Leave the AR graph for the full one, for good: `sampler` needs rows it cannot compute.
         Under the lock, so never beside a generation; the new backend takes the model's bank."""
         if self._full_backend is None:
-            raise RuvdllmError(
-                f"sampler {sampler}: this model was opened on its AR graph ({AR_GRAPH_NAME}), "
-                "which runs the ar sampler only"
-            )
+            raise self._no_full_graph(sampler)
         with self.lock:
             if not getattr(self.backend, "ar_only", False):  # another request switched it meanwhile
                 return

@@ -4,6 +4,7 @@ size limit (`ruvdllm.http_limits`) around an Engine. Built by `create_app`, serv
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from fastapi import FastAPI
@@ -54,3 +55,13 @@ def create_app(
         hint="--max-request-bytes",
     )
     return app
+
+
+def begin_shutdown(app: FastAPI, grace_s: float) -> None:
+    """The server is stopping (on the event loop, as its listening sockets close): requests
+    still queued, and any that still arrive, get a 503 now; running generations have `grace_s`
+    seconds to finish, then stop at their next step with a 503 (a stream: an error event and
+    [DONE]), so each ends with an answer in the API's shape rather than a cut connection."""
+    state = app.state.server
+    state.admission.close()
+    asyncio.get_running_loop().call_later(grace_s, state.engine.stop)

@@ -28,6 +28,11 @@ from ruvdllm.errors import RuvdllmError
 DEFAULTS = ServerLimits()
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 API_KEY_ENV = "RUVDLLM_API_KEY"  # the environment keeps the key out of `ps` listings
+SHUTDOWN_GRACE_S = 5.0  # as uvicorn's default wait; well inside `docker stop`'s 10 s before SIGKILL
+# After the grace period, how long uvicorn waits on for the stopped generations to reach their
+# next step and send their 503s before it cancels what is left (a forward takes milliseconds to
+# a fraction of a second): a request cancelled by uvicorn gets its plain-text 500 or a cut stream.
+STOP_MARGIN_S = 3.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", default="info", choices=LOG_LEVELS, help="uvicorn log level (default info)"
     )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=SHUTDOWN_GRACE_S,
+        help="on SIGTERM / Ctrl-C, seconds running generations may take to finish; queued requests "
+        f"get 503 at once (default {SHUTDOWN_GRACE_S:g})",
+    )
     add_learning_arguments(parser)
 
 
@@ -87,6 +99,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise RuvdllmError(f"--port {args.port}: out of range 0..65535")
     if args.threads < 0:
         raise RuvdllmError(f"--threads {args.threads}: must be at least 0")
+    if not 0 <= args.shutdown_grace <= 3600:  # NaN fails too
+        raise RuvdllmError(f"--shutdown-grace {args.shutdown_grace}: out of range 0..3600 seconds")
 
 
 def threads_per_model(requested: int, models: int) -> int:
@@ -136,14 +150,29 @@ def open_engine(args: argparse.Namespace, default_model: Callable[..., Path]):
     return Engine(models), args.model_name or Path(directory).resolve().name
 
 
+def server_for(app, args: argparse.Namespace):
+    """uvicorn's server for `app`, telling the app when shutdown starts: uvicorn's own signal to
+    an app (the lifespan's shutdown) comes only after every connection has closed, too late to
+    answer the queued requests, so `shutdown` is where the app hears of it (begin_shutdown)."""
+    import uvicorn
+
+    from runtime.server.app import begin_shutdown
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            begin_shutdown(app, args.shutdown_grace)
+            await super().shutdown(sockets=sockets)
+
+    grace = args.shutdown_grace + STOP_MARGIN_S
+    return Server(uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=grace))
+
+
 def run(
     args: argparse.Namespace, default_model: Callable[..., Path], loop_b_trainer: Callable | None = None
 ) -> int:
     """`default_model` is handed in by the command layer (ruvdllm.default_artifact): exporting the
     default model needs the exporter, which runtime cannot reach. So is `loop_b_trainer`
     (ruvdllm.loop_b_trainer.trainer_for: loop B's first-order trainer where torch is; None: SPSA)."""
-    import uvicorn
-
     from runtime.server.app import create_app
 
     check_arguments(args)
@@ -160,12 +189,13 @@ def run(
                 loop.attach(model)
         limits = ServerLimits(queue_size=args.queue_size, max_request_bytes=args.max_request_bytes)
         app = create_app(engine, name, limits, api_key=args.api_key or None, learning=loop)
-        server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5))
+        server = server_for(app, args)
         logging.getLogger("ruvdllm.server").setLevel(args.log_level.upper())
         print(f"serving {name} on {url_of(sock)}/v1", flush=True)
         try:
             server.run(sockets=[sock])
         finally:
+            engine.stop()  # a generation uvicorn gave up on (a forced exit) ends at its next step
             if background is not None:
                 background.stop()  # after its current training step; what it committed stays
             engine.close()

@@ -5,8 +5,9 @@ A `runtime.model.DiffusionModel` holds one key/value cache, so it serves one seq
 time; `workers` models (each its own onnxruntime session) serve that many requests in parallel.
 A job takes a free model from the pool, generates, and puts it back. Text reaches the caller as
 deltas (runtime/server/text_stream.py) from the sampler's per-step callback; that callback is
-also where a job is stopped early — when the client has gone, or once an end-of-sequence token
-or a stop sequence has ended the text (the rest of the span would be thrown away).
+also where a job is stopped early — when the client has gone, once an end-of-sequence token
+or a stop sequence has ended the text (the rest of the span would be thrown away), or when the
+server stops (`stop`) and cannot wait for the rest.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from runtime.denoise import StepEvent
+from runtime.server.errors import shutting_down
 from runtime.server.text_stream import TextStream
 from runtime.settings import GenerationSettings
 
@@ -68,6 +70,7 @@ class Engine:
         for model in models:
             self._free.put(model)
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="ruvdllm-generate")
+        self._stopping = threading.Event()
 
     @property
     def config(self):
@@ -81,7 +84,7 @@ class Engine:
     ) -> Outcome:
         """Generate `job` on the calling thread (a worker), sending text deltas to `on_delta`.
         Stops at the next step once `cancel` is set (finish reason "cancelled"); raises
-        RuvdllmError for input the model rejects."""
+        RuvdllmError for input the model rejects, and ApiError 503 once `stop` was called."""
         eos = self.config.eos_token_ids if job.settings.stop_at_eos else ()
         stream = TextStream(self.model.decode, eos, job.stops)
         steps, forward_ms, generated, trace = 0, 0.0, [], []
@@ -92,6 +95,8 @@ class Engine:
             steps += 1
             forward_ms += event.forward_ms
             generated = event.tokens
+            if self._stopping.is_set():
+                raise shutting_down("the generation was stopped before it finished")
             if cancel is not None and cancel.is_set():
                 stream.end("cancelled")
                 raise _Ended()
@@ -160,6 +165,11 @@ class Engine:
         finally:
             if not future.done():
                 cancel.set()
+
+    def stop(self) -> None:
+        """End every generation at its next step, and every later one at its first (the server
+        is stopping and its grace period is over): they raise ApiError 503. Any thread."""
+        self._stopping.set()
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -133,14 +133,37 @@ def from_validation(exc: RequestValidationError) -> ApiError:
     param = _location(tuple(first.get("loc", ())))
     message = first.get("msg", "invalid value").removeprefix("Value error, ")
     if first.get("type") == "extra_forbidden":
+        # an OpenAI field of the other endpoint (`tools` on /v1/completions) is not one this
+        # server declines: that endpoint has no such field
         message = "unrecognized request argument"
-    if param in UNSUPPORTED:
+    elif param in UNSUPPORTED:
         message = f"not supported by this server ({UNSUPPORTED[param]})"
     if param is None and first.get("type") in ("missing", "model_attributes_type", "dict_type", "model_type"):
         message = "must be a JSON object (Content-Type: application/json)"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     where = f"{param}: " if param else "request body: "
     return ApiError(400, f"{where}{message}{more}", param=param)
+
+
+def unparsable_body(cause: BaseException) -> ApiError:
+    """FastAPI's answer to a body its JSON parser raised on with something other than a JSON
+    syntax error ("There was an error parsing the body"), in the words and code of a malformed
+    JSON body: bytes that are not UTF-8 (RFC 8259 wants it), nesting deeper than Python's parser
+    goes."""
+    if isinstance(cause, UnicodeDecodeError):
+        byte = cause.object[cause.start : cause.start + 1].hex()
+        detail = f"not UTF-8: byte 0x{byte} at position {cause.start}"
+    elif isinstance(cause, RecursionError):
+        detail = "nested too deeply"
+    else:
+        detail = type(cause).__name__
+    return ApiError(400, f"request body: malformed JSON ({detail})", code="invalid_json")
+
+
+def shutting_down(what: str) -> ApiError:
+    """The answer to a request the server will not finish because it is stopping (503, which
+    the `openai` client retries: against another replica, or this one once restarted)."""
+    return ApiError(503, f"server shutting down: {what}", code="server_shutting_down")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -162,6 +185,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI read the body and failed
+            return unparsable_body(exc.__cause__).response()
         if exc.status_code == 404:
             message = f"{request.method} {request.url.path}: no such endpoint"
         elif exc.status_code == 405:

@@ -1,17 +1,23 @@
 """OpenAI requests -> checked generation jobs. Everything the client could have got wrong is found
 here, before the request is queued or a response has started, and raised as an ApiError 4xx
-naming the field."""
+naming the field.
+
+These functions encode and render templates: routes.py calls them off the event loop. They never
+wait for a model's lock, which a generation holds: the model's row cost was read at its warm-up
+(DiffusionModel.extra_row_cost), and the move to the full graph is left to the model that runs
+the job. So they answer at once even while every model is busy."""
 
 from __future__ import annotations
 
 import random
 
-from runtime.artifact import sampler_warning
+from runtime.artifact import BASE_MODEL_SAMPLERS, sampler_warning
 from runtime.chat_template import chat_prompt
 from runtime.server.engine import Job
 from runtime.server.errors import ApiError, from_runtime
 from runtime.server.schemas import ChatCompletionRequest, CompletionRequest, GenerationRequest
 from runtime.settings import (
+    DIFFUSION_ONLY,
     USER_ACCEPTANCE,
     GenerationSettings,
     check_acceptance,
@@ -51,6 +57,19 @@ def new_seed() -> int:
     return random.SystemRandom().getrandbits(63)
 
 
+def knobs_not_read(request: GenerationRequest) -> list[str]:
+    """The knobs a request gives that the sampler it names would ignore: the diffusion-only
+    ones under `ar` and `verified` (neither denoises), and `block_size` under `ar` (one token per
+    forward; `verified` drafts blocks of it). `steps` is the runtime's to refuse (it allows 1),
+    and under sampler auto these knobs choose a diffusion sampler instead (settings.sampler_for)."""
+    if request.sampler not in BASE_MODEL_SAMPLERS:
+        return []
+    unread = [name for name in DIFFUSION_ONLY if name != "steps"]
+    if request.sampler == "ar":
+        unread.append("block_size")
+    return [name for name in unread if getattr(request, name) is not None]
+
+
 def _checked(
     model, prompt: list[int], settings: GenerationSettings, request: GenerationRequest, prompt_param: str
 ) -> Job:
@@ -58,8 +77,22 @@ def _checked(
         model.check(len(prompt), settings)
     except RuvdllmError as exc:
         raise from_runtime(exc, prompt_param) from None
-    # sampler auto -> the one that runs on this model and machine (reported in `diffusion`)
-    settings = model.concrete(settings, request.acceptance)
+    # a knob the named sampler would ignore is refused, as `steps` is: an answer from settings
+    # other than those asked for would pass for theirs
+    if unread := knobs_not_read(request):
+        raise ApiError(
+            400,
+            f"{unread[0]}: the {request.sampler} sampler does not use it (leave it unset, or choose "
+            "a sampler that does)",
+            unread[0],
+        )
+    # sampler auto -> the one that runs on this model and machine (reported in `diffusion`). The
+    # model stays on its graph: the one that runs the job moves to the full graph if it must
+    # (DiffusionModel.generate), without this check waiting for a generation to end.
+    try:
+        settings = model.concrete(settings, request.acceptance, switch=False)
+    except RuvdllmError as exc:
+        raise from_runtime(exc) from None
     try:
         check_acceptance(request.acceptance, settings.sampler)
     except RuvdllmError as exc:

@@ -9,10 +9,15 @@ refused (limits.py), run on the engine's workers (engine.py) and answered in Ope
     POST /v1/completions         prompt -> text        (stream: SSE)
     POST /v1/chat/completions    messages -> message   (stream: SSE)
     POST /v1/feedback            a rating, thumb or correction on a completion id (learning loop A)
+    GET  /openapi.json, /docs    FastAPI's schema and its page (never need a key: no data in them)
 
 With learning loop A on (runtime/learning/), every answered completion is recorded under the id
 its response carries, off the request path; feedback on that id moves the usefulness of the DGR
 patterns the answer used.
+
+Only protocol runs on the event loop: a request is checked into a job (tokenizer, chat template,
+the model's checks) on a thread of the pool, and generated on the engine's workers, so /health
+and every other request are answered while a prompt is encoded or a model generates.
 """
 
 from __future__ import annotations
@@ -119,18 +124,18 @@ async def get_model(model_id: str, state: State) -> ModelCard:
 @router.post("/v1/completions")
 async def completions(request: Request, body: CompletionRequest, state: State):
     check_model_name(body.model, state.model_name)
-    job, prompt_text = completion_job(state.engine.model, body)
+    job, prompt_text = await run_in_threadpool(completion_job, state.engine.model, body)
     echo = prompt_text if body.echo else ""
     reply = Reply("completion", state.model_name)
-    return await _answer(request, state, job, reply, body.stream, body.include_usage(), echo)
+    return await _answer(request, state, job, reply, bool(body.stream), body.include_usage(), echo)
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request, body: ChatCompletionRequest, state: State):
     check_model_name(body.model, state.model_name)
-    job = chat_job(state.engine.model, body)
+    job = await run_in_threadpool(chat_job, state.engine.model, body)
     reply = Reply("chat", state.model_name)
-    return await _answer(request, state, job, reply, body.stream, body.include_usage())
+    return await _answer(request, state, job, reply, bool(body.stream), body.include_usage())
 
 
 @router.post("/v1/feedback", response_model=FeedbackReply)
@@ -185,7 +190,7 @@ async def _answer(
     include_usage: bool,
     echo: str = "",
 ):
-    ticket = state.admission.reserve()  # 429 here, before any response has started
+    ticket = state.admission.reserve()  # 429 (503 when stopping) here, before any response has started
     if stream:
         return _stream(state, job, reply, ticket, include_usage, echo)
     return await _complete(state, job, reply, ticket, echo, request)
@@ -288,6 +293,8 @@ def _stream(state: ServerState, job: Job, reply: Reply, ticket: Ticket, include_
                         yield reply.closing(outcome, info_of(job, outcome, queued_ms), include_usage)
         except RuvdllmError as exc:
             yield sse(from_runtime(exc).body())
+        except ApiError as exc:  # the server is stopping: still queued, or cut at its grace period's end
+            yield sse(exc.body())
         except Exception as exc:  # the status line is gone: report in-band, keep serving
             log.exception("generation failed mid-stream")
             yield sse(error_body(500, f"internal error: {type(exc).__name__}"))

@@ -4,7 +4,9 @@ it accepts as extra body fields (`extra_body=` in the `openai` client).
 Requests are strict: unknown fields, wrong JSON types and out-of-range values are 400s naming
 the field, so a misspelt knob (`step` for `steps`) is an error, not silently ignored. OpenAI
 fields this server cannot honour are accepted only at their neutral value (n = 1, no logprobs,
-no penalties, no tools), so a client never gets an answer it did not ask for.
+no penalties, no tools), so a client never gets an answer it did not ask for. `null` is every
+optional field's default, as the official clients send it for "not given". Every string a
+request carries must be valid Unicode (`_Request`).
 """
 
 from __future__ import annotations
@@ -42,12 +44,53 @@ UNSUPPORTED = {
 }
 
 
-class _Strict(BaseModel):
+def lone_surrogate(value) -> int | None:
+    """The index of the first lone UTF-16 surrogate in `value`, else None. JSON's `"\\ud800"`
+    escape parses into one, and no UTF-8 encoder takes it: not the tokenizer, not a JSON reply,
+    not the trajectory store."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def _check_unicode(value) -> None:
+    """Raise ValueError if a string anywhere in `value` (lists and dicts, keys included) holds a
+    lone surrogate."""
+    if isinstance(value, str):
+        if (at := lone_surrogate(value)) is not None:
+            raise ValueError(
+                f"not valid Unicode (a lone UTF-16 surrogate at character {at}; send UTF-8 text)"
+            )
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_unicode(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key)
+            _check_unicode(item)
+
+
+class _Request(BaseModel):
+    """A request body or part of one: every field's strings are checked here, once, so no
+    field (prompt, message content, stop sequences, the model's id) reaches the tokenizer or a
+    reply with text it cannot encode. Nested parts (messages, text parts) check their own
+    fields, so the error names the innermost field."""
+
+    @field_validator("*")
+    @classmethod
+    def _valid_unicode(cls, value):
+        _check_unicode(value)
+        return value
+
+
+class _Strict(_Request):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class StreamOptions(_Strict):
-    include_usage: bool = False
+    include_usage: bool | None = None
 
 
 class GenerationRequest(_Strict):
@@ -55,16 +98,17 @@ class GenerationRequest(_Strict):
 
     model: str | None = None  # the one served model; None or its id
     max_tokens: PositiveInt | None = None
-    temperature: float | None = Field(None, ge=0.0, le=2.0)  # None: the runtime's default (0, greedy)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    n: Literal[1] = 1  # one choice per request
-    stream: bool = False
+    # None: the runtime's default (0, greedy); NaN and infinity are no temperature
+    temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    n: Literal[1] | None = None  # one choice per request
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
     user: str | None = None  # accepted, unused
-    presence_penalty: Literal[0, 0.0] = 0  # no penalties in diffusion decoding
-    frequency_penalty: Literal[0, 0.0] = 0
+    presence_penalty: Literal[0, 0.0] | None = None  # no penalties in diffusion decoding
+    frequency_penalty: Literal[0, 0.0] | None = None
     logit_bias: dict[str, float] | None = None
 
     # Diffusion knobs (extra body fields); None: the runtime's defaults (runtime/settings.py).
@@ -76,7 +120,7 @@ class GenerationRequest(_Strict):
     # greedy, exact when sampling (runtime/drafting.py). Named for another sampler: a 400
     acceptance: Acceptance | None = None
     decoding: Decoding | None = None  # scheduled count, Fast-dLLM "threshold" or "entropy-bounded"
-    threshold: float | None = Field(None, gt=0.0, le=1.0)  # confidence threshold for "threshold"
+    threshold: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)  # for decoding "threshold"
     entropy_bound: float | None = Field(None, ge=0.0, allow_inf_nan=False)  # nats, for "entropy-bounded"
     order: Order | None = None  # which masked positions commit first: "confidence" or "left-to-right"
     schedule: ScheduleName | None = None
@@ -84,7 +128,7 @@ class GenerationRequest(_Strict):
     talora: bool | None = None  # timestep-aware adapter banks on/off
     dgr: bool | None = None  # uncertainty-guided retrieval on/off
     dgr_strategy: DgrStrategy | None = None  # when to retrieve: entropy, confidence-gap, hybrid, adaptive
-    ignore_eos: bool = False  # generate all max_tokens even past an end-of-sequence token (as vLLM)
+    ignore_eos: bool | None = None  # generate all max_tokens even past an end-of-sequence token (as vLLM)
 
     @field_validator("stop")
     @classmethod
@@ -115,7 +159,7 @@ class GenerationRequest(_Strict):
 
 class CompletionRequest(GenerationRequest):
     prompt: str | list[str] | list[int]
-    echo: bool = False  # prepend the prompt to the returned text
+    echo: bool | None = None  # prepend the prompt to the returned text
     logprobs: Literal[0] | None = None
     best_of: Literal[1] | None = None
     suffix: None = None  # no fill-in-the-middle endpoint
@@ -138,13 +182,13 @@ def _token_ids(values: list) -> bool:
     return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
 
 
-class TextPart(BaseModel):
+class TextPart(_Request):
     model_config = ConfigDict(extra="ignore", strict=True)
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(_Request):
     # Extra fields are ignored: clients often send back a whole earlier response message
     # (refusal, annotations, ... set to null).
     model_config = ConfigDict(extra="ignore", strict=True)
@@ -155,6 +199,8 @@ class ChatMessage(BaseModel):
     @field_validator("content", mode="before")
     @classmethod
     def _content(cls, value):
+        # before the union is tried member by member: one error naming the content, not one per member
+        _check_unicode(value)
         if value is None or isinstance(value, str):
             return value
         if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
@@ -95,6 +96,16 @@ def test_health_reports_the_load(server):
         "queued": 0,
         "queue_size": 64,
     }
+
+
+def test_the_quick_start_in_the_docs_runs_as_pasted(server, capsys):
+    """docs/server.md's first Python block, pointed at this server: the served id is read, not
+    guessed (`model="model"` was a 404 with the default model, whose id is its directory name)."""
+    doc = (Path(__file__).parents[2] / "docs" / "server.md").read_text()
+    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "http://127.0.0.1:8000/v1" in code
+    exec(code.replace("http://127.0.0.1:8000/v1", server.base_url), {})
+    assert capsys.readouterr().out
 
 
 # --- completions ------------------------------------------------------------------------------

@@ -109,6 +109,14 @@ COMPLETION_CASES = {
         None,
     ),
     "misspelt knob": ({"prompt": "x", "stepz": 4}, "stepz", None),
+    "a chat field": ({"prompt": "x", "tools": None}, "tools", None),
+    "decoding under ar": ({"prompt": "x", "sampler": "ar", "decoding": "threshold"}, "decoding", None),
+    "block size under ar": ({"prompt": "x", "sampler": "ar", "block_size": 4}, "block_size", None),
+    "schedule under verified": (
+        {"prompt": "x", "sampler": "verified", "schedule": "cosine"},
+        "schedule",
+        None,
+    ),
 }
 
 CHAT_CASES = {
@@ -154,6 +162,80 @@ def test_bad_chat_requests_are_400s_naming_the_field(http, server, body, param, 
 def test_malformed_json_is_a_400(http, path, raw):
     response = http.post(path, content=raw, headers={"content-type": "application/json"})
     assert_openai_error(response, 400, None)
+
+
+# Each holds a lone UTF-16 surrogate, which JSON's \\ud800 escape can carry but no UTF-8 encoder
+# (the tokenizer, a JSON reply) takes: a 400 naming the field, never the 500 it was.
+SURROGATE = "\ud800"
+SURROGATE_CASES = {
+    "prompt": ("/completions", {"prompt": SURROGATE}, "prompt"),
+    "prompt list": ("/completions", {"prompt": [f"a{SURROGATE}"]}, "prompt"),
+    "stop": ("/completions", {"prompt": "x", "stop": ["ok", SURROGATE]}, "stop"),
+    "model": ("/completions", {"prompt": "x", "model": SURROGATE}, "model"),
+    "user": ("/completions", {"prompt": "x", "user": SURROGATE}, "user"),
+    "chat content": (
+        "/chat/completions",
+        {"messages": [{"role": "user", "content": SURROGATE}]},
+        "messages.0.content",
+    ),
+    "system message": (
+        "/chat/completions",
+        {"messages": [{"role": "system", "content": f"be {SURROGATE}"}, OK]},
+        "messages.0.content",
+    ),
+    "text part": (
+        "/chat/completions",
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": SURROGATE}]}]},
+        "messages.0.content",
+    ),
+    "chat stop": ("/chat/completions", {"messages": [OK], "stop": SURROGATE}, "stop"),
+}
+
+
+@pytest.mark.parametrize("path, body, param", SURROGATE_CASES.values(), ids=SURROGATE_CASES)
+def test_a_lone_surrogate_is_a_400_naming_the_field(http, path, body, param):
+    raw = json.dumps({"max_tokens": 2, **body}).encode()  # ASCII: the surrogate as its escape
+    response = http.post(path, content=raw, headers={"content-type": "application/json"})
+    assert "lone UTF-16 surrogate" in assert_openai_error(response, 400, param)["message"]
+    # the keep-alive connection is still good (a 500 here used to reset it)
+    assert http.post("/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
+
+
+def test_null_is_the_default_for_every_optional_field(http):
+    """The official clients send null for a field not given."""
+    nulls = dict.fromkeys(
+        "n stream stream_options stop seed user presence_penalty frequency_penalty logit_bias "
+        "temperature top_p max_tokens ignore_eos sampler steps block_size".split()
+    )
+    completion = http.post("/completions", json={"prompt": "x", **nulls, "echo": None, "logprobs": None})
+    assert completion.status_code == 200, completion.text
+    assert completion.json()["object"] == "text_completion"
+    chat_nulls = {"tools": None, "tool_choice": None, "top_logprobs": None, "response_format": None}
+    chat = http.post("/chat/completions", json={"messages": [OK], **nulls, **chat_nulls})
+    assert chat.status_code == 200, chat.text
+    assert chat.json()["object"] == "chat.completion"
+
+
+def test_a_field_of_the_other_endpoint_is_unrecognized_not_unsupported(http):
+    for field in ("tools", "top_logprobs"):
+        error = assert_openai_error(http.post("/completions", json={"prompt": "x", field: None}), 400, field)
+        assert "unrecognized request argument" in error["message"]
+
+
+@pytest.mark.parametrize("field", ["temperature", "top_p", "threshold"])
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "1e400"])
+def test_a_number_that_is_not_finite_is_said_to_be(http, field, value):
+    raw = f'{{"prompt": "x", "{field}": {value}}}'.encode()  # what Python's JSON parser takes
+    response = http.post("/completions", content=raw, headers={"content-type": "application/json"})
+    assert "finite number" in assert_openai_error(response, 400, field)["message"]
+
+
+@pytest.mark.parametrize("path", ["/completions", "/chat/completions"])
+def test_a_body_that_is_not_utf8_is_malformed_json(http, path):
+    raw = b'{"prompt": "caf\xe9"}'  # Latin-1
+    response = http.post(path, content=raw, headers={"content-type": "application/json"})
+    error = assert_openai_error(response, 400, None, "invalid_json")
+    assert error["message"] == "request body: malformed JSON (not UTF-8: byte 0xe9 at position 15)"
 
 
 def test_a_body_that_is_not_json_is_a_400(http):

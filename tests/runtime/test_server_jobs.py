@@ -1,7 +1,10 @@
 """runtime/server/jobs.py: requests become the runtime's GenerationSettings knob for knob, the
-default length fits the context, and what the runtime would reject is a 400 before queueing."""
+default length fits the context, and what the runtime would reject is a 400 before queueing.
+Checking a job never waits for a generation, and a job checked on the first model runs on any."""
 
 from __future__ import annotations
+
+import threading
 
 import pytest
 
@@ -9,9 +12,20 @@ from runtime.chat_template import chat_prompt
 from runtime.cpython_model import open_model
 from runtime.drafting import LENIENT
 from runtime.ort_backend import OrtOptions
+from runtime.server.engine import Engine
 from runtime.server.errors import ApiError
-from runtime.server.jobs import DEFAULTS, chat_job, check_model_name, completion_job, settings_for
+from runtime.server.jobs import (
+    DEFAULTS,
+    chat_job,
+    check_model_name,
+    completion_job,
+    knobs_not_read,
+    settings_for,
+)
 from runtime.server.schemas import ChatCompletionRequest, CompletionRequest
+from runtime.settings import GenerationSettings
+
+ONE_THREAD = OrtOptions(intra_op_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +123,64 @@ def test_a_sampler_the_model_was_not_trained_for_is_answered_with_a_warning(tiny
     (warning,) = info_of(mdlm, outcome, 0.0).warnings
     assert "converted for bd3lm only" in warning
     assert info_of(bd3lm, outcome, 0.0).warnings == []
+
+
+@pytest.mark.parametrize(
+    "knobs, param",
+    [
+        ({"sampler": "ar", "decoding": "threshold"}, "decoding"),
+        ({"sampler": "ar", "schedule": "cosine"}, "schedule"),
+        ({"sampler": "ar", "block_size": 8}, "block_size"),
+        ({"sampler": "ar", "order": "confidence"}, "order"),
+        ({"sampler": "verified", "threshold": 0.5}, "threshold"),
+        ({"sampler": "verified", "entropy_bound": 1.0}, "entropy_bound"),
+    ],
+)
+def test_knobs_the_named_sampler_does_not_use_are_refused_as_steps_is(model, knobs, param):
+    with pytest.raises(ApiError, match=f"the {knobs['sampler']} sampler does not use it") as error:
+        completion_job(model, CompletionRequest(prompt="Hello", max_tokens=4, **knobs))
+    assert (error.value.status, error.value.param) == (400, param)
+
+
+def test_knobs_the_sampler_uses_are_taken():
+    """verified drafts blocks of block_size; under auto, a diffusion-only knob picks diffusion."""
+    settings = settings_for(CompletionRequest(prompt="x", sampler="verified", block_size=4), 4, 1, 256)
+    assert settings.block_size == 4
+    assert knobs_not_read(CompletionRequest(prompt="x", sampler="verified", block_size=4)) == []
+    assert knobs_not_read(CompletionRequest(prompt="x", decoding="threshold")) == []
+    assert knobs_not_read(CompletionRequest(prompt="x", sampler="mdlm", schedule="cosine")) == []
+
+
+@pytest.fixture
+def ar_models(tiny_switch_model_dir):
+    """Two models opened on the AR graph, as `ruvdllm serve --max-concurrency 2` opens them where
+    its defaults run `ar`."""
+    ar = GenerationSettings(sampler="ar")
+    return [open_model(tiny_switch_model_dir, options=ONE_THREAD, settings=ar) for _ in range(2)]
+
+
+def test_checking_a_job_never_waits_for_a_generation(ar_models):
+    """The first request for another sampler used to switch the model it was checked on to the
+    full graph, under the model's lock: on the event loop, until the running generation ended."""
+    model = ar_models[0]
+    done: list = []
+    request = CompletionRequest(prompt="Hello", max_tokens=4, sampler="bd3lm")
+    with model.lock:  # a generation is running on this model
+        checker = threading.Thread(target=lambda: done.append(completion_job(model, request)[0]))
+        checker.start()
+        checker.join(timeout=30)
+        assert done, "checking the job waited for the model's lock"
+    assert done[0].settings.sampler == "bd3lm"
+    assert model.backend.ar_only  # the model that runs it moves to the full graph, when it runs it
+
+
+def test_a_job_checked_on_the_first_model_runs_on_every_worker(ar_models, tiny_switch_model_dir):
+    engine = Engine(ar_models)
+    request = CompletionRequest(prompt="Hello", max_tokens=8, sampler="bd3lm", seed=3, ignore_eos=True)
+    job, _ = completion_job(engine.model, request)
+    first, second = engine.run(job), engine.run(job)  # the pool hands out the models in turn
+    assert not any(m.backend.ar_only for m in ar_models)  # each moved to its full graph to run it
+    full = open_model(tiny_switch_model_dir, options=ONE_THREAD)
+    expected = full.generate(job.prompt, job.settings, seed=3).tokens
+    assert first.tokens == second.tokens == expected
+    engine.close()

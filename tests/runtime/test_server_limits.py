@@ -1,6 +1,7 @@
 """runtime/server/limits.py: admission runs `slots` at once in arrival order, queues up to
 `queue_size`, refuses the rest with 429 + Retry-After, and gives every place back on every path
-(done, abandoned while queued, cancelled while waiting). The body limit is exercised over HTTP in
+(done, abandoned while queued, cancelled while waiting); once closed (the server is stopping) the
+queued and every later request get 503 at once. The body limit is exercised over HTTP in
 test_server_errors.py."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 import pytest
 
 from runtime.server.errors import ApiError
-from runtime.server.limits import Admission
+from runtime.server.limits import MAX_RETRY_AFTER_S, Admission, retry_after_s
 
 
 def run(coroutine):
@@ -116,6 +117,61 @@ def test_retry_after_grows_with_the_queue_and_recent_run_times():
         assert admission.retry_after() == 8  # 4 waiting ahead: 3 * 5 / 2
         for ticket in tickets:
             ticket.release()
+
+    run(scenario())
+
+
+def test_retry_after_is_the_median_run_time_per_slot_times_the_queue_ahead():
+    # one 70 s generation among short ones does not set the pace (their mean, 11 s, did: the
+    # outside walkthrough's five 8-token requests were told to wait 11 s)
+    assert retry_after_s([70.0, 0.4, 0.5, 0.3, 0.4, 0.5], waiting=0, slots=1) == 1
+    assert retry_after_s([70.0, 0.4], waiting=0, slots=1) == 1  # even count: the lower middle
+    assert retry_after_s([2.0, 3.0, 2.5], waiting=3, slots=2) == 5  # 2.5 s * 4 / 2
+    assert retry_after_s([], waiting=0, slots=4) == 1  # nothing measured yet: one second
+    assert retry_after_s([0.01], waiting=0, slots=8) == 1  # whole seconds, at least one
+    # the `openai` client ignores a Retry-After over 60 s (and retries at once instead)
+    assert retry_after_s([30.0], waiting=63, slots=1) == MAX_RETRY_AFTER_S
+
+
+def test_closing_answers_the_queued_and_later_requests_503_and_lets_running_ones_finish():
+    async def scenario():
+        admission = Admission(slots=1, queue_size=4)
+        running = admission.reserve()
+        await running.run_slot()
+        queued = [admission.reserve() for _ in range(2)]
+        waits = [asyncio.ensure_future(ticket.__aenter__()) for ticket in queued]
+        await asyncio.sleep(0)
+        admission.close()
+        for wait in waits:
+            with pytest.raises(ApiError) as refused:
+                await wait  # at once, not when the running one ends
+            assert (refused.value.status, refused.value.code) == (503, "server_shutting_down")
+        with pytest.raises(ApiError) as late:
+            admission.reserve()
+        assert late.value.status == 503 and late.value.code == "server_shutting_down"
+        assert admission.admitted == 1  # the queued ones' places are back; the running one runs on
+        running.release()
+        assert admission.admitted == 0
+
+    run(scenario())
+
+
+def test_a_slot_handed_to_a_waiter_cancelled_at_that_moment_passes_on():
+    async def scenario():
+        admission = Admission(slots=1, queue_size=4)
+        holder = admission.reserve()
+        await holder.run_slot()
+        first, second = admission.reserve(), admission.reserve()
+        first_wait = asyncio.ensure_future(first.__aenter__())
+        second_wait = asyncio.ensure_future(second.__aenter__())
+        await asyncio.sleep(0)
+        holder.release()  # the slot goes to `first`, which is cancelled before it resumes
+        first_wait.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first_wait
+        await asyncio.wait_for(second_wait, 1)  # so `second` runs
+        await second.__aexit__()
+        assert admission.admitted == 0
 
     run(scenario())
 
