@@ -57,13 +57,15 @@ def decode(
     is in `extra` (a sealed update's nonce and ciphertext) come back as they are, unchecked."""
     tensors, metadata = safetensors_io.decode(blob, what)
     if key not in metadata:
-        raise Invalid(f"{what}: metadata has no {key!r} entry")
+        raise Invalid(f"{what}: metadata has no {key!r} entry", loc=("metadata", key))
     try:
         header = strict_json.loads(metadata[key])
     except json.JSONDecodeError as exc:
-        raise Invalid(f"{what}: metadata {key!r} is not strict JSON ({exc.msg})") from None
+        raise Invalid(
+            f"{what}: metadata {key!r} is not strict JSON ({exc.msg})", loc=("metadata", key)
+        ) from None
     if not isinstance(header, dict):
-        raise Invalid(f"{what}: metadata {key!r} is not a JSON object")
+        raise Invalid(f"{what}: metadata {key!r} is not a JSON object", loc=("metadata", key))
     parts: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     others = {}
     finite = _all_float32_and_finite(blob, tensors)  # else each factor is checked below
@@ -75,24 +77,29 @@ def decode(
         if match is None:
             raise Invalid(f"{what}: tensor {name[:80]!r} is not named timestep_group/linear/a or b")
         tg, linear, part = match.groups()
+        where = ("groups", tg, "deltas", linear, part)  # the same factor's place in a JSON body
         if array.dtype not in _FACTORS:
-            raise Invalid(f"{what}: tensor {name}: factors are F32 or F16, not {array.dtype.name}")
+            raise Invalid(f"{what}: tensor {name}: factors are F32 or F16, not {array.dtype.name}", where)
         if array.ndim != 2 or 0 in array.shape:
             raise Invalid(
-                f"{what}: tensor {name}: a factor is 2-D and non-empty, not shape {list(array.shape)}"
+                f"{what}: tensor {name}: a factor is 2-D and non-empty, not shape {list(array.shape)}", where
             )
         if not finite and not np.isfinite(array).all():
-            raise Invalid(f"{what}: tensor {name}: contains NaN or infinity")
+            raise Invalid(f"{what}: tensor {name}: contains NaN or infinity", where)
         parts.setdefault(tg, {}).setdefault(linear, {})[part] = array
     groups: Groups = {}
     for tg, linears in parts.items():
         for linear, ab in linears.items():
             for part in ("a", "b"):
                 if part not in ab:
-                    raise Invalid(f"{what}: tensor {tg}/{linear}/{part} is missing")
+                    raise Invalid(
+                        f"{what}: tensor {tg}/{linear}/{part} is missing",
+                        ("groups", tg, "deltas", linear, part),
+                    )
             if ab["a"].shape[0] != ab["b"].shape[1]:
                 raise Invalid(
-                    f"{what}: {tg}/{linear}: A is rank {ab['a'].shape[0]} but B is rank {ab['b'].shape[1]}"
+                    f"{what}: {tg}/{linear}: A is rank {ab['a'].shape[0]} but B is rank {ab['b'].shape[1]}",
+                    ("groups", tg, "deltas", linear),
                 )
             groups.setdefault(tg, {})[linear] = LoraPair(a=ab["a"], b=ab["b"])
     return groups, header, others

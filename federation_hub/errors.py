@@ -13,7 +13,14 @@ class NotFound(RuvdllmError):
 
 
 class Invalid(RuvdllmError):
-    """Well-formed JSON that does not fit the round (shapes, linears, norm)."""
+    """A body that does not fit: a safetensors body the reader refuses, or an update that does not
+    fit its round (shapes, linears, norm). `loc` is the field it is about, from the body on (as
+    in a JSON body: `("groups", "coarse", "deltas", "layers.0.q_proj", "a")`), where known; the
+    422 lists it like a validation error's (problems.py)."""
+
+    def __init__(self, message: str, loc: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.loc = loc
 
 
 class Forbidden(RuvdllmError):

@@ -101,11 +101,14 @@ def _plain(body: bytes, header: PlainHeader, groups: codec.Groups, others: dict)
     _nothing_else(others)
     for tg in sorted(set(groups) ^ set(header.groups)):
         has = "factors but no metrics" if tg in groups else "metrics but no factors"
-        raise Invalid(f"body: timestep group {tg!r} has {has}")
+        raise Invalid(f"body: timestep group {tg!r} has {has}", loc=("groups", tg))
     plain = {}
     for tg, pairs in groups.items():
         if len(pairs) > MAX_LINEARS:
-            raise Invalid(f"body: timestep group {tg!r} has {len(pairs)} linears, at most {MAX_LINEARS}")
+            raise Invalid(
+                f"body: timestep group {tg!r} has {len(pairs)} linears, at most {MAX_LINEARS}",
+                loc=("groups", tg),
+            )
         metrics = header.groups[tg].metrics
         # a single-group body is stored as it arrived; several are split, one payload per group
         payload = (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from contextlib import asynccontextmanager
 
 import numpy as np
@@ -15,15 +16,31 @@ from fastapi.openapi.utils import get_openapi
 from federation_hub import problems
 from federation_hub.observability import HubMetrics, RequestLogMiddleware
 from federation_hub.routers import admin, gossip, health, releases, rounds, updates
+from federation_hub.schemas import HUB_ID_PATTERN
 from federation_hub.services.folding import Folder
 from federation_hub.services.gossip import GossipLoop
 from federation_hub.services.rounds import resume_closing
 from federation_hub.services.state import HubState
 from federation_hub.settings import HubSettings
 from federation_hub.storage import open_store
+from federation_hub.storage.base import Store
+from ruvdllm.errors import RuvdllmError
 from ruvdllm.http_limits import BodySizeLimit
 
 log = logging.getLogger("federation_hub")
+
+
+def hub_id_of(store: Store, wanted: str | None) -> str:
+    """The database's hub id (made `wanted`, or random, on its first start), if it can name
+    releases: a database made before hub ids were checked may hold one like "eu:1", whose release
+    ids ("eu:1:1") no route would take."""
+    hub_id = store.hub_id(wanted)
+    if re.fullmatch(HUB_ID_PATTERN, hub_id) is None:
+        raise RuvdllmError(
+            f"hub database: its hub id {hub_id[:80]!r} is not 1 to 64 of A-Z a-z 0-9 _ . - "
+            "(release ids are 'hub id:seq'); start this hub on a new database"
+        )
+    return hub_id
 
 
 def create_app(settings: HubSettings) -> FastAPI:
@@ -32,7 +49,7 @@ def create_app(settings: HubSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         store = await asyncio.to_thread(open_store, settings.database_url)
-        hub_id = await asyncio.to_thread(store.hub_id, settings.hub_id)
+        hub_id = await asyncio.to_thread(hub_id_of, store, settings.hub_id)
         state = HubState(settings, store, hub_id, metrics, np.random.default_rng(settings.dp_seed))
         app.state.hub = state
         state.folder = Folder(state)
@@ -68,6 +85,7 @@ def create_app(settings: HubSettings) -> FastAPI:
         error_body=problems.problem_body,
         hint="--max-request-mb",
     )
+    app.add_middleware(problems.UnexpectedErrors)  # inside the request log: it logs a bug's 500
     app.add_middleware(RequestLogMiddleware, metrics=metrics)
     problems.install(app)
 

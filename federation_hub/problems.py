@@ -62,9 +62,12 @@ def field_problems(errors: list[dict], tags: tuple[str, ...] = ()) -> list[Field
         if error.get("type") in ("union_tag_invalid", "union_tag_not_found"):
             loc = [*loc, error.get("ctx", {}).get("discriminator", "'tier'").strip("'")]
         message = error.get("msg", "invalid")
-        reason = error.get("ctx", {}).get("error")
-        if error.get("type") == "json_invalid" and reason:
-            message = f"{message}: {reason}"
+        if error.get("type") == "json_invalid":
+            # Whichever parser refused the body (FastAPI's json, strict_json's rules, pydantic's on
+            # the update route), one form: no field to name, so no location past "body" (FastAPI
+            # puts a character offset there), and the reason says where, once.
+            loc = []
+            message = f"invalid JSON: {error.get('ctx', {}).get('error') or 'not parseable'}"
         parts = [*where, *loc]
         problems.append(
             FieldProblem(
@@ -96,7 +99,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RuvdllmError)
     async def hub_error(request: Request, exc: RuvdllmError) -> JSONResponse:
         headers = {"www-authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-        return problem_response(status_of(exc), str(exc), headers=headers)
+        status = status_of(exc)
+        errors = ()
+        if status == 422:  # a 422 names where, whoever refused it (a rule here, or validation)
+            where = ["body", *getattr(exc, "loc", ())]
+            errors = [FieldProblem(loc=[clean(str(p), 80) for p in where], msg=clean(str(exc)))]
+        return problem_response(status, str(exc), errors, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -109,6 +117,43 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def bug(request: Request, exc: Exception) -> JSONResponse:
+        # Only for a bug in the outer middleware: `UnexpectedErrors` answers the app's own.
         # Starlette re-raises after answering, so the traceback still reaches the log.
-        request_id = request.scope.get("state", {}).get("request_id", "?")
-        return problem_response(500, f"internal error (request {request_id}); see the hub's log")
+        return problem_response(500, _bug_detail(request.scope))
+
+
+def _bug_detail(scope) -> str:
+    request_id = scope.get("state", {}).get("request_id", "?")
+    return f"internal error (request {request_id}); see the hub's log"
+
+
+class UnexpectedErrors:
+    """Pure ASGI: an exception that no handler took (a bug) is logged with its traceback and
+    answered 500 in the one shape, and the request ends normally.
+
+    Left to Starlette, the catch-all handler answers and then re-raises, so the server, seeing the
+    app fail, closes the connection: the client's next request on that keep-alive connection met
+    a reset. If the response had already started, no status can be sent: the exception goes on,
+    and the server closes the connection, as it must for a reply cut short."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def watched_send(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except Exception:
+            if started:
+                raise
+            request_id = scope.get("state", {}).get("request_id", "?")
+            log.exception("unhandled error", extra={"request_id": request_id, "path": scope.get("path")})
+            await problem_response(500, _bug_detail(scope))(scope, receive, send)

@@ -33,6 +33,11 @@ Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")] 
 # "layers.3.q_proj"
 LinearName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.]{0,127}$")]
 UpdateId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
+# A hub's id in the federation. A release is "{hub id}:{seq}" and travels as one URL path part, so
+# a hub id holds neither a colon nor a slash (`ruvdllm hub --hub-id` is checked against it).
+HUB_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+RELEASE_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}:[0-9]{1,18}$"
+HubId = Annotated[str, StringConstraints(pattern=HUB_ID_PATTERN)]
 # "coarse", "domain", "fine"
 TimestepGroup = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
 RoundTier = Literal[Tier.PUBLIC, Tier.TENANT, Tier.GROUP]  # private never reaches a hub
@@ -368,6 +373,13 @@ class ReleaseMeta(BaseModel):
     created_at: datetime
     details: ReleaseDetails
 
+    @model_validator(mode="after")
+    def _tenant_fits_tier(self) -> ReleaseMeta:
+        # who may read a release follows from these two (storage `_visible_releases`)
+        if (self.tier == Tier.PUBLIC) != (self.tenant is None):
+            raise ValueError("a public release has no tenant; a tenant release has one")
+        return self
+
 
 class Release(ReleaseSummary):
     deltas: dict[str, LoraDelta]
@@ -446,7 +458,7 @@ class Health(BaseModel):
 
 
 class GossipEntry(Input):
-    origin: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    origin: HubId
     seq: int = Field(ge=1, le=2**62)
     meta: dict = Field(description="the release summary as the origin wrote it")
     payload: Base64 = Field(description="the released factors: safetensors (codec.py)")
@@ -454,11 +466,8 @@ class GossipEntry(Input):
 
 
 class GossipSync(Input):
-    hub_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-    vv: dict[
-        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")],
-        Annotated[int, Field(ge=0, le=2**62)],
-    ] = Field(max_length=4096)
+    hub_id: HubId
+    vv: dict[HubId, Annotated[int, Field(ge=0, le=2**62)]] = Field(max_length=4096)
     entries: list[GossipEntry] = Field(default_factory=list, max_length=10_000)
 
 

@@ -10,15 +10,21 @@ from federation_hub.errors import Invalid
 
 
 def check_deltas(
-    where: str, pairs: dict[str, LoraPair], shapes: dict, max_norm: float, round_id: int
+    where: str,
+    pairs: dict[str, LoraPair],
+    shapes: dict,
+    max_norm: float,
+    round_id: int,
+    loc: tuple[str, ...] = (),
 ) -> float:
     """The deltas must be exactly the round's linears at its shapes, finite, within its norm
-    bound; returns the update's norm."""
+    bound; returns the update's norm. `loc`: where the deltas sit in the request body, if any."""
     expected, got = set(shapes), set(pairs)
     if got != expected:
         missing, extra = sorted(expected - got), sorted(got - expected)
         raise Invalid(
-            f"{where}.deltas: round {round_id} expects other linears (missing {missing[:5]}, unexpected {extra[:5]})"
+            f"{where}.deltas: round {round_id} expects other linears (missing {missing[:5]}, unexpected {extra[:5]})",
+            loc=(*loc, "deltas"),
         )
     for name, pair in pairs.items():
         shape = shapes[name]
@@ -27,11 +33,12 @@ def check_deltas(
         if pair.a.shape != want_a or pair.b.shape != want_b:
             raise Invalid(
                 f"{where}.deltas.{name}: A {list(pair.a.shape)} B {list(pair.b.shape)}, "
-                f"round {round_id} expects A {list(want_a)} B {list(want_b)}"
+                f"round {round_id} expects A {list(want_a)} B {list(want_b)}",
+                loc=(*loc, "deltas", name),
             )
     norm = update_norm(pairs)
     if not norm <= max_norm:  # also catches NaN from a payload that was never schema-checked
-        raise Invalid(f"{where}: update norm {norm:.4g} exceeds the round's bound {max_norm:g}")
+        raise Invalid(f"{where}: update norm {norm:.4g} exceeds the round's bound {max_norm:g}", loc=loc)
     return norm
 
 

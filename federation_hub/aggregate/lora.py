@@ -202,7 +202,11 @@ class LowRankSum:
             self.add(stacked, weight)
 
     def factorize(self, rank: int | None) -> Factorized:
-        """Best rank-`rank` factorisation of the sum; rank None keeps the numerical rank (exact)."""
+        """Best rank-`rank` factorisation of the sum; rank None keeps the numerical rank (exact).
+        A rank below `rank` is padded with zeros (a release fits its bank slots), but never past
+        min(out, in): the sum has no more, and the padding would be all there is to the rest."""
+        if rank is not None:
+            rank = min(rank, self.out_features, self.in_features)
         stacked = self.stacked()
         if stacked is not None:
             u, s, vt = _svd_of_stacked(stacked)

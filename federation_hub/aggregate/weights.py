@@ -33,8 +33,11 @@ def quality_weights(improvement: np.ndarray, temperature: float) -> np.ndarray:
     helpful = improvement > 0
     if not helpful.any():
         return np.zeros_like(improvement)
-    logits = np.where(helpful, improvement / temperature, -np.inf)
-    logits -= logits[helpful].max()  # stable softmax
+    # stable softmax: the best gain subtracted before dividing, so no logit exceeds 0 and none
+    # overflows, whatever the temperature (strategies bound it: daf.MIN_TEMPERATURE)
+    best = improvement[helpful].max()
+    with np.errstate(over="ignore"):  # a gap past float range at a tiny temperature: weight 0
+        logits = np.where(helpful, (improvement - best) / temperature, -np.inf)
     return normalize(np.exp(logits))
 
 

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Path, Query
+from fastapi import Query
 
 from federation_hub import audit
 from federation_hub.auth import new_token, token_hash
 from federation_hub.deps import Admin, AnyCaller, State
 from federation_hub.errors import NotFound
-from federation_hub.routers import hub_router
+from federation_hub.routers import PathId, hub_router
 from federation_hub.schemas import (
     AuditEntry,
     AuditVerdict,
@@ -57,7 +57,7 @@ def create_token(body: TokenIn, _: Admin, state: State) -> TokenOut:
 
 
 @router.post("/admin/tokens/{token_id}/revoke", status_code=204, summary="revoke a client token")
-def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**62)], _: Admin, state: State) -> None:
+def revoke_token(token_id: PathId, _: Admin, state: State) -> None:
     if not state.store.revoke_token(token_id):
         raise NotFound(f"token {token_id}: no such live token")
 

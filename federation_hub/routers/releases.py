@@ -8,7 +8,7 @@ from federation_hub import codec
 from federation_hub.deps import AnyCaller, State
 from federation_hub.errors import NotFound
 from federation_hub.routers import hub_router
-from federation_hub.schemas import LoraDelta, Release, ReleaseSummary, TimestepGroup
+from federation_hub.schemas import RELEASE_ID_PATTERN, LoraDelta, Release, ReleaseSummary, TimestepGroup
 from federation_hub.storage.base import ReleaseRecord
 
 router = hub_router(prefix="/v1/releases", tags=["releases"])
@@ -59,7 +59,7 @@ def list_releases(
     },
 )
 def get_release(
-    release_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}:[0-9]{1,18}$")],
+    release_id: Annotated[str, Path(pattern=RELEASE_ID_PATTERN)],
     request: Request,
     who: AnyCaller,
     state: State,

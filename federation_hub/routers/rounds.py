@@ -4,11 +4,11 @@ import base64
 from dataclasses import asdict
 from typing import Annotated, Literal
 
-from fastapi import Path, Query
+from fastapi import Query
 
 from federation_hub.deps import Admin, AnyCaller, Client, State
 from federation_hub.errors import NotFound
-from federation_hub.routers import hub_router
+from federation_hub.routers import PathId, hub_router
 from federation_hub.schemas import CloseRequest, RoundOut, RoundSpec, SealedItem
 from federation_hub.services import rounds as service
 from federation_hub.storage.base import Conflict, RoundRecord
@@ -16,7 +16,7 @@ from federation_hub.strategies import make_strategy
 from federation_hub.tiers import Tier
 
 router = hub_router(prefix="/v1/rounds", tags=["rounds"])
-RoundId = Annotated[int, Path(ge=1, le=2**62)]
+RoundId = PathId
 Status = Literal["open", "closing", "released", "withheld", "relayed"]
 
 

@@ -111,8 +111,20 @@ def _problem(
         return None, "meta names another origin or seq"
     if meta.tier not in state.settings.gossip_tiers:
         return None, f"tier {meta.tier!r} is not gossiped here"
-    if entry.origin == state.hub_id and entry.seq > local_vv(state).get(state.hub_id, 0):
-        return None, "claims to be ours but we never released it"
+    held = state.store.held_release(entry.origin, entry.seq)
+    if entry.origin == state.hub_id:
+        # our releases are what we released: no copy replaces one (the smaller-digest rule below
+        # would let any peer with the secret rewrite them, tier and tenant included)
+        if held is None:
+            return None, "claims to be ours but we never released it"
+        if held.digest != entry.digest:
+            return None, "claims to be ours with other content; our releases are never replaced"
+    elif held is not None and held.digest != entry.digest:
+        if (held.tier, held.tenant) != (meta.tier, meta.tenant):
+            return (
+                None,
+                "other content under another tier or tenant; a copy never changes who reads a release",
+            )
     what = f"release {meta.id}"
     try:
         tg, pairs, _ = codec.decode_release(payload, what)
@@ -123,6 +135,10 @@ def _problem(
     except RuvdllmError as exc:
         return None, str(exc)
     return meta, None
+
+
+class ExchangeFailed(Exception):
+    """A request of an exchange failed: which, how big, and what came back."""
 
 
 class GossipLoop:
@@ -153,7 +169,7 @@ class GossipLoop:
                 await self._post(peer, GossipSync(hub_id=self.state.hub_id, vv=vv, entries=push))
             self.state.metrics.gossip.labels(peer, "ok").inc()
             return True
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, ExchangeFailed) as exc:
             self.state.metrics.gossip.labels(peer, "failed").inc()
             log.info("gossip exchange failed", extra={"peer": peer, "error": f"{type(exc).__name__}: {exc}"})
             return False
@@ -163,11 +179,30 @@ class GossipLoop:
         headers = signing.sign_headers(
             self.state.settings.gossip_secret, "POST", SYNC_PATH, self.state.hub_id, body, time.time()
         )
-        response = await self.client.post(
-            peer.rstrip("/") + SYNC_PATH,
-            content=body,
-            headers={**headers, "content-type": "application/json"},
-        )
-        response.raise_for_status()
+        what = f"POST {SYNC_PATH} of {len(body)} bytes"
+        try:
+            response = await self.client.post(
+                peer.rstrip("/") + SYNC_PATH,
+                content=body,
+                headers={**headers, "content-type": "application/json"},
+            )
+        except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
+            # A peer answers a body over its limit 413 and closes without reading it; mid-upload,
+            # that reaches us as a bare read or write error, with no status to show.
+            raise ExchangeFailed(
+                f"{what}: {type(exc).__name__} {exc}".rstrip()
+                + " (the peer closed the connection; is the body over its --max-request-mb?)"
+            ) from exc
+        if response.is_error:
+            raise ExchangeFailed(f"{what}: {response.status_code} {_detail(response)}")
         # strict_json: a peer's NaN must not reach storage, where no reply could render it
         return GossipReply.model_validate(strict_json.loads(response.content))
+
+
+def _detail(response: httpx.Response) -> str:
+    """A peer's error reply in one line: its `detail` (problems.py), or the status's phrase."""
+    try:
+        detail = strict_json.loads(response.content).get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return str(detail)[:300] if detail else response.reason_phrase

@@ -165,9 +165,12 @@ def _plain_parts(
             raise Conflict(f"groups.{tg}: no open {update.tier} round for timestep group {tg!r}")
         if part.float16 and not round_.accept_float16:
             raise Invalid(
-                f"groups.{tg}: round {round_.id} takes float32 factors only (accept_float16 is off)"
+                f"groups.{tg}: round {round_.id} takes float32 factors only (accept_float16 is off)",
+                loc=("groups", tg),
             )
-        norm = check_deltas(f"groups.{tg}", part.pairs, round_.shapes, round_.max_norm, round_.id)
+        norm = check_deltas(
+            f"groups.{tg}", part.pairs, round_.shapes, round_.max_norm, round_.id, loc=("groups", tg)
+        )
         sketch = None
         if strategy_for(round_).needs_features:  # clustering: its features now, not at the close
             sketch = state.sketcher(round_.id, round_.shapes, round_.sketch_seed).sketch(part.pairs).tobytes()

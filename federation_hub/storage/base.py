@@ -374,6 +374,10 @@ class Store(ABC):
     def get_release(self, release_id: str, viewer: Viewer) -> ReleaseRecord | None: ...
 
     @abstractmethod
+    def held_release(self, origin: str, seq: int) -> ReleaseRecord | None:
+        """The release held under (origin, seq), whoever may read it, without its payload."""
+
+    @abstractmethod
     def list_releases(
         self, viewer: Viewer, timestep_group: str | None = None, limit: int = 100
     ) -> list[ReleaseRecord]: ...
@@ -387,7 +391,10 @@ class Store(ABC):
 
     @abstractmethod
     def merge_releases(self, releases: Sequence[ReleaseRecord]) -> int:
-        """Insert the ones not held yet (by origin and seq); returns how many were new."""
+        """Insert the ones not held yet (by origin and seq); returns how many were new. A copy with
+        another digest replaces the held one if its digest is smaller and its tier and tenant are
+        the held one's (audited `release-conflict`); which copies may be merged at all is the
+        gossip service's decision."""
 
     # audit
     @abstractmethod

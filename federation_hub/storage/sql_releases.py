@@ -47,6 +47,15 @@ class ReleaseQueries:
             ).first()
         return self._release(row, True) if row else None
 
+    def held_release(self, origin: str, seq: int) -> ReleaseRecord | None:
+        r = t.releases.c
+        query = sa.select(r.origin, r.seq, r.tier, r.tenant, r.timestep_group, r.meta, r.digest).where(
+            r.origin == origin, r.seq == seq
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return self._release(row, False) if row else None
+
     def list_releases(
         self, viewer: Viewer, timestep_group: str | None = None, limit: int = 100
     ) -> list[ReleaseRecord]:
@@ -105,16 +114,20 @@ class ReleaseQueries:
                     )
                     continue
                 r = t.releases.c
-                held = conn.execute(
-                    sa.select(r.digest).where(r.origin == rel.origin, r.seq == rel.seq)
-                ).scalar_one()
-                if rel.digest < held:
+                # the same readers only: a copy never changes who may read a release (the gossip
+                # service skips such entries first; this holds against a concurrent merge too)
+                same = sa.and_(
+                    r.origin == rel.origin,
+                    r.seq == rel.seq,
+                    r.tier == rel.tier,
+                    r.tenant.is_not_distinct_from(rel.tenant),
+                )
+                held = conn.execute(sa.select(r.digest).where(same)).scalar_one_or_none()
+                if held is not None and rel.digest < held:
                     # Two contents under one (origin, seq): only an origin that lost its database and
                     # reused its id does that. The smaller digest wins everywhere, so merges stay
                     # order-independent (gossip/vv.py `union`), and the audit log records it.
-                    conn.execute(
-                        t.releases.update().where(r.origin == rel.origin, r.seq == rel.seq).values(**values)
-                    )
+                    conn.execute(t.releases.update().where(same).values(**values))
                     self._append_audit(
                         conn, "release-conflict", rel.id, {"kept": rel.digest, "dropped": held}
                     )

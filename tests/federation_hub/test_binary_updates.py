@@ -3,6 +3,7 @@ where the round accepts it, and every bad body — one that lies about its sizes
 duplicate or missing tensors, non-finite values, a header too large — a 4xx naming the problem,
 with nothing stored and the hub unharmed."""
 
+import base64
 import json
 import sqlite3
 import struct
@@ -213,8 +214,45 @@ def test_bad_bodies_are_refused_by_name_and_nothing_is_stored(hub, world, proble
     assert response.status_code == 422, response.text
     answer = response.json()
     assert problem.strip() in answer["detail"] or problem in json.dumps(answer["errors"]), answer
+    assert answer["errors"] and answer["errors"][0]["loc"][0] == "body", answer  # a 422 names where
     assert len(stored(hub, world["coarse"])) == before
     assert httpx.get(hub.url + "/health").status_code == 200
+
+
+def json_body(update_id, pairs) -> bytes:
+    def tensor(x):
+        return {
+            "dtype": "float32",
+            "shape": list(x.shape),
+            "data": base64.b64encode(x.astype("<f4").tobytes()).decode(),
+        }
+
+    deltas = {n: {"a": tensor(p.a), "b": tensor(p.b)} for n, p in pairs.items()}
+    return json.dumps(
+        header(update_id) | {"groups": {"coarse": {"deltas": deltas, "metrics": METRICS}}}
+    ).encode()
+
+
+def test_a_problem_names_the_same_field_in_either_body(hub, world):
+    """A NaN factor in a safetensors body listed no field (`errors: []`), in JSON its place."""
+    token = world["tokens"][6]
+    pairs = random_update(np.random.default_rng(4))
+    pairs["layers.0.q_proj"].a[0, 0] = np.nan
+    binary = post(hub, token, body("same-1", pairs))
+    as_json = post(hub, token, json_body("same-2", pairs), content_type="application/json")
+    for response in (binary, as_json):
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["loc"] == [
+            "body",
+            "groups",
+            "coarse",
+            "deltas",
+            "layers.0.q_proj",
+            "a",
+        ]
+    pairs["layers.0.q_proj"].a[0, 0] = 0.0
+    half = post(hub, token, body("same-3", pairs, dtype=np.float16))  # a rule of the round, not the reader
+    assert half.status_code == 422 and half.json()["errors"][0]["loc"] == ["body", "groups", "coarse"]
 
 
 def test_other_media_types_are_415(hub, world):

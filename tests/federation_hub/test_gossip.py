@@ -167,7 +167,8 @@ def test_a_peer_cannot_plant_bad_releases(federation):
         "meta": (entry(meta={"contributors": "many"}), "not a release summary"),
         "no shapes": (entry(meta={"details": {}}), "not a release summary"),
         "shapes": (entry(meta={"details": {"shapes": 5}}), "not a release summary"),
-        "tier": (entry(meta={"tier": "tenant"}), "is not gossiped here"),
+        "tier": (entry(meta={"tier": "tenant", "tenant": "t"}), "is not gossiped here"),
+        "readers": (entry(meta={"tenant": "t"}), "not a release summary"),  # public, yet a tenant's
         "seq": (entry(meta={"seq": 901}), "names another origin or seq"),
         "group": (entry(meta={"timestep_group": "fine"}), "meta says 'fine'"),
         "garbage": (entry(payload=b"garbage"), "shorter than a safetensors header"),

@@ -152,6 +152,20 @@ def test_identical_updates_average_to_the_update():
     assert released.residual < 1e-5
 
 
+@pytest.mark.parametrize("dense", [False, True])
+def test_a_release_rank_past_the_linear_is_clamped(dense):
+    """release_rank 1000 on an 8×8 linear gave [1000, 8] and [8, 1000] factors, all but 8 rows zero
+    (a 128×128 round with 65536 made a 64 MiB release)."""
+    rng = np.random.default_rng(3)
+    total = LowRankSum(8, 6)
+    for _ in range(5 if dense else 1):  # 5 × rank 2 stacked is past 8×6: dense
+        total.add(random_pair(rng, 8, 6, 2), 0.2)
+    released = total.factorize(1000)
+    assert released.pair.a.shape == (6, 6) and released.pair.b.shape == (8, 6)
+    np.testing.assert_allclose(released.pair.product(), total.dense(), atol=1e-5)
+    assert total.factorize(4).pair.a.shape == (4, 6)  # below it, the rank asked for
+
+
 def test_averaging_factors_separately_is_inexact():
     # why the hub never does it: mean(B) @ mean(A) != mean(B @ A)
     rng = np.random.default_rng(2)

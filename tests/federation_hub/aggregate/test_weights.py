@@ -30,6 +30,14 @@ def test_quality_weights_favour_improvement_and_drop_harm(improvement, temperatu
         assert w.sum() == 0
 
 
+def test_quality_weights_never_overflow():
+    """A near-zero temperature (1e-320 reached here from a round's parameters) overflowed
+    gain / temperature: NaN weights, and the round withheld for want of improving updates."""
+    with np.errstate(all="raise"):  # no overflow, not even one numpy would only warn about
+        w = quality_weights(np.array([0.1, 0.2, -0.1, 0.2]), 1e-320)
+    np.testing.assert_array_equal(w, [0.0, 0.5, 0.0, 0.5])  # an argmax, ties shared
+
+
 def test_relative_improvement():
     np.testing.assert_allclose(
         relative_improvement(np.array([10.0, 20.0]), np.array([9.0, 22.0])), [0.1, -0.1]

@@ -260,6 +260,13 @@ def test_merges_are_idempotent_and_order_independent(store):
     store.merge_releases([rel(1, "a" * 64)])  # a conflicting copy: the smaller digest wins
     store.merge_releases([rel(1, "f" * 64)])
     assert store.get_release("peer:1", ADMIN).digest == "a" * 64
+    relabelled = ReleaseRecord("peer", 1, "tenant", "acme", "coarse", {"seq": 1}, "0" * 64, b"y")
+    store.merge_releases([relabelled])  # smaller, but for other readers: never replaces
+    held = store.get_release("peer:1", ADMIN)
+    assert (held.tier, held.tenant, held.digest) == ("public", None, "a" * 64)
+    assert store.held_release("peer", 1) == ReleaseRecord(
+        "peer", 1, "public", None, "coarse", held.meta, "a" * 64, None
+    )
     assert store.releases_after({"peer": 1}, ["public"], 10)[0].seq == 2
     assert store.releases_after({"peer": 2}, ["public"], 10) == []
     assert store.releases_after({}, ["tenant"], 10) == []

@@ -37,6 +37,8 @@ def test_daf_picks_a_policy_per_timestep_group():
     assert make_strategy("fedprox", "coarse", {"proximal_mu": 0.1}).client_config() == {"proximal_mu": 0.1}
     bad = [
         ("quality", {"temperature": 0}),
+        ("quality", {"temperature": 1e-320}),  # accepted: gain / temperature overflowed, weights NaN
+        ("hybrid", {"temperature": 1e-9}),
         ("quality", {"temperature": "hot"}),
         ("selective", {"clusters": 0}),
         ("conservative", {"min_contributors": 0}),
