@@ -279,7 +279,12 @@ def sample_verified(
         cached = backend.cached()
         first_mask = len(tokens) + len(drafts)  # the position the AR row after the drafts predicts
         wanted = draft_count(recent_kept, plan.span, settings.drafting, idle, checking=len(drafts))
-        masks = max(0, min(wanted + 1 if wanted else 0, end - first_mask))
+        # The block's first row predicts first_mask (the AR row's token, not a draft) and its
+        # drafts are checked by a forward that adds a token after them: so a block ends two short
+        # of `end`, or its drafts' bonus token would pass the length (and show a token the
+        # result then cuts). A block of one mask would draft nothing.
+        masks = min(wanted + 1 if wanted else 0, end - first_mask - 1)
+        masks = masks if masks > 1 else 0
         rows = control.rows(0, masks, 1.0)
         chunk = verified_chunk(tokens, cached, [d.token for d in drafts], masks, mask_id, rows, control.slots)
         started = time.perf_counter()
@@ -334,4 +339,4 @@ def sample_verified(
         index += 1
         if settings.stop_at_eos and eos.intersection(committed):
             break
-    return generated[: settings.length]
+    return generated
