@@ -22,7 +22,9 @@ class LiveView:
         self.token_text = token_text
         self.prompt = prompt
         self.console = console or Console(stderr=False)
-        self.live = Live(console=self.console, auto_refresh=False, transient=False)
+        # transient: the animation is erased when it ends, and the caller prints the answer once,
+        # decoded whole (a last frame left on screen showed the answer twice)
+        self.live = Live(console=self.console, auto_refresh=False, transient=True)
 
     def __enter__(self) -> LiveView:
         self.live.__enter__()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from collections.abc import Callable
@@ -109,7 +110,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULTS.top_p,
         help=f"nucleus sampling mass (default {DEFAULTS.top_p:g})",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same tokens")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="random seed: same seed, same tokens (default: a fresh one when sampling, shown in the "
+        "summary and --json so a run can be replayed; 0 when greedy)",
+    )
     parser.add_argument(
         "--bank", type=Path, help="TALoRA/DGR adapter bank directory (default: the model's banks/)"
     )
@@ -206,33 +212,42 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
     if loop is not None:
         loop.attach(model)
     control = model.control(settings)
+    seed = seed_for(args.seed, settings)
 
     if args.json:
-        done = model.generate(ids, settings, seed=args.seed, control=control)
+        done = model.generate(ids, settings, seed=seed, control=control)
         completion_id = record(loop, model, ids, settings, done, control, text)
         graph = getattr(model.backend, "graph", None)
         body = report(
-            done, settings, load_ms, args.seed, str(directory), warnings, extra_row, graph and graph.name
+            done, settings, load_ms, seed, str(directory), warnings, extra_row, graph and graph.name
         )
         print(json.dumps({"completion_id": completion_id, **body}, indent=1))
         return 0
     if sys.stdout.isatty():
         with LiveView(model.token_text) as view:
-            done = model.generate(ids, settings, seed=args.seed, on_step=view, control=control)
-        print(f"\n{done.text}")
-        print(summary(done, settings, extra_row), file=sys.stderr)
+            done = model.generate(ids, settings, seed=seed, on_step=view, control=control)
+        print(done.text)  # the live view erased itself
+        print(summary(done, settings, extra_row, seed), file=sys.stderr)
     else:
         printer = StreamPrinter(model.decode, sys.stdout, set(model.config.eos_token_ids))
-        done = model.generate(ids, settings, seed=args.seed, on_step=printer, control=control)
+        done = model.generate(ids, settings, seed=seed, on_step=printer, control=control)
         printer.finish(done.text)
         if args.verbose:
-            print(summary(done, settings, extra_row), file=sys.stderr)
+            print(summary(done, settings, extra_row, seed), file=sys.stderr)
     completion_id = record(loop, model, ids, settings, done, control, text)
     if completion_id is not None:
         print(
             f"completion {completion_id} (feedback: ruvdllm feedback {completion_id} --up)", file=sys.stderr
         )
     return 0
+
+
+def seed_for(given: int | None, settings: GenerationSettings) -> int:
+    """The seed a run uses: the one given; else, when sampling, a fresh one (a fixed default made
+    every sampled answer to a prompt the same); else 0 (greedy text does not depend on it)."""
+    if given is not None:
+        return given
+    return random.SystemRandom().getrandbits(31) if settings.temperature > 0 else 0
 
 
 def record(loop, model, ids, settings, done, control, prompt: str) -> str | None:
@@ -253,8 +268,11 @@ def sampler_name(settings: GenerationSettings) -> str:
     return settings.sampler
 
 
-def summary(done, settings: GenerationSettings, extra_row: float | None = None) -> str:
-    """The one-line summary; `extra_row`: the row cost for which sampler auto ran `ar`."""
+def summary(
+    done, settings: GenerationSettings, extra_row: float | None = None, seed: int | None = None
+) -> str:
+    """The one-line summary; `extra_row`: the row cost for which sampler auto ran `ar`; `seed`
+    is shown when sampling (the run is replayed with --seed)."""
     result = done.result
     sampler = sampler_name(settings) if result.sampler == settings.sampler else result.sampler
     if extra_row is not None:
@@ -266,6 +284,7 @@ def summary(done, settings: GenerationSettings, extra_row: float | None = None) 
         f"{sampler} · {len(done.tokens)} tokens in {result.steps} steps · {result.tokens_per_forward:.2f} tokens/step"
         f"{drafts} · {result.wall_ms / 1e3:.2f} s · {rate:.1f} tokens/s · "
         f"{result.forward_ms / max(result.steps, 1):.1f} ms/step · {done.finish_reason}"
+        + (f" · seed {seed}" if seed is not None and settings.temperature > 0 else "")
     )
 
 

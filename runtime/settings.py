@@ -3,6 +3,7 @@ errors before any forward runs."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
@@ -190,8 +191,8 @@ def check_settings(settings: GenerationSettings) -> None:
         raise RuvdllmError(f"threshold {s.threshold}: must be in (0, 1]")
     if not s.entropy_bound >= 0.0:  # NaN fails too; infinity commits a whole span per step
         raise RuvdllmError(f"entropy bound {s.entropy_bound}: must be >= 0")
-    if s.temperature < 0.0:
-        raise RuvdllmError(f"temperature {s.temperature}: must be >= 0")
+    if not 0.0 <= s.temperature < math.inf:  # NaN and infinity sample noise
+        raise RuvdllmError(f"temperature {s.temperature}: must be a finite number >= 0")
     if s.top_k < 0:
         raise RuvdllmError(f"top-k {s.top_k}: must be >= 0")
     if not 0.0 < s.top_p <= 1.0:

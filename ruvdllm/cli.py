@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ruvdllm.errors import RuvdllmError
@@ -79,12 +80,32 @@ def _extra(name: str) -> str:
     }.get(name, "runtime")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ruvdllm")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
+def without_debug(argv: list[str]) -> tuple[list[str], bool]:
+    """`argv` without `--debug` wherever it stands before a `--` (users add it after the
+    command, where the subcommand's parser would refuse it), and whether it was there."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    kept = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    return kept, len(kept) < len(argv)
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ruvdllm",
         description="4-bit diffusion LLMs: export, generate, serve, browser client, federation hub.",
     )
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument(
+        "--debug", action="store_true", help="show full tracebacks (before or after the command)"
+    )
+    parser.add_argument("--version", action="version", version=f"ruvdllm {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Only the chosen subcommand's module is imported (to add its arguments).
     chosen = next((a for a in argv if a in SUBCOMMANDS), None)
@@ -96,8 +117,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv
+    argv, debug = without_debug(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser(argv)
         args = parser.parse_args(argv)
@@ -122,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`ruvdllm generate ... | head`): nothing to say
+        # to it, and Python's flush at exit must not fail on the closed pipe again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a command ended by SIGPIPE
 
 
 if __name__ == "__main__":

@@ -25,6 +25,16 @@ def test_live_view_shows_masks_filling_in():
     assert "step 3" in text
 
 
+def test_live_view_erases_its_last_frame_so_the_answer_is_printed_once():
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=80)
+    with LiveView({1: "The", 2: " cat"}.get, console=console) as view:
+        view(event([1, 2], {1: 2}))
+    frame, after = out.getvalue().rsplit("ms/forward", 1)  # the last frame's status line
+    # the frame (text, status line) is erased line by line once the view closes
+    assert after.count("\x1b[2K") >= 2
+
+
 def test_stream_printer_writes_final_prefixes_once():
     out = io.StringIO()
     text = {1: "a", 2: "b", 3: "c"}

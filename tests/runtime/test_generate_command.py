@@ -154,6 +154,47 @@ def test_same_seed_same_tokens_and_stdin_prompt(tiny_model_dir, tmp_path):
     assert a == b and a != c
 
 
+def test_sampling_without_a_seed_draws_a_fresh_one_and_reports_it(tiny_model_dir, tmp_path):
+    args = ("Hello", "--model", tiny_model_dir, "--length", "8", "--temperature", "1.5", "--sampler", "mdlm")
+    runs = [json.loads(cli(*args, "--json", cache=tmp_path).stdout) for _ in range(3)]
+    assert len({r["seed"] for r in runs}) == 3  # a fixed default made every sampled answer the same
+    replay = json.loads(cli(*args, "--json", "--seed", runs[0]["seed"], cache=tmp_path).stdout)
+    assert replay["tokens"] == runs[0]["tokens"]
+    greedy = json.loads(
+        cli("Hello", "--model", tiny_model_dir, "--length", "4", "--json", cache=tmp_path).stdout
+    )
+    assert greedy["seed"] == 0
+    verbose = cli(*args, "--verbose", cache=tmp_path)
+    assert verbose.returncode == 0 and " · seed " in verbose.stderr.splitlines()[0]
+
+
+def test_debug_after_the_command_and_a_reader_that_goes_away(tiny_model_dir, tmp_path):
+    debug = cli("", "--debug", cache=tmp_path)  # --debug after the command: a traceback, not a usage error
+    assert (
+        debug.returncode == 1
+        and "Traceback" in debug.stderr
+        and "RuvdllmError: prompt: empty" in debug.stderr
+    )
+    env = {**os.environ, "RUVDLLM_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    generate = [sys.executable, "-m", "ruvdllm.cli", "generate", "Hello", "--model", str(tiny_model_dir)]
+    reader = subprocess.Popen(["true"], stdin=subprocess.PIPE)  # reads nothing and is gone
+    reader.wait()
+    run = subprocess.run(
+        [*generate, "--threads", "1", "--length", "8", "--no-eos-stop", "--sampler", "ar"],
+        stdout=reader.stdin,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    reader.stdin.close()
+    assert run.returncode == 141 and run.stderr == "", run.stderr  # as `| head` ending early: no traceback
+    version = subprocess.run(
+        [sys.executable, "-m", "ruvdllm.cli", "--version"], capture_output=True, text=True
+    )
+    assert version.returncode == 0 and version.stdout.startswith("ruvdllm ")
+
+
 def test_default_model_comes_from_the_cache(tiny_model_dir, tmp_path):
     name = default_model_name("cpu")
     shutil.copytree(tiny_model_dir, tmp_path / "artifacts" / name)

@@ -52,6 +52,8 @@ def test_defaults_resolve_to_one_token_per_step():
         (GenerationSettings(entropy_bound=float("nan")), 3, "entropy bound nan"),
         (GenerationSettings(order="random"), 3, "order 'random': unknown"),
         (GenerationSettings(temperature=-1), 3, "temperature"),
+        (GenerationSettings(temperature=float("nan")), 3, "temperature nan: must be a finite number"),
+        (GenerationSettings(temperature=float("inf")), 3, "temperature inf: must be a finite number"),
         (GenerationSettings(top_k=-1), 3, "top-k"),
         (GenerationSettings(top_p=0.0), 3, "top-p"),
         (GenerationSettings(drafting=Drafting(lookup="ngram")), 3, "drafting lookup 'ngram': unknown"),
