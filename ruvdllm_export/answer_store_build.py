@@ -75,6 +75,9 @@ def build_answer_store(paths: list[Path], checkpoint, min_count: int, log=None) 
         )
     except ValueError as exc:
         raise RuvdllmError(f"answer store: {exc}") from None
+    if not store.meta["answers"]:  # an empty store drafts nothing: a wrong file, not a store to ship
+        names = ", ".join(map(str, paths))
+        raise RuvdllmError(f"{names}: no {SPLIT}-split answers (is it `ruvdllm distill answers` output?)")
     if log is not None:
         sizes = ", ".join(f"{len(t.keys)} {t.n}-grams" for t in store.tables)
         log(f"answer store: {store.meta['answers']} answers, {store.meta['answer_tokens']} tokens -> {sizes}")

@@ -3,7 +3,11 @@ group, trained on a coarse -> fine curriculum over two or more text domains
 (convert/talora_training.py), written as the adapter bank the runtime loads (runtime/banks.py).
 
     ruvdllm train-banks --data DOMAIN_A DOMAIN_B --output BANK_DIR [--adapter CONVERSION.safetensors]
-        [--compare] [--steps 200] [--precision bf16]
+        [--compare] [--steps 200] [--precision bf16] [--force]
+
+A domain is a directory of documents, a JSONL file of records, or one text file, which is cut at
+blank lines into paragraphs (the held-out split goes by document). An existing --output is
+replaced only with --force, and only if it holds a bank.
 
 The banks train over the converted model: the conversion adapter (default: the shipped one, for
 the default model) is folded into the frozen base first, so the banks learn what is left per
@@ -17,37 +21,53 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 import time
 from pathlib import Path
 
 from runtime.artifact import sha256_file
-from runtime.banks import TRAINING_JSON
+from runtime.banks import BANK_JSON, TRAINING_JSON
 from ruvdllm.errors import RuvdllmError
-from ruvdllm_export.convert.data import HELD_OUT
+from ruvdllm_export.convert.data import HELD_OUT, Document
 from ruvdllm_export.convert.objectives import ObjectiveConfig
 from ruvdllm_export.convert.talora_training import BankTrainConfig
 from ruvdllm_export.convert.trainer import PRECISIONS, TrainConfig
-from ruvdllm_export.flags import Flag, add_flags, resolve
+from ruvdllm_export.flags import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, Flag, Range, add_flags, resolve
 
 FLAGS = (
-    Flag("steps", "optimizer steps (each bank steps only when its group had weight)", BankTrainConfig),
-    Flag("batch_size", "rows per step", BankTrainConfig),
-    Flag("seq_len", "tokens per row", TrainConfig),
-    Flag("block_size", "BD3LM block the banks train for", ObjectiveConfig),
-    Flag("lr", "learning rate (AdamW, one optimizer per bank)", BankTrainConfig),
     Flag(
-        "curriculum", "share of the steps per group stage, coarse first (the rest: every t)", BankTrainConfig
+        "steps",
+        "optimizer steps (each bank steps only when its group had weight)",
+        BankTrainConfig,
+        range=AT_LEAST_1,
     ),
-    Flag("held_out", "fraction of each domain never trained on", default=HELD_OUT),
-    Flag("eval_rows", "held-out rows scored per domain", default=16),
+    Flag("batch_size", "rows per step", BankTrainConfig, range=AT_LEAST_1),
+    Flag("seq_len", "tokens per row", TrainConfig, range=Range(2)),
+    Flag("block_size", "BD3LM block the banks train for", ObjectiveConfig, range=AT_LEAST_1),
+    Flag("lr", "learning rate (AdamW, one optimizer per bank)", BankTrainConfig, range=POSITIVE),
+    Flag(
+        "curriculum",
+        "share of the steps per group stage, coarse first (the rest: every t)",
+        BankTrainConfig,
+        range=FRACTION,
+    ),
+    # a domain with nothing held out could not be scored
+    Flag(
+        "held_out",
+        "fraction of each domain never trained on",
+        default=HELD_OUT,
+        range=Range(0, 1, True, True),
+    ),
+    Flag("eval_rows", "held-out rows scored per domain", default=16, range=AT_LEAST_1),
     Flag(
         "precision",
         "bf16: the forward under bfloat16 autocast",
         BankTrainConfig,
         options={"choices": PRECISIONS},
     ),
-    Flag("seed", "data order, masks and bank init", BankTrainConfig),
+    Flag("seed", "data order, masks and bank init", BankTrainConfig, range=NON_NEGATIVE),
 )
 PRESETS = {
     # The shipped banks (docs/conversion.md): with --data <corpus>/docs <corpus>/licences
@@ -87,39 +107,87 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", type=Path, required=True, help="the bank directory to write")
     parser.add_argument(
+        "--force", action="store_true", help="replace the bank already in --output (never another directory)"
+    )
+    parser.add_argument(
         "--compare", action="store_true", help="also train the same-size static LoRA and compare"
     )
     add_flags(parser, FLAGS)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=AT_LEAST_1.parser(int), help="torch CPU threads (default: torch's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def check_output(output: Path, force: bool) -> None:
+    """Refuse to write over anything but a bank, before minutes of loading and training: saving
+    a bank replaces the whole directory (runtime/banks.py), so `--output .` must never get there."""
+    if not output.exists() or (output.is_dir() and not any(output.iterdir())):
+        return
+    if not force:
+        raise RuvdllmError(
+            f"{output}: already exists (choose another --output, or --force to replace the bank)"
+        )
+    if not (output / BANK_JSON).is_file():
+        raise RuvdllmError(
+            f"{output}: not an adapter bank (no {BANK_JSON}); --force replaces only a bank, choose another --output"
+        )
+
+
+def check_domains(paths) -> None:
+    """Every --data path there and readable, all problems in one line, before the model loads."""
+    problems = []
+    for path in map(Path, paths):
+        if not path.exists():
+            problems.append(f"{path}: no such file or directory")
+        elif not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+            problems.append(f"{path}: not readable")
+        elif path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+            problems.append(f"{path}: the directory holds no files")
+    if problems:
+        raise RuvdllmError(f"train-banks --data: {'; '.join(problems)}")
+
+
+def paragraphs(document: Document) -> list[Document]:
+    """A lone document cut at blank lines: a domain given as one text file is one document, and
+    the held-out split, which goes by document, needs two or more."""
+    parts = [part.strip() for part in re.split(r"\n\s*\n", document.text) if part.strip()]
+    return [Document(part, f"{document.source}, paragraph {i}") for i, part in enumerate(parts, 1)]
 
 
 def load_domains(paths, checkpoint, seq_len: int, held_out: float, seed: int):
     """(training rows per domain, {domain name: held-out rows}): one domain per path, each split
-    on its own, so every domain is scored on text its training never saw."""
-    from ruvdllm_export.convert.data import build_sequences
+    on its own, so every domain is scored on text its training never saw. Needs only the
+    checkpoint's tokenizer and spec, so a bad domain is named before the weights load."""
+    from ruvdllm_export.convert.data import build_sequences, read_training_documents
 
     spec = checkpoint.spec
+    eos = spec.eos_token_ids[0]
     train, held = [], {}
     for path in paths:
-        rows, held_rows = build_sequences(
-            [path],
-            checkpoint.tokenizer,
-            seq_len,
-            spec.eos_token_ids[0],
-            held_out,
-            seed,
-            spec.chat_template,
-            spec.bos_token_id,
+        documents = read_training_documents(
+            [path], checkpoint.tokenizer, eos, spec.chat_template, spec.bos_token_id
         )
+        if len(documents) == 1:
+            documents = paragraphs(documents[0])
+        if len(documents) < 2:
+            raise RuvdllmError(
+                f"{path}: one document cannot be split into training and held-out text; a domain is a directory "
+                "of documents, a JSONL file of records, or a text file of two or more paragraphs (blank-line separated)"
+            )
+        try:
+            rows, held_rows = build_sequences(documents, checkpoint.tokenizer, seq_len, eos, held_out, seed)
+        except RuvdllmError as exc:  # the packing error names no file
+            raise RuvdllmError(f"{path}: {exc}") from None
         if held_rows is None:
-            raise RuvdllmError(f"{path}: too little text for a held-out split; give a larger domain")
+            raise RuvdllmError(
+                f"{path}: the held-out share (--held-out {held_out:g}) of its {len(documents)} documents is "
+                f"shorter than one row of --seq-len {seq_len} tokens; give more text or a larger --held-out"
+            )
         train.append(rows)
         held[Path(path).name] = held_rows
     return train, held
 
 
-def _converted_model(args):
+def _converted_model(args, checkpoint):
     """(checkpoint, model, adapter path or None): the base with the conversion adapter folded in,
     its weights cached in the training precision."""
     import torch
@@ -127,7 +195,7 @@ def _converted_model(args):
     from ruvdllm_export.convert_command import load_model
     from ruvdllm_export.reference import attach_adapter_file, merge_lora
 
-    checkpoint, model = load_model(args.model, progress=not args.quiet)
+    checkpoint, model = load_model(checkpoint, progress=not args.quiet)
     adapter = None
     if not args.no_adapter:
         adapter = args.adapter
@@ -168,6 +236,8 @@ def run(args) -> int:
         raise RuvdllmError("train-banks: give two or more --data domains (one file or directory each)")
     if min(args.steps, args.batch_size, args.eval_rows) < 1 or args.seq_len < 2 * args.block_size:
         raise RuvdllmError("train-banks: --steps, --batch-size, --eval-rows >= 1 and --seq-len >= 2 blocks")
+    check_output(args.output, args.force)  # before anything is loaded: fails in the first second
+    check_domains(args.data)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -181,8 +251,14 @@ def run(args) -> int:
         )
     except ValueError as exc:
         raise RuvdllmError(f"train-banks: {exc}") from None
-    checkpoint, model, adapter = _converted_model(args)
+    from ruvdllm_export.checkpoints import load_checkpoint
+    from ruvdllm_export.default_model import default_gguf_path
+
+    checkpoint = load_checkpoint(
+        args.model if args.model is not None else default_gguf_path(progress=not args.quiet)
+    )  # headers and tokenizer: enough to read the domains before any weight is
     train, held = load_domains(args.data, checkpoint, args.seq_len, args.held_out, args.seed)
+    checkpoint, model, adapter = _converted_model(args, checkpoint)
     data = torch.cat(train)
     objective = ObjectiveConfig("bd3lm", args.block_size, complementary=True)
     plain = ObjectiveConfig("bd3lm", args.block_size, complementary=False)
@@ -211,7 +287,7 @@ def run(args) -> int:
         "final_loss": log[-1]["loss"],
     }
     if args.compare:
-        _, static_model, _ = _converted_model(args)
+        _, static_model, _ = _converted_model(args, checkpoint)
         started = time.monotonic()
         train_static(static_model, data, objective, config, _bar(args.steps, "static LoRA", args.quiet))
         seconds["static"] = time.monotonic() - started

@@ -30,14 +30,25 @@ from ruvdllm.errors import RuvdllmError
 from ruvdllm_export.convert.data import HELD_OUT
 from ruvdllm_export.convert.objectives import OBJECTIVES, ObjectiveConfig
 from ruvdllm_export.convert.trainer import PRECISIONS, TrainConfig
-from ruvdllm_export.flags import Flag, add_flags, from_args, resolve
+from ruvdllm_export.flags import (
+    AT_LEAST_1,
+    FRACTION,
+    HELD_OUT_FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    Flag,
+    Range,
+    add_flags,
+    from_args,
+    resolve,
+)
 from ruvdllm_export.reference import LoraConfig
 
 ARGS_FILE = "args.json"
 
 DATA = (
-    Flag("distill_tokens", "longest self-distilled answer", default=160),
-    Flag("held_out", "fraction of documents never trained on", default=HELD_OUT),
+    Flag("distill_tokens", "longest self-distilled answer", default=160, range=AT_LEAST_1),
+    Flag("held_out", "fraction of documents never trained on", default=HELD_OUT, range=HELD_OUT_FRACTION),
 )
 ADAPTER = (
     Flag(
@@ -46,9 +57,9 @@ ADAPTER = (
         ObjectiveConfig,
         options={"choices": OBJECTIVES},
     ),
-    Flag("block_size", "BD3LM block", ObjectiveConfig),
-    Flag("rank", "LoRA rank", LoraConfig),
-    Flag("alpha", "LoRA alpha: the scale is alpha / rank", LoraConfig),
+    Flag("block_size", "BD3LM block", ObjectiveConfig, range=AT_LEAST_1),
+    Flag("rank", "LoRA rank", LoraConfig, range=AT_LEAST_1),
+    Flag("alpha", "LoRA alpha: the scale is alpha / rank", LoraConfig, range=POSITIVE),
     Flag(
         "targets",
         "comma-separated linears; add embed_tokens / lm_head to adapt those too",
@@ -57,28 +68,46 @@ ADAPTER = (
     ),
 )
 TRAINING = (  # every TrainConfig field, in its order
-    Flag("seq_len", "tokens per training row", TrainConfig),
-    Flag("batch_size", "rows per micro-batch per process", TrainConfig),
-    Flag("grad_accum", "micro-batches per optimizer step", TrainConfig),
-    Flag("lr", "peak learning rate (AdamW; warm-up, then cosine decay to a tenth)", TrainConfig),
-    Flag("weight_decay", "AdamW weight decay", TrainConfig),
-    Flag("warmup_steps", "optimizer steps of linear warm-up", TrainConfig),
-    Flag("max_steps", "optimizer steps", TrainConfig),
-    Flag("anneal_steps", "steps over which attention opens from causal to block diffusion", TrainConfig),
-    Flag("eval_every", "steps between held-out evaluations (0: only before and after training)", TrainConfig),
-    Flag("eval_rows", "held-out rows per evaluation", TrainConfig),
-    Flag("checkpoint_minutes", "minutes between checkpoints", TrainConfig),
-    Flag("checkpoint_steps", "also checkpoint every N steps (0: by time only)", TrainConfig),
-    Flag("seed", "data order, masks, annealing and LoRA init", TrainConfig),
+    Flag("seq_len", "tokens per training row", TrainConfig, range=Range(2)),
+    Flag("batch_size", "rows per micro-batch per process", TrainConfig, range=AT_LEAST_1),
+    Flag("grad_accum", "micro-batches per optimizer step", TrainConfig, range=AT_LEAST_1),
+    # 0 is allowed: a warm start evaluated as it is (its factors kept exactly)
+    Flag(
+        "lr",
+        "peak learning rate (AdamW; warm-up, then cosine decay to a tenth)",
+        TrainConfig,
+        range=NON_NEGATIVE,
+    ),
+    Flag("weight_decay", "AdamW weight decay", TrainConfig, range=NON_NEGATIVE),
+    Flag("warmup_steps", "optimizer steps of linear warm-up", TrainConfig, range=NON_NEGATIVE),
+    Flag("max_steps", "optimizer steps", TrainConfig, range=AT_LEAST_1),
+    Flag(
+        "anneal_steps",
+        "steps over which attention opens from causal to block diffusion",
+        TrainConfig,
+        range=NON_NEGATIVE,
+    ),
+    Flag(
+        "eval_every",
+        "steps between held-out evaluations (0: only before and after training)",
+        TrainConfig,
+        range=NON_NEGATIVE,
+    ),
+    Flag("eval_rows", "held-out rows per evaluation", TrainConfig, range=AT_LEAST_1),
+    Flag("checkpoint_minutes", "minutes between checkpoints", TrainConfig, range=POSITIVE),
+    Flag(
+        "checkpoint_steps", "also checkpoint every N steps (0: by time only)", TrainConfig, range=NON_NEGATIVE
+    ),
+    Flag("seed", "data order, masks, annealing and LoRA init", TrainConfig, range=NON_NEGATIVE),
     Flag("gradient_checkpointing", "recompute layers in backward: less memory, ~30% more time", TrainConfig),
-    Flag("memory_gb", "CPU memory budget for the batch check", TrainConfig),
+    Flag("memory_gb", "CPU memory budget for the batch check", TrainConfig, range=POSITIVE),
     Flag(
         "lean_memory",
         "return freed tensors' memory at once (~15% lower peak at 1B, steps up to ~20% slower; on by itself "
         "when the run fits --memory-gb only so)",
         TrainConfig,
     ),
-    Flag("log_every", "steps between log lines", TrainConfig),
+    Flag("log_every", "steps between log lines", TrainConfig, range=AT_LEAST_1),
     Flag(
         "precision",
         "bf16: run the frozen base in bfloat16 (about 4x faster on CPUs with AVX512-BF16 and on GPUs)",
@@ -89,13 +118,20 @@ TRAINING = (  # every TrainConfig field, in its order
         "teacher_weight",
         "share of the AR model's own next-token distribution in the loss (0 = labels only)",
         TrainConfig,
+        range=FRACTION,
     ),
     Flag(
         "certainty_weight",
         "certainty forcing: weight of the mean entropy of correctly predicted masked tokens (0 = off)",
         TrainConfig,
+        range=Range(0, 10),
     ),
-    Flag("max_minutes", "stop, evaluate and save after this many minutes (0 = no limit)", TrainConfig),
+    Flag(
+        "max_minutes",
+        "stop, evaluate and save after this many minutes (0 = no limit)",
+        TrainConfig,
+        range=NON_NEGATIVE,
+    ),
 )
 FLAGS = DATA + ADAPTER + TRAINING
 
@@ -177,7 +213,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     t = parser.add_argument_group("training")
     add_flags(t, TRAINING)
-    t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    t.add_argument("--threads", type=AT_LEAST_1.parser(int), help="torch CPU threads (default: torch's)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -210,7 +246,13 @@ def _saved_args(args) -> argparse.Namespace:
     path = args.run_dir / ARGS_FILE
     if not path.is_file():
         raise RuvdllmError(f"{args.run_dir}: no {ARGS_FILE}; is this a `ruvdllm convert` run directory?")
-    saved = json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RuvdllmError(f"{path}: not a convert run's saved arguments ({exc})") from None
+    if not isinstance(saved, dict):
+        raise RuvdllmError(f"{path}: not a convert run's saved arguments (not a JSON object)")
+    _refuse_changes(args, saved, path)
     for key in RESUMABLE:
         if getattr(args, key) is not None:
             saved[key] = getattr(args, key)
@@ -224,13 +266,35 @@ def _saved_args(args) -> argparse.Namespace:
     return argparse.Namespace(**saved)
 
 
+# What --resume never compares with the saved run: how this invocation runs, not what it trains.
+NOT_COMPARED = (*RESUMABLE, "command", "debug", "func", "resume", "run_dir", "quiet", "preset")
+
+
+def _refuse_changes(given: argparse.Namespace, saved: dict, path: Path) -> None:
+    """A flag given with --resume that the run cannot take (not RESUMABLE) and that differs from
+    the run's own value is refused: it would otherwise be silently ignored."""
+    defaults = {flag.name: flag.value for flag in FLAGS}
+    for key, value in vars(given).items():
+        if key in NOT_COMPARED or value is None or value is False or value == []:
+            continue  # not given
+        was = saved.get(key, defaults.get(key))
+        if _as_saved(key, value) != was:
+            flag = "--" + key.replace("_", "-")
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value
+            raise RuvdllmError(
+                f"convert --resume: {flag} {shown} differs from the run's {was} ({path}); a resumed run "
+                f"keeps its own, only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change"
+            )
+
+
+def _as_saved(key: str, value):
+    """A value as args.json holds it."""
+    return [str(p) for p in value] if key == "data" else (str(value) if isinstance(value, Path) else value)
+
+
 def _save_args(args) -> None:
     args.run_dir.mkdir(parents=True, exist_ok=True)
-    raw = {
-        k: [str(p) for p in v] if k == "data" else (str(v) if isinstance(v, Path) else v)
-        for k, v in vars(args).items()
-        if k not in ("command", "debug", "func")
-    }
+    raw = {k: _as_saved(k, v) for k, v in vars(args).items() if k not in ("command", "debug", "func")}
     (args.run_dir / ARGS_FILE).write_text(json.dumps(raw, indent=1))
 
 

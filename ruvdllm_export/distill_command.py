@@ -24,6 +24,7 @@ import sysconfig
 from pathlib import Path
 
 from ruvdllm.errors import RuvdllmError
+from ruvdllm_export.flags import AT_LEAST_1, NON_NEGATIVE, Range
 
 DEFAULT_PROMPTS = Path("data/distill_prompts_wordnet.jsonl")
 
@@ -31,7 +32,12 @@ DEFAULT_PROMPTS = Path("data/distill_prompts_wordnet.jsonl")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = sub.add_parser("prompts", help="build the prompt file from WordNet and package summaries")
-    p.add_argument("--out", type=Path, default=DEFAULT_PROMPTS)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_PROMPTS,
+        help=f"the prompt file to write (default: {DEFAULT_PROMPTS})",
+    )
     p.add_argument("--wordnet", type=Path, default=None, help="WordNet database dir (default: Debian's)")
     p.add_argument(
         "--site-packages",
@@ -40,24 +46,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where to read package summaries (default: this Python's)",
     )
     p.add_argument("--no-packages", action="store_true", help="WordNet prompts only")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=NON_NEGATIVE.parser(int),
+        default=0,
+        help="the prompts' sampling and order (the split goes by each prompt's hash) (default: 0)",
+    )
     a = sub.add_parser("answers", help="sample the AR model's answers to a prompt file (resumable)")
     a.add_argument("--prompts", type=Path, default=DEFAULT_PROMPTS, help="JSONL of {prompt, source, split}")
     a.add_argument("--out", type=Path, required=True, help="JSONL of answers; appended to, resumed from")
-    a.add_argument("--split", choices=("train", "held-out", "all"), default="train")
+    a.add_argument(
+        "--split",
+        choices=("train", "held-out", "all"),
+        default="train",
+        help="which prompts to answer: held-out ones are what the quality benchmark asks (default: train)",
+    )
     a.add_argument("--model", type=Path, help="HF directory or GGUF (default: SmolLM2-135M-Instruct)")
-    a.add_argument("--limit", type=int, help="answer at most this many prompts of the split")
-    a.add_argument("--batch", type=int, default=64, help="rows sampled together")
-    a.add_argument("--max-new", type=int, default=256, help="longest answer in tokens")
-    a.add_argument("--temperature", type=float, default=0.7)
-    a.add_argument("--top-p", type=float, default=0.9)
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    a.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    a.add_argument(
+        "--limit", type=NON_NEGATIVE.parser(int), help="answer at most this many prompts of the split"
+    )
+    a.add_argument(
+        "--batch", type=AT_LEAST_1.parser(int), default=64, help="rows sampled together (default: 64)"
+    )
+    a.add_argument(
+        "--max-new", type=AT_LEAST_1.parser(int), default=256, help="longest answer in tokens (default: 256)"
+    )
+    a.add_argument(
+        "--temperature",
+        type=NON_NEGATIVE.parser(float),
+        default=0.7,
+        help="sampling temperature, as the quality benchmark samples; 0 = greedy (default: 0.7)",
+    )
+    a.add_argument(
+        "--top-p",
+        type=Range(0, 1, low_open=True).parser(float),
+        default=0.9,
+        help="nucleus: sample among the likeliest tokens holding this much probability (default: 0.9)",
+    )
+    a.add_argument(
+        "--seed", type=NON_NEGATIVE.parser(int), default=0, help="the sampling generator's seed (default: 0)"
+    )
+    a.add_argument("--threads", type=AT_LEAST_1.parser(int), help="torch CPU threads (default: torch's)")
+    a.add_argument(
+        "--precision",
+        choices=("bf16", "fp32"),
+        default="bf16",
+        help="the model's weights as run (default: bf16)",
+    )
     a.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N (default: cpu)")
     a.add_argument(
         "--max-minutes",
-        type=float,
+        type=NON_NEGATIVE.parser(float),
         default=0.0,
         help="start no batch after this many minutes; a rerun answers the rest (default: 0, no limit)",
     )
@@ -66,7 +105,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--out", type=Path, required=True, help="the store file to write")
     s.add_argument("--model", type=Path, help="HF directory or GGUF (default: SmolLM2-135M-Instruct)")
     s.add_argument(
-        "--min-count", type=int, default=2, help="keep n-grams whose best next token was seen this often"
+        "--min-count",
+        type=AT_LEAST_1.parser(int),
+        default=2,
+        help="keep n-grams whose best next token was seen this often (default: 2)",
     )
 
 

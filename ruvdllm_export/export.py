@@ -135,8 +135,12 @@ def export_model(
         raise RuvdllmError(f"export options: validation window must be >= 0 layers, not {validate_window}")
     spec = loaded.spec
     lora = load_static_adapter(Path(adapter), loaded) if adapter else {}
+    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
+        raise RuvdllmError(f"export options: minimum agreement must be within 0..1, not {min_agreement}")
     if answer_store is not None:  # before minutes of graph building
         AnswerStore.read(Path(answer_store)).check_model(spec.vocab_size, str(answer_store))
+    if banks is not None:  # readable and whole, before minutes of graph building; fit: checked at the copy
+        Bank.load(Path(banks))
 
     rope = f", rope scaling {spec.rope_scaling.kind}" if spec.rope_scaling else ""
     say(
@@ -219,6 +223,10 @@ def export_model(
     except OSError as exc:
         _discard(prepared, staging)
         raise RuvdllmError(f"{out_dir}: writing the model failed ({exc.strerror or exc})") from None
+    except RuvdllmError as exc:
+        _discard(prepared, staging)
+        # the staging directory is gone and was never the user's: name the model they asked for
+        raise RuvdllmError(str(exc).replace(str(staging), str(out_dir))) from None
     except BaseException:
         _discard(prepared, staging)
         raise

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from runtime.artifact import ArtifactConfig
-from ruvdllm_export.flags import Flag, add_flags, resolve
+from ruvdllm_export.flags import AT_LEAST_1, FRACTION, NON_NEGATIVE, Flag, add_flags, resolve
 from ruvdllm_export.onnx_graph.options import (
     ATTENTION_FORMULATIONS,
     QUANTIZATIONS,
@@ -27,10 +27,10 @@ from ruvdllm_export.onnx_graph.options import (
 # GGUF (96.7% over 2,048 tokens, benchmarks/README.md), less a margin for the short paragraph.
 DEFAULT_MODEL_MIN_AGREEMENT = {0: 0.99, 4: 0.93}
 GRAPH = (
-    Flag("top_k", "candidates per position in the outputs", GraphOptions),
-    Flag("adapter_slots", "adapter slots composed per position (0: none)", GraphOptions),
-    Flag("adapter_rank", "rank of each adapter slot", GraphOptions),
-    Flag("block_size", "BD3LM block size recorded for samplers", ArtifactConfig),
+    Flag("top_k", "candidates per position in the outputs", GraphOptions, range=AT_LEAST_1),
+    Flag("adapter_slots", "adapter slots composed per position (0: none)", GraphOptions, range=NON_NEGATIVE),
+    Flag("adapter_rank", "rank of each adapter slot", GraphOptions, range=AT_LEAST_1),
+    Flag("block_size", "BD3LM block size recorded for samplers", ArtifactConfig, range=AT_LEAST_1),
 )
 
 
@@ -75,7 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--table-bits", type=int, choices=(4, 8), help="token table bits (default: 4 if exact, else 8)"
     )
     parser.add_argument(
-        "--min-agreement", type=float, help="fail unless top-1 agreement with the checkpoint reaches this"
+        "--min-agreement",
+        type=FRACTION.parser(float),
+        help="fail unless top-1 agreement with the checkpoint reaches this (0..1)",
     )
     parser.add_argument(
         "--no-adapter-switch",
@@ -85,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-validate", action="store_true", help="skip onnx.checker and the parity check")
     parser.add_argument(
         "--validate-window",
-        type=int,
+        type=NON_NEGATIVE.parser(int),
         metavar="LAYERS",
         help="validate LAYERS decoder layers at a time over the shipped file (0: the whole graph at once;"
         " default: whole up to a 512 MiB data file, 4 layers above)",

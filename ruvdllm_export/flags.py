@@ -9,16 +9,70 @@ its default comes from the dataclass (or, for a knob no dataclass holds, from th
 
 A flag parses to None unless it is given, so a command can tell "given now" from "not given"
 and fill the rest from a named preset or a resumed run's saved arguments before the default.
+A `Range` checks a numeric flag as argparse parses it (`Flag("lr", ..., TrainConfig, POSITIVE)`):
+a rank of 0 or a NaN learning rate is refused in the first second, naming the flag, not met as
+a traceback after minutes of loading.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 _UNSET = object()
+
+
+@dataclass(frozen=True)
+class Range:
+    """Where a numeric flag's value may lie; NaN and infinity are never in range."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself refused (a learning rate: > 0, not >= 0)
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return " and ".join(parts) or "a finite number"
+
+    def parser(self, kind: type) -> Callable[[str], Any]:
+        """An argparse `type`: the text as `kind`, refused (with the range) when out of it."""
+
+        def parse(text: str) -> Any:
+            try:
+                value = kind(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+                ) from None
+            if not self.contains(value):
+                raise argparse.ArgumentTypeError(f"{text} is out of range: must be {self.describe()}")
+            return value
+
+        parse.__name__ = kind.__name__  # argparse names the type in its own messages
+        return parse
+
+
+AT_LEAST_1 = Range(1)  # counts of steps, rows, ranks
+NON_NEGATIVE = Range(0)  # 0 = off / no limit
+POSITIVE = Range(0, low_open=True)  # learning rates, scales, budgets
+FRACTION = Range(0, 1)
+HELD_OUT_FRACTION = Range(0, 1, high_open=True)  # holding out everything leaves nothing to train
+ANY_NUMBER = Range()  # finite: a seed
 
 
 @dataclass(frozen=True)
@@ -28,6 +82,7 @@ class Flag:
     config: type | None = None  # the dataclass whose field default this flag's default is
     default: Any = _UNSET  # the command's own default, for a knob no dataclass holds
     encode: Callable[[Any], Any] | None = None  # the default as the flag writes it (a tuple as "a,b")
+    range: Range | None = None  # where a numeric value may lie, checked as it is parsed
     options: Mapping[str, Any] = field(default_factory=dict)  # more argparse keywords (choices, nargs)
 
     @property
@@ -63,9 +118,9 @@ def add_flags(group, flags: Iterable[Flag]) -> None:
             options.setdefault("action", "store_true")
         elif isinstance(default, (tuple, list)):
             options.setdefault("nargs", "*")
-            options.setdefault("type", type(default[0]) if default else str)
+            options.setdefault("type", _parser(flag, type(default[0]) if default else str))
         elif default is not None:
-            options.setdefault("type", type(default))
+            options.setdefault("type", _parser(flag, type(default)))
         shown = " ".join(map(str, default)) if isinstance(default, (tuple, list)) else default
         text = flag.help if isinstance(default, bool) else f"{flag.help} (default: {shown})"
         group.add_argument(
@@ -75,6 +130,14 @@ def add_flags(group, flags: Iterable[Flag]) -> None:
             help=text.replace("%", "%%"),  # argparse formats help with %
             **options,
         )
+
+
+def _parser(flag: Flag, kind: type) -> Callable[[str], Any]:
+    if flag.range is not None:
+        return flag.range.parser(kind)
+    if kind in (int, float):  # a numeric flag with no range says so: every one is checked
+        raise ValueError(f"flag {flag.name}: a numeric flag needs a range")
+    return kind
 
 
 def resolve(args: argparse.Namespace, flags: Iterable[Flag], *sources: Mapping[str, Any]) -> None:

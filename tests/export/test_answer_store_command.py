@@ -89,9 +89,15 @@ def test_bad_answer_files_are_one_line_errors(tiny, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(ANSWERS[0]) + "\n{not json\n")
     out = tmp_path / "store.ngrams"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    held = tmp_path / "held.jsonl"
+    held.write_text(json.dumps({**ANSWERS[0], "split": "held-out"}) + "\n")
     for answers, message in (
         (bad, f"{bad}:2: not an answer record"),
         (tmp_path / "none.jsonl", "no such answers file"),
+        (empty, f"{empty}: no train-split answers"),
+        (held, f"{held}: no train-split answers"),
     ):
         capsys.readouterr()
         assert (
@@ -115,3 +121,20 @@ def test_the_shipped_store_is_readable_and_fits_smollm2():
     compressed = store.to_bytes()
     assert len(compressed) < 0.5 * DEFAULT_ANSWER_STORE.stat().st_size
     assert AnswerStore.from_bytes(compressed).entries == store.entries
+
+
+def test_distill_flags_say_what_they_do_and_refuse_out_of_range_values(capsys):
+    for action, flags in (
+        ("prompts", ("--out", "--seed")),
+        ("answers", ("--split", "--temperature", "--seed")),
+    ):
+        with pytest.raises(SystemExit):
+            main(["distill", action, "--help"])
+        shown = capsys.readouterr().out
+        for flag in flags:
+            assert f"  {flag} " in shown
+        assert shown.count("(default:") >= len(flags)
+    for flag, value in (("--top-p", "0"), ("--temperature", "nan"), ("--batch", "0")):
+        with pytest.raises(SystemExit):
+            main(["distill", "answers", "--out", "a.jsonl", flag, value])
+        assert f"argument {flag}: {value} is out of range" in capsys.readouterr().err

@@ -179,3 +179,76 @@ def test_bad_bank_options_are_refused_before_any_training(workspace, tmp_path, c
     with pytest.raises(SystemExit):  # argparse: the two choices exclude each other
         main([*base, "--adapter", str(adapter), "--no-adapter"])
     assert not (tmp_path / "out").exists()
+
+
+def test_an_existing_output_is_kept_unless_forced_and_only_a_bank_is_replaced(workspace, tmp_path, capsys):
+    """Saving a bank replaces its whole directory: the command refuses anything else, before the
+    model loads (the model here does not exist, so a later check would name it instead)."""
+    root, gguf, adapter = workspace
+    domains = ["--data", str(root / "licences"), str(root / "manuals")]
+    base = ["train-banks", "--model", str(tmp_path / "absent.gguf"), *domains, "--quiet"]
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "file").write_text("x")
+    assert main([*base, "--output", str(kept)]) == 1
+    assert "kept: already exists (choose another --output, or --force" in capsys.readouterr().err
+    assert main([*base, "--output", str(kept), "--force"]) == 1
+    assert "kept: not an adapter bank (no bank.json); --force replaces only a bank" in capsys.readouterr().err
+    assert (kept / "file").read_text() == "x"
+    bank_dir = tmp_path / "bank"
+    assert _train(workspace, bank_dir) == 0
+    assert _train(workspace, bank_dir) == 1  # a bank too is replaced only when asked
+    assert _train(workspace, bank_dir, "--force") == 0
+    assert Bank.load(bank_dir).groups == 3
+
+
+def test_out_of_range_numbers_are_refused_as_the_flags_parse(workspace, tmp_path, capsys):
+    root, gguf, adapter = workspace
+    base = ["train-banks", "--data", str(root / "licences"), str(root / "manuals"), "--output", str(tmp_path)]
+    for flag, value in [
+        ("--lr", "-1"),
+        ("--lr", "nan"),
+        ("--steps", "0"),
+        ("--held-out", "0"),
+        ("--held-out", "1"),
+        ("--curriculum", "1.5"),
+        ("--seq-len", "1"),
+        ("--threads", "0"),
+    ]:
+        with pytest.raises(SystemExit):
+            main([*base, flag, value])
+        assert f"argument {flag}: {value} is out of range" in capsys.readouterr().err
+
+
+def test_every_missing_domain_is_named_before_the_model_loads(workspace, tmp_path, capsys):
+    root, gguf, adapter = workspace
+    (tmp_path / "empty").mkdir()
+    argv = ["train-banks", "--model", str(tmp_path / "absent.gguf"), "--output", str(tmp_path / "out")]
+    argv += ["--data", str(tmp_path / "a.txt"), str(root / "licences"), str(tmp_path / "empty")]
+    assert main(argv) == 1
+    message = capsys.readouterr().err.strip()
+    assert (
+        "a.txt: no such file or directory; " in message and "empty: the directory holds no files" in message
+    )
+    assert "\n" not in message
+
+
+def test_a_domain_given_as_one_text_file_is_split_by_paragraph(workspace, tmp_path, capsys):
+    root, gguf, adapter = workspace
+    for name, sentence in DOMAINS.items():
+        (tmp_path / f"{name}.txt").write_text("\n\n".join((sentence + f"Note {i}. ") * 5 for i in range(20)))
+    (tmp_path / "one.txt").write_text(DOMAINS["licences"] * 40)  # one paragraph: nothing to hold out
+    domains = [str(tmp_path / f"{name}.txt") for name in DOMAINS]
+    assert _train_on(workspace, domains, tmp_path / "bank") == 0
+    report = json.loads((tmp_path / "bank" / TRAINING_JSON).read_text())
+    assert set(report["heldout_masked_nll"]["banks"]) == {"licences.txt", "manuals.txt"}
+    assert _train_on(workspace, [domains[0], str(tmp_path / "one.txt")], tmp_path / "other") == 1
+    message = capsys.readouterr().err
+    assert "one.txt: one document cannot be split" in message and "two or more paragraphs" in message
+
+
+def _train_on(workspace, domains, output):
+    root, gguf, adapter = workspace
+    argv = ["train-banks", "--model", str(gguf), "--adapter", str(adapter), "--data", *domains]
+    argv += ["--output", str(output), "--steps", "2", "--seq-len", "32", "--eval-rows", "1"]
+    return main([*argv, "--quiet", "--threads", "1"])

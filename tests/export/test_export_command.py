@@ -206,3 +206,39 @@ def test_export_needs_no_torch(gguf_path, tmp_path):
     assert result.returncode == 0, result.stderr
     validation = artifact.load_config(out).source["validation"]
     assert validation["reference"].startswith("onnxruntime fp32") and validation["top1_agreement"] == 1.0
+
+
+def test_out_of_range_min_agreement_is_refused_as_it_parses(gguf_path, tmp_path):
+    result = ruvdllm(
+        "export", "--checkpoint", str(gguf_path), "--out", str(tmp_path / "m"), "--min-agreement", "2"
+    )
+    assert result.returncode == 2 and "argument --min-agreement: 2 is out of range" in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_validation_failure_names_the_output_not_the_staging_directory(gguf_path, tmp_path, monkeypatch):
+    from ruvdllm.errors import RuvdllmError
+    from ruvdllm_export import export
+
+    def refuse(model_path, *args, **kwargs):
+        raise RuvdllmError(f"{model_path}: top-1 agreement 0.5 is below 0.9")
+
+    monkeypatch.setattr(export, "_validate", refuse)
+    out = tmp_path / "model"
+    with pytest.raises(RuvdllmError) as refused:
+        export.export_model(gguf_path, out, log=None)
+    assert str(refused.value) == f"{out / artifact.GRAPH_NAME}: top-1 agreement 0.5 is below 0.9"
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_an_empty_bank_is_refused_before_the_graph_is_built(gguf_path, tmp_path, monkeypatch):
+    from ruvdllm.errors import RuvdllmError
+    from ruvdllm_export import export
+
+    def never(*args, **kwargs):
+        raise AssertionError("the graph was built before the bank was read")
+
+    monkeypatch.setattr(export, "build_graph", never)
+    (tmp_path / "emptybank").mkdir()
+    with pytest.raises(RuvdllmError, match="emptybank: not an adapter bank"):
+        export.export_model(gguf_path, tmp_path / "model", banks=tmp_path / "emptybank", log=None)
