@@ -196,7 +196,27 @@ class ArtifactConfig:
             if name in raw:
                 value = raw[name]
                 values[name] = tuple(value) if isinstance(value, list) else value
-        return cls(**values)
+        config = cls(**values)
+        problem = config.problem()
+        if problem:
+            raise RuvdllmError(f"config.json: {problem}")
+        return config
+
+    def problem(self) -> str | None:
+        """What makes this config impossible for its graph, or None: a size that is not a positive
+        integer, a token id outside the vocabulary (which onnxruntime would meet as an index out
+        of bounds in the middle of a generation)."""
+        sizes = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim")
+        for name in (*sizes, "max_position", "block_size", "top_k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                return f"{name} {value!r}: must be a whole number >= 1"
+        tokens = [("mask_token_id", self.mask_token_id), ("bos_token_id", self.bos_token_id)]
+        tokens += [("pad_token_id", self.pad_token_id), *(("eos_token_ids", t) for t in self.eos_token_ids)]
+        for name, token in tokens:
+            if token is not None and not (isinstance(token, int) and 0 <= token < self.vocab_size):
+                return f"{name} {token!r}: outside the vocabulary 0..{self.vocab_size - 1}"
+        return None
 
 
 # Samplers whose output is the base (AR) model's, whatever the drafts: never "not trained for".

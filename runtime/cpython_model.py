@@ -41,7 +41,8 @@ def open_model(
     the default model's 0.7M n-grams is 0.15-0.4 s of a short `ruvdllm generate`)."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise RuvdllmError(f"{directory}: no such model directory")
+        what = "a file, not a model directory" if directory.exists() else "no such model directory"
+        raise RuvdllmError(f"{directory}: {what} (a directory written by ruvdllm export)")
     verify_artifact(directory, verify)
     config = artifact.load_config(directory)
     tokenizer = load_tokenizer(directory / artifact.TOKENIZER_NAME, config)

@@ -206,6 +206,7 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
     check_acceptance(args.acceptance, settings.sampler)
     # Allowed (a comparison may want it), but said: the text will be poor (config `samplers`).
     warnings = [w for w in (sampler_warning(model.config, settings.sampler),) if w]
+    warnings += unused_by_ar(args, settings.sampler, asked_auto)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     load_ms = (time.perf_counter() - started) * 1e3
@@ -240,6 +241,16 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
             f"completion {completion_id} (feedback: ruvdllm feedback {completion_id} --up)", file=sys.stderr
         )
     return 0
+
+
+def unused_by_ar(args: argparse.Namespace, sampler: str, asked_auto: bool) -> list[str]:
+    """One line per flag given that the `ar` sampler does not read (it runs the AR model alone,
+    one token per forward), so an answer is not taken for theirs; under sampler auto, why it ran."""
+    if sampler != "ar":
+        return []
+    why = " (sampler auto ran it: drafts do not pay on this CPU)" if asked_auto else ""
+    given = [flag for flag, value in (("--bank", args.bank), ("--block-size", args.block_size)) if value]
+    return [f"{flag}: not used by the ar sampler, which runs the AR model alone{why}" for flag in given]
 
 
 def seed_for(given: int | None, settings: GenerationSettings) -> int:

@@ -8,7 +8,10 @@ import json
 import os
 from dataclasses import replace
 
+import pytest
+
 from runtime import artifact
+from ruvdllm.errors import RuvdllmError
 
 
 def make_model(directory):
@@ -78,3 +81,21 @@ def test_a_sampler_the_model_was_not_trained_for_gets_one_line():
     assert artifact.sampler_warning(config, "bd3lm") is None
     warning = artifact.sampler_warning(config, "mdlm")
     assert "mdlm" in warning and "bd3lm only" in warning and "\n" not in warning
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"mask_token_id": 999_999}, r"mask_token_id 999999: outside the vocabulary 0\.\.63"),
+        ({"eos_token_ids": [2, -1]}, "eos_token_ids -1: outside"),
+        ({"pad_token_id": 64}, "pad_token_id 64: outside"),
+        ({"block_size": 0}, "block_size 0: must be a whole number >= 1"),
+        ({"num_layers": 2.5}, "num_layers 2.5: must be a whole number"),
+        ({"top_k": True}, "top_k True: must be a whole number"),
+    ],
+)
+def test_a_config_the_graph_cannot_run_is_refused_naming_the_field(change, message):
+    # a mask id past the vocabulary was met as onnxruntime's index error mid-generation
+    raw = {**json.loads(replace(CONFIG, vocab_size=64).to_json()), **change}
+    with pytest.raises(RuvdllmError, match=f"config.json: {message}"):
+        artifact.ArtifactConfig.from_dict(raw)

@@ -195,6 +195,13 @@ def test_debug_after_the_command_and_a_reader_that_goes_away(tiny_model_dir, tmp
     assert version.returncode == 0 and version.stdout.startswith("ruvdllm ")
 
 
+def test_flags_the_ar_sampler_does_not_read_are_said_to_be_unused(tiny_model_dir, tmp_path):
+    args = ("Hello", "--model", tiny_model_dir, "--length", "4", "--sampler", "ar", "--json")
+    report = json.loads(cli(*args, "--block-size", "4", cache=tmp_path).stdout)
+    assert report["warnings"] == ["--block-size: not used by the ar sampler, which runs the AR model alone"]
+    assert json.loads(cli(*args, cache=tmp_path).stdout)["warnings"] == []
+
+
 def test_default_model_comes_from_the_cache(tiny_model_dir, tmp_path):
     name = default_model_name("cpu")
     shutil.copytree(tiny_model_dir, tmp_path / "artifacts" / name)

@@ -54,6 +54,9 @@ def test_bad_input(tiny_model_dir, settings, prompt, message):
 def test_corrupt_directories(tiny_model_copy, tmp_path):
     with pytest.raises(RuvdllmError, match="no such model directory"):
         open_model(tmp_path / "nowhere")
+    (tmp_path / "prompt.txt").write_text("hello")
+    with pytest.raises(RuvdllmError, match="prompt.txt: a file, not a model directory"):
+        open_model(tmp_path / "prompt.txt")
     with pytest.raises(RuvdllmError, match="not a model directory"):
         open_model(tmp_path)
     graph = tiny_model_copy / artifact.GRAPH_NAME
