@@ -191,7 +191,7 @@ def run_dgr(model, checkpoint, train, held, objective, config, bank_dir: Path, a
 def measure(args) -> dict:
     import torch
 
-    from ruvdllm_export.banks_command import _converted_model, load_domains
+    from ruvdllm_export.banks_command import _converted_model, base_checkpoint, load_domains
     from ruvdllm_export.convert.data import HELD_OUT
     from ruvdllm_export.convert.objectives import ObjectiveConfig
     from ruvdllm_export.convert.talora_training import BankTrainConfig
@@ -217,7 +217,7 @@ def measure(args) -> dict:
         loaded = SimpleNamespace(
             model=args.model, adapter=args.adapter, no_adapter=False, quiet=True, precision=args.precision
         )
-        checkpoint, model, _ = _converted_model(loaded)
+        checkpoint, model, _ = _converted_model(loaded, base_checkpoint(loaded))
         train_rows, held = load_domains(args.data, checkpoint, args.seq_len, HELD_OUT, args.seed)
         train = {name: rows for name, rows in zip(held, train_rows, strict=True)}
         objective = ObjectiveConfig("bd3lm", args.block_size, complementary=True)

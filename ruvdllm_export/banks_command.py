@@ -187,6 +187,16 @@ def load_domains(paths, checkpoint, seq_len: int, held_out: float, seed: int):
     return train, held
 
 
+def base_checkpoint(args):
+    """The checkpoint `--model` names, else the default model's GGUF: opened, weights not read."""
+    from ruvdllm_export.checkpoints import load_checkpoint
+    from ruvdllm_export.default_model import default_gguf_path
+
+    return load_checkpoint(
+        args.model if args.model is not None else default_gguf_path(progress=not args.quiet)
+    )
+
+
 def _converted_model(args, checkpoint):
     """(checkpoint, model, adapter path or None): the base with the conversion adapter folded in,
     its weights cached in the training precision."""
@@ -251,12 +261,7 @@ def run(args) -> int:
         )
     except ValueError as exc:
         raise RuvdllmError(f"train-banks: {exc}") from None
-    from ruvdllm_export.checkpoints import load_checkpoint
-    from ruvdllm_export.default_model import default_gguf_path
-
-    checkpoint = load_checkpoint(
-        args.model if args.model is not None else default_gguf_path(progress=not args.quiet)
-    )  # headers and tokenizer: enough to read the domains before any weight is
+    checkpoint = base_checkpoint(args)  # headers and tokenizer: the domains are read before any weight
     train, held = load_domains(args.data, checkpoint, args.seq_len, args.held_out, args.seed)
     checkpoint, model, adapter = _converted_model(args, checkpoint)
     data = torch.cat(train)
