@@ -92,6 +92,7 @@ def sample_ar(
                 tokens=list(generated),
                 retrieved=[],
                 forward_ms=forward_ms,
+                first_row=len(generated) - 1,
             )
         )
         if settings.stop_at_eos and token in eos:

@@ -48,6 +48,10 @@ class StepEvent:
     # The span's (verified: the drafted block's) first position in the generated text: the
     # control's retrieved weights are keyed by position relative to it
     offset: int = 0
+    # The generated position output row 0 predicted, where the rows are not the span's (the ar and
+    # verified samplers' AR rows: row r predicted position first_row + r); None: row r predicted
+    # the span's position r (the diffusion samplers)
+    first_row: int | None = None
 
 
 def propose(

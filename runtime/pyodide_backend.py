@@ -280,6 +280,7 @@ def step_event(event, control: AdapterControl) -> dict:
         "talora": talora,
         "forward_ms": event.forward_ms,
         "drafted": event.drafted,  # the verified sampler's drafts checked by this forward
+        "first_row": event.first_row,  # what output row 0 predicted (None: the span's first position)
         # for the page's trajectory record (learning loop A, web/js/trajectory_store.js)
         "entropy": event.entropy,
         "confidence": event.confidence,

@@ -173,6 +173,15 @@ class Plan:
 def check_settings(settings: GenerationSettings) -> None:
     """The checks that need no model: names and ranges. Raise RuvdllmError naming the problem."""
     s = settings
+    # Values from JSON (the page's window.ruvdllm.run, a config) arrive untyped: "6" would meet `<`
+    for name in ("length", "block_size", "steps", "top_k"):
+        value = getattr(s, name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise RuvdllmError(f"{name.replace('_', ' ')} {value!r}: must be a whole number")
+    for name in ("temperature", "top_p", "threshold", "entropy_bound"):
+        value = getattr(s, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise RuvdllmError(f"{name.replace('_', ' ')} {value!r}: must be a number")
     if s.sampler not in SAMPLERS:
         raise RuvdllmError(f"sampler {s.sampler!r}: unknown (choose from {', '.join(SAMPLERS)})")
     if s.decoding not in DECODINGS:

@@ -334,6 +334,7 @@ def sample_verified(
                 confidence=confidence,
                 patterns=patterns,
                 offset=block_start,
+                first_row=offset,  # the AR row before the first draft
             )
         )
         index += 1

@@ -245,11 +245,19 @@ class WebServer:
     free one) is known before serving starts. serve_forever / shutdown / server_close as in
     socketserver, so it can run in a thread."""
 
-    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 8000, quiet: bool = True):
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        quiet: bool = True,
+        sock: socket.socket | None = None,
+    ):
+        """`sock`: a socket already listening (the command binds before it exports a model)."""
         import uvicorn
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.socket = socket.create_server((host, port), family=family)
+        self.socket = sock or socket.create_server((host, port), family=family)
         self.server_address = self.socket.getsockname()
         config = uvicorn.Config(
             app,
@@ -289,14 +297,19 @@ def listening_at(host: str, port: int) -> str:
     return url_of(host, port)
 
 
-def make_server(site: Site, host: str = "127.0.0.1", port: int = 8000, quiet: bool = True) -> WebServer:
-    return WebServer(site.app, host, port, quiet)
+def make_server(
+    site: Site,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    quiet: bool = True,
+    sock: socket.socket | None = None,
+) -> WebServer:
+    return WebServer(site.app, host, port, quiet, sock)
 
 
-# The default model's graph for the browser: the WebGPU target runs on both of the page's EPs. Its
-# wasm-target export is not served by default: onnxruntime keeps every intermediate of the load-time
-# widening until folding ends, and SmolLM2's widened graph ran out of the 4 GiB wasm heap at session
-# creation (docs/web.md, "The wasm target").
+# The default model's graph for the browser: the WebGPU target runs on both of the page's EPs; its
+# wasm-target export (weights widened before the session is made, docs/web.md "The wasm target")
+# is served beside it for the page on WebAssembly.
 DEFAULT_MODEL_TARGET = "webgpu"
 WASM_MODEL_TARGET = "wasm"  # the default model's variant for the page on WebAssembly
 
@@ -342,12 +355,19 @@ def models_to_serve(args: argparse.Namespace, default_model: Callable[..., Path]
 def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
     """`default_model(target)` finds or exports the default model (ruvdllm.default_artifact, handed in
     by the command layer: runtime cannot reach the exporter)."""
+    from runtime.server.command import bind
+
     if args.build_wheel:
+        if args.build_wheel.exists() and not args.build_wheel.is_dir():
+            raise RuvdllmError(f"--build-wheel {args.build_wheel}: a file, not a directory")
         print(build_wheel(args.build_wheel))
         return 0
+    if not 0 <= args.port <= 65535:
+        raise RuvdllmError(f"--port {args.port}: out of range 0..65535")
+    sock = bind(args.host, args.port)  # before the default model is exported: a taken port fails fast
     model, wasm_model = models_to_serve(args, default_model)
     site = build_site(args.web_dir or default_web_dir(), model, wasm_model_dir=wasm_model)
-    server = make_server(site, args.host, args.port, quiet=not args.verbose)
+    server = make_server(site, args.host, args.port, quiet=not args.verbose, sock=sock)
     print(
         f"serving the browser client and {model} on {listening_at(*server.server_address[:2])}  (Ctrl-C stops)",
         flush=True,

@@ -154,6 +154,35 @@ def test_cli_builds_the_wheel(tmp_path, capsys):
     assert printed.endswith(".whl") and (tmp_path / printed.split("/")[-1]).is_file()
 
 
+def test_ordinary_mistakes_are_one_line_errors_before_any_model_is_exported(tmp_path, capsys, monkeypatch):
+    import socket
+
+    from ruvdllm import default_artifact
+    from ruvdllm.cli import main
+
+    exported = []  # without MODEL the default model is exported first: a bad address must not wait for it
+    monkeypatch.setattr(default_artifact, "default_model_dir", lambda *a, **k: exported.append(a))
+    taken = socket.create_server(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    wheel_file = tmp_path / "a-file"
+    wheel_file.write_text("x")
+    cases = [
+        (["--port", str(port)], f"127.0.0.1:{port}: cannot listen"),
+        (["--port", "-1"], "--port -1: out of range 0..65535"),
+        (["--port", "99999"], "--port 99999: out of range"),
+        (["--host", "nosuchhost.invalid", "--port", "0"], "nosuchhost.invalid:0: cannot listen"),
+        (["--build-wheel", str(wheel_file)], "a file, not a directory"),
+    ]
+    try:
+        for flags, message in cases:
+            assert main(["web", *flags]) == 1, flags
+            err = capsys.readouterr().err.strip()
+            assert err.startswith("error: ") and "\n" not in err and message in err, err
+    finally:
+        taken.close()
+    assert exported == []
+
+
 def test_cli_serves_until_stopped(web_dir, model_dir):
     import re
     import subprocess

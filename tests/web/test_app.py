@@ -109,6 +109,18 @@ def test_wasm_verified_sampler_matches_cpython(browser, web_server, tmp_path_fac
     result = generate(page, PROMPT, {**exact, "seed": 0})
     assert_same_as_cpython(result, model, exact, seed=0)
     assert page.locator("#stat-sampler").inner_text() == "verified"
+    # each cell's uncertainty is 1 - the probability its token was committed with, read from the
+    # row that predicted it: greedy tokens are the rows' first choices, never read as probability 0
+    # (the AR rows were once taken for the span's, shifted by the drafts)
+    for sampler in ("verified", "ar"):
+        run = {"sampler": sampler, "length": 16, "chat": True, "seed": 0}
+        cells = generate(page, PROMPT, {**run, **({"acceptance": "exact"} if sampler == "verified" else {})})[
+            "lastStep"
+        ]["cells"]
+        assert cells and all(c["uncertainty"] < 0.999 for c in cells), (
+            sampler,
+            [c["uncertainty"] for c in cells],
+        )
 
 
 def test_wasm_entropy_bounded_left_to_right_matches_cpython(browser, web_server, tiny_model, model_url):

@@ -19,8 +19,10 @@ function rowOf(data, r, k) {
 export function stepView(event, runner, tokenizer, config, bank, state, elapsedMs) {
   const out = runner.last;
   const [, rows, k] = out.topk_ids.dims;
-  const spanLength = rows - 1; // the last row predicts the position after the span
-  const offset = event.tokens.length - spanLength;
+  // Row r predicted position offset + r: the span's rows (the last one predicts the position after
+  // it), or the ar / verified samplers' AR rows from the position the event names (first_row).
+  const spanLength = rows - 1;
+  const offset = event.first_row ?? event.tokens.length - spanLength;
   const maxEntropy = LN(config.vocab_size);
   const mask = config.mask_token_id;
   const newly = new Map(event.committed);
