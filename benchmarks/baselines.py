@@ -3,6 +3,8 @@
     llama_cpp_ar(gguf, prompt_ids, new_tokens, threads)   llama.cpp (llama-cpp-python) on the GGUF itself
     genai_ar(gguf, prompt_ids, new_tokens, threads)       onnxruntime-genai on the graph its own model
                                                            builder writes from the same weights
+    LlamaCppRows.open(gguf, prompt_ids, threads, rows)    llama.cpp forwards of several rows after a
+                                                           cached prompt (what one more row costs)
 
 Both decode greedily, exactly `new_tokens` tokens after the prompt (no EOS stop), and report the
 median over `repeats` runs after one warm-up:
@@ -137,6 +139,47 @@ def llama_cpp_ar(
 
     run(min(4, new_tokens))  # warm-up: page in the weights, build the thread pool
     return _summarise(name, [run(new_tokens) for _ in range(repeats)], new_tokens)
+
+
+class LlamaCppRows:
+    """llama.cpp forwards of several rows after a cached prompt, with logits for every row (the work
+    of a block step), for comparing what one more row costs its kernels and ours."""
+
+    def __init__(self, llm, cached: int):
+        self.llm = llm
+        self.cached = cached
+
+    @classmethod
+    def open(cls, gguf: Path, prompt_ids: list[int], threads: int, most_rows: int) -> LlamaCppRows | str:
+        """Ready with the prompt cached, or why llama.cpp cannot run here."""
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            return f"llama-cpp-python is not installed ({exc})"
+        crashed = llama_cpp_crash(gguf, threads)
+        if crashed:
+            return crashed
+        llm = Llama(
+            model_path=str(gguf),
+            n_ctx=len(prompt_ids) + most_rows + 8,
+            n_batch=max(len(prompt_ids), most_rows),
+            n_threads=threads,
+            n_threads_batch=threads,
+            logits_all=True,
+            verbose=False,
+        )
+        llm.eval(prompt_ids)
+        return cls(llm, len(prompt_ids))
+
+    def forward_ms(self, rows: int, repeats: int) -> list[float]:
+        """ms of each of `repeats` forwards of `rows` new tokens, each after the same cached prompt."""
+        times = []
+        for _ in range(repeats):
+            self.llm.n_tokens = self.cached  # eval drops the cache past this point: the same prompt
+            started = time.perf_counter()
+            self.llm.eval(list(range(300, 300 + rows)))
+            times.append((time.perf_counter() - started) * 1e3)
+        return times
 
 
 # --- onnxruntime-genai -----------------------------------------------------------------------------

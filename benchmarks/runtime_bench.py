@@ -18,6 +18,9 @@
 
 `session` compares onnxruntime's intra-op threads (1 / 2) and spinning (on / off) on the same model.
 
+`rows` times one forward of 1 / 2 / 4 / 8 rows after the prompt, llama.cpp's (logits for every
+row) beside our graph's, interleaved: what one more row costs either engine on this CPU.
+
 Ratios compare numbers measured in this run; every measurement is repeated `--repeats` times,
 round-robin across the contenders; the median and the best run (the least disturbed on a shared
 machine) are printed, with their ratios.
@@ -50,7 +53,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from baselines import BaselineResult, genai_ar, llama_cpp_ar  # noqa: E402
+from baselines import BaselineResult, LlamaCppRows, genai_ar, llama_cpp_ar  # noqa: E402
 from runtime_tables import (  # noqa: E402
     adapters_section,
     decoding_section,
@@ -70,7 +73,8 @@ from runtime.settings import USER_ACCEPTANCE, GenerationSettings, settings_from 
 
 PROMPT = "Explain what a diffusion language model is, in a few sentences."
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("speed", "session", "decoding", "adapters", "index", "hf", "reference")
+SECTIONS = ("speed", "session", "rows", "decoding", "adapters", "index", "hf", "reference")
+ROWS = (1, 2, 4, 8)  # the rows section's forwards: one token, a verified forward's drafts, a block
 
 
 def row(*cells, widths=(34, 8, 8, 12, 12, 10)) -> str:
@@ -254,6 +258,32 @@ def speed_section(model: DiffusionModel, directory: Path, gguf: Path | None, ids
             print(f"peak RSS of `ruvdllm generate --length {length}`: {peak:.0f} MB (goal <= 300)")
 
 
+def rows_section(model: DiffusionModel, gguf: Path | None, ids: list[int], args) -> None:
+    """ms of one forward of each of ROWS rows after the prompt, llama.cpp beside our graph, rounds
+    interleaved (`--repeats` rounds of 15 forwards; the medians of the round medians)."""
+    print(f"\n== what more rows cost: one forward after {len(ids)} cached, {args.threads} thread(s) ==")
+    llama = "no GGUF given" if gguf is None else LlamaCppRows.open(gguf, ids, args.threads, max(ROWS))
+    if isinstance(llama, str):
+        print(f"llama.cpp: skipped ({llama})")
+        llama = None
+    ours: dict[int, list[float]] = {rows: [] for rows in ROWS}
+    theirs: dict[int, list[float]] = {rows: [] for rows in ROWS}
+    for _ in range(args.repeats):
+        for rows in ROWS:
+            ours[rows].append(statistics.median(one_row_forward_ms(model, ids, rows, 15)))
+            if llama is not None:
+                theirs[rows].append(statistics.median(llama.forward_ms(rows, 15)))
+    widths = (6, 10, 10, 14, 10)
+    print(row("rows", "ours ms", "÷ one row", "llama.cpp ms", "÷ one row", widths=widths))
+    for rows in ROWS:
+        mine = statistics.median(ours[rows])
+        cells = [f"{mine:.2f}", f"{mine / statistics.median(ours[1]):.2f}"]
+        if llama is not None:
+            other = statistics.median(theirs[rows])
+            cells += [f"{other:.2f}", f"{other / statistics.median(theirs[1]):.2f}"]
+        print(row(rows, *cells, widths=widths))
+
+
 def session_section(directory: Path, ids: list[int], args) -> None:
     """onnxruntime session settings as users run them: intra-op threads 1 / 2 x spinning on / off,
     one-row forwards and block-1 decoding, round-robin (the ratios are what to read)."""
@@ -342,6 +372,8 @@ def main() -> int:
         speed_section(model, directory, gguf, ids, args)
     if "session" in args.sections:
         session_section(directory, ids, args)
+    if "rows" in args.sections:
+        rows_section(model, gguf, ids, args)
     diffusion = (
         decoding_section(model, ids, args.lengths, args.repeats) if "decoding" in args.sections else {}
     )
