@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from runtime.settings import (
     check_acceptance,
     check_settings,
     inputs_of,
+    new_seed,
     settings_from,
 )
 from ruvdllm.errors import RuvdllmError
@@ -258,7 +258,7 @@ def seed_for(given: int | None, settings: GenerationSettings) -> int:
     every sampled answer to a prompt the same); else 0 (greedy text does not depend on it)."""
     if given is not None:
         return given
-    return random.SystemRandom().getrandbits(31) if settings.temperature > 0 else 0
+    return new_seed() if settings.temperature > 0 else 0
 
 
 def record(loop, model, ids, settings, done, control, prompt: str) -> str | None:

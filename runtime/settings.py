@@ -4,6 +4,7 @@ errors before any forward runs."""
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
@@ -68,6 +69,12 @@ INPUTS = tuple(f.name for f in fields(GenerationSettings) if f.name not in INTER
 # nothing: lenient when greedy, exact when sampling (runtime/drafting.py). The library's own default
 # (GenerationSettings().drafting) stays exact, the AR model's text.
 USER_ACCEPTANCE = AUTO
+
+
+def new_seed() -> int:
+    """A fresh seed for a run given none (the server and the CLI report it, so a sampled answer
+    can be replayed)."""
+    return random.SystemRandom().getrandbits(63)
 
 
 def inputs_of(values: Mapping[str, object]) -> dict[str, object]:

@@ -362,8 +362,6 @@ def run(args: argparse.Namespace, default_model: Callable[..., Path]) -> int:
             raise RuvdllmError(f"--build-wheel {args.build_wheel}: a file, not a directory")
         print(build_wheel(args.build_wheel))
         return 0
-    if not 0 <= args.port <= 65535:
-        raise RuvdllmError(f"--port {args.port}: out of range 0..65535")
     sock = bind(args.host, args.port)  # before the default model is exported: a taken port fails fast
     model, wasm_model = models_to_serve(args, default_model)
     site = build_site(args.web_dir or default_web_dir(), model, wasm_model_dir=wasm_model)

@@ -95,8 +95,6 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise RuvdllmError(f"--queue-size {args.queue_size}: must be at least 0")
     if args.max_request_bytes < 1024:
         raise RuvdllmError(f"--max-request-bytes {args.max_request_bytes}: must be at least 1024")
-    if not 0 <= args.port <= 65535:
-        raise RuvdllmError(f"--port {args.port}: out of range 0..65535")
     if args.threads < 0:
         raise RuvdllmError(f"--threads {args.threads}: must be at least 0")
     if not 0 <= args.shutdown_grace <= 3600:  # NaN fails too
@@ -111,7 +109,10 @@ def threads_per_model(requested: int, models: int) -> int:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket (before the model loads, so a taken port fails fast)."""
+    """A listening socket (before the model loads, so a taken port fails fast); `ruvdllm serve`'s
+    and `ruvdllm web`'s."""
+    if not 0 <= port <= 65535:
+        raise RuvdllmError(f"--port {port}: out of range 0..65535")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)

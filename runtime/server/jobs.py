@@ -9,8 +9,6 @@ the job. So they answer at once even while every model is busy."""
 
 from __future__ import annotations
 
-import random
-
 from runtime.artifact import BASE_MODEL_SAMPLERS, sampler_warning
 from runtime.chat_template import chat_prompt
 from runtime.server.engine import Job
@@ -22,6 +20,7 @@ from runtime.settings import (
     GenerationSettings,
     check_acceptance,
     inputs_of,
+    new_seed,
     settings_from,
 )
 from ruvdllm.errors import RuvdllmError
@@ -50,11 +49,6 @@ def settings_for(
     given = inputs_of(dict(request))  # the fields as they are (no serialisation)
     given["acceptance"] = request.acceptance or USER_ACCEPTANCE
     return settings_from({**given, "length": length, "stop_at_eos": not request.ignore_eos}, DEFAULTS)
-
-
-def new_seed() -> int:
-    """A fresh seed when the client gives none (it is echoed back so a result can be replayed)."""
-    return random.SystemRandom().getrandbits(63)
 
 
 def knobs_not_read(request: GenerationRequest) -> list[str]:
